@@ -1,0 +1,288 @@
+"""Decoder likelihoods against independent references (scipy.stats, quadrature, closed forms)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, stats
+
+from vaesweep.likelihoods import (
+    LIKELIHOODS,
+    SCALE_MODES,
+    build_likelihood,
+    inverse_soft_clip,
+    soft_clip,
+)
+
+SHAPE = (2, 3, 4)
+D = 24
+B = 5
+
+
+def np_soft_clip(t, minimum=-6.0):
+    return minimum + np.log1p(np.exp(t - minimum))
+
+
+def scipy_logpdf(name, x, loc, scale):
+    """Reference log-density summed over the data dims, float64, shape [B]."""
+    dist = stats.norm if name == "gaussian" else stats.laplace
+    return dist.logpdf(x, loc=loc, scale=scale).reshape(x.shape[0], -1).sum(1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def make(name, **options):
+    return build_likelihood(name, SHAPE, **options).double()
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+def test_fixed_scale_matches_scipy(name, rng):
+    lik = make(name, scale="fixed", scale_value=0.7)
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = rng.normal(0.5, 0.3, (B, *SHAPE))
+    got = lik.log_prob(torch.tensor(x), torch.tensor(loc)).detach().numpy()
+    np.testing.assert_allclose(got, scipy_logpdf(name, x, loc, 0.7), rtol=0, atol=1e-10)
+    assert float(lik.scale()) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("mode", ["learned", "per_pixel"])
+def test_learned_scales_match_scipy_with_soft_clip(name, mode, rng):
+    lik = make(name, scale=mode)
+    raw = rng.normal(-1.0, 3.0, lik.log_scale.shape)  # includes values far below the floor
+    with torch.no_grad():
+        lik.log_scale.copy_(torch.tensor(raw))
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = rng.normal(0.5, 0.3, (B, *SHAPE))
+    scale = np.broadcast_to(np.exp(np_soft_clip(raw)), x.shape)
+    got = lik.log_prob(torch.tensor(x), torch.tensor(loc)).detach().numpy()
+    np.testing.assert_allclose(got, scipy_logpdf(name, x, loc, scale), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+def test_decoder_scale_matches_scipy(name, rng):
+    lik = make(name, scale="decoder")
+    assert lik.param_channels == 2
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = rng.normal(0.5, 0.3, (B, *SHAPE))
+    raw = rng.normal(-2.0, 3.0, (B, *SHAPE))
+    params = torch.tensor(np.concatenate([loc, raw], axis=1))  # grouped by parameter
+    got = lik.log_prob(torch.tensor(x), params).numpy()
+    ref = scipy_logpdf(name, x, loc, np.exp(np_soft_clip(raw)))
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9)
+
+
+def optimal_stat(name, r, axis=None):
+    return np.sqrt((r**2).mean(axis)) if name == "gaussian" else np.abs(r).mean(axis)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("reduction", ["batch", "example"])
+def test_optimal_scale_in_training_matches_scipy(name, reduction, rng):
+    lik = make(name, scale="optimal", optimal_reduction=reduction)
+    lik.train()
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = x + rng.normal(0, 0.1, x.shape) * np.arange(1, B + 1)[:, None, None, None]
+    r = x - loc
+    if reduction == "batch":
+        s = optimal_stat(name, r)
+    else:
+        s = optimal_stat(name, r.reshape(B, -1), axis=1)[:, None, None, None]
+    scale = np.broadcast_to(np.exp(np_soft_clip(np.log(s))), x.shape)
+    got = lik.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    np.testing.assert_allclose(
+        got.detach().numpy(), scipy_logpdf(name, x, loc, scale), rtol=1e-12, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "continuous_bernoulli"])
+def test_bernoulli_families_match_closed_forms(name, rng):
+    lik = make(name)
+    logits = rng.normal(0, 3, (B, *SHAPE))
+    lam = 1 / (1 + np.exp(-logits))
+    if name == "bernoulli":
+        x = rng.integers(0, 2, (B, *SHAPE)).astype(float)
+        ref = stats.bernoulli.logpmf(x, lam).reshape(B, -1).sum(1)
+    else:
+        x = rng.uniform(0, 1, (B, *SHAPE))
+        log_c = np.log(2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam))
+        ref = (x * np.log(lam) + (1 - x) * np.log1p(-lam) + log_c).reshape(B, -1).sum(1)
+    got = lik.log_prob(torch.tensor(x), torch.tensor(logits)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "lam", [0.01, 0.2, 0.4989, 0.49995, 0.5, 0.50001, 0.50009, 0.5001, 0.7, 0.995]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_bernoulli_normaliser_equals_quadrature(lam, dtype):
+    """log C(λ) = −log ∫₀¹ λ^x (1−λ)^(1−x) dx, including λ within 1e-4 of ½."""
+    integral, _ = integrate.quad(lambda t: lam**t * (1 - lam) ** (1 - t), 0, 1, epsabs=1e-14)
+    lik = build_likelihood("continuous_bernoulli", (1, 1, 1)).to(dtype)
+    logit = torch.tensor([[[[math.log(lam / (1 - lam))]]]], dtype=dtype)
+    # At x = 1 the Bernoulli term is log λ, so log p(1) − log λ is log C(λ).
+    log_c = lik.log_prob(torch.ones(1, 1, 1, 1, dtype=dtype), logit) - math.log(lam)
+    assert float(log_c) == pytest.approx(-math.log(integral), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+def test_nll_minimised_at_closed_form_scale(name, rng):
+    """For fixed residuals, the NLL is minimised at σ = √MSE (b = MAE) with the stated minimum
+    per dimension; the optimal mode (clip off) returns exactly that scale and value."""
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = x + rng.normal(0, 0.05, x.shape)
+    r = (x - loc).ravel()
+    mse, mae = np.mean(r**2), np.mean(np.abs(r))
+
+    def nll(log_s):  # independent reference: scipy densities
+        dist = stats.norm if name == "gaussian" else stats.laplace
+        return -dist.logpdf(r, scale=np.exp(log_s)).sum()
+
+    res = optimize.minimize_scalar(nll, bounds=(-10, 2), method="bounded", options={"xatol": 1e-10})
+    grid = np.linspace(-6, 0, 20001)
+    grid_best = grid[np.argmin([nll(g) for g in grid])]
+    if name == "gaussian":
+        s_star, min_per_dim = math.sqrt(mse), 0.5 + 0.5 * math.log(2 * math.pi * mse)
+    else:
+        s_star, min_per_dim = mae, 1 + math.log(2 * mae)
+    assert math.exp(res.x) == pytest.approx(s_star, rel=1e-6)
+    assert math.exp(grid_best) == pytest.approx(s_star, rel=1e-3)
+    assert res.fun / r.size == pytest.approx(min_per_dim, rel=1e-9)
+
+    lik = make(name, scale="optimal", min_log_scale=None)
+    got = lik.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    assert float(lik.scale()) == pytest.approx(s_star, rel=1e-12)  # first batch seeds the average
+    assert float(-got.sum()) / r.size == pytest.approx(min_per_dim, rel=1e-10)
+    # With the default soft clip the scale is the clipped σ*: slightly above it, never below.
+    clipped = make(name, scale="optimal")
+    clipped.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    assert float(clipped.scale()) == pytest.approx(math.exp(np_soft_clip(math.log(s_star))))
+    assert float(clipped.scale()) > s_star
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+def test_optimal_scale_in_eval_uses_running_average_not_scored_batch(name, rng):
+    lik = make(name, scale="optimal", momentum=0.9, min_log_scale=None)
+    x1, x2, x_test = (rng.uniform(0, 1, (B, *SHAPE)) for _ in range(3))
+    loc1, loc2 = x1 + rng.normal(0, 0.1, x1.shape), x2 + rng.normal(0, 0.3, x2.shape)
+    lik.train()
+    for x, loc in ((x1, loc1), (x2, loc2)):
+        lik.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    if name == "gaussian":  # the running average is over σ*² (variances), then √
+        expected = math.sqrt(0.9 * np.mean((x1 - loc1) ** 2) + 0.1 * np.mean((x2 - loc2) ** 2))
+    else:
+        expected = 0.9 * np.mean(np.abs(x1 - loc1)) + 0.1 * np.mean(np.abs(x2 - loc2))
+    assert float(lik.scale()) == pytest.approx(expected, rel=1e-12)
+
+    lik.eval()
+    loc_test = x_test + rng.normal(0, 0.01, x_test.shape)  # much better fit than training
+    before = {k: v.clone() for k, v in lik.state_dict().items()}
+    got = lik.log_prob(torch.tensor(x_test), torch.tensor(loc_test)).numpy()
+    np.testing.assert_allclose(got, scipy_logpdf(name, x_test, loc_test, expected), rtol=1e-12)
+    for k, v in lik.state_dict().items():  # scoring never updates the running average
+        assert torch.equal(v, before[k])
+    # The running average is a buffer: it travels with the checkpoint.
+    fresh = make(name, scale="optimal", momentum=0.9, min_log_scale=None)
+    fresh.load_state_dict(lik.state_dict())
+    assert float(fresh.eval().scale()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fixed_unit_gaussian_rec_nll_is_at_least_half_d_log_2pi(rng):
+    lik = make("gaussian")
+    x = torch.tensor(rng.uniform(0, 1, (50, *SHAPE)))
+    bound = D / 2 * math.log(2 * math.pi)
+    for loc in (torch.tensor(rng.normal(0, 2, x.shape)), x.clone(), torch.zeros_like(x)):
+        assert (-lik.log_prob(x, loc) >= bound - 1e-9).all()
+    assert float(-lik.log_prob(x, x)[0]) == pytest.approx(bound, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("mode", ["learned", "per_pixel", "decoder", "optimal"])
+def test_gradients_reach_every_scale(name, mode, rng):
+    lik = build_likelihood(name, SHAPE, scale=mode)
+    x = torch.rand(B, *SHAPE)
+    params = torch.randn(B, lik.param_channels * SHAPE[0], *SHAPE[1:], requires_grad=True)
+    lik.log_prob(x, params).sum().backward()
+    for p in lik.parameters():
+        assert p.dtype == torch.float32
+        assert p.grad is not None and torch.all(p.grad != 0)
+    assert torch.all(params.grad[:, : SHAPE[0]] != 0)
+    if mode == "decoder":  # the log-scale head receives gradients
+        assert torch.all(params.grad[:, SHAPE[0] :] != 0)
+
+
+def test_soft_clip_floor_and_inverse():
+    t = torch.linspace(-30, 10, 401, dtype=torch.float64)
+    y = soft_clip(t, -6.0)
+    assert (y > -6.0).all()
+    assert torch.all(torch.diff(y) > 0)
+    assert torch.allclose(y[-1], torch.tensor(10.0, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(inverse_soft_clip(y[200:], -6.0), t[200:], atol=1e-9)
+    assert torch.equal(soft_clip(t, None), t)
+
+
+def test_learned_scale_starts_at_scale_value():
+    for mode in ("learned", "per_pixel"):
+        lik = build_likelihood("gaussian", SHAPE, scale=mode, scale_value=0.1)
+        assert float(lik.scale()) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_mean_and_sample_shapes_and_ranges():
+    x_shape = (B, *SHAPE)
+    for name in LIKELIHOODS:
+        modes = SCALE_MODES if name in ("gaussian", "laplace") else (None,)
+        for mode in modes:
+            lik = build_likelihood(name, SHAPE, **({"scale": mode} if mode else {}))
+            params = torch.randn(B, lik.param_channels * SHAPE[0], *SHAPE[1:])
+            assert lik.mean(params).shape == x_shape
+            sample = lik.sample(params)
+            assert sample.shape == x_shape
+            if name == "bernoulli":
+                assert set(sample.unique().tolist()) <= {0.0, 1.0}
+            if name == "continuous_bernoulli":
+                assert ((sample >= 0) & (sample <= 1)).all()
+
+
+def test_continuous_bernoulli_mean_is_not_lambda():
+    lik = build_likelihood("continuous_bernoulli", (1, 1, 1))
+    lam = 0.8
+    logit = torch.tensor([[[[math.log(lam / (1 - lam))]]]], dtype=torch.float64)
+    expected = lam / (2 * lam - 1) + 1 / (2 * math.atanh(1 - 2 * lam))
+    assert float(lik.double().mean(logit)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_log_prob_broadcasts_over_importance_samples(rng):
+    lik = make("laplace", scale="learned")
+    x = torch.tensor(rng.uniform(0, 1, (B, *SHAPE)))
+    params = torch.tensor(rng.normal(0.5, 0.2, (7, B, *SHAPE)))
+    got = lik.log_prob(x, params)
+    assert got.shape == (7, B)
+    assert torch.allclose(got[3], lik.log_prob(x, params[3]))
+
+
+def test_registry_errors_list_what_exists():
+    with pytest.raises(ValueError, match="bernoulli.*continuous_bernoulli.*gaussian.*laplace"):
+        build_likelihood("poisson", SHAPE)
+    with pytest.raises(ValueError, match=r"no option\(s\) \['scale'\].*none"):
+        build_likelihood("bernoulli", SHAPE, scale="learned")
+    with pytest.raises(ValueError, match="sigma.*accepted options.*scale_value"):
+        build_likelihood("gaussian", SHAPE, sigma=1.0)
+    with pytest.raises(ValueError, match="scale='huge'.*fixed.*optimal"):
+        build_likelihood("gaussian", SHAPE, scale="huge")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale_value"):
+            build_likelihood("laplace", SHAPE, scale_value=bad)
+    with pytest.raises(ValueError, match="clip floor"):
+        build_likelihood("gaussian", SHAPE, scale="learned", scale_value=1e-4)
+    with pytest.raises(ValueError, match="momentum"):
+        build_likelihood("gaussian", SHAPE, scale="optimal", momentum=1.0)
+    with pytest.raises(ValueError, match="optimal_reduction"):
+        build_likelihood("gaussian", SHAPE, scale="optimal", optimal_reduction="pixel")
+    with pytest.raises(ValueError, match="expects decoder output"):
+        build_likelihood("gaussian", SHAPE, scale="decoder").log_prob(
+            torch.rand(B, *SHAPE), torch.rand(B, *SHAPE)
+        )
