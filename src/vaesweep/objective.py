@@ -62,7 +62,51 @@ def default_chunk_size(batch: int, data_dim: int, budget: int = 2**23) -> int:
     return max(1, budget // max(1, batch * data_dim))
 
 
+@dataclass
+class ImportanceEstimates:
+    """Evaluation quantities from one set of k importance samples per example, each [B]."""
+
+    log_px: Tensor  # IWAE_k estimate of log p(x), nats
+    rec_nll: Tensor  # −log p(x|z) averaged over the k samples, nats
+    kl: Tensor  # analytic KL(q(z|x) ‖ p(z)), nats
+    posterior: DiagonalGaussian
+
+
 @torch.no_grad()
+def importance_estimates(
+    x: Tensor,
+    encoder: Network,
+    decoder: Network,
+    likelihood: Likelihood,
+    k: int = 100,
+    chunk_size: int | None = None,
+) -> ImportanceEstimates:
+    """IWAE estimate of log p(x) with k importance samples (Burda et al. 2016), plus the
+    ELBO pieces from the same samples.
+
+    log p(x) ≈ log (1/k) Σ_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x), computed with
+    logsumexp over chunks of ``chunk_size`` samples so memory stays bounded for any k.
+    ELBO ≤ E[IWAE_k] ≤ log p(x), increasing in k. Because rec_nll is averaged over the very
+    samples the IWAE uses, −rec_nll − kl ≤ IWAE_k up to the Monte Carlo error of the KL
+    (Jensen's inequality on the same weights).
+    """
+    if k < 1:
+        raise ValueError(f"k={k} is invalid: the number of importance samples must be ≥ 1")
+    posterior = DiagonalGaussian.from_encoder(encoder(x))
+    chunk = chunk_size or default_chunk_size(x.shape[0], likelihood.data_dim)
+    partial, log_lik_sum = [], 0.0
+    for start in range(0, k, chunk):
+        z = posterior.rsample(min(chunk, k - start))  # [n, B, d]
+        log_lik = likelihood.log_prob(x, decoder(z))
+        log_w = log_lik + standard_normal_log_prob(z) - posterior.log_prob(z)
+        partial.append(torch.logsumexp(log_w, dim=0))
+        log_lik_sum = log_lik_sum + log_lik.sum(0)
+    log_px = torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)
+    return ImportanceEstimates(
+        log_px, -log_lik_sum / k, posterior.kl_to_standard_normal(), posterior
+    )
+
+
 def iwae_log_likelihood(
     x: Tensor,
     encoder: Network,
@@ -71,24 +115,8 @@ def iwae_log_likelihood(
     k: int = 100,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """IWAE estimate of log p(x) with k importance samples (Burda et al. 2016).
-
-    log p(x) ≈ log (1/k) Σ_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x), computed with
-    logsumexp over chunks of samples so memory stays bounded for any k (chunk_size samples
-    at a time). ELBO ≤ E[IWAE_k] ≤ log p(x), increasing in k. Returns nats, shape [B].
-    """
-    if k < 1:
-        raise ValueError(f"k={k} is invalid: the number of importance samples must be ≥ 1")
-    posterior = DiagonalGaussian.from_encoder(encoder(x))
-    chunk = chunk_size or default_chunk_size(x.shape[0], likelihood.data_dim)
-    partial = []
-    for start in range(0, k, chunk):
-        z = posterior.rsample(min(chunk, k - start))  # [n, B, d]
-        log_w = (
-            likelihood.log_prob(x, decoder(z)) + standard_normal_log_prob(z) - posterior.log_prob(z)
-        )
-        partial.append(torch.logsumexp(log_w, dim=0))
-    return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)
+    """IWAE_k estimate of log p(x) in nats, shape [B] (see :func:`importance_estimates`)."""
+    return importance_estimates(x, encoder, decoder, likelihood, k, chunk_size).log_px
 
 
 def bits_per_dim(nll_nats: Tensor | float, data_dim: int, num_levels: int = 256) -> Tensor:

@@ -1,0 +1,148 @@
+"""The run's record on disk: ``results.json``, written atomically at every status change.
+
+Schema (DESIGN.md §5): status ("running" | "completed" | "failed" | "diverged"), metrics
+(flat dict of floats), config (resolved, plain dict), overrides, seed, run_dir, sweep_dir,
+job_name, started_at, finished_at, duration_s, versions, dataset, error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+STATUSES = ("running", "completed", "failed", "diverged")
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write JSON to a temp file beside ``path``, fsync, then rename over it.
+
+    A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (nan, ±inf) become None; containers recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_state(directory: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git work tree holding ``directory`` (None outside git)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        return out.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict[str, Any]:
+    """Python and package versions, plus the git state of the vaesweep source tree."""
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for package in ("torch", "lightning", "hydra-core", "omegaconf", "wandb", "vaesweep"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    out["git"] = git_state(Path(__file__).resolve().parent)
+    return out
+
+
+class RunRecord:
+    """Owns ``<run_dir>/results.json`` for one run; every update rewrites it atomically."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        config: dict[str, Any],
+        overrides: list[str],
+        seed: int,
+        job_name: str,
+        sweep_dir: str | None,
+    ) -> None:
+        self.path = Path(run_dir) / RESULTS_FILE
+        self._t0 = time.monotonic()
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "metrics": {},
+            "config": config,
+            "overrides": list(overrides),
+            "seed": seed,
+            "run_dir": str(Path(run_dir).resolve()),
+            "sweep_dir": sweep_dir,
+            "job_name": job_name,
+            "started_at": _now(),
+            "finished_at": None,
+            "duration_s": None,
+            "versions": versions(),
+            "dataset": None,
+            "error": None,
+        }
+        self.write()
+
+    def write(self) -> None:
+        write_json_atomic(self.path, json_safe(self.data))
+
+    def set_dataset(self, info: dict[str, Any]) -> None:
+        self.data["dataset"] = info
+        self.write()
+
+    def finish(
+        self,
+        status: str,
+        metrics: dict[str, float] | None = None,
+        error: BaseException | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record the final status, metrics and (for failed / diverged runs) the error."""
+        if status not in STATUSES[1:]:
+            raise ValueError(f"status={status!r}: allowed {list(STATUSES[1:])}")
+        self.data["status"] = status
+        if metrics:
+            self.data["metrics"].update({k: float(v) for k, v in metrics.items()})
+        if error is not None:
+            self.data["error"] = {"type": type(error).__name__, "message": str(error), "step": step}
+        self.data["finished_at"] = _now()
+        self.data["duration_s"] = round(time.monotonic() - self._t0, 3)
+        self.write()

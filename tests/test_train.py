@@ -1,0 +1,234 @@
+"""The training stack end to end: real Hydra composition, real Lightning, real W&B (offline),
+the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from vaesweep.record import STATUSES
+from vaesweep.train import CONF_DIR, ConfigError, validate_config
+from vaesweep.wandb_offline import read_offline_run
+
+from conftest import TINY, results_under, run_cli
+
+GROUPS = ["data", "model", "likelihood", "beta_schedule", "optimizer", "trainer", "logger", "eval"]
+METRIC_KEYS = {
+    "test/elbo",
+    "test/rec_nll",
+    "test/kl",
+    "test/nll",
+    "test/bpd",
+    "test/mse",
+    "test/mae",
+    "test/active_units",
+    "scale",
+    "beta",
+    "effective_beta",
+    "val/elbo",
+}
+SCHEMA = {
+    "status",
+    "metrics",
+    "config",
+    "overrides",
+    "seed",
+    "run_dir",
+    "sweep_dir",
+    "job_name",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "versions",
+    "dataset",
+    "error",
+}
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def validate(overrides: list[str]) -> None:
+    # hydra:runtime.* interpolations need a running app; they are not what is checked here.
+    validate_config(compose_cfg([*overrides, "paths.data_dir=/tmp"]))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes_and_validates(group):
+    for option in options(group):
+        overrides = [f"{group}={option}"]
+        if (group, option) == ("beta_schedule", "geco"):
+            with pytest.raises(ConfigError, match="beta_schedule.target: required"):
+                validate(overrides)
+            overrides.append("beta_schedule.target=-100")
+        validate(overrides)
+
+
+def test_scale_modes_compose_for_both_location_scale_likelihoods():
+    for lik in ("gaussian", "laplace"):
+        for scale in ("fixed", "learned", "per_pixel", "decoder", "optimal"):
+            validate([f"likelihood={lik}", f"likelihood.scale={scale}"])
+
+
+def test_every_trainer_argument_is_a_config_key():
+    cfg = compose_cfg([])
+    managed = {"self", "logger", "callbacks", "default_root_dir"}
+    args = set(inspect.signature(L.Trainer.__init__).parameters) - managed
+    assert args <= set(cfg.trainer), sorted(args - set(cfg.trainer))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["beta=-1"], "beta=-1 is invalid"),
+        (["likelihood.scale_value=0"], "likelihood.scale_value=0 is invalid"),
+        (["likelihood=laplace", "likelihood.scale=huge"], "likelihood.scale='huge'.*optimal"),
+        (["model.latent_dim=0"], "model.latent_dim=0 is invalid"),
+        (["likelihood=bernoulli", "data.preprocess=dequantize"], "allow_nonbinary=true"),
+        (["beta_schedule=cyclical", "beta_schedule.ratio=1.5"], "ratio=1.5"),
+        (["beta_schedule=cyclical", "beta_schedule.n_cycles=0"], "n_cycles=0"),
+        (["optimizer.lr=0"], "optimizer.lr=0 is invalid"),
+        (["eval.checkpoint=first"], "eval.checkpoint='first'.*last.*best"),
+        (["trainer=ddp", "data.batch_size=127"], "data.batch_size=127.*multiple of the 2"),
+        (["logger.mode=sometimes"], "logger.mode='sometimes'"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(overrides)
+
+
+def test_bernoulli_on_grey_levels_needs_explicit_opt_in():
+    validate(["likelihood=bernoulli", "data.preprocess=scale", "likelihood.allow_nonbinary=true"])
+
+
+def check_completed_run(result: dict, run_dir: Path) -> None:
+    assert set(result) == SCHEMA
+    assert result["status"] == "completed" and result["error"] is None
+    metrics = result["metrics"]
+    assert set(metrics) >= METRIC_KEYS, METRIC_KEYS - set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+    # The IWAE bound is at least as tight as the ELBO.
+    assert metrics["test/nll"] <= -metrics["test/elbo"] + 1e-6
+    assert result["versions"]["torch"].startswith("2.13")
+    assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
+    for name in ("reconstructions.png", "samples.png"):
+        with Image.open(run_dir / name) as im:
+            assert im.size[0] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_run_py_end_to_end_writes_a_complete_result(workdir):
+    """Default data and model, a tiny budget, W&B offline (the default logger)."""
+    args = [a for a in TINY if not a.startswith("data=")]
+    proc = run_cli([*args, "hydra.run.dir=run"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(workdir)
+    run_dir = workdir / "run"
+    check_completed_run(result, run_dir)
+    metrics = result["metrics"]
+    # Fixed σ = 1 Gaussian on 28×28 data: −log p(x|z) ≥ (D/2) ln 2π = 720.45 nats.
+    assert metrics["test/rec_nll"] >= 784 / 2 * math.log(2 * math.pi)
+    assert result["dataset"]["name"] == "mnist_small"
+    assert (run_dir / "metrics.csv").read_text().count("\n") > 1
+    # W&B offline run: exists, carries the resolved config and the test metrics as summary.
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    wb = read_offline_run(offline)
+    assert wb["config"]["likelihood"]["name"] == "gaussian"
+    assert wb["config"]["seed"] == 0
+    assert wb["summary"]["test/nll"] == pytest.approx(metrics["test/nll"])
+    assert "gaussian" in wb["tags"] and "scale=fixed" in wb["tags"]
+    assert any("test/reconstructions" in k for k in wb["summary"])
+
+
+def test_six_job_multirun(workdir):
+    proc = run_cli(
+        ["-m", "likelihood=gaussian,laplace", "beta=0.5,1,4", *TINY, "hydra.sweep.dir=sweep"],
+        workdir,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_dirs = sorted(p for p in (workdir / "sweep").iterdir() if p.is_dir())
+    assert len(job_dirs) == 6
+    results = results_under(workdir / "sweep")
+    assert [r["status"] for r in results] == ["completed"] * 6
+    seen = {(r["config"]["likelihood"]["name"], r["config"]["beta"]) for r in results}
+    assert seen == {(lik, b) for lik in ("gaussian", "laplace") for b in (0.5, 1.0, 4.0)}
+    for r in results:
+        check_completed_run(r, Path(r["run_dir"]))
+        assert r["sweep_dir"] == str((workdir / "sweep").resolve())
+    # Each job its own W&B run, all in the sweep's group.
+    runs = [read_offline_run(next(d.glob("wandb/offline-run-*"))) for d in job_dirs]
+    assert len({r["run_id"] for r in runs}) == 6
+    assert len({r["group"] for r in runs}) == 1 and runs[0]["group"]
+
+
+def test_same_command_twice_gives_identical_metrics(workdir):
+    args = [*TINY, "likelihood=laplace", "likelihood.scale=optimal", "logger=csv"]
+    for name in ("a", "b"):
+        proc = run_cli([*args, f"hydra.run.dir={name}"], workdir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (results_under(workdir / name)[0]["metrics"] for name in ("a", "b"))
+    assert a == b
+
+
+def test_divergence_is_recorded_with_its_step(workdir):
+    proc = run_cli([*TINY, "optimizer.lr=1e30", "logger=none", "hydra.run.dir=r"], workdir)
+    assert proc.returncode != 0
+    (result,) = results_under(workdir)
+    assert result["status"] == "diverged"
+    assert result["error"]["type"] == "DivergenceError"
+    assert isinstance(result["error"]["step"], int) and result["error"]["step"] >= 0
+    assert "non-finite" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["beta=-2"], "beta=-2 is invalid"),
+        (["likelihood=bernoulli", "data.preprocess=dequantize"], "only on binary data"),
+    ],
+)
+def test_bad_input_exits_nonzero_and_claims_no_success(workdir, overrides, message):
+    proc = run_cli([*TINY, *overrides, "logger=none", "hydra.run.dir=r"], workdir)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    (result,) = results_under(workdir)
+    assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
+    assert result["metrics"] == {}
+    assert not (workdir / "r" / "checkpoints").exists()  # failed before any training
+
+
+def test_unknown_group_option_lists_the_choices(workdir):
+    proc = run_cli(["likelihood=poisson"], workdir)
+    assert proc.returncode != 0
+    out = proc.stderr + proc.stdout
+    for name in ("bernoulli", "continuous_bernoulli", "gaussian", "laplace"):
+        assert name in out
+
+
+def test_help_lists_groups_and_options(workdir):
+    proc = run_cli(["--help"], workdir)
+    assert proc.returncode == 0
+    for token in (
+        "likelihood: bernoulli, continuous_bernoulli, gaussian, laplace",
+        "beta_schedule",
+    ):
+        assert token in proc.stdout
+
+
+def test_statuses_are_the_documented_ones():
+    assert STATUSES == ("running", "completed", "failed", "diverged")
