@@ -1,11 +1,15 @@
-"""Lightning callbacks of the run: reconstruction and prior-sample grids at test time."""
+"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from vaesweep.images import reconstruction_grid, save_image_grid
@@ -49,3 +53,25 @@ class ImageGrids(L.Callback):
             if hasattr(logger, "log_image"):
                 for key, path in paths.items():
                     logger.log_image(key=f"test/{key}", images=[str(path)])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temp file beside the target, fsynced, then renamed over
+    it: a job killed mid-write leaves the previous checkpoint intact, never a torn one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

@@ -10,10 +10,13 @@ records "failed" with its type and message; both then exit non-zero. W&B is clos
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.record import RunRecord
+from vaesweep.record import RESULTS_FILE, RunRecord
+from vaesweep.sweep import left_alone, read_sweep, register_resolvers, swept_values
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger("vaesweep")
@@ -89,6 +93,12 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_number(cfg.beta) and cfg.beta >= 0, "beta", cfg.beta, "a finite number ≥ 0")
     _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer ≥ 0")
     _require(_is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "≥ 1")
+    _require(
+        cfg.threads is None or (_is_int(cfg.threads) and cfg.threads >= 1),
+        "threads",
+        cfg.threads,
+        "null (automatic) or an integer ≥ 1",
+    )
     m = cfg.model
     _require(m.name in NETWORKS, "model.name", m.name, f"one of {list(NETWORKS)}")
     _require(
@@ -146,23 +156,70 @@ def validate_config(cfg: DictConfig) -> None:
         _require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
 
 
-def _job_identity() -> tuple[Path, str, str | None, list[str]]:
-    """Run dir, job name (from the overrides), sweep dir (multirun only), overrides."""
+@dataclass
+class Job:
+    """Where and what one job of a run or sweep is."""
+
+    run_dir: Path
+    name: str  # from the overrides; the W&B run name
+    overrides: list[str]
+    sweep_dir: Path | None  # None outside a multirun
+    swept: dict[str, str]  # this job's value of each swept key (multirun)
+    n_parallel: int  # jobs sharing this machine at once (joblib launcher)
+
+    @property
+    def multirun(self) -> bool:
+        return self.sweep_dir is not None
+
+
+def current_job() -> Job:
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    overrides = list(hc.overrides.task)
-    name = hc.job.override_dirname or "default"
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
-    sweep_dir = str(Path(hc.sweep.dir).resolve()) if multirun else None
-    return run_dir, name, sweep_dir, overrides
+    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    overrides = list(hc.overrides.task)
+    swept: dict[str, str] = {}
+    if sweep_dir is not None:
+        record = read_sweep(sweep_dir)
+        swept = swept_values(overrides, list(record["grid"]) if record else [])
+    launcher = hc.launcher.get("_target_", "") if "launcher" in hc else ""
+    n_parallel = int(hc.launcher.get("n_jobs") or 1) if "joblib" in launcher else 1
+    return Job(
+        run_dir=Path(hc.runtime.output_dir),
+        name=hc.job.override_dirname or "default",
+        overrides=overrides,
+        sweep_dir=sweep_dir,
+        swept=swept,
+        n_parallel=max(1, n_parallel),
+    )
 
 
-def _make_loggers(cfg: DictConfig, run_dir: Path, name: str, sweep_dir: str | None) -> list:
+def process_rank() -> int:
+    """Global rank of this process when a launcher (torchrun, srun, Lightning's ddp)
+    started several; 0 otherwise. Only rank 0 writes results, images and W&B."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def resolve_strategy(strategy: str, job: Job) -> str:
+    """``ddp`` re-executes ``sys.argv`` in its child processes, which breaks inside a
+    multirun, a parallel launcher and pytest: use ``ddp_spawn`` there. Under SLURM with
+    one task per device (srun started the processes) plain ``ddp`` is right."""
+    if strategy != "ddp" or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return strategy
+    if job.multirun or "pytest" in sys.modules:
+        log.info("trainer.strategy=ddp → ddp_spawn (inside a multirun or pytest)")
+        return "ddp_spawn"
+    return strategy
+
+
+def _make_loggers(cfg: DictConfig, job: Job) -> list:
     from lightning.pytorch.loggers import CSVLogger
 
     if cfg.logger.name == "none":
         return []
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [CSVLogger(save_dir=str(job.run_dir), name="", version="")]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -171,32 +228,33 @@ def _make_loggers(cfg: DictConfig, run_dir: Path, name: str, sweep_dir: str | No
         tags = [cfg.likelihood.name, f"schedule={cfg.beta_schedule.name}", *cfg.logger.tags]
         if scale is not None:
             tags.insert(1, f"scale={scale}")
+        tags += [f"{k}={v}" for k, v in job.swept.items()]
+        # Seeds of one configuration share a job_type, so W&B can group them.
+        config_axes = [f"{k}={v}" for k, v in job.swept.items() if k != "seed"]
         loggers.append(
             WandbLogger(
-                name=name,
+                name=job.name,
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
-                save_dir=str(run_dir),
+                save_dir=str(job.run_dir),
                 mode=cfg.logger.mode,
-                group=sweep_group(sweep_dir),
-                tags=tags,
+                group=sweep_group(job.sweep_dir),
+                job_type=(",".join(config_axes) or "train")[:64],
+                tags=list(dict.fromkeys(t[:64] for t in tags)),
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )
     return loggers
 
 
-def sweep_group(sweep_dir: str | None) -> str | None:
+def sweep_group(sweep_dir: Path | None) -> str | None:
     """W&B group of a sweep: its directory's last two parts (date_time-id); None for runs."""
-    if not sweep_dir:
+    if sweep_dir is None:
         return None
-    path = Path(sweep_dir)
-    return f"{path.parent.name}_{path.name}"
+    return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
 def _finish_wandb() -> None:
-    import sys
-
     if "wandb" in sys.modules:
         import wandb
 
@@ -204,33 +262,80 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train, test and record one job; returns the metrics written to results.json."""
-    run_dir, name, sweep_dir, overrides = _job_identity()
+class JobNotRerun(RuntimeError):
+    """A job whose earlier result is failed/diverged, left alone (sweep.rerun_failed=false)."""
+
+
+def _previous_result(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:  # not written by vaesweep (ours are atomic): start afresh
+        return None
+
+
+def run(cfg: DictConfig) -> dict[str, float] | None:
+    """Train, test and record one job; returns the metrics written to results.json.
+
+    An existing result in the job's directory decides what happens: ``completed`` → skip
+    (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true;
+    ``running`` with ``checkpoints/last.ckpt`` → resume from that checkpoint.
+    """
+    job = current_job()
+    if cfg.threads:
+        torch_threads = int(cfg.threads)
+    else:
+        torch_threads = max(1, (os.cpu_count() or 1) // job.n_parallel)
+    if process_rank() != 0:  # a DDP worker started by a launcher: train, write nothing
+        return _fit_and_test(cfg, job, None, None, torch_threads)
+
+    # Messages about skipped jobs go to the terminal only: a skipped job's files (its
+    # train.log included) are left exactly as they were.
+    status = left_alone(job.run_dir, cfg.sweep.rerun_failed)
+    if status == "completed":
+        print(f"[vaesweep] skipping {job.run_dir.name}: already completed", file=sys.stderr)
+        return json.loads((job.run_dir / RESULTS_FILE).read_text())["metrics"]
+    if status is not None:
+        raise JobNotRerun(
+            f"{job.run_dir.name} holds a {status} result: not re-run "
+            "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
+        )
+    resume_from = None
+    last = job.run_dir / "checkpoints" / "last.ckpt"
+    previous = _previous_result(job.run_dir)
+    if previous is not None and previous.get("status") == "running" and last.exists():
+        resume_from = last
+        log.info("resuming %s from %s", job.run_dir, last)
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an unresolvable value: recorded as written, reported by validation
         config = OmegaConf.to_container(cfg, resolve=False)
     record = RunRecord(
-        run_dir,
+        job.run_dir,
         config=config,
-        overrides=overrides,
+        overrides=job.overrides,
         seed=cfg.seed,
-        job_name=name,
-        sweep_dir=sweep_dir,
+        job_name=job.name,
+        sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
     )
     from vaesweep.module import DivergenceError
 
     try:
         validate_config(cfg)
-        metrics = _fit_and_test(cfg, run_dir, name, sweep_dir, record)
+        metrics = _fit_and_test(cfg, job, record, resume_from, torch_threads)
     except DivergenceError as e:
         record.finish("diverged", error=e, step=e.step)
         log.error("run diverged: %s (results: %s)", e, record.path)
         raise
+    except ConfigError as e:
+        record.finish("failed", error=e)
+        log.error("bad config: %s (results: %s)", e, record.path)
+        raise
     except BaseException as e:
         record.finish("failed", error=e)
-        log.error("run failed: %s: %s (results: %s)", type(e).__name__, e, record.path)
+        log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, record.path)
         raise
     finally:
         _finish_wandb()
@@ -240,16 +345,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit_and_test(
-    cfg: DictConfig, run_dir: Path, name: str, sweep_dir: str | None, record: RunRecord
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    resume_from: Path | None,
+    torch_threads: int,
 ) -> dict[str, float]:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vaesweep.callbacks import ImageGrids
+    from vaesweep.callbacks import AtomicCheckpointIO, ImageGrids
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAE
 
+    torch.set_num_threads(torch_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -265,7 +375,8 @@ def _fit_and_test(
         val_size=cfg.data.val_size,
         test_size=cfg.data.test_size,
     )
-    record.set_dataset(data.info)
+    if record is not None:
+        record.set_dataset(data.info)
     plain = OmegaConf.to_container(cfg, resolve=True)
     model = VAE(
         shape=data.shape,
@@ -278,23 +389,29 @@ def _fit_and_test(
         iwae_chunk=cfg.eval.iwae_chunk,
         active_units_threshold=cfg.eval.active_units_threshold,
         report_bpd=preprocess == "dequantize",
+        seed=cfg.seed,
     )
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=job.run_dir / "checkpoints",
         filename="best",
         monitor="val/elbo",
         mode="max",
         save_top_k=1,
         save_last=True,
     )
-    loggers = _make_loggers(cfg, run_dir, name, sweep_dir)
+    loggers = _make_loggers(cfg, job) if record is not None else []
+    trainer_args = dict(plain["trainer"])
+    trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
+    plugins = trainer_args.pop("plugins") or []
+    plugins = [plugins] if not isinstance(plugins, list) else plugins
     trainer = L.Trainer(
-        **plain["trainer"],
+        **trainer_args,
+        plugins=[AtomicCheckpointIO(), *plugins],
         logger=loggers or False,
-        callbacks=[checkpoint, ImageGrids(run_dir, cfg.eval.n_images)],
-        default_root_dir=str(run_dir),
+        callbacks=[checkpoint, ImageGrids(job.run_dir, cfg.eval.n_images)],
+        default_root_dir=str(job.run_dir),
     )
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=resume_from)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     ckpt = checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
@@ -306,10 +423,20 @@ def _fit_and_test(
 
 
 def task(cfg: DictConfig) -> None:
-    """The Hydra task: one job of a run or a sweep."""
-    run(cfg)
+    """The Hydra task: one job of a run or a sweep.
+
+    In a multirun a job's failure is recorded in its results.json and does not stop the
+    other jobs; the sweep's summary then names it and the sweep exits non-zero.
+    """
+    try:
+        run(cfg)
+    except Exception:
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return
+        raise
 
 
+register_resolvers()
 main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(task)
 
 

@@ -1,0 +1,235 @@
+"""Sweeps: directory naming, ``sweep.json``, the end-of-sweep summary, and job-level policy.
+
+A sweep directory holds one job directory per grid point, named from its overrides (so a
+re-launch of the same command finds the same directories), plus:
+
+- ``sweep.json``: the grid, the command, the launcher, and (at the end) every job's
+  directory and status;
+- ``summary.csv``: one row per job: swept values, status, key test metrics, duration.
+
+Resolvers registered here are used by ``conf/train.yaml``; Hydra copies their cache into
+every job, so a sweep's id is the same in the launcher and in its jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import secrets
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.record import RESULTS_FILE, write_json_atomic
+
+log = logging.getLogger("vaesweep.sweep")
+
+SWEEP_FILE = "sweep.json"
+SUMMARY_FILE = "summary.csv"
+SUMMARY_METRICS = ("test/nll", "test/elbo", "test/bpd", "test/kl", "test/mse", "scale")
+MAX_DIRNAME = 120  # well below the 255-byte limit of common file systems
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job directory name from its overrides: readable, one path component, bounded.
+
+    ``/`` in values becomes ``_``; a name longer than MAX_DIRNAME is cut and given a short
+    hash of the full name, so distinct grid points never share a directory.
+    """
+    name = override_dirname.replace(os.sep, "_") or "default"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_DIRNAME - 9]}-{digest}"
+    return name
+
+
+def _first_set(value: Any, default: Any) -> Any:
+    return default if value is None or value == "" else value
+
+
+def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
+    """The status of an earlier result that a re-launch must not touch, else None.
+
+    ``completed`` jobs are always left alone; ``failed``/``diverged`` ones unless
+    ``rerun_failed``; ``running`` ones (interrupted) are resumed.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except json.JSONDecodeError:
+        return None
+    if status == "completed" or (status in ("failed", "diverged") and not rerun_failed):
+        return status
+    return None
+
+
+def _config_subdir(run_dir: str, rerun_failed: bool) -> str | None:
+    # Hydra writes .hydra/*.yaml into every job dir before the task runs; for a job that
+    # will be skipped, write nothing, so its files (and their mtimes) stay as they were.
+    return None if left_alone(run_dir, rerun_failed) else ".hydra"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/train.yaml (idempotent)."""
+    resolvers = {
+        "vaesweep.job_dir": (job_dirname, False),
+        "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
+        "vaesweep.either": (_first_set, False),
+        "vaesweep.config_subdir": (_config_subdir, False),
+    }
+    for name, (fn, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
+
+
+def parse_grid(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, list]:
+    """The grid of a sweep: {key: [values]} from the preset's ``hydra.sweeper.params`` and
+    the command line's sweep overrides (``key=a,b,c``); the command line wins."""
+    parser = OverridesParser.create()
+    grid: dict[str, list] = {}
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    for override in parser.parse_overrides(params + list(overrides)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            grid[key] = list(override.sweep_string_iterator())
+        else:
+            grid.pop(key, None)
+    return grid
+
+
+def swept_values(job_overrides: list[str], grid_keys: list[str]) -> dict[str, str]:
+    """This job's value of every swept key, from its own overrides."""
+    values = {}
+    for item in job_overrides:
+        key, _, value = item.partition("=")
+        if key in grid_keys:
+            values[key] = value
+    return values
+
+
+def read_sweep(sweep_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def job_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """results.json of every job directly under the sweep dir, sorted by directory."""
+    out = []
+    for path in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:  # only possible for files not written by vaesweep
+            log.warning("unreadable %s", path)
+    return out
+
+
+def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"job": Path(r["run_dir"]).name}
+        row.update(swept_values(r.get("overrides", []), grid_keys))
+        row["status"] = r["status"]
+        for m in SUMMARY_METRICS:
+            v = r["metrics"].get(m)
+            row[m] = None if v is None else round(float(v), 4)
+        row["duration_s"] = r.get("duration_s")
+        error = r.get("error") or {}
+        row["error"] = f"{error.get('type')}: {error.get('message')}" if error else ""
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table for the terminal (columns left out when empty everywhere)."""
+    if not rows:
+        return "(no jobs)"
+    # The job column (its full override string) is in summary.csv; on screen the swept
+    # values identify the job.
+    hidden = {"error", "job"} if len(rows[0]) > len(SUMMARY_METRICS) + 4 else {"error"}
+    columns = [
+        c for c in rows[0] if c not in hidden and any(r.get(c) not in (None, "") for r in rows)
+    ]
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+class SweepCallback(Callback):
+    """Writes sweep.json when a multirun starts; summary.csv, the table and the exit code
+    when it ends (non-zero, naming the jobs, when any job did not complete)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = list(config.hydra.overrides.task)
+        params = config.hydra.sweeper.get("params")
+        params = OmegaConf.to_container(params, resolve=True) if params else {}
+        grid = parse_grid(overrides, params)
+        previous = read_sweep(sweep_dir)
+        record = {
+            "sweep_dir": str(sweep_dir.resolve()),
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "grid": grid,
+            "n_jobs": len(list(itertools.product(*grid.values()))) if grid else 1,
+            "overrides": overrides,
+            "launcher": config.hydra.launcher.get("_target_"),
+            "created_at": (previous or {}).get("created_at") or _now(),
+            "launched_at": [*(previous or {}).get("launched_at", []), _now()],
+            "jobs": (previous or {}).get("jobs", []),
+        }
+        write_json_atomic(sweep_dir / SWEEP_FILE, record)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        record = read_sweep(sweep_dir) or {"grid": {}}
+        grid_keys = list(record["grid"])
+        results = job_results(sweep_dir)
+        rows = summary_rows(results, grid_keys)
+        record["jobs"] = [
+            {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
+            for r in results
+        ]
+        record["finished_at"] = _now()
+        write_json_atomic(sweep_dir / SWEEP_FILE, record)
+        if rows:
+            write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)
+        print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+        bad = [r for r in rows if r["status"] != "completed"]
+        if bad:
+            lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
+            print(
+                f"{len(bad)} of {len(rows)} jobs did not complete:\n" + "\n".join(lines),
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(1)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,210 @@
+"""Sweeps for real: the CLI's multirun in subprocesses, launchers, resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vaesweep.sweep import SUMMARY_FILE, SWEEP_FILE, job_dirname, parse_grid
+
+from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
+
+GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_summary(sweep: Path) -> list[dict]:
+    with open(sweep / SUMMARY_FILE) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_grid_sweep_with_launcher(workdir, launcher):
+    extra = [] if launcher == "basic" else ["hydra/launcher=local_parallel"]
+    proc = run_cli(
+        ["-m", *GRID, *TINY, "logger=csv", "hydra.sweep.dir=sweep", *extra], workdir, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = workdir / "sweep"
+    dirs = job_dirs(sweep)
+    assert len(dirs) == 4
+    for d in dirs:  # named from the job's own overrides
+        r = json.loads((d / "results.json").read_text())
+        assert r["status"] == "completed"
+        assert d.name == job_dirname(",".join(sorted(r["overrides"])))
+        assert f"beta={r['config']['beta']:g}" in d.name
+    rows = read_summary(sweep)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert {(r["likelihood"], r["beta"]) for r in rows} == {
+        (lik, b) for lik in ("gaussian", "laplace") for b in ("0.5", "2")
+    }
+    meta = json.loads((sweep / SWEEP_FILE).read_text())
+    assert meta["grid"] == {"likelihood": ["gaussian", "laplace"], "beta": ["0.5", "2"]}
+    assert meta["n_jobs"] == 4 and len(meta["jobs"]) == 4
+    assert "-m" in meta["command"]
+    if launcher == "local_parallel":
+        assert "joblib" in meta["launcher"].lower()
+    assert "status" in proc.stdout and "completed" in proc.stdout  # the printed table
+
+
+def test_two_sweeps_started_together_get_two_directories(workdir):
+    args = [sys.executable, str(RUN_PY), "-m", "beta=1", *TINY, "logger=none"]
+    procs = [
+        subprocess.Popen(
+            args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    sweeps = sorted((workdir / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 2
+    for s in sweeps:
+        assert len(results_under(s)) == 1
+
+
+def test_failing_job_stays_local_and_is_named(workdir):
+    cmd = ["-m", "beta=1,-3", *TINY, "logger=none", "hydra.sweep.dir=sweep"]
+    proc = run_cli(cmd, workdir)
+    assert proc.returncode != 0
+    statuses = {r["config"]["beta"]: r["status"] for r in results_under(workdir / "sweep")}
+    assert statuses == {1.0: "completed", -3: "failed"}
+    assert "1 of 2 jobs did not complete" in proc.stderr
+    assert "beta=-3" in proc.stderr and "ConfigError" in proc.stderr
+    rows = {r["beta"]: r for r in read_summary(workdir / "sweep")}
+    assert rows["-3"]["status"] == "failed" and "beta=-3 is invalid" in rows["-3"]["error"]
+
+    # Re-running leaves both alone (completed skipped, failed not re-run unless asked).
+    before = {p: p.stat().st_mtime_ns for p in (workdir / "sweep").rglob("results.json")}
+    again = run_cli(cmd, workdir)
+    assert again.returncode != 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    # Asked to, it re-runs the failed job (which fails again) and still skips the other.
+    rerun = run_cli([*cmd, "sweep.rerun_failed=true"], workdir)
+    assert rerun.returncode != 0
+    changed = {p.parent.name for p in before if p.stat().st_mtime_ns != before[p]}
+    assert len(changed) == 1 and changed.pop().startswith("beta=-3")
+
+
+def test_killed_job_resumes_to_the_uninterrupted_result(workdir):
+    """SIGKILL one job mid-training; the re-run skips the completed job (files untouched)
+    and resumes the killed one from its checkpoint to bit-identical metrics."""
+    budget = [
+        "data=digits",
+        "data.batch_size=8",
+        "trainer.max_epochs=6",
+        "trainer.enable_progress_bar=false",
+        "eval.iwae_k=10",
+        "logger=csv",
+        "likelihood=laplace",
+        "likelihood.scale=optimal",
+    ]
+    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", *budget, "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=cli_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    sweep = workdir / "sweep"
+    deadline = time.monotonic() + 240
+    target = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(sweep.glob("beta=2,*/checkpoints/last.ckpt"))
+        if found:
+            target = found[0].parents[1]
+            break
+        time.sleep(0.02)
+    assert target is not None, "the second job never wrote a checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((target / "results.json").read_text())["status"] == "running"
+    first = next(d for d in job_dirs(sweep) if d.name.startswith("beta=0.5"))
+    assert json.loads((first / "results.json").read_text())["status"] == "completed"
+    mtimes = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    again = run_cli(cmd[2:], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    resumed = json.loads((target / "results.json").read_text())
+    assert resumed["status"] == "completed"
+    assert "resuming" in (target / "train.log").read_text()
+
+    ref = run_cli(["beta=2", *budget, "hydra.run.dir=reference"], workdir)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = json.loads((workdir / "reference" / "results.json").read_text())
+    assert resumed["metrics"] == reference["metrics"]
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(workdir):
+    proc = run_cli(
+        ["-m", "beta=0.5,2", *TINY, "logger=none", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", "hydra.sweep.dir=sweep"],
+        workdir, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = results_under(workdir / "sweep")
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    assert (workdir / "sweep" / SUMMARY_FILE).exists()
+    assert any((workdir / "sweep" / ".submitit").iterdir())
+
+
+def ddp_budget(n_test: int = 200) -> list[str]:
+    return [
+        "data=digits",
+        "data.batch_size=64",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "eval.iwae_k=20",
+        "logger=csv",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_ddp_two_cpu_processes_match_single_process(workdir, mode):
+    """trainer=ddp on 2 CPU processes (gloo): plain ddp from the CLI, ddp_spawn inside a
+    multirun. One result written, every test example counted once, metrics ≈ 1 process."""
+    args = [*ddp_budget(), "trainer=ddp", "trainer.devices=2"]
+    args = (
+        ["-m", *args, "hydra.sweep.dir=ddp"] if mode == "multirun" else [*args, "hydra.run.dir=ddp"]
+    )
+    proc = run_cli(args, workdir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ddp,) = results_under(workdir / "ddp")
+    assert ddp["status"] == "completed"
+    assert len(list((workdir / "ddp").rglob("results.json"))) == 1
+    assert ddp["metrics"]["test/n_examples"] == ddp["dataset"]["sizes"]["test"] == 200
+    single = run_cli([*ddp_budget(), "hydra.run.dir=single"], workdir)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (one,) = results_under(workdir / "single")
+    for key in ("test/nll", "test/elbo", "test/rec_nll", "val/elbo"):
+        assert ddp["metrics"][key] == pytest.approx(one["metrics"][key], rel=0.01), key
+
+
+def test_grid_parsing_and_job_dir_names():
+    grid = parse_grid(
+        ["beta=0.5,1", "seed=range(3)", "data=digits"], {"likelihood": "gaussian,laplace"}
+    )
+    assert grid == {
+        "likelihood": ["gaussian", "laplace"],
+        "beta": ["0.5", "1"],
+        "seed": ["0", "1", "2"],
+    }
+    # A command-line value replaces the preset's axis.
+    assert parse_grid(["likelihood=laplace"], {"likelihood": "gaussian,laplace"}) == {}
+    assert job_dirname("") == "default"
+    assert "/" not in job_dirname("data.root=/a/b,beta=1")
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(job_dirname(long_a)) <= 120 and job_dirname(long_a) != job_dirname(long_b)
