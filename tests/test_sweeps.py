@@ -208,3 +208,39 @@ def test_grid_parsing_and_job_dir_names():
     assert "/" not in job_dirname("data.root=/a/b,beta=1")
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(job_dirname(long_a)) <= 120 and job_dirname(long_a) != job_dirname(long_b)
+
+
+def test_experiment_preset_expands_to_its_grid(workdir):
+    proc = run_cli(
+        ["-m", "experiment=tiny_grid", f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]",
+         "hydra.sweep.dir=sweep"],
+        workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((workdir / "sweep" / SWEEP_FILE).read_text())
+    assert meta["grid"] == {"likelihood": ["gaussian", "laplace"], "seed": ["0", "1"]}
+    results = results_under(workdir / "sweep")
+    assert sorted((r["config"]["likelihood"]["name"], r["seed"]) for r in results) == [
+        ("gaussian", 0), ("gaussian", 1), ("laplace", 0), ("laplace", 1)
+    ]  # fmt: skip
+    assert all(
+        r["status"] == "completed" and r["config"]["data"]["name"] == "digits" for r in results
+    )
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from vaesweep.train import CONF_DIR
+
+    overrides = [
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "hydra.launcher.partition=gpu",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.tasks_per_node, launcher.gpus_per_node) == ("gpu", 4, 4)

@@ -174,6 +174,12 @@ def test_six_job_multirun(workdir):
     runs = [read_offline_run(next(d.glob("wandb/offline-run-*"))) for d in job_dirs]
     assert len({r["run_id"] for r in runs}) == 6
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"]
+    # job_type and tags carry the swept values of each job.
+    for r, res in zip(runs, results, strict=True):
+        beta = f"beta={res['config']['beta']:g}"
+        lik = f"likelihood={res['config']['likelihood']['name']}"
+        assert beta in r["tags"] and lik in r["tags"]
+        assert set(r["job_type"].split(",")) == {beta, lik}
 
 
 def test_same_command_twice_gives_identical_metrics(workdir):
