@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaesweep import images as images_module
+from vaesweep import atomic as atomic_module
 from vaesweep.images import make_grid, reconstruction_grid, save_image_grid
 
 
@@ -167,7 +167,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
             seen["src_size"] = im.size
         real_replace(src, dst)
 
-    monkeypatch.setattr(images_module.os, "replace", spy_replace)
+    monkeypatch.setattr(atomic_module.os, "replace", spy_replace)
     save_image_grid(torch.rand(2, 1, 4, 4), target, nrow=2, padding=0)
     assert seen["dst_before"] == b"old"
     assert seen["src_dir"] == str(tmp_path)

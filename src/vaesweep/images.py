@@ -8,13 +8,13 @@ pad_value and an unfilled cell in the last row is pad_value too.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+from vaesweep.atomic import atomic_open
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
@@ -84,19 +84,9 @@ def save_image_grid(
     else:
         image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
+    return Path(path)
 
 
 def reconstruction_grid(x: Tensor, x_rec: Tensor, n: int = 8) -> Tensor:

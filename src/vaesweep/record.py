@@ -12,37 +12,24 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vaesweep.atomic import atomic_open
+
 RESULTS_FILE = "results.json"
 STATUSES = ("running", "completed", "failed", "diverged")
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write JSON to a temp file beside ``path``, fsync, then rename over it.
-
-    A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write JSON atomically (temp file beside ``path``, fsync, rename); returns the path."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+    return Path(path)
 
 
 def json_safe(value: Any) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -31,6 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.atomic import atomic_open
 from vaesweep.record import RESULTS_FILE, write_json_atomic
 
 log = logging.getLogger("vaesweep.sweep")
@@ -171,13 +171,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     fieldnames = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 class SweepCallback(Callback):
