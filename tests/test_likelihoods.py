@@ -286,3 +286,30 @@ def test_registry_errors_list_what_exists():
         build_likelihood("gaussian", SHAPE, scale="decoder").log_prob(
             torch.rand(B, *SHAPE), torch.rand(B, *SHAPE)
         )
+
+
+def _optimal_scale_on_shard(rank: int, world: int, store: str, x, loc, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        lik = build_likelihood("gaussian", SHAPE, scale="optimal", min_log_scale=None).double()
+        shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        loc_shard = loc[shard].clone().requires_grad_(True)
+        lik.log_prob(x[shard], loc_shard)
+        out[rank] = float(lik.scale())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_optimal_scale_under_data_parallel_is_the_global_batch_statistic(tmp_path, rng):
+    """Two gloo processes holding half a batch each find σ* of the whole batch."""
+    import torch.multiprocessing as mp
+
+    x = torch.tensor(rng.uniform(0, 1, (8, *SHAPE)))
+    loc = x + torch.tensor(rng.normal(0, 0.1, x.shape)) * torch.arange(1, 9).view(8, 1, 1, 1)
+    out = mp.Manager().dict()
+    mp.spawn(_optimal_scale_on_shard, args=(2, str(tmp_path / "store"), x, loc, out), nprocs=2)
+    expected = math.sqrt(float(((x - loc) ** 2).mean()))
+    assert out[0] == pytest.approx(expected, rel=1e-12)
+    assert out[1] == pytest.approx(expected, rel=1e-12)

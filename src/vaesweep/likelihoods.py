@@ -25,6 +25,7 @@ import math
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch import distributions as td
@@ -53,6 +54,20 @@ def inverse_soft_clip(y: Tensor, minimum: float | None) -> Tensor:
         return y
     gap = y - minimum
     return minimum + gap + torch.log(-torch.expm1(-gap))
+
+
+def data_parallel_mean(stat: Tensor) -> Tensor:
+    """Mean of a per-process statistic over data-parallel processes (identity without them).
+
+    Under DDP each process holds 1/N of the global batch; averaging the per-process means
+    (equal shard sizes) gives the statistic of the global batch, so σ* and its running
+    average are the same as in a single-process run. Differentiable all-reduce.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stat
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(stat) / dist.get_world_size()
 
 
 def _check(condition: bool, key: str, value: object, allowed: str) -> None:
@@ -269,10 +284,12 @@ class LocationScale(Likelihood):
         if self.training and x is not None and torch.is_grad_enabled():
             residual = x - loc
             if self.optimal_reduction == "batch":
-                stat = self._residual_stat(residual, tuple(range(residual.dim())))
+                stat = data_parallel_mean(
+                    self._residual_stat(residual, tuple(range(residual.dim())))
+                )
             else:
                 stat = self._residual_stat(residual, DATA_DIMS)[..., None, None, None]
-            self._update_running(stat.detach().mean())
+            self._update_running(data_parallel_mean(stat.detach().mean()))
             # Not detached, as in σ-VAE: at σ* the NLL is stationary in σ, so the path
             # through σ* adds (up to the clip) no gradient, and the loss is the log-MSE form.
             return self._stat_to_log_scale(stat)

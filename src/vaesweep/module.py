@@ -134,6 +134,7 @@ class VAE(L.LightningModule):
         b = batch.shape[0]
         for k in ("loss", "rec_nll", "kl", "elbo"):
             self.log(f"val/{k}", out[k], batch_size=b, sync_dist=True, prog_bar=k == "elbo")
+        self._log_scale("val/", b)  # the scale evaluation uses (running σ* for `optimal`)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = dict(self.hparams.optimizer)
