@@ -1,0 +1,310 @@
+"""Paper figures: every figure command on a real tiny sweep, the analytic figures against
+independent references (scipy, finite differences), skips with the missing metric named."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import optimize, stats
+
+from vaesweep.figures import FigureSkipped, write_sweep_figures
+from vaesweep.figures.analytic import (
+    SIGMA_STAR_GID,
+    l1_versus_l2_gradient,
+    log_mse_gradient,
+    log_squared_error_gradient,
+    nll_versus_sigma,
+)
+from vaesweep.figures.grids import reconstruction_rows
+from vaesweep.figures.style import LIKELIHOOD_COLOURS, OKABE_ITO
+from vaesweep.figures.sweep import (
+    metric_vs_beta,
+    rate_distortion,
+    scale_history,
+    schedule_history,
+)
+from vaesweep.figures.table import results_table
+from vaesweep.results import load_results
+
+import tiny_sweeps
+from tiny_sweeps import copy_results, vaesweep
+
+SWEEP_FIGURES = [
+    "nll_elbo_vs_beta",
+    "bpd_vs_beta",
+    "rate_distortion",
+    "scale_history",
+    "reconstructions_beta0.5",
+    "reconstructions_beta2",
+    "samples_beta0.5",
+    "samples_beta2",
+]
+ANALYTIC_FIGURES = [
+    "gaussian_nll_vs_sigma",
+    "log_mse_gradient",
+    "log_squared_error_gradient",
+    "l1_vs_l2_gradient",
+]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> Path:
+    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def schedules(tmp_path_factory) -> Path:
+    return tiny_sweeps.schedule_sweep(tmp_path_factory)
+
+
+def check_pdf_and_png(out: Path, name: str) -> None:
+    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000, name
+    with Image.open(png) as im:
+        assert im.format == "PNG" and min(im.size) > 100, name
+
+
+def test_figures_command_writes_every_sweep_figure(sweep, tmp_path):
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(sweep), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in SWEEP_FIGURES:
+        check_pdf_and_png(out, name)
+    table = (out / "results_table.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 8  # header, rows
+    assert r"\toprule" in (out / "results_table.tex").read_text()
+    assert "skipped schedule_history: every run uses the constant β schedule" in proc.stderr
+    written = {Path(line).name for line in proc.stdout.split()}
+    assert written == {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]  # no temp dir left
+
+
+def test_schedule_history_of_the_beta_schedules_study(schedules):
+    df = load_results(schedules)
+    fig = schedule_history(df)
+    beta_axis = fig.axes[0]
+    labels = [line.get_label() for line in beta_axis.get_lines()]
+    assert labels == [
+        f"beta_schedule={s}" for s in ("capacity", "constant", "cyclical", "linear", "pi")
+    ]
+    # Independent: the logged β of the constant-schedule run is β = 1 at every step.
+    constant = beta_axis.get_lines()[1]
+    np.testing.assert_allclose(constant.get_ydata(), 1.0)
+    assert len(constant.get_xdata()) == 3  # 3 training steps, logged every step
+    with pytest.raises(FigureSkipped, match="beta is not swept"):
+        metric_vs_beta(df)
+
+
+def test_analytic_figures_command(tmp_path):
+    proc = vaesweep(["figures", "--analytic", "--out", str(tmp_path / "a")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ANALYTIC_FIGURES:
+        check_pdf_and_png(tmp_path / "a", name)
+
+
+@pytest.mark.parametrize("k", [5e-4, 1e-10])
+def test_marked_sigma_star_is_the_minimiser_sqrt_k(k):
+    fig = nll_versus_sigma((k,))
+    (ax,) = fig.axes
+    (marker,) = [line for line in ax.get_lines() if line.get_gid() == SIGMA_STAR_GID]
+    marked = float(marker.get_xdata()[0])
+    assert marked == pytest.approx(math.sqrt(k), rel=1e-6)
+
+    # Independent: minimise scipy's Gaussian NLL numerically, over log σ.
+    def nll(log_sigma: float) -> float:
+        return -stats.norm.logpdf(math.sqrt(k), loc=0.0, scale=math.exp(log_sigma))
+
+    centre = math.log(math.sqrt(k))
+    found = optimize.minimize_scalar(
+        nll, bounds=(centre - 5, centre + 5), method="bounded", options={"xatol": 1e-12}
+    )
+    assert math.exp(found.x) == pytest.approx(marked, rel=1e-6)
+    # The plotted curve is the exact NLL with its constants.
+    curve = ax.get_lines()[0]
+    sigma, shown = curve.get_xdata(), curve.get_ydata()
+    expected = -stats.norm.logpdf(math.sqrt(k), loc=0.0, scale=sigma)
+    np.testing.assert_allclose(shown, expected, rtol=1e-10)
+    assert found.fun == pytest.approx(0.5 * (1 + math.log(2 * math.pi * k)), rel=1e-9)
+
+
+def finite_difference(loss, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    return (loss(x + h) - loss(x - h)) / (2 * h)
+
+
+def test_gradient_figures_match_finite_differences():
+    fig = log_mse_gradient((0.05, 0.1, 0.5))
+    lines = fig.axes[0].get_lines()
+    for line, delta in zip(lines[:3], (0.05, 0.1, 0.5), strict=True):
+        r = line.get_xdata()
+        grad = finite_difference(lambda t, d=delta: np.log(t**2 + d), r)
+        np.testing.assert_allclose(line.get_ydata(), grad**2, rtol=1e-5, atol=1e-8)
+    mse = lines[3]
+    grad = finite_difference(lambda t: t**2, mse.get_xdata())
+    np.testing.assert_allclose(mse.get_ydata(), grad**2, rtol=1e-5, atol=1e-8)
+
+    line = log_squared_error_gradient().axes[0].get_lines()[0]
+    x = line.get_xdata()
+    grad = finite_difference(lambda t: np.log((t - 1) ** 2), x, h=1e-8)
+    np.testing.assert_allclose(line.get_ydata(), grad**2, rtol=1e-4)
+
+    lines = l1_versus_l2_gradient().axes[0].get_lines()
+    for line in (lines[0], lines[1]):  # the L1 branches, r < 0 and r > 0
+        np.testing.assert_allclose(
+            line.get_ydata(), np.abs(finite_difference(np.abs, line.get_xdata())), rtol=1e-6
+        )
+    l2 = lines[3]
+    np.testing.assert_allclose(
+        l2.get_ydata(), np.abs(finite_difference(np.square, l2.get_xdata())), rtol=1e-6, atol=1e-8
+    )
+
+
+def test_missing_metric_skips_the_figure_naming_the_metric(sweep, tmp_path):
+    df = load_results(sweep).drop(columns=["test/kl"])
+    with pytest.raises(FigureSkipped, match="metric 'test/kl' is missing"):
+        rate_distortion(df)
+    # End to end: results whose metrics lack test/kl; the other figures are still drawn.
+    for path in copy_results(sweep, tmp_path / "runs"):
+        result = json.loads(path.read_text())
+        del result["metrics"]["test/kl"]
+        path.write_text(json.dumps(result))
+    report = write_sweep_figures(load_results(tmp_path / "runs"), tmp_path / "out")
+    assert "rate_distortion: metric 'test/kl' is missing from the results" in report.skipped
+    assert not list((tmp_path / "out").glob("rate_distortion.*"))
+    check_pdf_and_png(tmp_path / "out", "nll_elbo_vs_beta")
+    # Only results.json were copied: no checkpoints and no metrics.csv, and the skips say so.
+    skipped = "\n".join(report.skipped)
+    assert "reconstructions_beta0.5: no completed run has its checkpoint" in skipped
+    assert "scale_history: metric 'train/scale' is missing from every run's metrics.csv" in skipped
+
+
+def test_figures_are_written_all_or_nothing(sweep, tmp_path):
+    df = load_results(sweep)
+    broken = tmp_path / "broken"  # a run whose checkpoint cannot be read
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    (broken / "results.json").write_text((Path(df.loc[0, "run_dir"]) / "results.json").read_text())
+    df.loc[0, "run_dir"] = str(broken)
+    with pytest.raises(Exception, match="(?i)zip|pickle|load"):
+        write_sweep_figures(df, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def test_colours_are_fixed_per_likelihood_and_styles_per_scale(sweep):
+    fig = metric_vs_beta(load_results(sweep))
+    seen = {}
+    for container in fig.axes[0].containers:
+        line = container.lines[0]
+        seen[container.get_label()] = (line.get_color(), line.get_linestyle(), line.get_marker())
+    assert (
+        seen["Gaussian, σ fixed"][0]
+        == seen["Gaussian, σ optimal"][0]
+        == LIKELIHOOD_COLOURS["gaussian"]
+    )
+    assert (
+        seen["Laplace, b fixed"][0]
+        == seen["Laplace, b optimal"][0]
+        == LIKELIHOOD_COLOURS["laplace"]
+    )
+    assert seen["Gaussian, σ fixed"][1:] == seen["Laplace, b fixed"][1:]
+    assert seen["Gaussian, σ fixed"][1:] != seen["Gaussian, σ optimal"][1:]
+    assert set(LIKELIHOOD_COLOURS.values()) <= set(OKABE_ITO.values())
+    assert fig.axes[0].get_xscale() == "log" and "nats" in fig.axes[0].get_ylabel()
+
+
+def test_scale_history_comes_from_metrics_csv(sweep):
+    df = load_results(sweep)
+    fig = scale_history(df)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [
+        "Gaussian: scale σ",
+        "Laplace: scale b",
+    ]
+    line = fig.axes[0].get_lines()[0]
+    # Independent: the mean over seeds of train/scale at each step of the matching runs.
+    runs = df[
+        (df["likelihood"] == "gaussian")
+        & (df["likelihood.scale"] == "optimal")
+        & (df["beta"] == 0.5)
+    ]
+    per_step = {}
+    for run_dir in runs["run_dir"]:
+        rows = [r.split(",") for r in (Path(run_dir) / "metrics.csv").read_text().splitlines()]
+        head = rows[0]
+        for r in rows[1:]:
+            if r[head.index("train/scale")]:
+                per_step.setdefault(int(r[head.index("step")]), []).append(
+                    float(r[head.index("train/scale")])
+                )
+    assert list(line.get_xdata()) == sorted(per_step)
+    np.testing.assert_allclose(line.get_ydata(), [np.mean(per_step[s]) for s in sorted(per_step)])
+
+
+def test_reconstructions_are_the_runs_own_on_the_same_test_images(sweep):
+    """Each row equals the reconstruction grid the run itself wrote at test time."""
+    df = load_results(sweep)
+    rows = reconstruction_rows(df, beta=0.5)
+    assert [label for label, _ in rows] == [
+        "test images",
+        "Gaussian, σ fixed",
+        "Gaussian, σ optimal",
+        "Laplace, b fixed",
+        "Laplace, b optimal",
+    ]
+    originals = rows[0][1]
+    for (label, images), (_, run) in zip(
+        rows[1:], df[(df["beta"] == 0.5) & (df["seed"] == 0)].iterrows(), strict=True
+    ):
+        with Image.open(Path(run["run_dir"]) / "reconstructions.png") as im:
+            grid = np.asarray(im, dtype=float) / 255.0
+        n, (h, w), pad = 8, images.shape[-2:], 2
+        up = grid.shape[1] // (n * (w + pad) + pad)
+        grid = grid[::up, ::up]
+        for j in range(n):
+            left = pad + j * (w + pad)
+            top_x, top_rec = pad, pad + (h + pad)
+            # Top row of the run's grid: its dequantised input, within 1/256 of the grey level.
+            np.testing.assert_allclose(
+                grid[top_x : top_x + h, left : left + w], originals[j, 0], atol=2 / 255
+            )
+            expected = images[j, 0].clamp(0, 1).numpy()
+            np.testing.assert_allclose(
+                grid[top_rec : top_rec + h, left : left + w],
+                expected,
+                atol=1 / 255 + 1e-6,
+                err_msg=label,
+            )
+
+
+def test_table_bolds_the_best_mean_of_each_column(sweep):
+    df = load_results(sweep)
+    table = results_table(df)
+    means = {}
+    for path in sweep.rglob("results.json"):
+        r = json.loads(path.read_text())
+        key = (
+            r["config"]["likelihood"]["name"],
+            r["config"]["likelihood"]["scale"],
+            r["config"]["beta"],
+        )
+        means.setdefault(key, []).append(r["metrics"])
+    ordered = sorted(means)
+    for metric, pick in (
+        ("test/nll", np.argmin),
+        ("test/elbo", np.argmax),
+        ("test/mse", np.argmin),
+    ):
+        column = table.columns.index(metric)
+        values = [np.mean([m[metric] for m in means[k]]) for k in ordered]
+        assert [row[column] for row in table.best] == [
+            i == pick(values) for i in range(len(ordered))
+        ]
+    kl = table.columns.index("test/kl")
+    assert not any(row[kl] for row in table.best)  # the rate has no better direction
+    latex = table.to_latex()
+    assert latex.count(r"\textbf{") == sum(map(sum, table.best)) and r"$\pm$" in latex
+    assert r"$\beta$" in latex and "NLL (nats) $\\downarrow$" in latex

@@ -1,0 +1,288 @@
+"""Results as a DataFrame: collect a real tiny sweep, aggregate over seeds, bad input, W&B.
+
+Expected values are read back from the results.json files with the json module, and the
+aggregates recomputed with numpy, independently of vaesweep.results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from vaesweep.results import (
+    ResultsError,
+    aggregate,
+    frame_from_wandb,
+    load_results,
+    split_job_name,
+    write_frame,
+)
+from vaesweep.train import CONF_DIR
+from vaesweep.wandb_offline import read_offline_run
+
+import tiny_sweeps
+from tiny_sweeps import copy_results, vaesweep
+
+SWEPT = ["likelihood", "likelihood.scale", "beta", "seed"]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> Path:
+    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def schedules(tmp_path_factory) -> Path:
+    return tiny_sweeps.schedule_sweep(tmp_path_factory)
+
+
+def config_of(result: dict) -> tuple:
+    """(likelihood, scale, β) of a results.json: the configuration, seeds pooled."""
+    c = result["config"]
+    return c["likelihood"]["name"], c["likelihood"]["scale"], c["beta"]
+
+
+def raw_results(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))]
+
+
+def test_collect_has_one_row_per_run_with_values_from_results_json(sweep):
+    df = load_results(sweep)
+    raw = {str(p.parent.resolve()): json.loads(p.read_text()) for p in sweep.rglob("results.json")}
+    assert len(df) == len(raw) == 16
+    assert df.attrs["swept"] == SWEPT
+    # Keys overridden with one value for every run are not swept values.
+    assert not {"data", "trainer.max_epochs", "logger", "eval.iwae_k"} & set(df.columns)
+    for _, row in df.iterrows():
+        r = raw[row["run_dir"]]  # run_dir: the directory the results.json was found in
+        assert row["run_dir"] == r["run_dir"]  # ... which is where the run wrote it
+        assert row["status"] == r["status"] == "completed"
+        assert row["seed"] == r["seed"] and row["duration_s"] == r["duration_s"]
+        assert row["job_name"] == r["job_name"] and row["sweep_dir"] == r["sweep_dir"]
+        assert row["dataset"] == r["dataset"]["name"] == "digits"
+        assert row["dataset_fingerprint"] == r["dataset"]["fingerprint"]
+        assert row["likelihood"] == r["config"]["likelihood"]["name"]
+        assert row["likelihood.scale"] == r["config"]["likelihood"]["scale"]
+        assert row["beta"] == r["config"]["beta"]
+        for name, value in r["metrics"].items():
+            assert row["final_beta" if name == "beta" else name] == pytest.approx(value, rel=0)
+        assert row["config.likelihood.scale"] == r["config"]["likelihood"]["scale"]
+        assert row["config.optimizer.lr"] == r["config"]["optimizer"]["lr"]
+        assert json.loads(row["config.model.hidden"]) == r["config"]["model"]["hidden"]
+
+
+def test_aggregate_over_two_seeds_equals_hand_computation(sweep):
+    df = load_results(sweep)
+    agg = aggregate(df, metrics=["test/nll", "test/elbo"])
+    assert list(agg.columns[:3]) == ["likelihood", "likelihood.scale", "beta"]
+    assert len(agg) == 8
+    groups: dict[tuple, list[dict]] = {}
+    for r in raw_results(sweep):
+        groups.setdefault(config_of(r), []).append(r["metrics"])
+    for _, row in agg.iterrows():
+        runs = groups[(row["likelihood"], row["likelihood.scale"], row["beta"])]
+        for metric in ("test/nll", "test/elbo"):
+            values = np.array([m[metric] for m in runs])
+            assert len(values) == 2 and row[f"{metric}.count"] == 2
+            assert row[f"{metric}.mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            assert row[f"{metric}.std"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+            assert row[f"{metric}.sem"] == pytest.approx(
+                np.std(values, ddof=1) / math.sqrt(2), rel=1e-12
+            )
+
+
+def test_failed_runs_stay_in_the_frame_but_not_in_the_aggregates(sweep, tmp_path):
+    copies = copy_results(sweep, tmp_path)
+    first = json.loads(copies[0].read_text())["config"]
+    other = next(
+        p for p in copies if config_of(json.loads(p.read_text())) != config_of({"config": first})
+    )
+    broken = {}
+    for path, status in zip([copies[0], other], ("failed", "diverged"), strict=True):
+        result = json.loads(path.read_text())
+        result.update(status=status, metrics={}, error={"type": "E", "message": "m", "step": 1})
+        path.write_text(json.dumps(result))
+        broken[result["job_name"]] = result
+    df = load_results(tmp_path)
+    assert len(df) == 16
+    assert sorted(df.loc[df["job_name"].isin(broken), "status"]) == ["diverged", "failed"]
+    with pytest.warns(UserWarning, match=r"2 of 16 runs excluded from the aggregates \(.*1 failed"):
+        agg = aggregate(df, metrics=["test/nll"])
+    assert agg["test/nll.count"].sum() == 14
+    for r in broken.values():
+        row = agg.set_index(["likelihood", "likelihood.scale", "beta"]).loc[config_of(r)]
+        others = [
+            o["metrics"]["test/nll"]
+            for o in raw_results(sweep)
+            if o["job_name"] not in broken and config_of(o) == config_of(r)
+        ]
+        assert row["test/nll.count"] == len(others) == 1
+        assert row["test/nll.mean"] == pytest.approx(others[0], rel=1e-12)
+        assert math.isnan(row["test/nll.std"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_collect_cli_writes_a_table_that_reads_back(sweep, tmp_path, suffix):
+    out = tmp_path / f"runs{suffix}"
+    proc = vaesweep(["collect", str(sweep), "-o", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "16 runs (16 completed)" in proc.stderr
+    back = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    df = load_results(sweep)
+    assert list(back.columns) == list(df.columns)
+    for metric in ("test/nll", "test/elbo", "test/kl", "scale", "final_beta"):
+        np.testing.assert_allclose(back[metric], df[metric], rtol=1e-12)
+    assert list(back["likelihood.scale"]) == list(df["likelihood.scale"])
+
+
+def test_collect_cli_aggregate_prints_one_row_per_configuration(sweep, tmp_path):
+    proc = vaesweep(["collect", str(sweep), "--aggregate"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "test/nll.mean" in lines[0] and len(lines) == 1 + 8
+
+
+def _mixed_datasets(tmp_path: Path, sweep: Path) -> None:
+    path = copy_results(sweep, tmp_path)[0]
+    result = json.loads(path.read_text())
+    result["dataset"]["name"] = "mnist_small"
+    path.write_text(json.dumps(result))
+
+
+def _other_fingerprint(tmp_path: Path, sweep: Path) -> None:
+    path = copy_results(sweep, tmp_path)[0]
+    result = json.loads(path.read_text())
+    result["dataset"]["fingerprint"] = "0" * 64
+    path.write_text(json.dumps(result))
+
+
+def _only_failed(tmp_path: Path, sweep: Path) -> None:
+    copies = copy_results(sweep, tmp_path)
+    for path in copies[:2]:
+        result = json.loads(path.read_text())
+        result.update(status="failed", metrics={}, error={"type": "ConfigError", "message": "bad"})
+        path.write_text(json.dumps(result))
+    for path in copies[2:]:
+        path.unlink()
+
+
+BAD_INPUTS = {
+    "empty": (lambda tmp, sweep: None, "no results.json found"),
+    "mixed_datasets": (_mixed_datasets, "runs of different datasets are mixed"),
+    "mixed_fingerprints": (_other_fingerprint, "runs of different datasets are mixed"),
+    "only_failed": (
+        _only_failed,
+        "none of the 2 runs completed (2 failed); errors: ConfigError: bad",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_raises_a_clear_error(sweep, tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    make(tmp_path, sweep)
+    with pytest.raises(ResultsError, match=re.escape(message)):
+        load_results(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["collect", "figures"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_cli_exits_nonzero_and_writes_nothing(sweep, tmp_path, case, command):
+    make, message = BAD_INPUTS[case]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    make(runs, sweep)
+    out = tmp_path / "out"
+    flag = "-o" if command == "collect" else "--out"
+    target = out / "runs.csv" if command == "collect" else out
+    proc = vaesweep([command, str(runs), flag, str(target)], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("vaesweep: error: ") and message in proc.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no temp files either
+
+
+def test_missing_directory_is_an_error(tmp_path):
+    proc = vaesweep(["collect", str(tmp_path / "nope")], tmp_path)
+    assert proc.returncode == 1 and "no such file or directory" in proc.stderr
+
+
+def test_unknown_output_format_is_an_error(sweep, tmp_path):
+    with pytest.raises(ResultsError, match=r"unknown output format '\.xlsx'"):
+        write_frame(load_results(sweep), tmp_path / "runs.xlsx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_help_and_usage_errors(tmp_path):
+    proc = vaesweep(["--help"], tmp_path)
+    assert proc.returncode == 0 and "collect" in proc.stdout and "figures" in proc.stdout
+    proc = vaesweep(["collect", "--help"], tmp_path)
+    assert proc.returncode == 0 and "--wandb" in proc.stdout and ".parquet" in proc.stdout
+    proc = vaesweep(["figures"], tmp_path)
+    assert proc.returncode == 2 and "SWEEP_DIR... or --analytic" in proc.stderr
+
+
+def test_job_names_split_into_overrides_even_with_commas_in_values():
+    name = "beta=0.5,likelihood=gaussian,model.hidden=[400,400],+x.y=a"
+    assert split_job_name(name) == [
+        "beta=0.5",
+        "likelihood=gaussian",
+        "model.hidden=[400,400]",
+        "+x.y=a",
+    ]
+
+
+def test_study_presets_expand_their_grids():
+    sizes = {"likelihood_comparison": 90, "bernoulli_vs_continuous": 18, "beta_schedules": 15}
+    for study, size in sizes.items():
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={study}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert math.prod(len(str(v).split(",")) for v in params.values()) == size, study
+
+
+def test_beta_schedules_preset_runs_its_grid(schedules):
+    df = load_results(schedules)
+    assert df.attrs["swept"] == ["beta_schedule"]
+    assert sorted(df["beta_schedule"]) == ["capacity", "constant", "cyclical", "linear", "pi"]
+    assert set(df["config.likelihood.scale"]) == {"optimal"}
+    assert set(df["dataset"]) == {"digits"}  # the command line overrides the preset's data
+
+
+def offline_records(sweep: Path) -> list[dict]:
+    """The offline W&B runs of a sweep in the shape wandb.Api() runs are read into."""
+    records = []
+    for path in sorted(sweep.glob("*/wandb/offline-run-*")):
+        run = read_offline_run(path)
+        records.append(
+            {**run, "state": "finished", "path": f"offline/{run['project']}/{run['run_id']}"}
+        )
+    return records
+
+
+def test_wandb_frame_has_the_same_columns_and_values_as_the_local_one(schedules):
+    local = load_results(schedules).set_index("job_name", drop=False)
+    records = offline_records(schedules)
+    assert len(records) == 5
+    wb = frame_from_wandb(records).set_index("job_name", drop=False)
+    assert list(wb.columns) == list(local.columns)
+    assert wb.attrs == local.attrs
+    wb = wb.loc[local.index]
+    identity = {"run_dir", "sweep_dir", "duration_s", "dataset_fingerprint", "error"}
+    for column in local.columns:
+        if column in identity:
+            continue
+        a, b = local[column], wb[column]
+        if pd.api.types.is_float_dtype(a):
+            np.testing.assert_allclose(b.astype(float), a, rtol=1e-12, err_msg=column)
+        else:
+            assert list(a.fillna("<na>")) == list(b.fillna("<na>")), column
+    assert all(wb["run_dir"].str.startswith("wandb:offline/vaesweep/"))
+    assert wb["sweep_dir"].nunique() == 1
