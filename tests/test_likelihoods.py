@@ -313,3 +313,23 @@ def test_optimal_scale_under_data_parallel_is_the_global_batch_statistic(tmp_pat
     expected = math.sqrt(float(((x - loc) ** 2).mean()))
     assert out[0] == pytest.approx(expected, rel=1e-12)
     assert out[1] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("mode", SCALE_MODES)
+@pytest.mark.parametrize("training", [True, False])
+def test_log_prob_equals_torch_distributions_density(name, mode, training, rng):
+    """The written-out log_prob is the density torch.distributions gives for the same scale,
+    for every scale mode, in training and in evaluation, over [K, B] importance samples."""
+    lik = make(name, scale=mode, scale_value=0.7, optimal_reduction="example").train(training)
+    if mode in ("learned", "per_pixel"):
+        with torch.no_grad():
+            lik.log_scale.add_(torch.tensor(rng.normal(0, 0.3, lik.log_scale.shape)))
+    c = lik.param_channels * SHAPE[0]
+    params = torch.tensor(rng.normal(0.5, 0.3, (3, B, c, *SHAPE[1:])))
+    x = torch.tensor(rng.uniform(0, 1, (B, *SHAPE)))
+    loc, *raw = params.split(SHAPE[0], dim=-3)
+    log_scale = lik.log_scale_for(x, loc, raw[0] if raw else None)
+    dist = torch.distributions.Normal if name == "gaussian" else torch.distributions.Laplace
+    expected = dist(loc, log_scale.exp().expand_as(loc)).log_prob(x).sum((-3, -2, -1))
+    assert torch.allclose(lik.log_prob(x, params), expected, rtol=1e-12, atol=1e-9)

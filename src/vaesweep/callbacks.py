@@ -1,13 +1,19 @@
-"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes."""
+"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes, and
+(benchmarks only) timestamps of training events."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
 
 from vaesweep.atomic import atomic_open
@@ -56,10 +62,85 @@ class ImageGrids(L.Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temp file beside the target, fsynced, then renamed over
-    it: a job killed mid-write leaves the previous checkpoint intact, never a torn one."""
+    it: a job killed mid-write leaves the previous checkpoint intact, never a torn one.
+
+    A checkpoint of the same training step as the one just written (``last.ckpt`` right
+    after ``best.ckpt`` in an epoch that improved ``val/elbo``) becomes a hard link to that
+    file, also renamed into place, instead of being serialised and fsynced a second time
+    (~13 ms for the default MLP with its Adam state).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written: tuple[tuple[Any, Any], Path] | None = None  # (epoch, step), file
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
+        path = Path(path)
+        step = (checkpoint.get("epoch"), checkpoint.get("global_step"))
+        written = self._written
+        if written is not None and written[0] == step and _link_atomically(written[1], path):
+            return
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
+        self._written = (step, path)
+
+
+def _link_atomically(source: Path, path: Path) -> bool:
+    """Makes ``path`` a hard link to ``source`` (a temp link renamed over it); False when
+    that is not possible (same file, other directory, no hard links on this file system)."""
+    if source == path or source.parent != path.parent or not source.exists():
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+class NullProfiler(PassThroughProfiler):
+    """Lightning's default no-op profiler without its cost: Lightning wraps each hook call,
+    ~45 per training step, in ``profiler.profile(name)``, a generator-based context manager
+    (~60 µs per step in all); this one returns a single shared no-op context."""
+
+    _noop = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return self._noop
+
+
+def append_timestamp(path: str | Path, event: str, t: float | None = None, **info: Any) -> None:
+    """Appends {"event", "time" (wall clock, s since the epoch), **info} as one JSON line."""
+    line = {"event": event, "time": time.time() if t is None else t, **info}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+class Timestamps(L.Callback):
+    """Records when training events happen, for the benchmarks (cold start, per-job overhead):
+    ``fit_start``, ``first_step`` (the first optimisation step has been taken), and for every
+    epoch ``epoch_start`` and ``epoch_end`` (its last optimisation step). Only added when the
+    benchmarks ask for it (``VAESWEEP_TIMESTAMPS``), so normal runs pay nothing."""
+
+    def __init__(self, path: str | Path, job: str) -> None:
+        self.path = Path(path)
+        self.job = job
+        self._stepped = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        append_timestamp(self.path, "fit_start", job=self.job)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        append_timestamp(self.path, "epoch_start", job=self.job, epoch=trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._stepped:
+            self._stepped = True
+            append_timestamp(self.path, "first_step", job=self.job)
+        if batch_idx == trainer.num_training_batches - 1:
+            append_timestamp(self.path, "epoch_end", job=self.job, epoch=trainer.current_epoch)

@@ -62,6 +62,8 @@ class Encoder(nn.Module):
                 f"encoder input must have shape [B, C, H, W] with (C, H, W) = {self.shape}, "
                 f"got {tuple(x.shape)}"
             )
+        if x.dim() == 4:  # a batch [B, C, H, W]: no reshapes (they cost autograd nodes)
+            return self.body(x)
         lead = x.shape[:-3]
         out = self.body(x.reshape(-1, *self.shape))
         return out.reshape(*lead, 2 * self.latent_dim)
@@ -92,6 +94,8 @@ class Decoder(nn.Module):
                 f"decoder input must have last dimension latent_dim={self.latent_dim}, "
                 f"got shape {tuple(z.shape)}"
             )
+        if z.dim() == 2:  # a batch [B, d]: no reshapes (they cost autograd nodes)
+            return self.body(z)
         c, h, w = self.shape
         lead = z.shape[:-1]
         out = self.body(z.reshape(-1, self.latent_dim))

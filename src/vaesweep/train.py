@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ log = logging.getLogger("vaesweep")
 PREPROCESS = ("auto", "dequantize", "binarize", "scale")
 CHECKPOINTS = ("last", "best")
 LOGGERS = ("wandb", "csv", "none")
+# A file to append training-event timestamps to (benchmarks/: cold start, per-job overhead).
+TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -99,6 +102,7 @@ def validate_config(cfg: DictConfig) -> None:
         cfg.threads,
         "null (automatic) or an integer ≥ 1",
     )
+    _require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
     m = cfg.model
     _require(m.name in NETWORKS, "model.name", m.name, f"one of {list(NETWORKS)}")
     _require(
@@ -141,8 +145,16 @@ def validate_config(cfg: DictConfig) -> None:
     o = cfg.optimizer
     _require(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {list(OPTIMIZERS)}")
     _require(_is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
+    fused = o.get("fused", False)
+    _require(isinstance(fused, bool), "optimizer.fused", fused, "true or false")
     e = cfg.eval
     _require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint, f"one of {CHECKPOINTS}")
+    _require(
+        e.checkpoint == "last" or cfg.trainer.enable_checkpointing,
+        "eval.checkpoint",
+        e.checkpoint,
+        "'last' when trainer.enable_checkpointing=false (no best checkpoint is kept)",
+    )
     _require(_is_int(e.iwae_k) and e.iwae_k >= 1, "eval.iwae_k", e.iwae_k, "an integer ≥ 1")
     _require(
         e.iwae_chunk is None or (_is_int(e.iwae_chunk) and e.iwae_chunk >= 1),
@@ -254,12 +266,15 @@ def sweep_group(sweep_dir: Path | None) -> str | None:
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
-def _finish_wandb() -> None:
+def _finish_wandb(status: str) -> None:
+    """Close the job's W&B run (if any) with its status, so runs that failed or diverged
+    show as failed in W&B too (summary ``status``, non-zero exit code)."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.run.summary["status"] = status
+            wandb.finish(exit_code=0 if status == "completed" else 1)
 
 
 class JobNotRerun(RuntimeError):
@@ -322,43 +337,61 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     )
     from vaesweep.module import DivergenceError
 
+    status = "failed"
     try:
         validate_config(cfg)
         metrics = _fit_and_test(cfg, job, record, resume_from, torch_threads)
+        status = "completed"
     except DivergenceError as e:
-        record.finish("diverged", error=e, step=e.step)
+        status = "diverged"
+        record.finish(status, error=e, step=e.step)
         log.error("run diverged: %s (results: %s)", e, record.path)
         raise
     except ConfigError as e:
-        record.finish("failed", error=e)
+        record.finish(status, error=e)
         log.error("bad config: %s (results: %s)", e, record.path)
         raise
     except BaseException as e:
-        record.finish("failed", error=e)
+        record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, record.path)
         raise
     finally:
-        _finish_wandb()
+        _finish_wandb(status)
     record.finish("completed", metrics=metrics)
     log.info("completed: %s", record.path)
     return metrics
 
 
-def _fit_and_test(
+@dataclass
+class RunParts:
+    """The components of one job, built from its config (what ``_fit_and_test`` runs)."""
+
+    data: Any  # vaesweep.data.VAEDataModule
+    model: Any  # vaesweep.module.VAE
+    trainer: Any  # lightning.Trainer
+    checkpoint: Any  # lightning.pytorch.callbacks.ModelCheckpoint, None without checkpointing
+    loggers: list
+
+
+def build_run(
     cfg: DictConfig,
     job: Job,
     record: RunRecord | None,
-    resume_from: Path | None,
     torch_threads: int,
-) -> dict[str, float]:
+    callbacks: tuple = (),
+) -> RunParts:
+    """Seeds, threads, data, model, loggers and trainer of one job (benchmarks reuse it, with
+    their own extra Lightning ``callbacks``)."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from vaesweep.callbacks import AtomicCheckpointIO, ImageGrids
+    from vaesweep.callbacks import AtomicCheckpointIO, ImageGrids, NullProfiler, Timestamps
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAE
 
+    if os.environ.get(TIMESTAMPS_ENV):
+        callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
     torch.set_num_threads(torch_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
@@ -374,6 +407,7 @@ def _fit_and_test(
         seed=cfg.seed,
         val_size=cfg.data.val_size,
         test_size=cfg.data.test_size,
+        device="auto",  # the tensors live on the training device: no copy per batch
     )
     if record is not None:
         record.set_dataset(data.info)
@@ -390,33 +424,58 @@ def _fit_and_test(
         active_units_threshold=cfg.eval.active_units_threshold,
         report_bpd=preprocess == "dequantize",
         seed=cfg.seed,
+        compile=cfg.compile,
     )
-    checkpoint = ModelCheckpoint(
-        dirpath=job.run_dir / "checkpoints",
-        filename="best",
-        monitor="val/elbo",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-    )
+    checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
+    if plain["trainer"]["enable_checkpointing"]:
+        checkpoint = ModelCheckpoint(
+            dirpath=job.run_dir / "checkpoints",
+            filename="best",
+            monitor="val/elbo",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+        )
+        callbacks = (checkpoint, *callbacks)
     loggers = _make_loggers(cfg, job) if record is not None else []
     trainer_args = dict(plain["trainer"])
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
+    if trainer_args["profiler"] is None:
+        trainer_args["profiler"] = NullProfiler()
+    if trainer_args["enable_progress_bar"]:
+        # Lightning redraws its bar after every batch: a formatted write per step, which W&B
+        # also captures and sends to its service. Redraw at the logging cadence instead.
+        refresh = max(1, int(trainer_args["log_every_n_steps"] or 1))
+        callbacks = (*callbacks, TQDMProgressBar(refresh_rate=refresh))
     trainer = L.Trainer(
         **trainer_args,
         plugins=[AtomicCheckpointIO(), *plugins],
         logger=loggers or False,
-        callbacks=[checkpoint, ImageGrids(job.run_dir, cfg.eval.n_images)],
+        callbacks=[*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images)],
         default_root_dir=str(job.run_dir),
     )
+    return RunParts(data, model, trainer, checkpoint, loggers)
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    resume_from: Path | None,
+    torch_threads: int,
+) -> dict[str, float]:
+    parts = build_run(cfg, job, record, torch_threads)
+    trainer, model, data = parts.trainer, parts.model, parts.data
     trainer.fit(model, datamodule=data, ckpt_path=resume_from)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    ckpt = checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
+    ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
+    if parts.checkpoint is not None:
+        ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
-    for lg in loggers:
+    for lg in parts.loggers:
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.summary.update(metrics)
     return metrics
@@ -428,12 +487,20 @@ def task(cfg: DictConfig) -> None:
     In a multirun a job's failure is recorded in its results.json and does not stop the
     other jobs; the sweep's summary then names it and the sweep exits non-zero.
     """
+    started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
     try:
         run(cfg)
     except Exception:
         if HydraConfig.get().mode.name == "MULTIRUN":
             return
         raise
+    finally:
+        if stamps:
+            from vaesweep.callbacks import append_timestamp
+
+            job = HydraConfig.get().job.override_dirname or "default"
+            append_timestamp(stamps, "job_start", t=started, job=job)
+            append_timestamp(stamps, "job_end", job=job)
 
 
 register_resolvers()

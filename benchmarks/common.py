@@ -1,0 +1,107 @@
+"""Shared helpers of the benchmark scripts: machine/version header, statistics, subprocesses.
+
+Every benchmark prints a header (machine, load average, versions) before its numbers, so a
+pasted output says where and under which load it was measured. Load matters: torch's
+OpenMP threads slow down by up to 10× when another process keeps a core busy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_PY = REPO / "run.py"
+PACKAGES = ("torch", "lightning", "hydra-core", "wandb", "vaesweep")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    """1, 5 and 15 minute load averages, e.g. '0.12 0.30 0.41'."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def header(title: str, device: str = "cpu") -> None:
+    """Prints what was measured, on which machine, under which load, with which versions."""
+    import torch
+
+    versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
+    print(f"== {title}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    )
+    if device.startswith("cuda"):
+        print(f"gpu: {torch.cuda.get_device_name(torch.device(device))}")
+    print(f"python {platform.python_version()}, {versions}")
+    print(f"torch threads: {torch.get_num_threads()}, load average (1/5/15 min): {load_average()}")
+    if os.getloadavg()[0] > 0.5:
+        print("WARNING: 1-minute load average above 0.5: other processes compete for the cores")
+    print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+
+def footer() -> None:
+    """The load average at the end (a rise during the run means other processes competed)."""
+    print(f"load average at the end (1/5/15 min): {load_average()}")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    """'min..max' of the repetitions, to judge the noise of a median."""
+    return f"{min(values):.3g}..{max(values):.3g}"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment of a `python run.py` child: W&B offline and silent, no API key."""
+    env = dict(os.environ)
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
+    env.pop("WANDB_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
+    """Runs `python run.py ARGS` in `cwd`; returns (wall seconds from spawn to exit, process).
+
+    Raises with the child's stderr tail when it exits non-zero.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"run.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return wall, proc
