@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--k", type=int, default=1000, help="importance samples")
     parser.add_argument("--batch", type=int, default=500, help="test examples per batch")
-    parser.add_argument("--chunks", nargs="*", type=int, default=[10, 50])
+    parser.add_argument("--chunks", nargs="*", type=int, default=[5, 21, 50])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-max-gb", type=float, default=None)
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)  # internal: memory pass

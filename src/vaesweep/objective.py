@@ -57,8 +57,13 @@ def elbo_terms(
     return ELBOTerms(rec_nll, posterior.kl_to_standard_normal(), posterior, params)
 
 
-def default_chunk_size(batch: int, data_dim: int, budget: int = 2**23) -> int:
-    """Importance samples per chunk so one chunk's decoder output has ≲ ``budget`` elements."""
+def default_chunk_size(batch: int, data_dim: int, budget: int = 2**22) -> int:
+    """Importance samples per chunk so one chunk's decoder output has ≲ ``budget`` elements.
+
+    2^22 float32 (16 MiB, ~10 samples of a 500-image MNIST batch) keeps a chunk's working
+    set in a CPU's last-level cache: ~45 % faster than 2^23 on 2 EPYC cores, with half the
+    peak memory (benchmarks/iwae.py); smaller chunks only add per-chunk overhead.
+    """
     return max(1, budget // max(1, batch * data_dim))
 
 
