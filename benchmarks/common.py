@@ -38,6 +38,24 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Fraction of all cores' time that was not idle during `seconds` (Linux /proc/stat;
+    None elsewhere). Unlike the load average, it does not count sleeping (D-state) tasks."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def header(title: str, device: str = "cpu") -> None:
     """Prints what was measured, on which machine, under which load, with which versions."""
     import torch
@@ -50,9 +68,14 @@ def header(title: str, device: str = "cpu") -> None:
     if device.startswith("cuda"):
         print(f"gpu: {torch.cuda.get_device_name(torch.device(device))}")
     print(f"python {platform.python_version()}, {versions}")
-    print(f"torch threads: {torch.get_num_threads()}, load average (1/5/15 min): {load_average()}")
-    if os.getloadavg()[0] > 0.5:
-        print("WARNING: 1-minute load average above 0.5: other processes compete for the cores")
+    busy = cpu_busy()
+    shown = "n/a" if busy is None else f"{100 * busy:.0f} %"
+    print(
+        f"torch threads: {torch.get_num_threads()}, load average (1/5/15 min): {load_average()}, "
+        f"CPU busy before the start (1 s sample): {shown}"
+    )
+    if busy is not None and busy > 0.1:
+        print("WARNING: the CPU was over 10 % busy before the start: other processes compete")
     print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
 

@@ -17,6 +17,12 @@ batch, and the optimizer built from the product's optimizer config (identical op
 fused kernels included). A second reference, the same loop with torch's default Adam
 implementation (same lr), is reported alongside.
 
+Lightning floor: the same plain loop interleaved with a bare LightningModule (the product's
+networks, likelihood, data module and optimiser; a four-line manual-optimisation training
+step; no loggers, checkpoints, progress bar or callbacks; Lightning's defaults otherwise).
+Its ratio is what Lightning's per-batch loop alone costs on this machine: the ceiling for any
+product built on Lightning's Trainer.
+
 Measurement: the two alternate epoch by epoch in one process (the reference epoch runs from
 a callback at the end of each product epoch), so both see the same machine state. An epoch's
 training time runs from the epoch start to the end of its last optimisation step (validation
@@ -53,16 +59,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_networks(model: str, latent: int) -> tuple[nn.Module, nn.Module]:
-    """The product's default mlp (784-400-2d, d-400-784) or conv networks, written by hand."""
+def plain_networks(
+    model: str, latent: int, hidden: list[int] | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """The product's mlp (784-h…-2d, d-…h-784; default h = 400) or default conv networks,
+    written by hand."""
     if model == "mlp":
-        enc = nn.Sequential(
-            nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 2 * latent)
-        )
-        dec = nn.Sequential(
-            nn.Linear(latent, 400), nn.ReLU(), nn.Linear(400, 784), nn.Unflatten(1, (1, 28, 28))
-        )
-        return enc, dec
+        sizes = list(hidden or [400])
+        enc, dec = [nn.Flatten()], []
+        for a, b in zip([784, *sizes], sizes, strict=False):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        for a, b in zip([latent, *sizes[::-1]], sizes[::-1], strict=False):
+            dec += [nn.Linear(a, b), nn.ReLU()]
+        enc.append(nn.Linear(sizes[-1], 2 * latent))
+        dec += [nn.Linear(sizes[0], 784), nn.Unflatten(1, (1, 28, 28))]
+        return nn.Sequential(*enc), nn.Sequential(*dec)
     enc = nn.Sequential(
         nn.Conv2d(1, 32, 4, 2, 1),
         nn.ReLU(),
@@ -101,7 +112,8 @@ class PlainLoop:
         batch: int,
         optimizer: dict,
     ):
-        self.enc, self.dec = plain_networks(model, product.latent_dim)
+        hidden = product.hparams.model.get("hidden")
+        self.enc, self.dec = plain_networks(model, product.latent_dim, hidden)
         self.enc.to(data.device)
         self.dec.to(data.device)
         ours = [*self.enc.parameters(), *self.dec.parameters()]
@@ -180,6 +192,32 @@ class Interleave(L.Callback):
                 raise RuntimeError(f"reference saw {n} examples, the product {self._n}")
 
 
+class BareModule(L.LightningModule):
+    """The floor: a LightningModule with the product's networks and likelihood, nothing else."""
+
+    def __init__(self, product: L.LightningModule) -> None:
+        super().__init__()
+        self.encoder, self.decoder = product.encoder, product.decoder
+        self.likelihood = product.likelihood
+        self.optimizer_config = dict(product.hparams.optimizer)
+        self.automatic_optimization = False
+
+    def training_step(self, x: Tensor, batch_idx: int) -> None:
+        from vaesweep.objective import elbo_terms
+
+        terms = elbo_terms(x, self.encoder, self.decoder, self.likelihood)
+        self.manual_backward(terms.rec_nll.mean() + terms.kl.mean())
+        optimizer = self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        options = {k: tuple(v) if k == "betas" else v for k, v in self.optimizer_config.items()}
+        return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[options.pop("name")](
+            self.parameters(), **options
+        )
+
+
 def compose_cfg(overrides: list[str]):
     from vaesweep.train import CONF_DIR
 
@@ -233,6 +271,37 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
             wandb.finish()
     w = args.warmup
     out = {"extras_ms": 1000 * median(timer.extras_s[w:])}
+    if args.floor:
+        floor = Interleave(device=device)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(null),
+            contextlib.redirect_stderr(null),
+        ):
+            job = Job(Path(tmp), "floor", [], None, {}, 1)
+            parts = build_run(cfg, job, None, torch.get_num_threads())  # fresh, seeded
+            bare = BareModule(parts.model)
+            floor.references = {
+                "same": PlainLoop(parts.model, model, likelihood, train_u8, batch, same)
+            }
+            trainer = L.Trainer(
+                max_epochs=args.warmup + args.epochs,
+                accelerator=accelerator,
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+                callbacks=[floor],
+                default_root_dir=tmp,
+            )
+            trainer.fit(bare, datamodule=parts.data)
+        ratios = [
+            r / p for p, r in zip(floor.product_s[w:], floor.reference_s["same"][w:], strict=True)
+        ]
+        out["ratio_floor"] = median(ratios)
     out["product"] = median(
         [n / t for n, t in zip(timer.examples[w:], timer.product_s[w:], strict=True)]
     )
@@ -250,7 +319,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"])
     parser.add_argument("--batches", nargs="+", type=int, default=[128, 512])
     parser.add_argument("--likelihoods", nargs="+", default=["bernoulli", "gaussian"])
-    parser.add_argument("--epochs", type=int, default=8, help="measured epoch pairs per case")
+    parser.add_argument("--epochs", type=int, default=16, help="measured epoch pairs per case")
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the Lightning-floor run"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="epochs excluded per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
@@ -265,7 +337,8 @@ def main() -> None:
     )
     print(
         f"{'model':<5} {'likelihood':<10} {'batch':>5} {'product/s':>10} {'plain/s':>9} "
-        f"{'RATIO':>6} {'(range)':>12} {'plain*/s':>9} {'ratio*':>7} {'epoch extras':>13}"
+        f"{'RATIO':>6} {'(range)':>12} {'plain*/s':>9} {'ratio*':>7} {'floor':>6} "
+        f"{'epoch extras':>13}"
     )
     for model in args.models:
         for batch in args.batches:
@@ -274,13 +347,18 @@ def main() -> None:
                 print(
                     f"{model:<5} {likelihood:<10} {batch:>5} {r['product']:>10.0f} "
                     f"{r['same']:>9.0f} {r['ratio_same']:>6.3f} {r['spread_same']:>12} "
-                    f"{r['default']:>9.0f} {r['ratio_default']:>7.3f} {r['extras_ms']:>10.0f} ms",
+                    f"{r['default']:>9.0f} {r['ratio_default']:>7.3f} "
+                    f"{r.get('ratio_floor', math.nan):>6.3f} {r['extras_ms']:>10.0f} ms",
                     flush=True,
                 )
     print("RATIO  = plain-loop time / product time per epoch (median of pairs), the plain loop")
     print("         using the product's optimizer config (identical optimiser); target ≥ 0.95")
     print("ratio* = the same against plain* = the plain loop with torch's default Adam/AdamW")
     print("         implementation (what a hand-written loop typically uses), same lr")
+    print("floor  = the same ratio for a bare LightningModule (same networks, data module and")
+    print(
+        "         optimiser; no loggers, checkpoints or callbacks): Lightning's own per-batch cost"
+    )
     print("epoch extras = validation + checkpoints + epoch-end logging, per epoch (product only)")
     footer()
 

@@ -134,3 +134,84 @@ def test_run_without_checkpoints_completes(workdir):
     (result,) = results_under(workdir)
     assert result["status"] == "completed" and math.isfinite(result["metrics"]["test/nll"])
     assert not (workdir / "r" / "checkpoints").exists()
+
+
+def _train_weights(tmp_path, optimization: str, trainer_args: dict, **module_args) -> dict:
+    """Trains a fresh seeded VAE two epochs on digits; returns its final state dict."""
+    L.seed_everything(0, verbose=False)
+    model = _vae(optimization=optimization, **module_args)
+    trainer = _trainer(tmp_path, max_epochs=2, **trainer_args)
+    trainer.fit(model, VAEDataModule("digits", batch_size=128, seed=0))
+    assert trainer.global_step == 2 * 11  # 1397 examples → 11 batches, one step each
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "clip", [None, {"gradient_clip_val": 0.05}, {"gradient_clip_val": 1e-3, "algorithm": "value"}]
+)
+def test_manual_optimization_takes_exactly_lightnings_automatic_steps(tmp_path, clip):
+    # The fast path (the module steps its optimiser and clips) against Lightning's own
+    # automatic optimisation with the clipping done by the Trainer: bit-identical weights.
+    clip = dict(clip or {})
+    algorithm = clip.pop("algorithm", None)
+    trainer_clip = {**clip, "gradient_clip_algorithm": algorithm} if clip else {}
+    automatic = _train_weights(tmp_path / "a", "automatic", trainer_clip)
+    manual = _train_weights(tmp_path / "m", "manual", {}, **clip, gradient_clip_algorithm=algorithm)
+    unclipped = _train_weights(tmp_path / "u", "manual", {})
+    for name, value in automatic.items():
+        assert torch.equal(manual[name], value), name
+    if clip:  # the clipping did something (the comparison is not between unclipped runs)
+        assert any(not torch.equal(unclipped[k], v) for k, v in manual.items())
+
+
+def test_unknown_optimization_mode_is_refused():
+    with pytest.raises(ValueError, match="optimization='fast'.*manual"):
+        _vae(optimization="fast")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+        ("trainer.gradient_clip_algorithm=max", "trainer.gradient_clip_algorithm='max'"),
+    ],
+)
+def test_bad_optimisation_arguments_are_named_before_training(workdir, override, message):
+    proc = run_cli([*TINY, override, "hydra.run.dir=r"], workdir)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "allowed" in proc.stderr
+    (result,) = results_under(workdir)  # the failure is recorded, nothing was trained
+    assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
+    assert not (workdir / "r" / "checkpoints").exists()
+
+
+def test_gradient_accumulation_and_clipping_run_from_the_cli(workdir):
+    # accumulate_grad_batches > 1 hands optimisation back to Lightning (automatic mode).
+    args = [*TINY, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0"]
+    proc = run_cli([*args, "trainer.limit_train_batches=4", "hydra.run.dir=r"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(workdir)
+    assert result["status"] == "completed"
+    assert result["config"]["trainer"]["accumulate_grad_batches"] == 2
+
+
+def test_progress_bar_redraws_by_the_clock(monkeypatch):
+    import vaesweep.callbacks as callbacks
+
+    now = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    bar = callbacks.ThrottledProgressBar(min_interval=0.5)
+    drawn = []
+    for batch in range(1, 101):  # 100 batches, 10 ms apart: 1 s in all
+        now[0] += 0.01
+        drawn.append(bar._should_update(batch, 100))
+    assert [i + 1 for i, d in enumerate(drawn) if d] == [1, 51, 100]  # first, +0.5 s, last
+    assert not callbacks.ThrottledProgressBar(refresh_rate=0)._should_update(100, 100)
+
+
+def test_run_with_the_progress_bar_shows_it(workdir):
+    args = [a for a in TINY if "progress_bar" not in a]
+    proc = run_cli([*args, "trainer.enable_progress_bar=true", "hydra.run.dir=r"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Epoch 0: 100%" in proc.stdout + proc.stderr

@@ -1,5 +1,5 @@
-"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes, and
-(benchmarks only) timestamps of training events."""
+"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes, a
+progress bar redrawn by the clock, and (benchmarks only) timestamps of training events."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
@@ -101,6 +102,32 @@ def _link_atomically(source: Path, path: Path) -> bool:
         tmp.unlink(missing_ok=True)
         return False
     return True
+
+
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn at most every ``min_interval`` seconds (and at the last
+    batch of each loop) instead of every ``refresh_rate`` batches.
+
+    A redraw formats the bar and its metrics and writes them to the terminal, and W&B's
+    console capture forwards each write to its service: ~2-3 ms on a small CPU, which a
+    per-batch (or every-10-batches) redraw adds to a 5 ms training step. Deciding by the
+    clock costs one ``time.monotonic()`` per batch and keeps the bar as live as a person
+    can read it, whatever the step time.
+    """
+
+    def __init__(self, min_interval: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.min_interval = float(min_interval)
+        self._last_draw = -float("inf")
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = time.monotonic()
+        if current == total or now - self._last_draw >= self.min_interval:
+            self._last_draw = now
+            return True
+        return False
 
 
 class NullProfiler(PassThroughProfiler):

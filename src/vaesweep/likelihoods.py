@@ -118,6 +118,11 @@ class Likelihood(nn.Module):
         """log p(x | params) per example: nats, summed over C·H·W, shape params.shape[:-3]."""
         return self.distribution(params).log_prob(x)
 
+    def nll(self, x: Tensor, params: Tensor) -> Tensor:
+        """−log p(x | params), exactly ``-log_prob`` (the training loss's reconstruction term;
+        families override it to save the negations on the hot path)."""
+        return -self.log_prob(x, params)
+
     def mean(self, params: Tensor) -> Tensor:
         """E[x | params], shaped like the data."""
         return self.distribution(params).mean
@@ -141,10 +146,13 @@ class BernoulliLikelihood(Likelihood):
     data_kind = "binary"
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
+        return -self.nll(x, params)
+
+    def nll(self, x: Tensor, params: Tensor) -> Tensor:
         (logits,) = self.split(params)
         if x.shape != logits.shape:  # e.g. [B, ...] data for [K, B, ...] importance samples
             x = x.expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(DATA_DIMS)
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(DATA_DIMS)
 
     def mean(self, params: Tensor) -> Tensor:
         (logits,) = self.split(params)
@@ -356,11 +364,15 @@ class LocationScale(Likelihood):
         residual r = x − μ, Σ_D [−c − s − w(s)·f(r)] (the family's c, w, f below).
 
         The same density as ``distribution(params).log_prob(x)`` (the tests check it against
-        torch.distributions and scipy), written out because that expands the scale to the
-        data's shape and takes ~8 element-wise passes. When s is the same for every pixel
-        (fixed, learned and optimal scales) the sum factors, −D·(c + s) − w(s)·Σ_D f(r), and
-        only the residual term is element-wise.
+        torch.distributions and scipy), written out (in ``nll``) because that expands the
+        scale to the data's shape and takes ~8 element-wise passes.
         """
+        return -self.nll(x, params)
+
+    def nll(self, x: Tensor, params: Tensor) -> Tensor:
+        """−log p(x | params) = Σ_D [c + s + w(s)·f(r)]. When s is the same for every pixel
+        (fixed, learned and optimal scales) the sum factors, D·(c + s) + w(s)·Σ_D f(r), and
+        only the residual term is element-wise."""
         parts = self.split(params)
         loc, raw = parts[0], (parts[1] if self.mode == "decoder" else None)
         log_scale = self.log_scale_for(x, loc, raw)
@@ -369,8 +381,8 @@ class LocationScale(Likelihood):
         residual = self._residual_term(x - loc)
         if log_scale.dim() < 3 or log_scale.shape[-3:].numel() == 1:
             s = log_scale.reshape(log_scale.shape[:-3]) if log_scale.dim() >= 3 else log_scale
-            return -self.data_dim * (self.log_norm + s) - self._weight(s) * residual.sum(DATA_DIMS)
-        return -(self.log_norm + log_scale + self._weight(log_scale) * residual).sum(DATA_DIMS)
+            return self.data_dim * (self.log_norm + s) + self._weight(s) * residual.sum(DATA_DIMS)
+        return (self.log_norm + log_scale + self._weight(log_scale) * residual).sum(DATA_DIMS)
 
     def mean(self, params: Tensor) -> Tensor:
         return self.split(params)[0]

@@ -50,10 +50,10 @@ def elbo_terms(
     posterior = DiagonalGaussian.from_encoder(encoder(x))
     if n_samples == 1:
         params = decoder(posterior.rsample())
-        rec_nll = -likelihood.log_prob(x, params)
+        rec_nll = likelihood.nll(x, params)
     else:
         params = decoder(posterior.rsample(n_samples))
-        rec_nll = -likelihood.log_prob(x, params).mean(0)
+        rec_nll = likelihood.nll(x, params).mean(0)
     return ELBOTerms(rec_nll, posterior.kl_to_standard_normal(), posterior, params)
 
 

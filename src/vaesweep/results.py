@@ -72,6 +72,9 @@ MODULE_HPARAMS = (
     "iwae_chunk",
     "active_units_threshold",
     "report_bpd",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "optimization",
 )
 
 

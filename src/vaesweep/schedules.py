@@ -99,7 +99,20 @@ class BetaSchedule(nn.Module):
         raise NotImplementedError
 
     def _beta_tensor(self, step: int, like: Tensor) -> Tensor:
-        return torch.tensor(self.beta_at(step), dtype=like.dtype, device=like.device)
+        # Reused while β keeps its value (every step for a constant β): making a tensor from
+        # a python float takes four ops, ~1 % of a small training step. It is never
+        # modified in place, so a β returned earlier keeps its value.
+        value = self.beta_at(step)
+        cached = self.__dict__.get("_beta_cache")
+        if (
+            cached is None
+            or cached[0] != value
+            or cached[1].dtype != like.dtype
+            or cached[1].device != like.device
+        ):
+            cached = (value, torch.tensor(value, dtype=like.dtype, device=like.device))
+            self.__dict__["_beta_cache"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         params = inspect.signature(type(self).__init__).parameters

@@ -142,6 +142,26 @@ def validate_config(cfg: DictConfig) -> None:
     except ValueError as e:
         raise ConfigError(_prefixed("beta_schedule", e)) from None
 
+    t = cfg.trainer
+    _require(
+        _is_int(t.accumulate_grad_batches) and t.accumulate_grad_batches >= 1,
+        "trainer.accumulate_grad_batches",
+        t.accumulate_grad_batches,
+        "an integer ≥ 1",
+    )
+    _require(
+        t.gradient_clip_val is None
+        or (_is_number(t.gradient_clip_val) and t.gradient_clip_val >= 0),
+        "trainer.gradient_clip_val",
+        t.gradient_clip_val,
+        "null (no clipping) or a finite number ≥ 0",
+    )
+    _require(
+        t.gradient_clip_algorithm in (None, "norm", "value"),
+        "trainer.gradient_clip_algorithm",
+        t.gradient_clip_algorithm,
+        "null (= norm), norm or value",
+    )
     o = cfg.optimizer
     _require(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {list(OPTIMIZERS)}")
     _require(_is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
@@ -384,9 +404,15 @@ def build_run(
     their own extra Lightning ``callbacks``)."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vaesweep.callbacks import AtomicCheckpointIO, ImageGrids, NullProfiler, Timestamps
+    from vaesweep.callbacks import (
+        AtomicCheckpointIO,
+        ImageGrids,
+        NullProfiler,
+        ThrottledProgressBar,
+        Timestamps,
+    )
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAE
 
@@ -412,6 +438,7 @@ def build_run(
     if record is not None:
         record.set_dataset(data.info)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    trainer_args = dict(plain["trainer"])
     model = VAE(
         shape=data.shape,
         model=plain["model"],
@@ -425,6 +452,7 @@ def build_run(
         report_bpd=preprocess == "dequantize",
         seed=cfg.seed,
         compile=cfg.compile,
+        **_optimization_args(trainer_args),
     )
     checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
     if plain["trainer"]["enable_checkpointing"]:
@@ -438,7 +466,6 @@ def build_run(
         )
         callbacks = (checkpoint, *callbacks)
     loggers = _make_loggers(cfg, job) if record is not None else []
-    trainer_args = dict(plain["trainer"])
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
@@ -446,9 +473,8 @@ def build_run(
         trainer_args["profiler"] = NullProfiler()
     if trainer_args["enable_progress_bar"]:
         # Lightning redraws its bar after every batch: a formatted write per step, which W&B
-        # also captures and sends to its service. Redraw at the logging cadence instead.
-        refresh = max(1, int(trainer_args["log_every_n_steps"] or 1))
-        callbacks = (*callbacks, TQDMProgressBar(refresh_rate=refresh))
+        # also captures and sends to its service. Redraw twice a second instead.
+        callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
     trainer = L.Trainer(
         **trainer_args,
         plugins=[AtomicCheckpointIO(), *plugins],
@@ -457,6 +483,22 @@ def build_run(
         default_root_dir=str(job.run_dir),
     )
     return RunParts(data, model, trainer, checkpoint, loggers)
+
+
+def _optimization_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
+    """The module's optimisation arguments; takes the ones it applies out of trainer_args.
+
+    The module steps its optimiser itself (manual optimisation: less per-step overhead, same
+    numbers) and then also clips. With gradient accumulation Lightning's automatic
+    optimisation does both, so the Trainer keeps its arguments.
+    """
+    if trainer_args["accumulate_grad_batches"] != 1:
+        return {"optimization": "automatic"}
+    return {
+        "optimization": "manual",
+        "gradient_clip_val": trainer_args.pop("gradient_clip_val"),
+        "gradient_clip_algorithm": trainer_args.pop("gradient_clip_algorithm"),
+    }
 
 
 def _fit_and_test(
