@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -313,6 +314,10 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
     return out
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -331,6 +336,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    # Lightning's info messages go through a logging handler that holds the real stdout.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     header("training throughput: product (real run) vs plain PyTorch loop", args.device)
     print(
         f"mnist_small 4000 training examples, {args.warmup} warm-up + {args.epochs} measured epochs"
@@ -348,7 +355,7 @@ def main() -> None:
                     f"{model:<5} {likelihood:<10} {batch:>5} {r['product']:>10.0f} "
                     f"{r['same']:>9.0f} {r['ratio_same']:>6.3f} {r['spread_same']:>12} "
                     f"{r['default']:>9.0f} {r['ratio_default']:>7.3f} "
-                    f"{r.get('ratio_floor', math.nan):>6.3f} {r['extras_ms']:>10.0f} ms",
+                    f"{_ratio(r.get('ratio_floor')):>6} {r['extras_ms']:>10.0f} ms",
                     flush=True,
                 )
     print("RATIO  = plain-loop time / product time per epoch (median of pairs), the plain loop")

@@ -50,3 +50,21 @@ def results_under(root: Path) -> list[dict]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# Tiny real sweeps shared by the results, figures and notebook tests (built once per session,
+# on first use; see tiny_sweeps.py).
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> Path:
+    """The 16-run likelihood × scale × β × seed sweep (CSV logger)."""
+    import tiny_sweeps
+
+    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def schedules(tmp_path_factory) -> Path:
+    """The beta_schedules study preset, one seed (W&B offline)."""
+    import tiny_sweeps
+
+    return tiny_sweeps.schedule_sweep(tmp_path_factory)

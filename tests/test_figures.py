@@ -31,7 +31,6 @@ from vaesweep.figures.sweep import (
 from vaesweep.figures.table import results_table
 from vaesweep.results import load_results
 
-import tiny_sweeps
 from tiny_sweeps import copy_results, vaesweep
 
 SWEEP_FIGURES = [
@@ -50,16 +49,6 @@ ANALYTIC_FIGURES = [
     "log_squared_error_gradient",
     "l1_vs_l2_gradient",
 ]
-
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory) -> Path:
-    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def schedules(tmp_path_factory) -> Path:
-    return tiny_sweeps.schedule_sweep(tmp_path_factory)
 
 
 def check_pdf_and_png(out: Path, name: str) -> None:

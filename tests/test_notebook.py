@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
-import tiny_sweeps
 from conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
-
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory) -> Path:
-    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
 
 
 def test_notebook_is_committed_without_outputs():

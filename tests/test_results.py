@@ -27,20 +27,9 @@ from vaesweep.results import (
 from vaesweep.train import CONF_DIR
 from vaesweep.wandb_offline import read_offline_run
 
-import tiny_sweeps
 from tiny_sweeps import copy_results, vaesweep
 
 SWEPT = ["likelihood", "likelihood.scale", "beta", "seed"]
-
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory) -> Path:
-    return tiny_sweeps.likelihood_sweep(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def schedules(tmp_path_factory) -> Path:
-    return tiny_sweeps.schedule_sweep(tmp_path_factory)
 
 
 def config_of(result: dict) -> tuple:

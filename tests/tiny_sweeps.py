@@ -1,7 +1,7 @@
-"""Tiny real sweeps shared by the results, figures and notebook tests, built once per session.
+"""Tiny real sweeps shared by the results, figures and notebook tests.
 
-Each test module declares a session fixture that calls these builders; the cache below makes
-the module-level fixtures share one sweep per process.
+conftest.py's session fixtures ``sweep`` and ``schedules`` build them on first use; this
+module holds their grids and the helpers the tests share.
 """
 
 from __future__ import annotations
@@ -36,17 +36,13 @@ SCHEDULE_GRID = [
     "logger=wandb",
 ]
 
-_built: dict[str, Path] = {}
-
 
 def build(name: str, args: list[str], factory: pytest.TempPathFactory) -> Path:
-    """The sweep directory of ``python run.py ARGS``, run once per session."""
-    if name not in _built:
-        root = factory.mktemp(name)
-        proc = run_cli([*args, "hydra.sweep.dir=sweep"], root, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        _built[name] = root / "sweep"
-    return _built[name]
+    """The sweep directory of ``python run.py ARGS``, in a new temporary directory."""
+    root = factory.mktemp(name)
+    proc = run_cli([*args, "hydra.sweep.dir=sweep"], root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "sweep"
 
 
 def likelihood_sweep(factory: pytest.TempPathFactory) -> Path:
