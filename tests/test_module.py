@@ -215,3 +215,15 @@ def test_run_with_the_progress_bar_shows_it(workdir):
     proc = run_cli([*args, "trainer.enable_progress_bar=true", "hydra.run.dir=r"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Epoch 0: 100%" in proc.stdout + proc.stderr
+
+
+def test_clipping_under_mixed_precision_with_a_fused_optimiser_is_refused_up_front(workdir):
+    # Lightning itself would only fail at the first optimisation step.
+    clip = [*TINY, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5"]
+    proc = run_cli([*clip, "hydra.run.dir=r"], workdir)
+    assert proc.returncode != 0
+    assert "optimizer.fused=true" in proc.stderr and "Allowed: optimizer.fused=false" in proc.stderr
+    (result,) = results_under(workdir)
+    assert result["error"]["type"] == "ConfigError"
+    proc = run_cli([*clip, "optimizer.fused=false", "hydra.run.dir=ok"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]

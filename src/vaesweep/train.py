@@ -77,6 +77,10 @@ def world_size(cfg: DictConfig) -> int:
     return 1
 
 
+# trainer.precision values under which Lightning autocasts (its MixedPrecision plugin).
+MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that would otherwise fail (or silently mislead) mid-run.
 
@@ -167,6 +171,15 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
     fused = o.get("fused", False)
     _require(isinstance(fused, bool), "optimizer.fused", fused, "true or false")
+    if fused and t.gradient_clip_val and str(t.precision) in MIXED_PRECISIONS:
+        # Lightning would raise at the first optimisation step, after data, model and loggers.
+        raise ConfigError(
+            f"trainer.gradient_clip_val={t.gradient_clip_val!r} with "
+            f"trainer.precision={t.precision!r} is invalid with optimizer.fused=true: a fused "
+            "optimiser unscales the mixed-precision gradients inside its step, so they cannot "
+            "be clipped before it. Allowed: optimizer.fused=false, no clipping, or a "
+            "precision without autocast (e.g. 32-true)"
+        )
     e = cfg.eval
     _require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint, f"one of {CHECKPOINTS}")
     _require(
