@@ -41,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,8 @@ import torch.nn.functional as F
 from common import REPO, footer, header, median, spread
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
+
+from vaesweep.module import build_optimizer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -124,9 +127,7 @@ class PlainLoop:
         with torch.no_grad():
             for a, b in zip(ours, theirs, strict=True):
                 a.copy_(b)
-        options = {k: tuple(v) if k == "betas" else v for k, v in optimizer.items()}
-        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        self.opt = optimizer_class[options.pop("name")](ours, **options)
+        self.opt = build_optimizer(ours, optimizer)
         self.bernoulli = likelihood == "bernoulli"
         self.data, self.batch = data, batch
 
@@ -213,10 +214,23 @@ class BareModule(L.LightningModule):
         optimizer.zero_grad()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        options = {k: tuple(v) if k == "betas" else v for k, v in self.optimizer_config.items()}
-        return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[options.pop("name")](
-            self.parameters(), **options
-        )
+        return build_optimizer(self.parameters(), self.optimizer_config)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Keeps the progress bar and Lightning's messages out of the benchmark's output."""
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        contextlib.redirect_stderr(null),
+    ):
+        yield
+
+
+def pair_ratios(product_s: list[float], reference_s: list[float]) -> list[float]:
+    """Reference time / product time of each interleaved epoch pair (> 1: product faster)."""
+    return [r / p for p, r in zip(product_s, reference_s, strict=True)]
 
 
 def compose_cfg(overrides: list[str]):
@@ -251,12 +265,7 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
             tmp, config={}, overrides=[], seed=cfg.seed, job_name="bench", sweep_dir=None
         )
         timer = Interleave(device=device)
-        # Keep the progress bar and Lightning's messages out of the benchmark's output.
-        with (
-            open(os.devnull, "w") as null,
-            contextlib.redirect_stdout(null),
-            contextlib.redirect_stderr(null),
-        ):
+        with quiet():
             parts = build_run(cfg, job, record, torch.get_num_threads(), callbacks=(timer,))
             train_u8 = load_dataset("mnist_small").splits["train"].to(device)
             same = dict(parts.model.hparams.optimizer)  # the product's optimizer config
@@ -274,12 +283,7 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
     out = {"extras_ms": 1000 * median(timer.extras_s[w:])}
     if args.floor:
         floor = Interleave(device=device)
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            open(os.devnull, "w") as null,
-            contextlib.redirect_stdout(null),
-            contextlib.redirect_stderr(null),
-        ):
+        with tempfile.TemporaryDirectory() as tmp, quiet():
             job = Job(Path(tmp), "floor", [], None, {}, 1)
             parts = build_run(cfg, job, None, torch.get_num_threads())  # fresh, seeded
             bare = BareModule(parts.model)
@@ -299,16 +303,13 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
                 default_root_dir=tmp,
             )
             trainer.fit(bare, datamodule=parts.data)
-        ratios = [
-            r / p for p, r in zip(floor.product_s[w:], floor.reference_s["same"][w:], strict=True)
-        ]
-        out["ratio_floor"] = median(ratios)
+        out["ratio_floor"] = median(pair_ratios(floor.product_s[w:], floor.reference_s["same"][w:]))
     out["product"] = median(
         [n / t for n, t in zip(timer.examples[w:], timer.product_s[w:], strict=True)]
     )
     for name, seconds in timer.reference_s.items():
         out[name] = median([n / t for n, t in zip(timer.examples[w:], seconds[w:], strict=True)])
-        ratios = [r / p for p, r in zip(timer.product_s[w:], seconds[w:], strict=True)]
+        ratios = pair_ratios(timer.product_s[w:], seconds[w:])
         out[f"ratio_{name}"] = median(ratios)
         out[f"spread_{name}"] = spread(ratios)
     return out

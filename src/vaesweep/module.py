@@ -39,6 +39,15 @@ def with_elbo(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "elbo": -values["rec_nll"] - values["kl"]}
 
 
+def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer of an optimizer config group: {"name": "adam"|"adamw", **its options}."""
+    options = dict(config)
+    name = options.pop("name")
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return OPTIMIZERS[name](params, **options)
+
+
 class DivergenceError(RuntimeError):
     """The training loss became non-finite."""
 
@@ -302,11 +311,7 @@ class VAE(L.LightningModule):
         self._log_scale("val/", b)  # the scale evaluation uses (running σ* for `optimal`)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        cfg = dict(self.hparams.optimizer)
-        name = cfg.pop("name")
-        if "betas" in cfg:
-            cfg["betas"] = tuple(cfg["betas"])
-        return OPTIMIZERS[name](self.parameters(), **cfg)
+        return build_optimizer(self.parameters(), self.hparams.optimizer)
 
     # --- test: sums over examples, reduced across ranks, divided by the true count -------------
     def on_test_epoch_start(self) -> None:

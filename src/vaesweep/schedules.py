@@ -103,15 +103,17 @@ class BetaSchedule(nn.Module):
         # a python float takes four ops, ~1 % of a small training step. It is never
         # modified in place, so a β returned earlier keeps its value.
         value = self.beta_at(step)
-        cached = self.__dict__.get("_beta_cache")
+        cached = getattr(self, "_beta_cache", None)
         if (
             cached is None
             or cached[0] != value
             or cached[1].dtype != like.dtype
             or cached[1].device != like.device
         ):
-            cached = (value, torch.tensor(value, dtype=like.dtype, device=like.device))
-            self.__dict__["_beta_cache"] = cached
+            cached = self._beta_cache = (
+                value,
+                torch.tensor(value, dtype=like.dtype, device=like.device),
+            )
         return cached[1]
 
     def extra_repr(self) -> str:
