@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,12 @@ from torch import Tensor, nn
 from torch import distributions as td
 from torch.distributions import Distribution, Independent
 
+from vaesweep import continuous_bernoulli
+
 SCALE_MODES = ("fixed", "learned", "per_pixel", "decoder", "optimal")
+#: "value": a learned scale starts at ``scale_value``; "data": at the residual scale of the
+#: untrained model on the first training batch (shared, or per pixel for ``per_pixel``).
+SCALE_INITS = ("value", "data")
 OPTIMAL_REDUCTIONS = ("batch", "example")
 DATA_DIMS = (-3, -2, -1)
 
@@ -110,6 +115,16 @@ class Likelihood(nn.Module):
             return (params,)
         return params.chunk(self.param_channels, dim=-3)
 
+    #: What to use instead of a config key this likelihood does not read: {key: hint}.
+    hints: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        """The options that change nothing this likelihood computes, given ``options`` (its
+        config), each with the reason. A sweep or run that sets one is refused
+        (:mod:`vaesweep.effective`); every option is read unless a family says otherwise."""
+        return {}
+
     def distribution(self, params: Tensor) -> Distribution:
         """p(x | params) as a torch Distribution with event shape (C, H, W)."""
         raise NotImplementedError
@@ -134,6 +149,26 @@ class Likelihood(nn.Module):
     def scale(self) -> Tensor | None:
         """The scale in force (σ or b) as a 0-dim tensor; None for scale-free families."""
         return None
+
+    #: Learning rate of :meth:`scale_parameters` (None: the optimizer's).
+    scale_lr: float | None = None
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        """The parameters of a learned scale (they get ``scale_lr``); none by default."""
+        return []
+
+    def needs_scale_init(self) -> bool:
+        """Whether :meth:`initialize_scale` must run before the first training step."""
+        return False
+
+    def scale_ratio(self, sq_residual: Tensor, abs_residual: Tensor) -> Tensor | None:
+        """How far the scale in force is from the residual scale of the evaluated data, as a
+        ratio (1 = converged); None for families without a scale. ``sq_residual`` and
+        ``abs_residual``: per-pixel means of (x − x̂)² and |x − x̂|, shaped (C, H, W)."""
+        return None
+
+    def initialize_scale(self, x: Tensor, loc: Tensor) -> None:
+        """Data-dependent initialisation from a batch x and its reconstruction loc."""
 
 
 class BernoulliLikelihood(Likelihood):
@@ -163,19 +198,39 @@ class BernoulliLikelihood(Likelihood):
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
-    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) on [0, 1]: the Bernoulli term
-    plus log C(λ), C(λ) = 2 artanh(1−2λ)/(1−2λ), C(½) = 2.
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) on [0, 1] with logits l: the
+    Bernoulli term plus log C, C = l/tanh(l/2) = 2 artanh(1−2λ)/(1−2λ), C(0) = 2; i.e.
+    log p = x·l − log(expm1(l)/l).
 
-    torch.distributions evaluates log C with a Taylor expansion near λ = ½, where the closed
-    form is 0/0 (accurate to ~2e-6 nats in float32; checked against quadrature in the tests).
+    Computed from the logits by :mod:`vaesweep.continuous_bernoulli` (closed forms in |l|, a
+    Taylor series near l = 0), exact to a few ulps in float32 and float64 with exact
+    gradients at every finite logit; torch.distributions.ContinuousBernoulli clamps
+    λ = sigmoid(l) and is wrong beyond |l| ≈ 16, where trained decoders put most pixels.
     """
 
     name = "continuous_bernoulli"
     data_kind = "continuous"
 
     def distribution(self, params: Tensor) -> Distribution:
+        raise NotImplementedError(
+            "continuous_bernoulli has no torch Distribution: torch.distributions."
+            "ContinuousBernoulli is inaccurate beyond |logit| ≈ 16 (pytorch#72525); use "
+            "log_prob, nll, mean and sample, or vaesweep.continuous_bernoulli"
+        )
+
+    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         (logits,) = self.split(params)
-        return Independent(td.ContinuousBernoulli(logits=logits, validate_args=False), 3)
+        # A view: [B, ...] data against [K, B, ...] importance samples (never a larger x).
+        x = x.expand_as(logits)
+        return continuous_bernoulli.log_prob(x, logits).sum(DATA_DIMS)
+
+    def mean(self, params: Tensor) -> Tensor:
+        (logits,) = self.split(params)
+        return continuous_bernoulli.mean(logits)
+
+    def sample(self, params: Tensor) -> Tensor:
+        (logits,) = self.split(params)
+        return continuous_bernoulli.sample(logits)
 
 
 class LocationScale(Likelihood):
@@ -197,6 +252,8 @@ class LocationScale(Likelihood):
 
     data_kind = "continuous"
     distribution_class: ClassVar[type[Distribution]]
+    #: The test metric whose closed-form function is the optimal scale: "mse" or "mae".
+    residual_metric: ClassVar[str]
 
     def __init__(
         self,
@@ -206,6 +263,8 @@ class LocationScale(Likelihood):
         min_log_scale: float | None = -6.0,
         optimal_reduction: str = "batch",
         momentum: float = 0.99,
+        scale_lr: float | None = None,
+        scale_init: str = "value",
     ) -> None:
         super().__init__(shape)
         _check(scale in SCALE_MODES, "scale", scale, f"one of {list(SCALE_MODES)}")
@@ -230,6 +289,14 @@ class LocationScale(Likelihood):
         )
         _check(0.0 <= momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
         _check(
+            scale_lr is None
+            or (isinstance(scale_lr, int | float) and math.isfinite(scale_lr) and scale_lr > 0),
+            "scale_lr",
+            scale_lr,
+            "null (the optimizer's lr) or a finite number > 0",
+        )
+        _check(scale_init in SCALE_INITS, "scale_init", scale_init, f"one of {list(SCALE_INITS)}")
+        _check(
             self.min_log_scale_ok(scale, scale_value, min_log_scale),
             "scale_value",
             scale_value,
@@ -240,6 +307,8 @@ class LocationScale(Likelihood):
         self.min_log_scale = None if min_log_scale is None else float(min_log_scale)
         self.optimal_reduction = optimal_reduction
         self.momentum = float(momentum)
+        self.scale_lr = None if scale_lr is None else float(scale_lr)
+        self.scale_init = scale_init
         self.param_channels = 2 if scale == "decoder" else 1
 
         init = torch.tensor(math.log(self.scale_value), dtype=torch.float32)
@@ -255,7 +324,37 @@ class LocationScale(Likelihood):
             # first training batch; until then the scale is scale_value.
             self.register_buffer("running_stat", self._scale_to_stat(torch.exp(init)))
             self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        if scale in ("learned", "per_pixel") and scale_init == "data":
+            # Set from the first training batch (``initialize_scale``); saved with the
+            # weights, so a resumed run does not initialise again.
+            self.register_buffer("scale_initialized", torch.zeros((), dtype=torch.bool))
         self._last_scale: Tensor | None = None
+
+    #: The scale modes that read each mode-dependent option.
+    OPTION_MODES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "scale_value": ("fixed", "learned", "per_pixel"),
+        "min_log_scale": ("learned", "per_pixel", "decoder", "optimal"),
+        "optimal_reduction": ("optimal",),
+        "momentum": ("optimal",),
+        "scale_lr": ("learned", "per_pixel"),
+        "scale_init": ("learned", "per_pixel"),
+    }
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        mode = options.get("scale", "fixed")
+        unread = {
+            key: f"it is read only with likelihood.scale={' or '.join(modes)}, and this run "
+            f"has likelihood.scale={mode}"
+            for key, modes in cls.OPTION_MODES.items()
+            if mode not in modes
+        }
+        if mode in ("learned", "per_pixel") and options.get("scale_init") == "data":
+            unread["scale_value"] = (
+                "likelihood.scale_init=data starts the scale at the data's residual scale; "
+                "scale_value is the start only with likelihood.scale_init=value"
+            )
+        return unread
 
     @staticmethod
     def min_log_scale_ok(mode: str, scale_value: float, min_log_scale: float | None) -> bool:
@@ -324,6 +423,41 @@ class LocationScale(Likelihood):
         # clip is what bounds the likelihood.
         tiny = torch.finfo(stat.dtype).tiny
         return soft_clip(torch.log(self._stat_to_scale(stat.clamp_min(tiny))), self.min_log_scale)
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        return [self.log_scale] if self.mode in ("learned", "per_pixel") else []
+
+    def needs_scale_init(self) -> bool:
+        return hasattr(self, "scale_initialized") and not bool(self.scale_initialized)
+
+    def scale_ratio(self, sq_residual: Tensor, abs_residual: Tensor) -> Tensor | None:
+        """σ / √MSE (Gaussian) or b / MAE (Laplace) for a shared scale; for ``per_pixel``
+        the geometric mean over pixels of σ_i / r_i, r_i the pixel's residual scale; None
+        for ``decoder`` (a scale per example: no single residual to compare with)."""
+        if self.mode == "decoder":
+            return None
+        stat = sq_residual if self.residual_metric == "mse" else abs_residual
+        stat = stat.double().clamp_min(torch.finfo(torch.float64).tiny)
+        if self.mode == "per_pixel":
+            log_scale = soft_clip(self.log_scale.detach().double(), self.min_log_scale)
+            return torch.exp((log_scale - torch.log(self._stat_to_scale(stat))).mean())
+        return self.scale().double() / self._stat_to_scale(stat.mean())
+
+    @torch.no_grad()
+    def initialize_scale(self, x: Tensor, loc: Tensor) -> None:
+        """Sets a learned scale to the residual scale (√mean r² or mean |r|) of the batch x
+        against its reconstruction loc: over all pixels (``learned``) or per pixel over the
+        batch (``per_pixel``), averaged over data-parallel processes."""
+        residual = x - loc
+        dims = tuple(range(residual.dim())) if self.mode == "learned" else tuple(
+            range(residual.dim() - 3)
+        )
+        stat = data_parallel_mean(self._residual_stat(residual, dims))
+        log_scale = torch.log(self._stat_to_scale(stat.clamp_min(torch.finfo(stat.dtype).tiny)))
+        if self.min_log_scale is not None:  # start strictly above the floor (invertible)
+            log_scale = log_scale.clamp_min(self.min_log_scale + 1e-3)
+        self.log_scale.copy_(inverse_soft_clip(log_scale, self.min_log_scale))
+        self.scale_initialized.fill_(True)
 
     @torch.no_grad()
     def _update_running(self, stat: Tensor) -> None:
@@ -396,6 +530,7 @@ class GaussianLikelihood(LocationScale):
     """
 
     name = "gaussian"
+    residual_metric = "mse"
     distribution_class = td.Normal
     log_norm = 0.5 * math.log(2.0 * math.pi)
 
@@ -427,6 +562,7 @@ class LaplaceLikelihood(LocationScale):
     """
 
     name = "laplace"
+    residual_metric = "mae"
     distribution_class = td.Laplace
     log_norm = math.log(2.0)
 

@@ -230,6 +230,8 @@ class VAE(L.LightningModule):
         self._tracker.new_epoch()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
+        if self.likelihood.needs_scale_init():
+            self._initialize_scale(batch)
         out = self._step_terms(batch, self.hparams.n_samples)
         b = batch.shape[0]
         # Per step, the values only go into the tracker's device buffer. It is read back on
@@ -271,6 +273,13 @@ class VAE(L.LightningModule):
         optimizer.zero_grad()
         return None
 
+    @torch.no_grad()
+    def _initialize_scale(self, x: Tensor) -> None:
+        # The untrained model's reconstruction from the posterior mean: draws no random
+        # numbers, so the noise of the run is the same as without the initialisation.
+        mu, _ = self.encoder(x).chunk(2, dim=-1)
+        self.likelihood.initialize_scale(x, self.likelihood.mean(self.decoder(mu)))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Where Lightning clips in automatic optimisation: after AMP has unscaled the
         # gradients, before the step. (In automatic mode the Trainer clips by itself.)
@@ -311,7 +320,16 @@ class VAE(L.LightningModule):
         self._log_scale("val/", b)  # the scale evaluation uses (running σ* for `optimal`)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), self.hparams.optimizer)
+        scale_params = self.likelihood.scale_parameters()
+        if self.likelihood.scale_lr is None or not scale_params:
+            return build_optimizer(self.parameters(), self.hparams.optimizer)
+        # A learned scale gets its own learning rate: Adam moves a parameter by about lr per
+        # step whatever its gradient, so at the networks' lr a scalar log σ needs
+        # ~|log σ*|/lr steps to reach its optimum (README "Learned scales").
+        ids = {id(p) for p in scale_params}
+        others = [p for p in self.parameters() if id(p) not in ids]
+        groups = [{"params": others}, {"params": scale_params, "lr": self.likelihood.scale_lr}]
+        return build_optimizer(groups, self.hparams.optimizer)
 
     # --- test: sums over examples, reduced across ranks, divided by the true count -------------
     def on_test_epoch_start(self) -> None:
@@ -338,8 +356,12 @@ class VAE(L.LightningModule):
         self._accumulate("rec_nll", est.rec_nll.sum())
         self._accumulate("kl", est.kl.sum())
         self._accumulate("nll", -est.log_px.sum())
-        self._accumulate("mse", (x_hat - batch).pow(2).sum() / d)
-        self._accumulate("mae", (x_hat - batch).abs().sum() / d)
+        sq, absolute = (x_hat - batch).pow(2), (x_hat - batch).abs()
+        self._accumulate("mse", sq.sum() / d)
+        self._accumulate("mae", absolute.sum() / d)
+        # Per-pixel sums, for how far the scale is from the residual scale (scale_ratio).
+        self._accumulate("sq_pixel", sq.sum(0))
+        self._accumulate("abs_pixel", absolute.sum(0))
         self._accumulate("mu_sum", mu.sum(0))
         self._accumulate("mu_sq_sum", mu.pow(2).sum(0))
 
@@ -349,6 +371,7 @@ class VAE(L.LightningModule):
         n = sums.pop("count")
         mean = {k: v / n for k, v in sums.items()}
         variance = (mean.pop("mu_sq_sum") - mean.pop("mu_sum").pow(2)).clamp_min(0)
+        ratio = self.likelihood.scale_ratio(mean.pop("sq_pixel"), mean.pop("abs_pixel"))
         metrics = {
             "test/rec_nll": mean["rec_nll"],
             "test/kl": mean["kl"],
@@ -359,6 +382,8 @@ class VAE(L.LightningModule):
             "test/active_units": (variance > self.hparams.active_units_threshold).sum().double(),
             "test/n_examples": n,
         }
+        if ratio is not None:
+            metrics["test/scale_ratio"] = ratio
         if self.hparams.report_bpd and self.likelihood.data_kind == "continuous":
             metrics["test/bpd"] = bits_per_dim(mean["nll"], math.prod(self.shape))
         metrics.update(self.summary_metrics())

@@ -27,6 +27,24 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 NETWORKS = ("mlp", "conv")
+#: The config options each network kind reads (besides its name).
+NETWORK_OPTIONS = {
+    "mlp": ("latent_dim", "hidden", "activation"),
+    "conv": ("latent_dim", "hidden", "channels", "activation"),
+}
+
+
+def network_unread_options(kind: str, options: dict) -> dict[str, str]:
+    """Options of a model config that the network ``kind`` does not read, with the reason
+    (see ``vaesweep.effective``)."""
+    read = NETWORK_OPTIONS.get(kind, ())
+    readers = {key: [k for k, opts in NETWORK_OPTIONS.items() if key in opts] for key in options}
+    return {
+        key: f"it is read only with model={' or '.join(readers[key])}, and this run has "
+        f"model={kind}"
+        for key in options
+        if key != "name" and key not in read and readers[key]
+    }
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -255,4 +273,13 @@ def _int_tuple(name: str, values: Sequence[int], allow_empty: bool) -> tuple[int
     return values_t
 
 
-__all__ = ["ACTIVATIONS", "NETWORKS", "Decoder", "Encoder", "build_decoder", "build_encoder"]
+__all__ = [
+    "ACTIVATIONS",
+    "NETWORKS",
+    "NETWORK_OPTIONS",
+    "Decoder",
+    "Encoder",
+    "build_decoder",
+    "build_encoder",
+    "network_unread_options",
+]

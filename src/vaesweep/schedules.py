@@ -26,7 +26,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +83,14 @@ class BetaSchedule(nn.Module):
     """Base class: loss = rec_nll + β_t · kl with β_t from ``beta_at`` (open-loop schedules)."""
 
     name: ClassVar[str]
+    #: What to use instead of a config key this schedule does not read: {key: hint}.
+    hints: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        """Options that change nothing this schedule computes, given its config, each with
+        the reason (see ``Likelihood.unread_options``); none by default."""
+        return {}
 
     def forward(self, step: int, rec_nll: Tensor, kl: Tensor) -> tuple[Tensor, Tensor]:
         """Weighted loss (0-dim, with grad) and the β in force at ``step`` (0-dim, detached).
@@ -249,6 +257,10 @@ class CapacityAnnealing(BetaSchedule):
     The reported β is γ (the weight on the KL deviation)."""
 
     name = "capacity"
+    hints = {
+        "beta": "its KL weight is beta_schedule.gamma (loss = rec_nll + gamma·|KL − C(t)|) "
+        "and its target capacity beta_schedule.c_max"
+    }
 
     def __init__(self, gamma: float = 1000.0, c_max: float = 25.0, c_steps: int = 100000) -> None:
         super().__init__()
@@ -287,6 +299,11 @@ class GECO(BetaSchedule):
     """
 
     name = "geco"
+    hints = {
+        "beta": "its β = 1/λ is set by the controller from the reconstruction target "
+        "beta_schedule.target (start: beta_schedule.lambda_init, bounds: lambda_min, "
+        "lambda_max)"
+    }
 
     def __init__(
         self,
