@@ -433,15 +433,23 @@ class LocationScale(Likelihood):
     def scale_ratio(self, sq_residual: Tensor, abs_residual: Tensor) -> Tensor | None:
         """σ / √MSE (Gaussian) or b / MAE (Laplace) for a shared scale; for ``per_pixel``
         the geometric mean over pixels of σ_i / r_i, r_i the pixel's residual scale; None
-        for ``decoder`` (a scale per example: no single residual to compare with)."""
+        for ``decoder`` (a scale per example: no single residual to compare with).
+
+        The residual scale passes through the same soft floor as the scale (``min_log_scale``):
+        a pixel whose residual is below the floor (an always-black border pixel) counts as
+        converged when its scale sits at the floor."""
         if self.mode == "decoder":
             return None
         stat = sq_residual if self.residual_metric == "mse" else abs_residual
         stat = stat.double().clamp_min(torch.finfo(torch.float64).tiny)
+        if self.mode != "per_pixel":
+            stat = stat.mean()
+        target = soft_clip(torch.log(self._stat_to_scale(stat)), self.min_log_scale)
         if self.mode == "per_pixel":
             log_scale = soft_clip(self.log_scale.detach().double(), self.min_log_scale)
-            return torch.exp((log_scale - torch.log(self._stat_to_scale(stat))).mean())
-        return self.scale().double() / self._stat_to_scale(stat.mean())
+        else:
+            log_scale = torch.log(self.scale().double())
+        return torch.exp((log_scale - target).mean())
 
     @torch.no_grad()
     def initialize_scale(self, x: Tensor, loc: Tensor) -> None:
