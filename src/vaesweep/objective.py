@@ -1,6 +1,6 @@
 """ELBO and IWAE estimators shared by training and evaluation, and derived metrics.
 
-Reductions (DESIGN.md §4): every log-density is summed over all D data dimensions (and d
+Reductions (docs/math.md §1): every log-density is summed over all D data dimensions (and d
 latent dimensions for the KL), then averaged over the batch. Nothing here averages over
 pixels inside the objective: a per-pixel mean reconstruction next to a summed KL silently
 divides β by D.

@@ -49,7 +49,7 @@ IDENTITY = (
     "dataset_fingerprint",
 )
 CONFIG_PREFIX = "config."
-# Metric names kept from a W&B summary besides "val/..." and "test/..." (DESIGN.md §5).
+# Metric names kept from a W&B summary besides "val/..." and "test/..." (the README's result-file table).
 SUMMARY_METRICS = ("scale", "beta", "effective_beta", "effective_beta_per_dim")
 RENAMED_METRICS = {"beta": "final_beta"}
 STATS = ("mean", "std", "sem", "count")

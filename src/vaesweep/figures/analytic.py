@@ -1,4 +1,4 @@
-"""Analytic figures of the reconstruction losses, with the exact constants (DESIGN.md §4).
+"""Analytic figures of the reconstruction losses, with the exact constants (docs/math.md §2).
 
 Per data dimension, the Gaussian NLL at residual r = x − μ and scale σ is
 ``½ log 2π + log σ + r²/(2σ²)`` nats; at a fixed squared error K = r² (or K = MSE over
