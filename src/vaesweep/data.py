@@ -1,7 +1,7 @@
 """Datasets as in-memory uint8 tensors, preprocessing for VAE likelihoods, fast loaders.
 
 Every dataset is held whole in memory as uint8 [N, C, H, W] per split (no per-item Python
-``Dataset`` on the hot path). Preprocessing (DESIGN.md section 4) turns k in {0..255} into
+``Dataset`` on the hot path). Preprocessing (docs/math.md §6) turns k in {0..255} into
 float32 x in [0, 1]:
 
 - ``dequantize``: x = (k + u) / 256, u ~ U(0, 1), for continuous likelihoods;
