@@ -119,7 +119,7 @@ def _scale_ratio_reference(scale: np.ndarray, residuals: np.ndarray, gaussian: b
         log_target = np.log(target)
     else:
         log_target = np.log(per_pixel)
-    log_target = floor + np.log1p(np.exp(log_target - floor))  # the same soft floor
+    log_target = np.maximum(log_target, floor)  # the floor no scale can go below
     return float(np.exp(np.mean(np.log(scale) - log_target)))
 
 

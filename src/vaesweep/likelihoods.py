@@ -435,16 +435,18 @@ class LocationScale(Likelihood):
         the geometric mean over pixels of σ_i / r_i, r_i the pixel's residual scale; None
         for ``decoder`` (a scale per example: no single residual to compare with).
 
-        The residual scale passes through the same soft floor as the scale (``min_log_scale``):
-        a pixel whose residual is below the floor (an always-black border pixel) counts as
-        converged when its scale sits at the floor."""
+        A residual scale below the floor exp(``min_log_scale``), which no scale can reach
+        (an always-black border pixel), is compared with the floor instead: such a pixel
+        counts as converged when its scale sits at the floor."""
         if self.mode == "decoder":
             return None
         stat = sq_residual if self.residual_metric == "mse" else abs_residual
         stat = stat.double().clamp_min(torch.finfo(torch.float64).tiny)
         if self.mode != "per_pixel":
             stat = stat.mean()
-        target = soft_clip(torch.log(self._stat_to_scale(stat)), self.min_log_scale)
+        target = torch.log(self._stat_to_scale(stat))
+        if self.min_log_scale is not None:
+            target = target.clamp_min(self.min_log_scale)
         if self.mode == "per_pixel":
             log_scale = soft_clip(self.log_scale.detach().double(), self.min_log_scale)
         else:
