@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from vaesweep.figures.analytic import ANALYTIC_FIGURES
 from vaesweep.figures.grids import prior_samples, reconstructions
+from vaesweep.figures.search import search_plan
 from vaesweep.figures.style import ONE_COLUMN, save
 from vaesweep.figures.sweep import (
     FigureSkipped,
@@ -66,6 +67,7 @@ def sweep_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
         suffix = "" if beta is None else f"_beta{beta:g}"
         plan[f"reconstructions{suffix}"] = partial(reconstructions, df, beta)
         plan[f"samples{suffix}"] = partial(prior_samples, df, beta)
+    plan.update(search_plan(df))  # a search's optimisation history and importances
     return plan
 
 

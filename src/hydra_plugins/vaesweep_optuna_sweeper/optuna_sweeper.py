@@ -1,0 +1,84 @@
+"""The ``hydra/sweeper=optuna`` choice: config (registered in Hydra's ConfigStore) and Sweeper.
+
+Importing this module is cheap (Hydra imports every plugin module at start-up): Optuna is
+imported only when a search starts. The keys follow Hydra's own Optuna sweeper where they
+apply; README "Search" lists the differences. (No ``from __future__ import annotations``:
+Hydra executes plugin modules before they are in ``sys.modules``, where dataclasses cannot
+resolve string annotations.)
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class SamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    # The run's own seed by default: the same command proposes the same trials.
+    seed: Any = "${seed}"
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.vaesweep_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    # Trials per study (per grid point) in total, over every launch of the same command.
+    n_trials: int = 20
+    # Trials per launcher batch; null: the launcher's n_jobs (local_parallel), else 1.
+    n_jobs: Any = None
+    # maximize | minimize; null: from the objective (maximise an ELBO, minimise the rest).
+    direction: Any = None
+    # The metric of each trial's results.json that the search optimises.
+    objective: str = "val/elbo"
+    # test/* objectives select the model on the test split: refused unless this is true.
+    allow_test_objective: bool = False
+    # null: a journal file, optuna_journal.log, in the sweep directory. A path: a journal
+    # file there (relative paths inside the sweep directory). A URL (sqlite:///...): RDB.
+    storage: Any = None
+    # null: "search" (with grid axes: "search[<grid point>]").
+    study_name: Any = None
+    sampler: Any = field(default_factory=SamplerConf)
+    # Any optuna pruner (_target_); trials are whole jobs, see README "Search".
+    pruner: Any = None
+    # The search stops when more than this fraction of a batch's trials failed.
+    max_failure_rate: float = 1.0
+    # key: search-space expression (interval, tag(log, interval), int(interval), choice,
+    # range, a,b,... grid axis, or a fixed value).
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="vaesweep"
+)
+
+
+class OptunaSweeper(Sweeper):
+    """Asks Optuna for trials, runs each as a job through the configured launcher (in
+    batches of ``n_jobs``), and tells Optuna the objective read from its results.json."""
+
+    def __init__(self, sampler: Any = None, pruner: Any = None, **options: Any) -> None:
+        self.sampler = sampler
+        self.pruner = pruner
+        self.options = options
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from vaesweep.search import run_search
+
+        assert self.config is not None and self.launcher is not None
+        return run_search(self.config, self.launcher, arguments, self.sampler, self.pruner)
