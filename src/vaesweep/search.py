@@ -566,7 +566,7 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
                 f"hydra.sweeper.objective={plan.objective}: likelihood={cfg.likelihood.name} "
                 f"has no scale; allowed: {', '.join(VAL_METRICS[:4])}"
             )
-    refusal = check_overrides([o for job in jobs for o in job], configs)
+    refusal = check_overrides(jobs[0], configs)  # every job has the same keys
     if refusal is None and len(jobs) > 1:
         refusal = check_distinct(list(zip(jobs, configs, strict=True)))
     if refusal:
