@@ -45,6 +45,8 @@ SCHEMA = {
     "started_at",
     "finished_at",
     "duration_s",
+    "attempts",
+    "wandb_run_id",
     "versions",
     "dataset",
     "error",
@@ -237,4 +239,4 @@ def test_help_lists_groups_and_options(workdir):
 
 
 def test_statuses_are_the_documented_ones():
-    assert STATUSES == ("running", "completed", "failed", "diverged")
+    assert STATUSES == ("running", "completed", "failed", "diverged", "interrupted")

@@ -3,26 +3,72 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+# Temp files are ".<target name>.<random>.tmp" beside the target (hidden, one per writer).
+TEMP_SUFFIX = ".tmp"
+
+
+def _create_temp(path: Path, binary: bool) -> tuple[int, Path]:
+    """A new, empty temp file beside ``path``, created like any other new file: mode
+    0o666 minus the umask (``mkstemp`` would force 0o600, so results, checkpoints and
+    images would be unreadable to a group sharing the sweep directory)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if binary:
+        flags |= getattr(os, "O_BINARY", 0)  # Windows only
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 48 random bits: practically never
+            continue
+
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "w",
+    before_replace: Callable[[], None] | None = None,
+) -> Iterator[IO]:
     """Open a temp file beside ``path`` for writing; on a clean exit flush, fsync and rename
-    it over ``path``; on an exception remove it and leave ``path`` as it was."""
+    it over ``path``; on an exception remove it and leave ``path`` as it was.
+
+    The file gets the permissions of any new file (0o666 & ~umask, and a directory's
+    default ACL where there is one). ``before_replace`` runs when the temp file is complete,
+    just before the rename (the tests use it to stop a process at that point).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path, "b" in mode)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files that writers killed mid-write (SIGKILL, power loss) left in
+    ``directory`` (not recursive); returns them. Call it only while no one else writes
+    there (vaesweep does, holding the job's claim)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [
+        p
+        for p in directory.iterdir()
+        if p.name.startswith(".") and p.name.endswith((TEMP_SUFFIX, ".link")) and p.is_file()
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -1,5 +1,6 @@
-"""Lightning plug-ins of the run: image grids at test time, atomic checkpoint writes, a
-progress bar redrawn by the clock, and (benchmarks only) timestamps of training events."""
+"""Lightning plug-ins of the run: image grids at test time, stop-and-resume state, atomic
+checkpoint writes, a progress bar redrawn by the clock, and (benchmarks only) timestamps of
+training events."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from vaesweep.atomic import atomic_open
 from vaesweep.images import reconstruction_grid, save_image_grid
+from vaesweep.interrupt import StopSignals, pause_point
 
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
 # so sample grids are comparable side by side.
@@ -50,15 +52,64 @@ class ImageGrids(L.Callback):
         paths = {
             "reconstructions": save_image_grid(
                 rec.cpu(), self.out_dir / "reconstructions.png", nrow=n, upscale=upscale
-            ),
-            "samples": save_image_grid(
-                samples.cpu(), self.out_dir / "samples.png", nrow=self.n, upscale=upscale
-            ),
+            )
         }
+        pause_point("images")  # tests: killed with one of the two grids written
+        paths["samples"] = save_image_grid(
+            samples.cpu(), self.out_dir / "samples.png", nrow=self.n, upscale=upscale
+        )
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 for key, path in paths.items():
                     logger.log_image(key=f"test/{key}", images=[str(path)])
+
+
+class Resumable(L.Callback):
+    """What makes a job stoppable and resumable to the same result:
+
+    - it stops the job at the next batch boundary (training, validation or test) once a stop
+      signal has been received (``signals``, see vaesweep.interrupt);
+    - it keeps the metrics of the last validation epoch (``val/*``) and saves them in every
+      checkpoint (Lightning saves a callback's ``state_dict``), so a job resumed after its
+      last epoch (killed while testing, say), whose fit has nothing left to train or
+      validate, still reports the values an uninterrupted run reports;
+    - at every epoch end it calls ``on_epoch_end`` (the run record updates the time spent,
+      which a SIGKILL would otherwise lose).
+    """
+
+    def __init__(self, signals: StopSignals | None = None, on_epoch_end: Any = None) -> None:
+        self.signals = signals if signals is not None else StopSignals()
+        self.on_epoch_end = on_epoch_end
+        self.val_metrics: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.signals.trainer = trainer
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.signals.check()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        self.signals.check()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        pause_point("test")
+        self.signals.check()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_epoch_end is not None:
+            self.on_epoch_end()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_metrics": dict(self.val_metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.val_metrics = dict(state_dict.get("val_metrics", {}))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

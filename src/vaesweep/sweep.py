@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.atomic import atomic_open
+from vaesweep.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, held_by_other, wait_for_others
 from vaesweep.record import RESULTS_FILE, write_json_atomic
 
 log = logging.getLogger("vaesweep.sweep")
@@ -62,7 +63,7 @@ def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
     """The status of an earlier result that a re-launch must not touch, else None.
 
     ``completed`` jobs are always left alone; ``failed``/``diverged`` ones unless
-    ``rerun_failed``; ``running`` ones (interrupted) are resumed.
+    ``rerun_failed``; ``running`` (killed) and ``interrupted`` ones are resumed.
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.exists():
@@ -76,10 +77,15 @@ def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
     return None
 
 
-def _config_subdir(run_dir: str, rerun_failed: bool) -> str | None:
+def _config_subdir(
+    run_dir: str, rerun_failed: bool, claim_timeout_s: float = DEFAULT_TIMEOUT_S
+) -> str | None:
     # Hydra writes .hydra/*.yaml into every job dir before the task runs; for a job that
-    # will be skipped, write nothing, so its files (and their mtimes) stay as they were.
-    return None if left_alone(run_dir, rerun_failed) else ".hydra"
+    # will be skipped (finished, or being run by another live process), write nothing, so
+    # its files (and their mtimes) stay as they were.
+    if left_alone(run_dir, rerun_failed) or held_by_other(run_dir, claim_timeout_s):
+        return None
+    return ".hydra"
 
 
 def register_resolvers() -> None:
@@ -177,6 +183,46 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
+    """Writes the jobs' statuses into sweep.json and summary.csv, prints the table and names
+    the jobs that did not complete; True when every job of the grid completed.
+
+    ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
+    never started have no row; a relaunch of the same command continues the sweep).
+    """
+    record = read_sweep(sweep_dir) or {"grid": {}}
+    grid_keys = list(record["grid"])
+    results = job_results(sweep_dir)
+    rows = summary_rows(results, grid_keys)
+    record["jobs"] = [
+        {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
+        for r in results
+    ]
+    record["finished_at"] = _now()
+    record["stopped_by"] = stopped_by
+    write_json_atomic(sweep_dir / SWEEP_FILE, record)
+    if rows:
+        write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)
+    print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+    bad = [r for r in rows if r["status"] != "completed"]
+    if bad:
+        lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
+        print(
+            f"{len(bad)} of {len(rows)} jobs did not complete:\n" + "\n".join(lines),
+            file=sys.stderr,
+            flush=True,
+        )
+    n_jobs = record.get("n_jobs") or len(rows)
+    if stopped_by is not None:
+        print(
+            f"Sweep stopped by {stopped_by}: {max(0, n_jobs - len(rows))} of {n_jobs} jobs not "
+            "started. Run the same command again to continue it.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return not bad
+
+
 class SweepCallback(Callback):
     """Writes sweep.json when a multirun starts; summary.csv, the table and the exit code
     when it ends (non-zero, naming the jobs, when any job did not complete)."""
@@ -203,28 +249,14 @@ class SweepCallback(Callback):
         write_json_atomic(sweep_dir / SWEEP_FILE, record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Jobs this launch skipped because another live launch of the same sweep was
+        running them (vaesweep.claims) are waited for first, so that the summary reports
+        them with their final status, not as unfinished."""
         sweep_dir = Path(config.hydra.sweep.dir)
-        record = read_sweep(sweep_dir) or {"grid": {}}
-        grid_keys = list(record["grid"])
-        results = job_results(sweep_dir)
-        rows = summary_rows(results, grid_keys)
-        record["jobs"] = [
-            {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
-            for r in results
-        ]
-        record["finished_at"] = _now()
-        write_json_atomic(sweep_dir / SWEEP_FILE, record)
-        if rows:
-            write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)
-        print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
-        bad = [r for r in rows if r["status"] != "completed"]
-        if bad:
-            lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
-            print(
-                f"{len(bad)} of {len(rows)} jobs did not complete:\n" + "\n".join(lines),
-                file=sys.stderr,
-                flush=True,
-            )
+        timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
+        claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
+        wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
+        if not finish_sweep(sweep_dir):
             sys.exit(1)
 
 

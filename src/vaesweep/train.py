@@ -4,8 +4,9 @@ Lifecycle of one job: results.json says "running" → the config is validated (a
 fails here, before any data is loaded or any step is taken) → fit → test on the last or
 best checkpoint → image grids → results.json says "completed" with every metric. A
 non-finite loss stops training and records "diverged" with the step; any other exception
-records "failed" with its type and message; both then exit non-zero. W&B is closed in a
-``finally`` so the jobs of one multirun process are separate W&B runs.
+records "failed" with its type and message; both then exit non-zero. A stop signal records
+"interrupted" with the step and exits with 128 + its number (vaesweep.interrupt). W&B is
+closed in a ``finally`` so the jobs of one multirun process are separate W&B runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import math
 import os
 import re
+import secrets
+import string
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +28,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.record import RESULTS_FILE, RunRecord
+from vaesweep import claims
+from vaesweep.atomic import remove_stale_temps
+from vaesweep.interrupt import JobInterrupted, StopSignals
+from vaesweep.record import CONTINUED, RESULTS_FILE, RunRecord
 from vaesweep.sweep import left_alone, read_sweep, register_resolvers, swept_values
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -259,7 +265,9 @@ def resolve_strategy(strategy: str, job: Job) -> str:
     return strategy
 
 
-def _make_loggers(cfg: DictConfig, job: Job) -> list:
+def _make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> list:
+    """The job's Lightning loggers. ``wandb_id``: the W&B run's id, kept in results.json so
+    that every attempt of an interrupted job writes to the same W&B run."""
     from lightning.pytorch.loggers import CSVLogger
 
     if cfg.logger.name == "none":
@@ -279,6 +287,8 @@ def _make_loggers(cfg: DictConfig, job: Job) -> list:
         loggers.append(
             WandbLogger(
                 name=job.name,
+                id=wandb_id,
+                resume="allow",
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 save_dir=str(job.run_dir),
@@ -329,7 +339,9 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
 
     An existing result in the job's directory decides what happens: ``completed`` → skip
     (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true;
-    ``running`` with ``checkpoints/last.ckpt`` → resume from that checkpoint.
+    ``running`` or ``interrupted`` with ``checkpoints/last.ckpt`` → resume from that
+    checkpoint. A job claimed by another live process (vaesweep.claims) is skipped (returns
+    None); the claim is held, and the stop signals handled, for the rest of the job.
     """
     job = current_job()
     if cfg.threads:
@@ -340,11 +352,41 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         return _fit_and_test(cfg, job, None, None, torch_threads)
 
     # Messages about skipped jobs go to the terminal only: a skipped job's files (its
-    # train.log included) are left exactly as they were.
+    # train.log included) are left exactly as they were (a completed one is not even
+    # claimed: not a byte of its directory changes).
+    if left_alone(job.run_dir, cfg.sweep.rerun_failed) == "completed":
+        return _skip_completed(job)
+    try:
+        claim = claims.acquire(job.run_dir, cfg.sweep.claim_timeout_s)
+    except claims.ClaimHeld as held:
+        print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
+        return None
+    with claim, StopSignals() as signals:
+        return _run_claimed(cfg, job, torch_threads, signals)
+
+
+def _skip_completed(job: Job) -> dict[str, float]:
+    print(f"[vaesweep] skipping {job.run_dir.name}: already completed", file=sys.stderr)
+    return json.loads((job.run_dir / RESULTS_FILE).read_text())["metrics"]
+
+
+def _new_wandb_id() -> str:
+    """A W&B run id (8 characters from [a-z0-9], as W&B makes them)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _run_claimed(
+    cfg: DictConfig, job: Job, torch_threads: int, signals: StopSignals
+) -> dict[str, float] | None:
+    """The rest of ``run`` for a job this process holds the claim on, while ``signals``
+    handles the stop signals. A signal stops the job at its next safe point and records
+    ``interrupted`` with the step (JobInterrupted propagates)."""
+    for directory in (job.run_dir, job.run_dir / "checkpoints"):
+        remove_stale_temps(directory)  # left by a process killed mid-write
+    # Again, now that the job is ours: another process may have finished it meanwhile.
     status = left_alone(job.run_dir, cfg.sweep.rerun_failed)
     if status == "completed":
-        print(f"[vaesweep] skipping {job.run_dir.name}: already completed", file=sys.stderr)
-        return json.loads((job.run_dir / RESULTS_FILE).read_text())["metrics"]
+        return _skip_completed(job)
     if status is not None:
         raise JobNotRerun(
             f"{job.run_dir.name} holds a {status} result: not re-run "
@@ -353,9 +395,14 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     resume_from = None
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = _previous_result(job.run_dir)
-    if previous is not None and previous.get("status") == "running" and last.exists():
+    if previous is None or previous.get("status") not in CONTINUED:
+        previous = None  # a new job, or a failed one re-run from the start
+    elif last.exists():
         resume_from = last
         log.info("resuming %s from %s", job.run_dir, last)
+    wandb_id = None
+    if cfg.logger.get("name") == "wandb":
+        wandb_id = (previous or {}).get("wandb_run_id") or _new_wandb_id()
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an unresolvable value: recorded as written, reported by validation
@@ -367,13 +414,15 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         seed=cfg.seed,
         job_name=job.name,
         sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
+        previous=previous,
+        wandb_run_id=wandb_id,
     )
     from vaesweep.module import DivergenceError
 
     status = "failed"
     try:
         validate_config(cfg)
-        metrics = _fit_and_test(cfg, job, record, resume_from, torch_threads)
+        metrics = _fit_and_test(cfg, job, record, resume_from, torch_threads, signals)
         status = "completed"
     except DivergenceError as e:
         status = "diverged"
@@ -385,6 +434,13 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         log.error("bad config: %s (results: %s)", e, record.path)
         raise
     except BaseException as e:
+        # A stop signal came: JobInterrupted, Lightning's SIGTERMException, or what it caused.
+        if signals.received:
+            status = "interrupted"
+            stop = signals.exception()
+            record.finish(status, error=stop, step=stop.step)
+            log.warning("run interrupted: %s (results: %s)", stop, record.path)
+            raise stop from None
         record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, record.path)
         raise
@@ -478,7 +534,7 @@ def build_run(
             save_last=True,
         )
         callbacks = (checkpoint, *callbacks)
-    loggers = _make_loggers(cfg, job) if record is not None else []
+    loggers = _make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
@@ -520,15 +576,23 @@ def _fit_and_test(
     record: RunRecord | None,
     resume_from: Path | None,
     torch_threads: int,
+    signals: StopSignals | None = None,
 ) -> dict[str, float]:
-    parts = build_run(cfg, job, record, torch_threads)
+    from vaesweep.callbacks import Resumable
+
+    resumable = Resumable(signals, on_epoch_end=None if record is None else record.write)
+    parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable,))
     trainer, model, data = parts.trainer, parts.model, parts.data
+    resumable.signals.check()
     trainer.fit(model, datamodule=data, ckpt_path=resume_from)
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    resumable.signals.check()
+    # The last validation's metrics, also when a resumed fit had nothing left to train.
+    fit_metrics = dict(resumable.val_metrics)
     ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
     if parts.checkpoint is not None:
         ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
+    resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
     for lg in parts.loggers:
         if type(lg).__name__ == "WandbLogger":
@@ -540,11 +604,22 @@ def task(cfg: DictConfig) -> None:
     """The Hydra task: one job of a run or a sweep.
 
     In a multirun a job's failure is recorded in its results.json and does not stop the
-    other jobs; the sweep's summary then names it and the sweep exits non-zero.
+    other jobs; the sweep's summary then names it and the sweep exits non-zero. A stop
+    signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
+    ``interrupted``, no further job starts, the summary so far is written, and the process
+    exits with 128 + the signal number.
     """
     started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
     try:
         run(cfg)
+    except JobInterrupted as stop:
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            from vaesweep.sweep import finish_sweep
+
+            finish_sweep(Path(hc.sweep.dir), stopped_by=stop.signal_name)
+        print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
     except Exception:
         if HydraConfig.get().mode.name == "MULTIRUN":
             return

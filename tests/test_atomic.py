@@ -1,0 +1,76 @@
+"""Atomic writes: still atomic, and the files get the permissions the umask gives any file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vaesweep.atomic import atomic_open, remove_stale_temps
+from vaesweep.record import write_json_atomic
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_atomic_files_get_the_umask_permissions_of_any_new_file(tmp_path, umask):
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # what any other new file gets
+    assert mode(plain) == 0o666 & ~umask
+    with atomic_open(tmp_path / "text.txt") as f:
+        f.write("hello")
+    with atomic_open(tmp_path / "data.bin", "wb") as f:
+        f.write(b"\x00\x01")
+    write_json_atomic(tmp_path / "results.json", {"a": 1})
+    for name in ("text.txt", "data.bin", "results.json"):
+        assert mode(tmp_path / name) == mode(plain), name
+    # Replacing an existing file: the new one's permissions, still from the umask.
+    (tmp_path / "text.txt").chmod(0o600)
+    with atomic_open(tmp_path / "text.txt") as f:
+        f.write("again")
+    assert mode(tmp_path / "text.txt") == mode(plain)
+    assert (tmp_path / "text.txt").read_text() == "again"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "results.json"
+    write_json_atomic(target, {"status": "running"})
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write('{"status": "comp')
+        raise RuntimeError("killed mid-write")
+    assert target.read_text().startswith('{\n  "status": "running"')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_the_new_file_appears_only_at_the_rename(tmp_path):
+    target = tmp_path / "a.json"
+    write_json_atomic(target, {"v": 1})
+    seen = []
+    with atomic_open(target, before_replace=lambda: seen.append(target.read_text())) as f:
+        f.write('{"v": 2}')
+        assert target.read_text().strip().endswith("}") and '"v": 1' in target.read_text()
+    assert '"v": 1' in seen[0] and target.read_text() == '{"v": 2}'
+
+
+def test_remove_stale_temps_removes_only_writers_leftovers(tmp_path):
+    keep = ["results.json", ".hydra", "train.log", ".claim"]
+    (tmp_path / ".hydra").mkdir()
+    for name in keep[::2] + keep[3:]:
+        (tmp_path / name).write_text("x")
+    stale = [".results.json.0a1b2c3d4e5f.tmp", ".last.ckpt.1234.link"]
+    for name in stale:
+        (tmp_path / name).write_text("partial")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temps(tmp_path / "missing") == []

@@ -1,0 +1,215 @@
+"""Job claims: one live process per job; stale claims (dead pid, old heartbeat) taken over;
+two launches of one sweep, for real (processes racing, the CLI twice)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vaesweep import claims
+from vaesweep.claims import CLAIM_FILE, HOST, ClaimHeld, acquire, held_by_other, read_claim
+
+from conftest import RUN_PY, TINY, cli_env, results_under
+
+HOLD = """
+import sys, time
+from vaesweep.claims import acquire
+claim = acquire(sys.argv[1], float(sys.argv[2]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def holder(run_dir: Path, timeout_s: float = 300) -> subprocess.Popen:
+    """Another process that claims run_dir and keeps it until killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir), str(timeout_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def write_claim(run_dir: Path, age_s: float = 0.0, **info) -> Path:
+    """A claim file as another process would have left it, its heartbeat age_s old."""
+    path = run_dir / CLAIM_FILE
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"host": HOST, "pid": 1, "process_start": None, "token": "other", "started_at": "x"}
+    path.write_text(json.dumps({**data, **info}))
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+    return path
+
+
+def test_claim_holds_identity_and_is_released(tmp_path):
+    with acquire(tmp_path) as claim:
+        info = read_claim(tmp_path)
+        assert (info.host, info.pid, info.token) == (HOST, os.getpid(), claim.token)
+        assert info.process_start and info.started_at
+        assert held_by_other(tmp_path, 300) is None  # ours
+        with pytest.raises(ClaimHeld):  # not twice, even by this process
+            acquire(tmp_path)
+    assert not (tmp_path / CLAIM_FILE).exists()
+    with acquire(tmp_path):  # free again
+        pass
+
+
+def test_heartbeat_renews_the_claim_while_it_is_held(tmp_path):
+    with acquire(tmp_path, timeout_s=0.5) as claim:  # a beat every 0.05 s
+        assert claim.interval == pytest.approx(0.05)
+        os.utime(tmp_path / CLAIM_FILE, (0, 0))
+        time.sleep(0.3)
+        assert read_claim(tmp_path).age() < 0.2
+    assert claims.heartbeat_interval(300) == 30 and claims.heartbeat_interval(3600) == 30
+
+
+def test_a_live_holder_keeps_its_claim_and_a_dead_ones_is_taken_over(tmp_path):
+    proc = holder(tmp_path)
+    try:
+        with pytest.raises(ClaimHeld, match=f"{HOST}:{proc.pid}") as held:
+            acquire(tmp_path)
+        assert held.value.holder.pid == proc.pid
+        assert held_by_other(tmp_path, 300).pid == proc.pid
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert read_claim(tmp_path).pid == proc.pid  # left behind: stale now
+    assert held_by_other(tmp_path, 300) is None
+    with acquire(tmp_path) as claim:
+        assert read_claim(tmp_path).token == claim.token
+    assert not list(tmp_path.glob(f"{CLAIM_FILE}*"))  # no takeover marker left
+
+
+def test_a_claim_from_another_host_is_stale_when_its_heartbeat_is_old(tmp_path):
+    write_claim(tmp_path, age_s=5, host="elsewhere.example", pid=os.getpid())
+    with pytest.raises(ClaimHeld, match="elsewhere.example"):
+        acquire(tmp_path, timeout_s=300)
+    write_claim(tmp_path, age_s=400, host="elsewhere.example", pid=os.getpid())
+    with acquire(tmp_path, timeout_s=300):
+        assert read_claim(tmp_path).host == HOST
+
+
+def test_same_host_claims_of_gone_processes_are_stale(tmp_path):
+    # A reused pid: alive, but not the process that claimed (another start time).
+    parent = os.getppid()
+    write_claim(tmp_path, pid=parent, process_start="1")
+    assert held_by_other(tmp_path, 300) is None
+    write_claim(tmp_path, pid=parent, process_start=claims._process_start(parent))
+    assert held_by_other(tmp_path, 300).pid == parent
+    # A zombie: killed, not yet waited for.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    time.sleep(0.5)
+    write_claim(tmp_path, pid=child.pid, process_start=None)
+    try:
+        assert held_by_other(tmp_path, 300) is None
+    finally:
+        child.wait()
+    # An empty claim (its writer died between create and write): judged by its age.
+    (tmp_path / CLAIM_FILE).write_text("")
+    assert held_by_other(tmp_path, 300) is not None
+    os.utime(tmp_path / CLAIM_FILE, (0, 0))
+    assert held_by_other(tmp_path, 300) is None
+
+
+RACE = """
+import sys, time
+from vaesweep.claims import ClaimHeld, acquire
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    claim = acquire(sys.argv[1])
+except ClaimHeld:
+    print("held", flush=True)
+else:
+    print("won", flush=True)
+    time.sleep(1.5)
+    claim.release()
+"""
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
+    """Eight processes claim one job at the same instant (with or without a stale claim
+    of a dead process to take over first): exactly one holds it."""
+    if stale:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        write_claim(tmp_path, pid=dead.pid)
+    start = time.time() + 2.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(tmp_path), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outcomes = collections.Counter(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == {"won": 1, "held": 7}
+    assert not list(tmp_path.glob(f"{CLAIM_FILE}*"))
+
+
+def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
+    run_dir = workdir / "run"
+    proc = holder(run_dir)
+    try:
+        cli = subprocess.run(
+            [sys.executable, str(RUN_PY), *TINY, "logger=none", "hydra.run.dir=run"],
+            cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert f"skipping run: held by {HOST}:{proc.pid}" in cli.stderr
+    assert not (run_dir / "results.json").exists() and not (run_dir / ".hydra").exists()
+
+
+def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
+    """The same three-job sweep launched twice, 1.5 s apart: each job is trained by exactly
+    one of them, both exit 0, and both summaries list all three jobs as completed."""
+    stamps = workdir / "timestamps.jsonl"
+    env = {**cli_env(), "VAESWEEP_TIMESTAMPS": str(stamps)}
+    args = [
+        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", "data=digits", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20", "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false", "eval.iwae_k=10", "logger=none",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    procs = []
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                args,
+                cwd=workdir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+        time.sleep(1.5)
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        assert "did not complete" not in err
+        assert out.count("completed") >= 3, out  # its summary table: every job completed
+    results = results_under(workdir / "sweep")
+    assert len(results) == 3
+    assert all(r["status"] == "completed" and r["attempts"] == 1 for r in results)
+    events = [json.loads(line) for line in stamps.read_text().splitlines()]
+    fits = collections.Counter(e["job"] for e in events if e["event"] == "fit_start")
+    assert sorted(fits.values()) == [1, 1, 1], fits  # each job trained once, by one launch
+    assert "held by" in outputs[0][1] + outputs[1][1]  # they did meet
+    assert not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}*"))
