@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaesweep.ranks import per_rank_batch
+
 SPLITS = ("train", "val", "test")
 PREPROCESS_MODES = ("dequantize", "binarize", "scale")
 
@@ -679,8 +681,12 @@ class TensorLoader:
 class VAEDataModule(L.LightningDataModule):
     """Train/val/test TensorLoaders over an in-memory dataset; batches are float32 [B, C, H, W].
 
-    device: None keeps the tensors on the CPU, "auto" uses the trainer's root device (the
-    rank's GPU under DDP), anything else is passed to torch.device.
+    batch_size: the GLOBAL training batch. At setup, on each rank, once Lightning's strategy
+    knows the processes, each of the trainer's ``world_size`` processes takes
+    batch_size / world_size (``rank_batch_size``; ValueError if it does not divide, before
+    any step). eval_batch_size: per process (it changes no result). device: None keeps the
+    tensors on the CPU, "auto" uses the trainer's root device (the rank's GPU under DDP),
+    anything else is passed to torch.device.
     """
 
     def __init__(
@@ -707,6 +713,7 @@ class VAEDataModule(L.LightningDataModule):
         self.root = root
         self.download = download
         self.batch_size = batch_size
+        self.rank_batch_size = batch_size  # this process's share, set at setup
         self.eval_batch_size = eval_batch_size
         self.preprocess = preprocess
         self.seed = seed
@@ -762,11 +769,12 @@ class VAEDataModule(L.LightningDataModule):
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        self.rank_batch_size = per_rank_batch(self.batch_size, world_size)
         shard = {"rank": rank, "world_size": world_size}
         self._loaders = {
             "train": TensorLoader(
                 self._tensors["train"],
-                self.batch_size,
+                self.rank_batch_size,
                 preprocess=self.preprocess,
                 shuffle=True,
                 seed=self.seed,

@@ -184,9 +184,13 @@ class VAE(L.LightningModule):
         sched = {k: v for k, v in schedule.items() if k != "name"}
         self.schedule = build_schedule(schedule["name"], **sched)
         self._schedule_observes = type(self.schedule).observe is not BetaSchedule.observe
+        # (rec_nll, kl) of the micro-batches since the last optimisation step, at step:
+        self._pending: list[Tensor] = []
+        self._pending_step = -1
         self.latent_dim = int(model["latent_dim"])
         self._test_sums: dict[str, Tensor] = {}
         self._tracker = StepTracker()
+        self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint
         self.automatic_optimization = optimization == "automatic"
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -199,20 +203,60 @@ class VAE(L.LightningModule):
             super().__setattr__(name, value)
 
     # --- randomness: per-rank streams, saved with every checkpoint ------------------------------
+    # Every rank's RNG state (torch CPU, and the rank's CUDA device) travels with the weights:
+    # gathered into the checkpoint (rng_state["ranks"][r]), and on resume each rank gets its
+    # own back, so a resumed run, DDP included, draws the same noise as an uninterrupted one
+    # (bit-identical metrics on CPU). Restored at the start of fit or test, after Lightning
+    # has set everything up; a fresh DDP fit instead seeds each rank differently.
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
+        if not self._restore_rng() and self.trainer.world_size > 1:
             # Every rank starts from the same seed; without this the ranks would draw the
             # same ε for different examples (correlated noise across the global batch).
             torch.manual_seed(self.hparams.seed * 1_000_003 + self.trainer.global_rank)
 
+    def on_test_start(self) -> None:
+        self._restore_rng()
+
+    def _rng_device(self) -> torch.device | None:
+        """The rank's CUDA device, whose generator is saved too; None off CUDA."""
+        device = self.trainer.strategy.root_device
+        return device if device.type == "cuda" else None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The RNG state travels with the weights, so a resumed run draws the same noise as
-        # an uninterrupted one (bit-identical metrics on CPU).
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        cuda = self._rng_device()
+        own = {"torch": torch.get_rng_state()}
+        if cuda is not None:
+            own["cuda"] = torch.cuda.get_rng_state(cuda)
+        states = [own]
+        if self.trainer.world_size > 1:
+            # A collective: Lightning saves checkpoints on every rank (only rank 0 writes).
+            strategy = self.trainer.strategy
+            on = strategy.root_device  # where the backend communicates (nccl: the GPU)
+            gathered = {k: strategy.all_gather(v.to(on)).cpu() for k, v in own.items()}
+            # One tensor each (a view at an offset would crash torch.set_rng_state).
+            n = len(gathered["torch"])
+            states = [{k: v[r].clone() for k, v in gathered.items()} for r in range(n)]
+        checkpoint["rng_state"] = {"ranks": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["rng_state"]["torch"])
+        saved = checkpoint.get("rng_state")
+        self._loaded_rng = None
+        if saved is None or self._trainer is None:
+            return
+        states = saved.get("ranks", [saved])  # older checkpoints: {"torch": one state}
+        if len(states) == self.trainer.world_size:  # else: a different number of processes
+            self._loaded_rng = states[self.trainer.global_rank]
+
+    def _restore_rng(self) -> bool:
+        """Puts back the RNG state of the checkpoint loaded last (once); whether it did."""
+        state, self._loaded_rng = self._loaded_rng, None
+        if state is None:
+            return False
+        torch.set_rng_state(state["torch"].clone())  # its own storage, at offset 0
+        cuda = self._rng_device()
+        if cuda is not None and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"].clone(), cuda)
+        return True
 
     # --- training ------------------------------------------------------------------------
     def _step_terms(self, x: Tensor, n_samples: int = 1) -> dict[str, Tensor]:
@@ -228,6 +272,7 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._tracker.new_epoch()
+        self._pending.clear()  # (an epoch's last batch always steps: normally empty)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
         if self.likelihood.needs_scale_init():
@@ -248,15 +293,9 @@ class VAE(L.LightningModule):
         )
         if log_now or batch_idx == self.trainer.num_training_batches - 1 or self._tracker.full:
             self._tracker.flush()
-        if self._schedule_observes:
-            # Controllers see batch means averaged over all data-parallel ranks (open-loop
-            # schedules ignore them: no all-reduce per step for those).
-            strategy = self.trainer.strategy
-            self.schedule.observe(
-                self.global_step,
-                strategy.reduce(out["rec_nll"].detach(), reduce_op="mean"),
-                strategy.reduce(out["kl"].detach(), reduce_op="mean"),
-            )
+        if self._schedule_observes:  # the controller observes after the optimiser step
+            self._pending.append(torch.stack([out["rec_nll"].detach(), out["kl"].detach()]))
+            self._pending_step = self.global_step
         if log_now:
             values = with_elbo({k: out[k].detach() for k in TRACKED})
             metrics = {f"train/{k}_step": v for k, v in values.items()} | {"beta": out["beta"]}
@@ -272,6 +311,18 @@ class VAE(L.LightningModule):
         optimizer.step()  # runs on_before_optimizer_step (clipping) and counts global_step
         optimizer.zero_grad()
         return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:
+        # A controller (GECO, PI) observes once per optimisation step, after it: the mean of
+        # the step's micro-batch means (all trainer.accumulate_grad_batches of them, as
+        # Lightning averages their losses), averaged over the data-parallel ranks. Open-loop
+        # schedules observe nothing (no all-reduce for them). global_step has moved iff the
+        # optimiser stepped on this batch.
+        if not self._pending or self.global_step == self._pending_step:
+            return
+        means = self.trainer.strategy.reduce(torch.stack(self._pending).mean(0), reduce_op="mean")
+        self._pending.clear()
+        self.schedule.observe(self._pending_step, means[0], means[1])
 
     @torch.no_grad()
     def _initialize_scale(self, x: Tensor) -> None:

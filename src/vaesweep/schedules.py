@@ -7,8 +7,9 @@ a name:
   grad) and the β in force (0-dim, detached). ``rec_nll`` and ``kl`` are batch means in
   nats per example. Pure: it never changes state.
 - ``observe(step, rec_nll, kl)``: called once AFTER each optimisation step with detached
-  batch means (all-reduced across DDP ranks by the caller); controllers update their state,
-  open-loop schedules ignore it.
+  batch means (all-reduced across DDP ranks by the caller; with gradient accumulation the
+  mean over the step's micro-batches, never once per micro-batch); ``step`` is the step just
+  taken. Controllers update their state, open-loop schedules ignore it.
 - ``beta_at(step)`` → float: open-loop schedules evaluate β at ``step``; controllers return
   their current β (the state, not the step, decides).
 

@@ -1,0 +1,443 @@
+"""Several processes for one job: the global batch under every strategy, plain DDP under
+SLURM with every rank acting on rank 0's decision, DDP resume identical to an uninterrupted
+run, and controllers that observe once per optimiser step under gradient accumulation.
+
+SLURM is simulated the way srun presents itself to a task: its environment variables
+(SLURM_NTASKS, SLURM_PROCID, ...), with two real processes on CPU (gloo) started by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from vaesweep import ranks
+from vaesweep.data import VAEDataModule
+from vaesweep.module import VAE
+from vaesweep.train import CONF_DIR, ConfigError, validate_config
+
+from conftest import RUN_PY, cli_env
+
+# Variables of launchers (srun, torchrun, Lightning's ddp) that must not leak into a test.
+LAUNCHER_VARS = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID", ranks.DECISION_ENV,
+)  # fmt: skip
+
+
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_") and k not in LAUNCHER_VARS}
+
+
+def slurm_vars(rank: int, job_id: str, step: int, port: int, ntasks: int = 2) -> dict[str, str]:
+    """What srun sets for task ``rank`` of a one-node step with one task per device."""
+    return {
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(ntasks),
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_JOB_ID": job_id,
+        "SLURM_STEP_ID": str(step),
+        "SLURM_JOB_NAME": "vaesweep-test",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("SLURM_") or k in LAUNCHER_VARS]:
+        monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def slurm(no_launcher, monkeypatch):
+    """This process as task 0 of a simulated two-task srun step."""
+    for key, value in slurm_vars(0, "777", 0, 29999).items():
+        monkeypatch.setenv(key, value)
+
+
+# --- the global batch --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("trainer", "expected"),
+    [
+        ({"strategy": "auto", "devices": 2, "num_nodes": 1}, 2),  # auto picks DDP
+        ({"strategy": "auto", "devices": 1, "num_nodes": 1}, 1),
+        ({"strategy": "ddp_spawn", "devices": [0, 1], "num_nodes": 1}, 2),
+        ({"strategy": "ddp_find_unused_parameters_true", "devices": "0,1,", "num_nodes": 1}, 2),
+        ({"strategy": "auto", "devices": "3", "num_nodes": 1}, 3),
+        ({"strategy": "ddp", "devices": 2, "num_nodes": 3}, 6),
+        ({"strategy": "single_device", "devices": 1, "num_nodes": 1}, 1),
+        ({"strategy": "auto", "devices": -1, "num_nodes": 1}, None),  # the hardware tells
+        ({"strategy": "ddp", "devices": "auto", "num_nodes": 1}, None),
+    ],
+)
+def test_world_size_from_the_config(no_launcher, trainer, expected):
+    assert ranks.configured_world_size(trainer) == expected
+
+
+def test_world_size_under_srun_is_the_number_of_tasks(slurm):
+    assert ranks.configured_world_size({"strategy": "auto", "devices": 2, "num_nodes": 1}) == 2
+
+
+def compose_cfg(overrides: list[str]):
+    # (paths.data_dir: hydra:runtime interpolations need a running app.)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, "paths.data_dir=/tmp"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.devices=2", "data.batch_size=127"], r"data.batch_size=127 .*multiple of the 2"),
+        (["trainer.devices=[0,1,2]", "data.batch_size=128"], r"multiple of the 3 .*e\.g\. 126"),
+        (["trainer=ddp", "trainer.num_nodes=2"], r"trainer.num_nodes=2 .*srun .*torchrun"),
+        (["trainer.strategy=fsdp", "trainer.devices=2"], r"'fsdp' \(FSDPStrategy\) is not supp"),
+        (["trainer.strategy=deepspeed"], r"'deepspeed' \(DeepSpeedStrategy\) is not supported"),
+    ],
+)
+def test_the_config_is_refused_before_training(no_launcher, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_cfg(overrides))
+
+
+def test_devices_minus_one_is_left_to_setup(no_launcher):
+    validate_config(compose_cfg(["trainer.devices=-1", "data.batch_size=127"]))
+
+
+def test_srun_tasks_must_match_the_devices(slurm):
+    with pytest.raises(ConfigError, match=r"= 1 processes, but 2 were started"):
+        validate_config(compose_cfg(["trainer.devices=1"]))
+    with pytest.raises(ConfigError, match=r"data.batch_size=127 .*multiple of the 2"):
+        validate_config(compose_cfg(["trainer=ddp", "data.batch_size=127"]))
+    validate_config(compose_cfg(["trainer=ddp", "data.batch_size=128"]))
+
+
+def _stub_trainer(rank: int, world_size: int) -> SimpleNamespace:
+    progress = SimpleNamespace(current=SimpleNamespace(processed=0))
+    return SimpleNamespace(
+        global_rank=rank,
+        world_size=world_size,
+        fit_loop=SimpleNamespace(epoch_progress=progress),
+    )
+
+
+def test_each_rank_takes_its_share_of_the_global_batch_at_setup():
+    data = VAEDataModule("digits", batch_size=64)
+    data.trainer = _stub_trainer(1, 2)  # what Lightning has set up when it calls setup
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert data.rank_batch_size == loader.batch_size == 32
+    assert len(loader) == math.ceil(1397 // 2 / 32)  # its half of the examples, 32 at a time
+    assert next(iter(loader)).shape[0] == 32
+    data.trainer = _stub_trainer(0, 3)
+    with pytest.raises(ValueError, match=r"data.batch_size=64 is invalid: .*multiple of the 3"):
+        data.setup("fit")
+
+
+def test_strategy_under_srun_and_where_reexecution_breaks(no_launcher, monkeypatch):
+    assert ranks.resolve_strategy("ddp", True) == "ddp_spawn"
+    assert ranks.resolve_strategy("ddp_find_unused_parameters_true", True) == (
+        "ddp_spawn_find_unused_parameters_true"
+    )
+    assert ranks.resolve_strategy("ddp", False) == "ddp"
+    assert ranks.resolve_strategy("auto", True) == "auto"  # decided once the Trainer exists
+    for key, value in slurm_vars(1, "5", 0, 29999).items():
+        monkeypatch.setenv(key, value)
+    # srun started the processes: plain ddp connects them, in a multirun too.
+    assert ranks.resolve_strategy("ddp_spawn", True) == "ddp"
+    assert ranks.resolve_strategy("ddp_fork_find_unused_parameters_false", True) == (
+        "ddp_find_unused_parameters_false"
+    )
+    assert ranks.resolve_strategy("fsdp", True) == "fsdp"
+
+
+def test_auto_with_two_devices_is_ddp_that_reexecutes_the_command(no_launcher):
+    def trainer(strategy: str) -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+
+    auto = trainer("auto")
+    assert type(auto.strategy).__name__ == "DDPStrategy"
+    assert auto.num_devices * auto.num_nodes == 2
+    assert ranks.reexecutes_command(auto)
+    assert not ranks.reexecutes_command(trainer("ddp_spawn"))
+    assert ranks.trainer_problem(auto, "auto") is None
+
+
+# --- rank 0's decision ---------------------------------------------------------------------
+def leftovers(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob(f"{ranks.DECISION_PREFIX}*"))
+
+
+def test_rank_zero_refusal_reaches_the_other_ranks(slurm, tmp_path):
+    with pytest.raises(ConfigError), ranks.rank_zero_decides(tmp_path):
+        raise ConfigError("data.batch_size=127 is invalid")
+    with pytest.raises(ranks.RankZeroStopped, match="ConfigError: data.batch_size=127"):
+        ranks.await_decision(tmp_path, 1)
+    assert leftovers(tmp_path) == []  # the last rank to read it removed it
+
+
+def test_rank_zero_skip_and_training_reach_the_other_ranks(slurm, tmp_path):
+    with ranks.rank_zero_decides(tmp_path):
+        pass  # returned without training: e.g. the job is claimed by another live process
+    assert ranks.await_decision(tmp_path, 1) == ranks.Decision(
+        "skip", None, "rank 0 skipped the job"
+    )
+    (tmp_path / f"{ranks.DECISION_PREFIX}slurm-776.0.0.json").write_text("{}")  # a dead launch's
+    with ranks.rank_zero_decides(tmp_path):
+        ranks.announce_training(tmp_path, tmp_path / "last.ckpt")
+        assert leftovers(tmp_path) == [f"{ranks.DECISION_PREFIX}slurm-777.0.0.json"]
+        decision = ranks.await_decision(tmp_path, 1)
+    assert decision == ranks.Decision("train", str(tmp_path / "last.ckpt"))
+    assert leftovers(tmp_path) == []
+
+
+def test_a_completed_job_is_skipped_without_writing_a_byte(slurm, tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
+    with ranks.rank_zero_decides(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert ranks.await_decision(tmp_path, 1).action == "skip"
+
+
+def test_no_decision_times_out_with_a_hint(slurm, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(ranks.RankZeroStopped, match=r"within 0.3 s .*hydra.run.dir"):
+        ranks.await_decision(tmp_path, 1, timeout_s=0.3)
+    assert time.monotonic() - start < 5
+
+
+def test_processes_lightning_starts_get_the_decision_in_the_environment(no_launcher, tmp_path):
+    ranks.announce_training(tmp_path, None)  # rank 0, before Lightning starts the others
+    try:
+        assert ranks.await_decision(tmp_path, 1) == ranks.Decision("train")
+        with pytest.raises(ranks.RankZeroStopped, match="no decision of rank 0"):
+            ranks.await_decision(tmp_path / "another", 1)
+    finally:
+        os.environ.pop(ranks.DECISION_ENV)
+    assert leftovers(tmp_path) == []
+
+
+# --- controllers under gradient accumulation ---------------------------------------------------
+class Recorder(VAE):
+    """Records (global_step, rec_nll, kl, β) of every training micro-batch."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[tuple[int, float, float, float]] = []
+
+    def _step_terms(self, x, n_samples=1):
+        out = super()._step_terms(x, n_samples)
+        if self.trainer.training:
+            values = (out["rec_nll"].item(), out["kl"].item(), out["beta"].item())
+            self.seen.append((self.global_step, *values))
+        return out
+
+
+def geco_reference(steps, target, alpha, speed, scale, lam):
+    """β = 1/λ of every step by hand: one update per step from the mean of its micro-batches."""
+    betas, ma = [], None
+    for micro in steps:
+        betas.append(1 / lam)
+        c = sum(rec for rec, _ in micro) / len(micro) - target
+        ma = c if ma is None else alpha * ma + (1 - alpha) * c
+        lam = min(max(lam * math.exp(speed * ma / scale), 1e-6), 1e6)
+    return betas
+
+
+def pi_reference(steps, kl_target, kp, ki, beta_max):
+    betas, integral, beta = [], 0.0, 0.0
+    for micro in steps:
+        betas.append(beta)
+        error = kl_target - sum(kl for _, kl in micro) / len(micro)
+        p = kp / (1 + math.exp(error))
+        upper, lower = max(integral, beta_max - p), min(integral, -p)
+        integral = min(max(integral - ki * error, lower), upper)
+        beta = min(max(p + integral, 0.0), beta_max)
+    return betas
+
+
+SCHEDULES = {
+    "geco": {"name": "geco", "target": 58.0, "alpha": 0.5, "speed": 1.0},
+    "pi": {"name": "pi", "kl_target": 0.0, "kp": 0.5, "ki": 0.2, "beta_max": 5.0},
+}
+
+
+@pytest.mark.parametrize(("schedule", "accumulate"), [("geco", 3), ("pi", 3), ("geco", 1)])
+def test_controllers_observe_once_per_optimiser_step(tmp_path, schedule, accumulate):
+    model = Recorder(
+        shape=(1, 8, 8),
+        model={"name": "mlp", "latent_dim": 4, "hidden": [32], "activation": "relu"},
+        likelihood={"name": "gaussian", "scale": "fixed"},
+        schedule=SCHEDULES[schedule],
+        optimizer={"name": "adam", "lr": 1e-3},
+        optimization="automatic" if accumulate > 1 else "manual",
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=7,  # micro-batches per step: 3, 3, 1 (the epoch's last steps)
+        limit_val_batches=0,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, VAEDataModule("digits", batch_size=64, preprocess="scale"))
+    steps: dict[int, list] = {}
+    for step, rec, kl, beta in model.seen:
+        steps.setdefault(step, []).append((rec, kl, beta))
+    sizes = [3, 3, 1] * 2 if accumulate == 3 else [1] * 14
+    assert [len(micro) for micro in steps.values()] == sizes
+    assert list(steps) == list(range(len(sizes))) == list(range(trainer.global_step))
+    # β is that of the step: the same for all its micro-batches.
+    assert all(len({beta for *_, beta in micro}) == 1 for micro in steps.values())
+    observed = [[(rec, kl) for rec, kl, _ in micro] for micro in steps.values()]
+    if schedule == "geco":
+        options = SCHEDULES["geco"]
+        expected = geco_reference(observed, 58.0, options["alpha"], options["speed"], 58.0, 1.0)
+    else:
+        expected = pi_reference(observed, 0.0, 0.5, 0.2, 5.0)
+    betas = [micro[0][2] for micro in steps.values()]
+    assert betas == pytest.approx(expected, rel=1e-5)
+    assert len(set(betas)) == len(betas)  # it moved at every step
+
+
+# --- two real processes --------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], cwd: Path, env: dict[str, str], name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(RUN_PY), *args],
+        cwd=cwd, env=env, text=True,
+        stdout=open(cwd / f"{name}.out", "w"), stderr=open(cwd / f"{name}.err", "w"),
+    )  # fmt: skip
+
+
+def srun(args: list[str], cwd: Path, job_id: str, step: int) -> list[subprocess.Popen]:
+    """Two tasks of a simulated srun step, one per (CPU) device."""
+    port, base = free_port(), clean_env(cli_env())
+    return [
+        launch(args, cwd, base | slurm_vars(r, job_id, step, port), f"{job_id}.{step}.{r}")
+        for r in (0, 1)
+    ]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 400) -> list[int]:
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def stderr_of(cwd: Path, name: str) -> str:
+    return (cwd / f"{name}.err").read_text()[-3000:]
+
+
+# Plain DDP on two CPU processes; batches of 8 per process (88 steps an epoch), so that the
+# test can kill the SLURM job between its first checkpoint and its end.
+DDP = [
+    "data=digits",
+    "data.batch_size=16",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.enable_progress_bar=false",
+    "eval.iwae_k=10",
+    "logger=csv",
+]
+
+
+@pytest.mark.slow
+def test_slurm_ddp_killed_and_resumed_equals_uninterrupted_ddp(workdir):
+    """``trainer.devices=2`` (strategy auto: Lightning's plain ddp, which re-runs the command
+    for rank 1) takes data.batch_size as the global batch. The same job as two simulated
+    srun tasks, SIGKILLed after its first checkpoint and relaunched, resumes on both ranks
+    (rank 1 learns the checkpoint from rank 0's decision) and ends with exactly the metrics
+    of the uninterrupted run."""
+    args = [*DDP, "trainer.max_epochs=3"]
+    full = launch([*args, "hydra.run.dir=full"], workdir, clean_env(cli_env()), "full")
+    part = workdir / "part"
+    tasks = srun([*args, "hydra.run.dir=part"], workdir, "4101", 0)
+    deadline = time.monotonic() + 400
+    while not (part / "checkpoints" / "last.ckpt").exists():
+        assert time.monotonic() < deadline and all(t.poll() is None for t in tasks), [
+            stderr_of(workdir, f"4101.0.{r}") for r in (0, 1)
+        ]
+        time.sleep(0.02)
+    for task in tasks:
+        task.send_signal(signal.SIGKILL)  # the node fails: no handler runs
+    finish(tasks)
+    assert json.loads((part / "results.json").read_text())["status"] == "running"
+    killed_at = torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert killed_at < 2  # training was not over
+
+    assert finish(srun([*args, "hydra.run.dir=part"], workdir, "4101", 1)) == [0, 0], [
+        stderr_of(workdir, f"4101.1.{r}") for r in (0, 1)
+    ]
+    assert finish([full]) == [0], stderr_of(workdir, "full")
+    resumed = json.loads((part / "results.json").read_text())
+    reference = json.loads((workdir / "full" / "results.json").read_text())
+    assert resumed["status"] == reference["status"] == "completed"
+    assert "resuming" in (part / "train.log").read_text()
+    assert resumed["metrics"] == reference["metrics"]
+
+    # The global batch: 1397 training examples, 698 per rank, in batches of 16 / 2 = 8.
+    assert reference["config"]["trainer"]["strategy"] == "auto"
+    last = torch.load(workdir / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 * math.ceil(1397 // 2 / 8) == 264
+    # Every rank's own RNG state is in the checkpoint.
+    first, second = (state["torch"] for state in last["rng_state"]["ranks"])
+    assert not torch.equal(first, second)
+    for run_dir in (part, workdir / "full"):
+        assert leftovers(run_dir) == [] and len(list(run_dir.rglob("results.json"))) == 1
+
+
+@pytest.mark.slow
+def test_slurm_ranks_follow_rank_zero_when_it_skips_or_refuses(workdir):
+    """Both srun tasks exit promptly (well within the ranks' decision timeout) when rank 0
+    skips a completed job (its directory untouched) or refuses the config; rank 1 reports
+    rank 0's reason. (Skipping a job another process holds: the decision file, tested above.)"""
+    args = [*DDP, "trainer.max_epochs=1"]
+    done = workdir / "done"
+    done.mkdir()
+    (done / "results.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
+    (done / "train.log").write_text("trained\n")
+    before = {p: p.stat().st_mtime_ns for p in done.iterdir()}
+    started = time.monotonic()
+    jobs = {
+        "done": srun([*args, "hydra.run.dir=done"], workdir, "4201", 0),
+        "refused": srun(
+            [*args, "data.batch_size=127", "hydra.run.dir=refused"], workdir, "4202", 0
+        ),
+    }
+    codes = {name: finish(procs, timeout=300) for name, procs in jobs.items()}
+    assert time.monotonic() - started < ranks.DECISION_TIMEOUT_S / 2
+    assert codes["done"] == [0, 0], [stderr_of(workdir, f"4201.0.{r}") for r in (0, 1)]
+    assert {p: p.stat().st_mtime_ns for p in done.iterdir()} == before  # no file added either
+    assert codes["refused"][0] != 0 and codes["refused"][1] != 0
+    assert "data.batch_size=127" in stderr_of(workdir, "4202.0.0")
+    rank1 = stderr_of(workdir, "4202.0.1")
+    assert "rank 0 did not train refused" in rank1 and "data.batch_size=127" in rank1
+    assert leftovers(workdir / "refused") == []
