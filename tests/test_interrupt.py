@@ -256,3 +256,25 @@ def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     assert runs[0]["summary"]["status"] == "interrupted"
     assert runs[1]["summary"]["status"] == "completed"
     assert runs[1]["summary"]["test/nll"] == pytest.approx(final["metrics"]["test/nll"])
+
+
+@pytest.mark.slow
+def test_a_job_stopped_before_its_first_checkpoint_starts_again(workdir, reference):
+    """SIGTERM while the job is still starting (before any checkpoint): recorded as
+    interrupted; the relaunch trains from step 0 (a new W&B run, since W&B would drop the
+    steps it has seen) and ends with the reference metrics; attempts and time carry over."""
+    args = [*BUDGET, "beta=2", "logger=wandb", "hydra.run.dir=run"]
+    run_dir = workdir / "run"
+    proc = start(args, workdir)
+    wait_for((run_dir, "results.json"), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    first = result(run_dir)
+    assert first["status"] == "interrupted"
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    final = check_resumed(run_dir, reference, first)
+    assert final["wandb_run_id"] and final["wandb_run_id"] != first["wandb_run_id"]
+    assert "resuming" not in (run_dir / "train.log").read_text()

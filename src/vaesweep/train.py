@@ -402,7 +402,10 @@ def _run_claimed(
         log.info("resuming %s from %s", job.run_dir, last)
     wandb_id = None
     if cfg.logger.get("name") == "wandb":
-        wandb_id = (previous or {}).get("wandb_run_id") or _new_wandb_id()
+        # The W&B run continues where the checkpoint does; a job that starts again from step
+        # 0 gets a new one (W&B would drop the history of steps it has already seen).
+        earlier = (previous or {}).get("wandb_run_id") if resume_from is not None else None
+        wandb_id = earlier or _new_wandb_id()
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an unresolvable value: recorded as written, reported by validation
