@@ -188,7 +188,8 @@ def test_bad_optimisation_arguments_are_named_before_training(workdir, override,
 
 def test_gradient_accumulation_and_clipping_run_from_the_cli(workdir):
     # accumulate_grad_batches > 1 hands optimisation back to Lightning (automatic mode).
-    args = [*TINY, "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0"]
+    args = [a for a in TINY if not a.startswith("trainer.limit_train_batches=")]
+    args += ["trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0"]
     proc = run_cli([*args, "trainer.limit_train_batches=4", "hydra.run.dir=r"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = results_under(workdir)

@@ -46,7 +46,17 @@ READ_BY_DRIVER = (
     "label",
 )
 #: Read, but never change the numbers a job computes (where and how it runs and logs).
-NOT_RESULTS = ("threads", "sweep", "paths", "label", "logger", "data.root", "data.download")
+NOT_RESULTS = (
+    "threads",
+    "sweep",
+    "paths",
+    "label",
+    "logger",
+    "data.root",
+    "data.download",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 #: Override keys outside the check: Hydra's own, and presets (which set keys themselves).
 UNCHECKED = ("hydra", "experiment")
 LABEL_HINT = (
@@ -147,9 +157,30 @@ def override_keys(overrides: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def repeated_key(overrides: list[str]) -> str | None:
+    """A refusal message when a key is given twice on the command line (Hydra would keep
+    only the last value, silently), else None."""
+    seen: dict[str, str] = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_delete():
+            continue
+        key = o.get_key_element().lstrip("+")
+        if key in seen:
+            return (
+                f"{key} is given twice on the command line ({seen[key]} and {o.input_line}): "
+                f"only the last, {o.input_line}, would be used. Give each key once (sweep "
+                f"several values with {key}=A,B)."
+            )
+        seen[key] = o.input_line or key
+    return None
+
+
 def check_overrides(overrides: list[str], configs: list[DictConfig]) -> str | None:
-    """A refusal message for the first override that no job (one config per job) reads,
-    else None."""
+    """A refusal message for a key given twice, or for the first override that no job (one
+    config per job) reads, else None."""
+    repeated = repeated_key(overrides)
+    if repeated:
+        return repeated
     analyses = [(cfg, *reads(cfg)) for cfg in configs]
     for key, value in override_keys(overrides):
         if any(any(_covers(p, key) for p in read) for _, read, _ in analyses):

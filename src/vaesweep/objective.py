@@ -90,7 +90,8 @@ def importance_estimates(
     ELBO pieces from the same samples.
 
     log p(x) ≈ log (1/k) Σ_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x), computed with
-    logsumexp over chunks of ``chunk_size`` samples so memory stays bounded for any k.
+    logsumexp over chunks of ``chunk_size`` samples, folded into a running total
+    (logaddexp), so memory is that of one chunk whatever k: nothing is kept per chunk.
     ELBO ≤ E[IWAE_k] ≤ log p(x), increasing in k. Because rec_nll is averaged over the very
     samples the IWAE uses, −rec_nll − kl ≤ IWAE_k up to the Monte Carlo error of the KL
     (Jensen's inequality on the same weights).
@@ -99,14 +100,17 @@ def importance_estimates(
         raise ValueError(f"k={k} is invalid: the number of importance samples must be ≥ 1")
     posterior = DiagonalGaussian.from_encoder(encoder(x))
     chunk = chunk_size or default_chunk_size(x.shape[0], likelihood.data_dim)
-    partial, log_lik_sum = [], 0.0
+    # Keeping one [B] tensor per chunk (for a final logsumexp) held ~1 MB of heap per
+    # chunk on CPU (fragmentation): k = 10^6 in chunks of 10 ran out of 24 GB.
+    total, log_lik_sum = None, 0.0
     for start in range(0, k, chunk):
         z = posterior.rsample(min(chunk, k - start))  # [n, B, d]
         log_lik = likelihood.log_prob(x, decoder(z))
         log_w = log_lik + standard_normal_log_prob(z) - posterior.log_prob(z)
-        partial.append(torch.logsumexp(log_w, dim=0))
+        part = torch.logsumexp(log_w, dim=0)
+        total = part if total is None else torch.logaddexp(total, part)
         log_lik_sum = log_lik_sum + log_lik.sum(0)
-    log_px = torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)
+    log_px = total - math.log(k)
     return ImportanceEstimates(
         log_px, -log_lik_sum / k, posterior.kl_to_standard_normal(), posterior
     )

@@ -16,7 +16,9 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
 - the resolved config, flattened with dots and prefixed ``config.`` (``config.model.hidden``);
   list values are JSON strings, so every column holds scalars (CSV and Parquet round-trip).
 
-Failed, diverged and still-running runs stay in the frame with their status; :func:`aggregate`
+Failed, diverged and still-running runs stay in the frame with their status (``incomplete``
+for a result that says completed without test metrics, ``fast_dev_run`` for Lightning's debug
+runs: :func:`vaesweep.resultfile.frame_status`); :func:`aggregate`
 leaves them out, with a warning that counts them.
 """
 
@@ -222,16 +224,22 @@ def _check(df: pd.DataFrame) -> None:
 
 
 def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    from vaesweep.resultfile import frame_status
+
+    if not isinstance(result, dict):
+        raise ResultsError(f"{path}: not a valid results file (not a JSON object)")
     dataset = result.get("dataset") or {}
     config = result.get("config") or {}
     error = result.get("error")
+    # "completed" without test metrics is "incomplete"; a fast_dev_run is not a result.
+    status, reason = frame_status(result)
     return {
         "identity": {
             "run_dir": str(path.parent),  # where it is now (a sweep may have been moved)
             "sweep_dir": result.get("sweep_dir"),
             "job_name": result.get("job_name"),
-            "status": result.get("status"),
-            "error": f"{error['type']}: {error['message']}" if error else None,
+            "status": status,
+            "error": reason or (f"{error['type']}: {error['message']}" if error else None),
             "seed": result.get("seed"),
             "duration_s": result.get("duration_s"),
             "dataset": dataset.get("name") or (config.get("data") or {}).get("name"),

@@ -1,0 +1,324 @@
+"""Bad and unusual input: refused before training with the key, the value and what is
+allowed, or ending with a truthful status, one line on stderr and a non-zero exit (the
+traceback only in the run's train.log). Real Hydra composition, real Lightning, the real
+CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_train import compose_cfg, validate
+
+from vaesweep.effective import NOT_RESULTS
+from vaesweep.failures import describe
+from vaesweep.guards import DATA_SHAPES, NothingTrained, count_parameters, require_training
+from vaesweep.results import load_results
+from vaesweep.train import ConfigError, validate_config
+
+from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at once
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is invalid.*optimisation step"),
+        (["trainer.max_steps=0"], r"trainer.max_steps=0 is invalid.*optimisation step"),
+        (["trainer.limit_train_batches=0"], r"limit_train_batches=0 is invalid"),
+        (["trainer.limit_train_batches=0.0"], r"limit_train_batches=0.0 is invalid"),
+        (["trainer.max_time=00:00:00:00"], r"trainer.max_time='00:00:00:00' is invalid"),
+        (["trainer.limit_test_batches=0"], r"limit_test_batches=0 is invalid.*test split"),
+        (["trainer.max_epochs=abc"], r"trainer.max_epochs='abc' is invalid: allowed an integer"),
+        (["trainer.max_steps=1.5"], r"trainer.max_steps=1.5 is invalid"),
+        (["trainer.max_epochs=-1"], r"max_epochs=-1 is invalid.*train forever"),
+        (["eval.n_images=0"], r"eval.n_images=0 is invalid: allowed an integer in \[1, 64\]"),
+        (["eval.n_images=1000"], r"eval.n_images=1000 is invalid"),
+        (["eval.iwae_k=1000000"], r"eval.iwae_k=1000000 is invalid.*100000.* h per 1000 test"),
+        (["eval.active_units_threshold=-1"], r"eval.active_units_threshold=-1 is invalid"),
+        (["optimizer.weight_decay=-1"], r"optimizer.weight_decay=-1 is invalid: allowed a finite"),
+        (["optimizer.betas=[0.9,1.5]"], r"optimizer.betas=\[0.9, 1.5\] is invalid"),
+        (["model.hidden=[200000,200000]"], r"model.hidden=\[200000, 200000\].*parameters.*GB"),
+        (["model=conv", "model.channels=[0]"], r"model.hidden=\[256\].*channels=\[0\] is invalid"),
+        (
+            ["likelihood.scale=optimal", "likelihood.min_log_scale=100"],
+            r"likelihood.min_log_scale=100 is invalid: allowed null or a number < 0",
+        ),
+        (["eval.iwae_k=100000", "eval.iwae_chunk=100000"], r"eval.iwae_chunk=100000 is inv.*GB"),
+        (["eval.iwae_k=1000", "eval.iwae_chunk=1000"], None),  # sized to the memory: passes
+    ],
+)
+def test_refused_before_training(overrides, message):
+    if message is None:
+        validate(overrides)
+        return
+    with pytest.raises(ConfigError, match=message):
+        validate(overrides)
+
+
+def test_fast_dev_run_stays_allowed():
+    validate(["trainer.fast_dev_run=true"])
+
+
+def test_a_key_given_twice_is_refused():
+    overrides = ["seed=1", "beta=2", "seed=2"]
+    cfg = compose_cfg([*overrides, "paths.data_dir=/tmp"])
+    with pytest.raises(ConfigError, match=r"seed is given twice.*seed=1 and seed=2"):
+        validate_config(cfg, overrides)
+
+
+def test_memory_estimate_counts_the_real_parameters():
+    from vaesweep.module import VAE
+
+    cases = ([], ["model=conv", "likelihood.scale=decoder"], ["likelihood.scale=per_pixel"])
+    for overrides in (*cases, ["data=digits"]):
+        cfg = compose_cfg([*overrides, "paths.data_dir=/tmp"])
+        shape = DATA_SHAPES[cfg.data.name]
+        n, _ = count_parameters(cfg, shape)
+        plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "likelihood")}
+        plain["beta_schedule"] = {"name": "constant", "beta": 1.0}
+        real = VAE(shape, plain["model"], plain["likelihood"], plain["beta_schedule"], {})
+        assert n == sum(p.numel() for p in real.parameters())
+
+
+def test_data_shapes_are_the_datasets():
+    from vaesweep.data import load_dataset
+
+    for name in ("digits", "mnist_small"):
+        assert load_dataset(name).shape == DATA_SHAPES[name]
+
+
+def test_online_wandb_without_a_server_fails_fast_or_falls_back(monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", UNREACHABLE)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"logger.mode='online'.*127.0.0.1:9 cannot be reached"):
+        validate(["logger.mode=online"])
+    cfg = compose_cfg(["logger.mode=online", "logger.offline_fallback=true", "paths.data_dir=/tmp"])
+    validate_config(cfg)
+    assert cfg.logger.mode == "offline"
+    assert time.monotonic() - start < 10
+
+
+def test_a_fit_without_a_step_is_not_a_result():
+    """Lightning stops a fit before its first batch (here max_epochs=0, which validation
+    refuses; trainer.max_time can do it at run time): the run fails instead of testing."""
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=2)
+
+    trainer = L.Trainer(
+        max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(Tiny())
+    with pytest.raises(NothingTrained, match="0 optimisation steps"):
+        require_training(trainer)
+
+
+def test_disk_full_message_names_the_file_and_the_free_space(tmp_path):
+    def save(path):  # a real torch write to a full device
+        with open("/dev/full", "wb") as f:
+            torch.save({"w": torch.zeros(10_000)}, f)
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(Exception) as caught:
+        save(target)
+    line = describe(caught.value)
+    assert line.startswith(f"disk full while writing {target} (") and "free" in line
+
+
+IWAE_MEMORY = """
+import resource, sys, torch
+from vaesweep.likelihoods import build_likelihood
+from vaesweep.networks import build_decoder, build_encoder
+from vaesweep.objective import importance_estimates
+torch.set_num_threads(1)
+shape = (1, 28, 28)
+lik = build_likelihood("gaussian", shape)
+enc, dec = build_encoder("mlp", shape, 20), build_decoder("mlp", shape, 20, 1)
+x = torch.rand(100, *shape)
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+importance_estimates(x, enc, dec, lik, k=200, chunk_size=10)
+before = peak()
+importance_estimates(x, enc, dec, lik, k=2000, chunk_size=10)
+print(peak() - before)
+"""
+
+
+def test_iwae_memory_does_not_grow_with_k():
+    """200 chunks of 10 samples: keeping one small tensor per chunk held ~1 MB each."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IWAE_MEMORY], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 60  # MiB of peak growth from k = 200 to 2000
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    """The single [vaesweep] line of a failed run's stderr (no traceback)."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    """A real completed run of the TINY budget (CSV logger)."""
+    root = tmp_path_factory.mktemp("completed")
+    proc = run_cli([*TINY, "logger=csv", "hydra.run.dir=run"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+def test_a_directory_of_another_config_is_refused(completed, tmp_path):
+    before = {p: p.read_bytes() for p in completed.rglob("*") if p.is_file()}
+    args = [*TINY, "logger=csv", f"hydra.run.dir={completed}"]
+    proc = run_cli([*args, "beta=4", "likelihood=laplace"], tmp_path)
+    line = one_line(proc)
+    assert "ConfigMismatch" in line and "holds a completed run of a different config" in line
+    assert "beta: 1.0 → 4.0" in line and "likelihood.name: 'gaussian' → 'laplace'" in line
+    assert {p: p.read_bytes() for p in completed.rglob("*") if p.is_file()} == before
+    # Keys that change no result are not compared: the same run is still skipped.
+    quiet = [a for a in args if "progress_bar" not in a]
+    proc = run_cli([*quiet, "trainer.enable_progress_bar=true", "label.note=again"], tmp_path)
+    assert proc.returncode == 0 and "already completed" in proc.stderr, proc.stderr[-2000:]
+    assert "trainer.enable_progress_bar" in NOT_RESULTS
+
+
+def test_a_corrupt_checkpoint_fails_in_one_line(completed, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(completed, run)
+    result = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**result, "status": "interrupted"}))
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    proc = run_cli([*TINY, "logger=csv", "hydra.run.dir=run"], tmp_path)
+    line = one_line(proc)
+    assert f"checkpoint {last} cannot be read" in line and "sweep.rerun_failed=true" in line
+    (result,) = results_under(run)
+    assert result["status"] == "failed" and result["metrics"] == {}
+    assert (run / "train.log").read_text().count("Traceback") == 1
+
+
+def test_a_full_disk_is_named_with_the_free_space(tmp_path):
+    """A real full file system: a 400 kB tmpfs, mounted in a user namespace."""
+    probe = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=4k none {tmp_path}"],
+        capture_output=True,
+    )
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (unshare)")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    args = " ".join([*TINY, "logger=none", f"hydra.run.dir={mnt}/run"])
+    script = (
+        f"mount -t tmpfs -o size=400k none {mnt} && cd {tmp_path} && "
+        f"{sys.executable} {RUN_PY} {args}; rc=$?; cp {mnt}/run/results.json "
+        f"{mnt}/run/train.log {out}/; exit $rc"
+    )
+    proc = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = one_line(proc)
+    assert f"disk full while writing {mnt}/run/checkpoints/" in line and "kB free" in line
+    result = json.loads((out / "results.json").read_text())
+    assert result["status"] == "failed" and result["metrics"] == {}
+    assert "Traceback" in (out / "train.log").read_text()
+
+
+def test_sweep_summary_lists_every_job_and_fails(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "stray").mkdir(parents=True)
+    (sweep / "stray" / "results.json").write_text('{"status": "completed"}')
+    (sweep / "junk").mkdir()
+    (sweep / "junk" / "results.json").write_text("not json")
+    (sweep / "summary.csv").write_text("an,old,summary\n")
+    proc = run_cli(
+        [
+            "-m",
+            *TINY,
+            "logger=none",
+            "eval.n_images=0,8",
+            "data.batch_size=2000",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "raised" not in proc.stderr
+    assert "[vaesweep] eval.n_images=0: ConfigError: eval.n_images=0 is invalid" in proc.stderr
+    # Refused once the data are loaded, before the first step.
+    assert (
+        "[vaesweep] eval.n_images=8: ConfigError: data.batch_size=2000 is invalid: allowed at "
+        "most the 1397 examples of the training split of data=digits"
+    ) in proc.stderr
+    assert not list(sweep.glob("*/checkpoints"))
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    statuses = {row.split(",")[0].strip('"')[:5]: row for row in rows[1:]}
+    assert len(rows) == 5 and "an,old" not in rows[0]
+    assert ",unreadable," in statuses["junk"] and "not valid JSON" in statuses["junk"]
+    assert ",incomplete," in statuses["stray"] and "no test metrics" in statuses["stray"]
+    assert sum(",failed," in row for row in rows) == 2
+    assert "4 of 4 jobs did not complete" in proc.stderr
+
+
+def test_collect_does_not_count_a_result_without_metrics(completed, tmp_path):
+    shutil.copytree(completed, tmp_path / "good")
+    for name in ("empty", "dev"):
+        result = json.loads((completed / "results.json").read_text())
+        if name == "dev":
+            result["config"]["trainer"]["fast_dev_run"] = True
+        else:
+            result["metrics"] = {}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    df = load_results(tmp_path).set_index("run_dir")
+    assert df.loc[str(tmp_path / "good"), "status"] == "completed"
+    assert df.loc[str(tmp_path / "empty"), "status"] == "incomplete"
+    assert df.loc[str(tmp_path / "dev"), "status"] == "fast_dev_run"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "seed=0,1", "seed=2"], "seed is given twice on the command line"),
+        (["-m", "sweep.resume=nonexistent"], "sweep.resume=nonexistent is invalid: no such"),
+    ],
+)
+def test_sweeps_refused_before_any_job(tmp_path, args, message):
+    proc = run_cli([*args, *TINY, "logger=none"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"sweep refused, no job was run: {message}" in proc.stderr
+    assert not (tmp_path / "nonexistent").exists() and not results_under(tmp_path)
