@@ -33,12 +33,34 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.atomic import atomic_open
 from vaesweep.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, held_by_other, wait_for_others
 from vaesweep.record import RESULTS_FILE, write_json_atomic
+from vaesweep.search import finish_search, is_search, start_search
 
 log = logging.getLogger("vaesweep.sweep")
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
-SUMMARY_METRICS = ("test/nll", "test/elbo", "test/bpd", "test/kl", "test/mse", "scale")
+SUMMARY_METRICS = (
+    "test/nll",
+    "test/elbo",
+    "test/bpd",
+    "test/kl",
+    "test/mse",
+    "scale",
+    "test/scale_ratio",
+)
+#: A learned scale within this factor of the test residual scale counts as converged.
+SCALE_TOLERANCE = 1.25
+LEARNED_SCALES = ("learned", "per_pixel")
+
+
+def scale_converged(result: dict[str, Any]) -> bool | None:
+    """Whether a learned scale ended within SCALE_TOLERANCE of the residual scale of the
+    test data (``test/scale_ratio``); None for runs without a learned scale."""
+    mode = ((result.get("config") or {}).get("likelihood") or {}).get("scale")
+    ratio = (result.get("metrics") or {}).get("test/scale_ratio")
+    if mode not in LEARNED_SCALES or ratio is None:
+        return None
+    return 1.0 / SCALE_TOLERANCE <= float(ratio) <= SCALE_TOLERANCE
 MAX_DIRNAME = 120  # well below the 255-byte limit of common file systems
 
 
@@ -132,14 +154,12 @@ def read_sweep(sweep_dir: str | Path) -> dict[str, Any] | None:
 
 
 def job_results(sweep_dir: Path) -> list[dict[str, Any]]:
-    """results.json of every job directly under the sweep dir, sorted by directory."""
-    out = []
-    for path in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except json.JSONDecodeError:  # only possible for files not written by vaesweep
-            log.warning("unreadable %s", path)
-    return out
+    """results.json of every job directly under the sweep dir, sorted by directory; a
+    damaged or incomplete file, or a job directory without one, is listed with status
+    ``unreadable`` / ``incomplete`` and the reason (vaesweep.resultfile)."""
+    from vaesweep.resultfile import sweep_results
+
+    return sweep_results(sweep_dir)
 
 
 def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
@@ -151,6 +171,7 @@ def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[di
         for m in SUMMARY_METRICS:
             v = r["metrics"].get(m)
             row[m] = None if v is None else round(float(v), 4)
+        row["scale_converged"] = scale_converged(r)
         row["duration_s"] = r.get("duration_s")
         error = r.get("error") or {}
         row["error"] = f"{error.get('type')}: {error.get('message')}" if error else ""
@@ -176,11 +197,49 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+    fieldnames = list(dict.fromkeys(k for r in rows for k in r)) or ["job", "status", "error"]
     with atomic_open(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> list[list[str]]:
+    """The overrides of every job of a grid sweep (as the basic sweeper expands it: the
+    preset's ``hydra.sweeper.params`` first, the command line winning)."""
+    parser = OverridesParser.create()
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    axes: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(params + list(overrides)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            axes[key] = [override.input_line]
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | None) -> None:
+    """Exits (status 2) before any job runs when a command-line key changes no job or two
+    jobs would compute the same thing (:mod:`vaesweep.effective`)."""
+    from hydra import compose
+
+    from vaesweep.effective import check_distinct, check_overrides
+    from vaesweep.jobdir import sweep_refusal
+
+    jobs = grid_jobs(overrides, params)
+    try:
+        configs = [compose(config.hydra.job.config_name, overrides=job) for job in jobs]
+    except Exception as e:  # the jobs will report a config that does not compose
+        log.debug("sweep check skipped: %s", e)
+        return
+    refusal = check_overrides(overrides, configs) or check_distinct(
+        list(zip(jobs, configs, strict=True))
+    )
+    refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
+    if refusal:
+        print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
@@ -201,9 +260,17 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     record["finished_at"] = _now()
     record["stopped_by"] = stopped_by
     write_json_atomic(sweep_dir / SWEEP_FILE, record)
-    if rows:
-        write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)
+    write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)  # always: never an old summary left
     print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+    unconverged = [r["job"] for r in rows if r.get("scale_converged") is False]
+    if unconverged:
+        print(
+            f"{len(unconverged)} run(s) ended with a learned scale more than "
+            f"{SCALE_TOLERANCE}x from the test residual scale (test/scale_ratio; raise "
+            "likelihood.scale_lr or train longer): " + ", ".join(unconverged),
+            file=sys.stderr,
+            flush=True,
+        )
     bad = [r for r in rows if r["status"] != "completed"]
     if bad:
         lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
@@ -224,15 +291,23 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
 
 
 class SweepCallback(Callback):
-    """Writes sweep.json when a multirun starts; summary.csv, the table and the exit code
-    when it ends (non-zero, naming the jobs, when any job did not complete)."""
+    """Refuses sweeps with ineffective keys, writes sweep.json when a multirun starts;
+    summary.csv, the table and the exit code when it ends (non-zero, naming the jobs, when
+    any job did not complete)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
         params = config.hydra.sweeper.get("params")
         params = OmegaConf.to_container(params, resolve=True) if params else {}
+        from vaesweep.guards import refuse_bad_resume
+
+        refuse_bad_resume(config.sweep.get("resume"))
+        if is_search(config):  # hydra/sweeper=optuna: vaesweep.search checks and records
+            start_search(config)
+            return
+        refuse_ineffective(config, overrides, params)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         grid = parse_grid(overrides, params)
         previous = read_sweep(sweep_dir)
         record = {
@@ -256,7 +331,12 @@ class SweepCallback(Callback):
         timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
         claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
         wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
-        if not finish_sweep(sweep_dir):
+        try:  # Hydra turns a callback's exception into a warning (and the sweep exits 0)
+            done = finish_search(sweep_dir) if is_search(config) else finish_sweep(sweep_dir)
+        except Exception as e:
+            print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
+            done = False
+        if not done:
             sys.exit(1)
 
 
