@@ -116,6 +116,17 @@ def test_run_files_get_the_permissions_the_umask_allows(reference):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o664, name
 
 
+def test_checkpoints_keep_the_last_validation_metrics(reference):
+    """What a resumed job with nothing left to train reports as val/* (read here from the
+    file, as a process whose fit ran in spawned processes reads it)."""
+    from vaesweep.callbacks import Resumable
+
+    last = Path(reference["run_dir"]) / "checkpoints" / "last.ckpt"
+    val = {k: v for k, v in reference["metrics"].items() if k.startswith("val/")}
+    assert val and Resumable.stored_val_metrics(last) == val
+    assert Resumable.stored_val_metrics(None) == {}
+
+
 def check_resumed(run_dir: Path, reference: dict, first: dict, attempts: int = 2) -> dict:
     """The relaunched job: completed, exactly the reference's metrics, attempts counted,
     the first start kept, the time of every attempt added up, its claim released."""

@@ -111,6 +111,15 @@ class Resumable(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.val_metrics = dict(state_dict.get("val_metrics", {}))
 
+    @classmethod
+    def stored_val_metrics(cls, checkpoint: str | Path | None) -> dict[str, float]:
+        """The ``val/*`` metrics kept in a checkpoint file ({} without one), for a process
+        whose callback never saw the checkpoint loaded (the fit ran in spawned processes)."""
+        if checkpoint is None or not Path(checkpoint).exists():
+            return {}
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+        return dict(state.get("callbacks", {}).get(cls().state_key, {}).get("val_metrics", {}))
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temp file beside the target, fsynced, then renamed over

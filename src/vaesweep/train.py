@@ -28,7 +28,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep import claims
+from vaesweep import claims, ranks
 from vaesweep.atomic import remove_stale_temps
 from vaesweep.interrupt import JobInterrupted, StopSignals
 from vaesweep.record import CONTINUED, RESULTS_FILE, RunRecord
@@ -75,24 +75,19 @@ def resolve_preprocess(cfg: DictConfig) -> str:
     return "binarize" if cfg.likelihood.name == "bernoulli" else "dequantize"
 
 
-def world_size(cfg: DictConfig) -> int:
-    """Number of data-parallel processes the trainer config asks for (1 unless DDP)."""
-    devices, strategy = cfg.trainer.devices, str(cfg.trainer.strategy)
-    if "ddp" in strategy and _is_int(devices):
-        return devices * int(cfg.trainer.num_nodes)
-    return 1
-
-
 # trainer.precision values under which Lightning autocasts (its MixedPrecision plugin).
 MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Check every value that would otherwise fail (or silently mislead) mid-run.
 
     Each error names the key, the value and what is allowed. Component options are checked
     by building the likelihood and β schedule on a dummy shape (cheap, no data needed).
+    ``overrides``: the command line's, each of which must change what the run computes
+    (:mod:`vaesweep.effective`; a multirun checks its overrides once, for all its jobs).
     """
+    from vaesweep.effective import check_overrides
     from vaesweep.likelihoods import build_likelihood
     from vaesweep.module import LIKELIHOOD_META_KEYS, OPTIMIZERS
     from vaesweep.networks import ACTIVATIONS, NETWORKS
@@ -103,6 +98,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{', '.join(missing)}: required but not set (???); pass e.g. {missing[0]}=VALUE"
         )
+    if overrides:
+        refusal = check_overrides(overrides, [cfg])
+        if refusal:
+            raise ConfigError(refusal)
     _require(_is_number(cfg.beta) and cfg.beta >= 0, "beta", cfg.beta, "a finite number ≥ 0")
     _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer ≥ 0")
     _require(_is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "≥ 1")
@@ -125,13 +124,10 @@ def validate_config(cfg: DictConfig) -> None:
     _require(d.preprocess in PREPROCESS, "data.preprocess", d.preprocess, f"one of {PREPROCESS}")
     for key in ("batch_size", "eval_batch_size"):
         _require(_is_int(d[key]) and d[key] > 0, f"data.{key}", d[key], "an integer > 0")
-    n_proc = world_size(cfg)
-    _require(
-        d.batch_size % n_proc == 0,
-        "data.batch_size",
-        d.batch_size,
-        f"a multiple of the {n_proc} data-parallel processes (it is the global batch)",
-    )
+    # Strategy, processes and the global batch (again at setup, from the Trainer itself).
+    problem = ranks.config_problem(cfg.trainer, d.batch_size)
+    if problem:
+        raise ConfigError(problem)
 
     lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
     preprocess = resolve_preprocess(cfg)
@@ -205,6 +201,9 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.logger.name == "wandb":
         mode = cfg.logger.mode
         _require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
+    from vaesweep.guards import check_run
+
+    check_run(cfg)  # budget, evaluation, optimizer, memory estimate, W&B reachable
 
 
 @dataclass
@@ -253,16 +252,20 @@ def process_rank() -> int:
     return 0
 
 
+def _reexecution_breaks(job: Job) -> bool:
+    """Whether re-running the command (Lightning's plain ``ddp``) would break this job:
+    inside a multirun, a parallel launcher and pytest."""
+    return job.multirun or "pytest" in sys.modules
+
+
 def resolve_strategy(strategy: str, job: Job) -> str:
     """``ddp`` re-executes ``sys.argv`` in its child processes, which breaks inside a
-    multirun, a parallel launcher and pytest: use ``ddp_spawn`` there. Under SLURM with
-    one task per device (srun started the processes) plain ``ddp`` is right."""
-    if strategy != "ddp" or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return strategy
-    if job.multirun or "pytest" in sys.modules:
-        log.info("trainer.strategy=ddp → ddp_spawn (inside a multirun or pytest)")
-        return "ddp_spawn"
-    return strategy
+    multirun, a parallel launcher and pytest: ``ddp_spawn`` there. Under srun (one task per
+    device) or torchrun every DDP variant becomes plain ``ddp`` (vaesweep.ranks)."""
+    resolved = ranks.resolve_strategy(strategy, _reexecution_breaks(job))
+    if resolved != strategy:
+        log.info("trainer.strategy=%s → %s", strategy, resolved)
+    return resolved
 
 
 def _make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> list:
@@ -278,7 +281,13 @@ def _make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> lis
 
         os.environ.setdefault("WANDB_SILENT", "true")
         scale = cfg.likelihood.get("scale")
-        tags = [cfg.likelihood.name, f"schedule={cfg.beta_schedule.name}", *cfg.logger.tags]
+        label = cfg.get("label") or {}
+        tags = [
+            cfg.likelihood.name,
+            f"schedule={cfg.beta_schedule.name}",
+            *cfg.logger.tags,
+            *(label.get("tags") or []),
+        ]
         if scale is not None:
             tags.insert(1, f"scale={scale}")
         tags += [f"{k}={v}" for k, v in job.swept.items()]
@@ -295,7 +304,8 @@ def _make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> lis
                 mode=cfg.logger.mode,
                 group=sweep_group(job.sweep_dir),
                 job_type=(",".join(config_axes) or "train")[:64],
-                tags=list(dict.fromkeys(t[:64] for t in tags)),
+                tags=list(dict.fromkeys(str(t)[:64] for t in tags)),
+                notes=label.get("note"),
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )
@@ -348,21 +358,29 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         torch_threads = int(cfg.threads)
     else:
         torch_threads = max(1, (os.cpu_count() or 1) // job.n_parallel)
-    if process_rank() != 0:  # a DDP worker started by a launcher: train, write nothing
-        return _fit_and_test(cfg, job, None, None, torch_threads)
+    rank = process_rank()
+    if rank != 0:  # a DDP worker a launcher started: does what rank 0 decided, writes nothing
+        decision = ranks.await_decision(job.run_dir, rank)  # RankZeroStopped: rank 0 did not
+        if decision.action == "skip":
+            return None
+        return _fit_and_test(cfg, job, None, decision.resume_from, torch_threads)
 
     # Messages about skipped jobs go to the terminal only: a skipped job's files (its
     # train.log included) are left exactly as they were (a completed one is not even
     # claimed: not a byte of its directory changes).
-    if left_alone(job.run_dir, cfg.sweep.rerun_failed) == "completed":
-        return _skip_completed(job)
-    try:
-        claim = claims.acquire(job.run_dir, cfg.sweep.claim_timeout_s)
-    except claims.ClaimHeld as held:
-        print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
-        return None
-    with claim, StopSignals() as signals:
-        return _run_claimed(cfg, job, torch_threads, signals)
+    with ranks.rank_zero_decides(job.run_dir):  # the other ranks (srun, torchrun) follow
+        from vaesweep.jobdir import refuse_other_config
+
+        refuse_other_config(job.run_dir, cfg)  # an earlier result of another config: refused
+        if left_alone(job.run_dir, cfg.sweep.rerun_failed) == "completed":
+            return _skip_completed(job)
+        try:
+            claim = claims.acquire(job.run_dir, cfg.sweep.claim_timeout_s)
+        except claims.ClaimHeld as held:
+            print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
+            return None
+        with claim, StopSignals() as signals:
+            return _run_claimed(cfg, job, torch_threads, signals)
 
 
 def _skip_completed(job: Job) -> dict[str, float]:
@@ -424,7 +442,7 @@ def _run_claimed(
 
     status = "failed"
     try:
-        validate_config(cfg)
+        validate_config(cfg, None if job.multirun else job.overrides)
         metrics = _fit_and_test(cfg, job, record, resume_from, torch_threads, signals)
         status = "completed"
     except DivergenceError as e:
@@ -499,7 +517,7 @@ def build_run(
         name=cfg.data.name,
         root=cfg.data.root,
         download=cfg.data.download,
-        batch_size=cfg.data.batch_size // world_size(cfg),
+        batch_size=cfg.data.batch_size,  # global: each rank takes its share at setup
         eval_batch_size=cfg.data.eval_batch_size,
         preprocess=preprocess,
         seed=cfg.seed,
@@ -547,13 +565,26 @@ def build_run(
         # Lightning redraws its bar after every batch: a formatted write per step, which W&B
         # also captures and sends to its service. Redraw twice a second instead.
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
-    trainer = L.Trainer(
-        **trainer_args,
-        plugins=[AtomicCheckpointIO(), *plugins],
-        logger=loggers or False,
-        callbacks=[*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images)],
-        default_root_dir=str(job.run_dir),
-    )
+    callbacks = [*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images)]
+
+    def make_trainer() -> L.Trainer:
+        return L.Trainer(
+            **trainer_args,
+            plugins=[AtomicCheckpointIO(), *plugins],
+            logger=loggers or False,
+            callbacks=callbacks,
+            default_root_dir=str(job.run_dir),
+        )
+
+    trainer = make_trainer()
+    if ranks.reexecutes_command(trainer) and _reexecution_breaks(job):
+        # What `auto` picks for several devices: plain ddp, which would re-run the command.
+        log.info("trainer.strategy=%s → ddp_spawn", trainer_args["strategy"])
+        trainer_args["strategy"] = "ddp_spawn"
+        trainer = make_trainer()
+    problem = ranks.trainer_problem(trainer, str(cfg.trainer.strategy))
+    if problem:
+        raise ConfigError(problem)
     return RunParts(data, model, trainer, checkpoint, loggers)
 
 
@@ -586,11 +617,21 @@ def _fit_and_test(
     resumable = Resumable(signals, on_epoch_end=None if record is None else record.write)
     parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable,))
     trainer, model, data = parts.trainer, parts.model, parts.data
+    from vaesweep.guards import check_training_split, require_training
+
+    check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split
     resumable.signals.check()
+    if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
+        ranks.announce_training(job.run_dir, resume_from)
     trainer.fit(model, datamodule=data, ckpt_path=resume_from)
     resumable.signals.check()
-    # The last validation's metrics, also when a resumed fit had nothing left to train.
-    fit_metrics = dict(resumable.val_metrics)
+    require_training(trainer)  # no optimisation step: fail rather than test an untrained model
+    # The last validation's metrics (Lightning brings them back from spawned processes too).
+    # A resumed fit with nothing left to train validated nothing: then they come from the
+    # checkpoint, where Resumable keeps them.
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not fit_metrics:
+        fit_metrics = resumable.val_metrics or Resumable.stored_val_metrics(resume_from)
     ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
     if parts.checkpoint is not None:
         ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
@@ -612,6 +653,9 @@ def task(cfg: DictConfig) -> None:
     ``interrupted``, no further job starts, the summary so far is written, and the process
     exits with 128 + the signal number.
     """
+    from vaesweep.failures import job_label, quiet_console, report_failure
+
+    quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
     started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
     try:
         run(cfg)
@@ -623,10 +667,11 @@ def task(cfg: DictConfig) -> None:
             finish_sweep(Path(hc.sweep.dir), stopped_by=stop.signal_name)
         print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None
-    except Exception:
+    except Exception as error:
+        report_failure(error, job_label())  # one line; the traceback goes to train.log
         if HydraConfig.get().mode.name == "MULTIRUN":
             return
-        raise
+        raise SystemExit(1) from None
     finally:
         if stamps:
             from vaesweep.callbacks import append_timestamp
@@ -642,4 +687,7 @@ main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tr
 
 def cli_main() -> None:
     """Console-script entry point (``vaesweep-train``), same arguments as ``run.py``."""
+    from vaesweep.search import quote_sweeper_params
+
+    sys.argv[1:] = quote_sweeper_params(sys.argv[1:])
     main()
