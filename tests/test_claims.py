@@ -177,13 +177,14 @@ def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
 
 
 def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
-    """The same three-job sweep launched twice, 1.5 s apart: each job is trained by exactly
-    one of them, both exit 0, and both summaries list all three jobs as completed."""
+    """The same three-job sweep launched twice, the second as soon as the first has claimed
+    its first job: each job is trained by exactly one of them, both exit 0, and both
+    summaries list all three jobs as completed."""
     stamps = workdir / "timestamps.jsonl"
     env = {**cli_env(), "VAESWEEP_TIMESTAMPS": str(stamps)}
     args = [
-        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", "data=digits", "trainer.max_epochs=2",
-        "trainer.limit_train_batches=20", "trainer.limit_val_batches=1",
+        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", "data=digits", "data.batch_size=8",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=100", "trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false", "eval.iwae_k=10", "logger=none",
         "hydra.sweep.dir=sweep",
     ]  # fmt: skip
@@ -199,7 +200,12 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
                 text=True,
             )  # fmt: skip
         )
-        time.sleep(1.5)
+        # Start the second launch while the first holds a job (not after a fixed delay: on a
+        # loaded machine the first may not have started any job yet, or finished them all).
+        deadline = time.monotonic() + 120
+        while not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}")):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no job claimed"
+            time.sleep(0.05)
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
