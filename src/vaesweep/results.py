@@ -299,7 +299,7 @@ def wandb_record(run: Any) -> dict[str, Any]:
         "group": run.group,
         "state": run.state,
         "config": dict(run.config),
-        "summary": dict(run.summary._json_dict),
+        "summary": dict(run.summary_metrics),  # public: the run's summary as a dict
     }
 
 

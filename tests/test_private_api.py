@@ -1,0 +1,50 @@
+"""Guards for the private Lightning internals vaesweep still uses.
+
+vaesweep.module writes its step and epoch metrics through
+``trainer._logger_connector.log_metrics`` (what ``self.log`` ends in, without its per-call
+bookkeeping: a measured saving per training step). It is not public API, so lightning is
+pinned to the exact version tested here, and these tests fail with a clear message when the
+installed version or the method changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import re
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_lightning_is_the_pinned_version():
+    pinned = re.search(r'"lightning==([^"]+)"', PYPROJECT.read_text())
+    assert pinned, "pyproject.toml must pin lightning exactly (a private method is used)"
+    assert L.__version__ == pinned.group(1), (
+        f"lightning {L.__version__} is installed, {pinned.group(1)} is pinned: "
+        "re-check trainer._logger_connector.log_metrics before moving the pin"
+    )
+
+
+def test_logger_connector_log_metrics_writes_to_the_loggers(tmp_path):
+    trainer = L.Trainer(
+        logger=CSVLogger(save_dir=str(tmp_path), name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    connector = getattr(trainer, "_logger_connector", None)
+    assert connector is not None, "Trainer._logger_connector is gone: vaesweep.module needs it"
+    params = list(inspect.signature(connector.log_metrics).parameters)
+    assert params[:2] == ["metrics", "step"], (
+        f"_logger_connector.log_metrics now takes {params}: vaesweep.module calls it as "
+        "log_metrics(metrics, step=step)"
+    )
+    connector.log_metrics({"train/loss": 1.5, "epoch": 0}, step=7)
+    for lg in trainer.loggers:
+        lg.save()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert rows == [{"epoch": "0", "step": "7", "train/loss": "1.5"}], rows
