@@ -123,19 +123,25 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
+def _axes(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, Any]:
+    """Every key of a sweep with its parsed override, as Hydra's basic sweeper reads them:
+    the preset's ``hydra.sweeper.params`` first, the command line winning."""
+    parser = OverridesParser.create()
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    axes: dict[str, Any] = {}
+    for override in parser.parse_overrides(params + list(overrides)):
+        axes[override.get_key_element()] = override
+    return axes
+
+
 def parse_grid(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, list]:
     """The grid of a sweep: {key: [values]} from the preset's ``hydra.sweeper.params`` and
     the command line's sweep overrides (``key=a,b,c``); the command line wins."""
-    parser = OverridesParser.create()
-    grid: dict[str, list] = {}
-    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
-    for override in parser.parse_overrides(params + list(overrides)):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            grid[key] = list(override.sweep_string_iterator())
-        else:
-            grid.pop(key, None)
-    return grid
+    return {
+        key: list(o.sweep_string_iterator())
+        for key, o in _axes(overrides, sweeper_params).items()
+        if o.is_sweep_override()
+    }
 
 
 def swept_values(job_overrides: list[str], grid_keys: list[str]) -> dict[str, str]:
@@ -205,18 +211,14 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> list[list[str]]:
-    """The overrides of every job of a grid sweep (as the basic sweeper expands it: the
-    preset's ``hydra.sweeper.params`` first, the command line winning)."""
-    parser = OverridesParser.create()
-    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
-    axes: dict[str, list[str]] = {}
-    for override in parser.parse_overrides(params + list(overrides)):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
-        else:
-            axes[key] = [override.input_line]
-    return [list(job) for job in itertools.product(*axes.values())]
+    """The overrides of every job of a grid sweep (as the basic sweeper expands it)."""
+    axes = [
+        [f"{key}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for key, o in _axes(overrides, sweeper_params).items()
+    ]
+    return [list(job) for job in itertools.product(*axes)]
 
 
 def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | None) -> None:
