@@ -2,9 +2,10 @@
 
 vaesweep.module writes its step and epoch metrics through
 ``trainer._logger_connector.log_metrics`` (what ``self.log`` ends in, without its per-call
-bookkeeping: a measured saving per training step). It is not public API, so lightning is
-pinned to the exact version tested here, and these tests fail with a clear message when the
-installed version or the method changes.
+bookkeeping: a measured saving per training step); it also short-cuts ``_current_fx_name``,
+overrides the progress bar's ``_should_update`` and reads ``fit_loop.epoch_progress``. None
+is public API, so lightning is pinned to the exact version tested here, and these tests fail
+with a clear message when the installed version or one of them changes.
 """
 
 from __future__ import annotations
@@ -48,3 +49,22 @@ def test_logger_connector_log_metrics_writes_to_the_loggers(tmp_path):
         lg.save()
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert rows == [{"epoch": "0", "step": "7", "train/loss": "1.5"}], rows
+
+
+def test_the_other_internals_vaesweep_relies_on_still_exist(tmp_path):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    # vaesweep.module.VAE.__setattr__ short-cuts the attribute Lightning sets around hooks.
+    assert hasattr(L.LightningModule(), "_current_fx_name"), (
+        "LightningModule no longer has _current_fx_name: drop VAE.__setattr__'s short-cut"
+    )
+    # vaesweep.data reads the epoch the fit loop is in to seed its loader's shuffling.
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer.fit_loop.epoch_progress.current.processed == 0, (
+        "fit_loop.epoch_progress.current.processed moved: vaesweep.data needs the epoch"
+    )
+    # vaesweep.callbacks.ThrottledProgressBar overrides the bar's redraw decision.
+    params = list(inspect.signature(TQDMProgressBar._should_update).parameters)
+    assert params == ["self", "current", "total"], (
+        f"TQDMProgressBar._should_update now takes {params}: update ThrottledProgressBar"
+    )
