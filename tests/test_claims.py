@@ -184,7 +184,7 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     env = {**cli_env(), "VAESWEEP_TIMESTAMPS": str(stamps)}
     args = [
         sys.executable, str(RUN_PY), "-m", "beta=1,2,4", "data=digits", "data.batch_size=8",
-        "trainer.max_epochs=3", "trainer.limit_train_batches=100", "trainer.limit_val_batches=1",
+        "trainer.max_epochs=8", "trainer.limit_train_batches=100", "trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false", "eval.iwae_k=10", "logger=none",
         "hydra.sweep.dir=sweep",
     ]  # fmt: skip
