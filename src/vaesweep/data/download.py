@@ -1,0 +1,212 @@
+"""Where a dataset's IDX files are: the data root, locating them, downloading with checksums.
+
+The data-root rule: a dataset's files are looked for under ``root`` (``data.root``); when
+no root is given, under ``default_root()`` = $VAESWEEP_DATA_ROOT, else
+~/.cache/vaesweep/data. Within a root, ``<root>/<name>/`` then ``<root>/`` itself, then the
+dataset's system directories (a Debian package); downloads go to ``<root>/<name>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+import numpy as np
+
+from vaesweep.data.formats import parse_idx, read_bytes
+
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are not on disk and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One file of an IDX dataset and its md5 checksums (of the .gz and of the raw bytes)."""
+
+    name: str
+    gz_md5: str
+    raw_md5: str
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """Where the four IDX files of a dataset come from and how to get them."""
+
+    files: dict[str, IdxFile]  # keys: train_images, train_labels, test_images, test_labels
+    mirrors: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
+    install_hint: str = ""
+
+
+# md5s as published by the dataset authors (and torchvision): gz_md5 is the .gz file served
+# by the mirrors, raw_md5 the uncompressed bytes (Debian re-compresses Fashion-MNIST, so
+# only raw_md5 identifies its files).
+IDX_SOURCES: dict[str, IdxSource] = {
+    "mnist": IdxSource(
+        files={
+            "train_images": IdxFile(
+                "train-images-idx3-ubyte",
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "6bbc9ace898e44ae57da46a324031adb",
+            ),
+            "train_labels": IdxFile(
+                "train-labels-idx1-ubyte",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "a25bea736e30d166cdddb491f175f624",
+            ),
+            "test_images": IdxFile(
+                "t10k-images-idx3-ubyte",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "2646ac647ad5339dbf082846283269ea",
+            ),
+            "test_labels": IdxFile(
+                "t10k-labels-idx1-ubyte",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+                "27ae3e4e09519cfbb04c329615203637",
+            ),
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion_mnist": IdxSource(
+        files={
+            "train_images": IdxFile(
+                "train-images-idx3-ubyte",
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            ),
+            "train_labels": IdxFile(
+                "train-labels-idx1-ubyte",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "9018921c3c673c538a1fc5bad174d6f9",
+            ),
+            "test_images": IdxFile(
+                "t10k-images-idx3-ubyte",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "8181f5470baa50b63fa0f6fddb340f0a",
+            ),
+            "test_labels": IdxFile(
+                "t10k-labels-idx1-ubyte",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            ),
+        },
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+        ),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        install_hint="apt-get install dataset-fashion-mnist (installs the files under "
+        "/usr/share/datasets/fashion-mnist/)",
+    ),
+}
+
+
+def default_root() -> Path:
+    """The data root when none is given: $VAESWEEP_DATA_ROOT or ~/.cache/vaesweep/data."""
+    return Path(os.environ.get("VAESWEEP_DATA_ROOT", "~/.cache/vaesweep/data")).expanduser()
+
+
+def _search_dirs(name: str, root: Path) -> list[Path]:
+    """Directories searched, in order, for the IDX files of dataset `name`."""
+    return [root / name, root, *(Path(d) for d in IDX_SOURCES[name].system_dirs)]
+
+
+def _find(file: IdxFile, directory: Path) -> Path | None:
+    """`<directory>/<name>` or `<directory>/<name>.gz` if it exists, else None."""
+    for candidate in (directory / file.name, directory / f"{file.name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_all(source: IdxSource, directory: Path) -> dict[str, Path] | None:
+    """Paths of all the files of `source` in `directory`, or None if any is missing."""
+    paths = {role: _find(file, directory) for role, file in source.files.items()}
+    return {role: p for role, p in paths.items() if p is not None} if all(paths.values()) else None
+
+
+def _download(file: IdxFile, mirrors: tuple[str, ...], dest_dir: Path) -> list[str]:
+    """Fetches `<name>.gz` from the first mirror whose copy matches gz_md5; returns failures."""
+    failures = []
+    for mirror in mirrors:
+        url = f"{mirror}{file.name}.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                data = response.read()
+        except (OSError, HTTPException, ValueError) as err:
+            failures.append(f"{url}: {err}")
+            continue
+        md5 = hashlib.md5(data).hexdigest()
+        if md5 != file.gz_md5:
+            failures.append(f"{url}: md5 {md5}, expected {file.gz_md5}")
+            continue
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{file.name}.gz"
+        # Atomic: readers (other ranks, other sweep jobs) never see a partial file.
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        return []
+    return failures
+
+
+def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
+    """Paths of the four IDX files of `name`, all from one directory; downloads if asked."""
+    source = IDX_SOURCES[name]
+    dirs = _search_dirs(name, root)
+    # All four from the first directory that has them all: never mix copies of a dataset.
+    for directory in dirs:
+        if (paths := _find_all(source, directory)) is not None:
+            return paths
+    failures: list[str] = []
+    if download:
+        target = root / name
+        for file in source.files.values():
+            if _find(file, target) is None:
+                failures = _download(file, source.mirrors, target)
+                if failures:  # no mirror works: do not wait out the timeouts again
+                    break
+        if (paths := _find_all(source, target)) is not None:
+            return paths
+    names = ", ".join(f"{file.name}[.gz]" for file in source.files.values())
+    lines = [
+        f"dataset '{name}': no directory holds all of {names}",
+        f"looked in: {', '.join(str(d) for d in dirs)}",
+    ]
+    if failures:
+        lines.append("download failed:\n    " + "\n    ".join(failures))
+    lines.append("to get them, either:")
+    lines.append(
+        f"  - run with data.download=true on a machine with internet "
+        f"(saves to {root / name}, checksummed)"
+    )
+    lines.append(f"  - copy the four IDX files (raw or .gz) into {root / name} (or set data.root)")
+    if source.install_hint:
+        lines.append(f"  - {source.install_hint}")
+    raise DatasetNotFoundError("\n".join(lines))
+
+
+def read_checked(path: Path, file: IdxFile, ndim: int) -> np.ndarray:
+    """Reads one IDX file; warns when its content differs from the canonical release."""
+    data = read_bytes(path)
+    md5 = hashlib.md5(data).hexdigest()
+    if md5 != file.raw_md5:
+        # Not an error: a custom or subsampled copy is usable, and the content fingerprint
+        # recorded in every result tells such runs apart.
+        warnings.warn(
+            f"{path}: content md5 {md5} differs from the canonical {file.name} ({file.raw_md5})",
+            stacklevel=3,
+        )
+    return parse_idx(data, source=str(path), ndim=ndim)
