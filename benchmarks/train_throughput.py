@@ -234,7 +234,7 @@ def pair_ratios(product_s: list[float], reference_s: list[float]) -> list[float]
 
 
 def compose_cfg(overrides: list[str]):
-    from vaesweep.train import CONF_DIR
+    from vaesweep.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
@@ -243,8 +243,9 @@ def compose_cfg(overrides: list[str]):
 def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
     """Product and reference throughput (samples/s) of one case; medians over epochs."""
     from vaesweep.data import load_dataset
+    from vaesweep.jobs import Job
     from vaesweep.record import RunRecord
-    from vaesweep.train import Job, build_run
+    from vaesweep.train import build_run
 
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     cfg = compose_cfg(

@@ -25,9 +25,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from vaesweep import ranks
+from vaesweep.config import CONF_DIR, ConfigError, validate_config
 from vaesweep.data import VAEDataModule
 from vaesweep.module import VAE
-from vaesweep.train import CONF_DIR, ConfigError, validate_config
 
 from conftest import RUN_PY, cli_env
 

@@ -14,10 +14,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from vaesweep import schedules
+from vaesweep.config import CONF_DIR, ConfigError, validate_config
 from vaesweep.effective import check_distinct, check_overrides, reads, result_config
 from vaesweep.schedules import BetaSchedule
 from vaesweep.sweep import grid_jobs
-from vaesweep.train import CONF_DIR, ConfigError, validate_config
 
 from conftest import TINY, results_under, run_cli
 

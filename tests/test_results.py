@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from vaesweep.config import CONF_DIR
 from vaesweep.results import (
     ResultsError,
     aggregate,
@@ -24,7 +25,6 @@ from vaesweep.results import (
     split_job_name,
     write_frame,
 )
-from vaesweep.train import CONF_DIR
 from vaesweep.wandb_offline import read_offline_run
 
 from tiny_sweeps import copy_results, vaesweep

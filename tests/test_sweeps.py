@@ -231,7 +231,7 @@ def test_experiment_preset_expands_to_its_grid(workdir):
 def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from vaesweep.train import CONF_DIR
+    from vaesweep.config import CONF_DIR
 
     overrides = [
         "hydra/launcher=slurm",

@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from vaesweep.config import CONF_DIR, ConfigError, validate_config
 from vaesweep.record import STATUSES
-from vaesweep.train import CONF_DIR, ConfigError, validate_config
 from vaesweep.wandb_offline import read_offline_run
 
 from conftest import TINY, results_under, run_cli

@@ -25,6 +25,8 @@ from vaesweep.results import (
     write_frame,
 )
 
+# The subcommands (``python -m vaesweep`` sends anything else to training).
+COMMANDS = ("collect", "figures")
 SHOWN = ("status", "test/nll", "test/bpd", "test/elbo", "test/kl", "test/mse", "scale")
 
 

@@ -77,30 +77,28 @@ def _plain(node: Any) -> Any:
 
 
 def _components(cfg: DictConfig) -> list[tuple[str, dict[str, Any], type | None]]:
-    """(group, options, class) of each selected component with per-option reads."""
-    from vaesweep.likelihoods import LIKELIHOODS
-    from vaesweep.schedules import SCHEDULES
+    """(group, options, class) of each selected component (vaesweep.components); the class
+    is None where it cannot be imported (validation reports that)."""
+    from vaesweep.components import component_class
 
     out = []
-    for group, registry in (("likelihood", LIKELIHOODS), ("beta_schedule", SCHEDULES)):
+    for group in ("model", "likelihood", "beta_schedule"):
         options = _plain(cfg.get(group)) or {}
-        out.append((group, options, registry.get(options.get("name"))))
+        try:
+            cls = component_class(group, options)
+        except ValueError:
+            cls = None
+        out.append((group, options, cls))
     return out
 
 
 def reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
     """(the config paths a job with this config reads, {path it does not read: why})."""
-    from vaesweep.networks import network_unread_options
-
     read, unread = set(READ_BY_DRIVER), {}
     for group, options, cls in _components(cfg):
         skipped = cls.unread_options(options) if cls is not None else {}
         unread.update({f"{group}.{k}": why for k, why in skipped.items() if k in options})
         read.update(f"{group}.{k}" for k in options if k not in skipped)
-    model = _plain(cfg.get("model")) or {}
-    skipped = network_unread_options(model.get("name"), model)
-    unread.update({f"model.{k}": why for k, why in skipped.items()})
-    read.update(f"model.{k}" for k in model if k not in skipped)
     logger = _plain(cfg.get("logger")) or {}
     # Only W&B reads the logger options (project, mode, tags, ...).
     read.update(f"logger.{k}" for k in logger if logger.get("name") == "wandb" or k == "name")

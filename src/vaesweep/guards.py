@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.train import ConfigError, _is_int, _is_number, _require
+from vaesweep.config import ConfigError, _is_int, _is_number, _require
 
 log = logging.getLogger("vaesweep")
 
@@ -309,22 +309,17 @@ def count_parameters(cfg: DictConfig, shape: tuple[int, int, int]) -> tuple[int,
     exact: the networks are built on the meta device, with no memory allocated."""
     import torch
 
-    from vaesweep.likelihoods import build_likelihood
-    from vaesweep.module import LIKELIHOOD_META_KEYS
-    from vaesweep.networks import build_decoder, build_encoder
+    from vaesweep import components
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
-    net = {k: model.get(k) for k in ("hidden", "channels", "activation") if k in model}
-    options = {k: v for k, v in lik.items() if k not in LIKELIHOOD_META_KEYS}
-    likelihood = build_likelihood(lik["name"], shape, **options)  # small: at most D scales
+    likelihood = components.build("likelihood", lik, shape)  # small: at most D scales
+    network = components.build("model", model)
     with torch.device("meta"):
         modules = [
             likelihood,
-            build_encoder(model["name"], shape, model["latent_dim"], **net),
-            build_decoder(
-                model["name"], shape, model["latent_dim"], likelihood.param_channels, **net
-            ),
+            network.encoder(shape),
+            network.decoder(shape, likelihood.param_channels),
         ]
     n = sum(p.numel() for m in modules for p in m.parameters())
     return n, likelihood.param_channels
@@ -336,10 +331,18 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     shape = DATA_SHAPES.get(cfg.data.name)
     if shape is None:
         return
+    from vaesweep import components
+
     m = OmegaConf.to_container(cfg.model, resolve=True)
-    sizes = f"model.hidden={m.get('hidden')}, model.latent_dim={m.get('latent_dim')}"
-    if m.get("name") == "conv":
-        sizes += f", model.channels={m.get('channels')}"
+    try:
+        unread = components.component_class("model", m).unread_options(m)
+    except ValueError:
+        unread = {}
+    sizes = ", ".join(
+        f"model.{k}={v}"
+        for k, v in components.constructor_options("model", m).items()
+        if k not in unread
+    )
     try:
         n_params, param_channels = count_parameters(cfg, shape)
     except ValueError as e:

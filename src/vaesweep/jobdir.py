@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.config import ConfigError
 from vaesweep.record import RESULTS_FILE
-from vaesweep.train import ConfigError
 
 #: Earlier results a job must match before it is skipped or resumed.
 REUSED = ("completed", "running", "interrupted")
@@ -55,8 +55,10 @@ def _compared(cfg: DictConfig) -> set[str]:
 def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str, Any, Any]]:
     """(key, stored value, requested value) for every compared key whose values differ; a
     key missing on one side has the value ``<absent>``."""
+    from vaesweep.components import with_targets
     from vaesweep.effective import NOT_RESULTS, _plain
 
+    stored = with_targets(stored)
     wanted = _plain(requested)
     keys = _compared(requested)
     with contextlib.suppress(Exception):  # a config this version cannot analyse

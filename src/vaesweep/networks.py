@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -273,7 +274,92 @@ def _int_tuple(name: str, values: Sequence[int], allow_empty: bool) -> tuple[int
     return values_t
 
 
+class Network:
+    """The ``model`` group's component: builds the encoder and the decoder for a data shape.
+
+    Subclass it for a network of your own and select it with ``model._target_`` (see
+    :mod:`vaesweep.components`); the other keys of the model config are the constructor's
+    options, and ``latent_dim`` is required:
+
+    - ``encoder(shape)``: a module x [B, C, H, W] → [B, 2·latent_dim], the mean then the
+      log-variance of q(z|x);
+    - ``decoder(shape, param_channels)``: a module z [..., latent_dim] →
+      [..., param_channels·C, H, W], the likelihood's raw parameters grouped by parameter
+      (no final activation: the likelihood constrains its own parameters).
+
+    The constructor checks the options that do not depend on the data (a ValueError whose
+    message starts with ``key=value``); shape-dependent checks happen when building.
+    """
+
+    name: ClassVar[str] = ""
+    #: What to use instead of a config key this network does not read: {key: hint}.
+    hints: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, latent_dim: int) -> None:
+        if not _is_positive_int(latent_dim):
+            raise ValueError(f"latent_dim={latent_dim!r} is invalid: allowed an int > 0")
+        self.latent_dim = int(latent_dim)
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        """Options of its config that change nothing this network computes, with the reason
+        (:mod:`vaesweep.effective`); none by default."""
+        return {}
+
+    def encoder(self, shape: tuple[int, int, int]) -> nn.Module:
+        raise NotImplementedError
+
+    def decoder(self, shape: tuple[int, int, int], param_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class _BuiltinNetwork(Network):
+    """The built-in fully connected and convolutional networks (see the module docstring)."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: Sequence[int] | None = None,
+        channels: Sequence[int] | None = None,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(latent_dim)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is invalid: allowed one of {list(ACTIVATIONS)}"
+            )
+        self.hidden, self.channels, self.activation = hidden, channels, activation
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        return network_unread_options(cls.name, options)
+
+    def _options(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "channels": self.channels, "activation": self.activation}
+
+    def encoder(self, shape: tuple[int, int, int]) -> Encoder:
+        return build_encoder(self.name, shape, self.latent_dim, **self._options())
+
+    def decoder(self, shape: tuple[int, int, int], param_channels: int) -> Decoder:
+        return build_decoder(self.name, shape, self.latent_dim, param_channels, **self._options())
+
+
+class MLP(_BuiltinNetwork):
+    """``model=mlp``: flatten → Linear/activation stack → Linear (``channels`` unread)."""
+
+    name = "mlp"
+
+
+class Conv(_BuiltinNetwork):
+    """``model=conv``: stride-2 convolutions → Linear stack, mirrored in the decoder."""
+
+    name = "conv"
+
+
 __all__ = [
+    "MLP",
+    "Conv",
+    "Network",
     "ACTIVATIONS",
     "NETWORKS",
     "NETWORK_OPTIONS",

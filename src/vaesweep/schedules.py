@@ -453,21 +453,15 @@ def schedule_options(name: str) -> list[str]:
 
 
 def build_schedule(name: str, **options: object) -> BetaSchedule:
-    """Build a β schedule from its registry name and options (validated, ValueError)."""
+    """A built-in β schedule by name, with options (ValueError naming what is wrong).
+
+    The same path as a config's ``beta_schedule._target_`` (:mod:`vaesweep.components`)."""
+    from vaesweep.components import build
+
     if name not in SCHEDULES:
         raise ValueError(f"beta_schedule={name!r} is unknown: choose one of {sorted(SCHEDULES)}")
-    accepted = schedule_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"beta_schedule {name!r} has no option(s) {unknown}: accepted options are {accepted}"
-        )
-    parameters = inspect.signature(SCHEDULES[name].__init__).parameters
-    missing = [
-        p for p in accepted if p not in options and parameters[p].default is parameters[p].empty
-    ]
-    if missing:
-        raise ValueError(
-            f"beta_schedule {name!r} needs option(s) {missing}: accepted options are {accepted}"
-        )
-    return SCHEDULES[name](**options)
+    cls = SCHEDULES[name]
+    return build(
+        "beta_schedule",
+        {"_target_": f"{cls.__module__}.{cls.__qualname__}", "name": name, **options},
+    )

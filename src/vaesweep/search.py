@@ -545,8 +545,8 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     these jobs will not report."""
     from hydra import compose
 
+    from vaesweep.config import resolve_preprocess
     from vaesweep.effective import check_distinct, check_overrides
-    from vaesweep.train import resolve_preprocess
 
     example = {k: p.example() for k, p in plan.space.searched.items()}
     jobs = [plan.space.trial_overrides(point, example) for point in plan.space.points()]

@@ -1,0 +1,201 @@
+"""Pluggable components: every likelihood, β schedule and network is chosen by ``_target_``.
+
+A component's config group (``likelihood``, ``beta_schedule``, ``model``) names a class by
+its import path in ``_target_``, Hydra's instantiation convention (as in
+lightning-hydra-template); ``name`` is the short label used in tags, tables and figures;
+every other key is an option of the class's constructor::
+
+    # my_configs/likelihood/student_t.yaml
+    _target_: my_package.StudentTLikelihood
+    name: student_t
+    dof: 4.0
+
+Built-in components are selected the same way (``vaesweep/conf/likelihood/gaussian.yaml``
+holds ``_target_: vaesweep.likelihoods.GaussianLikelihood``), so a user's class goes through
+the same path and gets the same checks: the class must import and subclass the group's
+base class (:class:`~vaesweep.likelihoods.Likelihood`,
+:class:`~vaesweep.schedules.BetaSchedule`, :class:`~vaesweep.networks.Network`); unknown
+options are refused with the accepted ones listed; required options must be given; the
+constructor's own ``ValueError`` is reported under the group's key. All of this happens
+when the config is validated, before any data are loaded.
+
+Classes are imported and called here, as ``hydra.utils.instantiate`` would, so that an
+import or option error is one message naming the config key (Hydra's ``get_class`` also
+logs its own multi-line error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+#: Keys of a component's config that are not constructor options, per group: the class,
+#: its label, and the likelihood's opt-in to non-binary data for a Bernoulli.
+META_KEYS: dict[str, tuple[str, ...]] = {
+    "likelihood": ("_target_", "name", "allow_nonbinary"),
+    "beta_schedule": ("_target_", "name"),
+    "model": ("_target_", "name"),
+}
+#: Arguments the caller passes positionally (not config options), per group.
+CONTEXT_ARGS: dict[str, tuple[str, ...]] = {
+    "likelihood": ("shape",),
+    "beta_schedule": (),
+    "model": (),
+}
+#: Built-in classes by name, for configs written before components had ``_target_``
+#: (results and checkpoints of earlier versions); new configs always carry ``_target_``.
+LEGACY_TARGETS: dict[str, dict[str, str]] = {
+    "likelihood": {
+        "bernoulli": "vaesweep.likelihoods.BernoulliLikelihood",
+        "continuous_bernoulli": "vaesweep.likelihoods.ContinuousBernoulliLikelihood",
+        "gaussian": "vaesweep.likelihoods.GaussianLikelihood",
+        "laplace": "vaesweep.likelihoods.LaplaceLikelihood",
+    },
+    "beta_schedule": {
+        name: f"vaesweep.schedules.{cls}"
+        for name, cls in (
+            ("constant", "ConstantBeta"),
+            ("linear", "LinearWarmup"),
+            ("sigmoid", "SigmoidWarmup"),
+            ("cyclical", "CyclicalBeta"),
+            ("capacity", "CapacityAnnealing"),
+            ("geco", "GECO"),
+            ("pi", "PIController"),
+        )
+    },
+    "model": {"mlp": "vaesweep.networks.MLP", "conv": "vaesweep.networks.Conv"},
+}
+
+
+def _base(group: str) -> type:
+    if group == "likelihood":
+        from vaesweep.likelihoods import Likelihood
+
+        return Likelihood
+    if group == "beta_schedule":
+        from vaesweep.schedules import BetaSchedule
+
+        return BetaSchedule
+    if group == "model":
+        from vaesweep.networks import Network
+
+        return Network
+    raise KeyError(f"no component group {group!r}: one of {sorted(META_KEYS)}")
+
+
+def target_of(group: str, options: dict[str, Any]) -> str:
+    """The import path a component config selects (``_target_``, or a legacy built-in name)."""
+    target = options.get("_target_")
+    if target is None:
+        name = options.get("name")
+        target = LEGACY_TARGETS[group].get(name) if isinstance(name, str) else None
+        if target is None:
+            raise ValueError(
+                f"{group}._target_ is not set: give the import path of a "
+                f"{_base(group).__name__} subclass, e.g. {group}._target_=my_module.MyClass, "
+                f"or choose a built-in: {group}={'|'.join(LEGACY_TARGETS[group])}"
+            )
+    return target
+
+
+def locate(path: str) -> Any:
+    """The object at a dotted import path ``package.module.Name`` (nested names allowed)."""
+    parts = path.split(".")
+    if not path or not all(p.isidentifier() for p in parts):
+        raise ImportError(f"{path!r} is not a dotted import path")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and not module_name.startswith(e.name):
+                raise  # the module exists but imports something missing: report that
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(obj, attribute):
+                raise ImportError(f"module {module_name!r} has no attribute {attribute!r}")
+            obj = getattr(obj, attribute)
+        return obj
+    raise ImportError(f"no module named {parts[0]!r}")
+
+
+def component_class(group: str, options: dict[str, Any]) -> type:
+    """The class a component config selects, checked to subclass the group's base class."""
+    target = target_of(group, options)
+    base = _base(group)
+    try:
+        cls = locate(target)
+    except Exception as e:  # ImportError, or whatever importing the user's module raised
+        raise ValueError(
+            f"{group}._target_={target!r} cannot be imported: {type(e).__name__}: {e}. "
+            "Check the module is importable (installed, or on PYTHONPATH) and the class name"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(
+            f"{group}._target_={target!r} is not a subclass of "
+            f"{base.__module__}.{base.__name__}"
+        )
+    return cls
+
+
+def label(group: str, options: dict[str, Any]) -> str:
+    """The component's short name: its config's ``name``, else the class's ``name``."""
+    if options.get("name"):
+        return str(options["name"])
+    cls = component_class(group, options)
+    return str(getattr(cls, "name", None) or cls.__name__)
+
+
+def accepted_options(group: str, cls: type) -> list[str]:
+    """The option names ``cls``'s constructor accepts (besides the context arguments)."""
+    skip = {"self", *CONTEXT_ARGS[group]}
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return [
+        p.name
+        for p in parameters
+        if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def constructor_options(group: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A component config without the keys that are not constructor options."""
+    return {k: v for k, v in options.items() if k not in META_KEYS[group]}
+
+
+def build(group: str, options: dict[str, Any], *context: Any) -> Any:
+    """The component a config selects, built with ``context`` (e.g. the data shape) and its
+    options. Every problem is a ValueError whose message names the config keys."""
+    cls = component_class(group, options)
+    kwargs = constructor_options(group, options)
+    name = options.get("name") or cls.__name__
+    accepted = accepted_options(group, cls)
+    parameters = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not takes_any:
+        raise ValueError(
+            f"{group} {name!r} has no option(s) {unknown}: accepted options are "
+            f"{accepted or 'none'}"
+        )
+    missing = [
+        p for p in accepted if p not in kwargs and parameters[p].default is parameters[p].empty
+    ]
+    if missing:
+        raise ValueError(
+            f"{group} {name!r} needs option(s) {missing}: accepted options are {accepted}"
+        )
+    return cls(*context, **kwargs)
+
+
+def with_targets(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config with ``_target_`` filled in where an earlier version named a
+    built-in component only by ``name`` (so that it compares equal to today's config)."""
+    out = dict(config)
+    for group, targets in LEGACY_TARGETS.items():
+        options = out.get(group)
+        if isinstance(options, dict) and "_target_" not in options:
+            target = targets.get(options.get("name"))
+            if target is not None:
+                out[group] = {"_target_": target, **options}
+    return out

@@ -1,0 +1,87 @@
+"""The loggers of a job: a CSV file in its directory, and W&B (offline by default).
+
+A job's W&B run id is kept in its results.json, so every attempt of an interrupted job
+writes to the same W&B run; the jobs of a sweep share a W&B group named after the sweep
+directory. W&B is closed with the job's status so failed runs show as failed there too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from vaesweep.jobs import Job
+
+
+def make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> list:
+    """The job's Lightning loggers. ``wandb_id``: the W&B run's id, kept in results.json so
+    that every attempt of an interrupted job writes to the same W&B run."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if cfg.logger.name == "none":
+        return []
+    loggers: list = [CSVLogger(save_dir=str(job.run_dir), name="", version="")]
+    if cfg.logger.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        scale = cfg.likelihood.get("scale")
+        label = cfg.get("label") or {}
+        tags = [
+            cfg.likelihood.name,
+            f"schedule={cfg.beta_schedule.name}",
+            *cfg.logger.tags,
+            *(label.get("tags") or []),
+        ]
+        if scale is not None:
+            tags.insert(1, f"scale={scale}")
+        tags += [f"{k}={v}" for k, v in job.swept.items()]
+        # Seeds of one configuration share a job_type, so W&B can group them.
+        config_axes = [f"{k}={v}" for k, v in job.swept.items() if k != "seed"]
+        loggers.append(
+            WandbLogger(
+                name=job.name,
+                id=wandb_id,
+                resume="allow",
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                save_dir=str(job.run_dir),
+                mode=cfg.logger.mode,
+                group=sweep_group(job.sweep_dir),
+                job_type=(",".join(config_axes) or "train")[:64],
+                tags=list(dict.fromkeys(str(t)[:64] for t in tags)),
+                notes=label.get("note"),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def sweep_group(sweep_dir: Path | None) -> str | None:
+    """W&B group of a sweep: its directory's last two parts (date_time-id); None for runs."""
+    if sweep_dir is None:
+        return None
+    return f"{sweep_dir.parent.name}_{sweep_dir.name}"
+
+
+def finish_wandb(status: str) -> None:
+    """Close the job's W&B run (if any) with its status, so runs that failed or diverged
+    show as failed in W&B too (summary ``status``, non-zero exit code)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary["status"] = status
+            wandb.finish(exit_code=0 if status == "completed" else 1)
+
+
+def new_wandb_id() -> str:
+    """A W&B run id (8 characters from [a-z0-9], as W&B makes them)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
