@@ -155,11 +155,12 @@ def test_nll_minimised_at_closed_form_scale(name, rng):
 
     lik = make(name, scale="optimal", min_log_scale=None)
     got = lik.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    lik.observe(torch.tensor(x), torch.tensor(loc))  # what the training step does next
     assert float(lik.scale()) == pytest.approx(s_star, rel=1e-12)  # first batch seeds the average
     assert float(-got.detach().sum()) / r.size == pytest.approx(min_per_dim, rel=1e-10)
     # With the default soft clip the scale is the clipped σ*: slightly above it, never below.
     clipped = make(name, scale="optimal")
-    clipped.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+    clipped.observe(torch.tensor(x), torch.tensor(loc))
     assert float(clipped.scale()) == pytest.approx(math.exp(np_soft_clip(math.log(s_star))))
     assert float(clipped.scale()) > s_star
 
@@ -172,6 +173,7 @@ def test_optimal_scale_in_eval_uses_running_average_not_scored_batch(name, rng):
     lik.train()
     for x, loc in ((x1, loc1), (x2, loc2)):
         lik.log_prob(torch.tensor(x), torch.tensor(loc, requires_grad=True))
+        lik.observe(torch.tensor(x), torch.tensor(loc))  # as the training step does
     if name == "gaussian":  # the running average is over σ*² (variances), then √
         expected = math.sqrt(0.9 * np.mean((x1 - loc1) ** 2) + 0.1 * np.mean((x2 - loc2) ** 2))
     else:
@@ -297,6 +299,7 @@ def _optimal_scale_on_shard(rank: int, world: int, store: str, x, loc, out) -> N
         shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         loc_shard = loc[shard].clone().requires_grad_(True)
         lik.log_prob(x[shard], loc_shard)
+        lik.observe(x[shard], loc_shard)  # as the training step does, on every rank
         out[rank] = float(lik.scale())
     finally:
         dist.destroy_process_group()
@@ -333,3 +336,83 @@ def test_log_prob_equals_torch_distributions_density(name, mode, training, rng):
     dist = torch.distributions.Normal if name == "gaussian" else torch.distributions.Laplace
     expected = dist(loc, log_scale.exp().expand_as(loc)).log_prob(x).sum((-3, -2, -1))
     assert torch.allclose(lik.log_prob(x, params), expected, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("reduction", ["batch", "example"])
+def test_log_prob_is_pure_and_observe_updates_the_running_average(name, reduction, rng):
+    """log_prob and nll change no state, in training and with gradients; observe (the training
+    step's call) folds the batch statistic into the running average: the first batch seeds
+    it, then running = m·running + (1 − m)·stat (stat = mean r² or mean |r|)."""
+    m = 0.8
+    lik = make(name, scale="optimal", momentum=m, optimal_reduction=reduction).train()
+    batches = [
+        (rng.uniform(0, 1, (B, *SHAPE)), rng.normal(0.5, s, (3, B, *SHAPE))) for s in (0.1, 0.4)
+    ]
+    expected = None
+    for step, (x, loc) in enumerate(batches, start=1):
+        x_t, loc_t = torch.tensor(x), torch.tensor(loc, requires_grad=True)
+        before = {k: v.clone() for k, v in lik.state_dict().items()}
+        first = lik.log_prob(x_t, loc_t)
+        second = lik.log_prob(x_t, loc_t)
+        lik.nll(x_t, loc_t).sum().backward()
+        assert torch.equal(first, second)
+        assert lik.state_dict().keys() == before.keys()
+        for k, v in lik.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        lik.observe(x_t, loc_t)
+        r = x - loc  # [3, B, ...]: the statistic of all samples and examples
+        stat = np.mean(r**2) if name == "gaussian" else np.mean(np.abs(r))
+        expected = stat if expected is None else m * expected + (1 - m) * stat
+        assert float(lik.running_stat) == pytest.approx(expected, rel=1e-12)
+        assert int(lik.num_batches_tracked) == step
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "keys"),
+    [
+        ("fixed", {}, []),
+        ("learned", {}, ["log_scale"]),
+        ("learned", {"scale_init": "data"}, ["log_scale", "scale_initialized"]),
+        ("per_pixel", {}, ["log_scale"]),
+        ("per_pixel", {"scale_init": "data"}, ["log_scale", "scale_initialized"]),
+        ("decoder", {}, []),
+        ("optimal", {}, ["running_stat", "num_batches_tracked"]),
+    ],
+)
+def test_state_dict_keys_are_those_of_earlier_checkpoints(mode, options, keys):
+    """The names a checkpoint written before the scale modes were classes holds."""
+    for name in ("gaussian", "laplace"):
+        lik = build_likelihood(name, SHAPE, scale=mode, **options)
+        assert list(lik.state_dict()) == keys
+        assert [n for n, _ in lik.named_parameters()] == [k for k in keys if k == "log_scale"]
+
+
+def test_an_earlier_optimal_checkpoint_loads():
+    """A state dict as the earlier code wrote it (buffers on the likelihood) loads strictly."""
+    lik = build_likelihood("gaussian", SHAPE, scale="optimal", min_log_scale=None)
+    lik.load_state_dict(
+        {"running_stat": torch.tensor(0.04), "num_batches_tracked": torch.tensor(7)}
+    )
+    assert float(lik.eval().scale()) == pytest.approx(0.2)
+    assert int(lik.num_batches_tracked) == 7
+
+
+def test_which_scale_mode_reads_which_option():
+    """The table effective.py's refusals come from, as it was before the modes were classes."""
+    from vaesweep.likelihoods import GaussianLikelihood
+
+    assert GaussianLikelihood.OPTION_MODES == {
+        "scale_value": ("fixed", "learned", "per_pixel"),
+        "min_log_scale": ("learned", "per_pixel", "decoder", "optimal"),
+        "optimal_reduction": ("optimal",),
+        "momentum": ("optimal",),
+        "scale_lr": ("learned", "per_pixel"),
+        "scale_init": ("learned", "per_pixel"),
+    }
+    unread = GaussianLikelihood.unread_options({"scale": "per_pixel", "scale_init": "data"})
+    assert list(unread) == ["optimal_reduction", "momentum", "scale_value"]
+    assert "scale_init=data" in unread["scale_value"]
+    assert list(GaussianLikelihood.unread_options({"scale": "huge"})) == list(
+        GaussianLikelihood.OPTION_MODES
+    )

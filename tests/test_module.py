@@ -164,6 +164,45 @@ def test_manual_optimization_takes_exactly_lightnings_automatic_steps(tmp_path, 
         assert any(not torch.equal(unclipped[k], v) for k, v in manual.items())
 
 
+@pytest.mark.parametrize(
+    ("optimization", "accumulate"), [("manual", 1), ("automatic", 1), ("automatic", 2)]
+)
+def test_training_step_updates_the_running_scale_once_per_micro_batch(
+    tmp_path, optimization, accumulate
+):
+    """The optimal scale's running σ*² is updated by the training step's explicit call (log_prob
+    is pure): once per training micro-batch, also under gradient accumulation, never by
+    validation; it is the EMA of the training batches' mean squared residuals."""
+    torch.manual_seed(0)
+    model = VAE(
+        shape=(1, 8, 8),
+        model=MLP,
+        likelihood={"name": "gaussian", "scale": "optimal", "momentum": 0.5},
+        schedule={"name": "constant", "beta": 1.0},
+        optimizer={"name": "adam", "lr": 1e-3},
+        iwae_k=2,
+        optimization=optimization,
+    )
+    seen = []
+    observe = model.likelihood.observe
+
+    def recording(x, params):
+        seen.append((x - params).double().pow(2).mean().item())
+        observe(x, params)
+
+    model.likelihood.observe = recording
+    data = torch.rand(6 * 16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    trainer = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=accumulate)
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    assert len(seen) == 6 and trainer.global_step == 6 // accumulate
+    assert int(model.likelihood.num_batches_tracked) == 6
+    expected = seen[0]
+    for stat in seen[1:]:
+        expected = 0.5 * expected + 0.5 * stat
+    assert float(model.likelihood.running_stat) == pytest.approx(expected, rel=1e-5)
+
+
 def test_unknown_optimization_mode_is_refused():
     with pytest.raises(ValueError, match="optimization='fast'.*manual"):
         _vae(optimization="fast")

@@ -9,7 +9,7 @@ from scipy import stats
 from torch.distributions import Normal, kl_divergence
 
 from vaesweep.latent import DiagonalGaussian, standard_normal_log_prob
-from vaesweep.likelihoods import build_likelihood
+from vaesweep.likelihoods import SCALE_MODES, build_likelihood
 from vaesweep.objective import (
     active_units,
     bits_per_dim,
@@ -220,3 +220,41 @@ def test_elbo_terms_reductions_sum_over_dims():
     assert torch.allclose(terms.rec_nll, torch.full((2,), 16 * per_pixel))
     assert torch.equal(terms.kl, torch.zeros(2))
     assert torch.allclose(terms.elbo, -terms.rec_nll)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        *((name, mode) for name in ("gaussian", "laplace") for mode in SCALE_MODES),
+        ("bernoulli", None),
+        ("continuous_bernoulli", None),
+    ],
+)
+def test_effective_beta_is_each_likelihoods_closed_form(name, mode):
+    """docs/math.md §5: β′ = 2σ²β (Gaussian), bβ (Laplace), β (Bernoulli, continuous
+    Bernoulli), with the scale in force; no single value ({}) for per-pixel or decoder scales."""
+    shape, beta = (1, 3, 3), 1.7
+    options = {"scale": mode, "scale_value": 0.4} if mode else {}
+    lik = build_likelihood(name, shape, **options).double()
+    rng = np.random.default_rng(3)
+    if mode == "learned":  # a raw log-scale well below and above the soft floor's knee
+        with torch.no_grad():
+            lik.log_scale.fill_(-1.3)
+        s = math.exp(-6 + math.log1p(math.exp(-1.3 + 6)))
+    elif mode == "optimal":  # the running average of one training batch
+        x, loc = rng.uniform(0, 1, (4, *shape)), rng.uniform(0, 1, (4, *shape))
+        lik.observe(torch.tensor(x), torch.tensor(loc))
+        raw = math.sqrt(np.mean((x - loc) ** 2)) if name == "gaussian" else np.mean(abs(x - loc))
+        s = math.exp(-6 + math.log1p(math.exp(math.log(raw) + 6)))
+    else:
+        s = 0.4
+    got = effective_beta(lik, beta)
+    if mode in ("per_pixel", "decoder"):
+        assert lik.effective_beta(beta) is None
+        assert got == {}
+        return
+    expected = {"gaussian": 2 * s * s * beta, "laplace": s * beta}.get(name, beta)
+    rel = 1e-7 if mode == "fixed" else 1e-12  # a fixed σ is reported in float32
+    assert lik.effective_beta(beta) == pytest.approx(expected, rel=rel)
+    assert got["effective_beta"] == pytest.approx(expected, rel=rel)
+    assert got["effective_beta_per_dim"] == pytest.approx(expected / 9, rel=rel)

@@ -267,7 +267,7 @@ class VAE(L.LightningModule):
         terms = elbo_terms(x, self.encoder, self.decoder, self.likelihood, n_samples)
         rec_nll, kl = terms.rec_nll.mean(), terms.kl.mean()
         loss, beta = self.schedule(self.global_step, rec_nll, kl)
-        return {"loss": loss, "rec_nll": rec_nll, "kl": kl, "beta": beta}
+        return {"loss": loss, "rec_nll": rec_nll, "kl": kl, "beta": beta, "params": terms.params}
 
     def _log_scale(self, prefix: str, batch_size: int) -> None:
         scale = self.likelihood.scale()
@@ -282,6 +282,10 @@ class VAE(L.LightningModule):
         if self.likelihood.needs_scale_init():
             self._initialize_scale(batch)
         out = self._step_terms(batch, self.hparams.n_samples)
+        # The one place a likelihood's running statistics change (the optimal scale's running
+        # σ*: log_prob is pure): once per micro-batch, after its loss and before train/scale
+        # is logged, on every rank (a collective under DDP).
+        self.likelihood.observe(batch, out["params"])
         b = batch.shape[0]
         # Per step, the values only go into the tracker's device buffer. It is read back on
         # the steps Lightning writes to its loggers (which read the values anyway), at the

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vaesweep.latent import DiagonalGaussian, standard_normal_log_prob
-from vaesweep.likelihoods import Likelihood, LocationScale
+from vaesweep.likelihoods import Likelihood
 
 Network = Callable[[Tensor], Tensor]
 
@@ -149,20 +149,16 @@ def active_units(posterior_means: Tensor, threshold: float = 0.01) -> Tensor:
 def effective_beta(likelihood: Likelihood, beta: float) -> dict[str, float]:
     """β rescaled to the conventions β-VAE papers use, where it is well defined.
 
-    With a shared scale s, −log p(x|z) = (Σ residual terms)/c(s) + const, so the loss
-    rec_nll + β·KL has the gradient direction of
+    The likelihood answers (:meth:`Likelihood.effective_beta`): with a shared scale s,
+    −log p(x|z) = (Σ residual terms)/c(s) + const, so the loss rec_nll + β·KL has the
+    gradient direction of
       Gaussian (σ):   SSE + β′·KL, β′ = 2σ²β       Laplace (b): SAE + β′·KL, β′ = bβ
       Bernoulli:      BCE_sum + β′·KL, β′ = β
     ``effective_beta`` is β′ (sum-over-pixels reconstruction convention);
     ``effective_beta_per_dim`` is β′/D (per-pixel-mean reconstruction convention, as in
     "MSE + β·KL" code). Per-pixel and decoder-predicted scales have no single value: {}.
     """
-    if isinstance(likelihood, LocationScale):
-        if likelihood.mode in ("per_pixel", "decoder"):
-            return {}
-        s = float(likelihood.scale())
-        factor = 2.0 * s * s if likelihood.name == "gaussian" else s
-    else:
-        factor = 1.0
-    value = factor * float(beta)
+    value = likelihood.effective_beta(beta)
+    if value is None:
+        return {}
     return {"effective_beta": value, "effective_beta_per_dim": value / likelihood.data_dim}
