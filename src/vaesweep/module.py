@@ -14,18 +14,15 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vaesweep.likelihoods import build_likelihood
-from vaesweep.networks import build_decoder, build_encoder
+from vaesweep import components
 from vaesweep.objective import (
     bits_per_dim,
     effective_beta,
     elbo_terms,
     importance_estimates,
 )
-from vaesweep.schedules import BetaSchedule, build_schedule
+from vaesweep.schedules import BetaSchedule
 
-# Config keys of the likelihood group that are not constructor options.
-LIKELIHOOD_META_KEYS = ("name", "allow_nonbinary")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZATION_MODES = ("manual", "automatic")
 # Training metrics logged per step (train/<name>_step) and per epoch (train/<name>_epoch).
@@ -122,7 +119,7 @@ class StepTracker:
 
 
 class VAE(L.LightningModule):
-    """A VAE whose likelihood and β schedule come from their registries.
+    """A VAE whose networks, likelihood and β schedule are the classes their configs select.
 
     shape: data shape (C, H, W); model / likelihood / schedule / optimizer: plain dicts of
     the corresponding config groups; iwae_k / iwae_chunk / active_units_threshold: test-set
@@ -167,27 +164,20 @@ class VAE(L.LightningModule):
             raise ValueError(f"optimization={optimization!r}: allowed: {OPTIMIZATION_MODES}")
         self.save_hyperparameters()
         self.shape = tuple(shape)
-        options = {k: v for k, v in likelihood.items() if k not in LIKELIHOOD_META_KEYS}
-        self.likelihood = build_likelihood(likelihood["name"], self.shape, **options)
-        net = {k: model.get(k) for k in ("hidden", "channels", "activation") if k in model}
-        self.encoder = build_encoder(model["name"], self.shape, model["latent_dim"], **net)
-        self.decoder = build_decoder(
-            model["name"],
-            self.shape,
-            model["latent_dim"],
-            self.likelihood.param_channels,
-            **net,
-        )
+        # Each component is the class its config's _target_ names (vaesweep.components).
+        self.likelihood = components.build("likelihood", likelihood, self.shape)
+        network = components.build("model", model)
+        self.encoder = network.encoder(self.shape)
+        self.decoder = network.decoder(self.shape, self.likelihood.param_channels)
         if compile:
             self.encoder.compile()
             self.decoder.compile()
-        sched = {k: v for k, v in schedule.items() if k != "name"}
-        self.schedule = build_schedule(schedule["name"], **sched)
+        self.schedule = components.build("beta_schedule", schedule)
         self._schedule_observes = type(self.schedule).observe is not BetaSchedule.observe
         # (rec_nll, kl) of the micro-batches since the last optimisation step, at step:
         self._pending: list[Tensor] = []
         self._pending_step = -1
-        self.latent_dim = int(model["latent_dim"])
+        self.latent_dim = network.latent_dim
         self._test_sums: dict[str, Tensor] = {}
         self._tracker = StepTracker()
         self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint

@@ -1,0 +1,1 @@
+"""Worked examples of vaesweep components that live outside vaesweep (see ../README.md)."""
