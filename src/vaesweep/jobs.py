@@ -227,5 +227,6 @@ def _run_claimed(
     finally:
         finish_wandb(status)
     record.finish("completed", metrics=metrics)
-    log.info("completed: %s", record.path)
+    if not job.multirun:  # a sweep's job tells its outcome in one line (vaesweep.train)
+        log.info("completed: %s", record.path)
     return metrics

@@ -31,7 +31,10 @@ def make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> list
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        from vaesweep.console import quiet_wandb
+
         os.environ.setdefault("WANDB_SILENT", "true")
+        quiet_wandb()
         scale = cfg.likelihood.get("scale")
         label = cfg.get("label") or {}
         tags = [

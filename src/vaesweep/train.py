@@ -37,6 +37,7 @@ TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
 __all__ = ["CONF_DIR", "ConfigError", "build_run", "fit_and_test", "main", "validate_config"]
 log = logging.getLogger("vaesweep")
 
+
 def _reexecution_breaks(job: Job) -> bool:
     """Whether re-running the command (Lightning's plain ``ddp``) would break this job:
     inside a multirun, a parallel launcher and pytest."""
@@ -84,6 +85,7 @@ def build_run(
         ThrottledProgressBar,
         Timestamps,
     )
+    from vaesweep.console import EpochLines, is_terminal
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAE
 
@@ -142,6 +144,10 @@ def build_run(
     plugins = [plugins] if not isinstance(plugins, list) else plugins
     if trainer_args["profiler"] is None:
         trainer_args["profiler"] = NullProfiler()
+    if trainer_args["enable_progress_bar"] and not is_terminal():
+        # A log file or a SLURM output file: one line per epoch instead of a bar's redraws.
+        trainer_args["enable_progress_bar"] = False
+        callbacks = (*callbacks, EpochLines())
     if trainer_args["enable_progress_bar"]:
         # Lightning redraws its bar after every batch: a formatted write per step, which W&B
         # also captures and sends to its service. Redraw twice a second instead.
@@ -234,9 +240,11 @@ def task(cfg: DictConfig) -> None:
     ``interrupted``, no further job starts, the summary so far is written, and the process
     exits with 128 + the signal number.
     """
+    from vaesweep.console import tidy_logging
     from vaesweep.failures import job_label, quiet_console, report_failure
 
     quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
+    tidy_logging()  # each library message once, without the noise of our own calls
     started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
     try:
         jobs.run(cfg, execute=fit_and_test)
@@ -254,6 +262,7 @@ def task(cfg: DictConfig) -> None:
             return
         raise SystemExit(1) from None
     finally:
+        _tell_outcome(started)
         if stamps:
             from vaesweep.callbacks import append_timestamp
 
@@ -272,3 +281,33 @@ def cli_main() -> None:
 
     sys.argv[1:] = quote_sweeper_params(sys.argv[1:])
     main()
+
+
+def _tell_outcome(started: float) -> None:
+    """In a multirun, one line with the job's outcome (after Hydra's ``#k : overrides``)
+    when this process ran it; a job it skipped has said so already."""
+    import json
+
+    from vaesweep.console import job_story
+    from vaesweep.record import RESULTS_FILE
+    from vaesweep.sweep import read_sweep
+
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN" or jobs.process_rank() != 0:
+        return
+    path = Path(hc.runtime.output_dir) / RESULTS_FILE
+    try:
+        if path.stat().st_mtime < started:
+            return  # skipped: the result is an earlier one
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    total = (read_sweep(Path(hc.sweep.dir)) or {}).get("n_jobs")
+    story = job_story(
+        int(hc.job.num),
+        total,
+        str(record.get("status")),
+        time.time() - started,
+        record.get("metrics"),
+    )
+    log.info(story)
