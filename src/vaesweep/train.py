@@ -76,18 +76,8 @@ def build_run(
     their own extra Lightning ``callbacks``)."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vaesweep.callbacks import (
-        AtomicCheckpointIO,
-        ImageGrids,
-        NullProfiler,
-        ThrottledProgressBar,
-        Timestamps,
-    )
-    from vaesweep.console import EpochLines, is_terminal
-    from vaesweep.data import VAEDataModule
-    from vaesweep.module import VAE
+    from vaesweep.callbacks import Timestamps
 
     if os.environ.get(TIMESTAMPS_ENV):
         callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
@@ -95,25 +85,40 @@ def build_run(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    preprocess = resolve_preprocess(cfg)
-    data = VAEDataModule(
+    data = _build_data(cfg)
+    if record is not None:
+        record.set_dataset(data.info)
+    trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    model = _build_model(cfg, data.shape, trainer_args)
+    loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
+    trainer, checkpoint = _build_trainer(cfg, job, trainer_args, loggers, callbacks)
+    return RunParts(data, model, trainer, checkpoint, loggers)
+
+
+def _build_data(cfg: DictConfig) -> Any:
+    from vaesweep.data import VAEDataModule
+
+    return VAEDataModule(
         name=cfg.data.name,
         root=cfg.data.root,
         download=cfg.data.download,
         batch_size=cfg.data.batch_size,  # global: each rank takes its share at setup
         eval_batch_size=cfg.data.eval_batch_size,
-        preprocess=preprocess,
+        preprocess=resolve_preprocess(cfg),
         seed=cfg.seed,
         val_size=cfg.data.val_size,
         test_size=cfg.data.test_size,
         device="auto",  # the tensors live on the training device: no copy per batch
     )
-    if record is not None:
-        record.set_dataset(data.info)
+
+
+def _build_model(cfg: DictConfig, shape: tuple[int, int, int], trainer_args: dict) -> Any:
+    """The LightningModule; takes the optimisation arguments it applies out of trainer_args."""
+    from vaesweep.module import VAE
+
     plain = OmegaConf.to_container(cfg, resolve=True)
-    trainer_args = dict(plain["trainer"])
-    model = VAE(
-        shape=data.shape,
+    return VAE(
+        shape=shape,
         model=plain["model"],
         likelihood=plain["likelihood"],
         schedule=plain["beta_schedule"],
@@ -122,13 +127,30 @@ def build_run(
         iwae_k=cfg.eval.iwae_k,
         iwae_chunk=cfg.eval.iwae_chunk,
         active_units_threshold=cfg.eval.active_units_threshold,
-        report_bpd=preprocess == "dequantize",
+        report_bpd=resolve_preprocess(cfg) == "dequantize",
         seed=cfg.seed,
         compile=cfg.compile,
         **_optimization_args(trainer_args),
     )
+
+
+def _build_trainer(
+    cfg: DictConfig, job: Job, trainer_args: dict, loggers: list, callbacks: tuple
+) -> tuple[Any, Any]:
+    """The Lightning Trainer and its ModelCheckpoint (None without checkpointing)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vaesweep.callbacks import (
+        AtomicCheckpointIO,
+        ImageGrids,
+        NullProfiler,
+        ThrottledProgressBar,
+    )
+    from vaesweep.console import EpochLines, is_terminal
+
     checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
-    if plain["trainer"]["enable_checkpointing"]:
+    if trainer_args["enable_checkpointing"]:
         checkpoint = ModelCheckpoint(
             dirpath=job.run_dir / "checkpoints",
             filename="best",
@@ -138,7 +160,6 @@ def build_run(
             save_last=True,
         )
         callbacks = (checkpoint, *callbacks)
-    loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
@@ -152,14 +173,14 @@ def build_run(
         # Lightning redraws its bar after every batch: a formatted write per step, which W&B
         # also captures and sends to its service. Redraw twice a second instead.
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
-    callbacks = [*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images)]
+    callbacks = (*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images))
 
     def make_trainer() -> L.Trainer:
         return L.Trainer(
             **trainer_args,
             plugins=[AtomicCheckpointIO(), *plugins],
             logger=loggers or False,
-            callbacks=callbacks,
+            callbacks=list(callbacks),
             default_root_dir=str(job.run_dir),
         )
 
@@ -172,7 +193,7 @@ def build_run(
     problem = ranks.trainer_problem(trainer, str(cfg.trainer.strategy))
     if problem:
         raise ConfigError(problem)
-    return RunParts(data, model, trainer, checkpoint, loggers)
+    return trainer, checkpoint
 
 
 def _optimization_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
