@@ -267,6 +267,14 @@ def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     assert runs[0]["summary"]["status"] == "interrupted"
     assert runs[1]["summary"]["status"] == "completed"
     assert runs[1]["summary"]["test/nll"] == pytest.approx(final["metrics"]["test/nll"])
+    # The resumed attempt's summary has the best val/elbo of both attempts' validations
+    # (its own W&B process saw only the later ones), and the last one, as results.json.
+    logged = [row["val/elbo"] for run in runs for row in run["history"] if "val/elbo" in row]
+    assert len(logged) >= EPOCHS
+    assert runs[1]["summary"]["val/elbo"] == {
+        "max": max(logged),
+        "last": pytest.approx(final["metrics"]["val/elbo"], rel=1e-12),
+    }
 
 
 @pytest.mark.slow

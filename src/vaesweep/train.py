@@ -502,6 +502,7 @@ def build_run(
         NullProfiler,
         ThrottledProgressBar,
         Timestamps,
+        WandbMetrics,
     )
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAE
@@ -566,6 +567,8 @@ def build_run(
         # also captures and sends to its service. Redraw twice a second instead.
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
     callbacks = [*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images)]
+    if cfg.logger.name == "wandb":
+        callbacks.append(WandbMetrics())  # step axes and summaries (vaesweep.dashboard)
 
     def make_trainer() -> L.Trainer:
         return L.Trainer(
@@ -638,10 +641,30 @@ def _fit_and_test(
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
-    for lg in parts.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update(metrics)
+    if resume_from is not None:
+        best = resumable.best_val_elbo
+        if best is None:  # the fit ran in spawned processes: their state is in the checkpoint
+            best = Resumable.stored_state(resume_from).get("best_val_elbo")
+        _resumed_wandb_summary(parts.loggers, fit_metrics, best)
     return metrics
+
+
+def _resumed_wandb_summary(
+    loggers: list, fit_metrics: dict[str, float], best: float | None
+) -> None:
+    """The W&B summary of a resumed job's ``val/*`` (vaesweep.dashboard computes it from the
+    logged history, but this attempt's process saw only its own validations, none at all
+    when the job was resumed after its last epoch): the last values, and the best
+    ``val/elbo`` of every attempt (kept in the checkpoint)."""
+    from vaesweep.dashboard import val_elbo_summary
+
+    values: dict[str, Any] = dict(fit_metrics)
+    last = fit_metrics.get("val/elbo")
+    if last is not None:
+        values["val/elbo"] = {"last": last} if best is None else val_elbo_summary(best, last)
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update(values)
 
 
 def task(cfg: DictConfig) -> None:
