@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.dashboard import FIGURES_KEY, STEP, SUMMARY_JOB_TYPE, TABLE_KEY
+from vaesweep.dashboard import (
+    FIGURES_KEY,
+    STEP,
+    SUMMARY_JOB_TYPE,
+    TABLE_KEY,
+    read_summary_table,
+)
 from vaesweep.results import frame_from_wandb
-from vaesweep.sweep import SUMMARY_FILE
+from vaesweep.sweep import SUMMARY_FILE, write_csv_atomic
 from vaesweep.wandb_offline import read_offline_run
 
 from conftest import TINY, run_cli
@@ -63,7 +69,8 @@ def same_cell(logged, written: str) -> bool:
     if isinstance(logged, bool):
         return str(logged) == written
     if isinstance(logged, int | float):
-        return math.isclose(logged, float(written), rel_tol=1e-12)
+        both_nan = math.isnan(logged) and math.isnan(float(written))
+        return both_nan or math.isclose(logged, float(written), rel_tol=1e-12)
     return logged == written
 
 
@@ -89,6 +96,28 @@ def check_summary_run(sweep: Path, n_jobs: int, figures: set[str], exact: bool =
         assert (Path(run["dir"]) / "files" / image["path"]).read_bytes()[:8] == PNG
     assert run["summary"]["sweep/n_jobs"] == n_jobs
     return run
+
+
+def test_summary_table_keeps_one_type_per_column(tmp_path):
+    """summary.csv as sweep.py writes it → a wandb.Table, which refuses mixed columns: a
+    column of numbers stays numbers, a mixed one (null and -6) becomes text."""
+    import wandb
+
+    rows = [
+        {"job": "a", "likelihood.min_log_scale": "null", "beta": "0.5", "status": "completed",
+         "test/nll": 1.25, "scale_converged": True, "error": ""},
+        {"job": "b", "likelihood.min_log_scale": "-6", "beta": "2", "status": "failed",
+         "test/nll": None, "scale_converged": None, "error": "ValueError: x, y"},
+    ]  # fmt: skip
+    write_csv_atomic(tmp_path / SUMMARY_FILE, rows)
+    columns, data = read_summary_table(tmp_path / SUMMARY_FILE)
+    assert columns == list(rows[0])
+    assert data == [
+        ["a", "null", 0.5, "completed", 1.25, True, None],
+        ["b", "-6", 2, "failed", None, None, "ValueError: x, y"],
+    ]
+    table = wandb.Table(columns=columns, data=data)
+    assert table.data == data
 
 
 @pytest.mark.slow

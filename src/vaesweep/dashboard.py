@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import os
 import sys
 import tempfile
@@ -84,12 +83,25 @@ def summary_run_id(sweep_dir: Path) -> str:
 
 
 def read_summary_table(path: Path) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of ``summary.csv``: numbers as floats, empty cells as None."""
+    """Columns and rows of ``summary.csv`` for a ``wandb.Table``: empty cells as None, and a
+    column of numbers (or of booleans) as numbers (booleans); any other column as text (a
+    W&B Table refuses a column of mixed types, e.g. ``likelihood.min_log_scale=null,-6``)."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         columns = next(reader, [])
-        rows = [[_cell(v) for v in row] for row in reader]
-    return columns, rows
+        text = list(reader)
+    parsed = [[_cell(v) for v in row] for row in text]
+    for i in range(len(columns)):
+        kinds = {_kind(row[i]) for row in parsed if i < len(row) and row[i] is not None}
+        if len(kinds) > 1:
+            for row, raw in zip(parsed, text, strict=True):
+                if i < len(row) and row[i] is not None:
+                    row[i] = raw[i]
+    return columns, parsed
+
+
+def _kind(value: Any) -> type:
+    return bool if isinstance(value, bool) else float if isinstance(value, int | float) else str
 
 
 def _cell(value: str) -> Any:
@@ -97,11 +109,12 @@ def _cell(value: str) -> Any:
         return None
     if value in ("True", "False"):
         return value == "True"
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return number if math.isfinite(number) else value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
 
 
 def _wandb_mode(logger: DictConfig) -> str:
