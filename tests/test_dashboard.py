@@ -16,6 +16,7 @@ from vaesweep.dashboard import (
     STEP,
     SUMMARY_JOB_TYPE,
     TABLE_KEY,
+    log_sweep_summary,
     read_summary_table,
 )
 from vaesweep.results import frame_from_wandb
@@ -202,6 +203,7 @@ def test_search_dashboard(workdir):
     assert run["config"]["search"]["objective"] == "val/elbo"
 
 
+@pytest.mark.slow
 def test_a_failing_summary_run_changes_nothing(workdir):
     """The summary run cannot be written (``<sweep>/wandb`` is a file): a warning, and the
     sweep's exit status, summary.csv and the job's own W&B run are as without it."""
@@ -217,3 +219,22 @@ def test_a_failing_summary_run_changes_nothing(workdir):
     assert len(job_runs(sweep)) == 1
     assert (sweep / "wandb").read_text() == "in the way\n"
 
+
+
+def test_summary_run_only_with_wandb_and_never_raises(tmp_path, capsys):
+    """In process (fast): no summary run without W&B or with mode=disabled or
+    logger.sweep_summary=false; one that W&B cannot write warns and returns None."""
+    from omegaconf import OmegaConf
+
+    def config(**logger):
+        base = {"name": "wandb", "mode": "offline", "project": "vaesweep", "entity": None}
+        return OmegaConf.create({"logger": {**base, "tags": [], **logger}})
+
+    for cfg in (config(name="csv"), config(name="none"), config(mode="disabled"),
+                config(sweep_summary=False)):  # fmt: skip
+        assert log_sweep_summary(cfg, tmp_path) is None
+    assert not list(tmp_path.iterdir())  # nothing written, not even summary.csv read
+    write_csv_atomic(tmp_path / SUMMARY_FILE, [{"job": "a", "status": "completed"}])
+    (tmp_path / "wandb").write_text("in the way\n")
+    assert log_sweep_summary(config(), tmp_path) is None
+    assert "W&B sweep summary run not written" in capsys.readouterr().err
