@@ -207,8 +207,12 @@ def _log_sweep_summary(config: DictConfig, sweep_dir: Path) -> str:
     try:
         statuses = [row[columns.index("status")] for row in rows] if "status" in columns else []
         data: dict[str, Any] = {TABLE_KEY: wandb.Table(columns=columns, data=rows)}
-        with tempfile.TemporaryDirectory(prefix=".figures.", dir=sweep_dir) as tmp:
-            figures, skipped = draw_figures(sweep_dir, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="vaesweep-figures-") as tmp:
+            try:
+                figures, skipped = draw_figures(sweep_dir, Path(tmp))
+            except Exception as e:  # the table goes to W&B all the same
+                figures, skipped = [], [f"all figures: {type(e).__name__}: {e}"]
+                _warn(f"W&B sweep summary run without figures: {type(e).__name__}: {e}")
             for path in figures:
                 data[f"{FIGURES_KEY}/{path.stem}"] = wandb.Image(str(path), caption=path.stem)
             # One step per launch: a relaunch of the sweep adds a step to the same run.
