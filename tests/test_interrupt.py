@@ -267,6 +267,48 @@ def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     assert runs[0]["summary"]["status"] == "interrupted"
     assert runs[1]["summary"]["status"] == "completed"
     assert runs[1]["summary"]["test/nll"] == pytest.approx(final["metrics"]["test/nll"])
+    # The resumed attempt's summary has the best val/elbo of both attempts' validations
+    # (its own W&B process saw only the later ones), and the last one, as results.json.
+    logged = [row["val/elbo"] for run in runs for row in run["history"] if "val/elbo" in row]
+    assert len(logged) >= EPOCHS
+    assert runs[1]["summary"]["val/elbo"] == {
+        "max": max(logged),
+        "last": pytest.approx(final["metrics"]["val/elbo"], rel=1e-12),
+    }
+
+
+@pytest.mark.slow
+def test_wandb_summary_of_a_job_resumed_after_its_last_epoch(workdir):
+    """Stopped while testing, the job resumes with nothing left to train or validate: its
+    second attempt logs no val/elbo, and its W&B summary still has the best and the last
+    val/elbo, those the first attempt logged (the best is kept in the checkpoint)."""
+    args = [*BUDGET, "beta=2", "logger=wandb", "hydra.run.dir=run"]
+    run_dir, marker = workdir / "run", workdir / "paused"
+    proc = start(args, workdir, env={PAUSE_ENV: f"test:{marker}"})
+    wait_for((workdir, marker.name), proc)
+    for _ in range(2):  # a second signal stops the job at once, wherever it is
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    assert result(run_dir)["status"] == "interrupted"
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    final = result(run_dir)
+    assert final["status"] == "completed" and final["attempts"] == 2
+    first, second = (read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-*")))
+    logged = [row["val/elbo"] for row in first["history"] if "val/elbo" in row]
+    assert len(logged) == EPOCHS
+    assert not any("val/elbo" in row for row in second["history"])
+    assert second["summary"]["val/elbo"] == {
+        "max": max(logged),
+        "last": pytest.approx(final["metrics"]["val/elbo"], rel=1e-12),
+    }
+    assert second["summary"]["test/nll"] == pytest.approx(final["metrics"]["test/nll"])
 
 
 @pytest.mark.slow

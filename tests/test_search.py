@@ -18,6 +18,7 @@ from vaesweep.search import (
     BEST_FILE,
     JOURNAL_FILE,
     SearchError,
+    check_pruner,
     objective_direction,
     open_storage,
     parse_space,
@@ -114,6 +115,14 @@ def test_objective_refusals(objective, direction, allow_test, message):
         objective_direction(objective, direction, allow_test)
 
 
+def test_only_a_pruner_that_never_prunes_is_accepted():
+    check_pruner(None)
+    check_pruner(OmegaConf.create({"_target_": "optuna.pruners.NopPruner"}))
+    median = OmegaConf.create({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2})
+    with pytest.raises(SearchError, match="run to completion"):
+        check_pruner(median)
+
+
 # -- bad input, refused by the real CLI before any trial ----------------------------------------
 
 
@@ -159,6 +168,10 @@ BAD = {
         ["likelihood.momentum", "no effect"],
     ),
     "unwritable storage": ([BETA, _unwritable], ["hydra.sweeper.storage", "cannot write"]),
+    "a pruner that would never prune": (
+        [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],
+        ["hydra.sweeper.pruner=optuna.pruners.MedianPruner", "run to completion", "null"],
+    ),
 }
 
 

@@ -56,6 +56,7 @@ def test_grid_sweep_with_launcher(workdir, launcher):
     if launcher == "local_parallel":
         assert "joblib" in meta["launcher"].lower()
     assert "status" in proc.stdout and "completed" in proc.stdout  # the printed table
+    assert not list(sweep.rglob("offline-run-*"))  # logger=csv: no W&B run, no summary run
 
 
 def test_two_sweeps_started_together_get_two_directories(workdir):

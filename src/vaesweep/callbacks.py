@@ -64,6 +64,20 @@ class ImageGrids(L.Callback):
                     logger.log_image(key=f"test/{key}", images=[str(path)])
 
 
+class WandbMetrics(L.Callback):
+    """Declares the job's W&B metrics (step axes, summaries: vaesweep.dashboard) in the
+    process that logs, before its first row; rank 0 only (the others do not log)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        from vaesweep.dashboard import define_metrics
+
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                define_metrics(logger.experiment)
+
+
 class Resumable(L.Callback):
     """What makes a job stoppable and resumable to the same result:
 
@@ -81,6 +95,7 @@ class Resumable(L.Callback):
         self.signals = signals if signals is not None else StopSignals()
         self.on_epoch_end = on_epoch_end
         self.val_metrics: dict[str, float] = {}
+        self.best_val_elbo: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signals.trainer = trainer
@@ -100,25 +115,34 @@ class Resumable(L.Callback):
             self.val_metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
+            elbo = self.val_metrics.get("val/elbo")
+            if elbo is not None and (self.best_val_elbo is None or elbo > self.best_val_elbo):
+                self.best_val_elbo = elbo
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.on_epoch_end is not None:
             self.on_epoch_end()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"val_metrics": dict(self.val_metrics)}
+        return {"val_metrics": dict(self.val_metrics), "best_val_elbo": self.best_val_elbo}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.val_metrics = dict(state_dict.get("val_metrics", {}))
+        self.best_val_elbo = state_dict.get("best_val_elbo")
 
     @classmethod
-    def stored_val_metrics(cls, checkpoint: str | Path | None) -> dict[str, float]:
-        """The ``val/*`` metrics kept in a checkpoint file ({} without one), for a process
+    def stored_state(cls, checkpoint: str | Path | None) -> dict[str, Any]:
+        """This callback's state kept in a checkpoint file ({} without one), for a process
         whose callback never saw the checkpoint loaded (the fit ran in spawned processes)."""
         if checkpoint is None or not Path(checkpoint).exists():
             return {}
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
-        return dict(state.get("callbacks", {}).get(cls().state_key, {}).get("val_metrics", {}))
+        return dict(state.get("callbacks", {}).get(cls().state_key, {}))
+
+    @classmethod
+    def stored_val_metrics(cls, checkpoint: str | Path | None) -> dict[str, float]:
+        """The ``val/*`` metrics kept in a checkpoint file ({} without one)."""
+        return dict(cls.stored_state(checkpoint).get("val_metrics", {}))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

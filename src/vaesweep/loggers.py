@@ -12,7 +12,7 @@ import secrets
 import string
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,3 +88,19 @@ def finish_wandb(status: str) -> None:
 def new_wandb_id() -> str:
     """A W&B run id (8 characters from [a-z0-9], as W&B makes them)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def resumed_wandb_summary(loggers: list, fit_metrics: dict[str, float], best: float | None) -> None:
+    """The W&B summary of a resumed job's ``val/*`` (vaesweep.dashboard computes it from the
+    logged history, but this attempt's process saw only its own validations, none at all
+    when the job was resumed after its last epoch): the last values, and the best
+    ``val/elbo`` of every attempt (kept in the checkpoint)."""
+    from vaesweep.dashboard import val_elbo_summary
+
+    values: dict[str, Any] = dict(fit_metrics)
+    last = fit_metrics.get("val/elbo")
+    if last is not None:
+        values["val/elbo"] = {"last": last} if best is None else val_elbo_summary(best, last)
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update(values)

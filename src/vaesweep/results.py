@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vaesweep.dashboard import SUMMARY_JOB_TYPE, summary_value
 from vaesweep.record import RESULTS_FILE
 
 IDENTITY = (
@@ -300,6 +301,7 @@ def wandb_record(run: Any) -> dict[str, Any]:
         "state": run.state,
         "config": dict(run.config),
         "summary": dict(run.summary_metrics),  # public: the run's summary as a dict
+        "job_type": run.job_type,
     }
 
 
@@ -316,7 +318,9 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
         for k, v in record["config"].items()
         if not k.startswith("_") and k not in MODULE_HPARAMS
     }
-    summary = record["summary"]
+    # val/elbo's summary holds its best and last value (vaesweep.dashboard): the frame, as
+    # results.json, has the last.
+    summary = {k: summary_value(v) for k, v in record["summary"].items()}
     return {
         "identity": {
             "run_dir": f"wandb:{record['path']}",
@@ -340,9 +344,11 @@ def frame_from_wandb(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     The run's name is its job name (the overrides), so the swept values come from it; the
     status comes from the W&B state (finished → completed; failed, crashed, killed → failed);
-    ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group.
+    ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group. The
+    sweep's summary run (job type ``summary``) is left out.
     """
-    rows = [_wandb_row(r) for r in records]
+    # The sweep's summary run (a table and figures, no metrics of its own) is not a job.
+    rows = [_wandb_row(r) for r in records if r.get("job_type") != SUMMARY_JOB_TYPE]
     if not rows:
         raise ResultsError("no W&B runs given")
     return _frame(rows)

@@ -19,7 +19,8 @@
   ``best.json`` and ``optimization_results.yaml``.
 
 Bad input (an unknown expression, an empty or inverted range, an objective no result will
-hold, ``n_trials`` < 1, a storage that cannot be written, a changed search space) is refused
+hold, ``n_trials`` < 1, a storage that cannot be written, a changed search space, a pruner:
+trials run to completion, see :func:`check_pruner`) is refused
 by :func:`start_search` (from the sweep callback) before any trial runs. Optuna is imported
 only inside the functions that need it.
 """
@@ -378,6 +379,29 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+#: The pruners a search accepts: none (trials report no intermediate values, below).
+NO_PRUNERS = ("optuna.pruners.NopPruner",)
+
+
+def check_pruner(pruner: Any) -> None:
+    """Refuses a pruner that would never prune. A trial is a whole job (its own Hydra job,
+    in another process with a parallel launcher or SLURM) that Optuna hears of only when it
+    has finished (``tell`` with the objective from its results.json): no trial reports
+    intermediate values or asks ``should_prune`` while it trains, so MedianPruner,
+    HyperbandPruner and the others would be accepted and never stop a trial."""
+    if pruner is None:
+        return
+    target = pruner.get("_target_") if isinstance(pruner, DictConfig) else pruner
+    if target in NO_PRUNERS:
+        return
+    raise SearchError(
+        f"hydra.sweeper.pruner={target}: trials run to completion (each is a whole job that "
+        "tells Optuna only its final objective), so a pruner would never stop one. "
+        f"Allowed: null or {NO_PRUNERS[0]}. To spend less on poor trials, search with a "
+        "smaller trainer.max_epochs and train the best trial longer"
+    )
+
+
 def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     """Checks the options and the space of a search (no config composition, no storage)."""
     opts = config.hydra.sweeper
@@ -389,6 +413,7 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     rate = opts.get("max_failure_rate", 1.0)
     if not (isinstance(rate, int | float) and 0 <= rate <= 1):
         raise SearchError(f"hydra.sweeper.max_failure_rate={rate}: allowed: a number in [0, 1]")
+    check_pruner(opts.get("pruner"))
     params = opts.get("params")
     if params is not None and not isinstance(params, DictConfig):
         raise SearchError(f"{PARAMS_KEY}={params}: allowed: a mapping of key to expression")

@@ -294,8 +294,8 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
 
 class SweepCallback(Callback):
     """Refuses sweeps with ineffective keys, writes sweep.json when a multirun starts;
-    summary.csv, the table and the exit code when it ends (non-zero, naming the jobs, when
-    any job did not complete)."""
+    summary.csv, the table, the W&B summary run (logger=wandb) and the exit code when it
+    ends (non-zero, naming the jobs, when any job did not complete)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -338,6 +338,9 @@ class SweepCallback(Callback):
         except Exception as e:
             print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
             done = False
+        from vaesweep.dashboard import log_sweep_summary
+
+        log_sweep_summary(config, sweep_dir)  # W&B's copy of the summary; never raises
         if not done:
             sys.exit(1)
 

@@ -27,7 +27,7 @@ from vaesweep import jobs, ranks
 from vaesweep.config import CONF_DIR, ConfigError, resolve_preprocess, validate_config
 from vaesweep.interrupt import JobInterrupted, StopSignals
 from vaesweep.jobs import Job
-from vaesweep.loggers import make_loggers
+from vaesweep.loggers import make_loggers, resumed_wandb_summary
 from vaesweep.record import RunRecord
 from vaesweep.sweep import register_resolvers
 
@@ -146,6 +146,7 @@ def _build_trainer(
         ImageGrids,
         NullProfiler,
         ThrottledProgressBar,
+        WandbMetrics,
     )
     from vaesweep.console import EpochLines, is_terminal
 
@@ -174,6 +175,8 @@ def _build_trainer(
         # also captures and sends to its service. Redraw twice a second instead.
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
     callbacks = (*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images))
+    if cfg.logger.name == "wandb":
+        callbacks = (*callbacks, WandbMetrics())  # step axes and summaries (vaesweep.dashboard)
 
     def make_trainer() -> L.Trainer:
         return L.Trainer(
@@ -246,9 +249,11 @@ def fit_and_test(
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
-    for lg in parts.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update(metrics)
+    if resume_from is not None:
+        best = resumable.best_val_elbo
+        if best is None:  # the fit ran in spawned processes: their state is in the checkpoint
+            best = Resumable.stored_state(resume_from).get("best_val_elbo")
+        resumed_wandb_summary(parts.loggers, fit_metrics, best)
     return metrics
 
 

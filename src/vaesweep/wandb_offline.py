@@ -4,8 +4,8 @@ An offline run is a transaction log in W&B's LevelDB-style record format: a 7-by
 (":W&B", magic 0xBEE1, version), then 32 KiB blocks of records, each with a 7-byte header
 (crc32c, little-endian length, type FULL/FIRST/MIDDLE/LAST) whose payloads, joined, are
 serialised ``wandb.proto.wandb_internal_pb2.Record`` messages. This reader lets the tests
-(and the results loader) check what a run would upload: its group, name, tags, config and
-summary.
+(and anyone without a W&B server) check what a run would upload: its group, name, tags,
+config, summary, history and metric definitions.
 """
 
 from __future__ import annotations
@@ -58,18 +58,38 @@ def _decode(value_json: str) -> Any:
         return value_json
 
 
+def _set(summary: dict[str, Any], path: list[str], item: Any) -> None:
+    """A summary update at its nested key (``["test/samples", "path"]`` →
+    ``summary["test/samples"]["path"]``), as the W&B API returns a run's summary."""
+    for part in path[:-1]:
+        if not isinstance(summary.get(part), dict):
+            summary[part] = {}
+        summary = summary[part]
+    summary[path[-1]] = _decode(item.value_json)
+
+
 def read_offline_run(path: str | Path) -> dict[str, Any]:
-    """Run id, name, group, job type, tags, config and summary of one offline run.
+    """Run id, name, group, job type, tags, config, summary, history and metric definitions
+    of one offline run.
 
     ``path`` is the ``run-*.wandb`` file or the ``offline-run-*`` directory holding it.
     Nested config keys come back as W&B stores them (top-level keys with dict values).
+    ``metrics``: {name or glob: {"step_metric", "summary": ["last", "max", ...]}} from
+    ``define_metric``. Logged tables and images are summary entries with a ``path``
+    relative to ``<dir>/files`` (``dir``: the ``offline-run-*`` directory).
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
     if path.is_dir():
         path = next(path.glob("*.wandb"))
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": []}
+    out: dict[str, Any] = {
+        "dir": str(path.parent),
+        "config": {},
+        "summary": {},
+        "history": [],
+        "metrics": {},
+    }
     for payload in iter_payloads(path):
         record = pb.Record()
         record.ParseFromString(payload)
@@ -89,8 +109,14 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
             out["config"].update({i.key: _decode(i.value_json) for i in record.config.update})
         elif kind == "summary":
             for item in record.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                out["summary"][key] = _decode(item.value_json)
+                _set(out["summary"], [item.key] if item.key else list(item.nested_key), item)
+        elif kind == "metric":  # a define_metric: its step axis and summaries
+            metric = record.metric
+            summary = [f.name for f, on in metric.summary.ListFields() if on is True]
+            out["metrics"][metric.name or metric.glob_name] = {
+                "step_metric": metric.step_metric or None,
+                "summary": sorted(summary),
+            }
         elif kind == "history":
             row = {}
             for item in record.history.item:

@@ -42,7 +42,8 @@ class OptunaSweeperConf:
     # null: "search" (with grid axes: "search[<grid point>]").
     study_name: Any = None
     sampler: Any = field(default_factory=SamplerConf)
-    # Any optuna pruner (_target_); trials are whole jobs, see README "Search".
+    # null (or optuna.pruners.NopPruner): trials are whole jobs that tell Optuna only their
+    # final objective, so any other pruner would never prune and is refused (README "Search").
     pruner: Any = None
     # The search stops when more than this fraction of a batch's trials failed.
     max_failure_rate: float = 1.0

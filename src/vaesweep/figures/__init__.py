@@ -36,6 +36,7 @@ from vaesweep.results import completed, config_keys
 __all__ = [
     "FigureReport",
     "FigureSkipped",
+    "draw_sweep_pngs",
     "sweep_plan",
     "write_analytic_figures",
     "write_sweep_figures",
@@ -71,14 +72,21 @@ def sweep_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
     return plan
 
 
-def _draw(plan: dict[str, Callable[[], Figure]], out_dir: Path, report: FigureReport) -> None:
+def _draw(
+    plan: dict[str, Callable[[], Figure]],
+    out_dir: Path,
+    report: FigureReport,
+    formats: tuple[str, ...] = ("pdf", "png"),
+) -> list[Path]:
+    written = []
     for name, make in plan.items():
         try:
             fig = make()
         except FigureSkipped as reason:
             report.skipped.append(f"{name}: {reason}")
             continue
-        save(fig, out_dir, name)
+        written += save(fig, out_dir, name, formats)
+    return written
 
 
 def _atomically(
@@ -115,6 +123,14 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
         return report
 
     return _atomically(out_dir, fill)
+
+
+def draw_sweep_pngs(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> FigureReport:
+    """The sweep figures as PNGs only (no PDFs, no table) into out_dir, written directly (for
+    a temporary directory: the W&B summary run of a sweep logs them as images)."""
+    report = FigureReport()
+    report.written = _draw(sweep_plan(df), Path(out_dir), report, formats=("png",))
+    return report
 
 
 def write_analytic_figures(out_dir: str | os.PathLike[str]) -> FigureReport:

@@ -113,13 +113,16 @@ def new_figure(width: float = ONE_COLUMN, height: float | None = None, **subplot
     return fig
 
 
-def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    """Write ``name.pdf`` (vector) and ``name.png`` (PNG_DPI) into out_dir; returns both paths."""
+def save(
+    fig: Figure, out_dir: Path, name: str, formats: tuple[str, ...] = ("pdf", "png")
+) -> list[Path]:
+    """Write ``name.pdf`` (vector) and ``name.png`` (PNG_DPI) into out_dir (or only the
+    ``formats`` asked for); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.pdf", out_dir / f"{name}.png"]
+    paths = [out_dir / f"{name}.{ext}" for ext in formats]
     with paper_style():
-        fig.savefig(paths[0])
-        fig.savefig(paths[1], dpi=PNG_DPI)
+        for path in paths:
+            fig.savefig(path, **({"dpi": PNG_DPI} if path.suffix == ".png" else {}))
     return paths
 
 
