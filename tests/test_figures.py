@@ -165,17 +165,17 @@ def test_missing_metric_skips_the_figure_naming_the_metric(sweep, tmp_path):
     assert "rate_distortion: metric 'test/kl' is missing from the results" in report.skipped
     assert not list((tmp_path / "out").glob("rate_distortion.*"))
     check_pdf_and_png(tmp_path / "out", "nll_elbo_vs_beta")
-    # Only results.json were copied: no checkpoints and no metrics.csv, and the skips say so.
+    # Only results.json were copied: no images.npz and no metrics.csv, and the skips say so.
     skipped = "\n".join(report.skipped)
-    assert "reconstructions_beta0.5: no completed run has its checkpoint" in skipped
+    assert "reconstructions_beta0.5: no completed run has its images.npz" in skipped
     assert "scale_history: metric 'train/scale' is missing from every run's metrics.csv" in skipped
 
 
 def test_figures_are_written_all_or_nothing(sweep, tmp_path):
     df = load_results(sweep)
-    broken = tmp_path / "broken"  # a run whose checkpoint cannot be read
-    (broken / "checkpoints").mkdir(parents=True)
-    (broken / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    broken = tmp_path / "broken"  # a run whose images.npz cannot be read
+    broken.mkdir()
+    (broken / "images.npz").write_bytes(b"not an npz file")
     (broken / "results.json").write_text((Path(df.loc[0, "run_dir"]) / "results.json").read_text())
     df.loc[0, "run_dir"] = str(broken)
     with pytest.raises(Exception, match="(?i)zip|pickle|load"):
@@ -267,6 +267,37 @@ def test_reconstructions_are_the_runs_own_on_the_same_test_images(sweep):
                 atol=1 / 255 + 1e-6,
                 err_msg=label,
             )
+
+
+def test_images_file_is_the_checkpointed_models_output_on_the_first_test_images(sweep):
+    """What figures compose (images.npz) against an independent path: the run's checkpoint
+    rebuilt here, applied to the first test images preprocessed as in the run."""
+    import torch
+
+    from vaesweep.callbacks import SAMPLE_SEED
+    from vaesweep.data import fixed_preprocess, load_dataset
+    from vaesweep.module import VAE
+
+    df = load_results(sweep)
+    for _, run in df[df["seed"] == 0].head(4).iterrows():
+        run_dir = Path(run["run_dir"])
+        record = json.loads((run_dir / "results.json").read_text())
+        with np.load(run_dir / "images.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        n = arrays["originals"].shape[0]
+        test = load_dataset("digits").splits["test"]
+        np.testing.assert_array_equal(arrays["originals"], test[:n].numpy())
+        x = fixed_preprocess(test, record["dataset"]["preprocess"], "test")[:n]
+        tested = record["config"]["eval"]["checkpoint"]  # the weights the run was tested with
+        model = VAE.load_from_checkpoint(run_dir / "checkpoints" / f"{tested}.ckpt").eval()
+        with torch.no_grad():
+            np.testing.assert_allclose(
+                arrays["reconstructions"], model.reconstruct(x).numpy(), rtol=1e-5, atol=1e-6
+            )
+            samples = model.sample_prior(
+                arrays["samples"].shape[0], torch.Generator().manual_seed(SAMPLE_SEED)
+            )
+        np.testing.assert_allclose(arrays["samples"], samples.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_table_bolds_the_best_mean_of_each_column(sweep):

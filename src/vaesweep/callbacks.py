@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -19,7 +20,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
 
 from vaesweep.atomic import atomic_open
-from vaesweep.images import reconstruction_grid, save_image_grid
+from vaesweep.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.interrupt import StopSignals, pause_point
 
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
@@ -29,7 +30,10 @@ SAMPLE_SEED = 1234
 
 class ImageGrids(L.Callback):
     """Writes ``reconstructions.png`` (test images over their reconstructions) and
-    ``samples.png`` (E[x|z] for z ~ N(0, I)) into the run dir, and logs them to W&B."""
+    ``samples.png`` (E[x|z] for z ~ N(0, I)) into the run dir, logs them to W&B, and keeps
+    their arrays in ``images.npz`` (``originals``: the first test images as uint8 grey
+    levels; ``reconstructions`` of them as the run's model saw them; ``samples``), so that
+    figures compare runs from files, without rebuilding any model."""
 
     def __init__(self, out_dir: str | Path, n: int = 8) -> None:
         self.out_dir = Path(out_dir)
@@ -46,7 +50,8 @@ class ImageGrids(L.Callback):
         x = self._first
         n = min(self.n, x.shape[0])
         upscale = max(1, 56 // x.shape[-1])  # 8x8 digits are hard to see at 1:1
-        rec = reconstruction_grid(x[:n], pl_module.reconstruct(x[:n]), n)
+        recon = pl_module.reconstruct(x[:n])
+        rec = reconstruction_grid(x[:n], recon, n)
         generator = torch.Generator().manual_seed(SAMPLE_SEED)
         samples = pl_module.sample_prior(self.n * self.n, generator)
         paths = {
@@ -58,6 +63,15 @@ class ImageGrids(L.Callback):
         paths["samples"] = save_image_grid(
             samples.cpu(), self.out_dir / "samples.png", nrow=self.n, upscale=upscale
         )
+        raw = getattr(trainer.datamodule, "raw", None)  # VAEDataModule: the uint8 splits
+        originals = raw.splits["test"][:n] if raw is not None else (x[:n] * 255).round()
+        with atomic_open(self.out_dir / IMAGES_FILE, "wb") as f:
+            np.savez(
+                f,
+                originals=originals.to(torch.uint8).cpu().numpy(),
+                reconstructions=recon.float().cpu().numpy(),
+                samples=samples.float().cpu().numpy(),
+            )
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 for key, path in paths.items():

@@ -178,8 +178,8 @@ def log_sweep_summary(config: DictConfig, sweep_dir: str | Path) -> str | None:
 
 
 def _log_sweep_summary(config: DictConfig, sweep_dir: Path) -> str:
-    from vaesweep.sweep import SUMMARY_FILE, read_sweep
     from vaesweep.loggers import sweep_group
+    from vaesweep.sweep import SUMMARY_FILE, read_sweep
 
     started = time.perf_counter()
     columns, rows = read_summary_table(sweep_dir / SUMMARY_FILE)

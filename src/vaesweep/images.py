@@ -16,6 +16,9 @@ from torch import Tensor
 
 from vaesweep.atomic import atomic_open
 
+# The arrays behind a run's image grids, which `vaesweep figures` composes across runs.
+IMAGES_FILE = "images.npz"
+
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
     """Tile images [N, C, H, W] (values clamped to [0, 1]) into one grid [C, H', W'].

@@ -1,18 +1,20 @@
-"""Image figures from checkpoints: reconstructions of the same test images and prior samples.
+"""Image figures from the runs' files: reconstructions of the same test images and prior
+samples, one row per configuration.
 
 For each configuration (swept keys except ``seed`` and ``beta``; one β per figure) the
-completed run with the lowest seed is loaded from the checkpoint it was tested with
-(``eval.checkpoint``). Every configuration sees the SAME first test images, preprocessed as
-in its own run (fixed dequantisation noise, or fixed binarisation for the Bernoulli), and
-the SAME latent draws z ~ N(0, I) for the samples (the seed of the run's samples.png).
+completed run with the lowest seed that wrote ``images.npz`` is shown. Every run writes the
+arrays behind its own image grids there at test time (vaesweep.callbacks.ImageGrids): the
+first test images (the same for every run: the test split and its order are fixed),
+their reconstructions as that run's model saw them (its own fixed dequantisation noise,
+or binarisation for the Bernoulli), and E[x | z] for draws z ~ N(0, I) from one fixed seed
+(the same z for every run with the same latent size). Figures only read those files: no
+model is rebuilt, no dataset is loaded, and a user's own components need not be
+importable to draw them.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,26 +24,21 @@ from torch import Tensor
 
 from vaesweep.figures.style import TWO_COLUMN, new_figure, paper_style
 from vaesweep.figures.sweep import FigureSkipped, groups, styles_for
-from vaesweep.images import make_grid
-from vaesweep.record import RESULTS_FILE
+from vaesweep.images import IMAGES_FILE, make_grid
 from vaesweep.results import completed, config_keys
 
 # Inches of figure width kept for the row labels.
 LABEL_WIDTH = 1.7
 
 
-def _none_if_nan(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _checkpoint(row: pd.Series) -> Path | None:
-    which = _none_if_nan(row.get("config.eval.checkpoint")) or "last"
-    path = Path(str(row["run_dir"])) / "checkpoints" / f"{which}.ckpt"
+def _images_file(row: pd.Series) -> Path | None:
+    path = Path(str(row["run_dir"])) / IMAGES_FILE
     return path if path.is_file() else None
 
 
 def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.Series, Path]]:
-    """(label, run row, checkpoint) per configuration at ``beta``: its lowest-seed run with a checkpoint."""
+    """(label, run row, its images.npz) per configuration at ``beta``: its lowest-seed run
+    with the file."""
     done = completed(df)
     if beta is not None:
         done = done[np.isclose(done["beta"].astype(float), beta)]
@@ -50,41 +47,20 @@ def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.
     out = []
     for config, rows in groups(done, keys):
         for _, row in rows.sort_values("seed").iterrows():
-            if (ckpt := _checkpoint(row)) is not None:
-                out.append((styles[config].label or str(row["job_name"]), row, ckpt))
+            if (images := _images_file(row)) is not None:
+                out.append((styles[config].label or str(row["job_name"]), row, images))
                 break
     if not out:
-        raise FigureSkipped("no completed run has its checkpoint (checkpoints/last.ckpt) on disk")
+        raise FigureSkipped(
+            f"no completed run has its {IMAGES_FILE} (the arrays every run writes at test "
+            "time; a run of an earlier version has only its reconstructions.png and samples.png)"
+        )
     return out
 
 
-def _load_model(path: Path):
-    from vaesweep.module import VAE
-
-    return VAE.load_from_checkpoint(path, map_location="cpu").eval()
-
-
-def _test_images(row: pd.Series, n: int, cache: dict) -> tuple[Tensor, Tensor]:
-    """The first n test images as grey levels / 255 and as the run's model saw them, [n, C, H, W]."""
-    from vaesweep.data import fixed_preprocess, load_dataset
-
-    def opt_int(value: Any) -> int | None:
-        value = _none_if_nan(value)
-        return None if value is None else int(value)
-
-    key = tuple(
-        _none_if_nan(row.get(f"config.data.{k}")) for k in ("name", "root", "val_size", "test_size")
-    )
-    if key not in cache:
-        cache[key] = load_dataset(
-            key[0], root=key[1], val_size=opt_int(key[2]), test_size=opt_int(key[3])
-        )
-    test = cache[key].splits["test"]
-    result = json.loads((Path(str(row["run_dir"])) / RESULTS_FILE).read_text())
-    mode = result["dataset"]["preprocess"]
-    # The whole split, so the fixed noise is the one the run was tested with.
-    x = fixed_preprocess(test, mode, "test")[:n]
-    return test[:n].float() / 255.0, x
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 def _strip(ax, images: Tensor, label: str) -> None:
@@ -114,35 +90,33 @@ def _title(what: str, beta: float | None) -> str:
     return what + (f", β = {beta:g}" if beta is not None else "")
 
 
-@torch.no_grad()
 def reconstruction_rows(
     df: pd.DataFrame, beta: float | None = None, n: int = 8
 ) -> list[tuple[str, Tensor]]:
     """("test images", the first n test images as grey levels / 255), then per configuration
     (label, its reconstructions x̂ = E[x | z = E_q[z|x]] of those images), each [n, C, H, W].
     Bernoulli configurations reconstruct the binarised images they were trained on."""
-    cache: dict = {}
     rows: list[tuple[str, Tensor]] = []
-    for label, row, ckpt in representatives(df, beta):
-        originals, x = _test_images(row, n, cache)
+    for label, _, path in representatives(df, beta):
+        arrays = _arrays(path)
         if not rows:
+            originals = torch.from_numpy(arrays["originals"][:n]).float() / 255.0
             rows.append(("test images", originals))
-        rows.append((label, _load_model(ckpt).reconstruct(x)))
-    return rows
+        rows.append((label, torch.from_numpy(arrays["reconstructions"][:n])))
+    count = min(images.shape[0] for _, images in rows)
+    return [(label, images[:count]) for label, images in rows]
 
 
-@torch.no_grad()
 def sample_rows(
     df: pd.DataFrame, beta: float | None = None, n: int = 8
 ) -> list[tuple[str, Tensor]]:
     """(label, E[x | z] for the same n draws z ~ N(0, I)) per configuration, each [n, C, H, W]."""
-    from vaesweep.callbacks import SAMPLE_SEED
-
-    rows = []
-    for label, _, ckpt in representatives(df, beta):
-        generator = torch.Generator().manual_seed(SAMPLE_SEED)
-        rows.append((label, _load_model(ckpt).sample_prior(n, generator)))
-    return rows
+    rows = [
+        (label, torch.from_numpy(_arrays(path)["samples"][:n]))
+        for label, _, path in representatives(df, beta)
+    ]
+    count = min(images.shape[0] for _, images in rows)
+    return [(label, images[:count]) for label, images in rows]
 
 
 def reconstructions(
