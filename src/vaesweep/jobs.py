@@ -169,34 +169,7 @@ def _run_claimed(
             f"{job.run_dir.name} holds a {status} result: not re-run "
             "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
         )
-    resume_from = None
-    last = job.run_dir / "checkpoints" / "last.ckpt"
-    previous = _previous_result(job.run_dir)
-    if previous is None or previous.get("status") not in CONTINUED:
-        previous = None  # a new job, or a failed one re-run from the start
-    elif last.exists():
-        resume_from = last
-        log.info("resuming %s from %s", job.run_dir, last)
-    wandb_id = None
-    if cfg.logger.get("name") == "wandb":
-        # The W&B run continues where the checkpoint does; a job that starts again from step
-        # 0 gets a new one (W&B would drop the history of steps it has already seen).
-        earlier = (previous or {}).get("wandb_run_id") if resume_from is not None else None
-        wandb_id = earlier or new_wandb_id()
-    try:
-        config = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an unresolvable value: recorded as written, reported by validation
-        config = OmegaConf.to_container(cfg, resolve=False)
-    record = RunRecord(
-        job.run_dir,
-        config=config,
-        overrides=job.overrides,
-        seed=cfg.seed,
-        job_name=job.name,
-        sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
-        previous=previous,
-        wandb_run_id=wandb_id,
-    )
+    record, resume_from = _open_record(cfg, job)
     from vaesweep.module import DivergenceError
 
     status = "failed"
@@ -230,3 +203,37 @@ def _run_claimed(
     if not job.multirun:  # a sweep's job tells its outcome in one line (vaesweep.train)
         log.info("completed: %s", record.path)
     return metrics
+
+
+def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
+    """The job's record ("running"), continuing an interrupted attempt's (time spent,
+    attempts, W&B run) when its last checkpoint is there to resume from, which is returned."""
+    resume_from = None
+    last = job.run_dir / "checkpoints" / "last.ckpt"
+    previous = _previous_result(job.run_dir)
+    if previous is None or previous.get("status") not in CONTINUED:
+        previous = None  # a new job, or a failed one re-run from the start
+    elif last.exists():
+        resume_from = last
+        log.info("resuming %s from %s", job.run_dir, last)
+    wandb_id = None
+    if cfg.logger.get("name") == "wandb":
+        # The W&B run continues where the checkpoint does; a job that starts again from step
+        # 0 gets a new one (W&B would drop the history of steps it has already seen).
+        earlier = (previous or {}).get("wandb_run_id") if resume_from is not None else None
+        wandb_id = earlier or new_wandb_id()
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable value: recorded as written, reported by validation
+        config = OmegaConf.to_container(cfg, resolve=False)
+    record = RunRecord(
+        job.run_dir,
+        config=config,
+        overrides=job.overrides,
+        seed=cfg.seed,
+        job_name=job.name,
+        sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
+        previous=previous,
+        wandb_run_id=wandb_id,
+    )
+    return record, resume_from
