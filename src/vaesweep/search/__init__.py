@@ -1,0 +1,122 @@
+"""Search: a resumable Optuna study whose trials are ordinary vaesweep jobs.
+
+``python run.py -m hydra/sweeper=optuna ...`` selects the sweeper of
+``hydra_plugins.vaesweep_optuna_sweeper``, which calls :func:`run_search`:
+
+- the search space comes from ``hydra.sweeper.params`` and the command line's overrides
+  (:func:`parse_space`): ``interval(a, b)``, ``tag(log, interval(a, b))``,
+  ``int(interval(a, b))``, ``choice(...)``, ``range(...)`` are searched; a plain list
+  ``a,b,c`` is a grid axis (one study per grid point); anything else is fixed;
+- every study lives in one storage in the sweep directory (default: Optuna's journal file
+  ``optuna_journal.log``), so the same command continues it: ``n_trials`` is the total per
+  study, finished trials are not run again, a trial left ``RUNNING`` by a killed launch is
+  run again in its own directory (``trial_0007``), where the job resumes from its
+  checkpoint, and a changed search space is refused (it is kept in the study's user attrs);
+- each trial is a job launched through ``self.launcher`` in batches of ``n_jobs``; the
+  objective is read from the trial's ``results.json`` (default ``val/elbo``, maximised);
+  failed and diverged trials are told as FAIL and the search goes on;
+- at the end the best trial of every study and its overrides are printed and written to
+  ``best.json`` and ``optimization_results.yaml``.
+
+Bad input (an unknown expression, an empty or inverted range, an objective no result will
+hold, ``n_trials`` < 1, a storage that cannot be written, a changed search space, a pruner:
+trials run to completion, see :func:`check_pruner`) is refused
+by :func:`start_search` (from the sweep callback) before any trial runs. Optuna is imported
+only inside the functions that need it.
+
+The modules, in the order data flows through them:
+
+- ``space``: the search space (:class:`Space`, :class:`Param`, :func:`parse_space`) and
+  :class:`SearchError`;
+- ``metrics``: the objectives a search may optimise and their directions;
+- ``storage``: the journal file or RDB URL, checked and opened;
+- ``plan``: the options checked into a :class:`Plan` (trials, jobs, pruner, study names);
+- ``studies``: one study per grid point, created or continued, a changed search refused;
+- ``checks``: refusals that compose the trials' configs or read the existing studies;
+- ``trials``: a study's trials launched as jobs and told from their results.json;
+- ``best``: the best trial of every study (best.json, optimization_results.yaml, printed);
+- ``driver``: start (callback), run (sweeper), finish (callback) of a search;
+- ``load``: a search's studies opened again for the figures.
+"""
+
+from vaesweep.search.best import (
+    BEST_FILE,
+    OPTUNA_RESULTS_FILE,
+    best_trial,
+    format_best,
+    write_best,
+)
+from vaesweep.search.checks import check_configs
+from vaesweep.search.driver import finish_search, run_search, start_search
+from vaesweep.search.load import load_studies
+from vaesweep.search.metrics import (
+    DIRECTIONS,
+    SCALE_METRICS,
+    TEST_METRICS,
+    VAL_METRICS,
+    objective_direction,
+)
+from vaesweep.search.plan import (
+    DEFAULT_STUDY,
+    DIR_ATTR,
+    NO_PRUNERS,
+    SEARCH_SWEEPER,
+    Plan,
+    check_pruner,
+    is_search,
+    plan_search,
+)
+from vaesweep.search.space import (
+    PARAMS_KEY,
+    SYNTAX,
+    Param,
+    SearchError,
+    Space,
+    parse_space,
+    quote_sweeper_params,
+    render,
+)
+from vaesweep.search.storage import JOURNAL_FILE, check_storage, open_storage, storage_location
+from vaesweep.search.studies import SPACE_ATTR
+from vaesweep.search.trials import read_result, settle
+
+__all__ = [
+    "BEST_FILE",
+    "DEFAULT_STUDY",
+    "DIRECTIONS",
+    "DIR_ATTR",
+    "JOURNAL_FILE",
+    "NO_PRUNERS",
+    "OPTUNA_RESULTS_FILE",
+    "PARAMS_KEY",
+    "SCALE_METRICS",
+    "SEARCH_SWEEPER",
+    "SPACE_ATTR",
+    "SYNTAX",
+    "TEST_METRICS",
+    "VAL_METRICS",
+    "Param",
+    "Plan",
+    "SearchError",
+    "Space",
+    "best_trial",
+    "check_configs",
+    "check_pruner",
+    "check_storage",
+    "finish_search",
+    "format_best",
+    "is_search",
+    "load_studies",
+    "objective_direction",
+    "open_storage",
+    "parse_space",
+    "plan_search",
+    "quote_sweeper_params",
+    "read_result",
+    "render",
+    "run_search",
+    "settle",
+    "start_search",
+    "storage_location",
+    "write_best",
+]

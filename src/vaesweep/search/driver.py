@@ -1,0 +1,106 @@
+"""A search from start to end: the sweep callback's start (every refusal, then sweep.json),
+the sweeper's sweep (every study to n_trials, then best.json) and the callback's end (the
+summary, then the best trials)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.record import write_json_atomic
+from vaesweep.search.best import BEST_FILE, best_trial, format_best, write_best
+from vaesweep.search.checks import check_configs, check_studies
+from vaesweep.search.plan import Plan, plan_search
+from vaesweep.search.space import SearchError
+from vaesweep.search.storage import check_storage, open_storage, quiet_optuna
+from vaesweep.search.studies import open_study
+from vaesweep.search.trials import read_result, run_study
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> dict[str, Any]:
+    """sweep.json of a search: as for a grid (its columns: grid axes and searched keys), and
+    the search's own part."""
+    searched = {k: p.describe() for k, p in plan.space.searched.items()}
+    return {
+        "sweep_dir": str(plan.sweep_dir.resolve()),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        # The summary's columns: grid axes and searched keys.
+        "grid": {**plan.space.grid, **searched},
+        "n_jobs": plan.n_trials * len(plan.space.points()),
+        "overrides": list(config.hydra.overrides.task),
+        "launcher": config.hydra.launcher.get("_target_"),
+        "created_at": previous.get("created_at") or _now(),
+        "launched_at": [*previous.get("launched_at", []), _now()],
+        "jobs": previous.get("jobs", []),
+        "search": {
+            "objective": plan.objective,
+            "direction": plan.direction,
+            "n_trials": plan.n_trials,
+            "n_jobs": plan.n_jobs,
+            "storage": plan.storage,
+            "studies": [plan.study(p) for p in plan.space.points()],
+            "params": searched,
+            "grid": plan.space.grid,
+        },
+    }
+
+
+def start_search(config: DictConfig) -> None:
+    """The sweep callback's start of a search: every check, then sweep.json. Exits with
+    status 2, naming the key, when the search is refused."""
+    from vaesweep.sweep import SWEEP_FILE, read_sweep
+
+    try:
+        plan = plan_search(config, list(config.hydra.overrides.task))
+        check_configs(config, plan)
+        check_storage(plan.storage)
+        check_studies(plan)
+    except SearchError as e:
+        print(f"[vaesweep] search refused, no trial was run: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    previous = read_sweep(plan.sweep_dir) or {}
+    write_json_atomic(plan.sweep_dir / SWEEP_FILE, _sweep_record(config, plan, previous))
+
+
+def run_search(
+    config: DictConfig, launcher: Any, arguments: list[str], sampler: Any, pruner: Any
+) -> list[dict[str, Any]]:
+    """The sweeper's ``sweep``: every study of the search to n_trials; returns the best
+    trials (also in best.json)."""
+    plan = plan_search(config, arguments)
+    check_storage(plan.storage)
+    quiet_optuna()
+    storage = open_storage(plan.storage)
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, plan.sweep_dir / "multirun.yaml")
+    job_idx = 0
+    studies = []
+    for point in plan.space.points():
+        study = open_study(storage, plan, point, sampler, pruner)
+        job_idx = run_study(study, plan, point, launcher, job_idx)
+        studies.append((point, study))
+    best = [best_trial(study, plan, point) for point, study in studies]
+    write_best(plan.sweep_dir, best)
+    return best
+
+
+def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
+    """The sweep callback's end of a search: summary.csv and the table (as for a grid),
+    then the best trial of every study; True when every study has a completed trial."""
+    from vaesweep.sweep import finish_sweep
+
+    finish_sweep(sweep_dir, stopped_by=stopped_by)
+    best = read_result(sweep_dir / BEST_FILE)
+    if not best:
+        return False
+    print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
+    return all(b["best"] is not None for b in best)

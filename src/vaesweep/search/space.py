@@ -1,0 +1,236 @@
+"""The search space: ``hydra.sweeper.params`` and the command line's overrides → searched keys
+(Optuna distributions), grid axes and fixed overrides; refusal of what is not a search
+expression (:class:`SearchError`, naming the key and what is allowed)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+    Transformer,
+)
+from omegaconf import DictConfig, ListConfig
+
+PARAMS_KEY = "hydra.sweeper.params"
+SYNTAX = (
+    "interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), "
+    "tag(log, int(interval(a, b))), choice(a, b, ...), range(start, stop[, step]), "
+    "a,b,... (a grid axis: one study per value) or a single fixed value"
+)
+
+
+class SearchError(ValueError):
+    """A search refused before any trial runs; the message names the key and what is allowed."""
+
+
+def quoted(value: str) -> str:
+    """A string as a quoted Hydra override value."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def quote_sweeper_params(argv: list[str]) -> list[str]:
+    """``hydra.sweeper.params.KEY=EXPR`` on the command line as Hydra can take it: the key
+    added or replaced (``++``: the params of a preset may not have it), the expression
+    quoted (Hydra refuses a sweep of its own config keys, ``Sweeping over Hydra's
+    configuration is not supported``; for a search it is a plain string)."""
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.startswith(PARAMS_KEY + "."):
+            try:
+                sweep = parser.parse_override(arg).is_sweep_override()
+            except Exception:  # reported (with the key) when the search starts
+                sweep = value[:1] not in "'\""
+            arg = f"++{key}={quoted(value) if sweep else value}"
+        out.append(arg)
+    return out
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key and its distribution."""
+
+    key: str  # as in the override (may carry +)
+    kind: str  # float | int | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return self.key.lstrip("+")
+
+    def distribution(self) -> Any:
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def describe(self) -> str:
+        """A canonical text of the distribution (stored with the study, compared on resume)."""
+        if self.kind == "categorical":
+            return f"choice({', '.join(render(c) for c in self.choices)})"
+        text = f"{self.kind}[{self.low!r}, {self.high!r}]"
+        if self.step is not None:
+            text += f" step {self.step!r}"
+        return text + (" log" if self.log else "")
+
+    def example(self) -> Any:
+        return self.choices[0] if self.kind == "categorical" else self.low
+
+
+def render(value: Any) -> str:
+    """A parameter value as an override value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Space:
+    """What a search command asks for: searched keys, grid axes and fixed overrides."""
+
+    searched: dict[str, Param] = field(default_factory=dict)
+    grid: dict[str, list[str]] = field(default_factory=dict)  # key → override values
+    fixed: dict[str, str] = field(default_factory=dict)  # key → override line
+
+    def points(self) -> list[list[str]]:
+        """The overrides of every grid point ([[]] without grid axes)."""
+        axes = [[f"{k}={v}" for v in values] for k, values in self.grid.items()]
+        return [list(p) for p in itertools.product(*axes)]
+
+    def trial_overrides(self, point: list[str], params: dict[str, Any]) -> list[str]:
+        return [
+            *self.fixed.values(),
+            *point,
+            *(f"{self.searched[name].key}={render(v)}" for name, v in params.items()),
+        ]
+
+
+def _refuse(source: str, written: str, problem: str) -> SearchError:
+    return SearchError(f"{source}={written}: {problem}; allowed: {SYNTAX}")
+
+
+def _interval(source: str, written: str, key: str, value: IntervalSweep) -> Param:
+    unknown = set(value.tags) - {"log"}
+    if unknown:
+        raise _refuse(source, written, f"unknown tag {sorted(unknown)} (only log)")
+    low, high = value.start, value.end
+    if not low < high:
+        raise _refuse(source, written, f"empty or inverted range [{low}, {high}]")
+    log_scale = "log" in value.tags
+    if log_scale and low <= 0:
+        raise _refuse(source, written, f"a log range needs a positive lower end, got {low}")
+    kind = "int" if isinstance(low, int) and isinstance(high, int) else "float"
+    return Param(key, kind, low, high, log=log_scale)
+
+
+def _range(source: str, written: str, override: Override, value: RangeSweep) -> Param:
+    key = override.get_key_element()
+    if value.tags:
+        raise _refuse(source, written, f"unknown tag {sorted(value.tags)} on range()")
+    values = list(override.sweep_iterator(transformer=Transformer.encode))
+    if not values:
+        raise _refuse(source, written, "empty or inverted range (no value)")
+    if value.shuffle or len(values) == 1:
+        return Param(key, "categorical", choices=tuple(values))
+    step = abs(value.step)
+    kind = "int" if all(isinstance(v, int) for v in values) else "float"
+    return Param(key, kind, min(values), max(values), step=step)
+
+
+def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -> Param:
+    if value.tags:
+        raise _refuse(source, written, f"unknown tag {sorted(value.tags)} on choice()")
+    choices = list(override.sweep_iterator(transformer=Transformer.encode))
+    bad = [c for c in choices if not isinstance(c, str | int | float | bool)]
+    if bad:
+        raise _refuse(source, written, f"choices must be numbers, strings or booleans, got {bad}")
+    return Param(override.get_key_element(), "categorical", choices=tuple(choices))
+
+
+def _param(source: str, override: Override) -> Param:
+    written = override.input_line.split("=", 1)[1] if override.input_line else ""
+    value = override.value()
+    if isinstance(value, IntervalSweep):
+        return _interval(source, written, override.get_key_element(), value)
+    if isinstance(value, RangeSweep):
+        return _range(source, written, override, value)
+    if isinstance(value, ChoiceSweep):
+        return _choice(source, written, override, value)
+    raise _refuse(
+        source, written, f"{override.value_type.name.lower()} is not a search distribution"
+    )
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": e}}`` (what ``hydra.sweeper.params.optimizer.lr=e`` makes) and
+    ``{"optimizer.lr": e}`` (a preset's params) → ``{"optimizer.lr": e}``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict | DictConfig):
+            out.update(_flat(dict(value), f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _lines(params: dict[str, Any] | None, arguments: list[str]) -> list[tuple[str, str]]:
+    """(where it was written, override line) of the params, then of the command line."""
+    items: list[tuple[str, str]] = []
+    for key, value in _flat(params or {}).items():
+        source = f"{PARAMS_KEY}.{key}"
+        if isinstance(value, list | ListConfig):
+            raise SearchError(f"{source}: a list is not a search expression; allowed: {SYNTAX}")
+        items.append((source, f"{key}={render(value) if not isinstance(value, str) else value}"))
+    return items + [(arg.split("=", 1)[0], arg) for arg in arguments]
+
+
+def _parse(parser: OverridesParser, source: str, line: str) -> Override:
+    try:
+        return parser.parse_override(line)
+    except Exception as e:
+        message = str(e).splitlines()
+        detail = next((m for m in message if "while evaluating" in m or "Unknown" in m), "")
+        written = line.split("=", 1)[1] if "=" in line else line
+        raise _refuse(source, written, f"not a search expression ({detail.strip()})") from None
+
+
+def parse_space(params: dict[str, Any] | None, arguments: list[str]) -> Space:
+    """The search space of ``hydra.sweeper.params`` (first) and the command line's overrides
+    (which win for the same key). Raises SearchError naming the key."""
+    parser = OverridesParser.create()
+    space = Space()
+    for source, line in _lines(params, arguments):
+        override = _parse(parser, source, line)
+        name = override.get_key_element().lstrip("+")
+        for table in (space.searched, space.grid, space.fixed):
+            table.pop(name, None)
+        value = override.value() if override.is_sweep_override() else None
+        if isinstance(value, ChoiceSweep) and value.simple_form:
+            space.grid[name] = list(override.sweep_string_iterator())
+        elif override.is_sweep_override():
+            space.searched[name] = _param(source, override)
+        else:
+            space.fixed[name] = override.input_line or line
+    return space
