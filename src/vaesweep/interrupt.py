@@ -250,13 +250,14 @@ def sweep_stopped() -> bool:
 
 
 # --- test hook -------------------------------------------------------------------------------
-# "<point>:<marker file>": at that point the process writes its pid to the marker file and
-# waits there until "<marker file>.release" exists (or it is killed, or a signal handler
-# raises). The tests use it to SIGKILL a job in a precise phase (points: "test" (after a test
+# "<point>:<marker file>": at that point the process appends its pid (a line) to the marker
+# file and waits there until "<marker file>.release" exists (or it is killed, or a signal
+# handler raises). The tests use it to SIGKILL a job in a precise phase (points: "test" (after a test
 # batch), "images" (between the two image grids), "result_write" (the final results.json
 # complete in its temp file, not yet renamed)), to signal a sequential sweep between two jobs
-# ("between_jobs": a job has finished, the next has not started), and to hold a job while
-# another launch meets its claim ("claimed": the claim held, nothing else done yet).
+# ("between_jobs": a job has finished, the next has not started), to hold a job while
+# another launch meets its claim ("claimed": the claim held, nothing else done yet), and to
+# signal parallel jobs mid-training ("epoch_end": an epoch trained, validated, checkpointed).
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 _PAUSE = os.environ.get(PAUSE_ENV, "")
 
@@ -265,7 +266,8 @@ def pause_point(name: str) -> None:
     if not _PAUSE or not _PAUSE.startswith(f"{name}:"):
         return
     marker = Path(_PAUSE.partition(":")[2])
-    marker.write_text(str(os.getpid()))
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
     release = marker.with_name(f"{marker.name}.release")
     while not release.exists():
         time.sleep(0.05)
