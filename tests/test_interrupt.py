@@ -155,6 +155,8 @@ def check_resumed(run_dir: Path, reference: dict, first: dict, attempts: int = 2
     assert r["started_at"] == first["started_at"]
     assert r["duration_s"] > (first["duration_s"] or 0)
     assert not (run_dir / CLAIM_FILE).exists()
+    # The checkpoints it resumed from were overwritten, never versioned (last-v1.ckpt).
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     return r
 
 
@@ -530,3 +532,45 @@ def test_sigusr1_under_slurm_is_interrupted_and_never_a_lightning_requeue(workdi
     assert rc == 0, out[-3000:]
     check_resumed(run_dir, reference, first)
     assert not log.exists()
+
+
+@pytest.mark.slow
+def test_submitit_time_out_requeues_the_job_and_it_resumes(workdir, reference):
+    """SLURM's time-out and pre-emption path, on submitit's local executor with a real
+    time-out (not simulated): ``hydra/launcher=submitit_local`` with
+    ``hydra.launcher.timeout_min=1``, so submitit's controller sends the job SIGUSR2 30 s
+    after it started (the local executor's signal delay), as SLURM does before a time
+    limit. To be sure the time-out meets the job mid-training, the test hook "epoch_end"
+    holds the first attempt after its first epoch (a stop signal ends the hold).
+
+    The job stops at its next batch and records ``interrupted`` (not failed); then
+    submitit's own handler, handed the signal, requeues it (exit 144, the controller starts
+    it again). The second attempt resumes from the checkpoint and ends ``completed`` with
+    the reference's metrics, attempts = 2; the launching process exits 0."""
+    args = [
+        "-m", *JOB, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    sweep, marker = workdir / "sweep", workdir / "epoch_end"
+    proc = start(args, workdir, env={PAUSE_ENV: f"epoch_end:{marker}"})
+    wait_for((workdir, marker.name), proc)
+    (job,) = jobs(sweep).values()
+    deadline = time.monotonic() + 120
+    while result(job)["status"] != "interrupted":  # the time-out, 30 s after the job started
+        assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
+        time.sleep(0.1)
+    first = result(job)
+    assert first["error"]["type"] == "JobInterrupted" and "SIGUSR2" in first["error"]["message"]
+    assert first["error"]["step"] == BATCHES + 1
+    marker.with_name(f"{marker.name}.release").touch()  # the requeued attempt runs freely
+    assert finish(proc) == 0, output(proc)[-3000:]
+    check_resumed(job, reference, first)
+    assert "resuming" in (job / "train.log").read_text()
+    with open(sweep / SUMMARY_FILE) as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed"]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    submitit = [line for line in logs.splitlines() if line.startswith("submitit ")]  # its own
+    assert any("this job is timed-out" in line for line in submitit)
+    assert sum("Requeued job" in line for line in submitit) == 1
+    pids = marker.read_text().split()  # the first attempt held once, the second at each epoch
+    assert pids[0] != pids[1] and set(pids[1:]) == {pids[1]}  # a new process requeued

@@ -150,6 +150,8 @@ class StopSignals:
             raise self.exception()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        global _SIGNALLED
+        _SIGNALLED = True  # ends a test hook's hold (pause_point)
         if self.signum is None:
             self.signum = signum
             self._then = self._previous.get(signum)
@@ -251,8 +253,8 @@ def sweep_stopped() -> bool:
 
 # --- test hook -------------------------------------------------------------------------------
 # "<point>:<marker file>": at that point the process appends its pid (a line) to the marker
-# file and waits there until "<marker file>.release" exists (or it is killed, or a signal
-# handler raises). The tests use it to SIGKILL a job in a precise phase (points: "test" (after a test
+# file and waits there until "<marker file>.release" exists, a job's stop signal has been
+# received (StopSignals), or it is killed (or a signal handler raises). The tests use it to SIGKILL a job in a precise phase (points: "test" (after a test
 # batch), "images" (between the two image grids), "result_write" (the final results.json
 # complete in its temp file, not yet renamed)), to signal a sequential sweep between two jobs
 # ("between_jobs": a job has finished, the next has not started), to hold a job while
@@ -260,6 +262,7 @@ def sweep_stopped() -> bool:
 # signal parallel jobs mid-training ("epoch_end": an epoch trained, validated, checkpointed).
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 _PAUSE = os.environ.get(PAUSE_ENV, "")
+_SIGNALLED = False
 
 
 def pause_point(name: str) -> None:
@@ -269,5 +272,5 @@ def pause_point(name: str) -> None:
     with open(marker, "a") as f:
         f.write(f"{os.getpid()}\n")
     release = marker.with_name(f"{marker.name}.release")
-    while not release.exists():
+    while not release.exists() and not _SIGNALLED:
         time.sleep(0.05)

@@ -565,6 +565,12 @@ def build_run(
             mode="max",
             save_top_k=1,
             save_last=True,
+            # Always the same two files. With the version counter, a resumed job wrote
+            # last-v1.ckpt: the last.ckpt it resumed from is a hard link to best.ckpt
+            # (AtomicCheckpointIO), whose saved state predates the last path, so Lightning
+            # took last.ckpt for another run's file; a second requeue then resumed from
+            # the stale last.ckpt.
+            enable_version_counter=False,
         )
         callbacks = (checkpoint, *callbacks)
     loggers = _make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
