@@ -16,6 +16,7 @@ import pytest
 
 from vaesweep import claims
 from vaesweep.claims import CLAIM_FILE, HOST, ClaimHeld, acquire, held_by_other, read_claim
+from vaesweep.interrupt import PAUSE_ENV
 
 from conftest import RUN_PY, TINY, cli_env, results_under
 
@@ -177,45 +178,56 @@ def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
 
 
 def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
-    """The same three-job sweep launched twice, the second as soon as the first has claimed
-    its first job: each job is trained by exactly one of them, both exit 0, and both
-    summaries list all three jobs as completed."""
+    """The same three-job sweep launched twice, deterministically interleaved: the first
+    launch holds its first job (the test hook "claimed": claim taken, nothing trained yet)
+    until the second has met that claim ("held by ... " on its stderr, read from the file
+    it writes), then goes on. Each job is trained by exactly one of them, both exit 0, and
+    both summaries list all three jobs as completed."""
     stamps = workdir / "timestamps.jsonl"
+    marker = workdir / "first-holds-a-job"
     env = {**cli_env(), "VAESWEEP_TIMESTAMPS": str(stamps)}
     args = [
-        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", "data=digits", "data.batch_size=8",
-        "trainer.max_epochs=8", "trainer.limit_train_batches=100", "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false", "eval.iwae_k=10", "logger=none",
+        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", *TINY, "threads=1", "logger=none",
         "hydra.sweep.dir=sweep",
     ]  # fmt: skip
-    procs = []
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                args,
-                cwd=workdir,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-        )
-        # Start the second launch while the first holds a job (not after a fixed delay: on a
-        # loaded machine the first may not have started any job yet, or finished them all).
-        deadline = time.monotonic() + 120
-        while not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}")):
-            assert time.monotonic() < deadline and procs[0].poll() is None, "no job claimed"
+    logs = [(workdir / f"out-{i}.log", workdir / f"err-{i}.log") for i in range(2)]
+
+    def launch(i: int, extra_env: dict[str, str]) -> subprocess.Popen:
+        out, err = logs[i]
+        with open(out, "w") as o, open(err, "w") as e:
+            return subprocess.Popen(args, cwd=workdir, env={**env, **extra_env}, stdout=o, stderr=e)
+
+    def wait_until(condition, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
             time.sleep(0.05)
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-        assert "did not complete" not in err
-        assert out.count("completed") >= 3, out  # its summary table: every job completed
+
+    procs = [launch(0, {PAUSE_ENV: f"claimed:{marker}"})]
+    try:
+        wait_until(marker.exists, "claim held by the first launch")
+        (held_dir,) = [p.parent for p in (workdir / "sweep").glob(f"*/{CLAIM_FILE}")]
+        assert read_claim(held_dir).pid == procs[0].pid
+        procs.append(launch(1, {}))
+        wait_until(lambda: "held by" in logs[1][1].read_text(), "meeting")
+        assert f"skipping {held_dir.name}: held by {HOST}:{procs[0].pid}" in logs[1][1].read_text()
+        marker.with_name(f"{marker.name}.release").touch()  # the first launch goes on
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, logs, strict=True):
+        assert p.returncode == 0, err.read_text()[-3000:]
+        assert "did not complete" not in err.read_text()
+        assert out.read_text().count("completed") >= 3, out.read_text()  # every job completed
     results = results_under(workdir / "sweep")
     assert len(results) == 3
     assert all(r["status"] == "completed" and r["attempts"] == 1 for r in results)
     events = [json.loads(line) for line in stamps.read_text().splitlines()]
     fits = collections.Counter(e["job"] for e in events if e["event"] == "fit_start")
     assert sorted(fits.values()) == [1, 1, 1], fits  # each job trained once, by one launch
-    assert "held by" in outputs[0][1] + outputs[1][1]  # they did meet
     assert not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}*"))

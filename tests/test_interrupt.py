@@ -34,6 +34,7 @@ BUDGET = [
     "eval.iwae_k=10",
     "likelihood=laplace",
     "likelihood.scale=learned",
+    "threads=1",  # the same arithmetic in every launcher (joblib would give each job 1)
 ]
 JOB = [*BUDGET, "beta=2", "logger=none"]
 
@@ -91,6 +92,23 @@ def wait_for(path_glob: tuple[Path, str], proc, timeout: float = 300) -> Path:
     pytest.fail(f"{pattern} did not appear in {timeout} s")
 
 
+def wait_for_all(root: Path, patterns: list[str], proc, timeout: float = 300) -> None:
+    """Waits (while ``proc`` runs) until every pattern matches a file under root."""
+    for pattern in patterns:
+        wait_for((root, pattern), proc, timeout)
+
+
+def summary(sweep: Path) -> list[tuple[str, str]]:
+    """(beta, status) of every row of the sweep's summary.csv."""
+    with open(sweep / SUMMARY_FILE) as f:
+        return [(r["beta"], r["status"]) for r in csv.DictReader(f)]
+
+
+def jobs(sweep: Path) -> dict[str, Path]:
+    """The job directories of a sweep by their beta ("beta=2")."""
+    return {p.name.split(",")[0]: p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"}
+
+
 def result(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
@@ -137,6 +155,8 @@ def check_resumed(run_dir: Path, reference: dict, first: dict, attempts: int = 2
     assert r["started_at"] == first["started_at"]
     assert r["duration_s"] > (first["duration_s"] or 0)
     assert not (run_dir / CLAIM_FILE).exists()
+    # The checkpoints it resumed from were overwritten, never versioned (last-v1.ckpt).
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     return r
 
 
@@ -331,3 +351,226 @@ def test_a_job_stopped_before_its_first_checkpoint_starts_again(workdir, referen
     final = check_resumed(run_dir, reference, first)
     assert final["wandb_run_id"] and final["wandb_run_id"] != first["wandb_run_id"]
     assert "resuming" not in (run_dir / "train.log").read_text()
+
+
+def test_a_signal_between_two_jobs_stops_the_sweep_with_its_summary(workdir, reference):
+    """SIGTERM while a sequential sweep is between two jobs, held there by the test hook
+    "between_jobs" (the first job completed and its claim released, the second not yet
+    begun): the sweep stops with 143, no second job directory, the summary and sweep.json
+    written with what finished; the relaunch skips the first job and runs the second."""
+    args = ["-m", "beta=2,4", *BUDGET, "logger=none", "hydra.sweep.dir=sweep"]
+    sweep, marker = workdir / "sweep", workdir / "between"
+    proc = start(args, workdir, env={PAUSE_ENV: f"between_jobs:{marker}"})
+    wait_for((workdir, marker.name), proc)
+    (job,) = jobs(sweep).values()
+    assert job.name.startswith("beta=2,") and result(job)["status"] == "completed"
+    assert not (job / CLAIM_FILE).exists()
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    assert list(jobs(sweep)) == ["beta=2"]  # the second job never started
+    assert summary(sweep) == [("2", "completed")]
+    record = json.loads((sweep / SWEEP_FILE).read_text())
+    assert record["stopped_by"] == "SIGTERM" and record["finished_at"]
+    assert "Sweep stopped by SIGTERM: 1 of 2 jobs not started" in output(proc)
+    assert result(job)["metrics"] == reference["metrics"]
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    assert "skipping beta=2," in out
+    results = {k: result(v) for k, v in jobs(sweep).items()}
+    assert [(k, r["status"], r["attempts"]) for k, r in sorted(results.items())] == [
+        ("beta=2", "completed", 1),
+        ("beta=4", "completed", 1),
+    ]
+    assert summary(sweep) == [("2", "completed"), ("4", "completed")]
+    assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(workdir, reference, to):
+    """The joblib launcher, two jobs at once in worker processes, a third waiting: SIGINT
+    to the launching process only (``kill -INT``), or to its whole process group (what
+    Ctrl-C in a terminal sends: the workers get it too), while both jobs are mid-training
+    (held after their first epoch by the test hook "epoch_end", released once the signal
+    was sent). Both record ``interrupted`` (not failed) at that step, the third never
+    starts, the launching process writes the summary and exits 130; the relaunch resumes the
+    two and runs the third, and the resumed job ends with the reference's metrics."""
+    args = [
+        "-m", "beta=2,4,8", *BUDGET, "logger=none", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    sweep, marker = workdir / "sweep", workdir / "epoch_end"
+    proc = start(args, workdir, env={PAUSE_ENV: f"epoch_end:{marker}"})
+    deadline = time.monotonic() + 300
+    while len(set(marker.read_text().split()) if marker.exists() else ()) < 2:  # both held
+        assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
+        time.sleep(0.05)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    wait_for((sweep, ".stop-*"), proc)  # the launching process has told its workers
+    marker.with_name(f"{marker.name}.release").touch()
+    assert finish(proc) == 130, output(proc)[-3000:]
+    out = output(proc)
+    first = {k: result(v) for k, v in jobs(sweep).items() if (v / "results.json").exists()}
+    assert sorted(first) == ["beta=2", "beta=4"]  # the third job never started
+    for r in first.values():
+        assert r["status"] == "interrupted", r["error"]
+        assert r["error"]["type"] == "JobInterrupted" and "SIGINT" in r["error"]["message"]
+        assert r["error"]["step"] == BATCHES + 1  # the first batch after the hold: mid-training
+    assert summary(sweep) == [("2", "interrupted"), ("4", "interrupted")]
+    assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] == "SIGINT"
+    assert "1 of 3 jobs not started" in out
+    assert not list(sweep.glob(".stop-*")) and not list(sweep.glob(f"*/{CLAIM_FILE}"))
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    final = {k: result(v) for k, v in jobs(sweep).items()}
+    assert sorted(final) == ["beta=2", "beta=4", "beta=8"]
+    assert [final[k]["attempts"] for k in sorted(final)] == [2, 2, 1]
+    assert all(r["status"] == "completed" for r in final.values())
+    check_resumed(jobs(sweep)["beta=2"], reference, first["beta=2"])
+    assert summary(sweep) == [("2", "completed"), ("4", "completed"), ("8", "completed")]
+
+
+# --- SLURM, simulated through its environment variables (as Lightning's own tests do) --------
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "$SCONTROL_LOG"
+"""
+
+
+def fake_slurm(tmp: Path, job_id: str = "4242") -> tuple[dict[str, str], Path]:
+    """The environment of a one-task SLURM batch job, with a ``scontrol`` on PATH that
+    records its calls (a requeue would show there); returns it and the record's path."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(FAKE_SCONTROL)
+    scontrol.chmod(0o755)
+    log = tmp / "scontrol.log"
+    env = {k: v for k, v in cli_env().items() if not k.startswith("SLURM_")}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SCONTROL_LOG=str(log),
+        SLURM_JOB_ID=job_id,
+        SLURM_JOB_NAME="vaesweep-test",
+        SLURM_NTASKS="1",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+    )
+    return env, log
+
+
+LIGHTNING_FIT = """
+import os, signal, sys
+import lightning as L, torch
+from torch.utils.data import DataLoader, TensorDataset
+from vaesweep.train import slurm_plugins
+
+class Model(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+    def training_step(self, batch, i):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return self.layer(batch[0]).sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+plugins = slurm_plugins([]) if sys.argv[1] == "vaesweep" else []
+trainer = L.Trainer(max_epochs=1, limit_train_batches=5, logger=False, plugins=plugins,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=sys.argv[2])
+trainer.fit(Model(), DataLoader(TensorDataset(torch.randn(20, 4)), batch_size=4))
+print("fit returned")
+"""
+
+
+@pytest.mark.parametrize("plugins", ["lightning", "vaesweep"])
+def test_lightning_requeues_under_slurm_unless_vaesweep_turns_it_off(tmp_path, plugins):
+    """The reference behaviour the next test relies on: in the simulated SLURM job, a plain
+    Lightning fit that receives SIGUSR1 runs ``scontrol requeue <job id>`` (its
+    SLURMEnvironment's auto-requeue) and trains on; with vaesweep's plugins Lightning
+    installs no such handler, and SIGUSR1 takes its default action (the process ends)."""
+    env, log = fake_slurm(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHTNING_FIT, plugins, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if plugins == "lightning":
+        assert proc.returncode == 0 and "fit returned" in proc.stdout, proc.stderr[-3000:]
+        assert log.read_text().split() == ["requeue", "4242"]
+        assert list(tmp_path.glob("hpc_ckpt_*.ckpt"))
+    else:
+        assert proc.returncode == -signal.SIGUSR1, proc.stderr[-3000:]
+        assert not log.exists() and not list(tmp_path.glob("hpc_ckpt_*.ckpt"))
+
+
+def test_sigusr1_under_slurm_is_interrupted_and_never_a_lightning_requeue(workdir, reference):
+    """A vaesweep job in the simulated SLURM job gets SIGUSR1 mid-training: ``interrupted``
+    with exit 138 (128 + 10), no ``scontrol`` call and no ``hpc_ckpt`` (Lightning's
+    auto-requeue is off); the requeued job (the same command, SLURM_RESTART_COUNT=1)
+    resumes to the reference's metrics."""
+    env, log = fake_slurm(workdir)
+    args = [*JOB, "hydra.run.dir=run"]
+    run_dir = workdir / "run"
+    proc = start(args, workdir, env=env)
+    wait_for((run_dir / "checkpoints", "last.ckpt"), proc)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert finish(proc) == 128 + signal.SIGUSR1, output(proc)[-3000:]
+    first = result(run_dir)
+    assert first["status"] == "interrupted" and "SIGUSR1" in first["error"]["message"]
+    assert not log.exists()
+    assert not list(run_dir.rglob("hpc_ckpt_*"))
+
+    rc, out = run_to_end(args, workdir, env={**env, "SLURM_RESTART_COUNT": "1"})
+    assert rc == 0, out[-3000:]
+    check_resumed(run_dir, reference, first)
+    assert not log.exists()
+
+
+@pytest.mark.slow
+def test_submitit_time_out_requeues_the_job_and_it_resumes(workdir, reference):
+    """SLURM's time-out and pre-emption path, on submitit's local executor with a real
+    time-out (not simulated): ``hydra/launcher=submitit_local`` with
+    ``hydra.launcher.timeout_min=1``, so submitit's controller sends the job SIGUSR2 30 s
+    after it started (the local executor's signal delay), as SLURM does before a time
+    limit. To be sure the time-out meets the job mid-training, the test hook "epoch_end"
+    holds the first attempt after its first epoch (a stop signal ends the hold).
+
+    The job stops at its next batch and records ``interrupted`` (not failed); then
+    submitit's own handler, handed the signal, requeues it (exit 144, the controller starts
+    it again). The second attempt resumes from the checkpoint and ends ``completed`` with
+    the reference's metrics, attempts = 2; the launching process exits 0."""
+    args = [
+        "-m", *JOB, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    sweep, marker = workdir / "sweep", workdir / "epoch_end"
+    proc = start(args, workdir, env={PAUSE_ENV: f"epoch_end:{marker}"})
+    wait_for((workdir, marker.name), proc)
+    (job,) = jobs(sweep).values()
+    deadline = time.monotonic() + 120
+    while result(job)["status"] != "interrupted":  # the time-out, 30 s after the job started
+        assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
+        time.sleep(0.1)
+    first = result(job)
+    assert first["error"]["type"] == "JobInterrupted" and "SIGUSR2" in first["error"]["message"]
+    assert first["error"]["step"] == BATCHES + 1
+    marker.with_name(f"{marker.name}.release").touch()  # the requeued attempt runs freely
+    assert finish(proc) == 0, output(proc)[-3000:]
+    check_resumed(job, reference, first)
+    assert "resuming" in (job / "train.log").read_text()
+    with open(sweep / SUMMARY_FILE) as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed"]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    submitit = [line for line in logs.splitlines() if line.startswith("submitit ")]  # its own
+    assert any("this job is timed-out" in line for line in submitit)
+    assert sum("Requeued job" in line for line in submitit) == 1
+    pids = marker.read_text().split()  # the first attempt held once, the second at each epoch
+    assert pids[0] != pids[1] and set(pids[1:]) == {pids[1]}  # a new process requeued

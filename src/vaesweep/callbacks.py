@@ -136,6 +136,7 @@ class Resumable(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.on_epoch_end is not None:
             self.on_epoch_end()
+        pause_point("epoch_end")
 
     def state_dict(self) -> dict[str, Any]:
         return {"val_metrics": dict(self.val_metrics), "best_val_elbo": self.best_val_elbo}

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep import claims, ranks
 from vaesweep.atomic import remove_stale_temps
 from vaesweep.config import ConfigError, validate_config
-from vaesweep.interrupt import StopSignals
+from vaesweep.interrupt import STOP_FILE_ENV, StopSignals, pause_point, sweep_stopped
 from vaesweep.loggers import finish_wandb, new_wandb_id
 from vaesweep.record import CONTINUED, RESULTS_FILE, RunRecord
 from vaesweep.sweep import left_alone, read_sweep, swept_values
@@ -118,6 +118,9 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
     None); the claim is held, and the stop signals handled, for the rest of the job.
     """
     job = current_job()
+    if job.multirun and sweep_stopped():  # handed out after a parallel sweep was stopped
+        log.debug("not started: the sweep was stopped")
+        return None
     if cfg.threads:
         torch_threads = int(cfg.threads)
     else:
@@ -143,7 +146,8 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
         except claims.ClaimHeld as held:
             print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
             return None
-        with claim, StopSignals() as signals:
+        with claim, StopSignals(os.environ.get(STOP_FILE_ENV)) as signals:
+            pause_point("claimed")
             return _run_claimed(cfg, job, torch_threads, signals, execute)
 
 

@@ -22,6 +22,7 @@ import os
 import secrets
 import shlex
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.atomic import atomic_open
-from vaesweep.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, held_by_other, wait_for_others
+from vaesweep.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, held_by_other, wait_for_others
+from vaesweep.interrupt import SweepGuard, SweepStopped, sweep_stopped
 from vaesweep.record import RESULTS_FILE, write_json_atomic
 from vaesweep.search import finish_search, is_search, start_search
 
@@ -104,7 +106,10 @@ def _config_subdir(
 ) -> str | None:
     # Hydra writes .hydra/*.yaml into every job dir before the task runs; for a job that
     # will be skipped (finished, or being run by another live process), write nothing, so
-    # its files (and their mtimes) stay as they were.
+    # its files (and their mtimes) stay as they were. Nor for one handed out after the
+    # launching process of a parallel sweep was stopped (it will not start).
+    if sweep_stopped():
+        return None
     if left_alone(run_dir, rerun_failed) or held_by_other(run_dir, claim_timeout_s):
         return None
     return ".hydra"
@@ -292,10 +297,62 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     return not bad
 
 
+@dataclass
+class _Running:
+    """The multirun this (launching) process runs: its signal guard and where it writes."""
+
+    guard: SweepGuard
+    config: DictConfig
+    search: bool
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.config.hydra.sweep.dir)
+
+    def finish(self) -> bool:
+        """Puts the previous signal handlers back, then writes the summary (naming the
+        signal that stopped the sweep, if one did) and its W&B copy; True when every job
+        completed."""
+        self.guard.uninstall()
+        stopped_by = self.guard.signal_name
+        try:  # Hydra turns a callback's exception into a warning (and the sweep exits 0)
+            if self.search:
+                done = finish_search(self.sweep_dir, stopped_by=stopped_by)
+            else:
+                done = finish_sweep(self.sweep_dir, stopped_by=stopped_by)
+        except Exception as e:
+            print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
+            done = False
+        from vaesweep.dashboard import log_sweep_summary
+
+        log_sweep_summary(self.config, self.sweep_dir)  # W&B's copy of the summary; never raises
+        return done
+
+
+_RUNNING: _Running | None = None
+
+
+def finish_stopped(stop: SweepStopped) -> int:
+    """What the entry point does when a signal stopped the sweep (SweepStopped: in a job it
+    interrupted, which recorded it, or between two jobs): the summary of what finished,
+    with the signal named; returns the exit status, 128 + the signal number."""
+    global _RUNNING
+    running, _RUNNING = _RUNNING, None
+    if running is not None:
+        running.guard.signum = running.guard.signum or stop.signum
+        running.finish()
+    return stop.exit_code
+
+
 class SweepCallback(Callback):
     """Refuses sweeps with ineffective keys, writes sweep.json when a multirun starts;
     summary.csv, the table, the W&B summary run (logger=wandb) and the exit code when it
-    ends (non-zero, naming the jobs, when any job did not complete)."""
+    ends (non-zero, naming the jobs, when any job did not complete).
+
+    From start to end the launching process handles the stop signals (SweepGuard): a
+    signal stops the sweep, in a job or between two, sequential or parallel; the summary of
+    what finished is written and the process exits with 128 + the signal number.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -307,6 +364,7 @@ class SweepCallback(Callback):
         refuse_bad_resume(config.sweep.get("resume"))
         if is_search(config):  # hydra/sweeper=optuna: vaesweep.search checks and records
             start_search(config)
+            self._guard(config, sweep_dir, search=True)
             return
         refuse_ineffective(config, overrides, params)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -324,23 +382,33 @@ class SweepCallback(Callback):
             "jobs": (previous or {}).get("jobs", []),
         }
         write_json_atomic(sweep_dir / SWEEP_FILE, record)
+        self._guard(config, sweep_dir, search=False)
+
+    @staticmethod
+    def _guard(config: DictConfig, sweep_dir: Path, search: bool) -> None:
+        global _RUNNING
+        launcher = str(config.hydra.launcher.get("_target_") or "")
+        stop_file = sweep_dir / f".stop-{HOST}-{os.getpid()}"  # this launch's only
+        guard = SweepGuard(stop_file, parallel="joblib" in launcher).install()
+        _RUNNING = _Running(guard, config, search)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Jobs this launch skipped because another live launch of the same sweep was
         running them (vaesweep.claims) are waited for first, so that the summary reports
-        them with their final status, not as unfinished."""
+        them with their final status, not as unfinished (not when a signal stopped this
+        launch)."""
+        global _RUNNING
         sweep_dir = Path(config.hydra.sweep.dir)
-        timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
-        claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
-        wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
-        try:  # Hydra turns a callback's exception into a warning (and the sweep exits 0)
-            done = finish_search(sweep_dir) if is_search(config) else finish_sweep(sweep_dir)
-        except Exception as e:
-            print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
-            done = False
-        from vaesweep.dashboard import log_sweep_summary
-
-        log_sweep_summary(config, sweep_dir)  # W&B's copy of the summary; never raises
+        running, _RUNNING = _RUNNING, None
+        if running is None:  # not started by on_multirun_start (another callback order)
+            running = _Running(SweepGuard(sweep_dir / ".stop", False), config, is_search(config))
+        if running.guard.signum is None:
+            timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
+            claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
+            wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
+        done = running.finish()
+        if running.guard.signum is not None:
+            sys.exit(128 + running.guard.signum)
         if not done:
             sys.exit(1)
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep import jobs, ranks
 from vaesweep.config import CONF_DIR, ConfigError, resolve_preprocess, validate_config
-from vaesweep.interrupt import JobInterrupted, StopSignals
+from vaesweep.interrupt import JobInterrupted, StopSignals, SweepStopped, pause_point
 from vaesweep.jobs import Job
 from vaesweep.loggers import make_loggers, resumed_wandb_summary
 from vaesweep.record import RunRecord
@@ -159,11 +159,18 @@ def _build_trainer(
             mode="max",
             save_top_k=1,
             save_last=True,
+            # Always the same two files. With the version counter, a resumed job wrote
+            # last-v1.ckpt: the last.ckpt it resumed from is a hard link to best.ckpt
+            # (AtomicCheckpointIO), whose saved state predates the last path, so Lightning
+            # took last.ckpt for another run's file; a second requeue then resumed from
+            # the stale last.ckpt.
+            enable_version_counter=False,
         )
         callbacks = (checkpoint, *callbacks)
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
+    plugins = [*plugins, *slurm_plugins(plugins)]
     if trainer_args["profiler"] is None:
         trainer_args["profiler"] = NullProfiler()
     if trainer_args["enable_progress_bar"] and not is_terminal():
@@ -197,6 +204,22 @@ def _build_trainer(
     if problem:
         raise ConfigError(problem)
     return trainer, checkpoint
+
+
+def slurm_plugins(plugins: list) -> list:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: [] elsewhere,
+    or when the config gives a cluster environment itself.
+
+    Lightning's own SLURMEnvironment would handle SIGUSR1 by saving an ``hpc_ckpt`` and
+    running ``scontrol requeue`` from inside the training loop (on every rank where no
+    other handler came first). vaesweep stops the job at a safe point instead, records it
+    ``interrupted`` and exits 128 + the signal; the requeue is left to submitit (its own
+    signal, the submitit launcher) or to the user's ``sbatch --requeue``."""
+    from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in plugins):
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def _optimization_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +280,41 @@ def fit_and_test(
     return metrics
 
 
+def _launcher() -> str:
+    """The Hydra launcher running this job ('' for a single run)."""
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return ""
+    return str(hc.launcher.get("_target_") or "")
+
+
+def _stopped(stop: JobInterrupted) -> None:
+    """After a job recorded ``interrupted``: hands the signal to the handler that was in
+    place before the job, then ends as the launcher needs.
+
+    - Submitit (a job in its own process, SLURM or local): submitit's handler of its
+      pre-emption signal (SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL) saves the job for a requeue
+      and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
+      Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
+      launcher collects the job and its summary lists it as interrupted (non-zero exit).
+    - joblib (a job in a worker process): returns, the same way; the launching process,
+      signalled too, stops the sweep.
+    - Hydra's basic launcher (jobs in the launching process): the sweep stops
+      (SweepStopped; the entry point writes the summary and exits 128 + the signal).
+    - A single run: exits with 128 + the signal number.
+    """
+    launcher = _launcher()
+    try:
+        stop.hand_over()  # submitit: may requeue and exit; the sweep guard: SweepStopped
+    except Exception as e:  # submitit's UncompletedJobError: not requeued
+        print(f"[vaesweep] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    if "submitit" in launcher or "joblib" in launcher:
+        return
+    if launcher:
+        raise SweepStopped(stop.signum)
+    raise SystemExit(stop.exit_code)
+
+
 def task(cfg: DictConfig) -> None:
     """The Hydra task: one job of a run or a sweep.
 
@@ -264,7 +322,8 @@ def task(cfg: DictConfig) -> None:
     other jobs; the sweep's summary then names it and the sweep exits non-zero. A stop
     signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
     ``interrupted``, no further job starts, the summary so far is written, and the process
-    exits with 128 + the signal number.
+    exits with 128 + the signal number; under submitit the job is requeued instead
+    (:func:`_stopped`).
     """
     from vaesweep.console import tidy_logging
     from vaesweep.failures import job_label, quiet_console, report_failure
@@ -274,14 +333,10 @@ def task(cfg: DictConfig) -> None:
     started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
     try:
         jobs.run(cfg, execute=fit_and_test)
+        pause_point("between_jobs")  # test hook: this job has finished, the next not started
     except JobInterrupted as stop:
-        hc = HydraConfig.get()
-        if hc.mode.name == "MULTIRUN":
-            from vaesweep.sweep import finish_sweep
-
-            finish_sweep(Path(hc.sweep.dir), stopped_by=stop.signal_name)
         print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
-        raise SystemExit(stop.exit_code) from None
+        _stopped(stop)
     except Exception as error:
         report_failure(error, job_label())  # one line; the traceback goes to train.log
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -298,7 +353,19 @@ def task(cfg: DictConfig) -> None:
 
 
 register_resolvers()
-main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(task)
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+
+
+def main() -> None:
+    """``python run.py``: Hydra's entry point for :func:`task`. A signal that stopped a
+    sweep (in a job or between two) ends here: the summary of what finished is written and
+    the process exits with 128 + the signal number."""
+    from vaesweep.sweep import finish_stopped
+
+    try:
+        _hydra_main(task)()
+    except SweepStopped as stop:
+        raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
 
 
 def cli_main() -> None:
