@@ -197,6 +197,7 @@ def completed(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_a_directory_of_another_config_is_refused(completed, tmp_path):
     before = {p: p.read_bytes() for p in completed.rglob("*") if p.is_file()}
     args = [*TINY, "logger=csv", f"hydra.run.dir={completed}"]
@@ -227,6 +228,7 @@ def test_a_corrupt_checkpoint_fails_in_one_line(completed, tmp_path):
     assert (run / "train.log").read_text().count("Traceback") == 1
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_with_the_free_space(tmp_path):
     """A real full file system: a 400 kB tmpfs, mounted in a user namespace."""
     probe = subprocess.run(

@@ -177,6 +177,7 @@ def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
     assert not (run_dir / "results.json").exists() and not (run_dir / ".hydra").exists()
 
 
+@pytest.mark.slow
 def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     """The same three-job sweep launched twice, deterministically interleaved: the first
     launch holds its first job (the test hook "claimed": claim taken, nothing trained yet)

@@ -150,6 +150,7 @@ def test_cli_refuses_a_no_op_sweep_before_any_job(workdir):
     assert not (workdir / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_cli_label_is_recorded_and_an_unknown_key_is_refused(workdir):
     proc = run_cli([*TINY, "logger=none", "+note=hello", "hydra.run.dir=a"], workdir)
     assert proc.returncode != 0

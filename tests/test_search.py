@@ -175,6 +175,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_refused_before_any_trial(workdir, case):
     args, expected = BAD[case]
@@ -229,6 +230,8 @@ def test_killed_search_resumes_to_exactly_n_trials(workdir):
     final = trials(sweep)
     assert [t.number for t in final] == [0, 1, 2, 3]  # exactly n_trials, none asked twice
     assert {t.state.name for t in final} == {"COMPLETE"}
+    # The relaunch proposes new points, not its first launch's again.
+    assert len({tuple(sorted(t.params.items())) for t in final}) == 4
     assert [d.name for d in trial_dirs(sweep)] == [f"trial_{i:04d}" for i in range(4)]
     for name, content in before.items():  # completed trials were not run again
         assert (sweep / name / "results.json").read_bytes() == content

@@ -29,6 +29,7 @@ def read_summary(sweep: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
 def test_grid_sweep_with_launcher(workdir, launcher):
     extra = [] if launcher == "basic" else ["hydra/launcher=local_parallel"]
@@ -59,6 +60,7 @@ def test_grid_sweep_with_launcher(workdir, launcher):
     assert not list(sweep.rglob("offline-run-*"))  # logger=csv: no W&B run, no summary run
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_together_get_two_directories(workdir):
     args = [sys.executable, str(RUN_PY), "-m", "beta=1", *TINY, "logger=none"]
     procs = [
@@ -75,6 +77,7 @@ def test_two_sweeps_started_together_get_two_directories(workdir):
         assert len(results_under(s)) == 1
 
 
+@pytest.mark.slow
 def test_failing_job_stays_local_and_is_named(workdir):
     cmd = ["-m", "beta=1,-3", *TINY, "logger=none", "hydra.sweep.dir=sweep"]
     proc = run_cli(cmd, workdir)
@@ -98,6 +101,7 @@ def test_failing_job_stays_local_and_is_named(workdir):
     assert len(changed) == 1 and changed.pop().startswith("beta=-3")
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_uninterrupted_result(workdir):
     """SIGKILL one job mid-training; the re-run skips the completed job (files untouched)
     and resumes the killed one from its checkpoint to bit-identical metrics."""

@@ -338,11 +338,13 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
         unread = components.component_class("model", m).unread_options(m)
     except ValueError:
         unread = {}
-    sizes = ", ".join(
-        f"model.{k}={v}"
-        for k, v in components.constructor_options("model", m).items()
-        if k not in unread
+    # The options that set the model's size (not e.g. its activation), widths first.
+    options = components.constructor_options("model", m)
+    sized = [k for k, v in options.items() if k not in unread and not isinstance(v, str)]
+    sized.sort(
+        key=lambda k: ("hidden", "latent_dim").index(k) if k in ("hidden", "latent_dim") else 2
     )
+    sizes = ", ".join(f"model.{k}={options[k]}" for k in sized)
     try:
         n_params, param_channels = count_parameters(cfg, shape)
     except ValueError as e:

@@ -4,6 +4,7 @@ summary, then the best trials)."""
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -84,13 +85,39 @@ def run_search(
     OmegaConf.save(config, plan.sweep_dir / "multirun.yaml")
     job_idx = 0
     studies = []
+    samplers = study_samplers(config, sampler)
     for point in plan.space.points():
-        study = open_study(storage, plan, point, sampler, pruner)
+        study = open_study(storage, plan, point, samplers, pruner)
         job_idx = run_study(study, plan, point, launcher, job_idx)
         studies.append((point, study))
     best = [best_trial(study, plan, point) for point, study in studies]
     write_best(plan.sweep_dir, best)
     return best
+
+
+def study_samplers(config: DictConfig, sampler: Any) -> Any:
+    """The sampler of each study, as a function of (study name, trials it already has).
+
+    A study's first launch uses the configured sampler (seeded with the run's seed by
+    default: the same command proposes the same trials). A seeded sampler restarts its
+    random stream on every launch, so a continued study would be proposed its first
+    launch's points again: it gets the configured sampler seeded from (seed, study, trials
+    so far) instead, still the same for the same command and the same point of resumption.
+    """
+    from hydra.utils import instantiate
+
+    conf = config.hydra.sweeper.get("sampler")
+    seed = conf.get("seed") if conf is not None else None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return sampler
+
+    def make(study: str, asked: int) -> Any:
+        if asked == 0:
+            return sampler
+        digest = hashlib.sha256(f"{seed}:{study}:{asked}".encode()).digest()
+        return instantiate(conf, seed=int.from_bytes(digest[:4], "big"))
+
+    return make
 
 
 def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:

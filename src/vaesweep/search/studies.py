@@ -43,17 +43,19 @@ def check_unchanged(study: Any, plan: Plan) -> None:
 
 def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner: Any) -> Any:
     """The study of one grid point: continued when it exists (and the search is unchanged),
-    else created with the search's fingerprint."""
+    else created with the search's fingerprint. ``sampler``: a sampler, or a function of
+    (study name, trials already asked) that gives one (see ``driver.study_samplers``)."""
     import optuna
 
     name = plan.study(point)
     existing = existing_study(storage, name)
     if existing is not None:
         check_unchanged(existing, plan)
+    asked = len(existing.get_trials(deepcopy=False)) if existing is not None else 0
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        sampler=sampler,
+        sampler=sampler(name, asked) if callable(sampler) else sampler,
         pruner=pruner,
         direction=plan.direction,
         load_if_exists=True,

@@ -91,9 +91,29 @@ def _launch(
     ]
 
 
+def settle_finished_on_disk(study: Any, plan: Plan) -> list[int]:
+    """Tells Optuna the trials an earlier launch left RUNNING whose job did finish (the
+    launch was killed after the job wrote its result, before telling it): they are settled
+    from their results.json, not launched again. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    settled = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        directory = trial.user_attrs.get(DIR_ATTR)
+        if directory is None:
+            continue
+        result = read_result(plan.sweep_dir / directory / RESULTS_FILE)
+        if settle(study, trial.number, result, plan.objective) is not None:
+            settled.append(trial.number)
+    if settled:
+        log.info("%s: trials %s had finished: told from their results", study.study_name, settled)
+    return settled
+
+
 def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, job_idx: int) -> int:
     """Runs one study to n_trials trials in total; returns the next job index."""
     dists = {k: p.distribution() for k, p in plan.space.searched.items()}
+    settle_finished_on_disk(study, plan)
     unsettled: set[int] = set()
     while True:
         batch = _next_batch(study, plan, point, dists, unsettled)
