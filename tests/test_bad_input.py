@@ -21,7 +21,8 @@ from test_train import compose_cfg, validate
 from vaesweep.config import ConfigError, validate_config
 from vaesweep.effective import NOT_RESULTS
 from vaesweep.failures import describe
-from vaesweep.guards import DATA_SHAPES, NothingTrained, count_parameters, require_training
+from vaesweep.guards import NothingTrained, require_training
+from vaesweep.memory import DATA_SHAPES, count_parameters
 from vaesweep.results import load_results
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli

@@ -123,7 +123,7 @@ def _wandb_mode(logger: DictConfig) -> str:
     mode = str(logger.get("mode") or "offline")
     if mode != "online":
         return mode
-    from vaesweep.guards import reachable, wandb_endpoint
+    from vaesweep.loggers import reachable, wandb_endpoint
 
     host, port = wandb_endpoint()
     problem = reachable(host, port)

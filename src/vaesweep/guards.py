@@ -1,5 +1,6 @@
 """Checks of a run's config that need more than its own value: the training budget, what
-evaluation costs, the memory the model needs, and whether W&B can be reached.
+evaluation costs, the memory the model needs (vaesweep.memory), and whether W&B can be
+reached (vaesweep.loggers).
 
 :func:`check_run` is called by ``vaesweep.train.validate_config``, before any data is
 loaded: each refusal is a ``ConfigError`` naming the key, the value and what is allowed.
@@ -11,18 +12,15 @@ fails instead of recording the untrained model's test metrics as a result.
 from __future__ import annotations
 
 import logging
-import math
-import os
-import socket
 import sys
-import threading
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.config import ConfigError, _is_int, _is_number, _require
+from vaesweep.loggers import check_wandb
+from vaesweep.memory import check_memory
 
 log = logging.getLogger("vaesweep")
 
@@ -35,28 +33,10 @@ IWAE_RATE = 180_000
 #: likelihood.min_log_scale must stay below log 1 = 0: data lie in [0, 1], so no residual
 #: scale (RMS or mean absolute residual) exceeds 1, and a floor at or above 0 keeps σ ≥ 1.
 MAX_LOG_SCALE_FLOOR = 0.0
-#: Bytes per parameter while training: weights, gradients and Adam's two moments (float32).
-BYTES_PER_PARAMETER = 16
-#: The share of the available memory a run may plan to use for its parameters / IWAE chunk.
-MEMORY_SHARE = 0.8
-#: (C, H, W) of every dataset, known without loading it (vaesweep.data.DATASETS).
-DATA_SHAPES = {
-    "mnist_small": (1, 28, 28),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "digits": (1, 8, 8),
-}
-#: Seconds the W&B connectivity probe waits (name lookup and TCP connect).
-WANDB_PROBE_TIMEOUT_S = 5.0
-WANDB_DEFAULT_URL = "https://api.wandb.ai"
 
 
 def _error(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
-
-
-def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:,.1f} GB"
 
 
 def check_run(cfg: DictConfig) -> None:
@@ -274,162 +254,6 @@ def check_likelihood(lik: DictConfig) -> None:
             "residual scale exceeds 1 = e^0, and a floor at or above it keeps the scale "
             "above every residual scale (the default is -6)",
         )
-
-
-# --- memory ------------------------------------------------------------------------------------
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still use: the smaller of the system's available
-    memory and the room left under a cgroup (v2) limit; None when unknown."""
-    candidates = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                candidates.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            candidates.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    if not candidates:
-        try:
-            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            return None
-    return min(candidates)
-
-
-def count_parameters(cfg: DictConfig, shape: tuple[int, int, int]) -> tuple[int, int]:
-    """(parameters of encoder, decoder and likelihood; decoder output channels per pixel),
-    exact: the networks are built on the meta device, with no memory allocated."""
-    import torch
-
-    from vaesweep import components
-
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
-    likelihood = components.build("likelihood", lik, shape)  # small: at most D scales
-    network = components.build("model", model)
-    with torch.device("meta"):
-        modules = [
-            likelihood,
-            network.encoder(shape),
-            network.decoder(shape, likelihood.param_channels),
-        ]
-    n = sum(p.numel() for m in modules for p in m.parameters())
-    return n, likelihood.param_channels
-
-
-def check_memory(cfg: DictConfig, available: int | None = None) -> None:
-    """Refuses a model whose parameters (with gradients and Adam state), or an IWAE chunk
-    whose decoder output, would not fit in the memory available, with the estimate."""
-    shape = DATA_SHAPES.get(cfg.data.name)
-    if shape is None:
-        return
-    from vaesweep import components
-
-    m = OmegaConf.to_container(cfg.model, resolve=True)
-    try:
-        unread = components.component_class("model", m).unread_options(m)
-    except ValueError:
-        unread = {}
-    # The options that set the model's size (not e.g. its activation), widths first.
-    options = components.constructor_options("model", m)
-    sized = [k for k, v in options.items() if k not in unread and not isinstance(v, str)]
-    sized.sort(
-        key=lambda k: ("hidden", "latent_dim").index(k) if k in ("hidden", "latent_dim") else 2
-    )
-    sizes = ", ".join(f"model.{k}={options[k]}" for k in sized)
-    try:
-        n_params, param_channels = count_parameters(cfg, shape)
-    except ValueError as e:
-        raise ConfigError(f"{sizes} is invalid: {e}") from None
-    available = available_memory() if available is None else available
-    if available is None:
-        return
-    budget = MEMORY_SHARE * available
-    need = BYTES_PER_PARAMETER * n_params
-    if need > budget:
-        raise ConfigError(
-            f"{sizes} is invalid: the model would have {n_params:,} parameters, "
-            f"~{_gb(need)} for weights, gradients and Adam's two moments "
-            f"({BYTES_PER_PARAMETER} bytes each), more than {MEMORY_SHARE:.0%} of the "
-            f"{_gb(available)} of memory available; allowed: smaller layers"
-        )
-    chunk = cfg.eval.iwae_chunk
-    if _is_int(chunk) and _is_int(cfg.eval.iwae_k) and _is_int(cfg.data.eval_batch_size):
-        samples = min(chunk, cfg.eval.iwae_k)
-        # Decoder output and the log-density's temporaries, ~4 float32 arrays of its size.
-        need = 16 * samples * cfg.data.eval_batch_size * math.prod(shape) * param_channels
-        if need > budget:
-            raise ConfigError(
-                f"eval.iwae_chunk={chunk} is invalid: {samples} samples × "
-                f"data.eval_batch_size={cfg.data.eval_batch_size} examples per chunk need "
-                f"~{_gb(need)}, more than {MEMORY_SHARE:.0%} of the {_gb(available)} of "
-                "memory available; allowed: null (sized automatically) or a smaller chunk"
-            )
-
-
-# --- W&B -----------------------------------------------------------------------------------------
-
-
-def wandb_endpoint() -> tuple[str, int]:
-    """(host, port) of the W&B server this process would talk to (WANDB_BASE_URL)."""
-    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_URL)
-    port = url.port or (80 if url.scheme == "http" else 443)
-    return url.hostname or "api.wandb.ai", port
-
-
-def reachable(host: str, port: int, timeout_s: float = WANDB_PROBE_TIMEOUT_S) -> str | None:
-    """None when a TCP connection to host:port opens within ``timeout_s`` (name lookup
-    included), else why not."""
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            outcome.append(None)
-        except OSError as e:
-            outcome.append(str(e) or type(e).__name__)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
-
-
-def check_wandb(cfg: DictConfig) -> None:
-    """``logger.mode=online`` without a way to the W&B server: refuse now, naming it, or
-    with ``logger.offline_fallback=true`` switch this run to offline with a warning
-    (``wandb sync`` uploads it later). Otherwise W&B gives up only after ~90 s."""
-    lg = cfg.logger
-    if lg.get("name") != "wandb" or lg.get("mode") != "online":
-        return
-    host, port = wandb_endpoint()
-    problem = reachable(host, port)
-    if problem is None:
-        return
-    if lg.get("offline_fallback"):
-        log.warning(
-            "W&B server %s:%d unreachable (%s): logging offline instead "
-            "(logger.offline_fallback=true); upload later with wandb sync",
-            host,
-            port,
-            problem,
-        )
-        cfg.logger.mode = "offline"
-        return
-    raise ConfigError(
-        f"logger.mode='online' is invalid here: the W&B server {host}:{port} cannot be "
-        f"reached ({problem}). Allowed: logger.mode=offline (upload later with wandb sync), "
-        "logger.offline_fallback=true (offline when the server cannot be reached), or "
-        "logger=csv"
-    )
 
 
 def resume_refusal(resume: Any) -> str | None:

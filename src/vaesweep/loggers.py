@@ -7,14 +7,22 @@ directory. W&B is closed with the job's status so failed runs show as failed the
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import socket
 import string
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.config import ConfigError
+
+log = logging.getLogger("vaesweep")
 
 if TYPE_CHECKING:
     from vaesweep.jobs import Job
@@ -104,3 +112,63 @@ def resumed_wandb_summary(loggers: list, fit_metrics: dict[str, float], best: fl
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.summary.update(values)
+
+
+# --- reaching the W&B server ---
+#: Seconds the W&B connectivity probe waits (name lookup and TCP connect).
+WANDB_PROBE_TIMEOUT_S = 5.0
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
+
+
+def wandb_endpoint() -> tuple[str, int]:
+    """(host, port) of the W&B server this process would talk to (WANDB_BASE_URL)."""
+    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_URL)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    return url.hostname or "api.wandb.ai", port
+
+
+def reachable(host: str, port: int, timeout_s: float = WANDB_PROBE_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to host:port opens within ``timeout_s`` (name lookup
+    included), else why not."""
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(str(e) or type(e).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
+def check_wandb(cfg: DictConfig) -> None:
+    """``logger.mode=online`` without a way to the W&B server: refuse now, naming it, or
+    with ``logger.offline_fallback=true`` switch this run to offline with a warning
+    (``wandb sync`` uploads it later). Otherwise W&B gives up only after ~90 s."""
+    lg = cfg.logger
+    if lg.get("name") != "wandb" or lg.get("mode") != "online":
+        return
+    host, port = wandb_endpoint()
+    problem = reachable(host, port)
+    if problem is None:
+        return
+    if lg.get("offline_fallback"):
+        log.warning(
+            "W&B server %s:%d unreachable (%s): logging offline instead "
+            "(logger.offline_fallback=true); upload later with wandb sync",
+            host,
+            port,
+            problem,
+        )
+        cfg.logger.mode = "offline"
+        return
+    raise ConfigError(
+        f"logger.mode='online' is invalid here: the W&B server {host}:{port} cannot be "
+        f"reached ({problem}). Allowed: logger.mode=offline (upload later with wandb sync), "
+        "logger.offline_fallback=true (offline when the server cannot be reached), or "
+        "logger=csv"
+    )
