@@ -7,7 +7,7 @@ re-launch of the same command finds the same directories), plus:
   directory and status;
 - ``summary.csv``: one row per job: swept values, status, key test metrics, duration.
 
-Resolvers registered here are used by ``conf/train.yaml``; Hydra copies their cache into
+Resolvers registered here are used by ``vaesweep/conf/train.yaml``; Hydra copies their cache into
 every job, so a sweep's id is the same in the launcher and in its jobs.
 """
 
@@ -116,7 +116,7 @@ def _config_subdir(
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/train.yaml (idempotent)."""
+    """Resolvers used by vaesweep/conf/train.yaml (idempotent)."""
     resolvers = {
         "vaesweep.job_dir": (job_dirname, False),
         "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
