@@ -69,6 +69,8 @@ def test_a_user_component_is_validated_like_the_built_ins():
         ("dgf", 3.0, "likelihood 'student_t' has no option(s) ['dgf']: accepted options are"),
         ("_target_", "vaesweep_examples.nope.T", "likelihood._target_='vaesweep_examples.nope.T'"),
         ("_target_", "torch.nn.Linear", "is not a subclass of vaesweep."),
+        ("name", "gaussian", "likelihood.name='gaussian' is invalid: it labels results"),
+        ("name", None, "likelihood.name is not set"),
     ]
     for key, value, message in cases:
         cfg = _config()

@@ -30,6 +30,37 @@ def test_lightning_is_the_pinned_version():
     )
 
 
+def test_wandb_is_the_pinned_version_and_its_offline_records_parse(tmp_path):
+    """vaesweep.wandb_offline reads W&B's internal offline record format: the version is
+    pinned exactly, and an offline run written now reads back (a changed format fails here
+    with this message rather than somewhere in the dashboard tests)."""
+    import wandb
+
+    from vaesweep.wandb_offline import read_offline_run
+
+    pinned = re.search(r'"wandb==([^"]+)"', PYPROJECT.read_text())
+    assert pinned, "pyproject.toml must pin wandb exactly (its offline record format is read)"
+    assert wandb.__version__ == pinned.group(1), (
+        f"wandb {wandb.__version__} is installed, {pinned.group(1)} is pinned: re-check "
+        "vaesweep.wandb_offline (record format) and reinit='create_new' before moving the pin"
+    )
+    run = wandb.init(
+        project="guard",
+        dir=str(tmp_path),
+        mode="offline",
+        reinit="create_new",
+        config={"a": 1},
+        settings=wandb.Settings(silent=True),
+    )
+    run.log({"x": 2.5})
+    run.finish()
+    (directory,) = (tmp_path / "wandb").glob("offline-run-*")
+    record = read_offline_run(directory)
+    assert record["run_id"] == run.id
+    assert record["config"]["a"] == 1
+    assert [row["x"] for row in record["history"] if "x" in row] == [2.5]
+
+
 def test_logger_connector_log_metrics_writes_to_the_loggers(tmp_path):
     trainer = L.Trainer(
         logger=CSVLogger(save_dir=str(tmp_path), name="", version=""),

@@ -244,3 +244,20 @@ def test_help_lists_groups_and_options(workdir):
 
 def test_statuses_are_the_documented_ones():
     assert STATUSES == ("running", "completed", "failed", "diverged", "interrupted")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=conv", "model.name='conv' is invalid: it labels results"),
+        ("likelihood.name=laplace", "likelihood.name='laplace' is invalid: it labels results"),
+        ("beta_schedule.name=linear", "beta_schedule.name='linear' is invalid"),
+    ],
+)
+def test_a_name_that_is_not_the_components_own_is_refused(override, message):
+    """The class computes and ``name`` only labels: before components were chosen by
+    _target_, model.name=conv chose the conv network; now it would label an MLP's results
+    "conv", so it is refused, pointing to the group choice."""
+    with pytest.raises(ConfigError, match=message) as error:
+        validate_config(compose_cfg([override]))
+    assert f"({override.split('.')[0]}={override.split('=')[1]})" in str(error.value)

@@ -136,7 +136,47 @@ def component_class(group: str, options: dict[str, Any]) -> type:
             f"{group}._target_={target!r} is not a subclass of "
             f"{base.__module__}.{base.__name__}"
         )
+    _check_name(group, options, cls)
+    if group == "likelihood":
+        _check_likelihood_class(target, cls)
     return cls
+
+
+def _check_name(group: str, options: dict[str, Any], cls: type) -> None:
+    """``name`` labels the component (tags, tables, figures) but the class computes: a
+    ``name`` that is not the class's own would label results with another component's
+    name (``model.name=conv`` with the MLP), so it is refused; so is a missing one."""
+    name = options.get("name")
+    own = cls.__dict__.get("name")  # the class's own name, not one inherited from a built-in
+    if not name:
+        suggestion = own or cls.__name__.lower()
+        raise ValueError(
+            f"{group}.name is not set: give the component the short name its results are "
+            f"labelled with, e.g. {group}.name={suggestion}"
+        )
+    if own and name != own:
+        raise ValueError(
+            f"{group}.name={name!r} is invalid: it labels results, and {group}._target_ "
+            f"selects {cls.__module__}.{cls.__qualname__}, whose name is {own!r}. Choose "
+            f"a component with the group ({group}={name}), or set {group}._target_ to its class"
+        )
+
+
+def _check_likelihood_class(target: str, cls: type) -> None:
+    """The class attributes the driver reads from a likelihood before building it."""
+    kind = getattr(cls, "data_kind", None)
+    if kind not in ("binary", "continuous"):
+        raise ValueError(
+            f"likelihood._target_={target!r} is invalid: its class must declare data_kind = "
+            f"'binary' or 'continuous' (it has {kind!r})"
+        )
+    channels = getattr(cls, "param_channels", None)
+    if not (isinstance(channels, int) and not isinstance(channels, bool) and channels >= 1):
+        raise ValueError(
+            f"likelihood._target_={target!r} is invalid: its class must declare "
+            f"param_channels, an int >= 1 (decoder outputs per data channel; it has "
+            f"{channels!r})"
+        )
 
 
 def label(group: str, options: dict[str, Any]) -> str:

@@ -118,11 +118,14 @@ def check_run_keys(cfg: DictConfig) -> None:
 
 
 def check_components(cfg: DictConfig) -> None:
-    """Builds each selected component once (a dummy 1×4×4 shape for the likelihood): its
-    class and its constructor check its options."""
+    """Builds each selected component once (the likelihood for the dataset's shape, a dummy
+    1×4×4 one for a dataset whose shape is not known without loading it): its class and its
+    constructor check its options."""
     from vaesweep import components
+    from vaesweep.memory import DATA_SHAPES
 
-    for group, context in (("model", ()), ("likelihood", ((1, 4, 4),)), ("beta_schedule", ())):
+    shape = DATA_SHAPES.get(cfg.data.name, (1, 4, 4))
+    for group, context in (("model", ()), ("likelihood", (shape,)), ("beta_schedule", ())):
         try:
             components.build(group, _plain(cfg[group]), *context)
         except ValueError as e:

@@ -19,8 +19,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.config import ConfigError, _is_int, _is_number, _require
-from vaesweep.loggers import check_wandb
-from vaesweep.memory import check_memory
+from vaesweep.loggers import check_wandb, reachable, wandb_endpoint  # noqa: F401 (moved there)
+from vaesweep.memory import (  # noqa: F401 (moved there)
+    DATA_SHAPES,
+    available_memory,
+    check_memory,
+    count_parameters,
+)
 
 log = logging.getLogger("vaesweep")
 

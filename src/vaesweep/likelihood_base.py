@@ -130,5 +130,5 @@ class Likelihood(nn.Module):
     def effective_beta(self, beta: float) -> float | None:
         """β′ such that ``rec_nll + β·KL`` has the gradient direction of ``R + β′·KL``, R the
         family's conventional reconstruction sum (docs/math.md §5); None where no single value
-        exists. Here (Bernoulli, continuous Bernoulli): the reconstruction is the NLL, β′ = β."""
-        return float(beta)
+        exists, the default (a family whose reconstruction term is its NLL says β′ = β)."""
+        return None

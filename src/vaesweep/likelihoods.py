@@ -76,6 +76,10 @@ class BernoulliLikelihood(Likelihood):
     def sample(self, params: Tensor) -> Tensor:
         return torch.bernoulli(self.mean(params))
 
+    def effective_beta(self, beta: float) -> float | None:
+        """The reconstruction term is the NLL itself: β′ = β."""
+        return float(beta)
+
 
 class ContinuousBernoulliLikelihood(Likelihood):
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) on [0, 1] with logits l: the
@@ -111,6 +115,10 @@ class ContinuousBernoulliLikelihood(Likelihood):
     def sample(self, params: Tensor) -> Tensor:
         (logits,) = self.split(params)
         return continuous_bernoulli.sample(logits)
+
+    def effective_beta(self, beta: float) -> float | None:
+        """The reconstruction term is the NLL itself: β′ = β."""
+        return float(beta)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {

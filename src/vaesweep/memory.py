@@ -4,6 +4,7 @@ any data are loaded (vaesweep.guards.check_run)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.config import ConfigError, _is_int
+
+log = logging.getLogger("vaesweep")
 
 #: Bytes per parameter while training: weights, gradients and Adam's two moments (float32).
 BYTES_PER_PARAMETER = 16
@@ -99,6 +102,9 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
         n_params, param_channels = count_parameters(cfg, shape)
     except ValueError as e:
         raise ConfigError(f"{sizes} is invalid: {e}") from None
+    except Exception as e:  # a user's network that cannot be built on the meta device
+        log.debug("memory estimate skipped: %s: %s", type(e).__name__, e)
+        return
     available = available_memory() if available is None else available
     if available is None:
         return

@@ -23,6 +23,8 @@ from vaesweep.objective import (
 )
 from vaesweep.schedules import BetaSchedule
 
+# Config keys of the likelihood group that are not constructor options (vaesweep.components).
+LIKELIHOOD_META_KEYS = components.META_KEYS["likelihood"]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZATION_MODES = ("manual", "automatic")
 # Training metrics logged per step (train/<name>_step) and per epoch (train/<name>_epoch).

@@ -344,6 +344,16 @@ def finish_stopped(stop: SweepStopped) -> int:
     return stop.exit_code
 
 
+def launch_command() -> str:
+    """The command that launched this process, as a user would type it again (``python -m
+    vaesweep ...`` when it ran as a module, ``run.py ...`` or ``vaesweep-train ...``)."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":
+        program = "python -m vaesweep"
+        return f"{program} {shlex.join(sys.argv[1:])}".strip()
+    return shlex.join([program, *sys.argv[1:]])
+
+
 class SweepCallback(Callback):
     """Refuses sweeps with ineffective keys, writes sweep.json when a multirun starts;
     summary.csv, the table, the W&B summary run (logger=wandb) and the exit code when it
@@ -372,7 +382,7 @@ class SweepCallback(Callback):
         previous = read_sweep(sweep_dir)
         record = {
             "sweep_dir": str(sweep_dir.resolve()),
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": launch_command(),
             "grid": grid,
             "n_jobs": len(list(itertools.product(*grid.values()))) if grid else 1,
             "overrides": overrides,

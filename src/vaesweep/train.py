@@ -33,8 +33,22 @@ from vaesweep.sweep import register_resolvers
 
 # A file to append training-event timestamps to (benchmarks/: cold start, per-job overhead).
 TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
-# Re-exported: the entry point's public names before the config module existed.
-__all__ = ["CONF_DIR", "ConfigError", "build_run", "fit_and_test", "main", "validate_config"]
+# Re-exported: public names of this module before the redesign moved them.
+from vaesweep.jobs import JobNotRerun, current_job, process_rank  # noqa: E402
+from vaesweep.loggers import sweep_group  # noqa: E402
+
+__all__ = [
+    "CONF_DIR",
+    "ConfigError",
+    "JobNotRerun",
+    "build_run",
+    "current_job",
+    "fit_and_test",
+    "main",
+    "process_rank",
+    "sweep_group",
+    "validate_config",
+]
 log = logging.getLogger("vaesweep")
 
 

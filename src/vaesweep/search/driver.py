@@ -5,7 +5,6 @@ summary, then the best trials)."""
 from __future__ import annotations
 
 import hashlib
-import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +32,7 @@ def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> d
     searched = {k: p.describe() for k, p in plan.space.searched.items()}
     return {
         "sweep_dir": str(plan.sweep_dir.resolve()),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _launch_command(),
         # The summary's columns: grid axes and searched keys.
         "grid": {**plan.space.grid, **searched},
         "n_jobs": plan.n_trials * len(plan.space.points()),
@@ -131,3 +130,9 @@ def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
         return False
     print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
     return all(b["best"] is not None for b in best)
+
+
+def _launch_command() -> str:
+    from vaesweep.sweep import launch_command
+
+    return launch_command()
