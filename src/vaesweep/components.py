@@ -133,8 +133,7 @@ def component_class(group: str, options: dict[str, Any]) -> type:
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ValueError(
-            f"{group}._target_={target!r} is not a subclass of "
-            f"{base.__module__}.{base.__name__}"
+            f"{group}._target_={target!r} is not a subclass of {base.__module__}.{base.__name__}"
         )
     _check_name(group, options, cls)
     if group == "likelihood":
@@ -179,14 +178,6 @@ def _check_likelihood_class(target: str, cls: type) -> None:
         )
 
 
-def label(group: str, options: dict[str, Any]) -> str:
-    """The component's short name: its config's ``name``, else the class's ``name``."""
-    if options.get("name"):
-        return str(options["name"])
-    cls = component_class(group, options)
-    return str(getattr(cls, "name", None) or cls.__name__)
-
-
 def accepted_options(group: str, cls: type) -> list[str]:
     """The option names ``cls``'s constructor accepts (besides the context arguments)."""
     skip = {"self", *CONTEXT_ARGS[group]}
@@ -208,7 +199,7 @@ def build(group: str, options: dict[str, Any], *context: Any) -> Any:
     options. Every problem is a ValueError whose message names the config keys."""
     cls = component_class(group, options)
     kwargs = constructor_options(group, options)
-    name = options.get("name") or cls.__name__
+    name = options["name"]  # set: component_class checked it
     accepted = accepted_options(group, cls)
     parameters = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
@@ -226,6 +217,16 @@ def build(group: str, options: dict[str, Any], *context: Any) -> Any:
             f"{group} {name!r} needs option(s) {missing}: accepted options are {accepted}"
         )
     return cls(*context, **kwargs)
+
+
+def build_named(group: str, registry: dict[str, type], name: str, *context: Any, **options: Any):
+    """A built-in component by its registry name (the API's shortcut for ``{group}={name}``),
+    through the same path as a config's ``_target_``."""
+    if name not in registry:
+        raise ValueError(f"{group}={name!r} is unknown: choose one of {sorted(registry)}")
+    cls = registry[name]
+    target = f"{cls.__module__}.{cls.__qualname__}"
+    return build(group, {"_target_": target, "name": name, **options}, *context)
 
 
 def with_targets(config: dict[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,6 @@ Bernoulli normaliser), so ELBOs of different likelihoods on the same data are co
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -134,19 +132,14 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 
 def likelihood_options(name: str) -> list[str]:
     """Option names accepted by the likelihood ``name`` (besides the data shape)."""
-    params = inspect.signature(LIKELIHOODS[name].__init__).parameters
-    return [p for p in params if p not in ("self", "shape")]
+    from vaesweep.components import accepted_options
+
+    return accepted_options("likelihood", LIKELIHOODS[name])
 
 
 def build_likelihood(name: str, shape: tuple[int, int, int], **options: object) -> Likelihood:
-    """Build a likelihood from its registry name, the data shape (C, H, W) and options."""
-    if name not in LIKELIHOODS:
-        raise ValueError(f"likelihood={name!r} is unknown: choose one of {sorted(LIKELIHOODS)}")
-    accepted = likelihood_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"likelihood {name!r} has no option(s) {unknown}: accepted options are "
-            f"{accepted or 'none'}"
-        )
-    return LIKELIHOODS[name](shape, **options)
+    """A built-in likelihood by name, for the data shape (C, H, W), with options; the same
+    path as a config's ``likelihood._target_`` (:mod:`vaesweep.components`)."""
+    from vaesweep.components import build_named
+
+    return build_named("likelihood", LIKELIHOODS, name, shape, **options)

@@ -449,19 +449,14 @@ SCHEDULES: dict[str, type[BetaSchedule]] = {
 
 def schedule_options(name: str) -> list[str]:
     """Option names accepted by the schedule ``name`` (its constructor's parameters)."""
-    return [p for p in inspect.signature(SCHEDULES[name].__init__).parameters if p != "self"]
+    from vaesweep.components import accepted_options
+
+    return accepted_options("beta_schedule", SCHEDULES[name])
 
 
 def build_schedule(name: str, **options: object) -> BetaSchedule:
-    """A built-in β schedule by name, with options (ValueError naming what is wrong).
+    """A built-in β schedule by name, with options (ValueError naming what is wrong); the
+    same path as a config's ``beta_schedule._target_`` (:mod:`vaesweep.components`)."""
+    from vaesweep.components import build_named
 
-    The same path as a config's ``beta_schedule._target_`` (:mod:`vaesweep.components`)."""
-    from vaesweep.components import build
-
-    if name not in SCHEDULES:
-        raise ValueError(f"beta_schedule={name!r} is unknown: choose one of {sorted(SCHEDULES)}")
-    cls = SCHEDULES[name]
-    return build(
-        "beta_schedule",
-        {"_target_": f"{cls.__module__}.{cls.__qualname__}", "name": name, **options},
-    )
+    return build_named("beta_schedule", SCHEDULES, name, **options)

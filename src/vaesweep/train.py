@@ -99,17 +99,18 @@ def build_run(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data = _build_data(cfg)
+    preprocess = resolve_preprocess(cfg)
+    data = _build_data(cfg, preprocess)
     if record is not None:
         record.set_dataset(data.info)
     trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
-    model = _build_model(cfg, data.shape, trainer_args)
+    model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
     loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
     trainer, checkpoint = _build_trainer(cfg, job, trainer_args, loggers, callbacks)
     return RunParts(data, model, trainer, checkpoint, loggers)
 
 
-def _build_data(cfg: DictConfig) -> Any:
+def _build_data(cfg: DictConfig, preprocess: str) -> Any:
     from vaesweep.data import VAEDataModule
 
     return VAEDataModule(
@@ -118,7 +119,7 @@ def _build_data(cfg: DictConfig) -> Any:
         download=cfg.data.download,
         batch_size=cfg.data.batch_size,  # global: each rank takes its share at setup
         eval_batch_size=cfg.data.eval_batch_size,
-        preprocess=resolve_preprocess(cfg),
+        preprocess=preprocess,
         seed=cfg.seed,
         val_size=cfg.data.val_size,
         test_size=cfg.data.test_size,
@@ -126,7 +127,9 @@ def _build_data(cfg: DictConfig) -> Any:
     )
 
 
-def _build_model(cfg: DictConfig, shape: tuple[int, int, int], trainer_args: dict) -> Any:
+def _build_model(
+    cfg: DictConfig, shape: tuple[int, int, int], report_bpd: bool, trainer_args: dict
+) -> Any:
     """The LightningModule; takes the optimisation arguments it applies out of trainer_args."""
     from vaesweep.module import VAE
 
@@ -141,7 +144,7 @@ def _build_model(cfg: DictConfig, shape: tuple[int, int, int], trainer_args: dic
         iwae_k=cfg.eval.iwae_k,
         iwae_chunk=cfg.eval.iwae_chunk,
         active_units_threshold=cfg.eval.active_units_threshold,
-        report_bpd=resolve_preprocess(cfg) == "dequantize",
+        report_bpd=report_bpd,
         seed=cfg.seed,
         compile=cfg.compile,
         **_optimization_args(trainer_args),

@@ -29,10 +29,12 @@ def _now() -> str:
 def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> dict[str, Any]:
     """sweep.json of a search: as for a grid (its columns: grid axes and searched keys), and
     the search's own part."""
+    from vaesweep.sweep import launch_command  # vaesweep.sweep imports this package
+
     searched = {k: p.describe() for k, p in plan.space.searched.items()}
     return {
         "sweep_dir": str(plan.sweep_dir.resolve()),
-        "command": _launch_command(),
+        "command": launch_command(),
         # The summary's columns: grid axes and searched keys.
         "grid": {**plan.space.grid, **searched},
         "n_jobs": plan.n_trials * len(plan.space.points()),
@@ -130,9 +132,3 @@ def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
         return False
     print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
     return all(b["best"] is not None for b in best)
-
-
-def _launch_command() -> str:
-    from vaesweep.sweep import launch_command
-
-    return launch_command()
