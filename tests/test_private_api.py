@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import csv
 import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -44,19 +47,29 @@ def test_wandb_is_the_pinned_version_and_its_offline_records_parse(tmp_path):
         f"wandb {wandb.__version__} is installed, {pinned.group(1)} is pinned: re-check "
         "vaesweep.wandb_offline (record format) and reinit='create_new' before moving the pin"
     )
-    run = wandb.init(
-        project="guard",
-        dir=str(tmp_path),
-        mode="offline",
-        reinit="create_new",
-        config={"a": 1},
-        settings=wandb.Settings(silent=True),
+    # Written by a process of its own, as every job's run is (W&B's state in this test
+    # process depends on which tests ran before it).
+    script = (
+        "import sys, wandb\n"
+        "run = wandb.init(project='guard', dir=sys.argv[1], mode='offline', reinit='create_new',"
+        " config={'a': 1}, settings=wandb.Settings(silent=True))\n"
+        "run.log({'x': 2.5})\n"
+        "run.finish()\n"
+        "print(run.id)\n"
     )
-    run.log({"x": 2.5})
-    run.finish()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env={**env, "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = proc.stdout.split()[-1]
     (directory,) = (tmp_path / "wandb").glob("offline-run-*")
     record = read_offline_run(directory)
-    assert record["run_id"] == run.id
+    assert record["run_id"] == run_id
     assert record["config"]["a"] == 1
     assert [row["x"] for row in record["history"] if "x" in row] == [2.5]
 
