@@ -3,7 +3,7 @@
     python benchmarks/iwae.py
     python benchmarks/iwae.py --device cuda
 
-Product: ``vaesweep.objective.importance_estimates`` (what the test step runs) on one test
+Product: ``vaesweep.model.objective.importance_estimates`` (what the test step runs) on one test
 batch (500 mnist_small test examples, data.eval_batch_size) with the default model (mlp,
 Gaussian σ = 1), in its default chunking (chunk size chosen to bound memory) and with a few
 explicit chunk sizes (eval.iwae_chunk).
@@ -82,8 +82,8 @@ def naive_iwae(x: Tensor, encoder, decoder, k: int) -> Tensor:
 def build_cases(args: argparse.Namespace) -> tuple[int, int, dict[str, Callable[[], Tensor]]]:
     """(batch size, chunk size chosen by the product, {label: one IWAE evaluation})."""
     from vaesweep.data import VAEDataModule
-    from vaesweep.module import VAE
-    from vaesweep.objective import default_chunk_size, importance_estimates
+    from vaesweep.model.module import VAE
+    from vaesweep.model.objective import default_chunk_size, importance_estimates
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                  # mlp/conv × batch 128/512 × bernoulli/gaussian
     python benchmarks/train_throughput.py --device cuda    # the same with data and model on a GPU
 
-Product: the real run of `python run.py` (composed config, ``vaesweep.train.build_run``:
+Product: the real run of `python run.py` (composed config, ``vaesweep.run.driver.build_run``:
 VAEDataModule/TensorLoader data path with per-batch binarisation or dequantisation, the VAE
 LightningModule with its logging, a real Lightning Trainer with the default trainer config,
 checkpoints, and the default loggers: W&B offline + CSV), trained on mnist_small (4000
@@ -52,7 +52,7 @@ from common import REPO, footer, header, median, spread
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
-from vaesweep.module import build_optimizer
+from vaesweep.model.module import build_optimizer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -205,7 +205,7 @@ class BareModule(L.LightningModule):
         self.automatic_optimization = False
 
     def training_step(self, x: Tensor, batch_idx: int) -> None:
-        from vaesweep.objective import elbo_terms
+        from vaesweep.model.objective import elbo_terms
 
         terms = elbo_terms(x, self.encoder, self.decoder, self.likelihood)
         self.manual_backward(terms.rec_nll.mean() + terms.kl.mean())
@@ -234,7 +234,7 @@ def pair_ratios(product_s: list[float], reference_s: list[float]) -> list[float]
 
 
 def compose_cfg(overrides: list[str]):
-    from vaesweep.config import CONF_DIR
+    from vaesweep.run.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
@@ -243,9 +243,9 @@ def compose_cfg(overrides: list[str]):
 def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
     """Product and reference throughput (samples/s) of one case; medians over epochs."""
     from vaesweep.data import load_dataset
-    from vaesweep.jobs import Job
-    from vaesweep.record import RunRecord
-    from vaesweep.train import build_run
+    from vaesweep.run.driver import build_run
+    from vaesweep.run.jobs import Job
+    from vaesweep.run.record import RunRecord
 
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     cfg = compose_cfg(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.atomic import atomic_open, remove_stale_temps
-from vaesweep.record import write_json_atomic
+from vaesweep.core.atomic import atomic_open, remove_stale_temps
+from vaesweep.run.record import write_json_atomic
 
 
 def mode(path: Path) -> int:
@@ -52,11 +52,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
-def test_the_new_file_appears_only_at_the_rename(tmp_path):
+def test_the_new_file_appears_only_at_the_rename(tmp_path, monkeypatch):
     target = tmp_path / "a.json"
     write_json_atomic(target, {"v": 1})
     seen = []
-    with atomic_open(target, before_replace=lambda: seen.append(target.read_text())) as f:
+    replace = os.replace
+
+    def replace_seen(src, dst):  # what a reader sees just before the rename
+        seen.append(Path(dst).read_text())
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_seen)
+    with atomic_open(target) as f:
         f.write('{"v": 2}')
         assert target.read_text().strip().endswith("}") and '"v": 1' in target.read_text()
     assert '"v": 1' in seen[0] and target.read_text() == '{"v": 2}'

@@ -18,12 +18,11 @@ import torch
 from omegaconf import OmegaConf
 from test_train import compose_cfg, validate
 
-from vaesweep.config import ConfigError, validate_config
-from vaesweep.effective import NOT_RESULTS
-from vaesweep.failures import describe
-from vaesweep.guards import NothingTrained, require_training
-from vaesweep.memory import DATA_SHAPES, count_parameters
-from vaesweep.results import load_results
+from vaesweep.analysis.results import load_results
+from vaesweep.run.config import ConfigError, NothingTrained, require_training, validate_config
+from vaesweep.run.effective import NOT_RESULTS
+from vaesweep.run.failures import describe
+from vaesweep.run.memory import DATA_SHAPES, count_parameters
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
@@ -78,7 +77,7 @@ def test_a_key_given_twice_is_refused():
 
 
 def test_memory_estimate_counts_the_real_parameters():
-    from vaesweep.module import VAE
+    from vaesweep.model.module import VAE
 
     cases = ([], ["model=conv", "likelihood.scale=decoder"], ["likelihood.scale=per_pixel"])
     for overrides in (*cases, ["data=digits"]):
@@ -151,9 +150,9 @@ def test_disk_full_message_names_the_file_and_the_free_space(tmp_path):
 
 IWAE_MEMORY = """
 import resource, sys, torch
-from vaesweep.likelihoods import build_likelihood
-from vaesweep.networks import build_decoder, build_encoder
-from vaesweep.objective import importance_estimates
+from vaesweep.model.components import build_likelihood
+from vaesweep.model.networks import build_decoder, build_encoder
+from vaesweep.model.objective import importance_estimates
 torch.set_num_threads(1)
 shape = (1, 28, 28)
 lik = build_likelihood("gaussian", shape)

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep import claims
-from vaesweep.claims import CLAIM_FILE, HOST, ClaimHeld, acquire, held_by_other, read_claim
-from vaesweep.interrupt import PAUSE_ENV
+from vaesweep.run import claims
+from vaesweep.run.claims import CLAIM_FILE, HOST, ClaimHeld, acquire, held_by_other, read_claim
 
 from conftest import RUN_PY, TINY, cli_env, results_under
+from pause import pause_env
 
 HOLD = """
 import sys, time
-from vaesweep.claims import acquire
+from vaesweep.run.claims import acquire
 claim = acquire(sys.argv[1], float(sys.argv[2]))
 print("held", flush=True)
 time.sleep(600)
@@ -124,7 +124,7 @@ def test_same_host_claims_of_gone_processes_are_stale(tmp_path):
 
 RACE = """
 import sys, time
-from vaesweep.claims import ClaimHeld, acquire
+from vaesweep.run.claims import ClaimHeld, acquire
 start = float(sys.argv[2])
 while time.time() < start:
     pass
@@ -205,7 +205,7 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
             assert time.monotonic() < deadline, f"no {what} in {timeout} s"
             time.sleep(0.05)
 
-    procs = [launch(0, {PAUSE_ENV: f"claimed:{marker}"})]
+    procs = [launch(0, pause_env("claimed", marker))]
     try:
         wait_until(marker.exists, "claim held by the first launch")
         (held_dir,) = [p.parent for p in (workdir / "sweep").glob(f"*/{CLAIM_FILE}")]

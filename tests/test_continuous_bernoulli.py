@@ -17,9 +17,9 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from vaesweep import continuous_bernoulli as cb
 from vaesweep.data import load_dataset, preprocess
-from vaesweep.likelihoods import build_likelihood
+from vaesweep.model import continuous_bernoulli as cb
+from vaesweep.model.components import build_likelihood
 
 DTYPES = [torch.float32, torch.float64]
 MAGNITUDES = [1e-8, 1e-4, 0.01, 0.1, 1, 5, 16, 17, 30, 50, 88, 89, 100]

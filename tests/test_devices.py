@@ -24,10 +24,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from vaesweep import ranks
-from vaesweep.config import CONF_DIR, ConfigError, validate_config
 from vaesweep.data import VAEDataModule
-from vaesweep.module import VAE
+from vaesweep.model.module import VAE
+from vaesweep.run import ranks
+from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
 
 from conftest import RUN_PY, cli_env
 

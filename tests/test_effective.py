@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 
-from vaesweep import schedules
-from vaesweep.config import CONF_DIR, ConfigError, validate_config
-from vaesweep.effective import check_distinct, check_overrides, reads, result_config
-from vaesweep.schedules import BetaSchedule
-from vaesweep.sweep import grid_jobs
+from vaesweep.model import schedules
+from vaesweep.model.schedules import BetaSchedule
+from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
+from vaesweep.run.effective import check_distinct, check_overrides, reads, result_config
+from vaesweep.sweep.grid import grid_jobs
 
 from conftest import TINY, results_under, run_cli
 

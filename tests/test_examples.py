@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from scipy import stats
 
-from vaesweep import components
-from vaesweep.config import CONF_DIR, ConfigError, validate_config
+from vaesweep.model import components
+from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
 
 from conftest import REPO, RUN_PY, TINY, cli_env
 

@@ -12,24 +12,24 @@ import pytest
 from PIL import Image
 from scipy import optimize, stats
 
-from vaesweep.figures import FigureSkipped, write_sweep_figures
-from vaesweep.figures.analytic import (
+from vaesweep.analysis.figures import FigureSkipped, write_sweep_figures
+from vaesweep.analysis.figures.analytic import (
     SIGMA_STAR_GID,
     l1_versus_l2_gradient,
     log_mse_gradient,
     log_squared_error_gradient,
     nll_versus_sigma,
 )
-from vaesweep.figures.grids import reconstruction_rows
-from vaesweep.figures.style import LIKELIHOOD_COLOURS, OKABE_ITO
-from vaesweep.figures.sweep import (
+from vaesweep.analysis.figures.grids import reconstruction_rows
+from vaesweep.analysis.figures.style import LIKELIHOOD_COLOURS, OKABE_ITO
+from vaesweep.analysis.figures.sweep import (
     metric_vs_beta,
     rate_distortion,
     scale_history,
     schedule_history,
 )
-from vaesweep.figures.table import results_table
-from vaesweep.results import load_results
+from vaesweep.analysis.figures.table import results_table
+from vaesweep.analysis.results import load_results
 
 from tiny_sweeps import copy_results, vaesweep
 
@@ -276,9 +276,9 @@ def test_images_file_is_the_checkpointed_models_output_on_the_first_test_images(
     rebuilt here, applied to the first test images preprocessed as in the run."""
     import torch
 
-    from vaesweep.callbacks import SAMPLE_SEED
     from vaesweep.data import fixed_preprocess, load_dataset
-    from vaesweep.module import VAE
+    from vaesweep.model.module import VAE
+    from vaesweep.run.callbacks import SAMPLE_SEED
 
     df = load_results(sweep)
     for _, run in df[df["seed"] == 0].head(4).iterrows():

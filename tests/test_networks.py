@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from vaesweep.networks import ACTIVATIONS, NETWORKS, build_decoder, build_encoder
+from vaesweep.model.networks import ACTIVATIONS, NETWORKS, build_decoder, build_encoder
 
 SHAPES = [(1, 28, 28), (1, 8, 8), (3, 32, 32)]
 

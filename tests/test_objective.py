@@ -8,9 +8,10 @@ import torch
 from scipy import stats
 from torch.distributions import Normal, kl_divergence
 
-from vaesweep.latent import DiagonalGaussian, standard_normal_log_prob
-from vaesweep.likelihoods import SCALE_MODES, build_likelihood
-from vaesweep.objective import (
+from vaesweep.model.components import build_likelihood
+from vaesweep.model.latent import DiagonalGaussian, standard_normal_log_prob
+from vaesweep.model.likelihoods import SCALE_MODES
+from vaesweep.model.objective import (
     active_units,
     bits_per_dim,
     default_chunk_size,

@@ -1,6 +1,6 @@
 """Guards for the private Lightning internals vaesweep still uses.
 
-vaesweep.module writes its step and epoch metrics through
+vaesweep.model.module writes its step and epoch metrics through
 ``trainer._logger_connector.log_metrics`` (what ``self.log`` ends in, without its per-call
 bookkeeping: a measured saving per training step); it also short-cuts ``_current_fx_name``,
 overrides the progress bar's ``_should_update`` and reads ``fit_loop.epoch_progress``. None
@@ -34,18 +34,18 @@ def test_lightning_is_the_pinned_version():
 
 
 def test_wandb_is_the_pinned_version_and_its_offline_records_parse(tmp_path):
-    """vaesweep.wandb_offline reads W&B's internal offline record format: the version is
+    """wandb_offline reads W&B's internal offline record format: the version is
     pinned exactly, and an offline run written now reads back (a changed format fails here
     with this message rather than somewhere in the dashboard tests)."""
     import wandb
 
-    from vaesweep.wandb_offline import read_offline_run
+    from wandb_offline import read_offline_run
 
     pinned = re.search(r'"wandb==([^"]+)"', PYPROJECT.read_text())
     assert pinned, "pyproject.toml must pin wandb exactly (its offline record format is read)"
     assert wandb.__version__ == pinned.group(1), (
         f"wandb {wandb.__version__} is installed, {pinned.group(1)} is pinned: re-check "
-        "vaesweep.wandb_offline (record format) and reinit='create_new' before moving the pin"
+        "wandb_offline (record format) and reinit='create_new' before moving the pin"
     )
     # Written by a process of its own, as every job's run is (W&B's state in this test
     # process depends on which tests ran before it).
@@ -82,10 +82,10 @@ def test_logger_connector_log_metrics_writes_to_the_loggers(tmp_path):
         enable_model_summary=False,
     )
     connector = getattr(trainer, "_logger_connector", None)
-    assert connector is not None, "Trainer._logger_connector is gone: vaesweep.module needs it"
+    assert connector is not None, "Trainer._logger_connector is gone: vaesweep.model.module needs it"
     params = list(inspect.signature(connector.log_metrics).parameters)
     assert params[:2] == ["metrics", "step"], (
-        f"_logger_connector.log_metrics now takes {params}: vaesweep.module calls it as "
+        f"_logger_connector.log_metrics now takes {params}: vaesweep.model.module calls it as "
         "log_metrics(metrics, step=step)"
     )
     connector.log_metrics({"train/loss": 1.5, "epoch": 0}, step=7)
@@ -98,7 +98,7 @@ def test_logger_connector_log_metrics_writes_to_the_loggers(tmp_path):
 def test_the_other_internals_vaesweep_relies_on_still_exist(tmp_path):
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    # vaesweep.module.VAE.__setattr__ short-cuts the attribute Lightning sets around hooks.
+    # vaesweep.model.module.VAE.__setattr__ short-cuts the attribute Lightning sets around hooks.
     assert hasattr(L.LightningModule(), "_current_fx_name"), (
         "LightningModule no longer has _current_fx_name: drop VAE.__setattr__'s short-cut"
     )
@@ -107,7 +107,7 @@ def test_the_other_internals_vaesweep_relies_on_still_exist(tmp_path):
     assert trainer.fit_loop.epoch_progress.current.processed == 0, (
         "fit_loop.epoch_progress.current.processed moved: vaesweep.data needs the epoch"
     )
-    # vaesweep.callbacks.ThrottledProgressBar overrides the bar's redraw decision.
+    # vaesweep.run.callbacks.ThrottledProgressBar overrides the bar's redraw decision.
     params = list(inspect.signature(TQDMProgressBar._should_update).parameters)
     assert params == ["self", "current", "total"], (
         f"TQDMProgressBar._should_update now takes {params}: update ThrottledProgressBar"

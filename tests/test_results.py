@@ -1,7 +1,7 @@
 """Results as a DataFrame: collect a real tiny sweep, aggregate over seeds, bad input, W&B.
 
 Expected values are read back from the results.json files with the json module, and the
-aggregates recomputed with numpy, independently of vaesweep.results.
+aggregates recomputed with numpy, independently of vaesweep.analysis.results.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from vaesweep.config import CONF_DIR
-from vaesweep.results import (
+from vaesweep.analysis.results import (
     ResultsError,
     aggregate,
     frame_from_wandb,
@@ -25,9 +24,10 @@ from vaesweep.results import (
     split_job_name,
     write_frame,
 )
-from vaesweep.wandb_offline import read_offline_run
+from vaesweep.run.config import CONF_DIR
 
 from tiny_sweeps import copy_results, vaesweep
+from wandb_offline import read_offline_run
 
 SWEPT = ["likelihood", "likelihood.scale", "beta", "seed"]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaesweep.likelihoods import build_likelihood
-from vaesweep.module import VAE
-from vaesweep.sweep import SCALE_TOLERANCE, scale_converged, summary_rows
+from vaesweep.model.components import build_likelihood
+from vaesweep.model.module import VAE
+from vaesweep.sweep.grid import SCALE_TOLERANCE, scale_converged, summary_rows
 
 SHAPE = (1, 4, 4)
 MLP = {"name": "mlp", "latent_dim": 3, "hidden": [16], "activation": "relu"}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaesweep.schedules import SCHEDULES, build_schedule
+from vaesweep.model.components import build_schedule
+from vaesweep.model.schedules import SCHEDULES
 
 
 def frange_cycle_linear(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):

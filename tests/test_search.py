@@ -14,16 +14,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from vaesweep.search import (
-    BEST_FILE,
-    JOURNAL_FILE,
-    SearchError,
-    check_pruner,
-    objective_direction,
-    open_storage,
-    parse_space,
-    quote_sweeper_params,
-)
+from vaesweep.sweep.search import BEST_FILE, JOURNAL_FILE, SearchError, quote_sweeper_params
+from vaesweep.sweep.search.metrics import objective_direction
+from vaesweep.sweep.search.plan import check_pruner
+from vaesweep.sweep.search.space import parse_space
+from vaesweep.sweep.search.storage import open_storage
 
 from conftest import RUN_PY, TINY, cli_env, run_cli
 from tiny_sweeps import vaesweep

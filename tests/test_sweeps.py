@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.sweep import SUMMARY_FILE, SWEEP_FILE, job_dirname, parse_grid
+from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE, job_dirname, parse_grid
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
@@ -236,7 +236,7 @@ def test_experiment_preset_expands_to_its_grid(workdir):
 def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from vaesweep.config import CONF_DIR
+    from vaesweep.run.config import CONF_DIR
 
     overrides = [
         "hydra/launcher=slurm",

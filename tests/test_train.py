@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from vaesweep.config import CONF_DIR, ConfigError, validate_config
-from vaesweep.record import STATUSES
-from vaesweep.wandb_offline import read_offline_run
+from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
+from vaesweep.run.record import STATUSES
 
 from conftest import TINY, results_under, run_cli
+from wandb_offline import read_offline_run
 
 GROUPS = ["data", "model", "likelihood", "beta_schedule", "optimizer", "trainer", "logger", "eval"]
 METRIC_KEYS = {

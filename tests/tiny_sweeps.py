@@ -67,7 +67,7 @@ def copy_results(sweep: Path, dest: Path) -> list[Path]:
 def vaesweep(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``vaesweep ARGS`` (the console script's module) in a subprocess; never raises."""
     return subprocess.run(
-        [sys.executable, "-m", "vaesweep.cli", *args],
+        [sys.executable, "-m", "vaesweep.analysis.cli", *args],
         cwd=cwd,
         env=cli_env(),
         capture_output=True,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, StudentT
 
-from vaesweep.likelihoods import Likelihood
+from vaesweep.model.likelihoods import Likelihood
 
 
 def _check(ok: bool, key: str, value: object, allowed: str) -> None:

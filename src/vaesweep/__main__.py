@@ -11,13 +11,14 @@ import sys
 
 
 def main() -> None:
-    from vaesweep.cli import COMMANDS
+    # Each command imports only what it runs: the results commands never load the training
+    # stack (Lightning, Hydra's app), and training never loads the plotting stack.
+    from vaesweep.analysis.cli import COMMANDS
+    from vaesweep.analysis.cli import main as results_main
 
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
-        from vaesweep.cli import main as results_main
-
         sys.exit(results_main(sys.argv[1:]))
-    from vaesweep.train import cli_main
+    from vaesweep.sweep.entry import cli_main
 
     cli_main()
 

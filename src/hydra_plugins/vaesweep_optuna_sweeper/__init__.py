@@ -1,5 +1,5 @@
 """vaesweep's ``hydra/sweeper=optuna``: a resumable Optuna search run as ordinary jobs.
 
 Hydra finds this package in the ``hydra_plugins`` namespace; the search itself lives in
-:mod:`vaesweep.search`.
+:mod:`vaesweep.sweep.search`.
 """

@@ -79,7 +79,7 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from vaesweep.search import run_search
+        from vaesweep.sweep.search import run_search
 
         assert self.config is not None and self.launcher is not None
         return run_search(self.config, self.launcher, arguments, self.sampler, self.pruner)

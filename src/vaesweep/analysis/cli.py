@@ -1,0 +1,141 @@
+"""The ``vaesweep`` command: collect results into a table, draw the paper figures.
+
+    vaesweep collect SWEEP_DIR... [-o FILE.csv|FILE.parquet] [--aggregate]
+    vaesweep collect --wandb ENTITY/PROJECT --group GROUP [-o FILE]
+    vaesweep figures SWEEP_DIR... [--out DIR]
+    vaesweep figures --analytic [--out DIR]
+
+Bad input (no results, mixed datasets, no completed run, unknown format) prints one line
+``vaesweep: error: ...`` to stderr and exits 1, before any file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from vaesweep.analysis.results import (
+    ResultsError,
+    aggregate,
+    excluded_message,
+    load_results,
+    load_wandb,
+    write_frame,
+)
+from vaesweep.run.record import SUMMARY_COLUMNS
+
+# The subcommands (``python -m vaesweep`` sends anything else to training).
+COMMANDS = ("collect", "figures")
+#: The columns ``collect`` prints: those of a sweep's summary table.
+SHOWN = ("status", *SUMMARY_COLUMNS)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaesweep",
+        description="From sweep to paper: collect run results, draw publication figures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = sub.add_parser(
+        "collect",
+        help="load every results.json under the given dirs into one table",
+        description="Load every results.json found (recursively) under SWEEP_DIR... into one "
+        "table: one row per run, columns for the swept values, every metric, status, seed, "
+        "duration and the flattened config (config.*). Without -o, prints the main columns.",
+    )
+    collect.add_argument("dirs", nargs="*", metavar="SWEEP_DIR", help="sweep or run directories")
+    collect.add_argument("-o", "--output", type=Path, help="write the table here: .csv or .parquet")
+    collect.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="one row per configuration: mean, std, sem and count of each metric over seeds "
+        "(completed runs only)",
+    )
+    collect.add_argument(
+        "--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)"
+    )
+    collect.add_argument("--group", help="the W&B group (the sweep) to read, with --wandb")
+
+    figures = sub.add_parser(
+        "figures",
+        help="draw the paper figures of a sweep (or the analytic ones)",
+        description="Draw every sweep figure (NLL/ELBO vs beta, rate-distortion, "
+        "reconstructions, samples, scale and schedule histories) as PDF + PNG, and the "
+        "results table as Markdown + LaTeX. Figures the sweep cannot support are skipped "
+        "with the reason. --analytic draws the loss-landscape figures instead.",
+    )
+    figures.add_argument("dirs", nargs="*", metavar="SWEEP_DIR", help="sweep or run directories")
+    figures.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: SWEEP_DIR/figures, or outputs/figures/analytic)",
+    )
+    figures.add_argument("--analytic", action="store_true", help="the analytic figures")
+    return parser
+
+
+def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.wandb:
+        if args.dirs or not args.group:
+            parser.error("--wandb takes --group GROUP and no SWEEP_DIR")
+        df = load_wandb(args.wandb, args.group)
+        source = f"W&B {args.wandb}, group {args.group}"
+    elif args.dirs:
+        df = load_results(*args.dirs)
+        source = ", ".join(args.dirs)
+    else:
+        parser.error("give SWEEP_DIR... or --wandb ENTITY/PROJECT --group GROUP")
+    statuses = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+    print(f"{len(df)} runs ({statuses}) from {source}", file=sys.stderr)
+    table = aggregate(df) if args.aggregate else df
+    if args.output:
+        print(f"wrote {write_frame(table, args.output)}", file=sys.stderr)
+    elif args.aggregate:
+        print(table.to_string(index=False))
+    else:
+        shown = [*df.attrs["swept"], *(c for c in SHOWN if c in df.columns)]
+        print(df[list(dict.fromkeys(shown))].to_string(index=False))
+
+
+def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.analytic == bool(args.dirs):
+        parser.error("give SWEEP_DIR... or --analytic (not both)")
+    # Results are loaded (and bad input reported) before the plotting stack is imported.
+    df = None if args.analytic else load_results(*args.dirs)
+    from vaesweep.analysis.figures import (  # heavy: matplotlib, after the results loaded
+        write_analytic_figures,
+        write_sweep_figures,
+    )
+
+    if df is None:
+        report = write_analytic_figures(args.out or Path("outputs") / "figures" / "analytic")
+    else:
+        if message := excluded_message(df):
+            print(f"note: {message}", file=sys.stderr)
+        report = write_sweep_figures(df, args.out or Path(args.dirs[0]) / "figures")
+    for reason in report.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    for path in report.written:
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vaesweep`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            # Excluded runs are reported once, above, rather than by every aggregate.
+            warnings.filterwarnings("ignore", message=r".* runs excluded from the aggregates")
+            (_collect if args.command == "collect" else _figures)(args, parser)
+    except ResultsError as e:
+        print(f"vaesweep: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Image figures from the runs' files: reconstructions of the same test images and prior
+samples, one row per configuration.
+
+For each configuration (swept keys except ``seed`` and ``beta``; one β per figure) the
+completed run with the lowest seed that wrote ``images.npz`` is shown. Every run writes the
+arrays behind its own image grids there at test time (vaesweep.run.callbacks.ImageGrids): the
+first test images (the same for every run: the test split and its order are fixed),
+their reconstructions as that run's model saw them (its own fixed dequantisation noise,
+or binarisation for the Bernoulli), and E[x | z] for draws z ~ N(0, I) from one fixed seed
+(the same z for every run with the same latent size). Figures only read those files: no
+model is rebuilt, no dataset is loaded, and a user's own components need not be
+importable to draw them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from vaesweep.analysis.figures.style import TWO_COLUMN, new_figure, paper_style
+from vaesweep.analysis.figures.sweep import FigureSkipped, groups, styles_for
+from vaesweep.analysis.results import completed, config_keys
+from vaesweep.run.images import IMAGES_FILE, make_grid
+
+# Inches of figure width kept for the row labels.
+LABEL_WIDTH = 1.7
+
+
+def _images_file(row: pd.Series) -> Path | None:
+    path = Path(str(row["run_dir"])) / IMAGES_FILE
+    return path if path.is_file() else None
+
+
+def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.Series, Path]]:
+    """(label, run row, its images.npz) per configuration at ``beta``: its lowest-seed run
+    with the file."""
+    done = completed(df)
+    if beta is not None:
+        done = done[np.isclose(done["beta"].astype(float), beta)]
+    keys = [k for k in config_keys(df) if k != "beta"]
+    styles = styles_for(done, keys) if not done.empty else {}
+    out = []
+    for config, rows in groups(done, keys):
+        for _, row in rows.sort_values("seed").iterrows():
+            if (images := _images_file(row)) is not None:
+                out.append((styles[config].label or str(row["job_name"]), row, images))
+                break
+    if not out:
+        raise FigureSkipped(
+            f"no completed run has its {IMAGES_FILE} (the arrays every run writes at test "
+            "time; a run of an earlier version has only its reconstructions.png and samples.png)"
+        )
+    return out
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def _strip(ax, images: Tensor, label: str) -> None:
+    grid = make_grid(images.float().cpu(), nrow=images.shape[0], padding=1, pad_value=1.0)
+    pixels = grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0)
+    ax.imshow(pixels.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_ylabel(label, rotation=0, ha="right", va="center")
+
+
+def _rows_figure(rows: list[tuple[str, Tensor]], title: str, width: float) -> Figure:
+    n = rows[0][1].shape[0]
+    row_height = (width - LABEL_WIDTH) / n + 0.05
+    with paper_style():
+        fig = new_figure(width, row_height * len(rows) + 0.3, nrows=len(rows))
+        for ax, (label, images) in zip(fig.axes, rows, strict=True):
+            _strip(ax, images, label)
+        fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def _title(what: str, beta: float | None) -> str:
+    return what + (f", β = {beta:g}" if beta is not None else "")
+
+
+def reconstruction_rows(
+    df: pd.DataFrame, beta: float | None = None, n: int = 8
+) -> list[tuple[str, Tensor]]:
+    """("test images", the first n test images as grey levels / 255), then per configuration
+    (label, its reconstructions x̂ = E[x | z = E_q[z|x]] of those images), each [n, C, H, W].
+    Bernoulli configurations reconstruct the binarised images they were trained on."""
+    rows: list[tuple[str, Tensor]] = []
+    for label, _, path in representatives(df, beta):
+        arrays = _arrays(path)
+        if not rows:
+            originals = torch.from_numpy(arrays["originals"][:n]).float() / 255.0
+            rows.append(("test images", originals))
+        rows.append((label, torch.from_numpy(arrays["reconstructions"][:n])))
+    count = min(images.shape[0] for _, images in rows)
+    return [(label, images[:count]) for label, images in rows]
+
+
+def sample_rows(
+    df: pd.DataFrame, beta: float | None = None, n: int = 8
+) -> list[tuple[str, Tensor]]:
+    """(label, E[x | z] for the same n draws z ~ N(0, I)) per configuration, each [n, C, H, W]."""
+    rows = [
+        (label, torch.from_numpy(_arrays(path)["samples"][:n]))
+        for label, _, path in representatives(df, beta)
+    ]
+    count = min(images.shape[0] for _, images in rows)
+    return [(label, images[:count]) for label, images in rows]
+
+
+def reconstructions(
+    df: pd.DataFrame, beta: float | None = None, n: int = 8, width: float = TWO_COLUMN
+) -> Figure:
+    """Top row: n test images; below, one row per configuration: its reconstructions of them."""
+    title = _title("Reconstructions of the same test images", beta)
+    return _rows_figure(reconstruction_rows(df, beta, n), title, width)
+
+
+def prior_samples(
+    df: pd.DataFrame, beta: float | None = None, n: int = 8, width: float = TWO_COLUMN
+) -> Figure:
+    """One row per configuration: E[x | z] for the same n draws z ~ N(0, I)."""
+    title = _title("Samples E[x | z], z ~ N(0, I) (same z in every row)", beta)
+    return _rows_figure(sample_rows(df, beta, n), title, width)

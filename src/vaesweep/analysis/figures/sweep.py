@@ -1,0 +1,314 @@
+"""Sweep figures from the results frame (:func:`vaesweep.analysis.results.load_results`).
+
+Each function takes the frame (run directories for the ones that read metric histories) and
+returns a matplotlib Figure; it raises :class:`FigureSkipped`, with a message naming what is
+missing, when the frame cannot support it. Only completed runs are drawn. A configuration is
+one value of every swept key except ``seed`` (and ``beta`` where β is the x axis); error
+bars and means are over its seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from vaesweep.analysis.figures.style import (
+    CYCLE,
+    LIKELIHOOD_COLOURS,
+    LIKELIHOOD_NAMES,
+    METRIC_LABELS,
+    ONE_COLUMN,
+    SCALE_STYLES,
+    SCALE_SYMBOLS,
+    TWO_COLUMN,
+    LineStyle,
+    line_styles,
+    new_figure,
+    paper_style,
+    sequential_colours,
+)
+from vaesweep.analysis.results import aggregate, completed, config_keys
+
+METRICS_CSV = "metrics.csv"
+# Horizontal offset between configurations on a log-β axis, in decades (keeps error bars apart).
+DODGE_DECADES = 0.012
+
+
+class FigureSkipped(Exception):
+    """This figure cannot be drawn from this frame; the message says why (e.g. the metric)."""
+
+
+def require(df: pd.DataFrame, *metrics: str) -> None:
+    """Raise FigureSkipped naming the first metric that no completed run has."""
+    for metric in metrics:
+        if metric not in df.columns or df[metric].notna().sum() == 0:
+            raise FigureSkipped(f"metric {metric!r} is missing from the results")
+
+
+def _key(values: Sequence) -> tuple:
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def groups(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(configuration, its rows) for every distinct value of ``keys`` (NaN kept, as None)."""
+    if not keys:
+        return [((), df)]
+    out = df.groupby(list(keys), dropna=False, sort=True)
+    return [(_key(k if isinstance(k, tuple) else (k,)), g) for k, g in out]
+
+
+def styles_for(df: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, LineStyle]:
+    """The LineStyle of every configuration of ``keys`` in ``df`` (see style.line_styles)."""
+    found = groups(df, keys)
+    first = [g.iloc[0] for _, g in found]
+    return line_styles(
+        [c for c, _ in found],
+        keys,
+        [r.get("config.likelihood.name") for r in first],
+        [r.get("config.likelihood.scale") for r in first],
+    )
+
+
+def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
+    """One legend under the panels, read row by row (matplotlib fills columns first)."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) < 2:
+        return
+    ncol = min(ncol, len(labels))
+    nrows = math.ceil(len(labels) / ncol)
+    order = [r * ncol + c for c in range(ncol) for r in range(nrows) if r * ncol + c < len(labels)]
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside lower center",
+        ncol=ncol,
+    )
+
+
+def _betas(df: pd.DataFrame) -> np.ndarray:
+    if "beta" not in config_keys(df):
+        raise FigureSkipped("beta is not swept: this figure needs at least 2 values of beta")
+    return np.sort(df["beta"].dropna().unique())
+
+
+def metric_vs_beta(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = ("test/nll", "test/elbo"),
+    error: str = "std",
+    width: float = TWO_COLUMN,
+) -> Figure:
+    """One panel per metric versus β (log axis): one line per configuration, mean ± error
+    (``std`` or ``sem`` over seeds) at each β, slightly dodged so error bars do not overlap."""
+    done = completed(df)
+    require(done, *metrics)
+    betas = _betas(done)
+    keys = [k for k in config_keys(df) if k != "beta"]
+    stats = aggregate(done, by=[*keys, "beta"], metrics=list(metrics))
+    styles = styles_for(done, keys)
+    with paper_style():
+        fig = new_figure(width, 2.4 if width > ONE_COLUMN else 2.2, ncols=len(metrics))
+        axes = fig.axes
+        offsets = (np.arange(len(styles)) - (len(styles) - 1) / 2) * DODGE_DECADES
+        for ax, metric in zip(axes, metrics, strict=True):
+            for (config, rows), offset in zip(groups(stats, keys), offsets, strict=True):
+                rows = rows.sort_values("beta")
+                st = styles[config]
+                ax.errorbar(
+                    rows["beta"] * 10**offset,
+                    rows[f"{metric}.mean"],
+                    yerr=rows[f"{metric}.{error}"],
+                    capsize=2,
+                    markersize=3.5,
+                    label=st.label,
+                    **st.kwargs(),
+                )
+            ax.set_xscale("log")
+            ax.set_xticks(betas, [f"{b:g}" for b in betas])
+            ax.minorticks_off()
+            ax.set_xlabel("β (KL weight)")
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        _legend_below(fig, axes, ncol=3 if width > ONE_COLUMN else 2)
+    return fig
+
+
+def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
+    """Rate KL versus distortion (reconstruction NLL; MSE): a marker per run, and a line per
+    configuration through its per-β means (mean over seeds) in order of β."""
+    done = completed(df)
+    require(done, "test/kl", "test/rec_nll", "test/mse")
+    keys = [k for k in config_keys(df) if k != "beta"]
+    join_betas = "beta" in config_keys(df)
+    styles = styles_for(done, keys)
+    # β values are written next to the configuration whose rate spreads most (least clutter).
+    spread = {
+        c: np.ptp(r.groupby("beta")["test/kl"].mean()) if join_betas else 0
+        for c, r in groups(done, keys)
+    }
+    labelled = max(spread, key=spread.get)
+    with paper_style():
+        fig = new_figure(width, 2.6, ncols=2)
+        for ax, x in zip(fig.axes, ("test/rec_nll", "test/mse"), strict=True):
+            for config, rows in groups(done, keys):
+                st = styles[config]
+                ax.scatter(
+                    rows[x], rows["test/kl"], s=9, marker=st.marker, color=st.colour, alpha=0.45
+                )
+                if join_betas:
+                    means = rows.groupby("beta")[[x, "test/kl"]].mean().sort_index()
+                    ax.plot(
+                        means[x],
+                        means["test/kl"],
+                        color=st.colour,
+                        linestyle=st.linestyle,
+                        marker=st.marker,
+                        markersize=3,
+                        label=st.label,
+                    )
+                    if config == labelled:
+                        for beta, point in means.iterrows():
+                            ax.annotate(
+                                f"β={beta:g}",
+                                (point[x], point["test/kl"]),
+                                xytext=(3, 3),
+                                textcoords="offset points",
+                                fontsize=6,
+                                color="dimgrey",
+                            )
+                else:
+                    ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
+            ax.set_xlabel(METRIC_LABELS[x])
+            ax.set_ylabel(METRIC_LABELS["test/kl"])
+        fig.axes[0].set_title("markers: runs; lines: mean over seeds, joining β values", loc="left")
+        _legend_below(fig, fig.axes)
+    return fig
+
+
+def read_history(run_dir: str | Path, columns: Sequence[str]) -> pd.DataFrame | None:
+    """Rows of ``<run_dir>/metrics.csv`` with ``step`` and every one of ``columns`` logged, or None."""
+    path = Path(run_dir) / METRICS_CSV
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path)
+    if not set(columns) <= set(history.columns):
+        return None
+    rows = history.dropna(subset=list(columns))[["step", *columns]]
+    # A resumed run may log a step twice: keep the last value.
+    return rows.drop_duplicates("step", keep="last")
+
+
+def _histories(runs: pd.DataFrame, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
+    found = {r: read_history(r, columns) for r in runs["run_dir"] if isinstance(r, str)}
+    found = {r: h for r, h in found.items() if h is not None and not h.empty}
+    if not found:
+        raise FigureSkipped(
+            f"metric {' and '.join(map(repr, columns))} is missing from every run's {METRICS_CSV} "
+            "(logger=none keeps no history, runs shorter than trainer.log_every_n_steps log no "
+            "step values, and W&B frames have no run directories)"
+        )
+    return found
+
+
+def _mean_history(rows: pd.DataFrame, histories: dict, column: str) -> pd.Series | None:
+    """Mean over the seeds of a configuration of ``column`` at each step."""
+    parts = [histories[r].set_index("step")[column] for r in rows["run_dir"] if r in histories]
+    if not parts:
+        return None
+    return pd.concat(parts, axis=1).mean(axis=1).sort_index()
+
+
+def _plain_log_ticks(ax) -> None:
+    """Tick labels 0.3, 1 instead of 3×10⁻¹, 10⁰ on a log y axis."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
+    """Decoder scale (σ or b, data units, log axis) over optimisation steps for the runs with a
+    learned or optimal scale: one panel per likelihood, one line per configuration (mean
+    over seeds); line style = scale mode, colour = β (viridis, light = small). From
+    ``train/scale`` in each run's metrics.csv."""
+    done = completed(df)
+    if "config.likelihood.scale" in done.columns:
+        done = done[done["config.likelihood.scale"].isin(["learned", "optimal"])]
+    if done.empty:
+        raise FigureSkipped("no completed run has likelihood.scale=learned or optimal")
+    histories = _histories(done, ["train/scale"])
+    keys = [k for k in config_keys(df) if k != "likelihood"]
+    betas = sorted(done["beta"].unique()) if "beta" in keys else []
+    colours = dict(zip(betas, sequential_colours(len(betas)), strict=True))
+    likelihoods = [lik for lik in LIKELIHOOD_NAMES if lik in set(done["config.likelihood.name"])]
+    with paper_style():
+        fig = new_figure(width if len(likelihoods) > 1 else ONE_COLUMN, 2.5, ncols=len(likelihoods))
+        for ax, lik in zip(fig.axes, likelihoods, strict=True):
+            part = done[done["config.likelihood.name"] == lik]
+            lines = []
+            for config, rows in groups(part, keys):
+                mean = _mean_history(rows, histories, "train/scale")
+                if mean is None:
+                    continue
+                values = dict(zip(keys, config, strict=True))
+                scale = rows["config.likelihood.scale"].iloc[0]
+                label = ", ".join(
+                    [scale]
+                    + [
+                        f"β = {v:g}" if k == "beta" else f"{k}={v}"
+                        for k, v in values.items()
+                        if k != "likelihood.scale"
+                    ]
+                )
+                colour = colours.get(values.get("beta"), LIKELIHOOD_COLOURS.get(lik))
+                lines.append([mean, colour, SCALE_STYLES[scale][0], label])
+            if len({(c, str(ls)) for _, c, ls, _ in lines}) < len(lines):
+                for i, line in enumerate(lines):  # e.g. β schedules: a colour per configuration
+                    line[1] = CYCLE[i % len(CYCLE)]
+            for mean, colour, linestyle, label in lines:
+                ax.plot(mean.index, mean.to_numpy(), color=colour, linestyle=linestyle, label=label)
+            symbol = SCALE_SYMBOLS.get(lik, "scale")
+            ax.set_yscale("log")
+            _plain_log_ticks(ax)
+            ax.set_title(f"{LIKELIHOOD_NAMES[lik]}: scale {symbol}", loc="left")
+            ax.set_xlabel("optimisation step")
+            ax.set_ylabel(f"{symbol} (data units)")
+            ax.legend(ncol=2 if len(ax.get_lines()) > 3 else 1, fontsize=6)
+    return fig
+
+
+def schedule_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
+    """β_t and the training KL over optimisation steps, one line per configuration (mean over
+    seeds), for sweeps where some run uses a non-constant β schedule. From ``beta`` and
+    ``train/kl_step`` in each run's metrics.csv."""
+    done = completed(df)
+    names = done.get("config.beta_schedule.name", pd.Series(dtype=object))
+    if not (names.notna() & (names != "constant")).any():
+        raise FigureSkipped("every run uses the constant β schedule: no schedule to show")
+    histories = _histories(done, ["beta", "train/kl_step"])
+    keys = config_keys(df)
+    styles = styles_for(done, keys)
+    with paper_style():
+        fig = new_figure(width, 2.4, ncols=2)
+        for ax, column in zip(fig.axes, ("beta", "train/kl_step"), strict=True):
+            for config, rows in groups(done, keys):
+                mean = _mean_history(rows, histories, column)
+                if mean is not None:
+                    st = styles[config]
+                    ax.plot(
+                        mean.index,
+                        mean.to_numpy(),
+                        color=st.colour,
+                        linestyle=st.linestyle,
+                        label=st.label,
+                    )
+            ax.set_xlabel("optimisation step")
+            ax.set_ylabel(METRIC_LABELS[column])
+        # β spans orders of magnitude (capacity logs its γ, e.g. 1000) and may start at 0.
+        fig.axes[0].set_yscale("symlog", linthresh=1e-2)
+        fig.axes[0].set_ylabel("β_t (γ for capacity)")
+        _legend_below(fig, fig.axes)
+    return fig

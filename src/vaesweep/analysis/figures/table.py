@@ -1,0 +1,174 @@
+"""The results table: one row per configuration, mean ± std over seeds, best value in bold.
+
+Which value is best depends on the metric (``DIRECTIONS``): lower NLL, bits/dim,
+reconstruction NLL, MSE and MAE, higher ELBO. The rate (KL) and the number of active units
+have no better direction and are never bold. Best is judged on the mean.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from vaesweep.analysis.figures.style import likelihood_label
+from vaesweep.analysis.figures.sweep import FigureSkipped
+from vaesweep.analysis.results import aggregate, completed, config_keys
+
+TABLE_METRICS = (
+    "test/nll",
+    "test/bpd",
+    "test/elbo",
+    "test/rec_nll",
+    "test/kl",
+    "test/mse",
+    "test/active_units",
+)
+DIRECTIONS = {
+    "test/nll": "min",
+    "test/bpd": "min",
+    "test/elbo": "max",
+    "test/rec_nll": "min",
+    "test/mse": "min",
+    "test/mae": "min",
+}
+HEADERS = {
+    "test/nll": "NLL (nats)",
+    "test/bpd": "bits/dim",
+    "test/elbo": "ELBO (nats)",
+    "test/rec_nll": "rec. NLL (nats)",
+    "test/kl": "KL (nats)",
+    "test/mse": "MSE",
+    "test/mae": "MAE",
+    "test/active_units": "active units",
+}
+ARROWS = {"min": ("↓", r"$\downarrow$"), "max": ("↑", r"$\uparrow$")}
+KEY_HEADERS = {"beta": ("β", r"$\beta$"), "likelihood.scale": ("scale", "scale")}
+# Decimals per metric; nats get 1 from 100 up, else 2.
+DECIMALS = {"test/bpd": 3, "test/mse": 4, "test/mae": 4, "test/active_units": 1}
+
+
+@dataclass
+class ResultsTable:
+    """Cells as text, which cells are best, and the notes printed under the table."""
+
+    columns: list[str]  # configuration keys, then metrics
+    keys: list[str]
+    rows: list[list[str]]
+    best: list[list[bool]]
+    notes: list[str]
+
+    def to_markdown(self) -> str:
+        head = [KEY_HEADERS.get(k, (k,))[0] for k in self.keys]
+        head += [self._header(m, 0) for m in self.metrics]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for cells, best in zip(self.rows, self.best, strict=True):
+            shown = [f"**{c}**" if b else c for c, b in zip(cells, best, strict=True)]
+            lines.append("| " + " | ".join(shown) + " |")
+        return "\n".join(lines + [""] + [f"{n}" for n in self.notes]) + "\n"
+
+    def to_latex(self) -> str:
+        head = [KEY_HEADERS[k][1] if k in KEY_HEADERS else _tex(k) for k in self.keys]
+        head += [self._header(m, 1) for m in self.metrics]
+        lines = [
+            r"\begin{tabular}{" + "l" * len(self.keys) + "r" * len(self.metrics) + "}",
+            r"\toprule",
+            " & ".join(head) + r" \\",
+            r"\midrule",
+        ]
+        for cells, best in zip(self.rows, self.best, strict=True):
+            shown = [_tex(c) for c in cells]
+            shown = [rf"\textbf{{{c}}}" if b else c for c, b in zip(shown, best, strict=True)]
+            lines.append(" & ".join(shown) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        notes = [f"% {n}" for n in self.notes]
+        return "\n".join(notes + lines) + "\n"
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.columns[len(self.keys) :]
+
+    @staticmethod
+    def _header(metric: str, latex: int) -> str:
+        name = HEADERS.get(metric, metric)
+        arrow = ARROWS[DIRECTIONS[metric]][latex] if metric in DIRECTIONS else ""
+        return _tex(name) + (f" {arrow}" if arrow else "") if latex else f"{name} {arrow}".strip()
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX specials in plain text; "±" becomes $\\pm$."""
+    for char, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+    ):
+        text = text.replace(char, escaped)
+    text = re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
+    return text.replace("±", r"$\pm$")
+
+
+def _decimals(metric: str, means: pd.Series) -> int:
+    """Decimals of a column: DECIMALS, else (nats) 1 from |x| ≥ 100 up, else 2."""
+    if metric in DECIMALS:
+        return DECIMALS[metric]
+    return 1 if means.abs().max() >= 100 else 2
+
+
+def _cell(mean: float, std: float, decimals: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    text = f"{mean:.{decimals}f}"
+    return text if math.isnan(std) else f"{text} ± {std:.{decimals}f}"
+
+
+def _value(key: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if key == "likelihood":
+        return likelihood_label(str(value), None)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> ResultsTable:
+    """Mean ± std (ddof = 1) over seeds per configuration for the ``metrics`` present."""
+    done = completed(df)
+    present = [m for m in metrics if m in done.columns and done[m].notna().any()]
+    if not present:
+        raise FigureSkipped(f"none of the metrics {list(metrics)} is in the results")
+    keys = config_keys(df)
+    stats = aggregate(done, by=keys, metrics=present)
+    decimals = {m: _decimals(m, stats[f"{m}.mean"]) for m in present}
+    best_rows = {}
+    for m in present:
+        if m in DIRECTIONS and stats[f"{m}.mean"].notna().any():
+            means = stats[f"{m}.mean"]
+            best_rows[m] = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
+    rows, best = [], []
+    for i, stat in stats.iterrows():
+        cells = [_value(k, stat[k]) for k in keys]
+        cells += [_cell(stat[f"{m}.mean"], stat[f"{m}.std"], decimals[m]) for m in present]
+        rows.append(cells)
+        best.append([False] * len(keys) + [best_rows.get(m) == i for m in present])
+    counts = stats[f"{present[0]}.count"]
+    if counts.max() == 1:
+        spread = "One seed per row: means only"
+    elif counts.min() == counts.max():
+        spread = f"Mean ± std over {counts.max()} seeds"
+    else:
+        spread = f"Mean ± std over {counts.min()}–{counts.max()} seeds"
+    notes = [
+        f"{spread}; bold: best mean per column (↓ lower is better, ↑ higher is better); "
+        "NLL, ELBO and KL in nats per example, MSE per pixel.",
+    ]
+    names = set(done.get("config.likelihood.name", pd.Series(dtype=object)).dropna())
+    if "bernoulli" in names and len(names) > 1:
+        notes.append(
+            "Bernoulli rows score binarised images, the others dequantised grey levels: their "
+            "NLL/ELBO are on different data and not comparable."
+        )
+    return ResultsTable([*keys, *present], keys, rows, best, notes)

@@ -1,0 +1,89 @@
+"""Runs and sweeps as one tidy pandas DataFrame: one row per run.
+
+Sources: every ``results.json`` below the given directories (:func:`load_results`), or the
+runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
+
+- identity: ``run_dir``, ``sweep_dir``, ``job_name``, ``status``, ``error``, ``seed``,
+  ``duration_s`` (s), ``dataset`` (name), ``dataset_fingerprint`` (sha256; None from W&B);
+- swept values: every override key whose value differs between the runs, under the key's
+  own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...). A config key
+  (``beta``) holds the resolved, typed value; a config group (``likelihood``) holds the
+  option chosen. Their names are in ``df.attrs["swept"]``;
+- metrics: the keys of ``results.json``'s ``metrics`` as they are (``test/nll``, ``scale``,
+  ...; units in the README), except ``beta``, the β in force at the end of training (γ for
+  ``capacity``, the controller's output for ``geco``/``pi``): it is ``final_beta`` here,
+  since ``beta`` names the configured β. Their names are in ``df.attrs["metrics"]``;
+- the resolved config, flattened with dots and prefixed ``config.`` (``config.model.hidden``);
+  list values are JSON strings, so every column holds scalars (CSV and Parquet round-trip).
+
+Failed, diverged and still-running runs stay in the frame with their status (``incomplete``
+for a result that says completed without test metrics, ``fast_dev_run`` for Lightning's debug
+runs: :func:`vaesweep.run.record.frame_status`); :func:`aggregate`
+leaves them out, with a warning that counts them.
+
+The modules: ``frame`` (rows → the frame, its columns and checks) is fed by ``files``
+(results.json files, :func:`load_results`) or ``from_wandb`` (a W&B group,
+:func:`load_wandb`); ``aggregation`` (:func:`aggregate`) and ``output``
+(:func:`write_frame`) take the frame.
+"""
+
+from vaesweep.analysis.results.aggregation import (
+    STATS,
+    aggregate,
+    completed,
+    config_keys,
+    excluded_message,
+    metric_names,
+    swept_keys,
+)
+from vaesweep.analysis.results.files import find_results, load_results
+from vaesweep.analysis.results.frame import (
+    CONFIG_PREFIX,
+    IDENTITY,
+    KEY_ORDER,
+    LAST_KEYS,
+    METRIC_ORDER,
+    RENAMED_METRICS,
+    ResultsError,
+    flatten,
+    parse_overrides,
+    split_job_name,
+)
+from vaesweep.analysis.results.from_wandb import (
+    MODULE_HPARAMS,
+    RUN_SUMMARY_KEYS,
+    WANDB_STATES,
+    frame_from_wandb,
+    load_wandb,
+    wandb_record,
+)
+from vaesweep.analysis.results.output import write_frame
+
+__all__ = [
+    "CONFIG_PREFIX",
+    "IDENTITY",
+    "KEY_ORDER",
+    "LAST_KEYS",
+    "METRIC_ORDER",
+    "MODULE_HPARAMS",
+    "RENAMED_METRICS",
+    "STATS",
+    "RUN_SUMMARY_KEYS",
+    "WANDB_STATES",
+    "ResultsError",
+    "aggregate",
+    "completed",
+    "config_keys",
+    "excluded_message",
+    "find_results",
+    "flatten",
+    "frame_from_wandb",
+    "load_results",
+    "load_wandb",
+    "metric_names",
+    "parse_overrides",
+    "split_job_name",
+    "swept_keys",
+    "wandb_record",
+    "write_frame",
+]

@@ -1,0 +1,96 @@
+"""Statistics over a frame's completed runs: mean, std, sem and count per configuration
+(seeds pooled); the others are left out with a warning that counts them."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from vaesweep.analysis.results.frame import ResultsError
+
+STATS = ("mean", "std", "sem", "count")
+
+
+def excluded_message(df: pd.DataFrame) -> str | None:
+    """ "N of M runs excluded ... (k failed, ...)" when some runs did not complete, else None."""
+    bad = df[df["status"] != "completed"]
+    if bad.empty:
+        return None
+    counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
+    return f"{len(bad)} of {len(df)} runs excluded from the aggregates ({counts})"
+
+
+def completed(df: pd.DataFrame, warn: bool = False) -> pd.DataFrame:
+    """The completed runs only (attrs kept); with ``warn``, warns with the count of the others."""
+    message = excluded_message(df)
+    if warn and message:
+        warnings.warn(message, stacklevel=3)
+    return df[df["status"] == "completed"]
+
+
+def _attr(df: pd.DataFrame, name: str) -> list[str]:
+    if name not in df.attrs:
+        raise ResultsError(
+            f"df.attrs[{name!r}] is missing (a frame not made by load_results, or read back "
+            "from a file): pass by=[...] and metrics=[...] explicitly"
+        )
+    return list(df.attrs[name])
+
+
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """The swept keys of a frame made by vaesweep.analysis.results (``df.attrs["swept"]``)."""
+    return _attr(df, "swept")
+
+
+def metric_names(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a frame made by vaesweep.analysis.results (``df.attrs["metrics"]``)."""
+    return _attr(df, "metrics")
+
+
+def config_keys(df: pd.DataFrame) -> list[str]:
+    """Swept keys that define a configuration: all but ``seed``."""
+    return [k for k in swept_keys(df) if k != "seed"]
+
+
+def _stats(group: pd.DataFrame, metrics: list[str]) -> dict[str, float | int]:
+    """``METRIC.mean``, ``.std`` (ddof=1), ``.sem`` and ``.count`` of one group's runs."""
+    row: dict[str, float | int] = {}
+    for m in metrics:
+        values = group[m].dropna().to_numpy(dtype=float)
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        row[f"{m}.mean"] = float(np.mean(values)) if len(values) else math.nan
+        row[f"{m}.std"] = std
+        row[f"{m}.sem"] = std / math.sqrt(len(values)) if len(values) > 1 else math.nan
+        row[f"{m}.count"] = len(values)
+    return row
+
+
+def aggregate(
+    df: pd.DataFrame,
+    by: list[str] | None = None,
+    metrics: list[str] | None = None,
+) -> pd.DataFrame:
+    """Mean, std (ddof=1), sem = std/√count and count of each metric over the runs of a group.
+
+    by: grouping columns (default: the swept keys except ``seed``, so groups pool seeds);
+    metrics: metric columns (default: all). Only completed runs count; the others are left
+    out with a warning. Columns: the ``by`` keys, then ``METRIC.mean``, ``METRIC.std``,
+    ``METRIC.sem``, ``METRIC.count`` per metric (count of non-missing values).
+    """
+    by = config_keys(df) if by is None else list(by)
+    metrics = metric_names(df) if metrics is None else list(metrics)
+    missing = [c for c in [*by, *metrics] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns not in the frame: {missing}")
+    done = completed(df, warn=True)
+    groups = done.groupby(by, dropna=False, sort=True) if by else [((), done)]
+    rows = []
+    for key, group in groups:
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        rows.append({**row, **_stats(group, metrics)})
+    out = pd.DataFrame(rows, columns=[*by, *(f"{m}.{s}" for m in metrics for s in STATS)])
+    out.attrs = {"by": by, "metrics": metrics}
+    return out

@@ -1,0 +1,173 @@
+"""Rows of runs → the tidy frame: identity, swept values, metrics, the flattened config (the
+columns :mod:`vaesweep.analysis.results` describes), in one order whatever the source; checked for
+mixed datasets and for a completed run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+IDENTITY = (
+    "run_dir",
+    "sweep_dir",
+    "job_name",
+    "status",
+    "error",
+    "seed",
+    "duration_s",
+    "dataset",
+    "dataset_fingerprint",
+)
+CONFIG_PREFIX = "config."
+RENAMED_METRICS = {"beta": "final_beta"}
+
+# Column order, the same whatever the source: swept keys by config group in the order of the
+# Hydra defaults list, other keys next, then beta and seed; metrics test/, val/, then others.
+KEY_ORDER = (
+    "data",
+    "model",
+    "likelihood",
+    "beta_schedule",
+    "optimizer",
+    "trainer",
+    "logger",
+    "eval",
+)
+LAST_KEYS = ("beta", "seed")
+METRIC_ORDER = ("test/", "val/")
+
+
+class ResultsError(ValueError):
+    """Runs that cannot be collected into one frame (none found, mixed datasets, none usable)."""
+
+
+def _key_rank(key: str) -> tuple:
+    head = key.split(".")[0]
+    if head in LAST_KEYS:
+        return (len(KEY_ORDER) + 1 + LAST_KEYS.index(head), key)
+    return (KEY_ORDER.index(head) if head in KEY_ORDER else len(KEY_ORDER), key)
+
+
+def _metric_rank(name: str) -> tuple:
+    prefix = next((i for i, p in enumerate(METRIC_ORDER) if name.startswith(p)), len(METRIC_ORDER))
+    return (prefix, name)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {"a.b.c": value}; lists become JSON strings, everything else is kept."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple | dict):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """["likelihood=gaussian", "+x.y=1"] → {"likelihood": "gaussian", "x.y": "1"} (deletions skipped)."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and not key.startswith("~"):
+            out[key.lstrip("+")] = value
+    return out
+
+
+def split_job_name(name: str) -> list[str]:
+    """A job name (Hydra's override_dirname, also the W&B run name) → its overrides.
+
+    Items are joined with "," and a value may hold commas too (``model.hidden=[400,400]``),
+    so a comma splits only where the next item starts with ``key=``.
+    """
+    return [item for item in re.split(r",(?=[+~]*[\w./-]+=)", name) if "=" in item]
+
+
+def _swept_value(key: str, overrides: dict[str, str], config: dict[str, Any]) -> Any:
+    """The value of an override key for one run: the typed config value, or the group option."""
+    if key in config:
+        return config[key]
+    if key in overrides:
+        return overrides[key]
+    return config.get(f"{key}.name")
+
+
+def _comparable(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]:
+    """The override keys whose value differs between the rows (in column order), and every
+    override key's value per row."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row["overrides"] if k not in keys]
+    values = {
+        key: [_swept_value(key, row["overrides"], row["config"]) for row in rows] for key in keys
+    }
+    swept = sorted((k for k in keys if len({_comparable(v) for v in values[k]}) > 1), key=_key_rank)
+    return swept, values
+
+
+def build_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of {"identity", "metrics", "config" (flat), "overrides"} → the tidy frame, checked."""
+    swept, values = _swept(rows)
+    records, metric_columns = [], []
+    for i, row in enumerate(rows):
+        metrics = {RENAMED_METRICS.get(k, k): v for k, v in row["metrics"].items()}
+        metric_columns += [k for k in metrics if k not in metric_columns]
+        record = dict(row["identity"])
+        record.update({k: values[k][i] for k in swept if k not in IDENTITY})
+        record.update(metrics)
+        record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
+        records.append(record)
+    metric_columns.sort(key=_metric_rank)
+    config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
+    columns = [
+        *IDENTITY,
+        *(k for k in swept if k not in IDENTITY),
+        *metric_columns,
+        *config_columns,
+    ]
+    df = pd.DataFrame.from_records(records, columns=columns)
+    if swept:
+        df = df.sort_values(swept, kind="stable", na_position="last", ignore_index=True)
+    for name in metric_columns:
+        df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
+    df.attrs["swept"] = swept
+    df.attrs["metrics"] = metric_columns
+    _check(df)
+    return df
+
+
+def _check(df: pd.DataFrame) -> None:
+    """Raises ResultsError for mixed datasets or when no run completed."""
+    datasets = df[["dataset", "dataset_fingerprint"]].drop_duplicates().dropna(subset=["dataset"])
+    fingerprints = datasets.dropna(subset=["dataset_fingerprint"])
+    if datasets["dataset"].nunique() > 1 or fingerprints["dataset_fingerprint"].nunique() > 1:
+        counts = df.groupby(["dataset", "dataset_fingerprint"], dropna=False).size()
+        listing = "; ".join(
+            f"{name} (fingerprint {str(fp)[:12] if isinstance(fp, str) else 'unknown'}): {n} runs"
+            for (name, fp), n in counts.items()
+        )
+        raise ResultsError(
+            f"runs of different datasets are mixed: {listing}. Collect each dataset's runs "
+            "separately (pass only the sweep directories of one dataset)."
+        )
+    if not (df["status"] == "completed").any():
+        counts = df["status"].value_counts()
+        errors = df["error"].dropna().drop_duplicates().head(3).tolist()
+        raise ResultsError(
+            f"none of the {len(df)} runs completed ({', '.join(f'{n} {s}' for s, n in counts.items())})"
+            + (f"; errors: {' | '.join(errors)}" if errors else "")
+        )

@@ -1,0 +1,121 @@
+"""The frame from the runs of one W&B group (a mirror of the results.json files: the same
+columns, ``run_dir`` = ``wandb:ENTITY/PROJECT/RUN_ID``, ``sweep_dir`` = the group)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from vaesweep.analysis.results.frame import (
+    ResultsError,
+    build_frame,
+    flatten,
+    parse_overrides,
+    split_job_name,
+)
+from vaesweep.run.loggers import SUMMARY_JOB_TYPE, summary_value
+
+# Metric names kept from a W&B summary besides "val/..." and "test/..." (the README's result-file table).
+RUN_SUMMARY_KEYS = ("scale", "beta", "effective_beta", "effective_beta_per_dim")
+# W&B run states → results.json statuses.
+WANDB_STATES = {
+    "finished": "completed",
+    "running": "running",
+    "pending": "running",
+    "failed": "failed",
+    "crashed": "failed",
+    "killed": "failed",
+}
+# Lightning's WandbLogger also writes the LightningModule's hyperparameters into the W&B
+# config, at top level. These are the ones that are not keys of the Hydra config; they are
+# dropped so that both sources give the same ``config.`` columns.
+MODULE_HPARAMS = (
+    "shape",
+    "schedule",
+    "iwae_k",
+    "iwae_chunk",
+    "active_units_threshold",
+    "report_bpd",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "optimization",
+)
+
+
+def wandb_record(run: Any) -> dict[str, Any]:
+    """The parts of a ``wandb.apis.public.Run`` that :func:`frame_from_wandb` reads."""
+    return {
+        "path": "/".join(run.path),
+        "name": run.name,
+        "group": run.group,
+        "state": run.state,
+        "config": dict(run.config),
+        "summary": dict(run.summary_metrics),  # public: the run's summary as a dict
+        "job_type": run.job_type,
+    }
+
+
+def _is_metric(key: str, value: Any) -> bool:
+    # "test/reconstructions/width" and the like describe logged images, not metrics.
+    split = key.startswith(("val/", "test/")) and key.count("/") == 1
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and (split or key in RUN_SUMMARY_KEYS)
+
+
+def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
+    config = {
+        k: v
+        for k, v in record["config"].items()
+        if not k.startswith("_") and k not in MODULE_HPARAMS
+    }
+    # val/elbo's summary holds its best and last value (vaesweep.analysis.wandb_summary): the frame, as
+    # results.json, has the last.
+    summary = {k: summary_value(v) for k, v in record["summary"].items()}
+    return {
+        "identity": {
+            "run_dir": f"wandb:{record['path']}",
+            "sweep_dir": record.get("group"),
+            "job_name": record.get("name"),
+            "status": WANDB_STATES.get(str(record.get("state")).lower(), "failed"),
+            "error": None,
+            "seed": config.get("seed"),
+            "duration_s": summary.get("_runtime"),
+            "dataset": (config.get("data") or {}).get("name"),
+            "dataset_fingerprint": None,
+        },
+        "metrics": {k: v for k, v in summary.items() if _is_metric(k, v)},
+        "config": flatten(config),
+        "overrides": parse_overrides(split_job_name(record.get("name") or "")),
+    }
+
+
+def frame_from_wandb(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """W&B runs, as dicts of path, name, group, state, config and summary → the tidy frame.
+
+    The run's name is its job name (the overrides), so the swept values come from it; the
+    status comes from the W&B state (finished → completed; failed, crashed, killed → failed);
+    ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group. The
+    sweep's summary run (job type ``summary``) is left out.
+    """
+    # The sweep's summary run (a table and figures, no metrics of its own) is not a job.
+    rows = [_wandb_row(r) for r in records if r.get("job_type") != SUMMARY_JOB_TYPE]
+    if not rows:
+        raise ResultsError("no W&B runs given")
+    return build_frame(rows)
+
+
+def load_wandb(project: str, group: str) -> pd.DataFrame:
+    """The runs of W&B group ``group`` in ``project`` ("entity/project"), through wandb.Api().
+
+    Needs a network and ``wandb login``; a sweep's group is printed in each run's W&B page and
+    is the sweep directory's last two parts joined by "_" (``2026-01-31_12-00-00-123456-ab12``).
+    """
+    import wandb
+
+    runs = wandb.Api().runs(project, filters={"group": group})
+    records = [wandb_record(run) for run in runs]
+    if not records:
+        raise ResultsError(f"no W&B runs in {project} with group {group!r}")
+    return frame_from_wandb(records)

@@ -1,0 +1,90 @@
+"""Atomic file writes: readers (and crashes) see the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+# Temp files are ".<target name>.<random>.tmp" beside the target (hidden, one per writer).
+TEMP_SUFFIX = ".tmp"
+
+
+def _create_temp(path: Path, binary: bool) -> tuple[int, Path]:
+    """A new, empty temp file beside ``path``, created like any other new file: mode
+    0o666 minus the umask (``mkstemp`` would force 0o600, so results, checkpoints and
+    images would be unreadable to a group sharing the sweep directory)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if binary:
+        flags |= getattr(os, "O_BINARY", 0)  # Windows only
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 48 random bits: practically never
+            continue
+
+
+@contextmanager
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "w",
+) -> Iterator[IO]:
+    """Open a temp file beside ``path`` for writing; on a clean exit flush, fsync and rename
+    it over ``path``; on an exception remove it and leave ``path`` as it was.
+
+    The file gets the permissions of any new file (0o666 & ~umask, and a directory's
+    default ACL where there is one).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path, "b" in mode)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files that writers killed mid-write (SIGKILL, power loss) left in
+    ``directory`` (not recursive); returns them. Call it only while no one else writes
+    there (vaesweep does, holding the job's claim)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [
+        p
+        for p in directory.iterdir()
+        if p.name.startswith(".") and p.name.endswith((TEMP_SUFFIX, ".link")) and p.is_file()
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write JSON atomically (temp file beside ``path``, fsync, rename); returns the path.
+    NaN and infinities are refused (``allow_nan=False``): JSON cannot hold them."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+    return Path(path)
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    """Write rows (dicts) as CSV atomically; the columns are every key in order of appearance."""
+    fieldnames = list(dict.fromkeys(k for r in rows for k in r)) or ["job", "status", "error"]
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)

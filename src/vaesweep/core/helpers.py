@@ -1,0 +1,37 @@
+"""Small helpers shared by every layer: timestamps and plain views of configs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second (what results and sweep files record)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain data, resolved where it can be (raw where it cannot, e.g. a
+    ``${hydra:...}`` outside a running job); anything else unchanged."""
+    if not OmegaConf.is_config(node):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(node, resolve=False)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` for a nested dict; numbers become floats, so that ``beta=1`` and
+    ``beta=1.0`` compare equal (they are the same job)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(node, int | float) and not isinstance(node, bool):
+        return {prefix[:-1]: float(node)}
+    return {prefix[:-1]: node}

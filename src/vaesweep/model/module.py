@@ -1,0 +1,468 @@
+"""The LightningModule: wires encoder, latent, decoder, likelihood and β schedule.
+
+Training, validation and test use the definitions of :mod:`vaesweep.model.objective`:
+``rec_nll`` and ``kl`` in nats per example (summed over dimensions, mean over the batch),
+``elbo = −rec_nll − kl`` (β-free) and ``loss`` (the β-weighted objective).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vaesweep.model import components
+from vaesweep.model.objective import (
+    bits_per_dim,
+    effective_beta,
+    elbo_terms,
+    importance_estimates,
+)
+from vaesweep.model.schedules import BetaSchedule
+
+# Config keys of the likelihood group that are not constructor options (vaesweep.model.components).
+LIKELIHOOD_META_KEYS = components.META_KEYS["likelihood"]
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZATION_MODES = ("manual", "automatic")
+# Training metrics logged per step (train/<name>_step) and per epoch (train/<name>_epoch).
+TRAIN_METRICS = ("loss", "rec_nll", "kl", "elbo")
+# What the module keeps per step; elbo = −rec_nll − kl is derived when the values are read.
+TRACKED = ("loss", "rec_nll", "kl")
+
+
+def with_elbo(values: dict[str, Any]) -> dict[str, Any]:
+    """TRACKED values (floats or tensors) plus elbo = −rec_nll − kl, in TRAIN_METRICS order."""
+    return {**values, "elbo": -values["rec_nll"] - values["kl"]}
+
+
+def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer of an optimizer config group: {"name": "adam"|"adamw", **its options}."""
+    options = dict(config)
+    name = options.pop("name")
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return OPTIMIZERS[name](params, **options)
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite."""
+
+    def __init__(self, step: int, values: dict[str, float]) -> None:
+        self.step = step
+        self.values = values
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        super().__init__(f"non-finite training loss at step {step} ({shown})")
+
+
+class StepTracker:
+    """The training steps' TRACKED values, kept on the device and read back in batches.
+
+    ``add`` writes one step's values into a row of a preallocated buffer: one device op and
+    no host synchronisation (reading a value back every step would make the host wait for
+    an accelerator every step). ``flush`` reads the buffer once: it raises DivergenceError
+    for the first non-finite loss, with its step and values, and folds the rows into the
+    epoch's batch-size-weighted sums, from which ``epoch_means`` gives the mean Lightning's
+    ``on_epoch`` logging would compute (Σ_b B_b·v_b / Σ_b B_b).
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._buffer: Tensor | None = None
+        self._steps: list[int] = []
+        self._sizes: list[int] = []
+        self._sums: Tensor | None = None
+        self._count = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self._steps) == self.capacity
+
+    def new_epoch(self) -> None:
+        self._sums, self._count = None, 0
+
+    def add(self, values: list[Tensor], step: int, batch_size: int) -> None:
+        """Records one step's values (0-dim tensors, in TRACKED order); flush first
+        when ``full``."""
+        device = values[0].device
+        if self._buffer is None or self._buffer.device != device:
+            self._buffer = torch.empty(self.capacity, len(values), device=device)
+        torch.stack(values, out=self._buffer[len(self._steps)])
+        self._steps.append(step)
+        self._sizes.append(batch_size)
+
+    def flush(self) -> None:
+        """Checks and accumulates the recorded steps; raises DivergenceError for the first
+        step whose loss is not finite."""
+        n = len(self._steps)
+        if n == 0:
+            return
+        rows = self._buffer[:n]
+        finite = torch.isfinite(rows[:, 0])
+        if not bool(finite.all()):  # the one read from the device
+            first = int(finite.logical_not().nonzero()[0])
+            values = dict(zip(TRACKED, rows[first].tolist(), strict=True))
+            raise DivergenceError(self._steps[first], with_elbo(values))
+        sizes = torch.tensor(self._sizes, dtype=rows.dtype, device=rows.device)
+        sums = (rows * sizes[:, None]).sum(0)
+        self._sums = sums if self._sums is None else self._sums + sums
+        self._count += sum(self._sizes)
+        self._steps.clear()
+        self._sizes.clear()
+
+    def epoch_means(self) -> dict[str, Tensor] | None:
+        """Batch-size-weighted means of the flushed steps of this epoch (TRAIN_METRICS; the
+        mean elbo is −mean rec_nll − mean kl), or None."""
+        if self._count == 0:
+            return None
+        return with_elbo(dict(zip(TRACKED, self._sums / self._count, strict=True)))
+
+
+class VAE(L.LightningModule):
+    """A VAE whose networks, likelihood and β schedule are the classes their configs select.
+
+    shape: data shape (C, H, W); model / likelihood / schedule / optimizer: plain dicts of
+    the corresponding config groups; iwae_k / iwae_chunk / active_units_threshold: test-set
+    evaluation; report_bpd: whether bits/dim is defined (dequantised 8-bit data); seed: the
+    run's seed (gives each data-parallel rank its own stream of reparameterisation noise);
+    compile: torch.compile the encoder and decoder (in place: parameter names, state dicts
+    and checkpoints are unchanged); gradient_clip_val / gradient_clip_algorithm: as the
+    Trainer arguments of the same name ("norm" when null), applied by the module;
+    optimization: "manual" (default) or "automatic", see below.
+
+    Optimisation. With ``optimization="manual"`` the module takes its optimisation step
+    itself (backward, clip, step, zero_grad in ``training_step``): Lightning's automatic
+    optimisation wraps every step in a closure and a dozen more hook calls, ~0.13 ms per
+    step on a small CPU (2-3 % of an MLP step). The numbers are the same: gradients, clipping
+    (after AMP unscaling, where Lightning clips), the optimiser step and ``global_step`` are
+    identical to automatic optimisation with the same Trainer arguments (tested). Gradient
+    accumulation (``trainer.accumulate_grad_batches`` > 1) is Lightning's business: the
+    Trainer must then get ``accumulate_grad_batches`` (and the clipping arguments) itself,
+    with ``optimization="automatic"`` (``vaesweep.run.driver`` does this).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        model: dict[str, Any],
+        likelihood: dict[str, Any],
+        schedule: dict[str, Any],
+        optimizer: dict[str, Any],
+        n_samples: int = 1,
+        iwae_k: int = 100,
+        iwae_chunk: int | None = None,
+        active_units_threshold: float = 0.01,
+        report_bpd: bool = True,
+        seed: int = 0,
+        compile: bool = False,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        optimization: str = "manual",
+    ) -> None:
+        super().__init__()
+        if optimization not in OPTIMIZATION_MODES:
+            raise ValueError(f"optimization={optimization!r}: allowed: {OPTIMIZATION_MODES}")
+        self.save_hyperparameters()
+        self.shape = tuple(shape)
+        # Each component is the class its config's _target_ names (vaesweep.model.components).
+        self.likelihood = components.build("likelihood", likelihood, self.shape)
+        network = components.build("model", model)
+        self.encoder = network.encoder(self.shape)
+        self.decoder = network.decoder(self.shape, self.likelihood.param_channels)
+        if compile:
+            self.encoder.compile()
+            self.decoder.compile()
+        self.schedule = components.build("beta_schedule", schedule)
+        self._schedule_observes = type(self.schedule).observe is not BetaSchedule.observe
+        # (rec_nll, kl) of the micro-batches since the last optimisation step, at step:
+        self._pending: list[Tensor] = []
+        self._pending_step = -1
+        self.latent_dim = network.latent_dim
+        self._test_sums: dict[str, Tensor] = {}
+        self._tracker = StepTracker()
+        self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint
+        self.automatic_optimization = optimization == "automatic"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` around every hook call, ~44 times per training
+        # step, and nn.Module.__setattr__ (parameter, buffer and submodule checks) made that
+        # ~60 µs per step (1.5 % of an MLP step). It is never a parameter, buffer or module.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # --- randomness: per-rank streams, saved with every checkpoint ------------------------------
+    # Every rank's RNG state (torch CPU, and the rank's CUDA device) travels with the weights:
+    # gathered into the checkpoint (rng_state["ranks"][r]), and on resume each rank gets its
+    # own back, so a resumed run, DDP included, draws the same noise as an uninterrupted one
+    # (bit-identical metrics on CPU). Restored at the start of fit or test, after Lightning
+    # has set everything up; a fresh DDP fit instead seeds each rank differently.
+    def on_fit_start(self) -> None:
+        if not self._restore_rng() and self.trainer.world_size > 1:
+            # Every rank starts from the same seed; without this the ranks would draw the
+            # same ε for different examples (correlated noise across the global batch).
+            torch.manual_seed(self.hparams.seed * 1_000_003 + self.trainer.global_rank)
+
+    def on_test_start(self) -> None:
+        self._restore_rng()
+
+    def _rng_device(self) -> torch.device | None:
+        """The rank's CUDA device, whose generator is saved too; None off CUDA."""
+        device = self.trainer.strategy.root_device
+        return device if device.type == "cuda" else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cuda = self._rng_device()
+        own = {"torch": torch.get_rng_state()}
+        if cuda is not None:
+            own["cuda"] = torch.cuda.get_rng_state(cuda)
+        states = [own]
+        if self.trainer.world_size > 1:
+            # A collective: Lightning saves checkpoints on every rank (only rank 0 writes).
+            strategy = self.trainer.strategy
+            on = strategy.root_device  # where the backend communicates (nccl: the GPU)
+            gathered = {k: strategy.all_gather(v.to(on)).cpu() for k, v in own.items()}
+            # One tensor each (a view at an offset would crash torch.set_rng_state).
+            n = len(gathered["torch"])
+            states = [{k: v[r].clone() for k, v in gathered.items()} for r in range(n)]
+        checkpoint["rng_state"] = {"ranks": states}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("rng_state")
+        self._loaded_rng = None
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # loaded outside a Trainer (e.g. load_from_checkpoint)
+            return
+        if saved is None:
+            return
+        states = saved.get("ranks", [saved])  # older checkpoints: {"torch": one state}
+        if len(states) == trainer.world_size:  # else: a different number of processes
+            self._loaded_rng = states[trainer.global_rank]
+
+    def _restore_rng(self) -> bool:
+        """Puts back the RNG state of the checkpoint loaded last (once); whether it did."""
+        state, self._loaded_rng = self._loaded_rng, None
+        if state is None:
+            return False
+        torch.set_rng_state(state["torch"].clone())  # its own storage, at offset 0
+        cuda = self._rng_device()
+        if cuda is not None and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"].clone(), cuda)
+        return True
+
+    # --- training ------------------------------------------------------------------------
+    def _step_terms(self, x: Tensor, n_samples: int = 1) -> dict[str, Tensor]:
+        terms = elbo_terms(x, self.encoder, self.decoder, self.likelihood, n_samples)
+        rec_nll, kl = terms.rec_nll.mean(), terms.kl.mean()
+        loss, beta = self.schedule(self.global_step, rec_nll, kl)
+        return {"loss": loss, "rec_nll": rec_nll, "kl": kl, "beta": beta, "params": terms.params}
+
+    def _log_scale(self, prefix: str, batch_size: int) -> None:
+        scale = self.likelihood.scale()
+        if scale is not None:
+            self.log(f"{prefix}scale", scale, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        self._tracker.new_epoch()
+        self._pending.clear()  # (an epoch's last batch always steps: normally empty)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
+        if self.likelihood.needs_scale_init():
+            self._initialize_scale(batch)
+        out = self._step_terms(batch, self.hparams.n_samples)
+        # The one place a likelihood's running statistics change (the optimal scale's running
+        # σ*: log_prob is pure): once per micro-batch, after its loss and before train/scale
+        # is logged, on every rank (a collective under DDP).
+        self.likelihood.observe(batch, out["params"])
+        b = batch.shape[0]
+        # Per step, the values only go into the tracker's device buffer. It is read back on
+        # the steps Lightning writes to its loggers (which read the values anyway), at the
+        # last batch of an epoch (before validation and checkpoints) and every 64 steps:
+        # a non-finite loss then stops the run with the step where it happened, after at
+        # most trainer.log_every_n_steps − 1 further steps, and is never checkpointed.
+        self._tracker.add([out[k].detach() for k in TRACKED], self.global_step, b)
+        # The steps on which Lightning writes to its loggers: every trainer.log_every_n_steps
+        # optimisation steps (its own test counts the batches that stepped, = global_step).
+        every = self.trainer.log_every_n_steps
+        log_now = bool(self.trainer.fast_dev_run) or (
+            every > 0 and (self.global_step + 1) % every == 0
+        )
+        if log_now or batch_idx == self.trainer.num_training_batches - 1 or self._tracker.full:
+            self._tracker.flush()
+        if self._schedule_observes:  # the controller observes after the optimiser step
+            self._pending.append(torch.stack([out["rec_nll"].detach(), out["kl"].detach()]))
+            self._pending_step = self.global_step
+        if log_now:
+            values = with_elbo({k: out[k].detach() for k in TRACKED})
+            metrics = {f"train/{k}_step": v for k, v in values.items()} | {"beta": out["beta"]}
+            scale = self.likelihood.scale()
+            if scale is not None:
+                metrics["train/scale"] = scale
+            self._write_to_loggers(metrics)
+        if self.automatic_optimization:
+            return out["loss"]
+        # What Lightning's automatic optimisation does, minus its per-step machinery.
+        self.manual_backward(out["loss"])
+        optimizer = self.optimizers()
+        optimizer.step()  # runs on_before_optimizer_step (clipping) and counts global_step
+        optimizer.zero_grad()
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:
+        # A controller (GECO, PI) observes once per optimisation step, after it: the mean of
+        # the step's micro-batch means (all trainer.accumulate_grad_batches of them, as
+        # Lightning averages their losses), averaged over the data-parallel ranks. Open-loop
+        # schedules observe nothing (no all-reduce for them). global_step has moved iff the
+        # optimiser stepped on this batch.
+        if not self._pending or self.global_step == self._pending_step:
+            return
+        means = self.trainer.strategy.reduce(torch.stack(self._pending).mean(0), reduce_op="mean")
+        self._pending.clear()
+        self.schedule.observe(self._pending_step, means[0], means[1])
+
+    @torch.no_grad()
+    def _initialize_scale(self, x: Tensor) -> None:
+        # The untrained model's reconstruction from the posterior mean: draws no random
+        # numbers, so the noise of the run is the same as without the initialisation.
+        mu, _ = self.encoder(x).chunk(2, dim=-1)
+        self.likelihood.initialize_scale(x, self.likelihood.mean(self.decoder(mu)))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Where Lightning clips in automatic optimisation: after AMP has unscaled the
+        # gradients, before the step. (In automatic mode the Trainer clips by itself.)
+        if not self.automatic_optimization and self.hparams.gradient_clip_val:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_val,
+                gradient_clip_algorithm=self.hparams.gradient_clip_algorithm or "norm",
+            )
+
+    def _write_to_loggers(self, metrics: dict[str, Tensor], step: int | None = None) -> None:
+        """Writes metrics to the loggers as Lightning writes what ``self.log`` collected (same
+        steps, ``epoch`` column and rows), without ``self.log``'s bookkeeping: that costs
+        ~0.35 ms per call, 2 ms for the six training metrics, and reduces nothing here (the
+        step values are logged as they are, the epoch means come from the tracker)."""
+        if step is not None:
+            metrics = {**metrics, "epoch": self.current_epoch}
+        # A private Lightning method, kept for the measured saving above: lightning is pinned
+        # to the exact tested version and tests/test_private_api.py fails clearly if it moves.
+        self.trainer._logger_connector.log_metrics(metrics, step=step)
+
+    def on_train_epoch_end(self) -> None:
+        self._tracker.flush()
+        means = self._tracker.epoch_means()
+        if means is not None:
+            # Lightning writes epoch-end metrics at the step of the epoch's last batch.
+            self._write_to_loggers(
+                {f"train/{k}_epoch": v for k, v in means.items()},
+                step=self.global_step - 1,
+            )
+
+    def on_train_end(self) -> None:
+        self._tracker.flush()  # training stopped mid-epoch (max_steps, max_time)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        out = with_elbo(self._step_terms(batch))
+        b = batch.shape[0]
+        for k in TRAIN_METRICS:
+            self.log(f"val/{k}", out[k], batch_size=b, sync_dist=True, prog_bar=k == "elbo")
+        self._log_scale("val/", b)  # the scale evaluation uses (running σ* for `optimal`)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        scale_params = self.likelihood.scale_parameters()
+        if self.likelihood.scale_lr is None or not scale_params:
+            return build_optimizer(self.parameters(), self.hparams.optimizer)
+        # A learned scale gets its own learning rate: Adam moves a parameter by about lr per
+        # step whatever its gradient, so at the networks' lr a scalar log σ needs
+        # ~|log σ*|/lr steps to reach its optimum (README "Learned scales").
+        ids = {id(p) for p in scale_params}
+        others = [p for p in self.parameters() if id(p) not in ids]
+        groups = [{"params": others}, {"params": scale_params, "lr": self.likelihood.scale_lr}]
+        return build_optimizer(groups, self.hparams.optimizer)
+
+    # --- test: sums over examples, reduced across ranks, divided by the true count -------------
+    def on_test_epoch_start(self) -> None:
+        self._test_sums = {}
+
+    def _accumulate(self, name: str, value: Tensor) -> None:
+        value = value.detach().double()
+        self._test_sums[name] = self._test_sums.get(name, 0) + value
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        est = importance_estimates(
+            batch,
+            self.encoder,
+            self.decoder,
+            self.likelihood,
+            k=self.hparams.iwae_k,
+            chunk_size=self.hparams.iwae_chunk,
+        )
+        # Reconstructions are decoded from the posterior mean, x̂ = E[x | z = E_q[z]].
+        mu = est.posterior.mu
+        x_hat = self.likelihood.mean(self.decoder(mu))
+        d = math.prod(self.shape)
+        self._accumulate("count", torch.tensor(float(batch.shape[0]), device=batch.device))
+        self._accumulate("rec_nll", est.rec_nll.sum())
+        self._accumulate("kl", est.kl.sum())
+        self._accumulate("nll", -est.log_px.sum())
+        sq, absolute = (x_hat - batch).pow(2), (x_hat - batch).abs()
+        self._accumulate("mse", sq.sum() / d)
+        self._accumulate("mae", absolute.sum() / d)
+        # Per-pixel sums, for how far the scale is from the residual scale (scale_ratio).
+        self._accumulate("sq_pixel", sq.sum(0))
+        self._accumulate("abs_pixel", absolute.sum(0))
+        self._accumulate("mu_sum", mu.sum(0))
+        self._accumulate("mu_sq_sum", mu.pow(2).sum(0))
+
+    def on_test_epoch_end(self) -> None:
+        strategy = self.trainer.strategy
+        sums = {k: strategy.reduce(v, reduce_op="sum") for k, v in self._test_sums.items()}
+        n = sums.pop("count")
+        mean = {k: v / n for k, v in sums.items()}
+        variance = (mean.pop("mu_sq_sum") - mean.pop("mu_sum").pow(2)).clamp_min(0)
+        ratio = self.likelihood.scale_ratio(mean.pop("sq_pixel"), mean.pop("abs_pixel"))
+        metrics = {
+            "test/rec_nll": mean["rec_nll"],
+            "test/kl": mean["kl"],
+            "test/elbo": -mean["rec_nll"] - mean["kl"],
+            "test/nll": mean["nll"],
+            "test/mse": mean["mse"],
+            "test/mae": mean["mae"],
+            "test/active_units": (variance > self.hparams.active_units_threshold).sum().double(),
+            "test/n_examples": n,
+        }
+        if ratio is not None:
+            metrics["test/scale_ratio"] = ratio
+        if self.hparams.report_bpd and self.likelihood.data_kind == "continuous":
+            metrics["test/bpd"] = bits_per_dim(mean["nll"], math.prod(self.shape))
+        metrics.update(self.summary_metrics())
+        for k, v in metrics.items():  # already reduced: identical on every rank
+            self.log(k, float(v), batch_size=1, sync_dist=True)
+
+    # --- summaries ---------------------------------------------------------------------------
+    def summary_metrics(self) -> dict[str, float]:
+        """Scale in force and β / effective β at the current step (for results.json)."""
+        out: dict[str, float] = {}
+        scale = self.likelihood.scale()
+        if scale is not None:
+            out["scale"] = float(scale)
+        beta = self.schedule.beta_at(self.global_step)
+        out["beta"] = beta
+        out.update(effective_beta(self.likelihood, beta))
+        return out
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """x̂ = E[x | z = E_q[z|x]] for a batch, shaped like x."""
+        mu, _ = self.encoder(x).chunk(2, dim=-1)
+        return self.likelihood.mean(self.decoder(mu))
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """E[x | z] for n draws z ~ N(0, I) (means, not noisy draws), shape [n, C, H, W]."""
+        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+        return self.likelihood.mean(self.decoder(z))

@@ -1,0 +1,296 @@
+"""Job claims: at most one live process works on a job directory at a time.
+
+Two launches of the same sweep (or a relaunch while the first is still running) find the
+same job directories. Before a job starts, its process creates ``<run_dir>/.claim`` with
+``os.open(O_CREAT | O_EXCL)``, which is atomic on local file systems and on NFS (v3 and
+later) and Lustre, where ``flock`` is often not available or not shared between hosts. The
+file holds the claimant's host, pid, process start time, a random token and when it was
+created; while the job runs, a daemon thread touches its mtime (the heartbeat) every
+``timeout_s / 10`` seconds (at most 30 s). The claim is removed when the job ends, however
+it ends, except when the process is killed outright (SIGKILL, a node failure).
+
+A claim another process holds is either
+
+- **live**: the job is skipped by this process (the caller decides what to do with it), or
+- **stale**: its holder is gone. On the same host that is known at once: its pid no longer
+  runs (or is a zombie, or now belongs to a process started later). On another host the
+  heartbeat tells: stale when its mtime is older than ``timeout_s`` (the clocks of the hosts
+  must agree to well within that).
+
+A stale claim is taken over: one process wins an exclusive ``.claim.takeover.<token>``
+marker (again ``O_EXCL``), removes the stale claim if it still is the one judged stale, and
+then competes with everyone else for a fresh ``.claim``. Exactly one process ends up holding
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vaesweep.run.claims")
+
+CLAIM_FILE = ".claim"
+DEFAULT_TIMEOUT_S = 300.0
+MAX_HEARTBEAT_S = 30.0
+# A takeover (remove one file, create another) takes milliseconds; a marker older than this
+# was left by a process that died in between.
+TAKEOVER_MARKER_TIMEOUT_S = 60.0
+HOST = socket.gethostname()
+
+_held: set[str] = set()  # tokens of the claims this process holds
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, Linux), None if unknown.
+
+    With the pid it identifies a process: a pid reused by a later process has another one.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed child that nobody has waited for yet still answers to kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+@dataclass
+class ClaimInfo:
+    """What a claim file says about its holder, and when it last heard from it."""
+
+    path: Path
+    host: str | None
+    pid: int | None
+    process_start: str | None
+    token: str | None
+    started_at: str | None
+    heartbeat: float  # the file's mtime (seconds since the epoch)
+
+    @property
+    def identity(self) -> str:
+        """The claim's token; for a claim file left empty, its mtime."""
+        return self.token or f"m{int(self.heartbeat * 1e9)}"
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the last heartbeat."""
+        return (time.time() if now is None else now) - self.heartbeat
+
+    def is_stale(self, timeout_s: float, now: float | None = None) -> bool:
+        if self.host == HOST and self.pid is not None:
+            if self.pid == os.getpid():
+                return self.token not in _held  # a leftover of this process, not a live claim
+            if not _pid_alive(self.pid):
+                return True
+            start = _process_start(self.pid)
+            return None not in (start, self.process_start) and start != self.process_start
+        # Another host (or a claim file left empty by a claimant killed mid-write).
+        return self.age(now) > timeout_s
+
+    def describe(self) -> str:
+        age = f"heartbeat {self.age():.0f} s ago"
+        return f"held by {self.host}:{self.pid} since {self.started_at} ({age})"
+
+
+class ClaimHeld(RuntimeError):
+    """The job is claimed by another live process."""
+
+    def __init__(self, holder: ClaimInfo) -> None:
+        super().__init__(holder.describe())
+        self.holder = holder
+
+
+def claim_path(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / CLAIM_FILE
+
+
+def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
+    """The claim on ``run_dir``, or None when there is none."""
+    path = claim_path(run_dir)
+    try:
+        with open(path) as f:
+            text = f.read()
+            heartbeat = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError:  # being written right now, or its writer died mid-write
+        data = {}
+    pid = data.get("pid")
+    return ClaimInfo(
+        path=path,
+        host=data.get("host"),
+        pid=pid if isinstance(pid, int) else None,
+        process_start=data.get("process_start"),
+        token=data.get("token"),
+        started_at=data.get("started_at"),
+        heartbeat=heartbeat,
+    )
+
+
+def held_by_other(run_dir: str | os.PathLike[str], timeout_s: float) -> ClaimInfo | None:
+    """The live claim another process holds on ``run_dir``, else None."""
+    info = read_claim(run_dir)
+    if info is None or info.token in _held or info.is_stale(timeout_s):
+        return None
+    return info
+
+
+def heartbeat_interval(timeout_s: float) -> float:
+    return min(MAX_HEARTBEAT_S, timeout_s / 10)
+
+
+class Claim:
+    """A claim this process holds; ``release()`` (or leaving its ``with`` block) gives it up.
+
+    A daemon thread touches the claim file every ``interval`` seconds while it is held.
+    """
+
+    def __init__(self, path: Path, token: str, interval: float) -> None:
+        self.path = path
+        self.token = token
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="vaesweep-claim", daemon=True)
+        _held.add(token)
+        self._thread.start()
+
+    def _still_ours(self) -> bool:
+        info = read_claim(self.path.parent)
+        return info is not None and info.token == self.token
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self._still_ours():
+                    log.warning("the claim on %s is no longer this process's", self.path.parent)
+                    return
+                os.utime(self.path)
+            except OSError as e:  # a file system hiccup: try again at the next beat
+                log.warning("could not renew the claim %s: %s", self.path, e)
+
+    def release(self) -> None:
+        if self.token not in _held:
+            return
+        self._stop.set()
+        self._thread.join()
+        if self._still_ours():
+            self.path.unlink(missing_ok=True)
+        _held.discard(self.token)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _create(path: Path, token: str) -> bool:
+    """Creates the claim file holding this process's identity; False if it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    info = {
+        "host": HOST,
+        "pid": os.getpid(),
+        "process_start": _process_start(os.getpid()),
+        "token": token,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _remove_stale(stale: ClaimInfo) -> None:
+    """Removes the claim file ``stale`` if no other process is doing so, and if it still is
+    that claim (not a fresh one created after it was read)."""
+    marker = stale.path.with_name(f"{CLAIM_FILE}.takeover.{stale.identity}")
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        try:
+            if time.time() - marker.stat().st_mtime > TAKEOVER_MARKER_TIMEOUT_S:
+                marker.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        current = read_claim(stale.path.parent)
+        if current is not None and current.identity == stale.identity:
+            stale.path.unlink(missing_ok=True)
+            log.warning("took over the stale claim on %s (%s)", stale.path.parent, stale.describe())
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def acquire(run_dir: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Claim:
+    """Claims ``run_dir`` for this process, taking over a stale claim.
+
+    Raises ClaimHeld when another live process holds it.
+    """
+    path = claim_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    for _ in range(20):
+        if _create(path, token):
+            return Claim(path, token, heartbeat_interval(timeout_s))
+        holder = read_claim(run_dir)
+        if holder is None:  # released in the meantime
+            continue
+        if not holder.is_stale(timeout_s):
+            raise ClaimHeld(holder)
+        _remove_stale(holder)
+        time.sleep(0.01)
+    holder = read_claim(run_dir)
+    if holder is None:
+        raise RuntimeError(f"could not claim {run_dir}: too many processes competing for it")
+    raise ClaimHeld(holder)  # another process is taking it over right now
+
+
+def wait_for_others(
+    run_dirs: list[Path], timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 1.0
+) -> None:
+    """Returns once no other live process holds a claim on any of ``run_dirs``."""
+    announced = False
+    while True:
+        held = {d: info for d in run_dirs if (info := held_by_other(d, timeout_s))}
+        if not held:
+            return
+        if not announced:
+            names = ", ".join(f"{d.name} ({i.host}:{i.pid})" for d, i in held.items())
+            print(
+                f"[vaesweep] waiting for {len(held)} job(s) that another launch is running: "
+                f"{names}",
+                flush=True,
+            )
+            announced = True
+        time.sleep(poll_s)

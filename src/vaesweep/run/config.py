@@ -1,0 +1,398 @@
+"""The config tree and its validation, before any data are loaded or any step is taken: the
+one module that checks a run's config.
+
+The config tree ships inside the package (``vaesweep/conf``), so a wheel install finds it
+from any directory. A user's own config directory extends it with Hydra's search path
+(``--config-dir DIR`` adds groups, options and experiments; ``--config-name`` picks a
+primary config of theirs that extends ``train``; README "Your own components").
+
+Validation is split by who owns the options. The components a config selects by
+``_target_`` (likelihood, β schedule, network) check their own options when they are
+built (:mod:`vaesweep.model.components`); here they are built once, cheaply, on a dummy shape.
+The driver's own groups (run keys, data, trainer and its budget, optimizer, eval, logger)
+are checked by one small function each, with :func:`vaesweep.core.checks.require`; so are the
+memory the model needs (:mod:`vaesweep.run.memory`) and whether W&B can be reached
+(:mod:`vaesweep.run.loggers`). Every error names the key, the value and what is allowed.
+
+Two checks need more than the config: :func:`check_training_split` runs once the data are
+loaded (before the first step), and :func:`require_training` right after the fit: a run
+whose fit took no optimisation step fails instead of recording the untrained model's test
+metrics as a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
+from vaesweep.core.helpers import plain
+from vaesweep.model import components
+from vaesweep.model.module import OPTIMIZERS
+from vaesweep.run import ranks
+from vaesweep.run.effective import check_overrides
+from vaesweep.run.loggers import check_wandb
+from vaesweep.run.memory import DATA_SHAPES, check_memory
+
+log = logging.getLogger("vaesweep")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+PREPROCESS = ("auto", "dequantize", "binarize", "scale")
+CHECKPOINTS = ("last", "best")
+LOGGERS = ("wandb", "csv", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+# trainer.precision values under which Lightning autocasts (its MixedPrecision plugin).
+MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
+#: eval.n_images: images per row of reconstructions.png; samples.png holds n × n samples.
+MAX_IMAGES = 64
+#: eval.iwae_k: the test split is scored with k decoder passes per example.
+MAX_IWAE_K = 100_000
+#: Measured IWAE throughput (test examples × samples per second), default MLP, 2 CPU cores.
+IWAE_RATE = 180_000
+
+
+def _prefixed(group: str, error: Exception) -> str:
+    """A component's "key=value ..." message with the key made a full config path."""
+    message = str(error)
+    return f"{group}.{message}" if re.match(r"^\w+=", message) else message
+
+
+def likelihood_class(cfg: DictConfig) -> type:
+    """The likelihood class the config selects (ConfigError naming the key if it cannot)."""
+    try:
+        return components.component_class("likelihood", plain(cfg.likelihood))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resolve_preprocess(cfg: DictConfig) -> str:
+    """The data preprocessing in force: ``auto`` means binarize for a likelihood on binary
+    data (``data_kind = "binary"``, the Bernoulli), else dequantize."""
+    if cfg.data.preprocess != "auto":
+        return cfg.data.preprocess
+    return "binarize" if likelihood_class(cfg).data_kind == "binary" else "dequantize"
+
+
+def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Check every value that would otherwise fail (or silently mislead) mid-run.
+
+    ``overrides``: the command line's, each of which must change what the run computes
+    (:mod:`vaesweep.run.effective`; a multirun checks its overrides once, for all its jobs).
+    """
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required but not set (???); pass e.g. {missing[0]}=VALUE"
+        )
+    if overrides:
+        refusal = check_overrides(overrides, [cfg])
+        if refusal:
+            raise ConfigError(refusal)
+    check_run_keys(cfg)
+    check_components(cfg)
+    check_data(cfg)
+    check_trainer(cfg)
+    check_optimizer(cfg)
+    check_eval(cfg)
+    check_logger(cfg)
+    check_training_budget(cfg.trainer)
+    check_memory(cfg)
+    check_wandb(cfg)
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    require(is_number(cfg.beta) and cfg.beta >= 0, "beta", cfg.beta, "a finite number ≥ 0")
+    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer ≥ 0")
+    require(is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "≥ 1")
+    require(
+        cfg.threads is None or (is_int(cfg.threads) and cfg.threads >= 1),
+        "threads",
+        cfg.threads,
+        "null (automatic) or an integer ≥ 1",
+    )
+    require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
+
+
+def check_components(cfg: DictConfig) -> None:
+    """Builds each selected component once (the likelihood for the dataset's shape, a dummy
+    1×4×4 one for a dataset whose shape is not known without loading it): its class and its
+    constructor check its options."""
+    shape = DATA_SHAPES.get(cfg.data.name, (1, 4, 4))
+    for group, context in (("model", ()), ("likelihood", (shape,)), ("beta_schedule", ())):
+        try:
+            components.build(group, plain(cfg[group]), *context)
+        except ValueError as e:
+            raise ConfigError(_prefixed(group, e)) from None
+
+
+def check_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    require(d.preprocess in PREPROCESS, "data.preprocess", d.preprocess, f"one of {PREPROCESS}")
+    for key in ("batch_size", "eval_batch_size"):
+        require(is_int(d[key]) and d[key] > 0, f"data.{key}", d[key], "an integer > 0")
+    preprocess = resolve_preprocess(cfg)
+    name = cfg.likelihood.get("name")
+    if (
+        likelihood_class(cfg).data_kind == "binary"
+        and preprocess != "binarize"
+        and not cfg.likelihood.get("allow_nonbinary")
+    ):
+        raise ConfigError(
+            f"data.preprocess={preprocess!r} with likelihood={name} is invalid: it is a "
+            "likelihood only on binary data (data_kind='binary'). Allowed: data.preprocess=binarize (or auto), or opt in with "
+            "likelihood.allow_nonbinary=true (no bits/dim is reported then)."
+        )
+    # Strategy, processes and the global batch (again at setup, from the Trainer itself).
+    problem = ranks.config_problem(cfg.trainer, d.batch_size)
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    require(
+        is_int(t.accumulate_grad_batches) and t.accumulate_grad_batches >= 1,
+        "trainer.accumulate_grad_batches",
+        t.accumulate_grad_batches,
+        "an integer ≥ 1",
+    )
+    require(
+        t.gradient_clip_val is None
+        or (is_number(t.gradient_clip_val) and t.gradient_clip_val >= 0),
+        "trainer.gradient_clip_val",
+        t.gradient_clip_val,
+        "null (no clipping) or a finite number ≥ 0",
+    )
+    require(
+        t.gradient_clip_algorithm in (None, "norm", "value"),
+        "trainer.gradient_clip_algorithm",
+        t.gradient_clip_algorithm,
+        "null (= norm), norm or value",
+    )
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    o, t = cfg.optimizer, cfg.trainer
+    require(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {list(OPTIMIZERS)}")
+    require(is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
+    fused = o.get("fused", False)
+    require(isinstance(fused, bool), "optimizer.fused", fused, "true or false")
+    if fused and t.gradient_clip_val and str(t.precision) in MIXED_PRECISIONS:
+        # Lightning would raise at the first optimisation step, after data, model and loggers.
+        raise ConfigError(
+            f"trainer.gradient_clip_val={t.gradient_clip_val!r} with "
+            f"trainer.precision={t.precision!r} is invalid with optimizer.fused=true: a fused "
+            "optimiser unscales the mixed-precision gradients inside its step, so they cannot "
+            "be clipped before it. Allowed: optimizer.fused=false, no clipping, or a "
+            "precision without autocast (e.g. 32-true)"
+        )
+    require(
+        is_number(o.get("weight_decay", 0.0)) and o.get("weight_decay", 0.0) >= 0,
+        "optimizer.weight_decay",
+        o.get("weight_decay"),
+        "a finite number ≥ 0",
+    )
+    betas = o.get("betas")
+    if betas is not None:
+        betas = list(betas) if OmegaConf.is_list(betas) or isinstance(betas, list) else betas
+        require(
+            isinstance(betas, list)
+            and len(betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in betas),
+            "optimizer.betas",
+            betas,
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
+
+
+def check_eval(cfg: DictConfig) -> None:
+    e = cfg.eval
+    require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint, f"one of {CHECKPOINTS}")
+    require(
+        e.checkpoint == "last" or cfg.trainer.enable_checkpointing,
+        "eval.checkpoint",
+        e.checkpoint,
+        "'last' when trainer.enable_checkpointing=false (no best checkpoint is kept)",
+    )
+    require(is_int(e.iwae_k) and e.iwae_k >= 1, "eval.iwae_k", e.iwae_k, "an integer ≥ 1")
+    require(
+        e.iwae_chunk is None or (is_int(e.iwae_chunk) and e.iwae_chunk >= 1),
+        "eval.iwae_chunk",
+        e.iwae_chunk,
+        "null or an integer ≥ 1",
+    )
+    require(
+        is_int(e.n_images) and 1 <= e.n_images <= MAX_IMAGES,
+        "eval.n_images",
+        e.n_images,
+        f"an integer in [1, {MAX_IMAGES}] (samples.png holds n_images² samples)",
+    )
+    k = e.iwae_k
+    if is_int(k) and k > MAX_IWAE_K:
+        hours = 1000 * k / IWAE_RATE / 3600
+        raise invalid(
+            "eval.iwae_k",
+            k,
+            f"an integer in [1, {MAX_IWAE_K}]: the test split is scored with k decoder passes "
+            f"per example; k={k} takes ~{hours:,.1f} h per 1000 test examples at the "
+            f"~{IWAE_RATE // 1000}k examples×samples/s measured for the default MLP on 2 CPU "
+            "cores",
+        )
+    threshold = e.active_units_threshold
+    require(
+        is_number(threshold) and threshold >= 0,
+        "eval.active_units_threshold",
+        threshold,
+        "a finite number ≥ 0 (a variance of the posterior means)",
+    )
+
+
+def check_logger(cfg: DictConfig) -> None:
+    require(cfg.logger.name in LOGGERS, "logger.name", cfg.logger.name, f"one of {LOGGERS}")
+    if cfg.logger.name == "wandb":
+        mode = cfg.logger.mode
+        require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
+
+
+# --- training budget -----------------------------------------------------------------------------
+
+
+def _limit_ok(value: Any) -> bool:
+    """Lightning's limit_*_batches: None, a number of batches or a fraction of them."""
+    if value is None or (is_int(value) and value >= 0):
+        return True
+    return is_number(value) and 0.0 <= value <= 1.0
+
+
+def max_time_seconds(value: Any) -> float | None:
+    """``trainer.max_time`` in seconds ("DD:HH:MM:SS" or {days, hours, minutes, seconds});
+    None when unset or not in one of those forms (Lightning reports those)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            return None
+        days, hours, minutes, seconds = (int(p) for p in parts)
+        return ((days * 24 + hours) * 60 + minutes) * 60.0 + seconds
+    if isinstance(value, dict | DictConfig):
+        units = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+        return float(sum(units.get(k, 0) * float(v or 0) for k, v in dict(value).items()))
+    return None
+
+
+def check_training_budget(t: DictConfig) -> None:
+    """Types of the trainer's budget keys, and budgets that train nothing or never stop: a
+    run that takes no optimisation step would test (and record) an untrained model."""
+    require(
+        t.max_epochs is None or (is_int(t.max_epochs) and t.max_epochs >= -1),
+        "trainer.max_epochs",
+        t.max_epochs,
+        "an integer ≥ 1 (or -1: no limit, with trainer.max_steps or trainer.max_time)",
+    )
+    require(
+        is_int(t.max_steps) and t.max_steps >= -1,
+        "trainer.max_steps",
+        t.max_steps,
+        "an integer ≥ 1, or -1 (no limit)",
+    )
+    for key in ("min_epochs", "min_steps"):
+        require(
+            t[key] is None or (is_int(t[key]) and t[key] >= 0),
+            f"trainer.{key}",
+            t[key],
+            "null or an integer ≥ 0",
+        )
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        require(
+            _limit_ok(t[key]),
+            f"trainer.{key}",
+            t[key],
+            "null (all), an integer ≥ 1 (batches) or a fraction in (0, 1]",
+        )
+    fast = t.fast_dev_run
+    require(
+        isinstance(fast, bool) or (is_int(fast) and fast >= 0),
+        "trainer.fast_dev_run",
+        fast,
+        "true, false or a number of batches ≥ 1",
+    )
+    untrained = "a run must take at least one optimisation step (its test metrics would be "
+    untrained += "those of the randomly initialised model)"
+    if fast:  # Lightning's debug run: one batch (or N) of each split, whatever the limits
+        return
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        require(t[key] != 0, f"trainer.{key}", t[key], f"a value other than 0: {untrained}")
+    seconds = max_time_seconds(t.max_time)
+    require(
+        seconds is None or seconds > 0,
+        "trainer.max_time",
+        t.max_time,
+        f"null or a positive duration (DD:HH:MM:SS): {untrained}",
+    )
+    require(
+        t.limit_test_batches != 0,
+        "trainer.limit_test_batches",
+        t.limit_test_batches,
+        "a value other than 0: a run is scored on its test split",
+    )
+    if t.max_epochs == -1 and t.max_steps == -1 and seconds is None:
+        raise invalid(
+            "trainer.max_epochs",
+            -1,
+            "-1 (no epoch limit) only with trainer.max_steps or trainer.max_time: this run "
+            "would train forever",
+        )
+
+
+def require_training(trainer: Any) -> None:
+    """Raises NothingTrained when a fit ended without a single optimisation step (stopped
+    by trainer.max_time before the first batch, say); warns about fast_dev_run metrics.
+
+    A spawned data-parallel fit (``ddp_spawn``) trains in child processes and this process's
+    ``global_step`` stays 0: there the last checkpoint the children wrote is the evidence
+    (with checkpoints off, this process cannot tell, and nothing is raised)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    spawned = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    if trainer.global_step == 0 and spawned:
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None or getattr(ckpt, "dirpath", None) is None:
+            return
+        if (Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}").exists():
+            return
+    if trainer.global_step == 0:
+        raise NothingTrained(
+            "training ended after 0 optimisation steps (trainer.max_epochs="
+            f"{trainer.max_epochs}, max_steps={trainer.max_steps}, "
+            f"limit_train_batches={trainer.limit_train_batches}; trainer.max_time can stop "
+            "a fit before its first batch): the model is untrained, so no metrics are "
+            "recorded. Give the run a training budget."
+        )
+    if trainer.fast_dev_run:
+        log.warning(
+            "trainer.fast_dev_run: one batch of each split; the metrics check that the run "
+            "works, they are not a result (vaesweep collect lists the run as fast_dev_run, "
+            "outside aggregates and figures)"
+        )
+
+
+class NothingTrained(RuntimeError):
+    """The fit ended without a single optimisation step."""
+
+
+def check_training_split(cfg: DictConfig, data: Any) -> None:
+    """Refuses a global batch larger than the training split (``data``: the loaded
+    ``VAEDataModule``): every step would see the whole split, not a batch of it."""
+    n_train = int(data.info["sizes"]["train"])
+    require(
+        cfg.data.batch_size <= n_train,
+        "data.batch_size",
+        cfg.data.batch_size,
+        f"at most the {n_train} examples of the training split of data={cfg.data.name}",
+    )

@@ -1,0 +1,107 @@
+"""Where and what one job is: its directory, name, overrides and rank (:class:`Job`, from
+Hydra's runtime config), the sweep it belongs to (``sweep.json``, written by
+:mod:`vaesweep.sweep.grid` and read here for its grid), and how a job directory is named
+from its overrides (so that a relaunch of the same command finds the same ones)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+
+SWEEP_FILE = "sweep.json"
+_from_command_line = False
+MAX_DIRNAME = 120  # well below the 255-byte limit of common file systems
+
+
+def read_sweep(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """The sweep's record (``sweep.json``), None when there is none."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def swept_values(job_overrides: list[str], grid_keys: list[str]) -> dict[str, str]:
+    """This job's value of every swept key, from its own overrides."""
+    values = {}
+    for item in job_overrides:
+        key, _, value = item.partition("=")
+        if key in grid_keys:
+            values[key] = value
+    return values
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job directory name from its overrides: readable, one path component, bounded.
+
+    ``/`` in values becomes ``_``; a name longer than MAX_DIRNAME is cut and given a short
+    hash of the full name, so distinct grid points never share a directory.
+    """
+    name = override_dirname.replace(os.sep, "_") or "default"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_DIRNAME - 9]}-{digest}"
+    return name
+
+
+@dataclass
+class Job:
+    """Where and what one job of a run or sweep is."""
+
+    run_dir: Path
+    name: str  # from the overrides; the W&B run name
+    overrides: list[str]
+    sweep_dir: Path | None  # None outside a multirun
+    swept: dict[str, str]  # this job's value of each swept key (multirun)
+    n_parallel: int  # jobs sharing this machine at once (joblib launcher)
+
+    @property
+    def multirun(self) -> bool:
+        return self.sweep_dir is not None
+
+
+def current_job() -> Job:
+    hc = HydraConfig.get()
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    overrides = list(hc.overrides.task)
+    swept: dict[str, str] = {}
+    if sweep_dir is not None:
+        sweep_record = read_sweep(sweep_dir)
+        swept = swept_values(overrides, list(sweep_record["grid"]) if sweep_record else [])
+    launcher = hc.launcher.get("_target_", "") if "launcher" in hc else ""
+    n_parallel = int(hc.launcher.get("n_jobs") or 1) if "joblib" in launcher else 1
+    return Job(
+        run_dir=Path(hc.runtime.output_dir),
+        name=hc.job.override_dirname or "default",
+        overrides=overrides,
+        sweep_dir=sweep_dir,
+        swept=swept,
+        n_parallel=max(1, n_parallel),
+    )
+
+
+def process_rank() -> int:
+    """Global rank of this process when a launcher (torchrun, srun, Lightning's ddp)
+    started several; 0 otherwise. Only rank 0 writes results, images and W&B."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def mark_command_line() -> None:
+    """Called by the entry point (``run.py``, ``python -m vaesweep``, ``vaesweep-train``):
+    this process runs the Hydra app from its own command line, so re-running ``sys.argv``
+    (what Lightning's plain ``ddp`` does to start the other ranks) starts the same job."""
+    global _from_command_line
+    _from_command_line = True
+
+
+def runs_from_command_line() -> bool:
+    """Whether :func:`mark_command_line` was called in this process."""
+    return _from_command_line

@@ -1,0 +1,365 @@
+"""The driver of one job (the Hydra task): validate the config, train, evaluate on the test
+split, record the run. The Hydra entry point that calls it is :mod:`vaesweep.sweep.entry`.
+
+Lifecycle of one job: results.json says "running" → the config is validated (a bad value
+fails here, before any data is loaded or any step is taken) → fit → test on the last or
+best checkpoint → image grids → results.json says "completed" with every metric. A
+non-finite loss stops training and records "diverged" with the step; any other exception
+records "failed" with its type and message; both then exit non-zero. A stop signal records
+"interrupted" with the step and exits with 128 + its number (vaesweep.run.signals). W&B is
+closed in a ``finally`` so the jobs of one multirun process are separate W&B runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.checks import ConfigError
+from vaesweep.data import VAEDataModule
+from vaesweep.model.module import VAE
+from vaesweep.run import context, jobs, ranks
+from vaesweep.run.callbacks import (
+    AtomicCheckpointIO,
+    ImageGrids,
+    NullProfiler,
+    Resumable,
+    ThrottledProgressBar,
+    Timestamps,
+    WandbMetrics,
+    append_timestamp,
+)
+from vaesweep.run.config import check_training_split, require_training, resolve_preprocess
+from vaesweep.run.console import EpochLines, is_terminal, job_story, tidy_logging
+from vaesweep.run.context import Job, process_rank, read_sweep
+from vaesweep.run.failures import job_label, quiet_console, report_failure
+from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
+from vaesweep.run.record import RESULTS_FILE, RunRecord, read
+from vaesweep.run.signals import JobInterrupted, StopSignals, SweepStopped
+
+# A file to append training-event timestamps to (benchmarks/: cold start, per-job overhead).
+TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
+log = logging.getLogger("vaesweep")
+
+
+def _reexecution_breaks(job: Job) -> bool:
+    """Whether re-running the command (Lightning's plain ``ddp``) would break this job:
+    inside a multirun or a parallel launcher, and in any process that did not start this job
+    from its own command line (a notebook, a test, a script calling the driver)."""
+    return job.multirun or not context.runs_from_command_line()
+
+
+def resolve_strategy(strategy: str, job: Job) -> str:
+    """``ddp`` re-executes ``sys.argv`` in its child processes, which breaks inside a
+    multirun, a parallel launcher and pytest: ``ddp_spawn`` there. Under srun (one task per
+    device) or torchrun every DDP variant becomes plain ``ddp`` (vaesweep.run.ranks)."""
+    resolved = ranks.resolve_strategy(strategy, _reexecution_breaks(job))
+    if resolved != strategy:
+        log.info("trainer.strategy=%s → %s", strategy, resolved)
+    return resolved
+
+
+@dataclass
+class RunParts:
+    """The components of one job, built from its config (what ``fit_and_test`` runs)."""
+
+    data: Any  # vaesweep.data.VAEDataModule
+    model: Any  # vaesweep.model.module.VAE
+    trainer: Any  # lightning.Trainer
+    checkpoint: Any  # lightning.pytorch.callbacks.ModelCheckpoint, None without checkpointing
+    loggers: list
+
+
+def build_run(
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    torch_threads: int,
+    callbacks: tuple = (),
+) -> RunParts:
+    """Seeds, threads, data, model, loggers and trainer of one job (benchmarks reuse it, with
+    their own extra Lightning ``callbacks``)."""
+    if os.environ.get(TIMESTAMPS_ENV):
+        callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
+    torch.set_num_threads(torch_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    preprocess = resolve_preprocess(cfg)
+    data = _build_data(cfg, preprocess)
+    if record is not None:
+        record.set_dataset(data.info)
+    trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
+    loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
+    trainer, checkpoint = _build_trainer(cfg, job, trainer_args, loggers, callbacks)
+    return RunParts(data, model, trainer, checkpoint, loggers)
+
+
+def _build_data(cfg: DictConfig, preprocess: str) -> Any:
+    return VAEDataModule(
+        name=cfg.data.name,
+        root=cfg.data.root,
+        download=cfg.data.download,
+        batch_size=cfg.data.batch_size,  # global: each rank takes its share at setup
+        eval_batch_size=cfg.data.eval_batch_size,
+        preprocess=preprocess,
+        seed=cfg.seed,
+        val_size=cfg.data.val_size,
+        test_size=cfg.data.test_size,
+        device="auto",  # the tensors live on the training device: no copy per batch
+    )
+
+
+def _build_model(
+    cfg: DictConfig, shape: tuple[int, int, int], report_bpd: bool, trainer_args: dict
+) -> Any:
+    """The LightningModule; takes the optimisation arguments it applies out of trainer_args."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return VAE(
+        shape=shape,
+        model=plain["model"],
+        likelihood=plain["likelihood"],
+        schedule=plain["beta_schedule"],
+        optimizer=plain["optimizer"],
+        n_samples=cfg.n_samples,
+        iwae_k=cfg.eval.iwae_k,
+        iwae_chunk=cfg.eval.iwae_chunk,
+        active_units_threshold=cfg.eval.active_units_threshold,
+        report_bpd=report_bpd,
+        seed=cfg.seed,
+        compile=cfg.compile,
+        **_optimization_args(trainer_args),
+    )
+
+
+def _build_trainer(
+    cfg: DictConfig, job: Job, trainer_args: dict, loggers: list, callbacks: tuple
+) -> tuple[Any, Any]:
+    """The Lightning Trainer and its ModelCheckpoint (None without checkpointing)."""
+    checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
+    if trainer_args["enable_checkpointing"]:
+        checkpoint = ModelCheckpoint(
+            dirpath=job.run_dir / "checkpoints",
+            filename="best",
+            monitor="val/elbo",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            # Always the same two files. With the version counter, a resumed job wrote
+            # last-v1.ckpt: the last.ckpt it resumed from is a hard link to best.ckpt
+            # (AtomicCheckpointIO), whose saved state predates the last path, so Lightning
+            # took last.ckpt for another run's file; a second requeue then resumed from
+            # the stale last.ckpt.
+            enable_version_counter=False,
+        )
+        callbacks = (checkpoint, *callbacks)
+    trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
+    plugins = trainer_args.pop("plugins") or []
+    plugins = [plugins] if not isinstance(plugins, list) else plugins
+    plugins = [*plugins, *slurm_plugins(plugins)]
+    if trainer_args["profiler"] is None:
+        trainer_args["profiler"] = NullProfiler()
+    if trainer_args["enable_progress_bar"] and not is_terminal():
+        # A log file or a SLURM output file: one line per epoch instead of a bar's redraws.
+        trainer_args["enable_progress_bar"] = False
+        callbacks = (*callbacks, EpochLines())
+    if trainer_args["enable_progress_bar"]:
+        # Lightning redraws its bar after every batch: a formatted write per step, which W&B
+        # also captures and sends to its service. Redraw twice a second instead.
+        callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
+    callbacks = (*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images))
+    if cfg.logger.name == "wandb":
+        callbacks = (*callbacks, WandbMetrics())  # step axes and summaries (vaesweep.analysis.wandb_summary)
+
+    def make_trainer() -> L.Trainer:
+        return L.Trainer(
+            **trainer_args,
+            plugins=[AtomicCheckpointIO(), *plugins],
+            logger=loggers or False,
+            callbacks=list(callbacks),
+            default_root_dir=str(job.run_dir),
+        )
+
+    trainer = make_trainer()
+    if ranks.reexecutes_command(trainer) and _reexecution_breaks(job):
+        # What `auto` picks for several devices: plain ddp, which would re-run the command.
+        log.info("trainer.strategy=%s → ddp_spawn", trainer_args["strategy"])
+        trainer_args["strategy"] = "ddp_spawn"
+        trainer = make_trainer()
+    problem = ranks.trainer_problem(trainer, str(cfg.trainer.strategy))
+    if problem:
+        raise ConfigError(problem)
+    return trainer, checkpoint
+
+
+def slurm_plugins(plugins: list) -> list:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: [] elsewhere,
+    or when the config gives a cluster environment itself.
+
+    Lightning's own SLURMEnvironment would handle SIGUSR1 by saving an ``hpc_ckpt`` and
+    running ``scontrol requeue`` from inside the training loop (on every rank where no
+    other handler came first). vaesweep stops the job at a safe point instead, records it
+    ``interrupted`` and exits 128 + the signal; the requeue is left to submitit (its own
+    signal, the submitit launcher) or to the user's ``sbatch --requeue``."""
+    if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in plugins):
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def _optimization_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
+    """The module's optimisation arguments; takes the ones it applies out of trainer_args.
+
+    The module steps its optimiser itself (manual optimisation: less per-step overhead, same
+    numbers) and then also clips. With gradient accumulation Lightning's automatic
+    optimisation does both, so the Trainer keeps its arguments.
+    """
+    if trainer_args["accumulate_grad_batches"] != 1:
+        return {"optimization": "automatic"}
+    return {
+        "optimization": "manual",
+        "gradient_clip_val": trainer_args.pop("gradient_clip_val"),
+        "gradient_clip_algorithm": trainer_args.pop("gradient_clip_algorithm"),
+    }
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    resume_from: Path | None,
+    torch_threads: int,
+    signals: StopSignals | None = None,
+) -> dict[str, float]:
+    resumable = Resumable(signals, on_epoch_end=None if record is None else record.write)
+    parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable,))
+    trainer, model, data = parts.trainer, parts.model, parts.data
+    check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split
+    resumable.signals.check()
+    if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
+        ranks.announce_training(job.run_dir, resume_from)
+    trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+    resumable.signals.check()
+    require_training(trainer)  # no optimisation step: fail rather than test an untrained model
+    # The last validation's metrics (Lightning brings them back from spawned processes too).
+    # A resumed fit with nothing left to train validated nothing: then they come from the
+    # checkpoint, where Resumable keeps them.
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not fit_metrics:
+        fit_metrics = resumable.val_metrics or Resumable.stored_val_metrics(resume_from)
+    ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
+    if parts.checkpoint is not None:
+        ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
+    tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
+    resumable.signals.check()
+    metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
+    if resume_from is not None:
+        best = resumable.best_val_elbo
+        if best is None:  # the fit ran in spawned processes: their state is in the checkpoint
+            best = Resumable.stored_state(resume_from).get("best_val_elbo")
+        resumed_wandb_summary(parts.loggers, fit_metrics, best)
+    return metrics
+
+
+def _launcher() -> str:
+    """The Hydra launcher running this job ('' for a single run)."""
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return ""
+    return str(hc.launcher.get("_target_") or "")
+
+
+def _stopped(stop: JobInterrupted) -> None:
+    """After a job recorded ``interrupted``: hands the signal to the handler that was in
+    place before the job, then ends as the launcher needs.
+
+    - Submitit (a job in its own process, SLURM or local): submitit's handler of its
+      pre-emption signal (SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL) saves the job for a requeue
+      and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
+      Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
+      launcher collects the job and its summary lists it as interrupted (non-zero exit).
+    - joblib (a job in a worker process): returns, the same way; the launching process,
+      signalled too, stops the sweep.
+    - Hydra's basic launcher (jobs in the launching process): the sweep stops
+      (SweepStopped; the entry point writes the summary and exits 128 + the signal).
+    - A single run: exits with 128 + the signal number.
+    """
+    launcher = _launcher()
+    try:
+        stop.hand_over()  # submitit: may requeue and exit; the sweep guard: SweepStopped
+    except Exception as e:  # submitit's UncompletedJobError: not requeued
+        print(f"[vaesweep] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    if "submitit" in launcher or "joblib" in launcher:
+        return
+    if launcher:
+        raise SweepStopped(stop.signum)
+    raise SystemExit(stop.exit_code)
+
+
+def task(cfg: DictConfig) -> None:
+    """The Hydra task: one job of a run or a sweep.
+
+    In a multirun a job's failure is recorded in its results.json and does not stop the
+    other jobs; the sweep's summary then names it and the sweep exits non-zero. A stop
+    signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
+    ``interrupted``, no further job starts, the summary so far is written, and the process
+    exits with 128 + the signal number; under submitit the job is requeued instead
+    (:func:`_stopped`).
+    """
+    quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
+    tidy_logging()  # each library message once, without the noise of our own calls
+    started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
+    try:
+        jobs.run(cfg, execute=fit_and_test)
+    except JobInterrupted as stop:
+        print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
+        _stopped(stop)
+    except Exception as error:
+        report_failure(error, job_label())  # one line; the traceback goes to train.log
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return
+        raise SystemExit(1) from None
+    finally:
+        _tell_outcome(started)
+        if stamps:
+            job = HydraConfig.get().job.override_dirname or "default"
+            append_timestamp(stamps, "job_start", t=started, job=job)
+            append_timestamp(stamps, "job_end", job=job)
+
+
+def _tell_outcome(started: float) -> None:
+    """In a multirun, one line with the job's outcome (after Hydra's ``#k : overrides``)
+    when this process ran it; a job it skipped has said so already."""
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN" or process_rank() != 0:
+        return
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        if (run_dir / RESULTS_FILE).stat().st_mtime < started:
+            return  # skipped: the result is an earlier one
+    except OSError:
+        return
+    result = read(run_dir)
+    if result is None:
+        return
+    total = (read_sweep(Path(hc.sweep.dir)) or {}).get("n_jobs")
+    story = job_story(
+        int(hc.job.num),
+        total,
+        str(result.get("status")),
+        time.time() - started,
+        result.get("metrics"),
+    )
+    log.info(story)

@@ -1,0 +1,240 @@
+"""What a job reads from its config, and the refusal of keys and sweeps that change nothing.
+
+A config holds more keys than any one job reads: ``beta`` is read only through the
+``${beta}`` of the schedules that use it (``capacity`` and ``geco`` don't),
+``likelihood.momentum`` only by the ``optimal`` scale, ``model.channels`` only by the conv
+network. A key given on the command line that the job never reads would train the same
+model as without it and be reported as if it mattered (``beta=0.5,1,4`` with
+``beta_schedule=capacity`` is three copies of one run). So:
+
+- every component answers, from its own config, which of its options it does not read
+  (``unread_options`` of likelihoods and schedules, ``network_unread_options``); the driver
+  reads the groups and keys in :data:`READ_BY_DRIVER`; anything an interpolation in a read
+  value points to (``${beta}``) is read too. Nothing here knows a component by name;
+- :func:`check_overrides` refuses, before training, a command-line key that no job reads,
+  naming the key, why it is not read and, where a component says so, which key does what
+  the user meant;
+- :func:`check_distinct` refuses a sweep in which two jobs would compute the same thing
+  (the same values of every key that changes results, :func:`result_config`).
+
+Keys that only label a run live under ``label`` (``label.note``, ``label.tags``): they are
+recorded in results.json and W&B, always allowed, and never part of what a job computes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.helpers import flatten, plain
+from vaesweep.model.components import component_class
+
+#: Groups and keys the training driver reads in every job (everything under them).
+READ_BY_DRIVER = (
+    "seed",
+    "n_samples",
+    "threads",
+    "compile",
+    "sweep",
+    "paths",
+    "data",
+    "trainer",
+    "eval",
+    "optimizer",
+    "label",
+)
+#: Read, but never change the numbers a job computes (where and how it runs and logs).
+NOT_RESULTS = (
+    "threads",
+    "sweep",
+    "paths",
+    "label",
+    "logger",
+    "data.root",
+    "data.download",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
+#: Override keys outside the check: Hydra's own, and presets (which set keys themselves).
+UNCHECKED = ("hydra", "experiment")
+LABEL_HINT = (
+    "Keys that only label a run go under label.note and label.tags: they are recorded in "
+    "results.json and W&B and never change what a run computes."
+)
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[\w-]+)*)\}")
+
+
+def _components(cfg: DictConfig) -> list[tuple[str, dict[str, Any], type | None]]:
+    """(group, options, class) of each selected component (vaesweep.model.components); the class
+    is None where it cannot be imported (validation reports that)."""
+    out = []
+    for group in ("model", "likelihood", "beta_schedule"):
+        options = plain(cfg.get(group)) or {}
+        try:
+            cls = component_class(group, options)
+        except ValueError:
+            cls = None
+        out.append((group, options, cls))
+    return out
+
+
+def reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
+    """(the config paths a job with this config reads, {path it does not read: why})."""
+    read, unread = set(READ_BY_DRIVER), {}
+    for group, options, cls in _components(cfg):
+        skipped = cls.unread_options(options) if cls is not None else {}
+        unread.update({f"{group}.{k}": why for k, why in skipped.items() if k in options})
+        read.update(f"{group}.{k}" for k in options if k not in skipped)
+    logger = plain(cfg.get("logger")) or {}
+    # Only W&B reads the logger options (project, mode, tags, ...).
+    read.update(f"logger.{k}" for k in logger if logger.get("name") == "wandb" or k == "name")
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return _follow_references(read, raw), unread
+
+
+def _follow_references(read: set[str], raw: dict[str, Any]) -> set[str]:
+    """``read`` plus every path an interpolation in a read value points to, transitively."""
+    todo, seen = list(read), set(read)
+    while todo:
+        node = _lookup(raw, todo.pop())
+        for text in _strings(node):
+            for ref in _REFERENCE.findall(text):
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
+    return seen
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return None
+        raw = raw[part]
+    return raw
+
+
+def _strings(node: Any) -> Iterable[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _covers(path: str, key: str) -> bool:
+    """Whether reading ``path`` reads (part of) ``key``, or the reverse."""
+    return path == key or path.startswith(key + ".") or key.startswith(path + ".")
+
+
+def override_keys(overrides: list[str]) -> list[tuple[str, str]]:
+    """(config path, value as written) of each override outside :data:`UNCHECKED`;
+    deletions (``~key``) and overrides of a package (``group@pkg=...``) are not checked."""
+    out = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        key = o.key_or_group.replace("/", ".")
+        if o.is_delete() or o.package is not None or key.split(".")[0] in UNCHECKED:
+            continue
+        out.append((key, o.input_line.split("=", 1)[1] if o.input_line else ""))
+    return out
+
+
+def repeated_key(overrides: list[str]) -> str | None:
+    """A refusal message when a key is given twice on the command line (Hydra would keep
+    only the last value, silently), else None."""
+    seen: dict[str, str] = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_delete():
+            continue
+        key = o.get_key_element().lstrip("+")
+        if key in seen:
+            return (
+                f"{key} is given twice on the command line ({seen[key]} and {o.input_line}): "
+                f"only the last, {o.input_line}, would be used. Give each key once (sweep "
+                f"several values with {key}=A,B)."
+            )
+        seen[key] = o.input_line or key
+    return None
+
+
+def check_overrides(overrides: list[str], configs: list[DictConfig]) -> str | None:
+    """A refusal message for a key given twice, or for the first override that no job (one
+    config per job) reads, else None."""
+    repeated = repeated_key(overrides)
+    if repeated:
+        return repeated
+    analyses = [(cfg, *reads(cfg)) for cfg in configs]
+    for key, value in override_keys(overrides):
+        if any(any(_covers(p, key) for p in read) for _, read, _ in analyses):
+            continue
+        return _refusal(key, value, analyses)
+    return None
+
+
+def _refusal(key: str, value: str, analyses: list) -> str:
+    head = f"{key}={value} has no effect on what this run computes"
+    for _, _, unread in analyses:
+        for path, why in unread.items():
+            if _covers(path, key):
+                return f"{head}: {why}. Drop it, or set the key that is read."
+    cfg = analyses[0][0]
+    hints = [
+        f"{group}={options.get('name')}: {cls.hints[key]}"
+        for group, options, cls in _components(cfg)
+        if cls is not None and key in cls.hints
+    ]
+    selected = ", ".join(
+        f"{group}={options.get('name')}" for group, options, _ in _components(cfg)
+    )
+    message = f"{head}: no selected component reads `{key}` ({selected})"
+    if hints:
+        return f"{message}; {'; '.join(hints)}."
+    return f"{message}. Drop it. {LABEL_HINT}"
+
+
+def result_config(cfg: DictConfig) -> dict[str, Any]:
+    """The values of every read key that can change a job's numbers (for comparing jobs)."""
+    read, _ = reads(cfg)
+    values = plain(cfg)
+    leaves: dict[str, Any] = {}
+    for path in read:
+        leaves.update(flatten(_lookup(values, path), f"{path}."))
+    return {
+        path: value
+        for path, value in sorted(leaves.items())
+        if not any(path == p or path.startswith(p + ".") for p in NOT_RESULTS)
+    }
+
+
+def check_distinct(jobs: list[tuple[list[str], DictConfig]]) -> str | None:
+    """A refusal message when two jobs (overrides, config) of a sweep compute the same
+    thing, else None."""
+    seen: dict[str, list[str]] = {}
+    for overrides, cfg in jobs:
+        fingerprint = json.dumps(result_config(cfg), sort_keys=True, default=str)
+        if fingerprint in seen:
+            first = seen[fingerprint]
+            differ = sorted(set(overrides) ^ set(first))
+            _, unread = reads(cfg)
+            why = [
+                f"{o.split('=')[0]} ({unread[o.split('=')[0]]})"
+                for o in differ
+                if o.split("=")[0] in unread
+            ]
+            if why:
+                reason = f"they differ only in keys that change no result: {'; '.join(why)}"
+            else:
+                reason = f"{', '.join(differ)} give equal values"
+            return (
+                f"the sweep's jobs [{' '.join(first)}] and [{' '.join(overrides)}] compute "
+                f"the same thing ({reason}). Remove the repeated values from the sweep."
+            )
+        seen[fingerprint] = overrides
+    return None

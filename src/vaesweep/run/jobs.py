@@ -1,0 +1,194 @@
+"""One job carried out: the policy's decision (:mod:`vaesweep.run.policy`: skip, refuse,
+claim, resume or run), then the run and how its outcome is recorded.
+
+Then the config is validated, the driver (:func:`vaesweep.run.driver.fit_and_test`, passed in as
+``execute``) trains and tests, and results.json gets the outcome: ``completed`` with the
+metrics, ``diverged`` with the step, ``failed`` with the error, or ``interrupted`` with the
+step when a stop signal came (:mod:`vaesweep.run.signals`). Under several processes (srun,
+torchrun) rank 0 decides and the other ranks follow (:mod:`vaesweep.run.ranks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.atomic import remove_stale_temps
+from vaesweep.core.checks import ConfigError
+from vaesweep.model.module import DivergenceError
+from vaesweep.run import claims, ranks, record
+from vaesweep.run.config import validate_config
+from vaesweep.run.context import Job, current_job, job_dirname, process_rank
+from vaesweep.run.loggers import finish_wandb, new_wandb_id
+from vaesweep.run.policy import config_subdir, left_alone, refuse_other_config
+from vaesweep.run.record import COMPLETED, CONTINUED, RunRecord
+from vaesweep.run.signals import STOP_FILE_ENV, StopSignals, sweep_stopped
+
+log = logging.getLogger("vaesweep")
+
+
+#: The driver that trains and tests a job: (cfg, job, record or None on ranks > 0,
+#: checkpoint to resume from, torch threads, stop signals) → metrics.
+Execute = Callable[
+    [DictConfig, "Job", "RunRecord | None", "Path | None", int, "StopSignals | None"],
+    dict[str, float],
+]
+
+
+class JobNotRerun(RuntimeError):
+    """A job whose earlier result is failed/diverged, left alone (sweep.rerun_failed=false)."""
+
+
+def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
+    """Train, test and record one job; returns the metrics written to results.json.
+
+    An existing result in the job's directory decides what happens: ``completed`` → skip
+    (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true;
+    ``running`` or ``interrupted`` with ``checkpoints/last.ckpt`` → resume from that
+    checkpoint. A job claimed by another live process (vaesweep.run.claims) is skipped (returns
+    None); the claim is held, and the stop signals handled, for the rest of the job.
+    """
+    job = current_job()
+    if job.multirun and sweep_stopped():  # handed out after a parallel sweep was stopped
+        log.debug("not started: the sweep was stopped")
+        return None
+    if cfg.threads:
+        torch_threads = int(cfg.threads)
+    else:
+        torch_threads = max(1, (os.cpu_count() or 1) // job.n_parallel)
+    rank = process_rank()
+    if rank != 0:  # a DDP worker a launcher started: does what rank 0 decided, writes nothing
+        decision = ranks.await_decision(job.run_dir, rank)  # RankZeroStopped: rank 0 did not
+        if decision.action == "skip":
+            return None
+        return execute(cfg, job, None, decision.resume_from, torch_threads, None)
+
+    # Messages about skipped jobs go to the terminal only: a skipped job's files (its
+    # train.log included) are left exactly as they were (a completed one is not even
+    # claimed: not a byte of its directory changes).
+    with ranks.rank_zero_decides(job.run_dir):  # the other ranks (srun, torchrun) follow
+        refuse_other_config(job.run_dir, cfg)  # an earlier result of another config: refused
+        if left_alone(job.run_dir, cfg.sweep.rerun_failed) == COMPLETED:
+            return _skip_completed(job)
+        try:
+            claim = claims.acquire(job.run_dir, cfg.sweep.claim_timeout_s)
+        except claims.ClaimHeld as held:
+            print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
+            return None
+        with claim, StopSignals(os.environ.get(STOP_FILE_ENV)) as signals:
+            return _run_claimed(cfg, job, torch_threads, signals, execute)
+
+
+def _skip_completed(job: Job) -> dict[str, float]:
+    print(f"[vaesweep] skipping {job.run_dir.name}: already completed", file=sys.stderr)
+    return (record.read(job.run_dir) or {}).get("metrics") or {}
+
+
+def _run_claimed(
+    cfg: DictConfig, job: Job, torch_threads: int, signals: StopSignals, execute: Execute
+) -> dict[str, float] | None:
+    """The rest of ``run`` for a job this process holds the claim on, while ``signals``
+    handles the stop signals. A signal stops the job at its next safe point and records
+    ``interrupted`` with the step (JobInterrupted propagates)."""
+    for directory in (job.run_dir, job.run_dir / "checkpoints"):
+        remove_stale_temps(directory)  # left by a process killed mid-write
+    # Again, now that the job is ours: another process may have finished it meanwhile.
+    status = left_alone(job.run_dir, cfg.sweep.rerun_failed)
+    if status == COMPLETED:
+        return _skip_completed(job)
+    if status is not None:
+        raise JobNotRerun(
+            f"{job.run_dir.name} holds a {status} result: not re-run "
+            "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
+        )
+    run_record, resume_from = _open_record(cfg, job)
+    status = record.FAILED
+    try:
+        validate_config(cfg, None if job.multirun else job.overrides)
+        metrics = execute(cfg, job, run_record, resume_from, torch_threads, signals)
+        status = COMPLETED
+    except DivergenceError as e:
+        status = record.DIVERGED
+        run_record.finish(status, error=e, step=e.step)
+        log.error("run diverged: %s (results: %s)", e, run_record.path)
+        raise
+    except ConfigError as e:
+        run_record.finish(status, error=e)
+        log.error("bad config: %s (results: %s)", e, run_record.path)
+        raise
+    except BaseException as e:
+        # A stop signal came: JobInterrupted, Lightning's SIGTERMException, or what it caused.
+        if signals.received:
+            status = record.INTERRUPTED
+            stop = signals.exception()
+            run_record.finish(status, error=stop, step=stop.step)
+            log.warning("run interrupted: %s (results: %s)", stop, run_record.path)
+            raise stop from None
+        run_record.finish(status, error=e)
+        log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)
+        raise
+    finally:
+        finish_wandb(status)
+    run_record.finish(COMPLETED, metrics=metrics)
+    if not job.multirun:  # a sweep's job tells its outcome in one line (vaesweep.run.driver)
+        log.info("completed: %s", run_record.path)
+    return metrics
+
+
+def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
+    """The job's record ("running"), continuing an interrupted attempt's (time spent,
+    attempts, W&B run) when its last checkpoint is there to resume from, which is returned."""
+    resume_from = None
+    last = job.run_dir / "checkpoints" / "last.ckpt"
+    previous = record.read(job.run_dir)
+    if previous is None or previous.get("status") not in CONTINUED:
+        previous = None  # a new job, or a failed one re-run from the start
+    elif last.exists():
+        resume_from = last
+        log.info("resuming %s from %s", job.run_dir, last)
+    wandb_id = None
+    if cfg.logger.get("name") == "wandb":
+        # The W&B run continues where the checkpoint does; a job that starts again from step
+        # 0 gets a new one (W&B would drop the history of steps it has already seen).
+        earlier = (previous or {}).get("wandb_run_id") if resume_from is not None else None
+        wandb_id = earlier or new_wandb_id()
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable value: recorded as written, reported by validation
+        config = OmegaConf.to_container(cfg, resolve=False)
+    run_record = RunRecord(
+        job.run_dir,
+        config=config,
+        overrides=job.overrides,
+        seed=cfg.seed,
+        job_name=job.name,
+        sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
+        previous=previous,
+        wandb_run_id=wandb_id,
+    )
+    return run_record, resume_from
+
+
+def _first_set(value: Any, default: Any) -> Any:
+    return default if value is None or value == "" else value
+
+
+def register_resolvers() -> None:
+    """The resolvers ``vaesweep/conf/train.yaml`` uses (idempotent); Hydra copies their cache
+    into every job, so a sweep's id is the same in the launcher and in its jobs."""
+    resolvers = {
+        "vaesweep.job_dir": (job_dirname, False),
+        "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
+        "vaesweep.either": (_first_set, False),
+        "vaesweep.config_subdir": (config_subdir, False),
+    }
+    for name, (fn, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)

@@ -1,0 +1,144 @@
+"""The job policy: what a launch does with a job directory, decided before anything in it is
+touched. This module owns every such decision:
+
+- a ``completed`` result → skipped (:func:`left_alone`; not a byte of the directory changes);
+- a ``failed``/``diverged`` result → re-run only with ``sweep.rerun_failed=true``;
+- ``running``/``interrupted`` → resumed from ``checkpoints/last.ckpt`` (:mod:`vaesweep.run.jobs`
+  opens the record);
+- a result of another config → refused (:func:`refuse_other_config`, below);
+- a job claimed by another live process → skipped (:func:`claimed_elsewhere`; the claim
+  mechanism is :mod:`vaesweep.run.claims`);
+- Hydra's ``.hydra`` files are not written into a job directory that will be skipped
+  (:func:`config_subdir`).
+
+Another config in the directory.
+
+A relaunch finds a job's earlier result in its directory (``hydra.run.dir=DIR``, or a sweep's
+job directory) and skips a completed job or resumes an interrupted one. That is right only
+when the earlier result was computed with the config now asked for: otherwise the old
+metrics would be reported as the new run's, or a checkpoint trained under one config would be
+resumed under another. So the config stored in ``results.json`` is compared with the
+requested one, key by key, over every key that can change a job's numbers; a difference is
+refused before anything in the directory is touched, naming the keys that differ.
+
+Not compared: the keys of :data:`vaesweep.run.effective.NOT_RESULTS` (where a job runs and how it
+logs: ``data.root``, ``data.download``, ``paths.*``, ``threads``, ``sweep.*``, ``label.*``,
+``logger.*``, the progress bar and the model summary), and keys that no job with either
+config reads (:func:`vaesweep.run.effective.result_config`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.checks import ConfigError
+from vaesweep.core.helpers import flatten, plain
+from vaesweep.model.components import with_targets
+from vaesweep.run import record
+from vaesweep.run.claims import ClaimInfo, held_by_other
+from vaesweep.run.effective import NOT_RESULTS, result_config
+from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING
+from vaesweep.run.signals import sweep_stopped
+
+#: Earlier results a job must match before it is skipped or resumed.
+REUSED = (COMPLETED, RUNNING, INTERRUPTED)
+MAX_LISTED = 8
+
+
+class ConfigMismatch(ConfigError):
+    """A job directory holds a result of another config."""
+
+
+def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
+    """The status of an earlier result that a re-launch must not touch, else None.
+
+    ``completed`` jobs are always left alone; ``failed``/``diverged`` ones unless
+    ``rerun_failed``; ``running`` (killed) and ``interrupted`` ones are resumed.
+    """
+    status = record.status(run_dir)
+    if status == COMPLETED or (status in (FAILED, DIVERGED) and not rerun_failed):
+        return status
+    return None
+
+
+def claimed_elsewhere(run_dir: str | Path, claim_timeout_s: float) -> ClaimInfo | None:
+    """The live claim another process holds on the job, None when there is none."""
+    return held_by_other(run_dir, claim_timeout_s)
+
+
+def config_subdir(run_dir: str, rerun_failed: bool, claim_timeout_s: float) -> str | None:
+    """Where Hydra writes a job's ``.hydra/*.yaml`` (before the task runs): nowhere for a job
+    that will be skipped (finished, or being run by another live process), so its files
+    (and their mtimes) stay as they were; nor for one handed out after the launching
+    process of a parallel sweep was stopped (it will not start)."""
+    if sweep_stopped():
+        return None
+    if left_alone(run_dir, rerun_failed) or claimed_elsewhere(run_dir, claim_timeout_s):
+        return None
+    return ".hydra"
+
+
+def _compared(cfg: DictConfig) -> set[str]:
+    return set(result_config(cfg))
+
+
+def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, requested value) for every compared key whose values differ; a
+    key missing on one side has the value ``<absent>``."""
+    stored = with_targets(stored)
+    wanted = plain(requested)
+    keys = _compared(requested)
+    with contextlib.suppress(Exception):  # a config this version cannot analyse
+        keys |= _compared(OmegaConf.create(stored))
+    keys = {k for k in keys if not any(k == p or k.startswith(p + ".") for p in NOT_RESULTS)}
+    old, new = flatten(stored), flatten(wanted)
+    absent = "<absent>"
+    return [
+        (key, old.get(key, absent), new.get(key, absent))
+        for key in sorted(keys)
+        if old.get(key, absent) != new.get(key, absent)
+    ]
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
+    shown = [f"{key}: {old!r} → {new!r}" for key, old, new in diffs[:MAX_LISTED]]
+    if len(diffs) > MAX_LISTED:
+        shown.append(f"and {len(diffs) - MAX_LISTED} more")
+    return "; ".join(shown)
+
+
+def mismatch(run_dir: Path, cfg: DictConfig) -> str | None:
+    """Why ``run_dir``'s earlier result may not be reused for ``cfg``, else None (no result,
+    one that is replaced anyway, or the same config)."""
+    stored = record.read(run_dir)
+    if stored is None or stored.get("status") not in REUSED:
+        return None
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        return None  # not written by vaesweep: nothing to compare with
+    diffs = differences(config, cfg)
+    if not diffs:
+        return None
+    status = stored["status"]
+    what = (
+        "its metrics would be reported as this run's"
+        if status == "completed"
+        else "its checkpoint would be resumed under another config"
+    )
+    return (
+        f"{run_dir} holds a {status} run of a different config ({what}): "
+        f"{describe_differences(diffs)}. Use another directory (hydra.run.dir=, "
+        "hydra.sweep.dir=), or move this one away to replace it"
+    )
+
+
+def refuse_other_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Raises ConfigMismatch when ``run_dir`` holds a completed, running or interrupted
+    result of a config other than ``cfg`` (nothing in the directory is touched)."""
+    reason = mismatch(run_dir, cfg)
+    if reason:
+        raise ConfigMismatch(reason)

@@ -1,0 +1,302 @@
+"""The run's record on disk, ``results.json``: this module is its only writer and reader.
+
+Schema: status (one of :data:`STATUSES`), metrics (flat dict of floats), config (resolved,
+plain dict), overrides, seed, run_dir, sweep_dir, job_name, started_at, finished_at,
+duration_s, attempts, wandb_run_id, versions, dataset, error.
+
+A job that continues an interrupted attempt (its results.json says running or interrupted)
+keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of
+every attempt and ``attempts`` counts them.
+
+Reading: :func:`read` gives the file's object as written (None when there is none or it is
+not a JSON object), :func:`status` the status it records, and :func:`read_result` the result
+normalised for summaries and frames, with a status that says what the file is worth:
+
+- ``unreadable``: not a JSON object (the reason is in ``error``);
+- ``incomplete``: a status that is not one of vaesweep's, or ``completed`` without test
+  metrics (a run that recorded nothing it earned);
+- otherwise the file's own status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vaesweep.core.atomic import write_json_atomic
+from vaesweep.core.helpers import now
+
+RESULTS_FILE = "results.json"
+RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED = (
+    "running",
+    "completed",
+    "failed",
+    "diverged",
+    "interrupted",
+)
+#: Every status a job records, in the order of a job's life.
+STATUSES = (RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED)
+#: Earlier results a new attempt continues (resumes) rather than replaces.
+CONTINUED = (RUNNING, INTERRUPTED)
+#: What a reader calls a file it cannot trust (never written by a job).
+UNREADABLE, INCOMPLETE, FAST_DEV_RUN = "unreadable", "incomplete", "fast_dev_run"
+#: The metrics that sum a result up: the columns of a sweep's summary.csv and table, and
+#: of what ``vaesweep collect`` prints.
+SUMMARY_COLUMNS = (
+    "test/nll",
+    "test/elbo",
+    "test/bpd",
+    "test/kl",
+    "test/mse",
+    "scale",
+    "test/scale_ratio",
+)
+
+
+def json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (nan, ±inf) become None; containers recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def git_state(directory: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git work tree holding ``directory`` (None outside git)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        return out.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict[str, Any]:
+    """Python and package versions, plus the git state of the vaesweep source tree."""
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for package in ("torch", "lightning", "hydra-core", "omegaconf", "wandb", "vaesweep"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    out["git"] = git_state(Path(__file__).resolve().parent.parent)
+    return out
+
+
+class RunRecord:
+    """Owns ``<run_dir>/results.json`` for one run; every update rewrites it atomically."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        config: dict[str, Any],
+        overrides: list[str],
+        seed: int,
+        job_name: str,
+        sweep_dir: str | None,
+        previous: dict[str, Any] | None = None,
+        wandb_run_id: str | None = None,
+    ) -> None:
+        """``previous``: the result of the earlier attempts this one continues, if any."""
+        self.path = Path(run_dir) / RESULTS_FILE
+        self._t0 = time.monotonic()
+        previous = previous or {}
+        self._earlier_s = float(previous.get("duration_s") or 0.0)
+        self.data: dict[str, Any] = {
+            "status": RUNNING,
+            "metrics": {},
+            "config": config,
+            "overrides": list(overrides),
+            "seed": seed,
+            "run_dir": str(Path(run_dir).resolve()),
+            "sweep_dir": sweep_dir,
+            "job_name": job_name,
+            "started_at": previous.get("started_at") or now(),
+            "finished_at": None,
+            "duration_s": None,
+            "attempts": int(previous.get("attempts") or 1) + 1 if previous else 1,
+            "wandb_run_id": wandb_run_id,
+            "versions": versions(),
+            "dataset": None,
+            "error": None,
+        }
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite results.json; ``duration_s`` becomes the time spent so far."""
+        self.data["duration_s"] = round(self._earlier_s + time.monotonic() - self._t0, 3)
+        write_json_atomic(self.path, json_safe(self.data))
+
+    def set_dataset(self, info: dict[str, Any]) -> None:
+        self.data["dataset"] = info
+        self.write()
+
+    def finish(
+        self,
+        status: str,
+        metrics: dict[str, float] | None = None,
+        error: BaseException | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record the final status, metrics and (for failed / diverged / interrupted runs)
+        the error, with the step for diverged and interrupted ones."""
+        if status not in STATUSES[1:]:
+            raise ValueError(f"status={status!r}: allowed {list(STATUSES[1:])}")
+        self.data["status"] = status
+        if metrics:
+            self.data["metrics"].update({k: float(v) for k, v in metrics.items()})
+        if error is not None:
+            self.data["error"] = {"type": type(error).__name__, "message": str(error), "step": step}
+        self.data["finished_at"] = now()
+        self.write()
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> tuple[Any, str | None]:
+    """(the file's JSON value, None) or (None, why it cannot be read)."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path} is not valid JSON ({e})"
+
+
+def read(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The result in ``run_dir`` as written; None when there is none, or when the file is not
+    a JSON object (never written by vaesweep: results are written atomically)."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    result, _ = _load(path)
+    return result if isinstance(result, dict) else None
+
+
+def status(run_dir: str | os.PathLike[str]) -> str | None:
+    """The status recorded in ``run_dir`` (None without a results.json; :data:`UNREADABLE`
+    when it is not a JSON object)."""
+    if not (Path(run_dir) / RESULTS_FILE).exists():
+        return None
+    result = read(run_dir)
+    return UNREADABLE if result is None else result.get("status")
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "message": message, "step": None}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def checked_status(result: dict[str, Any]) -> tuple[str, str | None]:
+    """(the status a result is worth, why it differs from the recorded one or None)."""
+    recorded = result.get("status")
+    if recorded not in STATUSES:
+        return INCOMPLETE, f"status {recorded!r} is not one of {', '.join(STATUSES)}"
+    metrics = result.get("metrics")
+    if recorded == COMPLETED:
+        tested = isinstance(metrics, dict) and any(
+            str(k).startswith("test/") and _number(v) is not None for k, v in metrics.items()
+        )
+        if not tested:
+            return INCOMPLETE, "says completed but holds no test metrics"
+    return recorded, None
+
+
+def frame_status(result: dict[str, Any]) -> tuple[str, str | None]:
+    """The status ``vaesweep collect`` gives a result: :func:`checked_status`, and
+    ``fast_dev_run`` for a completed Lightning debug run (one batch of each split: its
+    metrics are a smoke test, so aggregates and figures leave it out)."""
+    checked, reason = checked_status(result)
+    trainer = ((result.get("config") or {}).get("trainer")) or {}
+    if checked == COMPLETED and isinstance(trainer, dict) and trainer.get("fast_dev_run"):
+        return FAST_DEV_RUN, "trainer.fast_dev_run: one batch of each split, not a result"
+    return checked, reason
+
+
+def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The result at ``path`` (a results.json), normalised for summaries: ``run_dir`` is
+    the directory it was found in, ``status`` as :func:`checked_status` says, ``metrics`` a
+    dict of finite floats, ``overrides`` a list of strings, ``error`` a dict or None. Never
+    raises for what the file holds."""
+    path = Path(path)
+    run_dir = str(path.parent)
+    result, problem = _load(path)
+    if problem is None and not isinstance(result, dict):
+        problem = f"{path} is not a JSON object"
+    if problem is not None:
+        return {
+            "run_dir": run_dir,
+            "status": UNREADABLE,
+            "metrics": {},
+            "overrides": [],
+            "error": _error("UnreadableResult", problem),
+        }
+    checked, reason = checked_status(result)
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    overrides = result.get("overrides") if isinstance(result.get("overrides"), list) else []
+    error = result.get("error")
+    if reason is not None:
+        error = _error("IncompleteResult", f"{path} {reason}")
+    elif error is not None and not isinstance(error, dict):
+        error = _error("Error", str(error))
+    return {
+        **result,
+        "run_dir": run_dir,
+        "status": checked,
+        "metrics": {k: n for k, v in metrics.items() if (n := _number(v)) is not None},
+        "overrides": [str(o) for o in overrides],
+        "error": error,
+    }
+
+
+def missing_result(run_dir: Path) -> dict[str, Any]:
+    """The summary's entry for a job directory without a results.json."""
+    return {
+        "run_dir": str(run_dir),
+        "status": INCOMPLETE,
+        "metrics": {},
+        "overrides": [],
+        "error": _error(
+            "MissingResult",
+            f"{run_dir} holds no {RESULTS_FILE}: the job never started its run, or was "
+            "refused before it",
+        ),
+    }
+
+
+def sweep_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One entry per job directory of a sweep (a directory holding a results.json or
+    Hydra's ``.hydra``), sorted by directory; never raises for what the files hold."""
+    out = []
+    for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        path = job_dir / RESULTS_FILE
+        if path.exists():
+            out.append(read_result(path))
+        elif (job_dir / ".hydra").is_dir():
+            out.append(missing_result(job_dir))
+    return out

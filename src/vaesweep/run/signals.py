@@ -1,0 +1,245 @@
+"""Stopping a job cleanly when the process is asked to stop.
+
+While a job runs, :class:`StopSignals` handles SIGINT (Ctrl-C), SIGTERM (``kill``, a
+scheduler's pre-emption or time limit) and SIGUSR1 / SIGUSR2 (what clusters send shortly
+before they stop or requeue a job). The first signal only records the request; the job stops
+at its next safe point: after the current batch (training, validation or test, through the
+``Resumable`` Lightning callback) or between two phases of the job. Then ``results.json``
+says ``interrupted`` with the step reached, and the process exits with 128 + the signal
+number (130 for SIGINT, 143 for SIGTERM, 138 / 140 for SIGUSR1 / SIGUSR2 on Linux). A second
+signal stops the job at once (still recorded as ``interrupted``).
+
+Lightning registers its own SIGTERM handler while it trains or tests: it sets
+``trainer.received_sigterm`` and its loops raise ``SIGTERMException`` (a ``SystemExit``) at
+their own safe points. It keeps the handler it found and calls it too, so both take part: a
+SIGTERM reaches this module's handler through Lightning's, and whichever of the two raises
+first, the job is recorded as interrupted.
+
+A handler that was in place before the job (a scheduler library's: submitit's requeue on
+its pre-emption signal, or the sweep's :class:`SweepGuard`) is not called from inside the
+job. It is handed the signal once the job has stopped and ``results.json`` says
+``interrupted`` (:meth:`JobInterrupted.hand_over`): submitit then requeues the job and
+exits, the sweep stops. Called at once, submitit's handler would exit mid-batch, before the
+job could record anything.
+
+Nothing is written mid-epoch: the job resumes from ``checkpoints/last.ckpt``, written
+atomically at the end of every epoch, and repeats the batches of the epoch it was stopped in.
+A mid-epoch checkpoint would save time, but the resumed run could not reproduce the
+uninterrupted one exactly (the epoch's data order, noise and running means would restart).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vaesweep.core.atomic import atomic_open
+
+SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def _install(handler: Any) -> dict[int, Any]:
+    """Makes ``handler`` the handler of SIGNALS (main thread only; a signal ignored with
+    SIG_IGN stays ignored); returns the handlers it replaced."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) == signal.SIG_IGN:  # not here, ignored
+            continue
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+class Stopped(BaseException):
+    """Stopped by a signal. Like KeyboardInterrupt, not an ``Exception``: code that handles
+    errors does not mistake it for one."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        super().__init__(message)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+class JobInterrupted(Stopped):
+    """The job was stopped by a signal."""
+
+    def __init__(self, signum: int, step: int | None = None, then: Any = None) -> None:
+        self.step = step
+        self.then = then  # the handler in place before the job (hand_over calls it)
+        at = "" if step is None else f" at step {step}"
+        name = signal.Signals(signum).name
+        super().__init__(signum, f"stopped by {name}{at}; run the same command to resume")
+
+    def hand_over(self) -> None:
+        """Passes the signal to the handler that was in place before the job, now that the
+        job has stopped and recorded it: submitit's requeue (which exits the process, or
+        raises ``UncompletedJobError`` when it will not requeue), the sweep's guard (which
+        stops the sweep: SweepStopped). Nothing for Python's default SIGINT handler (its
+        KeyboardInterrupt would only replace this exception) or a signal read from a stop
+        file (no handler saw it)."""
+        then = self.then
+        self.then = None
+        if callable(then) and then is not signal.default_int_handler:
+            then(self.signum, None)
+
+
+class StopSignals:
+    """Installs the stop handlers for the duration of a ``with`` block (one job), then puts
+    the previous handlers back.
+
+    A signal whose handler was SIG_IGN is left ignored (``nohup``, a background job of a
+    script). A previous Python handler (a scheduler library's, the sweep's guard) is handed
+    the signal after the job has stopped (:meth:`JobInterrupted.hand_over`). Signals can
+    only be handled in the main thread; in another thread only the stop file is watched.
+
+    ``stop_file``: a file whose appearance stops the job like a signal (it names the
+    signal). The launching process of a parallel sweep writes it when it is signalled
+    (:class:`SweepGuard`), so that jobs in worker processes stop even when only the
+    launching process was signalled. Looked for at every safe point (batch boundary): one
+    failed ``open`` while there is none, a few µs against a step of milliseconds, so a job
+    stops at the first batch after the launching process wrote it.
+    """
+
+    def __init__(self, stop_file: str | os.PathLike[str] | None = None) -> None:
+        self.signum: int | None = None
+        self.trainer: Any = None  # set by the Resumable callback: the step comes from it
+        self._previous: dict[int, Any] = {}
+        self._then: Any = None  # the previous handler of the signal received
+        self.stop_file = None if stop_file is None else Path(stop_file)
+
+    @property
+    def received(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def step(self) -> int | None:
+        """The global step of the job's trainer, None before it has one."""
+        return None if self.trainer is None else int(self.trainer.global_step)
+
+    def exception(self) -> JobInterrupted:
+        assert self.signum is not None
+        return JobInterrupted(self.signum, self.step, self._then)
+
+    def check(self) -> None:
+        """Raise JobInterrupted if a stop signal has been received or the stop file has
+        appeared (call at safe points)."""
+        if self.signum is None and self.stop_file is not None:
+            self.signum = read_stop_file(self.stop_file)
+        if self.signum is not None:
+            raise self.exception()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self._then = self._previous.get(signum)
+            return
+        raise self.exception()  # a second signal: at once
+
+    def __enter__(self) -> StopSignals:
+        self._previous = _install(self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        _restore(self._previous)
+        self._previous = {}
+        if exc_type is None:
+            self.check()  # a signal that came after the job's last safe point
+
+
+# --- the launching process of a sweep ---------------------------------------------------------
+STOP_FILE_ENV = "VAESWEEP_STOP_FILE"
+
+
+def read_stop_file(path: str | os.PathLike[str] | None) -> int | None:
+    """The signal a stop file names, None when there is none."""
+    if path is None:
+        return None
+    try:
+        name = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(getattr(signal, name, signal.SIGTERM))
+
+
+class SweepStopped(Stopped):
+    """The launching process of a sweep was stopped by a signal (raised by SweepGuard; the
+    entry point writes the summary and exits with 128 + the signal number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum, f"sweep stopped by {signal.Signals(signum).name}")
+
+
+class SweepGuard:
+    """The stop handlers of a sweep's launching process, from the start of the multirun to
+    its end (vaesweep.sweep.callback.SweepCallback installs it).
+
+    Jobs run in this process (Hydra's basic launcher) install their own StopSignals on top
+    and hand the signal over once they have stopped; a signal that arrives between two jobs
+    reaches this guard directly. Either way the guard raises SweepStopped: no further job
+    starts, and the entry point writes the summary of what finished.
+
+    ``parallel`` (jobs in worker processes, the joblib launcher): the first signal only
+    writes ``stop_file`` naming it. The running jobs see it (StopSignals' stop file, through
+    the environment variable STOP_FILE_ENV, which the workers inherit), stop at their next
+    safe point and record ``interrupted``; jobs handed out after it start nothing. The
+    launcher then returns normally and the end of the multirun writes the summary and
+    exits with 128 + the signal number. A second signal raises SweepStopped at once.
+    """
+
+    def __init__(self, stop_file: str | os.PathLike[str], parallel: bool) -> None:
+        self.stop_file = Path(stop_file)
+        self.parallel = parallel
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+            if self.parallel:
+                with atomic_open(self.stop_file, "w") as f:
+                    f.write(signal.Signals(signum).name)
+                return
+        raise SweepStopped(self.signum)
+
+    def install(self) -> SweepGuard:
+        self._previous = _install(self._handle)
+        if self.parallel:
+            os.environ[STOP_FILE_ENV] = str(self.stop_file)
+        return self
+
+    def uninstall(self) -> None:
+        _restore(self._previous)
+        self._previous = {}
+        if os.environ.get(STOP_FILE_ENV) == str(self.stop_file):
+            del os.environ[STOP_FILE_ENV]
+        self.stop_file.unlink(missing_ok=True)
+
+
+def sweep_stopped() -> bool:
+    """Whether the launching process of this (parallel) sweep has been told to stop."""
+    return read_stop_file(os.environ.get(STOP_FILE_ENV)) is not None

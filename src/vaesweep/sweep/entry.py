@@ -1,0 +1,38 @@
+"""The Hydra entry point: ``run.py`` in a checkout, ``python -m vaesweep`` and the
+``vaesweep-train`` console script. One run or a multirun (``-m``) of the driver's task
+(:func:`vaesweep.run.driver.task`); the multirun's own work is :mod:`vaesweep.sweep.callback`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+
+from vaesweep.run import context
+from vaesweep.run.config import CONF_DIR
+from vaesweep.run.driver import task
+from vaesweep.run.jobs import register_resolvers
+from vaesweep.run.signals import SweepStopped
+from vaesweep.sweep.callback import finish_stopped
+from vaesweep.sweep.search import quote_sweeper_params
+
+register_resolvers()
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+
+
+def main() -> None:
+    """``python run.py``: Hydra's entry point for the driver's task. A signal that stopped a
+    sweep (in a job or between two) ends here: the summary of what finished is written and
+    the process exits with 128 + the signal number."""
+    context.mark_command_line()
+    try:
+        _hydra_main(task)()
+    except SweepStopped as stop:
+        raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+
+
+def cli_main() -> None:
+    """Console-script entry point (``vaesweep-train``), same arguments as ``run.py``."""
+    sys.argv[1:] = quote_sweeper_params(sys.argv[1:])
+    main()

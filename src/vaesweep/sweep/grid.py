@@ -1,0 +1,270 @@
+"""Grid sweeps: ``sweep.json``, the checks before any job runs, and the end-of-sweep summary.
+
+A sweep directory holds one job directory per grid point, named from its overrides (so a
+re-launch of the same command finds the same directories, :mod:`vaesweep.run.context`), plus:
+
+- ``sweep.json``: the grid, the command, the launcher, and (at the end) every job's
+  directory and status;
+- ``summary.csv``: one row per job: swept values, status, key test metrics, duration.
+
+The multirun's Hydra callback (:mod:`vaesweep.sweep.callback`) calls this module when the
+sweep starts and ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
+from vaesweep.core.helpers import now
+from vaesweep.run.context import SWEEP_FILE, job_dirname, read_sweep, swept_values
+from vaesweep.run.effective import check_distinct, check_overrides
+from vaesweep.run.policy import mismatch
+from vaesweep.run.record import COMPLETED, RESULTS_FILE, SUMMARY_COLUMNS, sweep_results
+
+log = logging.getLogger("vaesweep.sweep.grid")
+
+SUMMARY_FILE = "summary.csv"
+#: A learned scale within this factor of the test residual scale counts as converged.
+SCALE_TOLERANCE = 1.25
+LEARNED_SCALES = ("learned", "per_pixel")
+
+
+def scale_converged(result: dict[str, Any]) -> bool | None:
+    """Whether a learned scale ended within SCALE_TOLERANCE of the residual scale of the
+    test data (``test/scale_ratio``); None for runs without a learned scale."""
+    mode = ((result.get("config") or {}).get("likelihood") or {}).get("scale")
+    ratio = (result.get("metrics") or {}).get("test/scale_ratio")
+    if mode not in LEARNED_SCALES or ratio is None:
+        return None
+    return 1.0 / SCALE_TOLERANCE <= float(ratio) <= SCALE_TOLERANCE
+def _axes(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, Any]:
+    """Every key of a sweep with its parsed override, as Hydra's basic sweeper reads them:
+    the preset's ``hydra.sweeper.params`` first, the command line winning."""
+    parser = OverridesParser.create()
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    axes: dict[str, Any] = {}
+    for override in parser.parse_overrides(params + list(overrides)):
+        axes[override.get_key_element()] = override
+    return axes
+
+
+def parse_grid(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, list]:
+    """The grid of a sweep: {key: [values]} from the preset's ``hydra.sweeper.params`` and
+    the command line's sweep overrides (``key=a,b,c``); the command line wins."""
+    return {
+        key: list(o.sweep_string_iterator())
+        for key, o in _axes(overrides, sweeper_params).items()
+        if o.is_sweep_override()
+    }
+
+
+def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"job": Path(r["run_dir"]).name}
+        row.update(swept_values(r.get("overrides", []), grid_keys))
+        row["status"] = r["status"]
+        for m in SUMMARY_COLUMNS:
+            v = r["metrics"].get(m)
+            row[m] = None if v is None else round(float(v), 4)
+        row["scale_converged"] = scale_converged(r)
+        row["duration_s"] = r.get("duration_s")
+        error = r.get("error") or {}
+        row["error"] = f"{error.get('type')}: {error.get('message')}" if error else ""
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table for the terminal (columns left out when empty everywhere)."""
+    if not rows:
+        return "(no jobs)"
+    # The job column (its full override string) is in summary.csv; on screen the swept
+    # values identify the job.
+    hidden = {"error", "job"} if len(rows[0]) > len(SUMMARY_COLUMNS) + 4 else {"error"}
+    columns = [
+        c for c in rows[0] if c not in hidden and any(r.get(c) not in (None, "") for r in rows)
+    ]
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> list[list[str]]:
+    """The overrides of every job of a grid sweep (as the basic sweeper expands it)."""
+    axes = [
+        [f"{key}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for key, o in _axes(overrides, sweeper_params).items()
+    ]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | None) -> None:
+    """Exits (status 2) before any job runs when a command-line key changes no job or two
+    jobs would compute the same thing (:mod:`vaesweep.run.effective`)."""
+    jobs = grid_jobs(overrides, params)
+    try:
+        configs = [compose(config.hydra.job.config_name, overrides=job) for job in jobs]
+    except Exception as e:  # the jobs will report a config that does not compose
+        log.debug("sweep check skipped: %s", e)
+        return
+    refusal = check_overrides(overrides, configs) or check_distinct(
+        list(zip(jobs, configs, strict=True))
+    )
+    refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
+    if refusal:
+        print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
+    """Writes the jobs' statuses into sweep.json and summary.csv, prints the table and names
+    the jobs that did not complete; True when every job of the grid completed.
+
+    ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
+    never started have no row; a relaunch of the same command continues the sweep).
+    """
+    record = read_sweep(sweep_dir) or {"grid": {}}
+    grid_keys = list(record["grid"])
+    results = sweep_results(sweep_dir)
+    rows = summary_rows(results, grid_keys)
+    record["jobs"] = [
+        {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
+        for r in results
+    ]
+    record["finished_at"] = now()
+    record["stopped_by"] = stopped_by
+    write_json_atomic(sweep_dir / SWEEP_FILE, record)
+    write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)  # always: never an old summary left
+    print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+    unconverged = [r["job"] for r in rows if r.get("scale_converged") is False]
+    if unconverged:
+        print(
+            f"{len(unconverged)} run(s) ended with a learned scale more than "
+            f"{SCALE_TOLERANCE}x from the test residual scale (test/scale_ratio; raise "
+            "likelihood.scale_lr or train longer): " + ", ".join(unconverged),
+            file=sys.stderr,
+            flush=True,
+        )
+    bad = [r for r in rows if r["status"] != COMPLETED]
+    if bad:
+        lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
+        print(
+            f"{len(bad)} of {len(rows)} jobs did not complete:\n" + "\n".join(lines),
+            file=sys.stderr,
+            flush=True,
+        )
+    n_jobs = record.get("n_jobs") or len(rows)
+    if stopped_by is not None:
+        print(
+            f"Sweep stopped by {stopped_by}: {max(0, n_jobs - len(rows))} of {n_jobs} jobs not "
+            "started. Run the same command again to continue it.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return not bad
+
+
+def start_sweep(config: DictConfig) -> None:
+    """Before any job of a grid runs: refuses a sweep whose keys change nothing or whose
+    jobs repeat one another (exits 2), then writes ``sweep.json`` (keeping the earlier
+    launches' history when the same sweep is launched again)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    overrides = list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=True) if params else {}
+    refuse_ineffective(config, overrides, params)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    grid = parse_grid(overrides, params)
+    previous = read_sweep(sweep_dir) or {}
+    record = {
+        "sweep_dir": str(sweep_dir.resolve()),
+        "command": launch_command(),
+        "grid": grid,
+        "n_jobs": len(list(itertools.product(*grid.values()))) if grid else 1,
+        "overrides": overrides,
+        "launcher": config.hydra.launcher.get("_target_"),
+        "created_at": previous.get("created_at") or now(),
+        "launched_at": [*previous.get("launched_at", []), now()],
+        "jobs": previous.get("jobs", []),
+    }
+    write_json_atomic(sweep_dir / SWEEP_FILE, record)
+
+
+def launch_command() -> str:
+    """The command that launched this process, as a user would type it again (``python -m
+    vaesweep ...`` when it ran as a module, ``run.py ...`` or ``vaesweep-train ...``)."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":
+        program = "python -m vaesweep"
+        return f"{program} {shlex.join(sys.argv[1:])}".strip()
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def sweep_refusal(
+    config: DictConfig, jobs: list[list[str]], configs: list[DictConfig]
+) -> str | None:
+    """The first job of a sweep (its overrides and composed config) whose directory holds a
+    result of another config, as a refusal message; None when there is none. ``config``:
+    the multirun's config (with ``hydra``)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not any(sweep_dir.glob(f"*/{RESULTS_FILE}")):
+        return None
+    naming = config.hydra.job.config.override_dirname
+    parser = OverridesParser.create()
+    for overrides, cfg in zip(jobs, configs, strict=True):
+        name = get_overrides_dirname(
+            parser.parse_overrides(overrides),
+            list(naming.exclude_keys),
+            naming.item_sep,
+            naming.kv_sep,
+        )
+        reason = mismatch(sweep_dir / job_dirname(name), cfg)
+        if reason:
+            return reason
+    return None
+
+
+def resume_refusal(resume: Any) -> str | None:
+    """Why ``sweep.resume`` cannot be continued (it must name an existing sweep directory
+    holding sweep.json), else None."""
+    if resume is None or resume == "":
+        return None
+    path = Path(str(resume)).expanduser()
+    if not path.is_dir():
+        return (
+            f"sweep.resume={resume} is invalid: no such directory. Allowed: an existing sweep "
+            "directory (with sweep.json); to start a new sweep there, use "
+            f"hydra.sweep.dir={resume}"
+        )
+    if not (path / SWEEP_FILE).is_file():
+        return (
+            f"sweep.resume={resume} is invalid: {path} holds no {SWEEP_FILE}, so it is not a "
+            f"sweep directory. Allowed: a directory a multirun wrote; to start a new sweep "
+            f"there, use hydra.sweep.dir={resume}"
+        )
+    return None
+
+
+def refuse_bad_resume(resume: Any) -> None:
+    """Exits (status 2) before any job runs when ``sweep.resume`` names no sweep."""
+    refusal = resume_refusal(resume)
+    if refusal:
+        print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(2)

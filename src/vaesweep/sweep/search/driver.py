@@ -1,0 +1,126 @@
+"""A search from start to end: the sweep callback's start (every refusal, then sweep.json),
+the sweeper's sweep (every study to n_trials, then best.json) and the callback's end (the
+summary, then the best trials)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.atomic import write_json_atomic
+from vaesweep.core.helpers import now
+from vaesweep.run.context import SWEEP_FILE, read_sweep
+from vaesweep.sweep.grid import finish_sweep, launch_command
+from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
+from vaesweep.sweep.search.checks import check_configs, check_studies
+from vaesweep.sweep.search.plan import Plan, plan_search
+from vaesweep.sweep.search.space import SearchError
+from vaesweep.sweep.search.storage import check_storage, open_storage, quiet_optuna
+from vaesweep.sweep.search.studies import open_study
+from vaesweep.sweep.search.trials import run_study
+
+
+def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> dict[str, Any]:
+    """sweep.json of a search: as for a grid (its columns: grid axes and searched keys), and
+    the search's own part."""
+    searched = {k: p.describe() for k, p in plan.space.searched.items()}
+    return {
+        "sweep_dir": str(plan.sweep_dir.resolve()),
+        "command": launch_command(),
+        # The summary's columns: grid axes and searched keys.
+        "grid": {**plan.space.grid, **searched},
+        "n_jobs": plan.n_trials * len(plan.space.points()),
+        "overrides": list(config.hydra.overrides.task),
+        "launcher": config.hydra.launcher.get("_target_"),
+        "created_at": previous.get("created_at") or now(),
+        "launched_at": [*previous.get("launched_at", []), now()],
+        "jobs": previous.get("jobs", []),
+        "search": {
+            "objective": plan.objective,
+            "direction": plan.direction,
+            "n_trials": plan.n_trials,
+            "n_jobs": plan.n_jobs,
+            "storage": plan.storage,
+            "studies": [plan.study(p) for p in plan.space.points()],
+            "params": searched,
+            "grid": plan.space.grid,
+        },
+    }
+
+
+def start_search(config: DictConfig) -> None:
+    """The sweep callback's start of a search: every check, then sweep.json. Exits with
+    status 2, naming the key, when the search is refused."""
+    try:
+        plan = plan_search(config, list(config.hydra.overrides.task))
+        check_configs(config, plan)
+        check_storage(plan.storage)
+        check_studies(plan)
+    except SearchError as e:
+        print(f"[vaesweep] search refused, no trial was run: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    previous = read_sweep(plan.sweep_dir) or {}
+    write_json_atomic(plan.sweep_dir / SWEEP_FILE, _sweep_record(config, plan, previous))
+
+
+def run_search(
+    config: DictConfig, launcher: Any, arguments: list[str], sampler: Any, pruner: Any
+) -> list[dict[str, Any]]:
+    """The sweeper's ``sweep``: every study of the search to n_trials; returns the best
+    trials (also in best.json)."""
+    plan = plan_search(config, arguments)
+    check_storage(plan.storage)
+    quiet_optuna()
+    storage = open_storage(plan.storage)
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, plan.sweep_dir / "multirun.yaml")
+    job_idx = 0
+    studies = []
+    samplers = study_samplers(config, sampler)
+    for point in plan.space.points():
+        study = open_study(storage, plan, point, samplers, pruner)
+        job_idx = run_study(study, plan, point, launcher, job_idx)
+        studies.append((point, study))
+    best = [best_trial(study, plan, point) for point, study in studies]
+    write_best(plan.sweep_dir, best)
+    return best
+
+
+def study_samplers(config: DictConfig, sampler: Any) -> Any:
+    """The sampler of each study, as a function of (study name, trials it already has).
+
+    A study's first launch uses the configured sampler (seeded with the run's seed by
+    default: the same command proposes the same trials). A seeded sampler restarts its
+    random stream on every launch, so a continued study would be proposed its first
+    launch's points again: it gets the configured sampler seeded from (seed, study, trials
+    so far) instead, still the same for the same command and the same point of resumption.
+    """
+    from hydra.utils import instantiate
+
+    conf = config.hydra.sweeper.get("sampler")
+    seed = conf.get("seed") if conf is not None else None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return sampler
+
+    def make(study: str, asked: int) -> Any:
+        if asked == 0:
+            return sampler
+        digest = hashlib.sha256(f"{seed}:{study}:{asked}".encode()).digest()
+        return instantiate(conf, seed=int.from_bytes(digest[:4], "big"))
+
+    return make
+
+
+def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
+    """The sweep callback's end of a search: summary.csv and the table (as for a grid),
+    then the best trial of every study; True when every study has a completed trial."""
+    finish_sweep(sweep_dir, stopped_by=stopped_by)
+    best = read_best(sweep_dir)
+    if not best:
+        return False
+    print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
+    return all(b["best"] is not None for b in best)

@@ -1,0 +1,121 @@
+"""A study's trials as vaesweep jobs: asked (or resumed) in batches of ``n_jobs``, launched
+through Hydra's launcher in their own directories, told from their ``results.json``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from vaesweep.run import record
+from vaesweep.run.record import COMPLETED, DIVERGED, FAILED
+from vaesweep.sweep.search.plan import DIR_ATTR, Plan
+from vaesweep.sweep.search.space import quoted
+
+log = logging.getLogger("vaesweep.sweep.search")
+
+_FINISHED = ("COMPLETE", "FAIL", "PRUNED")
+
+
+def settle(study: Any, number: int, result: dict[str, Any] | None, objective: str) -> str | None:
+    """Tells Optuna the outcome of one trial from its results.json; returns the state told
+    (COMPLETE | FAIL), or None for a trial with no final result (left RUNNING, resumed by
+    the next launch)."""
+    from optuna.trial import TrialState
+
+    status = (result or {}).get("status")
+    if status == COMPLETED:
+        value = (result.get("metrics") or {}).get(objective)
+        if value is not None and math.isfinite(float(value)):
+            study.tell(number, float(value))
+            return "COMPLETE"
+        log.warning("trial %d: %s missing or not finite: told as failed", number, objective)
+        study.tell(number, state=TrialState.FAIL)
+        return "FAIL"
+    if status in (FAILED, DIVERGED):
+        study.tell(number, state=TrialState.FAIL)
+        return "FAIL"
+    return None
+
+
+def _next_batch(
+    study: Any, plan: Plan, point: list[str], dists: dict[str, Any], unsettled: set[int]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Up to n_jobs trials to launch: those left RUNNING by an earlier launch first, then new
+    ones while the study has fewer than n_trials; [] when the study is done."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    finished = [t for t in trials if t.state.name in _FINISHED]
+    batch = [(t.number, dict(t.params)) for t in running if t.number not in unsettled]
+    batch = batch[: plan.n_jobs]
+    resumed = [n for n, _ in batch]
+    n_new = min(plan.n_jobs - len(batch), plan.n_trials - len(finished) - len(running))
+    for _ in range(max(0, n_new)):
+        trial = study.ask(dists)
+        trial.set_user_attr(DIR_ATTR, plan.trial_dir(point, trial.number))
+        batch.append((trial.number, trial.params))
+    if resumed:
+        log.info("%s: running again trials %s (left unfinished)", study.study_name, resumed)
+    return batch
+
+
+def _launch(
+    study: Any,
+    plan: Plan,
+    point: list[str],
+    batch: list[tuple[int, dict[str, Any]]],
+    launcher: Any,
+    job_idx: int,
+) -> list[str | None]:
+    """Launches one batch and tells each trial's outcome; returns the states told."""
+    dirs = [plan.trial_dir(point, number) for number, _ in batch]
+    overrides = [
+        [*plan.space.trial_overrides(point, params), f"hydra.sweep.subdir={quoted(d)}"]
+        for (_, params), d in zip(batch, dirs, strict=True)
+    ]
+    launcher.launch(overrides, initial_job_idx=job_idx)
+    return [
+        settle(study, number, record.read(plan.sweep_dir / d), plan.objective)
+        for (number, _), d in zip(batch, dirs, strict=True)
+    ]
+
+
+def settle_finished_on_disk(study: Any, plan: Plan) -> list[int]:
+    """Tells Optuna the trials an earlier launch left RUNNING whose job did finish (the
+    launch was killed after the job wrote its result, before telling it): they are settled
+    from their results.json, not launched again. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    settled = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        directory = trial.user_attrs.get(DIR_ATTR)
+        if directory is None:
+            continue
+        result = record.read(plan.sweep_dir / directory)
+        if settle(study, trial.number, result, plan.objective) is not None:
+            settled.append(trial.number)
+    if settled:
+        log.info("%s: trials %s had finished: told from their results", study.study_name, settled)
+    return settled
+
+
+def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, job_idx: int) -> int:
+    """Runs one study to n_trials trials in total; returns the next job index."""
+    dists = {k: p.distribution() for k, p in plan.space.searched.items()}
+    settle_finished_on_disk(study, plan)
+    unsettled: set[int] = set()
+    while True:
+        batch = _next_batch(study, plan, point, dists, unsettled)
+        if not batch:
+            return job_idx
+        states = _launch(study, plan, point, batch, launcher, job_idx)
+        job_idx += len(batch)
+        unsettled.update(number for (number, _), s in zip(batch, states, strict=True) if s is None)
+        failed = states.count("FAIL")
+        if failed / len(batch) > plan.max_failure_rate:
+            raise RuntimeError(
+                f"{failed} of {len(batch)} trials of a batch failed "
+                f"(hydra.sweeper.max_failure_rate={plan.max_failure_rate}): search stopped"
+            )

@@ -1,0 +1,16 @@
+"""Arming the test-only pause points (tests/hooks/sitecustomize.py) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PAUSE_ENV = "VAESWEEP_PAUSE_AT"
+HOOKS = Path(__file__).resolve().parent / "hooks"
+
+
+def pause_env(point: str, marker: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment entries that make a subprocess wait at ``point`` (marker file
+    ``marker``; release it by creating ``<marker>.release``)."""
+    path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)
+    return {PAUSE_ENV: f"{point}:{marker}", "PYTHONPATH": path}
