@@ -2,7 +2,7 @@
 
 Importing this module is cheap (Hydra imports every plugin module at start-up): Optuna is
 imported only when a search starts. The keys follow Hydra's own Optuna sweeper where they
-apply; README "Search" lists the differences. (No ``from __future__ import annotations``:
+apply; docs/search.md lists the differences. (No ``from __future__ import annotations``:
 Hydra executes plugin modules before they are in ``sys.modules``, where dataclasses cannot
 resolve string annotations.)
 """
@@ -43,7 +43,7 @@ class OptunaSweeperConf:
     study_name: Any = None
     sampler: Any = field(default_factory=SamplerConf)
     # null (or optuna.pruners.NopPruner): trials are whole jobs that tell Optuna only their
-    # final objective, so any other pruner would never prune and is refused (README "Search").
+    # final objective, so any other pruner would never prune and is refused (docs/search.md).
     pruner: Any = None
     # The search stops when more than this fraction of a batch's trials failed.
     max_failure_rate: float = 1.0

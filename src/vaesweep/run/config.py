@@ -4,7 +4,7 @@ one module that checks a run's config.
 The config tree ships inside the package (``vaesweep/conf``), so a wheel install finds it
 from any directory. A user's own config directory extends it with Hydra's search path
 (``--config-dir DIR`` adds groups, options and experiments; ``--config-name`` picks a
-primary config of theirs that extends ``train``; README "Your own components").
+primary config of theirs that extends ``train``; docs/components.md).
 
 Validation is split by who owns the options. The components a config selects by
 ``_target_`` (likelihood, β schedule, network) check their own options when they are

@@ -10,7 +10,7 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
   (``beta``) holds the resolved, typed value; a config group (``likelihood``) holds the
   option chosen. Their names are in ``df.attrs["swept"]``;
 - metrics: the keys of ``results.json``'s ``metrics`` as they are (``test/nll``, ``scale``,
-  ...; units in the README), except ``beta``, the β in force at the end of training (γ for
+  ...; units in docs/results-and-figures.md), except ``beta``, the β in force at the end of training (γ for
   ``capacity``, the controller's output for ``geco``/``pi``): it is ``final_beta`` here,
   since ``beta`` names the configured β. Their names are in ``df.attrs["metrics"]``;
 - the resolved config, flattened with dots and prefixed ``config.`` (``config.model.hidden``);

@@ -17,7 +17,7 @@ from vaesweep.analysis.results.frame import (
 )
 from vaesweep.run.loggers import SUMMARY_JOB_TYPE, summary_value
 
-# Metric names kept from a W&B summary besides "val/..." and "test/..." (the README's result-file table).
+# Metric names kept from a W&B summary besides "val/..." and "test/..." (docs/results-and-figures.md, the result file).
 RUN_SUMMARY_KEYS = ("scale", "beta", "effective_beta", "effective_beta_per_dim")
 # W&B run states → results.json statuses.
 WANDB_STATES = {

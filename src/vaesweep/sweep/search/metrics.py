@@ -9,7 +9,7 @@ from omegaconf import ListConfig
 
 from vaesweep.sweep.search.space import SearchError
 
-#: Every metric a results.json can hold that a search may optimise (README "The math").
+#: Every metric a results.json can hold that a search may optimise (docs/math.md).
 VAL_METRICS = ("val/elbo", "val/rec_nll", "val/kl", "val/loss", "val/scale")
 TEST_METRICS = (
     "test/nll",
