@@ -45,6 +45,9 @@ MAX_HEARTBEAT_S = 30.0
 # A takeover (remove one file, create another) takes milliseconds; a marker older than this
 # was left by a process that died in between.
 TAKEOVER_MARKER_TIMEOUT_S = 60.0
+# A claim file that names no holder (empty, partial or not JSON: its writer died between
+# creating and writing it, which takes microseconds) is stale once it is this old.
+UNREADABLE_GRACE_S = 5.0
 HOST = socket.gethostname()
 
 _held: set[str] = set()  # tokens of the claims this process holds
@@ -100,7 +103,14 @@ class ClaimInfo:
         """Seconds since the last heartbeat."""
         return (time.time() if now is None else now) - self.heartbeat
 
+    @property
+    def readable(self) -> bool:
+        """Whether the file names its holder (host and pid)."""
+        return isinstance(self.host, str) and self.pid is not None
+
     def is_stale(self, timeout_s: float, now: float | None = None) -> bool:
+        if not self.readable:  # a writer killed between creating the file and writing it
+            return self.age(now) > min(timeout_s, UNREADABLE_GRACE_S)
         if self.host == HOST and self.pid is not None:
             if self.pid == os.getpid():
                 return self.token not in _held  # a leftover of this process, not a live claim
@@ -108,10 +118,15 @@ class ClaimInfo:
                 return True
             start = _process_start(self.pid)
             return None not in (start, self.process_start) and start != self.process_start
-        # Another host (or a claim file left empty by a claimant killed mid-write).
-        return self.age(now) > timeout_s
+        return self.age(now) > timeout_s  # another host: its heartbeat tells
 
     def describe(self) -> str:
+        if not self.readable:
+            return (
+                f"claimed by a claim file that names no holder ({self.path}, written "
+                f"{self.age():.0f} s ago: its writer may still be writing it, or died); it is "
+                f"taken over once it is {UNREADABLE_GRACE_S:g} s old"
+            )
         age = f"heartbeat {self.age():.0f} s ago"
         return f"held by {self.host}:{self.pid} since {self.started_at} ({age})"
 
@@ -132,20 +147,23 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
     """The claim on ``run_dir``, or None when there is none."""
     path = claim_path(run_dir)
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
             heartbeat = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return None
     try:
         data: dict[str, Any] = json.loads(text)
-    except json.JSONDecodeError:  # being written right now, or its writer died mid-write
+    except (json.JSONDecodeError, UnicodeDecodeError):  # being written, or its writer died
+        data = {}
+    if not isinstance(data, dict):
         data = {}
     pid = data.get("pid")
+    host = data.get("host")
     return ClaimInfo(
         path=path,
-        host=data.get("host"),
-        pid=pid if isinstance(pid, int) else None,
+        host=host if isinstance(host, str) else None,
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         process_start=data.get("process_start"),
         token=data.get("token"),
         started_at=data.get("started_at"),

@@ -27,7 +27,7 @@ log = logging.getLogger("vaesweep")
 #: A log record with this attribute set goes to the log file, never to the terminal.
 FILE_ONLY = "vaesweep_file_only"
 #: Errors of jobs whose directory must stay as it was (nothing is logged into it).
-LEAVE_ALONE = ("JobNotRerun", "ConfigMismatch")
+LEAVE_ALONE = ("JobNotRerun", "ConfigMismatch", "ClaimHeld")
 MAX_LINE = 400
 _DISK_FULL_TEXT = ("No space left on device", "unexpected pos", "file write failed")
 _OOM_TEXT = ("can't allocate memory", "out of memory", "not enough memory")
@@ -147,7 +147,14 @@ def out_of_memory_message(error: BaseException) -> str | None:
 def describe(error: BaseException) -> str:
     """One line saying what went wrong, in the user's terms."""
     name = type(error).__name__
-    if name in ("ConfigError", "ConfigMismatch", "DivergenceError", "JobNotRerun"):
+    if name in (
+        "ConfigError",
+        "ConfigMismatch",
+        "DivergenceError",
+        "JobNotRerun",
+        "ClaimHeld",
+        "DamagedCheckpoint",
+    ):
         return f"{name}: {_first_line(error)}"
     for special in (disk_full_message, unreadable_checkpoint_message, out_of_memory_message):
         message = special(error)

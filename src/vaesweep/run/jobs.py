@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from vaesweep.run.config import validate_config
 from vaesweep.run.context import Job, current_job, job_dirname, process_rank
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
 from vaesweep.run.policy import config_subdir, left_alone, refuse_other_config
-from vaesweep.run.record import COMPLETED, CONTINUED, RunRecord
+from vaesweep.run.record import COMPLETED, CONTINUED, RESULTS_FILE, RunRecord
 from vaesweep.run.signals import STOP_FILE_ENV, StopSignals, sweep_stopped
 
 log = logging.getLogger("vaesweep")
@@ -40,6 +41,29 @@ Execute = Callable[
     [DictConfig, "Job", "RunRecord | None", "Path | None", int, "StopSignals | None"],
     dict[str, float],
 ]
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
+    zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
+    file once (milliseconds for vaesweep's models)."""
+    advice = (
+        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({e}): {advice}") from None
+    if bad is not None:
+        raise DamagedCheckpoint(
+            f"checkpoint {path} is damaged (its member {bad} fails its CRC-32 check): {advice}"
+        )
 
 
 class JobNotRerun(RuntimeError):
@@ -80,6 +104,9 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
         try:
             claim = claims.acquire(job.run_dir, cfg.sweep.claim_timeout_s)
         except claims.ClaimHeld as held:
+            if not job.multirun:  # a single run that did not run must not exit 0
+                raise
+            # A sweep's job another live launch runs: the end of this launch waits for it.
             print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
             return None
         with claim, StopSignals(os.environ.get(STOP_FILE_ENV)) as signals:
@@ -112,6 +139,9 @@ def _run_claimed(
     status = record.FAILED
     try:
         validate_config(cfg, None if job.multirun else job.overrides)
+        if resume_from is not None:
+            verify_checkpoint(resume_from)  # a damaged file is reported, never resumed
+        record.write_identity(job.run_dir, run_record.data["config"])  # before any checkpoint
         metrics = execute(cfg, job, run_record, resume_from, torch_threads, signals)
         status = COMPLETED
     except DivergenceError as e:
@@ -148,7 +178,12 @@ def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
     resume_from = None
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = record.read(job.run_dir)
-    if previous is None or previous.get("status") not in CONTINUED:
+    if previous is None and last.exists() and record.read_identity(job.run_dir) is not None:
+        # results.json lost or damaged: identity.json says the checkpoint is this config's
+        # (the policy refused the directory otherwise).
+        resume_from = last
+        log.warning("resuming %s from %s (its %s is lost)", job.run_dir, last, RESULTS_FILE)
+    elif previous is None or previous.get("status") not in CONTINUED:
         previous = None  # a new job, or a failed one re-run from the start
     elif last.exists():
         resume_from = last

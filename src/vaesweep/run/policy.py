@@ -9,7 +9,7 @@ touched. This module owns every such decision:
 - a job claimed by another live process → skipped (:func:`claimed_elsewhere`; the claim
   mechanism is :mod:`vaesweep.run.claims`);
 - Hydra's ``.hydra`` files are not written into a job directory that will be skipped
-  (:func:`config_subdir`).
+  (:func:`config_subdir`), nor into one whose results.json is lost until it is identified.
 
 Another config in the directory.
 
@@ -79,6 +79,8 @@ def config_subdir(run_dir: str, rerun_failed: bool, claim_timeout_s: float) -> s
         return None
     if left_alone(run_dir, rerun_failed) or claimed_elsewhere(run_dir, claim_timeout_s):
         return None
+    if record.status(run_dir) in (None, record.UNREADABLE) and record.run_files(run_dir):
+        return None  # files whose results.json is lost: kept as they are until identified
     return ".hydra"
 
 
@@ -112,27 +114,51 @@ def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
 
 
 def mismatch(run_dir: Path, cfg: DictConfig) -> str | None:
-    """Why ``run_dir``'s earlier result may not be reused for ``cfg``, else None (no result,
-    one that is replaced anyway, or the same config)."""
+    """Why the files in ``run_dir`` may not be reused for ``cfg``, else None (no earlier run,
+    one that is replaced anyway, or the same config).
+
+    The earlier config comes from results.json, or, when that is missing or unreadable and
+    the directory holds run files (checkpoints, images, metrics), from identity.json; a
+    directory with run files that neither identifies is refused too."""
     stored = record.read(run_dir)
-    if stored is None or stored.get("status") not in REUSED:
+    if stored is not None:
+        if stored.get("status") not in REUSED:
+            return None
+        config = stored.get("config")
+        if not isinstance(config, dict):
+            return None  # not written by vaesweep: nothing to compare with
+        return _other_config(run_dir, config, cfg, f"a {stored['status']} run")
+    files = record.run_files(run_dir)
+    if not files:
         return None
-    config = stored.get("config")
-    if not isinstance(config, dict):
-        return None  # not written by vaesweep: nothing to compare with
-    diffs = differences(config, cfg)
+    lost = "unreadable" if (Path(run_dir) / record.RESULTS_FILE).exists() else "missing"
+    config = record.read_identity(run_dir)
+    if config is None:
+        return (
+            f"{run_dir} holds the files of a run ({', '.join(files)}) but its "
+            f"{record.RESULTS_FILE} is {lost} and no {record.IDENTITY_FILE} says which config "
+            "they belong to, so they could be another config's: nothing in the directory was "
+            "changed. To start over there, move the directory away (or delete it); to keep "
+            "it, use another directory (hydra.run.dir=, hydra.sweep.dir=)"
+        )
+    return _other_config(
+        run_dir, config, cfg, f"the files of a run ({record.RESULTS_FILE} {lost})"
+    )
+
+
+def _other_config(run_dir: Path, stored: dict[str, Any], cfg: DictConfig, what: str) -> str | None:
+    diffs = differences(stored, cfg)
     if not diffs:
         return None
-    status = stored["status"]
-    what = (
+    harm = (
         "its metrics would be reported as this run's"
-        if status == "completed"
-        else "its checkpoint would be resumed under another config"
+        if what.startswith("a completed")
+        else "its checkpoint would be resumed under another config, or overwritten"
     )
     return (
-        f"{run_dir} holds a {status} run of a different config ({what}): "
-        f"{describe_differences(diffs)}. Use another directory (hydra.run.dir=, "
-        "hydra.sweep.dir=), or move this one away to replace it"
+        f"{run_dir} holds {what} of a different config ({harm}): "
+        f"{describe_differences(diffs)}. Nothing in it was changed. Use another directory "
+        "(hydra.run.dir=, hydra.sweep.dir=), or move this one away to replace it"
     )
 
 

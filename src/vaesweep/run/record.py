@@ -34,6 +34,20 @@ from vaesweep.core.atomic import write_json_atomic
 from vaesweep.core.helpers import now
 
 RESULTS_FILE = "results.json"
+#: The run's config in a file of its own, written before its first checkpoint: a directory
+#: whose results.json is lost or damaged still says which config its files belong to.
+IDENTITY_FILE = "identity.json"
+#: Files (or directories) a run writes into its directory beside results.json; Hydra's own
+#: (``.hydra/``, ``train.log``) are written for any launch, so they do not count.
+RUN_FILES = (
+    IDENTITY_FILE,
+    "checkpoints",
+    "images.npz",
+    "reconstructions.png",
+    "samples.png",
+    "metrics.csv",
+    "wandb",
+)
 RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED = (
     "running",
     "completed",
@@ -166,6 +180,28 @@ class RunRecord:
             self.data["error"] = {"type": type(error).__name__, "message": str(error), "step": step}
         self.data["finished_at"] = now()
         self.write()
+
+
+def write_identity(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Records which config the files of ``run_dir`` belong to (atomically)."""
+    return write_json_atomic(Path(run_dir) / IDENTITY_FILE, json_safe({"config": config}))
+
+
+def read_identity(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The config recorded by :func:`write_identity`, None when absent or unreadable."""
+    identity, _ = _load(Path(run_dir) / IDENTITY_FILE)
+    config = identity.get("config") if isinstance(identity, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def run_files(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The run files (:data:`RUN_FILES`) present in ``run_dir``, an empty directory aside."""
+    present = []
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            present.append(name)
+    return present
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Damaged files never cost data or truth: a run directory whose results.json is lost or
+unreadable is compared against its identity.json (another config refused, nothing in the
+directory touched; the same config resumed), a damaged checkpoint is reported as damaged
+and never resumed, and a claim file that names no holder is taken over, never reported as
+held by nobody. Real runs of the CLI in subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from vaesweep.run import claims
+from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE
+
+from conftest import TINY, run_cli
+
+# Three training batches, checkpoints kept: enough for a resumable run.
+ARGS = [*TINY, "logger=none"]
+
+
+def digests(run_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def last_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert lines, proc.stderr[-3000:]
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A completed β = 1 run (the reference for every case below)."""
+    root = tmp_path_factory.mktemp("finished")
+    proc = run_cli([*ARGS, "hydra.run.dir=run"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "run" / IDENTITY_FILE).is_file()
+    return root / "run"
+
+
+def copy_of(run_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("deleted", marks=pytest.mark.slow)])
+def test_another_config_is_refused_when_results_json_is_lost(finished, tmp_path, damage):
+    run = copy_of(finished, tmp_path / "run")
+    result = run / RESULTS_FILE
+    if damage == "truncated":
+        result.write_bytes(result.read_bytes()[:50])
+    else:
+        result.unlink()
+    before = digests(run)
+    proc = run_cli([*ARGS, "beta=4", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "ConfigMismatch" in line and "of a different config" in line, line
+    assert "beta: 1.0 → 4.0" in line and f"{RESULTS_FILE} " in line
+    assert digests(run) == before  # not a byte changed: checkpoints, images, .hydra, logs
+
+
+def test_the_same_config_resumes_when_results_json_is_lost(finished, tmp_path):
+    reference = json.loads((finished / RESULTS_FILE).read_text())["metrics"]
+    run = copy_of(finished, tmp_path / "run")
+    (run / RESULTS_FILE).unlink()
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run / RESULTS_FILE).read_text())
+    assert result["status"] == "completed"
+    test = {k: v for k, v in reference.items() if k.startswith("test/")}
+    assert {k: result["metrics"][k] for k in test} == test  # resumed, not retrained
+
+
+def test_files_that_cannot_be_identified_are_refused(finished, tmp_path):
+    run = copy_of(finished, tmp_path / "run")
+    (run / RESULTS_FILE).unlink()
+    (run / IDENTITY_FILE).unlink()
+    before = digests(run)
+    for beta in ("1", "4"):  # even the same config: the files could be anyone's
+        proc = run_cli([*ARGS, f"beta={beta}", f"hydra.run.dir={run}"], tmp_path)
+        assert proc.returncode != 0
+        line = last_line(proc)
+        assert "no identity.json says which config" in line and "move the directory away" in line
+    assert digests(run) == before
+
+
+def test_a_damaged_checkpoint_is_reported_not_resumed(finished, tmp_path):
+    run = copy_of(finished, tmp_path / "run")
+    result = json.loads((run / RESULTS_FILE).read_text())
+    result["status"] = "interrupted"  # as a stopped job leaves it
+    (run / RESULTS_FILE).write_text(json.dumps(result))
+    last = run / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 400] = bytes(400)  # the zip's CRC check flags it
+    last.write_bytes(bytes(data))
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "DamagedCheckpoint" in line and str(last) in line and "CRC" in line, line
+    after = json.loads((run / RESULTS_FILE).read_text())
+    assert after["status"] == "failed" and after["error"]["type"] == "DamagedCheckpoint"
+    assert not any(k.startswith("test/") for k in after["metrics"])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        pytest.param(b'{"host": "x", "pi', marks=pytest.mark.slow),
+        pytest.param(b"\xff\xfe garbage", marks=pytest.mark.slow),
+    ],
+)
+def test_a_claim_file_naming_no_holder(tmp_path, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    claim = run / claims.CLAIM_FILE
+    claim.write_bytes(content)
+    info = claims.read_claim(run)
+    assert info is not None and not info.readable
+    assert "None" not in info.describe()
+    # Fresh (its mtime ahead, so the subprocess's start-up never ages it past the grace
+    # period): its writer may be writing it still. A single run that cannot run fails.
+    ahead = time.time() + 3600
+    os.utime(claim, (ahead, ahead))
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0 and "claim file that names no holder" in last_line(proc)
+    assert not (run / RESULTS_FILE).exists()
+    # Past the grace period it is stale: taken over, and the run runs.
+    old = time.time() - claims.UNREADABLE_GRACE_S - 1
+    os.utime(claim, (old, old))
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
+    assert "took over the stale claim" in proc.stdout + proc.stderr
