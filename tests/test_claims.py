@@ -161,7 +161,9 @@ def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
     assert not list(tmp_path.glob(f"{CLAIM_FILE}*"))
 
 
-def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
+def test_a_single_run_another_live_process_holds_is_refused_by_the_cli(workdir):
+    """Nothing runs and nothing is written, and the exit status says so: a run that did
+    not run never exits 0 (a sweep's job held by another launch is skipped instead)."""
     run_dir = workdir / "run"
     proc = holder(run_dir)
     try:
@@ -172,8 +174,8 @@ def test_a_job_another_live_process_holds_is_skipped_by_the_cli(workdir):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    assert f"skipping run: held by {HOST}:{proc.pid}" in cli.stderr
+    assert cli.returncode == 1, cli.stderr[-3000:]
+    assert f"ClaimHeld: held by {HOST}:{proc.pid}" in cli.stderr
     assert not (run_dir / "results.json").exists() and not (run_dir / ".hydra").exists()
 
 
