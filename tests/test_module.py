@@ -200,11 +200,11 @@ def test_training_step_updates_the_running_scale_once_per_micro_batch(
     trainer = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=accumulate)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     assert len(seen) == 6 and trainer.global_step == 6 // accumulate
-    assert int(model.likelihood.num_batches_tracked) == 6
+    assert int(model.likelihood.scale_mode.num_batches_tracked) == 6
     expected = seen[0]
     for stat in seen[1:]:
         expected = 0.5 * expected + 0.5 * stat
-    assert float(model.likelihood.running_stat) == pytest.approx(expected, rel=1e-5)
+    assert float(model.likelihood.scale_mode.running_stat) == pytest.approx(expected, rel=1e-5)
 
 
 def test_unknown_optimization_mode_is_refused():

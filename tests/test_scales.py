@@ -40,16 +40,16 @@ def test_scale_parameters_get_their_own_learning_rate(mode):
     model = vae({"name": "gaussian", "scale": mode, "scale_lr": 0.05})
     opt = model.configure_optimizers()
     (scale_group,) = [g for g in opt.param_groups if g["lr"] == 0.05]
-    assert [p is model.likelihood.log_scale for p in scale_group["params"]] == [True]
+    assert [p is model.likelihood.scale_mode.log_scale for p in scale_group["params"]] == [True]
     (other,) = [g for g in opt.param_groups if g["lr"] == 1e-3]
     n_params = sum(1 for _ in model.parameters())
     assert len(other["params"]) == n_params - 1
     # Adam's first step moves every parameter by lr (m̂/√v̂ = g/|g|): the scale by 0.05.
-    before = model.likelihood.log_scale.detach().clone()
+    before = model.likelihood.scale_mode.log_scale.detach().clone()
     loss = model.likelihood.nll(batch(), torch.full((32, *SHAPE), 0.5)).mean()
     loss.backward()
     opt.step()
-    moved = (model.likelihood.log_scale.detach() - before).abs()
+    moved = (model.likelihood.scale_mode.log_scale.detach() - before).abs()
     np.testing.assert_allclose(moved.numpy(), 0.05, rtol=1e-5)
 
 
@@ -57,7 +57,7 @@ def test_null_scale_lr_is_the_sigma_vae_setting_one_group():
     model = vae({"name": "laplace", "scale": "learned", "scale_lr": None}, lr=3e-4)
     (group,) = model.configure_optimizers().param_groups
     assert group["lr"] == 3e-4
-    assert any(p is model.likelihood.log_scale for p in group["params"])
+    assert any(p is model.likelihood.scale_mode.log_scale for p in group["params"])
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_data_init_starts_at_the_untrained_models_residual_scale(name, mode):
     model._initialize_scale(x)
     assert not model.likelihood.needs_scale_init()
     clip = model.likelihood.min_log_scale
-    got = torch.exp(model.likelihood.log_scale.detach().double())
+    got = torch.exp(model.likelihood.scale_mode.log_scale.detach().double())
     # log_scale is stored before the soft floor: the scale in force is its soft clip.
     in_force = np.exp(clip + np.log1p(np.exp(np.log(got.numpy()) - clip)))
     np.testing.assert_allclose(in_force, expected, rtol=1e-5)
@@ -131,8 +131,8 @@ def test_scale_ratio_against_numpy(name, mode):
     residuals = rng.normal(0.0, 0.1, size=(200, *SHAPE)) * rng.uniform(0.01, 2, size=SHAPE)
     if mode == "per_pixel":
         with torch.no_grad():
-            lik.log_scale.copy_(torch.from_numpy(rng.normal(-2.5, 0.5, size=SHAPE)))
-        scale = np.exp(-6 + np.log1p(np.exp(lik.log_scale.detach().numpy() + 6)))
+            lik.scale_mode.log_scale.copy_(torch.from_numpy(rng.normal(-2.5, 0.5, size=SHAPE)))
+        scale = np.exp(-6 + np.log1p(np.exp(lik.scale_mode.log_scale.detach().numpy() + 6)))
     else:
         scale = np.array(float(lik.scale()))
     sq = torch.from_numpy((residuals**2).mean(0))
