@@ -82,6 +82,7 @@ def naive_iwae(x: Tensor, encoder, decoder, k: int) -> Tensor:
 def build_cases(args: argparse.Namespace) -> tuple[int, int, dict[str, Callable[[], Tensor]]]:
     """(batch size, chunk size chosen by the product, {label: one IWAE evaluation})."""
     from vaesweep.data import VAEDataModule
+    from vaesweep.model.components import build_components
     from vaesweep.model.module import VAE
     from vaesweep.model.objective import default_chunk_size, importance_estimates
 
@@ -90,13 +91,13 @@ def build_cases(args: argparse.Namespace) -> tuple[int, int, dict[str, Callable[
     data = VAEDataModule("mnist_small", eval_batch_size=args.batch, preprocess="dequantize")
     x = data.test_tensor()[: args.batch].to(device)
     cfg = {"name": "mlp", "latent_dim": 20, "hidden": [400], "activation": "relu"}
-    model = VAE(
-        shape=x.shape[1:],
-        model=cfg,
-        likelihood={"name": "gaussian", "scale": "fixed"},
-        schedule={"name": "constant", "beta": 1.0},
-        optimizer={"name": "adam", "lr": 1e-3},
+    built = build_components(
+        tuple(x.shape[1:]),
+        {"name": "gaussian", "scale": "fixed"},
+        {"name": "constant", "beta": 1.0},
+        cfg,
     )
+    model = VAE(**built, optimizer={"name": "adam", "lr": 1e-3})
     model.to(device).eval()
     b, d = x.shape[0], math.prod(x.shape[1:])
     auto = default_chunk_size(b, d)

@@ -77,6 +77,7 @@ def test_a_key_given_twice_is_refused():
 
 
 def test_memory_estimate_counts_the_real_parameters():
+    from vaesweep.model.components import build_components
     from vaesweep.model.module import VAE
 
     cases = ([], ["model=conv", "likelihood.scale=decoder"], ["likelihood.scale=per_pixel"])
@@ -86,7 +87,10 @@ def test_memory_estimate_counts_the_real_parameters():
         n, _ = count_parameters(cfg, shape)
         plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "likelihood")}
         plain["beta_schedule"] = {"name": "constant", "beta": 1.0}
-        real = VAE(shape, plain["model"], plain["likelihood"], plain["beta_schedule"], {})
+        built = build_components(
+            shape, plain["likelihood"], plain["beta_schedule"], plain["model"]
+        )
+        real = VAE(**built)
         assert n == sum(p.numel() for p in real.parameters())
 
 

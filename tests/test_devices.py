@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from vaesweep.data import VAEDataModule
+from vaesweep.model.components import build_components
 from vaesweep.model.module import VAE
 from vaesweep.run import ranks
 from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
@@ -281,10 +282,12 @@ SCHEDULES = {
 @pytest.mark.parametrize(("schedule", "accumulate"), [("geco", 3), ("pi", 3), ("geco", 1)])
 def test_controllers_observe_once_per_optimiser_step(tmp_path, schedule, accumulate):
     model = Recorder(
-        shape=(1, 8, 8),
-        model={"name": "mlp", "latent_dim": 4, "hidden": [32], "activation": "relu"},
-        likelihood={"name": "gaussian", "scale": "fixed"},
-        schedule=SCHEDULES[schedule],
+        **build_components(
+            (1, 8, 8),
+            {"name": "gaussian", "scale": "fixed"},
+            SCHEDULES[schedule],
+            {"name": "mlp", "latent_dim": 4, "hidden": [32], "activation": "relu"},
+        ),
         optimizer={"name": "adam", "lr": 1e-3},
         optimization="automatic" if accumulate > 1 else "manual",
     )

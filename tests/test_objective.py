@@ -240,7 +240,7 @@ def test_effective_beta_is_each_likelihoods_closed_form(name, mode):
     rng = np.random.default_rng(3)
     if mode == "learned":  # a raw log-scale well below and above the soft floor's knee
         with torch.no_grad():
-            lik.log_scale.fill_(-1.3)
+            lik.scale_mode.log_scale.fill_(-1.3)
         s = math.exp(-6 + math.log1p(math.exp(-1.3 + 6)))
     elif mode == "optimal":  # the running average of one training batch
         x, loc = rng.uniform(0, 1, (4, *shape)), rng.uniform(0, 1, (4, *shape))

@@ -6,12 +6,15 @@ References are written out here in numpy, independently of the likelihood code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from vaesweep.model.components import build_likelihood
+from vaesweep.data import VAEDataModule
+from vaesweep.model.components import build_components, build_likelihood
 from vaesweep.model.module import VAE
 from vaesweep.sweep.grid import SCALE_TOLERANCE, scale_converged, summary_rows
 
@@ -21,14 +24,8 @@ MLP = {"name": "mlp", "latent_dim": 3, "hidden": [16], "activation": "relu"}
 
 def vae(likelihood: dict, lr: float = 1e-3) -> VAE:
     torch.manual_seed(0)
-    return VAE(
-        shape=SHAPE,
-        model=MLP,
-        likelihood=likelihood,
-        schedule={"name": "constant", "beta": 1.0},
-        optimizer={"name": "adam", "lr": lr, "fused": False},
-        iwae_k=2,
-    )
+    built = build_components(SHAPE, likelihood, {"name": "constant", "beta": 1.0}, MLP)
+    return VAE(**built, optimizer={"name": "adam", "lr": lr, "fused": False}, iwae_k=2)
 
 
 def batch(n: int = 32) -> torch.Tensor:
@@ -40,16 +37,16 @@ def test_scale_parameters_get_their_own_learning_rate(mode):
     model = vae({"name": "gaussian", "scale": mode, "scale_lr": 0.05})
     opt = model.configure_optimizers()
     (scale_group,) = [g for g in opt.param_groups if g["lr"] == 0.05]
-    assert [p is model.likelihood.log_scale for p in scale_group["params"]] == [True]
+    assert [p is model.likelihood.scale_mode.log_scale for p in scale_group["params"]] == [True]
     (other,) = [g for g in opt.param_groups if g["lr"] == 1e-3]
     n_params = sum(1 for _ in model.parameters())
     assert len(other["params"]) == n_params - 1
     # Adam's first step moves every parameter by lr (m̂/√v̂ = g/|g|): the scale by 0.05.
-    before = model.likelihood.log_scale.detach().clone()
+    before = model.likelihood.scale_mode.log_scale.detach().clone()
     loss = model.likelihood.nll(batch(), torch.full((32, *SHAPE), 0.5)).mean()
     loss.backward()
     opt.step()
-    moved = (model.likelihood.log_scale.detach() - before).abs()
+    moved = (model.likelihood.scale_mode.log_scale.detach() - before).abs()
     np.testing.assert_allclose(moved.numpy(), 0.05, rtol=1e-5)
 
 
@@ -57,7 +54,7 @@ def test_null_scale_lr_is_the_sigma_vae_setting_one_group():
     model = vae({"name": "laplace", "scale": "learned", "scale_lr": None}, lr=3e-4)
     (group,) = model.configure_optimizers().param_groups
     assert group["lr"] == 3e-4
-    assert any(p is model.likelihood.log_scale for p in group["params"])
+    assert any(p is model.likelihood.scale_mode.log_scale for p in group["params"])
 
 
 @pytest.mark.parametrize(
@@ -80,7 +77,7 @@ def test_data_init_starts_at_the_untrained_models_residual_scale(name, mode):
     model._initialize_scale(x)
     assert not model.likelihood.needs_scale_init()
     clip = model.likelihood.min_log_scale
-    got = torch.exp(model.likelihood.log_scale.detach().double())
+    got = torch.exp(model.likelihood.scale_mode.log_scale.detach().double())
     # log_scale is stored before the soft floor: the scale in force is its soft clip.
     in_force = np.exp(clip + np.log1p(np.exp(np.log(got.numpy()) - clip)))
     np.testing.assert_allclose(in_force, expected, rtol=1e-5)
@@ -131,8 +128,8 @@ def test_scale_ratio_against_numpy(name, mode):
     residuals = rng.normal(0.0, 0.1, size=(200, *SHAPE)) * rng.uniform(0.01, 2, size=SHAPE)
     if mode == "per_pixel":
         with torch.no_grad():
-            lik.log_scale.copy_(torch.from_numpy(rng.normal(-2.5, 0.5, size=SHAPE)))
-        scale = np.exp(-6 + np.log1p(np.exp(lik.log_scale.detach().numpy() + 6)))
+            lik.scale_mode.log_scale.copy_(torch.from_numpy(rng.normal(-2.5, 0.5, size=SHAPE)))
+        scale = np.exp(-6 + np.log1p(np.exp(lik.scale_mode.log_scale.detach().numpy() + 6)))
     else:
         scale = np.array(float(lik.scale()))
     sq = torch.from_numpy((residuals**2).mean(0))
@@ -168,3 +165,130 @@ def test_summary_flags_learned_scales_that_did_not_converge():
     assert [r["scale_converged"] for r in rows] == [False, None]
     assert rows[0]["test/scale_ratio"] == 3.4
 
+
+
+# --- checkpoints written when the scale tensors lived on the likelihood --------------------------
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: The configs tests/fixtures/make_main_checkpoints.py wrote its checkpoints with.
+MAIN_MODEL = {"name": "mlp", "latent_dim": 2, "hidden": [8], "activation": "relu"}
+MAIN_LIKELIHOODS = {
+    "learned": {"name": "gaussian", "scale": "learned", "scale_init": "data", "scale_lr": 0.01},
+    "optimal": {"name": "laplace", "scale": "optimal", "momentum": 0.9},
+}
+DIGITS = (1, 8, 8)
+SCALE_TENSORS = ("log_scale", "running_stat", "num_batches_tracked", "scale_initialized")
+
+
+def _earlier_layout(state: dict) -> dict:
+    """A state dict with the scale tensors where earlier versions kept them."""
+    out = {}
+    for key, value in state.items():
+        for name in SCALE_TENSORS:
+            key = key.replace(f"likelihood.scale_mode.{name}", f"likelihood.{name}")
+        out[key] = value
+    return out
+
+
+def _fit(tmp_path, likelihood: dict, epochs: int, ckpt_path=None, model_config=MLP):
+    L.seed_everything(0, verbose=False)
+    built = build_components(DIGITS, likelihood, {"name": "constant", "beta": 1.0}, model_config)
+    model = VAE(**built, optimizer={"name": "adam", "lr": 1e-3}, iwae_k=2)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(tmp_path, save_top_k=-1)],
+    )
+    trainer.fit(model, VAEDataModule("digits", batch_size=256, seed=0), ckpt_path=ckpt_path)
+    return model, trainer
+
+
+@pytest.mark.parametrize("likelihood", MAIN_LIKELIHOODS.values(), ids=list(MAIN_LIKELIHOODS))
+def test_resuming_a_checkpoint_with_the_earlier_keys_is_bit_identical(tmp_path, likelihood):
+    """A last.ckpt whose scale tensors are stored under the earlier keys: resumed, the run
+    continues exactly as the uninterrupted one (weights, scale state, optimizer state)."""
+    full, _ = _fit(tmp_path / "full", likelihood, 2)
+    (first,) = (tmp_path / "full").glob("epoch=0-*.ckpt")
+    checkpoint = torch.load(first, weights_only=False)
+    checkpoint["state_dict"] = _earlier_layout(checkpoint["state_dict"])
+    assert {"likelihood.log_scale", "likelihood.running_stat"} & set(checkpoint["state_dict"])
+    earlier = tmp_path / "earlier.ckpt"
+    torch.save(checkpoint, earlier)
+    resumed, trainer = _fit(tmp_path / "resumed", likelihood, 2, ckpt_path=earlier)
+    assert trainer.global_step == 2 * 6  # 1397 examples in batches of 256
+    expected = full.state_dict()
+    assert list(resumed.state_dict()) == list(expected)
+    for key, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    # The checkpoints it writes have today's keys.
+    (written,) = (tmp_path / "resumed").glob("epoch=1-*.ckpt")
+    assert list(torch.load(written, weights_only=False)["state_dict"]) == list(expected)
+
+
+@pytest.mark.parametrize("name", list(MAIN_LIKELIHOODS))
+def test_checkpoints_of_the_earlier_version_load_and_resume(tmp_path, name):
+    """Checkpoints written by the code before the scale modes owned their tensors and before
+    the VAE took built components (tests/fixtures/make_main_checkpoints.py): the VAE and its
+    scale state come back from load_from_checkpoint (the components built from the configs
+    their hyperparameters hold), and a fit resumes from them as from the same checkpoint in
+    today's layout."""
+    path = FIXTURES / f"main_{name}_last.ckpt"
+    saved = torch.load(path, weights_only=False)
+    old_state = saved["state_dict"]
+    assert "likelihood.scale_mode.log_scale" not in old_state  # the earlier layout
+    model = VAE.load_from_checkpoint(path)
+    assert model.hparams.likelihood == saved["hyper_parameters"]["likelihood"]
+    state = model.state_dict()
+    assert list(_earlier_layout(state)) == list(old_state)
+    for key, value in _earlier_layout(state).items():
+        assert torch.equal(value, old_state[key]), key
+    assert not model.likelihood.needs_scale_init()  # (learned) initialised before the save
+
+    today = dict(saved, state_dict=state)
+    torch.save(today, tmp_path / "today.ckpt")
+    runs = {}
+    for label, ckpt in (("earlier", path), ("today", tmp_path / "today.ckpt")):
+        resumed, trainer = _fit(tmp_path / label, MAIN_LIKELIHOODS[name], 2, ckpt, MAIN_MODEL)
+        assert trainer.global_step == 11 + 6  # 1 epoch of 128 saved, then 1 of 256
+        runs[label] = resumed.state_dict()
+    for key, value in runs["earlier"].items():
+        assert torch.equal(value, runs["today"][key]), key
+
+
+def test_components_built_in_python_are_passed_to_load_from_checkpoint(tmp_path):
+    """A checkpoint keeps the class path of a component built in Python (no config): loading
+    asks for it, and takes it."""
+    from vaesweep.model.likelihoods import GaussianLikelihood
+    from vaesweep.model.networks import MLP as MLPNetwork
+    from vaesweep.model.schedules import ConstantBeta
+
+    model = VAE(
+        likelihood=GaussianLikelihood(DIGITS, scale="optimal"),
+        schedule=ConstantBeta(1.0),
+        network=MLPNetwork(latent_dim=3, hidden=[16]),
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, VAEDataModule("digits", batch_size=64, seed=0))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(ValueError, match=r"no config of the VAE's likelihood .*pass it"):
+        VAE.load_from_checkpoint(tmp_path / "m.ckpt")
+    loaded = VAE.load_from_checkpoint(
+        tmp_path / "m.ckpt",
+        likelihood=GaussianLikelihood(DIGITS, scale="optimal"),
+        schedule=ConstantBeta(1.0),
+        network=MLPNetwork(latent_dim=3, hidden=[16]),
+    )
+    assert int(loaded.likelihood.scale_mode.num_batches_tracked) == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key

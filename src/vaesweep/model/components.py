@@ -22,10 +22,17 @@ when the config is validated, before any data are loaded.
 Classes are imported and called here, as ``hydra.utils.instantiate`` would, so that an
 import or option error is one message naming the config key (Hydra's ``get_class`` also
 logs its own multi-line error).
+
+The :class:`~vaesweep.model.module.VAE` takes built components (objects, not configs); a
+component built here remembers its config (:func:`config_of`), which the VAE keeps in its
+checkpoints' hyperparameters so that ``VAE.load_from_checkpoint`` can build it again
+(:func:`build_components`, the driver's path too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import inspect
 from typing import Any
@@ -236,7 +243,40 @@ def build(group: str, options: dict[str, Any], *context: Any) -> Any:
         raise ValueError(
             f"{group} {name!r} needs option(s) {missing}: accepted options are {accepted}"
         )
-    return cls(*context, **kwargs)
+    component = cls(*context, **kwargs)
+    # Remembered for config_of; not for a class whose instances refuse new attributes.
+    with contextlib.suppress(AttributeError):
+        component.built_from = copy.deepcopy(dict(options))
+    return component
+
+
+def config_of(component: Any) -> dict[str, Any] | None:
+    """The config a component was built from by :func:`build` (a copy), or None for one
+    built otherwise (e.g. ``GaussianLikelihood(shape, scale="learned")`` in a notebook)."""
+    config = getattr(component, "built_from", None)
+    return copy.deepcopy(config) if isinstance(config, dict) else None
+
+
+def class_path(component: Any) -> str:
+    """The import path of a component's class (``package.module.Class``)."""
+    cls = type(component)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def build_components(
+    shape: tuple[int, int, int],
+    likelihood: dict[str, Any],
+    schedule: dict[str, Any],
+    model: dict[str, Any],
+) -> dict[str, Any]:
+    """The VAE's components from the configs of the ``likelihood``, ``beta_schedule`` and
+    ``model`` groups, for the data shape (C, H, W): ``{"likelihood", "schedule", "network"}``,
+    the VAE's keyword arguments. Built in that order (none of the built-in constructors draws
+    random numbers; the VAE builds the encoder and decoder, whose initial weights do)."""
+    built = {"likelihood": build("likelihood", likelihood, tuple(shape))}
+    built["network"] = build("model", model)
+    built["schedule"] = build("beta_schedule", schedule)
+    return {key: built[key] for key in ("likelihood", "schedule", "network")}
 
 
 def build_named(group: str, registry: dict[str, type], name: str, *context: Any, **options: Any):

@@ -1,7 +1,9 @@
 """Location-scale likelihoods: Gaussian (σ) and Laplace (b), each with a scale mode.
 
 The scale modes (fixed, learned, per_pixel, decoder, optimal) are classes in
-:mod:`vaesweep.model.scales`; a family here supplies only its density's pieces as static hooks.
+:mod:`vaesweep.model.scales`, each a child module (``scale_mode``) that holds its own
+parameters and buffers; a family here supplies only its density's pieces as static hooks, the
+scale modes' part of them through the public :class:`vaesweep.model.scales.ScaleFamily`.
 All constants are kept (−½ log 2π for the Gaussian, −log 2 for the Laplace), so ELBOs of
 different likelihoods on the same data are comparable.
 """
@@ -26,8 +28,11 @@ from vaesweep.model.scales import (
     SCALE_MODES,
     SCALE_OPTIONS,
     ScaleMode,
-    soft_clip,
 )
+
+#: Tensors a scale mode owns that earlier versions registered on the likelihood itself: a
+#: state dict with ``<likelihood>.<name>`` is read as ``<likelihood>.scale_mode.<name>``.
+MOVED_TO_SCALE_MODE = ("log_scale", "running_stat", "num_batches_tracked", "scale_initialized")
 
 
 class LocationScale(Likelihood):
@@ -49,7 +54,8 @@ class LocationScale(Likelihood):
     ``min_log_scale`` (default −6, i.e. scale ≳ e^−6); None disables the clip.
 
     A family (Gaussian, Laplace) supplies only the static hooks below: the residual term and
-    its weight, the residual statistic, statistic ↔ scale, and the effective-β factor.
+    its weight, the effective-β factor, and for its scale mode (:class:`ScaleFamily`, the
+    class itself is handed to the mode) the residual statistic and statistic ↔ scale.
     """
 
     data_kind = "continuous"
@@ -91,9 +97,27 @@ class LocationScale(Likelihood):
         self.momentum = float(momentum)
         self.scale_lr = None if scale_lr is None else float(scale_lr)
         self.scale_init = scale_init
-        self._last_scale: Tensor | None = None
-        self.scale_mode: ScaleMode = SCALE_MODE_CLASSES[scale](self)  # registers its tensors
+        # A child module with its own parameters and buffers (the only ones this likelihood has).
+        self.scale_mode: ScaleMode = SCALE_MODE_CLASSES[scale](
+            type(self),
+            self.shape,
+            scale_value=self.scale_value,
+            min_log_scale=self.min_log_scale,
+            optimal_reduction=optimal_reduction,
+            momentum=self.momentum,
+            scale_init=scale_init,
+        )
         self.param_channels = self.scale_mode.param_channels
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before the scale modes held their tensors have them on the
+        # likelihood (``likelihood.log_scale``): read them as the mode's. A state dict in
+        # today's layout passes unchanged; the next checkpoint is written in it.
+        for name in MOVED_TO_SCALE_MODE:
+            old, new = prefix + name, f"{prefix}scale_mode.{name}"
+            if old in state_dict and new not in state_dict:
+                state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @staticmethod
     def _check_options(
@@ -166,16 +190,19 @@ class LocationScale(Likelihood):
         raise NotImplementedError
 
     @staticmethod
-    def _residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
-        """Statistic whose closed-form function is the optimal scale (mean r² or mean |r|)."""
+    def residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """Statistic whose closed-form function is the optimal scale (mean r² or mean |r|)
+        (:class:`~vaesweep.model.scales.ScaleFamily`)."""
         raise NotImplementedError
 
     @staticmethod
-    def _stat_to_scale(stat: Tensor) -> Tensor:
+    def stat_to_scale(stat: Tensor) -> Tensor:
+        """The scale of a residual statistic (:class:`~vaesweep.model.scales.ScaleFamily`)."""
         raise NotImplementedError
 
     @staticmethod
-    def _scale_to_stat(scale: Tensor) -> Tensor:
+    def scale_to_stat(scale: Tensor) -> Tensor:
+        """The inverse of :meth:`stat_to_scale`."""
         raise NotImplementedError
 
     @staticmethod
@@ -190,19 +217,13 @@ class LocationScale(Likelihood):
         ``x`` is needed only by the optimal mode while training; ``raw`` is the decoder's
         log-scale output in ``decoder`` mode.
         """
-        return self.scale_mode.log_scale(self, x, loc, raw)
-
-    def _stat_to_log_scale(self, stat: Tensor) -> Tensor:
-        # The floor on the statistic only guards log(0) for exactly zero residuals; the soft
-        # clip is what bounds the likelihood.
-        tiny = torch.finfo(stat.dtype).tiny
-        return soft_clip(torch.log(self._stat_to_scale(stat.clamp_min(tiny))), self.min_log_scale)
+        return self.scale_mode.log_scale_for(x, loc, raw)
 
     def scale_parameters(self) -> list[nn.Parameter]:
-        return self.scale_mode.parameters(self)
+        return list(self.scale_mode.parameters())
 
     def needs_scale_init(self) -> bool:
-        return self.scale_mode.needs_init(self)
+        return self.scale_mode.needs_init()
 
     def scale_ratio(self, sq_residual: Tensor, abs_residual: Tensor) -> Tensor | None:
         """σ / √MSE (Gaussian) or b / MAE (Laplace) for a shared scale; for ``per_pixel``
@@ -213,23 +234,23 @@ class LocationScale(Likelihood):
         (an always-black border pixel), is compared with the floor instead: such a pixel
         counts as converged when its scale sits at the floor."""
         stat = sq_residual if self.residual_metric == "mse" else abs_residual
-        return self.scale_mode.scale_ratio(self, stat)
+        return self.scale_mode.scale_ratio(stat)
 
     def initialize_scale(self, x: Tensor, loc: Tensor) -> None:
         """Sets a learned scale to the residual scale (√mean r² or mean |r|) of the batch x
         against its reconstruction loc: over all pixels (``learned``) or per pixel over the
         batch (``per_pixel``), averaged over data-parallel processes."""
-        self.scale_mode.initialize(self, x, loc)
+        self.scale_mode.initialize(x, loc)
 
     def observe(self, x: Tensor, params: Tensor) -> None:
         """Folds a training batch into the running σ* (``optimal``; nothing for other modes)."""
-        self.scale_mode.observe(self, x, params)
+        self.scale_mode.observe(x, self.split(params)[0])
 
     def scale(self) -> Tensor | None:
         """σ (or b) in force: fixed/learned value, the running average for ``optimal``, the
         geometric mean over pixels for ``per_pixel``, and the mean over the last scored
         batch for ``decoder``."""
-        return self.scale_mode.scale(self)
+        return self.scale_mode.scale()
 
     def effective_beta(self, beta: float) -> float | None:
         """β′ = 2σ²β (Gaussian) or bβ (Laplace) for a scale shared by every pixel and example
@@ -296,15 +317,15 @@ class GaussianLikelihood(LocationScale):
         return 0.5 * torch.exp(-2.0 * log_scale)
 
     @staticmethod
-    def _residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
+    def residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
         return residual.pow(2).mean(dims)
 
     @staticmethod
-    def _stat_to_scale(stat: Tensor) -> Tensor:
+    def stat_to_scale(stat: Tensor) -> Tensor:
         return stat.sqrt()
 
     @staticmethod
-    def _scale_to_stat(scale: Tensor) -> Tensor:
+    def scale_to_stat(scale: Tensor) -> Tensor:
         return scale.pow(2)
 
     @staticmethod
@@ -332,15 +353,15 @@ class LaplaceLikelihood(LocationScale):
         return torch.exp(-log_scale)
 
     @staticmethod
-    def _residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
+    def residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
         return residual.abs().mean(dims)
 
     @staticmethod
-    def _stat_to_scale(stat: Tensor) -> Tensor:
+    def stat_to_scale(stat: Tensor) -> Tensor:
         return stat
 
     @staticmethod
-    def _scale_to_stat(scale: Tensor) -> Tensor:
+    def scale_to_stat(scale: Tensor) -> Tensor:
         return scale
 
     @staticmethod

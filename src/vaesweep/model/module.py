@@ -8,13 +8,18 @@ Training, validation and test use the definitions of :mod:`vaesweep.model.object
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
 from torch import Tensor
 
 from vaesweep.model import components
+from vaesweep.model.likelihood_base import Likelihood
+from vaesweep.model.networks import Network
 from vaesweep.model.objective import (
     bits_per_dim,
     effective_beta,
@@ -26,6 +31,15 @@ from vaesweep.model.schedules import BetaSchedule
 # Config keys of the likelihood group that are not constructor options (vaesweep.model.components).
 LIKELIHOOD_META_KEYS = components.META_KEYS["likelihood"]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: The optimizer when none is given (torch's Adam at lr 1e-3; the runs' config adds options).
+DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3}
+#: The VAE's component arguments: (argument, base class, config group, key of its config in
+#: the hyperparameters of checkpoints: those of the VAE before it took built components).
+COMPONENTS = (
+    ("likelihood", Likelihood, "likelihood", "likelihood"),
+    ("schedule", BetaSchedule, "beta_schedule", "schedule"),
+    ("network", Network, "model", "model"),
+)
 OPTIMIZATION_MODES = ("manual", "automatic")
 # Training metrics logged per step (train/<name>_step) and per epoch (train/<name>_epoch).
 TRAIN_METRICS = ("loss", "rec_nll", "kl", "elbo")
@@ -45,6 +59,47 @@ def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimize
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
     return OPTIMIZERS[name](params, **options)
+
+
+def _stored(component: Any) -> dict[str, Any] | str:
+    """What a checkpoint keeps of a component: its config, else its class path."""
+    return components.config_of(component) or components.class_path(component)
+
+
+def _checkpoint_hparams(
+    checkpoint: str | Path | IO, hparams_file: str | Path | None, weights_only: bool | None
+) -> dict[str, Any]:
+    """The hyperparameters ``load_from_checkpoint`` passes to the constructor: those of
+    ``hparams_file`` (.yaml or .csv, as Lightning reads it) or of the checkpoint."""
+    if hparams_file is not None:
+        if str(hparams_file).lower().endswith(".csv"):
+            return dict(load_hparams_from_tags_csv(hparams_file))
+        return dict(load_hparams_from_yaml(hparams_file))
+    if isinstance(checkpoint, str | Path):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
+    else:  # a file object, which Lightning then reads from where it was
+        position = checkpoint.tell()
+        state = torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
+        checkpoint.seek(position)
+    return dict(state.get(L.LightningModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+
+
+def _rebuilt(hparams: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The components not ``given``, built from the configs in a checkpoint's hparams."""
+    built = {}
+    for argument, _, group, key in COMPONENTS:
+        if argument in given:
+            continue
+        config = hparams.get(key)
+        if not isinstance(config, Mapping):
+            raise ValueError(
+                f"the checkpoint holds no config of the VAE's {argument} (it holds {config!r}: "
+                f"a component built in Python, not from a config): pass it, "
+                f"VAE.load_from_checkpoint(path, {argument}=...)"
+            )
+        context = (tuple(hparams["shape"]),) if group == "likelihood" else ()
+        built[argument] = components.build(group, dict(config), *context)
+    return built
 
 
 class DivergenceError(RuntimeError):
@@ -121,16 +176,37 @@ class StepTracker:
 
 
 class VAE(L.LightningModule):
-    """A VAE whose networks, likelihood and β schedule are the classes their configs select.
+    """A VAE: the encoder and decoder of a network, a likelihood and a β schedule.
 
-    shape: data shape (C, H, W); model / likelihood / schedule / optimizer: plain dicts of
-    the corresponding config groups; iwae_k / iwae_chunk / active_units_threshold: test-set
-    evaluation; report_bpd: whether bits/dim is defined (dequantised 8-bit data); seed: the
-    run's seed (gives each data-parallel rank its own stream of reparameterisation noise);
-    compile: torch.compile the encoder and decoder (in place: parameter names, state dicts
-    and checkpoints are unchanged); gradient_clip_val / gradient_clip_algorithm: as the
-    Trainer arguments of the same name ("norm" when null), applied by the module;
-    optimization: "manual" (default) or "automatic", see below.
+    Components, built: ``likelihood`` (a :class:`~vaesweep.model.likelihood_base.Likelihood`
+    for the data shape (C, H, W), which the VAE takes from it), ``schedule`` (a
+    :class:`~vaesweep.model.schedules.BetaSchedule`) and ``network`` (a
+    :class:`~vaesweep.model.networks.Network`, whose encoder and decoder the VAE builds, in
+    that order: their initial weights are the first random numbers it draws)::
+
+        VAE(likelihood=GaussianLikelihood((1, 28, 28), scale="learned"),
+            schedule=ConstantBeta(1.0), network=MLP(latent_dim=16))
+
+    trains with a plain ``lightning.Trainer``. The driver builds the components of a run's
+    config with :func:`vaesweep.model.components.build_components`.
+
+    optimizer: {"name": "adam"|"adamw", **its options} (default :data:`DEFAULT_OPTIMIZER`);
+    n_samples: Monte Carlo samples of z per example in the training ELBO; iwae_k /
+    iwae_chunk / active_units_threshold: test-set evaluation; report_bpd: whether bits/dim
+    is defined (dequantised 8-bit data); seed: the run's seed (gives each data-parallel rank
+    its own stream of reparameterisation noise); compile: torch.compile the encoder and
+    decoder (in place: parameter names, state dicts and checkpoints are unchanged);
+    gradient_clip_val / gradient_clip_algorithm: as the Trainer arguments of the same name
+    ("norm" when null), applied by the module; optimization: "manual" (default) or
+    "automatic", see below.
+
+    Hyperparameters and checkpoints. The components are not hyperparameters (modules and
+    objects); in their place the hyperparameters hold, under the keys checkpoints had
+    before the VAE took built components (``shape``, ``model``, ``likelihood``,
+    ``schedule``), the config each was built from (:func:`~vaesweep.model.components.build`
+    records it), or its class path for one built otherwise. :meth:`load_from_checkpoint`
+    builds them again from their configs; one stored as a class path must be passed
+    (``VAE.load_from_checkpoint(path, network=MLP(latent_dim=16))``).
 
     Optimisation. With ``optimization="manual"`` the module takes its optimisation step
     itself (backward, clip, step, zero_grad in ``training_step``): Lightning's automatic
@@ -145,11 +221,10 @@ class VAE(L.LightningModule):
 
     def __init__(
         self,
-        shape: tuple[int, int, int],
-        model: dict[str, Any],
-        likelihood: dict[str, Any],
-        schedule: dict[str, Any],
-        optimizer: dict[str, Any],
+        likelihood: Likelihood,
+        schedule: BetaSchedule,
+        network: Network,
+        optimizer: dict[str, Any] | None = None,
         n_samples: int = 1,
         iwae_k: int = 100,
         iwae_chunk: int | None = None,
@@ -164,17 +239,39 @@ class VAE(L.LightningModule):
         super().__init__()
         if optimization not in OPTIMIZATION_MODES:
             raise ValueError(f"optimization={optimization!r}: allowed: {OPTIMIZATION_MODES}")
-        self.save_hyperparameters()
-        self.shape = tuple(shape)
-        # Each component is the class its config's _target_ names (vaesweep.model.components).
-        self.likelihood = components.build("likelihood", likelihood, self.shape)
-        network = components.build("model", model)
+        given = {"likelihood": likelihood, "schedule": schedule, "network": network}
+        for argument, base, _, _ in COMPONENTS:
+            if not isinstance(given[argument], base):
+                raise TypeError(
+                    f"VAE({argument}=...) takes a built {base.__module__}.{base.__name__}, got "
+                    f"{type(given[argument]).__name__}; build one from a config with "
+                    "vaesweep.model.components.build_components"
+                )
+        if optimizer is None:
+            optimizer = dict(DEFAULT_OPTIMIZER)
+        self.save_hyperparameters(ignore=list(given))  # the other arguments (a subclass's too)
+        plain = {**self.hparams, "optimizer": optimizer}
+        self.hparams.clear()
+        # In the components' place: what builds them again (load_from_checkpoint), under the
+        # keys and in the order of earlier checkpoints.
+        self.save_hyperparameters(
+            {
+                "shape": tuple(likelihood.shape),
+                "model": _stored(network),
+                "likelihood": _stored(likelihood),
+                "schedule": _stored(schedule),
+                **plain,
+            }
+        )
+        self.shape = tuple(likelihood.shape)
+        self.likelihood = likelihood
+        self.network = network
         self.encoder = network.encoder(self.shape)
-        self.decoder = network.decoder(self.shape, self.likelihood.param_channels)
+        self.decoder = network.decoder(self.shape, likelihood.param_channels)
         if compile:
             self.encoder.compile()
             self.decoder.compile()
-        self.schedule = components.build("beta_schedule", schedule)
+        self.schedule = schedule
         self._schedule_observes = type(self.schedule).observe is not BetaSchedule.observe
         # (rec_nll, kl) of the micro-batches since the last optimisation step, at step:
         self._pending: list[Tensor] = []
@@ -184,6 +281,27 @@ class VAE(L.LightningModule):
         self._tracker = StepTracker()
         self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint
         self.automatic_optimization = optimization == "automatic"
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path | IO,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> VAE:
+        """Lightning's ``load_from_checkpoint``, with the components built again from the
+        configs the checkpoint's hyperparameters hold (those of checkpoints written before the
+        VAE took built components too). A component given as a keyword argument is used as
+        given; one whose checkpoint holds only its class path (built in Python) must be."""
+        if any(argument not in kwargs for argument, _, _, _ in COMPONENTS):
+            hparams = _checkpoint_hparams(checkpoint_path, hparams_file, weights_only)
+            kwargs = {**_rebuilt(hparams, kwargs), **kwargs}
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` around every hook call, ~44 times per training

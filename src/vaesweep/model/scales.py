@@ -7,30 +7,31 @@ far that is from the residual scale of evaluated data, the data-dependent start,
 training batch adds to its running statistic. The likelihood delegates to it and never
 branches on the mode's name.
 
-A mode keeps no tensors itself: it registers them on the likelihood (``log_scale``,
-``running_stat``, ``num_batches_tracked``, ``scale_initialized``), so parameter and buffer
-names, state-dict keys and checkpoints are those of a likelihood without modes, and
-``.to()`` / ``.double()`` move them with it. Each method gets that likelihood as ``lik``; the
-family's part (Gaussian or Laplace: residual statistic, statistic ↔ scale) comes from its
-static hooks ``lik._residual_stat``, ``lik._stat_to_scale`` and ``lik._scale_to_stat``.
+A mode is an ``nn.Module``, the likelihood's child ``scale_mode``, and owns its tensors: the
+parameter ``log_scale`` (learned, per_pixel), the buffers ``scale_initialized`` (with
+``scale_init=data``), ``running_stat`` and ``num_batches_tracked`` (optimal). Their state-dict
+keys are ``<likelihood>.scale_mode.<name>``; checkpoints written when they lived on the
+likelihood itself (``<likelihood>.log_scale``, ...) are migrated when loaded
+(:meth:`vaesweep.model.location_scale.LocationScale._load_from_state_dict`). ``.to()`` /
+``.double()`` / ``.train()`` / ``.eval()`` of the likelihood reach the mode as any child.
+
+The family's part (Gaussian or Laplace: residual statistic, statistic ↔ scale) comes in
+through the small public interface :class:`ScaleFamily`, given to the mode when it is built.
 
 All log-scales that are learned or computed pass through :func:`soft_clip` with the floor
-``lik.min_log_scale`` (docs/math.md §3).
+``min_log_scale`` (docs/math.md §3).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: The likelihood a mode serves (a vaesweep.model.location_scale.LocationScale, which
-#: imports this module).
-LocationScale = Any
 #: "value": a learned scale starts at ``scale_value``; "data": at the residual scale of the
 #: untrained model on the first training batch (shared, or per pixel for ``per_pixel``).
 SCALE_INITS = ("value", "data")
@@ -72,8 +73,35 @@ def data_parallel_mean(stat: Tensor) -> Tensor:
     return all_reduce(stat) / dist.get_world_size()
 
 
-class ScaleMode:
-    """How a location-scale likelihood sets its scale; the base is what most modes share."""
+class ScaleFamily(Protocol):
+    """What a scale mode needs of its family (Gaussian or Laplace): the residual statistic
+    whose closed-form function is the optimal scale, and statistic ↔ scale. The
+    location-scale likelihood classes implement it as static methods and give themselves
+    (the class) to their mode."""
+
+    @staticmethod
+    def residual_stat(residual: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """mean r² (Gaussian) or mean |r| (Laplace) over ``dims``."""
+        ...
+
+    @staticmethod
+    def stat_to_scale(stat: Tensor) -> Tensor:
+        """σ = √stat (Gaussian) or b = stat (Laplace)."""
+        ...
+
+    @staticmethod
+    def scale_to_stat(scale: Tensor) -> Tensor:
+        """The inverse of :meth:`stat_to_scale`."""
+        ...
+
+
+class ScaleMode(nn.Module):
+    """How a location-scale likelihood sets its scale; the base is what most modes share.
+
+    family: the likelihood's family maths (:class:`ScaleFamily`); shape: the data shape
+    (C, H, W); the other arguments are the likelihood's options of the same names (already
+    checked by the likelihood), of which a mode reads those in ``reads``.
+    """
 
     name: ClassVar[str]
     #: The likelihood options (of :data:`SCALE_OPTIONS`) this mode reads.
@@ -83,8 +111,25 @@ class ScaleMode:
     #: One scale for every pixel and example (then the effective β is defined).
     shared: ClassVar[bool] = True
 
-    def __init__(self, lik: LocationScale) -> None:
-        """Registers the mode's parameters and buffers on ``lik`` (none by default)."""
+    def __init__(
+        self,
+        family: ScaleFamily,
+        shape: tuple[int, int, int],
+        scale_value: float = 1.0,
+        min_log_scale: float | None = -6.0,
+        optimal_reduction: str = "batch",
+        momentum: float = 0.99,
+        scale_init: str = "value",
+    ) -> None:
+        """Keeps the options; a mode with tensors registers them here (none by default)."""
+        super().__init__()
+        self.family = family
+        self.shape = tuple(shape)
+        self.scale_value = float(scale_value)
+        self.min_log_scale = None if min_log_scale is None else float(min_log_scale)
+        self.optimal_reduction = optimal_reduction
+        self.momentum = float(momentum)
+        self.scale_init = scale_init
 
     @classmethod
     def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
@@ -97,45 +142,46 @@ class ScaleMode:
         soft clip's floor, else it cannot be hit)."""
         return True
 
-    def log_scale(
-        self, lik: LocationScale, x: Tensor | None, loc: Tensor, raw: Tensor | None
-    ) -> Tensor:
+    def log_scale_for(self, x: Tensor | None, loc: Tensor, raw: Tensor | None) -> Tensor:
         """The log-scale for a batch, broadcastable to ``loc``: ``x`` is the data (read only by
         ``optimal`` while training), ``raw`` the decoder's log-scale output (``decoder``)."""
         raise NotImplementedError
 
-    def scale(self, lik: LocationScale) -> Tensor | None:
+    def scale(self) -> Tensor | None:
         """The scale in force as a 0-dim tensor (for reports; never differentiated)."""
         raise NotImplementedError
 
-    def parameters(self, lik: LocationScale) -> list[nn.Parameter]:
-        """The learned scale's parameters (they get ``scale_lr``)."""
-        return []
-
-    def needs_init(self, lik: LocationScale) -> bool:
+    def needs_init(self) -> bool:
         """Whether :meth:`initialize` must run before the first training step."""
         return False
 
-    def initialize(self, lik: LocationScale, x: Tensor, loc: Tensor) -> None:
+    def initialize(self, x: Tensor, loc: Tensor) -> None:
         """Data-dependent start from a batch x and its reconstruction loc (nothing here)."""
 
-    def observe(self, lik: LocationScale, x: Tensor, params: Tensor) -> None:
-        """Folds a training batch into the mode's running statistic (none here)."""
+    def observe(self, x: Tensor, loc: Tensor) -> None:
+        """Folds a training batch x, with the decoder's locations ``loc``, into the mode's
+        running statistic (none here)."""
 
-    def scale_ratio(self, lik: LocationScale, stat: Tensor) -> Tensor | None:
+    def scale_ratio(self, stat: Tensor) -> Tensor | None:
         """Scale in force / residual scale, from the per-pixel residual statistic ``stat``
         (mean r² or mean |r| of the evaluated data, shape (C, H, W)); see docs/math.md §3."""
         stat = stat.double().clamp_min(torch.finfo(torch.float64).tiny).mean()
-        return self._ratio(lik, torch.log(lik.scale().double()), stat)
+        return self._ratio(torch.log(self.scale().double()), stat)
 
-    @staticmethod
-    def _ratio(lik: LocationScale, log_scale: Tensor, stat: Tensor) -> Tensor:
+    def _ratio(self, log_scale: Tensor, stat: Tensor) -> Tensor:
         """exp(mean(log scale − log residual scale)); a residual scale below the floor
         exp(``min_log_scale``), which no scale can reach, counts as the floor."""
-        target = torch.log(lik._stat_to_scale(stat))
-        if lik.min_log_scale is not None:
-            target = target.clamp_min(lik.min_log_scale)
+        target = torch.log(self.family.stat_to_scale(stat))
+        if self.min_log_scale is not None:
+            target = target.clamp_min(self.min_log_scale)
         return torch.exp((log_scale - target).mean())
+
+    def stat_to_log_scale(self, stat: Tensor) -> Tensor:
+        """The soft-clipped log-scale of a residual statistic. The floor on the statistic only
+        guards log(0) for exactly zero residuals; the soft clip is what bounds the likelihood."""
+        tiny = torch.finfo(stat.dtype).tiny
+        scale = self.family.stat_to_scale(stat.clamp_min(tiny))
+        return soft_clip(torch.log(scale), self.min_log_scale)
 
 
 class FixedScale(ScaleMode):
@@ -144,36 +190,34 @@ class FixedScale(ScaleMode):
     name = "fixed"
     reads = frozenset({"scale_value"})
 
-    def log_scale(
-        self, lik: LocationScale, x: Tensor | None, loc: Tensor, raw: Tensor | None
-    ) -> Tensor:
-        return torch.full((), math.log(lik.scale_value), dtype=loc.dtype, device=loc.device)
+    def log_scale_for(self, x: Tensor | None, loc: Tensor, raw: Tensor | None) -> Tensor:
+        return torch.full((), math.log(self.scale_value), dtype=loc.dtype, device=loc.device)
 
-    def scale(self, lik: LocationScale) -> Tensor:
-        return torch.tensor(lik.scale_value)
+    def scale(self) -> Tensor:
+        return torch.tensor(self.scale_value)
 
 
 class LearnedScale(ScaleMode):
-    """``learned``: one log-scale parameter ``lik.log_scale`` shared by all pixels and
-    examples, stored before the soft clip; starts at ``scale_value`` or, with
-    ``scale_init=data``, at the residual scale of the untrained model on the first batch."""
+    """``learned``: one log-scale parameter ``log_scale`` shared by all pixels and examples,
+    stored before the soft clip; starts at ``scale_value`` or, with ``scale_init=data``, at
+    the residual scale of the untrained model on the first batch."""
 
     name = "learned"
     reads = frozenset({"scale_value", "min_log_scale", "scale_lr", "scale_init"})
 
-    def __init__(self, lik: LocationScale) -> None:
+    def __init__(self, family: ScaleFamily, shape: tuple[int, int, int], **options: Any) -> None:
+        super().__init__(family, shape, **options)
         # Store the pre-clip value, so that the clipped scale starts at scale_value.
         init = inverse_soft_clip(
-            torch.tensor(math.log(lik.scale_value), dtype=torch.float32), lik.min_log_scale
+            torch.tensor(math.log(self.scale_value), dtype=torch.float32), self.min_log_scale
         )
-        lik.log_scale = nn.Parameter(self._initial(lik, init))
-        if lik.scale_init == "data":
+        self.log_scale = nn.Parameter(self._initial(init))
+        if self.scale_init == "data":
             # Set from the first training batch (``initialize``); saved with the weights, so
             # a resumed run does not initialise again.
-            lik.register_buffer("scale_initialized", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("scale_initialized", torch.zeros((), dtype=torch.bool))
 
-    @staticmethod
-    def _initial(lik: LocationScale, init: Tensor) -> Tensor:
+    def _initial(self, init: Tensor) -> Tensor:
         return init.clone()
 
     @classmethod
@@ -189,36 +233,32 @@ class LearnedScale(ScaleMode):
     def start_is_valid(cls, scale_value: float, min_log_scale: float | None) -> bool:
         return min_log_scale is None or math.log(scale_value) > min_log_scale
 
-    def log_scale(
-        self, lik: LocationScale, x: Tensor | None, loc: Tensor, raw: Tensor | None
-    ) -> Tensor:
-        return soft_clip(lik.log_scale, lik.min_log_scale)
+    def log_scale_for(self, x: Tensor | None, loc: Tensor, raw: Tensor | None) -> Tensor:
+        return soft_clip(self.log_scale, self.min_log_scale)
 
-    def scale(self, lik: LocationScale) -> Tensor:
-        return torch.exp(soft_clip(lik.log_scale, lik.min_log_scale)).detach()
+    def scale(self) -> Tensor:
+        return torch.exp(soft_clip(self.log_scale, self.min_log_scale)).detach()
 
-    def parameters(self, lik: LocationScale) -> list[nn.Parameter]:
-        return [lik.log_scale]
-
-    def needs_init(self, lik: LocationScale) -> bool:
-        return hasattr(lik, "scale_initialized") and not bool(lik.scale_initialized)
+    def needs_init(self) -> bool:
+        return hasattr(self, "scale_initialized") and not bool(self.scale_initialized)
 
     #: The dimensions (counted from the last) the data-dependent start is NOT reduced over.
     _init_keeps: ClassVar[int] = 0
 
     @torch.no_grad()
-    def initialize(self, lik: LocationScale, x: Tensor, loc: Tensor) -> None:
+    def initialize(self, x: Tensor, loc: Tensor) -> None:
         """Sets the scale to the residual scale (√mean r² or mean |r|) of the batch x against
         its reconstruction loc: over all pixels (``learned``) or per pixel over the batch
         (``per_pixel``), averaged over data-parallel processes."""
         residual = x - loc
         dims = tuple(range(residual.dim() - self._init_keeps))
-        stat = data_parallel_mean(lik._residual_stat(residual, dims))
-        log_scale = torch.log(lik._stat_to_scale(stat.clamp_min(torch.finfo(stat.dtype).tiny)))
-        if lik.min_log_scale is not None:  # start strictly above the floor (invertible)
-            log_scale = log_scale.clamp_min(lik.min_log_scale + 1e-3)
-        lik.log_scale.copy_(inverse_soft_clip(log_scale, lik.min_log_scale))
-        lik.scale_initialized.fill_(True)
+        stat = data_parallel_mean(self.family.residual_stat(residual, dims))
+        scale = self.family.stat_to_scale(stat.clamp_min(torch.finfo(stat.dtype).tiny))
+        log_scale = torch.log(scale)
+        if self.min_log_scale is not None:  # start strictly above the floor (invertible)
+            log_scale = log_scale.clamp_min(self.min_log_scale + 1e-3)
+        self.log_scale.copy_(inverse_soft_clip(log_scale, self.min_log_scale))
+        self.scale_initialized.fill_(True)
 
 
 class PerPixelScale(LearnedScale):
@@ -229,18 +269,17 @@ class PerPixelScale(LearnedScale):
     shared = False
     _init_keeps = 3
 
-    @staticmethod
-    def _initial(lik: LocationScale, init: Tensor) -> Tensor:
-        return torch.full(lik.shape, float(init))
+    def _initial(self, init: Tensor) -> Tensor:
+        return torch.full(self.shape, float(init))
 
-    def scale(self, lik: LocationScale) -> Tensor:
-        return torch.exp(soft_clip(lik.log_scale, lik.min_log_scale).mean()).detach()
+    def scale(self) -> Tensor:
+        return torch.exp(soft_clip(self.log_scale, self.min_log_scale).mean()).detach()
 
-    def scale_ratio(self, lik: LocationScale, stat: Tensor) -> Tensor:
+    def scale_ratio(self, stat: Tensor) -> Tensor:
         """The geometric mean over pixels of σ_i / r_i, r_i the pixel's residual scale."""
         stat = stat.double().clamp_min(torch.finfo(torch.float64).tiny)
-        log_scale = soft_clip(lik.log_scale.detach().double(), lik.min_log_scale)
-        return self._ratio(lik, log_scale, stat)
+        log_scale = soft_clip(self.log_scale.detach().double(), self.min_log_scale)
+        return self._ratio(log_scale, stat)
 
 
 class DecoderScale(ScaleMode):
@@ -253,17 +292,19 @@ class DecoderScale(ScaleMode):
     param_channels = 2
     shared = False
 
-    def log_scale(
-        self, lik: LocationScale, x: Tensor | None, loc: Tensor, raw: Tensor | None
-    ) -> Tensor:
-        log_scale = soft_clip(raw, lik.min_log_scale)
-        lik._last_scale = torch.exp(log_scale).detach().mean()
+    def __init__(self, family: ScaleFamily, shape: tuple[int, int, int], **options: Any) -> None:
+        super().__init__(family, shape, **options)
+        self._last_scale: Tensor | None = None
+
+    def log_scale_for(self, x: Tensor | None, loc: Tensor, raw: Tensor | None) -> Tensor:
+        log_scale = soft_clip(raw, self.min_log_scale)
+        self._last_scale = torch.exp(log_scale).detach().mean()
         return log_scale
 
-    def scale(self, lik: LocationScale) -> Tensor | None:
-        return lik._last_scale
+    def scale(self) -> Tensor | None:
+        return self._last_scale
 
-    def scale_ratio(self, lik: LocationScale, stat: Tensor) -> None:
+    def scale_ratio(self, stat: Tensor) -> None:
         return None  # a scale per example: no single residual to compare with
 
 
@@ -272,7 +313,7 @@ class OptimalScale(ScaleMode):
     batch (``optimal_reduction="batch"``, the σ-VAE) or per example.
 
     While training, the log-density uses the batch's statistic (mean r² or mean |r|), global
-    under DDP. Evaluation uses ``lik.running_stat``, a checkpointed running average (EMA with
+    under DDP. Evaluation uses ``running_stat``, a checkpointed running average (EMA with
     ``momentum``, seeded by the first training batch; until then the scale is
     ``scale_value``), never the residuals of the data being scored. Only :meth:`observe`,
     which the training step calls once per batch, changes it.
@@ -281,40 +322,40 @@ class OptimalScale(ScaleMode):
     name = "optimal"
     reads = frozenset({"min_log_scale", "optimal_reduction", "momentum"})
 
-    def __init__(self, lik: LocationScale) -> None:
-        init = torch.exp(torch.tensor(math.log(lik.scale_value), dtype=torch.float32))
-        lik.register_buffer("running_stat", lik._scale_to_stat(init))
-        lik.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+    def __init__(self, family: ScaleFamily, shape: tuple[int, int, int], **options: Any) -> None:
+        super().__init__(family, shape, **options)
+        init = torch.exp(torch.tensor(math.log(self.scale_value), dtype=torch.float32))
+        self.register_buffer("running_stat", self.family.scale_to_stat(init))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
-    def _batch_stat(self, lik: LocationScale, x: Tensor, loc: Tensor) -> Tensor:
+    def _batch_stat(self, x: Tensor, loc: Tensor) -> Tensor:
         """The batch's statistic (over the global batch, 0-dim) or the examples' ([..., 1, 1, 1])."""
         residual = x - loc
-        if lik.optimal_reduction == "batch":
-            return data_parallel_mean(lik._residual_stat(residual, tuple(range(residual.dim()))))
-        return lik._residual_stat(residual, DATA_DIMS)[..., None, None, None]
+        if self.optimal_reduction == "batch":
+            dims = tuple(range(residual.dim()))
+            return data_parallel_mean(self.family.residual_stat(residual, dims))
+        return self.family.residual_stat(residual, DATA_DIMS)[..., None, None, None]
 
-    def log_scale(
-        self, lik: LocationScale, x: Tensor | None, loc: Tensor, raw: Tensor | None
-    ) -> Tensor:
-        if lik.training and x is not None and torch.is_grad_enabled():
+    def log_scale_for(self, x: Tensor | None, loc: Tensor, raw: Tensor | None) -> Tensor:
+        if self.training and x is not None and torch.is_grad_enabled():
             # Not detached, as in σ-VAE: at σ* the NLL is stationary in σ, so the path
             # through σ* adds (up to the clip) no gradient, and the loss is the log-MSE form.
-            return lik._stat_to_log_scale(self._batch_stat(lik, x, loc))
-        return lik._stat_to_log_scale(lik.running_stat)
+            return self.stat_to_log_scale(self._batch_stat(x, loc))
+        return self.stat_to_log_scale(self.running_stat)
 
-    def scale(self, lik: LocationScale) -> Tensor:
-        return torch.exp(lik._stat_to_log_scale(lik.running_stat)).detach()
+    def scale(self) -> Tensor:
+        return torch.exp(self.stat_to_log_scale(self.running_stat)).detach()
 
     @torch.no_grad()
-    def observe(self, lik: LocationScale, x: Tensor, params: Tensor) -> None:
+    def observe(self, x: Tensor, loc: Tensor) -> None:
         """running ← stat on the first batch, then momentum·running + (1 − momentum)·stat, with
         stat the batch's statistic averaged over examples and data-parallel processes (the
         statistic the training log-density of this batch used, computed again)."""
-        stat = data_parallel_mean(self._batch_stat(lik, x, lik.split(params)[0]).mean())
-        first = lik.num_batches_tracked == 0
-        ema = lik.momentum * lik.running_stat + (1.0 - lik.momentum) * stat
-        lik.running_stat.copy_(torch.where(first, stat, ema))
-        lik.num_batches_tracked += 1
+        stat = data_parallel_mean(self._batch_stat(x, loc).mean())
+        first = self.num_batches_tracked == 0
+        ema = self.momentum * self.running_stat + (1.0 - self.momentum) * stat
+        self.running_stat.copy_(torch.where(first, stat, ema))
+        self.num_batches_tracked += 1
 
 
 SCALE_MODE_CLASSES: dict[str, type[ScaleMode]] = {

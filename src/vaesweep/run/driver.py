@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
 from vaesweep.data import VAEDataModule
+from vaesweep.model import components
 from vaesweep.model.module import VAE
 from vaesweep.run import context, jobs, ranks
 from vaesweep.run.callbacks import (
@@ -126,13 +127,15 @@ def _build_data(cfg: DictConfig, preprocess: str) -> Any:
 def _build_model(
     cfg: DictConfig, shape: tuple[int, int, int], report_bpd: bool, trainer_args: dict
 ) -> Any:
-    """The LightningModule; takes the optimisation arguments it applies out of trainer_args."""
+    """The LightningModule; takes the optimisation arguments it applies out of trainer_args.
+    Its components are built here from the config (the path, checks and messages of
+    ``components.build``); the VAE gets the objects."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    built = components.build_components(
+        shape, plain["likelihood"], plain["beta_schedule"], plain["model"]
+    )
     return VAE(
-        shape=shape,
-        model=plain["model"],
-        likelihood=plain["likelihood"],
-        schedule=plain["beta_schedule"],
+        **built,
         optimizer=plain["optimizer"],
         n_samples=cfg.n_samples,
         iwae_k=cfg.eval.iwae_k,
