@@ -121,3 +121,20 @@ def test_a_user_likelihood_sweeps_and_appears_in_the_figures(tmp_path):
     assert f"{student['metrics']['test/nll']:.2f}" in row
     for name in ("reconstructions.png", "samples.png", "rate_distortion.png"):
         assert (tmp_path / "sweep" / "figures" / name).stat().st_size > 0
+
+
+def test_a_metric_a_component_cannot_give_is_named_not_nulled(tmp_path):
+    """A Cauchy (Student-t with one degree of freedom) has no mean, so no MSE or MAE: the
+    run completes on its finite NLL and ELBO, and results.json names the two metrics it
+    could not compute, with their value, instead of recording them as null."""
+    args = ["--config-dir", str(EXAMPLES / "conf"), "likelihood=student_t"]
+    proc = _python(
+        [str(RUN_PY), *args, "likelihood.dof=1.0", *TINY, "logger=none", "hydra.run.dir=run"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["status"] == "completed"
+    assert {"test/mse", "test/mae"} <= set(result["unavailable"])
+    assert "test/mse" not in result["metrics"] and math.isfinite(result["metrics"]["test/nll"])
+    assert "could not be computed" in proc.stdout + proc.stderr

@@ -249,3 +249,19 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.tasks_per_node, launcher.gpus_per_node) == ("gpu", 4, 4)
+
+
+def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_path):
+    """The sweep's checks cannot compose one job's config: a warning names that job and the
+    reason, and says which check was skipped (it used to be a DEBUG line)."""
+    proc = run_cli(
+        ["-m", *TINY, "logger=none", "likelihood=gaussian,bernoulli", "likelihood.scale=learned",
+         "hydra.sweep.dir=sweep"],
+        tmp_path,
+    )  # fmt: skip
+    warnings = [line for line in proc.stderr.splitlines() if "[vaesweep] warning:" in line]
+    assert any(
+        "likelihood=bernoulli" in w and "does not compose" in w and "likelihood.scale" in w
+        for w in warnings
+    ), proc.stderr[-3000:]
+    assert any("every command-line key changes some job was skipped" in w for w in warnings)

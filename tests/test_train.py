@@ -4,6 +4,7 @@ the real CLI in subprocesses."""
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -261,3 +262,34 @@ def test_a_name_that_is_not_the_components_own_is_refused(override, message):
     with pytest.raises(ConfigError, match=message) as error:
         validate_config(compose_cfg([override]))
     assert f"({override.split('.')[0]}={override.split('=')[1]})" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"test/n_examples": 500.0, "test/nll": None}, "incomplete"),
+        ({"test/nll": 100.0, "test/elbo": float("nan")}, "incomplete"),
+        ({"test/nll": float("inf"), "test/elbo": -100.0}, "incomplete"),
+        ({"test/nll": 100.0}, "incomplete"),
+        ({"test/nll": 100.0, "test/elbo": -101.0, "test/mse": None}, "completed"),
+    ],
+)
+def test_completed_means_a_finite_test_nll_and_elbo(metrics, expected):
+    from vaesweep.run.record import checked_status
+
+    status, reason = checked_status({"status": "completed", "metrics": metrics})
+    assert status == expected
+    assert (reason is None) == (expected == "completed")
+
+
+def test_a_non_finite_score_is_recorded_diverged_and_named(tmp_path):
+    from vaesweep.run.record import RunRecord, not_finite, unearned
+
+    metrics = {"test/nll": float("nan"), "test/elbo": -3.0, "test/mse": float("inf")}
+    assert unearned(metrics) == "test/nll is nan"
+    assert not_finite(metrics) == {"test/nll": "nan", "test/mse": "inf"}
+    record = RunRecord(tmp_path, config={}, overrides=[], seed=0, job_name="j", sweep_dir=None)
+    record.finish("diverged", metrics=metrics)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["metrics"] == {"test/elbo": -3.0}
+    assert written["unavailable"] == {"test/nll": "nan", "test/mse": "inf"}

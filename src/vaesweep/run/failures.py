@@ -154,6 +154,7 @@ def describe(error: BaseException) -> str:
         "JobNotRerun",
         "ClaimHeld",
         "DamagedCheckpoint",
+        "NonFiniteScore",
     ):
         return f"{name}: {_first_line(error)}"
     for special in (disk_full_message, unreadable_checkpoint_message, out_of_memory_message):
@@ -191,7 +192,7 @@ def report_failure(error: BaseException, job: str | None = None) -> str:
     line = describe(error)
     logfile = job_log_file()
     # A bad config and a divergence are logged by the run itself, without a traceback.
-    quiet = (*LEAVE_ALONE, "ConfigError", "DivergenceError")
+    quiet = (*LEAVE_ALONE, "ConfigError", "DivergenceError", "NonFiniteScore")
     if type(error).__name__ not in quiet and logfile is not None:
         log.error("%s", line, exc_info=error, extra={FILE_ONLY: True})
         line += f" (traceback in {logfile})"

@@ -43,6 +43,17 @@ Execute = Callable[
 ]
 
 
+class NonFiniteScore(RuntimeError):
+    """Training ended, but the test score (test/nll or test/elbo) is not a finite number."""
+
+    def __init__(self, problem: str, metrics: dict[str, float]) -> None:
+        self.metrics = metrics
+        super().__init__(
+            f"the trained model's test score is not finite ({problem}): recorded diverged, "
+            "not completed"
+        )
+
+
 class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
@@ -143,7 +154,15 @@ def _run_claimed(
             verify_checkpoint(resume_from)  # a damaged file is reported, never resumed
         record.write_identity(job.run_dir, run_record.data["config"])  # before any checkpoint
         metrics = execute(cfg, job, run_record, resume_from, torch_threads, signals)
+        unearned = record.unearned(metrics)
+        if unearned:  # a model whose test score is not a number has not earned "completed"
+            raise NonFiniteScore(unearned, metrics)
         status = COMPLETED
+    except NonFiniteScore as e:
+        status = record.DIVERGED
+        run_record.finish(status, metrics=e.metrics, error=e)
+        log.error("run diverged: %s (results: %s)", e, run_record.path)
+        raise
     except DivergenceError as e:
         status = record.DIVERGED
         run_record.finish(status, error=e, step=e.step)
@@ -166,6 +185,14 @@ def _run_claimed(
         raise
     finally:
         finish_wandb(status)
+    lost = record.not_finite(metrics)
+    if lost:  # e.g. test/mse of a likelihood without a mean (a Cauchy's is undefined)
+        log.warning(
+            "metrics that could not be computed for this run's components (recorded under "
+            "'unavailable' in %s): %s",
+            run_record.path.name,
+            ", ".join(f"{k}={v}" for k, v in lost.items()),
+        )
     run_record.finish(COMPLETED, metrics=metrics)
     if not job.multirun:  # a sweep's job tells its outcome in one line (vaesweep.run.driver)
         log.info("completed: %s", run_record.path)

@@ -57,6 +57,8 @@ RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED = (
 )
 #: Every status a job records, in the order of a job's life.
 STATUSES = (RUNNING, COMPLETED, FAILED, DIVERGED, INTERRUPTED)
+#: The metrics a ``completed`` result must hold, finite: the run's score.
+EARNED_METRICS = ("test/nll", "test/elbo")
 #: Earlier results a new attempt continues (resumes) rather than replaces.
 CONTINUED = (RUNNING, INTERRUPTED)
 #: What a reader calls a file it cannot trust (never written by a job).
@@ -170,16 +172,40 @@ class RunRecord:
         step: int | None = None,
     ) -> None:
         """Record the final status, metrics and (for failed / diverged / interrupted runs)
-        the error, with the step for diverged and interrupted ones."""
+        the error, with the step for diverged and interrupted ones. A metric that is not a
+        finite number is not stored as a number: it is named under ``unavailable`` with its
+        value (``nan``, ``inf``), never silently null."""
         if status not in STATUSES[1:]:
             raise ValueError(f"status={status!r}: allowed {list(STATUSES[1:])}")
         self.data["status"] = status
         if metrics:
-            self.data["metrics"].update({k: float(v) for k, v in metrics.items()})
+            values = {k: float(v) for k, v in metrics.items()}
+            self.data["metrics"].update({k: v for k, v in values.items() if math.isfinite(v)})
+            lost = not_finite(values)
+            if lost:
+                self.data["unavailable"] = {**(self.data.get("unavailable") or {}), **lost}
         if error is not None:
             self.data["error"] = {"type": type(error).__name__, "message": str(error), "step": step}
         self.data["finished_at"] = now()
         self.write()
+
+
+def not_finite(metrics: dict[str, float]) -> dict[str, str]:
+    """{key: "nan" | "inf" | "-inf"} for every metric that is not a finite number."""
+    return {k: str(float(v)) for k, v in metrics.items() if not math.isfinite(float(v))}
+
+
+def unearned(metrics: dict[str, float]) -> str | None:
+    """Why these metrics cannot make a ``completed`` result (a score of
+    :data:`EARNED_METRICS` missing or not finite), else None."""
+    problems = []
+    for key in EARNED_METRICS:
+        value = metrics.get(key)
+        if value is None:
+            problems.append(f"{key} missing")
+        elif not math.isfinite(float(value)):
+            problems.append(f"{key} is {float(value)}")
+    return "; ".join(problems) or None
 
 
 def write_identity(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> Path:
@@ -255,11 +281,10 @@ def checked_status(result: dict[str, Any]) -> tuple[str, str | None]:
         return INCOMPLETE, f"status {recorded!r} is not one of {', '.join(STATUSES)}"
     metrics = result.get("metrics")
     if recorded == COMPLETED:
-        tested = isinstance(metrics, dict) and any(
-            str(k).startswith("test/") and _number(v) is not None for k, v in metrics.items()
-        )
-        if not tested:
-            return INCOMPLETE, "says completed but holds no test metrics"
+        metrics = metrics if isinstance(metrics, dict) else {}
+        missing = [k for k in EARNED_METRICS if _number(metrics.get(k)) is None]
+        if missing:
+            return INCOMPLETE, f"says completed but holds no finite {', '.join(missing)}"
     return recorded, None
 
 

@@ -47,6 +47,8 @@ def scale_converged(result: dict[str, Any]) -> bool | None:
     if mode not in LEARNED_SCALES or ratio is None:
         return None
     return 1.0 / SCALE_TOLERANCE <= float(ratio) <= SCALE_TOLERANCE
+
+
 def _axes(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, Any]:
     """Every key of a sweep with its parsed override, as Hydra's basic sweeper reads them:
     the preset's ``hydra.sweeper.params`` first, the command line winning."""
@@ -113,16 +115,29 @@ def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> li
     return [list(job) for job in itertools.product(*axes)]
 
 
+def _warn(message: str) -> None:
+    print(f"[vaesweep] warning: {message}", file=sys.stderr, flush=True)
+
+
 def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | None) -> None:
     """Exits (status 2) before any job runs when a command-line key changes no job or two
     jobs would compute the same thing (:mod:`vaesweep.run.effective`)."""
-    jobs = grid_jobs(overrides, params)
-    try:
-        configs = [compose(config.hydra.job.config_name, overrides=job) for job in jobs]
-    except Exception as e:  # the jobs will report a config that does not compose
-        log.debug("sweep check skipped: %s", e)
+    jobs, configs = [], []
+    for job in grid_jobs(overrides, params):
+        try:
+            configs.append(compose(config.hydra.job.config_name, overrides=job))
+            jobs.append(job)
+        except Exception as e:  # that job reports it itself, in one line, when it runs
+            _warn(
+                f"job [{' '.join(job)}]: its config does not compose, so it is left out of "
+                f"the sweep's checks ({type(e).__name__}: {str(e).splitlines()[0]})"
+            )
+    if not jobs:
         return
-    refusal = check_overrides(overrides, configs) or check_distinct(
+    composed_all = len(jobs) == len(grid_jobs(overrides, params))
+    if not composed_all:  # a key only the left-out jobs read would look unread
+        _warn("the check that every command-line key changes some job was skipped")
+    refusal = (check_overrides(overrides, configs) if composed_all else None) or check_distinct(
         list(zip(jobs, configs, strict=True))
     )
     refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
