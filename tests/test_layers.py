@@ -25,6 +25,8 @@ IN_FUNCTION = {
     ("vaesweep.__main__", "vaesweep.sweep.entry"),
     # heavy: matplotlib, imported once the results have loaded.
     ("vaesweep.analysis.cli", "vaesweep.analysis.figures"),
+    # heavy: torch and Lightning, only for `vaesweep evaluate`.
+    ("vaesweep.analysis.cli", "vaesweep.run.evaluate"),
     # heavy: torch and the run layer, only when a sweep is a search.
     ("vaesweep.analysis.figures.search", "vaesweep.sweep.search"),
 }

@@ -27,7 +27,7 @@ from vaesweep.analysis.results import (
 from vaesweep.run.record import SUMMARY_COLUMNS
 
 # The subcommands (``python -m vaesweep`` sends anything else to training).
-COMMANDS = ("collect", "figures")
+COMMANDS = ("collect", "figures", "evaluate")
 #: The columns ``collect`` prints: those of a sweep's summary table.
 SHOWN = ("status", *SUMMARY_COLUMNS)
 
@@ -74,6 +74,24 @@ def _parser() -> argparse.ArgumentParser:
         help="output directory (default: SWEEP_DIR/figures, or outputs/figures/analytic)",
     )
     figures.add_argument("--analytic", action="store_true", help="the analytic figures")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score finished runs again with more importance samples (no retraining)",
+        description="Score every completed run under SWEEP_DIR... again from its checkpoint, "
+        "with eval.iwae_k importance samples (Burda et al.: 5000), without retraining. Each "
+        "result goes to <run>/evaluations/iwae_k=K,checkpoint=C.json, beside results.json; "
+        "one that exists is not computed again. collect and figures read them as the "
+        "columns test/nll@iwae_k=K,checkpoint=C etc.",
+    )
+    evaluate.add_argument("dirs", nargs="+", metavar="SWEEP_DIR", help="sweep or run directories")
+    evaluate.add_argument(
+        "settings",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="eval.iwae_k=5000 (default), eval.checkpoint=last|best (default last), "
+        "eval.iwae_chunk=N (samples decoded at once; default: sized automatically)",
+    )
     return parser
 
 
@@ -122,6 +140,37 @@ def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         print(path)
 
 
+EVALUATE_DEFAULTS = {"eval.iwae_k": 5000, "eval.checkpoint": "last", "eval.iwae_chunk": None}
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    settings = dict(EVALUATE_DEFAULTS)
+    dirs = []
+    for item in [*args.dirs, *args.settings]:
+        key, eq, value = item.partition("=")
+        if not eq:
+            dirs.append(item)
+            continue
+        if key not in settings:
+            parser.error(f"{key}={value} is invalid: allowed keys {', '.join(settings)}")
+        settings[key] = int(value) if value.lstrip("-").isdigit() else (
+            None if value == "null" else value
+        )
+    if not dirs:
+        parser.error("give SWEEP_DIR...")
+    # heavy: torch and Lightning, loaded only for this command
+    from vaesweep.run.evaluate import evaluate_sweep
+
+    done, skipped, problems = evaluate_sweep(
+        dirs, settings["eval.iwae_k"], settings["eval.checkpoint"], settings["eval.iwae_chunk"]
+    )
+    print(f"evaluated {done} run(s); {skipped} already evaluated", file=sys.stderr)
+    for problem in problems:
+        print(f"not evaluated: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vaesweep`` console script; returns the exit status."""
     parser = _parser()
@@ -130,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             # Excluded runs are reported once, above, rather than by every aggregate.
             warnings.filterwarnings("ignore", message=r".* runs excluded from the aggregates")
-            (_collect if args.command == "collect" else _figures)(args, parser)
-    except ResultsError as e:
+            commands = {"collect": _collect, "figures": _figures, "evaluate": _evaluate}
+            commands[args.command](args, parser)
+    except (ResultsError, ValueError) as e:
         print(f"vaesweep: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,9 @@ RESULTS_FILE = "results.json"
 #: The run's config in a file of its own, written before its first checkpoint: a directory
 #: whose results.json is lost or damaged still says which config its files belong to.
 IDENTITY_FILE = "identity.json"
+#: Paper-grade evaluations of a finished run (vaesweep evaluate), one JSON file each, beside
+#: results.json and never over it.
+EVALUATIONS_DIR = "evaluations"
 #: Files (or directories) a run writes into its directory beside results.json; Hydra's own
 #: (``.hydra/``, ``train.log``) are written for any launch, so they do not count.
 RUN_FILES = (
@@ -188,6 +191,26 @@ class RunRecord:
             self.data["error"] = {"type": type(error).__name__, "message": str(error), "step": step}
         self.data["finished_at"] = now()
         self.write()
+
+
+def evaluation_name(iwae_k: int, checkpoint: str) -> str:
+    """The file stem (and the metric suffix in frames) of one evaluation setting."""
+    return f"iwae_k={iwae_k},checkpoint={checkpoint}"
+
+
+def write_evaluation(run_dir: str | os.PathLike[str], name: str, data: dict[str, Any]) -> Path:
+    """Writes one evaluation of the run (atomically) under ``evaluations/``."""
+    return write_json_atomic(Path(run_dir) / EVALUATIONS_DIR / f"{name}.json", json_safe(data))
+
+
+def read_evaluations(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """{name: evaluation} of every readable, completed evaluation of the run."""
+    out = {}
+    for path in sorted((Path(run_dir) / EVALUATIONS_DIR).glob("*.json")):
+        data, _ = _load(path)
+        if isinstance(data, dict) and data.get("status") == COMPLETED:
+            out[path.stem] = data
+    return out
 
 
 def not_finite(metrics: dict[str, float]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError, build_frame, flatten, parse_overrides
-from vaesweep.run.record import RESULTS_FILE, frame_status
+from vaesweep.run.record import RESULTS_FILE, frame_status, read_evaluations
 
 
 def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -34,9 +34,19 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
             "dataset": dataset.get("name") or (config.get("data") or {}).get("name"),
             "dataset_fingerprint": dataset.get("fingerprint"),
         },
-        "metrics": result.get("metrics") or {},
+        "metrics": {**(result.get("metrics") or {}), **_evaluated(path.parent)},
         "config": flatten(config),
         "overrides": parse_overrides(result.get("overrides") or []),
+    }
+
+
+def _evaluated(run_dir: Path) -> dict[str, float]:
+    """The metrics of the run's evaluations (vaesweep evaluate), as ``key@name``."""
+    return {
+        f"{key}@{name}": value
+        for name, evaluation in read_evaluations(run_dir).items()
+        for key, value in (evaluation.get("metrics") or {}).items()
+        if key.startswith("test/")
     }
 
 

@@ -1,0 +1,155 @@
+"""Paper-grade evaluation of finished runs, without retraining: ``vaesweep evaluate``.
+
+A sweep's runs are scored at training time with a modest number of importance samples
+(``eval.iwae_k``, default 100). Papers report log-likelihoods with many more (Burda et al.
+use K = 5000). :func:`evaluate_run` loads a completed run's checkpoint (last or best), builds
+its data exactly as the run did (same split, same fixed test noise), and scores the test split
+again with the IWAE bound at the requested K. The checkpoint's RNG state is restored before
+testing, as in the run itself, so the same K reproduces the run's own test metrics exactly.
+
+The result goes to ``<run>/evaluations/iwae_k=K,checkpoint=C.json`` (atomically), beside
+results.json and never over it. An evaluation that exists is not computed again (a relaunch
+continues where a stopped one ended); ``vaesweep collect`` and ``vaesweep figures`` read it as
+the columns ``test/nll@iwae_k=K,checkpoint=C`` etc.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from vaesweep.core.checks import ConfigError, is_int, require
+from vaesweep.core.helpers import now
+from vaesweep.data import VAEDataModule
+from vaesweep.model.module import VAE
+from vaesweep.run import record
+from vaesweep.run.config import CHECKPOINTS, MAX_IWAE_K, resolve_preprocess
+from vaesweep.run.jobs import verify_checkpoint
+
+log = logging.getLogger("vaesweep")
+
+
+def check_settings(iwae_k: Any, checkpoint: Any, iwae_chunk: Any) -> None:
+    """The evaluation's keys, refused in the config's own words."""
+    require(
+        is_int(iwae_k) and 1 <= iwae_k <= MAX_IWAE_K,
+        "eval.iwae_k",
+        iwae_k,
+        f"an integer in [1, {MAX_IWAE_K}]",
+    )
+    require(checkpoint in CHECKPOINTS, "eval.checkpoint", checkpoint, f"one of {CHECKPOINTS}")
+    require(
+        iwae_chunk is None or (is_int(iwae_chunk) and iwae_chunk >= 1),
+        "eval.iwae_chunk",
+        iwae_chunk,
+        "null or an integer ≥ 1",
+    )
+
+
+def score(model: VAE, data: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
+    """The test metrics of ``model`` on ``data``'s test split (the module's own test step:
+    IWAE with ``model.hparams.iwae_k`` samples), restoring ``ckpt_path`` first if given."""
+    trainer = L.Trainer(
+        accelerator="cpu" if not torch.cuda.is_available() else "auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    tested = trainer.test(model, datamodule=data, ckpt_path=ckpt_path, verbose=False)[0]
+    return {k: float(v) for k, v in tested.items()}
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    iwae_k: int,
+    checkpoint: str = "last",
+    iwae_chunk: int | None = None,
+) -> dict[str, Any] | None:
+    """Scores one completed run again (see the module doc); returns the evaluation written,
+    or None when it already exists. Raises ConfigError for a run that cannot be evaluated
+    (not completed, no checkpoint, a damaged one)."""
+    check_settings(iwae_k, checkpoint, iwae_chunk)
+    run_dir = Path(run_dir)
+    name = record.evaluation_name(iwae_k, checkpoint)
+    if name in record.read_evaluations(run_dir):
+        return None
+    result = record.read(run_dir)
+    status = None if result is None else record.checked_status(result)[0]
+    if status != record.COMPLETED:
+        raise ConfigError(f"{run_dir} holds no completed result ({status}): nothing to evaluate")
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"eval.checkpoint={checkpoint} is invalid for {run_dir}: it has no {ckpt.name} "
+            "(trained with trainer.enable_checkpointing=false?)"
+        )
+    verify_checkpoint(ckpt)
+    cfg = OmegaConf.create(result["config"])
+    started = time.monotonic()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = VAEDataModule(
+        name=cfg.data.name,
+        root=cfg.data.root,
+        download=cfg.data.download,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        preprocess=resolve_preprocess(cfg),
+        seed=cfg.seed,
+        val_size=cfg.data.val_size,
+        test_size=cfg.data.test_size,
+    )
+    model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
+    metrics = score(model, data, str(ckpt))
+    evaluation = {
+        "status": record.COMPLETED,
+        "iwae_k": iwae_k,
+        "checkpoint": checkpoint,
+        "checkpoint_file": str(ckpt.relative_to(run_dir)),
+        "metrics": metrics,
+        "unavailable": record.not_finite(metrics),
+        "evaluated_at": now(),
+        "duration_s": round(time.monotonic() - started, 3),
+        "versions": record.versions(),
+    }
+    record.write_evaluation(run_dir, name, evaluation)
+    return evaluation
+
+
+def evaluate_sweep(
+    dirs: list[str | os.PathLike[str]],
+    iwae_k: int,
+    checkpoint: str = "last",
+    iwae_chunk: int | None = None,
+) -> tuple[int, int, list[str]]:
+    """Evaluates every completed run below ``dirs``; (evaluated, already there, problems)."""
+    check_settings(iwae_k, checkpoint, iwae_chunk)
+    done = skipped = 0
+    problems = []
+    runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})
+    for run_dir in runs:
+        result = record.read(run_dir)
+        if result is None or record.checked_status(result)[0] != record.COMPLETED:
+            continue
+        try:
+            evaluation = evaluate_run(run_dir, iwae_k, checkpoint, iwae_chunk)
+        except Exception as e:  # one run's problem never stops the others
+            problems.append(f"{run_dir}: {type(e).__name__}: {e}")
+            continue
+        if evaluation is None:
+            skipped += 1
+        else:
+            done += 1
+            nll = evaluation["metrics"].get("test/nll")
+            log.info("%s: test/nll=%.4f at iwae_k=%d", run_dir, nll, iwae_k)
+    return done, skipped, problems

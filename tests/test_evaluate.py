@@ -1,0 +1,152 @@
+"""``vaesweep evaluate``: finished runs scored again with more importance samples, from their
+checkpoints, without retraining.
+
+- Exact: the module's test path (the one evaluate drives) on a linear-Gaussian model whose
+  encoder is its exact posterior gives log p(x) exactly for any K (every importance weight
+  is p(x)); the reference is scipy's multivariate normal density of x.
+- A real run evaluated again at its own K reproduces its recorded test metrics exactly (the
+  checkpoint's RNG state is restored, as in the run); a larger K gives a tighter bound; the
+  result lies beside results.json, a second evaluation is not computed again, and collect
+  shows its columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from vaesweep.analysis.results import load_results
+from vaesweep.model.location_scale import GaussianLikelihood
+from vaesweep.model.module import VAE
+from vaesweep.model.networks import Network
+from vaesweep.model.schedules import ConstantBeta
+from vaesweep.run.evaluate import score
+
+from conftest import TINY, cli_env, run_cli
+
+SHAPE, D, d, S = (1, 2, 3), 6, 2, 0.5
+
+
+class _Affine(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.anchor = nn.Parameter(torch.zeros(()))  # the optimiser needs a parameter
+
+    def forward(self, t):
+        return self.fn(t)
+
+
+class LinearGaussianNetwork(Network):
+    """p(z) = N(0, I), p(x|z) = N(Wz + c, S² I) with orthogonal columns of W, so the exact
+    posterior N(m(x), Σ) is diagonal: the encoder returns exactly it."""
+
+    name = "linear_gaussian"
+
+    def __init__(self, latent_dim: int = d) -> None:
+        super().__init__(latent_dim)
+        g = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=torch.float64))
+        self.W = q * torch.tensor([1.5, 0.7], dtype=torch.float64)  # orthogonal columns
+        self.c = torch.randn(D, generator=g, dtype=torch.float64)
+        self.cov = torch.linalg.inv(torch.eye(d, dtype=torch.float64) + self.W.T @ self.W / S**2)
+
+    def encoder(self, shape):
+        def encode(x):
+            x = x.double().reshape(x.shape[0], -1)
+            m = (x - self.c) @ self.W @ self.cov / S**2
+            return torch.cat([m, self.cov.diagonal().log().expand_as(m)], -1).float()
+
+        return _Affine(encode)
+
+    def decoder(self, shape, param_channels):
+        return _Affine(lambda z: (z.double() @ self.W.T + self.c).reshape(*z.shape[:-1], *shape).float())
+
+    def log_px(self, x: torch.Tensor) -> np.ndarray:
+        cov = (self.W @ self.W.T + S**2 * torch.eye(D, dtype=torch.float64)).numpy()
+        flat = x.double().reshape(len(x), -1).numpy()
+        return stats.multivariate_normal(self.c.numpy(), cov).logpdf(flat)
+
+
+class _TestSplit(L.LightningDataModule):
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.x = x
+
+    def test_dataloader(self):
+        return torch.utils.data.DataLoader(self.x, batch_size=50)
+
+
+@pytest.mark.parametrize("k", [1, 5000])
+def test_the_test_path_is_exact_on_a_linear_gaussian_model(k):
+    network = LinearGaussianNetwork()
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(200, d, generator=g, dtype=torch.float64)
+    x = z @ network.W.T + network.c + S * torch.randn(200, D, generator=g, dtype=torch.float64)
+    x = x.reshape(200, *SHAPE).float()
+    model = VAE(
+        likelihood=GaussianLikelihood(SHAPE, scale_value=S),
+        schedule=ConstantBeta(1.0),
+        network=network,
+        iwae_k=k,
+        iwae_chunk=500,
+        report_bpd=False,
+    )
+    metrics = score(model, _TestSplit(x))
+    exact = -float(network.log_px(x).mean())
+    assert metrics["test/nll"] == pytest.approx(exact, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    proc = run_cli([*TINY, "logger=none", "hydra.run.dir=run"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+def _evaluate(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "vaesweep", "evaluate", *args],
+        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
+    recorded = json.loads((run / "results.json").read_text())
+    before = (run / "results.json").read_bytes()
+    k = recorded["config"]["eval"]["iwae_k"]
+    proc = _evaluate([str(run), f"eval.iwae_k={k}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last.json").read_text())
+    for key in ("test/nll", "test/elbo", "test/kl", "test/mse"):
+        assert same["metrics"][key] == recorded["metrics"][key], key  # exactly the run's
+    more = _evaluate([str(run), "eval.iwae_k=200"], tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    tighter = json.loads((run / "evaluations" / "iwae_k=200,checkpoint=last.json").read_text())
+    assert tighter["metrics"]["test/nll"] < recorded["metrics"]["test/nll"]
+    assert math.isclose(tighter["metrics"]["test/elbo"], recorded["metrics"]["test/elbo"], rel_tol=0.05)
+    assert (run / "results.json").read_bytes() == before  # beside it, never over it
+    again = _evaluate([str(run), "eval.iwae_k=200"], tmp_path)
+    assert again.returncode == 0 and "1 already evaluated" in again.stderr
+    df = load_results(run)
+    column = "test/nll@iwae_k=200,checkpoint=last"
+    assert df[column].iloc[0] == tighter["metrics"]["test/nll"]
+
+
+def test_evaluate_refuses_bad_settings_in_one_line(tmp_path):
+    proc = _evaluate([str(tmp_path), "eval.iwae_k=0"], tmp_path)
+    assert proc.returncode != 0 and "eval.iwae_k=0 is invalid" in proc.stderr
+    proc = _evaluate([str(tmp_path), "eval.k=5"], tmp_path)
+    assert proc.returncode != 0 and "allowed keys eval.iwae_k" in proc.stderr
+    assert "Traceback" not in proc.stderr
