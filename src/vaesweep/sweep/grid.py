@@ -221,24 +221,33 @@ def sweep_refusal(
     """The first job of a sweep (its overrides and composed config) whose directory holds a
     result of another config, as a refusal message; None when there is none. ``config``:
     the multirun's config (with ``hydra``)."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
     sweep_dir = Path(config.hydra.sweep.dir)
     if not any(sweep_dir.glob(f"*/{RESULTS_FILE}")):
         return None
+    for job_dir, cfg in zip(job_dirs(config, jobs), configs, strict=True):
+        reason = mismatch(job_dir, cfg)
+        if reason:
+            return reason
+    return None
+
+
+def job_dirs(config: DictConfig, jobs: list[list[str]]) -> list[Path]:
+    """The directory of every job (its overrides) of a grid sweep, as Hydra names it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    sweep_dir = Path(config.hydra.sweep.dir)
     naming = config.hydra.job.config.override_dirname
     parser = OverridesParser.create()
-    for overrides, cfg in zip(jobs, configs, strict=True):
+    out = []
+    for overrides in jobs:
         name = get_overrides_dirname(
             parser.parse_overrides(overrides),
             list(naming.exclude_keys),
             naming.item_sep,
             naming.kv_sep,
         )
-        reason = mismatch(sweep_dir / job_dirname(name), cfg)
-        if reason:
-            return reason
-    return None
+        out.append(sweep_dir / job_dirname(name))
+    return out
 
 
 def resume_refusal(resume: Any) -> str | None:
