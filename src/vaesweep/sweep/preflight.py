@@ -147,7 +147,7 @@ def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) ->
         if job_dir.exists() and not (job_dir.is_dir() and writable(job_dir)):
             what = "not writable (read-only)" if job_dir.is_dir() else "a file"
             return (
-                f"the job directory {job_dir} is {what}: its job cannot write its log or "
+                f"the job directory {job_dir.absolute()} is {what}: its job cannot write its log or "
                 "results. Make it writable (or move it away), or narrow the sweep to leave "
                 "that job out"
             )
