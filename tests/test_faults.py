@@ -22,6 +22,7 @@ from test_effective import configs, refusal
 from test_train import validate
 
 from vaesweep.analysis.figures import write_sweep_figures
+from vaesweep.analysis.figures.grids import image_notes, reconstruction_rows
 from vaesweep.analysis.figures.sweep import metric_vs_beta
 from vaesweep.analysis.figures.table import results_table
 from vaesweep.analysis.results import load_results
@@ -255,6 +256,7 @@ def test_cli_refuses_a_launch_before_hydra_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_single_run_before_hydra_writes(tmp_path):
     proc = run_cli([*B, "sweep.resume=somewhere"], tmp_path)
     line = one_refusal(proc)
@@ -299,6 +301,7 @@ def test_a_read_only_job_directory_refuses_the_sweep_before_any_job(tmp_path):
 # --- 2: errors outside the task (Hydra writing its files) are one line
 
 
+@pytest.mark.slow
 def test_an_error_outside_the_task_is_one_line(tmp_path):
     """Hydra cannot write the run's .hydra files (a full disk, say): one line naming it,
     exit 1, no traceback."""
@@ -490,12 +493,23 @@ def test_the_nll_figure_puts_each_kind_of_data_on_its_own_axes(mixed):
     assert labels[0] == {"Bernoulli"} and labels[2] == {"Gaussian", "Laplace"}
 
 
-def test_runs_whose_images_are_missing_or_truncated_are_named_and_the_rest_drawn(mixed, tmp_path):
-    report = write_sweep_figures(load_results(mixed), tmp_path / "figures")
-    notes = "\n".join(report.notes)
+def test_runs_whose_images_are_missing_or_truncated_are_named_and_the_rest_drawn(mixed):
+    df = load_results(mixed)
+    notes = "\n".join(image_notes(df))
     assert f"{mixed}/likelihood=laplace,beta=2/images.npz is missing" in notes
     assert f"{mixed}/likelihood=gaussian,beta=2/images.npz cannot be read (BadZipFile" in notes
     assert notes.count("left out of the reconstructions and samples") == 2
+    assert [label for label, _ in reconstruction_rows(df, beta=2.0)] == [
+        "test images",
+        "Bernoulli",
+    ]
+    assert len(reconstruction_rows(df, beta=0.5)) == 4
+
+
+@pytest.mark.slow
+def test_figures_command_names_the_runs_it_leaves_out(mixed, tmp_path):
+    report = write_sweep_figures(load_results(mixed), tmp_path / "figures")
+    assert len(report.notes) == 2
     written = {p.name for p in report.written}
     assert {"reconstructions_beta2.png", "samples_beta2.png", "nll_elbo_vs_beta.pdf"} <= written
     assert {"results_table.md"} <= written
