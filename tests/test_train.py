@@ -50,6 +50,8 @@ SCHEMA = {
     "wandb_run_id",
     "versions",
     "dataset",
+    "precision",
+    "tested_checkpoint",
     "error",
 }
 
@@ -127,6 +129,8 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     assert metrics["test/nll"] <= -metrics["test/elbo"] + 1e-6
     assert result["versions"]["torch"].startswith("2.13")
     assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
+    assert result["dataset"]["source"]  # where the data were read
+    assert result["precision"] == "32-true" and result["tested_checkpoint"] == "last"
     for name in ("reconstructions.png", "samples.png"):
         with Image.open(run_dir / name) as im:
             assert im.size[0] > 0

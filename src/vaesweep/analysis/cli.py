@@ -136,6 +136,8 @@ def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         report = write_sweep_figures(df, args.out or Path(args.dirs[0]) / "figures")
     for reason in report.skipped:
         print(f"skipped {reason}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     for path in report.written:
         print(path)
 

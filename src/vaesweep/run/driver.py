@@ -106,7 +106,58 @@ def build_run(
     model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
     loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
     trainer, checkpoint = _build_trainer(cfg, job, trainer_args, loggers, callbacks)
+    if record is not None:
+        _record_precision(cfg, trainer, record)
+        _tell_data_source(cfg, data.info)
     return RunParts(data, model, trainer, checkpoint, loggers)
+
+
+#: trainer.precision values and the precision Lightning means by them (its short forms).
+_PRECISION_NAMES = {
+    "None": "32-true",
+    "32": "32-true",
+    "16": "16-mixed",
+    "bf16": "bf16-mixed",
+    "64": "64-true",
+}
+
+
+def _record_precision(cfg: DictConfig, trainer: Any, record: RunRecord) -> None:
+    """results.json records the precision Lightning runs with, which may differ from the
+    config's (fp16 autocast is not supported on a CPU: ``16`` runs as ``bf16-mixed``)."""
+    used = str(trainer.precision)
+    asked = str(cfg.trainer.precision)
+    record.set_facts(precision=used)
+    if _PRECISION_NAMES.get(asked, asked) != used:
+        log.warning(
+            "trainer.precision=%s runs as %s on this %s: results.json records "
+            "precision=%s",
+            asked,
+            used,
+            type(trainer.accelerator).__name__.replace("Accelerator", "") or "device",
+            used,
+        )
+
+
+def _tell_data_source(cfg: DictConfig, info: dict[str, Any]) -> None:
+    """Says where a dataset read from files was found when data.root did not hold it
+    (results.json records it: ``dataset.source``)."""
+    source, root = info.get("source"), cfg.data.get("root")
+    if not source or not root or not Path(source).is_dir():
+        return
+    root_path = Path(str(root)).expanduser().resolve()
+    if Path(source).resolve().is_relative_to(root_path):
+        return
+    level = logging.INFO if root_path.is_dir() else logging.WARNING
+    state = "holds no copy of it" if root_path.is_dir() else "does not exist"
+    log.log(
+        level,
+        "data.root=%s %s: data=%s was read from %s (results.json: dataset.source)",
+        root,
+        state,
+        cfg.data.name,
+        source,
+    )
 
 
 def _build_data(cfg: DictConfig, preprocess: str) -> Any:
@@ -263,8 +314,19 @@ def fit_and_test(
     if not fit_metrics:
         fit_metrics = resumable.val_metrics or Resumable.stored_val_metrics(resume_from)
     ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
+    tested_checkpoint = "last"
     if parts.checkpoint is not None:
         ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
+        tested_checkpoint = cfg.eval.checkpoint
+        if not ckpt:  # best, but the fit ended before its first validation (max_steps, ...)
+            log.warning(
+                "eval.checkpoint=best: the fit ended before its first validation, so there "
+                "is no best checkpoint; tested on the last weights instead (results.json: "
+                "tested_checkpoint=last)"
+            )
+            ckpt, tested_checkpoint = "last", "last"
+    if record is not None:
+        record.set_facts(tested_checkpoint=tested_checkpoint)
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}

@@ -15,7 +15,11 @@ model as without it and be reported as if it mattered (``beta=0.5,1,4`` with
   naming the key, why it is not read and, where a component says so, which key does what
   the user meant;
 - :func:`check_distinct` refuses a sweep in which two jobs would compute the same thing
-  (the same values of every key that changes results, :func:`result_config`).
+  (the same values of every key that changes results, :func:`result_config`, with
+  ``data.preprocess=auto`` resolved to what it means for the job's likelihood).
+
+The driver's own reading of a component's keys is here too: ``likelihood.allow_nonbinary``
+is read only for a likelihood on binary data whose data are not binarised.
 
 Keys that only label a run live under ``label`` (``label.note``, ``label.tags``): they are
 recorded in results.json and W&B, always allowed, and never part of what a job computes.
@@ -83,11 +87,55 @@ def _components(cfg: DictConfig) -> list[tuple[str, dict[str, Any], type | None]
     return out
 
 
+def resolved_preprocess(cfg: DictConfig) -> Any:
+    """The data preprocessing in force: ``auto`` means binarize for a likelihood on binary
+    data (``data_kind = "binary"``, the Bernoulli), else dequantize; ``auto`` itself when
+    the likelihood's class cannot be imported (validation reports that)."""
+    preprocess = OmegaConf.select(cfg, "data.preprocess")
+    if preprocess != "auto":
+        return preprocess
+    try:
+        cls = component_class("likelihood", plain(cfg.get("likelihood")) or {})
+    except ValueError:
+        return preprocess
+    return "binarize" if getattr(cls, "data_kind", None) == "binary" else "dequantize"
+
+
+def _driver_unread(cfg: DictConfig, cls: type | None) -> dict[str, str]:
+    """{likelihood key the driver reads only under a condition: why it is not read here}.
+
+    ``likelihood.allow_nonbinary`` (a meta key of the likelihood group, read by the config
+    check) matters only for a likelihood on binary data given data that are not binarised."""
+    name = OmegaConf.select(cfg, "likelihood.name")
+    if cls is None:
+        return {}
+    if getattr(cls, "data_kind", None) != "binary":
+        return {
+            "likelihood.allow_nonbinary": (
+                f"it is read only for a likelihood on binary data (data_kind='binary', e.g. "
+                f"likelihood=bernoulli), and likelihood={name} is a density on continuous data"
+            )
+        }
+    if resolved_preprocess(cfg) == "binarize":
+        given = OmegaConf.select(cfg, "data.preprocess")
+        shown = "binarize" if given == "binarize" else f"{given} (binarize for likelihood={name})"
+        return {
+            "likelihood.allow_nonbinary": (
+                "it is read only when the data are not binarised (data.preprocess=dequantize "
+                f"or scale), and data.preprocess={shown}"
+            )
+        }
+    return {}
+
+
 def reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
     """(the config paths a job with this config reads, {path it does not read: why})."""
     read, unread = set(READ_BY_DRIVER), {}
     for group, options, cls in _components(cfg):
         skipped = cls.unread_options(options) if cls is not None else {}
+        if group == "likelihood":
+            driver = _driver_unread(cfg, cls)
+            skipped = {**skipped, **{p.split(".", 1)[1]: why for p, why in driver.items()}}
         unread.update({f"{group}.{k}": why for k, why in skipped.items() if k in options})
         read.update(f"{group}.{k}" for k in options if k not in skipped)
     logger = plain(cfg.get("logger")) or {}
@@ -148,17 +196,20 @@ def override_keys(overrides: list[str]) -> list[tuple[str, str]]:
 
 def repeated_key(overrides: list[str]) -> str | None:
     """A refusal message when a key is given twice on the command line (Hydra would keep
-    only the last value, silently), else None."""
+    only the last value, silently), else None. Hydra's own keys (``hydra.run.dir``) count
+    too: the launch checks them with the task's (:mod:`vaesweep.sweep.preflight`)."""
     seen: dict[str, str] = {}
     for o in OverridesParser.create().parse_overrides(list(overrides)):
         if o.is_delete():
             continue
         key = o.get_key_element().lstrip("+")
         if key in seen:
+            hint = f" (sweep several values with {key}=A,B)"
+            if key.split(".")[0].split("/")[0] in UNCHECKED:
+                hint = ""
             return (
                 f"{key} is given twice on the command line ({seen[key]} and {o.input_line}): "
-                f"only the last, {o.input_line}, would be used. Give each key once (sweep "
-                f"several values with {key}=A,B)."
+                f"only the last, {o.input_line}, would be used. Give each key once{hint}."
             )
         seen[key] = o.input_line or key
     return None
@@ -206,6 +257,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
     leaves: dict[str, Any] = {}
     for path in read:
         leaves.update(flatten(_lookup(values, path), f"{path}."))
+    if "data.preprocess" in leaves:  # what the job does: auto is binarize or dequantize
+        leaves["data.preprocess"] = resolved_preprocess(cfg)
     return {
         path: value
         for path, value in sorted(leaves.items())
@@ -232,6 +285,12 @@ def check_distinct(jobs: list[tuple[list[str], DictConfig]]) -> str | None:
                 reason = f"they differ only in keys that change no result: {'; '.join(why)}"
             else:
                 reason = f"{', '.join(differ)} give equal values"
+                if "data.preprocess=auto" in differ:
+                    name = OmegaConf.select(cfg, "likelihood.name")
+                    reason += (
+                        f": data.preprocess=auto is {resolved_preprocess(cfg)} for "
+                        f"likelihood={name}"
+                    )
             return (
                 f"the sweep's jobs [{' '.join(first)}] and [{' '.join(overrides)}] compute "
                 f"the same thing ({reason}). Remove the repeated values from the sweep."

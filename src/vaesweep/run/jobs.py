@@ -25,7 +25,7 @@ from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
 from vaesweep.model.module import DivergenceError
 from vaesweep.run import claims, ranks, record
-from vaesweep.run.config import validate_config
+from vaesweep.run.config import check_sweep_keys, validate_config
 from vaesweep.run.context import Job, current_job, job_dirname, process_rank
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
 from vaesweep.run.policy import config_subdir, left_alone, refuse_other_config
@@ -91,6 +91,7 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
     None); the claim is held, and the stop signals handled, for the rest of the job.
     """
     job = current_job()
+    check_sweep_keys(cfg)  # read by the claim below, before the config is validated
     if job.multirun and sweep_stopped():  # handed out after a parallel sweep was stopped
         log.debug("not started: the sweep was stopped")
         return None

@@ -195,11 +195,33 @@ def reachable(host: str, port: int, timeout_s: float = WANDB_PROBE_TIMEOUT_S) ->
     return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
 
 
+_told_modes: set[tuple[str, str]] = set()
+
+
+def tell_wandb_mode(lg: DictConfig) -> None:
+    """W&B's mode is ``logger.mode``, which vaesweep passes to W&B: it wins over a
+    ``WANDB_MODE`` in the environment. Says so (once per process) when they differ, rather
+    than log offline, say, while the environment asked for online."""
+    env = os.environ.get("WANDB_MODE")
+    mode = str(lg.get("mode"))
+    if lg.get("name") != "wandb" or not env or env == mode or (env, mode) in _told_modes:
+        return
+    _told_modes.add((env, mode))
+    log.warning(
+        "WANDB_MODE=%s in the environment is not used: this run logs with logger.mode=%s "
+        "(the config decides W&B's mode; pass logger.mode=%s to use that)",
+        env,
+        mode,
+        env,
+    )
+
+
 def check_wandb(cfg: DictConfig) -> None:
     """``logger.mode=online`` without a way to the W&B server: refuse now, naming it, or
     with ``logger.offline_fallback=true`` switch this run to offline with a warning
     (``wandb sync`` uploads it later). Otherwise W&B gives up only after ~90 s."""
     lg = cfg.logger
+    tell_wandb_mode(lg)
     if lg.get("name") != "wandb" or lg.get("mode") != "online":
         return
     host, port = wandb_endpoint()

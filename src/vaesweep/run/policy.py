@@ -97,7 +97,10 @@ def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str
     with contextlib.suppress(Exception):  # a config this version cannot analyse
         keys |= _compared(OmegaConf.create(stored))
     keys = {k for k in keys if not any(k == p or k.startswith(p + ".") for p in NOT_RESULTS)}
-    old, new = flatten(stored), flatten(wanted)
+    # What each job computes: data.preprocess=auto is compared as what it resolves to.
+    old, new = flatten(stored), {**flatten(wanted), **result_config(requested)}
+    with contextlib.suppress(Exception):
+        old.update(result_config(OmegaConf.create(stored)))
     absent = "<absent>"
     return [
         (key, old.get(key, absent), new.get(key, absent))

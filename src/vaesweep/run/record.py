@@ -2,7 +2,12 @@
 
 Schema: status (one of :data:`STATUSES`), metrics (flat dict of floats), config (resolved,
 plain dict), overrides, seed, run_dir, sweep_dir, job_name, started_at, finished_at,
-duration_s, attempts, wandb_run_id, versions, dataset, error.
+duration_s, attempts, wandb_run_id, versions, dataset (name, shape, sizes, fingerprint,
+preprocess in force, source: where its files were read), precision (the one Lightning
+used, which the config's ``trainer.precision`` need not say: ``16`` runs as
+``bf16-mixed`` on a CPU), tested_checkpoint (the weights the test metrics are of:
+``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
+validated), error.
 
 A job that continues an interrupted attempt (its results.json says running or interrupted)
 keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of
@@ -154,8 +159,16 @@ class RunRecord:
             "wandb_run_id": wandb_run_id,
             "versions": versions(),
             "dataset": None,
+            "precision": None,
+            "tested_checkpoint": None,
             "error": None,
         }
+        self.write()
+
+    def set_facts(self, **facts: Any) -> None:
+        """Records how the run was computed where its config does not say it (``precision``,
+        ``tested_checkpoint``)."""
+        self.data.update(facts)
         self.write()
 
     def write(self) -> None:

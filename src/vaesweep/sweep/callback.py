@@ -1,7 +1,9 @@
 """The multirun's Hydra callback: what the launching process of a sweep does when the sweep
 starts and ends, and while it runs.
 
-At the start it refuses a bad ``sweep.resume`` and checks and records the sweep (a grid:
+Before a single run or a sweep makes its directory, it refuses a launch that cannot start
+as asked (:mod:`vaesweep.sweep.preflight`). At the start of a sweep it refuses a bad
+``sweep.resume`` and checks and records the sweep (a grid:
 :mod:`vaesweep.sweep.grid`; an Optuna search: :mod:`vaesweep.sweep.search`). From start to
 end it handles the stop signals (:class:`~vaesweep.run.signals.SweepGuard`): a signal stops
 the sweep, in a job or between two, sequential or parallel; the summary of what finished
@@ -25,7 +27,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, wait_for_others
+from vaesweep.run.failures import describe
 from vaesweep.run.signals import SweepGuard, SweepStopped
+from vaesweep.sweep import preflight
 from vaesweep.sweep.grid import finish_sweep, refuse_bad_resume, start_sweep
 from vaesweep.sweep.search import finish_search, is_search, start_search
 
@@ -80,6 +84,21 @@ def finish_stopped(stop: SweepStopped) -> int:
     return stop.exit_code
 
 
+def finish_aborted(error: BaseException) -> int:
+    """What the entry point does when an error outside the task ended the launch (Hydra
+    could not make a job's directory or write its files, a launcher failed): one line
+    naming it, then, when a sweep was running, the summary of what finished; returns the
+    exit status, 1."""
+    global _RUNNING
+    running, _RUNNING = _RUNNING, None
+    stopped = "sweep stopped: " if running is not None else ""
+    hint = " (set HYDRA_FULL_ERROR=1 for the traceback)"
+    print(f"[vaesweep] {stopped}{describe(error)}{hint}", file=sys.stderr, flush=True)
+    if running is not None:
+        running.finish()
+    return 1
+
+
 class SweepCallback(Callback):
     """See the module doc. ``finishers``: what runs after the summary is written (Hydra
     instantiates them from the config's ``hydra.callbacks.sweep.finishers``)."""
@@ -87,9 +106,15 @@ class SweepCallback(Callback):
     def __init__(self, finishers: Sequence[Finisher] | None = None) -> None:
         self.finishers = tuple(finishers or ())
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run: refused (exit 2) before Hydra makes its directory when it cannot
+        start as asked (:mod:`vaesweep.sweep.preflight`)."""
+        preflight.check_run(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_bad_resume(config.sweep.get("resume"))
         search = is_search(config)
+        preflight.check_multirun(config, search)  # before the sweep directory is made
         if search:  # hydra/sweeper=optuna: vaesweep.sweep.search checks and records
             start_search(config)
         else:

@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
+from hydra.errors import CompactHydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR
 from vaesweep.run.driver import task
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
-from vaesweep.sweep.callback import finish_stopped
+from vaesweep.sweep.callback import finish_aborted, finish_stopped
 from vaesweep.sweep.search import quote_sweeper_params
 
+FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 
@@ -24,12 +28,38 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_n
 def main() -> None:
     """``python run.py``: Hydra's entry point for the driver's task. A signal that stopped a
     sweep (in a job or between two) ends here: the summary of what finished is written and
-    the process exits with 128 + the signal number."""
+    the process exits with 128 + the signal number.
+
+    An error outside the task (Hydra making a directory or writing its files, a launcher
+    that cannot start) is one line here, not Hydra's traceback: ``[vaesweep] <what>`` (a
+    full disk names the file and the free space), the summary of what finished when a sweep
+    was running, exit status 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
     context.mark_command_line()
+    full_error = os.environ.get(FULL_ERROR) == "1"
+    os.environ[FULL_ERROR] = "1"  # Hydra re-raises what it would print: reported below
     try:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+    except CompactHydraException as error:  # a config that does not compose: Hydra's words
+        if full_error:
+            raise
+        print(str(error), file=sys.stderr)
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            print(str(error.__cause__), file=sys.stderr)
+        print(
+            f"\nSet the environment variable {FULL_ERROR}=1 for a complete stack trace.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1) from None
+    except Exception as error:
+        if full_error:
+            raise
+        raise SystemExit(finish_aborted(error)) from None
+    finally:
+        if not full_error:
+            os.environ.pop(FULL_ERROR, None)
 
 
 def cli_main() -> None:

@@ -4,7 +4,9 @@ A sweep directory holds one job directory per grid point, named from its overrid
 re-launch of the same command finds the same directories, :mod:`vaesweep.run.context`), plus:
 
 - ``sweep.json``: the grid, the command, the launcher, and (at the end) every job's
-  directory and status;
+  directory and status; a directory launched more than once (a relaunch, or another grid
+  into the same ``hydra.sweep.dir``) keeps every launch's command, grid, overrides and
+  time in ``launches``, and its ``grid`` is the union of theirs;
 - ``summary.csv``: one row per job: swept values, status, key test metrics, duration.
 
 The multirun's Hydra callback (:mod:`vaesweep.sweep.callback`) calls this module when the
@@ -70,10 +72,22 @@ def parse_grid(overrides: list[str], sweeper_params: dict[str, str] | None) -> d
     }
 
 
+def _config_value(result: dict[str, Any], key: str) -> Any:
+    """A grid key's value in a job's recorded config (a group's option name for a group),
+    for a job whose own overrides do not set it (launched with another grid)."""
+    node: Any = result.get("config") or {}
+    for part in key.lstrip("+").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node.get("name") if isinstance(node, dict) else node
+
+
 def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         row: dict[str, Any] = {"job": Path(r["run_dir"]).name}
+        row.update({key: _config_value(r, key) for key in grid_keys})
         row.update(swept_values(r.get("overrides", []), grid_keys))
         row["status"] = r["status"]
         for m in SUMMARY_COLUMNS:
@@ -206,18 +220,61 @@ def start_sweep(config: DictConfig) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     grid = parse_grid(overrides, params)
     previous = read_sweep(sweep_dir) or {}
-    record = {
-        "sweep_dir": str(sweep_dir.resolve()),
+    launch = {
         "command": launch_command(),
         "grid": grid,
-        "n_jobs": len(list(itertools.product(*grid.values()))) if grid else 1,
         "overrides": overrides,
         "launcher": config.hydra.launcher.get("_target_"),
+        "launched_at": now(),
+        "job_dirs": [d.name for d in job_dirs(config, grid_jobs(overrides, params))],
+    }
+    launches = [*earlier_launches(previous), launch]
+    record = {
+        "sweep_dir": str(sweep_dir.resolve()),
+        # The latest launch's, as before; every launch's are in `launches`.
+        "command": launch["command"],
+        "grid": union_grid([la.get("grid") or {} for la in launches]),
+        "n_jobs": len({d for la in launches for d in la.get("job_dirs") or []}) or 1,
+        "overrides": overrides,
+        "launcher": launch["launcher"],
         "created_at": previous.get("created_at") or now(),
-        "launched_at": [*previous.get("launched_at", []), now()],
+        "launched_at": [*previous.get("launched_at", []), launch["launched_at"]],
+        "launches": launches,
         "jobs": previous.get("jobs", []),
     }
     write_json_atomic(sweep_dir / SWEEP_FILE, record)
+
+
+def earlier_launches(previous: dict[str, Any]) -> list[dict[str, Any]]:
+    """The launches a sweep.json records (one rebuilt from the top-level keys for a file
+    written before ``launches`` was kept)."""
+    if isinstance(previous.get("launches"), list):
+        return list(previous["launches"])
+    if not previous.get("command"):
+        return []
+    grid = previous.get("grid") or {}
+    return [
+        {
+            "command": previous.get("command"),
+            "grid": grid,
+            "overrides": previous.get("overrides"),
+            "launcher": previous.get("launcher"),
+            "launched_at": (previous.get("launched_at") or [previous.get("created_at")])[-1],
+            "job_dirs": [j.get("dir") for j in previous.get("jobs") or [] if j.get("dir")],
+        }
+    ]
+
+
+def union_grid(grids: list[dict[str, list]]) -> dict[str, list]:
+    """Every key swept by any of ``grids`` with every value any of them gives it (in order
+    of first appearance): the summary of a sweep directory launched with several grids
+    has a column for each."""
+    out: dict[str, list] = {}
+    for grid in grids:
+        for key, values in grid.items():
+            out.setdefault(key, [])
+            out[key] += [v for v in values if v not in out[key]]
+    return out
 
 
 def launch_command() -> str:
@@ -236,24 +293,33 @@ def sweep_refusal(
     """The first job of a sweep (its overrides and composed config) whose directory holds a
     result of another config, as a refusal message; None when there is none. ``config``:
     the multirun's config (with ``hydra``)."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
     sweep_dir = Path(config.hydra.sweep.dir)
     if not any(sweep_dir.glob(f"*/{RESULTS_FILE}")):
         return None
+    for job_dir, cfg in zip(job_dirs(config, jobs), configs, strict=True):
+        reason = mismatch(job_dir, cfg)
+        if reason:
+            return reason
+    return None
+
+
+def job_dirs(config: DictConfig, jobs: list[list[str]]) -> list[Path]:
+    """The directory of every job (its overrides) of a grid sweep, as Hydra names it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    sweep_dir = Path(config.hydra.sweep.dir)
     naming = config.hydra.job.config.override_dirname
     parser = OverridesParser.create()
-    for overrides, cfg in zip(jobs, configs, strict=True):
+    out = []
+    for overrides in jobs:
         name = get_overrides_dirname(
             parser.parse_overrides(overrides),
             list(naming.exclude_keys),
             naming.item_sep,
             naming.kv_sep,
         )
-        reason = mismatch(sweep_dir / job_dirname(name), cfg)
-        if reason:
-            return reason
-    return None
+        out.append(sweep_dir / job_dirname(name))
+    return out
 
 
 def resume_refusal(resume: Any) -> str | None:

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from vaesweep.analysis.figures.analytic import ANALYTIC_FIGURES
-from vaesweep.analysis.figures.grids import prior_samples, reconstructions
+from vaesweep.analysis.figures.grids import image_notes, prior_samples, reconstructions
 from vaesweep.analysis.figures.search import search_plan
 from vaesweep.analysis.figures.style import ONE_COLUMN, save
 from vaesweep.analysis.figures.sweep import (
@@ -47,10 +47,13 @@ TABLE_NAME = "results_table"
 
 @dataclass
 class FigureReport:
-    """What a write_* call produced: the files in out_dir, and "name: reason" per skipped figure."""
+    """What a write_* call produced: the files in out_dir, "name: reason" per skipped
+    figure, and notes on what the written ones leave out."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: What the written figures leave out, and why (runs whose images.npz is missing).
+    notes: list[str] = field(default_factory=list)
 
 
 def sweep_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
@@ -111,7 +114,7 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
     """Every sweep figure (PDF + PNG) and the results table (Markdown + LaTeX) into out_dir."""
 
     def fill(tmp: Path) -> FigureReport:
-        report = FigureReport()
+        report = FigureReport(notes=image_notes(df))
         _draw(sweep_plan(df), tmp, report)
         try:
             table = results_table(df)
@@ -128,7 +131,7 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
 def draw_sweep_pngs(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> FigureReport:
     """The sweep figures as PNGs only (no PDFs, no table) into out_dir, written directly (for
     a temporary directory: the W&B summary run of a sweep logs them as images)."""
-    report = FigureReport()
+    report = FigureReport(notes=image_notes(df))
     report.written = _draw(sweep_plan(df), Path(out_dir), report, formats=("png",))
     return report
 

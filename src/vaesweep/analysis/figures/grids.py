@@ -2,7 +2,9 @@
 samples, one row per configuration.
 
 For each configuration (swept keys except ``seed`` and ``beta``; one β per figure) the
-completed run with the lowest seed that wrote ``images.npz`` is shown. Every run writes the
+completed run with the lowest seed whose ``images.npz`` can be read is shown; a run passed
+over (its file missing, truncated or damaged) is named with the reason
+(:func:`image_notes`), and never stops the other figures. Every run writes the
 arrays behind its own image grids there at test time (vaesweep.run.callbacks.ImageGrids): the
 first test images (the same for every run: the test split and its order are fixed),
 their reconstructions as that run's model saw them (its own fixed dequantisation noise,
@@ -14,6 +16,7 @@ importable to draw them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +34,29 @@ from vaesweep.run.images import IMAGES_FILE, make_grid
 LABEL_WIDTH = 1.7
 
 
-def _images_file(row: pd.Series) -> Path | None:
-    path = Path(str(row["run_dir"])) / IMAGES_FILE
-    return path if path.is_file() else None
+#: The arrays every images.npz holds.
+ARRAYS = ("originals", "reconstructions", "samples")
 
 
-def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.Series, Path]]:
+def _images_problem(path: Path) -> str | None:
+    """Why the run's images.npz cannot be drawn (missing, or not a readable archive of
+    :data:`ARRAYS`), else None."""
+    if not path.is_file():
+        return "is missing"
+    try:
+        arrays = _arrays(path)
+    except Exception as e:  # BadZipFile, a CRC error, EOFError, a bad header, ...
+        return f"cannot be read ({type(e).__name__}: {str(e)[:120]})"
+    absent = [a for a in ARRAYS if a not in arrays]
+    return f"lacks the array(s) {', '.join(absent)}" if absent else None
+
+
+def representatives(
+    df: pd.DataFrame, beta: float | None, notes: list[str] | None = None
+) -> list[tuple[str, pd.Series, Path]]:
     """(label, run row, its images.npz) per configuration at ``beta``: its lowest-seed run
-    with the file."""
+    whose file can be read. ``notes`` gets one line per run passed over (its file missing
+    or damaged), saying which run shows the configuration instead or that it is left out."""
     done = completed(df)
     if beta is not None:
         done = done[np.isclose(done["beta"].astype(float), beta)]
@@ -46,10 +64,26 @@ def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.
     styles = styles_for(done, keys) if not done.empty else {}
     out = []
     for config, rows in groups(done, keys):
+        label = styles[config].label if config in styles else ""
+        passed: list[str] = []
+        chosen = None
         for _, row in rows.sort_values("seed").iterrows():
-            if (images := _images_file(row)) is not None:
-                out.append((styles[config].label or str(row["job_name"]), row, images))
+            images = Path(str(row["run_dir"])) / IMAGES_FILE
+            problem = _images_problem(images)
+            if problem is None:
+                chosen = row
+                out.append((label or str(row["job_name"]), row, images))
                 break
+            passed.append(f"{images} {problem}")
+        if notes is not None and passed:
+            name = label or str(rows.iloc[0]["job_name"])
+            where = "" if beta is None else f" at β = {beta:g}"
+            shown = (
+                "it is left out of the reconstructions and samples"
+                if chosen is None
+                else f"seed {chosen['seed']} is shown instead"
+            )
+            notes.append(f"images of {name}{where} not drawn: {'; '.join(passed)}; {shown}")
     if not out:
         raise FigureSkipped(
             f"no completed run has its {IMAGES_FILE} (the arrays every run writes at test "
@@ -61,6 +95,18 @@ def representatives(df: pd.DataFrame, beta: float | None) -> list[tuple[str, pd.
 def _arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as npz:
         return {key: npz[key] for key in npz.files}
+
+
+def image_notes(df: pd.DataFrame) -> list[str]:
+    """One line per configuration whose images are not drawn from its lowest-seed run (or
+    not at all) because a run's images.npz is missing or damaged, naming the file and why."""
+    done = completed(df)
+    betas = sorted(done["beta"].unique()) if "beta" in config_keys(df) else [None]
+    notes: list[str] = []
+    for beta in betas:
+        with contextlib.suppress(FigureSkipped):  # reported as the figure's skip
+            representatives(df, beta, notes)
+    return list(dict.fromkeys(notes))
 
 
 def _strip(ax, images: Tensor, label: str) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from vaesweep.analysis.figures.kinds import data_kinds
 from vaesweep.analysis.figures.style import (
     CYCLE,
     LIKELIHOOD_COLOURS,
@@ -36,6 +37,8 @@ from vaesweep.analysis.figures.style import (
 from vaesweep.analysis.results import aggregate, completed, config_keys
 
 METRICS_CSV = "metrics.csv"
+#: A column of the kind of data each run scored (vaesweep.analysis.figures.kinds).
+KIND = "_kind_of_data"
 # Horizontal offset between configurations on a log-β axis, in decades (keeps error bars apart).
 DODGE_DECADES = 0.012
 
@@ -77,7 +80,11 @@ def styles_for(df: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, LineStyle]:
 
 def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
     """One legend under the panels, read row by row (matplotlib fills columns first)."""
-    handles, labels = axes[0].get_legend_handles_labels()
+    found: dict[str, object] = {}
+    for ax in axes:  # panels of different kinds of data hold different configurations
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            found.setdefault(label, handle)
+    handles, labels = list(found.values()), list(found)
     if len(labels) < 2:
         return
     ncol = min(ncol, len(labels))
@@ -104,21 +111,40 @@ def metric_vs_beta(
     width: float = TWO_COLUMN,
 ) -> Figure:
     """One panel per metric versus β (log axis): one line per configuration, mean ± error
-    (``std`` or ``sem`` over seeds) at each β, slightly dodged so error bars do not overlap."""
+    (``std`` or ``sem`` over seeds) at each β, slightly dodged so error bars do not overlap.
+
+    Runs that score different data (binarised and dequantised images: their NLLs are not
+    comparable, :mod:`vaesweep.analysis.figures.kinds`) are drawn in a row of panels per
+    kind of data, each with its own y axis, never on one axis."""
     done = completed(df)
     require(done, *metrics)
     betas = _betas(done)
     keys = [k for k in config_keys(df) if k != "beta"]
-    stats = aggregate(done, by=[*keys, "beta"], metrics=list(metrics))
+    done = done.assign(**{KIND: data_kinds(done)})
+    kinds = [
+        k
+        for k in dict.fromkeys(done[KIND])
+        if done.loc[done[KIND] == k, list(metrics)].notna().any().any()
+    ]
+    stats = aggregate(done, by=[*keys, KIND, "beta"], metrics=list(metrics))
     styles = styles_for(done, keys)
+    offsets = dict(
+        zip(styles, (np.arange(len(styles)) - (len(styles) - 1) / 2) * DODGE_DECADES, strict=True)
+    )
+    height = 2.4 if width > ONE_COLUMN else 2.2
     with paper_style():
-        fig = new_figure(width, 2.4 if width > ONE_COLUMN else 2.2, ncols=len(metrics))
+        fig = new_figure(
+            width, height * len(kinds), nrows=len(kinds), ncols=len(metrics), squeeze=False
+        )
         axes = fig.axes
-        offsets = (np.arange(len(styles)) - (len(styles) - 1) / 2) * DODGE_DECADES
-        for ax, metric in zip(axes, metrics, strict=True):
-            for (config, rows), offset in zip(groups(stats, keys), offsets, strict=True):
+        panels = [(kind, metric) for kind in kinds for metric in metrics]
+        for ax, (kind, metric) in zip(axes, panels, strict=True):
+            if len(kinds) > 1:
+                ax.set_title(kind, loc="left", fontsize=7)
+            part = stats[stats[KIND] == kind]
+            for config, rows in groups(part, keys):
                 rows = rows.sort_values("beta")
-                st = styles[config]
+                st, offset = styles[config], offsets[config]
                 ax.errorbar(
                     rows["beta"] * 10**offset,
                     rows[f"{metric}.mean"],

@@ -2,7 +2,10 @@
 
 Which value is best depends on the metric (``DIRECTIONS``): lower NLL, bits/dim,
 reconstruction NLL, MSE and MAE, higher ELBO. The rate (KL) and the number of active units
-have no better direction and are never bold. Best is judged on the mean.
+have no better direction and are never bold. Best is judged on the mean, and only among
+rows of the same kind of data (:mod:`vaesweep.analysis.figures.kinds`): when the rows score
+different data (binarised and dequantised images), the kind is the first column and each
+kind has its own best.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from vaesweep.analysis.figures.kinds import data_kinds
 from vaesweep.analysis.figures.style import likelihood_label
 from vaesweep.analysis.figures.sweep import FigureSkipped
 from vaesweep.analysis.results import aggregate, completed, config_keys
@@ -46,6 +50,8 @@ HEADERS = {
     "test/active_units": "active units",
 }
 ARROWS = {"min": ("↓", r"$\downarrow$"), "max": ("↑", r"$\uparrow$")}
+#: The table's column of the kind of data a row scored (when the rows score several).
+KIND = "kind of data"
 KEY_HEADERS = {"beta": ("β", r"$\beta$"), "likelihood.scale": ("scale", "scale")}
 # Decimals per metric; nats get 1 from 100 up, else 2.
 DECIMALS = {"test/bpd": 3, "test/mse": 4, "test/mae": 4, "test/active_units": 1}
@@ -141,19 +147,28 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
     if not present:
         raise FigureSkipped(f"none of the metrics {list(metrics)} is in the results")
     keys = config_keys(df)
+    done = done.assign(**{KIND: data_kinds(done)})
+    kinds = list(dict.fromkeys(done[KIND]))
+    if len(kinds) > 1:  # numbers of different data: the kind is a column, ranked within it
+        keys = [KIND, *keys]
     stats = aggregate(done, by=keys, metrics=present)
     decimals = {m: _decimals(m, stats[f"{m}.mean"]) for m in present}
-    best_rows = {}
+    best_rows: dict[str, set] = {}
     for m in present:
-        if m in DIRECTIONS and stats[f"{m}.mean"].notna().any():
-            means = stats[f"{m}.mean"]
-            best_rows[m] = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
+        if m not in DIRECTIONS:
+            continue
+        best_rows[m] = set()
+        parts = stats.groupby(KIND, sort=False) if KIND in keys else [(None, stats)]
+        for _, part in parts:  # never ranked across kinds of data
+            means = part[f"{m}.mean"]
+            if means.notna().any():
+                best_rows[m].add(means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax())
     rows, best = [], []
     for i, stat in stats.iterrows():
         cells = [_value(k, stat[k]) for k in keys]
         cells += [_cell(stat[f"{m}.mean"], stat[f"{m}.std"], decimals[m]) for m in present]
         rows.append(cells)
-        best.append([False] * len(keys) + [best_rows.get(m) == i for m in present])
+        best.append([False] * len(keys) + [i in best_rows.get(m, ()) for m in present])
     counts = stats[f"{present[0]}.count"]
     if counts.max() == 1:
         spread = "One seed per row: means only"
@@ -161,14 +176,14 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         spread = f"Mean ± std over {counts.max()} seeds"
     else:
         spread = f"Mean ± std over {counts.min()}–{counts.max()} seeds"
+    per = "per column" if len(kinds) == 1 else "per column within each kind of data"
     notes = [
-        f"{spread}; bold: best mean per column (↓ lower is better, ↑ higher is better); "
+        f"{spread}; bold: best mean {per} (↓ lower is better, ↑ higher is better); "
         "NLL, ELBO and KL in nats per example, MSE per pixel.",
     ]
-    names = set(done.get("config.likelihood.name", pd.Series(dtype=object)).dropna())
-    if "bernoulli" in names and len(names) > 1:
+    if len(kinds) > 1:
         notes.append(
-            "Bernoulli rows score binarised images, the others dequantised grey levels: their "
-            "NLL/ELBO are on different data and not comparable."
+            f"The rows score different data ({'; '.join(kinds)}): their NLL/ELBO are numbers "
+            "of different data and are not comparable, so each kind is ranked on its own."
         )
     return ResultsTable([*keys, *present], keys, rows, best, notes)

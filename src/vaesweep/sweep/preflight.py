@@ -1,0 +1,173 @@
+"""Checks of a launch before Hydra creates or writes anything: a refusal is one line on
+stderr and exit status 2, never one of Hydra's tracebacks from the middle of a launch.
+
+Called by the multirun's callback (:mod:`vaesweep.sweep.callback`) from ``on_run_start``
+and ``on_multirun_start``, which Hydra calls before it makes the run or sweep directory:
+
+- a key given twice on the command line, Hydra's own (``hydra.run.dir``) included: Hydra
+  would keep the last value silently (the task's keys are refused by the same check in
+  :mod:`vaesweep.run.effective`, but Hydra's never reach the task);
+- the ``sweep`` keys, which the claim of a job's directory reads before its config is
+  validated (:func:`vaesweep.run.config.check_sweep_keys`);
+- a single run: ``sweep.resume`` (a multirun's key: the run would go to a new directory);
+  ``hydra.run.dir`` naming a file, or a directory it cannot write;
+- a multirun: ``hydra.sweep.dir`` naming a file, a sweep directory or an existing job
+  directory of the grid it cannot write (the whole sweep is refused before any job runs:
+  Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
+  the sweep); the launcher: joblib's ``n_jobs``, and SLURM's commands for submitit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.core.checks import ConfigError, is_int
+from vaesweep.run.config import check_sweep_keys
+from vaesweep.run.effective import repeated_key
+from vaesweep.sweep.grid import grid_jobs, job_dirs
+
+#: The commands submitit's SLURM executor runs (it fails with a traceback without them).
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
+def refuse(message: str, multirun: bool) -> None:
+    """Prints the refusal in one line and exits with status 2."""
+    what = "sweep refused, no job was run" if multirun else "run refused, nothing was written"
+    print(f"[vaesweep] {what}: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def writable(directory: Path) -> bool:
+    """Whether files can be created in ``directory`` (permissions or a read-only mount)."""
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _directory_problem(key: str, value: Any, path: Path) -> str | None:
+    """Why ``path`` (the value of ``key``) cannot hold a run's files, else None."""
+    if path.exists() and not path.is_dir():
+        return (
+            f"{key}={value} is invalid: {path} is an existing file, not a directory. "
+            f"Allowed: a new or existing directory (move the file away, or choose another "
+            f"{key})"
+        )
+    if path.is_dir() and not writable(path):
+        return (
+            f"{key}={value} is invalid: the directory {path} is not writable (read-only). "
+            f"Allowed: a directory this user can write (make it writable, or choose another "
+            f"{key})"
+        )
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{key}={value} is invalid: {existing} is an existing file, not a directory"
+    if existing is not None and not path.exists() and not writable(existing):
+        return (
+            f"{key}={value} is invalid: it would be created in {existing}, which is not "
+            "writable (read-only)"
+        )
+    return None
+
+
+def _overrides(config: DictConfig) -> list[str]:
+    return [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+
+
+def _common(config: DictConfig) -> str | None:
+    repeated = repeated_key(_overrides(config))
+    if repeated:
+        return repeated
+    try:
+        check_sweep_keys(config)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def run_refusal(config: DictConfig) -> str | None:
+    """Why a single run cannot start as asked, else None."""
+    problem = _common(config)
+    if problem:
+        return problem
+    resume = config.sweep.get("resume")
+    if resume not in (None, ""):
+        return (
+            f"sweep.resume={resume} is invalid without -m: it continues a sweep (a multirun), "
+            "and a single run would ignore it and start a new run elsewhere. Allowed: "
+            f"python run.py -m sweep.resume={resume} ... to continue that sweep, or "
+            "hydra.run.dir=DIR to continue a single run in DIR"
+        )
+    run_dir = str(config.hydra.run.dir)
+    return _directory_problem("hydra.run.dir", run_dir, Path(run_dir))
+
+
+def launcher_problem(launcher: DictConfig) -> str | None:
+    """Why the multirun's launcher cannot start its jobs here, else None."""
+    target = str(launcher.get("_target_") or "")
+    if "joblib" in target.lower():
+        n_jobs = launcher.get("n_jobs")
+        cores = os.cpu_count() or 1
+        if n_jobs is not None and not (
+            is_int(n_jobs) and (n_jobs >= 1 or (n_jobs < 0 and cores + 1 + n_jobs >= 1))
+        ):
+            return (
+                f"hydra.launcher.n_jobs={n_jobs!r} is invalid: allowed an integer ≥ 1 (jobs at "
+                f"once), or a negative one from -1 (all {cores} CPU cores) to -{cores}"
+            )
+    if "submitit" in target.lower() and "slurm" in target.lower():
+        missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+        if missing:
+            return (
+                f"hydra/launcher=slurm needs SLURM on this machine: `{missing[0]}` was not "
+                f"found on PATH ({', '.join(missing)} missing; submitit submits the jobs "
+                "with sbatch). Run the sweep on a SLURM login node, or drop hydra/launcher "
+                "(one job at a time) or use hydra/launcher=local_parallel"
+            )
+    return None
+
+
+def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
+    """Why a multirun cannot start as asked, else None. ``jobs``: the overrides of every
+    job of a grid (None for a search, whose jobs are not known in advance)."""
+    problem = _common(config)
+    if problem:
+        return problem
+    sweep_dir = str(config.hydra.sweep.dir)
+    problem = _directory_problem("hydra.sweep.dir", sweep_dir, Path(sweep_dir))
+    if problem:
+        return problem
+    problem = launcher_problem(config.hydra.launcher)
+    if problem:
+        return problem
+    for job_dir in job_dirs(config, jobs or []):
+        if job_dir.exists() and not (job_dir.is_dir() and writable(job_dir)):
+            what = "not writable (read-only)" if job_dir.is_dir() else "a file"
+            return (
+                f"the job directory {job_dir.absolute()} is {what}: its job cannot write its log or "
+                "results. Make it writable (or move it away), or narrow the sweep to leave "
+                "that job out"
+            )
+    return None
+
+
+def check_run(config: DictConfig) -> None:
+    """Refuses (exit 2) a single run that cannot start as asked."""
+    problem = run_refusal(config)
+    if problem:
+        refuse(problem, multirun=False)
+
+
+def check_multirun(config: DictConfig, search: bool) -> None:
+    """Refuses (exit 2) a multirun that cannot start as asked."""
+    jobs = None
+    if not search:
+        params = config.hydra.sweeper.get("params")
+        params = OmegaConf.to_container(params, resolve=True) if params else {}
+        jobs = grid_jobs(list(config.hydra.overrides.task), params)
+    problem = multirun_refusal(config, jobs)
+    if problem:
+        refuse(problem, multirun=True)

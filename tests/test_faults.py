@@ -1,0 +1,524 @@
+"""Damaged files and odd inputs never cost data or truth (issue 21): each is refused in one
+line before anything is written (naming the key, the value and what is allowed), or ends in
+a truthful result; a sweep writes its summary. Config values are checked in-process on
+real Hydra compositions; the launch checks run on Hydra configs composed with their
+``hydra`` node; a few real CLI runs prove the wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_data import make_idx_dataset
+from test_effective import configs, refusal
+from test_train import validate
+
+from vaesweep.analysis.figures import write_sweep_figures
+from vaesweep.analysis.figures.grids import image_notes, reconstruction_rows
+from vaesweep.analysis.figures.sweep import metric_vs_beta
+from vaesweep.analysis.figures.table import results_table
+from vaesweep.analysis.results import load_results
+from vaesweep.data import IDX_SOURCES, load_dataset
+from vaesweep.run.config import CONF_DIR, ConfigError
+from vaesweep.run.context import job_dirname
+from vaesweep.run.effective import check_distinct, check_overrides, result_config
+from vaesweep.run.jobs import register_resolvers
+from vaesweep.run.loggers import tell_wandb_mode
+from vaesweep.run.policy import differences
+from vaesweep.sweep import preflight
+from vaesweep.sweep.grid import grid_jobs, start_sweep, summary_rows, union_grid
+
+from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
+
+# B: the brief's one-epoch budget without a logger.
+B = [*TINY, "logger=none"]
+
+
+def jobs_of(overrides: list[str]) -> list[tuple[list[str], object]]:
+    jobs = grid_jobs(overrides, {})
+    return list(zip(jobs, configs(*jobs), strict=True))
+
+
+# --- 8, 9: likelihoods and data that are not a likelihood, keys and sweeps that change nothing
+
+
+def test_a_continuous_density_on_binarised_data_is_refused():
+    for likelihood in ("continuous_bernoulli", "gaussian", "laplace"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"data.preprocess='binarize' is invalid: allowed dequantize, scale or auto "
+            rf"with likelihood={likelihood}: it is a density on continuous data",
+        ):
+            validate([f"likelihood={likelihood}", "data.preprocess=binarize"])
+    validate(["likelihood=continuous_bernoulli"])  # auto: dequantised
+    validate(["likelihood=bernoulli", "data.preprocess=binarize"])
+
+
+def test_allow_nonbinary_is_refused_where_it_changes_nothing():
+    # A density (Gaussian): the key is never read.
+    message = refusal(["+likelihood.allow_nonbinary=true"])
+    assert message is not None and message.startswith(
+        "likelihood.allow_nonbinary=true has no effect on what this run computes"
+    ), message
+    assert "likelihood=gaussian is a density on continuous data" in message
+    # The sweep of both values on a Gaussian: refused as a key no job reads.
+    swept = ["+likelihood.allow_nonbinary=true,false"]
+    message = check_overrides(swept, configs(*grid_jobs(swept, {})))
+    assert message is not None and "allow_nonbinary=true,false has no effect" in message
+    # A Bernoulli on binarised data (auto) does not read it either...
+    message = refusal(["likelihood=bernoulli", "likelihood.allow_nonbinary=true"])
+    assert message is not None and "read only when the data are not binarised" in message
+    assert "data.preprocess=auto (binarize for likelihood=bernoulli)" in message
+    # ...on grey levels it is the opt-in it is meant to be.
+    assert refusal(["likelihood=bernoulli", "likelihood.allow_nonbinary=true",
+                    "data.preprocess=scale"]) is None  # fmt: skip
+
+
+def test_a_sweep_of_auto_and_what_it_resolves_to_is_refused():
+    message = check_distinct(jobs_of(["likelihood=bernoulli", "data.preprocess=binarize,auto"]))
+    assert message is not None and "compute the same thing" in message, message
+    assert "data.preprocess=auto is binarize for likelihood=bernoulli" in message
+    ((_, gaussian),) = jobs_of(["data.preprocess=auto"])
+    assert result_config(gaussian)["data.preprocess"] == "dequantize"
+    # Different data: distinct jobs.
+    assert check_distinct(jobs_of(["data.preprocess=dequantize,scale"])) is None
+
+
+def test_a_relaunch_compares_what_auto_resolves_to():
+    (binarize,) = configs(["likelihood=bernoulli", "data.preprocess=binarize"])
+    (auto,) = configs(["likelihood=bernoulli"])
+    stored = OmegaConf.to_container(auto, resolve=True)
+    assert differences(stored, binarize) == []  # the same job: skipped or resumed
+    (scale,) = configs(
+        ["likelihood=bernoulli", "data.preprocess=scale", "likelihood.allow_nonbinary=true"]
+    )
+    assert ("data.preprocess", "binarize", "scale") in differences(stored, scale)
+
+
+# --- 7, 11, 5, 6: values that failed mid-run or were silently ignored
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=4294967296"], r"seed=4294967296 is invalid: allowed an integer in \[0, 4294967295\]"),
+        (["sweep.claim_timeout_s=abc"], r"sweep.claim_timeout_s='abc' is invalid: allowed a number"),
+        (["sweep.claim_timeout_s=-5"], r"sweep.claim_timeout_s=-5 is invalid: allowed a number of seconds > 0"),
+        (["trainer.min_epochs=5", "trainer.max_epochs=1"], r"trainer.min_epochs=5 is invalid: allowed at most trainer.max_epochs=1"),
+        (["trainer.min_steps=10", "trainer.max_steps=5"], r"trainer.min_steps=10 is invalid: allowed at most trainer.max_steps=5"),
+        (["trainer.val_check_interval=0"], r"trainer.val_check_interval=0 is invalid: allowed null"),
+        (["trainer.val_check_interval=1.5"], r"trainer.val_check_interval=1.5 is invalid"),
+        (["trainer.check_val_every_n_epoch=0"], r"trainer.check_val_every_n_epoch=0 is invalid"),
+        (["eval.checkpoint=best", "trainer.limit_val_batches=0"], r"eval.checkpoint='best' is invalid: allowed 'last' with trainer.limit_val_batches=0"),
+        (["eval.checkpoint=best", "trainer.check_val_every_n_epoch=3", "trainer.max_epochs=2"], r"'last' with trainer.check_val_every_n_epoch=3 > trainer.max_epochs=2"),
+    ],
+)  # fmt: skip
+def test_values_that_failed_mid_run_or_were_ignored_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["seed=4294967295"],
+        ["sweep.claim_timeout_s=0.5"],
+        ["trainer.min_epochs=1", "trainer.max_epochs=1"],
+        ["trainer.min_steps=10"],  # max_steps=-1: no limit
+        ["trainer.min_epochs=5", "trainer.max_epochs=-1", "trainer.max_steps=100"],
+        ["trainer.val_check_interval=0.5"],
+        ["trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=null"],
+        ["eval.checkpoint=best"],
+        ["eval.checkpoint=last", "trainer.limit_val_batches=0"],
+    ],
+)
+def test_the_values_around_them_pass(overrides):
+    validate(overrides)
+
+
+# --- 1, 3, 7, 10, 13: the launch, checked before Hydra makes a directory
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """compose(overrides) → a config with its ``hydra`` node, as Hydra's callbacks get it."""
+    register_resolvers()
+
+    def make(overrides: list[str]):
+        if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+            overrides = [f"hydra.sweep.dir={tmp_path}/sweep", *overrides]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides, return_hydra_config=True)
+
+    return make
+
+
+def test_run_refusals(launch, tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("not a directory")
+    message = preflight.run_refusal(launch([f"hydra.run.dir={file}"]))
+    assert message == (
+        f"hydra.run.dir={file} is invalid: {file} is an existing file, not a directory. "
+        "Allowed: a new or existing directory (move the file away, or choose another "
+        "hydra.run.dir)"
+    )
+    message = preflight.run_refusal(launch([f"hydra.run.dir={file}/run"]))
+    assert (
+        message
+        == f"hydra.run.dir={file}/run is invalid: {file} is an existing file, not a directory"
+    )
+    message = preflight.run_refusal(launch([f"sweep.resume={tmp_path}"]))
+    assert message.startswith(f"sweep.resume={tmp_path} is invalid without -m"), message
+    twice = [f"hydra.run.dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/b"]
+    message = preflight.run_refusal(launch(twice))
+    assert message.startswith("hydra.run.dir is given twice on the command line"), message
+    assert message.endswith(
+        f"only the last, hydra.run.dir={tmp_path}/b, would be used. Give each key once."
+    )
+    message = preflight.run_refusal(launch(["sweep.claim_timeout_s=abc"]))
+    assert message == "sweep.claim_timeout_s='abc' is invalid: allowed a number of seconds > 0"
+    assert preflight.run_refusal(launch([f"hydra.run.dir={tmp_path}/new/run"])) is None  # fmt: skip
+
+
+def test_multirun_refusals(launch, tmp_path, monkeypatch):
+    jobs = [["beta=1"], ["beta=2"]]
+    file = tmp_path / "a_file"
+    file.write_text("")
+    message = preflight.multirun_refusal(launch([f"hydra.sweep.dir={file}"]), jobs)
+    assert message is not None and message.startswith(
+        f"hydra.sweep.dir={file} is invalid: {file} is an existing file, not a directory"
+    )
+    parallel = ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"]
+    message = preflight.multirun_refusal(launch(parallel), jobs)
+    assert message is not None and message.startswith(
+        "hydra.launcher.n_jobs=0 is invalid: allowed an integer ≥ 1 (jobs at once)"
+    )
+    parallel[-1] = "hydra.launcher.n_jobs=2"
+    assert preflight.multirun_refusal(launch(parallel), jobs) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no_bin"))
+    message = preflight.multirun_refusal(launch(["hydra/launcher=slurm"]), jobs)
+    assert message is not None and message.startswith(
+        "hydra/launcher=slurm needs SLURM on this machine: `sbatch` was not found on PATH"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("sbatch", "srun"):
+        (bin_dir / command).write_text("#!/bin/sh\n")
+        (bin_dir / command).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert preflight.multirun_refusal(launch(["hydra/launcher=slurm"]), jobs) is None
+    twice = ["hydra.sweep.dir=x", f"hydra.sweep.dir={tmp_path}/s"]
+    message = preflight.multirun_refusal(launch(twice), jobs)
+    assert message is not None and "hydra.sweep.dir is given twice" in message
+
+
+def test_a_read_only_job_directory_is_named(launch, tmp_path, monkeypatch):
+    """Without root's bypass of permissions: ``writable`` is what decides."""
+    config = launch([])
+    sweep = Path(config.hydra.sweep.dir)
+    (sweep / "beta=2").mkdir(parents=True)
+    monkeypatch.setattr(preflight, "writable", lambda d: Path(d).name != "beta=2")
+    message = preflight.multirun_refusal(config, [["beta=1"], ["beta=2"]])
+    assert message == (
+        f"the job directory {sweep / 'beta=2'} is not writable (read-only): its job cannot "
+        "write its log or results. Make it writable (or move it away), or narrow the sweep "
+        "to leave that job out"
+    )
+    assert preflight.multirun_refusal(config, [["beta=1"]]) is None  # its own directory
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setattr(preflight, "writable", lambda d: Path(d) != run_dir)
+    message = preflight.run_refusal(launch([f"hydra.run.dir={run_dir}"]))
+    assert message is not None and f"the directory {run_dir} is not writable" in message
+
+
+def one_refusal(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_cli_refuses_a_launch_before_hydra_writes(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = run_cli(["-m", *B, "beta=1,2", "hydra.sweep.dir=a_file"], tmp_path)
+    line = one_refusal(proc)
+    assert line.startswith("[vaesweep] sweep refused, no job was run: hydra.sweep.dir=a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_single_run_before_hydra_writes(tmp_path):
+    proc = run_cli([*B, "sweep.resume=somewhere"], tmp_path)
+    line = one_refusal(proc)
+    assert line.startswith("[vaesweep] run refused, nothing was written: sweep.resume=somewhere")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _read_only(path: Path, script: str) -> subprocess.CompletedProcess:
+    """``script`` with ``path`` bind-mounted read-only (a user namespace: root's bypass of
+    permissions does not apply to a read-only mount)."""
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip("cannot mount read-only here (unshare)")
+    return subprocess.run(
+        ["unshare", "-Urm", "sh", "-c",
+         f"mount --bind {path} {path} && mount -o remount,bind,ro {path} && {script}"],
+        env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_read_only_job_directory_refuses_the_sweep_before_any_job(tmp_path):
+    """Hydra's launchers cannot skip one job, and a job whose train.log cannot be opened
+    stops the sweep with a traceback: the sweep is refused up front, naming the directory."""
+    job = tmp_path / "sweep" / job_dirname(",".join(sorted([*B, "beta=2"])))
+    job.mkdir(parents=True)
+    args = " ".join(["-m", *B, "beta=1,2", "hydra.sweep.dir=sweep"])
+    proc = _read_only(job, f"cd {tmp_path} && {sys.executable} {RUN_PY} {args}")
+    line = one_refusal(proc)
+    assert f"the job directory {job} is not writable (read-only)" in line, line
+    assert not results_under(tmp_path)
+    # An interrupted single run whose directory became read-only: refused the same way.
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = _read_only(run, f"cd {tmp_path} && {sys.executable} {RUN_PY} {' '.join(B)} "
+                           f"hydra.run.dir={run}")  # fmt: skip
+    line = one_refusal(proc)
+    assert f"hydra.run.dir={run} is invalid: the directory {run} is not writable" in line
+    assert list(run.iterdir()) == []
+
+
+# --- 2: errors outside the task (Hydra writing its files) are one line
+
+
+@pytest.mark.slow
+def test_an_error_outside_the_task_is_one_line(tmp_path):
+    """Hydra cannot write the run's .hydra files (a full disk, say): one line naming it,
+    exit 1, no traceback."""
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text(
+        "import errno, hydra.core.utils as u\n"
+        "def full(*a, **k):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "u._save_config = full\n"
+    )
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]])}
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), *B, "hydra.run.dir=run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert len(lines) == 1 and lines[0].startswith("[vaesweep] disk full"), proc.stderr[-3000:]
+    assert "set HYDRA_FULL_ERROR=1 for the traceback" in lines[0]
+
+
+# --- 12, 5, 14: what results.json records is what ran
+
+
+@pytest.mark.slow
+def test_results_record_the_precision_used_and_the_checkpoint_tested(tmp_path):
+    """trainer.precision=16 on a CPU runs as bf16-mixed; eval.checkpoint=best with a fit
+    that ends before its first validation is tested on the last weights, and says so."""
+    args = [*B, "trainer.precision=16", "eval.checkpoint=best", "trainer.max_steps=2"]
+    proc = run_cli([*args, "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path)
+    assert result["status"] == "completed" and result["metrics"]["test/nll"] > 0
+    assert result["config"]["trainer"]["precision"] == 16  # as asked...
+    assert result["precision"] == "bf16-mixed"  # ...and as run
+    assert result["tested_checkpoint"] == "last"
+    said = proc.stdout + proc.stderr
+    assert "trainer.precision=16 runs as bf16-mixed" in said
+    assert "tested on the last weights instead" in said
+    assert result["dataset"]["source"] == "sklearn.datasets.load_digits"
+
+
+def test_the_dataset_records_the_directory_it_was_read_from(tmp_path, monkeypatch):
+    system = tmp_path / "usr_share_fashion"
+    make_idx_dataset(system)
+    source = IDX_SOURCES["fashion_mnist"]
+    monkeypatch.setitem(
+        IDX_SOURCES, "fashion_mnist", type(source)(source.files, (), (str(system),), "")
+    )
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        raw = load_dataset("fashion_mnist", root=tmp_path / "MISSING", val_size=7)
+    assert raw.source == str(system)  # not the data.root results.json's config holds
+
+
+def test_a_differing_wandb_mode_is_named_once(monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    logger = OmegaConf.create({"name": "wandb", "mode": "offline"})
+    with caplog.at_level("WARNING", logger="vaesweep"):
+        tell_wandb_mode(logger)
+        tell_wandb_mode(logger)
+    said = [r.getMessage() for r in caplog.records if "WANDB_MODE" in r.getMessage()]
+    assert said == [
+        "WANDB_MODE=online in the environment is not used: this run logs with "
+        "logger.mode=offline (the config decides W&B's mode; pass logger.mode=online to use "
+        "that)"
+    ]
+    caplog.clear()
+    tell_wandb_mode(OmegaConf.create({"name": "wandb", "mode": "online"}))
+    tell_wandb_mode(OmegaConf.create({"name": "csv"}))
+    assert not caplog.records
+
+
+# --- 17: sweep.json keeps every launch
+
+
+def test_two_grids_in_one_sweep_directory_keep_both_launches(launch, tmp_path, monkeypatch):
+    first, second = launch(["beta=1"]), launch(["seed=0"])
+    OmegaConf.update(first, "hydra.overrides.task", ["beta=1,2"], force_add=True)
+    OmegaConf.update(second, "hydra.overrides.task", ["seed=0,1,2"], force_add=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        monkeypatch.setattr(sys, "argv", ["run.py", "-m", "beta=1,2"])
+        start_sweep(first)
+        monkeypatch.setattr(sys, "argv", ["run.py", "-m", "seed=0,1,2"])
+        start_sweep(second)
+    record = json.loads((Path(first.hydra.sweep.dir) / "sweep.json").read_text())
+    assert [la["command"] for la in record["launches"]] == [
+        "run.py -m beta=1,2",
+        "run.py -m seed=0,1,2",
+    ]
+    assert [la["grid"] for la in record["launches"]] == [
+        {"beta": ["1", "2"]},
+        {"seed": ["0", "1", "2"]},
+    ]
+    assert all(la["launched_at"] for la in record["launches"])
+    assert record["grid"] == {"beta": ["1", "2"], "seed": ["0", "1", "2"]}
+    assert record["n_jobs"] == 5
+    # The summary has a column for every launch's keys, from each job's own config.
+    results = [
+        {"run_dir": "s/beta=2", "status": "completed", "metrics": {}, "overrides": ["beta=2"],
+         "config": {"beta": 2.0, "seed": 0}},
+        {"run_dir": "s/seed=1", "status": "completed", "metrics": {}, "overrides": ["seed=1"],
+         "config": {"beta": 1.0, "seed": 1}},
+    ]  # fmt: skip
+    rows = summary_rows(results, list(record["grid"]))
+    assert [(r["beta"], r["seed"]) for r in rows] == [("2", 0), (1.0, "1")]
+
+
+def test_union_grid_keeps_order_and_every_value():
+    assert union_grid([{"a": ["1", "2"]}, {"b": ["x"], "a": ["2", "3"]}]) == {
+        "a": ["1", "2", "3"],
+        "b": ["x"],
+    }
+
+
+# --- 16, 4: figures never rank across kinds of data, and say what they leave out
+
+
+def write_run(root: Path, likelihood: str, beta: float, nll: float, images: str = "ok") -> Path:
+    name = f"likelihood={likelihood},beta={beta:g}"
+    run = root / name
+    run.mkdir(parents=True)
+    targets = {
+        "gaussian": "vaesweep.model.likelihoods.GaussianLikelihood",
+        "laplace": "vaesweep.model.likelihoods.LaplaceLikelihood",
+        "bernoulli": "vaesweep.model.likelihoods.BernoulliLikelihood",
+    }
+    result = {
+        "status": "completed",
+        "metrics": {"test/nll": nll, "test/elbo": -nll - 1, "test/kl": 3.0, "test/mse": 0.1},
+        "config": {
+            "beta": beta,
+            "seed": 0,
+            "likelihood": {"name": likelihood, "_target_": targets[likelihood]},
+            "data": {"name": "digits", "preprocess": "auto"},
+        },
+        "overrides": [f"likelihood={likelihood}", f"beta={beta:g}"],
+        "seed": 0,
+        "job_name": name,
+        "dataset": {"name": "digits", "fingerprint": "f"},
+    }
+    (run / "results.json").write_text(json.dumps(result))
+    arrays = {
+        "originals": np.zeros((8, 1, 8, 8), np.uint8),
+        "reconstructions": np.zeros((8, 1, 8, 8), np.float32),
+        "samples": np.zeros((8, 1, 8, 8), np.float32),
+    }
+    if images != "missing":
+        np.savez(run / "images.npz", **arrays)
+    if images == "truncated":
+        data = (run / "images.npz").read_bytes()
+        (run / "images.npz").write_bytes(data[: len(data) // 2])
+    return run
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    """Gaussian, Laplace (dequantised) and Bernoulli (binarised) runs at two β; the
+    Bernoulli NLL is the lowest number, and the Laplace β = 2 images are missing, the
+    Gaussian β = 2 ones truncated."""
+    root = tmp_path / "sweep"
+    for beta in (0.5, 2.0):
+        write_run(root, "gaussian", beta, 120.0 + beta, "truncated" if beta == 2 else "ok")
+        write_run(root, "laplace", beta, 110.0 + beta, "missing" if beta == 2 else "ok")
+        write_run(root, "bernoulli", beta, 60.0 + beta)
+    return root
+
+
+def test_the_table_ranks_within_each_kind_of_data(mixed):
+    table = results_table(load_results(mixed))
+    assert table.keys[0] == "kind of data"
+    nll = table.columns.index("test/nll")
+    bold = {(row[0], row[1], row[2]) for row, best in zip(table.rows, table.best, strict=True)
+            if best[nll]}  # fmt: skip
+    # The best of each kind: never the Bernoulli's number against the densities'.
+    assert bold == {
+        ("binarised data", "Bernoulli", "0.5"),
+        ("dequantised data", "Laplace", "0.5"),
+    }
+    assert any("not comparable" in note for note in table.notes)
+
+
+def test_the_nll_figure_puts_each_kind_of_data_on_its_own_axes(mixed):
+    fig = metric_vs_beta(load_results(mixed))
+    assert len(fig.axes) == 4  # 2 kinds × (NLL, ELBO)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["binarised data"] * 2 + ["dequantised data"] * 2
+    labels = [{c.get_label() for c in ax.containers} for ax in fig.axes]
+    assert labels[0] == {"Bernoulli"} and labels[2] == {"Gaussian", "Laplace"}
+
+
+def test_runs_whose_images_are_missing_or_truncated_are_named_and_the_rest_drawn(mixed):
+    df = load_results(mixed)
+    notes = "\n".join(image_notes(df))
+    assert f"{mixed}/likelihood=laplace,beta=2/images.npz is missing" in notes
+    assert f"{mixed}/likelihood=gaussian,beta=2/images.npz cannot be read (BadZipFile" in notes
+    assert notes.count("left out of the reconstructions and samples") == 2
+    assert [label for label, _ in reconstruction_rows(df, beta=2.0)] == [
+        "test images",
+        "Bernoulli",
+    ]
+    assert len(reconstruction_rows(df, beta=0.5)) == 4
+
+
+@pytest.mark.slow
+def test_figures_command_names_the_runs_it_leaves_out(mixed, tmp_path):
+    report = write_sweep_figures(load_results(mixed), tmp_path / "figures")
+    assert len(report.notes) == 2
+    written = {p.name for p in report.written}
+    assert {"reconstructions_beta2.png", "samples_beta2.png", "nll_elbo_vs_beta.pdf"} <= written
+    assert {"results_table.md"} <= written
+    # The CLI prints the notes.
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaesweep.analysis.cli", "figures", str(mixed),
+         "--out", str(tmp_path / "cli")],
+        env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: images of Laplace at β = 2 not drawn" in proc.stderr
+    assert "Traceback" not in proc.stderr
