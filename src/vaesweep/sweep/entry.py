@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
 
 from vaesweep.run import context
-from vaesweep.run.config import CONF_DIR
+from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.driver import task
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
@@ -18,7 +19,7 @@ from vaesweep.sweep.callback import finish_stopped
 from vaesweep.sweep.search import quote_sweeper_params
 
 register_resolvers()
-_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 
 
 def main() -> None:
@@ -30,6 +31,9 @@ def main() -> None:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+    except KeyboardInterrupt:  # Ctrl-C where no sweep or job handles it (Hydra starting)
+        print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def cli_main() -> None:
