@@ -207,7 +207,8 @@ class SweepGuard:
     (:func:`stop_signal`: between two trials, never inside Hydra's composition of a
     trial's config or Optuna's proposal of one) and the end of the multirun writes the
     summary and exits with 128 + the signal number. A second signal raises SweepStopped
-    at once; signals after that are ignored (the summary is being written).
+    at once. Once SweepStopped is raised (:func:`stop_sweep`) or the summary is being
+    written (:meth:`quiet`), a signal is only recorded: nothing interrupts the stop.
     """
 
     def __init__(
