@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,13 +15,24 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from vaesweep.run.config import CONF_DIR
 from vaesweep.sweep.search import BEST_FILE, JOURNAL_FILE, SearchError, quote_sweeper_params
 from vaesweep.sweep.search.metrics import objective_direction
-from vaesweep.sweep.search.plan import check_pruner
+from vaesweep.sweep.search.plan import (
+    HYDRA_OPTUNA_SWEEPER,
+    SEARCH_SWEEPER,
+    Plan,
+    adopt_sweeper,
+    check_pruner,
+    check_sampler,
+    plan_search,
+)
 from vaesweep.sweep.search.space import parse_space
 from vaesweep.sweep.search.storage import open_storage
+from vaesweep.sweep.search.trials import _next_batch
 
-from conftest import RUN_PY, TINY, cli_env, run_cli
+from conftest import REPO, RUN_PY, TINY, cli_env, run_cli
+from pause import pause_env
 from tiny_sweeps import vaesweep
 
 SEARCH = ["-m", "hydra/sweeper=optuna", *TINY, "logger=none", "threads=1", "hydra.sweep.dir=sweep"]
@@ -116,6 +128,156 @@ def test_only_a_pruner_that_never_prunes_is_accepted():
     median = OmegaConf.create({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2})
     with pytest.raises(SearchError, match="run to completion"):
         check_pruner(median)
+
+
+def test_command_line_sampler_arguments_are_added_or_replaced():
+    assert quote_sweeper_params(
+        ["hydra.sweeper.sampler.n_startup_trials=1", "+hydra.sweeper.sampler.seed=3"]
+    ) == ["++hydra.sweeper.sampler.n_startup_trials=1", "+hydra.sweeper.sampler.seed=3"]
+
+
+def test_every_sampler_argument_is_accepted_and_a_wrong_one_named():
+    sweeper = OmegaConf.create(
+        {
+            "sampler": {
+                "_target_": "optuna.samplers.TPESampler",
+                "seed": 1,
+                "n_startup_trials": 3,
+                "multivariate": True,
+            }
+        }
+    )
+    check_sampler(sweeper)
+    sweeper.sampler.n_startup_trails = 3
+    with pytest.raises(SearchError, match="unexpected keyword argument 'n_startup_trails'"):
+        check_sampler(sweeper)
+
+
+def _multirun_config(sweeper: dict, top: dict | None = None, choice: str = "optuna"):
+    """A multirun config as the sweep callback sees it (what plan_search reads)."""
+    return OmegaConf.create(
+        {
+            **(top or {}),
+            "hydra": {
+                "sweeper": {"n_trials": 2, "params": {"beta": "interval(0.1, 10)"}, **sweeper},
+                "sweep": {"dir": "sweep"},
+                "runtime": {"choices": {"hydra/sweeper": choice}, "config_sources": []},
+                "job": {"config_name": "train", "config": {"override_dirname": {}}},
+            },
+        }
+    )
+
+
+def test_hydra_optuna_sweeper_target_is_this_search_or_refused_in_one_line():
+    config = _multirun_config({"_target_": HYDRA_OPTUNA_SWEEPER})
+    adopt_sweeper(config)
+    assert config.hydra.sweeper._target_ == SEARCH_SWEEPER
+    basic = _multirun_config({"_target_": HYDRA_OPTUNA_SWEEPER}, choice="basic")
+    with pytest.raises(SearchError, match="override /hydra/sweeper: optuna") as refused:
+        adopt_sweeper(basic)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "top", "objective", "direction"),
+    [
+        ({}, {}, "val/elbo", "maximize"),
+        ({}, {"optimized_metric": "val/loss"}, "val/loss", "minimize"),
+        ({"objective": "val/rec_nll"}, {}, "val/rec_nll", "minimize"),
+        ({"objective": "val/loss"}, {"optimized_metric": "val/loss"}, "val/loss", "minimize"),
+    ],
+)
+def test_optimized_metric_is_the_objective(sweeper, top, objective, direction):
+    plan = plan_search(_multirun_config(sweeper, top), ["optimized_metric=val/loss"])
+    assert (plan.objective, plan.direction) == (objective, direction)
+    assert "optimized_metric" not in plan.space.fixed  # not a key of the trials
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "top", "message"),
+    [
+        ({}, {"optimized_metric": "test/nll"}, "optimized_metric=test/nll: choosing"),
+        ({}, {"optimized_metric": "val/acc_best"}, "optimized_metric=val/acc_best: no result"),
+        (
+            {"direction": "maximize"},
+            {"optimized_metric": "val/loss"},
+            "contradicts optimized_metric",
+        ),
+        ({"objective": "val/kl"}, {"optimized_metric": "val/loss"}, "two objectives"),
+    ],
+)
+def test_optimized_metric_refusals(sweeper, top, message):
+    with pytest.raises(SearchError, match=message):
+        plan_search(_multirun_config(sweeper, top), [])
+
+
+def test_best_command_runs_one_job_with_the_config_sources_of_the_search():
+    config = _multirun_config({})
+    config.hydra.runtime.config_sources = [
+        {"path": str(CONF_DIR), "schema": "file", "provider": "main"},
+        {"path": "/abs/dir", "schema": "file", "provider": "command-line"},
+    ]
+    plan = plan_search(config, ["hparams_search=x", "sweep.resume=sweep", "seed=1"])
+    assert plan.reproduce([], {"beta": 0.5}) == [
+        "python",
+        "-m",
+        "vaesweep",
+        "--config-dir",
+        "/abs/dir",
+        "hparams_search=x",
+        "seed=1",
+        "beta=0.5",
+        "hydra.mode=RUN",
+    ]
+
+
+def test_a_half_proposed_trial_is_never_run_nor_counted():
+    """A launch killed while the sampler proposed a trial leaves it RUNNING without every
+    searched value: the next launch tells it FAIL and proposes n_trials complete ones."""
+    import optuna
+
+    space = parse_space({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 2, 1, "", "search", 1.0, Path("."), ())
+    study = optuna.create_study(direction="maximize")
+    study.ask().suggest_float("beta", 0.1, 10)  # cut short before "seed"
+    dists = {k: p.distribution() for k, p in space.searched.items()}
+    ((number, params),) = _next_batch(study, plan, [], dists, set())
+    assert number == 1 and set(params) == {"beta", "seed"}
+    assert study.trials[0].state.name == "FAIL"
+    study.tell(1, 1.0)
+    assert len(_next_batch(study, plan, [], dists, set())) == 1  # still 2 to run in all
+
+
+# -- lightning-hydra-template's hparams_search file --------------------------------------------
+LHT_FILE = CONF_DIR / "hparams_search" / "lht_optuna.yaml"
+DOCS = REPO / "docs" / "search.md"
+VERBATIM = "<!-- src/vaesweep/conf/hparams_search/lht_optuna.yaml, verbatim: tests/test_search.py checks it -->"
+
+
+def test_docs_show_the_shipped_lht_file_verbatim():
+    text = DOCS.read_text()
+    assert VERBATIM in text
+    block = text.split(VERBATIM, 1)[1].split("```yaml\n", 1)[1].split("```\n", 1)[0]
+    assert block == LHT_FILE.read_text()
+
+
+def test_a_config_dir_file_hydra_would_never_read_is_refused(tmp_path):
+    """Hydra reads the package's config tree before --config-dir: a user's file of the same
+    group and name would be silently replaced by the package's."""
+    from vaesweep.sweep.search.checks import check_shadowed
+
+    (tmp_path / "hparams_search").mkdir()
+    theirs = tmp_path / "hparams_search" / "lht_optuna.yaml"
+    config = _multirun_config({})
+    config.hydra.runtime.choices = {"hparams_search": "lht_optuna", "hydra/sweeper": "optuna"}
+    config.hydra.runtime.config_sources = [
+        {"path": str(tmp_path), "schema": "file", "provider": "command-line"}
+    ]
+    theirs.write_bytes(LHT_FILE.read_bytes())
+    check_shadowed(config)  # the same file: nothing lost
+    theirs.write_text(LHT_FILE.read_text().replace("n_trials: 20", "n_trials: 5"))
+    with pytest.raises(SearchError, match="is never read.*rename yours"):
+        check_shadowed(config)
 
 
 # -- bad input, refused by the real CLI before any trial ----------------------------------------
@@ -306,3 +468,183 @@ def test_collect_and_figures_on_a_search(failing_search, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in ("optimization_history", "param_importances"):
         assert (figures / f"{name}.pdf").exists() and (figures / f"{name}.png").exists()
+
+
+# -- lightning-hydra-template's file, for real ---------------------------------------------------
+LHT_BUDGET = [*TINY, "logger=none", "threads=1", "hydra.sweep.dir=sweep"]
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m vaesweep ARGS`` in its own session (a signal to its process group is what
+    Ctrl-C in a terminal sends); output in cwd/out-<n>.log."""
+    log_path = cwd / f"out-{len(list(cwd.glob('out-*.log')))}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vaesweep", *args],
+            cwd=cwd,
+            env={**cli_env(), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc.log_path = log_path
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return Path(proc.log_path).read_text()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def stop_at(proc: subprocess.Popen, marker: Path, name: str, timeout: float = 180) -> int:
+    """Waits until ``proc`` is held at its pause point, sends it the signal (SIGINT to its
+    process group, as Ctrl-C does; any other to the process) and returns its exit status."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before the pause:\n{output(proc)[-3000:]}")
+        assert time.monotonic() < deadline, "the pause point was never reached"
+        time.sleep(0.02)
+    signum = getattr(signal, name)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+    return finish(proc)
+
+
+def check_stopped(proc: subprocess.Popen, rc: int, sweep: Path, name: str) -> None:
+    """Exit 128 + the signal, no traceback, the summary naming the signal; every trial that
+    ran is completed or interrupted."""
+    out = output(proc)
+    assert rc == 128 + getattr(signal, name), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert f"Sweep stopped by {name}" in out, out[-3000:]
+    assert json.loads((sweep / "sweep.json").read_text())["stopped_by"] == name
+    for path in sweep.glob("trial_*/results.json"):
+        assert json.loads(path.read_text())["status"] in ("completed", "interrupted"), path
+
+
+@pytest.mark.slow
+def test_lht_file_in_a_config_dir_stops_continues_and_its_best_trial_reproduces(tmp_path):
+    """The shipped file as a user's own (in a --config-dir, under another name: Hydra would
+    read the package's file of the same name first), run as the issue ran it, from its own
+    directory: Ctrl-C between two trials stops it cleanly, the same command continues it to
+    n_trials, and best.json's command, run from another directory, trains the best trial
+    again to exactly its metrics."""
+    conf = tmp_path / "conf"
+    (conf / "hparams_search").mkdir(parents=True)
+    (conf / "hparams_search" / "mnist_vae.yaml").write_bytes(LHT_FILE.read_bytes())
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    args = [
+        "--config-dir",
+        "../conf",
+        "-m",
+        "hparams_search=mnist_vae",
+        *LHT_BUDGET,
+        "hydra.sweeper.n_trials=3",
+    ]
+    sweep, marker = launch / "sweep", launch / "paused"
+    proc = start(args, launch, env=pause_env("between_trials@1", marker))
+    check_stopped(proc, stop_at(proc, marker, "SIGINT"), sweep, "SIGINT")
+    assert [t.state.name for t in trials(sweep)] == ["COMPLETE"]
+
+    proc = start(args, launch)
+    assert finish(proc) == 0, output(proc)[-3000:]
+    final = trials(sweep)
+    assert [t.number for t in final] == [0, 1, 2]
+    assert {t.state.name for t in final} == {"COMPLETE"}
+    meta = json.loads((sweep / "sweep.json").read_text())["search"]
+    assert (meta["objective"], meta["direction"]) == ("val/elbo", "maximize")  # optimized_metric
+    assert set(meta["params"]) == {
+        "optimizer.lr",
+        "data.batch_size",
+        "model.hidden.0",
+        "model.latent_dim",
+    }
+    (best,) = json.loads((sweep / BEST_FILE).read_text())
+    command = shlex.split(best["best"]["command"])
+    assert command[:5] == ["python", "-m", "vaesweep", "--config-dir", str(conf)]
+    assert command[-1] == "hydra.mode=RUN" and "hparams_search=mnist_vae" in command
+    assert best["best"]["command"] in output(proc)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=elsewhere,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (elsewhere / "outputs" / "multirun").exists()  # one run, not a search
+    (result,) = (json.loads(p.read_text()) for p in elsewhere.rglob("results.json"))
+    trial = json.loads((sweep / best["best"]["dir"] / "results.json").read_text())
+    assert result["metrics"] == trial["metrics"]
+    assert result["config"] == trial["config"]
+
+
+@pytest.mark.slow
+def test_lht_file_in_the_config_tree_runs_with_run_py(workdir):
+    """``python run.py -m hparams_search=lht_optuna``: the shipped file, a sampler argument
+    on the command line too."""
+    args = [
+        "-m",
+        "hparams_search=lht_optuna",
+        *LHT_BUDGET,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+    ]
+    proc = run_cli(args, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in trials(workdir / "sweep")] == ["COMPLETE", "COMPLETE"]
+    (best,) = json.loads((workdir / "sweep" / BEST_FILE).read_text())
+    command = shlex.split(best["best"]["command"])
+    assert command[:4] == ["python", "-m", "vaesweep", "hparams_search=lht_optuna"]
+
+
+# Where a search is stopped: while its checks compose the trials' configs, while Optuna's
+# sampler proposes the second trial, while Hydra composes its config, between the first two
+# trials, in the second trial (held after its epoch, stopped at its next safe point).
+STOPS = [
+    ("search_checks", "SIGINT"),
+    ("sampler@2", "SIGTERM"),
+    ("compose@2", "SIGINT"),
+    ("between_trials@1", "SIGTERM"),
+    ("epoch_end@2", "SIGINT"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "name"), STOPS, ids=[f"{p}-{n}" for p, n in STOPS])
+def test_a_stop_anywhere_in_a_search_is_clean_and_the_relaunch_completes(workdir, point, name):
+    args = [*SEARCH, "hydra.sweeper.n_trials=3", BETA]
+    sweep, marker = workdir / "sweep", workdir / "paused"
+    proc = start(args, workdir, env=pause_env(point, marker))
+    check_stopped(proc, stop_at(proc, marker, name), sweep, name)
+    if point.startswith("epoch_end"):
+        result = json.loads((sweep / "trial_0001" / "results.json").read_text())
+        assert result["status"] == "interrupted" and name in result["error"]["message"]
+    assert not list(sweep.glob(".stop-*"))
+
+    proc = start(args, workdir)
+    assert finish(proc) == 0, output(proc)[-3000:]
+    assert "Traceback" not in output(proc)
+    final = trials(sweep)
+    assert [(t.number, t.state.name) for t in final] == [(i, "COMPLETE") for i in range(3)]
+    for t in final:  # each trial ran the values Optuna proposed for it, and reported them
+        r = json.loads((sweep / f"trial_{t.number:04d}" / "results.json").read_text())
+        assert r["config"]["beta"] == pytest.approx(t.params["beta"])
+        assert r["metrics"]["val/elbo"] == pytest.approx(t.value)
+    assert json.loads((sweep / "sweep.json").read_text())["stopped_by"] is None

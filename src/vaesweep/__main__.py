@@ -18,7 +18,11 @@ def main() -> None:
 
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         sys.exit(results_main(sys.argv[1:]))
-    from vaesweep.sweep.entry import cli_main
+    try:  # seconds of imports (torch, Lightning): Ctrl-C there is a stop, not a traceback
+        from vaesweep.sweep.entry import cli_main
+    except KeyboardInterrupt:
+        print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
+        sys.exit(130)
 
     cli_main()
 

@@ -1,16 +1,24 @@
 """Test-only pause points, loaded into the subprocesses the tests start (``pause.env``).
 
-``VAESWEEP_PAUSE_AT="<point>:<marker file>"``: at that point the process appends its pid (a
-line) to the marker file and waits until ``<marker file>.release`` exists, a job's stop
-signal has been received, or it is killed. The tests use it to SIGKILL or signal a job in a
-precise phase. The points, each a wrapper around a public function or method of vaesweep:
+``VAESWEEP_PAUSE_AT="<point>[@<n>]:<marker file>"``: at that point (only the n-th time it is
+reached, with ``@<n>``) the process appends its pid (a line) to the marker file and waits
+until ``<marker file>.release`` exists, a stop signal has been received (by a job or by the
+sweep's guard), or it is killed. The tests use it to SIGKILL or signal a job or a search in
+a precise phase. The points, each a wrapper around a public function or method of vaesweep
+(or, for a search, of Hydra or Optuna):
 
 - ``claimed``: the job's claim is held, nothing else done yet (``claims.acquire`` returned);
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
 - ``test``: after a test batch (``Resumable.on_test_batch_end``, before it checks signals);
 - ``images``: between the two image grids (``reconstructions.png`` written);
 - ``result_write``: the final results.json complete in its temp file, not yet renamed;
-- ``between_jobs``: a job has finished, the next has not started (``jobs.run`` returned).
+- ``between_jobs``: a job has finished, the next has not started (``jobs.run`` returned);
+- ``search_checks``: a search is being checked, no trial has run (before the search's
+  ``check_configs``, which composes the trials' configs);
+- ``between_trials``: a search's trial has been told to Optuna, the next not yet proposed
+  (``search.trials.settle`` returned);
+- ``sampler``: Optuna's sampler is proposing a trial (``TPESampler.sample_independent``);
+- ``compose``: Hydra's launcher is composing a trial's config (``load_sweep_config``).
 
 Nothing here is imported unless the variable is set, and nothing of it ships in the package.
 """
@@ -24,13 +32,19 @@ from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 _signalled = False
+_reached: dict[str, int] = {}
 
 
 def _pause(point: str) -> None:
     spec = os.environ.get(PAUSE_ENV, "")
-    if not spec.startswith(f"{point}:"):
+    where, _, marker = spec.partition(":")
+    name, _, nth = where.partition("@")
+    if name != point:
         return
-    marker = Path(spec.partition(":")[2])
+    _reached[point] = _reached.get(point, 0) + 1
+    if nth and _reached[point] != int(nth):
+        return
+    marker = Path(marker)
     with open(marker, "a") as f:
         f.write(f"{os.getpid()}\n")
     release = marker.with_name(f"{marker.name}.release")
@@ -62,18 +76,24 @@ def _before(obj, name: str, point: str) -> None:
     setattr(obj, name, wrapper)
 
 
-def _install() -> None:
-    from vaesweep.run import callbacks, claims, jobs, record, signals
+def _notice_signals(cls) -> None:
+    """A stop signal received by a job (StopSignals) or a sweep's guard ends the hold."""
+    handle = cls._handle
 
-    point = os.environ[PAUSE_ENV].partition(":")[0]
-    handle = signals.StopSignals._handle
-
-    def noticing(self, signum, frame):  # a job's stop signal ends the hold
+    def noticing(self, signum, frame):
         global _signalled
         _signalled = True
         return handle(self, signum, frame)
 
-    signals.StopSignals._handle = noticing
+    cls._handle = noticing
+
+
+def _install() -> None:
+    from vaesweep.run import callbacks, claims, jobs, record, signals
+
+    point = os.environ[PAUSE_ENV].partition(":")[0].partition("@")[0]
+    for cls in (signals.StopSignals, signals.SweepGuard):
+        _notice_signals(cls)
     if point == "claimed":
         _after(claims, "acquire", "claimed")
     elif point == "epoch_end":
@@ -89,6 +109,22 @@ def _install() -> None:
         )
     elif point == "between_jobs":
         _after(jobs, "run", "between_jobs")
+    elif point == "search_checks":
+        from vaesweep.sweep.search import driver
+
+        _before(driver, "check_configs", "search_checks")
+    elif point == "between_trials":
+        from vaesweep.sweep.search import trials
+
+        _after(trials, "settle", "between_trials")
+    elif point == "sampler":
+        import optuna
+
+        _before(optuna.samplers.TPESampler, "sample_independent", "sampler")
+    elif point == "compose":
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        _before(ConfigLoaderImpl, "load_sweep_config", "compose")
     elif point == "result_write":
         finish, replace = record.RunRecord.finish, os.replace
         finishing = []

@@ -2,7 +2,10 @@
 
 Importing this module is cheap (Hydra imports every plugin module at start-up): Optuna is
 imported only when a search starts. The keys follow Hydra's own Optuna sweeper where they
-apply; docs/search.md lists the differences. (No ``from __future__ import annotations``:
+apply; docs/search.md lists the differences. A config that names Hydra's own sweeper class
+(``hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper``, as
+lightning-hydra-template's ``hparams_search`` files do) with ``hydra/sweeper=optuna`` gets
+this one (vaesweep.sweep.search.plan.adopt_sweeper). (No ``from __future__ import annotations``:
 Hydra executes plugin modules before they are in ``sys.modules``, where dataclasses cannot
 resolve string annotations.)
 """
@@ -16,11 +19,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
-@dataclass
-class SamplerConf:
-    _target_: str = "optuna.samplers.TPESampler"
+def _default_sampler() -> dict[str, Any]:
     # The run's own seed by default: the same command proposes the same trials.
-    seed: Any = "${seed}"
+    return {"_target_": "optuna.samplers.TPESampler", "seed": "${seed}"}
 
 
 @dataclass
@@ -32,8 +33,9 @@ class OptunaSweeperConf:
     n_jobs: Any = None
     # maximize | minimize; null: from the objective (maximise an ELBO, minimise the rest).
     direction: Any = None
-    # The metric of each trial's results.json that the search optimises.
-    objective: str = "val/elbo"
+    # The metric of each trial's results.json that the search optimises; null: the config's
+    # optimized_metric (lightning-hydra-template's key) if it has one, else val/elbo.
+    objective: Any = None
     # test/* objectives select the model on the test split: refused unless this is true.
     allow_test_objective: bool = False
     # null: a journal file, optuna_journal.log, in the sweep directory. A path: a journal
@@ -41,7 +43,9 @@ class OptunaSweeperConf:
     storage: Any = None
     # null: "search" (with grid axes: "search[<grid point>]").
     study_name: Any = None
-    sampler: Any = field(default_factory=SamplerConf)
+    # An Optuna sampler: _target_ and any arguments of its constructor (n_startup_trials,
+    # multivariate, ...), in a file or on the command line (hydra.sweeper.sampler.KEY=V).
+    sampler: Any = field(default_factory=_default_sampler)
     # null (or optuna.pruners.NopPruner): trials are whole jobs that tell Optuna only their
     # final objective, so any other pruner would never prune and is refused (docs/search.md).
     pruner: Any = None

@@ -41,6 +41,8 @@ from vaesweep.run.memory import DATA_SHAPES, check_memory
 log = logging.getLogger("vaesweep")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The root config of the config tree (conf/train.yaml).
+CONFIG_NAME = "train"
 
 PREPROCESS = ("auto", "dequantize", "binarize", "scale")
 CHECKPOINTS = ("last", "best")

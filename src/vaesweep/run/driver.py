@@ -48,7 +48,7 @@ from vaesweep.run.context import Job, process_rank, read_sweep
 from vaesweep.run.failures import job_label, quiet_console, report_failure
 from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
 from vaesweep.run.record import RESULTS_FILE, RunRecord, read
-from vaesweep.run.signals import JobInterrupted, StopSignals, SweepStopped
+from vaesweep.run.signals import JobInterrupted, StopSignals, stop_sweep
 
 # A file to append training-event timestamps to (benchmarks/: cold start, per-job overhead).
 TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
@@ -369,7 +369,7 @@ def _stopped(stop: JobInterrupted) -> None:
     if "submitit" in launcher or "joblib" in launcher:
         return
     if launcher:
-        raise SweepStopped(stop.signum)
+        stop_sweep(stop.signum)
     raise SystemExit(stop.exit_code)
 
 

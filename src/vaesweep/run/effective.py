@@ -64,8 +64,9 @@ NOT_RESULTS = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 )
-#: Override keys outside the check: Hydra's own, and presets (which set keys themselves).
-UNCHECKED = ("hydra", "experiment")
+#: Override keys outside the check: Hydra's own, and presets (which set keys themselves):
+#: a study (experiment) and a search (hparams_search, lightning-hydra-template's group).
+UNCHECKED = ("hydra", "experiment", "hparams_search")
 LABEL_HINT = (
     "Keys that only label a run go under label.note and label.tags: they are recorded in "
     "results.json and W&B and never change what a run computes."

@@ -35,7 +35,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from vaesweep.core.atomic import atomic_open
 
@@ -198,18 +198,27 @@ class SweepGuard:
     reaches this guard directly. Either way the guard raises SweepStopped: no further job
     starts, and the entry point writes the summary of what finished.
 
-    ``parallel`` (jobs in worker processes, the joblib launcher): the first signal only
-    writes ``stop_file`` naming it. The running jobs see it (StopSignals' stop file, through
-    the environment variable STOP_FILE_ENV, which the workers inherit), stop at their next
+    ``parallel`` (jobs in worker processes, the joblib launcher), or ``deferred`` (an
+    Optuna search, whose own loop stops at its safe points): the first signal only writes
+    ``stop_file`` naming it. The running jobs see it (StopSignals' stop file, through the
+    environment variable STOP_FILE_ENV, which the workers inherit), stop at their next
     safe point and record ``interrupted``; jobs handed out after it start nothing. The
-    launcher then returns normally and the end of the multirun writes the summary and
-    exits with 128 + the signal number. A second signal raises SweepStopped at once.
+    launcher then returns normally; a search stops at its next safe point
+    (:func:`stop_signal`: between two trials, never inside Hydra's composition of a
+    trial's config or Optuna's proposal of one) and the end of the multirun writes the
+    summary and exits with 128 + the signal number. A second signal raises SweepStopped
+    at once. Once SweepStopped is raised (:func:`stop_sweep`) or the summary is being
+    written (:meth:`quiet`), a signal is only recorded: nothing interrupts the stop.
     """
 
-    def __init__(self, stop_file: str | os.PathLike[str], parallel: bool) -> None:
+    def __init__(
+        self, stop_file: str | os.PathLike[str], parallel: bool, deferred: bool = False
+    ) -> None:
         self.stop_file = Path(stop_file)
         self.parallel = parallel
+        self.deferred = parallel or deferred
         self.signum: int | None = None
+        self._quiet = False
         self._previous: dict[int, Any] = {}
 
     @property
@@ -220,26 +229,55 @@ class SweepGuard:
         first = self.signum is None
         if first:
             self.signum = signum
-            if self.parallel:
-                with atomic_open(self.stop_file, "w") as f:
-                    f.write(signal.Signals(signum).name)
-                return
-        raise SweepStopped(self.signum)
+        if self._quiet:  # stopping already: recorded, never a second SweepStopped
+            return
+        if first and self.deferred:
+            with atomic_open(self.stop_file, "w") as f:
+                f.write(signal.Signals(signum).name)
+            return
+        stop_sweep(self.signum)
+
+    def quiet(self) -> None:
+        """From now on a signal is only recorded (the sweep is stopping, or writing its
+        summary): no SweepStopped is raised into that work."""
+        self._quiet = True
 
     def install(self) -> SweepGuard:
+        global _ACTIVE
         self._previous = _install(self._handle)
-        if self.parallel:
+        if self.deferred:
             os.environ[STOP_FILE_ENV] = str(self.stop_file)
+        _ACTIVE = self
         return self
 
     def uninstall(self) -> None:
+        global _ACTIVE
         _restore(self._previous)
         self._previous = {}
+        if _ACTIVE is self:
+            _ACTIVE = None
         if os.environ.get(STOP_FILE_ENV) == str(self.stop_file):
             del os.environ[STOP_FILE_ENV]
         self.stop_file.unlink(missing_ok=True)
 
 
+_ACTIVE: SweepGuard | None = None
+
+
+def stop_sweep(signum: int) -> NoReturn:
+    """Raises SweepStopped; the sweep's guard (if one is installed) only records the
+    signals that come after it, so that none interrupts the stop."""
+    if _ACTIVE is not None:
+        _ACTIVE.quiet()
+    raise SweepStopped(signum)
+
+
 def sweep_stopped() -> bool:
     """Whether the launching process of this (parallel) sweep has been told to stop."""
-    return read_stop_file(os.environ.get(STOP_FILE_ENV)) is not None
+    return stop_signal() is not None
+
+
+def stop_signal() -> int | None:
+    """The signal that told this sweep to stop (its guard is deferred: a parallel sweep or
+    a search), None while none has."""
+    return read_stop_file(os.environ.get(STOP_FILE_ENV))

@@ -51,10 +51,10 @@ class _Running:
         return Path(self.config.hydra.sweep.dir)
 
     def finish(self) -> bool:
-        """Puts the previous signal handlers back, then writes the summary (naming the
-        signal that stopped the sweep, if one did) and calls the finishers (the W&B copy of
-        the summary); True when every job completed."""
-        self.guard.uninstall()
+        """Writes the summary (naming the signal that stopped the sweep, if one did; a
+        signal meanwhile is only recorded), puts the previous signal handlers back and
+        calls the finishers (the W&B copy of the summary); True when every job completed."""
+        self.guard.quiet()
         stopped_by = self.guard.signal_name
         try:  # Hydra turns a callback's exception into a warning (and the sweep exits 0)
             if self.search:
@@ -64,6 +64,8 @@ class _Running:
         except Exception as e:
             print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
             done = False
+        finally:
+            self.guard.uninstall()
         for finisher in self.finishers:  # each reports its own failures; none changes `done`
             finisher(self.config, self.sweep_dir)
         return done
@@ -112,21 +114,32 @@ class SweepCallback(Callback):
         preflight.check_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _RUNNING
         refuse_bad_resume(config.sweep.get("resume"))
         search = is_search(config)
         preflight.check_multirun(config, search)  # before the sweep directory is made
-        if search:  # hydra/sweeper=optuna: vaesweep.sweep.search checks and records
-            start_search(config)
-        else:
+        if not search:
             start_sweep(config)
-        self._guard(config, Path(config.hydra.sweep.dir), search)
+            self._guard(config, search=False)
+            return
+        # hydra/sweeper=optuna: vaesweep.sweep.search checks and records. Its guard comes
+        # first: a signal during the checks (or anywhere later) is recorded, and the search
+        # stops at its next safe point.
+        running = self._guard(config, search=True)
+        try:
+            start_search(config)
+        except BaseException:  # refused (exit 2): nothing ran, nothing to summarise
+            running.guard.uninstall()
+            _RUNNING = None
+            raise
 
-    def _guard(self, config: DictConfig, sweep_dir: Path, search: bool) -> None:
+    def _guard(self, config: DictConfig, search: bool) -> _Running:
         global _RUNNING
         launcher = str(config.hydra.launcher.get("_target_") or "")
-        stop_file = sweep_dir / f".stop-{HOST}-{os.getpid()}"  # this launch's only
-        guard = SweepGuard(stop_file, parallel="joblib" in launcher).install()
+        stop_file = Path(config.hydra.sweep.dir) / f".stop-{HOST}-{os.getpid()}"  # this launch's
+        guard = SweepGuard(stop_file, parallel="joblib" in launcher, deferred=search).install()
         _RUNNING = _Running(guard, config, search, self.finishers)
+        return _RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Jobs this launch skipped because another live launch of the same sweep was

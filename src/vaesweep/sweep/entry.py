@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import hydra
@@ -13,7 +14,7 @@ from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from vaesweep.run import context
-from vaesweep.run.config import CONF_DIR
+from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.driver import task
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
@@ -22,7 +23,7 @@ from vaesweep.sweep.search import quote_sweeper_params
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
-_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 
 
 def main() -> None:
@@ -41,6 +42,9 @@ def main() -> None:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+    except KeyboardInterrupt:  # Ctrl-C where no sweep or job handles it (Hydra starting)
+        print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     except CompactHydraException as error:  # a config that does not compose: Hydra's words
         if full_error:
             raise

@@ -15,12 +15,20 @@
 - each trial is a job launched through ``self.launcher`` in batches of ``n_jobs``; the
   objective is read from the trial's ``results.json`` (default ``val/elbo``, maximised);
   failed and diverged trials are told as FAIL and the search goes on;
-- at the end the best trial of every study and its overrides are printed and written to
-  ``best.json`` and ``optimization_results.yaml``.
+- a stop signal at any moment is recorded by the sweep's guard; a running trial stops at
+  its next batch (``interrupted``), the search at its next safe point (between two steps,
+  never inside Hydra's or Optuna's code), and the entry point writes the summary;
+- at the end the best trial of every study and the command that trains it as one run are
+  printed and written to ``best.json`` and ``optimization_results.yaml``.
+
+A lightning-hydra-template ``hparams_search`` file runs as written: the group is in the root
+config, its ``optimized_metric`` is the objective, its ``_target_`` (Hydra's own Optuna
+sweeper) is this one (:func:`~vaesweep.sweep.search.plan.adopt_sweeper`).
 
 Bad input (an unknown expression, an empty or inverted range, an objective no result will
-hold, ``n_trials`` < 1, a storage that cannot be written, a changed search space, a pruner:
-trials run to completion, see :func:`check_pruner`) is refused
+hold, ``n_trials`` < 1, a storage that cannot be written, a sampler that cannot be built, a
+``--config-dir`` file Hydra never reads, a changed search space, a pruner: trials run to
+completion, see :func:`check_pruner`) is refused
 by :func:`start_search` (from the sweep callback) before any trial runs. Optuna is imported
 only inside the functions that need it.
 
@@ -30,7 +38,8 @@ The modules, in the order data flows through them:
   :class:`SearchError`;
 - ``metrics``: the objectives a search may optimise and their directions;
 - ``storage``: the journal file or RDB URL, checked and opened;
-- ``plan``: the options checked into a :class:`Plan` (trials, jobs, pruner, study names);
+- ``plan``: the options checked into a :class:`Plan` (trials, jobs, objective, sampler,
+  pruner, study names, the command that trains a trial as one run);
 - ``studies``: one study per grid point, created or continued, a changed search refused;
 - ``checks``: refusals that compose the trials' configs or read the existing studies;
 - ``trials``: a study's trials launched as jobs and told from their results.json;

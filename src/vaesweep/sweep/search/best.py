@@ -42,6 +42,8 @@ def best_trial(study: Any, plan: Plan, point: list[str]) -> dict[str, Any]:
             "params": t.params,
             "dir": t.user_attrs.get(DIR_ATTR, plan.trial_dir(point, t.number)),
             "overrides": plan.space.trial_overrides(point, t.params),
+            # Trains this trial's configuration as one run, from any directory.
+            "command": shlex.join(plan.reproduce(point, t.params)),
         }
     return record
 
@@ -73,9 +75,10 @@ def format_best(best: list[dict[str, Any]]) -> str:
             lines.append(f"{head}; no completed trial")
             continue
         best = b["best"]
+        command = best.get("command") or "python -m vaesweep " + shlex.join(best["overrides"])
         lines.append(
             f"{head}; best {b['objective']} = {best['value']:.6g} ({b['direction']}) "
-            f"in {best['dir']}:\n  python run.py " + shlex.join(best["overrides"])
+            f"in {best['dir']}; as one run:\n  {command}"
         )
     return "\n".join(lines)
 

@@ -1,15 +1,16 @@
 """The refusals that need more than the options: the trials' composed configs (keys that
 change nothing, grid points that compute the same thing, an objective these jobs will not
-report) and the existing studies (a changed search). Run before any trial."""
+report), a ``--config-dir`` file that Hydra would never read, and the existing studies (a
+changed search). Run before any trial."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from hydra import compose
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.run.config import resolve_preprocess
+from vaesweep.run.config import CONF_DIR, resolve_preprocess
 from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
@@ -18,16 +19,16 @@ from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import check_unchanged, existing_study
 
 
-def _check_objective_reported(cfg: DictConfig, objective: str) -> None:
+def _check_objective_reported(cfg: DictConfig, objective: str, key: str) -> None:
     if objective == "test/bpd" and resolve_preprocess(cfg) != "dequantize":
         raise SearchError(
-            f"hydra.sweeper.objective=test/bpd: bits/dim are reported only for "
+            f"{key}=test/bpd: bits/dim are reported only for "
             f"dequantised data, and likelihood={cfg.likelihood.name} has "
             f"{resolve_preprocess(cfg)}d data; allowed: {', '.join(VAL_METRICS[:4])}"
         )
     if objective in SCALE_METRICS and cfg.likelihood.get("scale") is None:
         raise SearchError(
-            f"hydra.sweeper.objective={objective}: likelihood={cfg.likelihood.name} "
+            f"{key}={objective}: likelihood={cfg.likelihood.name} "
             f"has no scale; allowed: {', '.join(VAL_METRICS[:4])}"
         )
 
@@ -43,12 +44,37 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     except Exception as e:
         raise SearchError(f"the trials' config does not compose: {e}") from None
     for cfg in configs:
-        _check_objective_reported(cfg, plan.objective)
+        _check_objective_reported(cfg, plan.objective, plan.objective_key)
     refusal = check_overrides(jobs[0], configs)  # every job has the same keys
     if refusal is None and len(jobs) > 1:
         refusal = check_distinct(list(zip(jobs, configs, strict=True)))
     if refusal:
         raise SearchError(refusal)
+
+
+def check_shadowed(config: DictConfig) -> None:
+    """A config of the ``--config-dir`` that the search selects but Hydra never reads: the
+    package's config tree has one of the same group and name, and Hydra reads the package's
+    first. Refused (SearchError, naming both files) unless the two are the same file."""
+    sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=[]) or []
+    dirs = [
+        Path(str(s.get("path")))
+        for s in sources
+        if s.get("provider") == "command-line" and s.get("schema") == "file"
+    ]
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
+    for group, name in choices.items():
+        if name is None or str(group).startswith("hydra/"):
+            continue
+        ours = CONF_DIR / str(group) / f"{name}.yaml"
+        for directory in dirs:
+            theirs = directory / str(group) / f"{name}.yaml"
+            if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+                raise SearchError(
+                    f"{group}={name}: {theirs} is never read: vaesweep's own {ours} has the "
+                    "same name and Hydra reads the package's config tree before --config-dir; "
+                    f"rename yours (e.g. {group}/my_{name}.yaml) and select {group}=my_{name}"
+                )
 
 
 def check_studies(plan: Plan) -> None:

@@ -16,12 +16,12 @@ from vaesweep.core.helpers import now
 from vaesweep.run.context import SWEEP_FILE, read_sweep
 from vaesweep.sweep.grid import finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
-from vaesweep.sweep.search.checks import check_configs, check_studies
-from vaesweep.sweep.search.plan import Plan, plan_search
+from vaesweep.sweep.search.checks import check_configs, check_shadowed, check_studies
+from vaesweep.sweep.search.plan import Plan, adopt_sweeper, check_sampler, plan_search
 from vaesweep.sweep.search.space import SearchError
 from vaesweep.sweep.search.storage import check_storage, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import open_study
-from vaesweep.sweep.search.trials import run_study
+from vaesweep.sweep.search.trials import run_study, stop_if_signalled
 
 
 def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +56,10 @@ def start_search(config: DictConfig) -> None:
     """The sweep callback's start of a search: every check, then sweep.json. Exits with
     status 2, naming the key, when the search is refused."""
     try:
+        adopt_sweeper(config)  # lightning-hydra-template's _target_: this search
+        check_shadowed(config)
         plan = plan_search(config, list(config.hydra.overrides.task))
+        check_sampler(config.hydra.sweeper)
         check_configs(config, plan)
         check_storage(plan.storage)
         check_studies(plan)
@@ -71,22 +74,36 @@ def run_search(
     config: DictConfig, launcher: Any, arguments: list[str], sampler: Any, pruner: Any
 ) -> list[dict[str, Any]]:
     """The sweeper's ``sweep``: every study of the search to n_trials; returns the best
-    trials (also in best.json)."""
+    trials (also in best.json, written too when a signal stops the search: SweepStopped
+    propagates to the entry point, which writes the summary)."""
     plan = plan_search(config, arguments)
+    stop_if_signalled()
     check_storage(plan.storage)
     quiet_optuna()
     storage = open_storage(plan.storage)
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, plan.sweep_dir / "multirun.yaml")
     job_idx = 0
-    studies = []
+    studies: list[tuple[list[str], Any]] = []
     samplers = study_samplers(config, sampler)
-    for point in plan.space.points():
-        study = open_study(storage, plan, point, samplers, pruner)
-        job_idx = run_study(study, plan, point, launcher, job_idx)
-        studies.append((point, study))
-    best = [best_trial(study, plan, point) for point, study in studies]
-    write_best(plan.sweep_dir, best)
+    try:
+        for point in plan.space.points():
+            stop_if_signalled()
+            study = open_study(storage, plan, point, samplers, pruner)
+            studies.append((point, study))
+            job_idx = run_study(study, plan, point, launcher, job_idx)
+    finally:  # the best trials so far, also when the search stopped
+        best = _write_best(plan, studies)
+    return best
+
+
+def _write_best(plan: Plan, studies: list[tuple[list[str], Any]]) -> list[dict[str, Any]]:
+    try:
+        best = [best_trial(study, plan, point) for point, study in studies]
+        write_best(plan.sweep_dir, best)
+    except Exception as e:  # never hides what stopped the search
+        print(f"[vaesweep] {BEST_FILE} not written: {type(e).__name__}: {e}", file=sys.stderr)
+        return []
     return best
 
 

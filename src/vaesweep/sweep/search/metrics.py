@@ -35,26 +35,28 @@ DIRECTIONS = {
 SCALE_METRICS = ("val/scale", "test/scale_ratio")
 
 
-def _check_objective(objective: str, allow_test: bool) -> None:
+def _check_objective(objective: str, allow_test: bool, key: str) -> None:
     known = VAL_METRICS + TEST_METRICS
     if objective not in known:
         raise SearchError(
-            f"hydra.sweeper.objective={objective}: no result holds this metric; allowed: "
-            + ", ".join(known)
+            f"{key}={objective}: no result holds this metric; allowed: " + ", ".join(known)
         )
     if objective.startswith("test/") and not allow_test:
         raise SearchError(
-            f"hydra.sweeper.objective={objective}: choosing hyperparameters on the test split "
+            f"{key}={objective}: choosing hyperparameters on the test split "
             "reports an optimistic test score; use a val/* metric (allowed: "
             + ", ".join(VAL_METRICS)
             + "), or opt in with hydra.sweeper.allow_test_objective=true"
         )
 
 
-def objective_direction(objective: str, direction: Any, allow_test: bool) -> str:
+def objective_direction(
+    objective: str, direction: Any, allow_test: bool, key: str = "hydra.sweeper.objective"
+) -> str:
     """The checked direction of an objective (SearchError for a metric no result holds, a
-    test metric without the opt-in, or a direction that contradicts the metric)."""
-    _check_objective(objective, allow_test)
+    test metric without the opt-in, or a direction that contradicts the metric). ``key``:
+    where the objective was set (hydra.sweeper.objective or optimized_metric)."""
+    _check_objective(objective, allow_test, key)
     natural = DIRECTIONS.get(objective.split("/", 1)[1])
     if direction is None:
         if natural is None:
@@ -76,7 +78,7 @@ def objective_direction(objective: str, direction: Any, allow_test: bool) -> str
         )
     if natural is not None and direction != natural:
         raise SearchError(
-            f"hydra.sweeper.direction={direction} contradicts hydra.sweeper.objective="
+            f"hydra.sweeper.direction={direction} contradicts {key}="
             f"{objective}, which improves when it gets {'larger' if natural == 'maximize' else 'smaller'}; "
             f"allowed: {natural} or null"
         )

@@ -8,16 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.context import job_dirname
 from vaesweep.run.effective import NOT_RESULTS
 from vaesweep.sweep.search.metrics import objective_direction
 from vaesweep.sweep.search.space import PARAMS_KEY, SYNTAX, SearchError, Space, parse_space
-from vaesweep.sweep.search.storage import storage_location
+from vaesweep.sweep.search.storage import quiet_optuna, storage_location
 
 SEARCH_SWEEPER = "hydra_plugins.vaesweep_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+#: Hydra's own Optuna sweeper (hydra-optuna-sweeper, optuna<3), which lightning-hydra-template's
+#: hparams_search files name: with hydra/sweeper=optuna, vaesweep's search runs them.
+HYDRA_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 DEFAULT_STUDY = "search"
+DEFAULT_OBJECTIVE = "val/elbo"
+#: lightning-hydra-template's name for the objective: a top-level key of the config.
+OPTIMIZED_METRIC = "optimized_metric"
 #: The trial's user attr that holds its job directory.
 DIR_ATTR = "job_dir"
 #: The pruners a search accepts: none (trials report no intermediate values, below).
@@ -25,9 +32,34 @@ NO_PRUNERS = ("optuna.pruners.NopPruner",)
 
 
 def is_search(config: DictConfig) -> bool:
-    """Whether this multirun's sweeper is vaesweep's Optuna search."""
+    """Whether this multirun's sweeper is vaesweep's Optuna search (or names Hydra's own
+    Optuna sweeper, which :func:`adopt_sweeper` replaces with it or refuses)."""
     sweeper = OmegaConf.select(config, "hydra.sweeper")
-    return sweeper is not None and sweeper.get("_target_") == SEARCH_SWEEPER
+    return sweeper is not None and sweeper.get("_target_") in (
+        SEARCH_SWEEPER,
+        HYDRA_OPTUNA_SWEEPER,
+    )
+
+
+def adopt_sweeper(config: DictConfig) -> None:
+    """``hydra.sweeper._target_`` naming Hydra's own Optuna sweeper (what a
+    lightning-hydra-template ``hparams_search`` file writes) is vaesweep's search when
+    ``hydra/sweeper=optuna`` selected vaesweep's config: the target is set to vaesweep's
+    sweeper in ``config`` (the multirun's config, before Hydra instantiates the sweeper).
+    Under another ``hydra/sweeper`` choice it is refused (SearchError)."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_")
+    if target != HYDRA_OPTUNA_SWEEPER:
+        return
+    choice = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/sweeper")
+    if choice != "optuna":
+        raise SearchError(
+            f"hydra.sweeper._target_={target}: Hydra's Optuna sweeper plugin is not installed "
+            "(it needs optuna<3); vaesweep's search is selected by `override /hydra/sweeper: "
+            f"optuna` in the config's defaults (or hydra/sweeper=optuna), not hydra/sweeper="
+            f"{choice}; with it, the _target_ line may stay or go"
+        )
+    with open_dict(config.hydra.sweeper):
+        config.hydra.sweeper._target_ = SEARCH_SWEEPER
 
 
 @dataclass
@@ -44,6 +76,9 @@ class Plan:
     max_failure_rate: float
     sweep_dir: Path
     excluded: tuple[str, ...]  # keys that do not change results (kept out of the fingerprint)
+    objective_key: str = "hydra.sweeper.objective"  # where the objective was set
+    # The command that runs one job of this config (python -m vaesweep [--config-dir ...]).
+    entry: tuple[str, ...] = ("python", "-m", "vaesweep")
 
     def study(self, point: list[str]) -> str:
         return f"{self.study_name}[{','.join(point)}]" if point else self.study_name
@@ -64,6 +99,43 @@ class Plan:
     def trial_dir(self, point: list[str], number: int) -> str:
         name = f"trial_{number:04d}"
         return job_dirname(",".join([*point, name])) if point else name
+
+    def reproduce(self, point: list[str], params: dict[str, Any]) -> list[str]:
+        """The command that trains this trial's configuration as one run, from any
+        directory: its overrides (a preset that selects the search included: it may set
+        more than the sweeper), ``hydra.mode=RUN`` (one job, whatever the preset's
+        ``hydra.mode``), without the sweep's own keys (``sweep.resume``, ...)."""
+        overrides = [
+            o
+            for o in self.space.trial_overrides(point, params)
+            if _key(o) != "sweep" and not _key(o).startswith("sweep.")
+        ]
+        return [*self.entry, *overrides, "hydra.mode=RUN"]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def entry_command(config: DictConfig) -> tuple[str, ...]:
+    """``python -m vaesweep`` with the config sources this multirun was started with: its
+    ``--config-dir`` (absolute), a ``--config-path`` other than the package's config tree
+    and a ``--config-name`` other than train."""
+    command = ["python", "-m", "vaesweep"]
+    sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=[]) or []
+    for source in sources:
+        if source.get("schema") != "file":
+            continue
+        if source.get("provider") == "command-line":
+            command += ["--config-dir", str(source.get("path"))]
+        elif source.get("provider") == "main":
+            path = Path(str(source.get("path"))).resolve()
+            if path != CONF_DIR:
+                command += ["--config-path", str(path)]
+    name = OmegaConf.select(config, "hydra.job.config_name", default=None)
+    if name and name != CONFIG_NAME:
+        command += ["--config-name", str(name)]
+    return tuple(command)
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -91,6 +163,52 @@ def check_pruner(pruner: Any) -> None:
     )
 
 
+def check_sampler(opts: DictConfig) -> None:
+    """SearchError unless ``hydra.sweeper.sampler`` builds (an Optuna sampler from its
+    ``_target_`` and arguments, as Hydra will build it): an unknown argument or class is
+    named before any trial runs."""
+    conf = opts.get("sampler")
+    if conf is None:
+        return
+    if not isinstance(conf, DictConfig) or conf.get("_target_") is None:
+        raise SearchError(
+            f"hydra.sweeper.sampler={conf}: allowed: null or a mapping with _target_ (an "
+            "Optuna sampler class) and its constructor's arguments"
+        )
+    from hydra.utils import instantiate
+
+    quiet_optuna()  # an experimental argument (multivariate=true) is taken without a warning
+    try:
+        instantiate(conf)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise SearchError(
+            f"hydra.sweeper.sampler: {conf.get('_target_')} cannot be built from "
+            f"{OmegaConf.to_container(conf, resolve=True)} ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}); allowed: its "
+            "constructor's arguments (the Optuna documentation of the class lists them)"
+        ) from None
+
+
+def _objective(config: DictConfig, opts: DictConfig) -> tuple[str, str]:
+    """(the objective, the key that set it): ``hydra.sweeper.objective``, else the config's
+    ``optimized_metric`` (lightning-hydra-template's name), else val/elbo. Both set to two
+    metrics is refused."""
+    objective = opts.get("objective")
+    metric = config.get(OPTIMIZED_METRIC)
+    if objective is not None and metric is not None and str(objective) != str(metric):
+        raise SearchError(
+            f"hydra.sweeper.objective={objective} and {OPTIMIZED_METRIC}={metric} name two "
+            f"objectives; a search optimises one: set one of them ({OPTIMIZED_METRIC} is "
+            "lightning-hydra-template's name for hydra.sweeper.objective)"
+        )
+    if objective is not None:
+        return str(objective), "hydra.sweeper.objective"
+    if metric is not None:
+        return str(metric), OPTIMIZED_METRIC
+    return DEFAULT_OBJECTIVE, "hydra.sweeper.objective"
+
+
 def _space(opts: DictConfig, arguments: list[str]) -> Space:
     params = opts.get("params")
     if params is not None and not isinstance(params, DictConfig):
@@ -116,10 +234,11 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     if not (isinstance(rate, int | float) and 0 <= rate <= 1):
         raise SearchError(f"hydra.sweeper.max_failure_rate={rate}: allowed: a number in [0, 1]")
     check_pruner(opts.get("pruner"))
-    space = _space(opts, arguments)
-    objective = str(opts.get("objective") or "val/elbo")
+    # optimized_metric on the command line is the objective, not a key of the trials.
+    space = _space(opts, [a for a in arguments if _key(a) != OPTIMIZED_METRIC])
+    objective, objective_key = _objective(config, opts)
     direction = objective_direction(
-        objective, opts.get("direction"), bool(opts.get("allow_test_objective"))
+        objective, opts.get("direction"), bool(opts.get("allow_test_objective")), objective_key
     )
     sweep_dir = Path(config.hydra.sweep.dir)
     excluded = OmegaConf.select(
@@ -136,4 +255,6 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
         max_failure_rate=float(rate),
         sweep_dir=sweep_dir,
         excluded=(*map(str, excluded), *NOT_RESULTS),
+        objective_key=objective_key,
+        entry=entry_command(config),
     )

@@ -19,6 +19,7 @@ from hydra.core.override_parser.types import (
 from omegaconf import DictConfig, ListConfig
 
 PARAMS_KEY = "hydra.sweeper.params"
+SAMPLER_KEY = "hydra.sweeper.sampler"
 SYNTAX = (
     "interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), "
     "tag(log, int(interval(a, b))), choice(a, b, ...), range(start, stop[, step]), "
@@ -40,12 +41,17 @@ def quote_sweeper_params(argv: list[str]) -> list[str]:
     """``hydra.sweeper.params.KEY=EXPR`` on the command line as Hydra can take it: the key
     added or replaced (``++``: the params of a preset may not have it), the expression
     quoted (Hydra refuses a sweep of its own config keys, ``Sweeping over Hydra's
-    configuration is not supported``; for a search it is a plain string)."""
+    configuration is not supported``; for a search it is a plain string). A sampler's
+    argument, ``hydra.sweeper.sampler.KEY=V``, is added or replaced the same way (the
+    sampler's config holds only the arguments given; a wrong one is refused, naming it,
+    when the search starts)."""
     parser = OverridesParser.create()
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key.startswith(PARAMS_KEY + "."):
+        if sep and key.startswith(SAMPLER_KEY + "."):
+            arg = f"++{arg}"
+        elif sep and key.startswith(PARAMS_KEY + "."):
             try:
                 sweep = parser.parse_override(arg).is_sweep_override()
             except Exception:  # reported (with the key) when the search starts

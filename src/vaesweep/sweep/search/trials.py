@@ -9,6 +9,7 @@ from typing import Any
 
 from vaesweep.run import record
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED
+from vaesweep.run.signals import stop_signal, stop_sweep
 from vaesweep.sweep.search.plan import DIR_ATTR, Plan
 from vaesweep.sweep.search.space import quoted
 
@@ -38,6 +39,28 @@ def settle(study: Any, number: int, result: dict[str, Any] | None, objective: st
     return None
 
 
+def _proposed(plan: Plan, trial: Any) -> bool:
+    """Whether Optuna proposed a value for every searched key of this trial (not so for a
+    trial whose launch was killed while the sampler proposed it)."""
+    return set(plan.space.searched) <= set(trial.params)
+
+
+def _drop_unproposed(study: Any, plan: Plan, trials: list[Any]) -> list[Any]:
+    """Tells FAIL the RUNNING trials an earlier launch left half-proposed (killed while the
+    sampler proposed them; never run, and never counted towards n_trials); returns the
+    study's trials, updated."""
+    from optuna.trial import TrialState
+
+    cut = [t for t in trials if t.state == TrialState.RUNNING and not _proposed(plan, t)]
+    for t in cut:
+        study.tell(t.number, state=TrialState.FAIL)
+    if cut:
+        log.info("%s: trials %s were never fully proposed: not run", study.study_name,
+                 [t.number for t in cut])  # fmt: skip
+        return study.get_trials(deepcopy=False)
+    return trials
+
+
 def _next_batch(
     study: Any, plan: Plan, point: list[str], dists: dict[str, Any], unsettled: set[int]
 ) -> list[tuple[int, dict[str, Any]]]:
@@ -45,9 +68,9 @@ def _next_batch(
     ones while the study has fewer than n_trials; [] when the study is done."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    trials = _drop_unproposed(study, plan, study.get_trials(deepcopy=False))
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    finished = [t for t in trials if t.state.name in _FINISHED]
+    finished = [t for t in trials if t.state.name in _FINISHED and _proposed(plan, t)]
     batch = [(t.number, dict(t.params)) for t in running if t.number not in unsettled]
     batch = batch[: plan.n_jobs]
     resumed = [n for n, _ in batch]
@@ -101,15 +124,28 @@ def settle_finished_on_disk(study: Any, plan: Plan) -> list[int]:
     return settled
 
 
+def stop_if_signalled() -> None:
+    """A safe point of the search: when a signal has told it to stop (the sweep's guard
+    recorded it, vaesweep.run.signals), SweepStopped is raised here, between two steps of
+    the search, never inside Hydra's composition of a trial's config or Optuna's proposal
+    of one (where the signal itself may have come)."""
+    signum = stop_signal()
+    if signum is not None:
+        stop_sweep(signum)
+
+
 def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, job_idx: int) -> int:
-    """Runs one study to n_trials trials in total; returns the next job index."""
+    """Runs one study to n_trials trials in total; returns the next job index. Stops (at
+    its safe points) when a signal has told the search to stop."""
     dists = {k: p.distribution() for k, p in plan.space.searched.items()}
     settle_finished_on_disk(study, plan)
     unsettled: set[int] = set()
     while True:
+        stop_if_signalled()
         batch = _next_batch(study, plan, point, dists, unsettled)
         if not batch:
             return job_idx
+        stop_if_signalled()  # proposed (RUNNING, with their directory): run by the relaunch
         states = _launch(study, plan, point, batch, launcher, job_idx)
         job_idx += len(batch)
         unsettled.update(number for (number, _), s in zip(batch, states, strict=True) if s is None)
