@@ -297,7 +297,8 @@ def test_sweep_summary_lists_every_job_and_fails(tmp_path):
     statuses = {row.split(",")[0].strip('"')[:5]: row for row in rows[1:]}
     assert len(rows) == 5 and "an,old" not in rows[0]
     assert ",unreadable," in statuses["junk"] and "not valid JSON" in statuses["junk"]
-    assert ",incomplete," in statuses["stray"] and "no test metrics" in statuses["stray"]
+    assert ",incomplete," in statuses["stray"]
+    assert "holds no finite test/nll, test/elbo" in statuses["stray"]
     assert sum(",failed," in row for row in rows) == 2
     assert "4 of 4 jobs did not complete" in proc.stderr
 
