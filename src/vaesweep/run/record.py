@@ -2,7 +2,12 @@
 
 Schema: status (one of :data:`STATUSES`), metrics (flat dict of floats), config (resolved,
 plain dict), overrides, seed, run_dir, sweep_dir, job_name, started_at, finished_at,
-duration_s, attempts, wandb_run_id, versions, dataset, error.
+duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
+
+``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
+the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
+assigned them), the device names, CUDA and driver versions, and the fraction of a GPU the
+job was given (the Ray launcher's ``gpus_per_job``; None when no launcher said).
 
 A job that continues an interrupted attempt (its results.json says running or interrupted)
 keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of
@@ -151,6 +156,7 @@ class RunRecord:
             "wandb_run_id": wandb_run_id,
             "versions": versions(),
             "dataset": None,
+            "devices": None,
             "error": None,
         }
         self.write()
@@ -162,6 +168,10 @@ class RunRecord:
 
     def set_dataset(self, info: dict[str, Any]) -> None:
         self.data["dataset"] = info
+        self.write()
+
+    def set_devices(self, info: dict[str, Any]) -> None:
+        self.data["devices"] = info
         self.write()
 
     def finish(
