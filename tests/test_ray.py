@@ -190,7 +190,8 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
         assert r["devices"]["accelerator"] == "cpu" and r["devices"]["fraction"] is None
         run_dir = Path(r["run_dir"])
         assert list(run_dir.glob("wandb/offline-run-*"))
-        assert "completed in" in (run_dir / "stderr.log").read_text()  # its own output
+        own = (run_dir / "stdout.log").read_text() + (run_dir / "stderr.log").read_text()
+        assert "completed in" in own  # its own output, in its own directory
     assert list(sweep.glob("wandb/offline-run-*"))  # the sweep's W&B summary run
 
     mtimes = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and "beta=0.5" in str(p)}
