@@ -41,6 +41,12 @@ from pause import pause_env
 RAY = ["hydra/launcher=ray"]
 
 
+@pytest.fixture(autouse=True)
+def patient_ray(monkeypatch):
+    """On a loaded shared machine Ray's raylet can take over its default 30 s to register."""
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")
+
+
 def needs_ray():
     return pytest.importorskip("ray", reason="hydra/launcher=ray needs ray: pip install 'vaesweep[ray]'")
 
