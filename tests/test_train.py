@@ -50,6 +50,7 @@ SCHEMA = {
     "wandb_run_id",
     "versions",
     "dataset",
+    "devices",
     "error",
 }
 
@@ -127,6 +128,9 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     assert metrics["test/nll"] <= -metrics["test/elbo"] + 1e-6
     assert result["versions"]["torch"].startswith("2.13")
     assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
+    devices = result["devices"]  # where it ran: here the CPU, no launcher's GPU share
+    assert devices["accelerator"] == "cpu" and devices["fraction"] is None
+    assert devices["names"] == [] and "cuda_visible_devices" in devices
     for name in ("reconstructions.png", "samples.png"):
         with Image.open(run_dir / name) as im:
             assert im.size[0] > 0
