@@ -52,6 +52,7 @@ SCHEMA = {
     "dataset",
     "precision",
     "tested_checkpoint",
+    "devices",
     "error",
 }
 
@@ -131,6 +132,9 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
     assert result["dataset"]["source"]  # where the data were read
     assert result["precision"] == "32-true" and result["tested_checkpoint"] == "last"
+    devices = result["devices"]  # where it ran: here the CPU, no launcher's GPU share
+    assert devices["accelerator"] == "cpu" and devices["fraction"] is None
+    assert devices["names"] == [] and "cuda_visible_devices" in devices
     for name in ("reconstructions.png", "samples.png"):
         with Image.open(run_dir / name) as im:
             assert im.size[0] > 0

@@ -57,7 +57,7 @@ class Job:
     overrides: list[str]
     sweep_dir: Path | None  # None outside a multirun
     swept: dict[str, str]  # this job's value of each swept key (multirun)
-    n_parallel: int  # jobs sharing this machine at once (joblib launcher)
+    n_parallel: int  # jobs sharing this machine at once (joblib; Ray: cores / its CPUs)
 
     @property
     def multirun(self) -> bool:
@@ -75,6 +75,9 @@ def current_job() -> Job:
         swept = swept_values(overrides, list(sweep_record["grid"]) if sweep_record else [])
     launcher = hc.launcher.get("_target_", "") if "launcher" in hc else ""
     n_parallel = int(hc.launcher.get("n_jobs") or 1) if "joblib" in launcher else 1
+    if "ray_launcher" in launcher:  # the CPUs Ray gave the job (the launcher resolved them)
+        cpus = float(hc.launcher.get("cpus_per_job") or 1)
+        n_parallel = max(1, round((os.cpu_count() or 1) / max(cpus, 1e-3)))
     return Job(
         run_dir=Path(hc.runtime.output_dir),
         name=hc.job.override_dirname or "default",

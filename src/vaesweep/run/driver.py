@@ -31,7 +31,7 @@ from vaesweep.core.checks import ConfigError
 from vaesweep.data import VAEDataModule
 from vaesweep.model import components
 from vaesweep.model.module import VAE
-from vaesweep.run import context, jobs, ranks
+from vaesweep.run import context, gpus, jobs, ranks
 from vaesweep.run.callbacks import (
     AtomicCheckpointIO,
     ImageGrids,
@@ -95,6 +95,7 @@ def build_run(
     if os.environ.get(TIMESTAMPS_ENV):
         callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
     torch.set_num_threads(torch_threads)
+    gpus.cap_memory()  # a job given a share of a GPU: at most that share of its memory
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -109,6 +110,7 @@ def build_run(
     if record is not None:
         _record_precision(cfg, trainer, record)
         _tell_data_source(cfg, data.info)
+        record.set_devices(gpus.device_info(str(trainer.strategy.root_device)))
     return RunParts(data, model, trainer, checkpoint, loggers)
 
 
@@ -254,6 +256,8 @@ def _build_trainer(
         trainer_args["strategy"] = "ddp_spawn"
         trainer = make_trainer()
     problem = ranks.trainer_problem(trainer, str(cfg.trainer.strategy))
+    if not problem and os.environ.get(gpus.RAY_JOB_ENV):
+        problem = gpus.ray_devices_problem(OmegaConf.to_container(cfg.trainer, resolve=True))
     if problem:
         raise ConfigError(problem)
     return trainer, checkpoint
@@ -355,8 +359,8 @@ def _stopped(stop: JobInterrupted) -> None:
       and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
       Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
       launcher collects the job and its summary lists it as interrupted (non-zero exit).
-    - joblib (a job in a worker process): returns, the same way; the launching process,
-      signalled too, stops the sweep.
+    - joblib or Ray (a job in a worker process): returns, the same way; the launching
+      process, signalled too, stops the sweep.
     - Hydra's basic launcher (jobs in the launching process): the sweep stops
       (SweepStopped; the entry point writes the summary and exits 128 + the signal).
     - A single run: exits with 128 + the signal number.
@@ -366,7 +370,7 @@ def _stopped(stop: JobInterrupted) -> None:
         stop.hand_over()  # submitit: may requeue and exit; the sweep guard: SweepStopped
     except Exception as e:  # submitit's UncompletedJobError: not requeued
         print(f"[vaesweep] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-    if "submitit" in launcher or "joblib" in launcher:
+    if any(name in launcher for name in ("submitit", "joblib", "ray_launcher")):
         return
     if launcher:
         stop_sweep(stop.signum)

@@ -8,6 +8,12 @@ used, which the config's ``trainer.precision`` need not say: ``16`` runs as
 ``bf16-mixed`` on a CPU), tested_checkpoint (the weights the test metrics are of:
 ``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
 validated), error.
+duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
+
+``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
+the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
+assigned them), the device names, CUDA and driver versions, and the fraction of a GPU the
+job was given (the Ray launcher's ``gpus_per_job``; None when no launcher said).
 
 A job that continues an interrupted attempt (its results.json says running or interrupted)
 keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of
@@ -161,6 +167,7 @@ class RunRecord:
             "dataset": None,
             "precision": None,
             "tested_checkpoint": None,
+            "devices": None,
             "error": None,
         }
         self.write()
@@ -178,6 +185,10 @@ class RunRecord:
 
     def set_dataset(self, info: dict[str, Any]) -> None:
         self.data["dataset"] = info
+        self.write()
+
+    def set_devices(self, info: dict[str, Any]) -> None:
+        self.data["devices"] = info
         self.write()
 
     def finish(

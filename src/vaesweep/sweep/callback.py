@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.run import gpus
 from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, wait_for_others
 from vaesweep.run.failures import describe
 from vaesweep.run.signals import SweepGuard, SweepStopped
@@ -35,6 +36,22 @@ from vaesweep.sweep.search import finish_search, is_search, start_search
 
 #: What runs after the summary is written: (the multirun's config, the sweep directory).
 Finisher = Callable[[DictConfig, Path], Any]
+#: Launchers whose jobs run in other processes (they stop through the sweep's stop file).
+PARALLEL_LAUNCHERS = ("joblib", "ray_launcher")
+
+
+def refuse_bad_gpu_use(config: DictConfig) -> None:
+    """Before any job: local_parallel (joblib) with several jobs at once, a GPU trainer and
+    several visible GPUs would train every job on the first GPU; a Ray launcher job with
+    several devices (DDP) is not supported. Either is refused (exit 2), naming the way out."""
+    launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
+    trainer = OmegaConf.to_container(config.trainer, resolve=True)
+    problem = gpus.piled_gpus_problem(launcher, trainer)
+    if problem is None and "ray_launcher" in str(launcher.get("_target_") or ""):
+        problem = gpus.ray_devices_problem(trainer)
+    if problem:
+        print(f"[vaesweep] sweep refused: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass
@@ -116,6 +133,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _RUNNING
         refuse_bad_resume(config.sweep.get("resume"))
+        refuse_bad_gpu_use(config)
         search = is_search(config)
         preflight.check_multirun(config, search)  # before the sweep directory is made
         if not search:
@@ -137,7 +155,8 @@ class SweepCallback(Callback):
         global _RUNNING
         launcher = str(config.hydra.launcher.get("_target_") or "")
         stop_file = Path(config.hydra.sweep.dir) / f".stop-{HOST}-{os.getpid()}"  # this launch's
-        guard = SweepGuard(stop_file, parallel="joblib" in launcher, deferred=search).install()
+        parallel = any(name in launcher for name in PARALLEL_LAUNCHERS)
+        guard = SweepGuard(stop_file, parallel=parallel, deferred=search).install()
         _RUNNING = _Running(guard, config, search, self.finishers)
         return _RUNNING
 

@@ -1,0 +1,356 @@
+"""The ``hydra/launcher=ray`` choice: config (registered in Hydra's ConfigStore) and Launcher.
+
+Each job of a batch is one Ray task (``ray.remote(num_gpus=gpus_per_job,
+num_cpus=cpus_per_job, max_retries=0, max_calls=1)``): Ray assigns it its GPU, or its share
+of one (``CUDA_VISIBLE_DEVICES``), and runs it in a fresh worker process, where it is an
+ordinary vaesweep job (claims, resume/skip, stop file, results.json). Written on Ray's
+public API rather than on hydra-ray-launcher, whose defaults are the traps this launcher
+avoids (docs/sweeps.md, "Several GPUs: the Ray launcher"):
+
+- ``gpus_per_job`` (fractions pack jobs onto a GPU) and ``cpus_per_job`` derived from the
+  cluster so that GPUs, not CPUs, bound how many jobs run at once;
+- ``max_retries=0``: a job whose process dies is not silently run again; its results.json
+  keeps ``running``, the summary lists it, the same command resumes it;
+- ``address=auto`` joins a running cluster with nothing else passed (no
+  ``object_store_memory``, no resources); otherwise a local Ray without its dashboard;
+- ``RAY_DEDUP_LOGS=0``: every line of every job reaches the console (``log_to_driver``),
+  and each job's stdout/stderr are also copied to ``<job dir>/stdout.log`` / ``stderr.log``;
+- stopping: the sweep's stop file (vaesweep.run.signals.SweepGuard, parallel) reaches the
+  tasks through ``runtime_env`` env_vars, so Ctrl-C / SIGTERM to the launching process
+  stops running jobs at their next batch, recorded ``interrupted``;
+- ``max_calls=1``: one job per worker process. A reused worker would keep the CUDA context
+  (and device) of its first job, its memory cap and its torch threads.
+
+Importing this module is cheap: Ray is imported when a sweep launches. (No ``from
+__future__ import annotations``: Hydra executes plugin modules before they are in
+``sys.modules``, where dataclasses cannot resolve string annotations.)
+"""
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+#: Environment variables of the launching process that every job gets (runtime_env), also
+#: on a cluster the launching process joined: the sweep's stop file, W&B's mode and keys.
+FORWARDED_PREFIXES = ("VAESWEEP_", "WANDB_", "CUBLAS_WORKSPACE_CONFIG", "HYDRA_FULL_ERROR")
+#: ray.init arguments that only start a local Ray (never passed when joining a cluster).
+LOCAL_ONLY = ("num_cpus", "num_gpus", "object_store_memory", "resources", "include_dashboard")
+STDOUT_LOG, STDERR_LOG = "stdout.log", "stderr.log"
+LOG_SETTLE_S = 1.5
+
+
+@dataclass
+class RayLauncherConf:
+    _target_: str = "hydra_plugins.vaesweep_ray_launcher.ray_launcher.RayLauncher"
+    # null: start a local Ray for this sweep (stopped when the sweep ends). "auto" (or
+    # ray://host:port, host:port): join that running cluster; then num_cpus, num_gpus and
+    # the init keys that size a local Ray (object_store_memory, ...) are never passed.
+    address: Any = None
+    # GPUs per job. null: trainer.devices when the trainer trains on a GPU (accelerator
+    # gpu/cuda, or auto with GPUs in the cluster), else 0. A fraction packs jobs onto one
+    # GPU: 0.25 runs 4 jobs per GPU, each capped at 25 % of its memory.
+    gpus_per_job: Any = None
+    # CPUs per job. null: with GPU jobs, the cluster's CPUs per GPU × gpus_per_job (GPUs
+    # bound how many jobs run at once); CPU jobs: 1 (the cores bound it). Each job gets
+    # torch threads to match (threads=N overrides).
+    cpus_per_job: Any = None
+    # Local start only: the CPUs / GPUs Ray manages (null: what it detects).
+    num_cpus: Any = None
+    num_gpus: Any = None
+    # Ray re-running a job whose process died: off (the job is listed, the relaunch resumes).
+    max_retries: int = 0
+    include_dashboard: bool = False
+    # Stream every job's stdout/stderr to this console (each job's own copy is in its
+    # directory either way).
+    log_to_driver: bool = True
+    # More ray.init keyword arguments (e.g. {object_store_memory: 2000000000} for a local
+    # start, {namespace: ...}).
+    init: dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="ray", node=RayLauncherConf, provider="vaesweep"
+)
+
+
+class RayLauncherError(RuntimeError):
+    """The launcher's options cannot run these jobs (before any job starts)."""
+
+
+@contextlib.contextmanager
+def _kept_signal_handlers() -> Iterator[None]:
+    """ray.init may install its own SIGTERM handler in the launching process: the sweep's
+    guard (vaesweep.run.signals.SweepGuard) must stay the one that handles it."""
+    names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for n in names if (s := getattr(signal, n, None))} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def start_ray(options: dict[str, Any]) -> dict[str, float]:
+    """Starts (or joins) Ray as the options say, unless it is up; returns the cluster's
+    resources."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read by ray.init: no line dropped
+        extra = dict(options.get("init") or {})
+        kwargs: dict[str, Any] = {"log_to_driver": bool(options.get("log_to_driver", True))}
+        if options.get("address"):
+            kwargs["address"] = str(options["address"])
+            kwargs.update({k: v for k, v in extra.items() if k not in LOCAL_ONLY})
+        else:
+            kwargs["include_dashboard"] = bool(options.get("include_dashboard", False))
+            for key in ("num_cpus", "num_gpus"):
+                if options.get(key) is not None:
+                    kwargs[key] = options[key]
+            kwargs.update(extra)
+        with _kept_signal_handlers():
+            ray.init(**kwargs)
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def resolve_resources(
+    options: dict[str, Any], trainer: dict[str, Any], cluster: dict[str, float]
+) -> tuple[float, float]:
+    """(gpus_per_job, cpus_per_job) from the options (null: derived, see RayLauncherConf)."""
+    cluster_gpus, cluster_cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 1.0)
+    gpus = options.get("gpus_per_job")
+    if gpus is None:
+        accelerator = str(trainer.get("accelerator") or "auto").lower()
+        devices = trainer.get("devices")
+        wants = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cluster_gpus > 0)
+        gpus = (devices if isinstance(devices, int) and devices > 0 else 1) if wants else 0
+    gpus = float(gpus)
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise RayLauncherError(
+            f"hydra.launcher.gpus_per_job={gpus:g}: a fraction of one GPU (0 < f <= 1) or a "
+            "whole number of GPUs"
+        )
+    cpus = options.get("cpus_per_job")
+    if cpus is None:
+        if gpus > 0 and cluster_gpus > 0:
+            cpus = math.floor(100 * cluster_cpus / cluster_gpus * gpus) / 100 or 0.01
+        else:
+            cpus = 1.0
+    cpus = float(cpus)
+    if not options.get("address") and gpus > cluster_gpus:
+        raise RayLauncherError(
+            f"hydra.launcher.gpus_per_job={gpus:g} but Ray sees {cluster_gpus:g} GPUs: no job "
+            "could start (hydra.launcher.gpus_per_job=0 for CPU jobs)"
+        )
+    return gpus, cpus
+
+
+@contextlib.contextmanager
+def tee_output(directory: Path | None) -> Iterator[None]:
+    """Copies everything written to this process's stdout / stderr (file descriptors 1 and
+    2: Python, C extensions, subprocesses) to ``directory/stdout.log`` / ``stderr.log`` as
+    well, while the block runs; nothing when ``directory`` is None."""
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    copies = []
+    for fd, name in ((1, STDOUT_LOG), (2, STDERR_LOG)):
+        out = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        sink = open(directory / name, "ab", buffering=0)  # noqa: SIM115 (closed by _copy)
+        thread = threading.Thread(target=_copy, args=(read_end, sink, out), daemon=True)
+        thread.start()
+        copies.append((fd, out, thread))
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, out, _ in copies:
+            os.dup2(out, fd)  # the pipe's last write end closes: its reader sees the end
+        for _, out, thread in copies:
+            thread.join(timeout=10)
+            os.close(out)
+
+
+def _copy(read_end: int, sink: Any, out: int) -> None:
+    try:
+        while chunk := os.read(read_end, 1 << 16):
+            sink.write(chunk)
+            with contextlib.suppress(OSError):
+                os.write(out, chunk)
+    finally:
+        os.close(read_end)
+        sink.close()
+
+
+def _job_dir(sweep_config: DictConfig) -> Path:
+    """The job's directory, as Hydra's run_job will compute it."""
+    root = str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))
+    return Path(root) / str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
+
+
+def execute_job(
+    idx: int,
+    overrides: Sequence[str],
+    shared: tuple[HydraContext, DictConfig, TaskFunction, dict[str, Any]],
+    gpus_per_job: float,
+    cpus_per_job: float,
+) -> JobReturn:
+    """One job in its Ray worker: Hydra's job config, then ``run_job``, its output copied
+    into its directory (a job that will be skipped writes nothing there)."""
+    from vaesweep.run.gpus import FRACTION_ENV, RAY_JOB_ENV
+    from vaesweep.run.policy import config_subdir
+
+    hydra_context, config, task_function, singleton_state = shared
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    os.environ[RAY_JOB_ENV] = "1"
+    if gpus_per_job > 0:
+        os.environ[FRACTION_ENV] = f"{gpus_per_job:g}"
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+        sweep_config.hydra.launcher.gpus_per_job = gpus_per_job  # what the job was given
+        sweep_config.hydra.launcher.cpus_per_job = cpus_per_job
+    HydraConfig.instance().set_config(sweep_config)
+    job_dir = _job_dir(sweep_config)
+    runs = config_subdir(
+        str(job_dir), bool(sweep_config.sweep.rerun_failed), sweep_config.sweep.claim_timeout_s
+    )
+    with tee_output(job_dir if runs else None):
+        return run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+
+class RayLauncher(Launcher):
+    """See the module doc."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        import ray
+
+        setup_globals()
+        assert self.config is not None and self.task_function is not None
+        assert self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+
+        cluster = start_ray(self.options)
+        trainer = OmegaConf.to_container(self.config.trainer, resolve=True)
+        gpus, cpus = resolve_resources(self.options, trainer, cluster)
+        env = {
+            k: v for k, v in os.environ.items() if any(k.startswith(p) for p in FORWARDED_PREFIXES)
+        }
+        remote = ray.remote(max_calls=1)(execute_job).options(
+            name="vaesweep_job",
+            num_gpus=gpus,
+            num_cpus=cpus,
+            max_retries=int(self.options.get("max_retries") or 0),
+            runtime_env={"env_vars": env},
+        )
+        log.info(
+            "Ray is launching %d jobs (gpus_per_job=%g, cpus_per_job=%g; cluster: %g CPUs, "
+            "%g GPUs)",
+            len(job_overrides),
+            gpus,
+            cpus,
+            cluster.get("CPU", 0),
+            cluster.get("GPU", 0),
+        )
+        log.info("Launching jobs, sweep output dir : %s", sweep_dir)
+        shared = ray.put(
+            (self.hydra_context, self.config, self.task_function, Singleton.get_state())
+        )
+        refs = {}
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            refs[remote.remote(idx, list(overrides), shared, gpus, cpus)] = i
+        results: list[JobReturn | None] = [None] * len(job_overrides)
+        pending = list(refs)
+        while pending:  # short waits: the sweep's signal handlers run in between
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                i = refs[ref]
+                try:
+                    results[i] = ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    results[i] = self._lost(initial_job_idx + i, job_overrides[i], error)
+        if self.options.get("log_to_driver", True):
+            # Ray forwards the jobs' last lines to this console a moment after they are
+            # written (its log monitor polls): let them arrive before the sweep's summary.
+            time.sleep(LOG_SETTLE_S)
+        return [r for r in results if r is not None]
+
+    def _lost(self, idx: int, overrides: Sequence[str], error: BaseException) -> JobReturn:
+        """A job whose worker died (killed, out of host memory) or that raised outside the
+        task: said on the console; its results.json keeps what it last wrote (``running``),
+        which the summary lists and the relaunch resumes. Returned as a finished job, so
+        the sweep goes on and writes its summary."""
+        kind = type(error).__name__
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"[vaesweep] job #{idx} ({' '.join(filter_overrides(overrides))}): its Ray task "
+            f"ended without a result ({kind}: {first[:300]}); not retried. The summary lists "
+            "it; the same command resumes it",
+            file=sys.stderr,
+            flush=True,
+        )
+        return JobReturn(
+            overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None
+        )

@@ -1,0 +1,156 @@
+"""Which GPUs a job runs on, and GPUs shared between jobs.
+
+- :func:`device_info`: what a job records in results.json (``devices``): the visible device
+  ids (``CUDA_VISIBLE_DEVICES``, as a launcher such as Ray assigned them), the device
+  names, the CUDA and driver versions, and the fraction of a GPU it was given.
+- :func:`cap_memory`: a job given a fraction of a GPU (the Ray launcher's
+  ``gpus_per_job`` < 1, passed in :data:`FRACTION_ENV`) may allocate at most that fraction
+  of the GPU's memory, so it cannot starve the jobs beside it; beyond it, it fails alone
+  (its out-of-memory message names the fraction: vaesweep.run.failures).
+- :func:`piled_gpus_problem`: joblib's ``local_parallel`` cannot assign GPUs (every job
+  would train on the first visible one): with several jobs at once, a GPU trainer and more
+  than one visible GPU it is refused before any job, naming the Ray launcher.
+- :func:`ray_devices_problem`: a Ray job trains on one device (its share of one GPU, or
+  one whole GPU); ``trainer.devices`` > 1 inside it is refused before training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+#: The fraction of a GPU the launcher gave this job (the Ray launcher sets it in the task).
+FRACTION_ENV = "VAESWEEP_GPU_FRACTION"
+#: Set in the process of a job the Ray launcher runs (its value: "1").
+RAY_JOB_ENV = "VAESWEEP_RAY_JOB"
+
+
+def gpu_fraction() -> float | None:
+    """The fraction of a GPU this job was given (None: no launcher said)."""
+    value = os.environ.get(FRACTION_ENV)
+    try:
+        return None if not value else float(value)
+    except ValueError:
+        return None
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version from ``nvidia-smi`` (None without one)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def device_info(accelerator: str | None = None) -> dict[str, Any]:
+    """What results.json records under ``devices`` (see the module doc); ``accelerator``:
+    the device the Trainer trains on (``cpu``, ``cuda:0``)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    return {
+        "accelerator": accelerator,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "names": names,
+        "cuda": torch.version.cuda,
+        "driver": driver_version() if cuda or shutil.which("nvidia-smi") else None,
+        "fraction": gpu_fraction(),
+    }
+
+
+def cap_memory() -> float | None:
+    """Caps this process's CUDA memory at its fraction of the GPU (when it was given less
+    than a whole one and CUDA is available); returns the fraction applied, else None."""
+    fraction = gpu_fraction()
+    if fraction is None or not 0 < fraction < 1:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    for device in range(torch.cuda.device_count()):
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+def uses_gpu(accelerator: Any, device_count: int) -> bool:
+    """Whether a Trainer with this accelerator trains on a GPU here."""
+    name = str(accelerator or "auto").lower()
+    return name in ("gpu", "cuda") or (name == "auto" and device_count > 0)
+
+
+def visible_gpus() -> int:
+    """How many CUDA devices this process sees (torch imported only here)."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str | None:
+    """Why a sweep with this (joblib) launcher and trainer would pile its jobs onto one GPU,
+    else None: several jobs at once, a GPU trainer and more than one visible GPU. Cheap
+    when it cannot apply (torch is imported only for a joblib launcher with n_jobs > 1)."""
+    if "joblib" not in str(launcher.get("_target_") or ""):
+        return None
+    try:
+        n_jobs = int(launcher.get("n_jobs") or 1)
+    except (TypeError, ValueError):
+        return None
+    if n_jobs == 1 or str(trainer.get("accelerator") or "auto").lower() == "cpu":
+        return None
+    n_gpus = visible_gpus()
+    if n_gpus <= 1 or not uses_gpu(trainer.get("accelerator"), n_gpus):
+        return None
+    return (
+        f"hydra/launcher=local_parallel runs {n_jobs if n_jobs > 0 else 'all'} jobs at once "
+        f"but cannot assign GPUs: each would train on the first visible GPU of the {n_gpus} "
+        "here. Use the Ray launcher, which gives each job its own GPU (or a share of one): "
+        "hydra/launcher=ray (pip install 'vaesweep[ray]'; hydra.launcher.gpus_per_job=0.25 "
+        "packs 4 jobs per GPU), or pick one GPU per sweep with CUDA_VISIBLE_DEVICES=<id>, or "
+        "train on CPU (trainer.accelerator=cpu)"
+    )
+
+
+def n_devices(devices: Any) -> int | None:
+    """The number of devices a ``trainer.devices`` value asks for (None: auto / -1)."""
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        if text in ("auto", "-1", ""):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return None
+
+
+def ray_devices_problem(trainer: dict[str, Any]) -> str | None:
+    """Why this trainer cannot run as a Ray launcher job, else None: a job there trains on
+    one device (a GPU or its share of one, or the CPU)."""
+    count = n_devices(trainer.get("devices"))
+    if (count is None or count == 1) and int(trainer.get("num_nodes") or 1) == 1:
+        return None  # one device, or "auto": the devices Ray made visible to the job
+    return (
+        f"trainer.devices={trainer.get('devices')} (num_nodes={trainer.get('num_nodes')}): "
+        "a job of the Ray launcher trains on one device (a GPU, or its share of one: "
+        "hydra.launcher.gpus_per_job); DDP inside a Ray job is not supported. Use "
+        "trainer.devices=1, or run DDP jobs with hydra/launcher=slurm or a plain multirun"
+    )

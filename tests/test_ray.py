@@ -1,0 +1,336 @@
+"""hydra/launcher=ray (src/hydra_plugins/vaesweep_ray_launcher) and GPUs shared by jobs.
+
+In process (fast, no Ray needed): how gpus_per_job / cpus_per_job are derived, what ray.init
+is given (joining a cluster passes nothing that sizes one), local_parallel refused where it
+would pile jobs onto GPU 0 (GPU count faked), DDP in a Ray job refused, the out-of-memory
+message of a job given a share of a GPU.
+
+For real (slow; skipped when ray is not importable): a local Ray started by the CLI in a
+subprocess; the same metrics as the basic launcher, a failing job alone, skip/claims on
+relaunch, W&B runs and summary run; Ctrl-C to the launching process and a job whose process
+is SIGKILLed, both resumed to the uninterrupted metrics; GPUs declared to Ray assigned one
+per job or K jobs per GPU; an Optuna search batched through Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from test_interrupt import BUDGET, JOB, finish, jobs, output, result, run_to_end, start, summary
+
+from hydra_plugins.vaesweep_ray_launcher import ray_launcher
+from vaesweep.run import gpus
+from vaesweep.run.claims import CLAIM_FILE
+from vaesweep.run.config import CONF_DIR
+from vaesweep.run.failures import describe
+from vaesweep.sweep.callback import refuse_bad_gpu_use
+
+from conftest import TINY, results_under, run_cli
+from pause import pause_env
+
+RAY = ["hydra/launcher=ray"]
+
+
+@pytest.fixture(autouse=True)
+def patient_ray(monkeypatch):
+    """On a loaded shared machine Ray's raylet can take over its default 30 s to register."""
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")
+
+
+def needs_ray():
+    return pytest.importorskip("ray", reason="hydra/launcher=ray needs ray: pip install 'vaesweep[ray]'")
+
+
+# -- in process -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "trainer", "cluster", "expected"),
+    [
+        ({}, {"accelerator": "gpu", "devices": 1}, {"CPU": 16, "GPU": 4}, (1.0, 4.0)),
+        ({"gpus_per_job": 0.25}, {"accelerator": "gpu"}, {"CPU": 16, "GPU": 4}, (0.25, 1.0)),
+        ({"gpus_per_job": 0.125}, {"accelerator": "gpu"}, {"CPU": 2, "GPU": 1}, (0.125, 0.25)),
+        ({}, {"accelerator": "auto", "devices": 1}, {"CPU": 8, "GPU": 2}, (1.0, 4.0)),
+        ({}, {"accelerator": "auto", "devices": 1}, {"CPU": 8}, (0.0, 1.0)),
+        ({}, {"accelerator": "cpu", "devices": 1}, {"CPU": 8, "GPU": 2}, (0.0, 1.0)),
+        ({"cpus_per_job": 2}, {"accelerator": "gpu"}, {"CPU": 8, "GPU": 2}, (1.0, 2.0)),
+    ],
+)
+def test_gpus_not_cpus_bound_how_many_jobs_run(options, trainer, cluster, expected):
+    assert ray_launcher.resolve_resources(options, trainer, cluster) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "cluster", "message"),
+    [
+        ({"gpus_per_job": 1.5}, {"CPU": 8, "GPU": 2}, "a fraction of one GPU"),
+        ({"gpus_per_job": 1}, {"CPU": 8}, "Ray sees 0 GPUs"),
+    ],
+)
+def test_impossible_gpu_requests_are_refused(options, cluster, message):
+    with pytest.raises(ray_launcher.RayLauncherError, match=message):
+        ray_launcher.resolve_resources(options, {"accelerator": "gpu"}, cluster)
+
+
+@pytest.mark.parametrize("address", [None, "auto"])
+def test_ray_init_arguments(monkeypatch, address):
+    """A local start: no dashboard, the declared resources, RAY_DEDUP_LOGS=0; joining a
+    cluster (address=auto): nothing that sizes a cluster, object_store_memory included."""
+    calls = []
+    fake = SimpleNamespace(
+        is_initialized=lambda: False,
+        init=lambda **kw: calls.append((kw, os.environ.get("RAY_DEDUP_LOGS"))),
+        cluster_resources=lambda: {"CPU": 4, "GPU": 2},
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    options = {
+        "address": address,
+        "num_gpus": 2,
+        "include_dashboard": False,
+        "init": {"object_store_memory": 10**9, "namespace": "x"},
+    }
+    assert ray_launcher.start_ray(options) == {"CPU": 4.0, "GPU": 2.0}
+    (kwargs, dedup), = calls
+    assert dedup == "0"
+    if address:
+        assert kwargs == {"address": "auto", "log_to_driver": True, "namespace": "x"}
+    else:
+        assert kwargs == {
+            "log_to_driver": True,
+            "include_dashboard": False,
+            "num_gpus": 2,
+            "object_store_memory": 10**9,
+            "namespace": "x",
+        }
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("n_gpus", "overrides", "refused"),
+    [
+        (4, ["hydra.launcher.n_jobs=4", "trainer=gpu"], True),
+        (2, ["hydra.launcher.n_jobs=2"], True),  # accelerator auto: Lightning takes GPU 0
+        (1, ["hydra.launcher.n_jobs=4", "trainer=gpu"], False),  # one GPU: nothing to pick
+        (4, ["hydra.launcher.n_jobs=1", "trainer=gpu"], False),
+        (4, ["hydra.launcher.n_jobs=4", "trainer.accelerator=cpu"], False),
+    ],
+)
+def test_local_parallel_refuses_to_pile_jobs_onto_gpu_0(
+    monkeypatch, capsys, n_gpus, overrides, refused
+):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
+    cfg = composed("hydra/launcher=local_parallel", *overrides)
+    if not refused:
+        refuse_bad_gpu_use(cfg)
+        return
+    with pytest.raises(SystemExit) as exit_:
+        refuse_bad_gpu_use(cfg)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "hydra/launcher=ray" in err and f"first visible GPU of the {n_gpus}" in err
+
+
+def test_ddp_in_a_ray_job_is_refused_before_any_job(capsys):
+    with pytest.raises(SystemExit):
+        refuse_bad_gpu_use(composed("hydra/launcher=ray", "trainer.devices=2"))
+    assert "DDP inside a Ray job is not supported" in capsys.readouterr().err
+    refuse_bad_gpu_use(composed("hydra/launcher=ray", "trainer.devices=1"))
+    assert gpus.ray_devices_problem({"devices": "0,1", "num_nodes": 1})
+    assert gpus.ray_devices_problem({"devices": "auto", "num_nodes": 1}) is None
+
+
+def test_out_of_memory_names_the_gpu_share(monkeypatch):
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.delenv(gpus.FRACTION_ENV, raising=False)
+    assert "gpus_per_job" not in describe(error)
+    monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
+    line = describe(error)
+    assert "0.25 of the GPU's memory" in line and "hydra.launcher.gpus_per_job=0.25" in line
+    assert gpus.cap_memory() is None or torch.cuda.is_available()  # no CUDA here: no cap
+
+
+# -- for real: a local Ray in the CLI's process -----------------------------------------------
+
+
+def job_results(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name.split(",")[0]: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+
+
+@pytest.mark.slow
+def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir):
+    """The mission sweep's launcher swapped: the same metrics, bit for bit, as the basic
+    launcher; a failing job fails alone; W&B runs (offline) and the summary run, the
+    summary, sweep.json; each job's output in its own directory; the relaunch skips the
+    completed jobs (not a byte changed) and leaves the failed one alone."""
+    needs_ray()
+    grid = ["likelihood=gaussian,laplace", "beta=0.5,-3", *TINY, "threads=1", "logger=wandb"]
+    t0 = time.monotonic()
+    proc = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
+    print(f"ray sweep: {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 of 4 jobs did not complete" in proc.stderr
+    sweep = workdir / "ray"
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert "ray_launcher" in meta["launcher"] and len(meta["jobs"]) == 4
+    assert (sweep / "summary.csv").exists() and "completed" in proc.stdout
+    done = {r["config"]["likelihood"]["name"]: r for r in results_under(sweep) if r["config"]["beta"] == 0.5}
+    failed = [r for r in results_under(sweep) if r["config"]["beta"] == -3]
+    assert {r["status"] for r in failed} == {"failed"} and len(failed) == 2
+    for r in done.values():
+        assert r["status"] == "completed"
+        assert r["devices"]["accelerator"] == "cpu" and r["devices"]["fraction"] is None
+        run_dir = Path(r["run_dir"])
+        assert list(run_dir.glob("wandb/offline-run-*"))
+        own = (run_dir / "stdout.log").read_text() + (run_dir / "stderr.log").read_text()
+        assert "completed in" in own  # its own output, in its own directory
+    assert list(sweep.glob("wandb/offline-run-*"))  # the sweep's W&B summary run
+
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and "beta=0.5" in str(p)}
+    again = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "already completed" in again.stderr and "not re-run" in (again.stderr + again.stdout)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+    basic = run_cli(["-m", *grid[:1], "beta=0.5", *grid[2:], "hydra.sweep.dir=basic"], workdir)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    reference = {r["config"]["likelihood"]["name"]: r for r in results_under(workdir / "basic")}
+    assert sorted(reference) == sorted(done) == ["gaussian", "laplace"]
+    for name, r in done.items():
+        assert r["metrics"] == reference[name]["metrics"], name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted run of test_interrupt's JOB (beta=2)."""
+    root = tmp_path_factory.mktemp("reference")
+    rc, out = run_to_end([*JOB, "hydra.run.dir=reference"], root)
+    assert rc == 0, out[-3000:]
+    return result(root / "reference")
+
+
+def held(marker: Path, n: int, proc) -> list[int]:
+    """The pids of the n jobs held at the pause point (waits for them)."""
+    deadline = time.monotonic() + 400
+    while len(pids := marker.read_text().split() if marker.exists() else []) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
+        time.sleep(0.05)
+    return [int(p) for p in pids]
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_launching_process_interrupts_ray_jobs_and_the_relaunch_resumes(
+    workdir, reference
+):
+    """Two jobs at once in Ray workers, both held after their first epoch; SIGINT to the
+    launching process only (the workers are in their own process groups): the stop file
+    reaches them, both record interrupted at the next batch, summary, exit 130; the same
+    command resumes both, to the reference's metrics."""
+    needs_ray()
+    args = ["-m", "beta=2,4", *BUDGET, "logger=none", *RAY, "hydra.sweep.dir=sweep"]
+    sweep, marker = workdir / "sweep", workdir / "epoch_end"
+    proc = start(args, workdir, env=pause_env("epoch_end", marker))
+    held(marker, 2, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not list(sweep.glob(".stop-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, output(proc)[-3000:]
+        time.sleep(0.02)
+    marker.with_name(f"{marker.name}.release").touch()
+    assert finish(proc) == 130, output(proc)[-3000:]
+    first = {k: result(v) for k, v in jobs(sweep).items()}
+    assert sorted(first) == ["beta=2", "beta=4"]
+    for r in first.values():
+        assert r["status"] == "interrupted", r["error"]
+        assert "SIGINT" in r["error"]["message"]
+    assert summary(sweep) == [("2", "interrupted"), ("4", "interrupted")]
+    assert not list(sweep.glob(".stop-*")) and not list(sweep.glob(f"*/{CLAIM_FILE}"))
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    final = {k: result(v) for k, v in jobs(sweep).items()}
+    assert [final[k]["attempts"] for k in sorted(final)] == [2, 2]
+    assert final["beta=2"]["metrics"] == reference["metrics"]
+
+
+@pytest.mark.slow
+def test_a_ray_job_whose_process_dies_is_listed_and_resumed(workdir, reference):
+    """SIGKILL to one job's worker process mid-training: not retried (max_retries=0), the
+    other job completes, results.json keeps running, the summary lists it, exit 1; the same
+    command resumes it (claim of a dead process taken over) to the reference's metrics."""
+    needs_ray()
+    args = ["-m", "beta=2,4", *BUDGET, "logger=none", *RAY, "hydra.sweep.dir=sweep"]
+    sweep, marker = workdir / "sweep", workdir / "epoch_end"
+    proc = start(args, workdir, env=pause_env("epoch_end", marker))
+    held(marker, 2, proc)
+    victim = jobs(sweep)["beta=2"]
+    os.kill(json.loads((victim / CLAIM_FILE).read_text())["pid"], signal.SIGKILL)
+    marker.with_name(f"{marker.name}.release").touch()
+    assert finish(proc) == 1, output(proc)[-3000:]
+    out = output(proc)
+    assert "job #0" in out and "not retried" in out
+    assert result(victim)["status"] == "running"
+    assert dict(summary(sweep)) == {"2": "running", "4": "completed"}
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    assert result(victim)["status"] == "completed" and result(victim)["attempts"] == 2
+    assert result(victim)["metrics"] == reference["metrics"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("gpus_per_job", "n_jobs"), [(1, 2), (0.5, 4)])
+def test_gpus_declared_to_ray_are_assigned(workdir, gpus_per_job, n_jobs):
+    """Ray told of 2 GPUs (none here: the jobs train on CPU but record what Ray assigned):
+    one GPU per job gives distinct ids; 0.5 per job runs 4 jobs at once, 2 on each id."""
+    needs_ray()
+    betas = ",".join(str(b) for b in (0.5, 1, 2, 4)[:n_jobs])
+    args = [
+        "-m", f"beta={betas}", *TINY, "logger=none", "trainer.accelerator=cpu", *RAY,
+        "hydra.launcher.num_gpus=2", f"hydra.launcher.gpus_per_job={gpus_per_job}",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    marker = workdir / "claimed"
+    proc = start(args, workdir, env=pause_env("claimed", marker))
+    held(marker, n_jobs, proc)  # all at once
+    marker.with_name(f"{marker.name}.release").touch()
+    assert finish(proc) == 0, output(proc)[-3000:]
+    devices = [r["devices"] for r in results_under(workdir / "sweep")]
+    assert len(devices) == n_jobs
+    assert Counter(d["cuda_visible_devices"] for d in devices) == {"0": n_jobs // 2, "1": n_jobs // 2}
+    assert {d["fraction"] for d in devices} == {gpus_per_job}
+
+
+@pytest.mark.slow
+def test_an_optuna_search_batches_its_trials_through_ray(workdir):
+    needs_ray()
+    proc = run_cli(
+        [
+            "-m", "hydra/sweeper=optuna", *TINY, "logger=none", "threads=1", *RAY,
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.params.beta=tag(log, interval(0.1, 10))", "hydra.sweep.dir=sweep",
+        ],  # fmt: skip
+        workdir,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = sorted((workdir / "sweep").glob("trial_*"))
+    assert len(trials) == 2
+    for t in trials:
+        assert json.loads((t / "results.json").read_text())["status"] == "completed"
+        assert (t / "stdout.log").exists()  # run by a Ray worker
+    assert "ray_launcher" in json.loads((workdir / "sweep" / "sweep.json").read_text())["launcher"]
