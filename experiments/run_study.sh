@@ -11,6 +11,8 @@
 #   runs.csv                                  every run's config and metrics (vaesweep collect)
 #   figures/                                  vaesweep figures (PNG + PDF, results_table.md)
 #   provenance.txt                            commit, command, start/end, wall time, machine
+# with the machine's absolute paths in runs.csv and sweep.json made relative
+# (experiments/relative_paths.py: run_dir to its sweep_dir, the others to this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1
@@ -29,6 +31,7 @@ end=$(date -u +%s)
 
 cp "$work/$part/sweep.json" "$work/$part/summary.csv" "$out/$part/"
 vaesweep collect "$work" -o "$out/runs.csv"
+python experiments/relative_paths.py "$out" --root "$(pwd -P)"
 vaesweep figures "$work" --out "$out/figures"
 {
   echo "study: $name ($part)"
