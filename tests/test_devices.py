@@ -175,9 +175,32 @@ def test_auto_with_two_devices_is_ddp_that_reexecutes_the_command(no_launcher):
     auto = trainer("auto")
     assert type(auto.strategy).__name__ == "DDPStrategy"
     assert auto.num_devices * auto.num_nodes == 2
-    assert ranks.reexecutes_command(auto)
-    assert not ranks.reexecutes_command(trainer("ddp_spawn"))
+    assert ranks.reexecutes_command(auto, "auto")
+    assert not ranks.reexecutes_command(trainer("ddp_spawn"), "ddp_spawn")
     assert ranks.trainer_problem(auto, "auto") is None
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "auto",
+        "ddp",
+        "ddp_spawn",
+        "ddp_fork",
+        "ddp_notebook",
+        "ddp_find_unused_parameters_true",
+        "ddp_spawn_find_unused_parameters_false",
+    ],
+)
+def test_start_method_from_public_information_is_lightnings(no_launcher, strategy):
+    """ranks.start_method decides from the strategy name and public attributes; Lightning's
+    launcher (private, read here as the independent reference) starts processes that way."""
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+    launcher = trainer.strategy.launcher
+    popen = type(launcher).__name__ == "_SubprocessScriptLauncher"
+    assert ranks.start_method(trainer, strategy) == ("popen" if popen else launcher._start_method)
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert ranks.start_method(single, "auto") is None
 
 
 # --- rank 0's decision ---------------------------------------------------------------------

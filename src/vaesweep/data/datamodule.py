@@ -146,12 +146,9 @@ class VAEDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorLoader:
         """Training batches with fresh noise; the epoch follows the trainer's fit loop."""
-        loader = self._loader("train")
-        if self.trainer is not None:
-            # The epoch Lightning passes to samplers: right after a resume too, when this is
-            # called (and the first batch prefetched) before `current_epoch` is updated.
-            loader.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
-        return loader
+        # Lightning calls loader.sampler.set_epoch(e) at each epoch start, before the
+        # epoch's first batch (TensorLoader reads the epoch then), a resumed fit included.
+        return self._loader("train")
 
     def val_dataloader(self) -> TensorLoader:
         """Validation batches with fixed noise."""

@@ -108,8 +108,10 @@ class TensorLoader:
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        """Batches of the current epoch (fixed when iteration starts)."""
-        return self._batches(self.epoch)
+        """Batches of the current epoch, read when the first batch is requested (as a torch
+        DataLoader draws its sampler's order): Lightning creates a resumed fit's first
+        iterator before it sets that epoch, and sets it before taking a batch."""
+        yield from self._batches(self.epoch)
 
     def _batches(self, epoch: int) -> Iterator[Tensor]:
         """Yields float32 x [B, C, H, W] for `epoch`."""

@@ -207,7 +207,8 @@ class ThrottledProgressBar(TQDMProgressBar):
     console capture forwards each write to its service: ~2-3 ms on a small CPU, which a
     per-batch (or every-10-batches) redraw adds to a 5 ms training step. Deciding by the
     clock costs one ``time.monotonic()`` per batch and keeps the bar as live as a person
-    can read it, whatever the step time.
+    can read it, whatever the step time. The batch-end hooks are Lightning's public
+    callback hooks, redrawing as TQDMProgressBar's own do when ``should_draw`` says so.
     """
 
     def __init__(self, min_interval: float = 0.5, **kwargs: Any) -> None:
@@ -215,7 +216,9 @@ class ThrottledProgressBar(TQDMProgressBar):
         self.min_interval = float(min_interval)
         self._last_draw = -float("inf")
 
-    def _should_update(self, current: int, total: int) -> bool:
+    def should_draw(self, current: int, total: int | float | None) -> bool:
+        """Whether to redraw a bar at batch ``current`` (1-based) of ``total``: at the last
+        batch, and when ``min_interval`` seconds have passed since the last redraw."""
         if not self.is_enabled:
             return False
         now = time.monotonic()
@@ -223,6 +226,61 @@ class ThrottledProgressBar(TQDMProgressBar):
             self._last_draw = now
             return True
         return False
+
+    def _draw(self, bar: Any, batch_idx: int) -> bool:
+        """Moves ``bar`` to batch ``batch_idx`` + 1 if it is time to; whether it did."""
+        n = batch_idx + 1
+        if not self.should_draw(n, bar.total):
+            return False
+        if not bar.disable:
+            bar.n = n
+            bar.refresh()
+        return True
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        bar = self.train_progress_bar
+        if self._draw(bar, batch_idx):
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw(self.val_progress_bar, batch_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw(self.test_progress_bar, batch_idx)
+
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw(self.predict_progress_bar, batch_idx)
 
 
 class NullProfiler(PassThroughProfiler):

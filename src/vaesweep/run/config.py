@@ -436,16 +436,15 @@ def check_training_budget(t: DictConfig) -> None:
         )
 
 
-def require_training(trainer: Any) -> None:
+def require_training(trainer: Any, strategy: str = "auto") -> None:
     """Raises NothingTrained when a fit ended without a single optimisation step (stopped
     by trainer.max_time before the first batch, say); warns about fast_dev_run metrics.
+    ``strategy``: the name the Trainer was given.
 
-    A spawned data-parallel fit (``ddp_spawn``) trains in child processes and this process's
-    ``global_step`` stays 0: there the last checkpoint the children wrote is the evidence
-    (with checkpoints off, this process cannot tell, and nothing is raised)."""
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    spawned = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    A spawned data-parallel fit (``ddp_spawn``, ``ddp_fork``) trains in child processes and
+    this process's ``global_step`` stays 0: there the last checkpoint the children wrote is
+    the evidence (with checkpoints off, this process cannot tell, and nothing is raised)."""
+    spawned = ranks.start_method(trainer, strategy) not in (None, "popen")
     if trainer.global_step == 0 and spawned:
         ckpt = trainer.checkpoint_callback
         if ckpt is None or getattr(ckpt, "dirpath", None) is None:

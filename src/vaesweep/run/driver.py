@@ -81,6 +81,7 @@ class RunParts:
     trainer: Any  # lightning.Trainer
     checkpoint: Any  # lightning.pytorch.callbacks.ModelCheckpoint, None without checkpointing
     loggers: list
+    strategy: str = "auto"  # the strategy name the trainer was given
 
 
 def build_run(
@@ -111,7 +112,7 @@ def build_run(
         _record_precision(cfg, trainer, record)
         _tell_data_source(cfg, data.info)
         record.set_devices(gpus.device_info(str(trainer.strategy.root_device)))
-    return RunParts(data, model, trainer, checkpoint, loggers)
+    return RunParts(data, model, trainer, checkpoint, loggers, trainer_args["strategy"])
 
 
 #: trainer.precision values and the precision Lightning means by them (its short forms).
@@ -250,7 +251,7 @@ def _build_trainer(
         )
 
     trainer = make_trainer()
-    if ranks.reexecutes_command(trainer) and _reexecution_breaks(job):
+    if ranks.reexecutes_command(trainer, trainer_args["strategy"]) and _reexecution_breaks(job):
         # What `auto` picks for several devices: plain ddp, which would re-run the command.
         log.info("trainer.strategy=%s → ddp_spawn", trainer_args["strategy"])
         trainer_args["strategy"] = "ddp_spawn"
@@ -310,7 +311,7 @@ def fit_and_test(
         ranks.announce_training(job.run_dir, resume_from)
     trainer.fit(model, datamodule=data, ckpt_path=resume_from)
     resumable.signals.check()
-    require_training(trainer)  # no optimisation step: fail rather than test an untrained model
+    require_training(trainer, parts.strategy)  # no optimisation step: fail rather than test an untrained model
     # The last validation's metrics (Lightning brings them back from spawned processes too).
     # A resumed fit with nothing left to train validated nothing: then they come from the
     # checkpoint, where Resumable keeps them.

@@ -195,14 +195,34 @@ def resolve_strategy(strategy: str, reexecution_breaks: bool) -> str:
     return strategy
 
 
-def reexecutes_command(trainer: Any) -> bool:
-    """Whether the Trainer's strategy would start its other processes by re-running the
-    command (Lightning's plain ``ddp``, e.g. what ``auto`` picks for several devices)."""
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+def start_method(trainer: Any, strategy: str) -> str | None:
+    """How the Trainer's DDP strategy starts its processes: ``popen`` (re-runs the command),
+    ``spawn``, ``fork`` or ``forkserver``; None when the strategy is not DDP. ``strategy``:
+    the name the Trainer was given.
 
-    launcher = getattr(trainer.strategy, "launcher", None)
+    Decided from public information: a registered name's ``start_method`` (DDPStrategy's
+    default, ``popen``, when the registry gives none); for ``auto``, what Lightning picks
+    for several devices: ``ddp`` (popen), or in an interactive session ``ddp_fork``, whose
+    launcher is the one of them that is interactive-compatible."""
+    import inspect
+
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    if not isinstance(trainer.strategy, DDPStrategy):
+        return None
+    if strategy in StrategyRegistry:
+        default = inspect.signature(DDPStrategy).parameters["start_method"].default
+        return StrategyRegistry[strategy]["init_params"].get("start_method", default)
+    launcher = trainer.strategy.launcher
+    return "fork" if launcher is not None and launcher.is_interactive_compatible else "popen"
+
+
+def reexecutes_command(trainer: Any, strategy: str) -> bool:
+    """Whether the Trainer (given the strategy named ``strategy``) would start its other
+    processes by re-running the command (Lightning's plain ``ddp``, e.g. what ``auto`` picks
+    for several devices), rather than srun/torchrun having started them."""
     return (
-        isinstance(launcher, _SubprocessScriptLauncher)
+        start_method(trainer, strategy) == "popen"
         and not trainer.strategy.cluster_environment.creates_processes_externally
     )
 

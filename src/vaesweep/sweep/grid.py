@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +289,24 @@ def launch_command() -> str:
     return shlex.join([program, *sys.argv[1:]])
 
 
+def override_dirname(
+    overrides: list[str], exclude_keys: Iterable[str], item_sep: str, kv_sep: str
+) -> str:
+    """The ``hydra.job.override_dirname`` Hydra composes for a job launched with these
+    command-line overrides, under ``hydra.job.config.override_dirname``'s exclude_keys,
+    item_sep and kv_sep: the overrides as they were typed, less those whose key (for a
+    config group, the group) is excluded, in sorted order, joined by item_sep, with every
+    ``=`` replaced by kv_sep (also one inside a value). Hydra's own function is internal."""
+    excluded = list(exclude_keys)
+    kept = [
+        override.input_line
+        for override in OverridesParser.create().parse_overrides(list(overrides))
+        if override.key_or_group not in excluded
+    ]
+    # A regular-expression replacement, as Hydra's: kv_sep's backslash escapes act alike.
+    return re.sub("=", kv_sep, item_sep.join(sorted(kept)))
+
+
 def sweep_refusal(
     config: DictConfig, jobs: list[list[str]], configs: list[DictConfig]
 ) -> str | None:
@@ -305,21 +325,15 @@ def sweep_refusal(
 
 def job_dirs(config: DictConfig, jobs: list[list[str]]) -> list[Path]:
     """The directory of every job (its overrides) of a grid sweep, as Hydra names it."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
     sweep_dir = Path(config.hydra.sweep.dir)
     naming = config.hydra.job.config.override_dirname
-    parser = OverridesParser.create()
-    out = []
-    for overrides in jobs:
-        name = get_overrides_dirname(
-            parser.parse_overrides(overrides),
-            list(naming.exclude_keys),
-            naming.item_sep,
-            naming.kv_sep,
+    return [
+        sweep_dir
+        / job_dirname(
+            override_dirname(overrides, naming.exclude_keys, naming.item_sep, naming.kv_sep)
         )
-        out.append(sweep_dir / job_dirname(name))
-    return out
+        for overrides in jobs
+    ]
 
 
 def resume_refusal(resume: Any) -> str | None:
