@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -116,16 +117,10 @@ def importance_estimates(
     )
 
 
-def iwae_log_likelihood(
-    x: Tensor,
-    encoder: Network,
-    decoder: Network,
-    likelihood: Likelihood,
-    k: int = 100,
-    chunk_size: int | None = None,
-) -> Tensor:
-    """IWAE_k estimate of log p(x) in nats, shape [B] (see :func:`importance_estimates`)."""
-    return importance_estimates(x, encoder, decoder, likelihood, k, chunk_size).log_px
+def iwae_log_likelihood(*args: Any, **kwargs: Any) -> Tensor:
+    """IWAE_k estimate of log p(x) in nats, shape [B]: the ``log_px`` of
+    :func:`importance_estimates`, which takes the same arguments."""
+    return importance_estimates(*args, **kwargs).log_px
 
 
 def bits_per_dim(nll_nats: Tensor | float, data_dim: int, num_levels: int = 256) -> Tensor:
