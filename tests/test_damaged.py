@@ -83,16 +83,37 @@ def test_the_same_config_resumes_when_results_json_is_lost(finished, tmp_path):
     assert {k: result["metrics"][k] for k in test} == test  # resumed, not retrained
 
 
+@pytest.mark.slow
+def test_the_checkpoint_identifies_a_run_whose_files_are_lost(finished, tmp_path):
+    """results.json and identity.json both gone: the copy of the config every checkpoint
+    keeps still refuses another config (nothing touched) and resumes the same one."""
+    run = copy_of(finished, tmp_path / "run")
+    (run / RESULTS_FILE).unlink()
+    (run / IDENTITY_FILE).unlink()
+    before = digests(run)
+    proc = run_cli([*ARGS, "beta=4", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "checkpoints/last.ckpt says" in line and "beta: 1.0 → 4.0" in line, line
+    assert digests(run) == before
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
+
+
 def test_files_that_cannot_be_identified_are_refused(finished, tmp_path):
     run = copy_of(finished, tmp_path / "run")
     (run / RESULTS_FILE).unlink()
     (run / IDENTITY_FILE).unlink()
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:2000])  # a checkpoint too damaged to say anything
     before = digests(run)
     for beta in ("1", "4"):  # even the same config: the files could be anyone's
         proc = run_cli([*ARGS, f"beta={beta}", f"hydra.run.dir={run}"], tmp_path)
         assert proc.returncode != 0
         line = last_line(proc)
-        assert "no identity.json says which config" in line and "move the directory away" in line
+        assert "no identity.json (nor a readable checkpoint)" in line, line
+        assert "move the directory away" in line
     assert digests(run) == before
 
 

@@ -103,7 +103,15 @@ class Resumable(L.Callback):
       which a SIGKILL would otherwise lose).
     """
 
-    def __init__(self, signals: StopSignals | None = None, on_epoch_end: Any = None) -> None:
+    def __init__(
+        self,
+        signals: StopSignals | None = None,
+        on_epoch_end: Any = None,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
+        """``identity``: the run's config, kept in every checkpoint (what a directory whose
+        results.json and identity.json are lost is identified by)."""
+        self.identity = identity
         self.signals = signals if signals is not None else StopSignals()
         self.on_epoch_end = on_epoch_end
         self.val_metrics: dict[str, float] = {}
@@ -135,7 +143,11 @@ class Resumable(L.Callback):
             self.on_epoch_end()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"val_metrics": dict(self.val_metrics), "best_val_elbo": self.best_val_elbo}
+        return {
+            "val_metrics": dict(self.val_metrics),
+            "best_val_elbo": self.best_val_elbo,
+            "identity": self.identity,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.val_metrics = dict(state_dict.get("val_metrics", {}))

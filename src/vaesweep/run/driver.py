@@ -302,7 +302,11 @@ def fit_and_test(
     torch_threads: int,
     signals: StopSignals | None = None,
 ) -> dict[str, float]:
-    resumable = Resumable(signals, on_epoch_end=None if record is None else record.write)
+    resumable = Resumable(
+        signals,
+        on_epoch_end=None if record is None else record.write,
+        identity=None if record is None else record.data["config"],
+    )
     parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable,))
     trainer, model, data = parts.trainer, parts.model, parts.data
     check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split

@@ -31,7 +31,7 @@ from vaesweep.data import VAEDataModule
 from vaesweep.model.module import VAE
 from vaesweep.run import record
 from vaesweep.run.config import CHECKPOINTS, MAX_IWAE_K, resolve_preprocess
-from vaesweep.run.jobs import verify_checkpoint
+from vaesweep.run.policy import verify_checkpoint
 
 log = logging.getLogger("vaesweep")
 

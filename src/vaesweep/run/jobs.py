@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ from vaesweep.run import claims, ranks, record
 from vaesweep.run.config import check_sweep_keys, validate_config
 from vaesweep.run.context import Job, current_job, job_dirname, process_rank
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
-from vaesweep.run.policy import config_subdir, left_alone, refuse_other_config
+from vaesweep.run.policy import (
+    config_subdir,
+    left_alone,
+    refuse_other_config,
+    stored_identity,
+    verify_checkpoint,
+)
 from vaesweep.run.record import COMPLETED, CONTINUED, RESULTS_FILE, RunRecord
 from vaesweep.run.signals import STOP_FILE_ENV, StopSignals, sweep_stopped
 
@@ -51,29 +56,6 @@ class NonFiniteScore(RuntimeError):
         super().__init__(
             f"the trained model's test score is not finite ({problem}): recorded diverged, "
             "not completed"
-        )
-
-
-class DamagedCheckpoint(RuntimeError):
-    """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
-
-
-def verify_checkpoint(path: Path) -> None:
-    """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
-    zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
-    file once (milliseconds for vaesweep's models)."""
-    advice = (
-        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
-        "job from the start (the checkpoint is replaced), or delete the run directory"
-    )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({e}): {advice}") from None
-    if bad is not None:
-        raise DamagedCheckpoint(
-            f"checkpoint {path} is damaged (its member {bad} fails its CRC-32 check): {advice}"
         )
 
 
@@ -206,9 +188,9 @@ def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
     resume_from = None
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = record.read(job.run_dir)
-    if previous is None and last.exists() and record.read_identity(job.run_dir) is not None:
-        # results.json lost or damaged: identity.json says the checkpoint is this config's
-        # (the policy refused the directory otherwise).
+    if previous is None and last.exists() and stored_identity(job.run_dir)[0] is not None:
+        # results.json lost or damaged: identity.json (or the checkpoint itself) says it is this
+        # config's (the policy refused the directory otherwise).
         resume_from = last
         log.warning("resuming %s from %s (its %s is lost)", job.run_dir, last, RESULTS_FILE)
     elif previous is None or previous.get("status") not in CONTINUED:

@@ -30,6 +30,7 @@ config reads (:func:`vaesweep.run.effective.result_config`).
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import with_targets
 from vaesweep.run import record
+from vaesweep.run.callbacks import Resumable
 from vaesweep.run.claims import ClaimInfo, held_by_other
 from vaesweep.run.effective import NOT_RESULTS, result_config
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING
@@ -82,6 +84,48 @@ def config_subdir(run_dir: str, rerun_failed: bool, claim_timeout_s: float) -> s
     if record.status(run_dir) in (None, record.UNREADABLE) and record.run_files(run_dir):
         return None  # files whose results.json is lost: kept as they are until identified
     return ".hydra"
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
+    zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
+    file once (milliseconds for vaesweep's models)."""
+    advice = (
+        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({e}): {advice}") from None
+    if bad is not None:
+        raise DamagedCheckpoint(
+            f"checkpoint {path} is damaged (its member {bad} fails its CRC-32 check): {advice}"
+        )
+
+
+def stored_identity(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """(the config the run files in ``run_dir`` belong to, where it was read): identity.json,
+    else the copy every checkpoint keeps (the Resumable callback's state); (None, "") when
+    neither can be read (a damaged checkpoint identifies nothing)."""
+    config = record.read_identity(run_dir)
+    if config is not None:
+        return config, record.IDENTITY_FILE
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        try:
+            verify_checkpoint(last)
+            identity = Resumable.stored_state(last).get("identity")
+        except Exception:  # damaged or not ours: it identifies nothing
+            identity = None
+        if isinstance(identity, dict):
+            return identity, "checkpoints/last.ckpt"
+    return None, ""
 
 
 def _compared(cfg: DictConfig) -> set[str]:
@@ -135,17 +179,18 @@ def mismatch(run_dir: Path, cfg: DictConfig) -> str | None:
     if not files:
         return None
     lost = "unreadable" if (Path(run_dir) / record.RESULTS_FILE).exists() else "missing"
-    config = record.read_identity(run_dir)
+    config, where = stored_identity(run_dir)
     if config is None:
         return (
             f"{run_dir} holds the files of a run ({', '.join(files)}) but its "
-            f"{record.RESULTS_FILE} is {lost} and no {record.IDENTITY_FILE} says which config "
-            "they belong to, so they could be another config's: nothing in the directory was "
+            f"{record.RESULTS_FILE} is {lost} and no {record.IDENTITY_FILE} (nor a readable "
+            "checkpoint) says which config they belong to, so they could be another config's: "
+            "nothing in the directory was "
             "changed. To start over there, move the directory away (or delete it); to keep "
             "it, use another directory (hydra.run.dir=, hydra.sweep.dir=)"
         )
     return _other_config(
-        run_dir, config, cfg, f"the files of a run ({record.RESULTS_FILE} {lost})"
+        run_dir, config, cfg, f"the files of a run ({record.RESULTS_FILE} {lost}; {where} says)"
     )
 
 
