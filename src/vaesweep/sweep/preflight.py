@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core.checks import ConfigError, is_int
 from vaesweep.run.config import check_sweep_keys
 from vaesweep.run.effective import repeated_key
+from vaesweep.run.ranks import DECISION_ENV
 from vaesweep.sweep.grid import grid_jobs, job_dirs
 
 #: The commands submitit's SLURM executor runs (it fails with a traceback without them).
@@ -155,7 +156,12 @@ def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) ->
 
 
 def check_run(config: DictConfig) -> None:
-    """Refuses (exit 2) a single run that cannot start as asked."""
+    """Refuses (exit 2) a single run that cannot start as asked. Not in a process that
+    Lightning's ``ddp`` started for a job's other rank: it runs the command rank 0 was
+    started with, which rank 0 checked, plus the ``hydra.run.dir`` Lightning appends to it
+    (a second one, which would look like a user's repeated key)."""
+    if os.environ.get(DECISION_ENV):
+        return
     problem = run_refusal(config)
     if problem:
         refuse(problem, multirun=False)
