@@ -312,7 +312,8 @@ def test_an_error_outside_the_task_is_one_line(tmp_path):
         "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "u._save_config = full\n"
     )
-    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]])}
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path), *inherited])}
     proc = subprocess.run(
         [sys.executable, str(RUN_PY), *B, "hydra.run.dir=run"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
