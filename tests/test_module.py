@@ -427,3 +427,28 @@ def test_clipping_under_mixed_precision_with_a_fused_optimiser_is_refused_up_fro
     assert result["error"]["type"] == "ConfigError"
     proc = run_cli([*clip, "optimizer.fused=false", "hydra.run.dir=ok"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_plain_attribute_fast_path_keeps_nn_module_semantics():
+    """VAE.__setattr__ skips nn.Module's checks only where they change nothing: a str/None
+    replacing a plain attribute. Parameters, buffers and submodules set to None, new
+    attributes and tensors go through nn.Module exactly as in a plain module."""
+    vae, reference = _vae(), torch.nn.Module()
+    reference.decoder = torch.nn.Linear(2, 2)
+    reference.register_buffer("b", torch.zeros(1))
+    reference.w = torch.nn.Parameter(torch.zeros(1))
+    vae.register_buffer("b", torch.zeros(1))
+    vae.w = torch.nn.Parameter(torch.zeros(1))
+    for module in (vae, reference):
+        module.note = "a"  # new: through nn.Module
+        module.note = None  # replaced: the fast path
+        module.decoder = None  # a submodule set to None stays registered as None
+        module.b = None  # likewise a buffer
+        module.w = None  # and a parameter
+    for name in ("note", "decoder", "b", "w"):
+        assert getattr(vae, name) is None and getattr(reference, name) is None
+    assert vae._modules["decoder"] is None and reference._modules["decoder"] is None
+    assert "b" in vae._buffers and "w" in vae._parameters
+    assert vae.__dict__.keys() & {"decoder", "b", "w"} == set()
+    vae._current_fx_name = "training_step"  # what Lightning sets around its hooks
+    assert vae._current_fx_name == "training_step"
