@@ -150,3 +150,39 @@ def test_evaluate_refuses_bad_settings_in_one_line(tmp_path):
     proc = _evaluate([str(tmp_path), "eval.k=5"], tmp_path)
     assert proc.returncode != 0 and "allowed keys eval.iwae_k" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_test_examples_are_the_first_of_the_split_with_their_own_noise():
+    from vaesweep.data import VAEDataModule
+
+    full = VAEDataModule("mnist_small", preprocess="dequantize", seed=3).test_tensor()
+    first = VAEDataModule("mnist_small", preprocess="dequantize", seed=3, test_examples=7)
+    assert torch.equal(first.test_tensor(), full[:7])
+    everything = VAEDataModule("mnist_small", preprocess="dequantize", test_examples=10**9)
+    assert torch.equal(everything.test_tensor(), full)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="test_examples"):
+            VAEDataModule("mnist_small", test_examples=bad)
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_first_test_examples(run, tmp_path):
+    """eval.test_examples=N: its own file and columns, N examples scored; N at least the
+    split's size scores exactly what the run recorded."""
+    recorded = json.loads((run / "results.json").read_text())
+    k, n_all = recorded["config"]["eval"]["iwae_k"], int(recorded["metrics"]["test/n_examples"])
+    proc = _evaluate([str(run), f"eval.iwae_k={k}", f"eval.test_examples={n_all}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = f"iwae_k={k},checkpoint=last,test_examples={n_all}"
+    whole = json.loads((run / "evaluations" / f"{name}.json").read_text())
+    for key in ("test/nll", "test/elbo", "test/n_examples"):
+        assert whole["metrics"][key] == recorded["metrics"][key], key
+    proc = _evaluate([str(run), f"eval.iwae_k={k}", "eval.test_examples=50"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    some = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last,test_examples=50.json").read_text())
+    assert some["metrics"]["test/n_examples"] == 50 and some["test_examples"] == 50
+    assert some["metrics"]["test/nll"] != recorded["metrics"]["test/nll"]
+    df = load_results(run)
+    assert df[f"test/n_examples@iwae_k={k},checkpoint=last,test_examples=50"].iloc[0] == 50
+    bad = _evaluate([str(run), "eval.test_examples=0"], tmp_path)
+    assert bad.returncode != 0 and "eval.test_examples=0 is invalid" in bad.stderr

@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="KEY=VALUE",
         help="eval.iwae_k=5000 (default), eval.checkpoint=last|best (default last), "
-        "eval.iwae_chunk=N (samples decoded at once; default: sized automatically)",
+        "eval.iwae_chunk=N (samples decoded at once; default: sized automatically), "
+        "eval.test_examples=N (the first N test examples only, with ',test_examples=N' "
+        "added to the name; default: the whole test split)",
     )
     return parser
 
@@ -142,7 +144,12 @@ def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         print(path)
 
 
-EVALUATE_DEFAULTS = {"eval.iwae_k": 5000, "eval.checkpoint": "last", "eval.iwae_chunk": None}
+EVALUATE_DEFAULTS = {
+    "eval.iwae_k": 5000,
+    "eval.checkpoint": "last",
+    "eval.iwae_chunk": None,
+    "eval.test_examples": None,
+}
 
 
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -164,7 +171,11 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     from vaesweep.run.evaluate import evaluate_sweep
 
     done, skipped, problems = evaluate_sweep(
-        dirs, settings["eval.iwae_k"], settings["eval.checkpoint"], settings["eval.iwae_chunk"]
+        dirs,
+        settings["eval.iwae_k"],
+        settings["eval.checkpoint"],
+        settings["eval.iwae_chunk"],
+        settings["eval.test_examples"],
     )
     print(f"evaluated {done} run(s); {skipped} already evaluated", file=sys.stderr)
     for problem in problems:

@@ -38,7 +38,9 @@ class VAEDataModule(L.LightningDataModule):
     batch_size / world_size (``rank_batch_size``; ValueError if it does not divide, before
     any step). eval_batch_size: per process (it changes no result). device: None keeps the
     tensors on the CPU, "auto" uses the trainer's root device (the rank's GPU under DDP),
-    anything else is passed to torch.device.
+    anything else is passed to torch.device. test_examples: test on the first N examples of
+    the test split only (each with the fixed noise it has in the whole split; ``vaesweep
+    evaluate`` uses it); None tests on all.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class VAEDataModule(L.LightningDataModule):
         val_size: int | None = None,
         test_size: int | None = None,
         device: str | torch.device | None = None,
+        test_examples: int | None = None,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -61,6 +64,10 @@ class VAEDataModule(L.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key}={value!r}: must be a positive integer")
+        if test_examples is not None and (
+            isinstance(test_examples, bool) or not isinstance(test_examples, int) or test_examples < 1
+        ):
+            raise ValueError(f"test_examples={test_examples!r}: must be null or a positive integer")
         self.name = name
         self.root = root
         self.download = download
@@ -72,6 +79,7 @@ class VAEDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.test_size = test_size
         self.device = device
+        self.test_examples = test_examples
         self.raw: RawDataset | None = None
         self._eval_cpu: dict[str, Tensor] = {}
         self._tensors: dict[str, Tensor] = {}
@@ -113,6 +121,8 @@ class VAEDataModule(L.LightningDataModule):
             self._eval_cpu = {
                 s: fixed_preprocess(raw.splits[s], self.preprocess, s) for s in ("val", "test")
             }
+            if self.test_examples is not None:  # the first examples, with their own noise
+                self._eval_cpu["test"] = self._eval_cpu["test"][: self.test_examples]
         device = self._target_device()
         self._tensors = {
             "train": raw.splits["train"].to(device),

@@ -217,9 +217,11 @@ class RunRecord:
         self.write()
 
 
-def evaluation_name(iwae_k: int, checkpoint: str) -> str:
-    """The file stem (and the metric suffix in frames) of one evaluation setting."""
-    return f"iwae_k={iwae_k},checkpoint={checkpoint}"
+def evaluation_name(iwae_k: int, checkpoint: str, test_examples: int | None = None) -> str:
+    """The file stem (and the metric suffix in frames) of one evaluation setting; one on the
+    first N test examples only ends in ``,test_examples=N``."""
+    name = f"iwae_k={iwae_k},checkpoint={checkpoint}"
+    return name if test_examples is None else f"{name},test_examples={test_examples}"
 
 
 def write_evaluation(run_dir: str | os.PathLike[str], name: str, data: dict[str, Any]) -> Path:
