@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_data import make_idx_dataset
@@ -398,6 +399,10 @@ def test_two_grids_in_one_sweep_directory_keep_both_launches(launch, tmp_path, m
         {"seed": ["0", "1", "2"]},
     ]
     assert all(la["launched_at"] for la in record["launches"])
+    # provenance of each launch, the latest's at the top: versions, commit and dirty flag
+    assert [la["versions"]["torch"] for la in record["launches"]] == [torch.__version__] * 2
+    assert record["versions"] == record["launches"][-1]["versions"]
+    assert set(record["versions"]["git"]) == {"commit", "dirty"}
     assert record["grid"] == {"beta": ["1", "2"], "seed": ["0", "1", "2"]}
     assert record["n_jobs"] == 5
     # The summary has a column for every launch's keys, from each job's own config.

@@ -57,6 +57,11 @@ def test_collect_has_one_row_per_run_with_values_from_results_json(sweep):
         assert row["job_name"] == r["job_name"] and row["sweep_dir"] == r["sweep_dir"]
         assert row["dataset"] == r["dataset"]["name"] == "digits"
         assert row["dataset_fingerprint"] == r["dataset"]["fingerprint"]
+        # provenance: the source tree's commit and dirty flag, and the versions
+        assert row["commit"] == r["versions"]["git"]["commit"]
+        assert row["dirty"] == r["versions"]["git"]["dirty"]
+        assert f"torch={r['versions']['torch']}" in row["versions"].split()
+        assert f"vaesweep={r['versions']['vaesweep']}" in row["versions"].split()
         assert row["likelihood"] == r["config"]["likelihood"]["name"]
         assert row["likelihood.scale"] == r["config"]["likelihood"]["scale"]
         assert row["beta"] == r["config"]["beta"]
@@ -265,6 +270,7 @@ def test_wandb_frame_has_the_same_columns_and_values_as_the_local_one(schedules)
     assert wb.attrs == local.attrs
     wb = wb.loc[local.index]
     identity = {"run_dir", "sweep_dir", "duration_s", "dataset_fingerprint", "error"}
+    identity |= {"commit", "dirty", "versions"}  # W&B's config and summary do not hold them
     for column in local.columns:
         if column in identity:
             continue

@@ -33,7 +33,13 @@ from vaesweep.core.helpers import now
 from vaesweep.run.context import SWEEP_FILE, job_dirname, read_sweep, swept_values
 from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.run.policy import mismatch
-from vaesweep.run.record import COMPLETED, RESULTS_FILE, SUMMARY_COLUMNS, sweep_results
+from vaesweep.run.record import (
+    COMPLETED,
+    RESULTS_FILE,
+    SUMMARY_COLUMNS,
+    sweep_results,
+    versions,
+)
 
 log = logging.getLogger("vaesweep.sweep.grid")
 
@@ -229,6 +235,8 @@ def start_sweep(config: DictConfig) -> None:
         "launcher": config.hydra.launcher.get("_target_"),
         "launched_at": now(),
         "job_dirs": [d.name for d in job_dirs(config, grid_jobs(overrides, params))],
+        # Python, packages and the source tree's commit and dirty flag (as results.json).
+        "versions": versions(),
     }
     launches = [*earlier_launches(previous), launch]
     record = {
@@ -239,6 +247,7 @@ def start_sweep(config: DictConfig) -> None:
         "n_jobs": len({d for la in launches for d in la.get("job_dirs") or []}) or 1,
         "overrides": overrides,
         "launcher": launch["launcher"],
+        "versions": launch["versions"],
         "created_at": previous.get("created_at") or now(),
         "launched_at": [*previous.get("launched_at", []), launch["launched_at"]],
         "launches": launches,

@@ -4,7 +4,10 @@ Sources: every ``results.json`` below the given directories (:func:`load_results
 runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
 
 - identity: ``run_dir``, ``sweep_dir``, ``job_name``, ``status``, ``error``, ``seed``,
-  ``duration_s`` (s), ``dataset`` (name), ``dataset_fingerprint`` (sha256; None from W&B);
+  ``duration_s`` (s), ``dataset`` (name), ``dataset_fingerprint`` (sha256; None from
+  W&B), ``commit``, ``dirty``, ``versions`` (provenance from results.json: the source
+  tree's git commit and dirty flag, and "name=version ..." of Python and the packages;
+  None from W&B);
 - swept values: every override key whose value differs between the runs, under the key's
   own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...). A config key
   (``beta``) holds the resolved, typed value; a config group (``likelihood``) holds the

@@ -33,11 +33,22 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
             "duration_s": result.get("duration_s"),
             "dataset": dataset.get("name") or (config.get("data") or {}).get("name"),
             "dataset_fingerprint": dataset.get("fingerprint"),
+            **code_state(result.get("versions")),
         },
         "metrics": {**(result.get("metrics") or {}), **_evaluated(path.parent)},
         "config": flatten(config),
         "overrides": parse_overrides(result.get("overrides") or []),
     }
+
+
+def code_state(versions: Any) -> dict[str, Any]:
+    """The ``commit``, ``dirty`` and ``versions`` columns of a run from the ``versions`` its
+    results.json holds: the vaesweep source tree's git commit and dirty flag (None outside a
+    git checkout) and one "name=version ..." string of Python and the packages."""
+    versions = versions if isinstance(versions, dict) else {}
+    git = versions.get("git") if isinstance(versions.get("git"), dict) else {}
+    packages = " ".join(f"{k}={v}" for k, v in versions.items() if k != "git" and v is not None)
+    return {"commit": git.get("commit"), "dirty": git.get("dirty"), "versions": packages or None}
 
 
 def _evaluated(run_dir: Path) -> dict[str, float]:

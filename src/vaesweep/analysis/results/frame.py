@@ -22,6 +22,9 @@ IDENTITY = (
     "duration_s",
     "dataset",
     "dataset_fingerprint",
+    "commit",
+    "dirty",
+    "versions",
 )
 CONFIG_PREFIX = "config."
 RENAMED_METRICS = {"beta": "final_beta"}

@@ -84,6 +84,10 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
             "duration_s": summary.get("_runtime"),
             "dataset": (config.get("data") or {}).get("name"),
             "dataset_fingerprint": None,
+            # not in a W&B run's config or summary
+            "commit": None,
+            "dirty": None,
+            "versions": None,
         },
         "metrics": {k: v for k, v in summary.items() if _is_metric(k, v)},
         "config": flatten(config),
