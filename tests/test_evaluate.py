@@ -148,7 +148,8 @@ def test_evaluate_refuses_bad_settings_in_one_line(tmp_path):
     proc = _evaluate([str(tmp_path), "eval.iwae_k=0"], tmp_path)
     assert proc.returncode != 0 and "eval.iwae_k=0 is invalid" in proc.stderr
     proc = _evaluate([str(tmp_path), "eval.k=5"], tmp_path)
-    assert proc.returncode != 0 and "allowed keys eval.iwae_k" in proc.stderr
+    assert proc.returncode != 0 and "eval.k=5 is neither a directory nor a setting" in proc.stderr
+    assert "allowed keys eval.iwae_k" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -186,3 +187,20 @@ def test_evaluate_on_the_first_test_examples(run, tmp_path):
     assert df[f"test/n_examples@iwae_k={k},checkpoint=last,test_examples=50"].iloc[0] == 50
     bad = _evaluate([str(run), "eval.test_examples=0"], tmp_path)
     assert bad.returncode != 0 and "eval.test_examples=0 is invalid" in bad.stderr
+
+
+def test_job_directories_named_with_equals_signs_are_directories(tmp_path):
+    """Job directories are named after their overrides (beta=1,seed=0): an existing path is
+    a directory, an eval.KEY=VALUE a setting, whatever the order."""
+    from vaesweep.analysis.cli import evaluate_arguments
+
+    job = tmp_path / "beta=1,likelihood=laplace,seed=0"
+    job.mkdir()
+    dirs, settings = evaluate_arguments(
+        [str(job), "eval.iwae_k=50", str(tmp_path), "eval.test_examples=10"]
+    )
+    assert dirs == [str(job), str(tmp_path)]
+    assert settings["eval.iwae_k"] == 50 and settings["eval.test_examples"] == 10
+    assert settings["eval.checkpoint"] == "last" and settings["eval.iwae_chunk"] is None
+    with pytest.raises(ValueError, match="beta=2 is neither a directory nor a setting"):
+        evaluate_arguments(["beta=2"])  # a typo'd directory is not silently a setting

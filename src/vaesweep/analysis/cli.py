@@ -15,6 +15,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from vaesweep.analysis.results import (
     ResultsError,
@@ -152,19 +153,33 @@ EVALUATE_DEFAULTS = {
 }
 
 
-def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def evaluate_arguments(items: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """``vaesweep evaluate``'s positional arguments → (directories, settings). An existing
+    path is a directory, whatever its name holds (job directories are named ``beta=1,...``);
+    ``eval.KEY=VALUE`` is a setting; anything else with "=" is a mistyped one. ValueError
+    names the argument."""
     settings = dict(EVALUATE_DEFAULTS)
     dirs = []
-    for item in [*args.dirs, *args.settings]:
+    for item in items:
         key, eq, value = item.partition("=")
-        if not eq:
+        if not eq or Path(item).exists():
             dirs.append(item)
             continue
         if key not in settings:
-            parser.error(f"{key}={value} is invalid: allowed keys {', '.join(settings)}")
+            raise ValueError(
+                f"{item} is neither a directory nor a setting: allowed keys {', '.join(settings)}"
+            )
         settings[key] = int(value) if value.lstrip("-").isdigit() else (
             None if value == "null" else value
         )
+    return dirs, settings
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    try:
+        dirs, settings = evaluate_arguments([*args.dirs, *args.settings])
+    except ValueError as e:
+        parser.error(str(e))
     if not dirs:
         parser.error("give SWEEP_DIR...")
     # heavy: torch and Lightning, loaded only for this command
