@@ -281,3 +281,38 @@ def test_wandb_frame_has_the_same_columns_and_values_as_the_local_one(schedules)
             assert list(a.fillna("<na>")) == list(b.fillna("<na>")), column
     assert all(wb["run_dir"].str.startswith("wandb:offline/vaesweep/"))
     assert wb["sweep_dir"].nunique() == 1
+
+
+def test_dirty_means_a_change_under_the_source_directory(tmp_path):
+    """A run's git state: the checkout's commit, and "dirty" only for changes under the
+    package's source directory (src/ in a checkout), not for results or notes beside it."""
+    import shutil
+    import subprocess
+
+    from vaesweep.run.record import git_state
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "code.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("notes\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    commit = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert git_state(tmp_path / "src") == {"commit": commit, "dirty": False}
+    (tmp_path / "notes.md").unlink()  # deleted results or notes elsewhere: still clean
+    (tmp_path / "outputs.csv").write_text("new\n")
+    assert git_state(tmp_path / "src") == {"commit": commit, "dirty": False}
+    (tmp_path / "src" / "code.py").write_text("x = 2\n")  # the code changed: dirty
+    assert git_state(tmp_path / "src")["dirty"] is True
+    git("checkout", "-q", "--", "src")
+    (tmp_path / "src" / "new.py").write_text("y = 1\n")  # a new source file: dirty
+    assert git_state(tmp_path / "src")["dirty"] is True
+    assert git_state(tmp_path.parent / "elsewhere") == {"commit": None, "dirty": None}

@@ -102,7 +102,9 @@ def json_safe(value: Any) -> Any:
 
 
 def git_state(directory: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the git work tree holding ``directory`` (None outside git)."""
+    """Commit of the git work tree holding ``directory``, and whether anything under
+    ``directory`` differs from it (tracked changes or new files; None outside git). Files
+    elsewhere in the checkout (results, notes) do not make a run "dirty"."""
 
     def git(*args: str) -> str:
         out = subprocess.run(
@@ -113,13 +115,15 @@ def git_state(directory: Path) -> dict[str, Any]:
         return out.stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        changed = git("status", "--porcelain", "--", ".")
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed)}
     except (OSError, RuntimeError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
 
 
 def versions() -> dict[str, Any]:
-    """Python and package versions, plus the git state of the vaesweep source tree."""
+    """Python and package versions, plus the git state of the vaesweep source tree (the
+    directory holding the package: ``src/`` in a checkout)."""
     out: dict[str, Any] = {"python": platform.python_version()}
     for package in ("torch", "lightning", "hydra-core", "omegaconf", "wandb", "vaesweep"):
         try:
