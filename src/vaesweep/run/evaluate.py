@@ -86,8 +86,8 @@ def evaluate_run(
     """Scores one completed run again (see the module doc); returns the evaluation written,
     or None when it already exists. Raises ConfigError for a run that cannot be evaluated
     (not completed, no checkpoint, a damaged one). ``test_examples``: score the first N
-    examples of the test split only (K = 5000 over a 10k test split is hours on a CPU); the
-    evaluation's name and ``test/n_examples`` say so."""
+    examples of the test split only (K = 5000 costs 50 times the training-time K = 100);
+    the evaluation's name and ``test/n_examples`` say so."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
     run_dir = Path(run_dir)
     name = record.evaluation_name(iwae_k, checkpoint, test_examples)
