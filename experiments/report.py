@@ -5,12 +5,13 @@
     python experiments/report.py --check    # exit 1 where a doc and the committed data disagree
 
 Reads only the committed files: docs/results/likelihood_comparison/{runs.csv,
-sweep/summary.csv, sweep/sweep.json, sweep/provenance.txt} and the same for
+evaluation.txt, sweep/summary.csv, sweep/sweep.json, sweep/provenance.txt} and the same for
 docs/results/bernoulli_vs_continuous/{discrete,gaussian_optimal}/. Nothing is trained.
 
 Two kinds of checked text (tests/test_published_numbers.py runs both):
 
-- Generated tables. In a Markdown file, the lines between
+- Generated blocks (the results tables and the findings bullets, whose every number and
+  every "every" or "best" is computed). In a Markdown file, the lines between
       <!-- generated: NAME ... -->
       <!-- end generated -->
   are ``BLOCKS[NAME](data)``; ``--write`` puts them there, ``--check`` fails if they differ.
@@ -21,8 +22,10 @@ Two kinds of checked text (tests/test_published_numbers.py runs both):
   ``Fact(file, snippet, holds)``: the file must contain the snippet and ``holds(data)`` must
   be true, for words like "every β" or "best". To add a number to a doc, add its row.
 
-Ranges are min–max over the runs the snippet names (by default every β of the grid and
-both likelihoods); each study has one seed, so there is no ± std anywhere.
+Each configuration ran with the same seeds: tables give the mean ± standard deviation over
+them (ddof = 1), and the findings compare means. Ranges are min–max over the configurations
+(or the runs, where the text says so) of every β of the grid and both likelihoods unless
+the text names fewer.
 """
 
 from __future__ import annotations
@@ -209,22 +212,6 @@ def collapsed_units_fixed(d: Data) -> tuple[float, float]:
     return span(collapsed)
 
 
-def active_units_fixed(d: Data) -> tuple[float, float]:
-    return span(d.lc.loc[d.lc["likelihood.scale"] == "fixed", "test/active_units"])
-
-
-def learned_ahead(d: Data, betas) -> tuple[float, float]:
-    """NLL(optimal) − NLL(learned), shared scales, over both likelihoods and ``betas``:
-    positive when the learned scale is ahead."""
-    return span(
-        nll(d, lik, "optimal", b) - nll(d, lik, "learned", b) for lik in LIKELIHOODS for b in betas
-    )
-
-
-def optimal_ahead(d: Data, likelihood: str, beta: float) -> float:
-    return nll(d, likelihood, "learned", beta) - nll(d, likelihood, "optimal", beta)
-
-
 def per_pixel_gain(d: Data, betas=None) -> tuple[float, float]:
     """NLL(shared learned) − NLL(per pixel), over both likelihoods and ``betas`` (all)."""
     betas = lc_betas(d) if betas is None else betas
@@ -251,21 +238,6 @@ def beta4_cost(d: Data, scales=("learned", "optimal", "per_pixel")) -> tuple[flo
     return span(nll(d, lik, s, top) - nll(d, lik, s, 1.0) for lik in LIKELIHOODS for s in scales)
 
 
-def decoder_beta_gain(d: Data) -> tuple[float, float]:
-    """NLL(smallest β) − NLL(largest β) for the decoder-predicted scale, both likelihoods."""
-    lo, hi = min(lc_betas(d)), max(lc_betas(d))
-    return span(nll(d, lik, "decoder", lo) - nll(d, lik, "decoder", hi) for lik in LIKELIHOODS)
-
-
-def fixed_beta_spread(d: Data) -> float:
-    """The largest change of the NLL across β with σ = b = 1."""
-    return max(
-        max(nll(d, lik, "fixed", b) for b in lc_betas(d))
-        - min(nll(d, lik, "fixed", b) for b in lc_betas(d))
-        for lik in LIKELIHOODS
-    )
-
-
 def best_bpd(d: Data) -> tuple[tuple[str, str, float], float]:
     """The configuration (likelihood, scale, β) with the lowest mean bits/dim, and that mean."""
     key = min(d.lc_groups, key=lambda k: lc(d, "test/bpd", *k))
@@ -279,44 +251,6 @@ def seed_std_max(d: Data, column: str = "test/nll") -> float:
 
 def scale_ratio(d: Data, scale: str) -> tuple[float, float]:
     return span(d.lc.loc[d.lc["likelihood.scale"] == scale, "test/scale_ratio"])
-
-
-def active_units(d: Data, scales, betas) -> tuple[float, float]:
-    rows = d.lc[d.lc["likelihood.scale"].isin(scales) & d.lc["beta"].isin(betas)]
-    return span(rows["test/active_units"])
-
-
-def l1_better_everywhere(d: Data) -> bool:
-    return all(
-        nll(d, "laplace", s, b) < nll(d, "gaussian", s, b) for s in SCALES for b in lc_betas(d)
-    )
-
-
-def l2_lower_mse_except_fixed(d: Data) -> bool:
-    return all(
-        lc(d, "test/mse", "gaussian", s, b) < lc(d, "test/mse", "laplace", s, b)
-        for s in SCALES
-        if s != "fixed"
-        for b in lc_betas(d)
-    ) and all(
-        lc(d, "test/mse", "gaussian", "fixed", b) > lc(d, "test/mse", "laplace", "fixed", b)
-        for b in lc_betas(d)
-    )
-
-
-def beta1_best(d: Data, scales=("learned", "optimal", "per_pixel")) -> bool:
-    return all(
-        nll(d, lik, s, 1.0) == min(nll(d, lik, s, b) for b in lc_betas(d))
-        for lik in LIKELIHOODS
-        for s in scales
-    )
-
-
-def decoder_improves_with_beta(d: Data) -> bool:
-    return all(
-        all(x > y for x, y in zip(v[:-1], v[1:], strict=True))
-        for v in ([nll(d, lik, "decoder", b) for b in lc_betas(d)] for lik in LIKELIHOODS)
-    )
 
 
 def three_seeds(frame: pd.DataFrame) -> bool:
@@ -444,14 +378,9 @@ def paper_columns(frame: pd.DataFrame) -> dict[int, str]:
 
 def paper_k(frame: pd.DataFrame) -> tuple[int, int, int]:
     """(training-time K, paper K, test examples) of the evaluations in ``frame``."""
-    ks = sorted(paper_columns(frame))
-    n = int(PAPER.match(paper_columns(frame)[ks[0]])[2])
-    return ks[0], ks[-1], n
-
-
-def evaluated(group: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The rows of ``group`` that carry the K = ``k`` evaluation."""
-    return group[group[paper_columns(group)[k]].notna()]
+    columns = paper_columns(frame)
+    low, high = min(columns), max(columns)
+    return low, high, int(PAPER.match(columns[low])[2])
 
 
 def lc_best_beta(d: Data, likelihood: str, scale: str) -> float:
@@ -459,12 +388,17 @@ def lc_best_beta(d: Data, likelihood: str, scale: str) -> float:
     return min(lc_betas(d), key=lambda b: nll(d, likelihood, scale, b))
 
 
+def bc_best_beta(d: Data, likelihood: str) -> float:
+    """The β with the lowest mean test NLL of one likelihood of the Bernoulli study."""
+    return min(bc_betas(d), key=lambda b: bc(d, "test/nll", likelihood, b))
+
+
 def paper_gap(group: pd.DataFrame) -> tuple[float, float, float, float, float]:
     """(mean, std) at the low K, (mean, std) at the paper K, and the mean change, over the
     seeds that carry both evaluations."""
-    low, high, _ = paper_k(group)
-    rows = evaluated(evaluated(group, low), high)
-    a, b = rows[paper_columns(group)[low]], rows[paper_columns(group)[high]]
+    columns = paper_columns(group)
+    both = group[[columns[min(columns)], columns[max(columns)]]].dropna()
+    a, b = both.iloc[:, 0], both.iloc[:, 1]
     return a.mean(), a.std(ddof=1), b.mean(), b.std(ddof=1), (b - a).mean()
 
 
@@ -528,7 +462,7 @@ def bernoulli_vs_continuous_paper(d: Data) -> str:
     low, high, _ = paper_k(d.bc)
     rows = []
     for lik, _ in BC_ROWS:
-        b = min(bc_betas(d), key=lambda x, lik=lik: bc(d, "test/nll", lik, x))
+        b = bc_best_beta(d, lik)
         lo_m, lo_s, hi_m, hi_s, change = paper_gap(d.bc_groups[(lik, b)])
         rows.append(
             [
@@ -647,12 +581,7 @@ def bc_findings(d: Data) -> str:
     """The Bernoulli study's answer in bullets, computed from runs.csv (means over seeds)."""
     betas = grid_list(beta_str(b) for b in bc_betas(d))
     low, high, n_paper = paper_k(d.bc)
-    changes = [
-        paper_gap(
-            d.bc_groups[(lik, min(bc_betas(d), key=lambda x, lik=lik: bc(d, "test/nll", lik, x)))]
-        )[4]
-        for lik, _ in BC_ROWS
-    ]
+    changes = [paper_gap(d.bc_groups[(lik, bc_best_beta(d, lik))])[4] for lik, _ in BC_ROWS]
     cb_better = all(
         bc(d, "test/nll", "continuous_bernoulli", b) < bc(d, "test/nll", "gaussian", b)
         for b in bc_betas(d)
