@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vaesweep.core.checks import is_int
 from vaesweep.data.datasets import DATASETS, RawDataset, load_dataset
 from vaesweep.data.loader import TensorLoader
 from vaesweep.data.preprocessing import check_mode, fixed_preprocess
@@ -62,11 +63,9 @@ class VAEDataModule(L.LightningDataModule):
             raise ValueError(f"data.name={name!r}: unknown dataset; allowed: {', '.join(DATASETS)}")
         check_mode(preprocess)
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not (is_int(value) and value >= 1):
                 raise ValueError(f"data.{key}={value!r}: must be a positive integer")
-        if test_examples is not None and (
-            isinstance(test_examples, bool) or not isinstance(test_examples, int) or test_examples < 1
-        ):
+        if not (test_examples is None or (is_int(test_examples) and test_examples >= 1)):
             raise ValueError(f"test_examples={test_examples!r}: must be null or a positive integer")
         self.name = name
         self.root = root
