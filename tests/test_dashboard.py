@@ -126,7 +126,11 @@ def test_grid_sweep_dashboard(workdir):
     """Every job's run defines its metrics (step axis, best and last val/elbo); its summary
     holds the maximum of the val/elbo it logged and the final test/* values, as
     results.json; the sweep's summary run holds summary.csv and the figures."""
-    proc = run_cli(["-m", "optimizer.lr=0.001,0.02", *TWO_EPOCHS], workdir, timeout=600)
+    proc = run_cli(
+        ["-m", "optimizer.lr=0.001,0.02", "logger.sweep_figures=true", *TWO_EPOCHS],
+        workdir,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = workdir / "sweep"
     runs = job_runs(sweep)
@@ -188,6 +192,7 @@ def test_search_dashboard(workdir):
             "hydra/sweeper=optuna",
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.params.beta=tag(log, interval(0.1, 10))",
+            "logger.sweep_figures=true",
             *TWO_EPOCHS,
         ],
         workdir,
@@ -238,3 +243,31 @@ def test_summary_run_only_with_wandb_and_never_raises(tmp_path, capsys):
     (tmp_path / "wandb").write_text("in the way\n")
     assert log_sweep_summary(config(), tmp_path) is None
     assert "W&B sweep summary run not written" in capsys.readouterr().err
+
+
+def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch):
+    """In process, W&B offline: by default the summary run holds the table and says how to
+    draw the figures (no image logged, matplotlib not run); logger.sweep_figures=true asks
+    for them (here the sweep has no results.json, so the reason they are missing is that)."""
+    from omegaconf import OmegaConf
+
+    from vaesweep.analysis.wandb_summary import FIGURES_OFF
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = {"name": "wandb", "mode": "offline", "project": "vaesweep", "entity": None}
+    for figures, sweep in ((None, tmp_path / "default"), (True, tmp_path / "asked")):
+        sweep.mkdir()
+        write_csv_atomic(sweep / SUMMARY_FILE, [{"job": "beta=1", "status": "completed"}])
+        asked = {} if figures is None else {"sweep_figures": figures}
+        cfg = OmegaConf.create({"logger": {**logger, "tags": [], **asked}})
+        assert log_sweep_summary(cfg, sweep) is not None
+        run = summary_run(sweep)
+        assert logged_table(run, TABLE_KEY)["data"] == [["beta=1", "completed"]]
+        assert not [k for k in run["summary"] if k.startswith(f"{FIGURES_KEY}/")]
+        (skipped,) = run["summary"]["sweep/figures_skipped"]
+        if figures is None:
+            assert skipped == f"all figures: {FIGURES_OFF.format(sweep_dir=sweep)}"
+            assert f"vaesweep figures {sweep}" in skipped
+        else:
+            assert skipped.startswith("all figures: ") and "sweep_figures" not in skipped

@@ -29,6 +29,11 @@ IN_FUNCTION = {
     ("vaesweep.analysis.cli", "vaesweep.run.evaluate"),
     # heavy: torch and the run layer, only when a sweep is a search.
     ("vaesweep.analysis.figures.search", "vaesweep.sweep.search"),
+    # heavy: matplotlib and pandas, only when a sweep's W&B summary run draws its figures.
+    ("vaesweep.analysis.wandb_summary", "vaesweep.analysis.figures"),
+    ("vaesweep.analysis.wandb_summary", "vaesweep.analysis.results"),
+    # heavy: Lightning, only for the data module (reading a dataset needs torch alone).
+    ("vaesweep.data", "vaesweep.data.datamodule"),
 }
 
 
@@ -155,7 +160,10 @@ def test_the_public_face_is_small_and_every_name_resolves():
     import subprocess
     import sys
 
+    import pytest
+
     import vaesweep
+    import vaesweep.data
 
     assert set(vaesweep.__all__) == {
         "__version__",
@@ -177,3 +185,14 @@ def test_the_public_face_is_small_and_every_name_resolves():
     code = "import sys, vaesweep; print('torch' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+    # Reading a dataset (a plain-PyTorch script's data path) does not load Lightning; the
+    # data module, re-exported by vaesweep.data, does when it is asked for.
+    code = (
+        "import sys; from vaesweep.data import load_dataset, preprocess; "
+        "load_dataset('mnist_small'); print('lightning' in sys.modules); "
+        "from vaesweep.data import VAEDataModule; print('lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'DataModule'"):
+        vaesweep.data.DataModule  # noqa: B018 - the lazy export names only what exists

@@ -2,9 +2,12 @@
 
 - :func:`log_sweep_summary`: at the end of every sweep (a grid or a search) with the W&B
   logger, one more run in the sweep's group (job type ``summary``) holds the sweep's
-  summary table (the rows of ``summary.csv``, a ``wandb.Table``) and the sweep figures of
-  ``vaesweep figures`` (``wandb.Image``). It never changes the sweep's outcome: any failure
-  is reported as a warning and ``summary.csv`` stays as written.
+  summary table (the rows of ``summary.csv``, a ``wandb.Table``) and, with
+  ``logger.sweep_figures=true``, the sweep figures of ``vaesweep figures`` (``wandb.Image``;
+  off by default: drawing them costs about as much as the rest of the summary run and
+  importing matplotlib and pandas, ~1.5 s, and ``vaesweep figures`` draws them at any time).
+  It never changes the sweep's outcome: any failure is reported as a warning and
+  ``summary.csv`` stays as written.
 
 Only public W&B API (``wandb.init``, ``Run.define_metric``, ``Run.log``, ``wandb.Table``,
 ``wandb.Image``); W&B is imported inside the functions that need it.
@@ -23,14 +26,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vaesweep.analysis.figures import draw_sweep_pngs
-from vaesweep.analysis.results import ResultsError, load_results
 from vaesweep.run.context import read_sweep
 from vaesweep.run.loggers import SUMMARY_JOB_TYPE, reachable, sweep_group, wandb_endpoint
 from vaesweep.sweep.grid import SUMMARY_FILE
 
 TABLE_KEY = "sweep/summary"
 FIGURES_KEY = "sweep/figures"
+#: sweep/figures_skipped when the figures were not asked for.
+FIGURES_OFF = "not drawn (logger.sweep_figures=false); vaesweep figures {sweep_dir} draws them"
 
 
 # -- the sweep's summary run ----------------------------------------------------------------
@@ -100,6 +103,10 @@ def _wandb_mode(logger: DictConfig) -> str:
 
 def draw_figures(sweep_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
     """The sweep figures of ``vaesweep figures`` as PNGs in out_dir; (paths, skipped)."""
+    # Heavy (matplotlib, pandas): imported only when the figures are asked for.
+    from vaesweep.analysis.figures import draw_sweep_pngs
+    from vaesweep.analysis.results import ResultsError, load_results
+
     try:
         df = load_results(sweep_dir)
     except ResultsError as e:
@@ -162,9 +169,12 @@ def _log_sweep_summary(config: DictConfig, sweep_dir: Path) -> str:
     try:
         statuses = [row[columns.index("status")] for row in rows] if "status" in columns else []
         data: dict[str, Any] = {TABLE_KEY: wandb.Table(columns=columns, data=rows)}
+        drawn = bool(logger.get("sweep_figures", False))
         with tempfile.TemporaryDirectory(prefix="vaesweep-figures-") as tmp:
+            figures, skipped = [], [f"all figures: {FIGURES_OFF.format(sweep_dir=sweep_dir)}"]
             try:
-                figures, skipped = draw_figures(sweep_dir, Path(tmp))
+                if drawn:
+                    figures, skipped = draw_figures(sweep_dir, Path(tmp))
             except Exception as e:  # the table goes to W&B all the same
                 figures, skipped = [], [f"all figures: {type(e).__name__}: {e}"]
                 _warn(f"W&B sweep summary run without figures: {type(e).__name__}: {e}")
@@ -186,7 +196,8 @@ def _log_sweep_summary(config: DictConfig, sweep_dir: Path) -> str:
     where = run.settings.sync_dir if hasattr(run.settings, "sync_dir") else run.dir
     print(
         f"W&B sweep summary: run {run.id} in group {run.group} (table of {len(rows)} jobs, "
-        f"{len(figures)} figures, {time.perf_counter() - started:.1f} s) in {where}",
+        f"{f'{len(figures)} figures' if drawn else 'no figures: logger.sweep_figures=false'}, "
+        f"{time.perf_counter() - started:.1f} s) in {where}",
         flush=True,
     )
     return str(where)

@@ -9,13 +9,16 @@ Data flows one way through the modules of this package:
 - ``loader``: ``TensorLoader``, batches sliced from one in-memory tensor;
 - ``datamodule``: ``VAEDataModule``, the Lightning datamodule over the above.
 
-The names below are re-exported here: import them from ``vaesweep.data``. To patch a
-module attribute in a test, patch it in the module that defines it (e.g.
+The names below are re-exported here: import them from ``vaesweep.data``.
+``VAEDataModule`` is loaded on first use, so reading a dataset never imports Lightning (a
+plain-PyTorch script, like ``benchmarks/sweep_vs_plain.py``'s reference, loads only torch and
+numpy). To patch a module attribute in a test, patch it in the module that defines it (e.g.
 ``vaesweep.data.download.DOWNLOAD_TIMEOUT_S``): this package holds copies of the bindings.
 Mutable registries (``IDX_SOURCES``, ``DATASETS``) are the same objects here and there.
 """
 
-from vaesweep.data.datamodule import VAEDataModule
+from typing import Any
+
 from vaesweep.data.datasets import (
     DATASETS,
     SPLIT_SEED,
@@ -69,3 +72,11 @@ __all__ = [
     "preprocess",
     "read_idx",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VAEDataModule":  # the one name whose module imports Lightning
+        from vaesweep.data.datamodule import VAEDataModule
+
+        return VAEDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
