@@ -55,6 +55,10 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         ),
         (["eval.iwae_k=100000", "eval.iwae_chunk=100000"], r"eval.iwae_chunk=100000 is inv.*GB"),
         (["eval.iwae_k=1000", "eval.iwae_chunk=1000"], None),  # sized to the memory: passes
+        # A quoted 'false' would be truthy: a switch is a boolean.
+        (["logger.sweep_figures='false'"], r"logger.sweep_figures='false' is inv.*true or false"),
+        (["logger.sweep_summary=1"], r"logger.sweep_summary=1 is invalid: allowed true or false"),
+        (["logger.sweep_figures=true", "logger.sweep_summary=false"], None),
     ],
 )
 def test_refused_before_training(overrides, message):
@@ -87,9 +91,7 @@ def test_memory_estimate_counts_the_real_parameters():
         n, _ = count_parameters(cfg, shape)
         plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "likelihood")}
         plain["beta_schedule"] = {"name": "constant", "beta": 1.0}
-        built = build_components(
-            shape, plain["likelihood"], plain["beta_schedule"], plain["model"]
-        )
+        built = build_components(shape, plain["likelihood"], plain["beta_schedule"], plain["model"])
         real = VAE(**built)
         assert n == sum(p.numel() for p in real.parameters())
 

@@ -225,7 +225,6 @@ def test_a_failing_summary_run_changes_nothing(workdir):
     assert (sweep / "wandb").read_text() == "in the way\n"
 
 
-
 def test_summary_run_only_with_wandb_and_never_raises(tmp_path, capsys):
     """In process (fast): no summary run without W&B or with mode=disabled or
     logger.sweep_summary=false; one that W&B cannot write warns and returns None."""
@@ -247,9 +246,18 @@ def test_summary_run_only_with_wandb_and_never_raises(tmp_path, capsys):
 
 def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch):
     """In process, W&B offline: by default the summary run holds the table and says how to
-    draw the figures (no image logged, matplotlib not run); logger.sweep_figures=true asks
-    for them (here the sweep has no results.json, so the reason they are missing is that)."""
+    draw the figures (no image logged, the figures not drawn); logger.sweep_figures=true asks
+    for them (here the sweep has no results.json, so the reason they are missing is that).
+    The shipped config says false."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from vaesweep.run.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        shipped = compose("train", overrides=["paths.data_dir=/tmp"]).logger
+    assert shipped.name == "wandb" and shipped.sweep_figures is False
+    assert shipped.sweep_summary is True
 
     from vaesweep.analysis.wandb_summary import FIGURES_OFF
 
@@ -267,7 +275,7 @@ def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch):
         assert not [k for k in run["summary"] if k.startswith(f"{FIGURES_KEY}/")]
         (skipped,) = run["summary"]["sweep/figures_skipped"]
         if figures is None:
-            assert skipped == f"all figures: {FIGURES_OFF.format(sweep_dir=sweep)}"
-            assert f"vaesweep figures {sweep}" in skipped
+            assert skipped == f"all figures: {FIGURES_OFF.format(sweep_dir=sweep.resolve())}"
+            assert f"vaesweep figures {sweep.resolve()}" in skipped
         else:
             assert skipped.startswith("all figures: ") and "sweep_figures" not in skipped

@@ -17,7 +17,7 @@ numpy). To patch a module attribute in a test, patch it in the module that defin
 Mutable registries (``IDX_SOURCES``, ``DATASETS``) are the same objects here and there.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaesweep.data.datasets import (
     DATASETS,
@@ -74,9 +74,18 @@ __all__ = [
 ]
 
 
+if TYPE_CHECKING:
+    from vaesweep.data.datamodule import VAEDataModule
+
+
 def __getattr__(name: str) -> Any:
     if name == "VAEDataModule":  # the one name whose module imports Lightning
         from vaesweep.data.datamodule import VAEDataModule
 
+        globals()[name] = VAEDataModule  # loaded once
         return VAEDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -334,6 +334,9 @@ def check_logger(cfg: DictConfig) -> None:
     if cfg.logger.name == "wandb":
         mode = cfg.logger.mode
         require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
+        for key in ("sweep_summary", "sweep_figures"):  # a quoted 'false' would be truthy
+            value = cfg.logger.get(key, False)
+            require(isinstance(value, bool), f"logger.{key}", value, "true or false")
 
 
 # --- training budget -----------------------------------------------------------------------------
