@@ -13,9 +13,10 @@ What `benchmarks/sweep_vs_plain.py` cannot take apart, because it times whole pr
   and a later one without W&B's listing of the installed packages (the private
   ``x_save_requirements=False``, measured only to size it);
 - the sweep's W&B summary run (``log_sweep_summary``) on a finished 6-job mission sweep (1
-  epoch a job), in a fresh process that has first loaded what a sweep's process has by
-  then (run.py's imports and W&B), with and without ``logger.sweep_figures``: the
-  difference includes importing what the figures need (pandas, matplotlib's drawing).
+  epoch a job), in a fresh process that has first done what a sweep's process has by then
+  (run.py's imports, W&B's import and one W&B run, which starts W&B's service), with and
+  without ``logger.sweep_figures``: the difference includes importing what the figures
+  need (pandas, matplotlib's drawing).
 
 Each number is the median over the repetitions, each repetition a new interpreter.
 """
@@ -75,8 +76,10 @@ SUMMARY = """
 import json, sys, time
 from pathlib import Path
 from omegaconf import OmegaConf
+import tempfile
 import vaesweep.sweep.entry, wandb  # loaded in a sweep's process before its summary run
 from vaesweep.analysis.wandb_summary import log_sweep_summary
+wandb.init(project="p", dir=tempfile.mkdtemp(), reinit="create_new").finish()  # as the jobs'
 t = time.perf_counter()
 logger = {"name": "wandb", "mode": "offline", "project": "vaesweep", "entity": None,
           "tags": [], "sweep_figures": sys.argv[2] == "true"}
