@@ -109,16 +109,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(
-    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+def run_python(
+    args: Sequence[str], cwd: str | Path, env: dict[str, str] | None = None
 ) -> tuple[float, subprocess.CompletedProcess]:
-    """Runs `python run.py ARGS` in `cwd`; returns (wall seconds from spawn to exit, process).
-
-    Raises with the child's stderr tail when it exits non-zero.
-    """
+    """Runs `python ARGS` in `cwd` (W&B offline by default, output captured); returns (wall
+    seconds from spawn to exit, process). Raises with the child's stderr tail when it exits
+    non-zero."""
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(RUN_PY), *args],
+        [sys.executable, *map(str, args)],
         cwd=cwd,
         env=env or cli_env(),
         capture_output=True,
@@ -126,5 +125,14 @@ def run_cli(
     )
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise RuntimeError(f"run.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"python {' '.join(map(str, args))[:200]} failed:\n{proc.stderr[-3000:]}"
+        )
     return wall, proc
+
+
+def run_cli(
+    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
+    """Runs `python run.py ARGS` in `cwd` (see :func:`run_python`)."""
+    return run_python([RUN_PY, *args], cwd, env)

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+import shutil
 import tempfile
 from pathlib import Path
 
-from common import cli_env, footer, header, median, run_cli, spread
+from common import footer, header, median, run_cli, run_python, spread
 
 IMPORTS = {
     "import torch": ("", "import torch"),
@@ -89,12 +88,8 @@ print(json.dumps(time.perf_counter() - t))
 
 
 def _python(code: str, *args: str, cwd: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], env=cli_env(), cwd=cwd, capture_output=True, text=True
-    )
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    return proc.stdout.strip().splitlines()[-1]
+    """The last line `python -c CODE ARGS` prints."""
+    return run_python(["-c", code, *args], cwd)[1].stdout.strip().splitlines()[-1]
 
 
 def _timed_import(setup: str, statement: str, cwd: str) -> float:
@@ -128,8 +123,7 @@ def main() -> None:
         for figures in ("false", "true"):
             times = []
             for _ in range(args.repeats):
-                for old in sweep.glob("wandb"):  # each repetition starts the summary run anew
-                    subprocess.run(["rm", "-rf", str(old)], check=True)
+                shutil.rmtree(sweep / "wandb", ignore_errors=True)  # a new summary run each time
                 times.append(float(_python(SUMMARY, str(sweep), figures, cwd=tmp)))
             _row(f"W&B summary run of the 6-job sweep, sweep_figures={figures}", times)
     footer()

@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import cli_env, footer, header, median, run_cli, spread
+from common import footer, header, median, run_cli, run_python, spread
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,1,4"]
 JOBS = [(lik, beta) for lik in ("gaussian", "laplace") for beta in (0.5, 1.0, 4.0)]
@@ -237,18 +234,7 @@ def floor(out: Path, epochs: int = 20) -> None:
 
 def _reference(mode: str, out: str, epochs: int, cwd: str) -> float:
     """Wall seconds of this file run as `--plain`/`--floor` in a fresh interpreter."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, f"--{mode}", out, "--epochs", str(epochs)],
-        env=cli_env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"the {mode} reference failed:\n{proc.stderr[-3000:]}")
-    return wall
+    return run_python([__file__, f"--{mode}", out, "--epochs", str(epochs)], cwd)[0]
 
 
 def main() -> None:

@@ -45,7 +45,9 @@ def main() -> None:
                 continue
             change = "" if side == "before" else f"  change {median(values) / before - 1:+.1%}"
             shown = " ".join(f"{v:.3f}" for v in values)
-            print(f"{lik:10} {side:8} n={len(values)} median {median(values):.3f}{change}  [{shown}]")
+            print(
+                f"{lik:10} {side:8} n={len(values)} median {median(values):.3f}{change}  [{shown}]"
+            )
 
 
 if __name__ == "__main__":
