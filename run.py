@@ -1,9 +1,9 @@
 """Train, evaluate and record a VAE: `python run.py [overrides]`, `python run.py -m ...`.
 
-See `python run.py --help` and README.md. The entry point is vaesweep.sweep.entry.
+See `python run.py --help` and README.md. The entry point is vaesweep.__main__.train (then vaesweep.sweep.entry).
 """
 
-from vaesweep.sweep.entry import cli_main
+from vaesweep.__main__ import train
 
 if __name__ == "__main__":
-    cli_main()
+    train()

@@ -6,7 +6,12 @@
 What `benchmarks/sweep_vs_plain.py` cannot take apart, because it times whole processes:
 
 - imports: torch; Lightning (after torch); vaesweep's entry point (everything `run.py`
-  loads before Hydra starts); W&B (after torch);
+  loads before Hydra starts), with the garbage collector running as usual and as `run.py`
+  imports it (paused, then the objects frozen: ``vaesweep.core.heap.frozen_imports``);
+  W&B (after torch);
+- the interpreter's exit after those imports: from the last statement to the process's
+  end, as Python leaves it and after ``vaesweep.core.heap.freeze_for_exit`` (what `run.py`
+  does last);
 - one Hydra composition of a mission-sweep job's config (``compose("train", ...)`` after a
   first, warm-up composition), which a sweep does three times per job;
 - W&B offline: the first ``wandb.init`` of a process (it starts W&B's service), a later one,
@@ -27,6 +32,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from common import footer, header, median, run_cli, run_python, spread
@@ -34,7 +40,11 @@ from common import footer, header, median, run_cli, run_python, spread
 IMPORTS = {
     "import torch": ("", "import torch"),
     "import lightning (torch already loaded)": ("import torch", "import lightning"),
-    "import vaesweep.sweep.entry (run.py's imports)": ("", "import vaesweep.sweep.entry"),
+    "import vaesweep.sweep.entry, collector as usual": ("", "import vaesweep.sweep.entry"),
+    "import vaesweep.sweep.entry, collector paused (run.py)": (
+        "from vaesweep.core import heap",
+        "with heap.frozen_imports(): import vaesweep.sweep.entry",
+    ),
     "import wandb (torch already loaded)": ("import torch", "import wandb"),
 }
 
@@ -97,6 +107,20 @@ def _timed_import(setup: str, statement: str, cwd: str) -> float:
     return float(_python(code + "print(time.perf_counter() - t)", cwd=cwd))
 
 
+def _exit_time(frozen: bool, cwd: str) -> float:
+    """Seconds from the last statement of a process that imported run.py's stack to the
+    process's end (wall clock on both sides)."""
+    imports = (
+        "with heap.frozen_imports(): import vaesweep.sweep.entry"
+        if frozen
+        else "import vaesweep.sweep.entry"
+    )
+    last = "heap.freeze_for_exit(); " if frozen else ""
+    code = f"import time\nfrom vaesweep.core import heap\n{imports}\n{last}print(time.time())"
+    _, proc = run_python(["-c", code], cwd)
+    return time.time() - float(proc.stdout.strip().splitlines()[-1])
+
+
 def _row(name: str, values: list[float]) -> None:
     print(f"{name:<62} {median(values):7.3f} s  ({spread(values)})")
 
@@ -109,6 +133,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (setup, statement) in IMPORTS.items():
             _row(name, [_timed_import(setup, statement, tmp) for _ in range(args.repeats)])
+        for frozen, how in ((False, "as Python leaves it"), (True, "frozen (run.py)")):
+            _row(
+                f"exit after run.py's imports, {how}",
+                [_exit_time(frozen, tmp) for _ in range(args.repeats)],
+            )
         compose = [float(_python(COMPOSE, cwd=tmp)) for _ in range(args.repeats)]
         _row("one Hydra composition of a mission-sweep job (median of 6)", compose)
         wandb_runs = [json.loads(_python(WANDB, cwd=tmp)) for _ in range(args.repeats)]

@@ -9,6 +9,25 @@ from __future__ import annotations
 
 import sys
 
+from vaesweep.core import heap
+
+
+def train() -> None:
+    """Training from the command line (``run.py``, ``python -m vaesweep`` and the
+    ``vaesweep-train`` console script): the training stack's imports with the collector
+    paused and their objects frozen, the Hydra entry point, and the heap frozen for the
+    exit (:mod:`vaesweep.core.heap`)."""
+    try:  # seconds of imports (torch, Lightning): Ctrl-C there is a stop, not a traceback
+        with heap.frozen_imports():
+            from vaesweep.sweep.entry import cli_main
+    except KeyboardInterrupt:
+        print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
+        sys.exit(130)
+    try:
+        cli_main()
+    finally:
+        heap.freeze_for_exit()
+
 
 def main() -> None:
     # Each command imports only what it runs: the results commands never load the training
@@ -18,13 +37,7 @@ def main() -> None:
 
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         sys.exit(results_main(sys.argv[1:]))
-    try:  # seconds of imports (torch, Lightning): Ctrl-C there is a stop, not a traceback
-        from vaesweep.sweep.entry import cli_main
-    except KeyboardInterrupt:
-        print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
-        sys.exit(130)
-
-    cli_main()
+    train()
 
 
 if __name__ == "__main__":

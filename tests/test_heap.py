@@ -1,0 +1,92 @@
+"""The garbage collector around the command line (``vaesweep.core.heap``): what the imports
+made is frozen and no later collection walks it, garbage made afterwards is still
+collected, the collector's state comes back even when an import fails, and ``run.py``'s
+process ends with its heap frozen and its collector on."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import weakref
+
+import pytest
+
+from conftest import RUN_PY, cli_env
+from vaesweep.core import heap
+
+
+class Cycle:
+    """An object in a reference cycle: only the cyclic collector can free it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_it_was():
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()  # what the test froze goes back to the oldest generation
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def _garbage_cycle() -> weakref.ref:
+    return weakref.ref(Cycle())
+
+
+def test_what_the_block_made_is_frozen_and_left_out_of_collections():
+    before = gc.get_freeze_count()
+    with heap.frozen_imports():
+        assert not gc.isenabled()
+        ref = _garbage_cycle()
+    assert gc.get_freeze_count() > before
+    gc.collect()
+    assert ref() is not None  # frozen: no collection walks it
+
+
+def test_garbage_made_afterwards_is_still_collected():
+    with heap.frozen_imports():
+        pass
+    ref = _garbage_cycle()
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_comes_back_as_it_was_also_when_an_import_fails(enabled):
+    if not enabled:
+        gc.disable()
+    with pytest.raises(ImportError), heap.frozen_imports():
+        import vaesweep_no_such_module  # noqa: F401
+    assert gc.isenabled() is enabled
+
+
+def test_freeze_for_exit_collects_the_garbage_before_freezing():
+    ref = _garbage_cycle()
+    alive = Cycle()
+    heap.freeze_for_exit()
+    assert ref() is None  # collected, its finalizers run, before the freeze
+    assert gc.get_freeze_count() > 0
+    assert alive.me is alive
+
+
+def test_run_py_ends_with_its_heap_frozen_and_its_collector_on(tmp_path):
+    # An atexit handler registered first runs last: after run.py's own exit work.
+    code = (
+        "import atexit, gc, runpy, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count(), gc.isenabled()))\n"
+        f"sys.argv = [{str(RUN_PY)!r}, '--help']\n"
+        f"runpy.run_path({str(RUN_PY)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "likelihood" in proc.stdout  # the help, as before
+    _, count, enabled = proc.stdout.strip().splitlines()[-1].split()
+    assert int(count) > 100_000  # torch, Lightning, Hydra: out of every later collection
+    assert enabled == "True"
