@@ -4,7 +4,7 @@ Importing the training stack (torch, Lightning, Hydra, W&B) creates about 680 00
 that live until the process ends. CPython's cyclic collector walks every one of them in
 each full collection: about eight times while they are being imported, as the heap grows,
 and again while the interpreter shuts down. On the 2-core benchmark VM that was about
-0.5 s of the imports and 0.7 s of the exit of every run and sweep
+0.45 s of the imports and 0.6 s of the exit of every run and sweep
 (``benchmarks/results/fixed_costs.txt``).
 
 :func:`gc.freeze` moves the objects that exist into a permanent generation that no later
