@@ -1,7 +1,8 @@
 """The garbage collector around the command line (``vaesweep.core.heap``): what the imports
 made is frozen and no later collection walks it, garbage made afterwards is still
 collected, the collector's state comes back even when an import fails, and ``run.py``'s
-process ends with its heap frozen and its collector on."""
+process ends with its heap frozen and its collector on; a launcher's worker freezes its
+imports once, at its first job."""
 
 from __future__ import annotations
 
@@ -72,6 +73,18 @@ def test_freeze_for_exit_collects_the_garbage_before_freezing():
     assert ref() is None  # collected, its finalizers run, before the freeze
     assert gc.get_freeze_count() > 0
     assert alive.me is alive
+
+
+def test_a_launchers_worker_freezes_what_is_alive_at_its_first_job_and_only_then():
+    gc.unfreeze()  # as in a fresh worker process: nothing frozen yet
+    heap.freeze_in_worker()
+    first = gc.get_freeze_count()
+    assert first > 0
+    ref = _garbage_cycle()
+    heap.freeze_in_worker()  # its later jobs freeze nothing more
+    assert gc.get_freeze_count() == first
+    gc.collect()
+    assert ref() is None
 
 
 def test_run_py_ends_with_its_heap_frozen_and_its_collector_on(tmp_path):

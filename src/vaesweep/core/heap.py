@@ -43,3 +43,14 @@ def freeze_for_exit() -> None:
     alive at exit were never guaranteed finalizers; ``atexit`` handlers run as before."""
     gc.collect()
     gc.freeze()
+
+
+def freeze_in_worker() -> None:
+    """In a process that did not start through the command line (a launcher's worker:
+    joblib's, Ray's, submitit's), freezes what is alive at its first job: the imports it
+    made to unpickle the task. Its later collections, and its exit, which the sweep's own
+    process waits for (joblib), then skip them. A no-op where something is frozen already.
+    What the first job holds at that moment (its config) stays frozen after the job: a
+    one-time, bounded cost."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
