@@ -19,12 +19,12 @@ evaluation (IWAE, K = 100), image grids, results.json, summary.csv.
     per-job overhead = a job's wall time (Hydra calls the task → it returns) − its pure
                        training time, over the jobs after the first
 
-The first job also pays, once per sweep, the imports of torch, lightning and wandb (the
-task imports them lazily, after Hydra has started) and the start of W&B's service; it is
-reported as "the first job's extra". The process itself costs, once per sweep, its start
-(python, Hydra's imports and composition; cold_start.py measures the whole path to the first
-optimisation step)
-and its exit (sweep summary, W&B teardown, interpreter exit). All of it spread over the
+The first job also pays, once per sweep, the import of wandb (the first job that logs to
+W&B imports it) and the start of W&B's service; it is reported as "the first job's extra"
+(up to 2026-11-21 it also held the imports of torch and Lightning, which run.py now does
+at its start). The process itself costs, once per sweep, its start (python, the imports of
+torch, Lightning and Hydra, Hydra's compositions; cold_start.py measures the whole path to
+the first optimisation step) and its exit (sweep summary, W&B teardown, interpreter exit). All of it spread over the
 sweep's jobs is printed too: sweep wall time / jobs − training time per job.
 """
 
@@ -119,7 +119,7 @@ def main() -> None:
     print("        image grids, results.json, W&B finish")
     print("  once per sweep:")
     print(f"      the first job's extra                         {col(basic_runs, 'first_extra')}")
-    print("        (imports of torch, lightning, wandb; W&B service start)")
+    print("        (import of wandb, W&B service start)")
     print(f"      process start to first job (imports, Hydra)   {col(basic_runs, 'to_first')}")
     print(f"      last job to process exit (summary, teardown)  {col(basic_runs, 'after_last')}")
     print(f"  everything spread over the {n} jobs (wall/jobs -   {col(basic_runs, 'overhead')}")
