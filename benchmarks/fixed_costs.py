@@ -9,9 +9,9 @@ What `benchmarks/sweep_vs_plain.py` cannot take apart, because it times whole pr
   loads before Hydra starts), with the garbage collector running as usual and as `run.py`
   imports it (paused, then the objects frozen: ``vaesweep.core.heap.frozen_imports``);
   W&B (after torch);
-- the interpreter's exit after those imports: from the last statement to the process's
-  end, as Python leaves it and after ``vaesweep.core.heap.freeze_for_exit`` (what `run.py`
-  does last);
+- what the imports leave for the collector (objects tracked, full collections during the
+  imports, garbage left), and the interpreter's exit after them: from the last statement
+  to the process's end, with the collector as usual and with the imports frozen (run.py);
 - one Hydra composition of a mission-sweep job's config (``compose("train", ...)`` after a
   first, warm-up composition), which a sweep does three times per job;
 - W&B offline: the first ``wandb.init`` of a process (it starts W&B's service), a later one,
@@ -115,10 +115,27 @@ def _exit_time(frozen: bool, cwd: str) -> float:
         if frozen
         else "import vaesweep.sweep.entry"
     )
-    last = "heap.freeze_for_exit(); " if frozen else ""
-    code = f"import time\nfrom vaesweep.core import heap\n{imports}\n{last}print(time.time())"
+    code = f"import time\nfrom vaesweep.core import heap\n{imports}\nprint(time.time())"
     _, proc = run_python(["-c", code], cwd)
     return time.time() - float(proc.stdout.strip().splitlines()[-1])
+
+
+HEAP = """
+import gc, json
+full = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2
+                    and full.append(1))
+import vaesweep.sweep.entry
+print(json.dumps({"objects": len(gc.get_objects()), "full collections": len(full),
+                  "garbage left": gc.collect()}))
+"""
+
+HEAP_PAUSED = """
+import gc, json
+gc.disable()
+import vaesweep.sweep.entry
+print(json.dumps({"objects": len(gc.get_objects()), "garbage left": gc.collect()}))
+"""
 
 
 def _row(name: str, values: list[float]) -> None:
@@ -133,7 +150,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (setup, statement) in IMPORTS.items():
             _row(name, [_timed_import(setup, statement, tmp) for _ in range(args.repeats)])
-        for frozen, how in ((False, "as Python leaves it"), (True, "frozen (run.py)")):
+        heap = json.loads(_python(HEAP, cwd=tmp))
+        print(
+            f"run.py's imports, collector as usual: {heap['objects']} objects tracked after them, "
+            f"{heap['full collections']} full collections during them, "
+            f"{heap['garbage left']} garbage objects left by them"
+        )
+        paused = json.loads(_python(HEAP_PAUSED, cwd=tmp))
+        print(
+            f"run.py's imports, collector paused: {paused['objects']} objects tracked after them "
+            f"(frozen by run.py), {paused['garbage left']} of them garbage"
+        )
+        for frozen, how in ((False, "as Python leaves it"), (True, "imports frozen (run.py)")):
             _row(
                 f"exit after run.py's imports, {how}",
                 [_exit_time(frozen, tmp) for _ in range(args.repeats)],

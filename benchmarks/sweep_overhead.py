@@ -24,8 +24,9 @@ W&B imports it) and the start of W&B's service; it is reported as "the first job
 (up to 2026-11-21 it also held the imports of torch and Lightning, which run.py now does
 at its start). The process itself costs, once per sweep, its start (python, the imports of
 torch, Lightning and Hydra, Hydra's compositions; cold_start.py measures the whole path to
-the first optimisation step) and its exit (sweep summary, W&B teardown, interpreter exit). All of it spread over the
-sweep's jobs is printed too: sweep wall time / jobs − training time per job.
+the first optimisation step) and its exit (sweep summary, W&B teardown, interpreter
+exit). All of it spread over the sweep's jobs is printed too: sweep wall time / jobs −
+training time per job.
 """
 
 from __future__ import annotations

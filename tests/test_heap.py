@@ -1,12 +1,13 @@
-"""The garbage collector around the command line (``vaesweep.core.heap``): what the imports
-made is frozen and no later collection walks it, garbage made afterwards is still
-collected, the collector's state comes back even when an import fails, and ``run.py``'s
-process ends with its heap frozen and its collector on; a launcher's worker freezes its
-imports once, at its first job."""
+"""The garbage collector around the command line (``vaesweep.core.heap``): what exists after
+the imports is frozen and no later collection walks it, garbage made afterwards is still
+collected, the collector's state comes back even when an import fails, ``run.py``'s
+process runs with its imports frozen and its collector on, and only a launcher's worker
+freezes at its first job."""
 
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import weakref
@@ -25,7 +26,10 @@ class Cycle:
 
 
 @pytest.fixture(autouse=True)
-def _collector_as_it_was():
+def _collector_as_it_was(monkeypatch):
+    if gc.get_freeze_count():
+        pytest.skip("something in this process froze objects already")
+    monkeypatch.delenv(heap.SWEEP_PID_ENV, raising=False)
     enabled = gc.isenabled()
     yield
     gc.unfreeze()  # what the test froze goes back to the oldest generation
@@ -39,12 +43,11 @@ def _garbage_cycle() -> weakref.ref:
     return weakref.ref(Cycle())
 
 
-def test_what_the_block_made_is_frozen_and_left_out_of_collections():
-    before = gc.get_freeze_count()
+def test_what_exists_after_the_block_is_frozen_and_left_out_of_collections():
     with heap.frozen_imports():
         assert not gc.isenabled()
         ref = _garbage_cycle()
-    assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() > 0
     gc.collect()
     assert ref() is not None  # frozen: no collection walks it
 
@@ -52,9 +55,12 @@ def test_what_the_block_made_is_frozen_and_left_out_of_collections():
 def test_garbage_made_afterwards_is_still_collected():
     with heap.frozen_imports():
         pass
+    frozen = gc.get_freeze_count()
+    assert gc.isenabled()
     ref = _garbage_cycle()
     gc.collect()
     assert ref() is None
+    assert gc.get_freeze_count() == frozen
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -66,20 +72,13 @@ def test_the_collector_comes_back_as_it_was_also_when_an_import_fails(enabled):
     assert gc.isenabled() is enabled
 
 
-def test_freeze_for_exit_collects_the_garbage_before_freezing():
-    ref = _garbage_cycle()
+def test_a_launchers_worker_freezes_what_is_alive_at_its_first_job_and_only_then(monkeypatch):
+    monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid() + 1))  # started by another process
     alive = Cycle()
-    heap.freeze_for_exit()
-    assert ref() is None  # collected, its finalizers run, before the freeze
-    assert gc.get_freeze_count() > 0
-    assert alive.me is alive
-
-
-def test_a_launchers_worker_freezes_what_is_alive_at_its_first_job_and_only_then():
-    gc.unfreeze()  # as in a fresh worker process: nothing frozen yet
     heap.freeze_in_worker()
     first = gc.get_freeze_count()
     assert first > 0
+    assert not any(o is alive for o in gc.get_objects())  # frozen objects are not listed
     ref = _garbage_cycle()
     heap.freeze_in_worker()  # its later jobs freeze nothing more
     assert gc.get_freeze_count() == first
@@ -87,11 +86,21 @@ def test_a_launchers_worker_freezes_what_is_alive_at_its_first_job_and_only_then
     assert ref() is None
 
 
-def test_run_py_ends_with_its_heap_frozen_and_its_collector_on(tmp_path):
+@pytest.mark.parametrize("marked", [None, "self"])
+def test_a_process_that_is_no_worker_freezes_nothing(monkeypatch, marked):
+    # No mark: a Python session that runs the task itself. Its own id: the command line.
+    if marked:
+        monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid()))
+    heap.freeze_in_worker()
+    assert gc.get_freeze_count() == 0
+
+
+def test_run_py_runs_with_its_imports_frozen_and_its_collector_on(tmp_path):
     # An atexit handler registered first runs last: after run.py's own exit work.
     code = (
-        "import atexit, gc, runpy, sys\n"
-        "atexit.register(lambda: print('frozen', gc.get_freeze_count(), gc.isenabled()))\n"
+        "import atexit, gc, os, runpy, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count(), gc.isenabled(),\n"
+        "                              os.environ['VAESWEEP_SWEEP_PID'] == str(os.getpid())))\n"
         f"sys.argv = [{str(RUN_PY)!r}, '--help']\n"
         f"runpy.run_path({str(RUN_PY)!r}, run_name='__main__')\n"
     )
@@ -100,6 +109,7 @@ def test_run_py_ends_with_its_heap_frozen_and_its_collector_on(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "likelihood" in proc.stdout  # the help, as before
-    _, count, enabled = proc.stdout.strip().splitlines()[-1].split()
+    _, count, enabled, marked = proc.stdout.strip().splitlines()[-1].split()
     assert int(count) > 100_000  # torch, Lightning, Hydra: out of every later collection
     assert enabled == "True"
+    assert marked == "True"  # its workers will know they are workers

@@ -15,18 +15,16 @@ from vaesweep.core import heap
 def train() -> None:
     """Training from the command line (``run.py``, ``python -m vaesweep`` and the
     ``vaesweep-train`` console script): the training stack's imports with the collector
-    paused and their objects frozen, the Hydra entry point, and the heap frozen for the
-    exit (:mod:`vaesweep.core.heap`)."""
+    paused and their objects frozen (:mod:`vaesweep.core.heap`), then the Hydra entry
+    point."""
+    heap.mark_command_line()
     try:  # seconds of imports (torch, Lightning): Ctrl-C there is a stop, not a traceback
         with heap.frozen_imports():
             from vaesweep.sweep.entry import cli_main
     except KeyboardInterrupt:
         print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
         sys.exit(130)
-    try:
-        cli_main()
-    finally:
-        heap.freeze_for_exit()
+    cli_main()
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
-"""The Hydra entry point: ``run.py`` in a checkout, ``python -m vaesweep`` and the
-``vaesweep-train`` console script. One run or a multirun (``-m``) of the driver's task
-(:func:`vaesweep.run.driver.task`); the multirun's own work is :mod:`vaesweep.sweep.callback`.
+"""The Hydra entry point that ``vaesweep.__main__.train`` calls for ``run.py`` in a
+checkout, ``python -m vaesweep`` and the ``vaesweep-train`` console script. One run or a
+multirun (``-m``) of the driver's task (:func:`vaesweep.run.driver.task`); the multirun's
+own work is :mod:`vaesweep.sweep.callback`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
 
 
 def cli_main() -> None:
-    """Console-script entry point (``vaesweep-train``), same arguments as ``run.py``."""
+    """The command line's training entry (``vaesweep.__main__.train`` calls it after the
+    imports), same arguments as ``run.py``."""
     sys.argv[1:] = quote_sweeper_params(sys.argv[1:])
     main()
