@@ -14,8 +14,9 @@ import weakref
 
 import pytest
 
-from conftest import RUN_PY, cli_env
 from vaesweep.core import heap
+
+from conftest import RUN_PY, cli_env
 
 
 class Cycle:
