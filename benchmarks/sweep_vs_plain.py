@@ -19,7 +19,9 @@ Lightning's Trainer pays at least: Lightning's import and its per-batch loop. So
 product/floor is vaesweep's own overhead (Hydra, W&B, results, images, resumability), and
 floor/plain is Lightning's.
 
-Printed: the three wall times per run, each run's ratios, the medians over the runs, and
+Each run starts with another arm (product, plain, floor; then plain, floor, product; ...),
+so that none of them always meets the same part of a slow phase. Printed: the order and the
+three wall times per run, each run's ratios, the medians over the runs, and
 the median ratios product/plain (target ≤ 1.2×), floor/plain and product/floor, each with
 the ratio of the two arms' fastest runs. On a shared VM the same work can take 25 % longer
 for minutes at a time (other tenants), so single runs differ a lot; the fastest run of
@@ -254,18 +256,21 @@ def main() -> None:
     print(f"python run.py -m {' '.join([*GRID, *extra])}")
     times: dict[str, list[float]] = {"product": [], "plain": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
+        arms = ["product", "plain"] + ([] if args.no_floor else ["floor"])
         for r in range(args.repeats):
-            wall, _ = run_cli(["-m", *GRID, f"hydra.sweep.dir={tmp}/sweep{r}", *extra], Path(tmp))
-            times["product"].append(wall)
-            times["plain"].append(_reference("plain", f"{tmp}/plain{r}", args.epochs, tmp))
-            line = (
-                f"run {r + 1}: product {wall:.1f} s, plain {times['plain'][-1]:.1f} s "
-                f"(ratio {wall / times['plain'][-1]:.2f})"
-            )
+            order = arms[r % len(arms) :] + arms[: r % len(arms)]  # each arm first in turn
+            for arm in order:
+                if arm == "product":
+                    sweep = [f"hydra.sweep.dir={tmp}/sweep{r}"]
+                    times[arm].append(run_cli(["-m", *GRID, *sweep, *extra], Path(tmp))[0])
+                else:
+                    times[arm].append(_reference(arm, f"{tmp}/{arm}{r}", args.epochs, tmp))
+            wall, base = times["product"][-1], times["plain"][-1]
+            line = f"run {r + 1} ({', '.join(order)}): product {wall:.1f} s, plain {base:.1f} s"
+            line += f" (ratio {wall / base:.2f})"
             if not args.no_floor:
-                times["floor"].append(_reference("floor", f"{tmp}/floor{r}", args.epochs, tmp))
                 f = times["floor"][-1]
-                line += f", Lightning floor {f:.1f} s (floor/plain {f / times['plain'][-1]:.2f})"
+                line += f", Lightning floor {f:.1f} s (floor/plain {f / base:.2f})"
             print(line, flush=True)
     for name, values in times.items():
         if values:
