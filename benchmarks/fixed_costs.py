@@ -37,14 +37,19 @@ from pathlib import Path
 
 from common import footer, header, median, run_cli, run_python, spread
 
-IMPORTS = {
-    "import torch": ("", "import torch"),
-    "import lightning (torch already loaded)": ("import torch", "import lightning"),
-    "import vaesweep.sweep.entry, collector as usual": ("", "import vaesweep.sweep.entry"),
-    "import vaesweep.sweep.entry, collector paused (run.py)": (
+#: run.py's imports as (setup, statement): with the collector as usual, and as run.py does.
+ENTRY = {
+    False: ("", "import vaesweep.sweep.entry"),
+    True: (
         "from vaesweep.core import heap",
         "with heap.frozen_imports(): import vaesweep.sweep.entry",
     ),
+}
+IMPORTS = {
+    "import torch": ("", "import torch"),
+    "import lightning (torch already loaded)": ("import torch", "import lightning"),
+    "import vaesweep.sweep.entry, collector as usual": ENTRY[False],
+    "import vaesweep.sweep.entry, collector paused (run.py)": ENTRY[True],
     "import wandb (torch already loaded)": ("import torch", "import wandb"),
 }
 
@@ -110,31 +115,24 @@ def _timed_import(setup: str, statement: str, cwd: str) -> float:
 def _exit_time(frozen: bool, cwd: str) -> float:
     """Seconds from the last statement of a process that imported run.py's stack to the
     process's end (wall clock on both sides)."""
-    imports = (
-        "with heap.frozen_imports(): import vaesweep.sweep.entry"
-        if frozen
-        else "import vaesweep.sweep.entry"
-    )
-    code = f"import time\nfrom vaesweep.core import heap\n{imports}\nprint(time.time())"
-    _, proc = run_python(["-c", code], cwd)
-    return time.time() - float(proc.stdout.strip().splitlines()[-1])
+    setup, statement = ENTRY[frozen]
+    code = f"{setup}\n{statement}\nimport time\nprint(time.time())"
+    last_statement = float(_python(code, cwd=cwd))
+    return time.time() - last_statement
 
 
+#: What run.py's imports leave for the collector; with the argument "paused", as run.py
+#: imports (the collector off, so the objects it would have untracked or freed are counted).
 HEAP = """
-import gc, json
+import gc, json, sys
 full = []
 gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2
                     and full.append(1))
+if sys.argv[1] == "paused":
+    gc.disable()
 import vaesweep.sweep.entry
 print(json.dumps({"objects": len(gc.get_objects()), "full collections": len(full),
                   "garbage left": gc.collect()}))
-"""
-
-HEAP_PAUSED = """
-import gc, json
-gc.disable()
-import vaesweep.sweep.entry
-print(json.dumps({"objects": len(gc.get_objects()), "garbage left": gc.collect()}))
 """
 
 
@@ -150,13 +148,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (setup, statement) in IMPORTS.items():
             _row(name, [_timed_import(setup, statement, tmp) for _ in range(args.repeats)])
-        heap = json.loads(_python(HEAP, cwd=tmp))
+        heap = json.loads(_python(HEAP, "usual", cwd=tmp))
         print(
             f"run.py's imports, collector as usual: {heap['objects']} objects tracked after them, "
             f"{heap['full collections']} full collections during them, "
             f"{heap['garbage left']} garbage objects left by them"
         )
-        paused = json.loads(_python(HEAP_PAUSED, cwd=tmp))
+        paused = json.loads(_python(HEAP, "paused", cwd=tmp))
         print(
             f"run.py's imports, collector paused: {paused['objects']} objects tracked after them "
             f"(frozen by run.py), {paused['garbage left']} of them garbage"
