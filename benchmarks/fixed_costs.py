@@ -5,10 +5,11 @@
 
 What `benchmarks/sweep_vs_plain.py` cannot take apart, because it times whole processes:
 
-- imports: torch; Lightning (after torch); vaesweep's entry point (everything `run.py`
-  loads before Hydra starts), with the garbage collector running as usual and as `run.py`
-  imports it (paused, then the objects frozen: ``vaesweep.core.heap.frozen_imports``);
-  W&B (after torch);
+- imports: torch; Lightning (after torch); vaesweep's training stack (what `run.py` loads
+  before Hydra starts, then the driver, which the first job imports), with the garbage
+  collector running as usual and as `run.py` imports them (paused, then the objects
+  frozen: ``vaesweep.core.heap.frozen_imports``); `run.py`'s own imports alone (all that
+  the launching process of a sweep whose jobs run in workers loads); W&B (after torch);
 - what the imports leave for the collector (objects tracked, full collections during the
   imports, garbage left), and the interpreter's exit after them: from the last statement
   to the process's end, with the collector as usual and with the imports frozen (run.py);
@@ -19,7 +20,7 @@ What `benchmarks/sweep_vs_plain.py` cannot take apart, because it times whole pr
   ``x_save_requirements=False``, measured only to size it);
 - the sweep's W&B summary run (``log_sweep_summary``) on a finished 6-job mission sweep (1
   epoch a job), in a fresh process that has first done what a sweep's process has by then
-  (run.py's imports, W&B's import and one W&B run, which starts W&B's service), with and
+  (the training stack's imports, W&B's import and one W&B run, which starts W&B's service), with and
   without ``logger.sweep_figures``: the difference includes importing what the figures
   need (pandas, matplotlib's drawing).
 
@@ -37,19 +38,25 @@ from pathlib import Path
 
 from common import footer, header, median, run_cli, run_python, spread
 
-#: run.py's imports as (setup, statement): with the collector as usual, and as run.py does.
+#: The training stack's imports as (setup, statement): run.py's, then the driver's (the
+#: first job's), with the collector as usual, and as run.py does.
 ENTRY = {
-    False: ("", "import vaesweep.sweep.entry"),
+    False: ("", "import vaesweep.sweep.entry\nimport vaesweep.run.driver"),
     True: (
         "from vaesweep.core import heap",
-        "with heap.frozen_imports(): import vaesweep.sweep.entry",
+        "with heap.frozen_imports(): import vaesweep.sweep.entry\n"
+        "with heap.frozen_imports(): import vaesweep.run.driver",
     ),
 }
 IMPORTS = {
     "import torch": ("", "import torch"),
     "import lightning (torch already loaded)": ("import torch", "import lightning"),
-    "import vaesweep.sweep.entry, collector as usual": ENTRY[False],
-    "import vaesweep.sweep.entry, collector paused (run.py)": ENTRY[True],
+    "import entry + driver, collector as usual": ENTRY[False],
+    "import entry + driver, collector paused (run.py, first job)": ENTRY[True],
+    "import vaesweep.sweep.entry alone, paused (a launching process)": (
+        "from vaesweep.core import heap",
+        "with heap.frozen_imports(): import vaesweep.sweep.entry",
+    ),
     "import wandb (torch already loaded)": ("import torch", "import wandb"),
 }
 
@@ -91,7 +98,7 @@ import json, sys, time
 from pathlib import Path
 from omegaconf import OmegaConf
 import tempfile
-import vaesweep.sweep.entry, wandb  # loaded in a sweep's process before its summary run
+import vaesweep.sweep.entry, vaesweep.run.driver, wandb  # loaded by then (basic launcher)
 from vaesweep.analysis.wandb_summary import log_sweep_summary
 wandb.init(project="p", dir=tempfile.mkdtemp(), reinit="create_new").finish()  # as the jobs'
 t = time.perf_counter()
@@ -121,7 +128,7 @@ def _exit_time(frozen: bool, cwd: str) -> float:
     return time.time() - last_statement
 
 
-#: What run.py's imports leave for the collector; with the argument "paused", as run.py
+#: What the training stack's imports leave for the collector; with the argument "paused", as run.py
 #: imports (the collector off, so the objects it would have untracked or freed are counted).
 HEAP = """
 import gc, json, sys
@@ -130,7 +137,7 @@ gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] =
                     and full.append(1))
 if sys.argv[1] == "paused":
     gc.disable()
-import vaesweep.sweep.entry
+import vaesweep.sweep.entry, vaesweep.run.driver
 print(json.dumps({"objects": len(gc.get_objects()), "full collections": len(full),
                   "garbage left": gc.collect()}))
 """
@@ -150,18 +157,18 @@ def main() -> None:
             _row(name, [_timed_import(setup, statement, tmp) for _ in range(args.repeats)])
         heap = json.loads(_python(HEAP, "usual", cwd=tmp))
         print(
-            f"run.py's imports, collector as usual: {heap['objects']} objects tracked after them, "
-            f"{heap['full collections']} full collections during them, "
+            f"the training stack's imports, collector as usual: {heap['objects']} objects "
+            f"tracked after them, {heap['full collections']} full collections during them, "
             f"{heap['garbage left']} garbage objects left by them"
         )
         paused = json.loads(_python(HEAP, "paused", cwd=tmp))
         print(
-            f"run.py's imports, collector paused: {paused['objects']} objects tracked after them "
-            f"(frozen by run.py), {paused['garbage left']} of them garbage"
+            f"the training stack's imports, collector paused: {paused['objects']} objects "
+            f"tracked after them (frozen by run.py), {paused['garbage left']} of them garbage"
         )
         for frozen, how in ((False, "as Python leaves it"), (True, "imports frozen (run.py)")):
             _row(
-                f"exit after run.py's imports, {how}",
+                f"exit after the training stack's imports, {how}",
                 [_exit_time(frozen, tmp) for _ in range(args.repeats)],
             )
         compose = [float(_python(COMPOSE, cwd=tmp)) for _ in range(args.repeats)]

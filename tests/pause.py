@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
+IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
 HOOKS = Path(__file__).resolve().parent / "hooks"
+
+
+def import_env(module: str, marker: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment entries that make every process started with them (and their
+    children) append its pid to ``marker`` when it imports ``module``."""
+    path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)
+    return {IMPORT_ENV: f"{module}:{marker}", "PYTHONPATH": path}
 
 
 def pause_env(point: str, marker: str | os.PathLike[str]) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """The garbage collector around the command line (``vaesweep.core.heap``): what exists after
 the imports is frozen and no later collection walks it, garbage made afterwards is still
 collected, the collector's state comes back even when an import fails, ``run.py``'s
-process runs with its imports frozen and its collector on, and only a launcher's worker
-freezes at its first job."""
+process runs with its imports frozen and its collector on, and a process started by the
+command line freezes the driver's imports at its first job, once."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import weakref
 import pytest
 
 from vaesweep.core import heap
+from vaesweep.run.driver import task as driver_task
+from vaesweep.sweep.entry import _driver_task
 
 from conftest import RUN_PY, cli_env
 
@@ -73,26 +75,28 @@ def test_the_collector_comes_back_as_it_was_also_when_an_import_fails(enabled):
     assert gc.isenabled() is enabled
 
 
-def test_a_launchers_worker_freezes_what_is_alive_at_its_first_job_and_only_then(monkeypatch):
-    monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid() + 1))  # started by another process
+@pytest.mark.parametrize("pid", ["self", "other"])
+def test_the_first_job_of_a_launched_process_freezes_once(monkeypatch, pid):
+    """The command line's process (its own id) and a launcher's worker (another's): the
+    driver is imported by the first job with what is alive then frozen; later jobs freeze
+    nothing more, and their garbage is collected."""
+    monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid() + (pid == "other")))
+    _driver_task.cache_clear()  # as in a fresh process: no job has run
     alive = Cycle()
-    heap.freeze_in_worker()
+    task = _driver_task()
     first = gc.get_freeze_count()
-    assert first > 0
+    assert first > 0 and task is driver_task
     assert not any(o is alive for o in gc.get_objects())  # frozen objects are not listed
     ref = _garbage_cycle()
-    heap.freeze_in_worker()  # its later jobs freeze nothing more
+    assert _driver_task() is task  # the next job
     assert gc.get_freeze_count() == first
     gc.collect()
     assert ref() is None
 
 
-@pytest.mark.parametrize("marked", [None, "self"])
-def test_a_process_that_is_no_worker_freezes_nothing(monkeypatch, marked):
-    # No mark: a Python session that runs the task itself. Its own id: the command line.
-    if marked:
-        monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid()))
-    heap.freeze_in_worker()
+def test_a_python_session_that_runs_the_task_freezes_nothing():
+    _driver_task.cache_clear()
+    assert _driver_task() is driver_task
     assert gc.get_freeze_count() == 0
 
 
@@ -111,6 +115,6 @@ def test_run_py_runs_with_its_imports_frozen_and_its_collector_on(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "likelihood" in proc.stdout  # the help, as before
     _, count, enabled, marked = proc.stdout.strip().splitlines()[-1].split()
-    assert int(count) > 100_000  # torch, Lightning, Hydra: out of every later collection
+    assert int(count) > 100_000  # torch, Hydra: out of every later collection
     assert enabled == "True"
     assert marked == "True"  # its workers will know they are workers

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaesweep.run.claims import CLAIM_FILE
 from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE
@@ -143,6 +144,9 @@ def test_checkpoints_keep_the_last_validation_metrics(reference):
     val = {k: v for k, v in reference["metrics"].items() if k.startswith("val/")}
     assert val and Resumable.stored_val_metrics(last) == val
     assert Resumable.stored_val_metrics(None) == {}
+    # Under the key Lightning gave it by default (the class name), as in older checkpoints.
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["callbacks"]["Resumable"]["val_metrics"] == val
 
 
 def check_resumed(run_dir: Path, reference: dict, first: dict, attempts: int = 2) -> dict:

@@ -22,6 +22,7 @@ from vaesweep.sweep.grid import (
 )
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
+from pause import import_env
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
 
@@ -64,6 +65,32 @@ def test_grid_sweep_with_launcher(workdir, launcher):
         assert "joblib" in meta["launcher"].lower()
     assert "status" in proc.stdout and "completed" in proc.stdout  # the printed table
     assert not list(sweep.rglob("offline-run-*"))  # logger=csv: no W&B run, no summary run
+
+
+@pytest.mark.slow
+def test_parallel_sweep_leaves_lightning_to_its_workers(workdir):
+    """With jobs in joblib's workers, the launching process composes, checks and summarises
+    the sweep without importing Lightning (2 s, ~100 MB); each worker imports it once. The
+    basic launcher, whose jobs run in the launching process, imports it there."""
+    marker = workdir / "lightning_imported"
+    env = {**cli_env(), **import_env("lightning", marker)}
+    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", *TINY, "logger=csv"]
+    parallel = subprocess.Popen(
+        [*cmd, "hydra.sweep.dir=parallel", "hydra/launcher=local_parallel"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parallel.wait(timeout=600) == 0, parallel.stderr.read()[-3000:]
+    statuses = [r["status"] for r in results_under(workdir / "parallel")]
+    assert statuses == ["completed", "completed"]
+    workers = marker.read_text().split()
+    assert workers and str(parallel.pid) not in workers
+    assert len(workers) == len(set(workers))  # once per worker process
+    marker.unlink()
+    basic = subprocess.Popen(
+        [*cmd, "hydra.sweep.dir=basic"], cwd=workdir, env=env, stdout=subprocess.DEVNULL
+    )
+    assert basic.wait(timeout=600) == 0
+    assert marker.read_text().split() == [str(basic.pid)]  # its jobs run in it
 
 
 @pytest.mark.slow

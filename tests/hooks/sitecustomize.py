@@ -20,17 +20,24 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``sampler``: Optuna's sampler is proposing a trial (``TPESampler.sample_independent``);
 - ``compose``: Hydra's launcher is composing a trial's config (``load_sweep_config``).
 
-Nothing here is imported unless the variable is set, and nothing of it ships in the package.
+``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
+appends its pid (a line) to the marker file, once, when the import starts (the tests use
+it to see which processes of a sweep load the training stack).
+
+Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
 import os
+import sys
 import time
 from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
+IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
 _signalled = False
 _reached: dict[str, int] = {}
 
@@ -145,5 +152,21 @@ def _install() -> None:
         os.replace = replace_paused
 
 
+class _ImportRecorder(importlib.abc.MetaPathFinder):
+    """Notes this process's pid when ``module`` is first imported; finds nothing itself."""
+
+    def __init__(self, module: str, marker: str) -> None:
+        self.module, self.marker = module, marker
+
+    def find_spec(self, name, path, target=None):
+        if name == self.module:
+            with open(self.marker, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            sys.meta_path.remove(self)
+        return None
+
+
 if os.environ.get(PAUSE_ENV):
     _install()
+if os.environ.get(IMPORT_ENV):
+    sys.meta_path.insert(0, _ImportRecorder(*os.environ[IMPORT_ENV].split(":", 1)))

@@ -15,6 +15,14 @@ computes does not depend on when the collector runs. The cost: garbage among the
 objects is never freed (the paused imports leave 12 659 such objects, a few MB), and a
 frozen object still alive at exit gets no finalizer from the exit's collection (the
 modules' own objects; ``atexit`` handlers, logging's flush among them, run as before).
+
+Two blocks are frozen: the command line's imports (``vaesweep.__main__.train``: torch,
+Hydra, W&B's hooks, the sweep's own code), and the driver's (Lightning), which a process
+imports at its first job (``vaesweep.sweep.entry``): in the command line's process with the
+basic launcher, and in each worker of the other launchers, whose own imports, made to
+unpickle the task, are frozen with it. What the first job holds at that moment (its
+config, the sweep's state) stays frozen after it: a one-time, bounded cost. A Python
+session that imports vaesweep and runs the task itself freezes nothing (:func:`launched`).
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Set by the command line (:func:`mark_command_line`) to its process id; a process that
-#: inherits it with another id is one of the sweep's workers.
+#: Set by the command line (:func:`mark_command_line`) to its process id; the processes it
+#: starts (a launcher's workers) inherit it.
 SWEEP_PID_ENV = "VAESWEEP_SWEEP_PID"
 
 
@@ -52,14 +60,7 @@ def mark_command_line() -> None:
     os.environ[SWEEP_PID_ENV] = str(os.getpid())
 
 
-def freeze_in_worker() -> None:
-    """In a launcher's worker (joblib's, submitit's, a local Ray's: a process that inherited
-    :data:`SWEEP_PID_ENV` from the command line's process and is not it), freezes what is
-    alive at its first job: mostly the imports it made to unpickle the task. Its later
-    collections, and its exit, which the sweep's process waits for (joblib), then skip
-    them. What the first job holds at that moment (its config) stays frozen after it: a
-    one-time, bounded cost. Anywhere else (the command line's own process, a Python
-    session that runs the task itself) and once something is frozen, it does nothing."""
-    marked = os.environ.get(SWEEP_PID_ENV)
-    if marked and marked != str(os.getpid()) and gc.get_freeze_count() == 0:
-        gc.freeze()
+def launched() -> bool:
+    """Whether this process is the command line's or one of its workers (not a Python
+    session that imported vaesweep)."""
+    return SWEEP_PID_ENV in os.environ

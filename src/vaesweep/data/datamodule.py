@@ -11,24 +11,8 @@ from torch import Tensor
 
 from vaesweep.core.checks import is_int
 from vaesweep.data.datasets import DATASETS, RawDataset, load_dataset
-from vaesweep.data.loader import TensorLoader
+from vaesweep.data.loader import TensorLoader, per_rank_batch
 from vaesweep.data.preprocessing import check_mode, fixed_preprocess
-
-
-def batch_problem(batch_size: int, world_size: int) -> str:
-    """The refusal of a global batch that the data-parallel processes cannot share evenly."""
-    return (
-        f"data.batch_size={batch_size!r} is invalid: allowed a multiple of the {world_size} "
-        f"data-parallel processes (it is the global batch: each process takes "
-        f"data.batch_size/{world_size}), e.g. {max(world_size, batch_size // world_size * world_size)}"
-    )
-
-
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """Each process's share of the global batch; ValueError when it does not divide."""
-    if batch_size % world_size:
-        raise ValueError(batch_problem(batch_size, world_size))
-    return batch_size // world_size
 
 
 class VAEDataModule(L.LightningDataModule):

@@ -37,6 +37,8 @@ import importlib
 import inspect
 from typing import Any
 
+import torch
+
 from vaesweep.model.likelihood_base import Likelihood
 from vaesweep.model.likelihoods import LIKELIHOODS
 from vaesweep.model.networks import Network
@@ -54,6 +56,11 @@ CONTEXT_ARGS: dict[str, tuple[str, ...]] = {
     "likelihood": ("shape",),
     "beta_schedule": (),
     "model": (),
+}
+#: The optimisers of ``optimizer.name`` (the config's other keys are their options).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
 }
 #: Built-in classes by name, for configs written before components had ``_target_``
 #: (results and checkpoints of earlier versions); new configs always carry ``_target_``.

@@ -18,9 +18,11 @@ from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hpara
 from torch import Tensor
 
 from vaesweep.model import components
+from vaesweep.model.components import OPTIMIZERS
 from vaesweep.model.likelihood_base import Likelihood
 from vaesweep.model.networks import Network
 from vaesweep.model.objective import (
+    DivergenceError,
     bits_per_dim,
     effective_beta,
     elbo_terms,
@@ -30,7 +32,6 @@ from vaesweep.model.schedules import BetaSchedule
 
 # Config keys of the likelihood group that are not constructor options (vaesweep.model.components).
 LIKELIHOOD_META_KEYS = components.META_KEYS["likelihood"]
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 #: The optimizer when none is given (torch's Adam at lr 1e-3; the runs' config adds options).
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3}
 #: Value types VAE.__setattr__ sets without nn.Module's registration checks (see there).
@@ -102,16 +103,6 @@ def _rebuilt(hparams: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         context = (tuple(hparams["shape"]),) if group == "likelihood" else ()
         built[argument] = components.build(group, dict(config), *context)
     return built
-
-
-class DivergenceError(RuntimeError):
-    """The training loss became non-finite."""
-
-    def __init__(self, step: int, values: dict[str, float]) -> None:
-        self.step = step
-        self.values = values
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        super().__init__(f"non-finite training loss at step {step} ({shown})")
 
 
 class StepTracker:

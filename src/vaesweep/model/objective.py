@@ -25,6 +25,16 @@ from vaesweep.model.likelihoods import Likelihood
 Network = Callable[[Tensor], Tensor]
 
 
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite."""
+
+    def __init__(self, step: int, values: dict[str, float]) -> None:
+        self.step = step
+        self.values = values
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        super().__init__(f"non-finite training loss at step {step} ({shown})")
+
+
 @dataclass
 class ELBOTerms:
     """Per-example pieces of the evidence lower bound, each of shape [B], in nats."""

@@ -22,6 +22,7 @@ from torch import Tensor
 from vaesweep.core.atomic import atomic_open
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
+from vaesweep.run.policy import RUN_STATE_KEY, stored_run_state
 from vaesweep.run.signals import StopSignals
 
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
@@ -153,14 +154,14 @@ class Resumable(L.Callback):
         self.val_metrics = dict(state_dict.get("val_metrics", {}))
         self.best_val_elbo = state_dict.get("best_val_elbo")
 
+    @property
+    def state_key(self) -> str:
+        return RUN_STATE_KEY  # the class name, Lightning's default, fixed for old checkpoints
+
     @classmethod
     def stored_state(cls, checkpoint: str | Path | None) -> dict[str, Any]:
-        """This callback's state kept in a checkpoint file ({} without one), for a process
-        whose callback never saw the checkpoint loaded (the fit ran in spawned processes)."""
-        if checkpoint is None or not Path(checkpoint).exists():
-            return {}
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
-        return dict(state.get("callbacks", {}).get(cls().state_key, {}))
+        """This callback's state kept in a checkpoint file ({} without one)."""
+        return stored_run_state(checkpoint)
 
     @classmethod
     def stored_val_metrics(cls, checkpoint: str | Path | None) -> dict[str, float]:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
 from vaesweep.core.helpers import plain
 from vaesweep.model import components
-from vaesweep.model.module import OPTIMIZERS
+from vaesweep.model.components import OPTIMIZERS
 from vaesweep.run import ranks
 from vaesweep.run.effective import check_overrides, resolved_preprocess
 from vaesweep.run.loggers import check_wandb

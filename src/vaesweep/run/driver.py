@@ -27,7 +27,6 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.core import heap
 from vaesweep.core.checks import ConfigError
 from vaesweep.data import VAEDataModule
 from vaesweep.model import components
@@ -393,7 +392,6 @@ def task(cfg: DictConfig) -> None:
     exits with 128 + the signal number; under submitit the job is requeued instead
     (:func:`_stopped`).
     """
-    heap.freeze_in_worker()  # a launcher's worker: its imports out of later collections
     quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
     tidy_logging()  # each library message once, without the noise of our own calls
     started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
-from vaesweep.model.module import DivergenceError
+from vaesweep.model.objective import DivergenceError
 from vaesweep.run import claims, ranks, record
 from vaesweep.run.config import check_sweep_keys, validate_config
 from vaesweep.run.context import Job, current_job, job_dirname, process_rank

@@ -34,13 +34,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import with_targets
 from vaesweep.run import record
-from vaesweep.run.callbacks import Resumable
 from vaesweep.run.claims import ClaimInfo, held_by_other
 from vaesweep.run.effective import NOT_RESULTS, result_config
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING
@@ -109,6 +109,21 @@ def verify_checkpoint(path: Path) -> None:
         )
 
 
+#: Where a checkpoint keeps the run's own state (val metrics, best val/elbo, identity): the
+#: ``state_key`` of the :class:`~vaesweep.run.callbacks.Resumable` callback that saves it.
+RUN_STATE_KEY = "Resumable"
+
+
+def stored_run_state(checkpoint: str | Path | None) -> dict[str, Any]:
+    """The run state kept in a checkpoint file ({} without one): read here, without the
+    training stack, by the launching process, and by a process whose callback never saw the
+    checkpoint loaded (the fit ran in spawned processes)."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return {}
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+    return dict(state.get("callbacks", {}).get(RUN_STATE_KEY, {}))
+
+
 def stored_identity(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
     """(the config the run files in ``run_dir`` belong to, where it was read): identity.json,
     else the copy every checkpoint keeps (the Resumable callback's state); (None, "") when
@@ -120,7 +135,7 @@ def stored_identity(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
     if last.is_file():
         try:
             verify_checkpoint(last)
-            identity = Resumable.stored_state(last).get("identity")
+            identity = stored_run_state(last).get("identity")
         except Exception:  # damaged or not ours: it identifies nothing
             identity = None
         if isinstance(identity, dict):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vaesweep.core.atomic import atomic_open
-from vaesweep.data.datamodule import batch_problem
+from vaesweep.data.loader import batch_problem
 from vaesweep.run import record
 
 DECISION_PREFIX = ".rank0-decision."

@@ -2,21 +2,29 @@
 checkout, ``python -m vaesweep`` and the ``vaesweep-train`` console script. One run or a
 multirun (``-m``) of the driver's task (:func:`vaesweep.run.driver.task`); the multirun's
 own work is :mod:`vaesweep.sweep.callback`.
+
+The training stack (Lightning, the driver) is imported by a process's first job
+(:func:`task`), not here: the process that launches a sweep whose jobs run in workers
+(``local_parallel``, Ray, submitit) composes, checks and summarises the sweep without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import hydra
 from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from vaesweep.core import heap
 from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
-from vaesweep.run.driver import task
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
 from vaesweep.sweep.callback import finish_aborted, finish_stopped
@@ -24,6 +32,23 @@ from vaesweep.sweep.search import quote_sweeper_params
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
+
+
+@functools.cache
+def _driver_task() -> Callable[[DictConfig], None]:
+    """The driver's task, imported once per process, at its first job. In the command
+    line's process and its workers, its imports (Lightning's 2 s) run as the command line's
+    do: with the collector paused, then frozen (:mod:`vaesweep.core.heap`)."""
+    with heap.frozen_imports() if heap.launched() else contextlib.nullcontext():
+        from vaesweep.run.driver import task as driver_task
+    return driver_task
+
+
+def task(cfg: DictConfig) -> None:
+    """Hydra's task function: one job (:func:`vaesweep.run.driver.task`)."""
+    _driver_task()(cfg)
+
+
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 
 
