@@ -128,6 +128,8 @@ def main() -> None:
     print(f"local_parallel launcher (n_jobs={args.n_jobs}):")
     print(f"  sweep wall time                              {col(parallel_runs, 'wall')}")
     print(f"  pure training time per job                   {col(parallel_runs, 'train')}")
+    print(f"  process start to first job                   {col(parallel_runs, 'to_first')}")
+    print("    (the launching process's imports, Hydra; a worker's start and imports)")
     speedups = [b["wall"] / p["wall"] for b, p in zip(basic_runs, parallel_runs, strict=True)]
     overhead = median([r["every"] for r in basic_runs])
     print(f"speed-up of local_parallel (basic wall / parallel wall): {median(speedups):.2f}")
