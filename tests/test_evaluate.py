@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -128,6 +129,10 @@ def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
     k = recorded["config"]["eval"]["iwae_k"]
     proc = _evaluate([str(run), f"eval.iwae_k={k}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Lightning's account of the Trainer the command builds, its tips and the warnings
+    # about how vaesweep calls it are not the user's business.
+    noise = ("GPU available", "Tip:", "Restoring states", "Be aware", "LeafSpec")
+    assert not [n for n in noise if n in proc.stderr + proc.stdout], proc.stderr
     same = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last.json").read_text())
     for key in ("test/nll", "test/elbo", "test/kl", "test/mse"):
         assert same["metrics"][key] == recorded["metrics"][key], key  # exactly the run's
@@ -147,6 +152,12 @@ def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
 def test_evaluate_refuses_bad_settings_in_one_line(tmp_path):
     proc = _evaluate([str(tmp_path), "eval.iwae_k=0"], tmp_path)
     assert proc.returncode != 0 and "eval.iwae_k=0 is invalid" in proc.stderr
+    # The same checks and words as a run's config (vaesweep.run.config.check_test_settings).
+    proc = _evaluate([str(tmp_path), "eval.iwae_k=1000000"], tmp_path)
+    assert proc.returncode != 0
+    assert re.search(r"eval.iwae_k=1000000 is invalid.*100000.* h per 1000 test", proc.stderr)
+    proc = _evaluate([str(tmp_path), "eval.iwae_chunk=0"], tmp_path)
+    assert proc.returncode != 0 and "eval.iwae_chunk=0 is invalid" in proc.stderr
     proc = _evaluate([str(tmp_path), "eval.k=5"], tmp_path)
     assert proc.returncode != 0 and "eval.k=5 is neither a directory nor a setting" in proc.stderr
     assert "allowed keys eval.iwae_k" in proc.stderr

@@ -17,7 +17,7 @@ from vaesweep.model.objective import (
     default_chunk_size,
     effective_beta,
     elbo_terms,
-    iwae_log_likelihood,
+    importance_estimates,
 )
 
 
@@ -116,7 +116,7 @@ def test_iwae_is_exact_when_the_posterior_is_exact():
     x = model.sample_x(20)
     exact = model.exact_log_px(x)
     for k in (1, 10, 1000):
-        got = iwae_log_likelihood(x, model.exact_encoder, model.decoder, model.lik, k=k)
+        got = importance_estimates(x, model.exact_encoder, model.decoder, model.lik, k=k).log_px
         np.testing.assert_allclose(got.numpy(), exact, atol=1e-9)
     # The analytic-KL ELBO estimator is unbiased but not zero-variance: average many samples.
     terms = elbo_terms(x, model.exact_encoder, model.decoder, model.lik, n_samples=20_000)
@@ -135,16 +135,18 @@ def test_iwae_bounds_increase_in_k_and_converge_to_log_px():
 
     elbo = elbo_terms(x, encoder, model.decoder, model.lik, n_samples=2000).elbo.mean()
     iwae_1 = torch.stack(
-        [iwae_log_likelihood(x, encoder, model.decoder, model.lik, k=1) for _ in range(50)]
+        [importance_estimates(x, encoder, model.decoder, model.lik, k=1).log_px for _ in range(50)]
     ).mean()
     assert float(iwae_1) == pytest.approx(float(elbo), abs=0.05)  # IWAE_1 is the ELBO
     means = [
-        iwae_log_likelihood(x, encoder, model.decoder, model.lik, k=k).mean()
+        importance_estimates(x, encoder, model.decoder, model.lik, k=k).log_px.mean()
         for k in (1, 10, 100, 1000)
     ]
     assert all(b > a for a, b in zip(means, means[1:], strict=False))
     assert float(means[0]) < float(exact.mean()) - 0.5  # a visibly loose bound
-    iwae_5000 = iwae_log_likelihood(x, encoder, model.decoder, model.lik, k=5000, chunk_size=256)
+    iwae_5000 = importance_estimates(
+        x, encoder, model.decoder, model.lik, k=5000, chunk_size=256
+    ).log_px
     assert float(iwae_5000.mean()) <= float(exact.mean()) + 0.01
     assert float((iwae_5000 - exact).abs().mean()) < 0.03
     assert float((iwae_5000 - exact).abs().max()) < 0.2
@@ -159,7 +161,7 @@ def test_iwae_chunks_bound_the_decoded_batch():
         return model.decoder(z)
 
     x = model.sample_x(3)
-    iwae_log_likelihood(x, model.exact_encoder, decoder, model.lik, k=5000, chunk_size=64)
+    importance_estimates(x, model.exact_encoder, decoder, model.lik, k=5000, chunk_size=64)
     assert max(seen) == 64 and sum(seen) == 5000
     assert default_chunk_size(batch=500, data_dim=784) * 500 * 784 <= 2**23
 

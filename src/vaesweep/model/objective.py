@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -125,12 +124,6 @@ def importance_estimates(
     return ImportanceEstimates(
         log_px, -log_lik_sum / k, posterior.kl_to_standard_normal(), posterior
     )
-
-
-def iwae_log_likelihood(*args: Any, **kwargs: Any) -> Tensor:
-    """IWAE_k estimate of log p(x) in nats, shape [B]: the ``log_px`` of
-    :func:`importance_estimates`, which takes the same arguments."""
-    return importance_estimates(*args, **kwargs).log_px
 
 
 def bits_per_dim(nll_nats: Tensor | float, data_dim: int, num_levels: int = 256) -> Tensor:

@@ -264,9 +264,32 @@ def check_optimizer(cfg: DictConfig) -> None:
         )
 
 
+def check_test_settings(checkpoint: Any, iwae_k: Any, iwae_chunk: Any) -> None:
+    """``eval.checkpoint``, ``eval.iwae_k`` and ``eval.iwae_chunk``, refused in the config's
+    own words: a run's config, and ``vaesweep evaluate``'s options."""
+    require(checkpoint in CHECKPOINTS, "eval.checkpoint", checkpoint, f"one of {CHECKPOINTS}")
+    require(is_int(iwae_k) and iwae_k >= 1, "eval.iwae_k", iwae_k, "an integer ≥ 1")
+    require(
+        iwae_chunk is None or (is_int(iwae_chunk) and iwae_chunk >= 1),
+        "eval.iwae_chunk",
+        iwae_chunk,
+        "null or an integer ≥ 1",
+    )
+    if iwae_k > MAX_IWAE_K:
+        hours = 1000 * iwae_k / IWAE_RATE / 3600
+        raise invalid(
+            "eval.iwae_k",
+            iwae_k,
+            f"an integer in [1, {MAX_IWAE_K}]: the test split is scored with k decoder passes "
+            f"per example; k={iwae_k} takes ~{hours:,.1f} h per 1000 test examples at the "
+            f"~{IWAE_RATE // 1000}k examples×samples/s measured for the default MLP on 2 CPU "
+            "cores",
+        )
+
+
 def check_eval(cfg: DictConfig) -> None:
     e = cfg.eval
-    require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint, f"one of {CHECKPOINTS}")
+    check_test_settings(e.checkpoint, e.iwae_k, e.iwae_chunk)
     require(
         e.checkpoint == "last" or cfg.trainer.enable_checkpointing,
         "eval.checkpoint",
@@ -275,30 +298,12 @@ def check_eval(cfg: DictConfig) -> None:
     )
     if e.checkpoint == "best":
         _require_validation(cfg.trainer)
-    require(is_int(e.iwae_k) and e.iwae_k >= 1, "eval.iwae_k", e.iwae_k, "an integer ≥ 1")
-    require(
-        e.iwae_chunk is None or (is_int(e.iwae_chunk) and e.iwae_chunk >= 1),
-        "eval.iwae_chunk",
-        e.iwae_chunk,
-        "null or an integer ≥ 1",
-    )
     require(
         is_int(e.n_images) and 1 <= e.n_images <= MAX_IMAGES,
         "eval.n_images",
         e.n_images,
         f"an integer in [1, {MAX_IMAGES}] (samples.png holds n_images² samples)",
     )
-    k = e.iwae_k
-    if is_int(k) and k > MAX_IWAE_K:
-        hours = 1000 * k / IWAE_RATE / 3600
-        raise invalid(
-            "eval.iwae_k",
-            k,
-            f"an integer in [1, {MAX_IWAE_K}]: the test split is scored with k decoder passes "
-            f"per example; k={k} takes ~{hours:,.1f} h per 1000 test examples at the "
-            f"~{IWAE_RATE // 1000}k examples×samples/s measured for the default MLP on 2 CPU "
-            "cores",
-        )
     threshold = e.active_units_threshold
     require(
         is_number(threshold) and threshold >= 0,

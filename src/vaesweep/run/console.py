@@ -48,6 +48,8 @@ IGNORED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"Experiment logs directory .* exists and is not empty",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # `vaesweep evaluate` restores a checkpoint into a Trainer without the training callbacks.
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
 )
 
 
@@ -81,6 +83,16 @@ def tidy_logging() -> None:
         _add_filter(handler, DROPPED_PREFIXES)
         if not isinstance(handler, logging.FileHandler):
             _add_filter(handler, FILE_ONLY_PREFIXES)
+    for pattern in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def quiet_libraries() -> None:
+    """For a command outside Hydra (``vaesweep evaluate``): Lightning's messages from
+    warnings up only (not its account of the Trainer it was asked for, nor its tips), and
+    the warnings listed above ignored. Idempotent."""
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
 

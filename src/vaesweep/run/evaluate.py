@@ -30,7 +30,8 @@ from vaesweep.core.helpers import now
 from vaesweep.data import VAEDataModule
 from vaesweep.model.module import VAE
 from vaesweep.run import record
-from vaesweep.run.config import CHECKPOINTS, MAX_IWAE_K, resolve_preprocess
+from vaesweep.run.config import check_test_settings, resolve_preprocess
+from vaesweep.run.console import quiet_libraries
 from vaesweep.run.policy import verify_checkpoint
 
 log = logging.getLogger("vaesweep")
@@ -39,20 +40,8 @@ log = logging.getLogger("vaesweep")
 def check_settings(
     iwae_k: Any, checkpoint: Any, iwae_chunk: Any, test_examples: Any = None
 ) -> None:
-    """The evaluation's keys, refused in the config's own words."""
-    require(
-        is_int(iwae_k) and 1 <= iwae_k <= MAX_IWAE_K,
-        "eval.iwae_k",
-        iwae_k,
-        f"an integer in [1, {MAX_IWAE_K}]",
-    )
-    require(checkpoint in CHECKPOINTS, "eval.checkpoint", checkpoint, f"one of {CHECKPOINTS}")
-    require(
-        iwae_chunk is None or (is_int(iwae_chunk) and iwae_chunk >= 1),
-        "eval.iwae_chunk",
-        iwae_chunk,
-        "null or an integer ≥ 1",
-    )
+    """The evaluation's keys, refused in the config's own words (as a run's config)."""
+    check_test_settings(checkpoint, iwae_k, iwae_chunk)
     require(
         test_examples is None or (is_int(test_examples) and test_examples >= 1),
         "eval.test_examples",
@@ -148,6 +137,7 @@ def evaluate_sweep(
 ) -> tuple[int, int, list[str]]:
     """Evaluates every completed run below ``dirs``; (evaluated, already there, problems)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
+    quiet_libraries()
     done = skipped = 0
     problems = []
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})
