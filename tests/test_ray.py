@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from vaesweep.run.config import CONF_DIR
 from vaesweep.run.failures import describe
 from vaesweep.sweep.callback import refuse_bad_gpu_use
 
-from conftest import TINY, results_under, run_cli
+from conftest import REPO, TINY, cli_env, results_under, run_cli
 from pause import pause_env
 
 RAY = ["hydra/launcher=ray"]
@@ -334,3 +335,25 @@ def test_an_optuna_search_batches_its_trials_through_ray(workdir):
         assert json.loads((t / "results.json").read_text())["status"] == "completed"
         assert (t / "stdout.log").exists()  # run by a Ray worker
     assert "ray_launcher" in json.loads((workdir / "sweep" / "sweep.json").read_text())["launcher"]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_through_on_the_cpu(workdir):
+    """benchmarks/gpu_check.sh has never met a GPU here; its dry run takes every step on
+    the CPU (one GPU declared to Ray), so that its shell, its Ray sweeps and the reports it
+    reads from results.json are known to work before a GPU's minutes are spent on it."""
+    needs_ray()
+    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check")}
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-3000:]
+    assert "DRY RUN on the CPU" in out and "RATIO" in out  # the throughput table
+    for k, share in ((1, 1.0), (2, 0.5), (4, 0.25), (8, 0.125)):
+        line = next(x for x in out.splitlines() if x.startswith(f"K={k} jobs/GPU:"))
+        assert "2/2 completed" in line and f"share {{{share}}}" in line, line
+        assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line  # the declared GPU, both jobs
+    assert "two runs: bit-identical metrics: True" in out
+    assert "(exit" not in out and "run 1: exit" not in out
