@@ -44,7 +44,7 @@ say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
     --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 | tail -n 25
 
 say "2. the mission sweep under the Ray launcher, K jobs per GPU"
-GRID=("${JOBS[@]}" "${TRAINER[@]}" "${DECLARE[@]}" trainer.max_epochs="$EPOCHS"
+GRID=("${JOBS[@]}" "${TRAINER[@]}" ${DECLARE[@]+"${DECLARE[@]}"} trainer.max_epochs="$EPOCHS"
       trainer.enable_progress_bar=false logger=csv eval.iwae_k=100)
 for K in 1 2 4 8; do
   FRACTION=$("$PY" -c "print(1 / $K)")

@@ -86,3 +86,25 @@ def test_the_mission_sweep_reads_as_a_story(tmp_path):
     assert sum(" completed " in m for m in lines[table:]) == 6
     for log in Path(tmp_path, "sweep").glob("*/train.log"):
         assert log.read_text().count("`Trainer.fit` stopped") == 1
+
+
+def test_quiet_libraries_restores_the_levels_and_filters_it_changed():
+    """``vaesweep evaluate``'s quieting holds inside its block only: a notebook that
+    evaluates and then trains sees Lightning's messages and warnings as before."""
+    import logging
+    import warnings
+
+    from vaesweep.run.console import quiet_libraries
+
+    logger = logging.getLogger("lightning.pytorch")
+    logger.setLevel(logging.DEBUG)
+    filters = list(warnings.filters)
+    message = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
+    with quiet_libraries():
+        assert logger.getEffectiveLevel() == logging.WARNING
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn(message, UserWarning, stacklevel=1)
+        assert not seen  # ignored inside (record=True keeps the filters it found)
+    assert logger.level == logging.DEBUG
+    assert warnings.filters == filters
+    logger.setLevel(logging.NOTSET)

@@ -7,7 +7,7 @@ command line freezes the driver's imports at its first job, once."""
 from __future__ import annotations
 
 import gc
-import os
+import json
 import subprocess
 import sys
 import weakref
@@ -16,7 +16,7 @@ import pytest
 
 from vaesweep.core import heap
 from vaesweep.run.driver import task as driver_task
-from vaesweep.sweep.entry import _driver_task
+from vaesweep.sweep.task import load_driver
 
 from conftest import RUN_PY, cli_env
 
@@ -75,28 +75,42 @@ def test_the_collector_comes_back_as_it_was_also_when_an_import_fails(enabled):
     assert gc.isenabled() is enabled
 
 
-@pytest.mark.parametrize("pid", ["self", "other"])
-def test_the_first_job_of_a_launched_process_freezes_once(monkeypatch, pid):
-    """The command line's process (its own id) and a launcher's worker (another's): the
-    driver is imported by the first job with what is alive then frozen; later jobs freeze
-    nothing more, and their garbage is collected."""
-    monkeypatch.setenv(heap.SWEEP_PID_ENV, str(os.getpid() + (pid == "other")))
-    _driver_task.cache_clear()  # as in a fresh process: no job has run
-    alive = Cycle()
-    task = _driver_task()
-    first = gc.get_freeze_count()
-    assert first > 0 and task is driver_task
-    assert not any(o is alive for o in gc.get_objects())  # frozen objects are not listed
-    ref = _garbage_cycle()
-    assert _driver_task() is task  # the next job
-    assert gc.get_freeze_count() == first
-    gc.collect()
-    assert ref() is None
+def test_a_launched_process_imports_the_driver_frozen_and_once(tmp_path):
+    """A process the command line started (a launcher's worker; the command line's own
+    process alike: both carry the mark) imports the driver, Lightning included, with the
+    collector paused and then frozen; a second job imports and freezes nothing more, and
+    garbage made after it is collected. In a fresh interpreter, so that the import is real."""
+    code = (
+        "import gc, json, sys, weakref\n"
+        "from vaesweep.sweep.task import load_driver\n"
+        "before = ('lightning' in sys.modules, gc.get_freeze_count())\n"
+        "class Cycle:\n"
+        "    def __init__(self): self.me = self\n"
+        "alive = Cycle()\n"
+        "task = load_driver()\n"
+        "first = gc.get_freeze_count()\n"
+        "listed = any(o is alive for o in gc.get_objects())\n"
+        "again = load_driver() is task and gc.get_freeze_count() == first\n"
+        "ref = weakref.ref(Cycle()); gc.collect()\n"
+        "print(json.dumps([*before, 'lightning' in sys.modules, first, listed, again,\n"
+        "                  ref() is None, gc.isenabled()]))\n"
+    )
+    env = {**cli_env(), heap.SWEEP_PID_ENV: "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    had, frozen_before, has, first, listed, again, collected, enabled = json.loads(
+        proc.stdout.strip().splitlines()[-1]
+    )
+    assert not had and frozen_before == 0 and has  # the import happened here
+    assert first > 100_000 and not listed  # Lightning's objects and what was alive: frozen
+    assert again and collected and enabled
 
 
 def test_a_python_session_that_runs_the_task_freezes_nothing():
-    _driver_task.cache_clear()
-    assert _driver_task() is driver_task
+    load_driver.cache_clear()
+    assert load_driver() is driver_task
     assert gc.get_freeze_count() == 0
 
 

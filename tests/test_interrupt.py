@@ -107,7 +107,9 @@ def summary(sweep: Path) -> list[tuple[str, str]]:
 
 def jobs(sweep: Path) -> dict[str, Path]:
     """The job directories of a sweep by their beta ("beta=2")."""
-    return {p.name.split(",")[0]: p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"}
+    return {
+        p.name.split(",")[0]: p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"
+    }
 
 
 def result(run_dir: Path) -> dict:
@@ -359,6 +361,39 @@ def test_a_job_stopped_before_its_first_checkpoint_starts_again(workdir, referen
     final = check_resumed(run_dir, reference, first)
     assert final["wandb_run_id"] and final["wandb_run_id"] != first["wandb_run_id"]
     assert "resuming" not in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_signal_while_the_training_stack_is_imported_leaves_no_job_behind(workdir, mode):
+    """SIGINT while the process imports the driver (Lightning), held there by the test hook
+    "driver_import": that happens before a single run's or a basic sweep's first job makes
+    its directory, so the stop leaves none; a sweep writes its (empty) summary. Exit 130,
+    one line, no traceback; the same command then runs to the end."""
+    sweep = workdir / "sweep"
+    args = (
+        [*JOB, "hydra.run.dir=run"]
+        if mode == "run"
+        else ["-m", "beta=2,4", *BUDGET, "logger=none", f"hydra.sweep.dir={sweep}"]
+    )
+    marker = workdir / "importing"
+    proc = start(args, workdir, env=pause_env("driver_import", marker))
+    wait_for((workdir, marker.name), proc)
+    os.kill(proc.pid, signal.SIGINT)
+    assert finish(proc) == 128 + signal.SIGINT, output(proc)[-3000:]
+    out = output(proc)
+    assert "Traceback" not in out
+    if mode == "run":
+        assert not (workdir / "run").exists()
+        assert "[vaesweep] stopped by SIGINT" in out
+    else:
+        assert not jobs(sweep)  # no job directory
+        assert "Sweep stopped by SIGINT: 2 of 2 jobs not started" in out
+        assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] == "SIGINT"
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    where = [workdir / "run"] if mode == "run" else list(jobs(sweep).values())
+    assert [result(d)["status"] for d in where] == ["completed"] * len(where)
 
 
 @pytest.mark.slow

@@ -34,9 +34,9 @@ IN_FUNCTION = {
     ("vaesweep.analysis.wandb_summary", "vaesweep.analysis.results"),
     # heavy: Lightning, only for the data module (reading a dataset needs torch alone).
     ("vaesweep.data", "vaesweep.data.datamodule"),
-    # heavy: Lightning, at a process's first job: a sweep's launching process whose jobs
-    # run in workers never loads it.
-    ("vaesweep.sweep.entry", "vaesweep.run.driver"),
+    # heavy: Lightning, only in a process that runs jobs: a sweep's launching process
+    # whose jobs run in workers never loads it.
+    ("vaesweep.sweep.task", "vaesweep.run.driver"),
 }
 
 
@@ -203,8 +203,8 @@ def test_the_public_face_is_small_and_every_name_resolves():
 
 def test_a_sweeps_launching_process_loads_no_lightning():
     """What a sweep's launching process imports (the entry point, the sweep's callback and
-    checks, the search, the shipped launcher and sweeper) leaves Lightning to the jobs; the
-    task imports it at its first call. (End to end, with real workers:
+    checks, the search, the shipped launcher and sweeper) leaves Lightning to the jobs;
+    load_driver imports it. (End to end, with real workers:
     test_sweeps.test_parallel_sweep_leaves_lightning_to_its_workers.)"""
     import subprocess
     import sys
@@ -215,7 +215,7 @@ def test_a_sweeps_launching_process_loads_no_lightning():
         "import hydra_plugins.vaesweep_ray_launcher.ray_launcher; "
         "import hydra_plugins.vaesweep_optuna_sweeper.optuna_sweeper; "
         "print('lightning' in sys.modules); "
-        "from vaesweep.sweep.entry import _driver_task; _driver_task(); "
+        "from vaesweep.sweep.task import load_driver; load_driver(); "
         "print('lightning' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,11 +14,11 @@ from vaesweep.core import heap
 
 def train() -> None:
     """Training from the command line (``run.py``, ``python -m vaesweep`` and the
-    ``vaesweep-train`` console script): the training stack's imports with the collector
-    paused and their objects frozen (:mod:`vaesweep.core.heap`), then the Hydra entry
-    point."""
+    ``vaesweep-train`` console script): the entry point's imports (torch, Hydra, the sweep's
+    code; Lightning comes later, :mod:`vaesweep.sweep.task`) with the collector paused and
+    their objects frozen (:mod:`vaesweep.core.heap`), then the Hydra entry point."""
     heap.mark_command_line()
-    try:  # seconds of imports (torch, Lightning): Ctrl-C there is a stop, not a traceback
+    try:  # a second of imports: Ctrl-C there is a stop, not a traceback
         with heap.frozen_imports():
             from vaesweep.sweep.entry import cli_main
     except KeyboardInterrupt:

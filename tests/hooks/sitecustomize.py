@@ -18,7 +18,14 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``between_trials``: a search's trial has been told to Optuna, the next not yet proposed
   (``search.trials.settle`` returned);
 - ``sampler``: Optuna's sampler is proposing a trial (``TPESampler.sample_independent``);
-- ``compose``: Hydra's launcher is composing a trial's config (``load_sweep_config``).
+- ``compose``: Hydra's launcher is composing a trial's config (``load_sweep_config``);
+- ``driver_import``: the process starts importing the training stack
+  (``vaesweep.run.driver``: before a single run's or a basic sweep's first job, or at a
+  worker's first job).
+
+Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
+for ``epoch_end``, ``test`` and ``images`` only, so that the other points leave the
+processes' own import of the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
@@ -95,14 +102,31 @@ def _notice_signals(cls) -> None:
     cls._handle = noticing
 
 
+class _ImportPause(importlib.abc.MetaPathFinder):
+    """The ``driver_import`` point: holds the first import of ``module``; finds nothing."""
+
+    def __init__(self, module: str) -> None:
+        self.module, self.done = module, False
+
+    def find_spec(self, name, path, target=None):
+        if name == self.module and not self.done:
+            self.done = True
+            _pause("driver_import")
+        return None
+
+
 def _install() -> None:
-    from vaesweep.run import callbacks, claims, jobs, record, signals
+    from vaesweep.run import claims, jobs, record, signals
 
     point = os.environ[PAUSE_ENV].partition(":")[0].partition("@")[0]
     for cls in (signals.StopSignals, signals.SweepGuard):
         _notice_signals(cls)
+    if point in ("epoch_end", "test", "images"):
+        from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
+    elif point == "driver_import":
+        sys.meta_path.insert(0, _ImportPause("vaesweep.run.driver"))
     elif point == "epoch_end":
         _after(callbacks.Resumable, "on_train_epoch_end", "epoch_end")
     elif point == "test":
@@ -156,13 +180,13 @@ class _ImportRecorder(importlib.abc.MetaPathFinder):
     """Notes this process's pid when ``module`` is first imported; finds nothing itself."""
 
     def __init__(self, module: str, marker: str) -> None:
-        self.module, self.marker = module, marker
+        self.module, self.marker, self.done = module, marker, False
 
     def find_spec(self, name, path, target=None):
-        if name == self.module:
+        if name == self.module and not self.done:
+            self.done = True
             with open(self.marker, "a") as f:
                 f.write(f"{os.getpid()}\n")
-            sys.meta_path.remove(self)
         return None
 
 

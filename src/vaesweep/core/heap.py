@@ -18,11 +18,12 @@ modules' own objects; ``atexit`` handlers, logging's flush among them, run as be
 
 Two blocks are frozen: the command line's imports (``vaesweep.__main__.train``: torch,
 Hydra, W&B's hooks, the sweep's own code), and the driver's (Lightning), which a process
-imports at its first job (``vaesweep.sweep.entry``): in the command line's process with the
-basic launcher, and in each worker of the other launchers, whose own imports, made to
-unpickle the task, are frozen with it. What the first job holds at that moment (its
-config, the sweep's state) stays frozen after it: a one-time, bounded cost. A Python
-session that imports vaesweep and runs the task itself freezes nothing (:func:`launched`).
+that runs jobs imports once (:mod:`vaesweep.sweep.task`): the command line's process before
+its first job (a single run, the basic launcher), each worker of the other launchers at its
+first job, its own imports, made to unpickle the task, frozen with it. What is alive at that
+moment (the sweep's state, a worker's first config) stays frozen after it: a one-time,
+bounded cost. A Python session that imports vaesweep and runs the task itself freezes
+nothing (:func:`launched`).
 """
 
 from __future__ import annotations

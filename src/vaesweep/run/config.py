@@ -264,7 +264,7 @@ def check_optimizer(cfg: DictConfig) -> None:
         )
 
 
-def check_test_settings(checkpoint: Any, iwae_k: Any, iwae_chunk: Any) -> None:
+def check_test_settings(*, checkpoint: Any, iwae_k: Any, iwae_chunk: Any) -> None:
     """``eval.checkpoint``, ``eval.iwae_k`` and ``eval.iwae_chunk``, refused in the config's
     own words: a run's config, and ``vaesweep evaluate``'s options."""
     require(checkpoint in CHECKPOINTS, "eval.checkpoint", checkpoint, f"one of {CHECKPOINTS}")
@@ -289,7 +289,7 @@ def check_test_settings(checkpoint: Any, iwae_k: Any, iwae_chunk: Any) -> None:
 
 def check_eval(cfg: DictConfig) -> None:
     e = cfg.eval
-    check_test_settings(e.checkpoint, e.iwae_k, e.iwae_chunk)
+    check_test_settings(checkpoint=e.checkpoint, iwae_k=e.iwae_k, iwae_chunk=e.iwae_chunk)
     require(
         e.checkpoint == "last" or cfg.trainer.enable_checkpointing,
         "eval.checkpoint",

@@ -21,6 +21,8 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -48,9 +50,10 @@ IGNORED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"Experiment logs directory .* exists and is not empty",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
-    # `vaesweep evaluate` restores a checkpoint into a Trainer without the training callbacks.
-    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
 )
+#: Warnings ``vaesweep evaluate`` causes: it restores a checkpoint into a Trainer without the
+#: training callbacks, on purpose (in training the same warning would mean a lost state).
+EVALUATE_WARNINGS = (r"Be aware that when using `ckpt_path`, callbacks used to create the",)
 
 
 class _DropNoise(logging.Filter):
@@ -87,14 +90,24 @@ def tidy_logging() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def quiet_libraries() -> None:
-    """For a command outside Hydra (``vaesweep evaluate``): Lightning's messages from
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """For ``vaesweep evaluate`` (no Hydra job): inside the block, Lightning's messages from
     warnings up only (not its account of the Trainer it was asked for, nor its tips), and
-    the warnings listed above ignored. Idempotent."""
-    for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in IGNORED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+    the warnings listed above ignored; the loggers' levels and the warning filters are
+    restored after it (a notebook that evaluates, then trains, sees Lightning as before)."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in (*IGNORED_WARNINGS, *EVALUATE_WARNINGS):
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def is_terminal() -> bool:

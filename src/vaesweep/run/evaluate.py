@@ -41,7 +41,7 @@ def check_settings(
     iwae_k: Any, checkpoint: Any, iwae_chunk: Any, test_examples: Any = None
 ) -> None:
     """The evaluation's keys, refused in the config's own words (as a run's config)."""
-    check_test_settings(checkpoint, iwae_k, iwae_chunk)
+    check_test_settings(checkpoint=checkpoint, iwae_k=iwae_k, iwae_chunk=iwae_chunk)
     require(
         test_examples is None or (is_int(test_examples) and test_examples >= 1),
         "eval.test_examples",
@@ -137,7 +137,17 @@ def evaluate_sweep(
 ) -> tuple[int, int, list[str]]:
     """Evaluates every completed run below ``dirs``; (evaluated, already there, problems)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
-    quiet_libraries()
+    with quiet_libraries():
+        return _evaluate_runs(dirs, iwae_k, checkpoint, iwae_chunk, test_examples)
+
+
+def _evaluate_runs(
+    dirs: list[str | os.PathLike[str]],
+    iwae_k: int,
+    checkpoint: str,
+    iwae_chunk: int | None,
+    test_examples: int | None,
+) -> tuple[int, int, list[str]]:
     done = skipped = 0
     problems = []
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})

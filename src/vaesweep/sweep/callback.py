@@ -33,6 +33,7 @@ from vaesweep.run.signals import SweepGuard, SweepStopped
 from vaesweep.sweep import preflight
 from vaesweep.sweep.grid import finish_sweep, refuse_bad_resume, start_sweep
 from vaesweep.sweep.search import finish_search, is_search, start_search
+from vaesweep.sweep.task import jobs_run_here, load_driver
 
 #: What runs after the summary is written: (the multirun's config, the sweep directory).
 Finisher = Callable[[DictConfig, Path], Any]
@@ -127,8 +128,10 @@ class SweepCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A single run: refused (exit 2) before Hydra makes its directory when it cannot
-        start as asked (:mod:`vaesweep.sweep.preflight`)."""
+        start as asked (:mod:`vaesweep.sweep.preflight`); then the training stack is
+        imported, still before the directory (:mod:`vaesweep.sweep.task`)."""
         preflight.check_run(config)
+        load_driver()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _RUNNING
@@ -139,6 +142,7 @@ class SweepCallback(Callback):
         if not search:
             start_sweep(config)
             self._guard(config, search=False)
+            self._load_driver(config)
             return
         # hydra/sweeper=optuna: vaesweep.sweep.search checks and records. Its guard comes
         # first: a signal during the checks (or anywhere later) is recorded, and the search
@@ -150,6 +154,15 @@ class SweepCallback(Callback):
             running.guard.uninstall()
             _RUNNING = None
             raise
+        self._load_driver(config)
+
+    @staticmethod
+    def _load_driver(config: DictConfig) -> None:
+        """Jobs in this process: the training stack imported before the first one, under
+        the sweep's guard (a signal meanwhile stops the sweep before any job). Jobs in
+        workers: they import it, this process never does (:mod:`vaesweep.sweep.task`)."""
+        if jobs_run_here(config):
+            load_driver()
 
     def _guard(self, config: DictConfig, search: bool) -> _Running:
         global _RUNNING

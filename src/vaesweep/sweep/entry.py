@@ -1,54 +1,30 @@
 """The Hydra entry point that ``vaesweep.__main__.train`` calls for ``run.py`` in a
 checkout, ``python -m vaesweep`` and the ``vaesweep-train`` console script. One run or a
-multirun (``-m``) of the driver's task (:func:`vaesweep.run.driver.task`); the multirun's
-own work is :mod:`vaesweep.sweep.callback`.
-
-The training stack (Lightning, the driver) is imported by a process's first job
-(:func:`task`), not here: the process that launches a sweep whose jobs run in workers
-(``local_parallel``, Ray, submitit) composes, checks and summarises the sweep without it.
+multirun (``-m``) of the driver's task (:func:`vaesweep.sweep.task.task`); the multirun's
+own work is :mod:`vaesweep.sweep.callback`. The training stack (Lightning, the driver) is
+not imported here: :mod:`vaesweep.sweep.task` says when it is.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 import hydra
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from vaesweep.core import heap
 from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
 from vaesweep.sweep.callback import finish_aborted, finish_stopped
 from vaesweep.sweep.search import quote_sweeper_params
+from vaesweep.sweep.task import task
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
-
-
-@functools.cache
-def _driver_task() -> Callable[[DictConfig], None]:
-    """The driver's task, imported once per process, at its first job. In the command
-    line's process and its workers, its imports (Lightning's 2 s) run as the command line's
-    do: with the collector paused, then frozen (:mod:`vaesweep.core.heap`)."""
-    with heap.frozen_imports() if heap.launched() else contextlib.nullcontext():
-        from vaesweep.run.driver import task as driver_task
-    return driver_task
-
-
-def task(cfg: DictConfig) -> None:
-    """Hydra's task function: one job (:func:`vaesweep.run.driver.task`)."""
-    _driver_task()(cfg)
-
-
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 
 
