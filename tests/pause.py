@@ -13,12 +13,15 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 def import_env(module: str, marker: str | os.PathLike[str]) -> dict[str, str]:
     """The environment entries that make every process started with them (and their
     children) append its pid to ``marker`` when it imports ``module``."""
-    path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)
-    return {IMPORT_ENV: f"{module}:{marker}", "PYTHONPATH": path}
+    return {IMPORT_ENV: f"{module}:{marker}", "PYTHONPATH": _with_hooks()}
 
 
 def pause_env(point: str, marker: str | os.PathLike[str]) -> dict[str, str]:
     """The environment entries that make a subprocess wait at ``point`` (marker file
     ``marker``; release it by creating ``<marker>.release``)."""
-    path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)
-    return {PAUSE_ENV: f"{point}:{marker}", "PYTHONPATH": path}
+    return {PAUSE_ENV: f"{point}:{marker}", "PYTHONPATH": _with_hooks()}
+
+
+def _with_hooks() -> str:
+    """PYTHONPATH with the hooks' directory first (its sitecustomize.py loads at start)."""
+    return os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)

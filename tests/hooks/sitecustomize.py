@@ -49,6 +49,12 @@ _signalled = False
 _reached: dict[str, int] = {}
 
 
+def _note_pid(marker: str | Path) -> None:
+    """Appends this process's id (a line) to the marker file."""
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
 def _pause(point: str) -> None:
     spec = os.environ.get(PAUSE_ENV, "")
     where, _, marker = spec.partition(":")
@@ -59,8 +65,7 @@ def _pause(point: str) -> None:
     if nth and _reached[point] != int(nth):
         return
     marker = Path(marker)
-    with open(marker, "a") as f:
-        f.write(f"{os.getpid()}\n")
+    _note_pid(marker)
     release = marker.with_name(f"{marker.name}.release")
     while not release.exists() and not _signalled:
         time.sleep(0.05)
@@ -102,16 +107,16 @@ def _notice_signals(cls) -> None:
     cls._handle = noticing
 
 
-class _ImportPause(importlib.abc.MetaPathFinder):
-    """The ``driver_import`` point: holds the first import of ``module``; finds nothing."""
+class _OnFirstImport(importlib.abc.MetaPathFinder):
+    """Calls ``action`` when this process first imports ``module``; finds nothing itself."""
 
-    def __init__(self, module: str) -> None:
-        self.module, self.done = module, False
+    def __init__(self, module: str, action) -> None:
+        self.module, self.action, self.done = module, action, False
 
     def find_spec(self, name, path, target=None):
         if name == self.module and not self.done:
             self.done = True
-            _pause("driver_import")
+            self.action()
         return None
 
 
@@ -126,7 +131,7 @@ def _install() -> None:
     if point == "claimed":
         _after(claims, "acquire", "claimed")
     elif point == "driver_import":
-        sys.meta_path.insert(0, _ImportPause("vaesweep.run.driver"))
+        sys.meta_path.insert(0, _OnFirstImport("vaesweep.run.driver", lambda: _pause(point)))
     elif point == "epoch_end":
         _after(callbacks.Resumable, "on_train_epoch_end", "epoch_end")
     elif point == "test":
@@ -176,21 +181,8 @@ def _install() -> None:
         os.replace = replace_paused
 
 
-class _ImportRecorder(importlib.abc.MetaPathFinder):
-    """Notes this process's pid when ``module`` is first imported; finds nothing itself."""
-
-    def __init__(self, module: str, marker: str) -> None:
-        self.module, self.marker, self.done = module, marker, False
-
-    def find_spec(self, name, path, target=None):
-        if name == self.module and not self.done:
-            self.done = True
-            with open(self.marker, "a") as f:
-                f.write(f"{os.getpid()}\n")
-        return None
-
-
 if os.environ.get(PAUSE_ENV):
     _install()
 if os.environ.get(IMPORT_ENV):
-    sys.meta_path.insert(0, _ImportRecorder(*os.environ[IMPORT_ENV].split(":", 1)))
+    _module, _marker = os.environ[IMPORT_ENV].split(":", 1)
+    sys.meta_path.insert(0, _OnFirstImport(_module, lambda: _note_pid(_marker)))

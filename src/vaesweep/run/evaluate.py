@@ -137,17 +137,6 @@ def evaluate_sweep(
 ) -> tuple[int, int, list[str]]:
     """Evaluates every completed run below ``dirs``; (evaluated, already there, problems)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
-    with quiet_libraries():
-        return _evaluate_runs(dirs, iwae_k, checkpoint, iwae_chunk, test_examples)
-
-
-def _evaluate_runs(
-    dirs: list[str | os.PathLike[str]],
-    iwae_k: int,
-    checkpoint: str,
-    iwae_chunk: int | None,
-    test_examples: int | None,
-) -> tuple[int, int, list[str]]:
     done = skipped = 0
     problems = []
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})
@@ -156,7 +145,8 @@ def _evaluate_runs(
         if result is None or record.checked_status(result)[0] != record.COMPLETED:
             continue
         try:
-            evaluation = evaluate_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
+            with quiet_libraries():  # Lightning's Trainer, restored after each run
+                evaluation = evaluate_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
         except Exception as e:  # one run's problem never stops the others
             problems.append(f"{run_dir}: {type(e).__name__}: {e}")
             continue
