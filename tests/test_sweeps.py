@@ -320,3 +320,78 @@ def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_p
         for w in warnings
     ), proc.stderr[-3000:]
     assert any("every command-line key changes some job was skipped" in w for w in warnings)
+
+
+# --- a training stack that does not import -------------------------------------------------
+def broken_lightning_env(root: Path) -> dict[str, str]:
+    """The CLI's environment with a `lightning` package first on the path whose import fails,
+    as a broken install's does (a missing shared library)."""
+    package = root / "broken_site" / "lightning"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        'raise ImportError("libfake_cuda.so.9: cannot open shared object file")\n'
+    )
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(package.parent), env.get("PYTHONPATH")) if p
+    )
+    return env
+
+
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_a_training_stack_that_does_not_import_stops_before_any_job(tmp_path, mode):
+    """Jobs in the launching process (a single run, the basic launcher): the command ends
+    with one line naming the import error, exit 1, no job directory; HYDRA_FULL_ERROR=1
+    shows the import's traceback instead."""
+    env = broken_lightning_env(tmp_path)
+    where = ["hydra.run.dir=out"] if mode == "run" else ["-m", "beta=0.5,2", "hydra.sweep.dir=out"]
+    cmd = [sys.executable, str(RUN_PY), *where, *TINY, "logger=csv"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "StackUnavailable: the training stack does not import" in lines[0]
+    assert "ImportError: libfake_cuda.so.9: cannot open shared object file" in lines[0]
+    assert "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.is_dir()]  # no job dir
+    if mode == "multirun":  # the sweep's record says no job ran
+        assert json.loads((out / SWEEP_FILE).read_text())["jobs"] == []
+        assert "(0 jobs)" in proc.stdout
+    full = subprocess.run(
+        cmd, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True
+    )
+    assert full.returncode == 1
+    assert "Traceback" in full.stderr and 'broken_site/lightning/__init__.py", line 1' in (
+        full.stderr
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(tmp_path):
+    """local_parallel's workers cannot import Lightning (the launching process never does):
+    each job records `failed` with the import error in its results.json, the sweep goes on
+    to the end (summary, exit 1); once the install is mended the same command with
+    sweep.rerun_failed=true trains them."""
+    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", *TINY, "logger=csv",
+           "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"]  # fmt: skip
+    env = broken_lightning_env(tmp_path)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    results = results_under(sweep)
+    assert [r["status"] for r in results] == ["failed", "failed"]
+    for r in results:
+        assert r["error"]["type"] == "ImportError"
+        assert "libfake_cuda.so.9" in r["error"]["message"]
+        log = (Path(r["run_dir"]) / "train.log").read_text()
+        assert "Traceback" in log and "broken_site" in log  # where the import failed
+    assert "sweep stopped" not in proc.stderr
+    assert "2 of 2 jobs did not complete" in proc.stderr
+    assert {row["status"] for row in read_summary(sweep)} == {"failed"}
+    mended = subprocess.run(
+        [*cmd, "sweep.rerun_failed=true"], cwd=tmp_path, env=cli_env(), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert mended.returncode == 0, mended.stderr[-3000:]
+    assert [r["status"] for r in results_under(sweep)] == ["completed", "completed"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -11,6 +14,17 @@ from omegaconf import OmegaConf
 def now() -> str:
     """The current UTC time, ISO 8601 to the second (what results and sweep files record)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: A file to append training-event timestamps to (benchmarks/: cold start, per-job overhead).
+TIMESTAMPS_ENV = "VAESWEEP_TIMESTAMPS"
+
+
+def append_timestamp(path: str | Path, event: str, t: float | None = None, **info: Any) -> None:
+    """Appends {"event", "time" (wall clock, s since the epoch), **info} as one JSON line."""
+    line = {"event": event, "time": time.time() if t is None else t, **info}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def plain(node: Any) -> Any:

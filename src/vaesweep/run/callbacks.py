@@ -1,11 +1,11 @@
 """Lightning plug-ins of the run: image grids at test time, stop-and-resume state, atomic
-checkpoint writes, a progress bar redrawn by the clock, and (benchmarks only) timestamps of
-training events."""
+checkpoint writes, a progress bar redrawn by the clock, one line per epoch where there is no
+terminal, and (benchmarks only) timestamps of training events."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,11 +20,14 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
 
 from vaesweep.core.atomic import atomic_open
+from vaesweep.core.helpers import append_timestamp
+from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
 from vaesweep.run.policy import RUN_STATE_KEY, stored_run_state
 from vaesweep.run.signals import StopSignals
 
+log = logging.getLogger("vaesweep")
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
 # so sample grids are comparable side by side.
 SAMPLE_SEED = 1234
@@ -283,11 +286,32 @@ class NullProfiler(PassThroughProfiler):
         return self._noop
 
 
-def append_timestamp(path: str | Path, event: str, t: float | None = None, **info: Any) -> None:
-    """Appends {"event", "time" (wall clock, s since the epoch), **info} as one JSON line."""
-    line = {"event": event, "time": time.time() if t is None else t, **info}
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
+class EpochLines(L.Callback):
+    """One progress line per training epoch, for output that is not a terminal:
+    ``epoch 3/20  train/loss=… val/elbo=…  (1.2 s)``."""
+
+    SHOWN = ("train/loss_epoch", "val/elbo", "val/nll", "val/rec_nll", "val/kl")
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = [
+            f"{key.replace('_epoch', '')}={value:.4g}"
+            for key in self.SHOWN
+            if key in metrics and (value := finite_value(metrics[key])) is not None
+        ]
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        elapsed = time.perf_counter() - self._started
+        log.info(
+            "epoch %d/%s  %s  (%.1f s)", trainer.current_epoch + 1, total, " ".join(shown), elapsed
+        )
 
 
 class Timestamps(L.Callback):

@@ -9,7 +9,8 @@
   (which is also the CSV logger's) is not empty, the logging-interval hint for short
   epochs, and W&B's notice about a setting Lightning passes.
 - Without a terminal (a log file, a SLURM output file) a progress bar would leave one
-  ``\\r``-separated chunk per redraw: :class:`EpochLines` writes one line per epoch instead.
+  ``\\r``-separated chunk per redraw: the driver's
+  :class:`~vaesweep.run.callbacks.EpochLines` writes one line per epoch instead.
 - In a multirun, :func:`job_story` gives each job's outcome as one line, after Hydra's
   ``#k : overrides`` line and before the sweep's summary table.
 """
@@ -19,13 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import lightning as L
 
 log = logging.getLogger("vaesweep")
 
@@ -115,40 +113,13 @@ def is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _value(v: Any) -> float | None:
+def finite_value(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number, else None."""
     try:
         value = float(v)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-class EpochLines(L.Callback):
-    """One progress line per training epoch, for output that is not a terminal:
-    ``epoch 3/20  train/loss=… val/elbo=…  (1.2 s)``."""
-
-    SHOWN = ("train/loss_epoch", "val/elbo", "val/nll", "val/rec_nll", "val/kl")
-
-    def __init__(self) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        shown = [
-            f"{key.replace('_epoch', '')}={value:.4g}"
-            for key in self.SHOWN
-            if key in metrics and (value := _value(metrics[key])) is not None
-        ]
-        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        elapsed = time.perf_counter() - self._started
-        log.info(
-            "epoch %d/%s  %s  (%.1f s)", trainer.current_epoch + 1, total, " ".join(shown), elapsed
-        )
 
 
 def job_story(
@@ -160,6 +131,6 @@ def job_story(
     shown = [
         f"{key}={value:.4g}"
         for key in ("test/nll", "test/elbo", "val/elbo")
-        if metrics and (value := _value(metrics.get(key))) is not None
+        if metrics and (value := finite_value(metrics.get(key))) is not None
     ]
     return f"{line}: {' '.join(shown[:2])}" if shown else line

@@ -14,18 +14,23 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
+from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp
 from vaesweep.model.objective import DivergenceError
 from vaesweep.run import claims, ranks, record
 from vaesweep.run.config import check_sweep_keys, validate_config
-from vaesweep.run.context import Job, current_job, job_dirname, process_rank
+from vaesweep.run.console import job_story, tidy_logging
+from vaesweep.run.context import Job, current_job, job_dirname, process_rank, read_sweep
+from vaesweep.run.failures import job_label, quiet_console, report_failure
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
 from vaesweep.run.policy import (
     config_subdir,
@@ -35,7 +40,13 @@ from vaesweep.run.policy import (
     verify_checkpoint,
 )
 from vaesweep.run.record import COMPLETED, CONTINUED, RESULTS_FILE, RunRecord
-from vaesweep.run.signals import STOP_FILE_ENV, StopSignals, sweep_stopped
+from vaesweep.run.signals import (
+    STOP_FILE_ENV,
+    JobInterrupted,
+    StopSignals,
+    stop_sweep,
+    sweep_stopped,
+)
 
 log = logging.getLogger("vaesweep")
 
@@ -219,6 +230,99 @@ def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
         wandb_run_id=wandb_id,
     )
     return run_record, resume_from
+
+
+def _launcher() -> str:
+    """The Hydra launcher running this job ('' for a single run)."""
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return ""
+    return str(hc.launcher.get("_target_") or "")
+
+
+def _stopped(stop: JobInterrupted) -> None:
+    """After a job recorded ``interrupted``: hands the signal to the handler that was in
+    place before the job, then ends as the launcher needs.
+
+    - Submitit (a job in its own process, SLURM or local): submitit's handler of its
+      pre-emption signal (SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL) saves the job for a requeue
+      and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
+      Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
+      launcher collects the job and its summary lists it as interrupted (non-zero exit).
+    - joblib or Ray (a job in a worker process): returns, the same way; the launching
+      process, signalled too, stops the sweep.
+    - Hydra's basic launcher (jobs in the launching process): the sweep stops
+      (SweepStopped; the entry point writes the summary and exits 128 + the signal).
+    - A single run: exits with 128 + the signal number.
+    """
+    launcher = _launcher()
+    try:
+        stop.hand_over()  # submitit: may requeue and exit; the sweep guard: SweepStopped
+    except Exception as e:  # submitit's UncompletedJobError: not requeued
+        print(f"[vaesweep] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    if any(name in launcher for name in ("submitit", "joblib", "ray_launcher")):
+        return
+    if launcher:
+        stop_sweep(stop.signum)
+    raise SystemExit(stop.exit_code)
+
+
+def task(cfg: DictConfig, execute: Execute) -> None:
+    """One job of a run or a sweep, as Hydra's task runs it (``execute``: the driver's
+    :func:`vaesweep.run.driver.fit_and_test`): :func:`run`, then how its outcome ends it.
+
+    In a multirun a job's failure is recorded in its results.json and does not stop the
+    other jobs; the sweep's summary then names it and the sweep exits non-zero. A stop
+    signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
+    ``interrupted``, no further job starts, the summary so far is written, and the process
+    exits with 128 + the signal number; under submitit the job is requeued instead
+    (:func:`_stopped`).
+    """
+    quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
+    tidy_logging()  # each library message once, without the noise of our own calls
+    started, stamps = time.time(), os.environ.get(TIMESTAMPS_ENV)
+    try:
+        run(cfg, execute)
+    except JobInterrupted as stop:
+        print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
+        _stopped(stop)
+    except Exception as error:
+        report_failure(error, job_label())  # one line; the traceback goes to train.log
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return
+        raise SystemExit(1) from None
+    finally:
+        _tell_outcome(started)
+        if stamps:
+            job = HydraConfig.get().job.override_dirname or "default"
+            append_timestamp(stamps, "job_start", t=started, job=job)
+            append_timestamp(stamps, "job_end", job=job)
+
+
+def _tell_outcome(started: float) -> None:
+    """In a multirun, one line with the job's outcome (after Hydra's ``#k : overrides``)
+    when this process ran it; a job it skipped has said so already."""
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN" or process_rank() != 0:
+        return
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        if (run_dir / RESULTS_FILE).stat().st_mtime < started:
+            return  # skipped: the result is an earlier one
+    except OSError:
+        return
+    result = record.read(run_dir)
+    if result is None:
+        return
+    total = (read_sweep(Path(hc.sweep.dir)) or {}).get("n_jobs")
+    story = job_story(
+        int(hc.job.num),
+        total,
+        str(result.get("status")),
+        time.time() - started,
+        result.get("metrics"),
+    )
+    log.info(story)
 
 
 def _first_set(value: Any, default: Any) -> Any:

@@ -69,8 +69,15 @@ class Decision:
 # --- how many processes ------------------------------------------------------------------------
 def launched_world_size() -> int:
     """Processes an outside launcher started for this job (srun: SLURM_NTASKS; torchrun:
-    WORLD_SIZE), 1 if none did. Detected as Lightning detects its cluster environment."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    WORLD_SIZE), 1 if none did. Detected as Lightning detects its cluster environment; 1
+    where Lightning does not import (the job then records that as its failure)."""
+    try:
+        from lightning.fabric.plugins.environments import (
+            SLURMEnvironment,
+            TorchElasticEnvironment,
+        )
+    except ImportError:
+        return 1
 
     if SLURMEnvironment.detect():
         return int(os.environ["SLURM_NTASKS"])

@@ -33,7 +33,7 @@ from vaesweep.run.signals import SweepGuard, SweepStopped
 from vaesweep.sweep import preflight
 from vaesweep.sweep.grid import finish_sweep, refuse_bad_resume, start_sweep
 from vaesweep.sweep.search import finish_search, is_search, start_search
-from vaesweep.sweep.task import jobs_run_here, load_driver
+from vaesweep.sweep.task import jobs_run_here, load_driver_here
 
 #: What runs after the summary is written: (the multirun's config, the sweep directory).
 Finisher = Callable[[DictConfig, Path], Any]
@@ -131,7 +131,7 @@ class SweepCallback(Callback):
         start as asked (:mod:`vaesweep.sweep.preflight`); then the training stack is
         imported, still before the directory (:mod:`vaesweep.sweep.task`)."""
         preflight.check_run(config)
-        load_driver()
+        load_driver_here()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _RUNNING
@@ -162,7 +162,7 @@ class SweepCallback(Callback):
         the sweep's guard (a signal meanwhile stops the sweep before any job). Jobs in
         workers: they import it, this process never does (:mod:`vaesweep.sweep.task`)."""
         if jobs_run_here(config):
-            load_driver()
+            load_driver_here()
 
     def _guard(self, config: DictConfig, search: bool) -> _Running:
         global _RUNNING

@@ -21,7 +21,7 @@ from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
 from vaesweep.sweep.callback import finish_aborted, finish_stopped
 from vaesweep.sweep.search import quote_sweeper_params
-from vaesweep.sweep.task import task
+from vaesweep.sweep.task import StackImportFailed, task
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
@@ -34,9 +34,9 @@ def main() -> None:
     the process exits with 128 + the signal number.
 
     An error outside the task (Hydra making a directory or writing its files, a launcher
-    that cannot start) is one line here, not Hydra's traceback: ``[vaesweep] <what>`` (a
-    full disk names the file and the free space), the summary of what finished when a sweep
-    was running, exit status 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
+    that cannot start, a torch or Lightning that does not import) is one line here, not
+    Hydra's traceback: ``[vaesweep] <what>`` (a full disk names the file and the free
+    space), the summary of what finished when a sweep was running, exit status 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
     context.mark_command_line()
     full_error = os.environ.get(FULL_ERROR) == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises what it would print: reported below
@@ -44,6 +44,10 @@ def main() -> None:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+    except StackImportFailed as failed:  # torch or Lightning does not import: before any job
+        if full_error:
+            raise failed.__cause__ from None
+        raise SystemExit(finish_aborted(failed.error)) from None
     except KeyboardInterrupt:  # Ctrl-C where no sweep or job handles it (Hydra starting)
         print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGINT) from None
