@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -74,7 +74,7 @@ class JobNotRerun(RuntimeError):
     """A job whose earlier result is failed/diverged, left alone (sweep.rerun_failed=false)."""
 
 
-def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
+def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | None:
     """Train, test and record one job; returns the metrics written to results.json.
 
     An existing result in the job's directory decides what happens: ``completed`` → skip
@@ -82,6 +82,12 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
     ``running`` or ``interrupted`` with ``checkpoints/last.ckpt`` → resume from that
     checkpoint. A job claimed by another live process (vaesweep.run.claims) is skipped (returns
     None); the claim is held, and the stop signals handled, for the rest of the job.
+
+    ``execute`` may instead be the exception that says why this process cannot run the
+    driver (:mod:`vaesweep.sweep.task`). The job is then settled as above without it: it
+    records ``failed`` with that error, unless it can resume (``interrupted`` or ``running``
+    with its last checkpoint), whose record and checkpoint are left for a relaunch. The
+    error is raised either way; ranks > 0 raise it at once (rank 0 settles the job).
     """
     job = current_job()
     check_sweep_keys(cfg)  # read by the claim below, before the config is validated
@@ -94,6 +100,8 @@ def run(cfg: DictConfig, execute: Execute) -> dict[str, float] | None:
         torch_threads = max(1, (os.cpu_count() or 1) // job.n_parallel)
     rank = process_rank()
     if rank != 0:  # a DDP worker a launcher started: does what rank 0 decided, writes nothing
+        if isinstance(execute, Exception):
+            raise execute
         decision = ranks.await_decision(job.run_dir, rank)  # RankZeroStopped: rank 0 did not
         if decision.action == "skip":
             return None
@@ -124,7 +132,11 @@ def _skip_completed(job: Job) -> dict[str, float]:
 
 
 def _run_claimed(
-    cfg: DictConfig, job: Job, torch_threads: int, signals: StopSignals, execute: Execute
+    cfg: DictConfig,
+    job: Job,
+    torch_threads: int,
+    signals: StopSignals,
+    execute: Execute | Exception,
 ) -> dict[str, float] | None:
     """The rest of ``run`` for a job this process holds the claim on, while ``signals``
     handles the stop signals. A signal stops the job at its next safe point and records
@@ -140,6 +152,8 @@ def _run_claimed(
             f"{job.run_dir.name} holds a {status} result: not re-run "
             "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
         )
+    if isinstance(execute, Exception):  # this process cannot run the driver
+        _settle_unavailable(cfg, job, execute)
     run_record, resume_from = _open_record(cfg, job)
     status = record.FAILED
     try:
@@ -188,27 +202,51 @@ def _run_claimed(
             ", ".join(f"{k}={v}" for k, v in lost.items()),
         )
     run_record.finish(COMPLETED, metrics=metrics)
-    if not job.multirun:  # a sweep's job tells its outcome in one line (vaesweep.run.driver)
+    if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
         log.info("completed: %s", run_record.path)
     return metrics
 
 
-def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
-    """The job's record ("running"), continuing an interrupted attempt's (time spent,
-    attempts, W&B run) when its last checkpoint is there to resume from, which is returned."""
-    resume_from = None
+def _settle_unavailable(cfg: DictConfig, job: Job, unavailable: Exception) -> NoReturn:
+    """A job this process holds but cannot run (see :func:`run`): recorded ``failed``, or
+    kept as it is when it can resume; raises ``unavailable``."""
+    resume_from = _resume_point(job)[1]
+    if resume_from is not None:
+        log.error(
+            "not resumed in this process: %s; %s and results.json are kept for a relaunch",
+            unavailable,
+            resume_from,
+            exc_info=unavailable,
+        )
+        raise unavailable
+    run_record, _ = _open_record(cfg, job)
+    run_record.finish(record.FAILED, error=unavailable)
+    log.error("run failed: %s (results: %s)", unavailable, run_record.path, exc_info=unavailable)
+    raise unavailable
+
+
+def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
+    """The earlier attempt's record that this one continues (None: a new job, or a failed
+    one re-run from the start) and the checkpoint to resume from (None: from the start)."""
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = record.read(job.run_dir)
     if previous is None and last.exists() and stored_identity(job.run_dir)[0] is not None:
         # results.json lost or damaged: identity.json (or the checkpoint itself) says it is this
         # config's (the policy refused the directory otherwise).
-        resume_from = last
-        log.warning("resuming %s from %s (its %s is lost)", job.run_dir, last, RESULTS_FILE)
-    elif previous is None or previous.get("status") not in CONTINUED:
-        previous = None  # a new job, or a failed one re-run from the start
-    elif last.exists():
-        resume_from = last
-        log.info("resuming %s from %s", job.run_dir, last)
+        return None, last
+    if previous is None or previous.get("status") not in CONTINUED:
+        return None, None  # a new job, or a failed one re-run from the start
+    return previous, last if last.exists() else None
+
+
+def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
+    """The job's record ("running"), continuing an interrupted attempt's (time spent,
+    attempts, W&B run) when its last checkpoint is there to resume from, which is returned."""
+    previous, resume_from = _resume_point(job)
+    if resume_from is not None and previous is None:
+        log.warning("resuming %s from %s (its %s is lost)", job.run_dir, resume_from, RESULTS_FILE)
+    elif resume_from is not None:
+        log.info("resuming %s from %s", job.run_dir, resume_from)
     wandb_id = None
     if cfg.logger.get("name") == "wandb":
         # The W&B run continues where the checkpoint does; a job that starts again from step
@@ -267,9 +305,10 @@ def _stopped(stop: JobInterrupted) -> None:
     raise SystemExit(stop.exit_code)
 
 
-def task(cfg: DictConfig, execute: Execute) -> None:
+def task(cfg: DictConfig, execute: Execute | Exception) -> None:
     """One job of a run or a sweep, as Hydra's task runs it (``execute``: the driver's
-    :func:`vaesweep.run.driver.fit_and_test`): :func:`run`, then how its outcome ends it.
+    :func:`vaesweep.run.driver.fit_and_test`, or why it cannot run here): :func:`run`, then
+    how its outcome ends it.
 
     In a multirun a job's failure is recorded in its results.json and does not stop the
     other jobs; the sweep's summary then names it and the sweep exits non-zero. A stop

@@ -70,13 +70,14 @@ class Decision:
 def launched_world_size() -> int:
     """Processes an outside launcher started for this job (srun: SLURM_NTASKS; torchrun:
     WORLD_SIZE), 1 if none did. Detected as Lightning detects its cluster environment; 1
-    where Lightning does not import (the job then records that as its failure)."""
+    where Lightning does not import: rank 0 then settles the job without it and the other
+    ranks stop at once (:func:`vaesweep.run.jobs.run`)."""
     try:
         from lightning.fabric.plugins.environments import (
             SLURMEnvironment,
             TorchElasticEnvironment,
         )
-    except ImportError:
+    except Exception:  # not only ImportError: a broken install can raise anything
         return 1
 
     if SLURMEnvironment.detect():

@@ -34,7 +34,7 @@ def main() -> None:
     the process exits with 128 + the signal number.
 
     An error outside the task (Hydra making a directory or writing its files, a launcher
-    that cannot start, a torch or Lightning that does not import) is one line here, not
+    that cannot start, a Lightning that does not import) is one line here, not
     Hydra's traceback: ``[vaesweep] <what>`` (a full disk names the file and the free
     space), the summary of what finished when a sweep was running, exit status 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
     context.mark_command_line()
@@ -44,9 +44,9 @@ def main() -> None:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
-    except StackImportFailed as failed:  # torch or Lightning does not import: before any job
+    except StackImportFailed as failed:  # the driver does not import: before any job
         if full_error:
-            raise failed.__cause__ from None
+            raise  # its cause, the import's own traceback, is printed first
         raise SystemExit(finish_aborted(failed.error)) from None
     except KeyboardInterrupt:  # Ctrl-C where no sweep or job handles it (Hydra starting)
         print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)

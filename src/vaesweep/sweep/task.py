@@ -10,12 +10,13 @@ imports it once (:func:`load_driver`):
 - in a launcher's worker (``local_parallel``, Ray, submitit), at its first job: the
   launching process of such a sweep composes, checks and summarises it without Lightning.
 
-When the import fails (a broken torch or Lightning install), nothing trains in that process.
+When the import fails (a broken Lightning install, or a library it loads), nothing trains in that process.
 In the launching process the command ends before any job directory is made, with one line
 naming the import error (:class:`StackImportFailed`, reported by the entry point). In a
 worker each job it is given records ``failed`` with that error in its results.json and the
 sweep goes on, as with any failed job; the same command with ``sweep.rerun_failed=true`` runs
-them again once the install is mended.
+them again once the install is mended. A job that can resume (``interrupted`` or
+``running`` with its last checkpoint) keeps its record and checkpoint, and resumes then.
 
 In the command line's process and its workers the import runs as the command line's own
 imports do: with the collector paused, then frozen (:mod:`vaesweep.core.heap`). A Python
@@ -28,6 +29,7 @@ import contextlib
 import functools
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 from omegaconf import DictConfig
@@ -43,14 +45,20 @@ IN_PROCESS_LAUNCHER = "BasicLauncher"
 
 
 class StackUnavailable(RuntimeError):
-    """The training stack (torch, Lightning, the driver) does not import in this process."""
+    """The driver does not import in this process: Lightning, or another module it loads
+    (vaesweep's own, a library such as CUDA's). Says which interpreter, the error, and the
+    file that raised it."""
 
     def __init__(self, error: Exception) -> None:
         first = (str(error).strip().splitlines() or ["(no message)"])[0]
+        frames = [f.filename for f in traceback.extract_tb(error.__traceback__)]
+        files = [f for f in frames if not f.startswith("<")]  # not importlib's own frames
+        where = f" (raised in {files[-1]})" if files else ""
         super().__init__(
-            f"the training stack does not import in {sys.executable} "
-            f"({type(error).__name__}: {first}); check its torch and Lightning install"
+            f"the training stack does not import in {sys.executable}: "
+            f"{type(error).__name__}: {first}{where}"
         )
+        self.__cause__ = error
 
 
 class StackImportFailed(BaseException):
@@ -79,29 +87,29 @@ def jobs_run_here(config: DictConfig) -> bool:
     return IN_PROCESS_LAUNCHER in str(config.hydra.launcher.get("_target_") or "")
 
 
+@functools.cache
+def _driver_or_failure() -> tuple[Callable[[DictConfig], None] | None, StackUnavailable | None]:
+    """:func:`load_driver`, or why it failed: a process tries the import once (a retried
+    import of a half-initialised package could fail differently for later jobs)."""
+    try:
+        return load_driver(), None
+    except Exception as error:
+        return None, StackUnavailable(error)
+
+
 def load_driver_here() -> None:
     """:func:`load_driver` in the launching process, before any job (see the module doc)."""
-    try:
-        load_driver()
-    except Exception as error:
-        raise StackImportFailed(StackUnavailable(error)) from error
+    failure = _driver_or_failure()[1]
+    if failure is not None:
+        raise StackImportFailed(failure) from failure.__cause__
 
 
 def task(cfg: DictConfig) -> None:
     """Hydra's task function: one job (:func:`vaesweep.run.driver.task`). Where the driver
-    does not import, the job records ``failed`` with the import error (:func:`_unavailable`)."""
-    try:
-        driver_task = load_driver()
-    except Exception as error:
-        driver_task = functools.partial(_unavailable, StackUnavailable(error), error)
-    driver_task(cfg)
-
-
-def _unavailable(unavailable: StackUnavailable, error: Exception, cfg: DictConfig) -> None:
-    """A job in a process whose training stack does not import: claimed and recorded as any
-    job is, its run fails with ``unavailable`` (the import's traceback in its train.log)."""
-
-    def execute(*_: object) -> dict[str, float]:
-        raise unavailable from error
-
-    jobs.task(cfg, execute)
+    does not import, the job is settled without it (:func:`vaesweep.run.jobs.run`: recorded
+    ``failed``, or left to resume when it can)."""
+    driver_task, failure = _driver_or_failure()
+    if failure is not None:
+        jobs.task(cfg, execute=failure)
+    elif driver_task is not None:
+        driver_task(cfg)
