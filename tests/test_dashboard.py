@@ -299,5 +299,7 @@ def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch, capsys
                 assert f"vaesweep figures {sweep.resolve()}" in skipped
             else:
                 assert skipped.startswith("all figures: ") and "sweep_figures" not in skipped
-        except AssertionError as failure:
-            raise AssertionError(f"{failure}\n{where_wandb_failed(sweep, capsys)}") from None
+        except Exception as failure:  # an assertion, or a file that cannot be read
+            raise AssertionError(
+                f"{type(failure).__name__}: {failure}\n{where_wandb_failed(sweep, capsys)}"
+            ) from None

@@ -374,8 +374,8 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     each job records `failed` with the import error in its results.json, the sweep goes on
     to the end (summary, exit 1); once the install is mended the same command with
     sweep.rerun_failed=true trains them. A job that could resume is left as it was, and
-    resumes once the install is mended."""
-    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", *TINY, "logger=csv",
+    resumes once the install is mended. Three jobs on two workers: one worker settles two."""
+    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,1,2", *TINY, "logger=csv",
            "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"]  # fmt: skip
     broken = broken_lightning_env(tmp_path)
 
@@ -388,19 +388,20 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     assert proc.returncode == 1, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     results = results_under(sweep)
-    assert [r["status"] for r in results] == ["failed", "failed"]
+    assert [r["status"] for r in results] == ["failed"] * 3
     for r in results:
         assert r["error"]["type"] == "StackUnavailable"
         assert "ImportError: libfake_cuda.so.9" in r["error"]["message"]
         assert "broken_site/lightning/__init__.py" in r["error"]["message"]
         log = (Path(r["run_dir"]) / "train.log").read_text()
         assert "Traceback" in log and 'broken_site/lightning/__init__.py", line 1' in log
+        assert log.count("Traceback (most recent call last)") == 1  # no earlier job's raise
     assert "sweep stopped" not in proc.stderr
-    assert "2 of 2 jobs did not complete" in proc.stderr
+    assert "3 of 3 jobs did not complete" in proc.stderr
     assert {row["status"] for row in read_summary(sweep)} == {"failed"}
     mended = launch("sweep.rerun_failed=true", env=cli_env())
     assert mended.returncode == 0, mended.stderr[-3000:]
-    assert [r["status"] for r in results_under(sweep)] == ["completed", "completed"]
+    assert [r["status"] for r in results_under(sweep)] == ["completed"] * 3
 
     # A job stopped after its last checkpoint (as a signal leaves it), then a broken worker.
     first = sorted(sweep.rglob("results.json"))[0]
@@ -415,5 +416,5 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     assert "kept for a relaunch" in (first.parent / "train.log").read_text()
     resumed = launch(env=cli_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [r["status"] for r in results_under(sweep)] == ["completed", "completed"]
+    assert [r["status"] for r in results_under(sweep)] == ["completed"] * 3
     assert f"resuming {first.parent} from {checkpoint}" in (first.parent / "train.log").read_text()

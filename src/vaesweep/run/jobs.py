@@ -209,13 +209,13 @@ def _run_claimed(
 
 def _settle_unavailable(cfg: DictConfig, job: Job, unavailable: Exception) -> NoReturn:
     """A job this process holds but cannot run (see :func:`run`): recorded ``failed``, or
-    kept as it is when it can resume; raises ``unavailable``."""
-    resume_from = _resume_point(job)[1]
-    if resume_from is not None:
+    kept as it is when an earlier attempt continues (``interrupted``, ``running``, or a lost
+    results.json beside the last checkpoint); raises ``unavailable``."""
+    previous, resume_from = _resume_point(job)
+    if previous is not None or resume_from is not None:
         log.error(
-            "not resumed in this process: %s; %s and results.json are kept for a relaunch",
+            "not run in this process: %s; its results.json and checkpoints are kept for a relaunch",
             unavailable,
-            resume_from,
             exc_info=unavailable,
         )
         raise unavailable
@@ -226,8 +226,9 @@ def _settle_unavailable(cfg: DictConfig, job: Job, unavailable: Exception) -> No
 
 
 def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
-    """The earlier attempt's record that this one continues (None: a new job, or a failed
-    one re-run from the start) and the checkpoint to resume from (None: from the start)."""
+    """The earlier attempt's record that this one continues (None: a new job, a failed one
+    re-run from the start, or a lost results.json) and the checkpoint to resume from (None:
+    from the start)."""
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = record.read(job.run_dir)
     if previous is None and last.exists() and stored_identity(job.run_dir)[0] is not None:

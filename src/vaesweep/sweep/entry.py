@@ -34,9 +34,10 @@ def main() -> None:
     the process exits with 128 + the signal number.
 
     An error outside the task (Hydra making a directory or writing its files, a launcher
-    that cannot start, a Lightning that does not import) is one line here, not
-    Hydra's traceback: ``[vaesweep] <what>`` (a full disk names the file and the free
-    space), the summary of what finished when a sweep was running, exit status 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
+    that cannot start, a Lightning that does not import) is one line here, not Hydra's
+    traceback: ``[vaesweep] <what>`` (a full disk names the file and the free space), the
+    summary of what finished when a sweep was running, exit status 1.
+    ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
     context.mark_command_line()
     full_error = os.environ.get(FULL_ERROR) == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises what it would print: reported below

@@ -5,18 +5,18 @@ imports it once (:func:`load_driver`):
 
 - where jobs run in the launching process (a single run, or a sweep with Hydra's basic
   launcher), before the first job makes its directory: the sweep's callback calls
-  :func:`load_driver` once the sweep is checked, so a stop signal or an import error there
+  :func:`load_driver_here` once the sweep is checked, so a stop signal or an import error there
   leaves no job directory behind, as when the import was part of the command line's own;
 - in a launcher's worker (``local_parallel``, Ray, submitit), at its first job: the
   launching process of such a sweep composes, checks and summarises it without Lightning.
 
-When the import fails (a broken Lightning install, or a library it loads), nothing trains in that process.
-In the launching process the command ends before any job directory is made, with one line
-naming the import error (:class:`StackImportFailed`, reported by the entry point). In a
-worker each job it is given records ``failed`` with that error in its results.json and the
-sweep goes on, as with any failed job; the same command with ``sweep.rerun_failed=true`` runs
-them again once the install is mended. A job that can resume (``interrupted`` or
-``running`` with its last checkpoint) keeps its record and checkpoint, and resumes then.
+When the import fails (a broken Lightning install, or a library it loads), nothing trains
+in that process. In the launching process the command ends before any job directory is
+made, with one line naming the import error (:class:`StackImportFailed`, reported by the
+entry point). In a worker each new job it is given records ``failed`` with that error in its
+results.json and the sweep goes on, as with any failed job; the same command with
+``sweep.rerun_failed=true`` runs them again once the install is mended. A job that was
+``interrupted`` or ``running`` keeps its record (and checkpoint), and resumes then.
 
 In the command line's process and its workers the import runs as the command line's own
 imports do: with the collector paused, then frozen (:mod:`vaesweep.core.heap`). A Python
@@ -88,28 +88,28 @@ def jobs_run_here(config: DictConfig) -> bool:
 
 
 @functools.cache
-def _driver_or_failure() -> tuple[Callable[[DictConfig], None] | None, StackUnavailable | None]:
-    """:func:`load_driver`, or why it failed: a process tries the import once (a retried
-    import of a half-initialised package could fail differently for later jobs)."""
+def _driver_or_failure() -> tuple[Callable[[DictConfig], None] | None, Exception | None]:
+    """:func:`load_driver`, or the error its import raised: a process tries the import once
+    (a retried import of a half-initialised package could fail differently for later jobs)."""
     try:
         return load_driver(), None
     except Exception as error:
-        return None, StackUnavailable(error)
+        return None, error
 
 
 def load_driver_here() -> None:
     """:func:`load_driver` in the launching process, before any job (see the module doc)."""
-    failure = _driver_or_failure()[1]
-    if failure is not None:
-        raise StackImportFailed(failure) from failure.__cause__
+    error = _driver_or_failure()[1]
+    if error is not None:
+        raise StackImportFailed(StackUnavailable(error)) from error
 
 
 def task(cfg: DictConfig) -> None:
     """Hydra's task function: one job (:func:`vaesweep.run.driver.task`). Where the driver
     does not import, the job is settled without it (:func:`vaesweep.run.jobs.run`: recorded
     ``failed``, or left to resume when it can)."""
-    driver_task, failure = _driver_or_failure()
-    if failure is not None:
-        jobs.task(cfg, execute=failure)
+    driver_task, error = _driver_or_failure()
+    if error is not None:  # a new exception per job: one raised again gathers every traceback
+        jobs.task(cfg, execute=StackUnavailable(error))
     elif driver_task is not None:
         driver_task(cfg)
