@@ -376,7 +376,8 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     sweep.rerun_failed=true trains them. A job that could resume is left as it was, and
     resumes once the install is mended. Three jobs on two workers: one worker settles two."""
     cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,1,2", *TINY, "logger=csv",
-           "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"]  # fmt: skip
+           "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+           "hydra.sweep.dir=sweep"]  # fmt: skip
     broken = broken_lightning_env(tmp_path)
 
     def launch(*extra: str, env: dict[str, str]) -> subprocess.CompletedProcess:
