@@ -10,6 +10,11 @@ IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
+def pythonpath_with(directory: str | os.PathLike[str]) -> str:
+    """This process's PYTHONPATH with ``directory`` first."""
+    return os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def import_env(module: str, marker: str | os.PathLike[str]) -> dict[str, str]:
     """The environment entries that make every process started with them (and their
     children) append its pid to ``marker`` when it imports ``module``."""
@@ -24,4 +29,4 @@ def pause_env(point: str, marker: str | os.PathLike[str]) -> dict[str, str]:
 
 def _with_hooks() -> str:
     """PYTHONPATH with the hooks' directory first (its sitecustomize.py loads at start)."""
-    return os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p)
+    return pythonpath_with(HOOKS)

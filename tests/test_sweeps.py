@@ -22,7 +22,7 @@ from vaesweep.sweep.grid import (
 )
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
-from pause import import_env
+from pause import import_env, pythonpath_with
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
 
@@ -331,11 +331,7 @@ def broken_lightning_env(root: Path) -> dict[str, str]:
     (package / "__init__.py").write_text(
         'raise ImportError("libfake_cuda.so.9: cannot open shared object file")\n'
     )
-    env = cli_env()
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(package.parent), env.get("PYTHONPATH")) if p
-    )
-    return env
+    return {**cli_env(), "PYTHONPATH": pythonpath_with(package.parent)}
 
 
 @pytest.mark.parametrize("mode", ["run", "multirun"])

@@ -85,9 +85,10 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
 
     ``execute`` may instead be the exception that says why this process cannot run the
     driver (:mod:`vaesweep.sweep.task`). The job is then settled as above without it: it
-    records ``failed`` with that error, unless it can resume (``interrupted`` or ``running``
-    with its last checkpoint), whose record and checkpoint are left for a relaunch. The
-    error is raised either way; ranks > 0 raise it at once (rank 0 settles the job).
+    records ``failed`` with that error, unless an earlier attempt continues (``interrupted``
+    or ``running``, or a lost results.json beside the last checkpoint), whose record and
+    checkpoints are left for a relaunch. The error is raised either way; ranks > 0 raise it
+    at once (rank 0 settles the job).
     """
     job = current_job()
     check_sweep_keys(cfg)  # read by the claim below, before the config is validated
@@ -152,9 +153,10 @@ def _run_claimed(
             f"{job.run_dir.name} holds a {status} result: not re-run "
             "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
         )
+    previous, resume_from = _resume_point(job)
     if isinstance(execute, Exception):  # this process cannot run the driver
-        _settle_unavailable(cfg, job, execute)
-    run_record, resume_from = _open_record(cfg, job)
+        _settle_unavailable(cfg, job, execute, previous, resume_from)
+    run_record = _open_record(cfg, job, previous, resume_from)
     status = record.FAILED
     try:
         validate_config(cfg, None if job.multirun else job.overrides)
@@ -207,11 +209,17 @@ def _run_claimed(
     return metrics
 
 
-def _settle_unavailable(cfg: DictConfig, job: Job, unavailable: Exception) -> NoReturn:
+def _settle_unavailable(
+    cfg: DictConfig,
+    job: Job,
+    unavailable: Exception,
+    previous: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> NoReturn:
     """A job this process holds but cannot run (see :func:`run`): recorded ``failed``, or
     kept as it is when an earlier attempt continues (``interrupted``, ``running``, or a lost
-    results.json beside the last checkpoint); raises ``unavailable``."""
-    previous, resume_from = _resume_point(job)
+    results.json beside the last checkpoint: :func:`_resume_point`); raises
+    ``unavailable``."""
     if previous is not None or resume_from is not None:
         log.error(
             "not run in this process: %s; its results.json and checkpoints are kept for a relaunch",
@@ -219,7 +227,7 @@ def _settle_unavailable(cfg: DictConfig, job: Job, unavailable: Exception) -> No
             exc_info=unavailable,
         )
         raise unavailable
-    run_record, _ = _open_record(cfg, job)
+    run_record = _open_record(cfg, job, previous, resume_from)
     run_record.finish(record.FAILED, error=unavailable)
     log.error("run failed: %s (results: %s)", unavailable, run_record.path, exc_info=unavailable)
     raise unavailable
@@ -240,10 +248,11 @@ def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
     return previous, last if last.exists() else None
 
 
-def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
-    """The job's record ("running"), continuing an interrupted attempt's (time spent,
-    attempts, W&B run) when its last checkpoint is there to resume from, which is returned."""
-    previous, resume_from = _resume_point(job)
+def _open_record(
+    cfg: DictConfig, job: Job, previous: dict[str, Any] | None, resume_from: Path | None
+) -> RunRecord:
+    """The job's record ("running"), continuing ``previous``, the earlier attempt's (time
+    spent, attempts, W&B run), resumed from ``resume_from`` (:func:`_resume_point`)."""
     if resume_from is not None and previous is None:
         log.warning("resuming %s from %s (its %s is lost)", job.run_dir, resume_from, RESULTS_FILE)
     elif resume_from is not None:
@@ -268,7 +277,7 @@ def _open_record(cfg: DictConfig, job: Job) -> tuple[RunRecord, Path | None]:
         previous=previous,
         wandb_run_id=wandb_id,
     )
-    return run_record, resume_from
+    return run_record
 
 
 def _launcher() -> str:
