@@ -415,6 +415,60 @@ def test_killed_search_resumes_to_exactly_n_trials(workdir):
     assert len(trials(sweep)) == 4
 
 
+# A process killed while it writes the journal: its write went through and it blocks in
+# Optuna's lock release, as if the kill had landed between the two.
+_KILLED_IN_A_JOURNAL_WRITE = """
+import time
+from pathlib import Path
+
+import optuna
+from optuna.storages.journal import JournalFileSymlinkLock
+
+from vaesweep.sweep.search.storage import check_storage, open_storage, storage_location
+
+def stuck(lock):
+    print("holding", flush=True)
+    time.sleep(600)
+
+JournalFileSymlinkLock.release = stuck
+journal = storage_location(None, Path("sweep"))
+check_storage(journal)
+storage = open_storage(journal)
+optuna.create_study(storage=storage, study_name="killed while writing")
+"""
+
+
+@pytest.mark.slow
+def test_a_search_killed_inside_a_journal_write_does_not_block_the_next_launch(workdir):
+    """The journal path is relative (hydra.sweep.dir=sweep, run from the workdir) as users
+    write it. Before the journal's path was made absolute, Optuna's lock symlink dangled and
+    the relaunch waited forever (found when the killed-search test's SIGKILL landed there)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_IN_A_JOURNAL_WRITE],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = workdir / "sweep" / f"{JOURNAL_FILE}.lock"
+    assert lock.is_symlink()  # the killed process's lock is left behind
+    started = time.monotonic()
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=2", BETA], workdir, timeout=150)
+    waited = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Forcibly releasing the lock file" in proc.stderr  # Optuna's grace period (30 s)
+    assert waited > 30
+    assert not lock.exists() and not lock.is_symlink()
+    final = trials(workdir / "sweep")
+    assert [t.state.name for t in final] == ["COMPLETE", "COMPLETE"]
+    assert [d.name for d in trial_dirs(workdir / "sweep")] == ["trial_0000", "trial_0001"]
+
+
 @pytest.fixture(scope="module")
 def failing_search(tmp_path_factory) -> Path:
     """4 trials in batches of 2 (local_parallel): n_samples=0 fails validation, and the

@@ -59,12 +59,17 @@ def check_storage(storage: str) -> None:
 
 
 def open_storage(storage: str) -> Any:
+    """Optuna's storage for a journal file or RDB URL. The journal's path is made absolute:
+    Optuna's lock is a symlink to the journal, and a relative target dangles (it resolves
+    beside the link), so Optuna could never tell that a lock left by a killed search is stale
+    and the next launch waited for it forever. With an absolute target it releases such a
+    lock after its grace period (30 s)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if is_url(storage):
         return optuna.storages.RDBStorage(storage)
-    return optuna.storages.JournalStorage(JournalFileBackend(storage))
+    return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(storage)))
 
 
 def quiet_optuna() -> None:
