@@ -248,6 +248,108 @@ def test_a_half_proposed_trial_is_never_run_nor_counted():
     assert len(_next_batch(study, plan, [], dists, set())) == 1  # still 2 to run in all
 
 
+# -- a journal write cut short (disk full, power loss) -----------------------------------------
+
+
+def _journal_lines(n: int) -> bytes:
+    return b"".join(
+        json.dumps({"op_code": 0, "n": i, "pad": "x" * 900}).encode() + b"\n" for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("torn_size", [1, 70_000])  # within the last read chunk, and beyond it
+def test_a_torn_journal_tail_is_moved_aside_under_optunas_lock(tmp_path, torn_size):
+    from vaesweep.sweep.search.storage import mend_journal
+
+    journal = tmp_path / JOURNAL_FILE
+    whole = _journal_lines(100)
+    torn = (b'{"op_code":6,"worker_id":"' + b"w" * torn_size)[:torn_size]
+    journal.write_bytes(whole + torn)
+    saved = mend_journal(journal)
+    assert journal.read_bytes() == whole
+    assert saved.parent == tmp_path and saved.name.startswith(f"{JOURNAL_FILE}.torn-")
+    assert saved.read_bytes() == torn
+    assert not (tmp_path / f"{JOURNAL_FILE}.lock").exists()  # Optuna's lock was released
+    assert mend_journal(journal) is None  # a journal that ends in a newline is left alone
+    assert journal.read_bytes() == whole
+
+
+def test_a_journal_with_no_complete_line_is_emptied_and_an_empty_one_left_alone(tmp_path):
+    from vaesweep.sweep.search.storage import mend_journal
+
+    journal = tmp_path / JOURNAL_FILE
+    journal.write_bytes(b'{"op_code":0,"worker')
+    assert mend_journal(journal).read_bytes() == b'{"op_code":0,"worker'
+    assert journal.read_bytes() == b""
+    assert mend_journal(journal) is None
+    assert mend_journal(tmp_path / "absent.log") is None
+
+
+def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
+    """The first launch's last journal entry (trial 0 told COMPLETE) is cut in half, as a full
+    disk leaves it. Before, the relaunch joined its first entry to the torn line and the
+    journal could never be read again ("sweep stopped: JSONDecodeError")."""
+    args = [*SEARCH, BETA]
+    first = run_cli([*args, "hydra.sweeper.n_trials=1"], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = workdir / "sweep"
+    journal = sweep / JOURNAL_FILE
+    data = journal.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    assert json.loads(data[last:])["trial_id"] == 0  # trial 0's result, told to Optuna
+    torn = data[last : last + (len(data) - last) // 2]
+    journal.write_bytes(data[:last] + torn)
+    result = (sweep / "trial_0000" / "results.json").read_bytes()
+
+    again = run_cli([*args, "hydra.sweeper.n_trials=2"], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (saved,) = sweep.glob(f"{JOURNAL_FILE}.torn-*")
+    assert saved.read_bytes() == torn
+    assert f"moved to {saved.name}" in again.stderr
+    final = trials(sweep)
+    assert [(t.number, t.state.name) for t in final] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert (sweep / "trial_0000" / "results.json").read_bytes() == result  # not trained again
+    assert final[0].value == pytest.approx(json.loads(result)["metrics"]["val/elbo"])
+    for line in journal.read_bytes().splitlines():
+        json.loads(line)
+
+    # Damaged later (an edit): the figures skip the search's, naming the line, and draw the rest.
+    import pandas as pd
+
+    from vaesweep.analysis.figures import FigureSkipped
+    from vaesweep.analysis.figures.search import search_plan
+
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2]) + b"{damaged\n" + b"".join(lines[2:]))
+    plan = search_plan(pd.DataFrame({"sweep_dir": [str(sweep)]}))
+    assert list(plan) == ["optimization_history"]
+    with pytest.raises(FigureSkipped, match="cannot be read at line 3"):
+        plan["optimization_history"]()
+
+
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_a_damaged_journal_is_refused_naming_its_line(workdir, where):
+    """A damaged last line Optuna skips silently (and fails after the next append); one in the
+    middle it refuses to read. Both are refused before any trial, naming the line."""
+    sweep = workdir / "sweep"
+    sweep.mkdir()
+    journal = sweep / JOURNAL_FILE
+    import optuna
+
+    optuna.create_study(storage=open_storage(str(journal)), study_name="elsewhere")
+    lines = journal.read_bytes().count(b"\n")
+    with open(journal, "ab") as f:  # an append joined to a torn line, as before the mend
+        f.write(b'{"op_code":6,"work' + journal.read_bytes().splitlines(keepends=True)[-1])
+        if where == "middle":  # a later entry after it
+            f.write(journal.read_bytes().splitlines(keepends=True)[0].replace(b"elsewhere", b"x"))
+    proc = run_cli([*SEARCH, BETA, "hydra.sweeper.n_trials=1"], workdir, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "search refused, no trial was run" in proc.stderr
+    journal_line = f"{Path('sweep') / JOURNAL_FILE} cannot be read at line {lines + 1}"
+    assert journal_line in proc.stderr
+    assert not list(sweep.glob("trial_*"))
+
+
 # -- lightning-hydra-template's hparams_search file --------------------------------------------
 LHT_FILE = CONF_DIR / "hparams_search" / "lht_optuna.yaml"
 DOCS = REPO / "docs" / "search.md"

@@ -21,12 +21,15 @@ from vaesweep.analysis.figures.sweep import FigureSkipped
 
 
 def _studies(df: pd.DataFrame) -> list[Any]:
-    from vaesweep.sweep.search import load_studies  # heavy: torch, through the run layer
+    from vaesweep.sweep.search import SearchError, load_studies  # heavy: torch, run layer
 
     if "sweep_dir" not in df.columns:
         return []
     dirs = [d for d in dict.fromkeys(df["sweep_dir"].dropna()) if isinstance(d, str)]
-    return [study for d in dirs for study in load_studies(d)]
+    try:
+        return [study for d in dirs for study in load_studies(d)]
+    except SearchError as e:  # a damaged journal
+        raise FigureSkipped(str(e)) from None
 
 
 def _suffix(study: Any, n_studies: int) -> str:
@@ -92,9 +95,16 @@ def param_importances(study: Any) -> Figure:
     return _sized(_named(ax, study), ONE_COLUMN * 1.5)
 
 
+def _skipped(reason: FigureSkipped) -> Figure:
+    raise reason
+
+
 def search_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
     """Name → figure maker for the search figures of the frame's sweeps ({} for grids)."""
-    studies = _studies(df)
+    try:
+        studies = _studies(df)
+    except FigureSkipped as reason:  # reported as that figure's skip; the others are drawn
+        return {"optimization_history": partial(_skipped, reason)}
     plan: dict[str, Callable[[], Figure]] = {}
     for study in studies:
         suffix = _suffix(study, len(studies))

@@ -1,13 +1,22 @@
 """Where a search's studies live: a journal file in the sweep directory (default) or an RDB
-URL; checked writable before any trial, opened with Optuna's storages."""
+URL; checked writable before any trial, opened with Optuna's storages.
+
+A journal is appended one line per entry. A write cut short (the disk filled, the machine
+lost power) leaves a last line without its newline, and Optuna's next append would join it
+to that torn line and make the journal unreadable for good. ``check_storage`` therefore moves
+such a torn tail into a file of its own before the search writes again."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from vaesweep.core.atomic import atomic_open
 from vaesweep.sweep.search.space import SearchError
 
 JOURNAL_FILE = "optuna_journal.log"
@@ -33,7 +42,8 @@ def storage_location(storage: Any, sweep_dir: Path) -> str:
 
 
 def check_storage(storage: str) -> None:
-    """SearchError unless the storage can be written (the journal file is created)."""
+    """SearchError unless the storage can be written (the journal file is created) and a
+    journal can be read; a journal's torn last entry is moved aside (mend_journal)."""
     path = None
     if not is_url(storage):
         path = Path(storage)
@@ -56,6 +66,76 @@ def check_storage(storage: str) -> None:
             f"hydra.sweeper.storage={storage}: cannot write {path} ({e}); allowed: a writable "
             "journal file path, an RDB URL, or null (a journal in the sweep directory)"
         ) from None
+    if not is_url(storage):
+        saved = mend_journal(path)
+        if saved is not None:
+            print(
+                f"[vaesweep] {path} ended in an entry whose write was cut short (the disk "
+                f"filled or a machine stopped while it was written); its bytes were moved to "
+                f"{saved.name} and the search goes on from the last complete entry",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _journal_lock(path: Path) -> Any:
+    """The lock Optuna's JournalFileBackend takes for this journal (see open_storage)."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    return JournalFileSymlinkLock(os.path.abspath(path))
+
+
+def _line_start(f: Any, end: int) -> int:
+    """Where the line that ends at byte ``end`` of ``f`` starts: after the last newline before
+    ``end`` (0 when there is none). Reads backwards in chunks."""
+    pos, chunk = end, 1 << 16
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        found = f.read(pos - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        pos = start
+    return 0
+
+
+def mend_journal(path: Path) -> Path | None:
+    """Move a torn last line of the journal ``path`` (the bytes after its last newline) into
+    ``<journal>.torn-<time>`` and cut the journal there; returns that file, None when the
+    journal ends in a newline. Raises SearchError, naming the line, when the last complete
+    entry is not JSON: Optuna skips such a line without a word and fails at the first read
+    after the next append. Done under Optuna's own lock on the journal, so no live process
+    is in the middle of an append."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    saved = None
+    lock = _journal_lock(path)
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                cut = _line_start(f, end)
+                f.seek(cut)
+                torn = f.read()
+                saved = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+                with atomic_open(saved, "wb") as out:
+                    out.write(torn)
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+                end = cut
+            if end > 0:
+                start = _line_start(f, end - 1)
+                f.seek(start)
+                try:
+                    json.loads(f.read(end - start))
+                except ValueError as e:
+                    raise SearchError(_unreadable(path, e)) from None
+    finally:
+        lock.release()
+    return saved
 
 
 def open_storage(storage: str) -> Any:
@@ -69,7 +149,29 @@ def open_storage(storage: str) -> Any:
 
     if is_url(storage):
         return optuna.storages.RDBStorage(storage)
-    return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(storage)))
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(storage)))
+    except ValueError as e:  # json.JSONDecodeError too
+        raise SearchError(_unreadable(Path(storage), e)) from None
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why the journal ``path`` cannot be read, naming its first damaged line."""
+    line = None
+    with open(path, "rb") as f:
+        for number, text in enumerate(f, start=1):
+            try:
+                json.loads(text)
+            except ValueError:
+                line = number
+                break
+    where = f" at line {line}" if line is not None else ""
+    return (
+        f"the search's journal {path} cannot be read{where} ({error}): it was damaged, by an "
+        "edit or by an append joined to a line cut short (which vaesweep now mends before it "
+        "writes). The lines before it are intact. Move the journal away and launch with a new "
+        "hydra.sweep.dir to start the search afresh"
+    )
 
 
 def quiet_optuna() -> None:
