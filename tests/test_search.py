@@ -248,6 +248,32 @@ def test_a_half_proposed_trial_is_never_run_nor_counted():
     assert len(_next_batch(study, plan, [], dists, set())) == 1  # still 2 to run in all
 
 
+def test_the_best_trial_files_appear_only_whole(tmp_path, monkeypatch):
+    from vaesweep.sweep.search.best import OPTUNA_RESULTS_FILE, write_best
+
+    best = [{"study": "search", "best": {"params": {"beta": 0.5}, "value": -80.25}}]
+    write_best(tmp_path, best)
+    replaced = []
+    replace = os.replace
+
+    def replace_seen(src, dst):
+        replaced.append(Path(dst).name)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_seen)
+    best[0]["best"]["value"] = -79.5
+    write_best(tmp_path, best)
+    assert sorted(replaced) == [BEST_FILE, OPTUNA_RESULTS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(replaced)  # no temp left
+    assert json.loads((tmp_path / BEST_FILE).read_text()) == best
+    assert OmegaConf.to_container(OmegaConf.load(tmp_path / OPTUNA_RESULTS_FILE)) == {
+        "name": "optuna",
+        "study": "search",
+        "best_params": {"beta": 0.5},
+        "best_value": -79.5,
+    }
+
+
 # -- a journal write cut short (disk full, power loss) -----------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vaesweep.core.atomic import write_json_atomic
+from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.sweep.search.plan import DIR_ATTR, Plan
 
 BEST_FILE = "best.json"
@@ -60,9 +60,9 @@ def write_best(sweep_dir: Path, best: list[dict[str, Any]]) -> None:
         }
         for b in best
     ]
-    OmegaConf.save(
-        OmegaConf.create(yaml[0] if len(yaml) == 1 else yaml), sweep_dir / OPTUNA_RESULTS_FILE
-    )
+    text = OmegaConf.to_yaml(OmegaConf.create(yaml[0] if len(yaml) == 1 else yaml))
+    with atomic_open(sweep_dir / OPTUNA_RESULTS_FILE, "wb") as f:
+        f.write(text.encode("utf-8"))
 
 
 def format_best(best: list[dict[str, Any]]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.core.atomic import write_json_atomic
+from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.core.helpers import now
 from vaesweep.run.context import SWEEP_FILE, read_sweep
 from vaesweep.sweep.grid import finish_sweep, launch_command
@@ -82,7 +82,8 @@ def run_search(
     quiet_optuna()
     storage = open_storage(plan.storage)
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, plan.sweep_dir / "multirun.yaml")
+    with atomic_open(plan.sweep_dir / "multirun.yaml", "wb") as f:  # as Hydra's sweepers do
+        f.write(OmegaConf.to_yaml(config).encode("utf-8"))
     job_idx = 0
     studies: list[tuple[list[str], Any]] = []
     samplers = study_samplers(config, sampler)
