@@ -323,10 +323,10 @@ def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_p
 
 
 # --- a training stack that does not import -------------------------------------------------
-def broken_lightning_env(root: Path) -> dict[str, str]:
-    """The CLI's environment with a `lightning` package first on the path whose import fails,
-    as a broken install's does (a missing shared library)."""
-    package = root / "broken_site" / "lightning"
+def broken_lightning_env(root: Path, name: str = "lightning") -> dict[str, str]:
+    """The CLI's environment with a `lightning` (or `name`) package first on the path whose
+    import fails, as a broken install's does (a missing shared library)."""
+    package = root / "broken_site" / name
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(
         'raise ImportError("libfake_cuda.so.9: cannot open shared object file")\n'
@@ -362,6 +362,26 @@ def test_a_training_stack_that_does_not_import_stops_before_any_job(tmp_path, mo
     assert full.returncode == 1
     assert 'broken_site/lightning/__init__.py", line 1' in full.stderr  # the import's frames
     assert "ImportError: libfake_cuda.so.9" in full.stderr
+
+
+def test_a_broken_torch_is_named_in_one_line_before_hydra_starts(tmp_path):
+    """torch itself does not import (the entry point's own modules need it): the same one
+    line as for Lightning, exit 1, nothing written; HYDRA_FULL_ERROR=1 shows the traceback."""
+    env = broken_lightning_env(tmp_path, "torch")
+    cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", "hydra.sweep.dir=out", *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("[vaesweep] "), proc.stderr
+    assert f"StackUnavailable: the training stack does not import in {sys.executable}" in proc.stderr
+    assert "ImportError: libfake_cuda.so.9: cannot open shared object file" in proc.stderr
+    assert "broken_site/torch/__init__.py)" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    full = subprocess.run(
+        cmd, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert full.returncode == 1
+    assert "Traceback" in full.stderr and 'broken_site/torch/__init__.py", line 1' in full.stderr
 
 
 @pytest.mark.slow

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from vaesweep.core import heap
+from vaesweep.core.stack import StackUnavailable
 
 
 def train() -> None:
@@ -24,6 +26,13 @@ def train() -> None:
     except KeyboardInterrupt:
         print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
         sys.exit(130)
+    except Exception as error:  # torch, Hydra or a module of their own is broken here
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        unavailable = StackUnavailable(error)
+        hint = " (set HYDRA_FULL_ERROR=1 for the traceback)"
+        print(f"[vaesweep] StackUnavailable: {unavailable}{hint}", file=sys.stderr, flush=True)
+        sys.exit(1)
     cli_main()
 
 

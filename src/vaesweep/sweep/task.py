@@ -28,13 +28,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
-import traceback
 from collections.abc import Callable
 
 from omegaconf import DictConfig
 
 from vaesweep.core import heap
+from vaesweep.core.stack import StackImportFailed, StackUnavailable
 from vaesweep.run import jobs
 
 #: Loggers whose level Lightning's import sets (INFO): a level set before it (Hydra's
@@ -42,32 +41,6 @@ from vaesweep.run import jobs
 _LEVEL_SET_BY_IMPORT = ("lightning.pytorch", "lightning.fabric")
 #: The launcher whose jobs run in the launching process.
 IN_PROCESS_LAUNCHER = "BasicLauncher"
-
-
-class StackUnavailable(RuntimeError):
-    """The driver does not import in this process: Lightning, or another module it loads
-    (vaesweep's own, a library such as CUDA's). Says which interpreter, the error, and the
-    file that raised it."""
-
-    def __init__(self, error: Exception) -> None:
-        first = (str(error).strip().splitlines() or ["(no message)"])[0]
-        frames = [f.filename for f in traceback.extract_tb(error.__traceback__)]
-        files = [f for f in frames if not f.startswith("<")]  # not importlib's own frames
-        where = f" (raised in {files[-1]})" if files else ""
-        super().__init__(
-            f"the training stack does not import in {sys.executable}: "
-            f"{type(error).__name__}: {first}{where}"
-        )
-        self.__cause__ = error
-
-
-class StackImportFailed(BaseException):
-    """Carries :class:`StackUnavailable` from the sweep's callback to the entry point: Hydra
-    turns a callback's ``Exception`` into a warning and goes on to the jobs."""
-
-    def __init__(self, error: StackUnavailable) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @functools.cache
