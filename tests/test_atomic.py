@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.core.atomic import atomic_open, remove_stale_temps
+from vaesweep.core.atomic import aside_path, atomic_open, remove_stale_temps
 from vaesweep.run.record import write_json_atomic
 
 
@@ -81,3 +81,12 @@ def test_remove_stale_temps_removes_only_writers_leftovers(tmp_path):
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
     assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_aside_paths_are_new_names_beside_the_file(tmp_path):
+    target = tmp_path / "sweep.json"
+    first = aside_path(target, "damaged")
+    assert first.parent == tmp_path and first.name.startswith("sweep.json.damaged-")
+    first.write_text("x")
+    second = aside_path(target, "damaged")  # within the same second: numbered
+    assert second != first and not second.exists() and second.name.startswith(first.name)

@@ -1,8 +1,9 @@
 """Damaged files never cost data or truth: a run directory whose results.json is lost or
 unreadable is compared against its identity.json (another config refused, nothing in the
 directory touched; the same config resumed), a damaged checkpoint is reported as damaged
-and never resumed, and a claim file that names no holder is taken over, never reported as
-held by nobody. Real runs of the CLI in subprocesses."""
+and never resumed, a claim file that names no holder is taken over, never reported as
+held by nobody, and a sweep record (sweep.json) that cannot be read is kept aside while the
+relaunch goes on. Real runs of the CLI in subprocesses."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vaesweep.run import claims
+from vaesweep.run.context import SWEEP_FILE
 from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE
 
 from conftest import TINY, run_cli
@@ -166,3 +168,44 @@ def test_a_claim_file_naming_no_holder(tmp_path, content):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
     assert "took over the stale claim" in proc.stdout + proc.stderr
+
+
+SWEEP_ARGS = ["-m", "beta=0.5,2", *ARGS, "hydra.sweep.dir=sweep"]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(SWEEP_ARGS, root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "sweep"
+
+
+@pytest.mark.parametrize(
+    "damage", [b'{"grid": {"beta": ["0.5", "2"]}, "jobs": [{"dir"', b"[]\n", b"\xff\xfe{}"]
+)
+def test_a_sweep_record_that_cannot_be_read_is_kept_aside_and_the_sweep_goes_on(
+    finished_sweep, tmp_path, damage
+):
+    """Before, each job failed with a JSONDecodeError (or the sweep's callback warned and the
+    summary failed). Now the damaged record is kept aside, the completed jobs are skipped
+    without a byte changed, and the relaunch writes a new record and summary."""
+    sweep = copy_of(finished_sweep, tmp_path / "sweep")
+    (sweep / SWEEP_FILE).write_bytes(damage)
+    jobs = sorted(p.parent for p in sweep.glob(f"*/{RESULTS_FILE}"))
+    before = {job.name: digests(job) for job in jobs}
+    proc = run_cli(SWEEP_ARGS, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (aside,) = sweep.glob(f"{SWEEP_FILE}.damaged-*")
+    assert aside.read_bytes() == damage
+    warned = [line for line in proc.stderr.splitlines() if "cannot be read" in line]
+    assert len(warned) == 1 and warned[0].startswith("[vaesweep] ") and aside.name in warned[0]
+    assert proc.stderr.count("already completed") == 2  # skipped, not trained again
+    assert "UserWarning" not in proc.stderr and "Traceback" not in proc.stderr
+    for job in jobs:
+        after = digests(job)
+        assert {k: v for k, v in after.items() if k in before[job.name]} == before[job.name]
+    record = json.loads((sweep / SWEEP_FILE).read_text())
+    assert record["n_jobs"] == 2 and sorted(record["grid"]) == ["beta"]
+    assert sorted(j["status"] for j in record["jobs"]) == ["completed", "completed"]
+    assert "(2 jobs)" in proc.stdout

@@ -325,6 +325,7 @@ def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     assert json.loads(data[last:])["trial_id"] == 0  # trial 0's result, told to Optuna
     torn = data[last : last + (len(data) - last) // 2]
     journal.write_bytes(data[:last] + torn)
+    (sweep / "sweep.json").write_bytes(b'{"search": {')  # the search's record damaged too
     result = (sweep / "trial_0000" / "results.json").read_bytes()
 
     again = run_cli([*args, "hydra.sweeper.n_trials=2"], workdir)
@@ -332,6 +333,9 @@ def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     (saved,) = sweep.glob(f"{JOURNAL_FILE}.torn-*")
     assert saved.read_bytes() == torn
     assert f"moved to {saved.name}" in again.stderr
+    (record,) = sweep.glob("sweep.json.damaged-*")
+    assert record.read_bytes() == b'{"search": {' and record.name in again.stderr
+    assert json.loads((sweep / "sweep.json").read_text())["search"]["n_trials"] == 2
     final = trials(sweep)
     assert [(t.number, t.state.name) for t in final] == [(0, "COMPLETE"), (1, "COMPLETE")]
     assert (sweep / "trial_0000" / "results.json").read_bytes() == result  # not trained again

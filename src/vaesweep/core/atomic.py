@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,3 +89,15 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -
         writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def aside_path(path: str | os.PathLike[str], why: str) -> Path:
+    """A new name beside ``path`` for keeping bytes that cannot stay where they were (a
+    damaged record, a torn journal line): ``<name>.<why>-<time>``, numbered when taken."""
+    path = Path(path)
+    stem = f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}"
+    candidate, n = path.with_name(stem), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}.{n}")
+    return candidate

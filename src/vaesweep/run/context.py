@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+
+from vaesweep.core.atomic import aside_path
 
 SWEEP_FILE = "sweep.json"
 _from_command_line = False
@@ -23,6 +26,32 @@ def read_sweep(sweep_dir: str | Path) -> dict[str, Any] | None:
     """The sweep's record (``sweep.json``), None when there is none."""
     path = Path(sweep_dir) / SWEEP_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """The record of a sweep's earlier launches, for a launch about to write it anew: {} when
+    there is none. One that cannot be read (edited, or damaged outside vaesweep, which writes
+    it atomically) is moved to ``sweep.json.damaged-<time>`` with a warning, and the launch
+    starts a new record: the jobs' own results are untouched and skipped or resumed as usual.
+    """
+    try:
+        record = read_sweep(sweep_dir)
+        if record is None or isinstance(record, dict):
+            return record or {}
+        error: Exception = ValueError(f"a JSON {type(record).__name__}, not an object")
+    except ValueError as e:  # not JSON, not UTF-8
+        error = e
+    path = Path(sweep_dir) / SWEEP_FILE
+    aside = aside_path(path, "damaged")
+    os.replace(path, aside)
+    print(
+        f"[vaesweep] {path} cannot be read ({type(error).__name__}: {error}); it was moved to "
+        f"{aside.name} and this launch starts a new record of the sweep (the jobs' results "
+        "are kept: completed jobs are skipped, interrupted ones resumed)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {}
 
 
 def swept_values(job_overrides: list[str], grid_keys: list[str]) -> dict[str, str]:

@@ -30,7 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
 from vaesweep.core.helpers import now
-from vaesweep.run.context import SWEEP_FILE, job_dirname, read_sweep, swept_values
+from vaesweep.run.context import (
+    SWEEP_FILE,
+    job_dirname,
+    previous_sweep,
+    read_sweep,
+    swept_values,
+)
 from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.run.policy import mismatch
 from vaesweep.run.record import (
@@ -227,7 +233,7 @@ def start_sweep(config: DictConfig) -> None:
     refuse_ineffective(config, overrides, params)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     grid = parse_grid(overrides, params)
-    previous = read_sweep(sweep_dir) or {}
+    previous = previous_sweep(sweep_dir)
     launch = {
         "command": launch_command(),
         "grid": grid,

@@ -12,11 +12,10 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from vaesweep.core.atomic import atomic_open
+from vaesweep.core.atomic import aside_path, atomic_open
 from vaesweep.sweep.search.space import SearchError
 
 JOURNAL_FILE = "optuna_journal.log"
@@ -119,7 +118,7 @@ def mend_journal(path: Path) -> Path | None:
                 cut = _line_start(f, end)
                 f.seek(cut)
                 torn = f.read()
-                saved = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+                saved = aside_path(path, "torn")
                 with atomic_open(saved, "wb") as out:
                     out.write(torn)
                 f.truncate(cut)
