@@ -291,13 +291,29 @@ def test_a_torn_journal_tail_is_moved_aside_under_optunas_lock(tmp_path, torn_si
     whole = _journal_lines(100)
     torn = (b'{"op_code":6,"worker_id":"' + b"w" * torn_size)[:torn_size]
     journal.write_bytes(whole + torn)
-    saved = mend_journal(journal)
+    (note,) = mend_journal(journal)
     assert journal.read_bytes() == whole
-    assert saved.parent == tmp_path and saved.name.startswith(f"{JOURNAL_FILE}.torn-")
+    (saved,) = tmp_path.glob(f"{JOURNAL_FILE}.torn-*")
     assert saved.read_bytes() == torn
+    assert f"its {torn_size} bytes were moved to {saved.name}" in note and "cut short" in note
     assert not (tmp_path / f"{JOURNAL_FILE}.lock").exists()  # Optuna's lock was released
-    assert mend_journal(journal) is None  # a journal that ends in a newline is left alone
+    assert mend_journal(journal) == []  # a journal that ends in a whole entry is left alone
     assert journal.read_bytes() == whole
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"op_co'])
+def test_a_last_journal_line_that_is_not_json_is_moved_aside(tmp_path, torn):
+    """An append joined to a torn line (as vaesweep left it before it mended journals)."""
+    from vaesweep.sweep.search.storage import mend_journal
+
+    journal = tmp_path / JOURNAL_FILE
+    whole = _journal_lines(3)
+    joined = b'{"op_code":6,"work' + whole.splitlines(keepends=True)[-1]
+    journal.write_bytes(whole + joined + torn)
+    (note,) = mend_journal(journal)
+    assert journal.read_bytes() == whole
+    (saved,) = tmp_path.glob(f"{JOURNAL_FILE}.damaged-*")
+    assert saved.read_bytes() == joined + torn and "not JSON" in note
 
 
 def test_a_journal_with_no_complete_line_is_emptied_and_an_empty_one_left_alone(tmp_path):
@@ -305,10 +321,84 @@ def test_a_journal_with_no_complete_line_is_emptied_and_an_empty_one_left_alone(
 
     journal = tmp_path / JOURNAL_FILE
     journal.write_bytes(b'{"op_code":0,"worker')
-    assert mend_journal(journal).read_bytes() == b'{"op_code":0,"worker'
+    assert len(mend_journal(journal)) == 1
+    (saved,) = tmp_path.glob(f"{JOURNAL_FILE}.torn-*")
+    assert saved.read_bytes() == b'{"op_code":0,"worker'
     assert journal.read_bytes() == b""
-    assert mend_journal(journal) is None
-    assert mend_journal(tmp_path / "absent.log") is None
+    assert mend_journal(journal) == []
+    assert mend_journal(tmp_path / "absent.log") == []
+
+
+_HOLD_LOCK = """
+import sys, time
+from optuna.storages.journal import JournalFileSymlinkLock
+lock = JournalFileSymlinkLock(sys.argv[1])
+lock.acquire()
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+
+def test_mending_waits_for_a_live_holder_of_the_journal_lock(tmp_path):
+    from vaesweep.sweep.search.storage import mend_journal
+
+    journal = tmp_path / JOURNAL_FILE
+    journal.write_bytes(_journal_lines(2) + b'{"op')
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(journal), "2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        started = time.monotonic()
+        assert len(mend_journal(journal)) == 1
+        assert time.monotonic() - started > 1.5  # it waited for the holder's release
+        assert holder.wait(timeout=30) == 0  # which released the lock and ended by itself
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert journal.read_bytes() == _journal_lines(2)
+
+
+_MEND_TIMED = """
+import json, sys, time
+from pathlib import Path
+from vaesweep.sweep.search.storage import mend_journal
+started = time.monotonic()
+notes = mend_journal(Path(sys.argv[1]))
+print(json.dumps([time.monotonic() - started, notes]))
+"""
+
+
+@pytest.mark.parametrize("age", [60.0, 24.0])  # old enough at once, or after a short wait
+def test_a_dangling_lock_left_by_an_earlier_version_is_removed(tmp_path, monkeypatch, age):
+    """vaesweep before aba6fe1 gave Optuna a relative journal path: a killed search left a
+    lock whose relative target resolves beside the link, to nothing. Optuna waits for such a
+    lock forever (its stale check stats the target); it is removed once 30 s old."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep").mkdir()
+    journal = Path("sweep") / JOURNAL_FILE
+    journal.write_bytes(_journal_lines(2))
+    lock = tmp_path / "sweep" / f"{JOURNAL_FILE}.lock"
+    os.symlink(str(journal), lock)  # as Optuna made it from the relative path
+    assert lock.is_symlink() and not lock.exists()
+    then = time.time() - age
+    os.utime(lock, (then, then), follow_symlinks=False)
+    # In a process of its own: before the fix this waited forever, spinning.
+    mend = subprocess.run(
+        [sys.executable, "-c", _MEND_TIMED, str(journal)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert mend.returncode == 0, mend.stderr[-3000:]
+    waited, (note,) = json.loads(mend.stdout)
+    assert f"removed {lock}" in note and "sweep/optuna_journal.log" in note
+    assert not lock.is_symlink()
+    assert waited < 1.0 if age > 30 else 2.0 < waited < 7.0  # until it is 30 s old
+    assert journal.read_bytes() == _journal_lines(2)
 
 
 def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
@@ -343,24 +433,35 @@ def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     for line in journal.read_bytes().splitlines():
         json.loads(line)
 
-    # Damaged later (an edit): the figures skip the search's, naming the line, and draw the rest.
+    # Two search sweeps in one frame, one damaged later (an edit): the figures skip the damaged
+    # one's, naming the line, and draw the other's, named after its sweep.
+    import shutil
+
     import pandas as pd
 
     from vaesweep.analysis.figures import FigureSkipped
     from vaesweep.analysis.figures.search import search_plan
 
+    other = shutil.copytree(sweep, workdir / "other")
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:2]) + b"{damaged\n" + b"".join(lines[2:]))
-    plan = search_plan(pd.DataFrame({"sweep_dir": [str(sweep)]}))
-    assert list(plan) == ["optimization_history"]
-    with pytest.raises(FigureSkipped, match="cannot be read at line 3"):
-        plan["optimization_history"]()
+    plan = search_plan(pd.DataFrame({"sweep_dir": [str(sweep), str(other)]}))
+    assert sorted(plan) == [
+        "optimization_history_other",
+        "optimization_history_sweep",
+        "param_importances_other",
+    ]
+    with pytest.raises(FigureSkipped, match="line 3 is not JSON"):
+        plan["optimization_history_sweep"]()
+    assert len(plan["optimization_history_other"]().axes) == 1
 
 
 @pytest.mark.parametrize("where", ["last", "middle"])
-def test_a_damaged_journal_is_refused_naming_its_line(workdir, where):
-    """A damaged last line Optuna skips silently (and fails after the next append); one in the
-    middle it refuses to read. Both are refused before any trial, naming the line."""
+def test_a_journal_line_that_is_not_json(workdir, where):
+    """An append joined to a torn line (as vaesweep left it before it mended journals). As the
+    last line Optuna skipped it without a word and failed after the next append: it is moved
+    aside and the search runs. In the middle Optuna cannot read past it: the search is
+    refused before any trial, naming the line."""
     sweep = workdir / "sweep"
     sweep.mkdir()
     journal = sweep / JOURNAL_FILE
@@ -368,15 +469,24 @@ def test_a_damaged_journal_is_refused_naming_its_line(workdir, where):
 
     optuna.create_study(storage=open_storage(str(journal)), study_name="elsewhere")
     lines = journal.read_bytes().count(b"\n")
-    with open(journal, "ab") as f:  # an append joined to a torn line, as before the mend
-        f.write(b'{"op_code":6,"work' + journal.read_bytes().splitlines(keepends=True)[-1])
+    joined = b'{"op_code":6,"work' + journal.read_bytes().splitlines(keepends=True)[-1]
+    with open(journal, "ab") as f:
+        f.write(joined)
         if where == "middle":  # a later entry after it
             f.write(journal.read_bytes().splitlines(keepends=True)[0].replace(b"elsewhere", b"x"))
     proc = run_cli([*SEARCH, BETA, "hydra.sweeper.n_trials=1"], workdir, timeout=120)
+    if where == "last":
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (saved,) = sweep.glob(f"{JOURNAL_FILE}.damaged-*")
+        assert saved.read_bytes() == joined and saved.name in proc.stderr
+        assert [t.state.name for t in trials(sweep)] == ["COMPLETE"]
+        return
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "search refused, no trial was run" in proc.stderr
-    journal_line = f"{Path('sweep') / JOURNAL_FILE} cannot be read at line {lines + 1}"
-    assert journal_line in proc.stderr
+    assert f"{Path('sweep') / JOURNAL_FILE} cannot be read: line {lines + 1} is not JSON" in (
+        proc.stderr
+    )
+    assert "(Expecting ':' delimiter at column 21)" in proc.stderr
     assert not list(sweep.glob("trial_*"))
 
 

@@ -39,11 +39,14 @@ def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         if record is None or isinstance(record, dict):
             return record or {}
         error: Exception = ValueError(f"a JSON {type(record).__name__}, not an object")
-    except ValueError as e:  # not JSON, not UTF-8
+    except (ValueError, IsADirectoryError) as e:  # not JSON, not UTF-8, not a file
         error = e
     path = Path(sweep_dir) / SWEEP_FILE
     aside = aside_path(path, "damaged")
-    os.replace(path, aside)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another launch of the sweep moved it first
+        return {}
     print(
         f"[vaesweep] {path} cannot be read ({type(error).__name__}: {error}); it was moved to "
         f"{aside.name} and this launch starts a new record of the sweep (the jobs' results "

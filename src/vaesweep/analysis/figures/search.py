@@ -11,6 +11,7 @@ import re
 import warnings
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,16 +21,26 @@ from vaesweep.analysis.figures.style import ONE_COLUMN, TWO_COLUMN, paper_style
 from vaesweep.analysis.figures.sweep import FigureSkipped
 
 
-def _studies(df: pd.DataFrame) -> list[Any]:
+def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """The studies of the frame's search sweeps by sweep (its directory's name, made safe for
+    a file name), and why a sweep's could not be read (a damaged journal)."""
     from vaesweep.sweep.search import SearchError, load_studies  # heavy: torch, run layer
 
     if "sweep_dir" not in df.columns:
-        return []
-    dirs = [d for d in dict.fromkeys(df["sweep_dir"].dropna()) if isinstance(d, str)]
-    try:
-        return [study for d in dirs for study in load_studies(d)]
-    except SearchError as e:  # a damaged journal
-        raise FigureSkipped(str(e)) from None
+        return {}, {}
+    studies, unreadable = {}, {}
+    for d in dict.fromkeys(df["sweep_dir"].dropna()):
+        if not isinstance(d, str):
+            continue
+        name = re.sub(r"[^\w.-]+", "_", Path(d).name)
+        try:
+            found = load_studies(d)
+        except SearchError as e:
+            unreadable[name] = str(e)
+            continue
+        if found:
+            studies[name] = found
+    return studies, unreadable
 
 
 def _suffix(study: Any, n_studies: int) -> str:
@@ -101,13 +112,15 @@ def _skipped(reason: FigureSkipped) -> Figure:
 
 def search_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
     """Name → figure maker for the search figures of the frame's sweeps ({} for grids)."""
-    try:
-        studies = _studies(df)
-    except FigureSkipped as reason:  # reported as that figure's skip; the others are drawn
-        return {"optimization_history": partial(_skipped, reason)}
+    by_sweep, unreadable = _studies(df)
     plan: dict[str, Callable[[], Figure]] = {}
-    for study in studies:
-        suffix = _suffix(study, len(studies))
-        plan[f"optimization_history{suffix}"] = partial(optimization_history, study)
-        plan[f"param_importances{suffix}"] = partial(param_importances, study)
+    for name, reason in unreadable.items():  # reported as skips; every other figure is drawn
+        plan[f"optimization_history_{name}"] = partial(_skipped, FigureSkipped(reason))
+    for name, studies in by_sweep.items():
+        # Several search sweeps in one frame: each one's figures are named after it.
+        prefix = f"_{name}" if len(by_sweep) + len(unreadable) > 1 else ""
+        for study in studies:
+            suffix = prefix + _suffix(study, len(studies))
+            plan[f"optimization_history{suffix}"] = partial(optimization_history, study)
+            plan[f"param_importances{suffix}"] = partial(param_importances, study)
     return plan

@@ -4,7 +4,8 @@ URL; checked writable before any trial, opened with Optuna's storages.
 A journal is appended one line per entry. A write cut short (the disk filled, the machine
 lost power) leaves a last line without its newline, and Optuna's next append would join it
 to that torn line and make the journal unreadable for good. ``check_storage`` therefore moves
-such a torn tail into a file of its own before the search writes again."""
+such a tail (or a last line that is not JSON) into a file of its own, and removes a lock that
+Optuna could never release, before the search writes again (:func:`mend_journal`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from vaesweep.core.atomic import aside_path, atomic_open
 from vaesweep.sweep.search.space import SearchError
 
 JOURNAL_FILE = "optuna_journal.log"
+#: Optuna's grace period for a journal lock (JournalFileSymlinkLock's default).
+STALE_LOCK_S = 30.0
 
 
 def is_url(storage: str) -> bool:
@@ -66,15 +70,8 @@ def check_storage(storage: str) -> None:
             "journal file path, an RDB URL, or null (a journal in the sweep directory)"
         ) from None
     if not is_url(storage):
-        saved = mend_journal(path)
-        if saved is not None:
-            print(
-                f"[vaesweep] {path} ended in an entry whose write was cut short (the disk "
-                f"filled or a machine stopped while it was written); its bytes were moved to "
-                f"{saved.name} and the search goes on from the last complete entry",
-                file=sys.stderr,
-                flush=True,
-            )
+        for note in mend_journal(path):
+            print(f"[vaesweep] {note}", file=sys.stderr, flush=True)
 
 
 def _journal_lock(path: Path) -> Any:
@@ -98,43 +95,94 @@ def _line_start(f: Any, end: int) -> int:
     return 0
 
 
-def mend_journal(path: Path) -> Path | None:
-    """Move a torn last line of the journal ``path`` (the bytes after its last newline) into
-    ``<journal>.torn-<time>`` and cut the journal there; returns that file, None when the
-    journal ends in a newline. Raises SearchError, naming the line, when the last complete
-    entry is not JSON: Optuna skips such a line without a word and fails at the first read
-    after the next append. Done under Optuna's own lock on the journal, so no live process
-    is in the middle of an append."""
+def _clear_dangling_lock(path: Path) -> str | None:
+    """Remove a lock on the journal ``path`` whose symlink target does not resolve: left by
+    a killed search of an earlier vaesweep (a relative target, which resolves beside the link)
+    or in a sweep directory moved since. Optuna cannot judge such a lock stale and would wait
+    for it forever; it is removed once it is as old as Optuna's grace period (its holder, if
+    any, would have lost it to Optuna's own check by then). Returns what was done."""
+    lock = Path(os.path.abspath(path) + ".lock")
+    while lock.is_symlink() and not lock.exists():
+        try:
+            age = time.time() - os.lstat(lock).st_mtime
+            if age < STALE_LOCK_S:
+                time.sleep(min(1.0, STALE_LOCK_S - age))
+                continue
+            target = os.readlink(lock)
+            private = lock.with_name(f"{lock.name}.{os.getpid()}.removed")
+            os.rename(lock, private)  # as Optuna releases a lock: one process wins it
+            os.unlink(private)
+        except FileNotFoundError:  # released or removed meanwhile
+            return None
+        return (
+            f"removed {lock}: a lock left by a killed search, pointing to {target!r}, which "
+            "does not exist from there (an earlier vaesweep wrote relative targets; or the "
+            "sweep directory was moved), so Optuna could never release it"
+        )
+    return None
+
+
+def mend_journal(path: Path) -> list[str]:
+    """Make the journal ``path`` safe to append to; returns what was done, one line each.
+
+    - A dangling lock on it is removed (:func:`_clear_dangling_lock`).
+    - A torn last line (the bytes after the last newline: a write cut short) is moved into
+      ``<journal>.torn-<time>`` and the journal cut there: Optuna's next append would join
+      its entry to it, and the journal could never be read again.
+    - A last complete line that is not JSON (an edit, or such a joined append) is moved into
+      ``<journal>.damaged-<time>`` the same way: Optuna skips it without a word, then fails
+      at the first read after the next append. A damaged line before the last is left for
+      :func:`open_storage` to refuse, naming it.
+
+    Done under Optuna's own lock on the journal, so no live process is in the middle of an
+    append. SearchError when the bytes cannot be set aside (a full disk)."""
+    notes = [note] if (note := _clear_dangling_lock(path)) else []
     if not path.is_file() or path.stat().st_size == 0:
-        return None
-    saved = None
+        return notes
     lock = _journal_lock(path)
     lock.acquire()
     try:
         with open(path, "rb+") as f:
             end = f.seek(0, os.SEEK_END)
             f.seek(end - 1)
-            if f.read(1) != b"\n":
-                cut = _line_start(f, end)
-                f.seek(cut)
-                torn = f.read()
-                saved = aside_path(path, "torn")
+            torn = f.read(1) != b"\n"
+            cut = _line_start(f, end) if torn else end
+            damaged = False
+            if cut > 0:  # the last complete line
+                start = _line_start(f, cut - 1)
+                f.seek(start)
+                try:
+                    json.loads(f.read(cut - start))
+                except ValueError:
+                    cut, damaged = start, True
+            if cut == end:
+                return notes
+            f.seek(cut)
+            tail = f.read()
+            saved = aside_path(path, "damaged" if damaged else "torn")
+            try:
                 with atomic_open(saved, "wb") as out:
-                    out.write(torn)
+                    out.write(tail)
                 f.truncate(cut)
                 f.flush()
                 os.fsync(f.fileno())
-                end = cut
-            if end > 0:
-                start = _line_start(f, end - 1)
-                f.seek(start)
-                try:
-                    json.loads(f.read(end - start))
-                except ValueError as e:
-                    raise SearchError(_unreadable(path, e)) from None
+            except OSError as e:
+                raise SearchError(
+                    f"the search's journal {path} ends in an entry that cannot be read, and "
+                    f"setting it aside failed ({e}); free disk space and launch again"
+                ) from None
     finally:
         lock.release()
-    return saved
+    if damaged:
+        what = "an entry that is not JSON (an edit, or an append joined to a write cut short)"
+    else:
+        what = "an entry whose write was cut short (the disk filled or a machine stopped)"
+    notes.append(
+        f"{path} ended in {what}; its {len(tail)} bytes were moved to {saved.name} and the "
+        "search goes on from the last complete entry (a trial whose result was in it is told "
+        "again from its results.json)"
+    )
+    return notes
 
 
 def open_storage(storage: str) -> Any:
@@ -155,22 +203,21 @@ def open_storage(storage: str) -> Any:
 
 
 def _unreadable(path: Path, error: Exception) -> str:
-    """Why the journal ``path`` cannot be read, naming its first damaged line."""
-    line = None
+    """Why the journal ``path`` cannot be read, naming its first line that is not JSON."""
     with open(path, "rb") as f:
         for number, text in enumerate(f, start=1):
             try:
                 json.loads(text)
-            except ValueError:
-                line = number
-                break
-    where = f" at line {line}" if line is not None else ""
-    return (
-        f"the search's journal {path} cannot be read{where} ({error}): it was damaged, by an "
-        "edit or by an append joined to a line cut short (which vaesweep now mends before it "
-        "writes). The lines before it are intact. Move the journal away and launch with a new "
-        "hydra.sweep.dir to start the search afresh"
-    )
+            except ValueError as e:
+                why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+                return (
+                    f"the search's journal {path} cannot be read: line {number} is not JSON "
+                    f"({why}), by an edit or by an append joined to a write cut short. Optuna "
+                    "cannot read past it; the lines before it are intact. To start the search "
+                    "afresh, move the journal away and launch with a new hydra.sweep.dir (the "
+                    "trials' directories keep their results for `vaesweep collect`)"
+                )
+    return f"the search's journal {path} cannot be read by Optuna ({type(error).__name__}: {error})"
 
 
 def quiet_optuna() -> None:
