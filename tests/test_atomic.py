@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vaesweep.core.atomic import aside_path, atomic_open, remove_stale_temps
+from vaesweep.core.atomic import aside_path, atomic_open, move_aside, remove_stale_temps
 from vaesweep.run.record import write_json_atomic
 
 
@@ -90,3 +90,17 @@ def test_aside_paths_are_new_names_beside_the_file(tmp_path):
     first.write_text("x")
     second = aside_path(target, "damaged")  # within the same second: numbered
     assert second != first and not second.exists() and second.name.startswith(first.name)
+
+
+def test_move_aside_moves_only_the_bytes_it_was_given(tmp_path):
+    target = tmp_path / "sweep.json"
+    target.write_bytes(b'{"grid": ')
+    taken = aside_path(target, "damaged")
+    taken.write_text("kept")  # an earlier aside of the same second is never replaced
+    moved = move_aside(target, "damaged", b'{"grid": ')
+    assert moved is not None and moved != taken and not target.exists()
+    assert moved.read_bytes() == b'{"grid": ' and taken.read_text() == "kept"
+    target.write_text("{}")  # another launch wrote a good record after this one read
+    assert move_aside(target, "damaged", b'{"grid": ') is None
+    assert target.read_text() == "{}" and len(list(tmp_path.iterdir())) == 3
+    assert move_aside(tmp_path / "absent.json", "damaged", b"") is None

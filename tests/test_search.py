@@ -302,18 +302,39 @@ def test_a_torn_journal_tail_is_moved_aside_under_optunas_lock(tmp_path, torn_si
 
 
 @pytest.mark.parametrize("torn", [b"", b'{"op_co'])
-def test_a_last_journal_line_that_is_not_json_is_moved_aside(tmp_path, torn):
-    """An append joined to a torn line (as vaesweep left it before it mended journals)."""
+@pytest.mark.parametrize("bad", ["joined", b"null\n", b"[]\n", b"{}\n", b"\n"])
+def test_a_last_journal_line_that_is_not_an_entry_is_moved_aside(tmp_path, torn, bad):
+    """An append joined to a torn line (as vaesweep left it before it mended journals), or an
+    edit: JSON that is not an object with an op_code, an empty line."""
     from vaesweep.sweep.search.storage import mend_journal
 
     journal = tmp_path / JOURNAL_FILE
     whole = _journal_lines(3)
-    joined = b'{"op_code":6,"work' + whole.splitlines(keepends=True)[-1]
-    journal.write_bytes(whole + joined + torn)
+    if bad == "joined":
+        bad = b'{"op_code":6,"work' + whole.splitlines(keepends=True)[-1]
+    journal.write_bytes(whole + bad + torn)
     (note,) = mend_journal(journal)
     assert journal.read_bytes() == whole
     (saved,) = tmp_path.glob(f"{JOURNAL_FILE}.damaged-*")
-    assert saved.read_bytes() == joined + torn and "not JSON" in note
+    assert saved.read_bytes() == bad + torn and "not an entry" in note
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (b"{}\n", "line 2 is not an entry of Optuna's journal"),
+        (b'{"op_code": 1\n', "line 2 is not JSON: Expecting ',' delimiter at column 15"),
+    ],
+)
+def test_a_journal_line_before_the_last_that_is_not_an_entry_is_refused(tmp_path, bad, why):
+    import optuna
+
+    journal = tmp_path / JOURNAL_FILE
+    optuna.create_study(storage=open_storage(str(journal)), study_name="first")
+    first = journal.read_bytes()
+    journal.write_bytes(first + bad + first.replace(b"first", b"second"))
+    with pytest.raises(SearchError, match=f"{JOURNAL_FILE} cannot be read: {why}"):
+        open_storage(str(journal))
 
 
 def test_a_journal_with_no_complete_line_is_emptied_and_an_empty_one_left_alone(tmp_path):
@@ -364,40 +385,62 @@ def test_mending_waits_for_a_live_holder_of_the_journal_lock(tmp_path):
 _MEND_TIMED = """
 import json, sys, time
 from pathlib import Path
-from vaesweep.sweep.search.storage import mend_journal
+from vaesweep.sweep.search import storage
+storage.STALE_LOCK_S = float(sys.argv[2])
 started = time.monotonic()
-notes = mend_journal(Path(sys.argv[1]))
-print(json.dumps([time.monotonic() - started, notes]))
+notes = storage.mend_journal(Path(sys.argv[1]))
+print(json.dumps([time.time(), time.monotonic() - started, notes]))
 """
 
+_FOREIGN_LOCKS = {
+    # vaesweep before aba6fe1 gave Optuna a relative journal path: a killed search left a
+    # lock whose relative target resolves beside the link, to nothing.
+    "relative, old": ("sweep/optuna_journal.log", -60.0),
+    "relative, young": ("sweep/optuna_journal.log", -24.0),  # removed once 30 s old
+    "dated ahead of this clock": ("sweep/optuna_journal.log", 3600.0),  # watched 30 s
+    "to the journal of a copied sweep": ("ORIGINAL", -60.0),
+}
 
-@pytest.mark.parametrize("age", [60.0, 24.0])  # old enough at once, or after a short wait
-def test_a_dangling_lock_left_by_an_earlier_version_is_removed(tmp_path, monkeypatch, age):
-    """vaesweep before aba6fe1 gave Optuna a relative journal path: a killed search left a
-    lock whose relative target resolves beside the link, to nothing. Optuna waits for such a
-    lock forever (its stale check stats the target); it is removed once 30 s old."""
+
+@pytest.mark.parametrize("case", list(_FOREIGN_LOCKS))
+def test_a_lock_that_does_not_lead_to_the_journal_is_removed(tmp_path, monkeypatch, case):
+    """Optuna judges a lock by its target: it waits forever for a dangling one (its stale check
+    stats the target) and for as long as another journal is written. Such a lock is removed
+    once as old as Optuna's grace period, by its date or by how long it was watched. The
+    grace period is cut to 6 s in the mending process for the case it must watch."""
+    target, offset = _FOREIGN_LOCKS[case]
+    grace = 6.0 if offset > 0 else 30.0
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sweep").mkdir()
     journal = Path("sweep") / JOURNAL_FILE
     journal.write_bytes(_journal_lines(2))
+    if target == "ORIGINAL":  # the sweep this one was copied from: its journal exists
+        (tmp_path / "original").mkdir()
+        target = str(tmp_path / "original" / JOURNAL_FILE)
+        Path(target).write_bytes(_journal_lines(2))
     lock = tmp_path / "sweep" / f"{JOURNAL_FILE}.lock"
-    os.symlink(str(journal), lock)  # as Optuna made it from the relative path
-    assert lock.is_symlink() and not lock.exists()
-    then = time.time() - age
-    os.utime(lock, (then, then), follow_symlinks=False)
+    os.symlink(target, lock)  # as Optuna made it
+    dated = time.time() + offset
+    os.utime(lock, (dated, dated), follow_symlinks=False)
     # In a process of its own: before the fix this waited forever, spinning.
     mend = subprocess.run(
-        [sys.executable, "-c", _MEND_TIMED, str(journal)],
+        [sys.executable, "-c", _MEND_TIMED, str(journal), str(grace)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=90,
     )
     assert mend.returncode == 0, mend.stderr[-3000:]
-    waited, (note,) = json.loads(mend.stdout)
-    assert f"removed {lock}" in note and "sweep/optuna_journal.log" in note
+    ended, waited, (note,) = json.loads(mend.stdout)
+    assert f"removed {lock}" in note and repr(target) in note
     assert not lock.is_symlink()
-    assert waited < 1.0 if age > 30 else 2.0 < waited < 7.0  # until it is 30 s old
+    if offset == -60.0:
+        assert waited < 1.0  # old enough at once
+    elif offset < 0:
+        assert grace <= ended - dated < grace + 4  # removed when it was 30 s old
+    else:
+        assert grace <= waited < grace + 4  # watched for the grace period
+        assert "removed in" in mend.stderr  # said so when it began to wait
     assert journal.read_bytes() == _journal_lines(2)
 
 
@@ -443,13 +486,16 @@ def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     from vaesweep.analysis.figures.search import search_plan
 
     other = shutil.copytree(sweep, workdir / "other")
+    twin = shutil.copytree(sweep, workdir / "elsewhere" / "sweep")  # the damaged one's name
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:2]) + b"{damaged\n" + b"".join(lines[2:]))
-    plan = search_plan(pd.DataFrame({"sweep_dir": [str(sweep), str(other)]}))
+    plan = search_plan(pd.DataFrame({"sweep_dir": [str(sweep), str(other), str(twin)]}))
     assert sorted(plan) == [
         "optimization_history_other",
         "optimization_history_sweep",
+        "optimization_history_sweep_2",
         "param_importances_other",
+        "param_importances_sweep_2",
     ]
     with pytest.raises(FigureSkipped, match="line 3 is not JSON"):
         plan["optimization_history_sweep"]()
@@ -486,7 +532,7 @@ def test_a_journal_line_that_is_not_json(workdir, where):
     assert f"{Path('sweep') / JOURNAL_FILE} cannot be read: line {lines + 1} is not JSON" in (
         proc.stderr
     )
-    assert "(Expecting ':' delimiter at column 21)" in proc.stderr
+    assert "is not JSON: Expecting ':' delimiter at column 21, by an edit" in proc.stderr
     assert not list(sweep.glob("trial_*"))
 
 

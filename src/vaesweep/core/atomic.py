@@ -101,3 +101,32 @@ def aside_path(path: str | os.PathLike[str], why: str) -> Path:
         n += 1
         candidate = path.with_name(f"{stem}.{n}")
     return candidate
+
+
+def move_aside(path: str | os.PathLike[str], why: str, expected: bytes | None) -> Path | None:
+    """Move ``path`` to a new :func:`aside_path` if it still holds ``expected`` (the bytes
+    read from it; None for a directory): never over another file, never a file another
+    process wrote since. Returns the new name; None when ``path`` is gone or holds other
+    bytes now (it is left as it is)."""
+    path = Path(path)
+    if expected is None:  # a directory: nothing to compare, and no hard link
+        aside = aside_path(path, why)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        return aside
+    while True:
+        aside = aside_path(path, why)
+        try:
+            os.link(path, aside)  # never replaces a file
+        except FileExistsError:  # taken since aside_path looked: another name
+            continue
+        except FileNotFoundError:
+            return None
+        break
+    if aside.read_bytes() != expected:  # replaced since it was read
+        os.unlink(aside)
+        return None
+    os.unlink(path)
+    return aside

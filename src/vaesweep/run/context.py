@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from vaesweep.core.atomic import aside_path
+from vaesweep.core.atomic import move_aside
 
 SWEEP_FILE = "sweep.json"
 _from_command_line = False
@@ -34,19 +34,24 @@ def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     it atomically) is moved to ``sweep.json.damaged-<time>`` with a warning, and the launch
     starts a new record: the jobs' own results are untouched and skipped or resumed as usual.
     """
-    try:
-        record = read_sweep(sweep_dir)
-        if record is None or isinstance(record, dict):
-            return record or {}
-        error: Exception = ValueError(f"a JSON {type(record).__name__}, not an object")
-    except (ValueError, IsADirectoryError) as e:  # not JSON, not UTF-8, not a file
-        error = e
     path = Path(sweep_dir) / SWEEP_FILE
-    aside = aside_path(path, "damaged")
     try:
-        os.replace(path, aside)
-    except FileNotFoundError:  # another launch of the sweep moved it first
-        return {}
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError) as e:
+        if isinstance(e, FileNotFoundError):
+            return {}
+        data, error = None, e
+    else:
+        try:
+            record = json.loads(data)
+            if isinstance(record, dict):
+                return record
+            error = ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as e:  # not JSON, not UTF-8
+            error = e
+    aside = move_aside(path, "damaged", data)
+    if aside is None:  # another launch moved it first, or wrote a new one: read that
+        return previous_sweep(sweep_dir)
     print(
         f"[vaesweep] {path} cannot be read ({type(error).__name__}: {error}); it was moved to "
         f"{aside.name} and this launch starts a new record of the sweep (the jobs' results "

@@ -32,7 +32,7 @@ def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
     for d in dict.fromkeys(df["sweep_dir"].dropna()):
         if not isinstance(d, str):
             continue
-        name = re.sub(r"[^\w.-]+", "_", Path(d).name)
+        name = _unique(re.sub(r"[^\w.-]+", "_", Path(d).name), {*studies, *unreadable})
         try:
             found = load_studies(d)
         except SearchError as e:
@@ -41,6 +41,15 @@ def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
         if found:
             studies[name] = found
     return studies, unreadable
+
+
+def _unique(name: str, taken: set[str] | dict[str, Any]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... when it is taken."""
+    n, unique = 1, name
+    while unique in taken:
+        n += 1
+        unique = f"{name}_{n}"
+    return unique
 
 
 def _suffix(study: Any, n_studies: int) -> str:
@@ -115,12 +124,17 @@ def search_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
     by_sweep, unreadable = _studies(df)
     plan: dict[str, Callable[[], Figure]] = {}
     for name, reason in unreadable.items():  # reported as skips; every other figure is drawn
-        plan[f"optimization_history_{name}"] = partial(_skipped, FigureSkipped(reason))
+        plan[_unique(f"optimization_history_{name}", plan)] = partial(
+            _skipped, FigureSkipped(reason)
+        )
     for name, studies in by_sweep.items():
         # Several search sweeps in one frame: each one's figures are named after it.
         prefix = f"_{name}" if len(by_sweep) + len(unreadable) > 1 else ""
         for study in studies:
             suffix = prefix + _suffix(study, len(studies))
-            plan[f"optimization_history{suffix}"] = partial(optimization_history, study)
-            plan[f"param_importances{suffix}"] = partial(param_importances, study)
+            for figure, make in (
+                ("optimization_history", optimization_history),
+                ("param_importances", param_importances),
+            ):
+                plan[_unique(f"{figure}{suffix}", plan)] = partial(make, study)
     return plan

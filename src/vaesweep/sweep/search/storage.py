@@ -4,11 +4,12 @@ URL; checked writable before any trial, opened with Optuna's storages.
 A journal is appended one line per entry. A write cut short (the disk filled, the machine
 lost power) leaves a last line without its newline, and Optuna's next append would join it
 to that torn line and make the journal unreadable for good. ``check_storage`` therefore moves
-such a tail (or a last line that is not JSON) into a file of its own, and removes a lock that
+such a tail (or a last line that is not an entry) into a file of its own, and removes a lock that
 Optuna could never release, before the search writes again (:func:`mend_journal`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -95,29 +96,58 @@ def _line_start(f: Any, end: int) -> int:
     return 0
 
 
-def _clear_dangling_lock(path: Path) -> str | None:
-    """Remove a lock on the journal ``path`` whose symlink target does not resolve: left by
-    a killed search of an earlier vaesweep (a relative target, which resolves beside the link)
-    or in a sweep directory moved since. Optuna cannot judge such a lock stale and would wait
-    for it forever; it is removed once it is as old as Optuna's grace period (its holder, if
-    any, would have lost it to Optuna's own check by then). Returns what was done."""
+def _foreign(lock: Path, journal: Path) -> bool:
+    """Whether ``lock`` is a symlink that does not lead to ``journal``: its target does not
+    exist, or is another journal."""
+    return lock.is_symlink() and os.path.realpath(lock) != os.path.realpath(journal)
+
+
+def _clear_foreign_lock(path: Path) -> str | None:
+    """Remove a lock on the journal ``path`` whose symlink does not lead to it: left by a
+    killed search of an earlier vaesweep (a relative target, which resolves beside the link,
+    to nothing) or in a sweep directory moved or copied since. Optuna judges a lock stale by
+    its target's changes: it would wait forever for a dangling one, or for as long as another
+    journal is written. Such a lock is removed once it is as old as Optuna's grace period, by
+    its date or, for a date ahead of this clock, by how long this process watched it. Returns
+    what was done."""
     lock = Path(os.path.abspath(path) + ".lock")
-    while lock.is_symlink() and not lock.exists():
+    watched, since, told = None, 0.0, False
+    while _foreign(lock, path):
         try:
-            age = time.time() - os.lstat(lock).st_mtime
-            if age < STALE_LOCK_S:
-                time.sleep(min(1.0, STALE_LOCK_S - age))
-                continue
+            stat = os.lstat(lock)
             target = os.readlink(lock)
-            private = lock.with_name(f"{lock.name}.{os.getpid()}.removed")
-            os.rename(lock, private)  # as Optuna releases a lock: one process wins it
-            os.unlink(private)
         except FileNotFoundError:  # released or removed meanwhile
             return None
+        if (stat.st_ino, stat.st_mtime_ns) != watched:  # another lock than the one watched
+            watched, since = (stat.st_ino, stat.st_mtime_ns), time.monotonic()
+        left = STALE_LOCK_S - max(time.time() - stat.st_mtime, time.monotonic() - since)
+        if left > 0:
+            if not told and left > 2:
+                told = True
+                print(
+                    f"[vaesweep] {lock} points to {target!r}, not to this journal: it is "
+                    f"removed in {left:.0f} s unless released",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(min(1.0, left))
+            continue
+        private = lock.with_name(f"{lock.name}.{os.getpid()}.removed")
+        try:
+            os.rename(lock, private)  # as Optuna releases a lock: one process wins it
+        except FileNotFoundError:
+            return None
+        now = os.lstat(private)
+        if (now.st_ino, now.st_mtime_ns) != watched:  # another's lock came in between
+            with contextlib.suppress(OSError):  # put it back, never over a newer one
+                os.link(private, lock, follow_symlinks=False)
+            os.unlink(private)
+            continue
+        os.unlink(private)
         return (
-            f"removed {lock}: a lock left by a killed search, pointing to {target!r}, which "
-            "does not exist from there (an earlier vaesweep wrote relative targets; or the "
-            "sweep directory was moved), so Optuna could never release it"
+            f"removed {lock}: a lock left by a killed search, pointing to {target!r}, which is "
+            "not this journal from here (an earlier vaesweep wrote relative targets; or the "
+            "sweep directory was moved or copied), so Optuna could never release it"
         )
     return None
 
@@ -125,18 +155,19 @@ def _clear_dangling_lock(path: Path) -> str | None:
 def mend_journal(path: Path) -> list[str]:
     """Make the journal ``path`` safe to append to; returns what was done, one line each.
 
-    - A dangling lock on it is removed (:func:`_clear_dangling_lock`).
+    - A lock on it that leads elsewhere is removed (:func:`_clear_foreign_lock`).
     - A torn last line (the bytes after the last newline: a write cut short) is moved into
       ``<journal>.torn-<time>`` and the journal cut there: Optuna's next append would join
       its entry to it, and the journal could never be read again.
-    - A last complete line that is not JSON (an edit, or such a joined append) is moved into
-      ``<journal>.damaged-<time>`` the same way: Optuna skips it without a word, then fails
-      at the first read after the next append. A damaged line before the last is left for
-      :func:`open_storage` to refuse, naming it.
+    - A last complete line that is not an entry (not JSON, or not an object with an op_code:
+      an edit, or such a joined append) is moved into ``<journal>.damaged-<time>`` the same
+      way: Optuna skips one that is not JSON without a word, then fails at the first read
+      after the next append, and fails at once on the others. A damaged line before the
+      last is left for :func:`open_storage` to refuse, naming it.
 
     Done under Optuna's own lock on the journal, so no live process is in the middle of an
     append. SearchError when the bytes cannot be set aside (a full disk)."""
-    notes = [note] if (note := _clear_dangling_lock(path)) else []
+    notes = [note] if (note := _clear_foreign_lock(path)) else []
     if not path.is_file() or path.stat().st_size == 0:
         return notes
     lock = _journal_lock(path)
@@ -151,9 +182,7 @@ def mend_journal(path: Path) -> list[str]:
             if cut > 0:  # the last complete line
                 start = _line_start(f, cut - 1)
                 f.seek(start)
-                try:
-                    json.loads(f.read(cut - start))
-                except ValueError:
+                if _not_an_entry(f.read(cut - start)):
                     cut, damaged = start, True
             if cut == end:
                 return notes
@@ -174,7 +203,7 @@ def mend_journal(path: Path) -> list[str]:
     finally:
         lock.release()
     if damaged:
-        what = "an entry that is not JSON (an edit, or an append joined to a write cut short)"
+        what = "a line that is not an entry (an edit, or an append joined to a write cut short)"
     else:
         what = "an entry whose write was cut short (the disk filled or a machine stopped)"
     notes.append(
@@ -198,24 +227,36 @@ def open_storage(storage: str) -> Any:
         return optuna.storages.RDBStorage(storage)
     try:
         return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(storage)))
-    except ValueError as e:  # json.JSONDecodeError too
+    except Exception as e:  # JSONDecodeError, or KeyError/TypeError/AssertionError replaying
         raise SearchError(_unreadable(Path(storage), e)) from None
 
 
+def _not_an_entry(line: bytes) -> str | None:
+    """Why ``line`` is not an entry of Optuna's journal (a JSON object with an op_code), None
+    when it is one."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not JSON: {e.msg} at column {e.pos + 1}"  # the line ends in its newline
+    except ValueError as e:  # not UTF-8
+        return f"not JSON: {e}"
+    if not isinstance(value, dict) or "op_code" not in value:
+        return "not an entry of Optuna's journal (a JSON object with an op_code)"
+    return None
+
+
 def _unreadable(path: Path, error: Exception) -> str:
-    """Why the journal ``path`` cannot be read, naming its first line that is not JSON."""
+    """Why the journal ``path`` cannot be read, naming its first line that is not an entry."""
     with open(path, "rb") as f:
         for number, text in enumerate(f, start=1):
-            try:
-                json.loads(text)
-            except ValueError as e:
-                why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+            why = _not_an_entry(text)
+            if why is not None:
                 return (
-                    f"the search's journal {path} cannot be read: line {number} is not JSON "
-                    f"({why}), by an edit or by an append joined to a write cut short. Optuna "
-                    "cannot read past it; the lines before it are intact. To start the search "
-                    "afresh, move the journal away and launch with a new hydra.sweep.dir (the "
-                    "trials' directories keep their results for `vaesweep collect`)"
+                    f"the search's journal {path} cannot be read: line {number} is {why}, by an "
+                    "edit or by an append joined to a write cut short. Optuna cannot read past "
+                    "it; the lines before it are intact. To start the search afresh, move the "
+                    "journal away and launch with a new hydra.sweep.dir (the trials' "
+                    "directories keep their results for `vaesweep collect`)"
                 )
     return f"the search's journal {path} cannot be read by Optuna ({type(error).__name__}: {error})"
 
