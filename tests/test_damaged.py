@@ -182,7 +182,12 @@ def finished_sweep(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "damage", [b'{"grid": {"beta": ["0.5", "2"]}, "jobs": [{"dir"', b"[]\n", b"\xff\xfe{}"]
+    "damage",
+    [
+        b'{"grid": {"beta": ["0.5", "2"]}, "jobs": [{"dir"',
+        pytest.param(b"[]\n", marks=pytest.mark.slow),
+        pytest.param(b"\xff\xfe{}", marks=pytest.mark.slow),
+    ],
 )
 def test_a_sweep_record_that_cannot_be_read_is_kept_aside_and_the_sweep_goes_on(
     finished_sweep, tmp_path, damage

@@ -402,7 +402,13 @@ _FOREIGN_LOCKS = {
 }
 
 
-@pytest.mark.parametrize("case", list(_FOREIGN_LOCKS))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.slow) if c == "relative, young" else c
+        for c in _FOREIGN_LOCKS
+    ],
+)
 def test_a_lock_that_does_not_lead_to_the_journal_is_removed(tmp_path, monkeypatch, case):
     """Optuna judges a lock by its target: it waits forever for a dangling one (its stale check
     stats the target) and for as long as another journal is written. Such a lock is removed
@@ -502,7 +508,7 @@ def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     assert len(plan["optimization_history_other"]().axes) == 1
 
 
-@pytest.mark.parametrize("where", ["last", "middle"])
+@pytest.mark.parametrize("where", [pytest.param("last", marks=pytest.mark.slow), "middle"])
 def test_a_journal_line_that_is_not_json(workdir, where):
     """An append joined to a torn line (as vaesweep left it before it mended journals). As the
     last line Optuna skipped it without a word and failed after the next append: it is moved
