@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,20 @@ def summary_run(sweep: Path) -> dict:
     found = sorted((sweep / "wandb").glob("offline-run-*"))
     assert len(found) == 1, f"one summary run expected in {sweep / 'wandb'}: {found}"
     return read_offline_run(found[0])
+
+
+def finished_summary_run(sweep: Path, keys: tuple[str, ...], timeout: float = 30.0) -> dict:
+    """The summary run of an in-process ``log_sweep_summary`` once W&B wrote ``keys`` into
+    it. ``Run.finish`` returns when W&B's service has the run's last records; the service
+    writes them to the offline file a few milliseconds later (its log then says "stream: all
+    finished"). A process that exits waits for that; a test that reads at once may not see
+    them (it did: twice in full runs on 2026-12-05, once on 2026-12-06)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = summary_run(sweep)
+        if all(k in run["summary"] for k in keys) or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
 
 
 def where_wandb_failed(sweep: Path, capsys) -> str:
@@ -286,11 +301,10 @@ def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch, capsys
         write_csv_atomic(sweep / SUMMARY_FILE, [{"job": "beta=1", "status": "completed"}])
         asked = {} if figures is None else {"sweep_figures": figures}
         cfg = OmegaConf.create({"logger": {**logger, "tags": [], **asked}})
-        # It failed twice in a full default run (2026-12-05), never alone or in a rerun of
-        # the tests before it: a failure shows what W&B said and left (where_wandb_failed).
+        # A failure shows what W&B said and left (where_wandb_failed).
         try:
             assert log_sweep_summary(cfg, sweep) is not None
-            run = summary_run(sweep)
+            run = finished_summary_run(sweep, (TABLE_KEY, "sweep/figures_skipped"))
             assert logged_table(run, TABLE_KEY)["data"] == [["beta=1", "completed"]]
             assert not [k for k in run["summary"] if k.startswith(f"{FIGURES_KEY}/")]
             (skipped,) = run["summary"]["sweep/figures_skipped"]
