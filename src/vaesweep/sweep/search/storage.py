@@ -247,17 +247,20 @@ def _not_an_entry(line: bytes) -> str | None:
 
 def _unreadable(path: Path, error: Exception) -> str:
     """Why the journal ``path`` cannot be read, naming its first line that is not an entry."""
-    with open(path, "rb") as f:
-        for number, text in enumerate(f, start=1):
-            why = _not_an_entry(text)
-            if why is not None:
-                return (
-                    f"the search's journal {path} cannot be read: line {number} is {why}, by an "
-                    "edit or by an append joined to a write cut short. Optuna cannot read past "
-                    "it; the lines before it are intact. To start the search afresh, move the "
-                    "journal away and launch with a new hydra.sweep.dir (the trials' "
-                    "directories keep their results for `vaesweep collect`)"
-                )
+    try:
+        with open(path, "rb") as f:
+            for number, text in enumerate(f, start=1):
+                why = _not_an_entry(text)
+                if why is not None:
+                    return (
+                        f"the search's journal {path} cannot be read: line {number} is {why}, "
+                        "by an edit or by an append joined to a write cut short. Optuna cannot "
+                        "read past it; the lines before it are intact. To start the search "
+                        "afresh, move the journal away and launch with a new hydra.sweep.dir "
+                        "(the trials' directories keep their results for `vaesweep collect`)"
+                    )
+    except OSError:  # the file itself cannot be read: the error says why
+        pass
     return f"the search's journal {path} cannot be read by Optuna ({type(error).__name__}: {error})"
 
 
