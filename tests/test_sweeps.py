@@ -323,7 +323,7 @@ def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_p
 
 
 # --- a training stack that does not import -------------------------------------------------
-def broken_lightning_env(root: Path, name: str = "lightning") -> dict[str, str]:
+def broken_package_env(root: Path, name: str = "lightning") -> dict[str, str]:
     """The CLI's environment with a `lightning` (or `name`) package first on the path whose
     import fails, as a broken install's does (a missing shared library)."""
     package = root / "broken_site" / name
@@ -339,7 +339,7 @@ def test_a_training_stack_that_does_not_import_stops_before_any_job(tmp_path, mo
     """Jobs in the launching process (a single run, the basic launcher): the command ends
     with one line naming the import error, exit 1, no job directory; HYDRA_FULL_ERROR=1
     shows the import's traceback instead."""
-    env = broken_lightning_env(tmp_path)
+    env = broken_package_env(tmp_path)
     where = ["hydra.run.dir=out"] if mode == "run" else ["-m", "beta=0.5,2", "hydra.sweep.dir=out"]
     cmd = [sys.executable, str(RUN_PY), *where, *TINY, "logger=csv"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -367,7 +367,7 @@ def test_a_training_stack_that_does_not_import_stops_before_any_job(tmp_path, mo
 def test_a_broken_torch_is_named_in_one_line_before_hydra_starts(tmp_path):
     """torch itself does not import (the entry point's own modules need it): the same one
     line as for Lightning, exit 1, nothing written; HYDRA_FULL_ERROR=1 shows the traceback."""
-    env = broken_lightning_env(tmp_path, "torch")
+    env = broken_package_env(tmp_path, "torch")
     cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,2", "hydra.sweep.dir=out", *TINY]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -394,7 +394,7 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     cmd = [sys.executable, str(RUN_PY), "-m", "beta=0.5,1,2", *TINY, "logger=csv",
            "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
            "hydra.sweep.dir=sweep"]  # fmt: skip
-    broken = broken_lightning_env(tmp_path)
+    broken = broken_package_env(tmp_path)
 
     def launch(*extra: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -11,7 +11,7 @@ import os
 import sys
 
 from vaesweep.core import heap
-from vaesweep.core.stack import StackUnavailable
+from vaesweep.core.stack import FULL_ERROR, TRACEBACK_HINT, StackUnavailable
 
 
 def train() -> None:
@@ -27,11 +27,14 @@ def train() -> None:
         print("[vaesweep] stopped by SIGINT", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as error:  # torch, Hydra or a module of their own is broken here
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get(FULL_ERROR) == "1":
             raise
         unavailable = StackUnavailable(error)
-        hint = " (set HYDRA_FULL_ERROR=1 for the traceback)"
-        print(f"[vaesweep] StackUnavailable: {unavailable}{hint}", file=sys.stderr, flush=True)
+        print(
+            f"[vaesweep] StackUnavailable: {unavailable}{TRACEBACK_HINT}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(1)
     cli_main()
 

@@ -1,11 +1,17 @@
 """The error that says the training stack (torch, Lightning, Hydra, vaesweep's own modules, a
-library such as CUDA's) does not import in this process. Imports nothing heavy: the entry
-point reports it when torch itself is broken."""
+library such as CUDA's) does not import in this process, and the hint that ends each of the
+entry point's one-line error reports. Imports nothing heavy: the entry point reports it when
+torch itself is broken."""
 
 from __future__ import annotations
 
 import sys
 import traceback
+
+#: Set to 1, the entry point shows a traceback instead of its one-line report (Hydra's own
+#: variable, which it honours the same way).
+FULL_ERROR = "HYDRA_FULL_ERROR"
+TRACEBACK_HINT = f" (set {FULL_ERROR}=1 for the traceback)"
 
 
 class StackUnavailable(RuntimeError):

@@ -37,9 +37,9 @@ def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     path = Path(sweep_dir) / SWEEP_FILE
     try:
         data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError) as e:
-        if isinstance(e, FileNotFoundError):
-            return {}
+    except FileNotFoundError:
+        return {}
+    except IsADirectoryError as e:
         data, error = None, e
     else:
         try:

@@ -26,6 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.core.stack import TRACEBACK_HINT
 from vaesweep.run import gpus
 from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, wait_for_others
 from vaesweep.run.failures import describe
@@ -112,8 +113,7 @@ def finish_aborted(error: BaseException) -> int:
     global _RUNNING
     running, _RUNNING = _RUNNING, None
     stopped = "sweep stopped: " if running is not None else ""
-    hint = " (set HYDRA_FULL_ERROR=1 for the traceback)"
-    print(f"[vaesweep] {stopped}{describe(error)}{hint}", file=sys.stderr, flush=True)
+    print(f"[vaesweep] {stopped}{describe(error)}{TRACEBACK_HINT}", file=sys.stderr, flush=True)
     if running is not None:
         running.finish()
     return 1

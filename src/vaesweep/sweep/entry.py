@@ -15,6 +15,7 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from vaesweep.core.stack import FULL_ERROR
 from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.jobs import register_resolvers
@@ -23,7 +24,6 @@ from vaesweep.sweep.callback import finish_aborted, finish_stopped
 from vaesweep.sweep.search import quote_sweeper_params
 from vaesweep.sweep.task import StackImportFailed, task
 
-FULL_ERROR = "HYDRA_FULL_ERROR"
 register_resolvers()
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 

@@ -32,7 +32,7 @@ def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
     for d in dict.fromkeys(df["sweep_dir"].dropna()):
         if not isinstance(d, str):
             continue
-        name = _unique(re.sub(r"[^\w.-]+", "_", Path(d).name), {*studies, *unreadable})
+        name = _unique(_slug(Path(d).name), {*studies, *unreadable})
         try:
             found = load_studies(d)
         except SearchError as e:
@@ -41,6 +41,11 @@ def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
         if found:
             studies[name] = found
     return studies, unreadable
+
+
+def _slug(text: str) -> str:
+    """``text`` made safe for a file name."""
+    return re.sub(r"[^\w.-]+", "_", text)
 
 
 def _unique(name: str, taken: set[str] | dict[str, Any]) -> str:
@@ -58,7 +63,7 @@ def _suffix(study: Any, n_studies: int) -> str:
     if n_studies == 1 or not point:
         return "" if n_studies == 1 else f"_{study.study_name}"
     values = [p.split("=", 1)[1] for p in point]
-    return "_" + re.sub(r"[^\w.-]+", "_", "_".join(values))
+    return "_" + _slug("_".join(values))
 
 
 def _completed(study: Any) -> list[Any]:

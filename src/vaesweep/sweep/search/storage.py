@@ -75,8 +75,9 @@ def check_storage(storage: str) -> None:
             print(f"[vaesweep] {note}", file=sys.stderr, flush=True)
 
 
-def _journal_lock(path: Path) -> Any:
-    """The lock Optuna's JournalFileBackend takes for this journal (see open_storage)."""
+def _journal_lock(path: str | Path) -> Any:
+    """The lock on this journal: the one open_storage gives Optuna's JournalFileBackend, and
+    the one mend_journal takes."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
     return JournalFileSymlinkLock(os.path.abspath(path))
@@ -226,7 +227,8 @@ def open_storage(storage: str) -> Any:
     if is_url(storage):
         return optuna.storages.RDBStorage(storage)
     try:
-        return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(storage)))
+        backend = JournalFileBackend(os.path.abspath(storage), lock_obj=_journal_lock(storage))
+        return optuna.storages.JournalStorage(backend)
     except Exception as e:  # JSONDecodeError, or KeyError/TypeError/AssertionError replaying
         raise SearchError(_unreadable(Path(storage), e)) from None
 
