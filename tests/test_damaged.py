@@ -7,6 +7,7 @@ relaunch goes on. Real runs of the CLI in subprocesses."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -17,7 +18,8 @@ import pytest
 
 from vaesweep.run import claims
 from vaesweep.run.context import SWEEP_FILE
-from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE
+from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE, missing_result
+from vaesweep.sweep.grid import SUMMARY_FILE, unrecorded_keys
 
 from conftest import TINY, run_cli
 
@@ -214,3 +216,38 @@ def test_a_sweep_record_that_cannot_be_read_is_kept_aside_and_the_sweep_goes_on(
     assert record["n_jobs"] == 2 and sorted(record["grid"]) == ["beta"]
     assert sorted(j["status"] for j in record["jobs"]) == ["completed", "completed"]
     assert "(2 jobs)" in proc.stdout
+
+
+def test_a_new_record_keeps_the_columns_of_the_launches_it_lost(finished_sweep, tmp_path):
+    """The record was lost with the launch that made beta=0.5 and beta=2; a relaunch sweeps
+    another key into the same directory. Before, the summary's columns came from the new
+    record's grid alone (likelihood): beta, which tells the old jobs apart, was left out.
+    Now every key whose value differs between the directory's jobs is a column."""
+    sweep = copy_of(finished_sweep, tmp_path / "sweep")
+    (sweep / SWEEP_FILE).write_bytes(b"{")
+    proc = run_cli(["-m", "likelihood=laplace", *ARGS, "beta=2", "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(sweep / SUMMARY_FILE, newline="") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 3
+    assert {(r["beta"], r["likelihood"]) for r in rows.values()} == {
+        ("0.5", "gaussian"),
+        ("2", "gaussian"),  # from the job's config: its overrides do not name a likelihood
+        ("2", "laplace"),
+    }
+    assert "trainer.max_epochs" not in next(iter(rows.values()))  # the same for every job
+
+
+def test_unrecorded_keys_come_only_from_jobs_no_launch_made():
+    """The keys of jobs the record knows are its grid's; a directory without results.json
+    (no overrides) adds none."""
+    results = [
+        {"run_dir": "s/a", "overrides": ["beta=1", "seed=0", "trainer.max_epochs=3"]},
+        {"run_dir": "s/b", "overrides": ["beta=4", "trainer.max_epochs=3"]},
+        missing_result(Path("s/c")),
+    ]
+    known = {"grid": {"beta": ["1", "4"]}, "launches": [{"job_dirs": ["a", "b", "c"]}]}
+    assert unrecorded_keys(known, results) == []
+    assert unrecorded_keys({"grid": {}}, results) == ["beta", "seed"]
+    partly = {"grid": {}, "launches": [{"job_dirs": ["a"]}]}
+    assert unrecorded_keys(partly, results) == ["beta", "seed"]

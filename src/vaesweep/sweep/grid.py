@@ -115,6 +115,24 @@ def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[di
     return rows
 
 
+def unrecorded_keys(record: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """The keys that tell apart jobs of a sweep directory when some of them were made by a
+    launch its record does not know (a record started anew after it could not be read):
+    every override key whose value differs between the jobs, or that some jobs lack. []
+    when every job belongs to a recorded launch (its grid names the keys)."""
+    known = {d for launch in earlier_launches(record) for d in launch.get("job_dirs") or []}
+    if all(Path(r["run_dir"]).name in known for r in results):
+        return []
+    values: dict[str, set[str]] = {}
+    told = [r["overrides"] for r in results if r.get("overrides")]
+    for overrides in told:
+        for item in overrides:
+            key, _, value = item.partition("=")
+            values.setdefault(key, set()).add(value)
+    counts = {k: sum(any(o.partition("=")[0] == k for o in ov) for ov in told) for k in values}
+    return sorted(k for k, vs in values.items() if len(vs) > 1 or counts[k] < len(told))
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table for the terminal (columns left out when empty everywhere)."""
     if not rows:
@@ -182,8 +200,9 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     never started have no row; a relaunch of the same command continues the sweep).
     """
     record = read_sweep(sweep_dir) or {"grid": {}}
-    grid_keys = list(record["grid"])
     results = sweep_results(sweep_dir)
+    grid_keys = list(record["grid"])
+    grid_keys += [k for k in unrecorded_keys(record, results) if k not in grid_keys]
     rows = summary_rows(results, grid_keys)
     record["jobs"] = [
         {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
