@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vaesweep.run import claims
-from vaesweep.run.context import SWEEP_FILE
+from vaesweep.run.context import RESTARTED, SWEEP_FILE
 from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE, missing_result
 from vaesweep.sweep.grid import SUMMARY_FILE, unrecorded_keys
 
@@ -219,35 +219,55 @@ def test_a_sweep_record_that_cannot_be_read_is_kept_aside_and_the_sweep_goes_on(
 
 
 def test_a_new_record_keeps_the_columns_of_the_launches_it_lost(finished_sweep, tmp_path):
-    """The record was lost with the launch that made beta=0.5 and beta=2; a relaunch sweeps
-    another key into the same directory. Before, the summary's columns came from the new
-    record's grid alone (likelihood): beta, which tells the old jobs apart, was left out.
-    Now every key whose value differs between the directory's jobs is a column."""
+    """The record was lost with the launch that swept beta=0.5,2; a relaunch runs one more
+    job (likelihood=laplace beta=2: an empty grid) in the same directory. Before, the
+    summary had no column for beta or likelihood (the new record's grid is empty): its rows
+    could not be told apart. Now every result key whose value differs between the
+    directory's jobs is a column; keys that change no result (threads) are not."""
     sweep = copy_of(finished_sweep, tmp_path / "sweep")
     (sweep / SWEEP_FILE).write_bytes(b"{")
-    proc = run_cli(["-m", "likelihood=laplace", *ARGS, "beta=2", "hydra.sweep.dir=sweep"], tmp_path)
+    extra = ["likelihood=laplace", "beta=2", "threads=1"]
+    proc = run_cli(["-m", *ARGS, *extra, "hydra.sweep.dir=sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((sweep / SWEEP_FILE).read_text())
+    assert record["grid"] == {} and record["restarted_from"].startswith(f"{SWEEP_FILE}.damaged-")
     with open(sweep / SUMMARY_FILE, newline="") as f:
-        rows = {r["job"]: r for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3
-    assert {(r["beta"], r["likelihood"]) for r in rows.values()} == {
+    assert {(r["beta"], r["likelihood"]) for r in rows} == {
         ("0.5", "gaussian"),
         ("2", "gaussian"),  # from the job's config: its overrides do not name a likelihood
         ("2", "laplace"),
     }
-    assert "trainer.max_epochs" not in next(iter(rows.values()))  # the same for every job
+    assert "threads" not in rows[0] and "trainer.max_epochs" not in rows[0]
+    # A later relaunch keeps the mark (the lost launches stay unknown) and the columns.
+    proc = run_cli(["-m", *ARGS, *extra, "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        json.loads((sweep / SWEEP_FILE).read_text())["restarted_from"] == record["restarted_from"]
+    )
+    with open(sweep / SUMMARY_FILE, newline="") as f:
+        assert {"beta", "likelihood"} <= set(next(csv.DictReader(f)))
 
 
-def test_unrecorded_keys_come_only_from_jobs_no_launch_made():
-    """The keys of jobs the record knows are its grid's; a directory without results.json
-    (no overrides) adds none."""
+def test_unrecorded_keys_only_for_a_record_started_anew_with_unknown_jobs():
+    """Only a record started anew (restarted_from) whose launches do not know every job
+    adds keys. The keys: values that differ, or that only some jobs set, by their name
+    without Hydra's + prefix, the last of a repeated key; never deletions, Hydra's keys,
+    keys that change no result, or a directory without a readable results.json."""
     results = [
         {"run_dir": "s/a", "overrides": ["beta=1", "seed=0", "trainer.max_epochs=3"]},
-        {"run_dir": "s/b", "overrides": ["beta=4", "trainer.max_epochs=3"]},
-        missing_result(Path("s/c")),
+        {"run_dir": "s/b", "overrides": ["beta=4", "trainer.max_epochs=3", "sweep.resume=s"]},
+        {"run_dir": "s/c", "overrides": ["beta=9", "beta=4", "+model.foo=2", "~model.bar"]},
+        {"run_dir": "s/d", "overrides": ["threads=2", "logger=csv", "label.note=x"]},
+        missing_result(Path("s/e")),
     ]
-    known = {"grid": {"beta": ["1", "4"]}, "launches": [{"job_dirs": ["a", "b", "c"]}]}
-    assert unrecorded_keys(known, results) == []
-    assert unrecorded_keys({"grid": {}}, results) == ["beta", "seed"]
-    partly = {"grid": {}, "launches": [{"job_dirs": ["a"]}]}
-    assert unrecorded_keys(partly, results) == ["beta", "seed"]
+    restarted = {RESTARTED: "sweep.json.damaged-1", "grid": {}}
+    expected = ["beta", "model.foo", "seed", "trainer.max_epochs"]
+    assert unrecorded_keys(restarted, results) == expected
+    assert unrecorded_keys({"grid": {}}, results) == []  # not started anew (e.g. a search)
+    everyone = [{"job_dirs": ["a", "b", "c", "d", "e"]}]
+    assert unrecorded_keys({**restarted, "launches": everyone}, results) == []
+    assert unrecorded_keys({**restarted, "launches": [{"job_dirs": ["a"]}]}, results) == expected
+    same = [{"run_dir": f"s/{n}", "overrides": ["beta=1", "beta=1"]} for n in "ab"]
+    assert unrecorded_keys(restarted, same) == []

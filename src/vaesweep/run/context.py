@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from vaesweep.core.atomic import move_aside
 
 SWEEP_FILE = "sweep.json"
+#: The key of a sweep record started anew: the name its unreadable predecessor was moved to.
+RESTARTED = "restarted_from"
 _from_command_line = False
 MAX_DIRNAME = 120  # well below the 255-byte limit of common file systems
 
@@ -32,7 +34,8 @@ def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     """The record of a sweep's earlier launches, for a launch about to write it anew: {} when
     there is none. One that cannot be read (edited, or damaged outside vaesweep, which writes
     it atomically) is moved to ``sweep.json.damaged-<time>`` with a warning, and the launch
-    starts a new record: the jobs' own results are untouched and skipped or resumed as usual.
+    starts a new record (``{RESTARTED: that file's name}``): the jobs' own results are
+    untouched and skipped or resumed as usual.
     """
     path = Path(sweep_dir) / SWEEP_FILE
     try:
@@ -59,7 +62,7 @@ def previous_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         file=sys.stderr,
         flush=True,
     )
-    return {}
+    return {RESTARTED: aside.name}
 
 
 def swept_values(job_overrides: list[str], grid_keys: list[str]) -> dict[str, str]:

@@ -31,18 +31,21 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
 from vaesweep.core.helpers import now
 from vaesweep.run.context import (
+    RESTARTED,
     SWEEP_FILE,
     job_dirname,
     previous_sweep,
     read_sweep,
     swept_values,
 )
-from vaesweep.run.effective import check_distinct, check_overrides
+from vaesweep.run.effective import NOT_RESULTS, check_distinct, check_overrides
 from vaesweep.run.policy import mismatch
 from vaesweep.run.record import (
     COMPLETED,
+    INCOMPLETE,
     RESULTS_FILE,
     SUMMARY_COLUMNS,
+    UNREADABLE,
     sweep_results,
     versions,
 )
@@ -116,21 +119,34 @@ def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[di
 
 
 def unrecorded_keys(record: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
-    """The keys that tell apart jobs of a sweep directory when some of them were made by a
-    launch its record does not know (a record started anew after it could not be read):
-    every override key whose value differs between the jobs, or that some jobs lack. []
-    when every job belongs to a recorded launch (its grid names the keys)."""
+    """For a record started anew (its predecessor could not be read: ``restarted_from``),
+    the keys that tell apart the jobs of launches it does not know: every override key whose
+    value differs between the directory's jobs, or that only some of them set, leaving out
+    keys that never change a result (:data:`~vaesweep.run.effective.NOT_RESULTS`) and
+    Hydra's. Names without Hydra's ``+``/``++`` prefix; deletions (``~key``) are not
+    columns. [] for any other record: its grid names the keys, launch by launch."""
+    if not record.get(RESTARTED):
+        return []
     known = {d for launch in earlier_launches(record) for d in launch.get("job_dirs") or []}
     if all(Path(r["run_dir"]).name in known for r in results):
         return []
-    values: dict[str, set[str]] = {}
-    told = [r["overrides"] for r in results if r.get("overrides")]
-    for overrides in told:
-        for item in overrides:
+    jobs = []
+    for r in results:
+        if r.get("status") in (UNREADABLE, INCOMPLETE):  # nothing known of its overrides
+            continue
+        values = {}  # the last of a repeated key, as Hydra applies them
+        for item in r.get("overrides") or []:
             key, _, value = item.partition("=")
-            values.setdefault(key, set()).add(value)
-    counts = {k: sum(any(o.partition("=")[0] == k for o in ov) for ov in told) for k in values}
-    return sorted(k for k, vs in values.items() if len(vs) > 1 or counts[k] < len(told))
+            values[key.lstrip("+")] = value
+        jobs.append(values)
+    keys = {k for values in jobs for k in values}
+    return sorted(
+        k
+        for k in keys
+        if not k.startswith(("~", "hydra."))
+        and not any(k == n or k.startswith(n + ".") for n in NOT_RESULTS)
+        and len({values.get(k) for values in jobs}) > 1  # None: a job without the key
+    )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -202,7 +218,8 @@ def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     record = read_sweep(sweep_dir) or {"grid": {}}
     results = sweep_results(sweep_dir)
     grid_keys = list(record["grid"])
-    grid_keys += [k for k in unrecorded_keys(record, results) if k not in grid_keys]
+    named = {k.lstrip("+") for k in grid_keys}
+    grid_keys += [k for k in unrecorded_keys(record, results) if k not in named]
     rows = summary_rows(results, grid_keys)
     record["jobs"] = [
         {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
@@ -278,6 +295,8 @@ def start_sweep(config: DictConfig) -> None:
         "launches": launches,
         "jobs": previous.get("jobs", []),
     }
+    if previous.get(RESTARTED):  # the jobs of the lost launches stay unknown to the record
+        record[RESTARTED] = previous[RESTARTED]
     write_json_atomic(sweep_dir / SWEEP_FILE, record)
 
 
