@@ -231,6 +231,94 @@ def test_best_command_runs_one_job_with_the_config_sources_of_the_search():
     ]
 
 
+def test_every_study_gets_a_sampler_of_its_own(tmp_path):
+    """Optuna's TPE (the default sampler) refuses to serve a second study; each study of a
+    search with grid axes gets its own instance, seeded as if its grid point were searched
+    alone (so the studies start from the same proposals), and a continued study one seeded
+    from (seed, study, trials so far)."""
+    import optuna
+
+    from vaesweep.sweep.search.driver import study_samplers
+
+    def objective(trial):
+        return trial.suggest_float("x", 0.0, 1.0) ** 2
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(str(tmp_path / "journal.log"))  # in memory, every study has id 0
+    names = iter(f"study{i}" for i in range(9))
+
+    def study(sampler):
+        return optuna.create_study(sampler=sampler, storage=storage, study_name=next(names))
+
+    shared = optuna.samplers.TPESampler(seed=0)
+    study(shared).optimize(objective, n_trials=2)
+    with pytest.raises(ValueError, match="multiple studies"):  # why one instance is not enough
+        study(shared).optimize(objective, n_trials=2)
+
+    config = OmegaConf.create(
+        {
+            "seed": 3,
+            "hydra": {
+                "sweeper": {
+                    "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": "${seed}"}
+                }
+            },
+        }
+    )
+    first = optuna.samplers.TPESampler(seed=3)  # the sweeper's instance
+    make = study_samplers(config, first)
+    made = [make("search[a]", 0), make("search[b]", 0), make("search[b]", 2)]
+    assert made[0] is first and len({id(s) for s in made}) == 3
+    xs = []
+    for sampler in made[:2]:
+        grid_point = study(sampler)
+        grid_point.optimize(objective, n_trials=3)
+        xs.append([t.params["x"] for t in grid_point.trials])
+    alone = study(optuna.samplers.TPESampler(seed=3))
+    alone.optimize(objective, n_trials=3)
+    assert xs[0] == xs[1] == [t.params["x"] for t in alone.trials]
+    continued = study(made[2])
+    continued.optimize(objective, n_trials=1)
+    assert continued.trials[0].params["x"] != xs[1][0]  # not the first launch's proposals again
+
+    unseeded = OmegaConf.create(
+        {"hydra": {"sweeper": {"sampler": {"_target_": "optuna.samplers.RandomSampler"}}}}
+    )
+    make = study_samplers(unseeded, first)
+    assert make("a", 0) is first and make("b", 0) is not first and make("b", 1) is not first
+    assert study_samplers(OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}}), None) is None
+
+
+def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdir):
+    """The real CLI: two studies (a grid axis) under the default seeded TPE sampler; the
+    second study proposes what a search of its grid point alone proposes."""
+    grid = run_cli(
+        [*SEARCH, "hydra.sweeper.n_trials=2", BETA, "likelihood=gaussian,laplace"], workdir
+    )
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    alone = run_cli(
+        [
+            *SEARCH[:-1],
+            "hydra.sweep.dir=alone",
+            "hydra.sweeper.n_trials=2",
+            BETA,
+            "likelihood=laplace",
+        ],
+        workdir,
+    )
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    best = json.loads((workdir / "sweep" / BEST_FILE).read_text())
+    assert len(best) == 2 and all(b["best"] is not None for b in best)
+    by_study = {
+        n: [t.params["beta"] for t in trials(workdir / "sweep", n)]
+        for n in ("search[likelihood=gaussian]", "search[likelihood=laplace]")
+    }
+    assert all(len(v) == 2 for v in by_study.values())
+    assert by_study["search[likelihood=laplace]"] == [
+        t.params["beta"] for t in trials(workdir / "alone")
+    ]
+
+
 def test_a_half_proposed_trial_is_never_run_nor_counted():
     """A launch killed while the sampler proposed a trial leaves it RUNNING without every
     searched value: the next launch tells it FAIL and proposes n_trials complete ones."""

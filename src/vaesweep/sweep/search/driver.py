@@ -111,22 +111,28 @@ def _write_best(plan: Plan, studies: list[tuple[list[str], Any]]) -> list[dict[s
 def study_samplers(config: DictConfig, sampler: Any) -> Any:
     """The sampler of each study, as a function of (study name, trials it already has).
 
-    A study's first launch uses the configured sampler (seeded with the run's seed by
-    default: the same command proposes the same trials). A seeded sampler restarts its
-    random stream on every launch, so a continued study would be proposed its first
-    launch's points again: it gets the configured sampler seeded from (seed, study, trials
-    so far) instead, still the same for the same command and the same point of resumption.
+    Every study gets a sampler of its own: Optuna's samplers keep per-study state, and TPE
+    (the default) refuses a second study. A study's first launch uses the configured sampler
+    (seeded with the run's seed by default: the same command proposes the same trials, and a
+    study proposes what it would in a search of its grid point alone, the other studies
+    notwithstanding). A seeded sampler restarts its random stream on every launch, so a
+    continued study would be proposed its first launch's points again: it gets the
+    configured sampler seeded from (seed, study, trials so far) instead, still the same for
+    the same command and the same point of resumption. ``sampler``: the sweeper's instance
+    of the configured sampler (None: Optuna's default, made anew for every study).
     """
     from hydra.utils import instantiate
 
     conf = config.hydra.sweeper.get("sampler")
-    seed = conf.get("seed") if conf is not None else None
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if conf is None:
         return sampler
+    seed = conf.get("seed")
+    seeded = isinstance(seed, int) and not isinstance(seed, bool)
+    unused = [sampler]  # the sweeper's own instance serves the first study that asks
 
     def make(study: str, asked: int) -> Any:
-        if asked == 0:
-            return sampler
+        if asked == 0 or not seeded:
+            return unused.pop() if unused else instantiate(conf)
         digest = hashlib.sha256(f"{seed}:{study}:{asked}".encode()).digest()
         return instantiate(conf, seed=int.from_bytes(digest[:4], "big"))
 
