@@ -2,7 +2,7 @@
 
     vaesweep collect SWEEP_DIR... [-o FILE.csv|FILE.parquet] [--aggregate]
     vaesweep collect --wandb ENTITY/PROJECT --group GROUP [-o FILE]
-    vaesweep figures SWEEP_DIR... [--out DIR]
+    vaesweep figures SWEEP_DIR... [--out DIR] [--evaluation iwae_k=5000,checkpoint=last]
     vaesweep figures --analytic [--out DIR]
 
 Bad input (no results, mixed datasets, no completed run, unknown format) prints one line
@@ -21,8 +21,11 @@ from vaesweep.analysis.results import (
     ResultsError,
     aggregate,
     excluded_message,
+    find_results,
     load_results,
     load_wandb,
+    unaggregated_message,
+    use_evaluation,
     write_frame,
 )
 from vaesweep.run.record import SUMMARY_COLUMNS
@@ -75,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="output directory (default: SWEEP_DIR/figures, or outputs/figures/analytic)",
     )
     figures.add_argument("--analytic", action="store_true", help="the analytic figures")
+    figures.add_argument(
+        "--evaluation",
+        metavar="NAME",
+        help="use the test metrics of `vaesweep evaluate` NAME (e.g. iwae_k=5000,checkpoint=last) "
+        "instead of those computed at training time; every completed run must have it",
+    )
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -111,6 +120,7 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("give SWEEP_DIR... or --wandb ENTITY/PROJECT --group GROUP")
     statuses = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     print(f"{len(df)} runs ({statuses}) from {source}", file=sys.stderr)
+    _notes(df, excluded=args.aggregate)
     table = aggregate(df) if args.aggregate else df
     if args.output:
         print(f"wrote {write_frame(table, args.output)}", file=sys.stderr)
@@ -121,11 +131,29 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         print(df[list(dict.fromkeys(shown))].to_string(index=False))
 
 
+def _notes(df: Any, excluded: bool) -> None:
+    """What the user should know of the runs found, one ``note:`` line each on stderr."""
+    notes = list(df.attrs.get("notes", []))
+    if excluded:
+        notes += [m for m in (excluded_message(df), unaggregated_message(df)) if m]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _run_or_sweep_dir(path: str) -> Path:
+    """A directory given on the command line, or the run directory of a results.json."""
+    return Path(path).parent if Path(path).is_file() else Path(path)
+
+
 def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.analytic == bool(args.dirs):
         parser.error("give SWEEP_DIR... or --analytic (not both)")
     # Results are loaded (and bad input reported) before the plotting stack is imported.
     df = None if args.analytic else load_results(*args.dirs)
+    if args.evaluation and df is None:
+        parser.error("--evaluation goes with SWEEP_DIR..., not --analytic")
+    if args.evaluation:
+        df = use_evaluation(df, args.evaluation)
     from vaesweep.analysis.figures import (  # heavy: matplotlib, after the results loaded
         write_analytic_figures,
         write_sweep_figures,
@@ -134,9 +162,11 @@ def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if df is None:
         report = write_analytic_figures(args.out or Path("outputs") / "figures" / "analytic")
     else:
-        if message := excluded_message(df):
-            print(f"note: {message}", file=sys.stderr)
-        report = write_sweep_figures(df, args.out or Path(args.dirs[0]) / "figures")
+        _notes(df, excluded=True)
+        out = args.out or _run_or_sweep_dir(args.dirs[0]) / "figures"
+        if out.exists() and not out.is_dir():
+            raise ResultsError(f"--out {out}: a file, not a directory")
+        report = write_sweep_figures(df, out)
     for reason in report.skipped:
         print(f"skipped {reason}", file=sys.stderr)
     for note in report.notes:
@@ -183,20 +213,37 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if not dirs:
         parser.error("give SWEEP_DIR...")
     # heavy: torch and Lightning, loaded only for this command
-    from vaesweep.run.evaluate import evaluate_sweep
+    from vaesweep.run.evaluate import check_settings, evaluate_sweep
 
+    keys = ("eval.iwae_k", "eval.checkpoint", "eval.iwae_chunk", "eval.test_examples")
+    check_settings(*(settings[k] for k in keys))
+    runs = [p.parent for p in find_results(*dirs)]
+    if not runs:
+        raise ResultsError(
+            f"no results.json found under {', '.join(dirs)}: pass a run or sweep directory "
+            "written by `python run.py`"
+        )
+    print(f"{len(runs)} run(s) found; evaluating the completed ones", file=sys.stderr)
     done, skipped, problems = evaluate_sweep(
-        dirs,
+        runs,
         settings["eval.iwae_k"],
         settings["eval.checkpoint"],
         settings["eval.iwae_chunk"],
         settings["eval.test_examples"],
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    print(f"evaluated {done} run(s); {skipped} already evaluated", file=sys.stderr)
+    others = len(runs) - done - skipped - len(problems)
+    print(
+        f"evaluated {done} run(s); {skipped} already evaluated"
+        + (f"; {others} not completed, not evaluated" if others else ""),
+        file=sys.stderr,
+    )
     for problem in problems:
         print(f"not evaluated: {problem}", file=sys.stderr)
     if problems:
         raise SystemExit(1)
+    if not done and not skipped:
+        raise ResultsError(f"none of the {len(runs)} run(s) found completed: nothing to evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=r".* runs excluded from the aggregates")
             commands = {"collect": _collect, "figures": _figures, "evaluate": _evaluate}
             commands[args.command](args, parser)
-    except (ResultsError, ValueError) as e:
+    except (ResultsError, ValueError, OSError) as e:  # OSError: an output path (-o, --out)
         print(f"vaesweep: error: {e}", file=sys.stderr)
         return 1
     return 0

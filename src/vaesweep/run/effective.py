@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import component_class
+from vaesweep.run.record import NOT_RESULTS
 
 #: Groups and keys the training driver reads in every job (everything under them).
 READ_BY_DRIVER = (
@@ -51,18 +52,6 @@ READ_BY_DRIVER = (
     "eval",
     "optimizer",
     "label",
-)
-#: Read, but never change the numbers a job computes (where and how it runs and logs).
-NOT_RESULTS = (
-    "threads",
-    "sweep",
-    "paths",
-    "label",
-    "logger",
-    "data.root",
-    "data.download",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
 )
 #: Override keys outside the check: Hydra's own, and presets (which set keys themselves):
 #: a study (experiment) and a search (hparams_search, lightning-hydra-template's group).

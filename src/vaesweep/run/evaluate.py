@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,10 @@ def evaluate_sweep(
     checkpoint: str = "last",
     iwae_chunk: int | None = None,
     test_examples: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Evaluates every completed run below ``dirs``; (evaluated, already there, problems)."""
+    """Evaluates every completed run below ``dirs``; (evaluated, already there, problems).
+    ``progress``: told one line per run evaluated (or found already evaluated)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
     done = skipped = 0
     problems = []
@@ -144,6 +147,7 @@ def evaluate_sweep(
         result = record.read(run_dir)
         if result is None or record.checked_status(result)[0] != record.COMPLETED:
             continue
+        started = time.monotonic()
         try:
             with quiet_libraries():  # Lightning's Trainer, restored after each run
                 evaluation = evaluate_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
@@ -152,8 +156,12 @@ def evaluate_sweep(
             continue
         if evaluation is None:
             skipped += 1
+            line = f"{run_dir}: already evaluated"
         else:
             done += 1
             nll = evaluation["metrics"].get("test/nll")
-            log.info("%s: test/nll=%.4f at iwae_k=%d", run_dir, nll, iwae_k)
+            line = f"{run_dir}: test/nll={nll:.4f} at iwae_k={iwae_k} ({time.monotonic() - started:.1f} s)"
+        log.info("%s", line)
+        if progress is not None:
+            progress(line)
     return done, skipped, problems

@@ -77,6 +77,26 @@ EARNED_METRICS = ("test/nll", "test/elbo")
 CONTINUED = (RUNNING, INTERRUPTED)
 #: What a reader calls a file it cannot trust (never written by a job).
 UNREADABLE, INCOMPLETE, FAST_DEV_RUN = "unreadable", "incomplete", "fast_dev_run"
+#: ``vaesweep collect``'s status of a completed run collected twice (the same configuration,
+#: seed and metrics as another run found): counted once.
+DUPLICATE = "duplicate"
+#: Config keys that never change the numbers a job computes (where and how it runs and logs).
+NOT_RESULTS = (
+    "threads",
+    "sweep",
+    "paths",
+    "label",
+    "logger",
+    "data.root",
+    "data.download",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
+
+
+def changes_results(key: str) -> bool:
+    """False for a config key (dotted) under :data:`NOT_RESULTS`."""
+    return not any(key == p or key.startswith(p + ".") for p in NOT_RESULTS)
 #: The metrics that sum a result up: the columns of a sweep's summary.csv and table, and
 #: of what ``vaesweep collect`` prints.
 SUMMARY_COLUMNS = (

@@ -25,6 +25,7 @@ from vaesweep.analysis.figures.search import search_plan
 from vaesweep.analysis.figures.style import ONE_COLUMN, save
 from vaesweep.analysis.figures.sweep import (
     FigureSkipped,
+    history_notes,
     metric_vs_beta,
     rate_distortion,
     scale_history,
@@ -92,6 +93,10 @@ def _draw(
     return written
 
 
+#: The kinds of file the figure commands write (figures and tables).
+FIGURE_SUFFIXES = (".pdf", ".png", ".md", ".tex")
+
+
 def _atomically(
     out_dir: str | os.PathLike[str], fill: Callable[[Path], FigureReport]
 ) -> FigureReport:
@@ -102,9 +107,17 @@ def _atomically(
     try:
         report = fill(tmp)
         out_dir.mkdir(exist_ok=True)
+        earlier = {p.name for p in out_dir.iterdir() if p.suffix in FIGURE_SUFFIXES}
         for path in sorted(tmp.iterdir()):
             os.replace(path, out_dir / path.name)
             report.written.append(out_dir / path.name)
+        stale = sorted(earlier - {p.name for p in report.written})
+        if stale:
+            shown = ", ".join(stale[:6]) + (" ..." if len(stale) > 6 else "")
+            report.notes.append(
+                f"{len(stale)} file(s) in {out_dir} are from an earlier run and were not drawn "
+                f"now (kept; remove them or pass another --out): {shown}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
@@ -114,7 +127,7 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
     """Every sweep figure (PDF + PNG) and the results table (Markdown + LaTeX) into out_dir."""
 
     def fill(tmp: Path) -> FigureReport:
-        report = FigureReport(notes=image_notes(df))
+        report = FigureReport(notes=[*image_notes(df), *history_notes(df)])
         _draw(sweep_plan(df), tmp, report)
         try:
             table = results_table(df)

@@ -215,13 +215,34 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     return fig
 
 
+def _read_csv(path: Path) -> pd.DataFrame | str:
+    """The metrics.csv at ``path``, or why it cannot be read (a damaged file is passed over:
+    :func:`history_notes` names it)."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:  # empty, cut short, not UTF-8, not CSV
+        return f"{type(e).__name__}: {e}"
+
+
+def history_notes(df: pd.DataFrame) -> list[str]:
+    """One line per completed run whose metrics.csv cannot be read: its histories are left
+    out of the history figures, which the other runs still draw."""
+    notes = []
+    for run_dir in completed(df)["run_dir"]:
+        path = Path(str(run_dir)) / METRICS_CSV
+        problem = _read_csv(path) if path.is_file() else None
+        if isinstance(problem, str):
+            notes.append(f"{path} not read, left out of the history figures ({problem})")
+    return notes
+
+
 def read_history(run_dir: str | Path, columns: Sequence[str]) -> pd.DataFrame | None:
     """Rows of ``<run_dir>/metrics.csv`` with ``step`` and every one of ``columns`` logged, or None."""
     path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         return None
-    history = pd.read_csv(path)
-    if not set(columns) <= set(history.columns):
+    history = _read_csv(path)
+    if isinstance(history, str) or not set(columns) <= set(history.columns):
         return None
     rows = history.dropna(subset=list(columns))[["step", *columns]]
     # A resumed run may log a step twice: keep the last value.

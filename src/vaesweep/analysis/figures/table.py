@@ -20,7 +20,13 @@ import pandas as pd
 from vaesweep.analysis.figures.kinds import data_kinds
 from vaesweep.analysis.figures.style import likelihood_label
 from vaesweep.analysis.figures.sweep import FigureSkipped
-from vaesweep.analysis.results import aggregate, completed, config_keys
+from vaesweep.analysis.results import (
+    aggregate,
+    completed,
+    config_keys,
+    evaluations,
+    unaggregated_message,
+)
 
 TABLE_METRICS = (
     "test/nll",
@@ -140,6 +146,20 @@ def _value(key: str, value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _test_source(done: pd.DataFrame, df: pd.DataFrame) -> str:
+    """Where the table's test metrics come from: training time (with which K) or an
+    evaluation of ``vaesweep evaluate``."""
+    if "evaluation" in df.attrs:
+        return f"Test metrics: vaesweep evaluate, {df.attrs['evaluation']}."
+    ks = sorted({int(k) for k in done.get("config.eval.iwae_k", pd.Series(dtype=float)).dropna()})
+    text = "Test metrics: at training time"
+    if ks:
+        text += f", NLL by the IWAE bound with K = {', '.join(map(str, ks))}"
+    if found := evaluations(df):
+        text += f"; also evaluated: {', '.join(found)} (vaesweep figures --evaluation NAME)"
+    return text + "."
+
+
 def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> ResultsTable:
     """Mean ± std (ddof = 1) over seeds per configuration for the ``metrics`` present."""
     done = completed(df)
@@ -181,6 +201,9 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         f"{spread}; bold: best mean {per} (↓ lower is better, ↑ higher is better); "
         "NLL, ELBO and KL in nats per example, MSE per pixel.",
     ]
+    notes.append(_test_source(done, df))
+    if message := unaggregated_message(df):
+        notes.append(f"Not shown: {message}.")
     if len(kinds) > 1:
         notes.append(
             f"The rows score different data ({'; '.join(kinds)}): their NLL/ELBO are numbers "

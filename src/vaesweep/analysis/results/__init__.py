@@ -21,8 +21,10 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
 
 Failed, diverged and still-running runs stay in the frame with their status (``incomplete``
 for a result that says completed without test metrics, ``fast_dev_run`` for Lightning's debug
-runs: :func:`vaesweep.run.record.frame_status`); :func:`aggregate`
-leaves them out, with a warning that counts them.
+runs: :func:`vaesweep.run.record.frame_status`; ``unreadable`` for a results.json that cannot
+be read; ``duplicate`` for a completed run found twice, e.g. in two sweeps); :func:`aggregate`
+leaves them out, with a warning that counts them. ``df.attrs["notes"]`` holds what else the
+commands tell the user (jobs of a sweep.json without a result, ...).
 
 The modules: ``frame`` (rows → the frame, its columns and checks) is fed by ``files``
 (results.json files, :func:`load_results`) or ``from_wandb`` (a W&B group,
@@ -35,9 +37,12 @@ from vaesweep.analysis.results.aggregation import (
     aggregate,
     completed,
     config_keys,
+    evaluations,
     excluded_message,
     metric_names,
     swept_keys,
+    unaggregated_message,
+    use_evaluation,
 )
 from vaesweep.analysis.results.files import find_results, load_results
 from vaesweep.analysis.results.frame import (
@@ -77,6 +82,7 @@ __all__ = [
     "aggregate",
     "completed",
     "config_keys",
+    "evaluations",
     "excluded_message",
     "find_results",
     "flatten",
@@ -87,6 +93,8 @@ __all__ = [
     "parse_overrides",
     "split_job_name",
     "swept_keys",
+    "unaggregated_message",
+    "use_evaluation",
     "wandb_record",
     "write_frame",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError
+from vaesweep.run.record import COMPLETED, UNREADABLE
 
 STATS = ("mean", "std", "sem", "count")
 
@@ -21,6 +22,58 @@ def excluded_message(df: pd.DataFrame) -> str | None:
         return None
     counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
     return f"{len(bad)} of {len(df)} runs excluded from the aggregates ({counts})"
+
+
+def unaggregated_message(df: pd.DataFrame) -> str | None:
+    """The configurations none of whose runs completed (all failed, diverged, ...): they have
+    no row in the aggregates, so a table would not show that they were tried. None if none."""
+    keys = [k for k in config_keys(df) if k in df.columns] if "swept" in df.attrs else []
+    known = df[df["status"] != UNREADABLE]
+    if not keys or known.empty:
+        return None
+    lost = []
+    for key, group in known.groupby(keys, dropna=False, sort=True):
+        if (group["status"] == COMPLETED).any():
+            continue
+        values = key if isinstance(key, tuple) else (key,)
+        label = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+        counts = ", ".join(f"{n} {s}" for s, n in group["status"].value_counts().items())
+        lost.append(f"{label} ({counts})")
+    if not lost:
+        return None
+    shown = "; ".join(lost[:5]) + (" ..." if len(lost) > 5 else "")
+    return f"{len(lost)} configuration(s) without a completed run, so not in the aggregates: {shown}"
+
+
+def evaluations(df: pd.DataFrame) -> list[str]:
+    """The names of the ``vaesweep evaluate`` results in the frame (``iwae_k=5000,checkpoint=last``
+    from the columns ``test/nll@iwae_k=5000,checkpoint=last``, ...)."""
+    return sorted({c.split("@", 1)[1] for c in df.columns if c.startswith("test/") and "@" in c})
+
+
+def use_evaluation(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The frame with every ``test/*`` metric of the evaluation ``name`` (``test/nll@name``,
+    ...) in place of the training-time one, for figures and tables of paper-grade numbers.
+    ResultsError when no run has it, or some completed run lacks it (named, with the
+    command that computes it)."""
+    suffix = f"@{name}"
+    columns = [c for c in df.columns if c.startswith("test/") and c.endswith(suffix)]
+    if not columns:
+        found = ", ".join(evaluations(df)) or "none (vaesweep evaluate writes them)"
+        raise ResultsError(f"--evaluation {name}: no run holds it; evaluations found: {found}")
+    done = df["status"] == COMPLETED
+    lacking = df.loc[done & df[columns].isna().all(axis=1), "run_dir"].tolist()
+    if lacking:
+        settings = " ".join(f"eval.{item}" for item in name.split(","))
+        raise ResultsError(
+            f"--evaluation {name}: {len(lacking)} of {int(done.sum())} completed runs lack it "
+            f"(e.g. {lacking[0]}); compute it with: vaesweep evaluate <the same dirs> {settings}"
+        )
+    out = df.copy()
+    for column in columns:
+        out[column.removesuffix(suffix)] = out[column]
+    out.attrs = {**df.attrs, "evaluation": name}
+    return out
 
 
 def completed(df: pd.DataFrame, warn: bool = False) -> pd.DataFrame:

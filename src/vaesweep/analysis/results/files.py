@@ -11,12 +11,11 @@ from typing import Any
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError, build_frame, flatten, parse_overrides
-from vaesweep.run.record import RESULTS_FILE, frame_status, read_evaluations
+from vaesweep.run.context import SWEEP_FILE
+from vaesweep.run.record import RESULTS_FILE, UNREADABLE, frame_status, read_evaluations
 
 
 def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(result, dict):
-        raise ResultsError(f"{path}: not a valid results file (not a JSON object)")
     dataset = result.get("dataset") or {}
     config = result.get("config") or {}
     error = result.get("error")
@@ -61,8 +60,41 @@ def _evaluated(run_dir: Path) -> dict[str, float]:
     }
 
 
+def _unreadable_row(path: Path, problem: str) -> dict[str, Any]:
+    """A results.json that cannot be read: listed, with the reason, and never aggregated."""
+    return {
+        "identity": {
+            "run_dir": str(path.parent),
+            "job_name": path.parent.name,
+            "status": UNREADABLE,
+            "error": f"{path} is not a valid results file ({problem})",
+            **code_state(None),
+        },
+        "metrics": {},
+        "config": {},
+        "overrides": {},
+    }
+
+
+def _walk(path: Path, name: str) -> list[Path]:
+    """Every file called ``name`` at or below the directory ``path``, symbolic links to
+    directories followed (each real directory once)."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if name in files:
+            found.append(Path(top) / name)
+    return found
+
+
 def find_results(*dirs: str | os.PathLike[str]) -> list[Path]:
-    """Every results.json at or below ``dirs`` (a dir, or a results.json itself), sorted, unique."""
+    """Every results.json at or below ``dirs`` (a dir, or a results.json itself), sorted,
+    unique (symbolic links to sweep directories are followed)."""
     found: set[Path] = set()
     for d in dirs:
         path = Path(d)
@@ -71,16 +103,49 @@ def find_results(*dirs: str | os.PathLike[str]) -> list[Path]:
         if path.is_file():
             found.add(path.resolve())
         else:
-            found.update(p.resolve() for p in path.rglob(RESULTS_FILE))
+            found.update(p.resolve() for p in _walk(path, RESULTS_FILE))
     return sorted(found)
+
+
+def missing_jobs(dirs: tuple[str | os.PathLike[str], ...], found: list[Path]) -> list[str]:
+    """Notes on the sweeps below ``dirs`` whose sweep.json names more jobs than have a
+    results.json: jobs that never started (a stopped sweep), or whose file was lost."""
+    have = {p.parent for p in found}
+    notes = []
+    for d in dirs:
+        if not Path(d).is_dir():
+            continue
+        for record_path in _walk(Path(d), SWEEP_FILE):
+            try:
+                record = json.loads(record_path.read_text())
+                jobs, n_jobs = record.get("jobs") or [], int(record.get("n_jobs") or 0)
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue  # a damaged record: the next launch of the sweep sets it aside
+            sweep = record_path.parent.resolve()
+            ran = sum(p.is_relative_to(sweep) for p in have)
+            lost = [
+                str(j["dir"])
+                for j in jobs
+                if isinstance(j, dict) and j.get("dir") and (sweep / j["dir"]) not in have
+            ]
+            if ran >= n_jobs and not lost:
+                continue
+            note = f"{record_path.parent}: {SWEEP_FILE} counts {n_jobs} jobs, {ran} have a {RESULTS_FILE}"
+            if lost:
+                shown = ", ".join(lost[:3]) + (" ..." if len(lost) > 3 else "")
+                note += f"; lost from jobs that ran: {shown}"
+            notes.append(note + " (the sweep's command runs what is missing)")
+    return notes
 
 
 def load_results(*dirs: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per ``results.json`` found (recursively) under ``dirs``; columns as in
-    :mod:`vaesweep.analysis.results`.
+    :mod:`vaesweep.analysis.results`. A results.json that cannot be read is a row with the
+    status ``unreadable``; ``df.attrs["notes"]`` says what else the user should know (jobs
+    of a sweep.json without a result, duplicates whose metrics differ).
 
-    Raises ResultsError when none is found, when one is not valid JSON, when runs of different
-    datasets (name or content fingerprint) are mixed, or when no run completed.
+    Raises ResultsError when none is found, when runs of different datasets (name or
+    content fingerprint) are mixed, or when no run completed.
     """
     if not dirs:
         raise ResultsError("no directory given")
@@ -90,10 +155,24 @@ def load_results(*dirs: str | os.PathLike[str]) -> pd.DataFrame:
             f"no {RESULTS_FILE} found under {', '.join(str(d) for d in dirs)}: "
             "pass a run or sweep directory written by `python run.py`"
         )
-    rows = []
+    rows, unreadable = [], []
     for path in paths:
         try:
-            rows.append(_local_row(path, json.loads(path.read_text())))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ResultsError(f"{path}: not a valid results file ({e})") from None
-    return build_frame(rows)
+            result = json.loads(path.read_text())
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
+            rows.append(_unreadable_row(path, str(e)))
+            unreadable.append(f"{path} ({e})")
+            continue
+        rows.append(_local_row(path, result))
+    df = build_frame(rows)
+    notes = missing_jobs(dirs, paths)
+    if unreadable:
+        notes.append(
+            f"{len(unreadable)} {RESULTS_FILE} could not be read (status unreadable; the "
+            f"sweep's command runs such a job again): {'; '.join(unreadable[:3])}"
+            + (" ..." if len(unreadable) > 3 else "")
+        )
+    df.attrs["notes"] = [*notes, *df.attrs["notes"]]
+    return df

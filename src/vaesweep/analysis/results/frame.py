@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from vaesweep.run.record import COMPLETED, DUPLICATE, changes_results
+
 IDENTITY = (
     "run_dir",
     "sweep_dir",
@@ -118,7 +120,11 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]
     values = {
         key: [_swept_value(key, row["overrides"], row["config"]) for row in rows] for key in keys
     }
-    swept = sorted((k for k in keys if len({_comparable(v) for v in values[k]}) > 1), key=_key_rank)
+    # A row without a config or overrides (an unreadable results.json) has no say.
+    known = [i for i, row in enumerate(rows) if row["config"] or row["overrides"]]
+    swept = sorted(
+        (k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1), key=_key_rank
+    )
     return swept, values
 
 
@@ -134,6 +140,7 @@ def build_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         record.update(metrics)
         record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
         records.append(record)
+    notes = _mark_duplicates(records, rows)
     metric_columns.sort(key=_metric_rank)
     config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
     columns = [
@@ -149,8 +156,43 @@ def build_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     df.attrs["swept"] = swept
     df.attrs["metrics"] = metric_columns
+    df.attrs["notes"] = notes
     _check(df)
     return df
+
+
+def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """Gives every completed run after the first with the same configuration (every key
+    that can change a result, the seed included), the same data and the same metrics the
+    status ``duplicate`` (a run collected twice, e.g. from two sweeps that both ran it):
+    aggregates count it once. Returns notes on runs that share a configuration and seed
+    but not their metrics (other code or a device that is not deterministic): both kept."""
+    first: dict[str, tuple[dict[str, Any], str]] = {}
+    differ: list[str] = []
+    for record, row in zip(records, rows, strict=True):
+        if record["status"] != COMPLETED or not row["config"]:
+            continue
+        config = {k: v for k, v in row["config"].items() if changes_results(k)}
+        key = json.dumps([config, record["dataset_fingerprint"]], sort_keys=True, default=str)
+        trained = {k: v for k, v in row["metrics"].items() if "@" not in k}  # not evaluations
+        metrics = json.dumps(trained, sort_keys=True, default=str)
+        if key not in first:
+            first[key] = (record, metrics)
+        elif first[key][1] == metrics:
+            record["status"] = DUPLICATE
+            record["error"] = (
+                f"the same configuration, seed and metrics as {first[key][0]['run_dir']}: "
+                "counted once"
+            )
+        else:
+            differ.append(f"{first[key][0]['run_dir']} and {record['run_dir']}")
+    if not differ:
+        return []
+    return [
+        f"{len(differ)} pair(s) of runs share a configuration and seed but not their metrics "
+        f"(other code, or a device that is not deterministic), both counted: {'; '.join(differ[:3])}"
+        + (" ..." if len(differ) > 3 else "")
+    ]
 
 
 def _check(df: pd.DataFrame) -> None:

@@ -118,8 +118,14 @@ def load_wandb(project: str, group: str) -> pd.DataFrame:
     """
     import wandb
 
-    runs = wandb.Api().runs(project, filters={"group": group})
-    records = [wandb_record(run) for run in runs]
+    try:
+        runs = wandb.Api().runs(project, filters={"group": group})
+        records = [wandb_record(run) for run in runs]
+    except wandb.errors.Error as e:  # no API key, refused, no network, no such project
+        raise ResultsError(
+            f"W&B {project}, group {group!r}: {type(e).__name__}: {e} (check the login and "
+            "the entity/project, as on the W&B page)"
+        ) from None
     if not records:
         raise ResultsError(f"no W&B runs in {project} with group {group!r}")
     return frame_from_wandb(records)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError
+from vaesweep.core.atomic import atomic_open
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -27,15 +27,16 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise ResultsError(f"{path}: unknown output format {suffix!r}; use .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if path.is_dir():
+        raise ResultsError(f"{path}: a directory; give a file name ending in .csv or .parquet")
+    if blocking := next((p for p in path.parents if p.exists() and not p.is_dir()), None):
+        raise ResultsError(f"{path}: cannot be written ({blocking} is a file, not a directory)")
     try:
-        if suffix == ".csv":
-            df.to_csv(tmp, index=False)
-        else:
-            _parquet_safe(df).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:  # the permissions of any new file, not mkstemp's 0600
+            if suffix == ".csv":
+                df.to_csv(f, index=False)
+            else:
+                _parquet_safe(df).to_parquet(f, index=False)
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot be written ({e.strerror or e})") from None
     return path

@@ -1,0 +1,280 @@
+"""The analysis commands on the directories users really have: a run collected twice, a
+results.json cut short or lost, a configuration none of whose runs completed, sweeps gathered
+through symbolic links, a damaged metrics.csv, figures drawn again into the same folder, the
+numbers of ``vaesweep evaluate`` in the figures, and output paths that cannot be written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vaesweep.analysis.figures import write_sweep_figures
+from vaesweep.analysis.figures.table import results_table
+from vaesweep.analysis.results import (
+    ResultsError,
+    aggregate,
+    load_results,
+    unaggregated_message,
+    use_evaluation,
+    write_frame,
+)
+
+from tiny_sweeps import copy_results, vaesweep
+
+KEYS = ["likelihood", "likelihood.scale", "beta"]
+
+
+def _edit(path: Path, **changes) -> dict:
+    result = json.loads(path.read_text())
+    result.update(changes)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the count of excluded runs: asserted elsewhere
+        return aggregate(df, metrics=["test/nll", "test/elbo"]).set_index(KEYS)
+
+
+def _key(result: dict) -> tuple:
+    config = result["config"]
+    return (config["likelihood"]["name"], config["likelihood"]["scale"], config["beta"])
+
+
+def test_a_run_collected_twice_counts_once(sweep, tmp_path):
+    """Two copies of a sweep (as when a second sweep re-ran some configurations): every run
+    of the second is a duplicate, and the aggregates equal those of one copy; a copy that
+    differs only in where it logged is still the same run, one with other metrics is not."""
+    first = copy_results(sweep, tmp_path / "a")
+    second = copy_results(sweep, tmp_path / "b")
+    for path in second[:2]:  # other logger and paths: not part of the result
+        result = json.loads(path.read_text())
+        result["config"]["logger"] = {"name": "wandb", "mode": "offline"}
+        result["config"]["paths"] = {"output_dir": "/elsewhere"}
+        path.write_text(json.dumps(result))
+    changed = json.loads(second[2].read_text())
+    changed["metrics"]["test/nll"] += 1.0  # same config and seed, other numbers
+    second[2].write_text(json.dumps(changed))
+
+    alone = load_results(tmp_path / "a")
+    both = load_results(tmp_path / "a", tmp_path / "b")
+    assert len(both) == 32 and (both["status"] == "duplicate").sum() == 15
+    dup = both[both["status"] == "duplicate"]
+    assert all(str(tmp_path / "b") in d for d in dup["run_dir"])
+    assert all("counted once" in e and str(tmp_path / "a") in e for e in dup["error"])
+    (note,) = both.attrs["notes"]
+    assert "1 pair(s) of runs share a configuration and seed but not their metrics" in note
+    assert str(first[2].parent) in note and str(second[2].parent) in note
+
+    one, two = _aggregate(alone), _aggregate(both)
+    for key, row in one.iterrows():
+        other = two.loc[key]
+        if key == _key(changed):  # the run with other metrics counts as one more seed
+            assert other["test/nll.count"] == row["test/nll.count"] + 1 == 3
+            continue
+        assert other["test/nll.count"] == row["test/nll.count"] == 2
+        assert other["test/nll.mean"] == row["test/nll.mean"]
+        assert other["test/nll.std"] == row["test/nll.std"]
+
+    proc = vaesweep(["collect", str(tmp_path / "a"), str(tmp_path / "b"), "--aggregate"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "32 runs (17 completed, 15 duplicate)" in proc.stderr
+    assert "15 duplicate" in proc.stderr and "not their metrics" in proc.stderr
+
+
+def test_an_unreadable_results_file_is_listed_and_the_others_collected(sweep, tmp_path):
+    copies = copy_results(sweep, tmp_path)
+    whole = copies[3].read_bytes()
+    copies[3].write_bytes(whole[: len(whole) // 2])  # cut short mid-write by another tool
+    copies[5].write_text("[1, 2]")  # JSON, but not a result
+    reference = load_results(sweep)
+    df = load_results(tmp_path)
+    assert list(df["status"].value_counts().items()) == [("completed", 14), ("unreadable", 2)]
+    assert df.attrs["swept"] == reference.attrs["swept"]  # the lost rows change no column
+    bad = df[df["status"] == "unreadable"].set_index("job_name")
+    assert set(bad.index) == {copies[3].parent.name, copies[5].parent.name}
+    assert all(isinstance(e, str) and "not a valid results file" in e for e in bad["error"])
+    (note,) = df.attrs["notes"]
+    assert note.startswith("2 results.json could not be read") and str(copies[3]) in note
+    proc = vaesweep(["collect", str(tmp_path)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "16 runs (14 completed, 2 unreadable)" in proc.stderr and str(copies[5]) in proc.stderr
+
+
+def test_jobs_of_a_sweep_record_without_a_result_are_named(sweep, tmp_path):
+    copies = copy_results(sweep, tmp_path)
+    record = json.loads((sweep / "sweep.json").read_text())
+    (tmp_path / "sweep.json").write_text(json.dumps(record))
+    assert load_results(tmp_path).attrs["notes"] == []
+    copies[0].unlink()
+    lost = copies[0].parent.name
+    record["n_jobs"] = 18  # two more that never started
+    (tmp_path / "sweep.json").write_text(json.dumps(record))
+    (note,) = load_results(tmp_path).attrs["notes"]
+    assert note.startswith(f"{tmp_path}: sweep.json counts 18 jobs, 15 have a results.json")
+    assert f"lost from jobs that ran: {lost}" in note
+
+
+def test_a_configuration_without_a_completed_run_is_named_in_the_table(sweep, tmp_path):
+    copies = copy_results(sweep, tmp_path)
+    key = _key(json.loads(copies[0].read_text()))
+    hit = 0
+    for path in copies:
+        if _key(json.loads(path.read_text())) == key:
+            _edit(
+                path,
+                status="diverged",
+                metrics={},
+                error={"type": "NonFiniteScore", "message": "nan"},
+            )
+            hit += 1
+    assert hit == 2  # both seeds
+    df = load_results(tmp_path)
+    label = f"likelihood={key[0]},likelihood.scale={key[1]},beta={key[2]}"
+    assert unaggregated_message(df) == (
+        f"1 configuration(s) without a completed run, so not in the aggregates: {label} (2 diverged)"
+    )
+    assert unaggregated_message(load_results(sweep)) is None
+    table = results_table(df)
+    assert len(table.rows) == 7
+    assert "Not shown: 1 configuration(s) without a completed run" in table.to_markdown()
+
+
+def test_sweeps_gathered_through_symbolic_links_are_found(sweep, tmp_path):
+    copy_results(sweep, tmp_path / "real")
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "s1").symlink_to(tmp_path / "real")
+    (links / "loop").symlink_to(links)  # a cycle is walked once
+    df = load_results(links)
+    assert len(df) == 16 and (df["status"] == "completed").all()
+
+
+def _copy_sweep(sweep: Path, dest: Path, keep=lambda run: True) -> Path:
+    """A copy of the sweep's run directories (all files), those ``keep`` accepts."""
+    dest.mkdir()
+    for run in sorted(p.parent for p in sweep.glob("*/results.json")):
+        if keep(run):
+            shutil.copytree(run, dest / run.name)
+    return dest
+
+
+def test_a_damaged_history_is_named_and_the_figures_still_drawn(sweep, tmp_path):
+    runs = _copy_sweep(sweep, tmp_path / "runs")
+    optimal = next(p for p in sorted(runs.iterdir()) if "likelihood.scale=optimal" in p.name)
+    (optimal / "metrics.csv").write_text("")
+    report = write_sweep_figures(load_results(runs), tmp_path / "fig")
+    assert any(
+        n.startswith(f"{optimal / 'metrics.csv'} not read") and "EmptyDataError" in n
+        for n in report.notes
+    )
+    assert (tmp_path / "fig" / "scale_history.pdf").is_file()
+
+
+def test_figures_drawn_again_name_the_files_left_from_before(sweep, tmp_path):
+    out = tmp_path / "fig"
+    write_sweep_figures(load_results(sweep), out)
+    assert (out / "reconstructions_beta2.png").is_file()
+    copy_results(sweep, tmp_path / "half")
+    for path in (tmp_path / "half").rglob("results.json"):
+        if json.loads(path.read_text())["config"]["beta"] == 2:
+            path.unlink()
+    before = {p.name for p in out.iterdir()}
+    report = write_sweep_figures(load_results(tmp_path / "half"), out)
+    stale = before - {p.name for p in report.written}  # β no longer swept; no images copied
+    assert {"nll_elbo_vs_beta.pdf", "reconstructions_beta2.png"} <= stale
+    (note,) = [n for n in report.notes if "from an earlier run" in n]
+    assert note.startswith(f"{len(stale)} file(s) in {out} are from an earlier run")
+    assert ", ".join(sorted(stale)[:6]) in note
+    assert (out / "reconstructions_beta2.png").is_file()  # kept: only named
+
+
+def _evaluate_by_hand(copies: list[Path], name: str, shift: float) -> dict[str, float]:
+    """An evaluation file beside each result (as vaesweep evaluate writes one), its test/nll
+    the recorded one plus ``shift``; returns {run_dir: that value}."""
+    values = {}
+    for path in copies:
+        result = json.loads(path.read_text())
+        metrics = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
+        metrics["test/nll"] += shift
+        (path.parent / "evaluations").mkdir()
+        (path.parent / "evaluations" / f"{name}.json").write_text(
+            json.dumps({"status": "completed", "metrics": metrics})
+        )
+        values[str(path.parent)] = metrics["test/nll"]
+    return values
+
+
+def test_figures_can_use_the_numbers_of_an_evaluation(sweep, tmp_path):
+    copies = copy_results(sweep, tmp_path / "runs")
+    name = "iwae_k=5000,checkpoint=last"
+    values = _evaluate_by_hand(copies, name, -0.5)
+    df = load_results(tmp_path / "runs")
+    assert (
+        "Test metrics: at training time, NLL by the IWAE bound with K = "
+        in results_table(df).to_markdown()
+    )
+    assert f"also evaluated: {name}" in results_table(df).to_markdown()
+    used = use_evaluation(df, name)
+    assert used["test/nll"].tolist() == [values[r] for r in used["run_dir"]]
+    assert (used["test/elbo"] == df["test/elbo"]).all()  # the evaluation's own, unchanged here
+    assert f"Test metrics: vaesweep evaluate, {name}." in results_table(used).to_markdown()
+    with pytest.raises(
+        ResultsError, match=r"iwae_k=50: no run holds it; evaluations found: iwae_k=5000"
+    ):
+        use_evaluation(df, "iwae_k=50")
+    shutil.rmtree(copies[0].parent / "evaluations")
+    partly = load_results(tmp_path / "runs")
+    with pytest.raises(
+        ResultsError,
+        match=r"1 of 16 completed runs lack it .* eval\.iwae_k=5000 eval\.checkpoint=last",
+    ):
+        use_evaluation(partly, name)
+    proc = vaesweep(
+        ["figures", str(tmp_path / "runs"), "--evaluation", name, "--out", str(tmp_path / "f")],
+        tmp_path,
+    )
+    assert proc.returncode == 1 and "1 of 16 completed runs lack it" in proc.stderr
+    assert not (tmp_path / "f").exists()
+
+
+def test_the_table_file_is_readable_by_the_group_and_bad_paths_are_named(sweep, tmp_path):
+    df = load_results(sweep)
+    old = os.umask(0o022)
+    try:
+        for suffix in (".csv", ".parquet"):
+            path = write_frame(df, tmp_path / f"runs{suffix}")
+            assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ResultsError, match=r"d\.csv: a directory"):
+        write_frame(df, tmp_path / "d.csv")
+    with pytest.raises(ResultsError, match=r"is a file, not a directory"):
+        write_frame(df, tmp_path / "runs.csv" / "x.csv")
+    proc = vaesweep(["figures", str(sweep), "--out", str(tmp_path / "runs.csv")], tmp_path)
+    assert proc.returncode == 1 and "a file, not a directory" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "runs.csv", "runs.parquet"]
+
+
+def test_evaluate_says_when_there_is_nothing_to_evaluate(sweep, tmp_path):
+    proc = vaesweep(["evaluate", str(tmp_path / "nope"), "eval.iwae_k=10"], tmp_path)
+    assert proc.returncode == 1 and "nope: no such file or directory" in proc.stderr
+    proc = vaesweep(["evaluate", str(tmp_path), "eval.iwae_k=10"], tmp_path)
+    assert proc.returncode == 1 and "no results.json found under" in proc.stderr
+    copies = copy_results(sweep, tmp_path / "failed")
+    for path in copies[:2]:
+        _edit(path, status="failed", metrics={}, error={"type": "E", "message": "m"})
+    for path in copies[2:]:
+        path.unlink()
+    proc = vaesweep(["evaluate", str(tmp_path / "failed"), "eval.iwae_k=10"], tmp_path)
+    assert proc.returncode == 1
+    assert "2 not completed, not evaluated" in proc.stderr
+    assert "none of the 2 run(s) found completed: nothing to evaluate" in proc.stderr
