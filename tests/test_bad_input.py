@@ -280,7 +280,7 @@ def test_sweep_summary_lists_every_job_and_fails(tmp_path):
             "-m",
             *TINY,
             "logger=none",
-            "eval.n_images=0,8",
+            "eval.n_images=4,8",
             "data.batch_size=2000",
             "hydra.sweep.dir=sweep",
         ],
@@ -288,12 +288,12 @@ def test_sweep_summary_lists_every_job_and_fails(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "raised" not in proc.stderr
-    assert "[vaesweep] eval.n_images=0: ConfigError: eval.n_images=0 is invalid" in proc.stderr
-    # Refused once the data are loaded, before the first step.
-    assert (
-        "[vaesweep] eval.n_images=8: ConfigError: data.batch_size=2000 is invalid: allowed at "
-        "most the 1397 examples of the training split of data=digits"
-    ) in proc.stderr
+    # Refused once the data are loaded, before the first step: each job fails alone.
+    for n in (4, 8):
+        assert (
+            f"[vaesweep] eval.n_images={n}: ConfigError: data.batch_size=2000 is invalid: "
+            "allowed at most the 1397 examples of the training split of data=digits"
+        ) in proc.stderr
     assert not list(sweep.glob("*/checkpoints"))
     rows = (sweep / "summary.csv").read_text().splitlines()
     statuses = {row.split(",")[0].strip('"')[:5]: row for row in rows[1:]}
@@ -319,6 +319,22 @@ def test_collect_does_not_count_a_result_without_metrics(completed, tmp_path):
     assert df.loc[str(tmp_path / "good"), "status"] == "completed"
     assert df.loc[str(tmp_path / "empty"), "status"] == "incomplete"
     assert df.loc[str(tmp_path / "dev"), "status"] == "fast_dev_run"
+
+
+def test_a_grid_with_one_bad_value_is_refused_before_any_job(tmp_path):
+    """Every job's config is validated before the first trains: a bad value among good ones
+    names itself at once, rather than failing when its turn comes after the others."""
+    grid = ["-m", "beta=0.5,-1,2", "likelihood.scale=learned,bogus"]
+    proc = run_cli([*grid, *TINY, "logger=none", "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = one_line(proc)
+    assert line.startswith(
+        "[vaesweep] sweep refused, no job was run: 4 of the 6 jobs would be refused when their "
+        "turn came: "
+    ), line
+    assert "beta=-1 is invalid: allowed a finite number ≥ 0" in line
+    assert "likelihood.scale='bogus' is invalid: allowed one of ['fixed', 'learned'" in line
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize(

@@ -81,11 +81,16 @@ def resolve_preprocess(cfg: DictConfig) -> str:
     return resolved_preprocess(cfg)
 
 
-def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+def validate_config(
+    cfg: DictConfig, overrides: list[str] | None = None, network: bool = True
+) -> None:
     """Check every value that would otherwise fail (or silently mislead) mid-run.
 
     ``overrides``: the command line's, each of which must change what the run computes
     (:mod:`vaesweep.run.effective`; a multirun checks its overrides once, for all its jobs).
+    ``network``: also probe the W&B server for ``logger.mode=online`` (and switch to offline
+    under ``logger.offline_fallback``); a sweep's check of every job before any runs leaves
+    that to the job.
     """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -105,7 +110,8 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> None
     check_logger(cfg)
     check_training_budget(cfg.trainer)
     check_memory(cfg)
-    check_wandb(cfg)
+    if network:
+        check_wandb(cfg)
 
 
 def check_run_keys(cfg: DictConfig) -> None:

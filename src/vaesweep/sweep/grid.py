@@ -29,7 +29,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
+from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import now
+from vaesweep.run.config import validate_config
 from vaesweep.run.context import (
     RESTARTED,
     SWEEP_FILE,
@@ -202,10 +204,34 @@ def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | 
     refusal = (check_overrides(overrides, configs) if composed_all else None) or check_distinct(
         list(zip(jobs, configs, strict=True))
     )
+    refusal = refusal or invalid_jobs(configs, len(grid_jobs(overrides, params)))
     refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
     if refusal:
         print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def invalid_jobs(configs: list[DictConfig], n_jobs: int) -> str | None:
+    """The refusal of a grid some of whose jobs have a value the run would refuse (``beta=-1``
+    among good ones): every job's config is validated before any job runs, rather than each
+    failing when its turn comes, after the others trained. None when all pass."""
+    problems: dict[str, None] = {}
+    bad = 0
+    for cfg in configs:
+        try:
+            validate_config(cfg, network=False)
+        except ConfigError as e:
+            bad += 1
+            problems[str(e)] = None
+        except Exception:  # not a value the user gave: the job reports it itself
+            continue
+    if not bad:
+        return None
+    shown = "; ".join(list(problems)[:3]) + (" ..." if len(problems) > 3 else "")
+    return (
+        f"{bad} of the {n_jobs} jobs would be refused when their turn came: {shown} "
+        "(drop or correct the value in the grid)"
+    )
 
 
 def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
