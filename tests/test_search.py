@@ -289,6 +289,17 @@ def test_every_study_gets_a_sampler_of_its_own(tmp_path):
     assert study_samplers(OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}}), None) is None
 
 
+def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(workdir):
+    proc = run_cli([*SEARCH, "hydra.sweeper.params.beta=interval(-1, 1)"], workdir, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (
+        "[vaesweep] search refused, no trial was run: hydra.sweeper.params.beta=float[-1.0, 1.0] "
+        "includes beta=-1.0, which a run refuses: beta=-1.0 is invalid: allowed a finite "
+        "number ≥ 0"
+    ) in proc.stderr
+    assert not list(workdir.rglob("results.json"))
+
+
 def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdir):
     """The real CLI: two studies (a grid axis) under the default seeded TPE sampler; the
     second study proposes what a search of its grid point alone proposes."""
@@ -707,6 +718,13 @@ BAD = {
         ["likelihood.momentum", "no effect"],
     ),
     "unwritable storage": ([BETA, _unwritable], ["hydra.sweeper.storage", "cannot write"]),
+    "a choice a run refuses": (
+        [BETA, "hydra.sweeper.params.n_samples=choice(1, 0)", "likelihood=gaussian,laplace"],
+        [
+            "hydra.sweeper.params.n_samples=choice(1, 0) includes n_samples=0 "
+            "(likelihood=gaussian), which a run refuses: n_samples=0 is invalid: allowed ≥ 1",
+        ],
+    ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],
         ["hydra.sweeper.pruner=optuna.pruners.MedianPruner", "run to completion", "null"],
@@ -853,8 +871,9 @@ def test_a_search_killed_inside_a_journal_write_does_not_block_the_next_launch(w
 
 @pytest.fixture(scope="module")
 def failing_search(tmp_path_factory) -> Path:
-    """4 trials in batches of 2 (local_parallel): n_samples=0 fails validation, and the
-    seeded random sampler proposes it for trials 1 and 3."""
+    """4 trials in batches of 2 (local_parallel): a batch larger than the training split
+    fails once the data are loaded, and the seeded random sampler proposes it for trials 1
+    and 3."""
     root = tmp_path_factory.mktemp("search")
     proc = run_cli(
         [
@@ -865,7 +884,7 @@ def failing_search(tmp_path_factory) -> Path:
             "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
             BETA,
             LR,
-            "hydra.sweeper.params.n_samples=choice(1, 0)",
+            "hydra.sweeper.params.data.batch_size=choice(64, 5000)",
         ],
         root,
         timeout=300,
@@ -884,7 +903,7 @@ def test_failed_trials_do_not_stop_the_search(failing_search):
         assert r["status"] == ("completed" if t.state.name == "COMPLETE" else "failed")
     meta = json.loads((failing_search / "sweep.json").read_text())
     assert meta["search"]["n_jobs"] == 2 and "joblib" in meta["launcher"].lower()
-    assert set(meta["grid"]) == {"beta", "optimizer.lr", "n_samples"}
+    assert set(meta["grid"]) == {"beta", "optimizer.lr", "data.batch_size"}
 
 
 @pytest.mark.slow
@@ -896,7 +915,7 @@ def test_collect_and_figures_on_a_search(failing_search, tmp_path):
 
     df = pd.read_csv(out)
     assert len(df) == 4
-    for column in ("beta", "optimizer.lr", "n_samples"):  # the trial params are columns
+    for column in ("beta", "optimizer.lr", "data.batch_size"):  # the trial params are columns
         assert column in df.columns
     assert sorted(df["status"]) == ["completed", "completed", "failed", "failed"]
     figures = tmp_path / "figures"

@@ -10,11 +10,12 @@ from pathlib import Path
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.run.config import CONF_DIR, resolve_preprocess
+from vaesweep.core.checks import ConfigError
+from vaesweep.run.config import CONF_DIR, resolve_preprocess, validate_config
 from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
-from vaesweep.sweep.search.space import SearchError
+from vaesweep.sweep.search.space import SearchError, render
 from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import check_unchanged, existing_study
 
@@ -50,6 +51,31 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
         refusal = check_distinct(list(zip(jobs, configs, strict=True)))
     if refusal:
         raise SearchError(refusal)
+    check_space_values(config, plan, example)
+
+
+def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
+    """Refuses a search space with values a run refuses (``beta=interval(-1, 1)``): each
+    searched key at its bounds (every option of a ``choice``), the others at their example
+    value, at the first grid point, validated as each trial's run would validate it, so that
+    no trial of the budget is spent on a value known to fail. (One composition per value:
+    a value refused only at other grid points fails in those trials.)"""
+    point = plan.space.points()[0]
+    where = f" ({' '.join(point)})" if point else ""
+    for key, param in plan.space.searched.items():
+        values = param.choices if param.kind == "categorical" else (param.low, param.high)
+        for value in dict.fromkeys(values):
+            job = plan.space.trial_overrides(point, {**example, key: value})
+            try:
+                validate_config(compose(config.hydra.job.config_name, overrides=job), network=False)
+            except ConfigError as e:
+                raise SearchError(
+                    f"hydra.sweeper.params.{key}={param.describe()} includes "
+                    f"{key}={render(value)}{where}, which a run refuses: {e}. Allowed: a space "
+                    "whose every value a run accepts"
+                ) from None
+            except Exception:  # not the value's fault: the trial reports it itself
+                continue
 
 
 def check_shadowed(config: DictConfig) -> None:
