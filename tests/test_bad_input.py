@@ -6,6 +6,7 @@ CLI in subprocesses."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,31 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         (["logger.sweep_figures='false'"], r"logger.sweep_figures='false' is inv.*true or false"),
         (["logger.sweep_summary=1"], r"logger.sweep_summary=1 is invalid: allowed true or false"),
         (["logger.sweep_figures=true", "logger.sweep_summary=false"], None),
+        (["data.download=maybe"], r"data.download='maybe' is invalid: allowed true or false"),
+        (["logger.log_images=maybe"], r"logger.log_images='maybe' is invalid: allowed true or"),
+        (["trainer.deterministic=maybe"], r"trainer.deterministic='maybe' is invalid: allowed"),
+        (["trainer.deterministic=warn"], None),
+        (["trainer.log_every_n_steps=-5"], r"trainer.log_every_n_steps=-5 is invalid"),
+        # Keys the Trainer or the optimiser does not take: before the data, with the nearest.
+        (
+            ["+trainer.max_epoch=3"],
+            r"trainer.max_epoch is invalid: Lightning's Trainer takes no argument 'max_epoch' "
+            r"\(did you mean trainer.max_epochs\?\). Allowed: accelerator, ",
+        ),
+        (["+trainer.gradient_clip_val=1.0"], None),  # a Trainer argument the file lacks
+        (
+            ["+optimizer.momentum=0.9"],
+            r"optimizer.momentum is invalid: torch.optim.adam.Adam takes no argument 'momentum'. "
+            r"Allowed: lr, betas, eps, weight_decay, amsgrad",
+        ),
+        (["optimizer=adamw", "+optimizer.amsgrad=true"], None),
+        # What W&B would refuse after the data are loaded, naming no key.
+        (["logger.project=123"], r"logger.project=123 is invalid: allowed text"),
+        (["logger.entity=123"], r"logger.entity=123 is invalid: allowed null or text"),
+        (["logger.tags=abc"], r"logger.tags='abc' is invalid: allowed a list"),  # not a, b, c
+        (["label.tags=abc"], r"label.tags='abc' is invalid: allowed a list"),
+        (["label.note=true"], r"label.note=True is invalid: allowed null or text"),
+        (["label.tags=[a,2]", "+label.note=x"], None),
     ],
 )
 def test_refused_before_training(overrides, message):
@@ -67,6 +93,32 @@ def test_refused_before_training(overrides, message):
         return
     with pytest.raises(ConfigError, match=message):
         validate(overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+data.batchsize=32",
+            "data.batchsize=32 has no effect on what this run computes: data has no key "
+            "batchsize (did you mean data.batch_size?). Allowed keys of data: name, root,",
+        ),
+        (
+            "+eval.iwae_samples=5000",
+            "eval.iwae_samples=5000 has no effect on what this run computes: eval has no key "
+            "iwae_samples. Allowed keys of eval: checkpoint, iwae_k,",
+        ),
+        ("+sweep.foo=1", "sweep has no key foo. Allowed keys of sweep: resume, rerun_failed"),
+    ],
+)
+def test_a_key_added_to_a_group_the_driver_reads_by_name_is_refused(override, message):
+    """Before, the whole group counted as read: +data.batchsize=32 trained with the batch
+    size of 128 and no word."""
+    cfg = compose_cfg([override, "paths.data_dir=/tmp"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(cfg, [override])
+    extra = ["+paths.mine=/tmp/data", "data.root=${paths.mine}"]  # read through the reference
+    validate_config(compose_cfg(extra), extra)
 
 
 def test_fast_dev_run_stays_allowed():
@@ -349,3 +401,16 @@ def test_sweeps_refused_before_any_job(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"sweep refused, no job was run: {message}" in proc.stderr
     assert not (tmp_path / "nonexistent").exists() and not results_under(tmp_path)
+
+
+def test_a_study_preset_without_multirun_says_it_trains_one_run(tmp_path):
+    """experiment=bernoulli_vs_continuous holds a grid that only -m runs: a single run of it
+    trains the defaults (a Gaussian, no run of the study), and says so."""
+    proc = run_cli(["experiment=bernoulli_vs_continuous", *TINY, "logger=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "[vaesweep] note: experiment=bernoulli_vs_continuous defines a grid (likelihood, beta, "
+        "seed) that only a multirun runs: this is one run with the defaults; add -m"
+    ) in proc.stderr
+    plain = run_cli([*TINY, "logger=none"], tmp_path)
+    assert plain.returncode == 0 and "note:" not in plain.stderr

@@ -167,6 +167,11 @@ def check_components(cfg: DictConfig) -> None:
 
 def check_data(cfg: DictConfig) -> None:
     d = cfg.data
+    for key, value in (
+        ("data.download", d.get("download", False)),
+        ("likelihood.allow_nonbinary", cfg.likelihood.get("allow_nonbinary", False)),
+    ):  # a quoted 'false' would be truthy
+        require(isinstance(value, bool), key, value, "true or false")
     require(d.preprocess in PREPROCESS, "data.preprocess", d.preprocess, f"one of {PREPROCESS}")
     for key in ("batch_size", "eval_batch_size"):
         require(is_int(d[key]) and d[key] > 0, f"data.{key}", d[key], "an integer > 0")
@@ -196,8 +201,47 @@ def check_data(cfg: DictConfig) -> None:
         raise ConfigError(problem)
 
 
+def _unknown_keys(group: str, keys: Any, target: Any, what: str) -> None:
+    """ConfigError for a key of ``group`` that ``target`` (a class, its constructor's
+    parameters) does not take, naming the nearest allowed one, before any data are loaded."""
+    import difflib
+    import inspect
+
+    allowed = [
+        n
+        for n, p in inspect.signature(target).parameters.items()
+        if n not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    for key in keys:
+        if key == "name" or key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+        raise ConfigError(
+            f"{group}.{key} is invalid: {what} takes no argument {key!r}{hint}. Allowed: "
+            f"{', '.join(allowed)}"
+        )
+
+
 def check_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
+    from lightning import Trainer
+
+    _unknown_keys("trainer", list(t.keys()), Trainer.__init__, "Lightning's Trainer")
+    deterministic = t.get("deterministic")
+    require(
+        deterministic in (None, "warn") or isinstance(deterministic, bool),
+        "trainer.deterministic",
+        deterministic,
+        "true, false, warn or null",
+    )
+    every = t.get("log_every_n_steps")
+    require(
+        every is None or (is_int(every) and every >= 1),
+        "trainer.log_every_n_steps",
+        every,
+        "null or an integer ≥ 1",
+    )
     interval = t.get("val_check_interval")
     require(
         interval is None
@@ -239,6 +283,8 @@ def check_trainer(cfg: DictConfig) -> None:
 def check_optimizer(cfg: DictConfig) -> None:
     o, t = cfg.optimizer, cfg.trainer
     require(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {list(OPTIMIZERS)}")
+    cls = OPTIMIZERS[o.name]
+    _unknown_keys("optimizer", list(o.keys()), cls.__init__, f"{cls.__module__}.{cls.__name__}")
     require(is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
     fused = o.get("fused", False)
     require(isinstance(fused, bool), "optimizer.fused", fused, "true or false")
@@ -340,9 +386,34 @@ def _require_validation(t: DictConfig) -> None:
         )
 
 
+def _is_text_list(value: Any) -> bool:
+    return (OmegaConf.is_list(value) or isinstance(value, list)) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+    )
+
+
+def check_labels(cfg: DictConfig) -> None:
+    """``label.note`` (text) and ``label.tags`` (a list), which results.json and W&B record."""
+    label = cfg.get("label") or {}
+    note, tags = label.get("note"), label.get("tags") or []
+    require(note is None or isinstance(note, str), "label.note", note, "null or text (quote it)")
+    require(_is_text_list(tags), "label.tags", tags, "a list, e.g. label.tags=[ablation,v2]")
+
+
 def check_logger(cfg: DictConfig) -> None:
     require(cfg.logger.name in LOGGERS, "logger.name", cfg.logger.name, f"one of {LOGGERS}")
+    check_labels(cfg)
     if cfg.logger.name == "wandb":
+        lg = cfg.logger
+        # W&B's own check of these comes after the data are loaded, naming no key.
+        require(isinstance(lg.project, str) and lg.project, "logger.project", lg.project, "text")
+        entity = lg.get("entity")
+        require(entity is None or isinstance(entity, str), "logger.entity", entity, "null or text")
+        tags = lg.get("tags") or []
+        require(_is_text_list(tags), "logger.tags", tags, "a list, e.g. logger.tags=[ablation,v2]")
+        for key in ("log_images", "offline_fallback"):  # a quoted 'false' would be truthy
+            value = lg.get(key, False)
+            require(isinstance(value, bool), f"logger.{key}", value, "true or false")
         mode = cfg.logger.mode
         require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
         for key in ("sweep_summary", "sweep_figures"):  # a quoted 'false' would be truthy

@@ -27,6 +27,7 @@ recorded in results.json and W&B, always allowed, and never part of what a job c
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Iterable
@@ -39,19 +40,33 @@ from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import component_class
 from vaesweep.run.record import NOT_RESULTS
 
+#: Groups whose keys the driver reads by name: a key added to one (``+data.batchsize=32``)
+#: is read by nothing. (``paths`` are read through the interpolations that point to them.)
+DRIVER_KEYS = {
+    "data": (
+        "name",
+        "root",
+        "download",
+        "preprocess",
+        "batch_size",
+        "eval_batch_size",
+        "val_size",
+        "test_size",
+    ),
+    "eval": ("checkpoint", "iwae_k", "iwae_chunk", "active_units_threshold", "n_images"),
+    "sweep": ("resume", "rerun_failed", "claim_timeout_s"),
+    "paths": ("data_dir", "output_dir"),
+}
 #: Groups and keys the training driver reads in every job (everything under them).
 READ_BY_DRIVER = (
     "seed",
     "n_samples",
     "threads",
     "compile",
-    "sweep",
-    "paths",
-    "data",
     "trainer",
-    "eval",
     "optimizer",
     "label",
+    *(f"{group}.{key}" for group, keys in DRIVER_KEYS.items() for key in keys),
 )
 #: Override keys outside the check: Hydra's own, and presets (which set keys themselves):
 #: a study (experiment) and a search (hparams_search, lightning-hydra-template's group).
@@ -221,6 +236,15 @@ def check_overrides(overrides: list[str], configs: list[DictConfig]) -> str | No
 
 def _refusal(key: str, value: str, analyses: list) -> str:
     head = f"{key}={value} has no effect on what this run computes"
+    group, _, name = key.partition(".")
+    if group in DRIVER_KEYS and name:
+        known = DRIVER_KEYS[group]
+        close = difflib.get_close_matches(name.split(".")[0], known, n=1)
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+        return (
+            f"{head}: {group} has no key {name}{hint}. Allowed keys of {group}: "
+            f"{', '.join(known)}"
+        )
     for _, _, unread in analyses:
         for path, why in unread.items():
             if _covers(path, key):

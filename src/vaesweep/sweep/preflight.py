@@ -165,6 +165,28 @@ def check_run(config: DictConfig) -> None:
     problem = run_refusal(config)
     if problem:
         refuse(problem, multirun=False)
+    if note := unswept_grid(config):
+        print(f"[vaesweep] note: {note}", file=sys.stderr, flush=True)
+
+
+def unswept_grid(config: DictConfig) -> str | None:
+    """A note for a single run of a preset whose grid (``hydra.sweeper.params`` of Hydra's
+    basic sweeper) only a multirun runs: without ``-m`` it trains one run with the defaults,
+    which may be no run of the study at all. None otherwise, and for a search's preset (its
+    best-trial command is a single run on purpose)."""
+    sweeper = config.hydra.get("sweeper") or {}
+    params = sweeper.get("params") or {}
+    if not params or "BasicSweeper" not in str(sweeper.get("_target_", "")):
+        return None
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
+    preset = next(
+        (f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices.get(g)),
+        "the config",
+    )
+    return (
+        f"{preset} defines a grid ({', '.join(map(str, params))}) that only a multirun runs: "
+        "this is one run with the defaults; add -m to run the grid"
+    )
 
 
 def check_multirun(config: DictConfig, search: bool) -> None:
