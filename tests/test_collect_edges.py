@@ -19,6 +19,7 @@ from vaesweep.analysis.figures.table import results_table
 from vaesweep.analysis.results import (
     ResultsError,
     aggregate,
+    config_keys,
     load_results,
     unaggregated_message,
     use_evaluation,
@@ -87,6 +88,20 @@ def test_a_run_collected_twice_counts_once(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "32 runs (17 completed, 15 duplicate)" in proc.stderr
     assert "15 duplicate" in proc.stderr and "not their metrics" in proc.stderr
+
+
+def test_runs_that_differ_only_where_they_logged_are_one_configuration(sweep, tmp_path):
+    copy_results(sweep, tmp_path / "csv")
+    for path in copy_results(sweep, tmp_path / "wandb"):
+        result = json.loads(path.read_text())
+        result["overrides"].append("logger=wandb")
+        result["config"]["logger"] = {"name": "wandb", "mode": "offline"}
+        path.write_text(json.dumps(result))
+    df = load_results(tmp_path)
+    assert "logger" in df.attrs["swept"] and "logger" not in config_keys(df)
+    assert (df["status"] == "duplicate").sum() == 16
+    stats = _aggregate(df)
+    assert len(stats) == 8 and (stats["test/nll.count"] == 2).all()
 
 
 def test_an_unreadable_results_file_is_listed_and_the_others_collected(sweep, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError
-from vaesweep.run.record import COMPLETED, UNREADABLE
+from vaesweep.run.record import COMPLETED, UNREADABLE, changes_results
 
 STATS = ("mean", "std", "sem", "count")
 
@@ -104,8 +104,9 @@ def metric_names(df: pd.DataFrame) -> list[str]:
 
 
 def config_keys(df: pd.DataFrame) -> list[str]:
-    """Swept keys that define a configuration: all but ``seed``."""
-    return [k for k in swept_keys(df) if k != "seed"]
+    """Swept keys that define a configuration: all but ``seed`` and the keys that change no
+    result (``logger``, ``threads``, ``paths``, ...: runs that differ only there are pooled)."""
+    return [k for k in swept_keys(df) if k != "seed" and changes_results(k)]
 
 
 def _stats(group: pd.DataFrame, metrics: list[str]) -> dict[str, float | int]:
