@@ -212,12 +212,12 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error(str(e))
     if not dirs:
         parser.error("give SWEEP_DIR...")
+    runs = [p.parent for p in find_results(*dirs)]  # a path that does not exist: at once
     # heavy: torch and Lightning, loaded only for this command
     from vaesweep.run.evaluate import check_settings, evaluate_sweep
 
     keys = ("eval.iwae_k", "eval.checkpoint", "eval.iwae_chunk", "eval.test_examples")
     check_settings(*(settings[k] for k in keys))
-    runs = [p.parent for p in find_results(*dirs)]
     if not runs:
         raise ResultsError(
             f"no results.json found under {', '.join(dirs)}: pass a run or sweep directory "
