@@ -179,7 +179,7 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
     summary, sweep.json; each job's output in its own directory; the relaunch skips the
     completed jobs (not a byte changed) and leaves the failed one alone."""
     needs_ray()
-    grid = ["likelihood=gaussian,laplace", "beta=0.5,-3", *TINY, "threads=1", "logger=wandb"]
+    grid = ["likelihood=gaussian,laplace", "data.batch_size=64,5000", *TINY, "threads=1", "logger=wandb"]
     t0 = time.monotonic()
     proc = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
     print(f"ray sweep: {time.monotonic() - t0:.1f} s")
@@ -189,8 +189,8 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
     meta = json.loads((sweep / "sweep.json").read_text())
     assert "ray_launcher" in meta["launcher"] and len(meta["jobs"]) == 4
     assert (sweep / "summary.csv").exists() and "completed" in proc.stdout
-    done = {r["config"]["likelihood"]["name"]: r for r in results_under(sweep) if r["config"]["beta"] == 0.5}
-    failed = [r for r in results_under(sweep) if r["config"]["beta"] == -3]
+    done = {r["config"]["likelihood"]["name"]: r for r in results_under(sweep) if r["config"]["data"]["batch_size"] == 64}
+    failed = [r for r in results_under(sweep) if r["config"]["data"]["batch_size"] == 5000]  # > the split
     assert {r["status"] for r in failed} == {"failed"} and len(failed) == 2
     for r in done.values():
         assert r["status"] == "completed"
@@ -201,13 +201,13 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
         assert "completed in" in own  # its own output, in its own directory
     assert list(sweep.glob("wandb/offline-run-*"))  # the sweep's W&B summary run
 
-    mtimes = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and "beta=0.5" in str(p)}
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and "data.batch_size=64," in str(p)}
     again = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
     assert again.returncode == 1, again.stderr[-3000:]
     assert "already completed" in again.stderr and "not re-run" in (again.stderr + again.stdout)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
-    basic = run_cli(["-m", *grid[:1], "beta=0.5", *grid[2:], "hydra.sweep.dir=basic"], workdir)
+    basic = run_cli(["-m", *grid[:1], "data.batch_size=64", *grid[2:], "hydra.sweep.dir=basic"], workdir)
     assert basic.returncode == 0, basic.stderr[-3000:]
     reference = {r["config"]["likelihood"]["name"]: r for r in results_under(workdir / "basic")}
     assert sorted(reference) == sorted(done) == ["gaussian", "laplace"]
