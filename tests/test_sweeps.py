@@ -112,15 +112,20 @@ def test_two_sweeps_started_together_get_two_directories(workdir):
 
 @pytest.mark.slow
 def test_failing_job_stays_local_and_is_named(workdir):
-    cmd = ["-m", "beta=1,-3", *TINY, "logger=none", "hydra.sweep.dir=sweep"]
+    """A job that fails on its data (a batch larger than the training split: only its data
+    can tell; a bad value of the grid itself is refused before any job) fails alone."""
+    cmd = ["-m", "data.batch_size=128,5000", *TINY, "logger=none", "hydra.sweep.dir=sweep"]
     proc = run_cli(cmd, workdir)
     assert proc.returncode != 0
-    statuses = {r["config"]["beta"]: r["status"] for r in results_under(workdir / "sweep")}
-    assert statuses == {1.0: "completed", -3: "failed"}
+    statuses = {
+        r["config"]["data"]["batch_size"]: r["status"] for r in results_under(workdir / "sweep")
+    }
+    assert statuses == {128: "completed", 5000: "failed"}
     assert "1 of 2 jobs did not complete" in proc.stderr
-    assert "beta=-3" in proc.stderr and "ConfigError" in proc.stderr
-    rows = {r["beta"]: r for r in read_summary(workdir / "sweep")}
-    assert rows["-3"]["status"] == "failed" and "beta=-3 is invalid" in rows["-3"]["error"]
+    assert "data.batch_size=5000" in proc.stderr and "ConfigError" in proc.stderr
+    rows = {r["data.batch_size"]: r for r in read_summary(workdir / "sweep")}
+    assert rows["5000"]["status"] == "failed"
+    assert "data.batch_size=5000 is invalid" in rows["5000"]["error"]
 
     # Re-running leaves both alone (completed skipped, failed not re-run unless asked).
     before = {p: p.stat().st_mtime_ns for p in (workdir / "sweep").rglob("results.json")}
@@ -131,7 +136,7 @@ def test_failing_job_stays_local_and_is_named(workdir):
     rerun = run_cli([*cmd, "sweep.rerun_failed=true"], workdir)
     assert rerun.returncode != 0
     changed = {p.parent.name for p in before if p.stat().st_mtime_ns != before[p]}
-    assert len(changed) == 1 and changed.pop().startswith("beta=-3")
+    assert len(changed) == 1 and changed.pop().startswith("data.batch_size=5000")
 
 
 @pytest.mark.slow

@@ -82,15 +82,17 @@ def resolve_preprocess(cfg: DictConfig) -> str:
 
 
 def validate_config(
-    cfg: DictConfig, overrides: list[str] | None = None, network: bool = True
+    cfg: DictConfig, overrides: list[str] | None = None, in_job: bool = True
 ) -> None:
     """Check every value that would otherwise fail (or silently mislead) mid-run.
 
     ``overrides``: the command line's, each of which must change what the run computes
     (:mod:`vaesweep.run.effective`; a multirun checks its overrides once, for all its jobs).
-    ``network``: also probe the W&B server for ``logger.mode=online`` (and switch to offline
-    under ``logger.offline_fallback``); a sweep's check of every job before any runs leaves
-    that to the job.
+    ``in_job``: False for a sweep's check of every job in the launching process, before any
+    job runs: the checks that probe the W&B server (``logger.mode=online``) or import
+    Lightning (the Trainer's argument names, the strategy and how the batch divides among
+    its processes) are left to each job, so that a launcher whose jobs run in workers keeps
+    Lightning out of the launching process.
     """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -103,14 +105,14 @@ def validate_config(
             raise ConfigError(refusal)
     check_run_keys(cfg)
     check_components(cfg)
-    check_data(cfg)
-    check_trainer(cfg)
+    check_data(cfg, in_job)
+    check_trainer(cfg, in_job)
     check_optimizer(cfg)
     check_eval(cfg)
     check_logger(cfg)
     check_training_budget(cfg.trainer)
     check_memory(cfg)
-    if network:
+    if in_job:
         check_wandb(cfg)
 
 
@@ -165,7 +167,7 @@ def check_components(cfg: DictConfig) -> None:
             raise ConfigError(_prefixed(group, e)) from None
 
 
-def check_data(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig, with_lightning: bool = True) -> None:
     d = cfg.data
     for key, value in (
         ("data.download", d.get("download", False)),
@@ -196,7 +198,8 @@ def check_data(cfg: DictConfig) -> None:
             "(0/1 pixels); for binarised data use likelihood=bernoulli",
         )
     # Strategy, processes and the global batch (again at setup, from the Trainer itself).
-    problem = ranks.config_problem(cfg.trainer, d.batch_size)
+    # It reads Lightning's strategy registry: not in a parallel sweep's launching process.
+    problem = ranks.config_problem(cfg.trainer, d.batch_size) if with_lightning else None
     if problem:
         raise ConfigError(problem)
 
@@ -223,11 +226,12 @@ def _unknown_keys(group: str, keys: Any, target: Any, what: str) -> None:
         )
 
 
-def check_trainer(cfg: DictConfig) -> None:
+def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
     t = cfg.trainer
-    from lightning import Trainer
+    if with_lightning:  # imports Lightning (2 s): not in a parallel sweep's launching process
+        from lightning import Trainer
 
-    _unknown_keys("trainer", list(t.keys()), Trainer.__init__, "Lightning's Trainer")
+        _unknown_keys("trainer", list(t.keys()), Trainer.__init__, "Lightning's Trainer")
     deterministic = t.get("deterministic")
     require(
         deterministic in (None, "warn") or isinstance(deterministic, bool),

@@ -219,7 +219,7 @@ def invalid_jobs(configs: list[DictConfig], n_jobs: int) -> str | None:
     bad = 0
     for cfg in configs:
         try:
-            validate_config(cfg, network=False)
+            validate_config(cfg, in_job=False)
         except ConfigError as e:
             bad += 1
             problems[str(e)] = None

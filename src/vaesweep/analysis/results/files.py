@@ -111,11 +111,14 @@ def missing_jobs(dirs: tuple[str | os.PathLike[str], ...], found: list[Path]) ->
     """Notes on the sweeps below ``dirs`` whose sweep.json names more jobs than have a
     results.json: jobs that never started (a stopped sweep), or whose file was lost."""
     have = {p.parent for p in found}
-    notes = []
+    notes, seen = [], set()
     for d in dirs:
         if not Path(d).is_dir():
             continue
         for record_path in _walk(Path(d), SWEEP_FILE):
+            if record_path.resolve() in seen:  # a directory given twice, or a link to it
+                continue
+            seen.add(record_path.resolve())
             try:
                 record = json.loads(record_path.read_text())
                 jobs, n_jobs = record.get("jobs") or [], int(record.get("n_jobs") or 0)

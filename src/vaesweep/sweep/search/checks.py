@@ -67,7 +67,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
         for value in dict.fromkeys(values):
             job = plan.space.trial_overrides(point, {**example, key: value})
             try:
-                validate_config(compose(config.hydra.job.config_name, overrides=job), network=False)
+                validate_config(compose(config.hydra.job.config_name, overrides=job), in_job=False)
             except ConfigError as e:
                 raise SearchError(
                     f"hydra.sweeper.params.{key}={param.describe()} includes "
