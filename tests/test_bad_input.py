@@ -21,9 +21,9 @@ from test_train import compose_cfg, validate
 
 from vaesweep.analysis.results import load_results
 from vaesweep.run.config import ConfigError, NothingTrained, require_training, validate_config
-from vaesweep.run.effective import NOT_RESULTS
 from vaesweep.run.failures import describe
 from vaesweep.run.memory import DATA_SHAPES, count_parameters
+from vaesweep.run.record import NOT_RESULTS
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 

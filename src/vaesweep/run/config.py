@@ -239,13 +239,6 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         deterministic,
         "true, false, warn or null",
     )
-    every = t.get("log_every_n_steps")
-    require(
-        every is None or (is_int(every) and every >= 1),
-        "trainer.log_every_n_steps",
-        every,
-        "null or an integer ≥ 1",
-    )
     interval = t.get("val_check_interval")
     require(
         interval is None
@@ -256,13 +249,17 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         "null (once per epoch), an integer ≥ 1 (training batches between validations) or a "
         "fraction of an epoch in (0, 1]",
     )
-    every = t.get("check_val_every_n_epoch")
-    require(
-        every is None or (is_int(every) and every >= 1),
-        "trainer.check_val_every_n_epoch",
-        every,
-        "null (validate by trainer.val_check_interval batches) or an integer ≥ 1",
-    )
+    for key, null in (
+        ("check_val_every_n_epoch", "null (validate by trainer.val_check_interval batches)"),
+        ("log_every_n_steps", "null"),
+    ):
+        every = t.get(key)
+        require(
+            every is None or (is_int(every) and every >= 1),
+            f"trainer.{key}",
+            every,
+            f"{null} or an integer ≥ 1",
+        )
     require(
         is_int(t.accumulate_grad_batches) and t.accumulate_grad_batches >= 1,
         "trainer.accumulate_grad_batches",
@@ -415,12 +412,10 @@ def check_logger(cfg: DictConfig) -> None:
         require(entity is None or isinstance(entity, str), "logger.entity", entity, "null or text")
         tags = lg.get("tags") or []
         require(_is_text_list(tags), "logger.tags", tags, "a list, e.g. logger.tags=[ablation,v2]")
-        for key in ("log_images", "offline_fallback"):  # a quoted 'false' would be truthy
-            value = lg.get(key, False)
-            require(isinstance(value, bool), f"logger.{key}", value, "true or false")
         mode = cfg.logger.mode
         require(mode in WANDB_MODES, "logger.mode", mode, f"one of {WANDB_MODES}")
-        for key in ("sweep_summary", "sweep_figures"):  # a quoted 'false' would be truthy
+        # A quoted 'false' would be truthy: switches are booleans.
+        for key in ("sweep_summary", "sweep_figures", "log_images", "offline_fallback"):
             value = cfg.logger.get(key, False)
             require(isinstance(value, bool), f"logger.{key}", value, "true or false")
 

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import component_class
-from vaesweep.run.record import NOT_RESULTS
+from vaesweep.run.record import changes_results
 
 #: Groups whose keys the driver reads by name: a key added to one (``+data.batchsize=32``)
 #: is read by nothing. (``paths`` are read through the interpolations that point to them.)
@@ -242,8 +242,7 @@ def _refusal(key: str, value: str, analyses: list) -> str:
         close = difflib.get_close_matches(name.split(".")[0], known, n=1)
         hint = f" (did you mean {group}.{close[0]}?)" if close else ""
         return (
-            f"{head}: {group} has no key {name}{hint}. Allowed keys of {group}: "
-            f"{', '.join(known)}"
+            f"{head}: {group} has no key {name}{hint}. Allowed keys of {group}: {', '.join(known)}"
         )
     for _, _, unread in analyses:
         for path, why in unread.items():
@@ -255,9 +254,7 @@ def _refusal(key: str, value: str, analyses: list) -> str:
         for group, options, cls in _components(cfg)
         if cls is not None and key in cls.hints
     ]
-    selected = ", ".join(
-        f"{group}={options.get('name')}" for group, options, _ in _components(cfg)
-    )
+    selected = ", ".join(f"{group}={options.get('name')}" for group, options, _ in _components(cfg))
     message = f"{head}: no selected component reads `{key}` ({selected})"
     if hints:
         return f"{message}; {'; '.join(hints)}."
@@ -273,11 +270,7 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         leaves.update(flatten(_lookup(values, path), f"{path}."))
     if "data.preprocess" in leaves:  # what the job does: auto is binarize or dequantize
         leaves["data.preprocess"] = resolved_preprocess(cfg)
-    return {
-        path: value
-        for path, value in sorted(leaves.items())
-        if not any(path == p or path.startswith(p + ".") for p in NOT_RESULTS)
-    }
+    return {path: value for path, value in sorted(leaves.items()) if changes_results(path)}
 
 
 def check_distinct(jobs: list[tuple[list[str], DictConfig]]) -> str | None:

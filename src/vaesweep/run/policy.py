@@ -21,7 +21,7 @@ resumed under another. So the config stored in ``results.json`` is compared with
 requested one, key by key, over every key that can change a job's numbers; a difference is
 refused before anything in the directory is touched, naming the keys that differ.
 
-Not compared: the keys of :data:`vaesweep.run.effective.NOT_RESULTS` (where a job runs and how it
+Not compared: the keys of :data:`vaesweep.run.record.NOT_RESULTS` (where a job runs and how it
 logs: ``data.root``, ``data.download``, ``paths.*``, ``threads``, ``sweep.*``, ``label.*``,
 ``logger.*``, the progress bar and the model summary), and keys that no job with either
 config reads (:func:`vaesweep.run.effective.result_config`).
@@ -42,8 +42,15 @@ from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.components import with_targets
 from vaesweep.run import record
 from vaesweep.run.claims import ClaimInfo, held_by_other
-from vaesweep.run.effective import NOT_RESULTS, result_config
-from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING
+from vaesweep.run.effective import result_config
+from vaesweep.run.record import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    INTERRUPTED,
+    RUNNING,
+    changes_results,
+)
 from vaesweep.run.signals import sweep_stopped
 
 #: Earlier results a job must match before it is skipped or resumed.
@@ -155,7 +162,7 @@ def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str
     keys = _compared(requested)
     with contextlib.suppress(Exception):  # a config this version cannot analyse
         keys |= _compared(OmegaConf.create(stored))
-    keys = {k for k in keys if not any(k == p or k.startswith(p + ".") for p in NOT_RESULTS)}
+    keys = {k for k in keys if changes_results(k)}
     # What each job computes: data.preprocess=auto is compared as what it resolves to.
     old, new = flatten(stored), {**flatten(wanted), **result_config(requested)}
     with contextlib.suppress(Exception):

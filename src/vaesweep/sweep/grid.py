@@ -40,7 +40,7 @@ from vaesweep.run.context import (
     read_sweep,
     swept_values,
 )
-from vaesweep.run.effective import NOT_RESULTS, check_distinct, check_overrides
+from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.run.policy import mismatch
 from vaesweep.run.record import (
     COMPLETED,
@@ -48,6 +48,7 @@ from vaesweep.run.record import (
     RESULTS_FILE,
     SUMMARY_COLUMNS,
     UNREADABLE,
+    changes_results,
     sweep_results,
     versions,
 )
@@ -124,7 +125,7 @@ def unrecorded_keys(record: dict[str, Any], results: list[dict[str, Any]]) -> li
     """For a record started anew (its predecessor could not be read: ``restarted_from``),
     the keys that tell apart the jobs of launches it does not know: every override key whose
     value differs between the directory's jobs, or that only some of them set, leaving out
-    keys that never change a result (:data:`~vaesweep.run.effective.NOT_RESULTS`) and
+    keys that never change a result (:data:`~vaesweep.run.record.NOT_RESULTS`) and
     Hydra's. Names without Hydra's ``+``/``++`` prefix; deletions (``~key``) are not
     columns. [] for any other record: its grid names the keys, launch by launch."""
     if not record.get(RESTARTED):
@@ -146,7 +147,7 @@ def unrecorded_keys(record: dict[str, Any], results: list[dict[str, Any]]) -> li
         k
         for k in keys
         if not k.startswith(("~", "hydra."))
-        and not any(k == n or k.startswith(n + ".") for n in NOT_RESULTS)
+        and changes_results(k)
         and len({values.get(k) for values in jobs}) > 1  # None: a job without the key
     )
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.context import job_dirname
-from vaesweep.run.effective import NOT_RESULTS
+from vaesweep.run.record import NOT_RESULTS
 from vaesweep.sweep.search.metrics import objective_direction
 from vaesweep.sweep.search.space import PARAMS_KEY, SYNTAX, SearchError, Space, parse_space
 from vaesweep.sweep.search.storage import quiet_optuna, storage_location
