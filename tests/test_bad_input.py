@@ -288,6 +288,54 @@ def test_a_corrupt_checkpoint_fails_in_one_line(completed, tmp_path):
     assert (run / "train.log").read_text().count("Traceback") == 1
 
 
+def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
+    """A single run refused by its config records ``failed`` with the refusal; the corrected
+    command into the same directory runs it (no sweep.rerun_failed: nothing was computed),
+    and the same bad command is refused again, never skipped as an earlier failure."""
+    args = [*TINY, "logger=csv", "hydra.run.dir=run"]
+    for _ in range(2):
+        line = one_line(run_cli([*args, "beta=-1"], tmp_path))
+        assert line == "[vaesweep] ConfigError: beta=-1 is invalid: allowed a finite number ≥ 0"
+        (result,) = results_under(tmp_path / "run")
+        assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
+        assert result["attempts"] == 1 and not (tmp_path / "run" / "checkpoints").exists()
+    proc = run_cli([*args, "beta=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "completed" and result["error"] is None
+    assert result["config"]["beta"] == 2.0 and result["attempts"] == 1
+    # A failure that is not a refusal is still left alone without sweep.rerun_failed.
+    (tmp_path / "run" / "results.json").write_text(
+        json.dumps({**result, "status": "failed", "error": {"type": "RuntimeError",
+                    "message": "boom", "step": None}})  # fmt: skip
+    )
+    line = one_line(run_cli([*args, "beta=2"], tmp_path))
+    assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
+
+
+def test_a_refused_relaunch_keeps_the_interrupted_record_and_checkpoint(completed, tmp_path):
+    """A relaunch of an interrupted job whose config is now refused (a value that changes
+    no result, so not a config mismatch) touches neither its record nor its checkpoint: the
+    corrected command resumes it."""
+    run = tmp_path / "run"
+    shutil.copytree(completed, run)
+    result = json.loads((run / "results.json").read_text())
+    interrupted = {**result, "status": "interrupted", "metrics": {}}
+    (run / "results.json").write_text(json.dumps(interrupted))
+    # (Hydra writes .hydra/*.yaml of a job it will resume before the task runs.)
+    files = {p: p.read_bytes() for p in [run / "results.json", *run.glob("checkpoints/*")]}
+    args = [*TINY, "logger=csv", "hydra.run.dir=run"]
+    line = one_line(run_cli([*args, "threads=-1"], tmp_path))
+    assert "ConfigError: threads=-1 is invalid" in line
+    assert {p: p.read_bytes() for p in files} == files  # not a byte changed
+    assert "the corrected command resumes it" in (run / "train.log").read_text()
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (resumed,) = results_under(run)
+    assert resumed["status"] == "completed" and resumed["attempts"] == result["attempts"] + 1
+    assert resumed["metrics"] == result["metrics"]  # resumed after its last epoch: re-tested
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_named_with_the_free_space(tmp_path):
     """A real full file system: a 400 kB tmpfs, mounted in a user namespace."""

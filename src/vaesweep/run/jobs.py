@@ -78,7 +78,8 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
     """Train, test and record one job; returns the metrics written to results.json.
 
     An existing result in the job's directory decides what happens: ``completed`` → skip
-    (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true;
+    (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true
+    (one whose config was refused before it trained is run, so checked, again);
     ``running`` or ``interrupted`` with ``checkpoints/last.ckpt`` → resume from that
     checkpoint. A job claimed by another live process (vaesweep.run.claims) is skipped (returns
     None); the claim is held, and the stop signals handled, for the rest of the job.
@@ -156,10 +157,13 @@ def _run_claimed(
     previous, resume_from = _resume_point(job)
     if isinstance(execute, Exception):  # this process cannot run the driver
         _settle_unavailable(cfg, job, execute, previous, resume_from)
+    try:
+        validate_config(cfg, None if job.multirun else job.overrides)
+    except ConfigError as e:
+        _settle_refused(cfg, job, e, previous, resume_from)
     run_record = _open_record(cfg, job, previous, resume_from)
     status = record.FAILED
     try:
-        validate_config(cfg, None if job.multirun else job.overrides)
         if resume_from is not None:
             verify_checkpoint(resume_from)  # a damaged file is reported, never resumed
         record.write_identity(job.run_dir, run_record.data["config"])  # before any checkpoint
@@ -231,6 +235,31 @@ def _settle_unavailable(
     run_record.finish(record.FAILED, error=unavailable)
     log.error("run failed: %s (results: %s)", unavailable, run_record.path, exc_info=unavailable)
     raise unavailable
+
+
+def _settle_refused(
+    cfg: DictConfig,
+    job: Job,
+    refusal: ConfigError,
+    previous: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> NoReturn:
+    """A job whose config is refused before it trains: recorded ``failed`` with the refusal
+    (a relaunch checks it again, without sweep.rerun_failed: :func:`record.refused`), or,
+    when an earlier attempt continues, its record and checkpoints left as they are, so that
+    the corrected command resumes it; raises ``refusal``."""
+    if previous is not None or resume_from is not None:
+        log.error(
+            "bad config: %s (not run; %s and its checkpoints are kept: the corrected command "
+            "resumes it)",
+            refusal,
+            job.run_dir,
+        )
+        raise refusal
+    run_record = _open_record(cfg, job, previous, resume_from)
+    run_record.finish(record.FAILED, error=refusal)
+    log.error("bad config: %s (results: %s)", refusal, run_record.path)
+    raise refusal
 
 
 def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:

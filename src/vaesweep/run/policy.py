@@ -2,7 +2,8 @@
 touched. This module owns every such decision:
 
 - a ``completed`` result → skipped (:func:`left_alone`; not a byte of the directory changes);
-- a ``failed``/``diverged`` result → re-run only with ``sweep.rerun_failed=true``;
+- a ``failed``/``diverged`` result → re-run only with ``sweep.rerun_failed=true``, except one
+  whose config was refused before it trained (run again, and so checked again);
 - ``running``/``interrupted`` → resumed from ``checkpoints/last.ckpt`` (:mod:`vaesweep.run.jobs`
   opens the record);
 - a result of another config → refused (:func:`refuse_other_config`, below);
@@ -66,9 +67,12 @@ def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
     """The status of an earlier result that a re-launch must not touch, else None.
 
     ``completed`` jobs are always left alone; ``failed``/``diverged`` ones unless
-    ``rerun_failed``; ``running`` (killed) and ``interrupted`` ones are resumed.
+    ``rerun_failed``, except a job refused before it trained (:func:`record.refused`: run
+    again); ``running`` (killed) and ``interrupted`` ones are resumed.
     """
     status = record.status(run_dir)
+    if status == FAILED and record.refused(record.read(run_dir)):
+        return None  # its config was refused: nothing was computed, checked again
     if status == COMPLETED or (status in (FAILED, DIVERGED) and not rerun_failed):
         return status
     return None
