@@ -85,6 +85,23 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         (["label.tags=abc"], r"label.tags='abc' is invalid: allowed a list"),
         (["label.note=true"], r"label.note=True is invalid: allowed null or text"),
         (["label.tags=[a,2]", "+label.note=x"], None),
+        # What Lightning refuses after the data load (or at its timer's first step, naming no
+        # key); test_lightning_refuses_what_is_refused_here holds the two to each other.
+        (["trainer.max_time=bogus"], r"trainer.max_time='bogus' is invalid: allowed null, \"DD:"),
+        (["trainer.max_time=0:0:0:5"], r"trainer.max_time='0:0:0:5' is invalid"),
+        (["trainer.max_time=3600"], r"trainer.max_time=3600 is invalid"),
+        (["trainer.max_time={fortnights:1}"], r"max_time=\{'fortnights': 1\} is inv.*among weeks"),
+        (["trainer.max_time={minutes:1.5}"], None),
+        (["trainer.max_time=00:00:01:30"], None),
+        (["trainer.overfit_batches=-1"], r"trainer.overfit_batches=-1 is invalid: allowed 0 \(off"),
+        (["trainer.overfit_batches=1.5"], r"trainer.overfit_batches=1.5 is invalid"),
+        (["trainer.devices=0"], r"trainer.devices=0 is invalid: allowed an integer ≥ 1 \(how"),
+        (["trainer.devices=-2"], r"trainer.devices=-2 is invalid"),
+        (["trainer.devices=abc"], r"trainer.devices='abc' is invalid"),
+        (["trainer.devices=[0,0]"], r"trainer.devices=\[0, 0\] is invalid"),
+        (["trainer.devices=[]"], r"trainer.devices=\[\] is invalid"),
+        (["trainer.devices=-1"], None),
+        (["trainer.devices='2'"], None),
     ],
 )
 def test_refused_before_training(overrides, message):
@@ -93,6 +110,44 @@ def test_refused_before_training(overrides, message):
         return
     with pytest.raises(ConfigError, match=message):
         validate(overrides)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_time", "bogus"),
+        ("max_time", "0:0:0:5"),
+        ("max_time", 3600),
+        ("max_time", {"fortnights": 1}),
+        ("overfit_batches", -1),
+        ("overfit_batches", 1.5),
+        ("devices", 0),
+        ("devices", -2),
+        ("devices", "abc"),
+    ],
+)
+def test_lightning_refuses_what_is_refused_here(key, value):
+    """The values refused above are ones Lightning's own Trainer refuses (so none is a
+    restriction of vaesweep's); the forms allowed above it takes."""
+    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False}
+    with pytest.raises(Exception) as refused:
+        L.Trainer(**kw, **{key: value})
+    assert not isinstance(refused.value, ConfigError)
+    for allowed in ("00:00:01:30", {"minutes": 1.5}):
+        timer = L.pytorch.callbacks.Timer(duration=allowed)
+        assert timer.time_remaining() == 90.0  # as max_time_seconds reads it
+    L.Trainer(**kw, overfit_batches=0.5, devices="2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_asked_for_where_there_is_none_is_refused_in_the_job(accelerator):
+    cfg = compose_cfg([f"trainer.accelerator={accelerator}"])
+    with pytest.raises(ConfigError, match=rf"trainer.accelerator='{accelerator}' is invalid here"):
+        validate_config(cfg)
+    validate_config(cfg, in_job=False)  # a sweep's launching process may have no GPU
+    with pytest.raises(Exception, match="gpu|GPU|CUDA|cuda"):  # and Lightning agrees
+        L.Trainer(accelerator=accelerator, logger=False)
 
 
 @pytest.mark.parametrize(

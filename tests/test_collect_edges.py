@@ -1,5 +1,6 @@
 """The analysis commands on the directories users really have: a run collected twice, a
-results.json cut short or lost, a configuration none of whose runs completed, sweeps gathered
+results.json cut short or lost, a run whose process was killed outright (it still says
+running), a configuration none of whose runs completed, sweeps gathered
 through symbolic links, a damaged metrics.csv, figures drawn again into the same folder, the
 numbers of ``vaesweep evaluate`` in the figures, and output paths that cannot be written."""
 
@@ -8,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -20,11 +24,13 @@ from vaesweep.analysis.results import (
     ResultsError,
     aggregate,
     config_keys,
+    excluded_message,
     load_results,
     unaggregated_message,
     use_evaluation,
     write_frame,
 )
+from vaesweep.run import claims, record
 
 from tiny_sweeps import copy_results, vaesweep
 
@@ -121,6 +127,132 @@ def test_an_unreadable_results_file_is_listed_and_the_others_collected(sweep, tm
     proc = vaesweep(["collect", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "16 runs (14 completed, 2 unreadable)" in proc.stderr and str(copies[5]) in proc.stderr
+
+
+# A job's process as vaesweep.run.jobs runs one: it claims its directory, then records
+# ``running`` (a new attempt of the configuration found there), then trains (sleeps).
+# ``claim``: it only claims the directory, whose result is left as it is.
+JOB = """
+import sys, time
+from vaesweep.run import claims, record
+run_dir, what = sys.argv[1:]
+claim = claims.acquire(run_dir)
+if what == "run":
+    old = record.read(run_dir)
+    keys = ("config", "overrides", "seed", "job_name", "sweep_dir")
+    record.RunRecord(run_dir, *(old[k] for k in keys))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _job(run_dir: Path, what: str = "run") -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", JOB, str(run_dir), what], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _status(df: pd.DataFrame, run_dir: Path) -> tuple[str, str | None]:
+    row = df.set_index("run_dir").loc[str(run_dir)]
+    return row["status"], row["error"] if isinstance(row["error"], str) else None
+
+
+def _killed_notes(df: pd.DataFrame) -> list[str]:
+    return [n for n in df.attrs["notes"] if "say running but no process runs them" in n]
+
+
+def test_a_job_killed_outright_is_killed_not_running(sweep, tmp_path):
+    """A SIGKILLed job's results.json says running for ever; collect calls it killed (its
+    claim is left with a dead pid), names it in a note, and counts it nowhere. While its
+    process lives it is running."""
+    copies = copy_results(sweep, tmp_path)
+    job = copies[0].parent
+    proc = _job(job)
+    try:
+        assert record.status(job) == "running" and (job / claims.CLAIM_FILE).is_file()
+        df = load_results(tmp_path)
+        assert _status(df, job) == ("running", None)
+        assert _killed_notes(df) == []
+    finally:
+        proc.kill()
+        proc.wait()
+    assert record.status(job) == "running"  # what the file says for ever
+    assert claims.read_claim(job).pid == proc.pid  # left by the killed process
+    df = load_results(tmp_path)
+    status, error = _status(df, job)
+    assert status == "killed"
+    assert "says running, but its claim is stale" in error and f":{proc.pid} " in error
+    (note,) = _killed_notes(df)
+    assert note.startswith("1 run(s) say running but no process runs them (killed outright")
+    assert note.endswith(f"the same command resumes them: {job.name}")
+    assert "1 killed" in excluded_message(df)
+    stats = _aggregate(df)
+    assert stats["test/nll.count"].sum() == 15  # the killed run counted nowhere
+    cli = vaesweep(["collect", str(tmp_path)], tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    assert "16 runs (15 completed, 1 killed)" in cli.stderr
+    assert f"note: {note}" in cli.stderr
+
+
+def test_a_running_result_without_a_live_claim_is_killed(sweep, tmp_path):
+    """No claim at all (the job ended without removing it, or the file was copied away from
+    its process): killed. Another host's claim is stale by its heartbeat, as old as the
+    run's own sweep.claim_timeout_s allows."""
+    copies = copy_results(sweep, tmp_path)
+    old = [json.loads(p.read_text()) for p in copies[:3]]
+    assert all(o["config"]["sweep"]["claim_timeout_s"] == 300 for o in old)
+    for path, result, timeout in zip(copies[:3], old, (300, 300, 60), strict=True):
+        result["config"]["sweep"]["claim_timeout_s"] = timeout
+        keys = ("config", "overrides", "seed", "job_name", "sweep_dir")
+        record.RunRecord(path.parent, *(result[k] for k in keys))  # what a job writes first
+    unclaimed, busy, quiet = (p.parent for p in copies[:3])
+    for run_dir in (busy, quiet):  # claimed 100 s ago on another host (as claims.py writes)
+        holder = {"host": "node-elsewhere", "pid": 4242, "process_start": "1",
+                  "token": run_dir.name[:8], "started_at": "2026-12-06T00:00:00+00:00"}  # fmt: skip
+        (run_dir / claims.CLAIM_FILE).write_text(json.dumps(holder))
+        beat = time.time() - 100
+        os.utime(run_dir / claims.CLAIM_FILE, (beat, beat))
+    df = load_results(tmp_path)
+    status, error = _status(df, unclaimed)
+    assert status == "killed" and "no process holds its .claim" in error
+    assert _status(df, busy) == ("running", None)  # 100 s < its claim_timeout_s = 300
+    status, error = _status(df, quiet)  # 100 s > its claim_timeout_s = 60
+    assert status == "killed" and "held by node-elsewhere:4242" in error
+    (note,) = _killed_notes(df)
+    assert note.startswith("2 run(s) say running") and unclaimed.name in note
+    assert quiet.name in note and busy.name not in note
+    assert list(df["status"].value_counts().items()) == [
+        ("completed", 13),
+        ("killed", 2),
+        ("running", 1),
+    ]
+
+
+def test_a_completed_run_is_completed_whatever_its_claim(sweep, tmp_path):
+    """A completed result is not judged by its claim: one left by a process killed after
+    the job ended, or one a live process holds (a relaunch looking at it)."""
+    copies = copy_results(sweep, tmp_path)
+    left, held = copies[0].parent, copies[1].parent
+    proc = _job(left, "claim")
+    proc.kill()
+    proc.wait()
+    assert claims.read_claim(left).is_stale(claims.DEFAULT_TIMEOUT_S)
+    live = _job(held, "claim")
+    try:
+        df = load_results(tmp_path)
+    finally:
+        live.kill()
+        live.wait()
+    assert (df["status"] == "completed").all() and df["error"].isna().all()
+    assert _killed_notes(df) == []
+    assert df.drop(columns="run_dir").equals(load_results(sweep).drop(columns="run_dir"))
 
 
 def test_jobs_of_a_sweep_record_without_a_result_are_named(sweep, tmp_path):
@@ -289,5 +421,7 @@ def test_evaluate_says_when_there_is_nothing_to_evaluate(sweep, tmp_path):
         path.unlink()
     proc = vaesweep(["evaluate", str(tmp_path / "failed"), "eval.iwae_k=10"], tmp_path)
     assert proc.returncode == 1
-    assert "2 not completed, not evaluated" in proc.stderr
-    assert "none of the 2 run(s) found completed: nothing to evaluate" in proc.stderr
+    assert "2 not completed, not evaluated (2 failed)" in proc.stderr
+    for path in copies[:2]:  # each named, with its status
+        assert f"{path.parent.resolve()}: not evaluated, failed\n" in proc.stderr
+    assert "none of the 2 run(s) found completed (2 failed): nothing to evaluate" in proc.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -198,6 +199,63 @@ def test_evaluate_on_the_first_test_examples(run, tmp_path):
     assert df[f"test/n_examples@iwae_k={k},checkpoint=last,test_examples=50"].iloc[0] == 50
     bad = _evaluate([str(run), "eval.test_examples=0"], tmp_path)
     assert bad.returncode != 0 and "eval.test_examples=0 is invalid" in bad.stderr
+
+
+def test_evaluate_leaves_out_what_collect_does_not_count(tmp_path, capsys):
+    """A trainer.fast_dev_run run records completed, with test metrics and a checkpoint, but
+    is no result (collect lists it as fast_dev_run); a result that says completed without
+    test metrics is incomplete. evaluate names each with collect's status and reason, scores
+    neither, and exits 1 when nothing else is left; the others are evaluated."""
+    from vaesweep.analysis.cli import main
+
+    runs = tmp_path / "runs"
+    dev_run = ["logger=none", "trainer.fast_dev_run=true", "hydra.run.dir=runs/dev"]
+    proc = run_cli([*TINY, *dev_run], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dev = (runs / "dev").resolve()
+    assert (dev / "checkpoints" / "last.ckpt").is_file()  # it could be scored: it must not be
+    empty = runs / "empty"
+    shutil.copytree(dev, empty)
+    result = json.loads((empty / "results.json").read_text())
+    result["config"]["trainer"]["fast_dev_run"] = False
+    result["metrics"] = {}
+    (empty / "results.json").write_text(json.dumps(result))
+    lines = {
+        f"{dev}: not evaluated, fast_dev_run (trainer.fast_dev_run: one batch of each split, "
+        "not a result)",
+        f"{empty.resolve()}: not evaluated, incomplete (says completed but holds no finite "
+        "test/nll, test/elbo)",
+    }
+    assert main(["evaluate", str(runs), "eval.iwae_k=10"]) == 1
+    err = capsys.readouterr().err
+    assert lines <= set(err.splitlines()), err
+    assert "2 not completed, not evaluated (1 fast_dev_run, 1 incomplete)" in err
+    assert (
+        "vaesweep: error: none of the 2 run(s) found completed (1 fast_dev_run, 1 incomplete): "
+        "nothing to evaluate"
+    ) in err
+    assert not (dev / "evaluations").exists() and not (empty / "evaluations").exists()
+    # collect says the same of them.
+    assert main(["collect", "--aggregate", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 2 runs completed (" in err
+    assert "1 fast_dev_run" in err and "1 incomplete" in err
+    assert main(["collect", str(runs)]) == 0  # the listing shows them, with why
+    listing = capsys.readouterr()
+    assert "1 fast_dev_run" in listing.err and "1 incomplete" in listing.err
+    assert "fast_dev_run" in listing.out and "incomplete" in listing.out
+
+    # Beside a run that is a result: that one is evaluated, the others named, exit 0.
+    shutil.copytree(dev, runs / "kept")
+    result = json.loads((runs / "kept" / "results.json").read_text())
+    result["config"]["trainer"]["fast_dev_run"] = False  # as a run with a real budget records
+    (runs / "kept" / "results.json").write_text(json.dumps(result))
+    assert main(["evaluate", str(runs), "eval.iwae_k=10"]) == 0
+    err = capsys.readouterr().err
+    assert lines <= set(err.splitlines()), err
+    assert "evaluated 1 run(s); 0 already evaluated; 2 not completed, not evaluated" in err
+    assert (runs / "kept" / "evaluations" / "iwae_k=10,checkpoint=last.json").is_file()
+    assert not (dev / "evaluations").exists() and not (empty / "evaluations").exists()
 
 
 def test_job_directories_named_with_equals_signs_are_directories(tmp_path):

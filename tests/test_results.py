@@ -186,7 +186,7 @@ def test_bad_input_raises_a_clear_error(sweep, tmp_path, case):
         load_results(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["collect", "figures"])
+@pytest.mark.parametrize("command", ["collect --aggregate", "figures"])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_cli_exits_nonzero_and_writes_nothing(sweep, tmp_path, case, command):
     make, message = BAD_INPUTS[case]
@@ -194,13 +194,28 @@ def test_bad_input_cli_exits_nonzero_and_writes_nothing(sweep, tmp_path, case, c
     runs.mkdir()
     make(runs, sweep)
     out = tmp_path / "out"
-    flag = "-o" if command == "collect" else "--out"
-    target = out / "runs.csv" if command == "collect" else out
-    proc = vaesweep([command, str(runs), flag, str(target)], tmp_path)
+    flag = "-o" if command.startswith("collect") else "--out"
+    target = out / "runs.csv" if command.startswith("collect") else out
+    proc = vaesweep([*command.split(), str(runs), flag, str(target)], tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith("vaesweep: error: ") and message in proc.stderr
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no temp files either
+
+
+def test_a_listing_shows_the_runs_of_a_sweep_none_of_whose_jobs_completed(sweep, tmp_path):
+    """``collect`` without --aggregate lists the runs whatever their status, with their
+    errors when none completed (the aggregate and the figures still refuse: above)."""
+    _only_failed(tmp_path, sweep)
+    out = tmp_path / "out" / "runs.csv"
+    proc = vaesweep(["collect", str(tmp_path), "-o", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = pd.read_csv(out)
+    assert list(listed["status"]) == ["failed", "failed"]
+    assert set(listed["error"]) == {"ConfigError: bad"}
+    proc = vaesweep(["collect", str(tmp_path)], tmp_path)
+    assert proc.returncode == 0 and "2 runs (2 failed)" in proc.stderr
+    assert proc.stdout.count("ConfigError: bad") == 2
 
 
 def test_missing_directory_is_an_error(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from vaesweep.analysis.results import (
     use_evaluation,
     write_frame,
 )
-from vaesweep.run.record import SUMMARY_COLUMNS
+from vaesweep.run.record import COMPLETED, SUMMARY_COLUMNS
 
 # The subcommands (``python -m vaesweep`` sends anything else to training).
 COMMANDS = ("collect", "figures", "evaluate")
@@ -88,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate",
         help="score finished runs again with more importance samples (no retraining)",
-        description="Score every completed run under SWEEP_DIR... again from its checkpoint, "
+        description="Score every completed run under SWEEP_DIR... again from its checkpoint "
+        "(completed as collect says: not a fast_dev_run, nor a result without test metrics; "
+        "each run left out is named with its status), "
         "with eval.iwae_k importance samples (Burda et al.: 5000), without retraining. Each "
         "result goes to <run>/evaluations/iwae_k=K,checkpoint=C.json, beside results.json; "
         "one that exists is not computed again. collect and figures read them as the "
@@ -114,7 +117,8 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         df = load_wandb(args.wandb, args.group)
         source = f"W&B {args.wandb}, group {args.group}"
     elif args.dirs:
-        df = load_results(*args.dirs)
+        # A listing shows the runs whatever their status (why none completed, say).
+        df = load_results(*args.dirs, completed_required=args.aggregate)
         source = ", ".join(args.dirs)
     else:
         parser.error("give SWEEP_DIR... or --wandb ENTITY/PROJECT --group GROUP")
@@ -128,6 +132,8 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         print(table.to_string(index=False))
     else:
         shown = [*df.attrs["swept"], *(c for c in SHOWN if c in df.columns)]
+        if not (df["status"] == COMPLETED).any():  # no metrics to show: why none completed
+            shown += ["job_name", "error"]
         print(df[list(dict.fromkeys(shown))].to_string(index=False))
 
 
@@ -224,7 +230,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             "written by `python run.py`"
         )
     print(f"{len(runs)} run(s) found; evaluating the completed ones", file=sys.stderr)
-    done, skipped, problems = evaluate_sweep(
+    done, skipped, problems, left_out = evaluate_sweep(
         runs,
         settings["eval.iwae_k"],
         settings["eval.checkpoint"],
@@ -232,10 +238,12 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         settings["eval.test_examples"],
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    others = len(runs) - done - skipped - len(problems)
+    # Counted by the status `collect` gives them (fast_dev_run, incomplete, failed, ...).
+    counts = Counter(left_out.values())
+    left = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(
         f"evaluated {done} run(s); {skipped} already evaluated"
-        + (f"; {others} not completed, not evaluated" if others else ""),
+        + (f"; {len(left_out)} not completed, not evaluated ({left})" if left_out else ""),
         file=sys.stderr,
     )
     for problem in problems:
@@ -243,7 +251,9 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if problems:
         raise SystemExit(1)
     if not done and not skipped:
-        raise ResultsError(f"none of the {len(runs)} run(s) found completed: nothing to evaluate")
+        raise ResultsError(
+            f"none of the {len(runs)} run(s) found completed ({left}): nothing to evaluate"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,14 @@ metrics as a result.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
@@ -105,8 +108,8 @@ def validate_config(
             raise ConfigError(refusal)
     check_run_keys(cfg)
     check_components(cfg)
+    check_trainer(cfg, in_job)  # first: check_data divides the batch among its devices
     check_data(cfg, in_job)
-    check_trainer(cfg, in_job)
     check_optimizer(cfg)
     check_eval(cfg)
     check_logger(cfg)
@@ -232,6 +235,7 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         from lightning import Trainer
 
         _unknown_keys("trainer", list(t.keys()), Trainer.__init__, "Lightning's Trainer")
+    _check_devices(t, with_lightning)
     deterministic = t.get("deterministic")
     require(
         deterministic in (None, "warn") or isinstance(deterministic, bool),
@@ -279,6 +283,50 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         t.gradient_clip_algorithm,
         "null (= norm), norm or value",
     )
+
+
+def _devices_ok(devices: Any) -> bool:
+    """Whether Lightning takes ``trainer.devices``: how many (≥ 1, or -1: all), auto, or
+    which (a list of ids, or a string of them with a comma: "0,1", "1,")."""
+    if is_int(devices):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            ids = [part.strip() for part in text.split(",")]
+            return all(i.isdigit() for i in ids[:-1]) and (ids[-1] == "" or ids[-1].isdigit())
+        return text in ("auto", "-1") or (text.isdigit() and int(text) >= 1)
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        ids = list(devices)
+        return bool(ids) and all(is_int(i) and i >= 0 for i in ids) and len(set(ids)) == len(ids)
+    return False
+
+
+def _check_devices(t: DictConfig, here: bool) -> None:
+    """``trainer.devices`` and ``trainer.accelerator``; ``here``: the process that trains (a
+    GPU asked for must be visible to it; a sweep's launching process may have none)."""
+    devices = t.get("devices", "auto")
+    require(
+        _devices_ok(devices),
+        "trainer.devices",
+        plain(devices),
+        "an integer ≥ 1 (how many), -1 (all), auto, or the device ids: a list such as [0, 1] "
+        'or a string with a comma ("0,1")',
+    )
+    accelerator = str(t.get("accelerator") or "auto").lower()
+    if not here or accelerator not in ("gpu", "cuda", "mps"):
+        return
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if (accelerator == "cuda" and not cuda) or (accelerator == "mps" and not mps) or not (
+        cuda or mps
+    ):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = "" if visible is None else f", CUDA_VISIBLE_DEVICES={visible!r}"
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator!r} is invalid here: this process sees no such "
+            f"device (torch {torch.__version__}{seen}); allowed here: cpu or auto "
+            "(trainer=default; trainer=gpu asks for a GPU)"
+        )
 
 
 def check_optimizer(cfg: DictConfig) -> None:
@@ -430,21 +478,36 @@ def _limit_ok(value: Any) -> bool:
     return is_number(value) and 0.0 <= value <= 1.0
 
 
+#: trainer.max_time as a string: what Lightning's Timer parses (days, then two digits each).
+_DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
+#: trainer.max_time as a mapping: the keyword arguments of datetime.timedelta.
+_DURATION_UNITS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
+
+
 def max_time_seconds(value: Any) -> float | None:
-    """``trainer.max_time`` in seconds ("DD:HH:MM:SS" or {days, hours, minutes, seconds});
-    None when unset or not in one of those forms (Lightning reports those)."""
+    """``trainer.max_time`` in seconds (None when unset): "DD:HH:MM:SS" or a mapping of
+    :class:`datetime.timedelta`'s units, the forms Lightning's Timer takes. ConfigError for
+    any other value (Lightning would refuse it after the data load, or fail at the first step
+    of its timer without naming the key)."""
     if value is None:
         return None
+    allowed = 'null, "DD:HH:MM:SS" (e.g. 00:12:00:00) or a mapping such as {hours: 12}'
     if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-            return None
-        days, hours, minutes, seconds = (int(p) for p in parts)
+        match = _DURATION.fullmatch(value.strip())
+        require(match is not None, "trainer.max_time", value, allowed)
+        days, hours, minutes, seconds = (int(g) for g in match.groups())
         return ((days * 24 + hours) * 60 + minutes) * 60.0 + seconds
     if isinstance(value, dict | DictConfig):
-        units = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
-        return float(sum(units.get(k, 0) * float(v or 0) for k, v in dict(value).items()))
-    return None
+        units = dict(value)
+        require(
+            set(units) <= set(_DURATION_UNITS) and all(is_number(v) for v in units.values()),
+            "trainer.max_time",
+            units,
+            f"{allowed}, whose keys are among {', '.join(_DURATION_UNITS)} and whose values "
+            "are numbers",
+        )
+        return datetime.timedelta(**units).total_seconds()
+    raise invalid("trainer.max_time", value, allowed)
 
 
 def check_training_budget(t: DictConfig) -> None:
@@ -485,6 +548,13 @@ def check_training_budget(t: DictConfig) -> None:
             t[key],
             "null (all), an integer ≥ 1 (batches) or a fraction in (0, 1]",
         )
+    overfit = t.get("overfit_batches", 0.0)
+    require(
+        overfit is not None and _limit_ok(overfit),
+        "trainer.overfit_batches",
+        overfit,
+        "0 (off), an integer ≥ 1 (batches) or a fraction in (0, 1]",
+    )
     fast = t.fast_dev_run
     require(
         isinstance(fast, bool) or (is_int(fast) and fast >= 0),

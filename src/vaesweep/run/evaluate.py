@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -66,6 +66,27 @@ def score(model: VAE, data: L.LightningDataModule, ckpt_path: str | None = None)
     return {k: float(v) for k, v in tested.items()}
 
 
+def result_status(result: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(status, why it differs from the recorded one or None) that ``vaesweep collect``
+    gives ``result`` (as :func:`vaesweep.run.record.read` returns it): ``frame_status``, so
+    a ``fast_dev_run`` (completed, but one batch of each split) or an ``incomplete`` result
+    is not a result to score; ``unreadable`` for a results.json that is not a JSON object."""
+    if result is None:
+        return record.UNREADABLE, f"its {record.RESULTS_FILE} is not a JSON object"
+    return record.frame_status(result)
+
+
+class SweepEvaluation(NamedTuple):
+    """What :func:`evaluate_sweep` did: runs evaluated, runs already evaluated, the problems
+    of runs that could not be (one line each), and the runs left out as not a completed
+    result, {run_dir: status}."""
+
+    done: int
+    skipped: int
+    problems: list[str]
+    left_out: dict[str, str]
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     iwae_k: int,
@@ -84,9 +105,10 @@ def evaluate_run(
     if name in record.read_evaluations(run_dir):
         return None
     result = record.read(run_dir)
-    status = None if result is None else record.checked_status(result)[0]
-    if status != record.COMPLETED:
-        raise ConfigError(f"{run_dir} holds no completed result ({status}): nothing to evaluate")
+    status, reason = result_status(result)
+    if result is None or status != record.COMPLETED:
+        why = f"{status}: {reason}" if reason else status
+        raise ConfigError(f"{run_dir} holds no completed result ({why}): nothing to evaluate")
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not ckpt.is_file():
         raise ConfigError(
@@ -136,16 +158,24 @@ def evaluate_sweep(
     iwae_chunk: int | None = None,
     test_examples: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[int, int, list[str]]:
-    """Evaluates every completed run below ``dirs``; (evaluated, already there, problems).
-    ``progress``: told one line per run evaluated (or found already evaluated)."""
+) -> SweepEvaluation:
+    """Evaluates every completed run below ``dirs``, as ``vaesweep collect`` counts them
+    (:func:`result_status`: not a ``fast_dev_run`` nor an ``incomplete`` result).
+    ``progress``: told one line per run evaluated, found already evaluated, or left out
+    (with its status and why)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
     done = skipped = 0
-    problems = []
+    problems: list[str] = []
+    left_out: dict[str, str] = {}
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})
     for run_dir in runs:
-        result = record.read(run_dir)
-        if result is None or record.checked_status(result)[0] != record.COMPLETED:
+        status, reason = result_status(record.read(run_dir))
+        if status != record.COMPLETED:
+            left_out[str(run_dir)] = status
+            line = f"{run_dir}: not evaluated, {status}" + (f" ({reason})" if reason else "")
+            log.info("%s", line)
+            if progress is not None:
+                progress(line)
             continue
         started = time.monotonic()
         try:
@@ -164,4 +194,4 @@ def evaluate_sweep(
         log.info("%s", line)
         if progress is not None:
             progress(line)
-    return done, skipped, problems
+    return SweepEvaluation(done, skipped, problems, left_out)

@@ -80,6 +80,10 @@ UNREADABLE, INCOMPLETE, FAST_DEV_RUN = "unreadable", "incomplete", "fast_dev_run
 #: ``vaesweep collect``'s status of a completed run collected twice (the same configuration,
 #: seed and metrics as another run found): counted once.
 DUPLICATE = "duplicate"
+#: ``vaesweep collect``'s status of a run whose results.json says ``running`` while no live
+#: process holds its claim (vaesweep.run.claims): killed outright (SIGKILL, out of memory, a
+#: node lost). Never aggregated; the sweep's command resumes it.
+KILLED = "killed"
 #: Config keys that never change the numbers a job computes (where and how it runs and logs).
 NOT_RESULTS = (
     "threads",
@@ -97,6 +101,8 @@ NOT_RESULTS = (
 def changes_results(key: str) -> bool:
     """False for a config key (dotted) under :data:`NOT_RESULTS`."""
     return not any(key == p or key.startswith(p + ".") for p in NOT_RESULTS)
+
+
 #: The metrics that sum a result up: the columns of a sweep's summary.csv and table, and
 #: of what ``vaesweep collect`` prints.
 SUMMARY_COLUMNS = (

@@ -22,7 +22,9 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
 Failed, diverged and still-running runs stay in the frame with their status (``incomplete``
 for a result that says completed without test metrics, ``fast_dev_run`` for Lightning's debug
 runs: :func:`vaesweep.run.record.frame_status`; ``unreadable`` for a results.json that cannot
-be read; ``duplicate`` for a completed run found twice, e.g. in two sweeps); :func:`aggregate`
+be read; ``killed`` for one that says running while no live process holds the run's claim,
+:mod:`vaesweep.run.claims`; ``duplicate`` for a completed run found twice, e.g. in two
+sweeps); :func:`aggregate`
 leaves them out, with a warning that counts them. ``df.attrs["notes"]`` holds what else the
 commands tell the user (jobs of a sweep.json without a result, ...).
 
@@ -66,11 +68,13 @@ from vaesweep.analysis.results.from_wandb import (
     wandb_record,
 )
 from vaesweep.analysis.results.output import write_frame
+from vaesweep.run.record import KILLED
 
 __all__ = [
     "CONFIG_PREFIX",
     "IDENTITY",
     "KEY_ORDER",
+    "KILLED",
     "LAST_KEYS",
     "METRIC_ORDER",
     "MODULE_HPARAMS",

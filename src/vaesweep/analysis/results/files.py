@@ -11,8 +11,16 @@ from typing import Any
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError, build_frame, flatten, parse_overrides
+from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, read_claim
 from vaesweep.run.context import SWEEP_FILE
-from vaesweep.run.record import RESULTS_FILE, UNREADABLE, frame_status, read_evaluations
+from vaesweep.run.record import (
+    KILLED,
+    RESULTS_FILE,
+    RUNNING,
+    UNREADABLE,
+    frame_status,
+    read_evaluations,
+)
 
 
 def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +82,60 @@ def _unreadable_row(path: Path, problem: str) -> dict[str, Any]:
         "config": {},
         "overrides": {},
     }
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; OSError or ValueError (JSONDecodeError and
+    UnicodeDecodeError included) when there is none."""
+    result = json.loads(path.read_text())
+    if not isinstance(result, dict):
+        raise ValueError("not a JSON object")
+    return result
+
+
+def _claim_timeout(result: dict[str, Any]) -> float:
+    """The run's ``sweep.claim_timeout_s``: how old another host's heartbeat may be."""
+    sweep = (result.get("config") or {}).get("sweep")
+    timeout = sweep.get("claim_timeout_s") if isinstance(sweep, dict) else None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        return float(timeout)
+    return DEFAULT_TIMEOUT_S
+
+
+def _process_gone(run_dir: Path, result: dict[str, Any]) -> str | None:
+    """Why no process runs a job whose result says ``running``, or None while one may. A
+    job holds ``<run_dir>/.claim`` while it runs and removes it when it ends, however it
+    ends, unless it is killed outright (SIGKILL, out of memory, a node lost): then the claim
+    is left, stale by vaesweep.run.claims' own rules."""
+    claim = read_claim(run_dir)
+    if claim is None:
+        return f"{RESULTS_FILE} says running, but no process holds its {CLAIM_FILE}"
+    if not claim.is_stale(_claim_timeout(result)):
+        return None
+    return f"{RESULTS_FILE} says running, but its claim is stale ({claim.describe()})"
+
+
+def _settled(path: Path, result: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """For a result that says running: (the result, why its process is gone, or None). A
+    job writes its final status before it removes its claim, so the file is read again
+    once the claim says the process is gone: a job that ended in between is not killed."""
+    gone = _process_gone(path.parent, result)
+    if gone is None:
+        return result, None
+    try:
+        again = _read(path)
+    except (OSError, ValueError):  # gone since the first read: what that read said stands
+        return result, gone
+    return again, gone if frame_status(again)[0] == RUNNING else None
+
+
+def _short(run_dir: Path, dirs: tuple[str | os.PathLike[str], ...]) -> str:
+    """``run_dir`` relative to the directory given that holds it (its name if it is one)."""
+    for d in dirs:
+        top = Path(d).resolve()
+        if run_dir.is_relative_to(top) and run_dir != top:
+            return str(run_dir.relative_to(top))
+    return run_dir.name
 
 
 def _walk(path: Path, name: str) -> list[Path]:
@@ -141,14 +203,17 @@ def missing_jobs(dirs: tuple[str | os.PathLike[str], ...], found: list[Path]) ->
     return notes
 
 
-def load_results(*dirs: str | os.PathLike[str]) -> pd.DataFrame:
+def load_results(*dirs: str | os.PathLike[str], completed_required: bool = True) -> pd.DataFrame:
     """One row per ``results.json`` found (recursively) under ``dirs``; columns as in
     :mod:`vaesweep.analysis.results`. A results.json that cannot be read is a row with the
-    status ``unreadable``; ``df.attrs["notes"]`` says what else the user should know (jobs
-    of a sweep.json without a result, duplicates whose metrics differ).
+    status ``unreadable``; one that says ``running`` while no live process holds the run's
+    claim (vaesweep.run.claims) has the status ``killed``. ``df.attrs["notes"]`` says what
+    else the user should know (jobs of a sweep.json without a result, killed runs,
+    duplicates whose metrics differ).
 
     Raises ResultsError when none is found, when runs of different datasets (name or
-    content fingerprint) are mixed, or when no run completed.
+    content fingerprint) are mixed, or when no run completed (unless not
+    ``completed_required``: listing the runs of a sweep none of whose jobs completed).
     """
     if not dirs:
         raise ResultsError("no directory given")
@@ -158,24 +223,35 @@ def load_results(*dirs: str | os.PathLike[str]) -> pd.DataFrame:
             f"no {RESULTS_FILE} found under {', '.join(str(d) for d in dirs)}: "
             "pass a run or sweep directory written by `python run.py`"
         )
-    rows, unreadable = [], []
+    rows, unreadable, killed = [], [], []
     for path in paths:
         try:
-            result = json.loads(path.read_text())
-            if not isinstance(result, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
+            result = _read(path)
+        except (OSError, ValueError) as e:
             rows.append(_unreadable_row(path, str(e)))
             unreadable.append(f"{path} ({e})")
             continue
-        rows.append(_local_row(path, result))
-    df = build_frame(rows)
+        gone = None
+        if frame_status(result)[0] == RUNNING:
+            result, gone = _settled(path, result)
+        row = _local_row(path, result)
+        if gone is not None:
+            row["identity"].update(status=KILLED, error=gone)
+            killed.append(_short(path.parent, dirs))
+        rows.append(row)
+    df = build_frame(rows, completed_required)
     notes = missing_jobs(dirs, paths)
     if unreadable:
         notes.append(
             f"{len(unreadable)} {RESULTS_FILE} could not be read (status unreadable; the "
             f"sweep's command runs such a job again): {'; '.join(unreadable[:3])}"
             + (" ..." if len(unreadable) > 3 else "")
+        )
+    if killed:
+        notes.append(
+            f"{len(killed)} run(s) say running but no process runs them (killed outright: "
+            "SIGKILL, out of memory, a node lost; status killed); the same command resumes "
+            f"them: {', '.join(killed[:3])}" + (" ..." if len(killed) > 3 else "")
         )
     df.attrs["notes"] = [*notes, *df.attrs["notes"]]
     return df

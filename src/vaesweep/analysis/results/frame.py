@@ -128,8 +128,9 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]
     return swept, values
 
 
-def build_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows of {"identity", "metrics", "config" (flat), "overrides"} → the tidy frame, checked."""
+def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> pd.DataFrame:
+    """Rows of {"identity", "metrics", "config" (flat), "overrides"} → the tidy frame, checked
+    (one dataset; at least one completed run unless not ``completed_required``)."""
     swept, values = _swept(rows)
     records, metric_columns = [], []
     for i, row in enumerate(rows):
@@ -157,7 +158,7 @@ def build_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df.attrs["swept"] = swept
     df.attrs["metrics"] = metric_columns
     df.attrs["notes"] = notes
-    _check(df)
+    _check(df, completed_required)
     return df
 
 
@@ -195,8 +196,9 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     ]
 
 
-def _check(df: pd.DataFrame) -> None:
-    """Raises ResultsError for mixed datasets or when no run completed."""
+def _check(df: pd.DataFrame, completed_required: bool) -> None:
+    """Raises ResultsError for mixed datasets or, if ``completed_required``, when no run
+    completed."""
     datasets = df[["dataset", "dataset_fingerprint"]].drop_duplicates().dropna(subset=["dataset"])
     fingerprints = datasets.dropna(subset=["dataset_fingerprint"])
     if datasets["dataset"].nunique() > 1 or fingerprints["dataset_fingerprint"].nunique() > 1:
@@ -209,7 +211,7 @@ def _check(df: pd.DataFrame) -> None:
             f"runs of different datasets are mixed: {listing}. Collect each dataset's runs "
             "separately (pass only the sweep directories of one dataset)."
         )
-    if not (df["status"] == "completed").any():
+    if completed_required and not (df["status"] == COMPLETED).any():
         counts = df["status"].value_counts()
         errors = df["error"].dropna().drop_duplicates().head(3).tolist()
         raise ResultsError(
