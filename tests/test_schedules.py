@@ -11,6 +11,8 @@ import torch
 from vaesweep.model.components import build_schedule
 from vaesweep.model.schedules import SCHEDULES
 
+from conftest import TINY, run_cli
+
 
 def frange_cycle_linear(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):
     """Fu et al. 2019, copied from the paper's repository (the reference, not our code)."""
@@ -405,3 +407,58 @@ def test_steps_must_be_non_negative_integers():
         s.beta_at(-1)
     with pytest.raises(TypeError):
         s.beta_at(2.5)
+
+
+# ---- when a schedule settles: the run-length warning ------------------------------------
+
+
+def _last_change(schedule, horizon):
+    """The first step from which the schedule's value (β, or the capacity) no longer changes
+    within ``horizon`` steps: found by evaluating every step."""
+    value = getattr(schedule, "capacity_at", schedule.beta_at)
+    values = [value(t) for t in range(horizon)]
+    return max(t for t in range(1, horizon) if values[t] != values[t - 1])
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("linear", {"steps": 37}),
+        ("linear", {"steps": 37, "delay": 11}),
+        ("linear", {"steps": 1}),
+        ("sigmoid", {"steps": 41}),
+        ("cyclical", {"total_steps": 50, "n_cycles": 3, "ratio": 1.0}),
+        ("cyclical", {"total_steps": 50, "n_cycles": 4, "ratio": 0.5, "shape": "cosine"}),
+        ("cyclical", {"total_steps": 600, "n_cycles": 4, "ratio": 0.5}),  # the config's
+        ("cyclical", {"total_steps": 7, "n_cycles": 7, "ratio": 0.3}),
+        ("cyclical", {"total_steps": 100, "n_cycles": 3, "ratio": 0.7, "shape": "sigmoid"}),
+        ("capacity", {"c_steps": 29}),
+    ],
+)
+def test_settles_is_the_step_from_which_the_schedule_holds(name, options):
+    schedule = build_schedule(name, **options)
+    _, step = schedule.settles()
+    assert step == _last_change(schedule, 3 * step + 10)
+
+
+@pytest.mark.parametrize(("name", "options"), [("constant", {}), ("geco", {"target": -100.0}),
+                                               ("pi", {"kl_target": 25.0})])  # fmt: skip
+def test_constant_beta_and_controllers_never_settle(name, options):
+    assert build_schedule(name, **options).settles() is None
+
+
+def test_a_schedule_longer_than_the_run_is_named_in_a_warning(tmp_path):
+    """A real run of 3 optimisation steps: a 300-step warm-up is named with the β it ends
+    at; a 2-step one is not."""
+    long = run_cli([*TINY, "logger=csv", "hydra.run.dir=long", "beta_schedule=linear"], tmp_path)
+    assert long.returncode == 0, long.stderr[-3000:]
+    warning = (
+        "beta_schedule=linear settles at step 300 (beta_schedule.steps), but this run takes 3 "
+        "optimisation steps: it ends at β = 0.006667, not at the β = 1 it settles at."
+    )  # β at step 2, the last of the three: 2/300
+    assert warning in long.stdout + long.stderr
+    assert warning in (tmp_path / "long" / "train.log").read_text()
+    args = [*TINY, "logger=csv", "hydra.run.dir=short", "beta_schedule=linear"]
+    short = run_cli([*args, "beta_schedule.steps=2"], tmp_path)
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert "settles at step" not in short.stdout + short.stderr

@@ -106,6 +106,16 @@ class BetaSchedule(nn.Module):
         """β at global optimisation step ``step`` (controllers: the current β)."""
         raise NotImplementedError
 
+    def settles(self) -> tuple[str, int] | None:
+        """(the options that set it, the global step) from which this schedule holds its
+        final value, for one that changes with the step; None for a constant β and for the
+        controllers, whose β follows the losses."""
+        return None
+
+    def describe_at(self, step: int) -> str:
+        """What this schedule gives at ``step``, for messages."""
+        return f"β = {self.beta_at(step):.4g}"
+
     def _beta_tensor(self, step: int, like: Tensor) -> Tensor:
         # Reused while β keeps its value (every step for a constant β): making a tensor from
         # a python float takes four ops, ~1 % of a small training step. It is never
@@ -165,6 +175,9 @@ class LinearWarmup(BetaSchedule):
         fraction = min(max((_step(step) - self.delay) / self.steps, 0.0), 1.0)
         return _interpolate(self.start, self.beta, fraction)
 
+    def settles(self) -> tuple[str, int] | None:
+        return ("delay + steps" if self.delay else "steps"), self.delay + self.steps
+
 
 class SigmoidWarmup(BetaSchedule):
     """β_t = start + (beta − start) · [σ(k(τ − ½)) − σ(−k/2)] / [σ(k/2) − σ(−k/2)],
@@ -187,6 +200,9 @@ class SigmoidWarmup(BetaSchedule):
     def beta_at(self, step: int) -> float:
         tau = min(_step(step) / self.steps, 1.0)
         return _interpolate(self.start, self.beta, _rescaled_logistic(tau, self.steepness))
+
+    def settles(self) -> tuple[str, int] | None:
+        return "steps", self.steps
 
 
 class CyclicalBeta(BetaSchedule):
@@ -250,6 +266,17 @@ class CyclicalBeta(BetaSchedule):
             tau = 0.5 * (1.0 - math.cos(math.pi * tau))
         return _interpolate(self.start, self.beta, tau)
 
+    def settles(self) -> tuple[str, int] | None:
+        # The last cycle's rise ends at the first step within it whose τ reaches 1.
+        n, m = self.total_steps, self.n_cycles
+        last_start = (m - 1) * n // m
+        rise = math.ceil(self.ratio * n / m)
+        while rise > 0 and (rise - 1) * m / (self.ratio * n) >= 1.0:  # τ as beta_at computes it
+            rise -= 1
+        while rise * m / (self.ratio * n) < 1.0:
+            rise += 1
+        return "total_steps", min(n, last_start + rise)
+
 
 class CapacityAnnealing(BetaSchedule):
     """loss = rec_nll + γ·|kl − C(t)|, C(t) = min(c_max, c_max·t/c_steps) nats: controlled
@@ -276,6 +303,12 @@ class CapacityAnnealing(BetaSchedule):
     def beta_at(self, step: int) -> float:
         _step(step)
         return self.gamma
+
+    def settles(self) -> tuple[str, int] | None:
+        return "c_steps", self.c_steps
+
+    def describe_at(self, step: int) -> str:
+        return f"capacity C = {self.capacity_at(step):.4g} nats"
 
     def forward(self, step: int, rec_nll: Tensor, kl: Tensor) -> tuple[Tensor, Tensor]:
         gamma = self._beta_tensor(step, kl)

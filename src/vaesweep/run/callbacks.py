@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -311,6 +312,37 @@ class EpochLines(L.Callback):
         elapsed = time.perf_counter() - self._started
         log.info(
             "epoch %d/%s  %s  (%.1f s)", trainer.current_epoch + 1, total, " ".join(shown), elapsed
+        )
+
+
+class ScheduleLength(L.Callback):
+    """Warns, once a fresh fit knows how many optimisation steps it takes, when the β
+    schedule has not settled by its end (a warm-up of 10 000 steps in a 600-step run): the
+    run then ends at a β it never meant to hold. Schedules count optimisation steps, not
+    epochs."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedule = getattr(pl_module, "schedule", None)
+        settles = schedule.settles() if schedule is not None else None
+        if settles is None or trainer.global_step > 0 or not trainer.is_global_zero:
+            return  # a resumed fit warned when it started
+        options, step = settles
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total >= step:
+            return
+        last = int(total) - 1
+        if schedule.describe_at(last) == schedule.describe_at(step):
+            return  # (a cyclical schedule's last cycle may reach β before its end)
+        log.warning(
+            "beta_schedule=%s settles at step %d (beta_schedule.%s), but this run takes %d "
+            "optimisation steps: it ends at %s, not at the %s it settles at. Shorten the "
+            "schedule or train longer (its steps are optimisation steps, not epochs).",
+            schedule.name,
+            step,
+            options,
+            int(total),
+            schedule.describe_at(last),
+            schedule.describe_at(step),
         )
 
 

@@ -36,6 +36,7 @@ from vaesweep.run.callbacks import (
     ImageGrids,
     NullProfiler,
     Resumable,
+    ScheduleLength,
     ThrottledProgressBar,
     Timestamps,
     WandbMetrics,
@@ -302,7 +303,7 @@ def fit_and_test(
         on_epoch_end=None if record is None else record.write,
         identity=None if record is None else record.data["config"],
     )
-    parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable,))
+    parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable, ScheduleLength()))
     trainer, model, data = parts.trainer, parts.model, parts.data
     check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split
     resumable.signals.check()
