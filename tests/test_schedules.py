@@ -388,6 +388,8 @@ def test_registry():
         ("pi", {"kl_target": 1.0, "ki": -0.1}, "ki", -0.1),
         ("pi", {"kl_target": 1.0, "beta_min": -0.1}, "beta_min", -0.1),
         ("pi", {"kl_target": 1.0, "beta_min": 0.5, "beta_max": 0.2}, "beta_max", 0.2),
+        ("pi", {"kl_target": 1.0, "beta_min": 2.0}, "beta_min", 2.0),  # not the default max
+        ("pi", {"kl_target": 1.0, "beta_max": -1.0}, "beta_max", -1.0),
         ("pi", {"kl_target": 1.0, "beta_init": 1.5}, "beta_init", 1.5),
         ("pi", {"kl_target": True}, "kl_target", True),
     ],
@@ -397,6 +399,9 @@ def test_invalid_parameters(name, options, param, value):
         build_schedule(name, **options)
     message = str(error.value)
     assert f"{param}=" in message and repr(value) in message and name in message
+    assert message.startswith(f"{param}={value!r} is invalid") or (
+        f"{param}=" in message.split(" is invalid")[1]  # the pair, named from one side
+    )
 
 
 def test_steps_must_be_non_negative_integers():

@@ -722,7 +722,7 @@ BAD = {
         [BETA, "hydra.sweeper.params.n_samples=choice(1, 0)", "likelihood=gaussian,laplace"],
         [
             "hydra.sweeper.params.n_samples=choice(1, 0) includes n_samples=0 "
-            "(likelihood=gaussian), which a run refuses: n_samples=0 is invalid: allowed ≥ 1",
+            "(likelihood=gaussian), which a run refuses: n_samples=0 is invalid: allowed an integer ≥ 1",
         ],
     ),
     "a pruner that would never prune": (

@@ -240,11 +240,8 @@ class CyclicalBeta(BetaSchedule):
             integer=True,
         )
         _check(self.name, "ratio", ratio, "in (0, 1]", lambda v: 0 < v <= 1)
-        if shape not in CYCLICAL_SHAPES:
-            raise ValueError(
-                f"beta_schedule {self.name!r}: shape={shape!r} is invalid: "
-                f"allowed one of {list(CYCLICAL_SHAPES)}"
-            )
+        allowed = f"one of {list(CYCLICAL_SHAPES)} (beta_schedule={self.name})"
+        require(shape in CYCLICAL_SHAPES, "shape", shape, allowed)
         self.beta, self.start = float(beta), float(start)
         self.total_steps, self.n_cycles = int(total_steps), int(n_cycles)
         self.ratio, self.shape = float(ratio), shape
@@ -427,7 +424,9 @@ class PIController(BetaSchedule):
         _check(self.name, "kp", kp, ">= 0", lambda v: v >= 0)
         _check(self.name, "ki", ki, ">= 0", lambda v: v >= 0)
         _check(self.name, "beta_min", beta_min, ">= 0", lambda v: v >= 0)
-        _check(self.name, "beta_max", beta_max, f">= beta_min={beta_min}", lambda v: v >= beta_min)
+        _check(self.name, "beta_max", beta_max, ">= 0", lambda v: v >= 0)
+        # The pair: beta_max's default is 1, so a beta_min above it is the value to change.
+        _check(self.name, "beta_min", beta_min, f"<= beta_max={beta_max}", lambda v: v <= beta_max)
         if beta_init is None:
             integral, beta = 0.0, beta_min
         else:

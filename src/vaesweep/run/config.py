@@ -127,7 +127,7 @@ def check_run_keys(cfg: DictConfig) -> None:
         cfg.seed,
         f"an integer in [0, {MAX_SEED - 1}] (2**32 - 1: numpy's seeds are 32-bit)",
     )
-    require(is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "≥ 1")
+    require(is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "an integer ≥ 1")
     require(
         cfg.threads is None or (is_int(cfg.threads) and cfg.threads >= 1),
         "threads",
