@@ -102,6 +102,8 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         (["trainer.devices=[]"], r"trainer.devices=\[\] is invalid"),
         (["trainer.devices=-1"], None),
         (["trainer.devices='2'"], None),
+        # A key others refer to, removed: named at the first key that refers to it.
+        (["~beta"], r"\.beta is invalid: Interpolation key 'beta' not found: a key its value"),
     ],
 )
 def test_refused_before_training(overrides, message):

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
 from vaesweep.core.helpers import plain
@@ -97,7 +98,14 @@ def validate_config(
     its processes) are left to each job, so that a launcher whose jobs run in workers keeps
     Lightning out of the launching process.
     """
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except InterpolationKeyError as e:  # e.g. ~beta, which likelihood and schedule refer to
+        raise ConfigError(
+            f"{e.full_key} is invalid: {e.msg.splitlines()[0]}: a key its value refers to is not "
+            "in the config "
+            f"(removed with ~KEY?); allowed: the key back, or {e.full_key}=VALUE"
+        ) from None
     if missing:
         raise ConfigError(
             f"{', '.join(missing)}: required but not set (???); pass e.g. {missing[0]}=VALUE"
