@@ -150,19 +150,27 @@ def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
     assert df[column].iloc[0] == tighter["metrics"]["test/nll"]
 
 
-def test_evaluate_refuses_bad_settings_in_one_line(tmp_path):
+def test_evaluate_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    from vaesweep.analysis.cli import main
+
+    # The command line once, in its own process (one line, no traceback) ...
     proc = _evaluate([str(tmp_path), "eval.iwae_k=0"], tmp_path)
     assert proc.returncode != 0 and "eval.iwae_k=0 is invalid" in proc.stderr
-    # The same checks and words as a run's config (vaesweep.run.config.check_test_settings).
-    proc = _evaluate([str(tmp_path), "eval.iwae_k=1000000"], tmp_path)
-    assert proc.returncode != 0
-    assert re.search(r"eval.iwae_k=1000000 is invalid.*100000.* h per 1000 test", proc.stderr)
-    proc = _evaluate([str(tmp_path), "eval.iwae_chunk=0"], tmp_path)
-    assert proc.returncode != 0 and "eval.iwae_chunk=0 is invalid" in proc.stderr
-    proc = _evaluate([str(tmp_path), "eval.k=5"], tmp_path)
-    assert proc.returncode != 0 and "eval.k=5 is neither a directory nor a setting" in proc.stderr
-    assert "allowed keys eval.iwae_k" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # ... and its entry point for the other settings (the same checks and words as a run's
+    # config, vaesweep.run.config.check_test_settings).
+    for setting, message in [
+        ("eval.iwae_k=1000000", r"eval.iwae_k=1000000 is invalid.*100000.* h per 1000 test"),
+        ("eval.iwae_chunk=0", r"eval.iwae_chunk=0 is invalid"),
+        ("eval.k=5", r"eval.k=5 is neither a directory nor a setting.*allowed keys eval.iwae_k"),
+    ]:
+        try:
+            status = main(["evaluate", str(tmp_path), setting])
+        except SystemExit as usage_error:  # argparse's way out
+            status = usage_error.code
+        assert status not in (0, None)
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, err
 
 
 def test_test_examples_are_the_first_of_the_split_with_their_own_noise():
