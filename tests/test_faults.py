@@ -257,6 +257,37 @@ def test_cli_refuses_a_launch_before_hydra_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_config_dir_file_hydra_would_never_read_is_refused_before_any_run(tmp_path, multirun):
+    """A user's likelihood/gaussian.yaml in --config-dir is shadowed by vaesweep's own (Hydra
+    reads the package's config tree first): a run or grid that selects it is refused, not
+    trained with the package's file (which a reviewer found silently: scale fixed, not the
+    file's learned)."""
+    user = tmp_path / "conf" / "likelihood"
+    user.mkdir(parents=True)
+    ours = (CONF_DIR / "likelihood" / "gaussian.yaml").read_text()
+    (user / "gaussian.yaml").write_text(ours.replace("scale: fixed", "scale: learned"))
+    assert (user / "gaussian.yaml").read_text() != ours
+    where = ["-m", "likelihood=laplace,gaussian"] if multirun else ["likelihood=gaussian"]
+    proc = run_cli([*where[:-1], "--config-dir", str(tmp_path / "conf"), *B, where[-1]], tmp_path)
+    line = one_refusal(proc)
+    what = "sweep refused, no job was run" if multirun else "run refused, nothing was written"
+    assert line.startswith(f"[vaesweep] {what}: likelihood=gaussian: {user / 'gaussian.yaml'} is ")
+    assert "rename yours (e.g. likelihood/my_gaussian.yaml)" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+    # Not selected, or the same bytes: nothing is lost, nothing refused.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("train", ["likelihood=laplace"], return_hydra_config=True)
+    config = OmegaConf.create(OmegaConf.to_container(config))  # untyped: a source added
+    config.hydra.runtime.config_sources.append(
+        {"path": str(tmp_path / "conf"), "schema": "file", "provider": "command-line"}
+    )
+    assert preflight.shadowed_config(config) is None
+    assert "likelihood=gaussian" in preflight.shadowed_config(config, [["likelihood=gaussian"]])
+    (user / "gaussian.yaml").write_text(ours)
+    assert preflight.shadowed_config(config, [["likelihood=gaussian"]]) is None
+
+
 @pytest.mark.slow
 def test_cli_refuses_a_single_run_before_hydra_writes(tmp_path):
     proc = run_cli([*B, "sweep.resume=somewhere"], tmp_path)

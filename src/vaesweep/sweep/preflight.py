@@ -7,6 +7,8 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
 - a key given twice on the command line, Hydra's own (``hydra.run.dir``) included: Hydra
   would keep the last value silently (the task's keys are refused by the same check in
   :mod:`vaesweep.run.effective`, but Hydra's never reach the task);
+- a ``--config-dir`` file that the launch selects but Hydra never reads (vaesweep's own
+  config of that group and name comes first in the search path);
 - the ``sweep`` keys, which the claim of a job's directory reads before its config is
   validated (:func:`vaesweep.run.config.check_sweep_keys`);
 - a single run: ``sweep.resume`` (a multirun's key: the run would go to a new directory);
@@ -28,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError, is_int
-from vaesweep.run.config import check_sweep_keys
+from vaesweep.run.config import CONF_DIR, check_sweep_keys
 from vaesweep.run.effective import repeated_key
 from vaesweep.run.ranks import DECISION_ENV
 from vaesweep.sweep.grid import grid_jobs, job_dirs
@@ -89,6 +91,44 @@ def _common(config: DictConfig) -> str | None:
     return None
 
 
+def _selected(config: DictConfig, jobs: list[list[str]]) -> set[tuple[str, str]]:
+    """(group, option) pairs the launch selects: the composed config's choices and, for a
+    grid, every ``group=option`` of its jobs' overrides."""
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
+    selected = {(str(g), str(n)) for g, n in choices.items() if n is not None}
+    for job in jobs:
+        for override in job:
+            key, _, value = override.lstrip("+~").partition("=")
+            if value and "." not in key and (CONF_DIR / key).is_dir():
+                selected.add((key, value))
+    return {(g, n) for g, n in selected if not g.startswith("hydra/")}
+
+
+def shadowed_config(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
+    """A config of the ``--config-dir`` that the launch selects but Hydra never reads: the
+    package's config tree has one of the same group and name, and Hydra reads the package's
+    first. The problem (naming both files) unless the two are the same file, else None."""
+    sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=[]) or []
+    dirs = [
+        Path(str(s.get("path")))
+        for s in sources
+        if s.get("provider") == "command-line" and s.get("schema") == "file"
+    ]
+    if not dirs:
+        return None
+    for group, name in sorted(_selected(config, jobs or [])):
+        ours = CONF_DIR / group / f"{name}.yaml"
+        for directory in dirs:
+            theirs = directory / group / f"{name}.yaml"
+            if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+                return (
+                    f"{group}={name}: {theirs} is never read: vaesweep's own {ours} has the "
+                    "same name and Hydra reads the package's config tree before --config-dir; "
+                    f"rename yours (e.g. {group}/my_{name}.yaml) and select {group}=my_{name}"
+                )
+    return None
+
+
 def run_refusal(config: DictConfig) -> str | None:
     """Why a single run cannot start as asked, else None."""
     problem = _common(config)
@@ -103,7 +143,7 @@ def run_refusal(config: DictConfig) -> str | None:
             "hydra.run.dir=DIR to continue a single run in DIR"
         )
     run_dir = str(config.hydra.run.dir)
-    return _directory_problem("hydra.run.dir", run_dir, Path(run_dir))
+    return _directory_problem("hydra.run.dir", run_dir, Path(run_dir)) or shadowed_config(config)
 
 
 def launcher_problem(launcher: DictConfig) -> str | None:
@@ -141,7 +181,7 @@ def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) ->
     problem = _directory_problem("hydra.sweep.dir", sweep_dir, Path(sweep_dir))
     if problem:
         return problem
-    problem = launcher_problem(config.hydra.launcher)
+    problem = launcher_problem(config.hydra.launcher) or shadowed_config(config, jobs)
     if problem:
         return problem
     for job_dir in job_dirs(config, jobs or []):

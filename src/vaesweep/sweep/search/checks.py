@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vaesweep.core.checks import ConfigError
-from vaesweep.run.config import CONF_DIR, resolve_preprocess, validate_config
+from vaesweep.run.config import resolve_preprocess, validate_config
 from vaesweep.run.effective import check_distinct, check_overrides
+from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
 from vaesweep.sweep.search.space import SearchError, render
@@ -79,28 +80,11 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
 
 
 def check_shadowed(config: DictConfig) -> None:
-    """A config of the ``--config-dir`` that the search selects but Hydra never reads: the
-    package's config tree has one of the same group and name, and Hydra reads the package's
-    first. Refused (SearchError, naming both files) unless the two are the same file."""
-    sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=[]) or []
-    dirs = [
-        Path(str(s.get("path")))
-        for s in sources
-        if s.get("provider") == "command-line" and s.get("schema") == "file"
-    ]
-    choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
-    for group, name in choices.items():
-        if name is None or str(group).startswith("hydra/"):
-            continue
-        ours = CONF_DIR / str(group) / f"{name}.yaml"
-        for directory in dirs:
-            theirs = directory / str(group) / f"{name}.yaml"
-            if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
-                raise SearchError(
-                    f"{group}={name}: {theirs} is never read: vaesweep's own {ours} has the "
-                    "same name and Hydra reads the package's config tree before --config-dir; "
-                    f"rename yours (e.g. {group}/my_{name}.yaml) and select {group}=my_{name}"
-                )
+    """A config of the ``--config-dir`` that the search selects but Hydra never reads
+    (:func:`vaesweep.sweep.preflight.shadowed_config`): SearchError."""
+    problem = shadowed_config(config)
+    if problem:
+        raise SearchError(problem)
 
 
 def check_studies(plan: Plan) -> None:
