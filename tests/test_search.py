@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from vaesweep.run.config import CONF_DIR
 from vaesweep.sweep.search import BEST_FILE, JOURNAL_FILE, SearchError, quote_sweeper_params
+from vaesweep.sweep.search.checks import check_objective_comparable
 from vaesweep.sweep.search.metrics import objective_direction
 from vaesweep.sweep.search.plan import (
     HYDRA_OPTUNA_SWEEPER,
@@ -328,6 +329,27 @@ def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdi
     assert by_study["search[likelihood=laplace]"] == [
         t.params["beta"] for t in trials(workdir / "alone")
     ]
+
+
+@pytest.mark.parametrize(
+    ("params", "objective", "refused"),
+    [
+        ({"beta": "interval(0.1, 10)"}, "val/loss", True),
+        ({"beta_schedule.steps": "range(100, 500, 100)"}, "val/loss", True),
+        ({"beta_schedule": "choice(linear, cyclical)"}, "val/loss", True),
+        ({"optimizer.lr": "interval(0.0001, 0.01)"}, "val/loss", False),  # β fixed: comparable
+        ({"beta": "interval(0.1, 10)"}, "val/elbo", False),
+    ],
+)
+def test_an_objective_that_beta_changes_by_definition_is_refused(params, objective, refused):
+    """val/loss = rec_nll + β·KL: over β (or its schedule) it ranks the smallest β best.
+    A reviewer's search picked β = 1.23 by val/loss over β = 2.69, whose val/elbo was best."""
+    plan = Plan(parse_space(params, []), objective, "minimize", 2, 1, "", "s", 1.0, Path("."), ())
+    if not refused:
+        check_objective_comparable(plan)
+        return
+    with pytest.raises(SearchError, match=f"objective={objective} with {next(iter(params))}"):
+        check_objective_comparable(plan)
 
 
 def test_a_half_proposed_trial_is_never_run_nor_counted():
@@ -724,6 +746,10 @@ BAD = {
             "hydra.sweeper.params.n_samples=choice(1, 0) includes n_samples=0 "
             "(likelihood=gaussian), which a run refuses: n_samples=0 is invalid: allowed an integer ≥ 1",
         ],
+    ),
+    "val/loss over beta": (
+        [BETA, "hydra.sweeper.objective=val/loss"],
+        ["hydra.sweeper.objective=val/loss with beta searched", "allowed: val/elbo"],
     ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],

@@ -35,6 +35,26 @@ def _check_objective_reported(cfg: DictConfig, objective: str, key: str) -> None
         )
 
 
+#: Objectives that weight the KL by β: trials with different β are not comparable by them.
+WEIGHTED_OBJECTIVES = ("val/loss",)
+
+
+def check_objective_comparable(plan: Plan) -> None:
+    """Refuses an objective whose value the searched keys change by definition: val/loss =
+    rec_nll + β·KL falls as β falls, so a search over β (or the schedule) would pick the
+    smallest β, not the best model."""
+    if plan.objective not in WEIGHTED_OBJECTIVES:
+        return
+    weighting = [k for k in plan.space.searched if k == "beta" or k.startswith("beta_schedule")]
+    if weighting:
+        raise SearchError(
+            f"{plan.objective_key}={plan.objective} with {', '.join(weighting)} searched: "
+            f"{plan.objective} = rec_nll + β·KL falls as β falls, so it cannot compare trials "
+            "of different β (the search would pick the smallest); allowed: val/elbo (or "
+            "val/rec_nll), which every β is scored by alike"
+        )
+
+
 def check_configs(config: DictConfig, plan: Plan) -> None:
     """Composes one job per grid point (searched keys at an example value) and refuses keys
     that change nothing, grid points that compute the same thing, and an objective that
@@ -45,6 +65,7 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
         configs = [compose(config.hydra.job.config_name, overrides=job) for job in jobs]
     except Exception as e:
         raise SearchError(f"the trials' config does not compose: {e}") from None
+    check_objective_comparable(plan)
     for cfg in configs:
         _check_objective_reported(cfg, plan.objective, plan.objective_key)
     refusal = check_overrides(jobs[0], configs)  # every job has the same keys
