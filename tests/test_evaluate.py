@@ -189,13 +189,16 @@ def test_test_examples_are_the_first_of_the_split_with_their_own_noise():
 @pytest.mark.slow
 def test_evaluate_on_the_first_test_examples(run, tmp_path):
     """eval.test_examples=N: its own file and columns, N examples scored; N at least the
-    split's size scores exactly what the run recorded."""
+    split's size scores exactly what the run recorded, and is named as the whole split's
+    evaluation (not as N examples that were never there)."""
     recorded = json.loads((run / "results.json").read_text())
     k, n_all = recorded["config"]["eval"]["iwae_k"], int(recorded["metrics"]["test/n_examples"])
-    proc = _evaluate([str(run), f"eval.iwae_k={k}", f"eval.test_examples={n_all}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    name = f"iwae_k={k},checkpoint=last,test_examples={n_all}"
-    whole = json.loads((run / "evaluations" / f"{name}.json").read_text())
+    for n in (n_all, 100 * n_all):
+        proc = _evaluate([str(run), f"eval.iwae_k={k}", f"eval.test_examples={n}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not list((run / "evaluations").glob("*test_examples=*"))
+    whole = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last.json").read_text())
+    assert whole["test_examples"] is None
     for key in ("test/nll", "test/elbo", "test/n_examples"):
         assert whole["metrics"][key] == recorded["metrics"][key], key
     proc = _evaluate([str(run), f"eval.iwae_k={k}", "eval.test_examples=50"], tmp_path)

@@ -87,6 +87,25 @@ class SweepEvaluation(NamedTuple):
     left_out: dict[str, str]
 
 
+def _within_split(
+    result: dict[str, Any] | None, test_examples: int | None, run_dir: Path
+) -> int | None:
+    """``test_examples``, or None (the whole split) when it is at least the run's test split:
+    the evaluation is then the whole split's, named and recorded as such (not as N examples
+    that were never there)."""
+    sizes = ((result or {}).get("dataset") or {}).get("sizes") or {}
+    size = sizes.get("test") if isinstance(sizes, dict) else None
+    if test_examples is None or not isinstance(size, int) or test_examples < size:
+        return test_examples
+    log.info(
+        "%s: eval.test_examples=%d is at least its %d test examples: the whole split is scored",
+        run_dir,
+        test_examples,
+        size,
+    )
+    return None
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     iwae_k: int,
@@ -101,10 +120,11 @@ def evaluate_run(
     the evaluation's name and ``test/n_examples`` say so."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
     run_dir = Path(run_dir)
+    result = record.read(run_dir)
+    test_examples = _within_split(result, test_examples, run_dir)
     name = record.evaluation_name(iwae_k, checkpoint, test_examples)
     if name in record.read_evaluations(run_dir):
         return None
-    result = record.read(run_dir)
     status, reason = result_status(result)
     if result is None or status != record.COMPLETED:
         why = f"{status}: {reason}" if reason else status
