@@ -331,6 +331,19 @@ def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdi
     ]
 
 
+def test_a_key_searched_twice_on_the_command_line_is_refused():
+    """``beta=...`` and ``hydra.sweeper.params.beta=...`` on one command line: the first
+    replaced the second silently (the journal held the other space). A preset's params,
+    replaced by the command line, stay allowed."""
+    given = "hydra.sweeper.params.beta=interval(0.2,1)"
+    config = _multirun_config({})
+    config.hydra.overrides = {"hydra": [given], "task": ["beta=interval(0.1,1)"]}
+    with pytest.raises(SearchError, match=r"beta is given twice on the command line, as beta="):
+        plan_search(config, ["beta=interval(0.1,1)"])
+    config.hydra.overrides = {"hydra": [], "task": ["beta=interval(0.1,1)"]}  # from a preset
+    assert plan_search(config, ["beta=interval(0.1,1)"]).space.searched["beta"].low == 0.1
+
+
 @pytest.mark.parametrize(
     ("params", "objective", "refused"),
     [

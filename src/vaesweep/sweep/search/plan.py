@@ -222,6 +222,23 @@ def _space(opts: DictConfig, arguments: list[str]) -> Space:
     return space
 
 
+def _refuse_given_twice(config: DictConfig, arguments: list[str]) -> None:
+    """A key searched twice on the command line, as ``KEY=...`` and as
+    ``hydra.sweeper.params.KEY=...``: the first would replace the second silently (a
+    preset's ``hydra.sweeper.params`` is replaced by the command line on purpose)."""
+    prefix = "hydra.sweeper.params."
+    hydra_keys = {
+        _key(str(o))[len(prefix) :]
+        for o in OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or []
+        if _key(str(o)).startswith(prefix)
+    }
+    for key in sorted(hydra_keys & {_key(a) for a in arguments}):
+        raise SearchError(
+            f"{key} is given twice on the command line, as {key}=... and as {prefix}{key}=..., "
+            f"and the first would replace the second silently; give it once"
+        )
+
+
 def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     """Checks the options and the space of a search (no config composition, no storage)."""
     opts = config.hydra.sweeper
@@ -234,6 +251,7 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     if not (isinstance(rate, int | float) and 0 <= rate <= 1):
         raise SearchError(f"hydra.sweeper.max_failure_rate={rate}: allowed: a number in [0, 1]")
     check_pruner(opts.get("pruner"))
+    _refuse_given_twice(config, arguments)
     # optimized_metric on the command line is the objective, not a key of the trials.
     space = _space(opts, [a for a in arguments if _key(a) != OPTIMIZED_METRIC])
     objective, objective_key = _objective(config, opts)
