@@ -331,6 +331,27 @@ def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdi
     ]
 
 
+@pytest.mark.parametrize(
+    ("params", "size"),
+    [
+        ({"beta": "range(0.5, 2, 0.5)"}, 3),  # 0.5, 1.0, 1.5: what a reviewer ran 4 trials of
+        ({"model.latent_dim": "range(2, 10, 4)", "seed": "choice(0, 1)"}, 4),  # {2, 6} × {0, 1}
+        ({"model.latent_dim": "int(interval(2, 5))"}, 4),
+        ({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, None),  # continuous: unbounded
+    ],
+)
+def test_more_trials_than_the_space_has_points_are_refused(params, size):
+    """A sampler proposes a point of a discrete space again once it has run out (TPE even
+    before); each would train again to the same numbers: β=1.0 three times, never 0.5."""
+    assert parse_space(params, []).size() == size
+    if size is None:
+        plan_search(_multirun_config({"params": params, "n_trials": 50}), [])
+        return
+    plan_search(_multirun_config({"params": params, "n_trials": size}), [])
+    with pytest.raises(SearchError, match=rf"n_trials={size + 1} is more than the {size} dist"):
+        plan_search(_multirun_config({"params": params, "n_trials": size + 1}), [])
+
+
 def test_a_key_searched_twice_on_the_command_line_is_refused():
     """``beta=...`` and ``hydra.sweeper.params.beta=...`` on one command line: the first
     replaced the second silently (the journal held the other space). A preset's params,

@@ -254,6 +254,15 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     _refuse_given_twice(config, arguments)
     # optimized_metric on the command line is the objective, not a key of the trials.
     space = _space(opts, [a for a in arguments if _key(a) != OPTIMIZED_METRIC])
+    size = space.size()
+    if size is not None and n_trials > size:
+        searched = ", ".join(f"{k}={p.describe()}" for k, p in space.searched.items())
+        raise SearchError(
+            f"hydra.sweeper.n_trials={n_trials} is more than the {size} distinct points of "
+            f"the search space ({searched}): the sampler would propose points again, and each "
+            f"would train again to the same result; allowed: n_trials ≤ {size}, or a grid "
+            "(-m KEY=a,b,c), which runs each point once"
+        )
     objective, objective_key = _objective(config, opts)
     direction = objective_direction(
         objective, opts.get("direction"), bool(opts.get("allow_test_objective")), objective_key

@@ -5,6 +5,7 @@ expression (:class:`SearchError`, naming the key and what is allowed)."""
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,16 @@ class Param:
     def example(self) -> Any:
         return self.choices[0] if self.kind == "categorical" else self.low
 
+    def size(self) -> int | None:
+        """How many distinct values a sampler can propose; None for a continuous range."""
+        if self.kind == "categorical":
+            return len(set(self.choices))
+        if self.kind == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        if self.step is None:
+            return None
+        return int(round((self.high - self.low) / self.step)) + 1
+
 
 def render(value: Any) -> str:
     """A parameter value as an override value."""
@@ -124,6 +135,12 @@ class Space:
         """The overrides of every grid point ([[]] without grid axes)."""
         axes = [[f"{k}={v}" for v in values] for k, values in self.grid.items()]
         return [list(p) for p in itertools.product(*axes)]
+
+    def size(self) -> int | None:
+        """How many distinct points the searched keys span (per grid point); None when a
+        key is continuous."""
+        sizes = [p.size() for p in self.searched.values()]
+        return None if None in sizes else math.prod(sizes)
 
     def trial_overrides(self, point: list[str], params: dict[str, Any]) -> list[str]:
         return [
