@@ -425,3 +425,147 @@ def test_evaluate_says_when_there_is_nothing_to_evaluate(sweep, tmp_path):
     for path in copies[:2]:  # each named, with its status
         assert f"{path.parent.resolve()}: not evaluated, failed\n" in proc.stderr
     assert "none of the 2 run(s) found completed (2 failed): nothing to evaluate" in proc.stderr
+
+
+# Two sweeps of one configuration (gaussian, fixed scale, β = 0.5): "F", seeds 0 and 1 with
+# the default config, and "G", seeds 2 and 3, as `python run.py -m seed=2,3 ...` with a user
+# primary config (--config-dir D --config-name mine) that may set other values. Made from
+# the real sweep's results; trainer.max_epochs is on no command line (the default's 20).
+ONE = ("gaussian", "fixed", 0.5)
+
+
+def _sweeps_of_one_configuration(sweep: Path, root: Path, edit_g=lambda result: None) -> tuple:
+    for name, shift in (("F", 0), ("G", 2)):
+        for path in copy_results(sweep, root / name):
+            result = json.loads(path.read_text())
+            if _key(result) != ONE:
+                shutil.rmtree(path.parent)
+                continue
+            seed = result["seed"] + shift
+            result["overrides"] = [
+                f"seed={seed}" if o.startswith("seed=") else o
+                for o in result["overrides"]
+                if not o.startswith("trainer.max_epochs=")
+            ]
+            result.update(seed=seed, job_name=f"seed={seed}")
+            result["config"]["seed"] = seed
+            result["config"]["trainer"]["max_epochs"] = 20
+            if name == "G":
+                edit_g(result)
+            path.write_text(json.dumps(result))
+    return root / "F", root / "G"
+
+
+def _max_epochs(value):
+    def edit(result: dict) -> None:
+        result["config"]["trainer"]["max_epochs"] = value
+
+    return edit
+
+
+def test_runs_whose_configs_differ_off_the_command_line_are_not_pooled(sweep, tmp_path):
+    """Sweep G's primary config set trainer.max_epochs: 3 where F ran the default 20: the
+    aggregates, the table and the CLI give one row per max_epochs, two seeds each, and a note
+    names the key no command line swept."""
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path, _max_epochs(3))
+    df = load_results(f, g)
+    assert len(df) == 4 and (df["status"] == "completed").all()
+    assert sorted(df["config.trainer.max_epochs"]) == [3, 3, 20, 20]
+    assert df.attrs["swept"] == ["trainer.max_epochs", "seed"]
+    assert config_keys(df) == ["trainer.max_epochs"]
+    note = "runs differ in trainer.max_epochs (3, 20), which no command line swept: grouped by it"
+    assert df.attrs["notes"] == [note]
+    stats = aggregate(df, metrics=["test/nll"])
+    assert stats["trainer.max_epochs"].tolist() == [3, 20]
+    assert stats["test/nll.count"].tolist() == [2, 2]
+    table = results_table(df)  # what `vaesweep figures` writes as results_table.md|.tex
+    assert table.keys == ["trainer.max_epochs"] and [r[0] for r in table.rows] == ["3", "20"]
+    assert "over 2 seeds" in table.to_markdown() and "4 seeds" not in table.to_markdown()
+    proc = vaesweep(["collect", str(f), str(g), "--aggregate"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {note}" in proc.stderr
+    head, *lines = proc.stdout.strip().splitlines()
+    assert head.split()[0] == "trainer.max_epochs" and len(lines) == 2
+    assert [line.split()[0] for line in lines] == ["3", "20"]
+
+
+def test_seeds_of_one_configuration_in_two_sweeps_still_pool(sweep, tmp_path):
+    """Identical configs: one group of 4 seeds. Values that differ only in how they are
+    written (20 and 20.0), or a key a run lacks (an older version's results.json) where the
+    others hold one value, or null, split nothing; a key that is null in one sweep and set
+    in the other does."""
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path / "same")
+    df = load_results(f, g)
+    assert df.attrs["swept"] == ["seed"] and df.attrs["notes"] == []
+    stats = aggregate(df, metrics=["test/nll"])
+    assert len(stats) == 1 and stats["test/nll.count"].tolist() == [4]
+
+    def older(result: dict) -> None:
+        result["config"]["trainer"]["max_epochs"] = 20.0
+        del result["config"]["likelihood"]["scale_lr"]  # 0.01 in F
+        del result["config"]["eval"]["iwae_chunk"]  # null in F
+
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path / "older", older)
+    df = load_results(f, g)
+    assert df.attrs["swept"] == ["seed"] and df.attrs["notes"] == []
+    assert results_table(df).rows == results_table(load_results(tmp_path / "same")).rows
+
+    def null_lr(result: dict) -> None:
+        result["config"]["likelihood"]["scale_lr"] = None  # the networks' lr: a setting
+
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path / "null", null_lr)
+    df = load_results(f, g)
+    assert config_keys(df) == ["likelihood.scale_lr"]
+    assert df.attrs["notes"] == [
+        "runs differ in likelihood.scale_lr (0.01, null), which no command line swept: "
+        "grouped by it"
+    ]
+    assert aggregate(df, metrics=["test/nll"])["test/nll.count"].tolist() == [2, 2]
+
+
+def test_keys_that_change_no_result_never_split_a_configuration(sweep, tmp_path):
+    def elsewhere(result: dict) -> None:
+        config = result["config"]
+        config["logger"] = {"name": "wandb", "project": "other", "mode": "offline"}
+        config["paths"]["output_dir"] = "/elsewhere"
+        config["threads"] = 4
+        config["label"]["note"] = "second sweep"
+        config["trainer"]["enable_model_summary"] = not config["trainer"]["enable_model_summary"]
+
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path, elsewhere)
+    df = load_results(f, g)
+    assert set(df["config.logger.project"].fillna("-")) == {"-", "other"}
+    assert df.attrs["swept"] == ["seed"] and df.attrs["notes"] == []
+    assert aggregate(df, metrics=["test/nll"])["test/nll.count"].tolist() == [4]
+    assert len(results_table(df).rows) == 1
+
+
+def test_a_config_group_chosen_off_the_command_line_is_named_like_the_group(sweep, tmp_path):
+    """G's primary config chose likelihood: laplace (F: gaussian, the default; neither on a
+    command line): the column is ``likelihood``, as when swept, and the keys the option sets
+    (likelihood._target_) are not keys of their own; a key that differs with it outside the
+    group (optimizer.lr) is."""
+
+    def laplace(result: dict) -> None:
+        ours = result["config"]["likelihood"]
+        theirs = next(
+            r["config"]["likelihood"]
+            for r in map(json.loads, map(Path.read_text, sorted(sweep.rglob("results.json"))))
+            if _key(r) == ("laplace", *ONE[1:])
+        )
+        ours.update(theirs)
+        result["config"]["optimizer"]["lr"] = 0.002
+
+    f, g = _sweeps_of_one_configuration(sweep, tmp_path, laplace)
+    for path in tmp_path.rglob("results.json"):
+        _edit(path, overrides=[o for o in json.loads(path.read_text())["overrides"]
+                               if not o.startswith("likelihood=")])  # fmt: skip
+    df = load_results(f, g)
+    assert df.attrs["swept"] == ["likelihood", "optimizer.lr", "seed"]
+    assert df.attrs["notes"] == [
+        "runs differ in likelihood (gaussian, laplace) and optimizer.lr (0.001, 0.002), "
+        "which no command line swept: grouped by them"
+    ]
+    stats = aggregate(df, metrics=["test/nll"])
+    assert stats["likelihood"].tolist() == ["gaussian", "laplace"]
+    assert stats["test/nll.count"].tolist() == [2, 2]

@@ -9,9 +9,14 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
   tree's git commit and dirty flag, and "name=version ..." of Python and the packages;
   None from W&B);
 - swept values: every override key whose value differs between the runs, under the key's
-  own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...). A config key
+  own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...), and every config
+  key that can change a result (:func:`vaesweep.run.record.changes_results`) whose value
+  differs between the runs although no command line swept it (two sweeps pooled, one with
+  a primary config that sets ``trainer.max_epochs``; named in a note). A config key
   (``beta``) holds the resolved, typed value; a config group (``likelihood``) holds the
-  option chosen. Their names are in ``df.attrs["swept"]``;
+  option chosen. Their names are in ``df.attrs["swept"]``; :func:`config_keys` (all but
+  ``seed`` and the keys that change no result) are what the aggregates, figures and table
+  group by;
 - metrics: the keys of ``results.json``'s ``metrics`` as they are (``test/nll``, ``scale``,
   ...; units in docs/results-and-figures.md), except ``beta``, the β in force at the end of training (γ for
   ``capacity``, the controller's output for ``geco``/``pi``): it is ``final_beta`` here,

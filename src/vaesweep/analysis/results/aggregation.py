@@ -105,7 +105,11 @@ def metric_names(df: pd.DataFrame) -> list[str]:
 
 def config_keys(df: pd.DataFrame) -> list[str]:
     """Swept keys that define a configuration: all but ``seed`` and the keys that change no
-    result (``logger``, ``threads``, ``paths``, ...: runs that differ only there are pooled)."""
+    result (``logger``, ``threads``, ``paths``, ...: runs that differ only there are pooled).
+    The swept keys hold the config keys that differ between runs without a command line
+    that swept them (a primary config's ``trainer.max_epochs``), so runs of such different
+    configurations are never pooled (the frame's ``df.attrs["notes"]`` names those keys);
+    the aggregates, the figures and the results table all group by these keys."""
     return [k for k in swept_keys(df) if k != "seed" and changes_results(k)]
 
 
@@ -129,7 +133,8 @@ def aggregate(
 ) -> pd.DataFrame:
     """Mean, std (ddof=1), sem = std/√count and count of each metric over the runs of a group.
 
-    by: grouping columns (default: the swept keys except ``seed``, so groups pool seeds);
+    by: grouping columns (default: :func:`config_keys`, the swept keys except ``seed`` and
+    those that change no result, so groups pool seeds);
     metrics: metric columns (default: all). Only completed runs count; the others are left
     out with a warning. Columns: the ``by`` keys, then ``METRIC.mean``, ``METRIC.std``,
     ``METRIC.sem``, ``METRIC.count`` per metric (count of non-missing values).

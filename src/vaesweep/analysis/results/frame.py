@@ -111,9 +111,17 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]:
-    """The override keys whose value differs between the rows (in column order), and every
-    override key's value per row."""
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a flat config that can change a result (all but those under
+    :data:`vaesweep.run.record.NOT_RESULTS`): what makes two runs one configuration."""
+    return {k: v for k, v in config.items() if changes_results(k)}
+
+
+def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]], list[str]]:
+    """The keys whose value differs between the rows (in column order), every such key's
+    value per row, and notes. The keys: the override keys whose value differs, and the
+    config keys no command line swept that split runs the override keys would pool
+    (:func:`_unswept`)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["overrides"] if k not in keys]
@@ -122,16 +130,111 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]
     }
     # A row without a config or overrides (an unreadable results.json) has no say.
     known = [i for i, row in enumerate(rows) if row["config"] or row["overrides"]]
-    swept = sorted(
-        (k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1), key=_key_rank
+    swept = [k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1]
+    hidden = _unswept(rows, values, swept, known)
+    for key in hidden:
+        if key not in values:  # (config groups chosen are given theirs by _unswept)
+            values[key] = [_swept_value(key, row["overrides"], row["config"]) for row in rows]
+    notes = []
+    if hidden:
+        listed = [f"{k} ({_listing(_held(k, rows, values, known))})" for k in hidden]
+        named = listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"
+        notes.append(
+            f"runs differ in {named}, which no command line swept: grouped by "
+            + ("it" if len(hidden) == 1 else "them")
+        )
+    return sorted([*swept, *hidden], key=_key_rank), values, notes
+
+
+def _held(
+    key: str, rows: list[dict[str, Any]], values: dict[str, list[Any]], known: list[int]
+) -> list[Any]:
+    """The values of ``key`` in the runs that hold it (a config key), or of every run (a
+    config group: its option)."""
+    if any(key in rows[i]["config"] for i in known):
+        return [rows[i]["config"][key] for i in known if key in rows[i]["config"]]
+    return [values[key][i] for i in known]
+
+
+def _listing(values: Iterable[Any]) -> str:
+    """The distinct values, sorted (numbers as numbers), None as "null" (last), joined by
+    ", "; at most 5."""
+    distinct = {_comparable(v) for v in values}
+    found = list(distinct - {None})
+    try:
+        found.sort()
+    except TypeError:  # mixed types
+        found.sort(key=str)
+    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
+    shown += ["null"] if None in distinct else []
+    return ", ".join(shown[:5]) + (" ..." if len(shown) > 5 else "")
+
+
+def _unswept(
+    rows: list[dict[str, Any]], values: dict[str, list[Any]], swept: list[str], known: list[int]
+) -> list[str]:
+    """The config keys on no command line whose value differs between the runs (two sweeps
+    pooled, one with a primary config that sets ``trainer.max_epochs``): keys that can change
+    a result (:func:`result_config`) other than ``seed`` (what the aggregates average over),
+    and not set by what the command lines swept. Set by them: a key whose value follows the
+    option of a swept config group (``likelihood._target_`` when ``likelihood`` is swept, every
+    key of ``experiment=...``), or equals a swept key in every run (``beta_schedule.beta`` =
+    ``${beta}``). A key that differs together with a swept config key (``trainer.max_epochs``
+    on the command line, ``likelihood`` in a primary config) is one: the runs do not say
+    which made the difference.
+
+    Values compare as Python values (20 == 20.0); NaN is None. A key absent from a run's
+    config (a run of an older version, before the key existed) gives that run no say: the
+    key differs only where the runs that hold it hold different values (None included: an
+    explicit null is a setting). The absent key meant its default then, the same as the
+    others' in the common case; the runs that hold the key still tell where it changed.
+
+    A config group whose option differs (``likelihood.name``) is named like the group
+    (``likelihood``), as on a command line; the keys of its group are then set by it."""
+    configs = {i: result_config(rows[i]["config"]) for i in known}
+    candidates = sorted(
+        {k for config in configs.values() for k in config} - set(values) - {"seed"},
+        key=_key_rank,
     )
-    return swept, values
+    # Swept override keys that are config groups (not keys of the config): their options
+    # set other keys.
+    groups = [k for k in swept if all(k not in rows[i]["config"] for i in known)]
+
+    def unexplained(key: str, by: list[str]) -> bool:
+        held = [i for i in known if key in configs[i]]  # absent: no say
+        if len({_comparable(configs[i][key]) for i in held}) < 2:
+            return False
+        for k in swept:
+            if all(_comparable(configs[i][key]) == _comparable(values[k][i]) for i in held):
+                return False  # an interpolation of a swept key
+        seen: dict[tuple, set] = {}
+        for i in held:
+            option = tuple(_comparable(values[k][i]) for k in by)
+            seen.setdefault(option, set()).add(_comparable(configs[i][key]))
+        return any(len(found) > 1 for found in seen.values())
+
+    chosen = [
+        key.removesuffix(".name")
+        for key in candidates
+        if key.endswith(".name")
+        and key.removesuffix(".name") in set(KEY_ORDER) - set(values)
+        and unexplained(key, groups)
+    ]
+    for group in chosen:
+        values[group] = [_swept_value(group, row["overrides"], row["config"]) for row in rows]
+    # An option chosen in a primary config sets the keys of its group (a command line's may
+    # set others: experiment=...).
+    return chosen + [
+        k
+        for k in candidates
+        if unexplained(k, [*groups, *(g for g in chosen if k.startswith(f"{g}."))])
+    ]
 
 
 def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> pd.DataFrame:
     """Rows of {"identity", "metrics", "config" (flat), "overrides"} → the tidy frame, checked
     (one dataset; at least one completed run unless not ``completed_required``)."""
-    swept, values = _swept(rows)
+    swept, values, unswept_notes = _swept(rows)
     records, metric_columns = [], []
     for i, row in enumerate(rows):
         metrics = {RENAMED_METRICS.get(k, k): v for k, v in row["metrics"].items()}
@@ -141,7 +244,7 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
         record.update(metrics)
         record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
         records.append(record)
-    notes = _mark_duplicates(records, rows)
+    notes = [*unswept_notes, *_mark_duplicates(records, rows)]
     metric_columns.sort(key=_metric_rank)
     config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
     columns = [
@@ -173,7 +276,7 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     for record, row in zip(records, rows, strict=True):
         if record["status"] != COMPLETED or not row["config"]:
             continue
-        config = {k: v for k, v in row["config"].items() if changes_results(k)}
+        config = result_config(row["config"])
         key = json.dumps([config, record["dataset_fingerprint"]], sort_keys=True, default=str)
         trained = {k: v for k, v in row["metrics"].items() if "@" not in k}  # not evaluations
         metrics = json.dumps(trained, sort_keys=True, default=str)
