@@ -127,11 +127,15 @@ def test_failing_job_stays_local_and_is_named(workdir):
     assert rows["5000"]["status"] == "failed"
     assert "data.batch_size=5000 is invalid" in rows["5000"]["error"]
 
-    # Re-running leaves both alone (completed skipped, failed not re-run unless asked).
+    # Re-running skips the completed job (not a byte changed) and checks the refused one
+    # again (a ConfigError: nothing was computed, so no sweep.rerun_failed is needed), which
+    # is refused again.
     before = {p: p.stat().st_mtime_ns for p in (workdir / "sweep").rglob("results.json")}
     again = run_cli(cmd, workdir)
-    assert again.returncode != 0
-    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert again.returncode != 0 and "data.batch_size=5000 is invalid" in again.stderr
+    changed = {p.parent.name for p in before if p.stat().st_mtime_ns != before[p]}
+    assert len(changed) == 1 and changed.pop().startswith("data.batch_size=5000")
+    before = {p: p.stat().st_mtime_ns for p in before}
     # Asked to, it re-runs the failed job (which fails again) and still skips the other.
     rerun = run_cli([*cmd, "sweep.rerun_failed=true"], workdir)
     assert rerun.returncode != 0

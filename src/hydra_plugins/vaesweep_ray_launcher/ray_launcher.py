@@ -253,13 +253,30 @@ def execute_job(
         str(job_dir), bool(sweep_config.sweep.rerun_failed), sweep_config.sweep.claim_timeout_s
     )
     with tee_output(job_dir if runs else None):
-        return run_job(
-            hydra_context=hydra_context,
-            task_function=task_function,
-            config=sweep_config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        try:
+            return run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        finally:
+            _close_wandb()
+
+
+def _close_wandb() -> None:
+    """Shuts W&B's service down after a job, while the worker still runs: left to W&B's
+    exit hook, it printed a 30-line ``ConnectionResetError`` traceback from each worker as
+    Ray stopped them (the service was gone first). The next job in this worker starts it
+    again (a fraction of a second)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        try:
+            wandb.teardown()
+        except Exception as error:  # its files are written: only the shutdown failed
+            print(f"[vaesweep] W&B did not shut down cleanly: {error}", file=sys.stderr)
 
 
 class RayLauncher(Launcher):
