@@ -340,3 +340,127 @@ def test_table_bolds_the_best_mean_of_each_column(sweep):
     latex = table.to_latex()
     assert latex.count(r"\textbf{") == sum(map(sum, table.best)) and r"$\pm$" in latex
     assert r"$\beta$" in latex and "NLL (nats) $\\downarrow$" in latex
+
+
+def _many_configurations(df, n_lr: int):
+    """The sweep's runs at β = 0.5 repeated under ``n_lr`` learning rates, each copy its own
+    configurations as in a search: full-precision floats, and an int that came through a
+    column with NaN as a float (limit_train_batches 5.0 / 3.0)."""
+    import pandas as pd
+
+    runs = df[df["beta"] == 0.5]
+    copies = [
+        runs.assign(
+            **{
+                "optimizer.lr": 0.06837794722369642 * 1.5**i,
+                "trainer.limit_train_batches": 5.0 if i % 2 == 0 else 3.0,
+            }
+        )
+        for i in range(n_lr)
+    ]
+    out = pd.concat(copies, ignore_index=True)
+    out.attrs = {
+        **df.attrs,
+        "swept": [*df.attrs["swept"], "optimizer.lr", "trainer.limit_train_batches"],
+    }
+    return out
+
+
+def test_image_grids_of_a_search_are_labelled_compactly_and_stay_readable(sweep, tmp_path):
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaesweep.analysis.figures.captions import caption
+    from vaesweep.analysis.figures.grids import (
+        LABEL_CHARS,
+        MAX_ROWS,
+        prior_samples,
+        reconstructions,
+    )
+    from vaesweep.analysis.figures.style import save
+
+    df = load_results(sweep)
+    few, many = _many_configurations(df, 2), _many_configurations(df, 8)  # 8 and 32 configs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small, big = reconstructions(few, 0.5), reconstructions(many, 0.5)
+        samples = prior_samples(many, 0.5)
+        for name, fig in (("small", small), ("big", big), ("samples", samples)):
+            save(fig, tmp_path, name)  # PDF then PNG: the second save once laid it out again
+    assert [str(w.message) for w in caught] == []  # e.g. "constrained_layout not applied"
+    labels = [ax.get_ylabel() for ax in small.axes]
+    assert labels[0] == "test images" and len(labels) == 1 + 8
+    # Compact values (4 significant digits; 5.0 as 5), short keys, wrapped between parts.
+    assert labels[1] == "Gaussian, σ fixed; lr=0.06838\nlimit_train_batches=5"
+    assert labels[2] == "Gaussian, σ fixed; lr=0.1026\nlimit_train_batches=3"
+    shown = "\n".join(labels + [ax.get_ylabel() for ax in big.axes])
+    assert "0.0683779" not in shown and "=5.0" not in shown and "optimizer." not in shown
+    assert all(len(line) <= LABEL_CHARS for line in shown.split("\n"))
+    # 32 configurations: 24 rows drawn (and the test images), the others counted.
+    assert len(big.axes) == 1 + MAX_ROWS and len(samples.axes) == MAX_ROWS
+    assert "8 of 32 configurations not shown" in caption(big)
+    assert "8 of 32 configurations not shown" in caption(samples)
+    assert "Setting: digits, 1 epoch of 3 batches" in caption(small)
+    # The figure grows with its rows; every strip keeps one readable height.
+    (_, h_small), (_, h_big) = small.get_size_inches(), big.get_size_inches()
+    assert h_big > h_small + (MAX_ROWS - 8) * 0.4
+    heights = {round(ax.get_position().height * fig.get_size_inches()[1], 6)
+               for fig in (small, big) for ax in fig.axes}  # fmt: skip
+    assert len(heights) == 1 and heights.pop() >= 0.4
+    # Every label lies inside the figure, left of its strip of images.
+    renderer = FigureCanvasAgg(big).get_renderer()
+    big.draw(renderer)
+    for ax in big.axes:
+        label = ax.yaxis.label.get_window_extent(renderer)
+        assert label.x0 >= 0 and label.x1 <= ax.get_window_extent(renderer).x0
+
+
+def test_table_and_figures_say_what_they_come_from(sweep, tmp_path):
+    """A sweep with likelihood.scale=optimal set, not swept: the table and the figures name
+    the dataset, the epochs, the fixed settings, and what ± / the error bars are over."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaesweep.analysis.figures.captions import CAPTION_GID, caption
+
+    for path in sorted(sweep.rglob("results.json")):
+        record = json.loads(path.read_text())
+        if record["config"]["likelihood"]["scale"] == "optimal":
+            target = tmp_path / "optimal" / path.relative_to(sweep)
+            target.parent.mkdir(parents=True)
+            target.write_text(path.read_text())
+    config = record["config"]
+    df = load_results(tmp_path / "optimal")
+    assert "likelihood.scale" not in df.attrs["swept"]  # set, not swept
+    report = write_sweep_figures(df, tmp_path / "out")
+    assert "nll_elbo_vs_beta" not in "\n".join(report.skipped)
+    md = (tmp_path / "out" / "results_table.md").read_text()
+    assert {line.split(" | ")[0] for line in md.splitlines()[2:6]} == {"| Gaussian", "| Laplace"}
+    fixed = (
+        f"model={config['model']['name']}, latent_dim={config['model']['latent_dim']}, "
+        f"batch_size={config['data']['batch_size']}, lr={config['optimizer']['lr']:g}, "
+        "scale=optimal."
+    )
+    setting = f"Setting: digits, 1 epoch of 3 batches; {fixed}"
+    assert setting in md and "Mean ± std (ddof = 1) over 2 seeds" in md
+    tex = (tmp_path / "out" / "results_table.tex").read_text()
+    assert f"% {setting}" in tex and "over 2 seeds" in tex
+    # The aggregate figures: the same setting, and what their error bars / lines are.
+    fig = metric_vs_beta(df)
+    assert setting in caption(fig)
+    assert "error bars ±1 std (ddof = 1) over 2 seeds" in caption(fig)
+    assert "±1 standard error of the mean (std/√n) over 2 seeds" in caption(
+        metric_vs_beta(df, error="sem")
+    )
+    assert "Lines: means over 2 seeds" in caption(rate_distortion(df))
+    # The caption sits under the legend and the panels, inside the figure.
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (text,) = [t for t in fig.texts if t.get_gid() == CAPTION_GID]
+    below = text.get_window_extent(renderer)
+    assert below.y0 >= 0 and below.y1 < fig.legends[0].get_window_extent(renderer).y0
+    assert below.y1 < min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)
+    # Epochs that differ between the runs are not given one number.
+    varied = df.copy()
+    varied.loc[0, "config.trainer.max_epochs"] = 2
+    assert "epochs as configured (trainer.max_epochs varies)" in results_table(varied).notes[0]

@@ -17,21 +17,32 @@ importable to draw them.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor
 
-from vaesweep.analysis.figures.style import TWO_COLUMN, new_figure, paper_style
+from vaesweep.analysis.figures.captions import CAPTION_FONTSIZE, CAPTION_GID, setting, wrap
+from vaesweep.analysis.figures.style import TWO_COLUMN, paper_style, text_width
 from vaesweep.analysis.figures.sweep import FigureSkipped, groups, styles_for
 from vaesweep.analysis.results import completed, config_keys
 from vaesweep.run.images import IMAGES_FILE, make_grid
 
-# Inches of figure width kept for the row labels.
-LABEL_WIDTH = 1.7
+#: Configuration rows drawn at most in one figure (the footer counts the others).
+MAX_ROWS = 24
+# Row labels: font size (pt), characters per line before wrapping, gap to the images (pt).
+LABEL_FONTSIZE = 7
+LABEL_CHARS = 32
+LABEL_PAD = 4
+# Inches: the figure's margin, the space between rows, the tallest strip of images.
+MARGIN = 0.05
+ROW_GAP = 0.06
+MAX_ROW_HEIGHT = 1.2
 
 
 #: The arrays every images.npz holds.
@@ -109,6 +120,18 @@ def image_notes(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(notes))
 
 
+def _wrap_label(label: str, chars: int) -> str:
+    """``label`` on lines of at most ``chars`` characters, broken between its ``; ``-joined
+    parts where it can (a part longer than a line is broken at its spaces)."""
+    lines: list[str] = []
+    for part in label.split("; "):
+        pieces = textwrap.wrap(part, chars, break_long_words=False) or [""]
+        if lines and len(lines[-1]) + 2 + len(pieces[0]) <= chars:
+            lines[-1] += f"; {pieces.pop(0)}"
+        lines += pieces
+    return "\n".join(lines)
+
+
 def _strip(ax, images: Tensor, label: str) -> None:
     grid = make_grid(images.float().cpu(), nrow=images.shape[0], padding=1, pad_value=1.0)
     pixels = grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0)
@@ -118,18 +141,78 @@ def _strip(ax, images: Tensor, label: str) -> None:
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_ylabel(label, rotation=0, ha="right", va="center")
+    ax.set_ylabel(
+        label, rotation=0, ha="right", va="center", fontsize=LABEL_FONTSIZE, labelpad=LABEL_PAD
+    )
 
 
-def _rows_figure(rows: list[tuple[str, Tensor]], title: str, width: float) -> Figure:
+def _rows_figure(
+    rows: list[tuple[str, Tensor]], title: str, width: float, footer: list[str]
+) -> Figure:
+    """One strip of images per row, its label on its left, laid out by hand: the label
+    column is as wide as the longest (wrapped) label, every strip as tall as its images at
+    the width left (at most MAX_ROW_HEIGHT) and never lower than its label, and the figure
+    as tall as its rows, title and footer."""
+    chars = max(16, min(LABEL_CHARS, int(0.35 * width / 0.06)))
+    labels = [_wrap_label(label, chars) for label, _ in rows]
+    label_width = max(text_width(label, LABEL_FONTSIZE) for label in labels)
+    label_width += LABEL_PAD / 72 + 0.05
+    _, _, h, w = rows[0][1].shape
     n = rows[0][1].shape[0]
-    row_height = (width - LABEL_WIDTH) / n + 0.05
+    aspect = (h + 2) / (n * (w + 1) + 1)  # of the strip make_grid draws (padding 1)
+    strip_width = width - 2 * MARGIN - label_width
+    strip_height = min(strip_width * aspect, MAX_ROW_HEIGHT)
+    line = LABEL_FONTSIZE * 1.25 / 72
+    heights = [max(strip_height, line * (lab.count("\n") + 1)) + ROW_GAP for lab in labels]
+    title_lines = wrap([title], width - 2 * MARGIN, fontsize=8)
+    footer_lines = wrap(footer, width - 2 * MARGIN)
+    top = MARGIN + len(title_lines) * 8 * 1.3 / 72 + 0.05
+    bottom = MARGIN + (
+        len(footer_lines) * CAPTION_FONTSIZE * 1.3 / 72 + 0.06 if footer_lines else 0
+    )
+    total = top + sum(heights) + bottom
     with paper_style():
-        fig = new_figure(width, row_height * len(rows) + 0.3, nrows=len(rows))
-        for ax, (label, images) in zip(fig.axes, rows, strict=True):
+        fig = Figure(figsize=(width, total))
+        # Laid out here, never by an engine: a placeholder, not None, which savefig would
+        # replace by the style's constrained layout when it restores the figure's engine.
+        fig.set_layout_engine(
+            PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=True)
+        )
+        y = total - top
+        for (_, images), label, height in zip(rows, labels, heights, strict=True):
+            y -= height
+            box = [MARGIN + label_width, y + ROW_GAP / 2, strip_width, height - ROW_GAP]
+            ax = fig.add_axes([box[0] / width, box[1] / total, box[2] / width, box[3] / total])
             _strip(ax, images, label)
-        fig.suptitle(title, fontsize=8)
+            ax.set_anchor("W")  # a strip narrower than its box sits next to its label
+        fig.suptitle("\n".join(title_lines), fontsize=8, y=1 - MARGIN / total, va="top")
+        if footer_lines:
+            fig.text(
+                MARGIN / width,
+                MARGIN / total,
+                "\n".join(footer_lines),
+                ha="left",
+                va="bottom",
+                fontsize=CAPTION_FONTSIZE,
+                color="dimgrey",
+                gid=CAPTION_GID,
+            )
     return fig
+
+
+def _capped(
+    rows: list[tuple[str, Tensor]], fixed: int, df: pd.DataFrame, what: str
+) -> tuple[list[tuple[str, Tensor]], list[str]]:
+    """The first ``fixed`` rows and at most MAX_ROWS configuration rows after them, and the
+    figure's footer: the setting, which run each row shows, how many rows were left out."""
+    configs = len(rows) - fixed
+    footer = [setting(df), f"Each row: {what} of one run, its configuration's lowest seed."]
+    if configs > MAX_ROWS:
+        footer.append(
+            f"{configs - MAX_ROWS} of {configs} configurations not shown (the first "
+            f"{MAX_ROWS} in the order of the results table are)."
+        )
+    return rows[: fixed + MAX_ROWS], footer
 
 
 def _title(what: str, beta: float | None) -> str:
@@ -168,14 +251,18 @@ def sample_rows(
 def reconstructions(
     df: pd.DataFrame, beta: float | None = None, n: int = 8, width: float = TWO_COLUMN
 ) -> Figure:
-    """Top row: n test images; below, one row per configuration: its reconstructions of them."""
+    """Top row: n test images; below, one row per configuration: its reconstructions of them
+    (at most MAX_ROWS; the footer says how many more there are)."""
     title = _title("Reconstructions of the same test images", beta)
-    return _rows_figure(reconstruction_rows(df, beta, n), title, width)
+    rows, footer = _capped(reconstruction_rows(df, beta, n), 1, df, "the reconstructions")
+    return _rows_figure(rows, title, width, footer)
 
 
 def prior_samples(
     df: pd.DataFrame, beta: float | None = None, n: int = 8, width: float = TWO_COLUMN
 ) -> Figure:
-    """One row per configuration: E[x | z] for the same n draws z ~ N(0, I)."""
+    """One row per configuration: E[x | z] for the same n draws z ~ N(0, I) (at most
+    MAX_ROWS; the footer says how many more there are)."""
     title = _title("Samples E[x | z], z ~ N(0, I) (same z in every row)", beta)
-    return _rows_figure(sample_rows(df, beta, n), title, width)
+    rows, footer = _capped(sample_rows(df, beta, n), 0, df, "the samples")
+    return _rows_figure(rows, title, width, footer)

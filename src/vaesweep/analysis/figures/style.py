@@ -9,13 +9,16 @@ global state, no interactive backend); they render with Agg and save as vector P
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib as mpl
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 # Text widths of common two-column paper formats (NeurIPS/ICML/IEEE), inches.
 ONE_COLUMN = 3.3
@@ -126,6 +129,17 @@ def save(
     return paths
 
 
+def text_width(text: str, fontsize: float) -> float:
+    """Width in inches of ``text`` (its longest line) drawn at ``fontsize`` points."""
+    renderer = RendererAgg(1, 1, 72)  # 72 dpi: a pixel is a point
+    prop = FontProperties(size=fontsize)
+    widths = [
+        renderer.get_text_width_height_descent(line, prop, ismath=False)[0]
+        for line in text.split("\n")
+    ]
+    return max(widths) / 72
+
+
 def sequential_colours(n: int) -> list[str]:
     """n colours of viridis (perceptually uniform, colour-blind safe), light to dark ends cut."""
     cmap = mpl.colormaps["viridis"]
@@ -142,6 +156,27 @@ def likelihood_label(likelihood: str | None, scale: str | None) -> str:
 
 def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def compact(value: object, digits: int = 4) -> str:
+    """A value as a label shows it: floats to ``digits`` significant digits (0.06838), a
+    float that is a whole number as an int (5.0 → 5: an int column that passed through
+    NaN), everything else as ``str``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.{digits}g}"
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each key as a label names it: its last dotted part (``optimizer.lr`` → ``lr``) unless
+    another of ``keys`` ends the same way, then the whole key."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -167,23 +202,36 @@ def line_styles(
     likelihood's fixed colour, line style and marker = the scale mode; when that does not
     tell the configurations apart (e.g. only the β schedule varies), colours and markers
     cycle over the configurations instead. Labels name the likelihood and scale when they
-    vary (or when nothing else does), then every other varying key as ``key=value``.
+    vary (or when nothing else does), then every other varying key as ``key=value`` with
+    :func:`short_names` and :func:`compact` values (more digits only where 4 significant
+    digits would give two configurations one label).
     """
     scales = [None if _is_missing(s) else s for s in scales]
     pairs = list(zip(likelihoods, scales, strict=True))
     others = [k not in ("likelihood", "likelihood.scale") for k in keys]
     name_them = len(set(pairs)) > 1 or not any(others)
+    names = short_names([k for k, other in zip(keys, others, strict=True) if other])
+
+    def labels(digits: int) -> list[str]:
+        out = []
+        for config, pair in zip(configs, pairs, strict=True):
+            parts = [likelihood_label(*pair)] if name_them else []
+            parts += [
+                f"{names[k]}={compact(v, digits)}"
+                for k, v, other in zip(keys, config, others, strict=True)
+                if other and not _is_missing(v)
+            ]
+            out.append("; ".join(parts))
+        return out
+
+    shown = labels(4)
+    if len(set(shown)) < len(set(labels(17))):  # 4 digits would merge configurations
+        shown = labels(17)
     styles = {}
-    for config, (lik, scale) in zip(configs, pairs, strict=True):
-        parts = [likelihood_label(lik, scale)] if name_them else []
-        parts += [
-            f"{k}={v}"
-            for k, v, other in zip(keys, config, others, strict=True)
-            if other and not _is_missing(v)
-        ]
+    for config, (lik, scale), label in zip(configs, pairs, shown, strict=True):
         linestyle, marker = SCALE_STYLES.get(scale, SCALE_STYLES[None])
         colour = LIKELIHOOD_COLOURS.get(lik, OKABE_ITO["black"])
-        styles[config] = LineStyle(colour, linestyle, marker, "; ".join(parts))
+        styles[config] = LineStyle(colour, linestyle, marker, label)
     drawn = {(s.colour, str(s.linestyle), s.marker) for s in styles.values()}
     if len(drawn) < len(styles):
         styles = {

@@ -13,11 +13,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from vaesweep.analysis.figures.captions import add_caption, error_bars, seeds_line, setting
 from vaesweep.analysis.figures.kinds import data_kinds
 from vaesweep.analysis.figures.style import (
     CYCLE,
@@ -29,10 +31,13 @@ from vaesweep.analysis.figures.style import (
     SCALE_SYMBOLS,
     TWO_COLUMN,
     LineStyle,
+    compact,
     line_styles,
     new_figure,
     paper_style,
     sequential_colours,
+    short_names,
+    text_width,
 )
 from vaesweep.analysis.results import aggregate, completed, config_keys
 
@@ -87,9 +92,13 @@ def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
     handles, labels = list(found.values()), list(found)
     if len(labels) < 2:
         return
-    ncol = min(ncol, len(labels))
+    # As many columns as the widest entry (handle, gap and label) lets fit in the figure.
+    entry = max(text_width(label, mpl.rcParams["legend.fontsize"]) for label in labels) + 0.55
+    ncol = max(1, min(ncol, len(labels), int(fig.get_size_inches()[0] // entry)))
     nrows = math.ceil(len(labels) / ncol)
     order = [r * ncol + c for c in range(ncol) for r in range(nrows) if r * ncol + c < len(labels)]
+    width, height = fig.get_size_inches()  # rows of legend beyond 2: the panels keep their size
+    fig.set_size_inches(width, height + max(0, nrows - 2) * mpl.rcParams["legend.fontsize"] / 40)
     fig.legend(
         [handles[i] for i in order],
         [labels[i] for i in order],
@@ -112,6 +121,7 @@ def metric_vs_beta(
 ) -> Figure:
     """One panel per metric versus β (log axis): one line per configuration, mean ± error
     (``std`` or ``sem`` over seeds) at each β, slightly dodged so error bars do not overlap.
+    The caption says the setting and what the error bars are, over how many seeds.
 
     Runs that score different data (binarised and dequantised images: their NLLs are not
     comparable, :mod:`vaesweep.analysis.figures.kinds`) are drawn in a row of panels per
@@ -160,6 +170,8 @@ def metric_vs_beta(
             ax.set_xlabel("β (KL weight)")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         _legend_below(fig, axes, ncol=3 if width > ONE_COLUMN else 2)
+        counts = stats[[f"{m}.count" for m in metrics]].to_numpy().ravel()
+        add_caption(fig, [setting(df), error_bars(counts[counts > 0], error)])
     return fig
 
 
@@ -199,7 +211,7 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                     if config == labelled:
                         for beta, point in means.iterrows():
                             ax.annotate(
-                                f"β={beta:g}",
+                                f"β={compact(beta)}",
                                 (point[x], point["test/kl"]),
                                 xytext=(3, 3),
                                 textcoords="offset points",
@@ -212,6 +224,9 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             ax.set_ylabel(METRIC_LABELS["test/kl"])
         fig.axes[0].set_title("markers: runs; lines: mean over seeds, joining β values", loc="left")
         _legend_below(fig, fig.axes)
+        by = [*keys, "beta"] if join_betas else keys  # the runs behind each mean
+        per_point = done.groupby(by, dropna=False).size() if by else [len(done)]
+        add_caption(fig, [setting(df), f"Markers: single runs. {seeds_line(per_point)}"])
     return fig
 
 
@@ -291,6 +306,8 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     betas = sorted(done["beta"].unique()) if "beta" in keys else []
     colours = dict(zip(betas, sequential_colours(len(betas)), strict=True))
     likelihoods = [lik for lik in LIKELIHOOD_NAMES if lik in set(done["config.likelihood.name"])]
+    names = short_names(keys)
+    seeds = []  # runs with a history per line
     with paper_style():
         fig = new_figure(width if len(likelihoods) > 1 else ONE_COLUMN, 2.5, ncols=len(likelihoods))
         for ax, lik in zip(fig.axes, likelihoods, strict=True):
@@ -300,12 +317,13 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                 mean = _mean_history(rows, histories, "train/scale")
                 if mean is None:
                     continue
+                seeds.append(sum(r in histories for r in rows["run_dir"]))
                 values = dict(zip(keys, config, strict=True))
                 scale = rows["config.likelihood.scale"].iloc[0]
                 label = ", ".join(
                     [scale]
                     + [
-                        f"β = {v:g}" if k == "beta" else f"{k}={v}"
+                        f"β = {v:g}" if k == "beta" else f"{names[k]}={compact(v)}"
                         for k, v in values.items()
                         if k != "likelihood.scale"
                     ]
@@ -324,6 +342,7 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             ax.set_xlabel("optimisation step")
             ax.set_ylabel(f"{symbol} (data units)")
             ax.legend(ncol=2 if len(ax.get_lines()) > 3 else 1, fontsize=6)
+        add_caption(fig, [setting(done), seeds_line(seeds)])
     return fig
 
 
@@ -338,6 +357,7 @@ def schedule_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     histories = _histories(done, ["beta", "train/kl_step"])
     keys = config_keys(df)
     styles = styles_for(done, keys)
+    seeds = [sum(r in histories for r in rows["run_dir"]) for _, rows in groups(done, keys)]
     with paper_style():
         fig = new_figure(width, 2.4, ncols=2)
         for ax, column in zip(fig.axes, ("beta", "train/kl_step"), strict=True):
@@ -358,4 +378,5 @@ def schedule_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
         fig.axes[0].set_yscale("symlog", linthresh=1e-2)
         fig.axes[0].set_ylabel("β_t (γ for capacity)")
         _legend_below(fig, fig.axes)
+        add_caption(fig, [setting(df), seeds_line(seeds)])
     return fig

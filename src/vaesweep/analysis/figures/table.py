@@ -1,5 +1,9 @@
 """The results table: one row per configuration, mean ± std over seeds, best value in bold.
 
+Its notes say what the rows share (:func:`vaesweep.analysis.figures.captions.setting`:
+dataset, epochs, the fixed settings that change a result), what ± is over how many seeds,
+and where the test metrics come from.
+
 Which value is best depends on the metric (``DIRECTIONS``): lower NLL, bits/dim,
 reconstruction NLL, MSE and MAE, higher ELBO. The rate (KL) and the number of active units
 have no better direction and are never bold. Best is judged on the mean, and only among
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from vaesweep.analysis.figures.captions import over_seeds, setting
 from vaesweep.analysis.figures.kinds import data_kinds
 from vaesweep.analysis.figures.style import likelihood_label
 from vaesweep.analysis.figures.sweep import FigureSkipped
@@ -189,15 +194,15 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         cells += [_cell(stat[f"{m}.mean"], stat[f"{m}.std"], decimals[m]) for m in present]
         rows.append(cells)
         best.append([False] * len(keys) + [i in best_rows.get(m, ()) for m in present])
-    counts = stats[f"{present[0]}.count"]
+    counts = stats[[f"{m}.count" for m in present]].to_numpy().ravel()
+    counts = counts[counts > 0]
     if counts.max() == 1:
         spread = "One seed per row: means only"
-    elif counts.min() == counts.max():
-        spread = f"Mean ± std over {counts.max()} seeds"
     else:
-        spread = f"Mean ± std over {counts.min()}–{counts.max()} seeds"
+        spread = f"Mean ± std (ddof = 1) over {over_seeds(counts)}"
     per = "per column" if len(kinds) == 1 else "per column within each kind of data"
     notes = [
+        setting(df),
         f"{spread}; bold: best mean {per} (↓ lower is better, ↑ higher is better); "
         "NLL, ELBO and KL in nats per example, MSE per pixel.",
     ]

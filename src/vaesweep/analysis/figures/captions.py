@@ -1,0 +1,190 @@
+"""What a table or figure comes from, in words: the setting common to its runs (dataset,
+epochs, the fixed settings that change results) and what its ± or error bars are over.
+
+The results table prints these as its notes (Markdown under the table, LaTeX comments
+above it); the aggregate figures as a caption at their foot (:func:`add_caption`), so a
+figure file says the same on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+from vaesweep.analysis.figures.style import compact
+from vaesweep.analysis.results import completed
+
+#: The gid of a figure's caption text (``[t for t in fig.texts if t.get_gid() == ...]``).
+CAPTION_GID = "caption"
+CAPTION_FONTSIZE = 6
+# Inches per character of the caption's font, generous (wrap before the figure's edge).
+CAPTION_CHAR_WIDTH = 0.047
+
+#: (config column, name in the setting line): the fixed settings that change a result and
+#: that a reader of a table needs; listed when every run has the same value.
+SETTINGS = (
+    ("config.model.name", "model"),
+    ("config.model.latent_dim", "latent_dim"),
+    ("config.data.batch_size", "batch_size"),
+    ("config.optimizer.lr", "lr"),
+    ("config.beta", "β"),
+    ("config.likelihood.name", "likelihood"),
+    ("config.likelihood.scale", "scale"),
+)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _common(done: pd.DataFrame, column: str) -> tuple[bool, object]:
+    """(whether every run has the same value of ``column``, that value or None)."""
+    if column not in done.columns:
+        return False, None
+    values = {None if _missing(v) else v for v in done[column]}
+    if len(values) != 1:
+        return False, None
+    return True, values.pop()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _budget(done: pd.DataFrame) -> str:
+    """ "1 epoch of 3 batches", "20 epochs", "epochs as configured (trainer.max_epochs varies)"."""
+    same, epochs = _common(done, "config.trainer.max_epochs")
+    if not same:
+        known = "config.trainer.max_epochs" in done.columns
+        return "epochs as configured (trainer.max_epochs varies)" if known else ""
+    parts = []
+    if epochs is not None and float(epochs) >= 0:
+        parts.append(_plural(int(epochs), "epoch"))
+    same, batches = _common(done, "config.trainer.limit_train_batches")
+    if same and batches is not None and float(batches) != 1.0:
+        if float(batches) < 1.0:  # a fraction of the training set
+            parts.append(f"of {compact(100 * float(batches), 3)}% of the training batches")
+        else:
+            parts.append(f"of {int(batches)} batch" + ("" if int(batches) == 1 else "es"))
+    elif not same and "config.trainer.limit_train_batches" in done.columns:
+        parts.append("(trainer.limit_train_batches varies)")
+    same, steps = _common(done, "config.trainer.max_steps")
+    if same and steps is not None and float(steps) >= 0:
+        parts.append(f"at most {_plural(int(steps), 'step')}")
+    return " ".join(parts)
+
+
+def setting(df: pd.DataFrame) -> str:
+    """One line on what the completed runs of ``df`` share: dataset, epochs, and the fixed
+    settings that change a result (:data:`SETTINGS`, the β schedule when not constant)
+    that every run has alike; a swept setting is the table's column or the figure's legend.
+    """
+    done = completed(df)
+    head = []
+    for column in ("dataset", "config.data.name"):
+        same, name = _common(done, column)
+        if same and name is not None:
+            head.append(str(name))
+            break
+    if budget := _budget(done):
+        head.append(budget)
+    fixed = []
+    for column, name in SETTINGS:
+        same, value = _common(done, column)
+        if same and value is not None and str(value) != "":
+            fixed.append(f"{name}={compact(value)}")
+    same, schedule = _common(done, "config.beta_schedule.name")
+    if same and schedule not in (None, "constant"):
+        fixed.append(f"β schedule={schedule}")
+    text = ", ".join(head) or "setting not recorded"
+    return f"Setting: {text}" + (f"; {', '.join(fixed)}." if fixed else ".")
+
+
+def over_seeds(counts: Iterable[float]) -> str:
+    """ "2 seeds", "2–3 seeds", "1 seed" for the number of runs per point (or row)."""
+    found = [int(c) for c in counts if not _missing(c) and c > 0]
+    if not found:
+        return "no seed"
+    low, high = min(found), max(found)
+    return _plural(high, "seed") if low == high else f"{low}–{high} seeds"
+
+
+def error_bars(counts: Iterable[float], error: str = "std") -> str:
+    """What the error bars are: ``±1 std (ddof = 1) over 2 seeds``, or that there are none."""
+    counts = list(counts)
+    found = [c for c in counts if not _missing(c)]
+    if not found or max(found) <= 1:
+        return "Points: one seed each, so no error bars."
+    what = "±1 std (ddof = 1)" if error == "std" else "±1 standard error of the mean (std/√n)"
+    return f"Points: mean over seeds; error bars {what} over {over_seeds(found)}."
+
+
+def seeds_line(counts: Iterable[float], what: str = "Lines") -> str:
+    """ "Lines: means over 2 seeds." (or "one seed each") for the runs behind each line."""
+    found = [c for c in counts if not _missing(c) and c > 0]
+    if not found or max(found) <= 1:
+        return f"{what}: one seed each."
+    return f"{what}: means over {over_seeds(found)}."
+
+
+def wrap(lines: Sequence[str], width_in: float, fontsize: float = CAPTION_FONTSIZE) -> list[str]:
+    """``lines`` wrapped to fit ``width_in`` inches of text at ``fontsize``."""
+    chars = max(20, int(width_in / (CAPTION_CHAR_WIDTH * fontsize / CAPTION_FONTSIZE)))
+    return [
+        part
+        for line in lines
+        for part in textwrap.wrap(line, chars, break_long_words=False, break_on_hyphens=False)
+    ]
+
+
+def add_caption(fig: Figure, lines: Sequence[str]) -> None:
+    """Write ``lines`` (wrapped) under the figure's content. The figure is laid out at its
+    size first (its layout engine, once), then grows by the caption's height with every
+    panel, legend and text kept where the layout put them, above the caption."""
+    width, height = fig.get_size_inches()
+    shown = wrap([line for line in lines if line], width - 0.1)
+    if not shown:
+        return
+    engine = fig.get_layout_engine()
+    if engine is not None and not isinstance(engine, PlaceHolderLayoutEngine):
+        engine.execute(fig)
+    # Laid out once: a placeholder, not None, which savefig would replace by the style's
+    # constrained layout when it restores the figure's engine.
+    fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=True))
+    extra = len(shown) * CAPTION_FONTSIZE * 1.3 / 72 + 0.08
+    total = height + extra
+    fig.set_size_inches(width, total)
+
+    def lift(y: float) -> float:  # a height in the old figure → the same place in the new
+        return (y * height + extra) / total
+
+    for ax in fig.axes:
+        box = ax.get_position(original=True)
+        ax.set_position([box.x0, lift(box.y0), box.width, box.height * height / total])
+    for legend in fig.legends:  # "outside" legends sit on the figure's edge: the old edge
+        legend.set_bbox_to_anchor((0, extra / total, 1, height / total), fig.transFigure)
+    for text in [fig._suptitle, fig._supxlabel, *fig.texts]:
+        if text is not None:
+            x, y = text.get_position()
+            text.set_position((x, lift(y)))
+    fig.text(
+        0.05 / width,
+        0.03 / total,
+        "\n".join(shown),
+        ha="left",
+        va="bottom",
+        fontsize=CAPTION_FONTSIZE,
+        color="dimgrey",
+        gid=CAPTION_GID,
+    )
+
+
+def caption(fig: Figure) -> str:
+    """The caption :func:`add_caption` wrote, lines joined by spaces ("" if none)."""
+    texts = [t.get_text() for t in fig.texts if t.get_gid() == CAPTION_GID]
+    return " ".join(" ".join(texts).split("\n"))
