@@ -223,10 +223,13 @@ def test_rank_zero_skip_and_training_reach_the_other_ranks(slurm, tmp_path):
         "skip", None, "rank 0 skipped the job"
     )
     (tmp_path / f"{ranks.DECISION_PREFIX}slurm-776.0.0.json").write_text("{}")  # a dead launch's
-    with ranks.rank_zero_decides(tmp_path):
-        ranks.announce_training(tmp_path, tmp_path / "last.ckpt")
-        assert leftovers(tmp_path) == [f"{ranks.DECISION_PREFIX}slurm-777.0.0.json"]
-        decision = ranks.await_decision(tmp_path, 1)
+    try:
+        with ranks.rank_zero_decides(tmp_path):
+            ranks.announce_training(tmp_path, tmp_path / "last.ckpt")
+            assert leftovers(tmp_path) == [f"{ranks.DECISION_PREFIX}slurm-777.0.0.json"]
+            decision = ranks.await_decision(tmp_path, 1)
+    finally:  # the driver removes it after the fit; left here, every later CLI run inherited it
+        os.environ.pop(ranks.DECISION_ENV, None)
     assert decision == ranks.Decision("train", str(tmp_path / "last.ckpt"))
     assert leftovers(tmp_path) == []
 

@@ -309,7 +309,12 @@ def fit_and_test(
     resumable.signals.check()
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
         ranks.announce_training(job.run_dir, resume_from)
-    trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+    finally:
+        # For the processes the fit started (Lightning's ddp), not for what this process
+        # starts later: a command it runs would take itself for one of this job's ranks.
+        os.environ.pop(ranks.DECISION_ENV, None)
     resumable.signals.check()
     require_training(trainer, parts.strategy)  # no optimisation step: fail rather than test an untrained model
     # The last validation's metrics (Lightning brings them back from spawned processes too).
