@@ -168,14 +168,19 @@ def add_caption(fig: Figure, lines: Sequence[str]) -> None:
         ax.set_position([box.x0, lift(box.y0), box.width, box.height * height / total])
     for legend in fig.legends:  # "outside" legends sit on the figure's edge: the old edge
         legend.set_bbox_to_anchor((0, extra / total, 1, height / total), fig.transFigure)
-    for text in [fig._suptitle, fig._supxlabel, *fig.texts]:
-        if text is not None:
-            x, y = text.get_position()
-            text.set_position((x, lift(y)))
+    for text in fig.texts:  # suptitle and supxlabel included (Figure.text made them)
+        x, y = text.get_position()
+        text.set_position((x, lift(y)))
+    caption_text(fig, 0.05 / width, 0.03 / total, shown)
+
+
+def caption_text(fig: Figure, x: float, y: float, lines: Sequence[str]) -> None:
+    """``lines`` as the figure's caption text, its lower left corner at (x, y) in figure
+    coordinates (what :func:`caption` reads back)."""
     fig.text(
-        0.05 / width,
-        0.03 / total,
-        "\n".join(shown),
+        x,
+        y,
+        "\n".join(lines),
         ha="left",
         va="bottom",
         fontsize=CAPTION_FONTSIZE,

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor
 
-from vaesweep.analysis.figures.captions import CAPTION_FONTSIZE, CAPTION_GID, setting, wrap
+from vaesweep.analysis.figures.captions import CAPTION_FONTSIZE, caption_text, setting, wrap
 from vaesweep.analysis.figures.style import TWO_COLUMN, paper_style, text_width
 from vaesweep.analysis.figures.sweep import FigureSkipped, groups, styles_for
 from vaesweep.analysis.results import completed, config_keys
@@ -187,16 +187,7 @@ def _rows_figure(
             ax.set_anchor("W")  # a strip narrower than its box sits next to its label
         fig.suptitle("\n".join(title_lines), fontsize=8, y=1 - MARGIN / total, va="top")
         if footer_lines:
-            fig.text(
-                MARGIN / width,
-                MARGIN / total,
-                "\n".join(footer_lines),
-                ha="left",
-                va="bottom",
-                fontsize=CAPTION_FONTSIZE,
-                color="dimgrey",
-                gid=CAPTION_GID,
-            )
+            caption_text(fig, MARGIN / width, MARGIN / total, footer_lines)
     return fig
 
 
