@@ -282,6 +282,7 @@ print(peak() - before)
 """
 
 
+@pytest.mark.slow
 def test_iwae_memory_does_not_grow_with_k():
     """200 chunks of 10 samples: keeping one small tensor per chunk held ~1 MB each."""
     proc = subprocess.run(
@@ -345,6 +346,7 @@ def test_a_corrupt_checkpoint_fails_in_one_line(completed, tmp_path):
     assert (run / "train.log").read_text().count("Traceback") == 1
 
 
+@pytest.mark.slow
 def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     """A single run refused by its config records ``failed`` with the refusal; the corrected
     command into the same directory runs it (no sweep.rerun_failed: nothing was computed),
@@ -370,6 +372,7 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
 
 
+@pytest.mark.slow
 def test_a_refused_relaunch_keeps_the_interrupted_record_and_checkpoint(completed, tmp_path):
     """A relaunch of an interrupted job whose config is now refused (a value that changes
     no result, so not a config mismatch) touches neither its record nor its checkpoint: the
@@ -425,6 +428,7 @@ def test_a_full_disk_is_named_with_the_free_space(tmp_path):
     assert "Traceback" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_summary_lists_every_job_and_fails(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "stray").mkdir(parents=True)
@@ -508,6 +512,7 @@ def test_sweeps_refused_before_any_job(tmp_path, args, message):
     assert not (tmp_path / "nonexistent").exists() and not results_under(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_study_preset_without_multirun_says_it_trains_one_run(tmp_path):
     """experiment=bernoulli_vs_continuous holds a grid that only -m runs: a single run of it
     trains the defaults (a Gaussian, no run of the study), and says so."""

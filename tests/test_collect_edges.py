@@ -313,6 +313,7 @@ def _copy_sweep(sweep: Path, dest: Path, keep=lambda run: True) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_a_damaged_history_is_named_and_the_figures_still_drawn(sweep, tmp_path):
     runs = _copy_sweep(sweep, tmp_path / "runs")
     optimal = next(p for p in sorted(runs.iterdir()) if "likelihood.scale=optimal" in p.name)
@@ -325,6 +326,7 @@ def test_a_damaged_history_is_named_and_the_figures_still_drawn(sweep, tmp_path)
     assert (tmp_path / "fig" / "scale_history.pdf").is_file()
 
 
+@pytest.mark.slow
 def test_figures_drawn_again_name_the_files_left_from_before(sweep, tmp_path):
     out = tmp_path / "fig"
     write_sweep_figures(load_results(sweep), out)
@@ -411,6 +413,7 @@ def test_the_table_file_is_readable_by_the_group_and_bad_paths_are_named(sweep, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "runs.csv", "runs.parquet"]
 
 
+@pytest.mark.slow
 def test_evaluate_says_when_there_is_nothing_to_evaluate(sweep, tmp_path):
     proc = vaesweep(["evaluate", str(tmp_path / "nope"), "eval.iwae_k=10"], tmp_path)
     assert proc.returncode == 1 and "nope: no such file or directory" in proc.stderr

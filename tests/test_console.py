@@ -40,6 +40,7 @@ def _check_clean(console: str) -> None:
     assert not repeated, repeated
 
 
+@pytest.mark.slow
 def test_a_run_prints_each_message_once_and_one_line_per_epoch(tmp_path):
     proc = run_cli([*ARGS, "logger=wandb", "hydra.run.dir=run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -105,6 +105,7 @@ def test_the_checkpoint_identifies_a_run_whose_files_are_lost(finished, tmp_path
     assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_files_that_cannot_be_identified_are_refused(finished, tmp_path):
     run = copy_of(finished, tmp_path / "run")
     (run / RESULTS_FILE).unlink()
@@ -140,6 +141,7 @@ def test_a_damaged_checkpoint_is_reported_not_resumed(finished, tmp_path):
     assert not any(k.startswith("test/") for k in after["metrics"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content",
     [
@@ -183,6 +185,7 @@ def finished_sweep(tmp_path_factory) -> Path:
     return root / "sweep"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage",
     [
@@ -218,6 +221,7 @@ def test_a_sweep_record_that_cannot_be_read_is_kept_aside_and_the_sweep_goes_on(
     assert "(2 jobs)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_new_record_keeps_the_columns_of_the_launches_it_lost(finished_sweep, tmp_path):
     """The record was lost with the launch that swept beta=0.5,2; a relaunch runs one more
     job (likelihood=laplace beta=2: an empty grid) in the same directory. Before, the

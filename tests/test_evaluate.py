@@ -150,6 +150,7 @@ def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
     assert df[column].iloc[0] == tighter["metrics"]["test/nll"]
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_bad_settings_in_one_line(tmp_path, capsys):
     from vaesweep.analysis.cli import main
 
@@ -212,6 +213,7 @@ def test_evaluate_on_the_first_test_examples(run, tmp_path):
     assert bad.returncode != 0 and "eval.test_examples=0 is invalid" in bad.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_leaves_out_what_collect_does_not_count(tmp_path, capsys):
     """A trainer.fast_dev_run run records completed, with test metrics and a checkpoint, but
     is no result (collect lists it as fast_dev_run); a result that says completed without

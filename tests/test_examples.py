@@ -123,6 +123,7 @@ def test_a_user_likelihood_sweeps_and_appears_in_the_figures(tmp_path):
         assert (tmp_path / "sweep" / "figures" / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_metric_a_component_cannot_give_is_named_not_nulled(tmp_path):
     """A Cauchy (Student-t with one degree of freedom) has no mean, so no MSE or MAE: the
     run completes on its finite NLL and ELBO, and results.json names the two metrics it

@@ -91,6 +91,7 @@ def test_schedule_history_of_the_beta_schedules_study(schedules):
         metric_vs_beta(df)
 
 
+@pytest.mark.slow
 def test_analytic_figures_command(tmp_path):
     proc = vaesweep(["figures", "--analytic", "--out", str(tmp_path / "a")], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -173,6 +174,7 @@ def test_missing_metric_skips_the_figure_naming_the_metric(sweep, tmp_path):
     assert "scale_history: metric 'train/scale' is missing from every run's metrics.csv" in skipped
 
 
+@pytest.mark.slow
 def test_figures_are_written_all_or_nothing(sweep, tmp_path, monkeypatch):
     df = load_results(sweep)
     broken = tmp_path / "broken"  # a run whose images.npz cannot be read: named, not fatal
@@ -366,6 +368,7 @@ def _many_configurations(df, n_lr: int):
     return out
 
 
+@pytest.mark.slow
 def test_image_grids_of_a_search_are_labelled_compactly_and_stay_readable(sweep, tmp_path):
     import warnings
 

@@ -75,6 +75,7 @@ def test_the_collector_comes_back_as_it_was_also_when_an_import_fails(enabled):
     assert gc.isenabled() is enabled
 
 
+@pytest.mark.slow
 def test_a_launched_process_imports_the_driver_frozen_and_once(tmp_path):
     """A process the command line started (a launcher's worker; the command line's own
     process alike: both carry the mark) imports the driver, Lightning included, with the

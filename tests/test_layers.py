@@ -14,6 +14,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "vaesweep"
 LAYERS = ("core", "model", "data", "run", "sweep", "analysis")
@@ -201,6 +203,7 @@ def test_the_public_face_is_small_and_every_name_resolves():
         vaesweep.data.DataModule  # noqa: B018 - the lazy export names only what exists
 
 
+@pytest.mark.slow
 def test_a_sweeps_launching_process_loads_no_lightning():
     """What a sweep's launching process imports (the entry point, the sweep's callback and
     checks, the search, the shipped launcher and sweeper) leaves Lightning to the jobs;

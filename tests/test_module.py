@@ -333,6 +333,7 @@ def test_bad_optimisation_arguments_are_named_before_training(workdir, override,
     assert not (workdir / "r" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_clipping_run_from_the_cli(workdir):
     # accumulate_grad_batches > 1 hands optimisation back to Lightning (automatic mode).
     args = [a for a in TINY if not a.startswith("trainer.limit_train_batches=")]
@@ -380,6 +381,7 @@ def test_progress_bar_hooks_redraw_when_the_clock_says(tmp_path, monkeypatch):
     assert bar.train_progress_bar.n == 11
 
 
+@pytest.mark.slow
 def test_run_with_the_progress_bar_shows_it(workdir):
     """In a terminal (a pseudo-terminal here); without one, one line per epoch replaces the
     bar (tests/test_console.py)."""

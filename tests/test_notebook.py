@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
@@ -17,6 +18,7 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_a_tiny_sweep(sweep, monkeypatch):
     monkeypatch.setenv("VAESWEEP_SWEEP_DIR", str(sweep))  # the kernel inherits the environment
     nb = nbformat.read(NOTEBOOK, as_version=4)

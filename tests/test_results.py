@@ -257,6 +257,7 @@ def test_study_presets_expand_their_grids():
         assert math.prod(len(str(v).split(",")) for v in params.values()) == size, study
 
 
+@pytest.mark.slow
 def test_beta_schedules_preset_runs_its_grid(schedules):
     df = load_results(schedules)
     assert df.attrs["swept"] == ["beta_schedule"]

@@ -452,6 +452,7 @@ def test_constant_beta_and_controllers_never_settle(name, options):
     assert build_schedule(name, **options).settles() is None
 
 
+@pytest.mark.slow
 def test_a_schedule_longer_than_the_run_is_named_in_a_warning(tmp_path):
     """A real run of 3 optimisation steps: a 300-step warm-up is named with the β it ends
     at; a 2-step one is not."""

@@ -301,6 +301,7 @@ def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(wo
     assert not list(workdir.rglob("results.json"))
 
 
+@pytest.mark.slow
 def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdir):
     """The real CLI: two studies (a grid axis) under the default seeded TPE sampler; the
     second study proposes what a search of its grid point alone proposes."""
@@ -560,7 +561,9 @@ _FOREIGN_LOCKS = {
 @pytest.mark.parametrize(
     "case",
     [
-        pytest.param(c, marks=pytest.mark.slow) if c == "relative, young" else c
+        pytest.param(c, marks=pytest.mark.slow)
+        if c in ("relative, young", "dated ahead of this clock")
+        else c
         for c in _FOREIGN_LOCKS
     ],
 )
@@ -605,6 +608,7 @@ def test_a_lock_that_does_not_lead_to_the_journal_is_removed(tmp_path, monkeypat
     assert journal.read_bytes() == _journal_lines(2)
 
 
+@pytest.mark.slow
 def test_a_search_whose_last_journal_write_was_cut_short_goes_on(workdir):
     """The first launch's last journal entry (trial 0 told COMPLETE) is cut in half, as a full
     disk leaves it. Before, the relaunch joined its first entry to the torn line and the

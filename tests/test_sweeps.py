@@ -279,6 +279,7 @@ def test_override_dirname_is_the_one_hydra_composes(overrides, exclude_keys, ite
     assert override_dirname(overrides, exclude_keys, item_sep, kv_sep) == expected
 
 
+@pytest.mark.slow
 def test_experiment_preset_expands_to_its_grid(workdir):
     proc = run_cli(
         ["-m", "experiment=tiny_grid", f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]",
@@ -315,6 +316,7 @@ def test_slurm_launcher_config_composes():
     assert (launcher.partition, launcher.tasks_per_node, launcher.gpus_per_node) == ("gpu", 4, 4)
 
 
+@pytest.mark.slow
 def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_path):
     """The sweep's checks cannot compose one job's config: a warning names that job and the
     reason, and says which check was skipped (it used to be a DEBUG line)."""
