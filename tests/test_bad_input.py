@@ -320,7 +320,7 @@ def test_a_directory_of_another_config_is_refused(completed, tmp_path):
     proc = run_cli([*args, "beta=4", "likelihood=laplace"], tmp_path)
     line = one_line(proc)
     assert "ConfigMismatch" in line and "holds a completed run of a different config" in line
-    assert "beta: 1.0 → 4.0" in line and "likelihood.name: 'gaussian' → 'laplace'" in line
+    assert "beta: 1.0 → 4" in line and "likelihood.name: 'gaussian' → 'laplace'" in line
     assert {p: p.read_bytes() for p in completed.rglob("*") if p.is_file()} == before
     # Keys that change no result are not compared: the same run is still skipped.
     quiet = [a for a in args if "progress_bar" not in a]

@@ -110,6 +110,8 @@ def test_a_key_read_by_some_jobs_of_a_sweep_is_accepted_but_not_duplicates():
     jobs = grid_jobs(swept, {})
     message = check_distinct(list(zip(jobs, configs(*jobs), strict=True)))
     assert message is not None and "likelihood.momentum" in message and "optimal" in message
+    # The key is named once, though both of its values differ between the two jobs.
+    assert message.count("likelihood.momentum (") == 1, message
 
 
 def test_equal_values_are_one_job_and_labels_are_not_what_a_job_computes():

@@ -33,7 +33,7 @@ from vaesweep.run.context import job_dirname
 from vaesweep.run.effective import check_distinct, check_overrides, result_config
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.loggers import tell_wandb_mode
-from vaesweep.run.policy import differences
+from vaesweep.run.policy import describe_differences, differences
 from vaesweep.sweep import preflight
 from vaesweep.sweep.grid import grid_jobs, start_sweep, summary_rows, union_grid
 
@@ -102,6 +102,20 @@ def test_a_relaunch_compares_what_auto_resolves_to():
         ["likelihood=bernoulli", "data.preprocess=scale", "likelihood.allow_nonbinary=true"]
     )
     assert ("data.preprocess", "binarize", "scale") in differences(stored, scale)
+
+
+def test_a_relaunch_names_the_differing_values_as_written():
+    """Numbers compare as floats (beta=1 is beta=1.0) but are named as the configs hold them:
+    an int stays an int, a float a float."""
+    (before,) = configs(["trainer.max_epochs=20", "beta=1.0", "seed=3"])
+    (now,) = configs(["trainer.max_epochs=3", "beta=4", "seed=3"])
+    stored = OmegaConf.to_container(before, resolve=True)
+    diffs = differences(stored, now)
+    assert ("trainer.max_epochs", 20, 3) in diffs and ("beta", 1.0, 4) in diffs, diffs
+    assert "beta: 1.0 → 4;" in describe_differences(diffs)
+    assert "trainer.max_epochs: 20 → 3" in describe_differences(diffs)
+    (same,) = configs(["trainer.max_epochs=20", "beta=1", "seed=3"])
+    assert differences(stored, same) == []
 
 
 # --- 7, 11, 5, 6: values that failed mid-run or were silently ignored

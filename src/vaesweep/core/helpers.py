@@ -38,14 +38,15 @@ def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=False)
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "", as_float: bool = True) -> dict[str, Any]:
     """``{"a.b.c": leaf}`` for a nested dict; numbers become floats, so that ``beta=1`` and
-    ``beta=1.0`` compare equal (they are the same job)."""
+    ``beta=1.0`` compare equal (they are the same job). ``as_float=False``: the leaves as
+    they are (to show them as the user wrote them)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}.", as_float))
         return out
-    if isinstance(node, int | float) and not isinstance(node, bool):
+    if as_float and isinstance(node, int | float) and not isinstance(node, bool):
         return {prefix[:-1]: float(node)}
     return {prefix[:-1]: node}

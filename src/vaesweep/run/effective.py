@@ -283,11 +283,8 @@ def check_distinct(jobs: list[tuple[list[str], DictConfig]]) -> str | None:
             first = seen[fingerprint]
             differ = sorted(set(overrides) ^ set(first))
             _, unread = reads(cfg)
-            why = [
-                f"{o.split('=')[0]} ({unread[o.split('=')[0]]})"
-                for o in differ
-                if o.split("=")[0] in unread
-            ]
+            keys = dict.fromkeys(o.split("=")[0] for o in differ)  # each key once
+            why = [f"{key} ({unread[key]})" for key in keys if key in unread]
             if why:
                 reason = f"they differ only in keys that change no result: {'; '.join(why)}"
             else:

@@ -172,11 +172,24 @@ def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str
     with contextlib.suppress(Exception):
         old.update(result_config(OmegaConf.create(stored)))
     absent = "<absent>"
+    # Shown as written (max_epochs 20, not 20.0) where that is the value compared.
+    written_old, written_new = flatten(stored, as_float=False), flatten(wanted, as_float=False)
     return [
-        (key, old.get(key, absent), new.get(key, absent))
+        (
+            key,
+            _as_written(written_old, old, key, absent),
+            _as_written(written_new, new, key, absent),
+        )
         for key in sorted(keys)
         if old.get(key, absent) != new.get(key, absent)
     ]
+
+
+def _as_written(written: dict[str, Any], compared: dict[str, Any], key: str, absent: str) -> Any:
+    """The value of ``key`` as the config holds it when it is the compared value (an int
+    stays an int), else the compared value (data.preprocess=auto: what it resolves to)."""
+    value, used = written.get(key, absent), compared.get(key, absent)
+    return value if flatten({"v": value}) == {"v": used} else used
 
 
 def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
