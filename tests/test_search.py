@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -402,6 +403,60 @@ def test_a_half_proposed_trial_is_never_run_nor_counted():
     assert study.trials[0].state.name == "FAIL"
     study.tell(1, 1.0)
     assert len(_next_batch(study, plan, [], dists, set())) == 1  # still 2 to run in all
+
+
+class _RecordingLauncher:
+    """Runs no job: writes each trial's completed result (val/elbo = -beta) and records the
+    Hydra job numbers it was given."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir, self.numbers = sweep_dir, []
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        for i, job in enumerate(overrides):
+            self.numbers.append(initial_job_idx + i)
+            values = dict(o.split("=", 1) for o in job)
+            run = self.sweep_dir / values["hydra.sweep.subdir"].strip("'")
+            run.mkdir(parents=True)
+            metrics = {"val/elbo": -float(values["beta"])}
+            (run / "results.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_relaunched_search_numbers_its_jobs_by_trial(tmp_path, n_jobs):
+    """Job k of a search (its line ``job k/N completed``) is the k-th trial, counting the
+    earlier studies' n_trials: a relaunch continues the numbering (it restarted at job 1)
+    and a half-proposed trial, never run, takes no number."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import run_study
+
+    space = parse_space({"beta": "interval(0.1, 10)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 4, n_jobs, "", "search", 1.0, tmp_path, ())
+    study = optuna.create_study(direction="maximize")
+    first = _RecordingLauncher(tmp_path)
+    plan.n_trials = 2  # the first launch asked for 2 trials...
+    run_study(study, plan, [], first, 4)  # ...as the second study of the search (4 + k)
+    assert first.numbers == [4, 5]
+    study.ask()  # a launch killed while the sampler proposed a trial (never run)
+    plan.n_trials = 4  # the relaunch asks for 4
+    again = _RecordingLauncher(tmp_path)
+    run_study(study, plan, [], again, 4)
+    assert again.numbers == [6, 7]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+
+
+def test_a_search_table_has_its_objective_next_to_the_status():
+    from vaesweep.sweep.grid import summary_rows
+
+    result = {"run_dir": "s/trial_0000", "status": "completed", "overrides": ["beta=0.5"],
+              "metrics": {"val/elbo": -80.123456, "test/nll": 79.5}}  # fmt: skip
+    (row,) = summary_rows([result], ["beta"], ["val/elbo"])
+    assert list(row)[:5] == ["job", "beta", "status", "val/elbo", "test/nll"]
+    assert row["val/elbo"] == -80.1235 and row["beta"] == "0.5"
+    (row,) = summary_rows([result], ["beta"], ["test/nll"])  # already a column: once
+    assert list(row)[3:5] == ["test/nll", "test/elbo"]
+    assert "val/elbo" not in summary_rows([result], ["beta"])[0]  # a grid: as before
 
 
 def test_the_best_trial_files_appear_only_whole(tmp_path, monkeypatch):
@@ -853,6 +908,11 @@ def test_killed_search_resumes_to_exactly_n_trials(workdir):
     assert {t.state.name for t in final} == {"COMPLETE"}
     # The relaunch proposes new points, not its first launch's again.
     assert len({tuple(sorted(t.params.items())) for t in final}) == 4
+    # The relaunch numbers its jobs by trial (it said "job 1/4" for trial 2), and the
+    # table has the objective.
+    told = re.findall(r"job (\d+)/4 completed", proc.stdout + proc.stderr)
+    assert told == [str(n + 1) for n in range(4) if f"trial_{n:04d}" not in before], told
+    assert "val/elbo" in (sweep / "summary.csv").read_text().splitlines()[0].split(",")
     assert [d.name for d in trial_dirs(sweep)] == [f"trial_{i:04d}" for i in range(4)]
     for name, content in before.items():  # completed trials were not run again
         assert (sweep / name / "results.json").read_bytes() == content

@@ -20,7 +20,7 @@ import logging
 import re
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +103,19 @@ def _config_value(result: dict[str, Any], key: str) -> Any:
     return node.get("name") if isinstance(node, dict) else node
 
 
-def summary_rows(results: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
+def summary_rows(
+    results: list[dict[str, Any]], grid_keys: list[str], metrics: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """One row per job: its swept values, status, ``metrics`` (a search's objective) and the
+    :data:`~vaesweep.run.record.SUMMARY_COLUMNS`, duration and error."""
+    columns = list(dict.fromkeys([*metrics, *SUMMARY_COLUMNS]))
     rows = []
     for r in results:
         row: dict[str, Any] = {"job": Path(r["run_dir"]).name}
         row.update({key: _config_value(r, key) for key in grid_keys})
         row.update(swept_values(r.get("overrides", []), grid_keys))
         row["status"] = r["status"]
-        for m in SUMMARY_COLUMNS:
+        for m in columns:
             v = r["metrics"].get(m)
             row[m] = None if v is None else round(float(v), 4)
         row["scale_converged"] = scale_converged(r)
@@ -235,19 +240,22 @@ def invalid_jobs(configs: list[DictConfig], n_jobs: int) -> str | None:
     )
 
 
-def finish_sweep(sweep_dir: Path, stopped_by: str | None = None) -> bool:
+def finish_sweep(
+    sweep_dir: Path, stopped_by: str | None = None, metrics: Sequence[str] = ()
+) -> bool:
     """Writes the jobs' statuses into sweep.json and summary.csv, prints the table and names
     the jobs that did not complete; True when every job of the grid completed.
 
     ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
     never started have no row; a relaunch of the same command continues the sweep).
+    ``metrics``: columns before the usual ones (a search's objective).
     """
     record = read_sweep(sweep_dir) or {"grid": {}}
     results = sweep_results(sweep_dir)
     grid_keys = list(record["grid"])
     named = {k.lstrip("+") for k in grid_keys}
     grid_keys += [k for k in unrecorded_keys(record, results) if k not in named]
-    rows = summary_rows(results, grid_keys)
+    rows = summary_rows(results, grid_keys, metrics)
     record["jobs"] = [
         {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
         for r in results

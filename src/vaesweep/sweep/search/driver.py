@@ -84,15 +84,16 @@ def run_search(
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(plan.sweep_dir / "multirun.yaml", "wb") as f:  # as Hydra's sweepers do
         f.write(OmegaConf.to_yaml(config).encode("utf-8"))
-    job_idx = 0
     studies: list[tuple[list[str], Any]] = []
     samplers = study_samplers(config, sampler)
     try:
-        for point in plan.space.points():
+        for index, point in enumerate(plan.space.points()):
             stop_if_signalled()
             study = open_study(storage, plan, point, samplers, pruner)
             studies.append((point, study))
-            job_idx = run_study(study, plan, point, launcher, job_idx)
+            # Job k of the search is trial k - 1 of its study, after the earlier studies'
+            # n_trials: the numbering a relaunch continues.
+            run_study(study, plan, point, launcher, index * plan.n_trials)
     finally:  # the best trials so far, also when the search stopped
         best = _write_best(plan, studies)
     return best
@@ -141,9 +142,11 @@ def study_samplers(config: DictConfig, sampler: Any) -> Any:
 
 def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     """The sweep callback's end of a search: summary.csv and the table (as for a grid),
-    then the best trial of every study; True when every study has a completed trial."""
-    finish_sweep(sweep_dir, stopped_by=stopped_by)
+    then the best trial of every study; True when every study has a completed trial. The
+    objective is a column of the table, next to the status."""
     best = read_best(sweep_dir)
+    objectives = list(dict.fromkeys(b["objective"] for b in best or [] if b.get("objective")))
+    finish_sweep(sweep_dir, stopped_by=stopped_by, metrics=objectives)
     if not best:
         return False
     print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)

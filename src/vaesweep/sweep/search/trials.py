@@ -90,15 +90,16 @@ def _launch(
     point: list[str],
     batch: list[tuple[int, dict[str, Any]]],
     launcher: Any,
-    job_idx: int,
+    first_job: int,
 ) -> list[str | None]:
-    """Launches one batch and tells each trial's outcome; returns the states told."""
+    """Launches one batch and tells each trial's outcome; returns the states told.
+    ``first_job``: Hydra's job number of the batch's first trial (the others follow it)."""
     dirs = [plan.trial_dir(point, number) for number, _ in batch]
     overrides = [
         [*plan.space.trial_overrides(point, params), f"hydra.sweep.subdir={quoted(d)}"]
         for (_, params), d in zip(batch, dirs, strict=True)
     ]
-    launcher.launch(overrides, initial_job_idx=job_idx)
+    launcher.launch(overrides, initial_job_idx=first_job)
     return [
         settle(study, number, record.read(plan.sweep_dir / d), plan.objective)
         for (number, _), d in zip(batch, dirs, strict=True)
@@ -134,9 +135,10 @@ def stop_if_signalled() -> None:
         stop_sweep(signum)
 
 
-def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, job_idx: int) -> int:
-    """Runs one study to n_trials trials in total; returns the next job index. Stops (at
-    its safe points) when a signal has told the search to stop."""
+def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, first_job: int) -> None:
+    """Runs one study to n_trials trials in total. Its k-th trial (counting the proposed
+    ones) is job ``first_job + k``, in a relaunch too (Hydra's job number, as in a job's line
+    ``job 3/8 completed``). Stops (at its safe points) when a signal has told it to stop."""
     dists = {k: p.distribution() for k, p in plan.space.searched.items()}
     settle_finished_on_disk(study, plan)
     unsettled: set[int] = set()
@@ -144,10 +146,11 @@ def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, job_idx: 
         stop_if_signalled()
         batch = _next_batch(study, plan, point, dists, unsettled)
         if not batch:
-            return job_idx
+            return
         stop_if_signalled()  # proposed (RUNNING, with their directory): run by the relaunch
-        states = _launch(study, plan, point, batch, launcher, job_idx)
-        job_idx += len(batch)
+        before = [t for t in study.get_trials(deepcopy=False) if t.number < batch[0][0]]
+        first = first_job + sum(_proposed(plan, t) for t in before)
+        states = _launch(study, plan, point, batch, launcher, first)
         unsettled.update(number for (number, _), s in zip(batch, states, strict=True) if s is None)
         failed = states.count("FAIL")
         if failed / len(batch) > plan.max_failure_rate:
