@@ -300,6 +300,21 @@ def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(wo
         "number ≥ 0"
     ) in proc.stderr
     assert not list(workdir.rglob("results.json"))
+    # A grid point whose every trial a run refuses, whatever the searched value (the fixed
+    # dequantised data under bernoulli): refused before any trial, also when it is not the
+    # first point (its trials used to fail one by one after the first study had run).
+    proc = run_cli([*SEARCH, BETA, "likelihood=gaussian,bernoulli", "data.preprocess=dequantize"],
+                   workdir, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (
+        "search refused, no trial was run: the trials at the grid point likelihood=bernoulli "
+        "would be refused at every searched value tried (beta=0.1, beta=10.0): "
+    ) in proc.stderr
+    assert "data.preprocess='dequantize' with likelihood=bernoulli is invalid" in proc.stderr
+    assert "(no bits/dim is reported then). Drop that grid point or correct the value" in (
+        proc.stderr
+    )
+    assert not list(workdir.rglob("results.json"))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ changed search). Run before any trial."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra import compose
 from omegaconf import DictConfig
@@ -79,25 +80,41 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
 def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
     """Refuses a search space with values a run refuses (``beta=interval(-1, 1)``): each
     searched key at its bounds (every option of a ``choice``), the others at their example
-    value, at the first grid point, validated as each trial's run would validate it, so that
-    no trial of the budget is spent on a value known to fail. (One composition per value:
-    a value refused only at other grid points fails in those trials.)"""
-    point = plan.space.points()[0]
-    where = f" ({' '.join(point)})" if point else ""
-    for key, param in plan.space.searched.items():
-        values = param.choices if param.kind == "categorical" else (param.low, param.high)
-        for value in dict.fromkeys(values):
-            job = plan.space.trial_overrides(point, {**example, key: value})
-            try:
-                validate_config(compose(config.hydra.job.config_name, overrides=job), in_job=False)
-            except ConfigError as e:
-                raise SearchError(
-                    f"hydra.sweeper.params.{key}={param.describe()} includes "
-                    f"{key}={render(value)}{where}, which a run refuses: {e}. Allowed: a space "
-                    "whose every value a run accepts"
-                ) from None
-            except Exception:  # not the value's fault: the trial reports it itself
-                continue
+    value, at every grid point, validated as each trial's run would validate it, so that
+    no trial of the budget is spent on a value known to fail. A grid point refused at every
+    value tried is named as the point (a fixed or grid value is the cause, not a searched
+    one). (One composition per value and grid point: a value refused only in combination
+    with another searched key's non-example value fails in those trials.)"""
+    for point in plan.space.points():
+        where = f" at the grid point {' '.join(point)}" if point else ""
+        tried: list[str] = []
+        refused: list[tuple[str, Any, Any, ConfigError]] = []
+        for key, param in plan.space.searched.items():
+            values = param.choices if param.kind == "categorical" else (param.low, param.high)
+            for value in dict.fromkeys(values):
+                job = plan.space.trial_overrides(point, {**example, key: value})
+                try:
+                    cfg = compose(config.hydra.job.config_name, overrides=job)
+                    validate_config(cfg, in_job=False)
+                except ConfigError as e:
+                    refused.append((key, param, value, e))
+                except Exception:  # not the value's fault: the trial reports it itself
+                    continue
+                tried.append(f"{key}={render(value)}")
+        if not refused:
+            continue
+        key, param, value, e = refused[0]
+        if len(refused) == len(tried) and (len(tried) > 1 or point):
+            raise SearchError(
+                f"the trials{where} would be refused at every searched value tried "
+                f"({', '.join(tried)}): {str(e).rstrip('.')}. Drop that grid point or "
+                "correct the value"
+            )
+        raise SearchError(
+            f"hydra.sweeper.params.{key}={param.describe()} includes "
+            f"{key}={render(value)}{where}, which a run refuses: {str(e).rstrip('.')}. Allowed: a "
+            "space whose every value a run accepts"
+        )
 
 
 def check_shadowed(config: DictConfig) -> None:
