@@ -365,8 +365,13 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     assert result["config"]["beta"] == 2.0 and result["attempts"] == 1
     # A failure that is not a refusal is still left alone without sweep.rerun_failed.
     (tmp_path / "run" / "results.json").write_text(
-        json.dumps({**result, "status": "failed", "error": {"type": "RuntimeError",
-                    "message": "boom", "step": None}})  # fmt: skip
+        json.dumps(
+            {
+                **result,
+                "status": "failed",
+                "error": {"type": "RuntimeError", "message": "boom", "step": None},
+            }
+        )  # fmt: skip
     )
     line = one_line(run_cli([*args, "beta=2"], tmp_path))
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line

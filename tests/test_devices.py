@@ -458,9 +458,14 @@ def test_slurm_ranks_follow_rank_zero_when_it_skips_or_refuses(workdir):
     jobs = {
         "done": srun([*args, "hydra.run.dir=done"], workdir, "4201", 0),
         "refused": srun(
-            [*(a for a in args if not a.startswith("data.batch_size=")), "data.batch_size=127",
-             "hydra.run.dir=refused"],
-            workdir, "4202", 0,
+            [
+                *(a for a in args if not a.startswith("data.batch_size=")),
+                "data.batch_size=127",
+                "hydra.run.dir=refused",
+            ],
+            workdir,
+            "4202",
+            0,
         ),  # fmt: skip
     }
     codes = {name: finish(procs, timeout=300) for name, procs in jobs.items()}

@@ -37,13 +37,25 @@ def refusal(overrides: list[str]) -> str | None:
         (["beta_schedule=capacity", "beta=4"], "beta=4", "beta_schedule.gamma"),
         (["beta_schedule=geco", "beta_schedule.target=-100", "beta=2"], "beta=2", "target"),
         (["likelihood.momentum=0.9"], "likelihood.momentum", "likelihood.scale=optimal"),
-        (["likelihood=laplace", "likelihood.optimal_reduction=example"], "optimal_reduction", "optimal"),
-        (["likelihood.scale=optimal", "likelihood.scale_lr=0.1"], "scale_lr", "learned or per_pixel"),
+        (
+            ["likelihood=laplace", "likelihood.optimal_reduction=example"],
+            "optimal_reduction",
+            "optimal",
+        ),
+        (
+            ["likelihood.scale=optimal", "likelihood.scale_lr=0.1"],
+            "scale_lr",
+            "learned or per_pixel",
+        ),
         (["likelihood.min_log_scale=-3"], "min_log_scale", "likelihood.scale=fixed"),
         (["model.channels=[8]"], "model.channels", "model=conv"),
         (["+note=first try"], "note", "label.note"),
         (
-            ["likelihood.scale=learned", "likelihood.scale_init=data", "likelihood.scale_value=0.3"],
+            [
+                "likelihood.scale=learned",
+                "likelihood.scale_init=data",
+                "likelihood.scale_value=0.3",
+            ],
             "scale_value",
             "scale_init=value",
         ),
@@ -142,8 +154,14 @@ def test_validate_config_refuses_given_keys_only():
 
 def test_cli_refuses_a_no_op_sweep_before_any_job(workdir):
     proc = run_cli(
-        ["-m", "beta_schedule=capacity", "beta=0.5,1,4", *TINY, "logger=none",
-         "hydra.sweep.dir=sweep"],
+        [
+            "-m",
+            "beta_schedule=capacity",
+            "beta=0.5,1,4",
+            *TINY,
+            "logger=none",
+            "hydra.sweep.dir=sweep",
+        ],
         workdir,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -71,7 +71,9 @@ class LinearGaussianNetwork(Network):
         return _Affine(encode)
 
     def decoder(self, shape, param_channels):
-        return _Affine(lambda z: (z.double() @ self.W.T + self.c).reshape(*z.shape[:-1], *shape).float())
+        return _Affine(
+            lambda z: (z.double() @ self.W.T + self.c).reshape(*z.shape[:-1], *shape).float()
+        )
 
     def log_px(self, x: torch.Tensor) -> np.ndarray:
         cov = (self.W @ self.W.T + S**2 * torch.eye(D, dtype=torch.float64)).numpy()
@@ -141,7 +143,9 @@ def test_evaluate_reproduces_the_run_then_tightens_the_bound(run, tmp_path):
     assert more.returncode == 0, more.stderr[-3000:]
     tighter = json.loads((run / "evaluations" / "iwae_k=200,checkpoint=last.json").read_text())
     assert tighter["metrics"]["test/nll"] < recorded["metrics"]["test/nll"]
-    assert math.isclose(tighter["metrics"]["test/elbo"], recorded["metrics"]["test/elbo"], rel_tol=0.05)
+    assert math.isclose(
+        tighter["metrics"]["test/elbo"], recorded["metrics"]["test/elbo"], rel_tol=0.05
+    )
     assert (run / "results.json").read_bytes() == before  # beside it, never over it
     again = _evaluate([str(run), "eval.iwae_k=200"], tmp_path)
     assert again.returncode == 0 and "1 already evaluated" in again.stderr
@@ -204,7 +208,9 @@ def test_evaluate_on_the_first_test_examples(run, tmp_path):
         assert whole["metrics"][key] == recorded["metrics"][key], key
     proc = _evaluate([str(run), f"eval.iwae_k={k}", "eval.test_examples=50"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    some = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last,test_examples=50.json").read_text())
+    some = json.loads(
+        (run / "evaluations" / f"iwae_k={k},checkpoint=last,test_examples=50.json").read_text()
+    )
     assert some["metrics"]["test/n_examples"] == 50 and some["test_examples"] == 50
     assert some["metrics"]["test/nll"] != recorded["metrics"]["test/nll"]
     df = load_results(run)

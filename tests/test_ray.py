@@ -49,7 +49,9 @@ def patient_ray(monkeypatch):
 
 
 def needs_ray():
-    return pytest.importorskip("ray", reason="hydra/launcher=ray needs ray: pip install 'vaesweep[ray]'")
+    return pytest.importorskip(
+        "ray", reason="hydra/launcher=ray needs ray: pip install 'vaesweep[ray]'"
+    )
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_ray_init_arguments(monkeypatch, address):
         "init": {"object_store_memory": 10**9, "namespace": "x"},
     }
     assert ray_launcher.start_ray(options) == {"CPU": 4.0, "GPU": 2.0}
-    (kwargs, dedup), = calls
+    ((kwargs, dedup),) = calls
     assert dedup == "0"
     if address:
         assert kwargs == {"address": "auto", "log_to_driver": True, "namespace": "x"}
@@ -169,7 +171,9 @@ def test_out_of_memory_names_the_gpu_share(monkeypatch):
 
 
 def job_results(sweep: Path) -> dict[str, dict]:
-    return {p.parent.name.split(",")[0]: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    return {
+        p.parent.name.split(",")[0]: json.loads(p.read_text()) for p in sweep.glob("*/results.json")
+    }
 
 
 @pytest.mark.slow
@@ -179,7 +183,13 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
     summary, sweep.json; each job's output in its own directory; the relaunch skips the
     completed jobs (not a byte changed) and leaves the failed one alone."""
     needs_ray()
-    grid = ["likelihood=gaussian,laplace", "data.batch_size=64,5000", *TINY, "threads=1", "logger=wandb"]
+    grid = [
+        "likelihood=gaussian,laplace",
+        "data.batch_size=64,5000",
+        *TINY,
+        "threads=1",
+        "logger=wandb",
+    ]
     t0 = time.monotonic()
     proc = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
     print(f"ray sweep: {time.monotonic() - t0:.1f} s")
@@ -191,8 +201,14 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
     meta = json.loads((sweep / "sweep.json").read_text())
     assert "ray_launcher" in meta["launcher"] and len(meta["jobs"]) == 4
     assert (sweep / "summary.csv").exists() and "completed" in proc.stdout
-    done = {r["config"]["likelihood"]["name"]: r for r in results_under(sweep) if r["config"]["data"]["batch_size"] == 64}
-    failed = [r for r in results_under(sweep) if r["config"]["data"]["batch_size"] == 5000]  # > the split
+    done = {
+        r["config"]["likelihood"]["name"]: r
+        for r in results_under(sweep)
+        if r["config"]["data"]["batch_size"] == 64
+    }
+    failed = [
+        r for r in results_under(sweep) if r["config"]["data"]["batch_size"] == 5000
+    ]  # > the split
     assert {r["status"] for r in failed} == {"failed"} and len(failed) == 2
     for r in done.values():
         assert r["status"] == "completed"
@@ -203,7 +219,11 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
         assert "completed in" in own  # its own output, in its own directory
     assert list(sweep.glob("wandb/offline-run-*"))  # the sweep's W&B summary run
 
-    mtimes = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and "data.batch_size=64," in str(p)}
+    mtimes = {
+        p: p.stat().st_mtime_ns
+        for p in sweep.rglob("*")
+        if p.is_file() and "data.batch_size=64," in str(p)
+    }
     again = run_cli(["-m", *grid, *RAY, "hydra.sweep.dir=ray"], workdir, timeout=600)
     assert again.returncode == 1, again.stderr[-3000:]
     # The completed jobs skipped; the refused ones (ConfigError) checked again, refused again.
@@ -211,7 +231,9 @@ def test_ray_sweep_matches_the_basic_launcher_and_a_failure_stays_alone(workdir)
     assert "data.batch_size=5000 is invalid" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
-    basic = run_cli(["-m", *grid[:1], "data.batch_size=64", *grid[2:], "hydra.sweep.dir=basic"], workdir)
+    basic = run_cli(
+        ["-m", *grid[:1], "data.batch_size=64", *grid[2:], "hydra.sweep.dir=basic"], workdir
+    )
     assert basic.returncode == 0, basic.stderr[-3000:]
     reference = {r["config"]["likelihood"]["name"]: r for r in results_under(workdir / "basic")}
     assert sorted(reference) == sorted(done) == ["gaussian", "laplace"]
@@ -316,7 +338,10 @@ def test_gpus_declared_to_ray_are_assigned(workdir, gpus_per_job, n_jobs):
     assert finish(proc) == 0, output(proc)[-3000:]
     devices = [r["devices"] for r in results_under(workdir / "sweep")]
     assert len(devices) == n_jobs
-    assert Counter(d["cuda_visible_devices"] for d in devices) == {"0": n_jobs // 2, "1": n_jobs // 2}
+    assert Counter(d["cuda_visible_devices"] for d in devices) == {
+        "0": n_jobs // 2,
+        "1": n_jobs // 2,
+    }
     assert {d["fraction"] for d in devices} == {gpus_per_job}
 
 
@@ -325,9 +350,16 @@ def test_an_optuna_search_batches_its_trials_through_ray(workdir):
     needs_ray()
     proc = run_cli(
         [
-            "-m", "hydra/sweeper=optuna", *TINY, "logger=none", "threads=1", *RAY,
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.params.beta=tag(log, interval(0.1, 10))", "hydra.sweep.dir=sweep",
+            "-m",
+            "hydra/sweeper=optuna",
+            *TINY,
+            "logger=none",
+            "threads=1",
+            *RAY,
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.params.beta=tag(log, interval(0.1, 10))",
+            "hydra.sweep.dir=sweep",
         ],  # fmt: skip
         workdir,
         timeout=600,

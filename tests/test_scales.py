@@ -59,7 +59,12 @@ def test_null_scale_lr_is_the_sigma_vae_setting_one_group():
 
 @pytest.mark.parametrize(
     ("name", "mode"),
-    [("gaussian", "learned"), ("laplace", "learned"), ("gaussian", "per_pixel"), ("laplace", "per_pixel")],
+    [
+        ("gaussian", "learned"),
+        ("laplace", "learned"),
+        ("gaussian", "per_pixel"),
+        ("laplace", "per_pixel"),
+    ],
 )
 def test_data_init_starts_at_the_untrained_models_residual_scale(name, mode):
     model = vae({"name": name, "scale": mode, "scale_init": "data"})
@@ -164,7 +169,6 @@ def test_summary_flags_learned_scales_that_did_not_converge():
     rows = summary_rows([_result("learned", 3.4), _result("optimal", 1.0)], [])
     assert [r["scale_converged"] for r in rows] == [False, None]
     assert rows[0]["test/scale_ratio"] == 3.4
-
 
 
 # --- checkpoints written when the scale tensors lived on the likelihood --------------------------

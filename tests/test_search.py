@@ -434,7 +434,9 @@ class _RecordingLauncher:
             run = self.sweep_dir / values["hydra.sweep.subdir"].strip("'")
             run.mkdir(parents=True)
             metrics = {"val/elbo": -float(values["beta"])}
-            (run / "results.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
+            (run / "results.json").write_text(
+                json.dumps({"status": "completed", "metrics": metrics})
+            )
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])

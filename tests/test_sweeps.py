@@ -383,7 +383,9 @@ def test_a_broken_torch_is_named_in_one_line_before_hydra_starts(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("[vaesweep] "), proc.stderr
-    assert f"StackUnavailable: the training stack does not import in {sys.executable}" in proc.stderr
+    assert (
+        f"StackUnavailable: the training stack does not import in {sys.executable}" in proc.stderr
+    )
     assert "ImportError: libfake_cuda.so.9: cannot open shared object file" in proc.stderr
     assert "broken_site/torch/__init__.py)" in proc.stderr
     assert not (tmp_path / "out").exists()

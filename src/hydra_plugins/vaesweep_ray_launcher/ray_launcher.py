@@ -109,7 +109,9 @@ def _kept_signal_handlers() -> Iterator[None]:
     guard (vaesweep.run.signals.SweepGuard) must stay the one that handles it."""
     names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
     main = threading.current_thread() is threading.main_thread()
-    saved = {s: signal.getsignal(s) for n in names if (s := getattr(signal, n, None))} if main else {}
+    saved = (
+        {s: signal.getsignal(s) for n in names if (s := getattr(signal, n, None))} if main else {}
+    )
     try:
         yield
     finally:
@@ -368,6 +370,4 @@ class RayLauncher(Launcher):
             file=sys.stderr,
             flush=True,
         )
-        return JobReturn(
-            overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None
-        )
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)

@@ -205,8 +205,8 @@ def evaluate_arguments(items: list[str]) -> tuple[list[str], dict[str, Any]]:
             raise ValueError(
                 f"{item} is neither a directory nor a setting: allowed keys {', '.join(settings)}"
             )
-        settings[key] = int(value) if value.lstrip("-").isdigit() else (
-            None if value == "null" else value
+        settings[key] = (
+            int(value) if value.lstrip("-").isdigit() else (None if value == "null" else value)
         )
     return dirs, settings
 

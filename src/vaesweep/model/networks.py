@@ -49,6 +49,7 @@ def network_unread_options(kind: str, options: dict) -> dict[str, str]:
         if key != "name" and key not in read and readers[key]
     }
 
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "elu": nn.ELU,

@@ -266,7 +266,9 @@ class ThrottledProgressBar(TQDMProgressBar):
         if self._draw(bar, batch_idx):
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         self._draw(self.val_progress_bar, batch_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

@@ -135,7 +135,9 @@ def check_run_keys(cfg: DictConfig) -> None:
         cfg.seed,
         f"an integer in [0, {MAX_SEED - 1}] (2**32 - 1: numpy's seeds are 32-bit)",
     )
-    require(is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "an integer ≥ 1")
+    require(
+        is_int(cfg.n_samples) and cfg.n_samples >= 1, "n_samples", cfg.n_samples, "an integer ≥ 1"
+    )
     require(
         cfg.threads is None or (is_int(cfg.threads) and cfg.threads >= 1),
         "threads",
@@ -325,8 +327,10 @@ def _check_devices(t: DictConfig, here: bool) -> None:
     if not here or accelerator not in ("gpu", "cuda", "mps"):
         return
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if (accelerator == "cuda" and not cuda) or (accelerator == "mps" and not mps) or not (
-        cuda or mps
+    if (
+        (accelerator == "cuda" and not cuda)
+        or (accelerator == "mps" and not mps)
+        or not (cuda or mps)
     ):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = "" if visible is None else f", CUDA_VISIBLE_DEVICES={visible!r}"

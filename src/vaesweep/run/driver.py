@@ -129,8 +129,7 @@ def _record_precision(cfg: DictConfig, trainer: Any, record: RunRecord) -> None:
     record.set_facts(precision=used)
     if _PRECISION_NAMES.get(asked, asked) != used:
         log.warning(
-            "trainer.precision=%s runs as %s on this %s: results.json records "
-            "precision=%s",
+            "trainer.precision=%s runs as %s on this %s: results.json records precision=%s",
             asked,
             used,
             type(trainer.accelerator).__name__.replace("Accelerator", "") or "device",
@@ -235,7 +234,10 @@ def _build_trainer(
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
     callbacks = (*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images))
     if cfg.logger.name == "wandb":
-        callbacks = (*callbacks, WandbMetrics())  # step axes and summaries (vaesweep.analysis.wandb_summary)
+        callbacks = (
+            *callbacks,
+            WandbMetrics(),
+        )  # step axes and summaries (vaesweep.analysis.wandb_summary)
 
     def make_trainer() -> L.Trainer:
         return L.Trainer(
@@ -316,7 +318,9 @@ def fit_and_test(
         # starts later: a command it runs would take itself for one of this job's ranks.
         os.environ.pop(ranks.DECISION_ENV, None)
     resumable.signals.check()
-    require_training(trainer, parts.strategy)  # no optimisation step: fail rather than test an untrained model
+    require_training(
+        trainer, parts.strategy
+    )  # no optimisation step: fail rather than test an untrained model
     # The last validation's metrics (Lightning brings them back from spawned processes too).
     # A resumed fit with nothing left to train validated nothing: then they come from the
     # checkpoint, where Resumable keeps them.

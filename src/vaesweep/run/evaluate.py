@@ -51,7 +51,9 @@ def check_settings(
     )
 
 
-def score(model: VAE, data: L.LightningDataModule, ckpt_path: str | None = None) -> dict[str, float]:
+def score(
+    model: VAE, data: L.LightningDataModule, ckpt_path: str | None = None
+) -> dict[str, float]:
     """The test metrics of ``model`` on ``data``'s test split (the module's own test step:
     IWAE with ``model.hparams.iwae_k`` samples), restoring ``ckpt_path`` first if given."""
     trainer = L.Trainer(

@@ -59,7 +59,9 @@ def device_info(accelerator: str | None = None) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    names = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    )
     return {
         "accelerator": accelerator,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

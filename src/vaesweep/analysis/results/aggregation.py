@@ -42,7 +42,9 @@ def unaggregated_message(df: pd.DataFrame) -> str | None:
     if not lost:
         return None
     shown = "; ".join(lost[:5]) + (" ..." if len(lost) > 5 else "")
-    return f"{len(lost)} configuration(s) without a completed run, so not in the aggregates: {shown}"
+    return (
+        f"{len(lost)} configuration(s) without a completed run, so not in the aggregates: {shown}"
+    )
 
 
 def evaluations(df: pd.DataFrame) -> list[str]:
