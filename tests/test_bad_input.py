@@ -17,9 +17,13 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_data import make_idx_dataset
 from test_train import compose_cfg, validate
 
 from vaesweep.analysis.results import load_results
+from vaesweep.data.datasets import check_available
+from vaesweep.data.download import DatasetNotFoundError
+from vaesweep.run import record
 from vaesweep.run.config import ConfigError, NothingTrained, require_training, validate_config
 from vaesweep.run.failures import describe
 from vaesweep.run.memory import DATA_SHAPES, count_parameters
@@ -375,6 +379,60 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     )
     line = one_line(run_cli([*args, "beta=2"], tmp_path))
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
+
+
+@pytest.mark.slow
+def test_data_that_are_not_there_lose_nothing_and_are_checked_again(tmp_path):
+    """IDX files that are not there refuse a job before its record opens: a new job records
+    failed (DatasetNotFoundError) and the same command runs it once they are there, without
+    sweep.rerun_failed; an interrupted job keeps its record and checkpoint (it used to become
+    failed, and sweep.rerun_failed trained it from the start), and the same command resumes
+    it then."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=mnist", f"data.root={data}", "data.val_size=10", "data.batch_size=8",
+            "data.eval_batch_size=9", "logger=csv", "hydra.run.dir=run"]  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "DatasetNotFoundError: dataset 'mnist': no directory holds all of" in proc.stderr
+    (result,) = results_under(run)
+    assert result["status"] == "failed" and result["error"]["type"] == "DatasetNotFoundError"
+    assert not (run / "checkpoints").exists()
+    make_idx_dataset(data / "mnist")
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(run)
+    assert result["status"] == "completed" and result["attempts"] == 1
+    # An interrupted job whose data went away: not a byte of it changes.
+    interrupted = {**result, "status": "interrupted", "metrics": {}}
+    (run / "results.json").write_text(json.dumps(interrupted))
+    files = {p: p.read_bytes() for p in [run / "results.json", *run.glob("checkpoints/*")]}
+    (data / "mnist").rename(tmp_path / "away")
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 1 and "DatasetNotFoundError" in proc.stderr, proc.stderr[-3000:]
+    assert {p: p.read_bytes() for p in files} == files
+    assert "the same command, once they are there, resumes it" in (run / "train.log").read_text()
+    (tmp_path / "away").rename(data / "mnist")
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (resumed,) = results_under(run)
+    assert resumed["status"] == "completed" and resumed["attempts"] == 2
+    assert resumed["metrics"] == result["metrics"]  # resumed after its last epoch: re-tested
+
+
+def test_a_missing_dataset_is_a_refusal_a_relaunch_checks_again(tmp_path):
+    """check_available fails as loading would, before anything is read; its record counts
+    as refused (nothing computed), other failures do not."""
+    with pytest.raises(DatasetNotFoundError, match="no directory holds all of"):
+        check_available("mnist", tmp_path)
+    check_available("mnist", tmp_path, download=True)  # the job downloads: not refused here
+    check_available("digits", tmp_path)  # shipped: nothing to find
+    make_idx_dataset(tmp_path / "mnist")
+    check_available("mnist", tmp_path)
+    failed = {"status": "failed", "error": {"type": "DatasetNotFoundError", "message": "m"}}
+    assert record.refused(failed) and record.refused({**failed, "error": {"type": "ConfigError"}})
+    assert not record.refused({**failed, "error": {"type": "RuntimeError"}})
+    assert not record.refused({**failed, "status": "diverged"})
 
 
 @pytest.mark.slow

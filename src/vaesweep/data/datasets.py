@@ -219,6 +219,16 @@ DATASETS: dict[str, Callable[..., RawDataset]] = {
 }
 
 
+def check_available(
+    name: str, root: str | os.PathLike[str] | None = None, download: bool = False
+) -> None:
+    """Raises DatasetNotFoundError, naming every directory searched, when dataset ``name``
+    is read from IDX files that no searched directory holds and no download is asked for:
+    before anything is loaded, as :func:`load_dataset` would fail later."""
+    if name in IDX_SOURCES and not download:
+        locate_idx(name, default_root() if root is None else Path(root).expanduser(), False)
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,

@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp
+from vaesweep.data.datasets import check_available
+from vaesweep.data.download import DatasetNotFoundError
 from vaesweep.model.objective import DivergenceError
 from vaesweep.run import claims, ranks, record
 from vaesweep.run.config import check_sweep_keys, validate_config
@@ -159,7 +161,10 @@ def _run_claimed(
         _settle_unavailable(cfg, job, execute, previous, resume_from)
     try:
         validate_config(cfg, None if job.multirun else job.overrides)
-    except ConfigError as e:
+        # Data files that are not there: named now, before the record opens (an interrupted
+        # job keeps its record and checkpoints for when they are).
+        check_available(cfg.data.get("name"), cfg.data.get("root"), bool(cfg.data.get("download")))
+    except (ConfigError, DatasetNotFoundError) as e:
         _settle_refused(cfg, job, e, previous, resume_from)
     run_record = _open_record(cfg, job, previous, resume_from)
     status = record.FAILED
@@ -240,25 +245,30 @@ def _settle_unavailable(
 def _settle_refused(
     cfg: DictConfig,
     job: Job,
-    refusal: ConfigError,
+    refusal: ConfigError | DatasetNotFoundError,
     previous: dict[str, Any] | None,
     resume_from: Path | None,
 ) -> NoReturn:
-    """A job whose config is refused before it trains: recorded ``failed`` with the refusal
-    (a relaunch checks it again, without sweep.rerun_failed: :func:`record.refused`), or,
-    when an earlier attempt continues, its record and checkpoints left as they are, so that
-    the corrected command resumes it; raises ``refusal``."""
+    """A job refused before it trains, by its config or by data files that are not there:
+    recorded ``failed`` with the refusal (a relaunch checks it again, without
+    sweep.rerun_failed: :func:`record.refused`), or, when an earlier attempt continues, its
+    record and checkpoints left as they are, so that the corrected command (or the same one,
+    once the data are there) resumes it; raises ``refusal``."""
+    config = isinstance(refusal, ConfigError)
+    what = "bad config" if config else "data not found"
     if previous is not None or resume_from is not None:
+        then = "the corrected command" if config else "the same command, once they are there,"
         log.error(
-            "bad config: %s (not run; %s and its checkpoints are kept: the corrected command "
-            "resumes it)",
+            "%s: %s (not run; %s and its checkpoints are kept: %s resumes it)",
+            what,
             refusal,
             job.run_dir,
+            then,
         )
         raise refusal
     run_record = _open_record(cfg, job, previous, resume_from)
     run_record.finish(record.FAILED, error=refusal)
-    log.error("bad config: %s (results: %s)", refusal, run_record.path)
+    log.error("%s: %s (results: %s)", what, refusal, run_record.path)
     raise refusal
 
 

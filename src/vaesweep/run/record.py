@@ -341,17 +341,20 @@ def status(run_dir: str | os.PathLike[str]) -> str | None:
 
 #: The error a job records when its config is refused before it trains (the name of
 #: :class:`vaesweep.core.checks.ConfigError`).
-REFUSAL = "ConfigError"
+#: The errors of a job refused before it trained: by its config, or by data files that
+#: were not there.
+REFUSALS = ("ConfigError", "DatasetNotFoundError")
 
 
 def refused(result: dict[str, Any] | None) -> bool:
     """Whether ``result`` is that of a job refused before it trained: ``failed`` with a
-    config error. Nothing of it was computed, so a relaunch checks it again and runs it,
-    without sweep.rerun_failed (the same config is refused again at once)."""
+    config error or data not found. Nothing of it was computed, so a relaunch checks it
+    again and runs it, without sweep.rerun_failed (the same config is refused again at
+    once)."""
     if not isinstance(result, dict) or result.get("status") != FAILED:
         return False
     error = result.get("error")
-    return isinstance(error, dict) and error.get("type") == REFUSAL
+    return isinstance(error, dict) and error.get("type") in REFUSALS
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
