@@ -706,7 +706,7 @@ def _study_claims(f: str) -> list[Claim | Fact]:
         ),
         Claim(
             f,
-            "learned shared σ ends at ({}–{}, Gaussian)",
+            "learned shared σ ends at (seed means {}–{}, Gaussian)",
             lambda d: span(lc(d, "scale", "gaussian", "learned", b) for b in lc_betas(d)),
             ".3f",
         ),

@@ -254,6 +254,11 @@ def test_help_lists_groups_and_options(workdir):
         "beta_schedule",
     ):
         assert token in proc.stdout
+    # The launchers and sweepers, as Hydra itself lists them (the plugins installed here).
+    hydra_help = run_cli(["--hydra-help"], workdir).stdout.splitlines()
+    for group in ("hydra/launcher: ", "hydra/sweeper: "):
+        (line,) = [x.strip() for x in hydra_help if x.startswith(group)]
+        assert line in proc.stdout, (line, proc.stdout)
 
 
 def test_statuses_are_the_documented_ones():
