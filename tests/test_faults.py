@@ -7,6 +7,7 @@ real Hydra compositions; the launch checks run on Hydra configs composed with th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -573,3 +574,13 @@ def test_figures_command_names_the_runs_it_leaves_out(mixed, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "note: images of Laplace at β = 2 not drawn" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bits_per_dim_only_for_dequantised_data(tmp_path):
+    """bits/dim is the discrete NLL of 8-bit data only when the density was fitted to
+    x = (k + u)/256: data scaled to [0, 1] without noise (or binarised) report none."""
+    proc = run_cli([*TINY, "logger=none", "data.preprocess=scale", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert math.isfinite(result["metrics"]["test/nll"]) and "test/bpd" not in result["metrics"]
+    assert result["config"]["data"]["preprocess"] == "scale"

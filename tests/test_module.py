@@ -454,3 +454,42 @@ def test_plain_attribute_fast_path_keeps_nn_module_semantics():
     assert vae.__dict__.keys() & {"decoder", "b", "w"} == set()
     vae._current_fx_name = "training_step"  # what Lightning sets around its hooks
     assert vae._current_fx_name == "training_step"
+
+
+# --- the test metrics, against a computation by hand ----------------------------------------------
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+def test_test_metrics_match_a_computation_over_the_whole_split(tmp_path, likelihood):
+    """The test step's per-batch sums, divided by the true count (200 examples in batches of
+    150 and 50), against the same quantities computed here over the whole split at once:
+    the per-pixel MSE and MAE of x̂ = E[x | z = μ], the analytic KL from the encoder's μ and
+    log σ² (written out here), the active units from numpy's variance of μ over examples,
+    the scale ratio σ/√MSE or b/MAE, and the ELBO from its parts."""
+    L.seed_everything(0, verbose=False)
+    model = _vae(likelihood={"name": likelihood, "scale": "learned", "scale_lr": 0.05})
+    data = VAEDataModule(name="digits", batch_size=64, eval_batch_size=150, seed=0)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, data)
+    (logged,) = trainer.test(model, data, verbose=False)
+    batches = list(data.test_dataloader())
+    assert [len(b) for b in batches] == [150, 50]
+    x = torch.cat(batches).double()
+    model = model.double().eval()
+    with torch.no_grad():
+        mu, logvar = model.encoder(x).chunk(2, dim=-1)
+        x_hat = model.likelihood.mean(model.decoder(mu))
+    mse = ((x_hat - x) ** 2).mean().item()
+    mae = (x_hat - x).abs().mean().item()
+    kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1)).mean().item()
+    variance = np.var(mu.numpy(), axis=0)  # over examples, ddof 0
+    scale = float(model.likelihood.scale())
+    ratio = scale / (math.sqrt(mse) if likelihood == "gaussian" else mae)
+    assert logged["test/n_examples"] == 200
+    assert logged["test/mse"] == pytest.approx(mse, rel=1e-5)
+    assert logged["test/mae"] == pytest.approx(mae, rel=1e-5)
+    assert logged["test/kl"] == pytest.approx(kl, rel=1e-5)
+    assert logged["test/active_units"] == int((variance > 0.01).sum())
+    assert logged["test/scale_ratio"] == pytest.approx(ratio, rel=1e-5)
+    assert logged["scale"] == pytest.approx(scale, rel=1e-6)
+    elbo = -logged["test/rec_nll"] - logged["test/kl"]
+    assert logged["test/elbo"] == pytest.approx(elbo, rel=1e-6)
+    assert "test/bpd" in logged  # dequantised digits (the default preprocessing here)
