@@ -37,7 +37,7 @@ BUDGET = [
     "likelihood.scale=learned",
     "threads=1",  # the same arithmetic in every launcher (joblib would give each job 1)
 ]
-JOB = [*BUDGET, "beta=2", "logger=none"]
+JOB = [*BUDGET, "beta=2", "logger=csv"]  # metrics.csv: the history a resume keeps
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str] | None = None, umask: int | None = None):
@@ -163,7 +163,19 @@ def check_resumed(run_dir: Path, reference: dict, first: dict, attempts: int = 2
     assert not (run_dir / CLAIM_FILE).exists()
     # The checkpoints it resumed from were overwritten, never versioned (last-v1.ckpt).
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # The metric history is the uninterrupted run's, row for row (Lightning's CSV logger
+    # deleted the rows of the attempts before a resumed one).
+    if r["config"]["logger"]["name"] != "none":
+        assert csv_rows(run_dir / "metrics.csv") == csv_rows(
+            Path(reference["run_dir"]) / "metrics.csv"
+        )
+        assert not (run_dir / ".metrics.earlier.csv").exists()
     return r
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 SIGNALS = [  # SIGINT is also tested on a sweep, below

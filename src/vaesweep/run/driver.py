@@ -29,7 +29,7 @@ from vaesweep.core.helpers import TIMESTAMPS_ENV
 from vaesweep.data import VAEDataModule
 from vaesweep.model import components
 from vaesweep.model.module import VAE
-from vaesweep.run import context, gpus, jobs, ranks
+from vaesweep.run import context, gpus, history, jobs, ranks
 from vaesweep.run.callbacks import (
     AtomicCheckpointIO,
     EpochLines,
@@ -299,6 +299,25 @@ def fit_and_test(
     resume_from: Path | None,
     torch_threads: int,
     signals: StopSignals | None = None,
+) -> dict[str, float]:
+    """Trains and tests one job; its metrics. On the job's rank 0, metrics.csv keeps the
+    history of the attempts before a resumed one (:mod:`vaesweep.run.history`)."""
+    if record is None:  # not the job's rank 0: it writes no metrics.csv
+        return _fit_and_test(cfg, job, record, resume_from, torch_threads, signals)
+    history.set_aside(job.run_dir, resume_from)  # what Lightning's CSV logger would delete
+    try:
+        return _fit_and_test(cfg, job, record, resume_from, torch_threads, signals)
+    finally:
+        history.merge(job.run_dir)
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    resume_from: Path | None,
+    torch_threads: int,
+    signals: StopSignals | None,
 ) -> dict[str, float]:
     resumable = Resumable(
         signals,

@@ -1,0 +1,88 @@
+"""A run's ``metrics.csv`` across its attempts.
+
+Lightning's CSV logger deletes the ``metrics.csv`` it finds when it starts, so an attempt
+that resumes from a checkpoint would leave only its own rows: the history before the
+interruption (the ``train/scale`` and β curves the figures draw) would be lost. Around an
+attempt that resumes:
+
+- :func:`set_aside` (before the logger is made) keeps the rows logged before the
+  checkpoint's step in ``.metrics.earlier.csv``: the rows after it were logged by training
+  the resumed attempt repeats. Rows kept aside by an earlier attempt that never merged
+  (killed outright) are kept with them.
+- :func:`merge` (after the attempt, however it ended) writes ``metrics.csv`` again as those
+  rows followed by the attempt's own, the columns the union of both, atomically.
+
+An attempt that starts from step 0 drops whatever was set aside (Lightning replaces the
+file). Steps are Lightning's logging steps (its count of batches that stepped).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from vaesweep.core.atomic import atomic_open
+
+METRICS_FILE = "metrics.csv"
+EARLIER_FILE = ".metrics.earlier.csv"
+
+
+def logged_step(checkpoint: Path) -> int:
+    """The logging step a fit resumed from ``checkpoint`` continues at."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+    loop = (state.get("loops") or {}).get("fit_loop") or {}
+    stepped = (loop.get("epoch_loop.state_dict") or {}).get("_batches_that_stepped")
+    return int(stepped if stepped is not None else state.get("global_step", 0))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def _step(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return math.nan
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    columns = sorted({key for row in rows for key in row if key is not None})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_open(path, "wb") as f:
+        f.write(text.getvalue().encode("utf-8"))
+
+
+def set_aside(run_dir: Path, resume_from: Path | None) -> None:
+    """Before an attempt's logger is made (see the module doc)."""
+    current, earlier = run_dir / METRICS_FILE, run_dir / EARLIER_FILE
+    if resume_from is None:
+        earlier.unlink(missing_ok=True)
+        return
+    step = logged_step(resume_from)
+    kept = [r for r in [*_rows(earlier), *_rows(current)] if _step(r) < step]
+    if kept:
+        _write(earlier, kept)
+    else:
+        earlier.unlink(missing_ok=True)
+    current.unlink(missing_ok=True)
+
+
+def merge(run_dir: Path) -> None:
+    """After an attempt: ``metrics.csv`` = the rows set aside, then the attempt's own."""
+    earlier = run_dir / EARLIER_FILE
+    if not earlier.exists():
+        return
+    _write(run_dir / METRICS_FILE, [*_rows(earlier), *_rows(run_dir / METRICS_FILE)])
+    earlier.unlink()
