@@ -270,6 +270,19 @@ def test_cli_refuses_a_launch_before_hydra_writes(tmp_path):
     line = one_refusal(proc)
     assert line.startswith("[vaesweep] sweep refused, no job was run: hydra.sweep.dir=a_file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    # sweep.resume and hydra.sweep.dir naming two directories: Hydra keeps the second, so
+    # the sweep to continue was silently trained again elsewhere.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "sweep.json").write_text(json.dumps({"grid": {"beta": ["1", "2"]}, "jobs": []}))
+    proc = run_cli(["-m", *B, "beta=1,2", "sweep.resume=earlier", "hydra.sweep.dir=other"],
+                   tmp_path)  # fmt: skip
+    line = one_refusal(proc)
+    assert line.startswith(
+        "[vaesweep] sweep refused, no job was run: sweep.resume=earlier and "
+        "hydra.sweep.dir=other name two directories"
+    ), line
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize("multirun", [False, True])

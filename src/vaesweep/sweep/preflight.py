@@ -171,6 +171,22 @@ def launcher_problem(launcher: DictConfig) -> str | None:
     return None
 
 
+def _resume_elsewhere(config: DictConfig, sweep_dir: str) -> str | None:
+    """``sweep.resume=A`` with ``hydra.sweep.dir=B``: the second wins in Hydra, so the sweep in
+    A would not be continued but trained again in B."""
+    resume = config.get("sweep", {}).get("resume")
+    given = any(o.split("=", 1)[0] == "hydra.sweep.dir" for o in _overrides(config))
+    if not resume or not given:
+        return None
+    if Path(str(resume)).expanduser().resolve() == Path(sweep_dir).expanduser().resolve():
+        return None
+    return (
+        f"sweep.resume={resume} and hydra.sweep.dir={sweep_dir} name two directories: the "
+        "sweep would not be continued but run again in the second. Give one of them (they "
+        "mean the same: the sweep directory to continue)"
+    )
+
+
 def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
     """Why a multirun cannot start as asked, else None. ``jobs``: the overrides of every
     job of a grid (None for a search, whose jobs are not known in advance)."""
@@ -178,6 +194,9 @@ def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) ->
     if problem:
         return problem
     sweep_dir = str(config.hydra.sweep.dir)
+    problem = _resume_elsewhere(config, sweep_dir)
+    if problem:
+        return problem
     problem = _directory_problem("hydra.sweep.dir", sweep_dir, Path(sweep_dir))
     if problem:
         return problem
