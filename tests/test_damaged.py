@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from vaesweep.run import claims
-from vaesweep.run.context import RESTARTED, SWEEP_FILE
+from vaesweep.run.context import SWEEP_FILE
 from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE, missing_result
-from vaesweep.sweep.grid import SUMMARY_FILE, unrecorded_keys
+from vaesweep.sweep.grid import SUMMARY_FILE, finish_sweep, varying_keys
 
 from conftest import TINY, run_cli
 
@@ -254,11 +254,12 @@ def test_a_new_record_keeps_the_columns_of_the_launches_it_lost(finished_sweep, 
         assert {"beta", "likelihood"} <= set(next(csv.DictReader(f)))
 
 
-def test_unrecorded_keys_only_for_a_record_started_anew_with_unknown_jobs():
-    """Only a record started anew (restarted_from) whose launches do not know every job
-    adds keys. The keys: values that differ, or that only some jobs set, by their name
-    without Hydra's + prefix, the last of a repeated key; never deletions, Hydra's keys,
-    keys that change no result, or a directory without a readable results.json."""
+def test_the_keys_that_tell_jobs_apart_are_columns():
+    """The keys whose values differ between the directory's jobs, or that only some jobs set
+    (launches the record does not know, or a fixed override changed between launches), by
+    their name without Hydra's + prefix, the last of a repeated key; never deletions,
+    Hydra's keys, keys that change no result, or a directory without a readable
+    results.json."""
     results = [
         {"run_dir": "s/a", "overrides": ["beta=1", "seed=0", "trainer.max_epochs=3"]},
         {"run_dir": "s/b", "overrides": ["beta=4", "trainer.max_epochs=3", "sweep.resume=s"]},
@@ -266,12 +267,29 @@ def test_unrecorded_keys_only_for_a_record_started_anew_with_unknown_jobs():
         {"run_dir": "s/d", "overrides": ["threads=2", "logger=csv", "label.note=x"]},
         missing_result(Path("s/e")),
     ]
-    restarted = {RESTARTED: "sweep.json.damaged-1", "grid": {}}
-    expected = ["beta", "model.foo", "seed", "trainer.max_epochs"]
-    assert unrecorded_keys(restarted, results) == expected
-    assert unrecorded_keys({"grid": {}}, results) == []  # not started anew (e.g. a search)
-    everyone = [{"job_dirs": ["a", "b", "c", "d", "e"]}]
-    assert unrecorded_keys({**restarted, "launches": everyone}, results) == []
-    assert unrecorded_keys({**restarted, "launches": [{"job_dirs": ["a"]}]}, results) == expected
+    assert varying_keys(results) == ["beta", "model.foo", "seed", "trainer.max_epochs"]
     same = [{"run_dir": f"s/{n}", "overrides": ["beta=1", "beta=1"]} for n in "ab"]
-    assert unrecorded_keys(restarted, same) == []
+    assert varying_keys(same) == []
+    one_grid = [{"run_dir": f"s/{b}", "overrides": [f"beta={b}", "seed=0"]} for b in "14"]
+    assert varying_keys(one_grid) == ["beta"]  # the grid's own key: already a column
+
+
+def test_a_fixed_override_changed_between_launches_is_a_column_of_the_summary(tmp_path):
+    """Two launches of beta=1 into one directory, with trainer.max_epochs=2 and then 3: the
+    summary's rows read beta=1 twice unless the key that tells them apart is a column."""
+    sweep = tmp_path / "sweep"
+    for epochs, nll in ((2, 62.5), (3, 62.1)):
+        job = sweep / f"beta=1,trainer.max_epochs={epochs}"
+        job.mkdir(parents=True)
+        result = {"run_dir": str(job), "status": "completed", "metrics": {"test/nll": nll, "test/elbo": -nll},
+                  "overrides": ["beta=1", f"trainer.max_epochs={epochs}"],
+                  "config": {"beta": 1.0, "trainer": {"max_epochs": epochs}}}  # fmt: skip
+        (job / RESULTS_FILE).write_text(json.dumps(result))
+    (sweep / SWEEP_FILE).write_text(json.dumps({"grid": {"beta": ["1"]}, "jobs": []}))
+    finish_sweep(sweep)
+    with open(sweep / SUMMARY_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["beta"], r["trainer.max_epochs"], r["test/nll"]) for r in rows] == [
+        ("1", "2", "62.5"),
+        ("1", "3", "62.1"),
+    ]

@@ -126,18 +126,13 @@ def summary_rows(
     return rows
 
 
-def unrecorded_keys(record: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
-    """For a record started anew (its predecessor could not be read: ``restarted_from``),
-    the keys that tell apart the jobs of launches it does not know: every override key whose
-    value differs between the directory's jobs, or that only some of them set, leaving out
-    keys that never change a result (:data:`~vaesweep.run.record.NOT_RESULTS`) and
-    Hydra's. Names without Hydra's ``+``/``++`` prefix; deletions (``~key``) are not
-    columns. [] for any other record: its grid names the keys, launch by launch."""
-    if not record.get(RESTARTED):
-        return []
-    known = {d for launch in earlier_launches(record) for d in launch.get("job_dirs") or []}
-    if all(Path(r["run_dir"]).name in known for r in results):
-        return []
+def varying_keys(results: list[dict[str, Any]]) -> list[str]:
+    """The override keys that tell apart the directory's jobs beyond its grid's: every key
+    whose value differs between them, or that only some of them set (a fixed override that
+    changed between launches, the jobs of launches a record started anew does not know),
+    leaving out keys that never change a result (:data:`~vaesweep.run.record.NOT_RESULTS`)
+    and Hydra's. Names without Hydra's ``+``/``++`` prefix; deletions (``~key``) are not
+    columns."""
     jobs = []
     for r in results:
         if r.get("status") in (UNREADABLE, INCOMPLETE):  # nothing known of its overrides
@@ -254,7 +249,9 @@ def finish_sweep(
     results = sweep_results(sweep_dir)
     grid_keys = list(record["grid"])
     named = {k.lstrip("+") for k in grid_keys}
-    grid_keys += [k for k in unrecorded_keys(record, results) if k not in named]
+    # Keys the grid does not name that tell jobs apart (a fixed override changed between
+    # launches): a column each, or two rows would read the same.
+    grid_keys += [k for k in varying_keys(results) if k not in named]
     rows = summary_rows(results, grid_keys, metrics)
     record["jobs"] = [
         {"dir": Path(r["run_dir"]).name, "overrides": r.get("overrides"), "status": r["status"]}
