@@ -103,8 +103,14 @@ def test_runs_that_differ_only_where_they_logged_are_one_configuration(sweep, tm
         result["overrides"].append("logger=wandb")
         result["config"]["logger"] = {"name": "wandb", "mode": "offline"}
         path.write_text(json.dumps(result))
+    for path in (tmp_path / "wandb").rglob("results.json"):  # relaunched with sweep.resume
+        result = json.loads(path.read_text())
+        result["overrides"].append(f"sweep.resume={tmp_path / 'wandb'}")
+        result["config"]["sweep"]["resume"] = str(tmp_path / "wandb")
+        path.write_text(json.dumps(result))
     df = load_results(tmp_path)
     assert "logger" in df.attrs["swept"] and "logger" not in config_keys(df)
+    assert "sweep.resume" not in df.attrs["swept"] and "sweep.resume" not in df.columns
     assert (df["status"] == "duplicate").sum() == 16
     stats = _aggregate(df)
     assert len(stats) == 8 and (stats["test/nll.count"] == 2).all()

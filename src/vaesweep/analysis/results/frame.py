@@ -130,7 +130,12 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]],
     }
     # A row without a config or overrides (an unreadable results.json) has no say.
     known = [i for i, row in enumerate(rows) if row["config"] or row["overrides"]]
-    swept = [k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1]
+    # The launch's own controls (sweep.resume, sweep.rerun_failed, ...) are no setting of a run.
+    swept = [
+        k
+        for k in keys
+        if not k.startswith("sweep.") and len({_comparable(values[k][i]) for i in known}) > 1
+    ]
     hidden = _unswept(rows, values, swept, known)
     for key in hidden:
         if key not in values:  # (config groups chosen are given theirs by _unswept)
