@@ -448,3 +448,57 @@ def test_a_worker_whose_training_stack_does_not_import_records_each_job_failed(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["status"] for r in results_under(sweep)] == ["completed"] * 3
     assert f"resuming {first.parent} from {checkpoint}" in (first.parent / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_launches_into_one_directory_at_once_each_keep_their_launch(tmp_path):
+    """Two different grids launched into one sweep directory at the same moment: sweep.json
+    keeps both launches and counts all four jobs (the second launch's read-modify-write
+    used to overwrite the first's launch), and the summary tells the jobs apart."""
+    args = [*TINY, "logger=none", "beta=1,2", "hydra.sweep.dir=sweep"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(RUN_PY), "-m", *args, *extra],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for extra in ([], ["likelihood=laplace"])
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert len(record["launches"]) == 2 and record["n_jobs"] == 4 and len(record["jobs"]) == 4
+    assert sum("likelihood=laplace" in la["overrides"] for la in record["launches"]) == 1
+    with open(tmp_path / "sweep" / "summary.csv", newline="") as f:
+        rows = [(r["beta"], r["likelihood"], r["status"]) for r in csv.DictReader(f)]
+    assert sorted(rows) == [
+        ("1", "gaussian", "completed"),
+        ("1", "laplace", "completed"),
+        ("2", "gaussian", "completed"),
+        ("2", "laplace", "completed"),
+    ], rows
+
+
+def test_the_sweep_record_is_held_by_one_process_at_a_time(tmp_path):
+    """sweep_record_lock, which every read-modify-write of sweep.json takes, waits for
+    another process that holds it."""
+    from vaesweep.run.context import sweep_record_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\nfrom vaesweep.run.context import sweep_record_lock\n"
+            "with sweep_record_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(1.5)\n"
+        ), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    started = time.monotonic()
+    with sweep_record_lock(tmp_path):
+        waited = time.monotonic() - started
+    holder.wait(timeout=30)
+    assert waited > 0.5, waited  # it waited for the holder to let go

@@ -5,10 +5,13 @@ from its overrides (so that a relaunch of the same command finds the same ones).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,24 @@ SWEEP_FILE = "sweep.json"
 RESTARTED = "restarted_from"
 _from_command_line = False
 MAX_DIRNAME = 120  # well below the 255-byte limit of common file systems
+
+
+#: Held while a launch reads and writes ``sweep.json`` (two launches of one sweep at once).
+SWEEP_LOCK_FILE = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def sweep_record_lock(sweep_dir: str | Path) -> Iterator[None]:
+    """Holds the sweep's record for one read-modify-write of ``sweep.json``: two launches
+    into one directory at once each add their launch (the second used to overwrite the
+    first's). An advisory lock on a file beside it, released when the process ends."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(sweep_dir) / SWEEP_LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_sweep(sweep_dir: str | Path) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from vaesweep.run.context import (
     job_dirname,
     previous_sweep,
     read_sweep,
+    sweep_record_lock,
     swept_values,
 )
 from vaesweep.run.effective import check_distinct, check_overrides
@@ -245,6 +246,16 @@ def finish_sweep(
     never started have no row; a relaunch of the same command continues the sweep).
     ``metrics``: columns before the usual ones (a search's objective).
     """
+    with sweep_record_lock(sweep_dir):  # another launch may be adding its own
+        record, rows = _record_finish(sweep_dir, stopped_by, metrics)
+    print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+    return _tell_finish(record, rows, stopped_by)
+
+
+def _record_finish(
+    sweep_dir: Path, stopped_by: str | None, metrics: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The jobs' statuses written into sweep.json and summary.csv: the record, the rows."""
     record = read_sweep(sweep_dir) or {"grid": {}}
     results = sweep_results(sweep_dir)
     grid_keys = list(record["grid"])
@@ -261,7 +272,14 @@ def finish_sweep(
     record["stopped_by"] = stopped_by
     write_json_atomic(sweep_dir / SWEEP_FILE, record)
     write_csv_atomic(sweep_dir / SUMMARY_FILE, rows)  # always: never an old summary left
-    print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
+    return record, rows
+
+
+def _tell_finish(
+    record: dict[str, Any], rows: list[dict[str, Any]], stopped_by: str | None
+) -> bool:
+    """The lines after the table: unconverged scales, jobs that did not complete, jobs not
+    started; True when every job completed."""
     unconverged = [r["job"] for r in rows if r.get("scale_converged") is False]
     if unconverged:
         print(
@@ -301,6 +319,14 @@ def start_sweep(config: DictConfig) -> None:
     refuse_ineffective(config, overrides, params)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     grid = parse_grid(overrides, params)
+    with sweep_record_lock(sweep_dir):
+        _add_launch(config, sweep_dir, overrides, params, grid)
+
+
+def _add_launch(
+    config: DictConfig, sweep_dir: Path, overrides: list[str], params: dict, grid: dict
+) -> None:
+    """This launch added to ``sweep.json`` (under :func:`sweep_record_lock`)."""
     previous = previous_sweep(sweep_dir)
     launch = {
         "command": launch_command(),

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.core.helpers import now
-from vaesweep.run.context import SWEEP_FILE, previous_sweep
+from vaesweep.run.context import SWEEP_FILE, previous_sweep, sweep_record_lock
 from vaesweep.sweep.grid import finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
 from vaesweep.sweep.search.checks import check_configs, check_shadowed, check_studies
@@ -66,8 +66,9 @@ def start_search(config: DictConfig) -> None:
     except SearchError as e:
         print(f"[vaesweep] search refused, no trial was run: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    previous = previous_sweep(plan.sweep_dir)
-    write_json_atomic(plan.sweep_dir / SWEEP_FILE, _sweep_record(config, plan, previous))
+    with sweep_record_lock(plan.sweep_dir):
+        previous = previous_sweep(plan.sweep_dir)
+        write_json_atomic(plan.sweep_dir / SWEEP_FILE, _sweep_record(config, plan, previous))
 
 
 def run_search(
