@@ -13,7 +13,7 @@ attempt that resumes:
   rows followed by the attempt's own, the columns the union of both, atomically.
 
 An attempt that starts from step 0 drops whatever was set aside (Lightning replaces the
-file). Steps are Lightning's logging steps (its count of batches that stepped).
+file).
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ EARLIER_FILE = ".metrics.earlier.csv"
 
 
 def logged_step(checkpoint: Path) -> int:
-    """The logging step a fit resumed from ``checkpoint`` continues at."""
+    """The logging step a fit resumed from ``checkpoint`` continues at: its ``global_step``
+    (the optimisation steps; Lightning's logging step counts the batches that took one,
+    the same number, whether the module steps its optimiser itself or Lightning does, with
+    gradient accumulation)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
-    loop = (state.get("loops") or {}).get("fit_loop") or {}
-    stepped = (loop.get("epoch_loop.state_dict") or {}).get("_batches_that_stepped")
-    return int(stepped if stepped is not None else state.get("global_step", 0))
+    return int(state.get("global_step", 0))
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
