@@ -853,8 +853,9 @@ BAD = {
     "a choice a run refuses": (
         [BETA, "hydra.sweeper.params.n_samples=choice(1, 0)", "likelihood=gaussian,laplace"],
         [
-            "hydra.sweeper.params.n_samples=choice(1, 0) includes n_samples=0 "
-            "(likelihood=gaussian), which a run refuses: n_samples=0 is invalid: allowed an integer ≥ 1",
+            "hydra.sweeper.params.n_samples=choice(1, 0) includes n_samples=0 at the grid "
+            "point likelihood=gaussian, which a run refuses: n_samples=0 is invalid: allowed an "
+            "integer ≥ 1",
         ],
     ),
     "val/loss over beta": (
