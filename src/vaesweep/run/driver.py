@@ -234,10 +234,8 @@ def _build_trainer(
         callbacks = (*callbacks, ThrottledProgressBar(min_interval=0.5))
     callbacks = (*callbacks, ImageGrids(job.run_dir, cfg.eval.n_images))
     if cfg.logger.name == "wandb":
-        callbacks = (
-            *callbacks,
-            WandbMetrics(),
-        )  # step axes and summaries (vaesweep.analysis.wandb_summary)
+        # Step axes and summaries (vaesweep.analysis.wandb_summary).
+        callbacks = (*callbacks, WandbMetrics())
 
     def make_trainer() -> L.Trainer:
         return L.Trainer(
@@ -337,9 +335,8 @@ def _fit_and_test(
         # starts later: a command it runs would take itself for one of this job's ranks.
         os.environ.pop(ranks.DECISION_ENV, None)
     resumable.signals.check()
-    require_training(
-        trainer, parts.strategy
-    )  # no optimisation step: fail rather than test an untrained model
+    # No optimisation step: fail rather than test an untrained model.
+    require_training(trainer, parts.strategy)
     # The last validation's metrics (Lightning brings them back from spawned processes too).
     # A resumed fit with nothing left to train validated nothing: then they come from the
     # checkpoint, where Resumable keeps them.
