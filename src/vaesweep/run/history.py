@@ -19,13 +19,12 @@ file).
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 
 import torch
 
-from vaesweep.core.atomic import atomic_open
+from vaesweep.core.atomic import write_csv_atomic
 
 METRICS_FILE = "metrics.csv"
 EARLIER_FILE = ".metrics.earlier.csv"
@@ -56,13 +55,9 @@ def _step(row: dict[str, str]) -> float:
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    """``rows`` with the union of their columns in Lightning's (sorted) order, atomically."""
     columns = sorted({key for row in rows for key in row if key is not None})
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_open(path, "wb") as f:
-        f.write(text.getvalue().encode("utf-8"))
+    write_csv_atomic(path, [{c: row.get(c, "") for c in columns} for row in rows])
 
 
 def set_aside(run_dir: Path, resume_from: Path | None) -> None:
