@@ -62,14 +62,14 @@ def test_grid_sweep_with_launcher(workdir, launcher):
     assert meta["n_jobs"] == 4 and len(meta["jobs"]) == 4
     assert "-m" in meta["command"]
     if launcher == "local_parallel":
-        assert "joblib" in meta["launcher"].lower()
+        assert meta["launcher"].endswith("LocalParallelLauncher")
     assert "status" in proc.stdout and "completed" in proc.stdout  # the printed table
     assert not list(sweep.rglob("offline-run-*"))  # logger=csv: no W&B run, no summary run
 
 
 @pytest.mark.slow
 def test_parallel_sweep_leaves_lightning_to_its_workers(workdir):
-    """With jobs in joblib's workers, the launching process composes, checks and summarises
+    """With jobs in local_parallel's workers, the launching process composes, checks and summarises
     the sweep without importing Lightning (2 s, ~100 MB); each worker imports it once. The
     basic launcher, whose jobs run in the launching process, imports it there."""
     marker = workdir / "lightning_imported"

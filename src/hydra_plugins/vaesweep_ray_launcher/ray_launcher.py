@@ -40,25 +40,19 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import (
     JobReturn,
-    JobStatus,
     configure_log,
     filter_overrides,
-    run_job,
     setup_globals,
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-#: Environment variables of the launching process that every job gets (runtime_env), also
-#: on a cluster the launching process joined: the sweep's stop file, W&B's mode and keys.
-FORWARDED_PREFIXES = ("VAESWEEP_", "WANDB_", "CUBLAS_WORKSPACE_CONFIG", "HYDRA_FULL_ERROR")
 #: ray.init arguments that only start a local Ray (never passed when joining a cluster).
 LOCAL_ONLY = ("num_cpus", "num_gpus", "object_store_memory", "resources", "include_dashboard")
 STDOUT_LOG, STDERR_LOG = "stdout.log", "stderr.log"
@@ -228,7 +222,7 @@ def _job_dir(sweep_config: DictConfig) -> Path:
 def execute_job(
     idx: int,
     overrides: Sequence[str],
-    shared: tuple[HydraContext, DictConfig, TaskFunction, dict[str, Any]],
+    shared: Any,
     gpus_per_job: float,
     cpus_per_job: float,
 ) -> JobReturn:
@@ -236,33 +230,22 @@ def execute_job(
     into its directory (a job that will be skipped writes nothing there)."""
     from vaesweep.run.gpus import FRACTION_ENV, RAY_JOB_ENV
     from vaesweep.run.policy import config_subdir
+    from vaesweep.sweep.launching import job_config, run_configured
 
-    hydra_context, config, task_function, singleton_state = shared
-    setup_globals()
-    Singleton.set_state(singleton_state)
     os.environ[RAY_JOB_ENV] = "1"
     if gpus_per_job > 0:
         os.environ[FRACTION_ENV] = f"{gpus_per_job:g}"
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-        sweep_config.hydra.job.num = idx
-        sweep_config.hydra.launcher.gpus_per_job = gpus_per_job  # what the job was given
-        sweep_config.hydra.launcher.cpus_per_job = cpus_per_job
-    HydraConfig.instance().set_config(sweep_config)
+    # gpus_per_job / cpus_per_job: what the job was given
+    sweep_config = job_config(
+        idx, overrides, shared, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job
+    )
     job_dir = _job_dir(sweep_config)
     runs = config_subdir(
         str(job_dir), bool(sweep_config.sweep.rerun_failed), sweep_config.sweep.claim_timeout_s
     )
     with tee_output(job_dir if runs else None):
         try:
-            return run_job(
-                hydra_context=hydra_context,
-                task_function=task_function,
-                config=sweep_config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
+            return run_configured(sweep_config, shared)
         finally:
             _close_wandb()
 
@@ -302,6 +285,8 @@ class RayLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         import ray
 
+        from vaesweep.sweep.launching import forwarded_environment
+
         setup_globals()
         assert self.config is not None and self.task_function is not None
         assert self.hydra_context is not None
@@ -312,9 +297,7 @@ class RayLauncher(Launcher):
         cluster = start_ray(self.options)
         trainer = OmegaConf.to_container(self.config.trainer, resolve=True)
         gpus, cpus = resolve_resources(self.options, trainer, cluster)
-        env = {
-            k: v for k, v in os.environ.items() if any(k.startswith(p) for p in FORWARDED_PREFIXES)
-        }
+        env = forwarded_environment()
         remote = ray.remote(max_calls=1)(execute_job).options(
             name="vaesweep_job",
             num_gpus=gpus,
@@ -358,16 +341,9 @@ class RayLauncher(Launcher):
 
     def _lost(self, idx: int, overrides: Sequence[str], error: BaseException) -> JobReturn:
         """A job whose worker died (killed, out of host memory) or that raised outside the
-        task: said on the console; its results.json keeps what it last wrote (``running``),
-        which the summary lists and the relaunch resumes. Returned as a finished job, so
-        the sweep goes on and writes its summary."""
+        task (vaesweep.sweep.launching.lost)."""
+        from vaesweep.sweep.launching import lost
+
         kind = type(error).__name__
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(
-            f"[vaesweep] job #{idx} ({' '.join(filter_overrides(overrides))}): its Ray task "
-            f"ended without a result ({kind}: {first[:300]}); not retried. The summary lists "
-            "it; the same command resumes it",
-            file=sys.stderr,
-            flush=True,
-        )
-        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+        return lost(idx, overrides, f"its Ray task ended without a result ({kind}: {first[:300]})")

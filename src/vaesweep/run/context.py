@@ -18,6 +18,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
+from vaesweep.core import launchers
 from vaesweep.core.atomic import move_aside
 
 SWEEP_FILE = "sweep.json"
@@ -118,7 +119,7 @@ class Job:
     overrides: list[str]
     sweep_dir: Path | None  # None outside a multirun
     swept: dict[str, str]  # this job's value of each swept key (multirun)
-    n_parallel: int  # jobs sharing this machine at once (joblib; Ray: cores / its CPUs)
+    n_parallel: int  # jobs sharing this machine at once (local_parallel; Ray: cores / its CPUs)
 
     @property
     def multirun(self) -> bool:
@@ -135,8 +136,10 @@ def current_job() -> Job:
         sweep_record = read_sweep(sweep_dir)
         swept = swept_values(overrides, list(sweep_record["grid"]) if sweep_record else [])
     launcher = hc.launcher.get("_target_", "") if "launcher" in hc else ""
-    n_parallel = int(hc.launcher.get("n_jobs") or 1) if "joblib" in launcher else 1
-    if "ray_launcher" in launcher:  # the CPUs Ray gave the job (the launcher resolved them)
+    n_parallel = (
+        launchers.jobs_at_once(hc.launcher.get("n_jobs")) if launchers.is_pool(launcher) else 1
+    )
+    if launchers.is_ray(launcher):  # the CPUs Ray gave the job (the launcher resolved them)
         cpus = float(hc.launcher.get("cpus_per_job") or 1)
         n_parallel = max(1, round((os.cpu_count() or 1) / max(cpus, 1e-3)))
     return Job(

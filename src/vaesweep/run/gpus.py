@@ -21,6 +21,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from vaesweep.core import launchers
+
 #: The fraction of a GPU the launcher gave this job (the Ray launcher sets it in the task).
 FRACTION_ENV = "VAESWEEP_GPU_FRACTION"
 #: Set in the process of a job the Ray launcher runs (its value: "1").
@@ -104,7 +106,7 @@ def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str
     """Why a sweep with this (joblib) launcher and trainer would pile its jobs onto one GPU,
     else None: several jobs at once, a GPU trainer and more than one visible GPU. Cheap
     when it cannot apply (torch is imported only for a joblib launcher with n_jobs > 1)."""
-    if "joblib" not in str(launcher.get("_target_") or ""):
+    if not launchers.is_pool(launcher):
         return None
     try:
         n_jobs = int(launcher.get("n_jobs") or 1)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.core import launchers
 from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp
@@ -336,7 +337,7 @@ def _stopped(stop: JobInterrupted) -> None:
       and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
       Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
       launcher collects the job and its summary lists it as interrupted (non-zero exit).
-    - joblib or Ray (a job in a worker process): returns, the same way; the launching
+    - local_parallel, joblib or Ray (a job in a worker process): returns, the same way; the launching
       process, signalled too, stops the sweep.
     - Hydra's basic launcher (jobs in the launching process): the sweep stops
       (SweepStopped; the entry point writes the summary and exits 128 + the signal).
@@ -347,7 +348,7 @@ def _stopped(stop: JobInterrupted) -> None:
         stop.hand_over()  # submitit: may requeue and exit; the sweep guard: SweepStopped
     except Exception as e:  # submitit's UncompletedJobError: not requeued
         print(f"[vaesweep] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-    if any(name in launcher for name in ("submitit", "joblib", "ray_launcher")):
+    if launchers.jobs_elsewhere(launcher):
         return
     if launcher:
         stop_sweep(stop.signum)

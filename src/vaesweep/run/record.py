@@ -37,12 +37,14 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from vaesweep.core.atomic import write_json_atomic
 from vaesweep.core.helpers import now
+from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, read_claim
 
 RESULTS_FILE = "results.json"
 #: The run's config in a file of its own, written before its first checkpoint: a directory
@@ -447,14 +449,60 @@ def missing_result(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _claim_timeout(result: dict[str, Any]) -> float:
+    """The run's ``sweep.claim_timeout_s``: how old another host's heartbeat may be."""
+    sweep = (result.get("config") or {}).get("sweep")
+    timeout = sweep.get("claim_timeout_s") if isinstance(sweep, dict) else None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        return float(timeout)
+    return DEFAULT_TIMEOUT_S
+
+
+def process_gone(run_dir: Path, result: dict[str, Any]) -> str | None:
+    """Why no process runs a job whose result says ``running``, or None while one may. A
+    job holds ``<run_dir>/.claim`` while it runs and removes it when it ends, however it
+    ends, unless it is killed outright (SIGKILL, out of memory, a node lost): then the claim
+    is left, stale by vaesweep.run.claims' own rules."""
+    claim = read_claim(run_dir)
+    if claim is None:
+        return f"{RESULTS_FILE} says running, but no process holds its {CLAIM_FILE}"
+    if not claim.is_stale(_claim_timeout(result)):
+        return None
+    return f"{RESULTS_FILE} says running, but its claim is stale ({claim.describe()})"
+
+
+def settled(
+    path: Path, result: dict[str, Any], read: Callable[[Path], dict[str, Any]]
+) -> tuple[dict[str, Any], str | None]:
+    """For a result that says running: (the result, why its process is gone, or None). A
+    job writes its final status before it removes its claim, so the file is read again
+    (``read``) once the claim says the process is gone: a job that ended in between is not
+    killed."""
+    gone = process_gone(path.parent, result)
+    if gone is None:
+        return result, None
+    try:
+        again = read(path)
+    except (OSError, ValueError):  # gone since the first read: what that read said stands
+        return result, gone
+    return again, gone if checked_status(again)[0] == RUNNING else None
+
+
 def sweep_results(sweep_dir: Path) -> list[dict[str, Any]]:
     """One entry per job directory of a sweep (a directory holding a results.json or
-    Hydra's ``.hydra``), sorted by directory; never raises for what the files hold."""
+    Hydra's ``.hydra``), sorted by directory; never raises for what the files hold. A job
+    whose results.json says running while no process holds its claim is :data:`KILLED`, as
+    ``vaesweep collect`` says."""
     out = []
     for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
         path = job_dir / RESULTS_FILE
         if path.exists():
-            out.append(read_result(path))
+            result = read_result(path)
+            if result["status"] == RUNNING:
+                result, gone = settled(path, result, read_result)
+                if gone is not None:
+                    result = {**result, "status": KILLED, "error": _error("Killed", gone)}
+            out.append(result)
         elif (job_dir / ".hydra").is_dir():
             out.append(missing_result(job_dir))
     return out

@@ -198,7 +198,7 @@ class SweepGuard:
     reaches this guard directly. Either way the guard raises SweepStopped: no further job
     starts, and the entry point writes the summary of what finished.
 
-    ``parallel`` (jobs in worker processes, the joblib launcher), or ``deferred`` (an
+    ``parallel`` (jobs in worker processes: local_parallel, joblib, Ray), or ``deferred`` (an
     Optuna search, whose own loop stops at its safe points): the first signal only writes
     ``stop_file`` naming it. The running jobs see it (StopSignals' stop file, through the
     environment variable STOP_FILE_ENV, which the workers inherit), stop at their next

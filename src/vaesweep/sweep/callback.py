@@ -26,6 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.core import launchers
 from vaesweep.core.stack import TRACEBACK_HINT
 from vaesweep.run import gpus
 from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, wait_for_others
@@ -38,18 +39,16 @@ from vaesweep.sweep.task import jobs_run_here, load_driver_here
 
 #: What runs after the summary is written: (the multirun's config, the sweep directory).
 Finisher = Callable[[DictConfig, Path], Any]
-#: Launchers whose jobs run in other processes (they stop through the sweep's stop file).
-PARALLEL_LAUNCHERS = ("joblib", "ray_launcher")
 
 
 def refuse_bad_gpu_use(config: DictConfig) -> None:
-    """Before any job: local_parallel (joblib) with several jobs at once, a GPU trainer and
+    """Before any job: local_parallel (or joblib) with several jobs at once, a GPU trainer and
     several visible GPUs would train every job on the first GPU; a Ray launcher job with
     several devices (DDP) is not supported. Either is refused (exit 2), naming the way out."""
     launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
     trainer = OmegaConf.to_container(config.trainer, resolve=True)
     problem = gpus.piled_gpus_problem(launcher, trainer)
-    if problem is None and "ray_launcher" in str(launcher.get("_target_") or ""):
+    if problem is None and launchers.is_ray(launcher):
         problem = gpus.ray_devices_problem(trainer)
     if problem:
         print(f"[vaesweep] sweep refused: {problem}", file=sys.stderr)
@@ -166,9 +165,11 @@ class SweepCallback(Callback):
 
     def _guard(self, config: DictConfig, search: bool) -> _Running:
         global _RUNNING
-        launcher = str(config.hydra.launcher.get("_target_") or "")
         stop_file = Path(config.hydra.sweep.dir) / f".stop-{HOST}-{os.getpid()}"  # this launch's
-        parallel = any(name in launcher for name in PARALLEL_LAUNCHERS)
+        # Jobs in other processes (a pool, Ray) stop through the sweep's stop file.
+        parallel = launchers.is_pool(config.hydra.launcher) or launchers.is_ray(
+            config.hydra.launcher
+        )
         guard = SweepGuard(stop_file, parallel=parallel, deferred=search).install()
         _RUNNING = _Running(guard, config, search, self.finishers)
         return _RUNNING

@@ -172,10 +172,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> list[list[str]]:
     """The overrides of every job of a grid sweep (as the basic sweeper expands it)."""
-    axes = [
+    axes = [  # each value written as Hydra's sweeper writes it (False → false): its job dir
         [f"{key}={v}" for v in o.sweep_string_iterator()]
         if o.is_sweep_override()
-        else [o.input_line]
+        else [f"{key}={o.get_value_element_as_str()}"]
         for key, o in _axes(overrides, sweeper_params).items()
     ]
     return [list(job) for job in itertools.product(*axes)]
@@ -305,7 +305,23 @@ def _tell_finish(
             file=sys.stderr,
             flush=True,
         )
-    return not bad
+        return not bad
+    unstarted = _never_started(record, rows)
+    if unstarted:  # a launcher that ended early (a broken pool, a cluster lost)
+        shown = ", ".join(unstarted[:3]) + (" ..." if len(unstarted) > 3 else "")
+        print(
+            f"{len(unstarted)} of {n_jobs} jobs never started ({shown}): run the same command "
+            "again to run them.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return not bad and not unstarted
+
+
+def _never_started(record: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The job directories the launches of this sweep planned that hold no job."""
+    planned = {d for la in record.get("launches") or [] for d in la.get("job_dirs") or []}
+    return sorted(planned - {r["job"] for r in rows})
 
 
 def start_sweep(config: DictConfig) -> None:

@@ -16,7 +16,7 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
 - a multirun: ``hydra.sweep.dir`` naming a file, a sweep directory or an existing job
   directory of the grid it cannot write (the whole sweep is refused before any job runs:
   Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
-  the sweep); the launcher: joblib's ``n_jobs``, and SLURM's commands for submitit.
+  the sweep); the launcher: local_parallel's (or joblib's) ``n_jobs``, and SLURM's commands for submitit.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.core import launchers
 from vaesweep.core.checks import ConfigError, is_int
 from vaesweep.run.config import CONF_DIR, check_sweep_keys
 from vaesweep.run.effective import repeated_key
@@ -149,7 +150,7 @@ def run_refusal(config: DictConfig) -> str | None:
 def launcher_problem(launcher: DictConfig) -> str | None:
     """Why the multirun's launcher cannot start its jobs here, else None."""
     target = str(launcher.get("_target_") or "")
-    if "joblib" in target.lower():
+    if launchers.is_pool(target):
         n_jobs = launcher.get("n_jobs")
         cores = os.cpu_count() or 1
         if n_jobs is not None and not (
@@ -159,7 +160,7 @@ def launcher_problem(launcher: DictConfig) -> str | None:
                 f"hydra.launcher.n_jobs={n_jobs!r} is invalid: allowed an integer ≥ 1 (jobs at "
                 f"once), or a negative one from -1 (all {cores} CPU cores) to -{cores}"
             )
-    if "submitit" in target.lower() and "slurm" in target.lower():
+    if launchers.is_submitit(target) and "slurm" in target.lower():
         missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
         if missing:
             return (

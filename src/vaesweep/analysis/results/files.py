@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 
 from vaesweep.analysis.results.frame import ResultsError, build_frame, flatten, parse_overrides
-from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, read_claim
 from vaesweep.run.context import SWEEP_FILE
 from vaesweep.run.record import (
     KILLED,
@@ -20,6 +19,7 @@ from vaesweep.run.record import (
     UNREADABLE,
     frame_status,
     read_evaluations,
+    settled,
 )
 
 
@@ -91,42 +91,6 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise ValueError("not a JSON object")
     return result
-
-
-def _claim_timeout(result: dict[str, Any]) -> float:
-    """The run's ``sweep.claim_timeout_s``: how old another host's heartbeat may be."""
-    sweep = (result.get("config") or {}).get("sweep")
-    timeout = sweep.get("claim_timeout_s") if isinstance(sweep, dict) else None
-    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
-        return float(timeout)
-    return DEFAULT_TIMEOUT_S
-
-
-def _process_gone(run_dir: Path, result: dict[str, Any]) -> str | None:
-    """Why no process runs a job whose result says ``running``, or None while one may. A
-    job holds ``<run_dir>/.claim`` while it runs and removes it when it ends, however it
-    ends, unless it is killed outright (SIGKILL, out of memory, a node lost): then the claim
-    is left, stale by vaesweep.run.claims' own rules."""
-    claim = read_claim(run_dir)
-    if claim is None:
-        return f"{RESULTS_FILE} says running, but no process holds its {CLAIM_FILE}"
-    if not claim.is_stale(_claim_timeout(result)):
-        return None
-    return f"{RESULTS_FILE} says running, but its claim is stale ({claim.describe()})"
-
-
-def _settled(path: Path, result: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """For a result that says running: (the result, why its process is gone, or None). A
-    job writes its final status before it removes its claim, so the file is read again
-    once the claim says the process is gone: a job that ended in between is not killed."""
-    gone = _process_gone(path.parent, result)
-    if gone is None:
-        return result, None
-    try:
-        again = _read(path)
-    except (OSError, ValueError):  # gone since the first read: what that read said stands
-        return result, gone
-    return again, gone if frame_status(again)[0] == RUNNING else None
 
 
 def _short(run_dir: Path, dirs: tuple[str | os.PathLike[str], ...]) -> str:
@@ -233,7 +197,7 @@ def load_results(*dirs: str | os.PathLike[str], completed_required: bool = True)
             continue
         gone = None
         if frame_status(result)[0] == RUNNING:
-            result, gone = _settled(path, result)
+            result, gone = settled(path, result, _read)
         row = _local_row(path, result)
         if gone is not None:
             row["identity"].update(status=KILLED, error=gone)

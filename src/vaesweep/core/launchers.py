@@ -1,0 +1,52 @@
+"""Which kind of launcher a multirun uses, read from its ``_target_``: where its jobs run and
+how many share this machine at once. One place for a rule that the sweep's checks, the job's
+threads and its stop handling all follow."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: Launchers that run ``n_jobs`` jobs at once in worker processes of this machine:
+#: vaesweep's ``local_parallel`` and Hydra's joblib launcher.
+POOL_MARKERS = ("vaesweep_local_launcher", "joblib")
+RAY_MARKER = "ray_launcher"
+SUBMITIT_MARKER = "submitit"
+
+
+def target_of(launcher: Any) -> str:
+    """The launcher config's ``_target_`` (a DictConfig, a dict or the string itself)."""
+    if isinstance(launcher, str):
+        return launcher
+    return str((launcher.get("_target_") if launcher is not None else "") or "")
+
+
+def is_pool(launcher: Any) -> bool:
+    """Jobs in worker processes of this machine, ``n_jobs`` at once."""
+    target = target_of(launcher).lower()
+    return any(marker in target for marker in POOL_MARKERS)
+
+
+def is_ray(launcher: Any) -> bool:
+    return RAY_MARKER in target_of(launcher).lower()
+
+
+def is_submitit(launcher: Any) -> bool:
+    return SUBMITIT_MARKER in target_of(launcher).lower()
+
+
+def jobs_elsewhere(launcher: Any) -> bool:
+    """Whether the jobs run in processes other than the launching one (a pool, Ray,
+    submitit): they stop through the sweep's stop file, and a stopped job returns."""
+    return is_pool(launcher) or is_ray(launcher) or is_submitit(launcher)
+
+
+def jobs_at_once(n_jobs: Any, cores: int | None = None) -> int:
+    """``n_jobs`` as a count of jobs at once, in joblib's convention: N ≥ 1 itself, -1 every
+    core, -k every core but k - 1; None (or anything else) 1. At least 1."""
+    cores = cores or os.cpu_count() or 1
+    try:
+        n = int(n_jobs)
+    except (TypeError, ValueError):
+        return 1
+    return max(1, n if n > 0 else cores + 1 + n)

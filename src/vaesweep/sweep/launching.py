@@ -1,0 +1,86 @@
+"""What vaesweep's launchers (``local_parallel``, ``ray``) share: one job's config in its
+worker process, how it runs there, and how a job whose worker died is reported.
+
+A launcher hands each worker the sweep's Hydra context, config, task function and Hydra's
+singleton state (:data:`Shared`); in the worker, :func:`job_config` composes the job's
+config as Hydra's own launchers do, and :func:`run_configured` runs it. A job whose worker
+process ended without a result (killed outright, out of memory) is :func:`lost`: said on the
+console and returned as a finished job, so that the sweep goes on and writes its summary;
+its results.json keeps what it last wrote (``running``), the summary and ``collect`` list it
+as ``killed``, and the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+#: (Hydra context, the sweep's config, the task function, Hydra's singleton state).
+Shared = tuple[HydraContext, DictConfig, TaskFunction, dict[str, Any]]
+#: Environment variables of the launching process that every job gets (the sweep's stop
+#: file, W&B's mode and keys), also in a worker started before they were set.
+FORWARDED_PREFIXES = ("VAESWEEP_", "WANDB_", "CUBLAS_WORKSPACE_CONFIG", "HYDRA_FULL_ERROR")
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The variables of this (launching) process that its jobs must see."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+
+
+def adopt_environment(env: Mapping[str, str]) -> None:
+    """In a worker that runs jobs of several launches: the launching process's forwarded
+    variables as they are now (one set since an earlier job is set, one unset is removed)."""
+    for key in [k for k in os.environ if k.startswith(FORWARDED_PREFIXES) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def job_config(
+    idx: int, overrides: Sequence[str], shared: Shared, **launcher_values: Any
+) -> DictConfig:
+    """The job's config, set as Hydra's current one (``hydra.job.id``/``num`` as Hydra's
+    launchers set them; ``launcher_values``: what the launcher resolved for this job, written
+    under ``hydra.launcher``)."""
+    hydra_context, config, _, singleton_state = shared
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+        for key, value in launcher_values.items():
+            sweep_config.hydra.launcher[key] = value
+    HydraConfig.instance().set_config(sweep_config)
+    return sweep_config
+
+
+def run_configured(sweep_config: DictConfig, shared: Shared) -> JobReturn:
+    """Runs the job whose config :func:`job_config` made, in its sweep subdirectory."""
+    hydra_context, _, task_function, _ = shared
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+def lost(idx: int, overrides: Sequence[str], what: str) -> JobReturn:
+    """A job whose worker ended without a result (``what``: how, in a few words): said on the
+    console, and returned as a finished job so that the sweep goes on (module doc)."""
+    print(
+        f"[vaesweep] job #{idx} ({' '.join(filter_overrides(overrides))}): {what}; not "
+        "retried. The summary lists it; the same command resumes it",
+        file=sys.stderr,
+        flush=True,
+    )
+    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
