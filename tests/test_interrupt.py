@@ -443,9 +443,13 @@ def test_a_signal_between_two_jobs_stops_the_sweep_with_its_summary(workdir, ref
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local_parallel", "joblib"])
 @pytest.mark.parametrize("to", ["process", "group"])
-def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(workdir, reference, to):
-    """The joblib launcher, two jobs at once in worker processes, a third waiting: SIGINT
+def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(
+    workdir, reference, to, launcher
+):
+    """vaesweep's local_parallel launcher and Hydra's joblib launcher, two jobs at once in
+    worker processes, a third waiting: SIGINT
     to the launching process only (``kill -INT``), or to its whole process group (what
     Ctrl-C in a terminal sends: the workers get it too), while both jobs are mid-training
     (held after their first epoch by the test hook "epoch_end", released once the signal
@@ -453,7 +457,7 @@ def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(workdir, re
     starts, the launching process writes the summary and exits 130; the relaunch resumes the
     two and runs the third, and the resumed job ends with the reference's metrics."""
     args = [
-        "-m", "beta=2,4,8", *BUDGET, "logger=none", "hydra/launcher=joblib",
+        "-m", "beta=2,4,8", *BUDGET, "logger=none", f"hydra/launcher={launcher}",
         "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
     ]  # fmt: skip
     sweep, marker = workdir / "sweep", workdir / "epoch_end"

@@ -1,0 +1,223 @@
+"""``hydra/launcher=local_parallel``: vaesweep's own pool of worker processes, where a worker
+that dies (SIGKILL, out of memory) loses its job alone.
+
+Default suite: a small Hydra app of its own (no training, a second) launched through the
+launcher by its ``_target_``: a worker killed mid-job, the other jobs (one queued behind the
+death included) run and return; the task function is the one ``@hydra.main`` decorated in the
+script (sent by value). The job-count rule against joblib's own, the grid's job overrides
+against Hydra's basic sweeper, and the summary of a sweep whose jobs were killed or never
+started.
+
+Slow: the product's sweep, one job's worker SIGKILLed mid-training: the sweep goes on, the
+summary says killed, the relaunch resumes it to the uninterrupted run's metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import joblib
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from test_interrupt import BUDGET, finish, jobs, output, result, run_to_end, start, summary
+from test_ray import held, kill_a_held_job, reference  # noqa: F401 (a fixture)
+
+from vaesweep.core.launchers import jobs_at_once
+from vaesweep.run import record
+from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE, finish_sweep, grid_jobs
+
+from conftest import cli_env
+from pause import pause_env
+from tiny_sweeps import copy_results
+
+TARGET = "hydra_plugins.vaesweep_local_launcher.local_launcher.LocalParallelLauncher"
+LOCAL = ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"]
+
+APP = textwrap.dedent(
+    """
+    import os, signal, time
+    from pathlib import Path
+
+    import hydra
+
+
+    @hydra.main(version_base="1.3", config_path=None, config_name=None)
+    def main(cfg):
+        out = Path(os.environ["OUT_DIR"])
+        (out / f"start-{cfg.x}").write_text(str(os.getpid()))
+        if cfg.x == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.3)
+        (out / f"done-{cfg.x}").write_text(str(os.getpid()))
+        return cfg.x
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def _app(tmp_path: Path, values: str, n_jobs: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    args = [
+        sys.executable, str(script), "-m", f"+x={values}",
+        f"hydra.launcher._target_={TARGET}", f"+hydra.launcher.n_jobs={n_jobs}",
+        "hydra.sweep.dir=multirun",
+    ]  # fmt: skip
+    env = {**cli_env(), "OUT_DIR": str(out)}
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_worker_killed_mid_job_loses_that_job_alone(tmp_path):
+    """Four jobs, two workers; the second job SIGKILLs its own worker. The sweep goes on:
+    the other three run to the end (the fourth in a fresh worker), each exactly once; the
+    console names the lost job and how its worker ended; Hydra's multirun ends normally."""
+    proc = _app(tmp_path, "a,die,b,c", n_jobs=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("done-*")) == ["done-a", "done-b", "done-c"]
+    assert sorted(p.name for p in out.glob("start-*")) == [
+        "start-a", "start-b", "start-c", "start-die",
+    ]  # fmt: skip
+    assert "[vaesweep] job #1 (+x=die): its worker process ended without a result " in (proc.stderr)
+    assert "(killed by SIGKILL); not retried" in proc.stderr
+    pids = {p.name: int(p.read_text()) for p in out.glob("*-*")}
+    assert pids["start-die"] not in {pids["done-a"], pids["done-b"], pids["done-c"]}
+    assert pids["start-die"] != os.getpid()  # a worker, not the launching process
+
+
+def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
+    """Five jobs on two workers: at most two processes run them, none of them the
+    launching process (workers are reused, not started per job)."""
+    proc = _app(tmp_path, "a,b,c,d,e", n_jobs=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids = {int(p.read_text()) for p in (tmp_path / "out").glob("done-*")}
+    assert len(list((tmp_path / "out").glob("done-*"))) == 5
+    assert 1 <= len(pids) <= 2
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3, -1, -2])
+def test_n_jobs_counts_as_joblibs_does(n_jobs):
+    cores = os.cpu_count() or 1
+    if cores + 1 + n_jobs < 1 and n_jobs < 0:
+        pytest.skip("fewer cores than this n_jobs leaves")
+    assert jobs_at_once(n_jobs) == joblib.effective_n_jobs(n_jobs)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["beta=2,4", *BUDGET],  # trainer.enable_progress_bar=false, ...
+        ["seed=0,1", "trainer.enable_progress_bar=False", "+label.x= 1e-3 ", "lr=1.0"],
+        ["likelihood=gaussian,laplace", "beta=1,2", "+label.note=a b"],
+    ],
+)
+def test_grid_jobs_are_the_basic_sweepers(overrides):
+    """The jobs a sweep's checks and sweep.json name (their directories) are those Hydra's
+    sweeper launches, values written its way (False → false): else the summary would call
+    a job that ran 'never started'."""
+    params = {"seed": "0,1,2"}
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in params.items()] + overrides
+    )
+    assert grid_jobs(overrides, params) == BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_path, capsys):
+    """A job whose results.json says running with no process holding its claim is killed in
+    the summary (as ``vaesweep collect`` says); a job the launch planned that has no
+    directory is named as never started, and the sweep does not count as complete."""
+    copies = copy_results(sweep, tmp_path)
+    killed = copies[0].parent
+    data = json.loads(copies[0].read_text())
+    data["status"] = "running"
+    copies[0].write_text(json.dumps(data))
+    names = sorted(p.parent.name for p in copies)
+    (tmp_path / SWEEP_FILE).write_text(
+        json.dumps(
+            {
+                "grid": {},
+                "n_jobs": len(names) + 1,
+                "launches": [{"job_dirs": [*names, "beta=9,never"]}],
+            }
+        )
+    )
+    assert finish_sweep(tmp_path) is False
+    err = capsys.readouterr().err
+    assert f"{killed.name}: killed Killed: results.json says running, but no process holds" in err
+    assert f"1 of {len(names) + 1} jobs never started (beta=9,never): run the same" in err
+    with open(tmp_path / SUMMARY_FILE) as f:
+        statuses = {row["job"]: row["status"] for row in csv.DictReader(f)}
+    assert statuses[killed.name] == "killed"
+    assert sum(s == "completed" for s in statuses.values()) == len(names) - 1
+    jobs_record = json.loads((tmp_path / SWEEP_FILE).read_text())["jobs"]
+    assert {j["dir"]: j["status"] for j in jobs_record}[killed.name] == "killed"
+    assert record.status(killed) == "running"  # the file itself is left as the job wrote it
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_is_killed_is_listed_and_resumed(tmp_path, reference):  # noqa: F811
+    """The product's sweep, three jobs two at a time; SIGKILL to one job's worker process
+    mid-training (held after its first epoch): the job beside it completes, the third runs
+    in a fresh worker, the summary says killed (exit 1); the same command resumes the killed
+    job (its dead claim taken over) to the uninterrupted run's metrics."""
+    args = ["-m", "beta=2,4,8", *BUDGET, "logger=none", *LOCAL, "hydra.sweep.dir=sweep"]
+    out = kill_a_held_job(args, tmp_path, reference)
+    assert "job #0 (beta=2 " in out and "(killed by SIGKILL); not retried" in out
+    assert "TerminatedWorkerError" not in out and "never started" not in out
+    sweep = tmp_path / "sweep"
+    assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 1, 1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone, only not yet waited for
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_the_workers_and_the_relaunch_resumes(tmp_path):
+    """Two jobs held mid-training, never released: SIGINT to the launching process writes
+    the stop file (which the held jobs cannot reach); a second SIGINT stops now: the
+    workers get SIGTERM, their second stop, which stops a job at once wherever it is (SIGKILL
+    after hydra.launcher.stop_grace_s otherwise). The launching process exits 130 with no
+    worker left behind; both jobs recorded interrupted, the third never started; the same
+    command resumes all three to completion."""
+    args = [
+        "-m", "beta=2,4,8", *BUDGET, "logger=none", *LOCAL, "hydra.launcher.stop_grace_s=2",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    sweep, marker = tmp_path / "sweep", tmp_path / "epoch_end"
+    proc = start(args, tmp_path, env=pause_env("epoch_end", marker))
+    workers = held(marker, 2, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not list(sweep.glob(".stop-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, output(proc)[-3000:]
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    assert finish(proc, timeout=60) == 130, output(proc)[-3000:]
+    assert not any(_alive(pid) for pid in workers)
+    assert summary(sweep) == [("2", "interrupted"), ("4", "interrupted")]
+    assert "1 of 3 jobs not started" in output(proc)
+
+    rc, out = run_to_end(args, tmp_path)
+    assert rc == 0, out[-3000:]
+    assert [result(v)["status"] for _, v in sorted(jobs(sweep).items())] == ["completed"] * 3
+    assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 2, 1]
