@@ -4,6 +4,7 @@
 #   2. the mission sweep (likelihood=gaussian,laplace beta=0.5,1,4; two seeds: 12 jobs) under
 #      hydra/launcher=ray at 1, 2, 4 and 8 jobs per GPU: wall time, aggregate samples/s, and
 #      the GPU ids / shares the jobs recorded in results.json;
+#   2b. the same sweep under hydra/launcher=local_parallel (no Ray), 2 jobs on the GPU;
 #   3. determinism on CUDA: the same job twice with trainer=gpu (deterministic: true), metrics
 #      compared bit for bit, and the CUDA settings it needed (CUBLAS_WORKSPACE_CONFIG).
 # Needs ray (pip install "vaesweep[ray]"). Usage: bash benchmarks/gpu_check.sh [python]
@@ -46,19 +47,13 @@ say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
 say "2. the mission sweep under the Ray launcher, K jobs per GPU"
 GRID=("${JOBS[@]}" "${TRAINER[@]}" ${DECLARE[@]+"${DECLARE[@]}"} trainer.max_epochs="$EPOCHS"
       trainer.enable_progress_bar=false logger=csv eval.iwae_k=100)
-for K in 1 2 4 8; do
-  FRACTION=$("$PY" -c "print(1 / $K)")
-  DIR="$OUT/sweep_k$K"
-  T0=$(date +%s.%N)
-  "$PY" run.py -m "${GRID[@]}" hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" \
-      "hydra.sweep.dir=$DIR" > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log)"
-  T1=$(date +%s.%N)
-  "$PY" - "$DIR" "$K" "$T0" "$T1" <<'EOF'
+report() {  # report DIR LABEL T0 T1: what the sweep's jobs recorded
+  "$PY" - "$@" <<'EOF'
 import json, sys
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-sweep, k, t0, t1 = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+sweep, k, t0, t1 = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
 done = [r for r in results if r["status"] == "completed"]
 samples = sum(r["dataset"]["sizes"]["train"] * r["config"]["trainer"]["max_epochs"] for r in done)
@@ -75,7 +70,24 @@ print(f"K={k} jobs/GPU: {len(done)}/{len(results)} completed, wall {wall:.1f} s,
       f"excluded, ±1 s), job time summed {train_s:.1f} s, CUDA_VISIBLE_DEVICES {dict(ids)}, "
       f"share {share}, device {name}")
 EOF
+}
+for K in 1 2 4 8; do
+  FRACTION=$("$PY" -c "print(1 / $K)")
+  DIR="$OUT/sweep_k$K"
+  T0=$(date +%s.%N)
+  "$PY" run.py -m "${GRID[@]}" hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" \
+      "hydra.sweep.dir=$DIR" > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log)"
+  report "$DIR" "$K" "$T0" "$(date +%s.%N)"
 done
+
+say "2b. the same sweep under local_parallel (no Ray), 2 jobs per GPU"
+LOCAL=("${JOBS[@]}" "${TRAINER[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false
+       logger=csv eval.iwae_k=100 hydra/launcher=local_parallel hydra.launcher.n_jobs=2)
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then LOCAL+=("hydra.launcher.gpus=[0]"); fi
+T0=$(date +%s.%N)
+"$PY" run.py -m "${LOCAL[@]}" "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
+    || echo "  (exit $?: see $OUT/local_k2.log)"
+report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)"
 
 say "3. determinism on $DEVICE (${TRAINER[*]}: deterministic: true)"
 echo "CUBLAS_WORKSPACE_CONFIG in this shell: ${CUBLAS_WORKSPACE_CONFIG:-<unset>} (Lightning sets :4096:8 when deterministic)"

@@ -22,20 +22,24 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import joblib
 import pytest
+import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_interrupt import BUDGET, finish, jobs, output, result, run_to_end, start, summary
-from test_ray import held, kill_a_held_job, reference  # noqa: F401 (a fixture)
+from test_ray import composed, held, kill_a_held_job, reference  # noqa: F401 (a fixture)
 
 from vaesweep.core.launchers import jobs_at_once
-from vaesweep.run import record
+from vaesweep.run import gpus, record
+from vaesweep.sweep import preflight
+from vaesweep.sweep.callback import refuse_bad_gpu_use
 from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE, finish_sweep, grid_jobs
 
-from conftest import cli_env
+from conftest import TINY, cli_env, results_under, run_cli
 from pause import pause_env
 from tiny_sweeps import copy_results
 
@@ -221,3 +225,83 @@ def test_a_second_signal_stops_the_workers_and_the_relaunch_resumes(tmp_path):
     assert rc == 0, out[-3000:]
     assert [result(v)["status"] for _, v in sorted(jobs(sweep).items())] == ["completed"] * 3
     assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 2, 1]
+
+
+# --- GPUs: each job its own, or a share of one -------------------------------------------
+
+
+def test_slots_spread_round_robin_with_their_share():
+    assert gpus.spread(["0", "1"], 2) == [("0", None), ("1", None)]
+    assert gpus.spread(["0", "1"], 4) == [("0", 0.5), ("1", 0.5), ("0", 0.5), ("1", 0.5)]
+    assert gpus.spread(["0", "1", "2"], 2) == [("0", None), ("1", None)]
+    assert gpus.spread(["3"], 3) == [("3", 0.3333)] * 3
+    assert gpus.spread(["0", "1"], 3) == [("0", 0.5), ("1", 0.5), ("0", 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("option", "visible_env", "count", "accelerator", "expected"),
+    [
+        (None, None, 2, "auto", ["0", "1"]),
+        (None, "2,5", 2, "gpu", ["2", "5"]),  # the ids this process was given
+        (None, None, 2, "cpu", []),
+        (None, None, 0, "auto", []),
+        ([0, 2], None, 0, "cpu", ["0", "2"]),  # named: assigned whatever the trainer
+        ("1,3", None, 4, "gpu", ["1", "3"]),
+        ([], None, 4, "gpu", []),
+    ],
+)
+def test_the_gpus_local_parallel_spreads_over(
+    monkeypatch, option, visible_env, count, accelerator, expected
+):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if visible_env is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible_env)
+    assert gpus.local_gpus(option, {"accelerator": accelerator}) == expected
+
+
+def test_ddp_in_a_local_parallel_job_is_refused_only_where_it_assigns_gpus(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit):
+        refuse_bad_gpu_use(composed(*LOCAL, "hydra.launcher.gpus=[0,1]", "trainer.devices=2"))
+    assert "DDP inside a local_parallel job is not supported" in capsys.readouterr().err
+    refuse_bad_gpu_use(composed(*LOCAL, "trainer.devices=2", "trainer.accelerator=cpu"))
+    refuse_bad_gpu_use(composed(*LOCAL, "hydra.launcher.gpus=[0,1]", "trainer.devices=1"))
+
+
+@pytest.mark.parametrize("value", ["abc", "[-1]", "[0,x]", "[1.5]"])
+def test_gpu_ids_that_are_not_ids_are_refused(value):
+    message = preflight.launcher_problem(
+        composed(*LOCAL, f"hydra.launcher.gpus={value}").hydra.launcher
+    )
+    assert message is not None and message.startswith("hydra.launcher.gpus=")
+    assert "allowed null (every visible GPU when the trainer trains on one)" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n_jobs", "per_id", "share"), [(2, 1, None), (4, 2, 0.5)])
+def test_named_gpus_are_assigned_one_per_job_or_shared(tmp_path, n_jobs, per_id, share):
+    """Two GPU ids named (none here: the jobs train on CPU but record what they were
+    given): at n_jobs=2 each job has its own id and a whole GPU, at 4 two jobs share each id
+    with half its memory."""
+    betas = ",".join(str(b) for b in (0.5, 1, 2, 4)[:n_jobs])
+    proc = run_cli(
+        [
+            "-m",
+            f"beta={betas}",
+            *TINY,
+            "logger=none",
+            "trainer.accelerator=cpu",
+            "hydra/launcher=local_parallel",
+            f"hydra.launcher.n_jobs={n_jobs}",
+            "hydra.launcher.gpus=[0,1]",
+            "hydra.sweep.dir=sweep",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    devices = [r["devices"] for r in results_under(tmp_path / "sweep")]
+    assert len(devices) == n_jobs
+    assert Counter(d["cuda_visible_devices"] for d in devices) == {"0": per_id, "1": per_id}
+    assert {d["fraction"] for d in devices} == {share}

@@ -1,7 +1,7 @@
 """hydra/launcher=ray (src/hydra_plugins/vaesweep_ray_launcher) and GPUs shared by jobs.
 
 In process (fast, no Ray needed): how gpus_per_job / cpus_per_job are derived, what ray.init
-is given (joining a cluster passes nothing that sizes one), local_parallel refused where it
+is given (joining a cluster passes nothing that sizes one), Hydra's joblib refused where it
 would pile jobs onto GPU 0 (GPU count faked), DDP in a Ray job refused, the out-of-memory
 message of a job given a share of a GPU.
 
@@ -133,11 +133,13 @@ def composed(*overrides: str):
         (4, ["hydra.launcher.n_jobs=4", "trainer.accelerator=cpu"], False),
     ],
 )
-def test_local_parallel_refuses_to_pile_jobs_onto_gpu_0(
+def test_hydras_joblib_launcher_is_refused_where_it_would_pile_jobs_onto_gpu_0(
     monkeypatch, capsys, n_gpus, overrides, refused
 ):
+    """Hydra's joblib launcher cannot assign GPUs (vaesweep's local_parallel can:
+    test_local_parallel)."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
-    cfg = composed("hydra/launcher=local_parallel", *overrides)
+    cfg = composed("hydra/launcher=joblib", *overrides)
     if not refused:
         refuse_bad_gpu_use(cfg)
         return
@@ -146,6 +148,7 @@ def test_local_parallel_refuses_to_pile_jobs_onto_gpu_0(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "hydra/launcher=ray" in err and f"first visible GPU of the {n_gpus}" in err
+    assert "hydra/launcher=local_parallel" in err
 
 
 def test_ddp_in_a_ray_job_is_refused_before_any_job(capsys):
@@ -153,8 +156,8 @@ def test_ddp_in_a_ray_job_is_refused_before_any_job(capsys):
         refuse_bad_gpu_use(composed("hydra/launcher=ray", "trainer.devices=2"))
     assert "DDP inside a Ray job is not supported" in capsys.readouterr().err
     refuse_bad_gpu_use(composed("hydra/launcher=ray", "trainer.devices=1"))
-    assert gpus.ray_devices_problem({"devices": "0,1", "num_nodes": 1})
-    assert gpus.ray_devices_problem({"devices": "auto", "num_nodes": 1}) is None
+    assert gpus.one_device_problem({"devices": "0,1", "num_nodes": 1}, "ray")
+    assert gpus.one_device_problem({"devices": "auto", "num_nodes": 1}, "ray") is None
 
 
 def test_out_of_memory_names_the_gpu_share(monkeypatch):
@@ -402,5 +405,8 @@ def test_the_gpu_check_script_runs_through_on_the_cpu(workdir):
         line = next(x for x in out.splitlines() if x.startswith(f"K={k} jobs/GPU:"))
         assert "2/2 completed" in line and f"share {{{share}}}" in line, line
         assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line  # the declared GPU, both jobs
+    line = next(x for x in out.splitlines() if x.startswith("K=2 (local_parallel) jobs/GPU:"))
+    assert "2/2 completed" in line and "share {0.5}" in line, line
+    assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line
     assert "two runs: bit-identical metrics: True" in out
     assert "(exit" not in out and "run 1: exit" not in out

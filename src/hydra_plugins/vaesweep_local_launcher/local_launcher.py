@@ -51,9 +51,11 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, gpu_env: dict[str, str]) -> None:
     """A worker: runs the jobs its pipe brings, one at a time, and sends back each result;
-    ends at None or when the pipe closes (the launching process is gone)."""
+    ends at None or when the pipe closes (the launching process is gone). ``gpu_env``: its
+    GPU (``CUDA_VISIBLE_DEVICES``) and share, set before anything could start CUDA."""
+    os.environ.update(gpu_env)
     signal.signal(signal.SIGINT, _between_jobs)  # a job's own handlers replace it
     import cloudpickle
 
@@ -86,10 +88,12 @@ def _between_jobs(signum: int, frame: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, context: Any, number: int) -> None:
+    def __init__(self, context: Any, number: int, slot: int, gpu_env: dict[str, str]) -> None:
+        self.slot = slot  # which of the n_jobs places it fills (its GPU, when there are some)
+        self.gpu_env = gpu_env
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child,), name=f"vaesweep-worker-{number}", daemon=False
+            target=_serve, args=(child, gpu_env), name=f"vaesweep-worker-{number}", daemon=False
         )
         self.process.start()
         child.close()
@@ -113,9 +117,11 @@ class _Worker:
 class LocalParallelLauncher(Launcher):
     """See the module doc."""
 
-    def __init__(self, n_jobs: Any = 2, stop_grace_s: float = 30.0) -> None:
+    def __init__(self, n_jobs: Any = 2, gpus: Any = None, stop_grace_s: float = 30.0) -> None:
         self.n_jobs = n_jobs
+        self.gpus = gpus
         self.stop_grace_s = float(stop_grace_s)
+        self._slot_env: list[dict[str, str]] = []
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -144,7 +150,14 @@ class LocalParallelLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         n_jobs = jobs_at_once(self.n_jobs)
-        log.info("local_parallel is launching %d jobs, %d at once", len(job_overrides), n_jobs)
+        self._slot_env = self._gpu_slots(n_jobs)
+        placed = [e["CUDA_VISIBLE_DEVICES"] for e in self._slot_env if e]
+        log.info(
+            "local_parallel is launching %d jobs, %d at once%s",
+            len(job_overrides),
+            n_jobs,
+            f" (GPU of each: {', '.join(placed)})" if placed else "",
+        )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
         for i, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
@@ -183,17 +196,28 @@ class LocalParallelLauncher(Launcher):
     ) -> None:
         """Gives waiting jobs to idle workers, starting workers up to n_jobs (``launch``:
         the shared payload, the forwarded environment, n_jobs)."""
-        n_jobs = launch[2]
+        payload, env, n_jobs = launch
         while waiting:
             idle = [w for w in self._workers if w.job is None and w.process.is_alive()]
             if not idle and len(self._workers) < n_jobs:
+                free = sorted(set(range(n_jobs)) - {w.slot for w in self._workers})
+                if not free:
+                    return
+                slot = free[0]
                 self._started += 1
-                idle = [_Worker(self._context, self._started)]
+                idle = [_Worker(self._context, self._started, slot, self._slot_env[slot])]
                 self._workers.extend(idle)
             if not idle:
                 return
             position = waiting[0]
-            message = (initial_job_idx + position, list(job_overrides[position]), *launch)
+            worker_env = {**env, **idle[0].gpu_env}
+            message = (
+                initial_job_idx + position,
+                list(job_overrides[position]),
+                payload,
+                worker_env,
+                n_jobs,
+            )
             if idle[0].give(position, message):
                 waiting.pop(0)
             else:
@@ -232,6 +256,28 @@ class LocalParallelLauncher(Launcher):
                 f"its worker process ended without a result ({how})",
             )
         self._drop(worker)
+
+    def _gpu_slots(self, n_jobs: int) -> list[dict[str, str]]:
+        """The environment of each of the n_jobs worker places: its GPU and its share of it
+        (vaesweep.run.gpus.spread), or nothing when there is no GPU to assign. Workers of
+        an earlier launch keep theirs (an Optuna search's batches share one config)."""
+        from omegaconf import OmegaConf
+
+        from vaesweep.run import gpus
+
+        assert self.config is not None
+        node = OmegaConf.select(self.config, "trainer")  # an app of its own may have none
+        trainer = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        ids = gpus.local_gpus(self.gpus, trainer)  # type: ignore[arg-type]
+        if not ids:
+            return [{} for _ in range(n_jobs)]
+        slots = []
+        for gpu, share in gpus.spread(ids, n_jobs):
+            env = {"CUDA_VISIBLE_DEVICES": gpu, gpus.ASSIGNED_ENV: "local_parallel"}
+            if share is not None:
+                env[gpus.FRACTION_ENV] = f"{share:g}"
+            slots.append(env)
+        return slots
 
     def _drop(self, worker: _Worker) -> None:
         with contextlib.suppress(ValueError):

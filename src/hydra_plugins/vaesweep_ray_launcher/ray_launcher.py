@@ -228,11 +228,11 @@ def execute_job(
 ) -> JobReturn:
     """One job in its Ray worker: Hydra's job config, then ``run_job``, its output copied
     into its directory (a job that will be skipped writes nothing there)."""
-    from vaesweep.run.gpus import FRACTION_ENV, RAY_JOB_ENV
+    from vaesweep.run.gpus import ASSIGNED_ENV, FRACTION_ENV
     from vaesweep.run.policy import config_subdir
     from vaesweep.sweep.launching import job_config, run_configured
 
-    os.environ[RAY_JOB_ENV] = "1"
+    os.environ[ASSIGNED_ENV] = "ray"
     if gpus_per_job > 0:
         os.environ[FRACTION_ENV] = f"{gpus_per_job:g}"
     # gpus_per_job / cpus_per_job: what the job was given

@@ -27,6 +27,15 @@ def is_pool(launcher: Any) -> bool:
     return any(marker in target for marker in POOL_MARKERS)
 
 
+def is_local_parallel(launcher: Any) -> bool:
+    """vaesweep's ``local_parallel`` (which assigns GPUs), not Hydra's joblib."""
+    return POOL_MARKERS[0] in target_of(launcher).lower()
+
+
+def is_hydra_joblib(launcher: Any) -> bool:
+    return POOL_MARKERS[1] in target_of(launcher).lower()
+
+
 def is_ray(launcher: Any) -> bool:
     return RAY_MARKER in target_of(launcher).lower()
 

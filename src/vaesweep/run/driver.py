@@ -253,8 +253,9 @@ def _build_trainer(
         trainer_args["strategy"] = "ddp_spawn"
         trainer = make_trainer()
     problem = ranks.trainer_problem(trainer, str(cfg.trainer.strategy))
-    if not problem and os.environ.get(gpus.RAY_JOB_ENV):
-        problem = gpus.ray_devices_problem(OmegaConf.to_container(cfg.trainer, resolve=True))
+    if not problem and (assigned_by := os.environ.get(gpus.ASSIGNED_ENV)):
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        problem = gpus.one_device_problem(trainer_cfg, assigned_by)
     if problem:
         raise ConfigError(problem)
     return trainer, checkpoint

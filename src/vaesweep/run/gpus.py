@@ -7,15 +7,20 @@
   ``gpus_per_job`` < 1, passed in :data:`FRACTION_ENV`) may allocate at most that fraction
   of the GPU's memory, so it cannot starve the jobs beside it; beyond it, it fails alone
   (its out-of-memory message names the fraction: vaesweep.run.failures).
-- :func:`piled_gpus_problem`: joblib's ``local_parallel`` cannot assign GPUs (every job
-  would train on the first visible one): with several jobs at once, a GPU trainer and more
-  than one visible GPU it is refused before any job, naming the Ray launcher.
-- :func:`ray_devices_problem`: a Ray job trains on one device (its share of one GPU, or
-  one whole GPU); ``trainer.devices`` > 1 inside it is refused before training.
+- :func:`local_gpus` and :func:`spread`: the GPUs ``local_parallel`` spreads its jobs over
+  (``hydra.launcher.gpus``, or every visible one when the trainer trains on a GPU), and
+  which one (and what share of it) each of its worker slots gets.
+- :func:`piled_gpus_problem`: Hydra's own ``joblib`` launcher cannot assign GPUs (every
+  job would train on the first visible one): with several jobs at once, a GPU trainer and
+  more than one visible GPU it is refused before any job, naming the launchers that can.
+- :func:`one_device_problem`: a job whose launcher assigned its GPU (Ray, local_parallel)
+  trains on one device (its share of one GPU, or one whole GPU); ``trainer.devices`` > 1
+  inside it is refused before training.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -23,10 +28,12 @@ from typing import Any
 
 from vaesweep.core import launchers
 
-#: The fraction of a GPU the launcher gave this job (the Ray launcher sets it in the task).
+#: The fraction of a GPU the launcher gave this job (Ray, local_parallel).
 FRACTION_ENV = "VAESWEEP_GPU_FRACTION"
-#: Set in the process of a job the Ray launcher runs (its value: "1").
-RAY_JOB_ENV = "VAESWEEP_RAY_JOB"
+#: Set in the process of a job whose launcher assigned its GPU: the launcher's name.
+ASSIGNED_ENV = "VAESWEEP_GPUS_ASSIGNED_BY"
+#: How each launcher that assigns GPUs names a job's share.
+SHARE_KEYS = {"ray": "hydra.launcher.gpus_per_job", "local_parallel": "hydra.launcher.gpus"}
 
 
 def gpu_fraction() -> float | None:
@@ -102,11 +109,45 @@ def visible_gpus() -> int:
     return int(torch.cuda.device_count())
 
 
+def visible_ids() -> list[str]:
+    """The ids of the GPUs this process sees, as a child's ``CUDA_VISIBLE_DEVICES`` names
+    them: this process's own list when it has one (numbers or UUIDs), else 0..n-1."""
+    count = visible_gpus()
+    listed = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    listed = [x for x in listed if x]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def local_gpus(option: Any, trainer: dict[str, Any]) -> list[str]:
+    """The GPUs ``local_parallel`` spreads its jobs over: ``hydra.launcher.gpus`` when given
+    (a list of ids, or "0,2"; [] for none), else every visible GPU when the trainer trains
+    on a GPU, else none. Torch is imported only in that last case, to count them."""
+    if option is not None:
+        items = option.split(",") if isinstance(option, str) else option
+        items = [items] if isinstance(items, int) else list(items)
+        return [str(x).strip() for x in items if str(x).strip()]
+    accelerator = trainer.get("accelerator")
+    if str(accelerator or "auto").lower() == "cpu":
+        return []
+    ids = visible_ids()
+    return ids if uses_gpu(accelerator, len(ids)) else []
+
+
+def spread(ids: list[str], n_slots: int) -> list[tuple[str, float | None]]:
+    """The GPU of each of ``n_slots`` worker slots, round robin over ``ids``, with the
+    share of it each gets: 1/k when up to k slots share one GPU (its memory capped at that
+    share, :func:`cap_memory`), None for a whole GPU."""
+    per_gpu = math.ceil(n_slots / len(ids))
+    share = None if per_gpu <= 1 else round(1 / per_gpu, 4)
+    return [(ids[slot % len(ids)], share) for slot in range(n_slots)]
+
+
 def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str | None:
-    """Why a sweep with this (joblib) launcher and trainer would pile its jobs onto one GPU,
-    else None: several jobs at once, a GPU trainer and more than one visible GPU. Cheap
-    when it cannot apply (torch is imported only for a joblib launcher with n_jobs > 1)."""
-    if not launchers.is_pool(launcher):
+    """Why a sweep with Hydra's ``joblib`` launcher and this trainer would pile its jobs
+    onto one GPU, else None: several jobs at once, a GPU trainer and more than one visible
+    GPU. Cheap when it cannot apply (torch is imported only for a joblib launcher with
+    n_jobs > 1)."""
+    if not launchers.is_hydra_joblib(launcher):
         return None
     try:
         n_jobs = int(launcher.get("n_jobs") or 1)
@@ -118,12 +159,12 @@ def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str
     if n_gpus <= 1 or not uses_gpu(trainer.get("accelerator"), n_gpus):
         return None
     return (
-        f"hydra/launcher=local_parallel runs {n_jobs if n_jobs > 0 else 'all'} jobs at once "
-        f"but cannot assign GPUs: each would train on the first visible GPU of the {n_gpus} "
-        "here. Use the Ray launcher, which gives each job its own GPU (or a share of one): "
-        "hydra/launcher=ray (pip install 'vaesweep[ray]'; hydra.launcher.gpus_per_job=0.25 "
-        "packs 4 jobs per GPU), or pick one GPU per sweep with CUDA_VISIBLE_DEVICES=<id>, or "
-        "train on CPU (trainer.accelerator=cpu)"
+        f"hydra/launcher=joblib runs {n_jobs if n_jobs > 0 else 'all'} jobs at once but "
+        f"cannot assign GPUs: each would train on the first visible GPU of the {n_gpus} here. "
+        "Use hydra/launcher=local_parallel, which gives each job its own GPU (or a share of "
+        "one) on this machine, or hydra/launcher=ray (pip install 'vaesweep[ray]'; also a "
+        "cluster; hydra.launcher.gpus_per_job=0.25 packs 4 jobs per GPU), or train on CPU "
+        "(trainer.accelerator=cpu)"
     )
 
 
@@ -146,15 +187,18 @@ def n_devices(devices: Any) -> int | None:
     return None
 
 
-def ray_devices_problem(trainer: dict[str, Any]) -> str | None:
-    """Why this trainer cannot run as a Ray launcher job, else None: a job there trains on
-    one device (a GPU or its share of one, or the CPU)."""
+def one_device_problem(trainer: dict[str, Any], launcher: str) -> str | None:
+    """Why this trainer cannot run as a job whose GPU the launcher (``ray``,
+    ``local_parallel``) assigned, else None: such a job trains on one device (a GPU or its
+    share of one, or the CPU)."""
     count = n_devices(trainer.get("devices"))
     if (count is None or count == 1) and int(trainer.get("num_nodes") or 1) == 1:
-        return None  # one device, or "auto": the devices Ray made visible to the job
+        return None  # one device, or "auto": the devices the launcher made visible to the job
+    label = {"ray": "Ray"}.get(launcher, launcher)
     return (
         f"trainer.devices={trainer.get('devices')} (num_nodes={trainer.get('num_nodes')}): "
-        "a job of the Ray launcher trains on one device (a GPU, or its share of one: "
-        "hydra.launcher.gpus_per_job); DDP inside a Ray job is not supported. Use "
-        "trainer.devices=1, or run DDP jobs with hydra/launcher=slurm or a plain multirun"
+        f"a job of the {label} launcher trains on the one device it is given (a GPU, or "
+        f"its share of one: {SHARE_KEYS.get(launcher, 'hydra.launcher')}); DDP inside a "
+        f"{label} job is not supported. Use trainer.devices=1, or run DDP jobs with "
+        "hydra/launcher=slurm or a plain multirun"
     )

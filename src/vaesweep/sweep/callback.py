@@ -42,14 +42,19 @@ Finisher = Callable[[DictConfig, Path], Any]
 
 
 def refuse_bad_gpu_use(config: DictConfig) -> None:
-    """Before any job: local_parallel (or joblib) with several jobs at once, a GPU trainer and
-    several visible GPUs would train every job on the first GPU; a Ray launcher job with
-    several devices (DDP) is not supported. Either is refused (exit 2), naming the way out."""
+    """Before any job: Hydra's joblib launcher with several jobs at once, a GPU trainer and
+    several visible GPUs would train every job on the first GPU; a job of a launcher that
+    assigns its GPU (Ray, local_parallel with GPUs) with several devices (DDP) is not
+    supported. Either is refused (exit 2), naming the way out."""
     launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
     trainer = OmegaConf.to_container(config.trainer, resolve=True)
     problem = gpus.piled_gpus_problem(launcher, trainer)
     if problem is None and launchers.is_ray(launcher):
-        problem = gpus.ray_devices_problem(trainer)
+        problem = gpus.one_device_problem(trainer, "ray")
+    if problem is None and launchers.is_local_parallel(launcher):
+        problem = gpus.one_device_problem(trainer, "local_parallel")
+        if problem and not gpus.local_gpus(launcher.get("gpus"), trainer):
+            problem = None  # no GPU to assign: its jobs see what this process sees
     if problem:
         print(f"[vaesweep] sweep refused: {problem}", file=sys.stderr)
         sys.exit(2)

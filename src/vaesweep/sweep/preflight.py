@@ -160,6 +160,10 @@ def launcher_problem(launcher: DictConfig) -> str | None:
                 f"hydra.launcher.n_jobs={n_jobs!r} is invalid: allowed an integer ≥ 1 (jobs at "
                 f"once), or a negative one from -1 (all {cores} CPU cores) to -{cores}"
             )
+    if launchers.is_local_parallel(target):
+        problem = _gpu_ids_problem(launcher.get("gpus"))
+        if problem:
+            return problem
     if launchers.is_submitit(target) and "slurm" in target.lower():
         missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
         if missing:
@@ -170,6 +174,25 @@ def launcher_problem(launcher: DictConfig) -> str | None:
                 "(one job at a time) or use hydra/launcher=local_parallel"
             )
     return None
+
+
+def _gpu_ids_problem(gpus: Any) -> str | None:
+    """Why ``hydra.launcher.gpus`` of local_parallel is not a list of GPU ids, else None."""
+    if gpus is None:
+        return None
+    items = gpus.split(",") if isinstance(gpus, str) else gpus
+    items = [items] if is_int(items) else items
+    try:
+        ids = [str(x).strip() for x in items]
+    except TypeError:
+        ids = [""]
+    if all(i.isdigit() or i.startswith(("GPU-", "MIG-")) for i in ids):
+        return None
+    return (
+        f"hydra.launcher.gpus={gpus!r} is invalid: allowed null (every visible GPU when the "
+        "trainer trains on one), a list of GPU ids as CUDA_VISIBLE_DEVICES names them "
+        "(hydra.launcher.gpus=[0,2], or GPU-/MIG- UUIDs), or [] for none"
+    )
 
 
 def _resume_elsewhere(config: DictConfig, sweep_dir: str) -> str | None:
