@@ -502,3 +502,24 @@ def test_the_sweep_record_is_held_by_one_process_at_a_time(tmp_path):
         waited = time.monotonic() - started
     holder.wait(timeout=30)
     assert waited > 0.5, waited  # it waited for the holder to let go
+
+
+def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
+    """``beta=1,2`` then ``beta=1.0,3``: Hydra would name a new directory for beta=1.0 and
+    train beta=1 again beside the first. Refused before any job (exit 2), naming the run
+    and how it was written; the same values written as before continue the sweep (beta=1
+    skipped, beta=3 new). Another base value (seed) is a new job, not a repeat."""
+    args = [*TINY, "logger=none", "hydra.sweep.dir=sweep"]
+    first = run_cli(["-m", "beta=1,2", *args], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli(["-m", "beta=1.0,3", *args], tmp_path)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "sweep refused, no job was run: the job [beta=1.0] is the run beta=1," in again.stderr
+    assert "(completed), written another way (beta=1 there)" in again.stderr
+    assert len(results_under(tmp_path / "sweep")) == 2
+    same = run_cli(["-m", "beta=1,3", *args], tmp_path)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "skipping" in same.stdout + same.stderr
+    other_seed = run_cli(["-m", "beta=1.0", "seed=7", *args], tmp_path)
+    assert other_seed.returncode == 0, other_seed.stderr[-3000:]
+    assert len(results_under(tmp_path / "sweep")) == 4

@@ -42,7 +42,7 @@ from vaesweep.run.context import (
     swept_values,
 )
 from vaesweep.run.effective import check_distinct, check_overrides
-from vaesweep.run.policy import mismatch
+from vaesweep.run.policy import REUSED, differences, mismatch
 from vaesweep.run.record import (
     COMPLETED,
     INCOMPLETE,
@@ -53,6 +53,7 @@ from vaesweep.run.record import (
     sweep_results,
     versions,
 )
+from vaesweep.run.record import read as read_record
 
 log = logging.getLogger("vaesweep.sweep.grid")
 
@@ -447,6 +448,59 @@ def sweep_refusal(
         reason = mismatch(job_dir, cfg)
         if reason:
             return reason
+    return written_again(config, jobs, configs)
+
+
+def _as_values(overrides: list[str]) -> tuple | None:
+    """The overrides as (key, value) pairs, numbers as floats, sorted: ``beta=1.0`` and
+    ``beta=1`` give the same pairs. None when one does not parse."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return None
+    pairs = []
+    for o in parsed:
+        value = o.value()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+        pairs.append((o.get_key_element(), repr(value)))
+    return tuple(sorted(pairs))
+
+
+def written_again(
+    config: DictConfig, jobs: list[list[str]], configs: list[DictConfig]
+) -> str | None:
+    """A job of this launch with no directory yet whose config is that of a run already in
+    the sweep directory, its overrides written another way (``beta=1.0`` after ``beta=1``:
+    Hydra names the directory from the text), as a refusal message; else None. It would
+    train the same thing again beside the first, and `collect` would count one of them."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    earlier: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for path in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
+        stored = read_record(path.parent)
+        if not stored or stored.get("status") not in REUSED:
+            continue
+        if not isinstance(stored.get("config"), dict) or not stored.get("overrides"):
+            continue
+        key = _as_values([str(o) for o in stored["overrides"]])
+        if key is not None:
+            earlier.setdefault(key, []).append((path.parent, stored))
+    if not earlier:
+        return None
+    for job, job_dir, cfg in zip(jobs, job_dirs(config, jobs), configs, strict=True):
+        if job_dir.exists():
+            continue
+        for run_dir, stored in earlier.get(_as_values(job) or (), []):
+            if differences(stored["config"], cfg):
+                continue  # the same text, another base config: a new job
+            before = sorted(set(stored["overrides"]) - set(job))
+            now_ = sorted(set(job) - set(stored["overrides"]))
+            return (
+                f"the job [{' '.join(now_)}] is the run {run_dir.name} of this sweep "
+                f"({stored['status']}), written another way ({' '.join(before)} there): it would be "
+                "trained again in a directory of its own. Write the values as that launch "
+                "did (the same command continues the sweep), or use another hydra.sweep.dir"
+            )
     return None
 
 
