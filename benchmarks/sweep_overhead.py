@@ -6,7 +6,7 @@
 The sweep is the README's `python run.py -m beta=0.5,1,2,4` (4 default jobs: mnist_small,
 mlp, Gaussian, 20 epochs, W&B offline + CSV), run through the real CLI in a subprocess,
 once with the default (basic, sequential) launcher and once with
-`hydra/launcher=local_parallel` (joblib, 2 jobs at once, each with cores/2 torch threads),
+`hydra/launcher=local_parallel` (worker processes, 2 jobs at once, each with cores/2 torch threads),
 alternating, --repeats times.
 
 Pure training time of a job: the sum over its epochs of the time from the epoch's start to

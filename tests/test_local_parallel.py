@@ -35,6 +35,7 @@ from test_ray import composed, held, kill_a_held_job, reference  # noqa: F401 (a
 
 from vaesweep.core.launchers import jobs_at_once
 from vaesweep.run import gpus, record
+from vaesweep.run.claims import CLAIM_FILE
 from vaesweep.sweep import preflight
 from vaesweep.sweep.callback import refuse_bad_gpu_use
 from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE, finish_sweep, grid_jobs
@@ -53,15 +54,28 @@ APP = textwrap.dedent(
 
     import hydra
 
+    OUT = Path(os.environ["OUT_DIR"])
+    if __name__ == "__mp_main__":  # a worker (spawn) importing the script
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
+        (OUT / f"import-{os.getpid()}").write_text(visible)
+        if os.environ.get("DIE_AT_START"):
+            os._exit(3)
+
+
+    class TwoArgs(Exception):
+        def __init__(self, a, b):
+            super().__init__(a)
+
 
     @hydra.main(version_base="1.3", config_path=None, config_name=None)
     def main(cfg):
-        out = Path(os.environ["OUT_DIR"])
-        (out / f"start-{cfg.x}").write_text(str(os.getpid()))
+        (OUT / f"start-{cfg.x}").write_text(str(os.getpid()))
         if cfg.x == "die":
             os.kill(os.getpid(), signal.SIGKILL)
+        if cfg.x == "odd":
+            raise TwoArgs(1, 2)  # pickles, but does not unpickle
         time.sleep(0.3)
-        (out / f"done-{cfg.x}").write_text(str(os.getpid()))
+        (OUT / f"done-{cfg.x}").write_text(str(os.getpid()))
         return cfg.x
 
 
@@ -71,7 +85,9 @@ APP = textwrap.dedent(
 )
 
 
-def _app(tmp_path: Path, values: str, n_jobs: int) -> subprocess.CompletedProcess:
+def _app(
+    tmp_path: Path, values: str, n_jobs: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     script = tmp_path / "app.py"
     script.write_text(APP)
     out = tmp_path / "out"
@@ -79,9 +95,9 @@ def _app(tmp_path: Path, values: str, n_jobs: int) -> subprocess.CompletedProces
     args = [
         sys.executable, str(script), "-m", f"+x={values}",
         f"hydra.launcher._target_={TARGET}", f"+hydra.launcher.n_jobs={n_jobs}",
-        "hydra.sweep.dir=multirun",
+        "hydra.sweep.dir=multirun", *extra,
     ]  # fmt: skip
-    env = {**cli_env(), "OUT_DIR": str(out)}
+    env = {**cli_env(), "OUT_DIR": str(out), **(env or {})}
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -101,6 +117,43 @@ def test_a_worker_killed_mid_job_loses_that_job_alone(tmp_path):
     pids = {p.name: int(p.read_text()) for p in out.glob("*-*")}
     assert pids["start-die"] not in {pids["done-a"], pids["done-b"], pids["done-c"]}
     assert pids["start-die"] != os.getpid()  # a worker, not the launching process
+
+
+def test_workers_that_die_before_they_are_ready_lose_the_waiting_jobs(tmp_path):
+    """Every worker dies while it imports the script (a broken install): after three in a
+    row the waiting jobs are each said lost, instead of workers started for ever."""
+    proc = _app(tmp_path, "a,b,c,d,e", 2, env={"DIE_AT_START": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = list((tmp_path / "out").glob("import-*"))
+    assert 3 <= len(started) <= 4  # three in a row, and at most one more beside them
+    assert not list((tmp_path / "out").glob("start-*"))
+    for job in range(5):
+        assert f"[vaesweep] job #{job} (+x=" in proc.stderr
+    assert "no worker process could start (3 in a row ended before they were ready, the " in (
+        proc.stderr
+    )
+    assert "exit status 3" in proc.stderr
+
+
+def test_a_result_that_does_not_unpickle_fails_its_job_alone(tmp_path):
+    """A task's exception that pickles but does not unpickle (an __init__ of two arguments)
+    is sent back as a RuntimeError naming it: the other jobs run to the end, then Hydra
+    reports the failed job as it would with its basic launcher."""
+    proc = _app(tmp_path, "a,odd,b,c", 2)
+    assert proc.returncode == 1
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("done-*")) == ["done-a", "done-b", "done-c"]
+    assert "its return value could not be sent back" in proc.stderr
+
+
+def test_each_worker_sees_its_gpu_from_its_first_line(tmp_path):
+    """Two GPU ids named, four jobs two at a time: each worker has its own id in its
+    environment while it imports the script (a module-level CUDA query would see it), and
+    the ids alternate between the two workers."""
+    proc = _app(tmp_path, "a,b,c,d", 2, "+hydra.launcher.gpus=[0,1]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = sorted(p.read_text() for p in (tmp_path / "out").glob("import-*"))
+    assert seen == ["0", "1"]
 
 
 def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
@@ -131,8 +184,8 @@ def test_n_jobs_counts_as_joblibs_does(n_jobs):
 )
 def test_grid_jobs_are_the_basic_sweepers(overrides):
     """The jobs a sweep's checks and sweep.json name (their directories) are those Hydra's
-    sweeper launches, values written its way (False → false): else the summary would call
-    a job that ran 'never started'."""
+    sweeper launches, values written its way (false → False, 1e-3 → 0.001): else the
+    summary would call a job that ran 'never started'."""
     params = {"seed": "0,1,2"}
     parsed = OverridesParser.create().parse_overrides(
         [f"{k}={v}" for k, v in params.items()] + overrides
@@ -142,27 +195,24 @@ def test_grid_jobs_are_the_basic_sweepers(overrides):
 
 def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_path, capsys):
     """A job whose results.json says running with no process holding its claim is killed in
-    the summary (as ``vaesweep collect`` says); a job the launch planned that has no
-    directory is named as never started, and the sweep does not count as complete."""
+    the summary (as ``vaesweep collect`` says); a job this launch planned that has no
+    directory is named as never started, and the sweep does not count as complete. The
+    job_dirs an earlier launch (or an older vaesweep, which spelled some values otherwise)
+    recorded in sweep.json are not this launch's: they are never called unstarted."""
     copies = copy_results(sweep, tmp_path)
     killed = copies[0].parent
     data = json.loads(copies[0].read_text())
     data["status"] = "running"
     copies[0].write_text(json.dumps(data))
     names = sorted(p.parent.name for p in copies)
+    old_spelling = [n.replace("beta=", "beta = ") for n in names]
     (tmp_path / SWEEP_FILE).write_text(
-        json.dumps(
-            {
-                "grid": {},
-                "n_jobs": len(names) + 1,
-                "launches": [{"job_dirs": [*names, "beta=9,never"]}],
-            }
-        )
+        json.dumps({"grid": {}, "n_jobs": 2 * len(names), "launches": [{"job_dirs": old_spelling}]})
     )
-    assert finish_sweep(tmp_path) is False
+    assert finish_sweep(tmp_path, planned=[*names, "beta=9,never"]) is False
     err = capsys.readouterr().err
     assert f"{killed.name}: killed Killed: results.json says running, but no process holds" in err
-    assert f"1 of {len(names) + 1} jobs never started (beta=9,never): run the same" in err
+    assert f"1 of this launch's {len(names) + 1} jobs never started (beta=9,never): run" in err
     with open(tmp_path / SUMMARY_FILE) as f:
         statuses = {row["job"]: row["status"] for row in csv.DictReader(f)}
     assert statuses[killed.name] == "killed"
@@ -170,6 +220,10 @@ def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_pa
     jobs_record = json.loads((tmp_path / SWEEP_FILE).read_text())["jobs"]
     assert {j["dir"]: j["status"] for j in jobs_record}[killed.name] == "killed"
     assert record.status(killed) == "running"  # the file itself is left as the job wrote it
+
+    copies[0].write_text(json.dumps({**data, "status": "completed"}))
+    assert finish_sweep(tmp_path, planned=names) is True  # earlier launches' names ignored
+    assert "never started" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -199,10 +253,10 @@ def _alive(pid: int) -> bool:
 def test_a_second_signal_stops_the_workers_and_the_relaunch_resumes(tmp_path):
     """Two jobs held mid-training, never released: SIGINT to the launching process writes
     the stop file (which the held jobs cannot reach); a second SIGINT stops now: the
-    workers get SIGTERM, their second stop, which stops a job at once wherever it is (SIGKILL
-    after hydra.launcher.stop_grace_s otherwise). The launching process exits 130 with no
-    worker left behind; both jobs recorded interrupted, the third never started; the same
-    command resumes all three to completion."""
+    workers get SIGTERM (the test's hold ends at a signal, so the jobs reach their next
+    batch and record interrupted; SIGKILL after hydra.launcher.stop_grace_s otherwise). The
+    launching process exits 130 with no worker left behind; the third job never started;
+    the same command resumes all three to completion."""
     args = [
         "-m", "beta=2,4,8", *BUDGET, "logger=none", *LOCAL, "hydra.launcher.stop_grace_s=2",
         "hydra.sweep.dir=sweep",
@@ -230,12 +284,56 @@ def test_a_second_signal_stops_the_workers_and_the_relaunch_resumes(tmp_path):
 # --- GPUs: each job its own, or a share of one -------------------------------------------
 
 
-def test_slots_spread_round_robin_with_their_share():
+def test_places_spread_round_robin_with_their_share():
+    """The share is 1/k for the k places this launch fills on one GPU: a GPU with one job
+    is whole, and n_jobs above the number of jobs caps nothing."""
     assert gpus.spread(["0", "1"], 2) == [("0", None), ("1", None)]
     assert gpus.spread(["0", "1"], 4) == [("0", 0.5), ("1", 0.5), ("0", 0.5), ("1", 0.5)]
     assert gpus.spread(["0", "1", "2"], 2) == [("0", None), ("1", None)]
     assert gpus.spread(["3"], 3) == [("3", 0.3333)] * 3
-    assert gpus.spread(["0", "1"], 3) == [("0", 0.5), ("1", 0.5), ("0", 0.5)]
+    assert gpus.spread(["0", "1"], 3) == [("0", 0.5), ("1", None), ("0", 0.5)]
+    assert gpus.spread(["0", "1"], 4, n_used=1)[0] == ("0", None)  # one job, n_jobs=4
+    assert gpus.spread(["0"], 64, n_used=2)[:2] == [("0", 0.5), ("0", 0.5)]
+
+
+def test_gpu_indices_count_among_the_gpus_this_process_sees(monkeypatch):
+    """Under a scheduler that gave the sweep GPUs 2 and 3, index 0 is GPU 2 (as torch
+    numbers them); UUIDs pass as they are; an index beyond them is refused before any job."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert gpus.named_gpus([0, 1]) == ["2", "3"]
+    assert gpus.named_gpus("1") == ["3"]
+    assert gpus.named_gpus(["GPU-ab12"]) == ["GPU-ab12"]
+    message = preflight.launcher_problem(
+        composed(*LOCAL, "hydra.launcher.gpus=[0,2]").hydra.launcher
+    )
+    assert message is not None and "names GPU 2, but this process sees 2" in message
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpus.named_gpus([0, 2]) == ["0", "2"]
+
+
+def test_gpu_indices_in_trainer_devices_are_refused_where_the_launcher_assigns_gpus():
+    """A job given its own GPU sees it as device 0: trainer.devices=[1] would fail there."""
+    for devices in ([1], "0,1"):
+        for launcher in ("local_parallel", "ray"):
+            message = gpus.one_device_problem({"devices": devices, "num_nodes": 1}, launcher)
+            assert message is not None and "picks GPUs by index" in message
+    assert gpus.one_device_problem({"devices": 1, "num_nodes": 1}, "local_parallel") is None
+
+
+def test_n_jobs_minus_one_counts_the_cores_this_process_may_use(tmp_path):
+    """Under taskset (or a SLURM allocation) -1 means the cores allowed, as joblib counts."""
+    code = (
+        "import joblib; from vaesweep.core.launchers import jobs_at_once; "
+        "print(jobs_at_once(-1), joblib.effective_n_jobs(-1))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "1"]
 
 
 @pytest.mark.parametrize(
@@ -280,12 +378,14 @@ def test_gpu_ids_that_are_not_ids_are_refused(value):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("n_jobs", "per_id", "share"), [(2, 1, None), (4, 2, 0.5)])
-def test_named_gpus_are_assigned_one_per_job_or_shared(tmp_path, n_jobs, per_id, share):
+@pytest.mark.parametrize(
+    ("n_jobs", "n_runs", "per_id", "share"), [(2, 2, 1, None), (4, 4, 2, 0.5), (4, 2, 1, None)]
+)
+def test_named_gpus_are_assigned_one_per_job_or_shared(tmp_path, n_jobs, n_runs, per_id, share):
     """Two GPU ids named (none here: the jobs train on CPU but record what they were
     given): at n_jobs=2 each job has its own id and a whole GPU, at 4 two jobs share each id
-    with half its memory."""
-    betas = ",".join(str(b) for b in (0.5, 1, 2, 4)[:n_jobs])
+    with half its memory; 2 jobs with n_jobs=4 have a whole GPU each."""
+    betas = ",".join(str(b) for b in (0.5, 1, 2, 4)[:n_runs])
     proc = run_cli(
         [
             "-m",
@@ -302,6 +402,28 @@ def test_named_gpus_are_assigned_one_per_job_or_shared(tmp_path, n_jobs, per_id,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     devices = [r["devices"] for r in results_under(tmp_path / "sweep")]
-    assert len(devices) == n_jobs
+    assert len(devices) == n_runs
     assert Counter(d["cuda_visible_devices"] for d in devices) == {"0": per_id, "1": per_id}
     assert {d["fraction"] for d in devices} == {share}
+
+
+@pytest.mark.slow
+def test_workers_of_a_launching_process_killed_outright_stop_their_jobs(tmp_path):
+    """SIGKILL to the launching process while two jobs train: each worker sees it gone, stops
+    its job (SIGTERM to itself: interrupted, its claim released) and exits, instead of
+    running on unsupervised; the same command then resumes both."""
+    args = ["-m", "beta=2,4", *BUDGET, "logger=none", *LOCAL, "hydra.sweep.dir=sweep"]
+    sweep, marker = tmp_path / "sweep", tmp_path / "epoch_end"
+    proc = start(args, tmp_path, env=pause_env("epoch_end", marker))
+    workers = held(marker, 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their launching process"
+        time.sleep(0.1)
+    assert [result(v)["status"] for _, v in sorted(jobs(sweep).items())] == ["interrupted"] * 2
+    assert not list(sweep.glob(f"*/{CLAIM_FILE}"))
+    rc, out = run_to_end(args, tmp_path)
+    assert rc == 0, out[-3000:]
+    assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 2]

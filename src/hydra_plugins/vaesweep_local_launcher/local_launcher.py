@@ -7,18 +7,24 @@ pool, kills the other workers mid-job and the sweep ends with ``TerminatedWorker
 jobs not yet started never listed. Here each worker is a process of its own, fed one job at a
 time through its own pipe, and watched through its sentinel:
 
-- a worker that ends without a result loses its job alone (:func:`vaesweep.sweep.launching.lost`):
-  said on the console; its results.json keeps ``running``, which the summary and ``collect``
-  show as ``killed``; the next job starts in a fresh worker; the same command resumes it;
+- a worker that ends without a result loses its job alone
+  (:func:`vaesweep.sweep.launching.lost`): said on the console; its results.json keeps
+  ``running``, which the summary and ``collect`` show as ``killed``; the next job starts in
+  a fresh worker; the same command resumes it. Workers that die before they are ready
+  (:data:`MAX_FAILED_STARTS` in a row: a broken install) lose the jobs still waiting, each
+  said, instead of being started again for ever;
 - workers are started with ``spawn`` (a fresh interpreter, as loky's), not daemonic (a job's
   DataLoader workers are its children), and kept for the jobs of later launches (an Optuna
-  search's batches) until the launching process exits; one whose launching process died
-  sees its pipe close and exits;
+  search's batches) until the launching process exits. Each starts with its GPU
+  (``CUDA_VISIBLE_DEVICES``, its share) and the BLAS/OpenMP thread counts loky set (cores /
+  n_jobs, unless set already) in its environment from the first line of its interpreter;
 - stopping: the sweep's guard (vaesweep.run.signals.SweepGuard, parallel) writes the stop
-  file that running jobs read at their next batch; a signal that reaches a worker between
-  jobs (Ctrl-C in a terminal reaches the whole process group) is ignored there, one during a
-  job is the job's own. A second signal stops the launcher at once: its workers get SIGTERM
-  (a job records ``interrupted``), and SIGKILL after ``stop_grace_s`` seconds.
+  file that running jobs read at their next batch; SIGINT or SIGTERM that reaches a worker
+  between jobs (Ctrl-C in a terminal reaches the whole process group, as does a scheduler's
+  SIGTERM) is ignored there, one during a job is the job's own. A second signal stops the
+  launcher at once: its workers get SIGTERM (a job records ``interrupted`` at its next
+  batch), and SIGKILL after ``stop_grace_s`` seconds. A worker whose launching process died
+  (SIGKILL) stops its job the same way (SIGTERM to itself) and exits.
 
 Importing this module is cheap (Hydra imports every plugin module when it starts). No ``from
 __future__ import annotations``: Hydra executes plugin modules before they are in
@@ -32,14 +38,15 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -49,18 +56,29 @@ log = logging.getLogger(__name__)
 #: How long the launching process waits between looks at its workers: its signal handlers
 #: run in between.
 POLL_S = 1.0
+#: Workers that die before they are ready, in a row, after which the waiting jobs are lost.
+MAX_FAILED_STARTS = 3
+#: What a worker sends once it can take jobs.
+READY = b"ready"
+#: Signals a worker ignores between jobs (a job installs its own handlers for its lifetime).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The thread counts loky gives each of its workers (cores / n_jobs), unless already set.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _serve(conn: Connection, gpu_env: dict[str, str]) -> None:
-    """A worker: runs the jobs its pipe brings, one at a time, and sends back each result;
-    ends at None or when the pipe closes (the launching process is gone). ``gpu_env``: its
-    GPU (``CUDA_VISIBLE_DEVICES``) and share, set before anything could start CUDA."""
-    os.environ.update(gpu_env)
-    signal.signal(signal.SIGINT, _between_jobs)  # a job's own handlers replace it
+def _serve(conn: Connection) -> None:
+    """A worker: says it is ready, then runs the jobs its pipe brings, one at a time, and
+    sends back each result; ends at None or when the pipe closes (the launching process is
+    gone). Its GPU and thread variables are in its environment from its start."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _between_jobs)  # a job's own handlers replace it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent's start
+    _watch_parent(os.getppid())
     import cloudpickle
 
     from vaesweep.sweep.launching import adopt_environment, job_config, run_configured
 
+    conn.send_bytes(READY)
     while True:
         try:
             message = conn.recv()
@@ -74,29 +92,78 @@ def _serve(conn: Connection, gpu_env: dict[str, str]) -> None:
         sweep_config = job_config(idx, overrides, shared, n_jobs=n_jobs)
         result = run_configured(sweep_config, shared)
         try:
-            reply = cloudpickle.dumps(result)
-        except Exception as error:  # a return value that does not pickle: its status is sent
-            result._return_value = None
-            result.return_value = f"<not picklable: {type(error).__name__}: {error}>"
-            reply = cloudpickle.dumps(result)
-        conn.send_bytes(reply)
+            conn.send_bytes(_reply(result, cloudpickle))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the launching process is gone
+
+
+def _reply(result: JobReturn, cloudpickle: Any) -> bytes:
+    """The result as bytes the launching process can read: a return value (or a task's
+    exception) that does not pickle, or does not unpickle, is sent as a RuntimeError naming
+    it, with the job's status kept."""
+    try:
+        reply = cloudpickle.dumps(result)
+        pickle.loads(reply)
+        return reply
+    except Exception as error:
+        value = result._return_value
+        result._return_value = RuntimeError(
+            f"{value!r} (its return value could not be sent back: {type(error).__name__}: {error})"
+        )
+        return cloudpickle.dumps(result)
 
 
 def _between_jobs(signum: int, frame: Any) -> None:
-    """SIGINT in a worker between two jobs: the launching process got it too, and stops the
-    sweep through its stop file."""
+    """SIGINT or SIGTERM in a worker between two jobs: the launching process, signalled
+    too, stops the sweep through its stop file; once its pipe closes, the worker ends."""
+
+
+def _watch_parent(parent: int) -> None:
+    """A thread that stops this worker's job (SIGTERM to itself: ``interrupted`` at the next
+    batch) when the launching process is gone (killed outright), instead of running on
+    holding the job's claim and GPU."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="vaesweep-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _child_environment(env: dict[str, str]) -> Iterator[None]:
+    """While a worker is spawned: ``env`` in this process's environment (the child inherits
+    it at exec) and the stop signals blocked (the child inherits the mask, so a Ctrl-C during
+    its start is held until its handlers are in place; here it is delivered right after)."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    main = threading.current_thread() is threading.main_thread()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if main else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _Worker:
-    def __init__(self, context: Any, number: int, slot: int, gpu_env: dict[str, str]) -> None:
+    def __init__(self, context: Any, number: int, slot: int, env: dict[str, str]) -> None:
         self.slot = slot  # which of the n_jobs places it fills (its GPU, when there are some)
-        self.gpu_env = gpu_env
+        self.env = env  # what its environment starts with (GPU, share, thread counts)
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child, gpu_env), name=f"vaesweep-worker-{number}", daemon=False
+            target=_serve, args=(child,), name=f"vaesweep-worker-{number}", daemon=False
         )
-        self.process.start()
+        with _child_environment(env):
+            self.process.start()
         child.close()
+        self.ready = False
         self.job: int | None = None  # the position (in this launch) of the job it runs
 
     def give(self, position: int, message: tuple) -> bool:
@@ -108,10 +175,11 @@ class _Worker:
         self.job = position
         return True
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(None)
-        self.conn.close()
+    def exit_reason(self) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0 and -code in signal.valid_signals():
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit status {code}"
 
 
 class LocalParallelLauncher(Launcher):
@@ -121,13 +189,14 @@ class LocalParallelLauncher(Launcher):
         self.n_jobs = n_jobs
         self.gpus = gpus
         self.stop_grace_s = float(stop_grace_s)
-        self._slot_env: list[dict[str, str]] = []
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._slot_env: list[dict[str, str]] = []
         self._started = 0
+        self._failed_starts = 0
         atexit.register(self.shutdown)
 
     def setup(
@@ -140,8 +209,10 @@ class LocalParallelLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        import cloudpickle
+
         from vaesweep.core.launchers import jobs_at_once
-        from vaesweep.sweep.launching import forwarded_environment, lost
+        from vaesweep.sweep.launching import forwarded_environment
 
         setup_globals()
         assert self.config is not None and self.task_function is not None
@@ -150,157 +221,86 @@ class LocalParallelLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         n_jobs = jobs_at_once(self.n_jobs)
-        self._slot_env = self._gpu_slots(n_jobs)
-        placed = [e["CUDA_VISIBLE_DEVICES"] for e in self._slot_env if e]
+        if not self._workers or len(self._slot_env) != n_jobs:
+            self._slot_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
+        placed = [e["CUDA_VISIBLE_DEVICES"] for e in self._slot_env if "CUDA_VISIBLE_DEVICES" in e]
         log.info(
             "local_parallel is launching %d jobs, %d at once%s",
             len(job_overrides),
             n_jobs,
-            f" (GPU of each: {', '.join(placed)})" if placed else "",
+            f" (the GPU of each place: {', '.join(placed)})" if placed else "",
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
         for i, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
-        import cloudpickle
-
         # By value where pickle's references fail (a task function decorated in a script,
         # Hydra's plugin dataclasses), as loky sends them.
         payload = cloudpickle.dumps(
             (self.hydra_context, self.config, self.task_function, Singleton.get_state())
         )
         env = forwarded_environment()
-
-        results: list[JobReturn | None] = [None] * len(job_overrides)
-        waiting = list(range(len(job_overrides)))
+        run = _Launch(self, job_overrides, initial_job_idx, payload, env, n_jobs)
         try:
-            while waiting or any(w.job is not None for w in self._workers):
-                self._hand_out(waiting, job_overrides, initial_job_idx, (payload, env, n_jobs))
-                ready = wait(
-                    [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers],
-                    timeout=POLL_S,
-                )
-                for worker in list(self._workers):
-                    if worker.conn in ready or worker.process.sentinel in ready:
-                        self._collect(worker, results, job_overrides, initial_job_idx, lost)
+            return run.until_done()
         except BaseException:
             self._stop_all()
             raise
-        return [r for r in results if r is not None]
 
-    def _hand_out(
-        self,
-        waiting: list[int],
-        job_overrides: Sequence[Sequence[str]],
-        initial_job_idx: int,
-        launch: tuple[bytes, dict[str, str], int],
-    ) -> None:
-        """Gives waiting jobs to idle workers, starting workers up to n_jobs (``launch``:
-        the shared payload, the forwarded environment, n_jobs)."""
-        payload, env, n_jobs = launch
-        while waiting:
-            idle = [w for w in self._workers if w.job is None and w.process.is_alive()]
-            if not idle and len(self._workers) < n_jobs:
-                free = sorted(set(range(n_jobs)) - {w.slot for w in self._workers})
-                if not free:
-                    return
-                slot = free[0]
-                self._started += 1
-                idle = [_Worker(self._context, self._started, slot, self._slot_env[slot])]
-                self._workers.extend(idle)
-            if not idle:
-                return
-            position = waiting[0]
-            worker_env = {**env, **idle[0].gpu_env}
-            message = (
-                initial_job_idx + position,
-                list(job_overrides[position]),
-                payload,
-                worker_env,
-                n_jobs,
-            )
-            if idle[0].give(position, message):
-                waiting.pop(0)
-            else:
-                self._drop(idle[0])
-
-    def _collect(
-        self,
-        worker: _Worker,
-        results: list[JobReturn | None],
-        job_overrides: Sequence[Sequence[str]],
-        initial_job_idx: int,
-        lost: Any,
-    ) -> None:
-        """A worker's result, or its end: a job it held without a result is lost."""
-        position = worker.job
-        with contextlib.suppress(EOFError, OSError):
-            if worker.conn.poll():
-                result = pickle.loads(worker.conn.recv_bytes())
-                if position is not None:
-                    results[position] = result
-                worker.job = None
-                return
-        if worker.process.is_alive():
-            return
-        worker.process.join()
-        if position is not None:
-            code = worker.process.exitcode
-            how = (
-                f"killed by {signal.Signals(-code).name}"
-                if code is not None and code < 0 and -code in signal.valid_signals()
-                else f"exit status {code}"
-            )
-            results[position] = lost(
-                initial_job_idx + position,
-                job_overrides[position],
-                f"its worker process ended without a result ({how})",
-            )
-        self._drop(worker)
-
-    def _gpu_slots(self, n_jobs: int) -> list[dict[str, str]]:
-        """The environment of each of the n_jobs worker places: its GPU and its share of it
-        (vaesweep.run.gpus.spread), or nothing when there is no GPU to assign. Workers of
-        an earlier launch keep theirs (an Optuna search's batches share one config)."""
+    def _places(self, n_jobs: int, n_used: int) -> list[dict[str, str]]:
+        """The starting environment of each of the n_jobs worker places: its GPU and share
+        (vaesweep.run.gpus.spread over the ``n_used`` places this launch fills), and the
+        BLAS/OpenMP thread counts loky set."""
         from omegaconf import OmegaConf
 
+        from vaesweep.core.launchers import usable_cores
         from vaesweep.run import gpus
 
         assert self.config is not None
+        threads = str(max(1, usable_cores() // n_jobs))
+        base = {k: threads for k in THREAD_VARIABLES if k not in os.environ}
         node = OmegaConf.select(self.config, "trainer")  # an app of its own may have none
         trainer = OmegaConf.to_container(node, resolve=True) if node is not None else {}
         ids = gpus.local_gpus(self.gpus, trainer)  # type: ignore[arg-type]
         if not ids:
-            return [{} for _ in range(n_jobs)]
-        slots = []
-        for gpu, share in gpus.spread(ids, n_jobs):
-            env = {"CUDA_VISIBLE_DEVICES": gpu, gpus.ASSIGNED_ENV: "local_parallel"}
+            return [dict(base) for _ in range(n_jobs)]
+        places = []
+        for gpu, share in gpus.spread(ids, n_jobs, n_used):
+            env = {**base, "CUDA_VISIBLE_DEVICES": gpu, gpus.ASSIGNED_ENV: "local_parallel"}
             if share is not None:
                 env[gpus.FRACTION_ENV] = f"{share:g}"
-            slots.append(env)
-        return slots
+            places.append(env)
+        return places
 
-    def _drop(self, worker: _Worker) -> None:
+    def start_worker(self, n_jobs: int) -> _Worker | None:
+        """A new worker in the first free place, or None when all n_jobs are taken."""
+        free = sorted(set(range(n_jobs)) - {w.slot for w in self._workers})
+        if not free:
+            return None
+        self._started += 1
+        worker = _Worker(self._context, self._started, free[0], self._slot_env[free[0]])
+        self._workers.append(worker)
+        return worker
+
+    def drop(self, worker: _Worker) -> None:
         with contextlib.suppress(ValueError):
             self._workers.remove(worker)
         worker.conn.close()
         worker.process.join(timeout=0)
 
     def shutdown(self) -> None:
-        """At the launching process's exit: the workers end (between jobs: none runs one)."""
-        for worker in list(self._workers):
-            worker.close()
-            worker.process.join(timeout=self.stop_grace_s)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            self._workers.remove(worker)
+        """At the launching process's exit: every worker is told to end, then each is waited
+        for against one deadline (between jobs: none runs one)."""
+        self._end(signal_first=False)
 
     def _stop_all(self) -> None:
-        """Stops every worker now: SIGTERM (a running job records interrupted), then SIGKILL
-        after stop_grace_s."""
+        """Stops every worker now: SIGTERM (a running job records interrupted at its next
+        batch), then SIGKILL after stop_grace_s."""
+        self._end(signal_first=True)
+
+    def _end(self, signal_first: bool) -> None:
         for worker in self._workers:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                if worker.process.pid is not None:
+            if signal_first and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
                     os.kill(worker.process.pid, signal.SIGTERM)
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
@@ -312,3 +312,115 @@ class LocalParallelLauncher(Launcher):
                 worker.process.join()
             worker.conn.close()
         self._workers = []
+
+
+class _Launch:
+    """One launch's jobs handed out to the launcher's workers and their results gathered."""
+
+    def __init__(
+        self,
+        launcher: LocalParallelLauncher,
+        job_overrides: Sequence[Sequence[str]],
+        initial_job_idx: int,
+        payload: bytes,
+        env: dict[str, str],
+        n_jobs: int,
+    ) -> None:
+        self.launcher = launcher
+        self.job_overrides = job_overrides
+        self.first = initial_job_idx
+        self.payload, self.env, self.n_jobs = payload, env, n_jobs
+        self.results: list[JobReturn | None] = [None] * len(job_overrides)
+        self.waiting = list(range(len(job_overrides)))
+
+    def until_done(self) -> list[JobReturn]:
+        workers = self.launcher._workers
+        while self.waiting or any(w.job is not None for w in workers):
+            self._hand_out()
+            ready = wait(
+                [w.conn for w in workers] + [w.process.sentinel for w in workers], timeout=POLL_S
+            )
+            for worker in list(workers):
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    self._collect(worker)
+        return [r for r in self.results if r is not None]
+
+    def _hand_out(self) -> None:
+        """Gives waiting jobs to ready idle workers, starting workers up to n_jobs."""
+        launcher = self.launcher
+        while len(launcher._workers) < min(self.n_jobs, len(self.waiting) + self._busy()):
+            if launcher.start_worker(self.n_jobs) is None:
+                break
+        while self.waiting:
+            idle = [w for w in launcher._workers if w.ready and w.job is None]
+            if not idle:
+                return
+            worker, position = idle[0], self.waiting[0]
+            message = (
+                self.first + position,
+                list(self.job_overrides[position]),
+                self.payload,
+                {**self.env, **{k: v for k, v in worker.env.items() if k.startswith("VAESWEEP_")}},
+                self.n_jobs,
+            )
+            if worker.give(position, message):
+                self.waiting.pop(0)
+            else:
+                launcher.drop(worker)
+
+    def _busy(self) -> int:
+        return sum(w.job is not None for w in self.launcher._workers)
+
+    def _collect(self, worker: _Worker) -> None:
+        """A worker's message (ready, or a result), or its end: a job it held without a
+        result is lost; workers that keep dying before they are ready lose the waiting jobs."""
+        from vaesweep.sweep.launching import lost
+
+        position = worker.job
+        with contextlib.suppress(EOFError, OSError):
+            if worker.conn.poll():
+                data = worker.conn.recv_bytes()
+                if not worker.ready and data == READY:
+                    worker.ready = True
+                    self.launcher._failed_starts = 0
+                    return
+                if position is not None:
+                    self.results[position] = self._read(data, position)
+                worker.job = None
+                return
+        if worker.process.is_alive():
+            return
+        worker.process.join()
+        how = worker.exit_reason()
+        if position is not None:
+            self.results[position] = lost(
+                self.first + position,
+                self.job_overrides[position],
+                f"its worker process ended without a result ({how})",
+            )
+        elif not worker.ready:
+            self.launcher._failed_starts += 1
+        self.launcher.drop(worker)
+        if self.launcher._failed_starts >= MAX_FAILED_STARTS and self.waiting:
+            for waiting in self.waiting:
+                self.results[waiting] = lost(
+                    self.first + waiting,
+                    self.job_overrides[waiting],
+                    f"no worker process could start ({MAX_FAILED_STARTS} in a row ended "
+                    f"before they were ready, the last with {how}; see the lines above)",
+                )
+            self.waiting = []
+
+    def _read(self, data: bytes, position: int) -> JobReturn:
+        """A result as the worker sent it; one this process cannot read is a failed job."""
+        try:
+            return pickle.loads(data)
+        except Exception as error:
+            return JobReturn(
+                overrides=list(self.job_overrides[position]),
+                status=JobStatus.FAILED,
+                _return_value=RuntimeError(
+                    f"job #{self.first + position}: its result could not be read here "
+                    f"({type(error).__name__}: {error})"
+                ),
+            )

@@ -50,10 +50,19 @@ def jobs_elsewhere(launcher: Any) -> bool:
     return is_pool(launcher) or is_ray(launcher) or is_submitit(launcher)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, a SLURM allocation, a
+    container's cpuset), else the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def jobs_at_once(n_jobs: Any, cores: int | None = None) -> int:
     """``n_jobs`` as a count of jobs at once, in joblib's convention: N ≥ 1 itself, -1 every
-    core, -k every core but k - 1; None (or anything else) 1. At least 1."""
-    cores = cores or os.cpu_count() or 1
+    usable core, -k every core but k - 1; None (or anything else) 1. At least 1."""
+    cores = cores or usable_cores()
     try:
         n = int(n_jobs)
     except (TypeError, ValueError):

@@ -141,7 +141,7 @@ def current_job() -> Job:
     )
     if launchers.is_ray(launcher):  # the CPUs Ray gave the job (the launcher resolved them)
         cpus = float(hc.launcher.get("cpus_per_job") or 1)
-        n_parallel = max(1, round((os.cpu_count() or 1) / max(cpus, 1e-3)))
+        n_parallel = max(1, round(launchers.usable_cores() / max(cpus, 1e-3)))
     return Job(
         run_dir=Path(hc.runtime.output_dir),
         name=hc.job.override_dirname or "default",

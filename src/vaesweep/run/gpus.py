@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
@@ -113,19 +112,47 @@ def visible_ids() -> list[str]:
     """The ids of the GPUs this process sees, as a child's ``CUDA_VISIBLE_DEVICES`` names
     them: this process's own list when it has one (numbers or UUIDs), else 0..n-1."""
     count = visible_gpus()
-    listed = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    listed = [x for x in listed if x]
+    listed = _listed_visible()
     return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def _listed_visible() -> list[str]:
+    """This process's own ``CUDA_VISIBLE_DEVICES`` as a list ([] when it has none)."""
+    return [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+
+
+def named_gpus(option: Any) -> list[str]:
+    """``hydra.launcher.gpus`` as the ids a child's ``CUDA_VISIBLE_DEVICES`` takes: an index
+    counts among the GPUs this process sees (through its own ``CUDA_VISIBLE_DEVICES``, as
+    torch numbers them: under a scheduler that gave it 2,3, index 0 is GPU 2); a UUID is
+    itself. ValueError for an index beyond that list."""
+    items = option.split(",") if isinstance(option, str) else option
+    items = [items] if isinstance(items, int) else list(items)
+    names = [str(x).strip() for x in items if str(x).strip()]
+    listed = _listed_visible()
+    if not listed:
+        return names
+    out = []
+    for name in names:
+        if not name.isdigit():
+            out.append(name)
+        elif int(name) < len(listed):
+            out.append(listed[int(name)])
+        else:
+            raise ValueError(
+                f"hydra.launcher.gpus names GPU {name}, but this process sees "
+                f"{len(listed)} (CUDA_VISIBLE_DEVICES={','.join(listed)}; indices count "
+                f"from 0 among them)"
+            )
+    return out
 
 
 def local_gpus(option: Any, trainer: dict[str, Any]) -> list[str]:
     """The GPUs ``local_parallel`` spreads its jobs over: ``hydra.launcher.gpus`` when given
-    (a list of ids, or "0,2"; [] for none), else every visible GPU when the trainer trains
-    on a GPU, else none. Torch is imported only in that last case, to count them."""
+    (:func:`named_gpus`; [] for none), else every visible GPU when the trainer trains on a
+    GPU, else none. Torch is imported only in that last case, to count them."""
     if option is not None:
-        items = option.split(",") if isinstance(option, str) else option
-        items = [items] if isinstance(items, int) else list(items)
-        return [str(x).strip() for x in items if str(x).strip()]
+        return named_gpus(option)
     accelerator = trainer.get("accelerator")
     if str(accelerator or "auto").lower() == "cpu":
         return []
@@ -133,13 +160,20 @@ def local_gpus(option: Any, trainer: dict[str, Any]) -> list[str]:
     return ids if uses_gpu(accelerator, len(ids)) else []
 
 
-def spread(ids: list[str], n_slots: int) -> list[tuple[str, float | None]]:
-    """The GPU of each of ``n_slots`` worker slots, round robin over ``ids``, with the
-    share of it each gets: 1/k when up to k slots share one GPU (its memory capped at that
-    share, :func:`cap_memory`), None for a whole GPU."""
-    per_gpu = math.ceil(n_slots / len(ids))
-    share = None if per_gpu <= 1 else round(1 / per_gpu, 4)
-    return [(ids[slot % len(ids)], share) for slot in range(n_slots)]
+def spread(
+    ids: list[str], n_places: int, n_used: int | None = None
+) -> list[tuple[str, float | None]]:
+    """The GPU of each of ``n_places`` worker places, round robin over ``ids``, with the
+    share of it each gets: 1/k when k of the first ``n_used`` places (default: all) are on
+    that GPU (its memory capped at that share, :func:`cap_memory`), None for a whole GPU."""
+    used = n_places if n_used is None else max(1, min(n_used, n_places))
+    on_gpu = {gpu: sum(ids[p % len(ids)] == gpu for p in range(used)) for gpu in ids}
+    places = []
+    for place in range(n_places):
+        gpu = ids[place % len(ids)]
+        k = on_gpu[gpu] if place < used else max(on_gpu[gpu], 1)
+        places.append((gpu, None if k <= 1 else round(1 / k, 4)))
+    return places
 
 
 def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str | None:
@@ -191,10 +225,18 @@ def one_device_problem(trainer: dict[str, Any], launcher: str) -> str | None:
     """Why this trainer cannot run as a job whose GPU the launcher (``ray``,
     ``local_parallel``) assigned, else None: such a job trains on one device (a GPU or its
     share of one, or the CPU)."""
-    count = n_devices(trainer.get("devices"))
+    devices = trainer.get("devices")
+    count = n_devices(devices)
+    label = {"ray": "Ray"}.get(launcher, launcher)
+    if isinstance(devices, list | tuple) or (isinstance(devices, str) and "," in devices):
+        return (
+            f"trainer.devices={devices} picks GPUs by index, but a job of the {label} "
+            "launcher sees only the GPU it is given (as device 0). Use trainer.devices=1, "
+            f"and choose the GPUs with {SHARE_KEYS.get(launcher, 'hydra.launcher')}"
+            + (" (e.g. hydra.launcher.gpus=[1])" if launcher == "local_parallel" else "")
+        )
     if (count is None or count == 1) and int(trainer.get("num_nodes") or 1) == 1:
         return None  # one device, or "auto": the devices the launcher made visible to the job
-    label = {"ray": "Ray"}.get(launcher, launcher)
     return (
         f"trainer.devices={trainer.get('devices')} (num_nodes={trainer.get('num_nodes')}): "
         f"a job of the {label} launcher trains on the one device it is given (a GPU, or "

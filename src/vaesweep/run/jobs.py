@@ -102,7 +102,7 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
     if cfg.threads:
         torch_threads = int(cfg.threads)
     else:
-        torch_threads = max(1, (os.cpu_count() or 1) // job.n_parallel)
+        torch_threads = max(1, launchers.usable_cores() // job.n_parallel)
     rank = process_rank()
     if rank != 0:  # a DDP worker a launcher started: does what rank 0 decided, writes nothing
         if isinstance(execute, Exception):

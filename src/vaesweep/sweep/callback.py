@@ -33,7 +33,7 @@ from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, HOST, wait_for_ot
 from vaesweep.run.failures import describe
 from vaesweep.run.signals import SweepGuard, SweepStopped
 from vaesweep.sweep import preflight
-from vaesweep.sweep.grid import finish_sweep, refuse_bad_resume, start_sweep
+from vaesweep.sweep.grid import finish_sweep, planned_dirs, refuse_bad_resume, start_sweep
 from vaesweep.sweep.search import finish_search, is_search, start_search
 from vaesweep.sweep.task import jobs_run_here, load_driver_here
 
@@ -83,7 +83,8 @@ class _Running:
             if self.search:
                 done = finish_search(self.sweep_dir, stopped_by=stopped_by)
             else:
-                done = finish_sweep(self.sweep_dir, stopped_by=stopped_by)
+                planned = planned_dirs(self.config)
+                done = finish_sweep(self.sweep_dir, stopped_by=stopped_by, planned=planned)
         except Exception as e:
             print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
             done = False

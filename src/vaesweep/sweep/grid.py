@@ -238,19 +238,24 @@ def invalid_jobs(configs: list[DictConfig], n_jobs: int) -> str | None:
 
 
 def finish_sweep(
-    sweep_dir: Path, stopped_by: str | None = None, metrics: Sequence[str] = ()
+    sweep_dir: Path,
+    stopped_by: str | None = None,
+    metrics: Sequence[str] = (),
+    planned: Sequence[str] = (),
 ) -> bool:
     """Writes the jobs' statuses into sweep.json and summary.csv, prints the table and names
     the jobs that did not complete; True when every job of the grid completed.
 
     ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
     never started have no row; a relaunch of the same command continues the sweep).
-    ``metrics``: columns before the usual ones (a search's objective).
+    ``metrics``: columns before the usual ones (a search's objective). ``planned``: the
+    directory names of this launch's jobs (:func:`planned_dirs`): one without a directory
+    never started (its launcher ended early), said and not complete.
     """
     with sweep_record_lock(sweep_dir):  # another launch may be adding its own
         record, rows = _record_finish(sweep_dir, stopped_by, metrics)
     print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
-    return _tell_finish(record, rows, stopped_by)
+    return _tell_finish(record, rows, stopped_by, planned)
 
 
 def _record_finish(
@@ -277,7 +282,10 @@ def _record_finish(
 
 
 def _tell_finish(
-    record: dict[str, Any], rows: list[dict[str, Any]], stopped_by: str | None
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    stopped_by: str | None,
+    planned: Sequence[str] = (),
 ) -> bool:
     """The lines after the table: unconverged scales, jobs that did not complete, jobs not
     started; True when every job completed."""
@@ -307,22 +315,25 @@ def _tell_finish(
             flush=True,
         )
         return not bad
-    unstarted = _never_started(record, rows)
-    if unstarted:  # a launcher that ended early (a broken pool, a cluster lost)
+    unstarted = sorted(set(planned) - {r["job"] for r in rows})
+    if unstarted:  # this launch's launcher ended early (a broken pool, a cluster lost)
         shown = ", ".join(unstarted[:3]) + (" ..." if len(unstarted) > 3 else "")
         print(
-            f"{len(unstarted)} of {n_jobs} jobs never started ({shown}): run the same command "
-            "again to run them.",
+            f"{len(unstarted)} of this launch's {len(planned)} jobs never started ({shown}): "
+            "run the same command again to run them.",
             file=sys.stderr,
             flush=True,
         )
     return not bad and not unstarted
 
 
-def _never_started(record: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """The job directories the launches of this sweep planned that hold no job."""
-    planned = {d for la in record.get("launches") or [] for d in la.get("job_dirs") or []}
-    return sorted(planned - {r["job"] for r in rows})
+def planned_dirs(config: DictConfig) -> list[str]:
+    """The directory names of the jobs of this launch of a grid sweep (its multirun config),
+    as Hydra will name them."""
+    overrides = list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=True) if params else {}
+    return [d.name for d in job_dirs(config, grid_jobs(overrides, params))]
 
 
 def start_sweep(config: DictConfig) -> None:
@@ -351,7 +362,7 @@ def _add_launch(
         "overrides": overrides,
         "launcher": config.hydra.launcher.get("_target_"),
         "launched_at": now(),
-        "job_dirs": [d.name for d in job_dirs(config, grid_jobs(overrides, params))],
+        "job_dirs": planned_dirs(config),
         # Python, packages and the source tree's commit and dirty flag (as results.json).
         "versions": versions(),
     }

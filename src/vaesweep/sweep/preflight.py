@@ -33,6 +33,7 @@ from vaesweep.core import launchers
 from vaesweep.core.checks import ConfigError, is_int
 from vaesweep.run.config import CONF_DIR, check_sweep_keys
 from vaesweep.run.effective import repeated_key
+from vaesweep.run.gpus import named_gpus
 from vaesweep.run.ranks import DECISION_ENV
 from vaesweep.sweep.grid import grid_jobs, job_dirs
 
@@ -152,7 +153,7 @@ def launcher_problem(launcher: DictConfig) -> str | None:
     target = str(launcher.get("_target_") or "")
     if launchers.is_pool(target):
         n_jobs = launcher.get("n_jobs")
-        cores = os.cpu_count() or 1
+        cores = launchers.usable_cores()
         if n_jobs is not None and not (
             is_int(n_jobs) and (n_jobs >= 1 or (n_jobs < 0 and cores + 1 + n_jobs >= 1))
         ):
@@ -187,6 +188,10 @@ def _gpu_ids_problem(gpus: Any) -> str | None:
     except TypeError:
         ids = [""]
     if all(i.isdigit() or i.startswith(("GPU-", "MIG-")) for i in ids):
+        try:
+            named_gpus(ids)
+        except ValueError as error:
+            return f"hydra.launcher.gpus={gpus!r} is invalid: {error}"
         return None
     return (
         f"hydra.launcher.gpus={gpus!r} is invalid: allowed null (every visible GPU when the "
