@@ -58,6 +58,8 @@ APP = textwrap.dedent(
     if __name__ == "__mp_main__":  # a worker (spawn) importing the script
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
         (OUT / f"import-{os.getpid()}").write_text(visible)
+        status = Path("/proc/self/status").read_text().split("SigBlk:")[1].split()[0]
+        (OUT / f"blocked-{os.getpid()}").write_text(status)
         if os.environ.get("DIE_AT_START"):
             os._exit(3)
 
@@ -114,7 +116,7 @@ def test_a_worker_killed_mid_job_loses_that_job_alone(tmp_path):
     ]  # fmt: skip
     assert "[vaesweep] job #1 (+x=die): its worker process ended without a result " in (proc.stderr)
     assert "(killed by SIGKILL); not retried" in proc.stderr
-    pids = {p.name: int(p.read_text()) for p in out.glob("*-*")}
+    pids = {p.name: int(p.read_text()) for p in [*out.glob("start-*"), *out.glob("done-*")]}
     assert pids["start-die"] not in {pids["done-a"], pids["done-b"], pids["done-c"]}
     assert pids["start-die"] != os.getpid()  # a worker, not the launching process
 
@@ -149,11 +151,15 @@ def test_a_result_that_does_not_unpickle_fails_its_job_alone(tmp_path):
 def test_each_worker_sees_its_gpu_from_its_first_line(tmp_path):
     """Two GPU ids named, four jobs two at a time: each worker has its own id in its
     environment while it imports the script (a module-level CUDA query would see it), and
-    the ids alternate between the two workers."""
+    the ids alternate between the two workers; the stop signals are held meanwhile."""
     proc = _app(tmp_path, "a,b,c,d", 2, "+hydra.launcher.gpus=[0,1]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = sorted(p.read_text() for p in (tmp_path / "out").glob("import-*"))
     assert seen == ["0", "1"]
+    # SIGINT and SIGTERM held while each worker starts, the first one's included (a Ctrl-C
+    # then waits for its handlers instead of killing it): bits 2 and 15 of its mask.
+    masks = [int(p.read_text(), 16) for p in (tmp_path / "out").glob("blocked-*")]
+    assert len(masks) == 2 and all(m & 0x4002 == 0x4002 for m in masks), masks
 
 
 def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
@@ -427,3 +433,22 @@ def test_workers_of_a_launching_process_killed_outright_stop_their_jobs(tmp_path
     rc, out = run_to_end(args, tmp_path)
     assert rc == 0, out[-3000:]
     assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 2]
+
+
+def test_a_job_given_a_gpu_it_cannot_see_is_refused_unless_it_trains_on_the_cpu(monkeypatch):
+    """hydra.launcher.gpus=[5] on a machine without GPU 5: the job sees no CUDA device, and
+    accelerator auto would train on the CPU without a word. Refused before training (the
+    job records failed, runs again once corrected); trainer.accelerator=cpu is not."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv(gpus.ASSIGNED_ENV, "local_parallel")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    message = gpus.missing_gpu_problem("auto")
+    assert message is not None
+    assert message.startswith("the local_parallel launcher gave this job GPU 5")
+    assert "hydra.launcher.gpus" in message
+    assert gpus.missing_gpu_problem("cpu") is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a Ray job given no GPU
+    assert gpus.missing_gpu_problem("auto") is None
+    monkeypatch.delenv(gpus.ASSIGNED_ENV)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # set by the user, not a launcher
+    assert gpus.missing_gpu_problem("auto") is None

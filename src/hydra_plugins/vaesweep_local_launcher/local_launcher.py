@@ -41,6 +41,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 #: Workers that die before they are ready, in a row, after which the waiting jobs are lost.
 MAX_FAILED_STARTS = 3
-#: What a worker sends once it can take jobs.
+#: What a worker sends once it can take jobs, and how long it may take to start.
 READY = b"ready"
+READY_TIMEOUT_S = 300.0
 #: Signals a worker ignores between jobs (a job installs its own handlers for its lifetime).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: The thread counts loky gives each of its workers (cores / n_jobs), unless already set.
@@ -119,14 +121,18 @@ def _between_jobs(signum: int, frame: Any) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """A thread that stops this worker's job (SIGTERM to itself: ``interrupted`` at the next
-    batch) when the launching process is gone (killed outright), instead of running on
-    holding the job's claim and GPU."""
+    """A thread that stops this worker's job when the launching process is gone (killed
+    outright), instead of running on holding the job's claim and GPU: SIGTERM to itself
+    every second until the worker ends (a job records ``interrupted`` at its next batch
+    once its handlers are in place; before that, while it starts, the signal is ignored and
+    the next one counts; between jobs the closed pipe ends the worker)."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
+        while True:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(POLL_S)
 
     threading.Thread(target=watch, name="vaesweep-parent-watch", daemon=True).start()
 
@@ -143,28 +149,32 @@ def _child_environment(env: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        for key, value in saved.items():
+        for key, value in saved.items():  # before the mask: a held signal's handler runs then
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class _Worker:
     def __init__(self, context: Any, number: int, slot: int, env: dict[str, str]) -> None:
         self.slot = slot  # which of the n_jobs places it fills (its GPU, when there are some)
         self.env = env  # what its environment starts with (GPU, share, thread counts)
-        self.conn, child = context.Pipe()
+        self.conn, self._child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child,), name=f"vaesweep-worker-{number}", daemon=False
+            target=_serve, args=(self._child,), name=f"vaesweep-worker-{number}", daemon=False
         )
-        with _child_environment(env):
-            self.process.start()
-        child.close()
         self.ready = False
+        self.started_at = time.monotonic()
         self.job: int | None = None  # the position (in this launch) of the job it runs
+
+    def start(self) -> None:
+        with _child_environment(self.env):
+            self.process.start()
+        self._child.close()
+        self.started_at = time.monotonic()
 
     def give(self, position: int, message: tuple) -> bool:
         """Sends it a job; False when its pipe is closed (it has died)."""
@@ -221,8 +231,10 @@ class LocalParallelLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         n_jobs = jobs_at_once(self.n_jobs)
-        if not self._workers or len(self._slot_env) != n_jobs:
-            self._slot_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
+        # Each launch its shares (a search's batches differ in size); a place's GPU is the
+        # same whatever the launch, so workers kept from an earlier one stay where they are.
+        self._slot_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
+        resource_tracker.ensure_running()  # started here, not inside a worker's start
         placed = [e["CUDA_VISIBLE_DEVICES"] for e in self._slot_env if "CUDA_VISIBLE_DEVICES" in e]
         log.info(
             "local_parallel is launching %d jobs, %d at once%s",
@@ -278,7 +290,8 @@ class LocalParallelLauncher(Launcher):
             return None
         self._started += 1
         worker = _Worker(self._context, self._started, free[0], self._slot_env[free[0]])
-        self._workers.append(worker)
+        self._workers.append(worker)  # first: a signal during its start stops it too
+        worker.start()
         return worker
 
     def drop(self, worker: _Worker) -> None:
@@ -336,6 +349,9 @@ class _Launch:
     def until_done(self) -> list[JobReturn]:
         workers = self.launcher._workers
         while self.waiting or any(w.job is not None for w in workers):
+            for worker in workers:  # stuck while it starts: ended, counted as a failed start
+                if not worker.ready and time.monotonic() - worker.started_at > READY_TIMEOUT_S:
+                    worker.process.kill()
             self._hand_out()
             ready = wait(
                 [w.conn for w in workers] + [w.process.sentinel for w in workers], timeout=POLL_S
@@ -356,11 +372,13 @@ class _Launch:
             if not idle:
                 return
             worker, position = idle[0], self.waiting[0]
+            place = launcher._slot_env[worker.slot] if worker.slot < len(launcher._slot_env) else {}
+            own = {k: v for k, v in place.items() if k.startswith("VAESWEEP_")}  # its share now
             message = (
                 self.first + position,
                 list(self.job_overrides[position]),
                 self.payload,
-                {**self.env, **{k: v for k, v in worker.env.items() if k.startswith("VAESWEEP_")}},
+                {**self.env, **own},
                 self.n_jobs,
             )
             if worker.give(position, message):

@@ -92,6 +92,9 @@ def build_run(
     if os.environ.get(TIMESTAMPS_ENV):
         callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
     torch.set_num_threads(torch_threads)
+    missing = gpus.missing_gpu_problem(cfg.trainer.get("accelerator"))
+    if missing:
+        raise ConfigError(missing)
     gpus.cap_memory()  # a job given a share of a GPU: at most that share of its memory
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:

@@ -221,6 +221,24 @@ def n_devices(devices: Any) -> int | None:
     return None
 
 
+def missing_gpu_problem(accelerator: Any) -> str | None:
+    """Why a job whose launcher gave it a GPU (:data:`ASSIGNED_ENV`, ``CUDA_VISIBLE_DEVICES``)
+    cannot train as asked, else None: it sees no CUDA device while its trainer is not told
+    to train on the CPU (``auto`` would silently fall back to it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not os.environ.get(ASSIGNED_ENV) or not visible:  # Ray's CPU jobs: ""
+        return None
+    if str(accelerator or "auto").lower() == "cpu" or visible_gpus() > 0:
+        return None
+    launcher = os.environ[ASSIGNED_ENV]
+    return (
+        f"the {launcher} launcher gave this job GPU {visible} (CUDA_VISIBLE_DEVICES), but it "
+        f"sees no CUDA device, so trainer.accelerator={accelerator} would not train on a GPU: "
+        f"name GPUs this machine has ({SHARE_KEYS.get(launcher, 'hydra.launcher')}), or "
+        "train on the CPU (trainer.accelerator=cpu)"
+    )
+
+
 def one_device_problem(trainer: dict[str, Any], launcher: str) -> str | None:
     """Why this trainer cannot run as a job whose GPU the launcher (``ray``,
     ``local_parallel``) assigned, else None: such a job trains on one device (a GPU or its

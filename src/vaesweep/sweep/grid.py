@@ -508,7 +508,8 @@ def written_again(
             now_ = sorted(set(job) - set(stored["overrides"]))
             return (
                 f"the job [{' '.join(now_)}] is the run {run_dir.name} of this sweep "
-                f"({stored['status']}), written another way ({' '.join(before)} there): it would be "
+                f"({stored['status']}), written another way ({' '.join(before)} there): it "
+                "would be "
                 "trained again in a directory of its own. Write the values as that launch "
                 "did (the same command continues the sweep), or use another hydra.sweep.dir"
             )
