@@ -203,10 +203,10 @@ class LocalParallelLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self._context = multiprocessing.get_context("spawn")
-        self._workers: list[_Worker] = []
-        self._slot_env: list[dict[str, str]] = []
+        self.workers: list[_Worker] = []
+        self.places_env: list[dict[str, str]] = []
         self._started = 0
-        self._failed_starts = 0
+        self.failed_starts = 0
         atexit.register(self.shutdown)
 
     def setup(
@@ -233,9 +233,9 @@ class LocalParallelLauncher(Launcher):
         n_jobs = jobs_at_once(self.n_jobs)
         # Each launch its shares (a search's batches differ in size); a place's GPU is the
         # same whatever the launch, so workers kept from an earlier one stay where they are.
-        self._slot_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
+        self.places_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
         resource_tracker.ensure_running()  # started here, not inside a worker's start
-        placed = [e["CUDA_VISIBLE_DEVICES"] for e in self._slot_env if "CUDA_VISIBLE_DEVICES" in e]
+        placed = [e["CUDA_VISIBLE_DEVICES"] for e in self.places_env if "CUDA_VISIBLE_DEVICES" in e]
         log.info(
             "local_parallel is launching %d jobs, %d at once%s",
             len(job_overrides),
@@ -285,18 +285,18 @@ class LocalParallelLauncher(Launcher):
 
     def start_worker(self, n_jobs: int) -> _Worker | None:
         """A new worker in the first free place, or None when all n_jobs are taken."""
-        free = sorted(set(range(n_jobs)) - {w.slot for w in self._workers})
+        free = sorted(set(range(n_jobs)) - {w.slot for w in self.workers})
         if not free:
             return None
         self._started += 1
-        worker = _Worker(self._context, self._started, free[0], self._slot_env[free[0]])
-        self._workers.append(worker)  # first: a signal during its start stops it too
+        worker = _Worker(self._context, self._started, free[0], self.places_env[free[0]])
+        self.workers.append(worker)  # first: a signal during its start stops it too
         worker.start()
         return worker
 
     def drop(self, worker: _Worker) -> None:
         with contextlib.suppress(ValueError):
-            self._workers.remove(worker)
+            self.workers.remove(worker)
         worker.conn.close()
         worker.process.join(timeout=0)
 
@@ -311,20 +311,20 @@ class LocalParallelLauncher(Launcher):
         self._end(signal_first=True)
 
     def _end(self, signal_first: bool) -> None:
-        for worker in self._workers:
+        for worker in self.workers:
             if signal_first and worker.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError, OSError):
                     os.kill(worker.process.pid, signal.SIGTERM)
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
         deadline = time.monotonic() + self.stop_grace_s
-        for worker in self._workers:
+        for worker in self.workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
             worker.conn.close()
-        self._workers = []
+        self.workers = []
 
 
 class _Launch:
@@ -347,7 +347,7 @@ class _Launch:
         self.waiting = list(range(len(job_overrides)))
 
     def until_done(self) -> list[JobReturn]:
-        workers = self.launcher._workers
+        workers = self.launcher.workers
         while self.waiting or any(w.job is not None for w in workers):
             for worker in workers:  # stuck while it starts: ended, counted as a failed start
                 if not worker.ready and time.monotonic() - worker.started_at > READY_TIMEOUT_S:
@@ -364,15 +364,17 @@ class _Launch:
     def _hand_out(self) -> None:
         """Gives waiting jobs to ready idle workers, starting workers up to n_jobs."""
         launcher = self.launcher
-        while len(launcher._workers) < min(self.n_jobs, len(self.waiting) + self._busy()):
+        while len(launcher.workers) < min(self.n_jobs, len(self.waiting) + self._busy()):
             if launcher.start_worker(self.n_jobs) is None:
                 break
         while self.waiting:
-            idle = [w for w in launcher._workers if w.ready and w.job is None]
+            idle = [w for w in launcher.workers if w.ready and w.job is None]
             if not idle:
                 return
             worker, position = idle[0], self.waiting[0]
-            place = launcher._slot_env[worker.slot] if worker.slot < len(launcher._slot_env) else {}
+            place = (
+                launcher.places_env[worker.slot] if worker.slot < len(launcher.places_env) else {}
+            )
             own = {k: v for k, v in place.items() if k.startswith("VAESWEEP_")}  # its share now
             message = (
                 self.first + position,
@@ -387,7 +389,7 @@ class _Launch:
                 launcher.drop(worker)
 
     def _busy(self) -> int:
-        return sum(w.job is not None for w in self.launcher._workers)
+        return sum(w.job is not None for w in self.launcher.workers)
 
     def _collect(self, worker: _Worker) -> None:
         """A worker's message (ready, or a result), or its end: a job it held without a
@@ -400,7 +402,7 @@ class _Launch:
                 data = worker.conn.recv_bytes()
                 if not worker.ready and data == READY:
                     worker.ready = True
-                    self.launcher._failed_starts = 0
+                    self.launcher.failed_starts = 0
                     return
                 if position is not None:
                     self.results[position] = self._read(data, position)
@@ -417,9 +419,9 @@ class _Launch:
                 f"its worker process ended without a result ({how})",
             )
         elif not worker.ready:
-            self.launcher._failed_starts += 1
+            self.launcher.failed_starts += 1
         self.launcher.drop(worker)
-        if self.launcher._failed_starts >= MAX_FAILED_STARTS and self.waiting:
+        if self.launcher.failed_starts >= MAX_FAILED_STARTS and self.waiting:
             for waiting in self.waiting:
                 self.results[waiting] = lost(
                     self.first + waiting,
