@@ -341,7 +341,8 @@ def _read_only(path: Path, script: str) -> subprocess.CompletedProcess:
 def test_a_read_only_job_directory_refuses_the_sweep_before_any_job(tmp_path):
     """Hydra's launchers cannot skip one job, and a job whose train.log cannot be opened
     stops the sweep with a traceback: the sweep is refused up front, naming the directory."""
-    job = tmp_path / "sweep" / job_dirname(",".join(sorted([*B, "beta=2"])))
+    # Named as Hydra names it: its values as its sweeper writes them (false → False).
+    job = tmp_path / "sweep" / job_dirname(",".join(sorted(grid_jobs([*B, "beta=2"], {})[0])))
     job.mkdir(parents=True)
     args = " ".join(["-m", *B, "beta=1,2", "hydra.sweep.dir=sweep"])
     proc = _read_only(job, f"cd {tmp_path} && {sys.executable} {RUN_PY} {args}")
