@@ -173,7 +173,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def grid_jobs(overrides: list[str], sweeper_params: dict[str, str] | None) -> list[list[str]]:
     """The overrides of every job of a grid sweep (as the basic sweeper expands it)."""
-    axes = [  # each value written as Hydra's sweeper writes it (False → false): its job dir
+    axes = [  # each value written as Hydra's sweeper writes it (false → False): its job dir
         [f"{key}={v}" for v in o.sweep_string_iterator()]
         if o.is_sweep_override()
         else [f"{key}={o.get_value_element_as_str()}"]
