@@ -43,14 +43,18 @@ import time
 from collections.abc import Iterator, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
-from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+
+from vaesweep.sweep.launching import (
+    SweepLauncher,
+    adopt_environment,
+    forwarded_environment,
+    job_config,
+    lost,
+    run_configured,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +81,6 @@ def _serve(conn: Connection) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent's start
     _watch_parent(os.getppid())
     import cloudpickle
-
-    from vaesweep.sweep.launching import adopt_environment, job_config, run_configured
 
     conn.send_bytes(READY)
     while True:
@@ -167,7 +169,7 @@ class _Worker:
             target=_serve, args=(self._child,), name=f"vaesweep-worker-{number}", daemon=False
         )
         self.ready = False
-        self.started_at = time.monotonic()
+        self.started_at = time.monotonic()  # again at its start
         self.job: int | None = None  # the position (in this launch) of the job it runs
 
     def start(self) -> None:
@@ -192,16 +194,14 @@ class _Worker:
         return f"exit status {code}"
 
 
-class LocalParallelLauncher(Launcher):
+class LocalParallelLauncher(SweepLauncher):
     """See the module doc."""
 
     def __init__(self, n_jobs: Any = 2, gpus: Any = None, stop_grace_s: float = 30.0) -> None:
+        super().__init__()
         self.n_jobs = n_jobs
         self.gpus = gpus
         self.stop_grace_s = float(stop_grace_s)
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
         self._context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
         self.places_env: list[dict[str, str]] = []
@@ -209,27 +209,14 @@ class LocalParallelLauncher(Launcher):
         self.failed_starts = 0
         atexit.register(self.shutdown)
 
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
-
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         import cloudpickle
 
         from vaesweep.core.launchers import jobs_at_once
-        from vaesweep.sweep.launching import forwarded_environment
 
-        setup_globals()
-        assert self.config is not None and self.task_function is not None
-        assert self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep_dir = self.begin_launch()
         n_jobs = jobs_at_once(self.n_jobs)
         # Each launch its shares (a search's batches differ in size); a place's GPU is the
         # same whatever the launch, so workers kept from an earlier one stay where they are.
@@ -247,9 +234,7 @@ class LocalParallelLauncher(Launcher):
             log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
         # By value where pickle's references fail (a task function decorated in a script,
         # Hydra's plugin dataclasses), as loky sends them.
-        payload = cloudpickle.dumps(
-            (self.hydra_context, self.config, self.task_function, Singleton.get_state())
-        )
+        payload = cloudpickle.dumps(self.shared())
         env = forwarded_environment()
         run = _Launch(self, job_overrides, initial_job_idx, payload, env, n_jobs)
         try:
@@ -394,8 +379,6 @@ class _Launch:
     def _collect(self, worker: _Worker) -> None:
         """A worker's message (ready, or a result), or its end: a job it held without a
         result is lost; workers that keep dying before they are ready lose the waiting jobs."""
-        from vaesweep.sweep.launching import lost
-
         position = worker.job
         with contextlib.suppress(EOFError, OSError):
             if worker.conn.poll():

@@ -40,16 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.singleton import Singleton
-from hydra.core.utils import (
-    JobReturn,
-    configure_log,
-    filter_overrides,
-    setup_globals,
-)
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
+from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import DictConfig, OmegaConf
+
+from vaesweep.sweep.launching import (
+    SweepLauncher,
+    forwarded_environment,
+    job_config,
+    lost,
+    run_configured,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,6 @@ def execute_job(
     into its directory (a job that will be skipped writes nothing there)."""
     from vaesweep.run.gpus import ASSIGNED_ENV, FRACTION_ENV
     from vaesweep.run.policy import config_subdir
-    from vaesweep.sweep.launching import job_config, run_configured
 
     os.environ[ASSIGNED_ENV] = "ray"
     if gpus_per_job > 0:
@@ -264,35 +263,20 @@ def _close_wandb() -> None:
             print(f"[vaesweep] W&B did not shut down cleanly: {error}", file=sys.stderr)
 
 
-class RayLauncher(Launcher):
+class RayLauncher(SweepLauncher):
     """See the module doc."""
 
     def __init__(self, **options: Any) -> None:
+        super().__init__()
         self.options = options
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         import ray
 
-        from vaesweep.sweep.launching import forwarded_environment
-
-        setup_globals()
-        assert self.config is not None and self.task_function is not None
-        assert self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep_dir = self.begin_launch()
+        assert self.config is not None
 
         cluster = start_ray(self.options)
         trainer = OmegaConf.to_container(self.config.trainer, resolve=True)
@@ -315,9 +299,7 @@ class RayLauncher(Launcher):
             cluster.get("GPU", 0),
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
-        shared = ray.put(
-            (self.hydra_context, self.config, self.task_function, Singleton.get_state())
-        )
+        shared = ray.put(self.shared())
         refs = {}
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
@@ -342,8 +324,6 @@ class RayLauncher(Launcher):
     def _lost(self, idx: int, overrides: Sequence[str], error: BaseException) -> JobReturn:
         """A job whose worker died (killed, out of host memory) or that raised outside the
         task (vaesweep.sweep.launching.lost)."""
-        from vaesweep.sweep.launching import lost
-
         kind = type(error).__name__
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return lost(idx, overrides, f"its Ray task ended without a result ({kind}: {first[:300]})")

@@ -168,12 +168,8 @@ def spread(
     that GPU (its memory capped at that share, :func:`cap_memory`), None for a whole GPU."""
     used = n_places if n_used is None else max(1, min(n_used, n_places))
     on_gpu = {gpu: sum(ids[p % len(ids)] == gpu for p in range(used)) for gpu in ids}
-    places = []
-    for place in range(n_places):
-        gpu = ids[place % len(ids)]
-        k = on_gpu[gpu] if place < used else max(on_gpu[gpu], 1)
-        places.append((gpu, None if k <= 1 else round(1 / k, 4)))
-    return places
+    shares = {gpu: None if k <= 1 else round(1 / k, 4) for gpu, k in on_gpu.items()}
+    return [(ids[place % len(ids)], shares[ids[place % len(ids)]]) for place in range(n_places)]
 
 
 def piled_gpus_problem(launcher: dict[str, Any], trainer: dict[str, Any]) -> str | None:

@@ -337,8 +337,8 @@ def _stopped(stop: JobInterrupted) -> None:
       and exits (local: status 144; SLURM: scontrol requeue); the requeued attempt resumes.
       Any other signal, or a requeue submitit refuses (too many time-outs), returns: the
       launcher collects the job and its summary lists it as interrupted (non-zero exit).
-    - local_parallel, joblib or Ray (a job in a worker process): returns, the same way; the launching
-      process, signalled too, stops the sweep.
+    - local_parallel, joblib or Ray (a job in a worker process): returns, the same way;
+      the launching process, signalled too, stops the sweep.
     - Hydra's basic launcher (jobs in the launching process): the sweep stops
       (SweepStopped; the entry point writes the summary and exits 128 + the signal).
     - A single run: exits with 128 + the signal number.

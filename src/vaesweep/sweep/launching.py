@@ -15,11 +15,20 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
@@ -28,6 +37,42 @@ Shared = tuple[HydraContext, DictConfig, TaskFunction, dict[str, Any]]
 #: Environment variables of the launching process that every job gets (the sweep's stop
 #: file, W&B's mode and keys), also in a worker started before they were set.
 FORWARDED_PREFIXES = ("VAESWEEP_", "WANDB_", "CUBLAS_WORKSPACE_CONFIG", "HYDRA_FULL_ERROR")
+
+
+class SweepLauncher(Launcher):
+    """What vaesweep's launchers share of Hydra's Launcher: what ``setup`` is given, the
+    start of every launch (:meth:`begin_launch`) and the state sent to the workers
+    (:meth:`shared`). Abstract (``launch`` is each launcher's own), so Hydra does not list it
+    as a plugin."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def begin_launch(self) -> Path:
+        """Hydra's globals and logging, as its own launchers set them; the sweep directory,
+        made."""
+        setup_globals()
+        assert self.config is not None and self.task_function is not None
+        assert self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return sweep_dir
+
+    def shared(self) -> Shared:
+        """What every job's worker needs (:func:`job_config`, :func:`run_configured`)."""
+        assert self.config is not None and self.task_function is not None
+        assert self.hydra_context is not None
+        return (self.hydra_context, self.config, self.task_function, Singleton.get_state())
 
 
 def forwarded_environment() -> dict[str, str]:

@@ -16,7 +16,8 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
 - a multirun: ``hydra.sweep.dir`` naming a file, a sweep directory or an existing job
   directory of the grid it cannot write (the whole sweep is refused before any job runs:
   Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
-  the sweep); the launcher: local_parallel's (or joblib's) ``n_jobs``, and SLURM's commands for submitit.
+  the sweep); the launcher: local_parallel's (or joblib's) ``n_jobs`` and ``gpus``, and
+  SLURM's commands for submitit.
 """
 
 from __future__ import annotations
