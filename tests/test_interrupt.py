@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -274,9 +275,14 @@ def test_ctrl_c_stops_a_sequential_sweep_and_the_relaunch_continues_it(workdir, 
         assert [(r["beta"], r["status"]) for r in csv.DictReader(f)] == [("2", "interrupted")]
     assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] == "SIGINT"
     assert "interrupted" in out and "1 of 2 jobs not started" in out
+    # The relaunch is the command the sweep printed (its directory as sweep.resume).
+    printed = shlex.split(out.split("Continue this sweep:\n")[1].splitlines()[0])
+    assert printed[:2] == ["python", str(RUN_PY)]
+    assert printed[-1] == f"sweep.resume={sweep.resolve()}"
 
-    rc, out = run_to_end(args, workdir)
+    rc, out = run_to_end(printed[2:], workdir)
     assert rc == 0, out[-3000:]
+    assert "Continue this sweep" not in out
     results = {p.name.split(",")[0]: result(p) for p in sweep.iterdir() if p.is_dir()}
     assert sorted(results) == ["beta=2", "beta=4"]
     assert results["beta=4"]["status"] == "completed" and results["beta=4"]["attempts"] == 1
@@ -296,6 +302,13 @@ def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
     first = result(run_dir)
     assert first["status"] == "interrupted" and first["wandb_run_id"]
+    printed = output(proc).split("continue it with: ")[1].splitlines()[0]
+    assert shlex.split(printed) == [
+        "python",
+        str(RUN_PY),
+        *args[:-1],
+        f"hydra.run.dir={run_dir.resolve()}",
+    ]
 
     rc, out = run_to_end(args, workdir)
     assert rc == 0, out[-3000:]

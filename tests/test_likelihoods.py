@@ -218,6 +218,27 @@ def test_gradients_reach_every_scale(name, mode, rng):
         assert torch.all(params.grad[:, SHAPE[0] :] != 0)
 
 
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+@pytest.mark.parametrize("reduction", ["batch", "example"])
+def test_optimal_scale_gradient_is_the_closed_form(name, reduction, rng):
+    """At the optimal scale the loss is the log-MSE (log-MAE) form, whose gradient has a
+    closed form. With s = mean r² (Gaussian) or mean |r| (Laplace) over the batch, or over
+    each example's pixels, and r = x − μ: ∂ Σ log p / ∂μ_i = r_i / s (Gaussian) and
+    sign(r_i) / s (Laplace); the path through σ* adds nothing, as the NLL is stationary in
+    σ there. A statistic over the wrong elements (the batch for the examples' reduction, a
+    sum for a mean) or a path through σ* that does not vanish changes it."""
+    lik = make(name, scale="optimal", min_log_scale=None, optimal_reduction=reduction).train()
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc = rng.normal(0.5, 0.3, (B, *SHAPE))
+    loc_t = torch.tensor(loc, requires_grad=True)
+    lik.log_prob(torch.tensor(x), loc_t).sum().backward()
+    r = x - loc
+    stat = r**2 if name == "gaussian" else np.abs(r)
+    s = stat.mean() if reduction == "batch" else stat.reshape(B, -1).mean(1)[:, None, None, None]
+    expected = (r if name == "gaussian" else np.sign(r)) / s
+    np.testing.assert_allclose(loc_t.grad.numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_soft_clip_floor_and_inverse():
     t = torch.linspace(-30, 10, 401, dtype=torch.float64)
     y = soft_clip(t, -6.0)
@@ -299,45 +320,75 @@ def _optimal_scale_on_shard(rank: int, world: int, store: str, x, loc, out) -> N
         lik = build_likelihood("gaussian", SHAPE, scale="optimal", min_log_scale=None).double()
         shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         loc_shard = loc[shard].clone().requires_grad_(True)
-        lik.log_prob(x[shard], loc_shard)
+        log_prob = lik.log_prob(x[shard], loc_shard)  # the training density of this shard
+        log_prob.sum().backward()
         lik.observe(x[shard], loc_shard)  # as the training step does, on every rank
-        out[rank] = float(lik.scale())
+        grad = loc_shard.grad.numpy().tolist()
+        out[rank] = (float(lik.scale()), log_prob.detach().numpy().tolist(), grad)
     finally:
         dist.destroy_process_group()
 
 
 def test_optimal_scale_under_data_parallel_is_the_global_batch_statistic(tmp_path, rng):
-    """Two gloo processes holding half a batch each find σ* of the whole batch."""
+    """Two gloo processes holding half a batch each train with σ* of the whole batch (not
+    of their own half: the halves' residual scales differ 1:8) and keep it as the running
+    scale. Each shard's log-density is scipy's normal density at the global σ*, and its
+    gradient the whole batch's, ∂/∂μ_i Σ log p = r_i / mean(r²) (r = x − μ, over every
+    pixel of the global batch: at σ* the path through σ* adds nothing)."""
     import torch.multiprocessing as mp
 
     x = torch.tensor(rng.uniform(0, 1, (8, *SHAPE)))
     loc = x + torch.tensor(rng.normal(0, 0.1, x.shape)) * torch.arange(1, 9).view(8, 1, 1, 1)
     out = mp.Manager().dict()
     mp.spawn(_optimal_scale_on_shard, args=(2, str(tmp_path / "store"), x, loc, out), nprocs=2)
-    expected = math.sqrt(float(((x - loc) ** 2).mean()))
-    assert out[0] == pytest.approx(expected, rel=1e-12)
-    assert out[1] == pytest.approx(expected, rel=1e-12)
+    xs, locs = x.numpy(), loc.numpy()
+    r = xs - locs
+    sigma = math.sqrt(float((r**2).mean()))
+    for rank, shard in ((0, slice(0, 4)), (1, slice(4, 8))):
+        scale, log_prob, grad = out[rank]
+        assert scale == pytest.approx(sigma, rel=1e-12)
+        density = stats.norm.logpdf(xs[shard], locs[shard], sigma).reshape(4, -1).sum(1)
+        np.testing.assert_allclose(log_prob, density, rtol=1e-12)
+        np.testing.assert_allclose(grad, r[shard] / (r**2).mean(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["gaussian", "laplace"])
 @pytest.mark.parametrize("mode", SCALE_MODES)
 @pytest.mark.parametrize("training", [True, False])
-def test_log_prob_equals_torch_distributions_density(name, mode, training, rng):
-    """The written-out log_prob is the density torch.distributions gives for the same scale,
-    for every scale mode, in training and in evaluation, over [K, B] importance samples."""
+def test_log_prob_is_scipys_density_at_each_modes_scale(name, mode, training, rng):
+    """The written-out log_prob is scipy's density at the scale each mode defines, computed
+    here in numpy, for every scale mode, in training and in evaluation, over [K, B]
+    importance samples: fixed 0.7; learned and per-pixel the soft-clipped parameter; decoder
+    the soft-clipped log-scale head; optimal (per-example reduction) in training the
+    statistic of each sample k of each example b, s_kb = mean over pixels of (x_b − loc_kb)²
+    (|x_b − loc_kb|: Laplace), and in evaluation the running statistic (seeded at 0.7)."""
     lik = make(name, scale=mode, scale_value=0.7, optimal_reduction="example").train(training)
     if mode in ("learned", "per_pixel"):
         with torch.no_grad():
             log_scale = lik.scale_mode.log_scale
             log_scale.add_(torch.tensor(rng.normal(0, 0.3, log_scale.shape)))
     c = lik.param_channels * SHAPE[0]
-    params = torch.tensor(rng.normal(0.5, 0.3, (3, B, c, *SHAPE[1:])))
-    x = torch.tensor(rng.uniform(0, 1, (B, *SHAPE)))
-    loc, *raw = params.split(SHAPE[0], dim=-3)
-    log_scale = lik.log_scale_for(x, loc, raw[0] if raw else None)
-    dist = torch.distributions.Normal if name == "gaussian" else torch.distributions.Laplace
-    expected = dist(loc, log_scale.exp().expand_as(loc)).log_prob(x).sum((-3, -2, -1))
-    assert torch.allclose(lik.log_prob(x, params), expected, rtol=1e-12, atol=1e-9)
+    params = rng.normal(0.5, 0.3, (3, B, c, *SHAPE[1:]))
+    x = rng.uniform(0, 1, (B, *SHAPE))
+    loc, raw = params[:, :, : SHAPE[0]], params[:, :, SHAPE[0] :]
+    rtol = 1e-12
+    if mode == "fixed":
+        log_scale = np.log(0.7)
+    elif mode in ("learned", "per_pixel"):
+        log_scale = np_soft_clip(lik.scale_mode.log_scale.detach().numpy())
+    elif mode == "decoder":
+        log_scale = np_soft_clip(raw)
+    elif training:
+        r = x - loc
+        stat = (r**2 if name == "gaussian" else np.abs(r)).mean((-3, -2, -1), keepdims=True)
+        log_scale = np_soft_clip(0.5 * np.log(stat) if name == "gaussian" else np.log(stat))
+    else:
+        log_scale = np_soft_clip(np.log(0.7))
+        rtol = 1e-6  # the running statistic is seeded in float32
+    dist = stats.norm if name == "gaussian" else stats.laplace
+    expected = dist.logpdf(x, loc, np.exp(log_scale)).sum((-3, -2, -1))
+    got = lik.log_prob(torch.tensor(x), torch.tensor(params)).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["gaussian", "laplace"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -71,17 +72,18 @@ APP = textwrap.dedent(
 
     @hydra.main(version_base="1.3", config_path=None, config_name=None)
     def main(cfg):
-        (OUT / f"start-{cfg.x}").write_text(str(os.getpid()))
+        (OUT / f"start-{cfg.x}").write_text(f"{os.getpid()} {time.time()}")
         if cfg.x == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.x == "odd":
             raise TwoArgs(1, 2)  # pickles, but does not unpickle
         time.sleep(0.3)
-        (OUT / f"done-{cfg.x}").write_text(str(os.getpid()))
+        (OUT / f"done-{cfg.x}").write_text(f"{os.getpid()} {time.time()}")
         return cfg.x
 
 
     if __name__ == "__main__":
+        (OUT / "launcher").write_text(str(os.getpid()))
         main()
     """
 )
@@ -116,9 +118,9 @@ def test_a_worker_killed_mid_job_loses_that_job_alone(tmp_path):
     ]  # fmt: skip
     assert "[vaesweep] job #1 (+x=die): its worker process ended without a result " in (proc.stderr)
     assert "(killed by SIGKILL); not retried" in proc.stderr
-    pids = {p.name: int(p.read_text()) for p in [*out.glob("start-*"), *out.glob("done-*")]}
+    pids = {p.name: _stamp(p)[0] for p in [*out.glob("start-*"), *out.glob("done-*")]}
     assert pids["start-die"] not in {pids["done-a"], pids["done-b"], pids["done-c"]}
-    assert pids["start-die"] != os.getpid()  # a worker, not the launching process
+    assert pids["start-die"] != int((out / "launcher").read_text())  # a worker's
 
 
 def test_workers_that_die_before_they_are_ready_lose_the_waiting_jobs(tmp_path):
@@ -162,14 +164,31 @@ def test_each_worker_sees_its_gpu_from_its_first_line(tmp_path):
     assert len(masks) == 2 and all(m & 0x4002 == 0x4002 for m in masks), masks
 
 
+def _stamp(path: Path) -> tuple[int, float]:
+    """(pid, time) a job of the app wrote at its start or end."""
+    pid, t = path.read_text().split()
+    return int(pid), float(t)
+
+
 def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
     """Five jobs on two workers: at most two processes run them, none of them the
-    launching process (workers are reused, not started per job)."""
+    launching process (workers are reused, not started per job); a worker runs one job at
+    a time, and at most two jobs run at once (each job's start and end times)."""
     proc = _app(tmp_path, "a,b,c,d,e", n_jobs=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pids = {int(p.read_text()) for p in (tmp_path / "out").glob("done-*")}
-    assert len(list((tmp_path / "out").glob("done-*"))) == 5
-    assert 1 <= len(pids) <= 2
+    out = tmp_path / "out"
+    spans = {}
+    for x in "abcde":
+        (pid, t0), (pid_end, t1) = _stamp(out / f"start-{x}"), _stamp(out / f"done-{x}")
+        assert pid == pid_end and t0 < t1
+        spans[x] = (pid, t0, t1)
+    pids = {pid for pid, _, _ in spans.values()}
+    assert 1 <= len(pids) <= 2 and int((out / "launcher").read_text()) not in pids
+    for pid in pids:  # one job at a time in each worker
+        own = sorted((t0, t1) for p, t0, t1 in spans.values() if p == pid)
+        assert all(end <= start for (_, end), (start, _) in zip(own, own[1:], strict=False))
+    for _, t0, _ in spans.values():  # at most two running at any job's start
+        assert sum(a <= t0 < b for _, a, b in spans.values()) <= 2
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2, 3, -1, -2])
@@ -218,7 +237,9 @@ def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_pa
     assert finish_sweep(tmp_path, planned=[*names, "beta=9,never"]) is False
     err = capsys.readouterr().err
     assert f"{killed.name}: killed Killed: results.json says running, but no process holds" in err
-    assert f"1 of this launch's {len(names) + 1} jobs never started (beta=9,never): run" in err
+    assert f"1 of this launch's {len(names) + 1} jobs never started (beta=9,never)." in err
+    continued = shlex.split(err.split("Continue this sweep:\n")[1].splitlines()[0])
+    assert continued[-1] == f"sweep.resume={tmp_path.resolve()}"
     with open(tmp_path / SUMMARY_FILE) as f:
         statuses = {row["job"]: row["status"] for row in csv.DictReader(f)}
     assert statuses[killed.name] == "killed"

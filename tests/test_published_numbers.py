@@ -302,6 +302,21 @@ def test_readme_length():
     assert len((REPO / "README.md").read_text().splitlines()) <= 250
 
 
+def test_readme_gives_the_two_setup_commands():
+    """Setup is two commands: one installs everything and runs the default job, one runs the
+    tests (the command CI calls). Each is a code line of the README, and what it names
+    exists: the extras in pyproject.toml, the constraints file, run.py."""
+    lines = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    install = 'pip install -e ".[test]" -c constraints-cpu.txt && python run.py'
+    assert install in lines
+    assert "python -m pytest" in lines
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^python3 -m pytest\s*(#|$)", ci, re.MULTILINE)
+    optional = (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+    assert re.search(r"^test = \[", optional, re.M) and re.search(r"^ray = \[", optional, re.M)
+    assert (REPO / "constraints-cpu.txt").is_file() and (REPO / "run.py").is_file()
+
+
 # Phrases the docs quoted before the audit (issue 20) that the data contradict, or that no
 # committed data back.
 RETRACTED = [

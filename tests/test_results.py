@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,35 @@ def test_aggregate_over_two_seeds_equals_hand_computation(sweep):
             )
 
 
+def test_aggregate_counts_only_the_values_a_run_has(sweep):
+    """A group of three completed runs, one of which has no test/bpd (as a Bernoulli run
+    has none): test/nll pools all three, test/bpd the two that have it, with count, mean,
+    std (ddof = 1) and sem = std / √count each over its own values (numpy)."""
+    df = load_results(sweep)
+    keys = ["likelihood", "likelihood.scale", "beta"]
+    first = df.iloc[0]
+    group = df[(df[keys] == first[keys]).all(axis=1)]
+    assert len(group) == 2
+    extra = group.iloc[[0]].copy()
+    extra["seed"] = 99
+    extra["test/nll"] += 3.0
+    extra["test/bpd"] = np.nan
+    frame = pd.concat([df, extra], ignore_index=True)
+    frame.attrs = df.attrs
+    agg = aggregate(frame, by=keys, metrics=["test/nll", "test/bpd"])
+    row = agg.set_index(keys).loc[tuple(first[keys])]
+    expected = {
+        "test/nll": np.r_[group["test/nll"].to_numpy(), extra["test/nll"].to_numpy()],
+        "test/bpd": group["test/bpd"].to_numpy(),
+    }
+    for metric, values in expected.items():
+        assert row[f"{metric}.count"] == len(values)
+        assert row[f"{metric}.mean"] == pytest.approx(np.mean(values), rel=1e-12)
+        std = np.std(values, ddof=1)
+        assert row[f"{metric}.std"] == pytest.approx(std, rel=1e-12)
+        assert row[f"{metric}.sem"] == pytest.approx(std / math.sqrt(len(values)), rel=1e-12)
+
+
 def test_failed_runs_stay_in_the_frame_but_not_in_the_aggregates(sweep, tmp_path):
     copies = copy_results(sweep, tmp_path)
     first = json.loads(copies[0].read_text())["config"]
@@ -134,6 +165,24 @@ def test_collect_cli_writes_a_table_that_reads_back(sweep, tmp_path, suffix):
     for metric in ("test/nll", "test/elbo", "test/kl", "scale", "final_beta"):
         np.testing.assert_allclose(back[metric], df[metric], rtol=1e-12)
     assert list(back["likelihood.scale"]) == list(df["likelihood.scale"])
+
+
+def test_parquet_without_an_engine_is_one_clear_line(sweep, tmp_path):
+    """pyarrow is not a dependency: without it (nor fastparquet), `-o runs.parquet` is
+    refused with what to install, before any file is written (not pandas' traceback). The
+    command runs in a Python where both are hidden from its first line (a None entry in
+    sys.modules makes their import fail, as if not installed)."""
+    out = tmp_path / "runs.parquet"
+    code = (
+        "import sys; sys.modules.update(pyarrow=None, fastparquet=None); "
+        "from vaesweep.analysis.cli import main; "
+        f"sys.exit(main(['collect', {str(sweep)!r}, '-o', {str(out)!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "vaesweep: error:" in proc.stderr and "pip install pyarrow" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*runs.parquet*"))
 
 
 def test_collect_cli_aggregate_prints_one_row_per_configuration(sweep, tmp_path):

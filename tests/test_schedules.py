@@ -109,6 +109,15 @@ def test_cyclical_hand_values():
     sigmoid = build_schedule("cyclical", beta=2.0, total_steps=1000, shape="sigmoid")
     assert sigmoid.beta_at(500 + 62) < 1.0 < sigmoid.beta_at(500 + 63)  # midpoint τ = ½
 
+    # Off the midpoint the steepness shows: Fu et al.'s σ(12τ − 6), rescaled to run from 0
+    # to 1 over the ramp, written out with math.exp (steps 525 and 600: τ = 0.2 and 0.8).
+    def logistic(t):
+        return 1.0 / (1.0 + math.exp(-t))
+
+    for step, tau in ((525, 0.2), (600, 0.8)):
+        ramp = (logistic(12 * tau - 6) - logistic(-6)) / (logistic(6) - logistic(-6))
+        assert sigmoid.beta_at(step) == pytest.approx(2.0 * ramp, rel=1e-12)
+
 
 @pytest.mark.parametrize("shape", ["sigmoid", "cosine"])
 def test_cyclical_smooth_shapes(shape):

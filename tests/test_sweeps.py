@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vaesweep.core.helpers import command_again
 from vaesweep.sweep.grid import (
     SUMMARY_FILE,
     SWEEP_FILE,
@@ -25,6 +26,34 @@ from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 from pause import import_env, pythonpath_with
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "key", "expected"),
+    [
+        # A sweep's directory, named or not, becomes sweep.resume (its own or Hydra's key).
+        (["run.py", "-m", "beta=1,2"], "sweep.resume", "python run.py -m beta=1,2 sweep.resume=D"),
+        (
+            ["/r/run.py", "-m", "hydra.sweep.dir=old", "beta=1,2", "+sweep.resume=x"],
+            "sweep.resume",
+            "python /r/run.py -m beta=1,2 sweep.resume=D",
+        ),
+        # A run keeps its sweep keys; `python -m vaesweep` and an installed script as typed.
+        (
+            ["/p/vaesweep/__main__.py", "hydra.run.dir=r", "label.note=a b"],
+            "hydra.run.dir",
+            "python -m vaesweep 'label.note=a b' hydra.run.dir=D",
+        ),
+        (["/bin/vaesweep-train", "sweep.resume=s"], "hydra.run.dir", None),
+    ],
+)
+def test_the_command_that_continues_names_the_directory(argv, key, expected):
+    """Without its directory, the command as typed would start a new one (named by the
+    launch time): the command printed to continue a run or sweep names it."""
+    got = command_again(key, "D", argv)
+    if expected is None:
+        expected = f"vaesweep-train sweep.resume=s {key}=D"
+    assert got == expected
 
 
 def job_dirs(sweep: Path) -> list[Path]:

@@ -2,7 +2,7 @@
 
 - ``python -m vaesweep [overrides]`` (and ``-m`` sweeps) trains, exactly like ``run.py`` in
   the checkout and the ``vaesweep-train`` console script;
-- ``python -m vaesweep collect|figures ...`` is the ``vaesweep`` results command.
+- ``python -m vaesweep collect|figures|evaluate ...`` is the ``vaesweep`` results command.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""The ``vaesweep`` command: collect results into a table, draw the paper figures.
+"""The ``vaesweep`` command: collect results into a table, draw the paper figures, score
+finished runs again.
 
     vaesweep collect SWEEP_DIR... [-o FILE.csv|FILE.parquet] [--aggregate]
     vaesweep collect --wandb ENTITY/PROJECT --group GROUP [-o FILE]
     vaesweep figures SWEEP_DIR... [--out DIR] [--evaluation iwae_k=5000,checkpoint=last]
     vaesweep figures --analytic [--out DIR]
+    vaesweep evaluate SWEEP_DIR... [eval.iwae_k=5000 ...]
 
 Bad input (no results, mixed datasets, no completed run, unknown format) prints one line
 ``vaesweep: error: ...`` to stderr and exits 1, before any file is written.

@@ -1,9 +1,13 @@
-"""Small helpers shared by every layer: timestamps and plain views of configs."""
+"""Small helpers shared by every layer: timestamps, plain views of configs, the command
+that continues a run."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,24 @@ def append_timestamp(path: str | Path, event: str, t: float | None = None, **inf
     line = {"event": event, "time": time.time() if t is None else t, **info}
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def command_again(key: str, directory: str | Path, argv: Sequence[str] | None = None) -> str:
+    """This process's command line (``argv``, default sys.argv) pointed at ``directory``:
+    ``key=directory`` (``sweep.resume`` for a sweep, ``hydra.run.dir`` for a run) in place
+    of any directory it named. What continues a stopped run or sweep: the command as typed
+    would start a new directory, whose default name carries the launch time."""
+    argv = list(sys.argv if argv is None else argv)
+    own = {key, "hydra.sweep.dir", "sweep.resume"} if key == "sweep.resume" else {key}
+    kept = [a for a in argv[1:] if a.split("=", 1)[0].lstrip("+~") not in own]
+    program = Path(argv[0]).name if argv else "run.py"
+    if program == "__main__.py":
+        start = ["python", "-m", "vaesweep"]
+    elif program.endswith(".py"):
+        start = ["python", argv[0]]
+    else:
+        start = [program]
+    return shlex.join([*start, *kept, f"{key}={directory}"])
 
 
 def plain(node: Any) -> Any:

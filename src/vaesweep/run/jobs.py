@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core import launchers
 from vaesweep.core.atomic import remove_stale_temps
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp
+from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp, command_again
 from vaesweep.data.datasets import check_available
 from vaesweep.data.download import DatasetNotFoundError
 from vaesweep.model.objective import DivergenceError
@@ -199,6 +199,8 @@ def _run_claimed(
             stop = signals.exception()
             run_record.finish(status, error=stop, step=stop.step)
             log.warning("run interrupted: %s (results: %s)", stop, run_record.path)
+            if not job.multirun:  # a sweep's own line names its command (finish_sweep)
+                log.warning("continue it with: %s", command_again("hydra.run.dir", job.run_dir))
             raise stop from None
         run_record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import now
+from vaesweep.core.helpers import command_again, now
 from vaesweep.run.config import validate_config
 from vaesweep.run.context import (
     RESTARTED,
@@ -45,6 +45,8 @@ from vaesweep.run.effective import check_distinct, check_overrides
 from vaesweep.run.policy import REUSED, differences, mismatch
 from vaesweep.run.record import (
     COMPLETED,
+    DIVERGED,
+    FAILED,
     INCOMPLETE,
     RESULTS_FILE,
     SUMMARY_COLUMNS,
@@ -255,7 +257,16 @@ def finish_sweep(
     with sweep_record_lock(sweep_dir):  # another launch may be adding its own
         record, rows = _record_finish(sweep_dir, stopped_by, metrics)
     print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
-    return _tell_finish(record, rows, stopped_by, planned)
+    complete = _tell_finish(record, rows, stopped_by, planned)
+    if not complete or stopped_by is not None:
+        failed = any(r["status"] in (FAILED, DIVERGED) for r in rows)
+        also = " (add sweep.rerun_failed=true to train failed jobs again)" if failed else ""
+        print(
+            f"Continue this sweep{also}:\n  {command_again('sweep.resume', sweep_dir.resolve())}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return complete
 
 
 def _record_finish(
@@ -310,7 +321,7 @@ def _tell_finish(
     if stopped_by is not None:
         print(
             f"Sweep stopped by {stopped_by}: {max(0, n_jobs - len(rows))} of {n_jobs} jobs not "
-            "started. Run the same command again to continue it.",
+            "started.",
             file=sys.stderr,
             flush=True,
         )
@@ -319,8 +330,7 @@ def _tell_finish(
     if unstarted:  # this launch's launcher ended early (a broken pool, a cluster lost)
         shown = ", ".join(unstarted[:3]) + (" ..." if len(unstarted) > 3 else "")
         print(
-            f"{len(unstarted)} of this launch's {len(planned)} jobs never started ({shown}): "
-            "run the same command again to run them.",
+            f"{len(unstarted)} of this launch's {len(planned)} jobs never started ({shown}).",
             file=sys.stderr,
             flush=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         raise ResultsError(f"{path}: a directory; give a file name ending in .csv or .parquet")
     if blocking := next((p for p in path.parents if p.exists() and not p.is_dir()), None):
         raise ResultsError(f"{path}: cannot be written ({blocking} is a file, not a directory)")
+    if suffix == ".parquet" and not _parquet_engine():
+        raise ResultsError(
+            f"{path}: writing Parquet needs pyarrow (or fastparquet), which is not installed: "
+            "pip install pyarrow, or write CSV (-o FILE.csv)"
+        )
     try:
         with atomic_open(path, "wb") as f:  # the permissions of any new file, not mkstemp's 0600
             if suffix == ".csv":
@@ -40,3 +46,8 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise ResultsError(f"{path}: cannot be written ({e.strerror or e})") from None
     return path
+
+
+def _parquet_engine() -> bool:
+    """Whether pandas has a Parquet engine (pyarrow or fastparquet): neither is a dependency."""
+    return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
