@@ -14,8 +14,11 @@ same images). Then, as run_study.sh does: ``vaesweep collect`` into
 experiments/relative_paths.py. ``docs/results/<name>/evaluation.txt`` says what was
 scored, when, and how long it took (experiments/report.py reads it).
 
-An evaluation that exists is not computed again (``vaesweep evaluate``), so an interrupted
-call continues where it stopped; its wall time then counts only the second call's work.
+The best β is chosen on the test split, as the study's tables mark it (their bold row):
+the K = 5000 column measures how much tighter the bound gets for those rows, not a held-out
+score. An evaluation that exists is not computed again (``vaesweep evaluate``), so an
+interrupted call continues where it stopped; evaluation.txt then says so, and its wall time
+counts only the last call's work.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def best_runs(work: Path, by: list[str]) -> list[str]:
     """Run directories of the best β (lowest mean test/nll over seeds) of each configuration."""
     from vaesweep import load_results
 
+    if "beta" in by:
+        sys.exit("--by beta: β is what is chosen for each configuration; leave it out")
     frame = load_results(work)
     frame = frame[frame["status"] == "completed"]
     # A swept key is a column only where its value differs between the runs; the flattened
@@ -45,6 +50,9 @@ def best_runs(work: Path, by: list[str]) -> list[str]:
         columns[key] = found[0]
     frame = frame.assign(**{key: frame[c] for key, c in columns.items()})
     keys = [*by, "beta"]
+    seeds = frame.groupby(keys, dropna=False)["test/nll"].count()
+    if seeds.nunique() > 1:  # a β with fewer completed seeds could win by luck
+        print(f"warning: completed seeds per configuration differ:\n{seeds}", file=sys.stderr)
     means = frame.groupby(keys, dropna=False)["test/nll"].mean().reset_index()
     best = means.loc[means.groupby(by, dropna=False)["test/nll"].idxmin(), keys]
     chosen = frame.merge(best, on=keys)
@@ -60,10 +68,13 @@ def main() -> None:
     work = ROOT / "outputs" / "studies" / args.study
     out = ROOT / "docs" / "results" / args.study
     runs = best_runs(work, args.by)
+    out.mkdir(parents=True, exist_ok=True)
+    done = [f"iwae_k={k},checkpoint=last,test_examples={args.examples}.json" for k in (100, 5000)]
+    resumed = any((Path(run) / "evaluations" / name).exists() for run in runs for name in done)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.monotonic()
     for k in (100, 5000):
-        cmd = ["vaesweep", "evaluate", *runs, f"eval.iwae_k={k}"]
+        cmd = [sys.executable, "-m", "vaesweep", "evaluate", *runs, f"eval.iwae_k={k}"]
         subprocess.run([*cmd, f"eval.test_examples={args.examples}"], check=True, cwd=ROOT)
     wall = time.monotonic() - t0
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -71,7 +82,8 @@ def main() -> None:
         f"evaluation: vaesweep evaluate RUN_DIRS eval.iwae_k=100, then eval.iwae_k=5000, both "
         f"eval.test_examples={args.examples}, for the {len(runs)} runs of the best β (lowest "
         f"mean test/nll over seeds) of each {','.join(args.by)}; started {started}, wall time "
-        f"{wall:.0f} s, load average at the end: {load}\n"
+        f"{wall:.0f} s{' (continuing an earlier call: this call only)' if resumed else ''}, "
+        f"load average at the end: {load}\n"
     )
     (out / "evaluation.txt").write_text(line)
     subprocess.run(["vaesweep", "collect", str(work), "-o", str(out / "runs.csv")], check=True)

@@ -126,16 +126,18 @@ RACE = """
 import sys, time
 from vaesweep.run.claims import ClaimHeld, acquire
 start = float(sys.argv[2])
+ready = time.time()
 while time.time() < start:
     pass
 try:
     claim = acquire(sys.argv[1])
 except ClaimHeld:
-    print("held", flush=True)
+    print("held", ready, time.time(), flush=True)
 else:
-    print("won", flush=True)
     time.sleep(1.5)
+    released = time.time()
     claim.release()
+    print("won", ready, released, flush=True)
 """
 
 
@@ -147,7 +149,7 @@ def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         write_claim(tmp_path, pid=dead.pid)
-    start = time.time() + 2.0
+    start = time.time() + 4.0
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RACE, str(tmp_path), str(start)],
@@ -156,8 +158,14 @@ def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
         )
         for _ in range(8)
     ]
-    outcomes = collections.Counter(p.communicate(timeout=60)[0].strip() for p in procs)
+    lines = [p.communicate(timeout=60)[0].split() for p in procs]
+    outcomes = collections.Counter(line[0] for line in lines)
     assert outcomes == {"won": 1, "held": 7}
+    # A real race: every process was waiting at the barrier when it opened, and each that
+    # was refused was refused while the winner still held the claim (not after a release).
+    assert all(float(ready) < start for _, ready, _ in lines)
+    (released,) = [float(t) for outcome, _, t in lines if outcome == "won"]
+    assert all(float(t) < released for outcome, _, t in lines if outcome == "held")
     assert not list(tmp_path.glob(f"{CLAIM_FILE}*"))
 
 

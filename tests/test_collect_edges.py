@@ -197,7 +197,7 @@ def test_a_job_killed_outright_is_killed_not_running(sweep, tmp_path):
     assert "says running, but its claim is stale" in error and f":{proc.pid} " in error
     (note,) = _killed_notes(df)
     assert note.startswith("1 run(s) say running but no process runs them (killed outright")
-    assert note.endswith(f"the same command resumes them: {job.name}")
+    assert note.endswith(f"the same command in the same directory resumes them: {job.name}")
     assert "1 killed" in excluded_message(df)
     stats = _aggregate(df)
     assert stats["test/nll.count"].sum() == 15  # the killed run counted nowhere

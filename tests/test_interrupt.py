@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -277,8 +278,8 @@ def test_ctrl_c_stops_a_sequential_sweep_and_the_relaunch_continues_it(workdir, 
     assert "interrupted" in out and "1 of 2 jobs not started" in out
     # The relaunch is the command the sweep printed (its directory as sweep.resume).
     printed = shlex.split(out.split("Continue this sweep:\n")[1].splitlines()[0])
-    assert printed[:2] == ["python", str(RUN_PY)]
-    assert printed[-1] == f"sweep.resume={sweep.resolve()}"
+    assert Path(shutil.which(printed[0])).resolve() == Path(sys.executable).resolve()
+    assert printed[1] == str(RUN_PY) and printed[-1] == f"hydra.sweep.dir={sweep.resolve()}"
 
     rc, out = run_to_end(printed[2:], workdir)
     assert rc == 0, out[-3000:]
@@ -302,15 +303,10 @@ def test_wandb_resumed_job_is_the_same_wandb_run(workdir):
     assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
     first = result(run_dir)
     assert first["status"] == "interrupted" and first["wandb_run_id"]
-    printed = output(proc).split("continue it with: ")[1].splitlines()[0]
-    assert shlex.split(printed) == [
-        "python",
-        str(RUN_PY),
-        *args[:-1],
-        f"hydra.run.dir={run_dir.resolve()}",
-    ]
+    printed = shlex.split(output(proc).split("continue it with: ")[1].splitlines()[0])
+    assert printed[1:] == [str(RUN_PY), *args[:-1], f"hydra.run.dir={run_dir.resolve()}"]
 
-    rc, out = run_to_end(args, workdir)
+    rc, out = run_to_end(printed[2:], workdir)  # the command the run printed
     assert rc == 0, out[-3000:]
     final = result(run_dir)
     assert final["status"] == "completed" and final["attempts"] == 2

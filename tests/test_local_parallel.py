@@ -191,6 +191,44 @@ def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
         assert sum(a <= t0 < b for _, a, b in spans.values()) <= 2
 
 
+@pytest.mark.parametrize(
+    ("statuses", "search", "expected"),
+    [
+        ({}, False, None),  # every job completed: nothing to continue
+        ({0: "failed"}, False, "Train the failed jobs again:"),
+        ({0: "failed"}, True, None),  # a search's failed trials are told to Optuna
+        ({0: "interrupted"}, False, "Continue this sweep:"),
+        ({0: "interrupted", 1: "diverged"}, False, "Continue this sweep:"),
+        ({0: "interrupted", 1: "failed"}, True, "Continue this sweep:"),
+    ],
+)
+def test_the_end_of_a_sweep_prints_the_command_that_continues_it(
+    sweep, tmp_path, capsys, statuses, search, expected
+):
+    """The command is printed only when a relaunch has something to do, with the sweep's
+    directory (typed again without it, the command would start a new one); failed jobs of a
+    grid need sweep.rerun_failed=true, which the printed command then carries."""
+    copies = copy_results(sweep, tmp_path)
+    for index, status in statuses.items():
+        data = json.loads(copies[index].read_text())
+        copies[index].write_text(json.dumps({**data, "status": status}))
+    finish_sweep(tmp_path, search=search)
+    err = capsys.readouterr().err
+    if expected is None:
+        assert "sweep.resume=" not in err
+        return
+    assert expected in err
+    command = shlex.split(err.split(expected)[1].split("\n")[1])
+    directory = f"hydra.sweep.dir={tmp_path.resolve()}"
+    if expected.startswith("Train"):
+        assert command[-2:] == [directory, "sweep.rerun_failed=true"]
+    else:
+        assert command[-1] == directory
+    # Failed jobs beside resumable ones: said, without re-running them unasked.
+    hint = "add sweep.rerun_failed=true to train its failed jobs again too"
+    assert (hint in err) == (expected.startswith("Continue") and "diverged" in statuses.values())
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2, 3, -1, -2])
 def test_n_jobs_counts_as_joblibs_does(n_jobs):
     cores = os.cpu_count() or 1
@@ -239,7 +277,7 @@ def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_pa
     assert f"{killed.name}: killed Killed: results.json says running, but no process holds" in err
     assert f"1 of this launch's {len(names) + 1} jobs never started (beta=9,never)." in err
     continued = shlex.split(err.split("Continue this sweep:\n")[1].splitlines()[0])
-    assert continued[-1] == f"sweep.resume={tmp_path.resolve()}"
+    assert continued[-1] == f"hydra.sweep.dir={tmp_path.resolve()}"
     with open(tmp_path / SUMMARY_FILE) as f:
         statuses = {row["job"]: row["status"] for row in csv.DictReader(f)}
     assert statuses[killed.name] == "killed"

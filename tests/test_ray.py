@@ -167,7 +167,27 @@ def test_out_of_memory_names_the_gpu_share(monkeypatch):
     monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
     line = describe(error)
     assert "0.25 of the GPU's memory" in line and "hydra.launcher.gpus_per_job=0.25" in line
-    assert gpus.cap_memory() is None or torch.cuda.is_available()  # no CUDA here: no cap
+
+
+def test_a_gpu_share_caps_the_memory_of_every_visible_gpu(monkeypatch):
+    """A job given a share of a GPU caps its CUDA memory at that share on each device it
+    sees; a whole GPU, no share, or no CUDA: no cap. CUDA is faked (its calls recorded), so
+    the test means the same with or without a GPU."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d))
+    )
+    monkeypatch.delenv(gpus.FRACTION_ENV, raising=False)
+    assert gpus.cap_memory() is None and calls == []
+    monkeypatch.setenv(gpus.FRACTION_ENV, "1")
+    assert gpus.cap_memory() is None and calls == []
+    monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
+    assert gpus.cap_memory() == 0.25 and calls == [(0.25, 0), (0.25, 1)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls.clear()
+    assert gpus.cap_memory() is None and calls == []
 
 
 # -- for real: a local Ray in the CLI's process -----------------------------------------------

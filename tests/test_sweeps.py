@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,31 +30,58 @@ GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
 
 
 @pytest.mark.parametrize(
-    ("argv", "key", "expected"),
+    ("argv", "key", "also", "expected"),
     [
-        # A sweep's directory, named or not, becomes sweep.resume (its own or Hydra's key).
-        (["run.py", "-m", "beta=1,2"], "sweep.resume", "python run.py -m beta=1,2 sweep.resume=D"),
+        # A sweep's directory, named or not, is given as hydra.sweep.dir (sweep.resume gone).
+        (["run.py", "-m", "beta=1,2"], "hydra.sweep.dir", [], "PY run.py -m beta=1,2 X=D"),
         (
             ["/r/run.py", "-m", "hydra.sweep.dir=old", "beta=1,2", "+sweep.resume=x"],
-            "sweep.resume",
-            "python /r/run.py -m beta=1,2 sweep.resume=D",
+            "hydra.sweep.dir",
+            [],
+            "PY /r/run.py -m beta=1,2 X=D",
         ),
-        # A run keeps its sweep keys; `python -m vaesweep` and an installed script as typed.
+        # An override in place of one the command had (re-run failed jobs).
+        (
+            ["run.py", "-m", "sweep.rerun_failed=false", "beta=1,2"],
+            "hydra.sweep.dir",
+            ["sweep.rerun_failed=true"],
+            "PY run.py -m beta=1,2 X=D sweep.rerun_failed=true",
+        ),
+        # A run: `python -m vaesweep`, an installed script, no argv at all.
         (
             ["/p/vaesweep/__main__.py", "hydra.run.dir=r", "label.note=a b"],
             "hydra.run.dir",
-            "python -m vaesweep 'label.note=a b' hydra.run.dir=D",
+            [],
+            "PY -m vaesweep 'label.note=a b' X=D",
         ),
-        (["/bin/vaesweep-train", "sweep.resume=s"], "hydra.run.dir", None),
+        (["/bin/vaesweep-train", "beta=2"], "hydra.run.dir", [], "vaesweep-train beta=2 X=D"),
+        ([], "hydra.run.dir", [], "PY run.py X=D"),
     ],
 )
-def test_the_command_that_continues_names_the_directory(argv, key, expected):
+def test_the_command_that_continues_names_the_directory(argv, key, also, expected, monkeypatch):
     """Without its directory, the command as typed would start a new one (named by the
-    launch time): the command printed to continue a run or sweep names it."""
-    got = command_again(key, "D", argv)
-    if expected is None:
-        expected = f"vaesweep-train sweep.resume=s {key}=D"
-    assert got == expected
+    launch time): the command printed to continue a run or sweep names it. The interpreter
+    is this one (``python`` is another here: which is faked to say so)."""
+    monkeypatch.setattr("shutil.which", lambda name: f"/elsewhere/{name}")
+    got = command_again(key, "/out/D", argv, also=also)
+    words = expected.replace("PY", shlex.quote(sys.executable)).replace("X=D", f"{key}=/out/D")
+    assert shlex.split(got) == shlex.split(words)
+
+
+@pytest.mark.parametrize(
+    "directory",
+    ["/a/b,c", "/x/lr=1e-3", "/p/Projects (old)", "/u/com~apple~CloudDocs", "/a/it's", "/a/b\\"],
+)
+def test_the_printed_directory_reads_back_as_itself(directory):
+    """A directory with characters Hydra's override grammar gives a meaning (a comma: a
+    sweep; =, brackets, ~, quotes) is quoted so that Hydra's parser returns it unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (item,) = [
+        w for w in shlex.split(command_again("hydra.sweep.dir", directory, ["run.py"])) if "=" in w
+    ]
+    parsed = OverridesParser.create().parse_override(item)
+    assert parsed.value() == directory and not parsed.is_sweep_override()
 
 
 def job_dirs(sweep: Path) -> list[Path]:

@@ -4,7 +4,10 @@ that continues a run."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -31,22 +34,54 @@ def append_timestamp(path: str | Path, event: str, t: float | None = None, **inf
         f.write(json.dumps(line) + "\n")
 
 
-def command_again(key: str, directory: str | Path, argv: Sequence[str] | None = None) -> str:
+#: Characters a directory may hold and still be written bare in a Hydra override.
+_BARE = re.compile(r"[\w/.:+@%-]+")
+
+
+def override_value(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back unchanged: bare when it is plain,
+    else quoted (a comma would make a sweep of it, ``=``, brackets, ``~`` or ``#`` a parse
+    error)."""
+    if _BARE.fullmatch(value):
+        return value
+    # In a quoted value a backslash escapes only a quote or backslashes before one: double
+    # the backslashes before a quote (and at the end, before the closing quote).
+    quoted = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
+    trailing = len(quoted) - len(quoted.rstrip("\\"))
+    return "'" + quoted + "\\" * trailing + "'"
+
+
+def _python() -> str:
+    """How to call this interpreter: ``python`` where that name finds it, else its path."""
+    found = shutil.which("python")
+    if found and Path(found).resolve() == Path(sys.executable).resolve():
+        return "python"
+    return sys.executable or "python"
+
+
+def command_again(
+    key: str,
+    directory: str | Path,
+    argv: Sequence[str] | None = None,
+    also: Sequence[str] = (),
+) -> str:
     """This process's command line (``argv``, default sys.argv) pointed at ``directory``:
-    ``key=directory`` (``sweep.resume`` for a sweep, ``hydra.run.dir`` for a run) in place
-    of any directory it named. What continues a stopped run or sweep: the command as typed
-    would start a new directory, whose default name carries the launch time."""
-    argv = list(sys.argv if argv is None else argv)
-    own = {key, "hydra.sweep.dir", "sweep.resume"} if key == "sweep.resume" else {key}
+    ``key=directory`` (``hydra.sweep.dir`` for a sweep, ``hydra.run.dir`` for a run) in
+    place of any directory it named, plus the overrides ``also`` (each in place of one with
+    its key). What continues a stopped run or sweep: the command as typed would start a new
+    directory, whose default name carries the launch time. A launcher prefix (torchrun,
+    srun) is not part of the command line and must be given again."""
+    argv = list(sys.argv if argv is None else argv) or ["run.py"]
+    own = {key, "sweep.resume"} | {a.split("=", 1)[0] for a in also}
     kept = [a for a in argv[1:] if a.split("=", 1)[0].lstrip("+~") not in own]
-    program = Path(argv[0]).name if argv else "run.py"
+    program = Path(argv[0]).name
     if program == "__main__.py":
-        start = ["python", "-m", "vaesweep"]
+        start = [_python(), "-m", "vaesweep"]
     elif program.endswith(".py"):
-        start = ["python", argv[0]]
+        start = [_python(), argv[0]]
     else:
-        start = [program]
-    return shlex.join([*start, *kept, f"{key}={directory}"])
+        start = [argv[0] if os.sep in argv[0] and not shutil.which(program) else program]
+    return shlex.join([*start, *kept, f"{key}={override_value(str(directory))}", *also])
 
 
 def plain(node: Any) -> Any:

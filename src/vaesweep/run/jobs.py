@@ -200,7 +200,7 @@ def _run_claimed(
             run_record.finish(status, error=stop, step=stop.step)
             log.warning("run interrupted: %s (results: %s)", stop, run_record.path)
             if not job.multirun:  # a sweep's own line names its command (finish_sweep)
-                log.warning("continue it with: %s", command_again("hydra.run.dir", job.run_dir))
+                _tell_how_to_continue(job.run_dir)
             raise stop from None
         run_record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)
@@ -219,6 +219,15 @@ def _run_claimed(
     if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
         log.info("completed: %s", run_record.path)
     return metrics
+
+
+def _tell_how_to_continue(run_dir: Path) -> None:
+    """Logs the command that resumes an interrupted single run (its directory named); never
+    raises: the stop that called it must reach the caller."""
+    try:
+        log.warning("continue it with: %s", command_again("hydra.run.dir", run_dir))
+    except Exception:  # noqa: BLE001 (a hint only)
+        log.debug("no command to continue with", exc_info=True)
 
 
 def _settle_unavailable(

@@ -88,7 +88,9 @@ class JobInterrupted(Stopped):
         self.then = then  # the handler in place before the job (hand_over calls it)
         at = "" if step is None else f" at step {step}"
         name = signal.Signals(signum).name
-        super().__init__(signum, f"stopped by {name}{at}; run the same command to resume")
+        super().__init__(
+            signum, f"stopped by {name}{at}; the same command in the same directory resumes it"
+        )
 
     def hand_over(self) -> None:
         """Passes the signal to the handler that was in place before the job, now that the

@@ -244,9 +244,11 @@ def finish_sweep(
     stopped_by: str | None = None,
     metrics: Sequence[str] = (),
     planned: Sequence[str] = (),
+    search: bool = False,
 ) -> bool:
-    """Writes the jobs' statuses into sweep.json and summary.csv, prints the table and names
-    the jobs that did not complete; True when every job of the grid completed.
+    """Writes the jobs' statuses into sweep.json and summary.csv, prints the table, names
+    the jobs that did not complete and the command that continues the sweep; True when
+    every job of the grid completed. ``search``: the jobs are an Optuna search's trials.
 
     ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
     never started have no row; a relaunch of the same command continues the sweep).
@@ -258,15 +260,48 @@ def finish_sweep(
         record, rows = _record_finish(sweep_dir, stopped_by, metrics)
     print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
     complete = _tell_finish(record, rows, stopped_by, planned)
-    if not complete or stopped_by is not None:
-        failed = any(r["status"] in (FAILED, DIVERGED) for r in rows)
-        also = " (add sweep.rerun_failed=true to train failed jobs again)" if failed else ""
-        print(
-            f"Continue this sweep{also}:\n  {command_again('sweep.resume', sweep_dir.resolve())}",
-            file=sys.stderr,
-            flush=True,
-        )
+    _tell_how_to_continue(sweep_dir, record, rows, stopped_by, planned, search)
     return complete
+
+
+def _tell_how_to_continue(
+    sweep_dir: Path,
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    stopped_by: str | None,
+    planned: Sequence[str],
+    search: bool,
+) -> None:
+    """The command that continues the sweep, its directory named (typed again without it, a
+    command starts a new directory), when a relaunch of it has something to do: jobs of
+    this launch not started, interrupted, killed, unreadable or incomplete; failed and
+    diverged jobs of a grid only with sweep.rerun_failed=true, which the command then
+    carries (a search's failed trials are told to Optuna, never run again; a search short of
+    its trials continues)."""
+    ours = [r for r in rows if not planned or r["job"] in planned]
+    failed = not search and any(r["status"] in (FAILED, DIVERGED) for r in ours)
+    settled = (COMPLETED, FAILED, DIVERGED)
+    resumable = [r for r in ours if r["status"] not in settled]
+    unstarted = set(planned) - {r["job"] for r in rows}
+    short = search and len(rows) < (record.get("n_jobs") or 0)
+    rerun = failed and not _rerun_failed_given()
+    directory = sweep_dir.resolve()
+    if stopped_by is not None or unstarted or resumable or short:
+        command = command_again("hydra.sweep.dir", directory)
+        also = "\n(add sweep.rerun_failed=true to train its failed jobs again too)" if rerun else ""
+        print(f"Continue this sweep:\n  {command}{also}", file=sys.stderr, flush=True)
+    elif rerun:
+        command = command_again("hydra.sweep.dir", directory, also=["sweep.rerun_failed=true"])
+        print(f"Train the failed jobs again:\n  {command}", file=sys.stderr, flush=True)
+
+
+def _rerun_failed_given(argv: Sequence[str] | None = None) -> bool:
+    """Whether this launch's command line already asked to re-run failed jobs."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "sweep.rerun_failed" and value.strip().lower() == "true":
+            return True
+    return False
 
 
 def _record_finish(

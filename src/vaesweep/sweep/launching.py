@@ -124,7 +124,7 @@ def lost(idx: int, overrides: Sequence[str], what: str) -> JobReturn:
     console, and returned as a finished job so that the sweep goes on (module doc)."""
     print(
         f"[vaesweep] job #{idx} ({' '.join(filter_overrides(overrides))}): {what}; not "
-        "retried. The summary lists it; the same command resumes it",
+        "retried. The summary lists it; the command it prints resumes it",
         file=sys.stderr,
         flush=True,
     )

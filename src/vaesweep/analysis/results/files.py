@@ -214,8 +214,8 @@ def load_results(*dirs: str | os.PathLike[str], completed_required: bool = True)
     if killed:
         notes.append(
             f"{len(killed)} run(s) say running but no process runs them (killed outright: "
-            "SIGKILL, out of memory, a node lost; status killed); the same command resumes "
-            f"them: {', '.join(killed[:3])}" + (" ..." if len(killed) > 3 else "")
+            "SIGKILL, out of memory, a node lost; status killed); the same command in the same "
+            f"directory resumes them: {', '.join(killed[:3])}" + (" ..." if len(killed) > 3 else "")
         )
     df.attrs["notes"] = [*notes, *df.attrs["notes"]]
     return df

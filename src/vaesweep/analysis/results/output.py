@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 from pathlib import Path
 
@@ -49,5 +49,12 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 def _parquet_engine() -> bool:
-    """Whether pandas has a Parquet engine (pyarrow or fastparquet): neither is a dependency."""
-    return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
+    """Whether pandas has a Parquet engine that imports (pyarrow or fastparquet): neither is
+    a dependency."""
+    for module in ("pyarrow.parquet", "fastparquet"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return True
+    return False

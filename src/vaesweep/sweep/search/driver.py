@@ -147,7 +147,7 @@ def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     objective is a column of the table, next to the status."""
     best = read_best(sweep_dir)
     objectives = list(dict.fromkeys(b["objective"] for b in best or [] if b.get("objective")))
-    finish_sweep(sweep_dir, stopped_by=stopped_by, metrics=objectives)
+    finish_sweep(sweep_dir, stopped_by=stopped_by, metrics=objectives, search=True)
     if not best:
         return False
     print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
