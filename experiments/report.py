@@ -79,6 +79,23 @@ class Data:
         return self._csv(LC / "runs.csv")
 
     @cached_property
+    def lc_earlier(self) -> pd.DataFrame:
+        """The runs of the earlier publication of the study (likelihood_comparison/
+        earlier_b0c9d09.csv: its keys, commit and three metrics) beside this one's, matched
+        by likelihood, scale, β and seed (columns METRIC_earlier, METRIC)."""
+        keys = ["likelihood", "likelihood.scale", "beta", "seed"]
+        earlier = self._csv(LC / "earlier_b0c9d09.csv").drop(columns="commit")
+        return earlier.merge(self.lc, on=keys, suffixes=("_earlier", ""), validate="1:1")
+
+    @cached_property
+    def bc_earlier(self) -> pd.DataFrame:
+        """The same for bernoulli_vs_continuous (its earlier_b0c9d09.csv), matched by
+        likelihood, β and seed."""
+        earlier = self._csv(BC / "earlier_b0c9d09.csv").drop(columns="commit")
+        keys = ["likelihood", "beta", "seed"]
+        return earlier.merge(self.bc, on=keys, suffixes=("_earlier", ""), validate="1:1")
+
+    @cached_property
     def lc_groups(self) -> dict[tuple, pd.DataFrame]:
         """likelihood_comparison runs by (likelihood, scale, β): one row per seed."""
         return groups(self.lc, ["likelihood", "likelihood.scale", "beta"])
@@ -364,15 +381,16 @@ def likelihood_comparison(d: Data) -> str:
     return table(header, rows)
 
 
-PAPER = re.compile(r"^test/nll@iwae_k=(\d+),checkpoint=last,test_examples=(\d+)$")
+# The evaluations' test NLL columns; no test_examples when the whole test split was scored.
+PAPER = re.compile(r"^test/nll@iwae_k=(\d+),checkpoint=last(?:,test_examples=(\d+))?$")
 
 
 def paper_columns(frame: pd.DataFrame) -> dict[int, str]:
     """{K: column} of the ``vaesweep evaluate`` test NLLs in ``frame`` (one test_examples)."""
     found = {c: m for c in frame.columns if (m := PAPER.match(c))}
-    sizes = {int(m[2]) for m in found.values()}
+    sizes = {m[2] for m in found.values()}  # None: the whole split
     if len(sizes) != 1:
-        raise LookupError(f"evaluations on {sorted(sizes) or 'no'} test subsets")
+        raise LookupError(f"evaluations on {sorted(map(str, sizes)) or 'no'} test subsets")
     return {int(m[1]): c for c, m in found.items()}
 
 
@@ -380,7 +398,10 @@ def paper_k(frame: pd.DataFrame) -> tuple[int, int, int]:
     """(training-time K, paper K, test examples) of the evaluations in ``frame``."""
     columns = paper_columns(frame)
     low, high = min(columns), max(columns)
-    return low, high, int(PAPER.match(columns[low])[2])
+    counted = frame[columns[low].replace("test/nll@", "test/n_examples@")].dropna().unique()
+    if len(counted) != 1:
+        raise LookupError(f"evaluations on {sorted(counted)} test examples")
+    return low, high, int(counted[0])
 
 
 def lc_best_beta(d: Data, likelihood: str, scale: str) -> float:
@@ -684,6 +705,14 @@ def runtime_span(frame: pd.DataFrame, mask=None) -> tuple[float, float]:
     return span(rows["duration_s"])
 
 
+def unchanged(d: Data, frame: pd.DataFrame | None = None) -> pd.Series:
+    """Per run of a study (default: likelihood_comparison): whether the earlier publication
+    gave it the same test NLL, test ELBO and validation ELBO, to the last bit."""
+    metrics = ["test/nll", "test/elbo", "val/elbo"]
+    frame = d.lc_earlier if frame is None else frame
+    return pd.concat([frame[m] == frame[f"{m}_earlier"] for m in metrics], axis=1).all(axis=1)
+
+
 def evaluation_info(d: Data, study: Path) -> dict[str, str]:
     """evaluation.txt of a study: the runs evaluated, its wall time, the settings."""
     text = (d.root / study / "evaluation.txt").read_text()
@@ -791,6 +820,31 @@ CLAIMS: list[Claim | Fact] = [
         ("d", ".0f", ".0f"),
     ),
     Claim(LC_README, "{}–{} s per run (`duration_s`", lambda d: runtime_span(d.lc), ".0f"),
+    Fact(
+        BC_README,
+        "Every run gives exactly the metrics of the earlier publication",
+        lambda d: len(d.bc_earlier) == len(d.bc) and bool(unchanged(d, d.bc_earlier).all()),
+    ),
+    Claim(
+        LC_README,
+        "{} of the {} runs give exactly the same test NLL, ELBO and validation ELBO",
+        lambda d: (int(unchanged(d).sum()), len(d.lc_earlier)),
+        "d",
+    ),
+    Fact(
+        LC_README,
+        "per-pixel runs differ",
+        lambda d: set(d.lc_earlier.loc[~unchanged(d), "likelihood.scale"]) == {"per_pixel"},
+    ),
+    Claim(
+        LC_README,
+        "the {} per-pixel runs differ (test NLL by up to {} nats)",
+        lambda d: (
+            int((~unchanged(d)).sum()),
+            (d.lc_earlier["test/nll"] - d.lc_earlier["test/nll_earlier"]).abs().max(),
+        ),
+        ("d", ".1f"),
+    ),
     Claim(
         LC_README,
         "The K = 5000 evaluation of {} runs on {} test images each took {} s",
