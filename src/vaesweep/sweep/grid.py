@@ -274,10 +274,11 @@ def _tell_how_to_continue(
 ) -> None:
     """The command that continues the sweep, its directory named (typed again without it, a
     command starts a new directory), when a relaunch of it has something to do: jobs of
-    this launch not started, interrupted, killed, unreadable or incomplete; failed and
-    diverged jobs of a grid only with sweep.rerun_failed=true, which the command then
-    carries (a search's failed trials are told to Optuna, never run again; a search short of
-    its trials continues)."""
+    this launch not started, interrupted, killed, unreadable or incomplete (failed and
+    diverged jobs of a grid beside them: a hint to add sweep.rerun_failed=true); a grid's
+    failed and diverged jobs alone: the command with sweep.rerun_failed=true. A search's
+    failed trials are told to Optuna and never run again; a search short of its trials
+    continues."""
     ours = [r for r in rows if not planned or r["job"] in planned]
     failed = not search and any(r["status"] in (FAILED, DIVERGED) for r in ours)
     settled = (COMPLETED, FAILED, DIVERGED)
