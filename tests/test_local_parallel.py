@@ -229,6 +229,22 @@ def test_the_end_of_a_sweep_prints_the_command_that_continues_it(
     assert (hint in err) == (expected.startswith("Continue") and "diverged" in statuses.values())
 
 
+def test_a_launch_that_reran_failed_jobs_is_not_told_to_rerun_them(sweep, tmp_path, capsys):
+    """The launch's own sweep.rerun_failed (its composed config, however it was set) ran the
+    failed jobs again already: no command is printed for jobs that failed once more, and
+    beside resumable ones no hint to add what is in force."""
+    copies = copy_results(sweep, tmp_path)
+    data = json.loads(copies[0].read_text())
+    copies[0].write_text(json.dumps({**data, "status": "failed"}))
+    finish_sweep(tmp_path, rerun_failed=True)
+    assert "sweep.rerun_failed" not in capsys.readouterr().err
+    data = json.loads(copies[1].read_text())
+    copies[1].write_text(json.dumps({**data, "status": "interrupted"}))
+    finish_sweep(tmp_path, rerun_failed=True)
+    err = capsys.readouterr().err
+    assert "Continue this sweep:" in err and "sweep.rerun_failed" not in err
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2, 3, -1, -2])
 def test_n_jobs_counts_as_joblibs_does(n_jobs):
     cores = os.cpu_count() or 1

@@ -84,7 +84,10 @@ class _Running:
                 done = finish_search(self.sweep_dir, stopped_by=stopped_by)
             else:
                 planned = planned_dirs(self.config)
-                done = finish_sweep(self.sweep_dir, stopped_by=stopped_by, planned=planned)
+                rerun = bool(OmegaConf.select(self.config, "sweep.rerun_failed", default=False))
+                done = finish_sweep(
+                    self.sweep_dir, stopped_by=stopped_by, planned=planned, rerun_failed=rerun
+                )
         except Exception as e:
             print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
             done = False

@@ -245,10 +245,12 @@ def finish_sweep(
     metrics: Sequence[str] = (),
     planned: Sequence[str] = (),
     search: bool = False,
+    rerun_failed: bool = False,
 ) -> bool:
     """Writes the jobs' statuses into sweep.json and summary.csv, prints the table, names
     the jobs that did not complete and the command that continues the sweep; True when
-    every job of the grid completed. ``search``: the jobs are an Optuna search's trials.
+    every job of the grid completed. ``search``: the jobs are an Optuna search's trials;
+    ``rerun_failed``: this launch's sweep.rerun_failed (failed jobs were run again already).
 
     ``stopped_by``: the signal that stopped the sweep before all its jobs ran (the jobs that
     never started have no row; a relaunch of the same command continues the sweep).
@@ -260,7 +262,7 @@ def finish_sweep(
         record, rows = _record_finish(sweep_dir, stopped_by, metrics)
     print(f"\nSweep {sweep_dir} ({len(rows)} jobs):\n{format_table(rows)}\n", flush=True)
     complete = _tell_finish(record, rows, stopped_by, planned)
-    _tell_how_to_continue(sweep_dir, record, rows, stopped_by, planned, search)
+    _tell_how_to_continue(sweep_dir, record, rows, stopped_by, planned, search, rerun_failed)
     return complete
 
 
@@ -271,6 +273,7 @@ def _tell_how_to_continue(
     stopped_by: str | None,
     planned: Sequence[str],
     search: bool,
+    rerun_failed: bool,
 ) -> None:
     """The command that continues the sweep, its directory named (typed again without it, a
     command starts a new directory), when a relaunch of it has something to do: jobs of
@@ -285,7 +288,7 @@ def _tell_how_to_continue(
     resumable = [r for r in ours if r["status"] not in settled]
     unstarted = set(planned) - {r["job"] for r in rows}
     short = search and len(rows) < (record.get("n_jobs") or 0)
-    rerun = failed and not _rerun_failed_given()
+    rerun = failed and not rerun_failed
     directory = sweep_dir.resolve()
     if stopped_by is not None or unstarted or resumable or short:
         command = command_again("hydra.sweep.dir", directory)
@@ -294,15 +297,6 @@ def _tell_how_to_continue(
     elif rerun:
         command = command_again("hydra.sweep.dir", directory, also=["sweep.rerun_failed=true"])
         print(f"Train the failed jobs again:\n  {command}", file=sys.stderr, flush=True)
-
-
-def _rerun_failed_given(argv: Sequence[str] | None = None) -> bool:
-    """Whether this launch's command line already asked to re-run failed jobs."""
-    for arg in sys.argv[1:] if argv is None else argv:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "sweep.rerun_failed" and value.strip().lower() == "true":
-            return True
-    return False
 
 
 def _record_finish(
