@@ -296,3 +296,39 @@ def test_components_built_in_python_are_passed_to_load_from_checkpoint(tmp_path)
     assert int(loaded.likelihood.scale_mode.num_batches_tracked) == 1
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+EVERY_SCALE = {
+    "fixed": {"name": "gaussian", "scale": "fixed"},
+    "learned": {"name": "laplace", "scale": "learned", "scale_lr": 0.01},
+    "per_pixel": {"name": "gaussian", "scale": "per_pixel", "scale_init": "data"},
+    "per_pixel_value": {"name": "laplace", "scale": "per_pixel", "scale_lr": 0.03},
+    "decoder": {"name": "gaussian", "scale": "decoder"},
+    "optimal": {"name": "gaussian", "scale": "optimal", "optimal_reduction": "example"},
+}
+
+
+@pytest.mark.parametrize("likelihood", EVERY_SCALE.values(), ids=list(EVERY_SCALE))
+def test_every_scale_mode_resumes_bit_identically(tmp_path, likelihood):
+    """Stopped after its first epoch and resumed from that checkpoint, a run of every scale
+    mode ends with the weights, scale tensors and optimiser state of the uninterrupted run."""
+    full, _ = _fit(tmp_path / "full", likelihood, 3)
+    (first,) = (tmp_path / "full").glob("epoch=0-*.ckpt")
+    resumed, trainer = _fit(tmp_path / "resumed", likelihood, 3, ckpt_path=first)
+    assert trainer.global_step == 3 * 6
+    # It did resume (a fresh start with the same seed would end the same): no first epoch.
+    assert sorted(p.name[:7] for p in (tmp_path / "resumed").glob("*.ckpt")) == [
+        "epoch=1", "epoch=2"
+    ]  # fmt: skip
+    expected = full.state_dict()
+    assert list(resumed.state_dict()) == list(expected)
+    for key, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    ends = [torch.load(next((tmp_path / d).glob("epoch=2-*.ckpt")), weights_only=False)
+            for d in ("full", "resumed")]  # fmt: skip
+    assert torch.equal(
+        torch.cat([t.flatten() for s in ends[0]["optimizer_states"][0]["state"].values()
+                   for t in s.values()]),
+        torch.cat([t.flatten() for s in ends[1]["optimizer_states"][0]["state"].values()
+                   for t in s.values()]),
+    )  # fmt: skip
