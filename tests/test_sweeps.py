@@ -109,6 +109,9 @@ def test_grid_sweep_with_launcher(workdir, launcher):
         assert r["status"] == "completed"
         assert d.name == job_dirname(",".join(sorted(r["overrides"])))
         assert f"beta={r['config']['beta']:g}" in d.name
+        # Torch threads: the usable cores, shared by local_parallel's 2 jobs at once.
+        at_once = 1 if launcher == "basic" else 2
+        assert r["devices"]["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // at_once)
     rows = read_summary(sweep)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     assert {(r["likelihood"], r["beta"]) for r in rows} == {

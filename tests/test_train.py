@@ -6,6 +6,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -140,6 +143,19 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     devices = result["devices"]  # where it ran: here the CPU, no launcher's GPU share
     assert devices["accelerator"] == "cpu" and devices["fraction"] is None
     assert devices["names"] == [] and "cuda_visible_devices" in devices
+    # What the bits of a CPU run depend on: this machine's CPU as lscpu names it, the vector
+    # instructions torch's kernels chose here, and the threads (threads=null and one job at
+    # a time: every usable core).
+    lscpu = shutil.which("lscpu") and subprocess.run(["lscpu"], capture_output=True, text=True)
+    if lscpu and lscpu.returncode == 0:
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in lscpu.stdout.splitlines()
+            if ln.startswith("Model name")
+        ]
+        assert devices["cpu"] in names, (devices["cpu"], names)
+    assert devices["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert devices["torch_threads"] == len(os.sched_getaffinity(0))
     for name in ("reconstructions.png", "samples.png"):
         with Image.open(run_dir / name) as im:
             assert im.size[0] > 0

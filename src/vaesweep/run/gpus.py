@@ -2,7 +2,9 @@
 
 - :func:`device_info`: what a job records in results.json (``devices``): the visible device
   ids (``CUDA_VISIBLE_DEVICES``, as a launcher such as Ray assigned them), the device
-  names, the CUDA and driver versions, and the fraction of a GPU it was given.
+  names, the CUDA and driver versions, the fraction of a GPU it was given, and what the
+  bits of a CPU run depend on beside the config and seed: the CPU's model, the vector
+  instructions torch's CPU kernels use, and torch's thread count.
 - :func:`cap_memory`: a job given a fraction of a GPU (the Ray launcher's
   ``gpus_per_job`` < 1, passed in :data:`FRACTION_ENV`) may allocate at most that fraction
   of the GPU's memory, so it cannot starve the jobs beside it; beyond it, it fails alone
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from typing import Any
@@ -61,6 +64,19 @@ def driver_version() -> str | None:
     return lines[0] if out.returncode == 0 and lines else None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo, else platform.processor(); None when
+    neither says)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def device_info(accelerator: str | None = None) -> dict[str, Any]:
     """What results.json records under ``devices`` (see the module doc); ``accelerator``:
     the device the Trainer trains on (``cpu``, ``cuda:0``)."""
@@ -77,6 +93,10 @@ def device_info(accelerator: str | None = None) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "driver": driver_version() if cuda or shutil.which("nvidia-smi") else None,
         "fraction": gpu_fraction(),
+        "cpu": cpu_model(),
+        # torch's CPU kernels differ by instruction set (AVX2, AVX512, ...): so do the bits.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
     }
 
 

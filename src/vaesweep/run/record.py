@@ -86,7 +86,8 @@ DUPLICATE = "duplicate"
 #: process holds its claim (vaesweep.run.claims): killed outright (SIGKILL, out of memory, a
 #: node lost). Never aggregated; the sweep's command resumes it.
 KILLED = "killed"
-#: Config keys that never change the numbers a job computes (where and how it runs and logs).
+#: Config keys that do not change what a job computes (where and how it runs and logs;
+#: ``threads`` may change the last bits of a float: devices.torch_threads records the count).
 NOT_RESULTS = (
     "threads",
     "sweep",

@@ -106,8 +106,9 @@ def metric_names(df: pd.DataFrame) -> list[str]:
 
 
 def config_keys(df: pd.DataFrame) -> list[str]:
-    """Swept keys that define a configuration: all but ``seed`` and the keys that change no
-    result (``logger``, ``threads``, ``paths``, ...: runs that differ only there are pooled).
+    """Swept keys that define a configuration: all but ``seed`` and the keys of where and
+    how a job runs (``logger``, ``threads``, ``paths``, ...: runs that differ only there are
+    pooled).
     The swept keys hold the config keys that differ between runs without a command line
     that swept them (a primary config's ``trainer.max_epochs``), so runs of such different
     configurations are never pooled (the frame's ``df.attrs["notes"]`` names those keys);
