@@ -30,12 +30,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` in ``cwd``; returns the completed process (never raises)."""
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd`` (environment ``env``, else :func:`cli_env`); returns
+    the completed process (never raises)."""
     return subprocess.run(
         [sys.executable, str(RUN_PY), *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env() if env is None else env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -11,6 +11,9 @@ import csv
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from vaesweep.run.context import SWEEP_FILE
 from vaesweep.run.record import IDENTITY_FILE, RESULTS_FILE, missing_result
 from vaesweep.sweep.grid import SUMMARY_FILE, finish_sweep, varying_keys
 
-from conftest import TINY, run_cli
+from conftest import RUN_PY, TINY, cli_env, run_cli
+from pause import pause_env
 
 # Three training batches, checkpoints kept: enough for a resumable run.
 ARGS = [*TINY, "logger=none"]
@@ -293,3 +297,68 @@ def test_a_fixed_override_changed_between_launches_is_a_column_of_the_summary(tm
         ("1", "2", "62.5"),
         ("1", "3", "62.1"),
     ]
+
+
+def _as_left(run: Path, status: str, error: dict | None = None) -> dict:
+    """The run's results.json with ``status`` (and ``error``), as such an attempt leaves it."""
+    result = json.loads((run / RESULTS_FILE).read_text())
+    result.update(status=status, error=error)
+    (run / RESULTS_FILE).write_text(json.dumps(result))
+    return result
+
+
+def test_a_failed_run_trained_again_never_resumes_its_old_checkpoints(finished, tmp_path):
+    """A failed β = 1 run's directory trained again as β = 4 (sweep.rerun_failed=true) and
+    stopped by Ctrl-C in its first epoch, before a checkpoint of its own: β = 1's checkpoints
+    are gone before the new attempt trains, so the relaunch starts β = 4 from step 0 instead
+    of resuming β = 1's weights under β = 4."""
+    run = copy_of(finished, tmp_path / "run")
+    _as_left(run, "failed", {"type": "RuntimeError", "message": "in its test", "step": None})
+    assert {p.name for p in (run / "checkpoints").glob("*.ckpt")} >= {"last.ckpt"}
+    args = [*ARGS, "beta=4", "sweep.rerun_failed=true", f"hydra.run.dir={run}"]
+    marker = tmp_path / "paused"
+    with open(tmp_path / "out.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(RUN_PY), *args],
+            cwd=tmp_path,
+            env={**cli_env(), **pause_env("train_batch@1", marker)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), (tmp_path / "out.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    stopped = json.loads((run / RESULTS_FILE).read_text())
+    assert stopped["status"] == "interrupted" and stopped["config"]["beta"] == 4
+    assert not list((run / "checkpoints").glob("*.ckpt"))  # β = 1's are not there to resume
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" not in (run / "train.log").read_text()
+    done = json.loads((run / RESULTS_FILE).read_text())
+    assert done["status"] == "completed" and done["config"]["beta"] == 4
+
+
+def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tmp_path):
+    """An interrupted job relaunched where the driver refuses it before training (here: the
+    launcher gave it a GPU this machine does not have): its results.json and checkpoints stay
+    as they were, so the corrected command resumes it instead of training it from step 0."""
+    run = copy_of(finished, tmp_path / "run")
+    left = _as_left(run, "interrupted", {"type": "JobInterrupted", "message": "SIGTERM", "step": 3})
+    before = digests(run)
+    gpu = {"VAESWEEP_GPUS_ASSIGNED_BY": "local_parallel", "CUDA_VISIBLE_DEVICES": "0"}
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path, env={**cli_env(), **gpu})
+    assert proc.returncode != 0
+    assert "sees no CUDA device" in proc.stderr, proc.stderr[-3000:]
+    assert "checkpoints are kept" in (run / "train.log").read_text()
+    after = digests(run)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not any(k.startswith("checkpoints/") for k in changed), changed
+    assert json.loads((run / RESULTS_FILE).read_text()) == left  # the record as it was
+    again = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)  # on a machine as asked
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {run} from" in (run / "train.log").read_text()
+    assert json.loads((run / RESULTS_FILE).read_text())["attempts"] == left["attempts"] + 1

@@ -8,6 +8,8 @@ a precise phase. The points, each a wrapper around a public function or method o
 (or, for a search, of Hydra or Optuna):
 
 - ``claimed``: the job's claim is held, nothing else done yet (``claims.acquire`` returned);
+- ``train_batch``: a training batch done (``Resumable.on_train_batch_end``, before it checks
+  signals): with ``@1``, in the first epoch, before any checkpoint of this attempt;
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
 - ``test``: after a test batch (``Resumable.on_test_batch_end``, before it checks signals);
 - ``images``: between the two image grids (``reconstructions.png`` written);
@@ -24,7 +26,7 @@ a precise phase. The points, each a wrapper around a public function or method o
   worker's first job).
 
 Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
-for ``epoch_end``, ``test`` and ``images`` only, so that the other points leave the
+for ``train_batch``, ``epoch_end``, ``test`` and ``images`` only, so that the other points leave the
 processes' own import of the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
@@ -126,12 +128,14 @@ def _install() -> None:
     point = os.environ[PAUSE_ENV].partition(":")[0].partition("@")[0]
     for cls in (signals.StopSignals, signals.SweepGuard):
         _notice_signals(cls)
-    if point in ("epoch_end", "test", "images"):
+    if point in ("train_batch", "epoch_end", "test", "images"):
         from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
     elif point == "driver_import":
         sys.meta_path.insert(0, _OnFirstImport("vaesweep.run.driver", lambda: _pause(point)))
+    elif point == "train_batch":
+        _before(callbacks.Resumable, "on_train_batch_end", "train_batch")
     elif point == "epoch_end":
         _after(callbacks.Resumable, "on_train_epoch_end", "epoch_end")
     elif point == "test":

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core import launchers
-from vaesweep.core.atomic import remove_stale_temps
+from vaesweep.core.atomic import remove_stale_temps, write_json_atomic
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp, command_again
 from vaesweep.data.datasets import check_available
@@ -167,6 +167,8 @@ def _run_claimed(
         check_available(cfg.data.get("name"), cfg.data.get("root"), bool(cfg.data.get("download")))
     except (ConfigError, DatasetNotFoundError) as e:
         _settle_refused(cfg, job, e, previous, resume_from)
+    if resume_from is None:
+        _remove_replaced_checkpoints(job.run_dir)
     run_record = _open_record(cfg, job, previous, resume_from)
     status = record.FAILED
     try:
@@ -189,6 +191,17 @@ def _run_claimed(
         log.error("run diverged: %s (results: %s)", e, run_record.path)
         raise
     except ConfigError as e:
+        if previous is not None or resume_from is not None:
+            # Refused in the driver (a GPU not visible here, a trainer setting): an earlier
+            # attempt continues, so its record and checkpoints stay for a relaunch.
+            _restore_record(run_record.path, previous)
+            log.error(
+                "bad config: %s (not run; %s and its checkpoints are kept: the corrected "
+                "command resumes it)",
+                e,
+                job.run_dir,
+            )
+            raise
         run_record.finish(status, error=e)
         log.error("bad config: %s (results: %s)", e, run_record.path)
         raise
@@ -282,6 +295,31 @@ def _settle_refused(
     run_record.finish(record.FAILED, error=refusal)
     log.error("%s: %s (results: %s)", what, refusal, run_record.path)
     raise refusal
+
+
+def _remove_replaced_checkpoints(run_dir: Path) -> None:
+    """Before an attempt that starts from step 0 writes anything: the checkpoints an earlier
+    attempt left (a failed or diverged run trained again, possibly under another config) are
+    deleted, so that an attempt stopped before its first checkpoint is never resumed from
+    them (nor tested from a stale ``best.ckpt``)."""
+    directory = run_dir / "checkpoints"
+    stale = sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info(
+            "removed the earlier attempt's checkpoints (%s): this attempt starts from step 0",
+            ", ".join(p.name for p in stale),
+        )
+
+
+def _restore_record(path: Path, previous: dict[str, Any] | None) -> None:
+    """results.json as the earlier attempt left it (``previous``), or none at all where it
+    was lost (the checkpoint and identity.json still say whose it is)."""
+    if previous is not None:
+        write_json_atomic(path, previous)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
