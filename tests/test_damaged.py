@@ -362,3 +362,65 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming {run} from" in (run / "train.log").read_text()
     assert json.loads((run / RESULTS_FILE).read_text())["attempts"] == left["attempts"] + 1
+
+
+def test_a_completed_result_without_a_test_score_is_tested_again(finished, tmp_path):
+    """What versions before the non-finite check recorded for a NaN test/nll: ``completed``
+    with a null score (collect lists it ``incomplete`` and the sweep's end says to continue).
+    The relaunch resumes it from its last checkpoint and tests it again, to the scores of
+    the run itself, rather than skipping it as completed for ever."""
+    reference = json.loads((finished / RESULTS_FILE).read_text())["metrics"]
+    run = copy_of(finished, tmp_path / "run")
+    result = json.loads((run / RESULTS_FILE).read_text())
+    result["metrics"]["test/nll"] = None
+    (run / RESULTS_FILE).write_text(json.dumps(result))
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "already completed" not in proc.stderr
+    after = json.loads((run / RESULTS_FILE).read_text())
+    assert after["status"] == "completed" and after["attempts"] == result["attempts"] + 1
+    test = {k: v for k, v in reference.items() if k.startswith("test/")}
+    assert {k: after["metrics"][k] for k in test} == test  # resumed and tested, not retrained
+
+
+def test_metrics_history_killed_between_merging_and_tidying_keeps_each_row_once(
+    tmp_path, monkeypatch
+):
+    """An attempt killed after it wrote the merged metrics.csv but before it removed the
+    set-aside rows: the next resume keeps every earlier row once (no curve drawn twice)."""
+    import torch
+
+    from vaesweep.run import history
+
+    def write(rows: list[dict]) -> None:
+        columns = sorted({k for r in rows for k in r})
+        with open(tmp_path / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def checkpoint(step: int) -> Path:
+        path = tmp_path / f"step{step}.ckpt"
+        torch.save({"global_step": step}, path)
+        return path
+
+    write([{"step": s, "epoch": s // 2, "train/loss": 10 - s} for s in range(6)])  # attempt 1
+    history.set_aside(tmp_path, checkpoint(4))  # attempt 2 resumes at step 4
+    write([{"step": s, "epoch": s // 2, "train/loss": 10 - s, "val/elbo": s} for s in range(4, 8)])
+    real_unlink = Path.unlink
+
+    def killed(self, *args, **kwargs):
+        if self.name == history.EARLIER_FILE:
+            raise KeyboardInterrupt  # the process ends here
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        history.merge(tmp_path)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert (tmp_path / history.EARLIER_FILE).exists()  # both files left behind
+
+    history.set_aside(tmp_path, checkpoint(6))  # attempt 3 resumes at step 6
+    with open(tmp_path / history.EARLIER_FILE, newline="") as f:
+        kept = [int(float(r["step"])) for r in csv.DictReader(f)]
+    assert kept == [0, 1, 2, 3, 4, 5]

@@ -8,7 +8,8 @@ attempt that resumes:
 - :func:`set_aside` (before the logger is made) keeps the rows logged before the
   checkpoint's step in ``.metrics.earlier.csv``: the rows after it were logged by training
   the resumed attempt repeats. Rows kept aside by an earlier attempt that never merged
-  (killed outright) are kept with them.
+  (killed outright) are kept with them; an attempt killed after it merged but before it
+  removed the set-aside file left them in ``metrics.csv`` already, and they are kept once.
 - :func:`merge` (after the attempt, however it ended) writes ``metrics.csv`` again as those
   rows followed by the attempt's own, the columns the union of both, atomically.
 
@@ -60,6 +61,18 @@ def _write(path: Path, rows: list[dict[str, str]]) -> None:
     write_csv_atomic(path, [{c: row.get(c, "") for c in columns} for row in rows])
 
 
+def _values(row: dict[str, str]) -> dict[str, str]:
+    """A row's non-empty cells (a merged file fills the columns a row lacked with "")."""
+    return {k: v for k, v in row.items() if k is not None and v not in ("", None)}
+
+
+def _begins_with(rows: list[dict[str, str]], head: list[dict[str, str]]) -> bool:
+    """Whether ``rows`` starts with the rows of ``head`` (as :func:`merge` writes them)."""
+    return len(rows) >= len(head) and all(
+        _values(a) == _values(b) for a, b in zip(rows, head, strict=False)
+    )
+
+
 def set_aside(run_dir: Path, resume_from: Path | None) -> None:
     """Before an attempt's logger is made (see the module doc)."""
     current, earlier = run_dir / METRICS_FILE, run_dir / EARLIER_FILE
@@ -67,7 +80,10 @@ def set_aside(run_dir: Path, resume_from: Path | None) -> None:
         earlier.unlink(missing_ok=True)
         return
     step = logged_step(resume_from)
-    kept = [r for r in [*_rows(earlier), *_rows(current)] if _step(r) < step]
+    before, logged = _rows(earlier), _rows(current)
+    if before and _begins_with(logged, before):
+        before = []  # merged already: the last attempt was killed before it removed the file
+    kept = [r for r in [*before, *logged] if _step(r) < step]
     if kept:
         _write(earlier, kept)
     else:

@@ -40,6 +40,7 @@ from vaesweep.run.policy import (
     left_alone,
     refuse_other_config,
     stored_identity,
+    untested,
     verify_checkpoint,
 )
 from vaesweep.run.record import COMPLETED, CONTINUED, RESULTS_FILE, RunRecord
@@ -332,6 +333,8 @@ def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
         # results.json lost or damaged: identity.json (or the checkpoint itself) says it is this
         # config's (the policy refused the directory otherwise).
         return None, last
+    if untested(previous):  # completed without a test score: its test runs again
+        return previous, last if last.exists() else None
     if previous is None or previous.get("status") not in CONTINUED:
         return None, None  # a new job, or a failed one re-run from the start
     return previous, last if last.exists() else None
