@@ -56,6 +56,7 @@ def test_claim_holds_identity_and_is_released(tmp_path):
         info = read_claim(tmp_path)
         assert (info.host, info.pid, info.token) == (HOST, os.getpid(), claim.token)
         assert info.process_start and info.started_at
+        assert info.interval == claim.interval == 30  # every holder says how often it beats
         assert held_by_other(tmp_path, 300) is None  # ours
         with pytest.raises(ClaimHeld):  # not twice, even by this process
             acquire(tmp_path)
@@ -97,6 +98,25 @@ def test_a_claim_from_another_host_is_stale_when_its_heartbeat_is_old(tmp_path):
     write_claim(tmp_path, age_s=400, host="elsewhere.example", pid=os.getpid())
     with acquire(tmp_path, timeout_s=300):
         assert read_claim(tmp_path).host == HOST
+
+
+def test_a_taker_with_a_shorter_timeout_waits_for_three_of_the_holders_beats(tmp_path):
+    """A holder on another host with the default timeout (300 s) beats every 30 s; a
+    relaunch there with sweep.claim_timeout_s=20 must not take the live claim between two
+    of its beats: it waits until the heartbeat is 3 beats (90 s) old."""
+    assert claims.heartbeat_interval(300) == 30
+    elsewhere = {"host": "elsewhere.example", "pid": os.getpid(), "heartbeat_s": 30.0}
+    for age in (25, 85):  # older than the taker's 20 s, within three of the holder's beats
+        write_claim(tmp_path, age_s=age, **elsewhere)
+        with pytest.raises(ClaimHeld, match="elsewhere.example"):
+            acquire(tmp_path, timeout_s=20)
+    write_claim(tmp_path, age_s=95, **elsewhere)
+    with acquire(tmp_path, timeout_s=20):
+        assert read_claim(tmp_path).host == HOST
+    # A claim that does not say its beat (an earlier version): the taker's timeout alone.
+    write_claim(tmp_path, age_s=25, host="elsewhere.example", pid=os.getpid())
+    with acquire(tmp_path, timeout_s=20) as claim:
+        assert read_claim(tmp_path).interval == pytest.approx(claim.interval) == 2.0
 
 
 def test_same_host_claims_of_gone_processes_are_stale(tmp_path):

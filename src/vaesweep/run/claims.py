@@ -48,6 +48,10 @@ TAKEOVER_MARKER_TIMEOUT_S = 60.0
 # A claim file that names no holder (empty, partial or not JSON: its writer died between
 # creating and writing it, which takes microseconds) is stale once it is this old.
 UNREADABLE_GRACE_S = 5.0
+# A claim of another host is stale once its heartbeat is older than the taker's timeout and
+# than this many of the holder's own beats (a taker with a shorter timeout than the holder's
+# never takes a live claim between two of its beats).
+MISSED_BEATS = 3
 HOST = socket.gethostname()
 
 _held: set[str] = set()  # tokens of the claims this process holds
@@ -93,6 +97,7 @@ class ClaimInfo:
     token: str | None
     started_at: str | None
     heartbeat: float  # the file's mtime (seconds since the epoch)
+    interval: float | None = None  # the holder's heartbeat interval (None: not recorded)
 
     @property
     def identity(self) -> str:
@@ -118,7 +123,8 @@ class ClaimInfo:
                 return True
             start = _process_start(self.pid)
             return None not in (start, self.process_start) and start != self.process_start
-        return self.age(now) > timeout_s  # another host: its heartbeat tells
+        # Another host: its heartbeat tells, by the taker's timeout and the holder's beats.
+        return self.age(now) > max(timeout_s, MISSED_BEATS * (self.interval or 0.0))
 
     def describe(self) -> str:
         if not self.readable:
@@ -160,6 +166,7 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
         data = {}
     pid = data.get("pid")
     host = data.get("host")
+    interval = data.get("heartbeat_s")
     return ClaimInfo(
         path=path,
         host=host if isinstance(host, str) else None,
@@ -168,6 +175,9 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
         token=data.get("token"),
         started_at=data.get("started_at"),
         heartbeat=heartbeat,
+        interval=float(interval)
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool)
+        else None,
     )
 
 
@@ -228,8 +238,9 @@ class Claim:
         self.release()
 
 
-def _create(path: Path, token: str) -> bool:
-    """Creates the claim file holding this process's identity; False if it exists."""
+def _create(path: Path, token: str, interval: float) -> bool:
+    """Creates the claim file holding this process's identity and heartbeat interval
+    (seconds); False if it exists."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -240,6 +251,7 @@ def _create(path: Path, token: str) -> bool:
         "process_start": _process_start(os.getpid()),
         "token": token,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "heartbeat_s": interval,
     }
     with os.fdopen(fd, "w") as f:
         json.dump(info, f)
@@ -278,9 +290,10 @@ def acquire(run_dir: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_
     path = claim_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
+    interval = heartbeat_interval(timeout_s)
     for _ in range(20):
-        if _create(path, token):
-            return Claim(path, token, heartbeat_interval(timeout_s))
+        if _create(path, token, interval):
+            return Claim(path, token, interval)
         holder = read_claim(run_dir)
         if holder is None:  # released in the meantime
             continue
