@@ -361,6 +361,7 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     again = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)  # on a machine as asked
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming {run} from" in (run / "train.log").read_text()
+    assert "dirpath has changed" not in again.stderr  # a copy: its best score came along
     assert json.loads((run / RESULTS_FILE).read_text())["attempts"] == left["attempts"] + 1
 
 
@@ -424,3 +425,41 @@ def test_metrics_history_killed_between_merging_and_tidying_keeps_each_row_once(
     with open(tmp_path / history.EARLIER_FILE, newline="") as f:
         kept = [int(float(r["step"])) for r in csv.DictReader(f)]
     assert kept == [0, 1, 2, 3, 4, 5]
+
+
+def test_checkpoint_state_survives_the_job_directory_moving(tmp_path):
+    """Lightning keeps a ModelCheckpoint's best score only when it writes to the directory it
+    saved it from; a job's directory moved between two attempts (a sweep renamed, another
+    mount path after a requeue) would make the next validation the best. RunCheckpoint reads
+    the saved paths as the same files in the new place, under ModelCheckpoint's own key."""
+    import warnings
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vaesweep.run.callbacks import RunCheckpoint
+
+    kwargs = {"filename": "best", "monitor": "val/elbo", "mode": "max", "save_top_k": 1}
+    old_dir, new_dir = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    saved = ModelCheckpoint(dirpath=old_dir, save_last=True, **kwargs)
+    best = str(old_dir / "best.ckpt")
+    saved.best_model_path, saved.best_model_score = best, torch.tensor(-512.0)
+    saved.best_k_models = {best: torch.tensor(-512.0)}
+    saved.kth_best_model_path, saved.kth_value = best, torch.tensor(-512.0)
+    saved.last_model_path = str(old_dir / "last.ckpt")
+    state = saved.state_dict()
+
+    resumed = RunCheckpoint(dirpath=new_dir, save_last=True, **kwargs)
+    assert resumed.state_key == saved.state_key  # checkpoints of either class load
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "dirpath has changed" would raise
+        resumed.load_state_dict(state)
+    assert resumed.best_model_score == torch.tensor(-512.0)
+    assert resumed.best_model_path == str(new_dir / "best.ckpt")
+    assert list(resumed.best_k_models) == [str(new_dir / "best.ckpt")]
+    assert resumed.last_model_path == str(new_dir / "last.ckpt")
+    # Lightning's own class, for comparison, drops the score.
+    plain = ModelCheckpoint(dirpath=new_dir, save_last=True, **kwargs)
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        plain.load_state_dict(state)
+    assert plain.best_model_score is None

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
@@ -171,6 +171,44 @@ class Resumable(L.Callback):
     def stored_val_metrics(cls, checkpoint: str | Path | None) -> dict[str, float]:
         """The ``val/*`` metrics kept in a checkpoint file ({} without one)."""
         return dict(cls.stored_state(checkpoint).get("val_metrics", {}))
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for a job's ``checkpoints/`` directory, whose state
+    survives the job's directory being moved (a sweep directory renamed, or seen under
+    another path after a requeue) between two attempts.
+
+    Lightning keeps its best score and best paths only when the directory it saved them
+    from is the one it writes to now; otherwise the first validation after the resume
+    became the best, however bad, and ``eval.checkpoint=best`` tested it. The checkpoints
+    move with the job's directory, so the paths saved under the old directory are read
+    as the same files under the new one."""
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's own key, under which every checkpoint holds this state (those
+        written before this class, too)."""
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__) :]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved is None or self.dirpath is None or saved == self.dirpath:
+            return super().load_state_dict(state_dict)
+
+        def moved(path: Any) -> Any:
+            if isinstance(path, str) and path and os.path.dirname(path) == saved:
+                return os.path.join(self.dirpath, os.path.basename(path))
+            return path
+
+        rebased = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in rebased:
+                rebased[key] = moved(rebased[key])
+        if isinstance(rebased.get("best_k_models"), dict):
+            rebased["best_k_models"] = {moved(k): v for k, v in rebased["best_k_models"].items()}
+        log.info("checkpoints moved from %s to %s: their best score is kept", saved, self.dirpath)
+        return super().load_state_dict(rebased)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -21,7 +21,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
@@ -36,6 +35,7 @@ from vaesweep.run.callbacks import (
     ImageGrids,
     NullProfiler,
     Resumable,
+    RunCheckpoint,
     ScheduleLength,
     ThrottledProgressBar,
     Timestamps,
@@ -206,7 +206,7 @@ def _build_trainer(
     """The Lightning Trainer and its ModelCheckpoint (None without checkpointing)."""
     checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
     if trainer_args["enable_checkpointing"]:
-        checkpoint = ModelCheckpoint(
+        checkpoint = RunCheckpoint(
             dirpath=job.run_dir / "checkpoints",
             filename="best",
             monitor="val/elbo",
