@@ -11,8 +11,9 @@ again from their last checkpoints with ``vaesweep evaluate``: first at K = 100, 
 K = 5000, both on the first ``--examples`` test images (so that the two columns compare the
 same images). Then, as run_study.sh does: ``vaesweep collect`` into
 ``docs/results/<name>/runs.csv`` (now with the ``test/...@iwae_k=...`` columns) and
-experiments/relative_paths.py. ``docs/results/<name>/evaluation.txt`` says what was
-scored, when, and how long it took (experiments/report.py reads it).
+experiments/relative_paths.py; last, ``docs/results/<name>/evaluation.txt`` (written
+atomically, once runs.csv holds the scores) says what was scored, when, and how long it
+took (experiments/report.py reads it).
 
 The best β is chosen on the test split, as the study's tables mark it (their bold row):
 the K = 5000 column measures how much tighter the bound gets for those rows, not a held-out
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from vaesweep.core.atomic import atomic_open
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +88,13 @@ def main() -> None:
         f"{wall:.0f} s{' (continuing an earlier call: this call only)' if resumed else ''}, "
         f"load average at the end: {load}\n"
     )
-    (out / "evaluation.txt").write_text(line)
-    subprocess.run(["vaesweep", "collect", str(work), "-o", str(out / "runs.csv")], check=True)
+    collect = [sys.executable, "-m", "vaesweep", "collect", str(work)]
+    subprocess.run([*collect, "-o", str(out / "runs.csv")], check=True, cwd=ROOT)
     relative = [sys.executable, str(ROOT / "experiments" / "relative_paths.py"), str(out)]
     subprocess.run([*relative, "--root", str(ROOT)], check=True)
+    # Last, once runs.csv holds the scores it describes; a reader sees the old file or this.
+    with atomic_open(out / "evaluation.txt") as f:
+        f.write(line)
     print(line, end="")
 
 

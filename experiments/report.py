@@ -22,15 +22,19 @@ Two kinds of checked text (tests/test_published_numbers.py runs both):
   ``Fact(file, snippet, holds)``: the file must contain the snippet and ``holds(data)`` must
   be true, for words like "every β" or "best". To add a number to a doc, add its row.
 
-Each configuration ran with the same seeds: tables give the mean ± standard deviation over
-them (ddof = 1), and the findings compare means. Ranges are min–max over the configurations
-(or the runs, where the text says so) of every β of the grid and both likelihoods unless
-the text names fewer.
+Only completed runs (``status == "completed"``) enter anything: each configuration ran with
+the same seeds, all completed, and tables give the mean ± standard deviation over them
+(ddof = 1); the findings compare means. A run that did not complete, or a configuration
+with fewer completed seeds than the others, is a problem that ``--check`` (and ``--write``)
+reports by name (``Data.problems``) instead of a mean over fewer seeds. Ranges are min–max
+over the configurations (or the runs, where the text says so) of every β of the grid and
+both likelihoods unless the text names fewer.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -42,11 +46,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from vaesweep.core.atomic import atomic_open
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path("docs/results")
 LC = RESULTS / "likelihood_comparison"
 BC = RESULTS / "bernoulli_vs_continuous"
 BC_PARTS = ("discrete", "gaussian_optimal")
+#: The columns of one configuration (its seeds pooled) of each study.
+LC_KEYS = ["likelihood", "likelihood.scale", "beta"]
+BC_KEYS = ["likelihood", "beta"]
+COMPLETED = "completed"
 
 LIKELIHOODS = ("gaussian", "laplace")
 SCALES = ("fixed", "optimal", "learned", "per_pixel", "decoder")
@@ -74,9 +84,15 @@ class Data:
         return dict(re.findall(r"^(\w[\w ]*): (.*)$", text, flags=re.M))
 
     @cached_property
-    def lc(self) -> pd.DataFrame:
-        """likelihood_comparison/runs.csv: one row per run."""
+    def lc_all(self) -> pd.DataFrame:
+        """likelihood_comparison/runs.csv as it is: one row per run, whatever its status."""
         return self._csv(LC / "runs.csv")
+
+    @cached_property
+    def lc(self) -> pd.DataFrame:
+        """likelihood_comparison/runs.csv: one row per completed run (the others, named by
+        :attr:`problems`, enter no number)."""
+        return completed(self.lc_all)
 
     @cached_property
     def lc_earlier(self) -> pd.DataFrame:
@@ -98,12 +114,12 @@ class Data:
     @cached_property
     def lc_groups(self) -> dict[tuple, pd.DataFrame]:
         """likelihood_comparison runs by (likelihood, scale, β): one row per seed."""
-        return groups(self.lc, ["likelihood", "likelihood.scale", "beta"])
+        return groups(self.lc, LC_KEYS)
 
     @cached_property
     def bc_groups(self) -> dict[tuple, pd.DataFrame]:
         """bernoulli_vs_continuous runs by (likelihood, β): one row per seed."""
-        return groups(self.bc, ["likelihood", "beta"])
+        return groups(self.bc, BC_KEYS)
 
     @cached_property
     def lc_summary(self) -> pd.DataFrame:
@@ -118,9 +134,14 @@ class Data:
         return self._provenance(LC / "sweep" / "provenance.txt")
 
     @cached_property
-    def bc(self) -> pd.DataFrame:
-        """bernoulli_vs_continuous/runs.csv: both sweeps, one row per run."""
+    def bc_all(self) -> pd.DataFrame:
+        """bernoulli_vs_continuous/runs.csv as it is: both sweeps, every run."""
         return self._csv(BC / "runs.csv")
+
+    @cached_property
+    def bc(self) -> pd.DataFrame:
+        """bernoulli_vs_continuous/runs.csv: both sweeps, one row per completed run."""
+        return completed(self.bc_all)
 
     @cached_property
     def bc_summary(self) -> dict[str, pd.DataFrame]:
@@ -137,6 +158,62 @@ class Data:
     def bc_provenance(self) -> dict[str, dict[str, str]]:
         return {part: self._provenance(BC / part / "provenance.txt") for part in BC_PARTS}
 
+    @cached_property
+    def problems(self) -> list[str]:
+        """Why the committed runs cannot give the tables (empty when they can): every run
+        that did not complete, and every configuration with fewer completed seeds than the
+        others (:func:`run_problems`)."""
+        return run_problems(self.lc_all, LC_KEYS, str(LC)) + run_problems(
+            self.bc_all, BC_KEYS, str(BC)
+        )
+
+
+def completed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs of a runs.csv (every other status: failed, diverged, ...)."""
+    return frame[frame["status"] == COMPLETED].reset_index(drop=True)
+
+
+def run_problems(frame: pd.DataFrame, keys: list[str], study: str) -> list[str]:
+    """What keeps the runs of ``frame`` (a runs.csv, every status) from giving means over
+    the same seeds: each run that did not complete (its run_dir and status), each completed
+    run without a test NLL, and each configuration (``keys``) with fewer such seeds than the
+    study has (named, with the runs of the seeds it lacks; a combination of the keys'
+    values without any run has none of them)."""
+    done = frame["status"] == COMPLETED
+    counted = done & frame["test/nll"].notna()
+    problems = [
+        f"{study}: run {row['run_dir']} is {row['status']}, not completed: it enters no table "
+        "(run it again, or remove it and say why)"
+        for _, row in frame[~done].iterrows()
+    ]
+    problems += [
+        f"{study}: run {row['run_dir']} is completed without a test/nll"
+        for _, row in frame[done & ~counted].iterrows()
+    ]
+    every = sorted({int(s) for s in frame["seed"].dropna()})
+    found = dict(list(frame.groupby(keys, dropna=False, sort=True)))
+    # Every combination of the keys' values is a configuration of the grid, with runs or not.
+    grid = itertools.product(*(sorted(frame[k].dropna().unique()) for k in keys))
+    for key in sorted(set(found) | set(grid), key=str):
+        runs = found.get(key, frame.iloc[:0])
+        have = {int(s) for s in runs.loc[counted[runs.index], "seed"]}
+        missing = [s for s in every if s not in have]
+        if not missing:
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
+        lacking = []
+        for seed in missing:
+            of_seed = runs[runs["seed"] == seed]
+            listed = ", ".join(
+                f"{r} ({st})" for r, st in zip(of_seed["run_dir"], of_seed["status"], strict=True)
+            )
+            lacking.append(f"seed {seed}: {listed or 'no run'}")
+        problems.append(
+            f"{study}: {label} has {len(have)} of the {len(every)} seeds ({'; '.join(lacking)}): "
+            "its means would be over fewer seeds than the others'"
+        )
+    return problems
+
 
 # --- lookups ---------------------------------------------------------------------------------
 
@@ -147,7 +224,12 @@ def groups(df: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.DataFrame]:
     out = {key: g for key, g in df.groupby(keys, sort=True)}
     seeds = {tuple(sorted(g["seed"])) for g in out.values()}
     if len(seeds) != 1:
-        raise LookupError(f"the configurations of {keys} have different seeds: {seeds}")
+        most = max(seeds, key=len)
+        fewer = [str(k) for k, g in out.items() if tuple(sorted(g["seed"])) != most]
+        raise LookupError(
+            f"the configurations of {keys} have different seeds {sorted(seeds)}: those without "
+            f"all of {list(most)}: {', '.join(fewer)}"
+        )
     return out
 
 
@@ -293,10 +375,33 @@ def bc_bpd_range(d: Data, likelihood: str) -> tuple[float, float]:
     return span(bc(d, "test/bpd", likelihood, b) for b in bc_betas(d))
 
 
-def gaussian_lowest_mse_bc(d: Data) -> bool:
+#: The images each likelihood of the Bernoulli study is scored against (docs/math.md §6):
+#: the Bernoulli sees x ~ Bernoulli(k/255), so its test/mse is against those binarised
+#: images; the others see the dequantised grey levels. Only MSEs against the same images
+#: compare.
+BC_IMAGES = {
+    "bernoulli": "binarised",
+    "continuous_bernoulli": "grey levels",
+    "gaussian": "grey levels",
+}
+
+
+def same_images(likelihood: str) -> list[str]:
+    """The other likelihoods of the Bernoulli study scored against the same images."""
+    return [
+        lik
+        for lik, images in BC_IMAGES.items()
+        if images == BC_IMAGES[likelihood] and lik != likelihood
+    ]
+
+
+def gaussian_lowest_grey_mse(d: Data) -> bool:
+    """Whether the Gaussian's mean test MSE is below that of every likelihood scored
+    against the same (grey-level) images, at every β. The Bernoulli's, against binarised
+    images, is not compared."""
     return all(
         bc(d, "test/mse", "gaussian", b)
-        < min(bc(d, "test/mse", lik, b) for lik in ("bernoulli", "continuous_bernoulli"))
+        < min(bc(d, "test/mse", lik, b) for lik in same_images("gaussian"))
         for b in bc_betas(d)
     )
 
@@ -470,9 +575,14 @@ def bernoulli_vs_continuous(d: Data) -> str:
                 text += f" / {num(bc(d, 'test/bpd', lik, b), '.3f')}"
             cells.append(f"**{text}**" if value == best else text)
         rows.append(cells)
+    grey = [lik for lik, _ in BC_ROWS if BC_IMAGES[lik] == "grey levels"]
     rows.append(
-        ["test MSE (B / CB / G)"]
-        + [" / ".join(num(bc(d, "test/mse", lik, b), ".4f") for lik, _ in BC_ROWS) for b in betas]
+        ["test MSE, dequantised grey levels (CB / G)"]
+        + [" / ".join(num(bc(d, "test/mse", lik, b), ".4f") for lik in grey) for b in betas]
+    )
+    rows.append(
+        ["test MSE, binarised images (B; not comparable with CB / G)"]
+        + [num(bc(d, "test/mse", "bernoulli", b), ".4f") for b in betas]
     )
     return table(["likelihood (data)"] + [f"β = {beta_str(b)}" for b in betas], rows)
 
@@ -603,6 +713,7 @@ def bc_findings(d: Data) -> str:
     betas = grid_list(beta_str(b) for b in bc_betas(d))
     low, high, n_paper = paper_k(d.bc)
     changes = [paper_gap(d.bc_groups[(lik, bc_best_beta(d, lik))])[4] for lik, _ in BC_ROWS]
+    sigma = span(bc(d, "scale", "gaussian", b) for b in bc_betas(d))
     cb_better = all(
         bc(d, "test/nll", "continuous_bernoulli", b) < bc(d, "test/nll", "gaussian", b)
         for b in bc_betas(d)
@@ -614,12 +725,14 @@ def bc_findings(d: Data) -> str:
         f"against {num(bc(d, 'test/bpd', 'gaussian', 1.0), '.2f')} bits/dim at β = 1 "
         f"({rng(bc_bpd_range(d, 'continuous_bernoulli'), '.2f')} against "
         f"{rng(bc_bpd_range(d, 'gaussian'), '.2f')} over β ∈ {{{betas}}}).",
-        f"- **The Gaussian reconstructs with the lowest MSE "
-        f"{'at every β' if gaussian_lowest_mse_bc(d) else 'at some β only'}** "
-        f"({num(bc(d, 'test/mse', 'gaussian', 1.0), '.4f')} at β = 1, against "
-        f"{num(bc(d, 'test/mse', 'continuous_bernoulli', 1.0), '.4f')} for the continuous "
-        f"Bernoulli and {num(bc(d, 'test/mse', 'bernoulli', 1.0), '.4f')} for the Bernoulli); "
-        f"its one shared σ ends at {rng(span(bc(d, 'scale', 'gaussian', b) for b in bc_betas(d)), '.3f')}.",
+        f"- **On the same dequantised grey levels the Gaussian reconstructs with a lower MSE "
+        f"than the continuous Bernoulli "
+        f"{'at every β' if gaussian_lowest_grey_mse(d) else 'at some β only'}** "
+        f"({num(bc(d, 'test/mse', 'gaussian', 1.0), '.4f')} against "
+        f"{num(bc(d, 'test/mse', 'continuous_bernoulli', 1.0), '.4f')} at β = 1); its one "
+        f"shared σ ends at {rng(sigma, '.3f')}. "
+        f"The Bernoulli's MSE ({num(bc(d, 'test/mse', 'bernoulli', 1.0), '.4f')} at β = 1) is "
+        f"against the binarised images it scores, not the grey levels, and is not compared.",
         f"- **Seeds**: the standard deviation of the test NLL over the {len(seeds(d.bc))} seeds "
         f"is at most {num(max(std(g, 'test/nll') for g in d.bc_groups.values()), '.1f')} nats "
         f"for any likelihood × β.",
@@ -1001,7 +1114,11 @@ def check_claim(claim: Claim | Fact, data: Data, text: str) -> str | None:
 
 def check(data: Data, root: Path = REPO, files=None) -> list[str]:
     """Every disagreement between the docs under ``root`` (or ``files``: name → text) and the
-    data: generated blocks that differ, prose claims that fail."""
+    data: generated blocks that differ, prose claims that fail. First the runs themselves
+    (:attr:`Data.problems`): where a run did not complete or a configuration lacks a seed,
+    those are the problems, and nothing is computed from the runs."""
+    if data.problems:
+        return list(data.problems)
     texts = files if files is not None else {f: (root / f).read_text() for f in DOCS}
     problems = []
     for name, text in texts.items():
@@ -1017,16 +1134,26 @@ def check(data: Data, root: Path = REPO, files=None) -> list[str]:
     return problems
 
 
+class RunsError(ValueError):
+    """The committed runs cannot give the tables (:attr:`Data.problems`)."""
+
+
 def write(data: Data, root: Path = REPO) -> list[str]:
-    changed = []
+    """Rewrite the generated blocks of the docs under ``root`` that differ, each file
+    atomically (a reader or a crash sees the old text or the new); returns those files.
+    RunsError, before any file is written, when the runs cannot give the tables."""
+    if data.problems:
+        raise RunsError("\n".join(data.problems))
+    new_texts = {}
     for f in DOCS:
-        path = root / f
-        text = path.read_text()
+        text = (root / f).read_text()
         new = render(text, data)
         if new != text:
-            path.write_text(new)
-            changed.append(f)
-    return changed
+            new_texts[f] = new
+    for f, new in new_texts.items():
+        with atomic_open(root / f) as out:
+            out.write(new)
+    return list(new_texts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1035,13 +1162,17 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="rewrite the generated tables")
     mode.add_argument("--check", action="store_true", help="exit 1 on any disagreement")
     args = parser.parse_args(argv)
-    data = Data()
+    data = Data(REPO)
+    if data.problems:  # no table and no number from runs that are not all there
+        for p in data.problems:
+            print(p, file=sys.stderr)
+        return 1
     if args.write:
-        for f in write(data):
+        for f in write(data, REPO):
             print(f"rewrote {f}")
         return 0
     if args.check:
-        problems = check(data)
+        problems = check(data, REPO)
         for p in problems:
             print(p, file=sys.stderr)
         return 1 if problems else 0

@@ -25,6 +25,7 @@ from vaesweep.analysis.results import (
     aggregate,
     config_keys,
     excluded_message,
+    frame,
     load_results,
     unaggregated_message,
     use_evaluation,
@@ -578,3 +579,63 @@ def test_a_config_group_chosen_off_the_command_line_is_named_like_the_group(swee
     stats = aggregate(df, metrics=["test/nll"])
     assert stats["likelihood"].tolist() == ["gaussian", "laplace"]
     assert stats["test/nll.count"].tolist() == [2, 2]
+
+
+def _hand_row(seed: int, overrides: list[str], nll: float, max_epochs: int = 20) -> dict:
+    """A completed run as build_frame takes it (what load_results reads from a
+    results.json), built by hand: the Gaussian, σ fixed, β = 1, ``max_epochs`` epochs."""
+    config = {
+        "seed": seed,
+        "beta": 1.0,
+        "data": {"name": "digits", "batch_size": 64},
+        "likelihood": {"name": "gaussian", "scale": "fixed"},
+        "trainer": {"max_epochs": max_epochs},
+        "logger": {"name": "csv"},
+    }
+    return {
+        "identity": {
+            "run_dir": f"runs/{len(overrides)}-{seed}",
+            "job_name": ",".join(overrides),
+            "status": "completed",
+            "seed": seed,
+            "dataset": "digits",
+            "dataset_fingerprint": "f" * 64,
+        },
+        "metrics": {"test/nll": nll},
+        "config": frame.flatten(config),
+        "overrides": frame.parse_overrides(overrides),
+    }
+
+
+def test_an_override_that_only_selects_config_groups_splits_no_configuration():
+    """Seeds 0, 1 ran with experiment=likelihood_comparison on their command line, seeds 2,
+    3 with trainer=default: neither key is in a config (no value of its own, not even a
+    ``name``), so the runs of identical configs are one configuration of 4 seeds; when
+    seeds 2, 3 ran 3 epochs, they split by trainer.max_epochs, the config key that differs."""
+    nlls = [10.0, 11.0, 13.0, 14.0]
+    rows = [
+        _hand_row(s, ["experiment=likelihood_comparison", f"seed={s}"], nlls[s]) for s in (0, 1)
+    ] + [_hand_row(s, ["trainer=default", f"seed={s}"], nlls[s]) for s in (2, 3)]
+    df = frame.build_frame(rows)
+    assert df.attrs["swept"] == ["seed"] and config_keys(df) == []
+    assert "experiment" not in df.columns and "trainer" not in df.columns
+    stats = aggregate(df, metrics=["test/nll"])
+    assert stats["test/nll.count"].tolist() == [4]
+    assert stats["test/nll.mean"].tolist() == [12.0]
+    assert len(results_table(df).rows) == 1
+    assert df.attrs["notes"] == [
+        f"{key} ({value}, null) differs between the runs but only selects config groups (no "
+        "value of its own in the config): runs are told apart by the config values that "
+        "differ, not by it"
+        for key, value in (("experiment", "likelihood_comparison"), ("trainer", "default"))
+    ]
+
+    rows = [
+        _hand_row(s, ["experiment=likelihood_comparison", f"seed={s}"], nlls[s]) for s in (0, 1)
+    ] + [_hand_row(s, ["trainer=default", f"seed={s}"], nlls[s], max_epochs=3) for s in (2, 3)]
+    df = frame.build_frame(rows)
+    assert df.attrs["swept"] == ["trainer.max_epochs", "seed"]
+    stats = aggregate(df, metrics=["test/nll"])
+    assert stats["trainer.max_epochs"].tolist() == [3, 20]
+    assert stats["test/nll.count"].tolist() == [2, 2]
+    assert stats["test/nll.mean"].tolist() == [13.5, 10.5]

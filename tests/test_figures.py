@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy import optimize, stats
@@ -467,3 +468,91 @@ def test_table_and_figures_say_what_they_come_from(sweep, tmp_path):
     varied = df.copy()
     varied.loc[0, "config.trainer.max_epochs"] = 2
     assert "epochs as configured (trainer.max_epochs varies)" in results_table(varied).notes[0]
+
+
+def _hand_frame(values: dict[float, list[float]], **columns) -> pd.DataFrame:
+    """A frame as load_results gives it, built by hand: one completed run per value of
+    ``values[β]`` (seeds 0, 1, ...), ``test/nll`` that value and ``test/kl`` 1.0, with the
+    extra ``columns`` (one value for every run)."""
+    rows = [
+        {
+            "run_dir": f"beta={beta},seed={seed}",
+            "status": "completed",
+            "seed": seed,
+            "dataset": "digits",
+            "beta": beta,
+            "test/nll": value,
+            "test/kl": 1.0,
+            **columns,
+        }
+        for beta, nlls in values.items()
+        for seed, value in enumerate(nlls)
+    ]
+    df = pd.DataFrame(rows)
+    df.attrs = {"swept": ["beta", "seed"], "metrics": ["test/nll", "test/kl"], "notes": []}
+    return df
+
+
+@pytest.mark.parametrize(
+    ("limit", "said"),
+    [
+        (1, "Setting: digits, 2 epochs of 1 batch."),  # an int: one batch per epoch
+        (5, "Setting: digits, 2 epochs of 5 batches."),
+        (1.0, "Setting: digits, 2 epochs."),  # a float: the whole training set
+        (0.25, "Setting: digits, 2 epochs of 25% of the training batches."),
+        (3.0, "Setting: digits, 2 epochs of 3 batches."),  # an int through a column with NaN
+    ],
+)
+def test_limit_train_batches_is_a_count_as_an_int_and_a_fraction_as_a_float(limit, said):
+    """Lightning's convention: trainer.limit_train_batches=1 is one batch per epoch, 1.0 the
+    whole training set."""
+    from vaesweep.analysis.figures.captions import setting
+
+    df = _hand_frame(
+        {1.0: [5.0, 6.0]},
+        **{"config.trainer.max_epochs": 2, "config.trainer.limit_train_batches": limit},
+    )
+    assert setting(df) == said
+
+
+def test_infinite_values_are_missing_in_the_table_and_never_bold():
+    """A seed's ±inf (a W&B summary, a foreign results.json) counts nowhere: the mean and
+    std are those of the finite values, and a row whose only value is −inf is "–", never
+    the best."""
+    inf = math.inf
+    df = _hand_frame({0.5: [-inf], 1.0: [10.0, 14.0], 2.0: [12.0, 13.0, inf]})
+    table = results_table(df)
+    nll = table.columns.index("test/nll")
+    assert [row[nll] for row in table.rows] == ["–", "12.00 ± 2.83", "12.50 ± 0.71"]
+    assert [row[nll] for row in table.best] == [False, True, False]
+    assert "inf" not in table.to_markdown() and "nan" not in table.to_markdown()
+
+
+def test_cells_over_fewer_seeds_than_the_others_are_marked():
+    """β = 1 has 2 of the 3 seeds (one failed: not in the frame's completed runs) and the
+    lowest mean NLL: bold, and marked in Markdown and LaTeX with a note saying over how
+    many seeds; β = 4 has one seed, with a mark of its own. Equal counts: no mark, no note."""
+    df = _hand_frame({1.0: [5.0, 7.0, 1.0], 2.0: [20.0, 22.0, 24.0], 4.0: [30.0]})
+    failed = (df["beta"] == 1.0) & (df["seed"] == 2)
+    df.loc[failed, ["status", "test/nll", "test/kl"]] = ["failed", float("nan"), float("nan")]
+    table = results_table(df)
+    md = table.to_markdown()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert rows == [
+        "| 1 | **6.00 ± 1.41**† | 1.00 ± 0.00† |",
+        "| 2 | 22.00 ± 2.00 | 1.00 ± 0.00 |",
+        "| 4 | 30.00‡ | 1.00‡ |",
+    ]
+    note = (
+        "† over 2 of 3 seeds; ‡ over 1 of 3 seeds (fewer than the other cells: the row's "
+        "other runs did not complete or lack a finite value)."
+    )
+    assert note in table.notes and note in md
+    latex = table.to_latex()
+    assert r"1 & \textbf{6.00 $\pm$ 1.41}$^{\dagger}$ & 1.00 $\pm$ 0.00$^{\dagger}$ \\" in latex
+    assert r"4 & 30.00$^{\ddagger}$ & 1.00$^{\ddagger}$ \\" in latex
+    assert f"% {note}" in latex
+
+    same = results_table(df[df["beta"] == 2.0].copy())
+    assert "†" not in same.to_markdown() and "dagger" not in same.to_latex()
+    assert [n for n in same.notes if "seeds (fewer" in n] == []

@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -172,6 +174,173 @@ def test_changed_data_fails_the_docs(tmp_path, texts):
         f"{report.LC_README}: a generated table differs (python experiments/report.py --write)"
         in problems
     )
+
+
+def _results_copy(tmp_path: Path) -> Path:
+    """A copy of docs/results/ under ``tmp_path`` (the root of a ``report.Data``)."""
+    shutil.copytree(
+        REPO / "docs" / "results",
+        tmp_path / "docs" / "results",
+        ignore=shutil.ignore_patterns("*.png", "*.pdf"),
+    )
+    return tmp_path
+
+
+def _bc_run(runs: pd.DataFrame, likelihood: str, beta: float, seed: int) -> pd.Series:
+    return (runs["likelihood"] == likelihood) & (runs["beta"] == beta) & (runs["seed"] == seed)
+
+
+def test_a_run_that_did_not_complete_enters_no_number_and_fails_the_check(
+    tmp_path, texts, monkeypatch, capsys
+):
+    """One continuous Bernoulli run at β = 1 diverged: a NaN NLL but finite MSE, KL and
+    scale. It enters no mean (the completed runs only), and the check fails naming the run
+    and the configuration left with 2 of its 3 seeds, instead of publishing a 2-seed cell."""
+    root = _results_copy(tmp_path)
+    path = root / report.BC / "runs.csv"
+    runs = pd.read_csv(path)
+    row = _bc_run(runs, "continuous_bernoulli", 1.0, 2)
+    run_dir = runs.loc[row, "run_dir"].item()
+    runs.loc[row, "status"] = "diverged"
+    runs.loc[row, "test/nll"] = float("nan")
+    runs.loc[row, "test/mse"] = 0.9  # finite, and far from the others'
+    runs.to_csv(path, index=False)
+    data = report.Data(root)
+    assert len(data.bc) == 26 and run_dir not in set(data.bc["run_dir"])
+    others = runs[(runs["likelihood"] == "continuous_bernoulli") & (runs["beta"] == 1.0)]
+    others = others[others["seed"] != 2]
+    assert report.mean(data.bc[data.bc["run_dir"].isin(others["run_dir"])], "test/mse") == (
+        pytest.approx(others["test/mse"].mean())
+    )
+    expected = [
+        f"{report.BC}: run {run_dir} is diverged, not completed: it enters no table "
+        "(run it again, or remove it and say why)",
+        f"{report.BC}: likelihood=continuous_bernoulli, beta=1.0 has 2 of the 3 seeds "
+        f"(seed 2: {run_dir} (diverged)): its means would be over fewer seeds than the others'",
+    ]
+    assert data.problems == expected
+    assert report.check(data, files=texts) == expected
+    with pytest.raises(report.RunsError, match="is diverged, not completed"):
+        report.write(data, root)
+    monkeypatch.setattr(report, "REPO", root)
+    assert report.main(["--check"]) == 1
+    assert run_dir in capsys.readouterr().err
+
+
+def test_a_configuration_with_fewer_seeds_fails_the_check(tmp_path, texts):
+    """A Laplace run lost from runs.csv, and every run of a Gaussian configuration: each
+    configuration is named with the seeds it lacks."""
+    root = _results_copy(tmp_path)
+    path = root / report.LC / "runs.csv"
+    runs = pd.read_csv(path)
+    lost = (
+        (runs["likelihood"] == "laplace")
+        & (runs["likelihood.scale"] == "decoder")
+        & (runs["beta"] == 4.0)
+        & (runs["seed"] == 0)
+    ) | (
+        (runs["likelihood"] == "gaussian")
+        & (runs["likelihood.scale"] == "fixed")
+        & (runs["beta"] == 0.5)
+    )
+    runs[~lost].to_csv(path, index=False)
+    data = report.Data(root)
+    expected = [
+        f"{report.LC}: likelihood=gaussian, likelihood.scale=fixed, beta=0.5 has 0 of the 3 "
+        "seeds (seed 0: no run; seed 1: no run; seed 2: no run): its means would be over "
+        "fewer seeds than the others'",
+        f"{report.LC}: likelihood=laplace, likelihood.scale=decoder, beta=4.0 has 2 of the 3 "
+        "seeds (seed 0: no run): its means would be over fewer seeds than the others'",
+    ]
+    assert data.problems == expected
+    assert report.check(data, files=texts) == expected
+
+
+def test_the_mse_finding_compares_only_models_scored_against_the_same_images(tmp_path):
+    """The Bernoulli's test/mse is against the binarised images (docs/math.md §6): it is
+    never ranked against the grey-level MSEs of the continuous Bernoulli and the Gaussian,
+    and the text says so. A Bernoulli MSE below the Gaussian's leaves the finding as it is;
+    a continuous Bernoulli one below it at one β changes it."""
+    root = _results_copy(tmp_path)
+    path = root / report.BC / "runs.csv"
+    runs = pd.read_csv(path)
+    runs.loc[runs["likelihood"] == "bernoulli", "test/mse"] = 0.001  # below every other
+    runs.to_csv(path, index=False)
+    means = runs.groupby(["likelihood", "beta"])["test/mse"].mean()
+    findings = report.bc_findings(report.Data(root))
+    assert (
+        "**On the same dequantised grey levels the Gaussian reconstructs with a lower MSE than "
+        "the continuous Bernoulli at every β** "
+        f"({means['gaussian', 1.0]:.4f} against {means['continuous_bernoulli', 1.0]:.4f} at β = 1)"
+    ) in findings
+    assert "The Bernoulli's MSE (0.0010 at β = 1) is against the binarised images" in findings
+    table = report.bernoulli_vs_continuous(report.Data(root))
+    assert (
+        f"| test MSE, dequantised grey levels (CB / G) | "
+        f"{means['continuous_bernoulli', 0.5]:.4f} / {means['gaussian', 0.5]:.4f} |"
+    ) in table
+    assert "| test MSE, binarised images (B; not comparable with CB / G) | 0.0010 |" in table
+
+    cb_at_2 = (runs["likelihood"] == "continuous_bernoulli") & (runs["beta"] == 2.0)
+    runs.loc[cb_at_2, "test/mse"] = 0.0001
+    runs.to_csv(path, index=False)
+    findings = report.bc_findings(report.Data(root))
+    assert "lower MSE than the continuous Bernoulli at some β only**" in findings
+
+
+def test_write_replaces_a_doc_whole_or_not_at_all(tmp_path, monkeypatch):
+    """--write writes each doc atomically: a write that fails (here fsync: a full disk)
+    leaves the doc as it was, and no temp file beside it; then it succeeds."""
+    root = _results_copy(tmp_path)
+    for f in report.DOCS:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / f, root / f)
+    doc = root / report.BC_README
+    stale = doc.read_text().replace(
+        "| Bernoulli (binarised), test NLL | 112.1", "| Bernoulli (binarised), test NLL | 999.9"
+    )
+    assert stale != doc.read_text()
+    doc.write_text(stale)
+    data = report.Data(root)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        report.write(data, root)
+    assert doc.read_text() == stale
+    assert [p.name for p in doc.parent.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    assert report.write(data, root) == [report.BC_README]
+    assert doc.read_text() == (REPO / report.BC_README).read_text()
+
+
+def test_evaluate_best_collects_with_this_python_and_writes_its_record_last(tmp_path, monkeypatch):
+    """experiments/evaluate_best.py runs collect as ``sys.executable -m vaesweep`` (not a
+    ``vaesweep`` found on PATH), and writes evaluation.txt only after every command
+    succeeded (atomically), so it never describes scores runs.csv does not hold."""
+    evaluate_best = load("evaluate_best")
+    record = tmp_path / "docs" / "results" / "study" / "evaluation.txt"
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append((list(cmd), record.exists()))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(evaluate_best, "ROOT", tmp_path)
+    monkeypatch.setattr(evaluate_best, "best_runs", lambda work, by: ["/runs/a", "/runs/b"])
+    monkeypatch.setattr(subprocess, "run", run)
+    argv = ["evaluate_best.py", "study", "--by", "likelihood", "--examples", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    evaluate_best.main()
+    work = tmp_path / "outputs" / "studies" / "study"
+    collect = [sys.executable, "-m", "vaesweep", "collect", str(work)]
+    assert [cmd for cmd, _ in calls if "collect" in cmd] == [
+        [*collect, "-o", str(record.parent / "runs.csv")]
+    ]
+    assert len(calls) == 4 and not any(existed for _, existed in calls)
+    assert "eval.test_examples=5, for the 2 runs of the best β" in record.read_text()
 
 
 def test_number_format():

@@ -381,3 +381,65 @@ def test_dirty_means_a_change_under_the_source_directory(tmp_path):
     (tmp_path / "src" / "new.py").write_text("y = 1\n")  # a new source file: dirty
     assert git_state(tmp_path / "src")["dirty"] is True
     assert git_state(tmp_path.parent / "elsewhere") == {"commit": None, "dirty": None}
+
+
+class _FakeRun:
+    """What wandb.Api().runs() yields, as far as vaesweep reads it: a run that failed before
+    its test metrics."""
+
+    def __init__(self, seed: int, state: str):
+        self.path = ["ent", "proj", f"run{seed}"]
+        self.name = f"seed={seed}"
+        self.group = "g"
+        self.state = state
+        self.config = {"seed": seed, "beta": 1.0, "data": {"name": "digits"}}
+        self.summary_metrics = {"_runtime": 2.0}
+        self.job_type = "train"
+
+
+def test_a_wandb_listing_shows_the_runs_of_a_group_none_of_whose_runs_completed(
+    tmp_path, monkeypatch, capsys
+):
+    """``collect --wandb`` without --aggregate lists the runs whatever their status, as the
+    local listing does; --aggregate still refuses with the statuses counted."""
+    import wandb
+
+    from vaesweep.analysis.cli import main
+
+    class Api:
+        def runs(self, project, filters):
+            assert project == "ent/proj" and filters == {"group": "g"}
+            return [_FakeRun(0, "failed"), _FakeRun(1, "crashed")]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    out = tmp_path / "runs.csv"
+    assert main(["collect", "--wandb", "ent/proj", "--group", "g", "-o", str(out)]) == 0
+    listed = pd.read_csv(out)
+    assert list(listed["run_dir"]) == ["wandb:ent/proj/run0", "wandb:ent/proj/run1"]
+    assert list(listed["status"]) == ["failed", "failed"]
+    assert "2 runs (2 failed) from W&B ent/proj, group g" in capsys.readouterr().err
+    assert main(["collect", "--wandb", "ent/proj", "--group", "g", "--aggregate"]) == 1
+    assert "vaesweep: error: none of the 2 runs completed (2 failed)" in capsys.readouterr().err
+
+
+def test_infinite_values_count_as_missing_in_the_aggregates():
+    """A seed's +inf or −inf (a W&B summary, a foreign results.json) is missing, as NaN is:
+    mean, std and count are those of the finite values (numpy on those by hand)."""
+    inf = math.inf
+    values = {0.5: [1.0, 2.0, inf], 1.0: [-inf, 4.0, 7.0], 2.0: [inf, -inf, float("nan")]}
+    df = pd.DataFrame(
+        [
+            {"status": "completed", "beta": beta, "seed": seed, "test/nll": value}
+            for beta, seeds in values.items()
+            for seed, value in enumerate(seeds)
+        ]
+    )
+    df.attrs = {"swept": ["beta", "seed"], "metrics": ["test/nll"], "notes": []}
+    stats = aggregate(df).set_index("beta")
+    for beta, finite in ((0.5, [1.0, 2.0]), (1.0, [4.0, 7.0])):
+        assert stats.loc[beta, "test/nll.count"] == 2
+        assert stats.loc[beta, "test/nll.mean"] == pytest.approx(np.mean(finite))
+        assert stats.loc[beta, "test/nll.std"] == pytest.approx(np.std(finite, ddof=1))
+        assert stats.loc[beta, "test/nll.sem"] == pytest.approx(np.std(finite, ddof=1) / 2**0.5)
+    assert stats.loc[2.0, "test/nll.count"] == 0
+    assert np.isnan(stats.loc[2.0, ["test/nll.mean", "test/nll.std", "test/nll.sem"]]).all()

@@ -116,10 +116,10 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.wandb:
         if args.dirs or not args.group:
             parser.error("--wandb takes --group GROUP and no SWEEP_DIR")
-        df = load_wandb(args.wandb, args.group)
+        # A listing shows the runs whatever their status (why none completed, say).
+        df = load_wandb(args.wandb, args.group, completed_required=args.aggregate)
         source = f"W&B {args.wandb}, group {args.group}"
     elif args.dirs:
-        # A listing shows the runs whatever their status (why none completed, say).
         df = load_results(*args.dirs, completed_required=args.aggregate)
         source = ", ".join(args.dirs)
     else:

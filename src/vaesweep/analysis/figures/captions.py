@@ -12,6 +12,7 @@ import math
 import textwrap
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
@@ -56,6 +57,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _batches(limit: object) -> str:
+    """``trainer.limit_train_batches`` in words, as Lightning reads it: an int is a number
+    of batches per epoch (``1``: one batch), a float a fraction of the training set
+    (``1.0``: all of it, said by nothing; ``0.25``: "of 25% of the training batches"). A
+    whole float above 1 (an int that came through a column with missing values) is a
+    number of batches: Lightning takes no fraction above 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int | float | np.integer | np.floating):
+        return f"(trainer.limit_train_batches={limit})"
+    if isinstance(limit, int | np.integer) or float(limit) > 1.0:
+        n = int(limit)
+        return f"of {n} batch" + ("" if n == 1 else "es")
+    if float(limit) == 1.0:
+        return ""
+    return f"of {compact(100 * float(limit), 3)}% of the training batches"
+
+
 def _budget(done: pd.DataFrame) -> str:
     """ "1 epoch of 3 batches", "20 epochs", "epochs as configured (trainer.max_epochs varies)"."""
     same, epochs = _common(done, "config.trainer.max_epochs")
@@ -66,11 +83,9 @@ def _budget(done: pd.DataFrame) -> str:
     if epochs is not None and float(epochs) >= 0:
         parts.append(_plural(int(epochs), "epoch"))
     same, batches = _common(done, "config.trainer.limit_train_batches")
-    if same and batches is not None and float(batches) != 1.0:
-        if float(batches) < 1.0:  # a fraction of the training set
-            parts.append(f"of {compact(100 * float(batches), 3)}% of the training batches")
-        else:
-            parts.append(f"of {int(batches)} batch" + ("" if int(batches) == 1 else "es"))
+    if same and batches is not None:
+        if part := _batches(batches):
+            parts.append(part)
     elif not same and "config.trainer.limit_train_batches" in done.columns:
         parts.append("(trainer.limit_train_batches varies)")
     same, steps = _common(done, "config.trainer.max_steps")

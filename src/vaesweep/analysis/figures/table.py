@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from vaesweep.analysis.figures.captions import over_seeds, setting
@@ -66,6 +67,14 @@ KIND = "kind of data"
 KEY_HEADERS = {"beta": ("β", r"$\beta$"), "likelihood.scale": ("scale", "scale")}
 # Decimals per metric; nats get 1 from 100 up, else 2.
 DECIMALS = {"test/bpd": 3, "test/mse": 4, "test/mae": 4, "test/active_units": 1}
+#: The marks of cells averaged over fewer seeds than the table's others (one per count,
+#: most seeds first), as Markdown and as LaTeX.
+FEWER_MARKS = (
+    ("†", r"$^{\dagger}$"),
+    ("‡", r"$^{\ddagger}$"),
+    ("§", r"$^{\S}$"),
+    ("¶", r"$^{\P}$"),
+)
 
 
 @dataclass
@@ -77,13 +86,22 @@ class ResultsTable:
     rows: list[list[str]]
     best: list[list[bool]]
     notes: list[str]
+    #: Per cell, the index into FEWER_MARKS of its mark (a cell averaged over fewer seeds
+    #: than the others), or None; empty: no cell is marked.
+    marks: list[list[int | None]] = field(default_factory=list)
+
+    def _marks(self) -> list[list[int | None]]:
+        return self.marks or [[None] * len(cells) for cells in self.rows]
 
     def to_markdown(self) -> str:
         head = [KEY_HEADERS.get(k, (k,))[0] for k in self.keys]
         head += [self._header(m, 0) for m in self.metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for cells, best in zip(self.rows, self.best, strict=True):
-            shown = [f"**{c}**" if b else c for c, b in zip(cells, best, strict=True)]
+        for cells, best, marks in zip(self.rows, self.best, self._marks(), strict=True):
+            shown = [
+                (f"**{c}**" if b else c) + ("" if k is None else FEWER_MARKS[k][0])
+                for c, b, k in zip(cells, best, marks, strict=True)
+            ]
             lines.append("| " + " | ".join(shown) + " |")
         return "\n".join(lines + [""] + [f"{n}" for n in self.notes]) + "\n"
 
@@ -96,9 +114,12 @@ class ResultsTable:
             " & ".join(head) + r" \\",
             r"\midrule",
         ]
-        for cells, best in zip(self.rows, self.best, strict=True):
+        for cells, best, marks in zip(self.rows, self.best, self._marks(), strict=True):
             shown = [_tex(c) for c in cells]
-            shown = [rf"\textbf{{{c}}}" if b else c for c, b in zip(shown, best, strict=True)]
+            shown = [
+                (rf"\textbf{{{c}}}" if b else c) + ("" if k is None else FEWER_MARKS[k][1])
+                for c, b, k in zip(shown, best, marks, strict=True)
+            ]
             lines.append(" & ".join(shown) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         notes = [f"% {n}" for n in self.notes]
@@ -137,10 +158,35 @@ def _decimals(metric: str, means: pd.Series) -> int:
 
 
 def _cell(mean: float, std: float, decimals: int) -> str:
-    if math.isnan(mean):
+    """ "mean ± std"; "–" for a mean that is not finite, the mean alone for a std that is
+    not (one seed)."""
+    if not math.isfinite(mean):
         return "–"
     text = f"{mean:.{decimals}f}"
-    return text if math.isnan(std) else f"{text} ± {std:.{decimals}f}"
+    return text if not math.isfinite(std) else f"{text} ± {std:.{decimals}f}"
+
+
+def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | None]:
+    """The cells averaged over fewer seeds than the most any cell has, {(row, metric):
+    index into FEWER_MARKS}, one mark per count (most seeds first; the last mark for the rest),
+    and the note that says what each mark means (None when every cell has the same count)."""
+    counts = {(i, m): int(stats.at[i, f"{m}.count"]) for i in stats.index for m in present}
+    most = max(counts.values(), default=0)
+    fewer = sorted({c for c in counts.values() if 0 < c < most}, reverse=True)
+    if not fewer:
+        return {}, None
+    index = {c: min(j, len(FEWER_MARKS) - 1) for j, c in enumerate(fewer)}
+    cells = {cell: index[c] for cell, c in counts.items() if c in index}
+    said: dict[int, list[str]] = {}
+    for c in fewer:
+        said.setdefault(index[c], []).append(str(c))
+    meaning = "; ".join(
+        f"{FEWER_MARKS[j][0]} over {' or '.join(cs)} of {most} seeds" for j, cs in said.items()
+    )
+    return cells, (
+        f"{meaning} (fewer than the other cells: the row's other runs did not complete or "
+        "lack a finite value)."
+    )
 
 
 def _value(key: str, value: object) -> str:
@@ -186,14 +232,17 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         parts = stats.groupby(KIND, sort=False) if KIND in keys else [(None, stats)]
         for _, part in parts:  # never ranked across kinds of data
             means = part[f"{m}.mean"]
-            if means.notna().any():
+            means = means[np.isfinite(means.to_numpy(dtype=float))]  # never a "–" cell
+            if len(means):
                 best_rows[m].add(means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax())
-    rows, best = [], []
+    fewer, fewer_note = _fewer_seeds(stats, present)
+    rows, best, marks = [], [], []
     for i, stat in stats.iterrows():
         cells = [_value(k, stat[k]) for k in keys]
         cells += [_cell(stat[f"{m}.mean"], stat[f"{m}.std"], decimals[m]) for m in present]
         rows.append(cells)
         best.append([False] * len(keys) + [i in best_rows.get(m, ()) for m in present])
+        marks.append([None] * len(keys) + [fewer.get((i, m)) for m in present])
     counts = stats[[f"{m}.count" for m in present]].to_numpy().ravel()
     counts = counts[counts > 0]
     if counts.max() == 1:
@@ -206,6 +255,8 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         f"{spread}; bold: best mean {per} (↓ lower is better, ↑ higher is better); "
         "NLL, ELBO and KL in nats per example, MSE per pixel.",
     ]
+    if fewer_note:
+        notes.append(fewer_note)
     notes.append(_test_source(done, df))
     if message := unaggregated_message(df):
         notes.append(f"Not shown: {message}.")
@@ -214,4 +265,4 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
             f"The rows score different data ({'; '.join(kinds)}): their NLL/ELBO are numbers "
             "of different data and are not comparable, so each kind is ranked on its own."
         )
-    return ResultsTable([*keys, *present], keys, rows, best, notes)
+    return ResultsTable([*keys, *present], keys, rows, best, notes, marks if fewer else [])

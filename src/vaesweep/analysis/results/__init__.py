@@ -9,7 +9,8 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
   tree's git commit and dirty flag, and "name=version ..." of Python and the packages;
   None from W&B);
 - swept values: every override key whose value differs between the runs, under the key's
-  own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...), and every config
+  own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...; not one that only
+  selects config groups and has no value in the config, ``experiment=...``), and every config
   key that can change a result (:func:`vaesweep.run.record.changes_results`) whose value
   differs between the runs although no command line swept it (two sweeps pooled, one with
   a primary config that sets ``trainer.max_epochs``; named in a note). A config key

@@ -117,10 +117,13 @@ def config_keys(df: pd.DataFrame) -> list[str]:
 
 
 def _stats(group: pd.DataFrame, metrics: list[str]) -> dict[str, float | int]:
-    """``METRIC.mean``, ``.std`` (ddof=1), ``.sem`` and ``.count`` of one group's runs."""
+    """``METRIC.mean``, ``.std`` (ddof=1), ``.sem`` and ``.count`` of one group's runs. A
+    value that is not finite (NaN, ±inf: from a W&B summary or a foreign results.json) is
+    missing, as NaN: it counts nowhere."""
     row: dict[str, float | int] = {}
     for m in metrics:
         values = group[m].dropna().to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
         std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         row[f"{m}.mean"] = float(np.mean(values)) if len(values) else math.nan
         row[f"{m}.std"] = std
@@ -140,7 +143,8 @@ def aggregate(
     those that change no result, so groups pool seeds);
     metrics: metric columns (default: all). Only completed runs count; the others are left
     out with a warning. Columns: the ``by`` keys, then ``METRIC.mean``, ``METRIC.std``,
-    ``METRIC.sem``, ``METRIC.count`` per metric (count of non-missing values).
+    ``METRIC.sem``, ``METRIC.count`` per metric (count of the finite values: NaN and ±inf
+    are missing).
     """
     by = config_keys(df) if by is None else list(by)
     metrics = metric_names(df) if metrics is None else list(metrics)

@@ -105,6 +105,14 @@ def _swept_value(key: str, overrides: dict[str, str], config: dict[str, Any]) ->
     return config.get(f"{key}.name")
 
 
+def _selects_groups(key: str, rows: list[dict[str, Any]], known: list[int]) -> bool:
+    """Whether override ``key`` only selects config groups, leaving no value of its own in
+    the config: no run's config holds the key or ``<key>.name`` (``experiment=...``,
+    ``trainer=default``). Such a key has no value in a run that did not pass it, so it
+    tells nothing of the configuration: the config values it set do."""
+    return not any(key in rows[i]["config"] or f"{key}.name" in rows[i]["config"] for i in known)
+
+
 def _comparable(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -119,9 +127,9 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]], list[str]]:
     """The keys whose value differs between the rows (in column order), every such key's
-    value per row, and notes. The keys: the override keys whose value differs, and the
-    config keys no command line swept that split runs the override keys would pool
-    (:func:`_unswept`)."""
+    value per row, and notes. The keys: the override keys whose value differs (but for those
+    that only select config groups, :func:`_selects_groups`), and the config keys no command
+    line swept that split runs the override keys would pool (:func:`_unswept`)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["overrides"] if k not in keys]
@@ -130,17 +138,22 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]],
     }
     # A row without a config or overrides (an unreadable results.json) has no say.
     known = [i for i, row in enumerate(rows) if row["config"] or row["overrides"]]
-    # The launch's own controls (sweep.resume, sweep.rerun_failed, ...) are no setting of a run.
-    swept = [
-        k
-        for k in keys
-        if not k.startswith("sweep.") and len({_comparable(values[k][i]) for i in known}) > 1
-    ]
+    differ = [k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1]
+    # The launch's own controls (sweep.resume, sweep.rerun_failed, ...) are no setting of a
+    # run; an override that only selects config groups is told by the config values it set.
+    selections = [k for k in differ if _selects_groups(k, rows, known)]
+    swept = [k for k in differ if not k.startswith("sweep.") and k not in selections]
     hidden = _unswept(rows, values, swept, known)
     for key in hidden:
         if key not in values:  # (config groups chosen are given theirs by _unswept)
             values[key] = [_swept_value(key, row["overrides"], row["config"]) for row in rows]
-    notes = []
+    notes = [
+        f"{k} ({_listing(values[k][i] for i in known)}) differs between the runs but only "
+        "selects config groups (no value of its own in the config): runs are told apart by "
+        "the config values that differ, not by it"
+        for k in selections
+        if not k.startswith("sweep.")
+    ]
     if hidden:
         listed = [f"{k} ({_listing(_held(k, rows, values, known))})" for k in hidden]
         named = listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"

@@ -95,26 +95,32 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def frame_from_wandb(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def frame_from_wandb(
+    records: Iterable[dict[str, Any]], completed_required: bool = True
+) -> pd.DataFrame:
     """W&B runs, as dicts of path, name, group, state, config and summary → the tidy frame.
 
     The run's name is its job name (the overrides), so the swept values come from it; the
     status comes from the W&B state (finished → completed; failed, crashed, killed → failed);
     ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group. The
-    sweep's summary run (job type ``summary``) is left out.
+    sweep's summary run (job type ``summary``) is left out. ResultsError when no run
+    completed, unless not ``completed_required`` (a listing of the runs, as
+    :func:`vaesweep.analysis.results.load_results`).
     """
     # The sweep's summary run (a table and figures, no metrics of its own) is not a job.
     rows = [_wandb_row(r) for r in records if r.get("job_type") != SUMMARY_JOB_TYPE]
     if not rows:
         raise ResultsError("no W&B runs given")
-    return build_frame(rows)
+    return build_frame(rows, completed_required)
 
 
-def load_wandb(project: str, group: str) -> pd.DataFrame:
+def load_wandb(project: str, group: str, completed_required: bool = True) -> pd.DataFrame:
     """The runs of W&B group ``group`` in ``project`` ("entity/project"), through wandb.Api().
 
     Needs a network and ``wandb login``; a sweep's group is printed in each run's W&B page and
     is the sweep directory's last two parts joined by "_" (``2026-01-31_12-00-00-123456-ab12``).
+    ResultsError when no run completed, unless not ``completed_required`` (listing the runs
+    of a sweep none of whose jobs completed).
     """
     import wandb
 
@@ -128,4 +134,4 @@ def load_wandb(project: str, group: str) -> pd.DataFrame:
         ) from None
     if not records:
         raise ResultsError(f"no W&B runs in {project} with group {group!r}")
-    return frame_from_wandb(records)
+    return frame_from_wandb(records, completed_required)
