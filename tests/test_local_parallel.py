@@ -377,6 +377,68 @@ def test_places_spread_round_robin_with_their_share():
     assert gpus.spread(["0"], 64, n_used=2)[:2] == [("0", 0.5), ("0", 0.5)]
 
 
+def test_each_launch_spreads_its_jobs_over_the_gpus_whatever_workers_earlier_ones_left(
+    monkeypatch,
+):
+    """Workers are kept between launches (a search's batches), and one may die. Two GPUs,
+    n_jobs=4: a batch of 4 runs two jobs on each GPU, half of it each; the worker of place 1
+    (GPU 1) dies. A batch of 2 then runs one job on each GPU, whole (the idle worker of GPU
+    1 takes the free place, no worker starts), not both on GPU 0 uncapped beside an idle GPU
+    1; a batch of 3 caps the GPU two of them share; with no worker left on GPU 1, a batch of
+    2 starts one there. Real hand-out, workers faked (no process started)."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.vaesweep_local_launcher import local_launcher as ll
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(ll._Worker, "start", lambda self: None)
+    given: list[tuple] = []
+
+    def give(worker, position, message):
+        worker.job = position
+        given.append((worker.env["CUDA_VISIBLE_DEVICES"], message[3].get(gpus.FRACTION_ENV)))
+        return True
+
+    monkeypatch.setattr(ll._Worker, "give", give)
+    launcher = ll.LocalParallelLauncher(n_jobs=4, gpus=[0, 1])
+    launcher.config = OmegaConf.create({"trainer": {"accelerator": "gpu"}})
+
+    def batch(n: int) -> Counter:
+        overrides = [[f"+x={i}"] for i in range(n)]
+        launcher.places_env = launcher._places(4, min(4, n))  # as launch() sets them
+        run = ll._Launch(launcher, overrides, 0, b"", {}, 4)
+        run._hand_out()  # starts the workers it lacks
+        for worker in launcher.workers:
+            worker.ready = True
+        run._hand_out()
+        assert not run.waiting
+        placed = Counter(given)
+        given.clear()
+        for worker in launcher.workers:
+            worker.job = None  # each job's result came back
+        return placed
+
+    def lose(gpu: str) -> None:
+        (dead,) = [
+            w for w in launcher.workers if w.slot == 1 and w.env["CUDA_VISIBLE_DEVICES"] == gpu
+        ]
+        launcher.workers.remove(dead)
+
+    try:
+        assert batch(4) == {("0", "0.5"): 2, ("1", "0.5"): 2}
+        lose("1")
+        assert batch(2) == {("0", None): 1, ("1", None): 1}
+        assert len(launcher.workers) == 3  # no new worker: the idle one of GPU 1 ran
+        assert batch(3) == {("0", "0.5"): 2, ("1", None): 1}
+        lose("1")  # now none on GPU 1
+        assert batch(2) == {("0", None): 1, ("1", None): 1}
+        assert sorted(w.env["CUDA_VISIBLE_DEVICES"] for w in launcher.workers) == ["0", "0", "1"]
+    finally:
+        for worker in launcher.workers:
+            worker.conn.close()
+        launcher.workers = []
+
+
 def test_gpu_indices_count_among_the_gpus_this_process_sees(monkeypatch):
     """Under a scheduler that gave the sweep GPUs 2 and 3, index 0 is GPU 2 (as torch
     numbers them); UUIDs pass as they are; an index beyond them is refused before any job."""
@@ -508,6 +570,51 @@ def test_workers_of_a_launching_process_killed_outright_stop_their_jobs(tmp_path
     rc, out = run_to_end(args, tmp_path)
     assert rc == 0, out[-3000:]
     assert [result(v)["attempts"] for _, v in sorted(jobs(sweep).items())] == [2, 2]
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "ray"])
+def test_the_stop_file_reaches_the_jobs_as_an_absolute_path(tmp_path, monkeypatch, launcher):
+    """Jobs in other processes stop through the sweep's stop file, whose path they read
+    from VAESWEEP_STOP_FILE: absolute, from the launching process's directory, since a job
+    with hydra.job.chdir=true runs in its own directory, and a Ray worker of a cluster
+    joined with address=auto where that cluster started."""
+    from vaesweep.run.signals import STOP_FILE_ENV
+    from vaesweep.sweep import callback
+
+    monkeypatch.chdir(tmp_path)
+    config = composed(f"hydra/launcher={launcher}", "hydra.sweep.dir=sweep", "hydra.job.chdir=true")
+    running = callback.SweepCallback()._guard(config, search=False)
+    try:
+        stop_file = Path(os.environ[STOP_FILE_ENV])
+        assert stop_file.is_absolute() and stop_file.parent == tmp_path / "sweep"
+    finally:
+        running.guard.uninstall()
+        callback._RUNNING = None
+
+
+def test_a_worker_whose_launching_process_is_gone_signals_its_job_once():
+    """The launching process gone, a worker sends its job one SIGTERM (stop at the next
+    batch, recorded interrupted), once the job's handler is in place (while it starts, the
+    worker's own handler would ignore it): never a second, which would stop the job at once,
+    in the middle of its record of the stop or W&B's finish."""
+    code = textwrap.dedent(
+        """
+        import signal, time
+        from hydra_plugins.vaesweep_local_launcher import local_launcher as ll
+
+        ll.POLL_S = 0.02
+        signal.signal(signal.SIGTERM, ll._between_jobs)  # a job starting
+        ll._watch_parent(-1)  # no process has that pid: the parent is gone
+        time.sleep(0.3)
+        got = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # the job's
+        time.sleep(1.0)
+        print(len(got))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["1"]
 
 
 def test_a_job_given_a_gpu_it_cannot_see_is_refused_unless_it_trains_on_the_cpu(monkeypatch):

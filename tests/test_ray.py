@@ -123,6 +123,42 @@ def composed(*overrides: str):
         return compose("train", list(overrides), return_hydra_config=True)
 
 
+@pytest.mark.parametrize("sweep_dir", [None, "sweep"])
+def test_a_jobs_sweep_directory_is_the_launching_processes_wherever_it_runs(
+    tmp_path, monkeypatch, sweep_dir
+):
+    """A Ray worker of a cluster joined with address=auto runs where that cluster was
+    started, not in the launching process's directory: the job's hydra.sweep.dir (relative
+    by default: outputs/multirun/...) is made absolute from the launching process's; the
+    job directory's name is Hydra's, unchanged."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+    from hydra.types import HydraContext
+
+    from vaesweep.run.jobs import register_resolvers
+    from vaesweep.sweep.launching import job_config
+
+    register_resolvers()
+    launching, elsewhere = tmp_path / "launching", tmp_path / "elsewhere"
+    launching.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(launching)
+    given = [] if sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("train", given, return_hydra_config=True)
+        context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
+        monkeypatch.chdir(elsewhere)  # the worker's directory
+        job = job_config(3, ["beta=2"], (context, config, None, Singleton.get_state()))
+    directory = Path(job.hydra.sweep.dir)
+    assert directory.is_absolute() and directory.is_relative_to(launching)
+    if sweep_dir is None:
+        assert directory.relative_to(launching).parts[:2] == ("outputs", "multirun")
+    else:
+        assert directory == launching / sweep_dir
+    assert job.hydra.sweep.subdir == "beta=2" and job.hydra.job.num == 3
+
+
 @pytest.mark.parametrize(
     ("n_gpus", "overrides", "refused"),
     [

@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from vaesweep.run.config import CONF_DIR
+from vaesweep.sweep.launching import SweepLauncher
 from vaesweep.sweep.search import BEST_FILE, JOURNAL_FILE, SearchError, quote_sweeper_params
 from vaesweep.sweep.search.checks import check_objective_comparable
 from vaesweep.sweep.search.metrics import objective_direction
@@ -87,6 +88,41 @@ def test_space_syntax():
         "seed=1",
         "beta=0.5",
     ]
+
+
+@pytest.mark.parametrize("value", ["1", "true", "null", "1e-3", "a,b", "x=y", "it's", "a b"])
+def test_a_trials_string_values_read_back_as_themselves(value):
+    """A string choice is written into the trial's overrides (and best.json's command) so
+    that Hydra reads back that string: choice('1','2') is not the int 1, 'true' not a
+    boolean, 'a,b' not a grid of two jobs, 'x=y' not a parse error. Plain names stay bare."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    written = value.replace("'", "\\'")
+    space = parse_space({}, [f"+label.x=choice('{written}', gaussian, 0.5, 3, true)"])
+    choices = space.searched["label.x"].choices
+    assert choices == (value, "gaussian", 0.5, 3, True)
+    plan = Plan(space, "val/elbo", "maximize", 4, 1, "", "search", 1.0, Path("s"), ())
+    for choice in choices:
+        (override,) = space.trial_overrides([], {"label.x": choice})
+        parsed = parser.parse_override(override)
+        assert not parsed.is_sweep_override()
+        assert (type(parsed.value()), parsed.value()) == (type(choice), choice)
+        assert plan.reproduce([], {"label.x": choice})[3] == override
+    assert space.trial_overrides([], {"label.x": "gaussian"}) == ["+label.x=gaussian"]
+
+
+@pytest.mark.parametrize("directory", ["trial_0003", "x=a\\b,trial_0003", "it's\\,trial_0000"])
+def test_a_trials_directory_reads_back_as_itself(directory):
+    """The trial's directory is given to Hydra as hydra.sweep.subdir, quoted: Hydra
+    unescapes a backslash only before a quote, so one elsewhere is written once (written
+    twice, the job went to a directory the search never looked in)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.sweep.search.space import quoted
+
+    parsed = OverridesParser.create().parse_override(f"hydra.sweep.subdir={quoted(directory)}")
+    assert parsed.value() == directory
 
 
 def test_command_line_params_are_quoted_for_hydra():
@@ -231,6 +267,32 @@ def test_best_command_runs_one_job_with_the_config_sources_of_the_search():
         "beta=0.5",
         "hydra.mode=RUN",
     ]
+
+
+@pytest.mark.parametrize(
+    ("launcher_jobs", "expected"),
+    [(-1, "cores"), (-2, "cores - 1"), (3, 3), (None, 1), ("joblib", "cores")],
+)
+def test_the_batch_is_the_launchers_jobs_at_once_when_unset(launcher_jobs, expected):
+    """hydra.sweeper.n_jobs unset: a batch holds as many trials as the launcher runs at
+    once, its n_jobs counted as the launcher counts it (-1: every usable core, the default of
+    Hydra's joblib launcher), not refused under hydra.sweeper.n_jobs, a key never set."""
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+
+    from vaesweep.core.launchers import usable_cores
+
+    if launcher_jobs == "joblib":
+        launcher_jobs = JobLibLauncherConf().n_jobs
+    cores = usable_cores()
+    if expected == "cores - 1" and cores < 2:
+        pytest.skip("one usable core: n_jobs=-2 leaves none")
+    expected = {"cores": cores, "cores - 1": cores - 1}.get(expected, expected)
+    config = _multirun_config({})
+    config.hydra.launcher = {"n_jobs": launcher_jobs}
+    assert plan_search(config, []).n_jobs == expected
+    config.hydra.sweeper.n_jobs = -1  # set by the user: refused, naming it
+    with pytest.raises(SearchError, match=r"hydra.sweeper.n_jobs=-1: allowed"):
+        plan_search(config, [])
 
 
 def test_every_study_gets_a_sampler_of_its_own(tmp_path):
@@ -461,6 +523,57 @@ def test_a_relaunched_search_numbers_its_jobs_by_trial(tmp_path, n_jobs):
     run_study(study, plan, [], again, 4)
     assert again.numbers == [6, 7]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+
+
+class _LeavingLauncher(_RecordingLauncher):
+    """As _RecordingLauncher, but a trial whose directory is in ``leave`` gets no result
+    (its launch killed: left RUNNING); records each launch's job numbers."""
+
+    def __init__(self, sweep_dir: Path, leave: tuple[str, ...] = ()):
+        super().__init__(sweep_dir)
+        self.leave, self.launches = leave, []
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        self.launches.append([initial_job_idx + i for i in range(len(overrides))])
+        kept = [o for o in overrides if not any(f"'{d}'" in o[-1] for d in self.leave)]
+        super().launch(kept, initial_job_idx)
+
+
+class _NumberingLauncher(SweepLauncher, _LeavingLauncher):
+    """A vaesweep launcher (SweepLauncher.launch_numbered, job_number) that writes results
+    as _LeavingLauncher."""
+
+    def __init__(self, sweep_dir: Path):
+        SweepLauncher.__init__(self)
+        _LeavingLauncher.__init__(self, sweep_dir)
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        self.launches.append([self.job_number(initial_job_idx, i) for i in range(len(overrides))])
+        _RecordingLauncher.launch(self, overrides, initial_job_idx)
+
+
+@pytest.mark.parametrize("numbering", [False, True])
+def test_a_relaunch_numbers_a_resumed_trial_and_new_ones_each_by_its_trial(tmp_path, numbering):
+    """A relaunch's batch runs trial 1, left unfinished, beside the new trial 4: their jobs
+    are 1 and 4 (+ the study's first job), each its trial's, not 1 and 2. A vaesweep
+    launcher takes both numbers in one launch (the batch runs at once); another launcher
+    numbers a launch's jobs from its first, so each run of consecutive numbers is a launch."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import run_study
+
+    space = parse_space({"beta": "interval(0.1, 10)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 4, 2, "", "search", 1.0, tmp_path, ())
+    study = optuna.create_study(direction="maximize")
+    first = _LeavingLauncher(tmp_path, leave=("trial_0001",))
+    run_study(study, plan, [], first, 4)
+    assert first.launches == [[4, 5], [6, 7]]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"]
+    plan.n_trials = 5  # the relaunch asks for one more
+    again = _NumberingLauncher(tmp_path) if numbering else _LeavingLauncher(tmp_path)
+    run_study(study, plan, [], again, 4)
+    assert again.launches == ([[5, 8]] if numbering else [[5], [8]])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
 
 
 def test_a_search_table_has_its_objective_next_to_the_status():

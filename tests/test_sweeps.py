@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,21 @@ def test_the_command_that_continues_names_the_directory(argv, key, also, expecte
 
 @pytest.mark.parametrize(
     "directory",
-    ["/a/b,c", "/x/lr=1e-3", "/p/Projects (old)", "/u/com~apple~CloudDocs", "/a/it's", "/a/b\\"],
+    [
+        "/a/b,c",
+        "/x/lr=1e-3",
+        "/p/Projects (old)",
+        "/u/com~apple~CloudDocs",
+        "/a/it's",
+        "/a/b\\",
+        "/home/jörg/outputs",  # Hydra's lexer takes ASCII letters only
+        "/data/实验/β=1",
+    ],
 )
 def test_the_printed_directory_reads_back_as_itself(directory):
     """A directory with characters Hydra's override grammar gives a meaning (a comma: a
-    sweep; =, brackets, ~, quotes) is quoted so that Hydra's parser returns it unchanged."""
+    sweep; =, brackets, ~, quotes) or does not take bare (a letter outside ASCII) is quoted
+    so that Hydra's parser returns it unchanged."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     (item,) = [
@@ -315,6 +326,139 @@ def test_grid_parsing_and_job_dir_names():
     assert "/" not in job_dirname("data.root=/a/b,beta=1")
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(job_dirname(long_a)) <= 120 and job_dirname(long_a) != job_dirname(long_b)
+
+
+GLOB = "likelihood=glob(*,exclude=[bernoulli,continuous_bernoulli])"
+
+
+def _multirun_config(*overrides: str, task: Sequence[str] = ()):
+    """A multirun's config as Hydra gives it to the sweep's callback (its sweep overrides in
+    hydra.overrides.task), composed under the Hydra that is initialized around the call."""
+    from hydra import compose
+    from omegaconf import open_dict, read_write
+
+    config = compose("train", list(overrides), return_hydra_config=True)
+    with read_write(config), open_dict(config):
+        config.hydra.overrides.task = list(task)
+    return config
+
+
+def test_a_glob_grid_is_checked_and_recorded_like_any_grid(tmp_path, monkeypatch):
+    """likelihood=glob(...) lists the group's options as Hydra's sweeper does (it has the
+    config loader): the sweep's start checks its jobs and records them; it used to fail
+    inside the callback ("ConfigLoader is not set"), which Hydra made a warning, and the
+    sweep ran unchecked, unguarded and unrecorded. Outside a Hydra run a glob is refused,
+    naming it."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.core.checks import ConfigError
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep import callback
+    from vaesweep.sweep.grid import grid_jobs
+
+    monkeypatch.chdir(tmp_path)
+    task = [GLOB, "beta=1,2"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(task)
+        assert grid_jobs(task, {}) == BasicSweeper.split_arguments(parsed, None)[0]
+        config = _multirun_config(
+            "hydra/launcher=local_parallel", "hydra.sweep.dir=sweep", "logger=none", task=task
+        )
+        try:
+            callback.SweepCallback().on_multirun_start(config)
+            assert callback._RUNNING is not None
+            planned = callback._RUNNING.planned
+        finally:
+            if callback._RUNNING is not None:
+                callback._RUNNING.guard.uninstall()
+            callback._RUNNING = None
+    meta = json.loads((tmp_path / "sweep" / SWEEP_FILE).read_text())
+    assert meta["grid"] == {"likelihood": ["gaussian", "laplace"], "beta": ["1", "2"]}
+    assert meta["n_jobs"] == 4 and sorted(planned) == sorted(meta["launches"][0]["job_dirs"])
+    assert sorted(planned) == [
+        f"beta={b},likelihood={lik}" for b in (1, 2) for lik in ("gaussian", "laplace")
+    ]
+    with pytest.raises(ConfigError, match=r"likelihood=glob\(.*list the options instead"):
+        grid_jobs(task, {})
+
+
+@pytest.mark.slow
+def test_a_glob_grid_runs_checked_and_ends_with_its_summary(workdir):
+    """The CLI with likelihood=glob(...): one job per listed option, each completed, the
+    sweep's record and summary written, exit 0 (it ended with "sweep summary failed", exit
+    1, its checks and stop guard never installed)."""
+    proc = run_cli(["-m", GLOB, "beta=2", *TINY, "logger=none", "hydra.sweep.dir=sweep"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "raised" not in proc.stderr and "summary failed" not in proc.stderr
+    rows = read_summary(workdir / "sweep")
+    assert sorted((r["likelihood"], r["status"]) for r in rows) == [
+        ("gaussian", "completed"),
+        ("laplace", "completed"),
+    ]
+    meta = json.loads((workdir / "sweep" / SWEEP_FILE).read_text())
+    assert meta["grid"] == {"likelihood": ["gaussian", "laplace"]} and meta["n_jobs"] == 2
+
+
+def test_an_unexpected_error_at_the_sweeps_start_ends_it_before_any_job(
+    tmp_path, capsys, monkeypatch
+):
+    """Hydra turns a callback's Exception into a warning and would run every job without
+    the sweep's checks, stop guard and record: an unexpected error in its start goes past
+    Hydra's callbacks to the entry point instead, which names it in one line, exit 1."""
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep import callback
+
+    def broken(config):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(callback, "start_sweep", broken)
+    callbacks = Callbacks()
+    callbacks.callbacks.append(callback.SweepCallback())
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = _multirun_config(
+            "hydra/launcher=local_parallel", f"hydra.sweep.dir={tmp_path}", task=["beta=1,2"]
+        )
+        with pytest.raises(callback.SweepStartFailed) as failed:
+            callbacks.on_multirun_start(config=config)
+    assert callback._RUNNING is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert callback.start_failed(failed.value) == 1
+    err = capsys.readouterr().err
+    assert "[vaesweep] sweep stopped, no job was run: its start" in err
+    assert "RuntimeError: boom (set HYDRA_FULL_ERROR=1 for the traceback)" in err
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_a_sweep_subdir_of_its_own_is_refused_before_any_job(tmp_path, capsys, search):
+    """vaesweep finds a sweep's jobs by the names it gives their directories: with
+    hydra.sweep.subdir=${hydra.job.num} every job was listed as never started, exit 1, and
+    the continue command named the wrong jobs. Refused before any job, naming the key, its
+    value and why; vaesweep's own (the config's default) passes."""
+    from hydra import initialize_config_dir
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep import preflight
+
+    jobs = None if search else [["beta=1"], ["beta=2"]]
+    where = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert preflight.multirun_refusal(_multirun_config(where), jobs) is None
+        config = _multirun_config(where, "hydra.sweep.subdir=${hydra.job.num}")
+        problem = preflight.multirun_refusal(config, jobs)
+        assert problem is not None
+        assert problem.startswith("hydra.sweep.subdir=${hydra.job.num} is not supported")
+        assert "finds the sweep's jobs by those names" in problem
+        assert ("trial_0000" in problem) == search
+        with pytest.raises(SystemExit) as refused:
+            preflight.check_multirun(config, search)
+    assert refused.value.code == 2
+    assert "sweep refused, no job was run: hydra.sweep.subdir=" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,20 @@ time through its own pipe, and watched through its sentinel:
   DataLoader workers are its children), and kept for the jobs of later launches (an Optuna
   search's batches) until the launching process exits. Each starts with its GPU
   (``CUDA_VISIBLE_DEVICES``, its share) and the BLAS/OpenMP thread counts loky set (cores /
-  n_jobs, unless set already) in its environment from the first line of its interpreter;
+  n_jobs, unless set already) in its environment from the first line of its interpreter. A
+  launch of k jobs runs them in the first min(k, n_jobs) of the n_jobs places (each a GPU,
+  round robin), one job per place at a time, and each job's share of its GPU is 1/(the
+  places of this launch on that GPU): a worker kept from an earlier launch moves, idle, to
+  a place of this one on its own GPU, and a place with none gets a new worker (so a
+  worker lost in an earlier batch never leaves two jobs on one GPU, uncapped, beside an
+  idle one);
 - stopping: the sweep's guard (vaesweep.run.signals.SweepGuard, parallel) writes the stop
   file that running jobs read at their next batch; SIGINT or SIGTERM that reaches a worker
   between jobs (Ctrl-C in a terminal reaches the whole process group, as does a scheduler's
   SIGTERM) is ignored there, one during a job is the job's own. A second signal stops the
   launcher at once: its workers get SIGTERM (a job records ``interrupted`` at its next
   batch), and SIGKILL after ``stop_grace_s`` seconds. A worker whose launching process died
-  (SIGKILL) stops its job the same way (SIGTERM to itself) and exits.
+  (SIGKILL) stops its job the same way (one SIGTERM to itself) and exits.
 
 Importing this module is cheap (Hydra imports every plugin module when it starts). No ``from
 __future__ import annotations``: Hydra executes plugin modules before they are in
@@ -124,17 +130,19 @@ def _between_jobs(signum: int, frame: Any) -> None:
 
 def _watch_parent(parent: int) -> None:
     """A thread that stops this worker's job when the launching process is gone (killed
-    outright), instead of running on holding the job's claim and GPU: SIGTERM to itself
-    every second until the worker ends (a job records ``interrupted`` at its next batch
-    once its handlers are in place; before that, while it starts, the signal is ignored and
-    the next one counts; between jobs the closed pipe ends the worker)."""
+    outright), instead of running on holding the job's claim and GPU: one SIGTERM to itself,
+    once a job's own handler is in place (the job records ``interrupted`` at its next
+    batch). Once only: a second SIGTERM tells a job to stop at once, which would cut short
+    its record of the stop or W&B's finish. While the worker's own handler is in place (a
+    job starting, or between jobs) it waits: a starting job gets the signal when its
+    handlers are in, and between jobs the closed pipe ends the worker."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(POLL_S)
-        while True:
-            os.kill(os.getpid(), signal.SIGTERM)
+        while signal.getsignal(signal.SIGTERM) is _between_jobs:
             time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="vaesweep-parent-watch", daemon=True).start()
 
@@ -220,7 +228,7 @@ class LocalParallelLauncher(SweepLauncher):
         n_jobs = jobs_at_once(self.n_jobs)
         # Each launch its shares (a search's batches differ in size); a place's GPU is the
         # same whatever the launch, so workers kept from an earlier one stay where they are.
-        self.places_env = self._places(n_jobs, min(n_jobs, len(job_overrides)))
+        self.places_env = self._places(n_jobs, _places_used(n_jobs, job_overrides))
         resource_tracker.ensure_running()  # started here, not inside a worker's start
         placed = [e["CUDA_VISIBLE_DEVICES"] for e in self.places_env if "CUDA_VISIBLE_DEVICES" in e]
         log.info(
@@ -231,7 +239,8 @@ class LocalParallelLauncher(SweepLauncher):
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
         for i, overrides in enumerate(job_overrides):
-            log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
+            number = self.job_number(initial_job_idx, i)
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
         # By value where pickle's references fail (a task function decorated in a script,
         # Hydra's plugin dataclasses), as loky sends them.
         payload = cloudpickle.dumps(self.shared())
@@ -268,9 +277,9 @@ class LocalParallelLauncher(SweepLauncher):
             places.append(env)
         return places
 
-    def start_worker(self, n_jobs: int) -> _Worker | None:
-        """A new worker in the first free place, or None when all n_jobs are taken."""
-        free = sorted(set(range(n_jobs)) - {w.slot for w in self.workers})
+    def start_worker(self, slots: Sequence[int]) -> _Worker | None:
+        """A new worker in the first free place of ``slots``, or None when all are taken."""
+        free = sorted(set(slots) - {w.slot for w in self.workers})
         if not free:
             return None
         self._started += 1
@@ -278,6 +287,22 @@ class LocalParallelLauncher(SweepLauncher):
         self.workers.append(worker)  # first: a signal during its start stops it too
         worker.start()
         return worker
+
+    def fill_from_idle(self, slots: Sequence[int]) -> None:
+        """Each free place of ``slots`` taken by an idle worker from outside them that runs
+        on the same GPU (its ``CUDA_VISIBLE_DEVICES``, fixed at its start; none without
+        GPUs): the workers kept from an earlier launch serve this one's places before any
+        new one starts, and a job's GPU and share are its place's."""
+        for slot in sorted(set(slots) - {w.slot for w in self.workers}):
+            gpu = self.places_env[slot].get("CUDA_VISIBLE_DEVICES")
+            for worker in self.workers:
+                if (
+                    worker.slot not in slots
+                    and worker.job is None
+                    and worker.env.get("CUDA_VISIBLE_DEVICES") == gpu
+                ):
+                    worker.slot = slot
+                    break
 
     def drop(self, worker: _Worker) -> None:
         with contextlib.suppress(ValueError):
@@ -312,8 +337,15 @@ class LocalParallelLauncher(SweepLauncher):
         self.workers = []
 
 
+def _places_used(n_jobs: int, job_overrides: Sequence[Sequence[str]]) -> int:
+    """How many of the n_jobs places a launch of these jobs fills: the first ones."""
+    return max(1, min(n_jobs, len(job_overrides)))
+
+
 class _Launch:
-    """One launch's jobs handed out to the launcher's workers and their results gathered."""
+    """One launch's jobs handed out to the launcher's workers and their results gathered:
+    only to the workers in the places this launch fills (:func:`_places_used`), whose GPUs
+    and shares the launcher computed for it."""
 
     def __init__(
         self,
@@ -328,6 +360,7 @@ class _Launch:
         self.job_overrides = job_overrides
         self.first = initial_job_idx
         self.payload, self.env, self.n_jobs = payload, env, n_jobs
+        self.slots = range(_places_used(n_jobs, job_overrides))
         self.results: list[JobReturn | None] = [None] * len(job_overrides)
         self.waiting = list(range(len(job_overrides)))
 
@@ -346,23 +379,31 @@ class _Launch:
                     self._collect(worker)
         return [r for r in self.results if r is not None]
 
+    def number(self, position: int) -> int:
+        """Hydra's job number of the job at ``position`` of this launch."""
+        return self.launcher.job_number(self.first, position)
+
+    def _ours(self) -> list[_Worker]:
+        """The workers in this launch's places."""
+        return [w for w in self.launcher.workers if w.slot in self.slots]
+
     def _hand_out(self) -> None:
-        """Gives waiting jobs to ready idle workers, starting workers up to n_jobs."""
+        """Gives waiting jobs to the ready idle workers of this launch's places, filling its
+        free places with idle workers of the same GPU, else with new workers."""
         launcher = self.launcher
-        while len(launcher.workers) < min(self.n_jobs, len(self.waiting) + self._busy()):
-            if launcher.start_worker(self.n_jobs) is None:
+        launcher.fill_from_idle(self.slots)
+        while len(self._ours()) < min(len(self.slots), len(self.waiting) + self._busy()):
+            if launcher.start_worker(self.slots) is None:
                 break
         while self.waiting:
-            idle = [w for w in launcher.workers if w.ready and w.job is None]
+            idle = [w for w in self._ours() if w.ready and w.job is None]
             if not idle:
                 return
             worker, position = idle[0], self.waiting[0]
-            place = (
-                launcher.places_env[worker.slot] if worker.slot < len(launcher.places_env) else {}
-            )
+            place = launcher.places_env[worker.slot]
             own = {k: v for k, v in place.items() if k.startswith("VAESWEEP_")}  # its share now
             message = (
-                self.first + position,
+                self.number(position),
                 list(self.job_overrides[position]),
                 self.payload,
                 {**self.env, **own},
@@ -397,7 +438,7 @@ class _Launch:
         how = worker.exit_reason()
         if position is not None:
             self.results[position] = lost(
-                self.first + position,
+                self.number(position),
                 self.job_overrides[position],
                 f"its worker process ended without a result ({how})",
             )
@@ -407,7 +448,7 @@ class _Launch:
         if self.launcher.failed_starts >= MAX_FAILED_STARTS and self.waiting:
             for waiting in self.waiting:
                 self.results[waiting] = lost(
-                    self.first + waiting,
+                    self.number(waiting),
                     self.job_overrides[waiting],
                     f"no worker process could start ({MAX_FAILED_STARTS} in a row ended "
                     f"before they were ready, the last with {how}; see the lines above)",
@@ -423,7 +464,7 @@ class _Launch:
                 overrides=list(self.job_overrides[position]),
                 status=JobStatus.FAILED,
                 _return_value=RuntimeError(
-                    f"job #{self.first + position}: its result could not be read here "
+                    f"job #{self.number(position)}: its result could not be read here "
                     f"({type(error).__name__}: {error})"
                 ),
             )

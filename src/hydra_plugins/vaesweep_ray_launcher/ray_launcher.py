@@ -302,7 +302,7 @@ class RayLauncher(SweepLauncher):
         shared = ray.put(self.shared())
         refs = {}
         for i, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + i
+            idx = self.job_number(initial_job_idx, i)
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             refs[remote.remote(idx, list(overrides), shared, gpus, cpus)] = i
         results: list[JobReturn | None] = [None] * len(job_overrides)
@@ -314,7 +314,8 @@ class RayLauncher(SweepLauncher):
                 try:
                     results[i] = ray.get(ref)
                 except ray.exceptions.RayError as error:
-                    results[i] = self._lost(initial_job_idx + i, job_overrides[i], error)
+                    number = self.job_number(initial_job_idx, i)
+                    results[i] = self._lost(number, job_overrides[i], error)
         if self.options.get("log_to_driver", True):
             # Ray forwards the jobs' last lines to this console a moment after they are
             # written (its log monitor polls): let them arrive before the sweep's summary.

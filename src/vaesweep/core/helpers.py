@@ -34,16 +34,23 @@ def append_timestamp(path: str | Path, event: str, t: float | None = None, **inf
         f.write(json.dumps(line) + "\n")
 
 
-#: Characters a directory may hold and still be written bare in a Hydra override.
-_BARE = re.compile(r"[\w/.:+@%-]+")
+#: Characters a directory may hold and still be written bare in a Hydra override: ASCII
+#: only (Hydra's lexer takes no other letter, ``/home/jörg`` is quoted).
+_BARE = re.compile(r"[\w/.:+@%-]+", re.ASCII)
 
 
 def override_value(value: str) -> str:
     """``value`` as Hydra's override grammar reads it back unchanged: bare when it is plain,
     else quoted (a comma would make a sweep of it, ``=``, brackets, ``~`` or ``#`` a parse
-    error)."""
+    error). Meant for paths: bare, ``1`` or ``true`` would read back as a number or a
+    boolean (:func:`quoted_value` always reads back as the string)."""
     if _BARE.fullmatch(value):
         return value
+    return quoted_value(value)
+
+
+def quoted_value(value: str) -> str:
+    """``value`` quoted as Hydra's override grammar reads it back: always the string itself."""
     # In a quoted value a backslash escapes only a quote or backslashes before one: double
     # the backslashes before a quote (and at the end, before the closing quote).
     quoted = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)

@@ -68,6 +68,9 @@ class _Running:
     config: DictConfig
     search: bool
     finishers: Sequence[Finisher] = field(default_factory=tuple)
+    # A grid's job directories, listed at its start (a glob() needs Hydra's config loader,
+    # gone when a signal ends the launch before the summary).
+    planned: list[str] | None = None
 
     @property
     def sweep_dir(self) -> Path:
@@ -83,7 +86,7 @@ class _Running:
             if self.search:
                 done = finish_search(self.sweep_dir, stopped_by=stopped_by)
             else:
-                planned = planned_dirs(self.config)
+                planned = self.planned if self.planned is not None else planned_dirs(self.config)
                 rerun = bool(OmegaConf.select(self.config, "sweep.rerun_failed", default=False))
                 done = finish_sweep(
                     self.sweep_dir, stopped_by=stopped_by, planned=planned, rerun_failed=rerun
@@ -99,6 +102,28 @@ class _Running:
 
 
 _RUNNING: _Running | None = None
+
+
+class SweepStartFailed(BaseException):
+    """An unexpected error in the start of a multirun (its checks, sweep.json, the stop
+    guard), carried to the entry point, which says it and exits 1 before any job: Hydra
+    turns a callback's ``Exception`` into a warning and would run the jobs without them."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(describe(error))
+        self.error = error
+
+
+def start_failed(failed: SweepStartFailed) -> int:
+    """What the entry point does when the start of a multirun failed: one line naming the
+    error; returns the exit status, 1."""
+    print(
+        "[vaesweep] sweep stopped, no job was run: its start (the sweep's checks, sweep.json, "
+        f"the stop guard) failed: {describe(failed.error)}{TRACEBACK_HINT}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def finish_stopped(stop: SweepStopped) -> int:
@@ -142,6 +167,19 @@ class SweepCallback(Callback):
         load_driver_here()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The sweep's checks, its record and its stop guard. An unexpected error here ends
+        the launch (:class:`SweepStartFailed`): Hydra would make it a warning and run every
+        job without them."""
+        global _RUNNING
+        try:
+            self._start(config)
+        except Exception as error:
+            if _RUNNING is not None:
+                _RUNNING.guard.uninstall()
+                _RUNNING = None
+            raise SweepStartFailed(error) from error
+
+    def _start(self, config: DictConfig) -> None:
         global _RUNNING
         refuse_bad_resume(config.sweep.get("resume"))
         refuse_bad_gpu_use(config)
@@ -149,7 +187,7 @@ class SweepCallback(Callback):
         preflight.check_multirun(config, search)  # before the sweep directory is made
         if not search:
             start_sweep(config)
-            self._guard(config, search=False)
+            self._guard(config, search=False).planned = planned_dirs(config)
             self._load_driver(config)
             return
         # hydra/sweeper=optuna: vaesweep.sweep.search checks and records. Its guard comes
@@ -174,8 +212,11 @@ class SweepCallback(Callback):
 
     def _guard(self, config: DictConfig, search: bool) -> _Running:
         global _RUNNING
-        stop_file = Path(config.hydra.sweep.dir) / f".stop-{HOST}-{os.getpid()}"  # this launch's
-        # Jobs in other processes (a pool, Ray) stop through the sweep's stop file.
+        # This launch's. Jobs in other processes (a pool, Ray) stop through the sweep's stop
+        # file, whose path they get absolute: a job with hydra.job.chdir=true runs in its own
+        # directory, a Ray worker of a cluster joined with address=auto where it started.
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        stop_file = sweep_dir / f".stop-{HOST}-{os.getpid()}"
         parallel = launchers.is_pool(config.hydra.launcher) or launchers.is_ray(
             config.hydra.launcher
         )

@@ -20,7 +20,12 @@ from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
-from vaesweep.sweep.callback import finish_aborted, finish_stopped
+from vaesweep.sweep.callback import (
+    SweepStartFailed,
+    finish_aborted,
+    finish_stopped,
+    start_failed,
+)
 from vaesweep.sweep.search import quote_sweeper_params
 from vaesweep.sweep.task import StackImportFailed, task
 
@@ -45,6 +50,10 @@ def main() -> None:
         _hydra_main(task)()
     except SweepStopped as stop:
         raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+    except SweepStartFailed as failed:  # the sweep's own start failed: before any job
+        if full_error:
+            raise  # its cause, the error's own traceback, is printed first
+        raise SystemExit(start_failed(failed)) from None
     except StackImportFailed as failed:  # the driver does not import: before any job
         if full_error:
             raise  # its cause, the import's own traceback, is printed first

@@ -26,6 +26,7 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
@@ -77,11 +78,23 @@ def scale_converged(result: dict[str, Any]) -> bool | None:
 
 def _axes(overrides: list[str], sweeper_params: dict[str, str] | None) -> dict[str, Any]:
     """Every key of a sweep with its parsed override, as Hydra's basic sweeper reads them:
-    the preset's ``hydra.sweeper.params`` first, the command line winning."""
-    parser = OverridesParser.create()
+    the preset's ``hydra.sweeper.params`` first, the command line winning. A ``glob()`` of a
+    config group's options (``likelihood=glob(*)``) is listed by the config loader of this
+    Hydra run, as the sweeper lists it; outside one it is refused (ConfigError)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    parser = OverridesParser.create(config_loader=loader)
     params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
     axes: dict[str, Any] = {}
     for override in parser.parse_overrides(params + list(overrides)):
+        if loader is None and override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            raise ConfigError(
+                f"{override.input_line}: glob() lists a config group's options through "
+                "Hydra's config loader, and no Hydra run is active here; list the options "
+                f"instead ({override.get_key_element()}=a,b,c)"
+            )
         axes[override.get_key_element()] = override
     return axes
 

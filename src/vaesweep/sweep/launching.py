@@ -49,6 +49,8 @@ class SweepLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        # Each job's Hydra job number during a :meth:`launch_numbered` (else consecutive).
+        self.numbers: list[int] | None = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -56,6 +58,24 @@ class SweepLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+
+    def launch_numbered(
+        self, job_overrides: Sequence[Sequence[str]], numbers: Sequence[int]
+    ) -> Sequence[JobReturn]:
+        """``launch`` with each job's own Hydra job number (``hydra.job.num``), which need
+        not follow one another: a search's relaunch runs a trial left unfinished beside new
+        ones, each numbered as its trial."""
+        self.numbers = list(numbers)
+        try:
+            return self.launch(job_overrides, initial_job_idx=self.numbers[0] if numbers else 0)
+        finally:
+            self.numbers = None
+
+    def job_number(self, initial_job_idx: int, position: int) -> int:
+        """The Hydra job number of the job at ``position`` of this launch."""
+        if self.numbers is not None:
+            return self.numbers[position]
+        return initial_job_idx + position
 
     def begin_launch(self) -> Path:
         """Hydra's globals and logging, as its own launchers set them; the sweep directory,
@@ -93,7 +113,8 @@ def job_config(
 ) -> DictConfig:
     """The job's config, set as Hydra's current one (``hydra.job.id``/``num`` as Hydra's
     launchers set them; ``launcher_values``: what the launcher resolved for this job, written
-    under ``hydra.launcher``)."""
+    under ``hydra.launcher``). Its ``hydra.sweep.dir`` is absolute, from the launching
+    process's directory (:func:`absolute_sweep_dir`)."""
     hydra_context, config, _, singleton_state = shared
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -101,10 +122,23 @@ def job_config(
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
+        sweep_config.hydra.sweep.dir = str(absolute_sweep_dir(sweep_config, config))
         for key, value in launcher_values.items():
             sweep_config.hydra.launcher[key] = value
     HydraConfig.instance().set_config(sweep_config)
     return sweep_config
+
+
+def absolute_sweep_dir(sweep_config: DictConfig, config: DictConfig) -> Path:
+    """A job's ``hydra.sweep.dir`` as the launching process means it: a relative one (the
+    default ``outputs/multirun/...``) is taken from that process's directory
+    (``hydra.runtime.cwd`` of the sweep's ``config``), not the worker's: a Ray worker of a
+    cluster joined with ``address=auto`` runs where the cluster was started. The job
+    directory's name (``hydra.sweep.subdir``) is unchanged."""
+    sweep_dir = Path(str(sweep_config.hydra.sweep.dir))
+    if sweep_dir.is_absolute():
+        return sweep_dir
+    return Path(str(config.hydra.runtime.cwd)) / sweep_dir
 
 
 def run_configured(sweep_config: DictConfig, shared: Shared) -> JobReturn:

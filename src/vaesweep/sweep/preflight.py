@@ -16,12 +16,14 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
 - a multirun: ``hydra.sweep.dir`` naming a file, a sweep directory or an existing job
   directory of the grid it cannot write (the whole sweep is refused before any job runs:
   Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
-  the sweep); the launcher: local_parallel's (or joblib's) ``n_jobs`` and ``gpus``, and
-  SLURM's commands for submitit.
+  the sweep); a ``hydra.sweep.subdir`` other than vaesweep's (its jobs are found by the
+  names it gives their directories); the launcher: local_parallel's (or joblib's)
+  ``n_jobs`` and ``gpus``, and SLURM's commands for submitit.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -32,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core import launchers
 from vaesweep.core.checks import ConfigError, is_int
-from vaesweep.run.config import CONF_DIR, check_sweep_keys
+from vaesweep.run.config import CONF_DIR, CONFIG_NAME, check_sweep_keys
 from vaesweep.run.effective import repeated_key
 from vaesweep.run.gpus import named_gpus
 from vaesweep.run.ranks import DECISION_ENV
@@ -80,7 +82,9 @@ def _directory_problem(key: str, value: Any, path: Path) -> str | None:
 
 
 def _overrides(config: DictConfig) -> list[str]:
-    return [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+    """The command line's overrides as typed (an interpolation in one left unresolved)."""
+    given = OmegaConf.to_container(config.hydra.overrides, resolve=False)
+    return [*given["hydra"], *given["task"]]
 
 
 def _common(config: DictConfig) -> str | None:
@@ -217,6 +221,32 @@ def _resume_elsewhere(config: DictConfig, sweep_dir: str) -> str | None:
     )
 
 
+@functools.cache
+def default_subdir() -> str:
+    """vaesweep's ``hydra.sweep.subdir`` (its config's, unresolved): a job's directory named
+    from its overrides."""
+    train = OmegaConf.load(CONF_DIR / f"{CONFIG_NAME}.yaml")
+    return str(OmegaConf.to_container(train.hydra.sweep, resolve=False)["subdir"])
+
+
+def subdir_problem(config: DictConfig, search: bool) -> str | None:
+    """Why the multirun's ``hydra.sweep.subdir`` cannot be used, else None: vaesweep finds a
+    sweep's jobs by the names it gives their directories (to skip or resume them on a
+    relaunch, to list those never started, to print the command that continues the sweep),
+    so another subdir (``${hydra.job.num}``) would leave every job unfound."""
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if subdir == default_subdir():
+        return None
+    names = "trial_0000, trial_0001, ..." if search else "from its overrides (beta=0.5,seed=1)"
+    return (
+        f"hydra.sweep.subdir={subdir} is not supported: vaesweep names each job's directory "
+        f"itself, {names}, and finds the sweep's jobs by those names (to resume or skip them "
+        "on a relaunch, and in the summary); with another subdir they would be listed as "
+        "never started. Remove hydra.sweep.subdir (hydra.job.config.override_dirname's "
+        "exclude_keys, item_sep and kv_sep shape a grid's names)"
+    )
+
+
 def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
     """Why a multirun cannot start as asked, else None. ``jobs``: the overrides of every
     job of a grid (None for a search, whose jobs are not known in advance)."""
@@ -224,7 +254,7 @@ def multirun_refusal(config: DictConfig, jobs: list[list[str]] | None = None) ->
     if problem:
         return problem
     sweep_dir = str(config.hydra.sweep.dir)
-    problem = _resume_elsewhere(config, sweep_dir)
+    problem = _resume_elsewhere(config, sweep_dir) or subdir_problem(config, jobs is None)
     if problem:
         return problem
     problem = _directory_problem("hydra.sweep.dir", sweep_dir, Path(sweep_dir))

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vaesweep.core.launchers import jobs_at_once
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.context import job_dirname
 from vaesweep.run.record import NOT_RESULTS
@@ -244,8 +245,8 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     opts = config.hydra.sweeper
     n_trials = _positive_int("n_trials", opts.get("n_trials"))
     n_jobs = opts.get("n_jobs")
-    if n_jobs is None:
-        n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None) or 1
+    if n_jobs is None:  # the launcher's jobs at once (joblib's -1: every usable core)
+        n_jobs = jobs_at_once(OmegaConf.select(config, "hydra.launcher.n_jobs", default=None))
     n_jobs = _positive_int("n_jobs", n_jobs)
     rate = opts.get("max_failure_rate", 1.0)
     if not (isinstance(rate, int | float) and 0 <= rate <= 1):

@@ -4,6 +4,7 @@ expression (:class:`SearchError`, naming the key and what is allowed)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from hydra.core.override_parser.types import (
 )
 from omegaconf import DictConfig, ListConfig
 
+from vaesweep.core.helpers import quoted_value
+
 PARAMS_KEY = "hydra.sweeper.params"
 SAMPLER_KEY = "hydra.sweeper.sampler"
 SYNTAX = (
@@ -33,9 +36,28 @@ class SearchError(ValueError):
 
 
 def quoted(value: str) -> str:
-    """A string as a quoted Hydra override value."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
+    """A string as a quoted Hydra override value, which Hydra reads back as that string (a
+    backslash is escaped only before a quote, as Hydra unescapes it)."""
+    return quoted_value(value)
+
+
+def override_text(value: Any) -> str:
+    """A parameter's value as an override value Hydra reads back as that value: a number,
+    boolean or null as :func:`render` writes it; a string bare where Hydra reads it bare as
+    that string (``gaussian``), else quoted (``'1'``, ``'true'``, ``'a,b'``, ``'x=y'``)."""
+    if not isinstance(value, str):
+        return render(value)
+    return value if _reads_back_bare(value) else quoted_value(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_back_bare(value: str) -> bool:
+    try:
+        parsed = OverridesParser.create().parse_override(f"key={value}")
+    except Exception:
+        return False
+    read = parsed.value()
+    return not parsed.is_sweep_override() and isinstance(read, str) and read == value
 
 
 def quote_sweeper_params(argv: list[str]) -> list[str]:
@@ -143,10 +165,12 @@ class Space:
         return None if None in sizes else math.prod(sizes)
 
     def trial_overrides(self, point: list[str], params: dict[str, Any]) -> list[str]:
+        """A trial's overrides: the fixed ones, its grid point's, and its searched values
+        written so that Hydra reads back each one as it is (:func:`override_text`)."""
         return [
             *self.fixed.values(),
             *point,
-            *(f"{self.searched[name].key}={render(v)}" for name, v in params.items()),
+            *(f"{self.searched[name].key}={override_text(v)}" for name, v in params.items()),
         ]
 
 

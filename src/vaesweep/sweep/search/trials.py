@@ -3,6 +3,7 @@ through Hydra's launcher in their own directories, told from their ``results.jso
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from typing import Any
@@ -84,22 +85,48 @@ def _next_batch(
     return batch
 
 
+def job_numbers(
+    study: Any, plan: Plan, batch: list[tuple[int, dict[str, Any]]], first_job: int
+) -> list[int]:
+    """Hydra's job number of each trial of a batch: ``first_job`` + the study's proposed
+    trials before it (a half-proposed trial, never run, takes no number). A relaunch's batch
+    may hold a trial left unfinished beside new ones: their numbers do not follow it."""
+    proposed = sorted(t.number for t in study.get_trials(deepcopy=False) if _proposed(plan, t))
+    return [first_job + bisect.bisect_left(proposed, number) for number, _ in batch]
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive job numbers in ``numbers``."""
+    runs, start = [], 0
+    for i in range(1, len(numbers) + 1):
+        if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
 def _launch(
     study: Any,
     plan: Plan,
     point: list[str],
     batch: list[tuple[int, dict[str, Any]]],
     launcher: Any,
-    first_job: int,
+    numbers: list[int],
 ) -> list[str | None]:
     """Launches one batch and tells each trial's outcome; returns the states told.
-    ``first_job``: Hydra's job number of the batch's first trial (the others follow it)."""
+    ``numbers``: Hydra's job number of each trial (:func:`job_numbers`). vaesweep's
+    launchers take them as they are, in one launch; another launcher numbers a launch's
+    jobs from its first, so each run of consecutive numbers is a launch of its own."""
     dirs = [plan.trial_dir(point, number) for number, _ in batch]
     overrides = [
         [*plan.space.trial_overrides(point, params), f"hydra.sweep.subdir={quoted(d)}"]
         for (_, params), d in zip(batch, dirs, strict=True)
     ]
-    launcher.launch(overrides, initial_job_idx=first_job)
+    if callable(getattr(launcher, "launch_numbered", None)):
+        launcher.launch_numbered(overrides, numbers)
+    else:
+        for start, end in _runs(numbers):
+            launcher.launch(overrides[start:end], initial_job_idx=numbers[start])
     return [
         settle(study, number, record.read(plan.sweep_dir / d), plan.objective)
         for (number, _), d in zip(batch, dirs, strict=True)
@@ -148,9 +175,8 @@ def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, first_job
         if not batch:
             return
         stop_if_signalled()  # proposed (RUNNING, with their directory): run by the relaunch
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < batch[0][0]]
-        first = first_job + sum(_proposed(plan, t) for t in before)
-        states = _launch(study, plan, point, batch, launcher, first)
+        numbers = job_numbers(study, plan, batch, first_job)
+        states = _launch(study, plan, point, batch, launcher, numbers)
         unsettled.update(number for (number, _), s in zip(batch, states, strict=True) if s is None)
         failed = states.count("FAIL")
         if failed / len(batch) > plan.max_failure_rate:
