@@ -207,7 +207,8 @@ def test_out_of_memory_names_the_gpu_share(monkeypatch):
 
 def test_a_gpu_share_caps_the_memory_of_every_visible_gpu(monkeypatch):
     """A job given a share of a GPU caps its CUDA memory at that share on each device it
-    sees; a whole GPU, no share, or no CUDA: no cap. CUDA is faked (its calls recorded), so
+    sees; a whole GPU, no share, or no CUDA: no cap (lifted in a worker an earlier job of
+    which was capped). CUDA is faked (its calls recorded), so
     the test means the same with or without a GPU."""
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -215,14 +216,23 @@ def test_a_gpu_share_caps_the_memory_of_every_visible_gpu(monkeypatch):
     monkeypatch.setattr(
         torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d))
     )
+    monkeypatch.setattr(gpus, "_capped", False)  # a fresh process
     monkeypatch.delenv(gpus.FRACTION_ENV, raising=False)
     assert gpus.cap_memory() is None and calls == []
     monkeypatch.setenv(gpus.FRACTION_ENV, "1")
     assert gpus.cap_memory() is None and calls == []
     monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
     assert gpus.cap_memory() == 0.25 and calls == [(0.25, 0), (0.25, 1)]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # The same worker's next job, given a whole GPU (local_parallel reuses its workers):
+    # the cap is lifted, once; a job after it changes nothing.
     calls.clear()
+    monkeypatch.setenv(gpus.FRACTION_ENV, "1")
+    assert gpus.cap_memory() is None and calls == [(1.0, 0), (1.0, 1)]
+    calls.clear()
+    monkeypatch.delenv(gpus.FRACTION_ENV)
+    assert gpus.cap_memory() is None and calls == []
+    monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpus.cap_memory() is None and calls == []
 
 

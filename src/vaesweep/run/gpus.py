@@ -100,19 +100,26 @@ def device_info(accelerator: str | None = None) -> dict[str, Any]:
     }
 
 
+_capped = False  # whether cap_memory capped this process (a worker keeps it between jobs)
+
+
 def cap_memory() -> float | None:
     """Caps this process's CUDA memory at its fraction of the GPU (when it was given less
-    than a whole one and CUDA is available); returns the fraction applied, else None."""
+    than a whole one and CUDA is available); returns the fraction applied, else None. A
+    worker capped for an earlier job and given a whole GPU now gets the whole GPU back."""
+    global _capped
     fraction = gpu_fraction()
-    if fraction is None or not 0 < fraction < 1:
+    share = fraction is not None and 0 < fraction < 1
+    if not share and not _capped:
         return None
     import torch
 
     if not torch.cuda.is_available():
         return None
     for device in range(torch.cuda.device_count()):
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return fraction
+        torch.cuda.set_per_process_memory_fraction(fraction if share else 1.0, device)
+    _capped = share
+    return fraction if share else None
 
 
 def uses_gpu(accelerator: Any, device_count: int) -> bool:
