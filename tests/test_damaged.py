@@ -348,6 +348,7 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     as they were, so the corrected command resumes it instead of training it from step 0."""
     run = copy_of(finished, tmp_path / "run")
     left = _as_left(run, "interrupted", {"type": "JobInterrupted", "message": "SIGTERM", "step": 3})
+    mtime = (run / RESULTS_FILE).stat().st_mtime_ns
     before = digests(run)
     gpu = {"VAESWEEP_GPUS_ASSIGNED_BY": "local_parallel", "CUDA_VISIBLE_DEVICES": "0"}
     proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path, env={**cli_env(), **gpu})
@@ -358,6 +359,7 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert not any(k.startswith("checkpoints/") for k in changed), changed
     assert json.loads((run / RESULTS_FILE).read_text()) == left  # the record as it was
+    assert (run / RESULTS_FILE).stat().st_mtime_ns == mtime  # and its time
     again = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)  # on a machine as asked
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming {run} from" in (run / "train.log").read_text()

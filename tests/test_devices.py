@@ -235,11 +235,22 @@ def test_rank_zero_skip_and_training_reach_the_other_ranks(slurm, tmp_path):
 
 
 def test_a_completed_job_is_skipped_without_writing_a_byte(slurm, tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
+    scores = {"test/nll": 91.5, "test/elbo": -95.25}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "metrics": scores}))
     with ranks.rank_zero_decides(tmp_path):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     assert ranks.await_decision(tmp_path, 1).action == "skip"
+
+
+def test_a_completed_job_without_a_test_score_waits_for_rank_zero(slurm, tmp_path):
+    """Recorded completed without a finite test score (an earlier version's NaN): rank 0
+    resumes and tests it again, so the other ranks wait for its decision rather than skip."""
+    (tmp_path / "results.json").write_text(
+        json.dumps({"status": "completed", "metrics": {"test/elbo": -95.25}})
+    )
+    with pytest.raises(ranks.RankZeroStopped, match="decided nothing"):
+        ranks.await_decision(tmp_path, 1, timeout_s=0.3)
 
 
 def test_no_decision_times_out_with_a_hint(slurm, tmp_path):

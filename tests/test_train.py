@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,7 +148,8 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     # instructions torch's kernels chose here, and the threads (threads=null and one job at
     # a time: every usable core).
     lscpu = shutil.which("lscpu") and subprocess.run(["lscpu"], capture_output=True, text=True)
-    if lscpu and lscpu.returncode == 0:
+    if lscpu and lscpu.returncode == 0 and platform.machine() in ("x86_64", "i686"):
+        # (an ARM /proc/cpuinfo has no model name: the record then says what Python does)
         names = [
             ln.split(":", 1)[1].strip()
             for ln in lscpu.stdout.splitlines()

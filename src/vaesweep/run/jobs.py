@@ -40,7 +40,6 @@ from vaesweep.run.policy import (
     left_alone,
     refuse_other_config,
     stored_identity,
-    untested,
     verify_checkpoint,
 )
 from vaesweep.run.record import COMPLETED, CONTINUED, RESULTS_FILE, RunRecord
@@ -170,6 +169,7 @@ def _run_claimed(
         _settle_refused(cfg, job, e, previous, resume_from)
     if resume_from is None:
         _remove_replaced_checkpoints(job.run_dir)
+    earlier = _stat(job.run_dir / RESULTS_FILE)  # to restore it as it was (a refusal below)
     run_record = _open_record(cfg, job, previous, resume_from)
     status = record.FAILED
     try:
@@ -195,7 +195,7 @@ def _run_claimed(
         if previous is not None or resume_from is not None:
             # Refused in the driver (a GPU not visible here, a trainer setting): an earlier
             # attempt continues, so its record and checkpoints stay for a relaunch.
-            _restore_record(run_record.path, previous)
+            _restore_record(run_record.path, previous, earlier)
             log.error(
                 "bad config: %s (not run; %s and its checkpoints are kept: the corrected "
                 "command resumes it)",
@@ -314,13 +314,25 @@ def _remove_replaced_checkpoints(run_dir: Path) -> None:
         )
 
 
-def _restore_record(path: Path, previous: dict[str, Any] | None) -> None:
-    """results.json as the earlier attempt left it (``previous``), or none at all where it
-    was lost (the checkpoint and identity.json still say whose it is)."""
-    if previous is not None:
-        write_json_atomic(path, previous)
-    else:
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _restore_record(
+    path: Path, previous: dict[str, Any] | None, earlier: os.stat_result | None
+) -> None:
+    """results.json as the earlier attempt left it (``previous``, with its times ``earlier``:
+    the sweep's outcome line then takes the job for one this launch did not run), or none at
+    all where it was lost (the checkpoint and identity.json still say whose it is)."""
+    if previous is None:
         path.unlink(missing_ok=True)
+        return
+    write_json_atomic(path, previous)
+    if earlier is not None:
+        os.utime(path, ns=(earlier.st_atime_ns, earlier.st_mtime_ns))
 
 
 def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
@@ -333,7 +345,7 @@ def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
         # results.json lost or damaged: identity.json (or the checkpoint itself) says it is this
         # config's (the policy refused the directory otherwise).
         return None, last
-    if untested(previous):  # completed without a test score: its test runs again
+    if record.untested(previous):  # completed without a test score: its test runs again
         return previous, last if last.exists() else None
     if previous is None or previous.get("status") not in CONTINUED:
         return None, None  # a new job, or a failed one re-run from the start

@@ -73,23 +73,11 @@ def left_alone(run_dir: str | Path, rerun_failed: bool) -> str | None:
     status = record.status(run_dir)
     if status == FAILED and record.refused(record.read(run_dir)):
         return None  # its config was refused: nothing was computed, checked again
-    if status == COMPLETED and untested(record.read(run_dir)):
+    if status == COMPLETED and record.untested(record.read(run_dir)):
         return None  # resumed from its last checkpoint and tested again
     if status == COMPLETED or (status in (FAILED, DIVERGED) and not rerun_failed):
         return status
     return None
-
-
-def untested(result: dict[str, Any] | None) -> bool:
-    """Whether ``result`` says ``completed`` without a finite test score (what versions
-    before the non-finite check recorded for a NaN ``test/nll``; ``vaesweep collect`` lists
-    it ``incomplete``). A relaunch resumes it from its last checkpoint, so its test runs
-    again and is recorded as it comes out (``diverged`` when it is still not finite)."""
-    return (
-        isinstance(result, dict)
-        and result.get("status") == COMPLETED
-        and record.checked_status(result)[0] != COMPLETED
-    )
 
 
 def claimed_elsewhere(run_dir: str | Path, claim_timeout_s: float) -> ClaimInfo | None:

@@ -260,7 +260,14 @@ def _ack_path(run_dir: Path, launch: str, rank: int) -> Path:
 
 
 def _completed(run_dir: Path) -> bool:
-    return record.status(run_dir) == record.COMPLETED
+    """A completed job rank 0 skips (one recorded completed without a test score is tested
+    again: rank 0 publishes that decision)."""
+    result = record.read(run_dir)
+    return (
+        isinstance(result, dict)
+        and result.get("status") == record.COMPLETED
+        and not record.untested(result)
+    )
 
 
 def _publish(run_dir: Path, decision: Decision) -> None:

@@ -388,6 +388,18 @@ def checked_status(result: dict[str, Any]) -> tuple[str, str | None]:
     return recorded, None
 
 
+def untested(result: dict[str, Any] | None) -> bool:
+    """Whether ``result`` says ``completed`` without a finite test score (what versions
+    before the non-finite check recorded for a NaN ``test/nll``; ``vaesweep collect`` lists
+    it ``incomplete``). A relaunch resumes it from its last checkpoint, so its test runs
+    again and is recorded as it comes out (``diverged`` when it is still not finite)."""
+    return (
+        isinstance(result, dict)
+        and result.get("status") == COMPLETED
+        and checked_status(result)[0] != COMPLETED
+    )
+
+
 def frame_status(result: dict[str, Any]) -> tuple[str, str | None]:
     """The status ``vaesweep collect`` gives a result: :func:`checked_status`, and
     ``fast_dev_run`` for a completed Lightning debug run (one batch of each split: its
