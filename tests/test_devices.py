@@ -462,7 +462,8 @@ def test_slurm_ranks_follow_rank_zero_when_it_skips_or_refuses(workdir):
     args = [*DDP, "trainer.max_epochs=1"]
     done = workdir / "done"
     done.mkdir()
-    (done / "results.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
+    scores = {"test/nll": 91.5, "test/elbo": -95.25}  # completed: with its test scores
+    (done / "results.json").write_text(json.dumps({"status": "completed", "metrics": scores}))
     (done / "train.log").write_text("trained\n")
     before = {p: p.stat().st_mtime_ns for p in done.iterdir()}
     started = time.monotonic()
