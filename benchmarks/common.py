@@ -23,14 +23,10 @@ PACKAGES = ("torch", "lightning", "hydra-core", "wandb", "vaesweep")
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name, as a job records it in results.json (``devices.cpu``)."""
+    from vaesweep.run.gpus import cpu_model as recorded
+
+    return recorded() or "unknown"
 
 
 def load_average() -> str:

@@ -149,12 +149,7 @@ def test_changed_data_fails_the_docs(tmp_path, texts):
     """Committed docs against a copy of the results in which one configuration is worse (all
     its seeds): the tables and the findings it enters ("L1 ... for every scale treatment and
     every β") change, and the check fails."""
-    shutil.copytree(
-        REPO / "docs" / "results",
-        tmp_path / "docs" / "results",
-        ignore=shutil.ignore_patterns("*.png", "*.pdf"),
-    )
-    path = tmp_path / report.LC / "runs.csv"
+    path = _results_copy(tmp_path) / report.LC / "runs.csv"
     runs = pd.read_csv(path)
     row = (
         (runs["likelihood"] == "laplace")

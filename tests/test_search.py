@@ -119,9 +119,11 @@ def test_a_trials_directory_reads_back_as_itself(directory):
     twice, the job went to a directory the search never looked in)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from vaesweep.sweep.search.space import quoted
+    from vaesweep.core.helpers import quoted_value
 
-    parsed = OverridesParser.create().parse_override(f"hydra.sweep.subdir={quoted(directory)}")
+    parsed = OverridesParser.create().parse_override(
+        f"hydra.sweep.subdir={quoted_value(directory)}"
+    )
     assert parsed.value() == directory
 
 

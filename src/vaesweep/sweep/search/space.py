@@ -35,12 +35,6 @@ class SearchError(ValueError):
     """A search refused before any trial runs; the message names the key and what is allowed."""
 
 
-def quoted(value: str) -> str:
-    """A string as a quoted Hydra override value, which Hydra reads back as that string (a
-    backslash is escaped only before a quote, as Hydra unescapes it)."""
-    return quoted_value(value)
-
-
 def override_text(value: Any) -> str:
     """A parameter's value as an override value Hydra reads back as that value: a number,
     boolean or null as :func:`render` writes it; a string bare where Hydra reads it bare as
@@ -79,7 +73,7 @@ def quote_sweeper_params(argv: list[str]) -> list[str]:
                 sweep = parser.parse_override(arg).is_sweep_override()
             except Exception:  # reported (with the key) when the search starts
                 sweep = value[:1] not in "'\""
-            arg = f"++{key}={quoted(value) if sweep else value}"
+            arg = f"++{key}={quoted_value(value) if sweep else value}"
         out.append(arg)
     return out
 

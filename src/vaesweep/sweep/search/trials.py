@@ -8,11 +8,11 @@ import logging
 import math
 from typing import Any
 
+from vaesweep.core.helpers import quoted_value
 from vaesweep.run import record
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED
 from vaesweep.run.signals import stop_signal, stop_sweep
 from vaesweep.sweep.search.plan import DIR_ATTR, Plan
-from vaesweep.sweep.search.space import quoted
 
 log = logging.getLogger("vaesweep.sweep.search")
 
@@ -119,7 +119,7 @@ def _launch(
     jobs from its first, so each run of consecutive numbers is a launch of its own."""
     dirs = [plan.trial_dir(point, number) for number, _ in batch]
     overrides = [
-        [*plan.space.trial_overrides(point, params), f"hydra.sweep.subdir={quoted(d)}"]
+        [*plan.space.trial_overrides(point, params), f"hydra.sweep.subdir={quoted_value(d)}"]
         for (_, params), d in zip(batch, dirs, strict=True)
     ]
     if callable(getattr(launcher, "launch_numbered", None)):
