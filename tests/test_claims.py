@@ -74,6 +74,25 @@ def test_heartbeat_renews_the_claim_while_it_is_held(tmp_path):
     assert claims.heartbeat_interval(300) == 30 and claims.heartbeat_interval(3600) == 30
 
 
+def test_a_claim_taken_over_is_marked_lost_and_left_to_its_new_holder(tmp_path):
+    with acquire(tmp_path, timeout_s=0.5) as claim:  # a beat every 0.05 s
+        claim.verify()  # ours: nothing raised
+        assert not claim.lost.is_set()
+        write_claim(tmp_path, host="elsewhere.example", pid=4242)  # another host took it
+        with pytest.raises(claims.ClaimLost, match="elsewhere.example:4242"):
+            claim.verify()  # read now, before the heartbeat thread looks
+        assert claim.lost.is_set()
+    assert read_claim(tmp_path).host == "elsewhere.example"  # released: not ours to remove
+    # The heartbeat thread finds out by itself; a claim file removed counts as lost too.
+    (tmp_path / CLAIM_FILE).unlink()
+    with acquire(tmp_path, timeout_s=0.5) as claim:
+        (tmp_path / CLAIM_FILE).unlink()
+        assert claim.lost.wait(5)
+        with pytest.raises(claims.ClaimLost, match="now no process"):
+            claim.verify()
+    assert not (tmp_path / CLAIM_FILE).exists()
+
+
 def test_a_live_holder_keeps_its_claim_and_a_dead_ones_is_taken_over(tmp_path):
     proc = holder(tmp_path)
     try:
@@ -262,3 +281,74 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     fits = collections.Counter(e["job"] for e in events if e["event"] == "fit_start")
     assert sorted(fits.values()) == [1, 1, 1], fits  # each job trained once, by one launch
     assert not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}*"))
+
+
+def test_a_job_whose_claim_is_taken_over_stops_and_leaves_its_directory(workdir):
+    """A job suspended past its claim's timeout loses the claim to another process (which
+    judged it stale and took the job over). Once it runs again it stops at its next batch
+    and writes nothing more into the directory: no checkpoint, no result, no metrics (its
+    log says why); the sweep goes on with its other jobs, and its end waits for the new
+    holder. Real processes: the sweep paused in its first job's first batch (test hook
+    "train_batch@1"), the claim file taken by another live process meanwhile."""
+    marker = workdir / "in-first-batch"
+    args = [
+        sys.executable, str(RUN_PY), "-m", "beta=1,2", *TINY, "threads=1", "logger=csv",
+        "sweep.claim_timeout_s=1", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    err_log = workdir / "err.log"
+    with open(err_log, "w") as err:
+        proc = subprocess.Popen(
+            args, cwd=workdir, env={**cli_env(), **pause_env("train_batch@1", marker)},
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    other = None
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, err_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first job never reached its first batch"
+            time.sleep(0.05)
+        (run_dir,) = [p.parent for p in (workdir / "sweep").glob(f"*/{CLAIM_FILE}")]
+        assert read_claim(run_dir).pid == proc.pid
+        # The takeover, as another launch does it once the heartbeat is older than the timeout.
+        (run_dir / CLAIM_FILE).unlink()
+        other = holder(run_dir)
+        before = {
+            p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in run_dir.rglob("*")
+            if p.is_file() and p.name != CLAIM_FILE and p.suffix != ".log"
+        }
+        assert json.loads((run_dir / "results.json").read_text())["status"] == "running"
+        marker.with_name(f"{marker.name}.release").touch()
+        deadline = time.monotonic() + 300
+        while not (
+            f"stopped {run_dir.name}" in err_log.read_text()
+            and any(r["status"] == "completed" for r in results_under(workdir / "sweep"))
+        ):
+            assert proc.poll() is None, err_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, err_log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)  # the sweep's end waits for the job's new holder
+        assert proc.poll() is None, err_log.read_text()[-3000:]
+        after = {
+            p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in run_dir.rglob("*")
+            if p.is_file() and p.name != CLAIM_FILE and p.suffix != ".log"
+        }
+        assert after == before  # nothing written, nothing removed
+        assert not list((run_dir / "checkpoints").glob("*.ckpt"))
+        assert read_claim(run_dir).pid == other.pid  # the new holder's claim left alone
+    finally:
+        if other is not None:
+            other.send_signal(signal.SIGKILL)
+            other.wait()
+        proc.wait(timeout=300) if proc.poll() is None else None
+    text = err_log.read_text()
+    assert "was taken over while this process held it" in text, text[-3000:]
+    (log_file,) = [p for p in run_dir.glob("*.log")]
+    assert "was taken over" in log_file.read_text()  # the job's own log says why it stopped
+    results = {Path(r["run_dir"]).name: r for r in results_under(workdir / "sweep")}
+    assert results[run_dir.name]["status"] == "running"  # as the new holder (killed) left it
+    others = [r for name, r in results.items() if name != run_dir.name]
+    assert [r["status"] for r in others] == ["completed"]
+    assert proc.returncode != 0  # the sweep says one of its jobs did not complete

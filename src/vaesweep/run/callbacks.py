@@ -22,6 +22,7 @@ from torch import Tensor
 
 from vaesweep.core.atomic import atomic_open
 from vaesweep.core.helpers import append_timestamp
+from vaesweep.run.claims import ClaimLost
 from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
@@ -136,6 +137,9 @@ class Resumable(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
+            # Before ModelCheckpoint (Lightning calls it after the other callbacks) writes
+            # into the job's directory: is it still this process's?
+            self.signals.check_claim()
             self.val_metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
@@ -144,8 +148,15 @@ class Resumable(L.Callback):
                 self.best_val_elbo = elbo
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signals.check_claim()  # before the record and the epoch's checkpoint
         if self.on_epoch_end is not None:
             self.on_epoch_end()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        if isinstance(exception, ClaimLost):
+            # Lightning finalizes the loggers next: the CSV logger would append its last
+            # rows to a metrics.csv that is the new holder's now.
+            trainer.loggers = []
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -21,6 +21,14 @@ A stale claim is taken over: one process wins an exclusive ``.claim.takeover.<to
 marker (again ``O_EXCL``), removes the stale claim if it still is the one judged stale, and
 then competes with everyone else for a fresh ``.claim``. Exactly one process ends up holding
 it.
+
+A holder can outlive its claim: suspended (SIGSTOP, a paused VM) or cut off from the file
+system for longer than the timeout, it is judged stale by another host, which takes the job
+over. The heartbeat thread notices that the file no longer holds its token and marks the
+claim **lost** (:attr:`Claim.lost`); the job stops at its next batch and writes nothing more
+into the directory (no checkpoint, no results.json: :class:`ClaimLost`), which is the new
+holder's now. Before each epoch's checkpoint and its final result the job reads the file
+again (:meth:`Claim.verify`), so a loss the thread has not seen yet stops it too.
 """
 
 from __future__ import annotations
@@ -193,16 +201,33 @@ def heartbeat_interval(timeout_s: float) -> float:
     return min(MAX_HEARTBEAT_S, timeout_s / 10)
 
 
+class ClaimLost(RuntimeError):
+    """Another process took over this process's claim (it judged it stale): the job stops
+    and leaves its directory to the new holder."""
+
+    def __init__(self, run_dir: Path, holder: ClaimInfo | None) -> None:
+        self.holder = holder
+        now = "no process" if holder is None else holder.describe()
+        super().__init__(
+            f"the claim on {run_dir} was taken over while this process held it (its heartbeat "
+            f"went unrenewed for longer than the claim timeout: suspended, or the file system "
+            f"out of reach); it is now {now}. This process stopped the job and wrote nothing "
+            "more into its directory"
+        )
+
+
 class Claim:
     """A claim this process holds; ``release()`` (or leaving its ``with`` block) gives it up.
 
-    A daemon thread touches the claim file every ``interval`` seconds while it is held.
+    A daemon thread touches the claim file every ``interval`` seconds while it is held, and
+    sets :attr:`lost` once the file names another holder (or none).
     """
 
     def __init__(self, path: Path, token: str, interval: float) -> None:
         self.path = path
         self.token = token
         self.interval = interval
+        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="vaesweep-claim", daemon=True)
         _held.add(token)
@@ -212,11 +237,40 @@ class Claim:
         info = read_claim(self.path.parent)
         return info is not None and info.token == self.token
 
+    def verify(self) -> None:
+        """Raises ClaimLost if the claim is lost, reading the file now (not only the
+        heartbeat thread's last look)."""
+        if not self.lost.is_set():
+            try:
+                if self._still_ours():
+                    return
+            except OSError:  # a file system hiccup says nothing about who holds it
+                return
+            self._mark_lost()
+        raise ClaimLost(self.path.parent, self._holder_now())
+
+    def _holder_now(self) -> ClaimInfo | None:
+        try:
+            return read_claim(self.path.parent)
+        except OSError:
+            return None
+
+    def _mark_lost(self) -> None:
+        if not self.lost.is_set():
+            self.lost.set()
+            holder = self._holder_now()
+            log.error(
+                "the claim on %s was taken over (%s): this process stops the job at its next "
+                "batch and writes nothing more into its directory",
+                self.path.parent,
+                "no holder now" if holder is None else holder.describe(),
+            )
+
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 if not self._still_ours():
-                    log.warning("the claim on %s is no longer this process's", self.path.parent)
+                    self._mark_lost()
                     return
                 os.utime(self.path)
             except OSError as e:  # a file system hiccup: try again at the next beat

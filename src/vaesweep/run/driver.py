@@ -310,7 +310,8 @@ def fit_and_test(
     try:
         return _fit_and_test(cfg, job, record, resume_from, torch_threads, signals)
     finally:
-        history.merge(job.run_dir)
+        if signals is None or not signals.claim_lost:  # else the files are the new holder's
+            history.merge(job.run_dir)
 
 
 def _fit_and_test(

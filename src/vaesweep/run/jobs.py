@@ -127,8 +127,15 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
             # A sweep's job another live launch runs: the end of this launch waits for it.
             print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
             return None
-        with claim, StopSignals(os.environ.get(STOP_FILE_ENV)) as signals:
-            return _run_claimed(cfg, job, torch_threads, signals, execute)
+        try:
+            with claim, StopSignals(os.environ.get(STOP_FILE_ENV), claim) as signals:
+                return _run_claimed(cfg, job, torch_threads, signals, execute)
+        except claims.ClaimLost as lost:
+            if not job.multirun:  # a single run that did not finish must not exit 0
+                raise
+            # Taken over by another launch, which runs it now (the end of this one waits).
+            print(f"[vaesweep] stopped {job.run_dir.name}: {lost}", file=sys.stderr)
+            return None
 
 
 def _skip_completed(job: Job) -> dict[str, float]:
@@ -180,18 +187,24 @@ def _run_claimed(
         unearned = record.unearned(metrics)
         if unearned:  # a model whose test score is not a number has not earned "completed"
             raise NonFiniteScore(unearned, metrics)
+        signals.check_claim()  # the result is written only by the claim's holder
         status = COMPLETED
+    except claims.ClaimLost:  # the directory is the new holder's: no record, no W&B status
+        raise
     except NonFiniteScore as e:
+        signals.check_claim()  # each outcome below is written only by the claim's holder
         status = record.DIVERGED
         run_record.finish(status, metrics=e.metrics, error=e)
         log.error("run diverged: %s (results: %s)", e, run_record.path)
         raise
     except DivergenceError as e:
+        signals.check_claim()
         status = record.DIVERGED
         run_record.finish(status, error=e, step=e.step)
         log.error("run diverged: %s (results: %s)", e, run_record.path)
         raise
     except ConfigError as e:
+        signals.check_claim()
         if previous is not None or resume_from is not None:
             # Refused in the driver (a GPU not visible here, a trainer setting): an earlier
             # attempt continues, so its record and checkpoints stay for a relaunch.
@@ -207,6 +220,7 @@ def _run_claimed(
         log.error("bad config: %s (results: %s)", e, run_record.path)
         raise
     except BaseException as e:
+        signals.check_claim()  # failed or stopped after another process took the job over?
         # A stop signal came: JobInterrupted, Lightning's SIGTERMException, or what it caused.
         if signals.received:
             status = record.INTERRUPTED
@@ -220,7 +234,7 @@ def _run_claimed(
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)
         raise
     finally:
-        finish_wandb(status)
+        finish_wandb(None if signals.claim_lost else status)
     lost = record.not_finite(metrics)
     if lost:  # e.g. test/mse of a likelihood without a mean (a Cauchy's is undefined)
         log.warning(

@@ -134,14 +134,16 @@ def sweep_group(sweep_dir: Path | None) -> str | None:
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
-def finish_wandb(status: str) -> None:
+def finish_wandb(status: str | None) -> None:
     """Close the job's W&B run (if any) with its status, so runs that failed or diverged
-    show as failed in W&B too (summary ``status``, non-zero exit code)."""
+    show as failed in W&B too (summary ``status``, non-zero exit code). ``None``: the job
+    was taken over by another process, which writes its status (none written here)."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.run.summary["status"] = status
+            if status is not None:
+                wandb.run.summary["status"] = status
             wandb.finish(exit_code=0 if status == "completed" else 1)
 
 

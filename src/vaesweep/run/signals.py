@@ -35,9 +35,12 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vaesweep.core.atomic import atomic_open
+
+if TYPE_CHECKING:
+    from vaesweep.run.claims import Claim
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 
@@ -122,7 +125,12 @@ class StopSignals:
     stops at the first batch after the launching process wrote it.
     """
 
-    def __init__(self, stop_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, stop_file: str | os.PathLike[str] | None = None, claim: Claim | None = None
+    ) -> None:
+        """``claim``: the job's claim (vaesweep.run.claims); once it is lost, the next safe
+        point raises ClaimLost instead (the job's directory is another process's now)."""
+        self.claim = claim
         self.signum: int | None = None
         self.trainer: Any = None  # set by the Resumable callback: the step comes from it
         self._previous: dict[int, Any] = {}
@@ -144,11 +152,24 @@ class StopSignals:
 
     def check(self) -> None:
         """Raise JobInterrupted if a stop signal has been received or the stop file has
-        appeared (call at safe points)."""
+        appeared (call at safe points); ClaimLost if the job's claim is lost."""
+        if self.claim_lost:
+            self.check_claim()  # raises ClaimLost
         if self.signum is None and self.stop_file is not None:
             self.signum = read_stop_file(self.stop_file)
         if self.signum is not None:
             raise self.exception()
+
+    @property
+    def claim_lost(self) -> bool:
+        """Whether the job's claim is known to be lost (another process took the job over)."""
+        return self.claim is not None and self.claim.lost.is_set()
+
+    def check_claim(self) -> None:
+        """ClaimLost if the job's claim is no longer this process's, reading the claim file
+        now: call before writing into the job's directory (an epoch's checkpoint)."""
+        if self.claim is not None:
+            self.claim.verify()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
@@ -226,6 +247,17 @@ class SweepGuard:
     @property
     def signal_name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
+
+    @property
+    def claim_lost(self) -> bool:
+        """Whether the job's claim is known to be lost (another process took the job over)."""
+        return self.claim is not None and self.claim.lost.is_set()
+
+    def check_claim(self) -> None:
+        """ClaimLost if the job's claim is no longer this process's, reading the claim file
+        now: call before writing into the job's directory (an epoch's checkpoint)."""
+        if self.claim is not None:
+            self.claim.verify()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
