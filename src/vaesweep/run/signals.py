@@ -248,17 +248,6 @@ class SweepGuard:
     def signal_name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
 
-    @property
-    def claim_lost(self) -> bool:
-        """Whether the job's claim is known to be lost (another process took the job over)."""
-        return self.claim is not None and self.claim.lost.is_set()
-
-    def check_claim(self) -> None:
-        """ClaimLost if the job's claim is no longer this process's, reading the claim file
-        now: call before writing into the job's directory (an epoch's checkpoint)."""
-        if self.claim is not None:
-            self.claim.verify()
-
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
         if first:
