@@ -26,6 +26,7 @@ from vaesweep.model.objective import (
     bits_per_dim,
     effective_beta,
     elbo_terms,
+    full_precision,
     importance_estimates,
 )
 from vaesweep.model.schedules import BetaSchedule
@@ -443,8 +444,8 @@ class VAE(L.LightningModule):
     def _initialize_scale(self, x: Tensor) -> None:
         # The untrained model's reconstruction from the posterior mean: draws no random
         # numbers, so the noise of the run is the same as without the initialisation.
-        mu, _ = self.encoder(x).chunk(2, dim=-1)
-        self.likelihood.initialize_scale(x, self.likelihood.mean(self.decoder(mu)))
+        mu, _ = full_precision(self.encoder(x)).chunk(2, dim=-1)
+        self.likelihood.initialize_scale(x, self._decoded_mean(mu))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Where Lightning clips in automatic optimisation: after AMP has unscaled the
@@ -524,7 +525,7 @@ class VAE(L.LightningModule):
         )
         # Reconstructions are decoded from the posterior mean, x̂ = E[x | z = E_q[z]].
         mu = est.posterior.mu
-        x_hat = self.likelihood.mean(self.decoder(mu))
+        x_hat = self._decoded_mean(mu)
         d = math.prod(self.shape)
         self._accumulate("count", torch.tensor(float(batch.shape[0]), device=batch.device))
         self._accumulate("rec_nll", est.rec_nll.sum())
@@ -579,11 +580,16 @@ class VAE(L.LightningModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """x̂ = E[x | z = E_q[z|x]] for a batch, shaped like x."""
-        mu, _ = self.encoder(x).chunk(2, dim=-1)
-        return self.likelihood.mean(self.decoder(mu))
+        mu, _ = full_precision(self.encoder(x)).chunk(2, dim=-1)
+        return self._decoded_mean(mu)
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """E[x | z] for n draws z ~ N(0, I) (means, not noisy draws), shape [n, C, H, W]."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
-        return self.likelihood.mean(self.decoder(z))
+        z = torch.randn(n, self.latent_dim, generator=generator)  # float32, on the CPU
+        dtype = next(self.decoder.parameters(), z).dtype  # float64 under trainer.precision=64
+        return self._decoded_mean(z.to(device=self.device, dtype=dtype))
+
+    def _decoded_mean(self, z: Tensor) -> Tensor:
+        """E[x | z], from the decoder's output in float32 at least (see full_precision)."""
+        return self.likelihood.mean(full_precision(self.decoder(z)))

@@ -22,6 +22,19 @@ from vaesweep.model.latent import DiagonalGaussian, standard_normal_log_prob
 from vaesweep.model.likelihoods import Likelihood
 
 Network = Callable[[Tensor], Tensor]
+#: Network outputs in these types (under autocast: trainer.precision=16-mixed, bf16-mixed) are
+#: scored in float32.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is half or bfloat16, else as it is (float32, float64).
+
+    Autocast runs the networks in 16 bits; the densities and the KL are computed from their
+    outputs in float32, as docs/math.md states them. In bfloat16, log(0.1) is −2.297 (σ =
+    0.1006) and a Gaussian's D·log σ over 784 pixels is off by several nats per rounding
+    step: hundreds of nats per example at a fixed σ = 0.1."""
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 class DivergenceError(RuntimeError):
@@ -57,12 +70,12 @@ def elbo_terms(
     n_samples: int = 1,
 ) -> ELBOTerms:
     """Single-sample (or n-sample averaged) reparameterised ELBO pieces for a batch x [B, C, H, W]."""
-    posterior = DiagonalGaussian.from_encoder(encoder(x))
+    posterior = DiagonalGaussian.from_encoder(full_precision(encoder(x)))
     if n_samples == 1:
-        params = decoder(posterior.rsample())
+        params = full_precision(decoder(posterior.rsample()))
         rec_nll = likelihood.nll(x, params)
     else:
-        params = decoder(posterior.rsample(n_samples))
+        params = full_precision(decoder(posterior.rsample(n_samples)))
         rec_nll = likelihood.nll(x, params).mean(0)
     return ELBOTerms(rec_nll, posterior.kl_to_standard_normal(), posterior, params)
 
@@ -108,14 +121,14 @@ def importance_estimates(
     """
     if k < 1:
         raise ValueError(f"k={k} is invalid: the number of importance samples must be ≥ 1")
-    posterior = DiagonalGaussian.from_encoder(encoder(x))
+    posterior = DiagonalGaussian.from_encoder(full_precision(encoder(x)))
     chunk = chunk_size or default_chunk_size(x.shape[0], likelihood.data_dim)
     # Keeping one [B] tensor per chunk (for a final logsumexp) held ~1 MB of heap per
     # chunk on CPU (fragmentation): k = 10^6 in chunks of 10 ran out of 24 GB.
     total, log_lik_sum = None, 0.0
     for start in range(0, k, chunk):
         z = posterior.rsample(min(chunk, k - start))  # [n, B, d]
-        log_lik = likelihood.log_prob(x, decoder(z))
+        log_lik = likelihood.log_prob(x, full_precision(decoder(z)))
         log_w = log_lik + standard_normal_log_prob(z) - posterior.log_prob(z)
         part = torch.logsumexp(log_w, dim=0)
         total = part if total is None else torch.logaddexp(total, part)

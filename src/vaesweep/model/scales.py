@@ -216,6 +216,10 @@ class LearnedScale(ScaleMode):
             # Set from the first training batch (``initialize``); saved with the weights, so
             # a resumed run does not initialise again.
             self.register_buffer("scale_initialized", torch.zeros((), dtype=torch.bool))
+        # The buffer's value as last read: reading a GPU buffer syncs with the device, so it
+        # is read again only until it says True, and after weights are loaded.
+        self._initialized_seen = False
+        self.register_load_state_dict_post_hook(_forget_initialized)
 
     def _initial(self, init: Tensor) -> Tensor:
         return init.clone()
@@ -240,7 +244,10 @@ class LearnedScale(ScaleMode):
         return torch.exp(soft_clip(self.log_scale, self.min_log_scale)).detach()
 
     def needs_init(self) -> bool:
-        return hasattr(self, "scale_initialized") and not bool(self.scale_initialized)
+        if not hasattr(self, "scale_initialized") or self._initialized_seen:
+            return False
+        self._initialized_seen = bool(self.scale_initialized)
+        return not self._initialized_seen
 
     #: The dimensions (counted from the last) the data-dependent start is NOT reduced over.
     _init_keeps: ClassVar[int] = 0
@@ -259,6 +266,11 @@ class LearnedScale(ScaleMode):
             log_scale = log_scale.clamp_min(self.min_log_scale + 1e-3)
         self.log_scale.copy_(inverse_soft_clip(log_scale, self.min_log_scale))
         self.scale_initialized.fill_(True)
+
+
+def _forget_initialized(module: LearnedScale, incompatible_keys: Any) -> None:
+    """After loaded weights (a checkpoint): ``scale_initialized`` is read again."""
+    module._initialized_seen = False
 
 
 class PerPixelScale(LearnedScale):
