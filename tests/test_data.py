@@ -199,6 +199,42 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     assert not any((tmp_path / "root2" / "mnist").glob("train-images*"))
 
 
+def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch):
+    """MNIST and Fashion-MNIST name their four files alike: a shared data root (searched
+    after <root>/<name>) or a system directory holding one must not be read as the other.
+    Here "fashion_mnist" releases the test's own files (its md5s registered)."""
+    shared = tmp_path / "root"
+    make_idx_dataset(shared)
+    files = {}
+    for role, name in IDX_NAMES.items():
+        path = shared / name if (shared / name).exists() else shared / f"{name}.gz"
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        files[role] = data.IdxFile(name, "0" * 32, hashlib.md5(raw).hexdigest())
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", data.IdxSource(files=files, mirrors=()))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", root=shared, val_size=4)
+    message = str(err.value)
+    assert "is the released train-images-idx3-ubyte of 'fashion_mnist'" in message
+    assert "not of 'mnist'" in message and str(shared / "mnist") in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read as what they are: no warning at all
+        assert load_dataset("fashion_mnist", root=shared, val_size=4).sizes["test"] == 9
+    # A copy that is no dataset's release (custom, subsampled) is read, with a warning.
+    make_idx_dataset(tmp_path / "custom", n_train=30, n_test=7, seed=1)
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        load_dataset("mnist", root=tmp_path / "custom", val_size=4)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_files_are_not_read_as_mnist(tmp_path):
+    for f in DEBIAN_FASHION.iterdir():
+        if "ubyte" in f.name:
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(DatasetNotFoundError, match="of 'fashion_mnist'.*not of 'mnist'"):
+        load_dataset("mnist", root=tmp_path)
+
+
 def test_unknown_dataset_lists_options():
     with pytest.raises(ValueError, match=r"'cifar'.*mnist_small, mnist, fashion_mnist, digits"):
         load_dataset("cifar")

@@ -198,11 +198,41 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     raise DatasetNotFoundError("\n".join(lines))
 
 
+def _owner(file: IdxFile) -> str | None:
+    """The dataset whose file ``file`` is (None: not a registered one)."""
+    for name, source in IDX_SOURCES.items():
+        if any(f == file for f in source.files.values()):
+            return name
+    return None
+
+
+def _released_as(md5: str) -> tuple[str, str] | None:
+    """(dataset, file name) of the released file whose content has this md5, if any."""
+    for name, source in IDX_SOURCES.items():
+        for f in source.files.values():
+            if f.raw_md5 == md5:
+                return name, f.name
+    return None
+
+
 def read_checked(path: Path, file: IdxFile, ndim: int) -> np.ndarray:
-    """Reads one IDX file; warns when its content differs from the canonical release."""
+    """Reads one IDX file; warns when its content differs from the canonical release.
+
+    Raises DatasetNotFoundError when the file is another dataset's release: MNIST and
+    Fashion-MNIST name their files alike, so a directory searched for one (a shared data
+    root, a system directory) can hold the other's."""
     data = read_bytes(path)
     md5 = hashlib.md5(data).hexdigest()
     if md5 != file.raw_md5:
+        wanted = _owner(file)
+        other = _released_as(md5)
+        if other is not None and wanted is not None and other[0] != wanted:
+            raise DatasetNotFoundError(
+                f"dataset '{wanted}': {path} is the released {other[1]} of '{other[0]}' "
+                f"(content md5 {md5}), not of '{wanted}': the two name their files alike. "
+                f"Keep each dataset in its own directory under the data root "
+                f"({path.parent / wanted}, {path.parent / other[0]}), which is searched first"
+            )
         # Not an error: a custom or subsampled copy is usable, and the content fingerprint
         # recorded in every result tells such runs apart.
         warnings.warn(

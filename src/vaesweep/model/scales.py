@@ -296,8 +296,9 @@ class PerPixelScale(LearnedScale):
 
 class DecoderScale(ScaleMode):
     """``decoder``: the decoder predicts a log-scale per pixel and example (2 outputs per data
-    channel). Its reported scale is the mean over the last batch scored: the only thing a
-    scored batch leaves behind, a non-persistent value for logs (no parameter or buffer)."""
+    channel). Its reported scale is the mean over the last decoder output scored (at test
+    time: the last batch's last IWAE chunk): the only thing a scored batch leaves behind, a
+    non-persistent value for logs (no parameter or buffer)."""
 
     name = "decoder"
     reads = frozenset({"min_log_scale"})
