@@ -556,3 +556,20 @@ def test_cells_over_fewer_seeds_than_the_others_are_marked():
     same = results_table(df[df["beta"] == 2.0].copy())
     assert "†" not in same.to_markdown() and "dagger" not in same.to_latex()
     assert [n for n in same.notes if "seeds (fewer" in n] == []
+
+
+def test_rate_distortion_means_leave_out_infinite_values():
+    """A seed's ±inf (a W&B summary, a foreign results.json) is missing in the rate–distortion
+    lines too: each β's point is the mean of the finite values."""
+    inf = math.inf
+    df = _hand_frame({0.5: [10.0, 14.0], 1.0: [12.0, 13.0]})
+    df["test/rec_nll"] = [20.0, 22.0, 30.0, inf]
+    df["test/mse"] = [0.1, 0.3, -inf, 0.2]
+    df["test/kl"] = [5.0, 7.0, 3.0, inf]
+    fig = rate_distortion(df)
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
+    ((xs, ys),) = [(list(line.get_xdata()), list(line.get_ydata())) for line in lines]
+    assert xs == [21.0, 30.0] and ys == [6.0, 3.0]  # β = 0.5, 1 (the inf seed left out)
+    lines = [line for line in fig.axes[1].get_lines() if len(line.get_xdata())]
+    ((xs, ys),) = [(list(line.get_xdata()), list(line.get_ydata())) for line in lines]
+    assert xs == pytest.approx([0.2, 0.2]) and ys == [6.0, 3.0]

@@ -180,6 +180,9 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     configuration through its per-β means (mean over seeds) in order of β."""
     done = completed(df)
     require(done, "test/kl", "test/rec_nll", "test/mse")
+    # ±inf is missing, as in every aggregate: not a marker, not part of a mean.
+    metrics = ["test/kl", "test/rec_nll", "test/mse"]
+    done = done.assign(**{m: done[m].replace([np.inf, -np.inf], np.nan) for m in metrics})
     keys = [k for k in config_keys(df) if k != "beta"]
     join_betas = "beta" in config_keys(df)
     styles = styles_for(done, keys)
