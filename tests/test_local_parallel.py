@@ -290,7 +290,7 @@ def test_the_summary_says_killed_and_names_jobs_that_never_started(sweep, tmp_pa
     )
     assert finish_sweep(tmp_path, planned=[*names, "beta=9,never"]) is False
     err = capsys.readouterr().err
-    assert f"{killed.name}: killed Killed: results.json says running, but no process holds" in err
+    assert f"{killed.name}: killed: results.json says running, but no process holds" in err
     assert f"1 of this launch's {len(names) + 1} jobs never started (beta=9,never)." in err
     continued = shlex.split(err.split("Continue this sweep:\n")[1].splitlines()[0])
     assert continued[-1] == f"hydra.sweep.dir={tmp_path.resolve()}"

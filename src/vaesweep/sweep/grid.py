@@ -335,6 +335,14 @@ def _record_finish(
     return record, rows
 
 
+def _outcome(status: str, error: str) -> str:
+    """ "failed RuntimeError: ...", "killed: results.json says ..." (not "killed Killed: ...")."""
+    kind, _, message = error.partition(": ")
+    if kind.lower() == status.lower():
+        return f"{status}: {message}"
+    return f"{status} {error}".rstrip()
+
+
 def _tell_finish(
     record: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -354,7 +362,7 @@ def _tell_finish(
         )
     bad = [r for r in rows if r["status"] != COMPLETED]
     if bad:
-        lines = [f"  {r['job']}: {r['status']} {r['error']}".rstrip() for r in bad]
+        lines = [f"  {r['job']}: {_outcome(r['status'], r['error'])}" for r in bad]
         print(
             f"{len(bad)} of {len(rows)} jobs did not complete:\n" + "\n".join(lines),
             file=sys.stderr,
