@@ -727,3 +727,29 @@ def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     other_seed = run_cli(["-m", "beta=1.0", "seed=7", *args], tmp_path)
     assert other_seed.returncode == 0, other_seed.stderr[-3000:]
     assert len(results_under(tmp_path / "sweep")) == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ""),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, ""),  # sbatch's own step: no srun prefix
+        (
+            {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"},
+            "under torchrun, 2 processes: start the command the same way, e.g. torchrun "
+            "--nproc-per-node=2",
+        ),
+        (
+            {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"},
+            "under srun, 4 tasks: start the command the same way, srun with the same options "
+            "(e.g. --ntasks=4)",
+        ),
+    ],
+)
+def test_a_continue_command_inside_torchrun_or_srun_says_to_start_it_the_same_way(env, expected):
+    """Their prefix is not part of the process's command line: the line after the command
+    says so (the single run's and the sweep's continue lines both print it)."""
+    from vaesweep.core.helpers import launcher_note
+
+    note = launcher_note(env)
+    assert (expected in note) if expected else note == ""

@@ -10,7 +10,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,27 @@ def command_again(
     else:
         start = [argv[0] if os.sep in argv[0] and not shutil.which(program) else program]
     return shlex.join([*start, *kept, f"{key}={override_value(str(directory))}", *also])
+
+
+def launcher_note(env: Mapping[str, str] | None = None) -> str:
+    """A line for a continue command printed inside a launch that torchrun or srun started
+    (its prefix is not part of this process's command line), "" otherwise."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" in env:
+        n = env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or "N"
+        return (
+            f"(this launch ran under torchrun, {env.get('WORLD_SIZE', '?')} processes: start "
+            f"the command the same way, e.g. torchrun --nproc-per-node={n} ... with its "
+            "other options as before)"
+        )
+    tasks = env.get("SLURM_NTASKS", "")
+    if "SLURM_STEP_ID" in env and tasks.isdigit() and int(tasks) > 1:
+        return (
+            f"(this launch ran under srun, {tasks} tasks: start the command the same way, "
+            f"srun with the same options (e.g. --ntasks={tasks}) in an allocation of the "
+            "same shape)"
+        )
+    return ""
 
 
 def plain(node: Any) -> Any:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core import launchers
 from vaesweep.core.atomic import remove_stale_temps, write_json_atomic
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp, command_again
+from vaesweep.core.helpers import TIMESTAMPS_ENV, append_timestamp, command_again, launcher_note
 from vaesweep.data.datasets import check_available
 from vaesweep.data.download import DatasetNotFoundError
 from vaesweep.model.objective import DivergenceError
@@ -253,7 +253,9 @@ def _tell_how_to_continue(run_dir: Path) -> None:
     """Logs the command that resumes an interrupted single run (its directory named); never
     raises: the stop that called it must reach the caller."""
     try:
-        log.warning("continue it with: %s", command_again("hydra.run.dir", run_dir))
+        command = command_again("hydra.run.dir", run_dir)
+        note = launcher_note()  # torchrun, srun: their prefix is not in this command line
+        log.warning("continue it with: %s%s", command, f"\n{note}" if note else "")
     except Exception:  # noqa: BLE001 (a hint only)
         log.debug("no command to continue with", exc_info=True)
 

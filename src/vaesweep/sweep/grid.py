@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import command_again, now
+from vaesweep.core.helpers import command_again, launcher_note, now
 from vaesweep.run.config import validate_config
 from vaesweep.run.context import (
     RESTARTED,
@@ -303,13 +303,14 @@ def _tell_how_to_continue(
     short = search and len(rows) < (record.get("n_jobs") or 0)
     rerun = failed and not rerun_failed
     directory = sweep_dir.resolve()
+    note = f"\n{launcher_note()}" if launcher_note() else ""  # torchrun, srun: their prefix
     if stopped_by is not None or unstarted or resumable or short:
         command = command_again("hydra.sweep.dir", directory)
         also = "\n(add sweep.rerun_failed=true to train its failed jobs again too)" if rerun else ""
-        print(f"Continue this sweep:\n  {command}{also}", file=sys.stderr, flush=True)
+        print(f"Continue this sweep:\n  {command}{also}{note}", file=sys.stderr, flush=True)
     elif rerun:
         command = command_again("hydra.sweep.dir", directory, also=["sweep.rerun_failed=true"])
-        print(f"Train the failed jobs again:\n  {command}", file=sys.stderr, flush=True)
+        print(f"Train the failed jobs again:\n  {command}{note}", file=sys.stderr, flush=True)
 
 
 def _record_finish(
