@@ -8,6 +8,10 @@ checkpoints, without retraining.
   checkpoint's RNG state is restored, as in the run); a larger K gives a tighter bound; the
   result lies beside results.json, a second evaluation is not computed again, and collect
   shows its columns.
+- A run tested on its first batches only (trainer.limit_test_batches) is evaluated on the
+  same examples, so its own K gives its recorded metrics exactly; an IWAE chunk that would
+  not fit is refused per run by a run's own memory check before anything is scored; a
+  setting given twice or a value that is no integer is refused naming its key.
 """
 
 from __future__ import annotations
@@ -316,3 +320,181 @@ def test_job_directories_named_with_equals_signs_are_directories(tmp_path):
     assert settings["eval.checkpoint"] == "last" and settings["eval.iwae_chunk"] is None
     with pytest.raises(ValueError, match="beta=2 is neither a directory nor a setting"):
         evaluate_arguments(["beta=2"])  # a typo'd directory is not silently a setting
+
+
+@pytest.fixture(scope="module")
+def limited_run(tmp_path_factory):
+    """A run tested on its first test batch only (50 of digits' 200 test examples)."""
+    root = tmp_path_factory.mktemp("limited")
+    limit = ["trainer.limit_test_batches=1", "data.eval_batch_size=50"]
+    proc = run_cli([*TINY, *limit, "logger=none", "hydra.run.dir=run"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.mark.parametrize(
+    "limit, split, batch, expected",
+    [
+        (None, 200, 50, 200),
+        (1, 200, 50, 50),
+        (3, 201, 50, 150),
+        (10, 200, 50, 200),
+        (1.0, 201, 50, 201),
+        (0.5, 200, 50, 100),
+        (0.3, 200, 50, 50),  # int(4 × 0.3) = 1 batch
+        (0.99, 201, 50, 200),  # int(5 × 0.99) = 4 full batches
+    ],
+)
+def test_tested_examples_are_the_first_batches_lightning_keeps(limit, split, batch, expected):
+    """How many test examples a run with trainer.limit_test_batches scored: Lightning's own
+    count of the batches it keeps, times the batch size (only the last batch is short)."""
+    from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from vaesweep.run.evaluate import tested_examples
+
+    assert tested_examples(limit, split, batch) == expected
+    batches = math.ceil(split / batch)
+    kept = _parse_num_batches(RunningStage.TESTING, batches, 1.0 if limit is None else limit)
+    assert min(split, kept * batch) == expected
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_test_examples_the_run_was_scored_on(limited_run, tmp_path, capsys):
+    """A run with trainer.limit_test_batches=1 data.eval_batch_size=50 recorded its test
+    metrics on 50 of its 200 test examples: evaluated at its own K, the same 50 are scored
+    and its metrics come back exactly, under the unsuffixed name (comparable with the run's
+    own columns), the limit recorded. An evaluation of that name over another number of
+    examples (written before the limit was applied) is scored again, not kept.
+    eval.test_examples names what else is scored."""
+    from vaesweep.analysis.cli import main
+
+    run = limited_run
+    recorded = json.loads((run / "results.json").read_text())
+    assert recorded["metrics"]["test/n_examples"] == 50
+    k = recorded["config"]["eval"]["iwae_k"]
+    own = run / "evaluations" / f"iwae_k={k},checkpoint=last.json"
+    own.parent.mkdir()
+    stale = {"status": "completed", "iwae_k": k, "checkpoint": "last", "test_examples": None}
+    stale["metrics"] = {"test/nll": 1.0, "test/elbo": -1.0, "test/n_examples": 200.0}
+    own.write_text(json.dumps(stale))
+    proc = _evaluate([str(run), f"eval.iwae_k={k}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "evaluated 1 run(s); 0 already evaluated" in proc.stderr, proc.stderr
+    same = json.loads(own.read_text())
+    assert same["test_examples"] is None and same["limit_test_batches"] == 1
+    for key in ("test/nll", "test/elbo", "test/kl", "test/mse", "test/n_examples"):
+        assert same["metrics"][key] == recorded["metrics"][key], key  # exactly the run's
+    # The first 20 of them; the whole split (more than the run scored, so named so); and
+    # the run's own 50 again (already evaluated).
+    for n, name, count in [(20, "test_examples=20", 20), (1000, "test_examples=200", 200)]:
+        assert main(["evaluate", str(run), f"eval.iwae_k={k}", f"eval.test_examples={n}"]) == 0
+        some = json.loads(
+            (run / "evaluations" / f"iwae_k={k},checkpoint=last,{name}.json").read_text()
+        )
+        assert some["metrics"]["test/n_examples"] == count and some["test_examples"] == count
+    capsys.readouterr()
+    assert main(["evaluate", str(run), f"eval.iwae_k={k}", "eval.test_examples=50"]) == 0
+    assert "1 already evaluated" in capsys.readouterr().err
+    assert len(list((run / "evaluations").glob("*.json"))) == 3
+    df = load_results(run)
+    assert df[f"test/n_examples@iwae_k={k},checkpoint=last"].iloc[0] == 50
+    assert df[f"test/nll@iwae_k={k},checkpoint=last"].iloc[0] == recorded["metrics"]["test/nll"]
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_limited_run_whose_examples_it_cannot_score_again(
+    limited_run, tmp_path, capsys
+):
+    """Several processes each test the first batches of their own share: with a limit, the
+    run's examples are not the split's first ones (its test/n_examples says so). No
+    evaluation is named as the run's own then; eval.test_examples=N is, as the first N."""
+    from vaesweep.analysis.cli import main
+
+    run = tmp_path / "ddp"
+    shutil.copytree(limited_run, run, ignore=shutil.ignore_patterns("evaluations"))
+    result = json.loads((run / "results.json").read_text())
+    result["metrics"]["test/n_examples"] = 100.0  # two processes, one batch of 50 each
+    (run / "results.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit) as refused:  # a run's problem: exit 1 at the end
+        main(["evaluate", str(run), "eval.iwae_k=10"])
+    assert refused.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot be scored on its own test examples: its test metrics are over 100" in err
+    assert "trainer.limit_test_batches=1 with data.eval_batch_size=50" in err, err
+    assert "eval.test_examples=N" in err and not (run / "evaluations").exists()
+    assert main(["evaluate", str(run), "eval.iwae_k=10", "eval.test_examples=50"]) == 0
+    named = run / "evaluations" / "iwae_k=10,checkpoint=last,test_examples=50.json"
+    assert json.loads(named.read_text())["metrics"]["test/n_examples"] == 50
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_an_iwae_chunk_that_would_not_fit_before_scoring(
+    run, tmp_path, capsys, monkeypatch
+):
+    """A run's own memory check (vaesweep.run.memory), with the evaluation's eval.iwae_k and
+    eval.iwae_chunk and each run's data.eval_batch_size: a chunk that would not fit is
+    refused for that run, naming the key and the estimate, and the other runs go on. The
+    memory is patched to 1 GB and the scoring replaced, so nothing large is allocated even
+    where the check let it through."""
+    import vaesweep.run.evaluate as evaluate
+    from vaesweep.analysis.cli import main
+    from vaesweep.run import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**9)
+    scored = []
+
+    def fake_score(model, data, ckpt_path=None):
+        scored.append(ckpt_path)
+        return {"test/nll": 1.0, "test/elbo": -1.0, "test/n_examples": 200.0}
+
+    monkeypatch.setattr(evaluate, "score", fake_score)
+    big, small = tmp_path / "runs" / "big", tmp_path / "runs" / "small"
+    for copy in (big, small):
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluations"))
+    result = json.loads((small / "results.json").read_text())
+    result["config"]["data"]["eval_batch_size"] = 1  # 100000 samples × 1 example: ~0.1 GB
+    (small / "results.json").write_text(json.dumps(result))
+    chunk = ["eval.iwae_k=100000", "eval.iwae_chunk=100000"]
+    with pytest.raises(SystemExit) as refused:  # a run's problem: exit 1 at the end
+        main(["evaluate", str(tmp_path / "runs"), *chunk])
+    assert refused.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"not evaluated: {re.escape(str(big))}: ConfigError: eval.iwae_chunk=100000 "
+        r"is invalid: 100000 samples × data.eval_batch_size=500 examples per chunk need "
+        r"~[0-9.]+ GB, more than 80% of the 1.0 GB",
+        err,
+    ), err
+    assert "evaluated 1 run(s)" in err
+    assert not (big / "evaluations").exists()
+    assert scored == [str(small / "checkpoints" / "last.ckpt")]
+    assert (small / "evaluations" / "iwae_k=100000,checkpoint=last.json").is_file()
+
+
+def test_evaluate_refuses_a_setting_given_twice_or_malformed_by_its_key(tmp_path, capsys):
+    """A key given twice is refused (the run's command line refuses it too), not silently
+    the last; a value that is no integer is refused naming the key, the value and what is
+    allowed (not Python's int() error)."""
+    from vaesweep.analysis.cli import evaluate_arguments, main
+
+    with pytest.raises(ValueError, match=r"eval.iwae_k is given twice on the command line "):
+        evaluate_arguments(["eval.iwae_k=5000", "eval.iwae_k=10"])
+    with pytest.raises(SystemExit) as usage_error:
+        main(["evaluate", str(tmp_path), "eval.iwae_k=5000", "eval.iwae_k=10"])
+    assert usage_error.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "eval.iwae_k is given twice on the command line (eval.iwae_k=5000 and "
+        "eval.iwae_k=10): only the last, eval.iwae_k=10, would be used. Give each key once."
+    ) in err
+    assert evaluate_arguments(["eval.iwae_k=+7", "eval.iwae_chunk=null"])[1]["eval.iwae_k"] == 7
+    for setting, message in [
+        ("eval.iwae_k=--5", "eval.iwae_k='--5' is invalid: allowed an integer ≥ 1"),
+        ("eval.iwae_k=5.0", "eval.iwae_k='5.0' is invalid: allowed an integer ≥ 1"),
+        ("eval.iwae_chunk=-3", "eval.iwae_chunk=-3 is invalid: allowed null or an integer ≥ 1"),
+        ("eval.test_examples=5x", "eval.test_examples='5x' is invalid"),
+    ]:
+        assert main(["evaluate", str(tmp_path), setting]) == 1, setting
+        err = capsys.readouterr().err
+        assert f"vaesweep: error: {message}" in err and "int()" not in err, err

@@ -14,6 +14,7 @@ Bad input (no results, mixed datasets, no completed run, unknown format) prints 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections import Counter
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Score every completed run under SWEEP_DIR... again from its checkpoint "
         "(completed as collect says: not a fast_dev_run, nor a result without test metrics; "
         "each run left out is named with its status), "
-        "with eval.iwae_k importance samples (Burda et al.: 5000), without retraining. Each "
+        "with eval.iwae_k importance samples (Burda et al.: 5000), without retraining, on "
+        "the test examples the run was scored on (its trainer.limit_test_batches kept). Each "
         "result goes to <run>/evaluations/iwae_k=K,checkpoint=C.json, beside results.json; "
         "one that exists is not computed again. collect and figures read them as the "
         "columns test/nll@iwae_k=K,checkpoint=C etc.",
@@ -107,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
         help="eval.iwae_k=5000 (default), eval.checkpoint=last|best (default last), "
         "eval.iwae_chunk=N (samples decoded at once; default: sized automatically), "
         "eval.test_examples=N (the first N test examples only, with ',test_examples=N' "
-        "added to the name; default: the whole test split)",
+        "added to the name unless they are the run's own; default: the test examples the "
+        "run was scored on). Each key once",
     )
     return parser
 
@@ -191,12 +194,23 @@ EVALUATE_DEFAULTS = {
 }
 
 
+def _setting_value(value: str) -> Any:
+    """A setting's text as the config reads it: an integer, null, else the text itself
+    (which the settings' checks refuse by key, value and what is allowed)."""
+    if re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        return int(value)
+    return None if value == "null" else value
+
+
 def evaluate_arguments(items: list[str]) -> tuple[list[str], dict[str, Any]]:
     """``vaesweep evaluate``'s positional arguments → (directories, settings). An existing
     path is a directory, whatever its name holds (job directories are named ``beta=1,...``);
     ``eval.KEY=VALUE`` is a setting; anything else with "=" is a mistyped one. ValueError
-    names the argument."""
+    names the argument; a setting given twice is refused (as a run's command line refuses a
+    key given twice), not silently the last. Values are checked by
+    :func:`vaesweep.run.evaluate.check_settings`."""
     settings = dict(EVALUATE_DEFAULTS)
+    given: dict[str, str] = {}
     dirs = []
     for item in items:
         key, eq, value = item.partition("=")
@@ -207,9 +221,13 @@ def evaluate_arguments(items: list[str]) -> tuple[list[str], dict[str, Any]]:
             raise ValueError(
                 f"{item} is neither a directory nor a setting: allowed keys {', '.join(settings)}"
             )
-        settings[key] = (
-            int(value) if value.lstrip("-").isdigit() else (None if value == "null" else value)
-        )
+        if key in given:
+            raise ValueError(
+                f"{key} is given twice on the command line ({given[key]} and {item}): only "
+                f"the last, {item}, would be used. Give each key once."
+            )
+        given[key] = item
+        settings[key] = _setting_value(value)
     return dirs, settings
 
 

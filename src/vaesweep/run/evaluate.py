@@ -5,17 +5,26 @@ A sweep's runs are scored at training time with a modest number of importance sa
 use K = 5000). :func:`evaluate_run` loads a completed run's checkpoint (last or best), builds
 its data exactly as the run did (same split, same fixed test noise), and scores the test split
 again with the IWAE bound at the requested K. The checkpoint's RNG state is restored before
-testing, as in the run itself, so the same K reproduces the run's own test metrics exactly.
+testing, as in the run itself, and the same test examples are scored as the run scored (the
+first batches only where its ``trainer.limit_test_batches`` cut its test split short), so the
+same K reproduces the run's own test metrics exactly. Every run's refusals (not completed, no
+checkpoint, a damaged one, an IWAE chunk that would not fit in memory) come before any run is
+scored.
 
 The result goes to ``<run>/evaluations/iwae_k=K,checkpoint=C.json`` (atomically), beside
-results.json and never over it. An evaluation that exists is not computed again (a relaunch
-continues where a stopped one ended); ``vaesweep collect`` and ``vaesweep figures`` read it as
-the columns ``test/nll@iwae_k=K,checkpoint=C`` etc.
+results.json and never over it; that name means the run's own test examples, comparable with
+its training-time ``test/*``. ``eval.test_examples=N`` scores the first N examples of the test
+split instead, named ``...,test_examples=N`` unless they are exactly the run's own. An
+evaluation that exists is not computed again (a relaunch continues where a stopped one ended),
+unless it holds another number of test examples than its name stands for (one written before
+``trainer.limit_test_batches`` was applied); ``vaesweep collect`` and ``vaesweep figures`` read
+it as the columns ``test/nll@iwae_k=K,checkpoint=C`` etc.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,13 +35,14 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from vaesweep.core.checks import ConfigError, is_int, require
+from vaesweep.core.checks import ConfigError, is_int, is_number, require
 from vaesweep.core.helpers import now
 from vaesweep.data import VAEDataModule
 from vaesweep.model.module import VAE
 from vaesweep.run import record
 from vaesweep.run.config import check_test_settings, resolve_preprocess
 from vaesweep.run.console import quiet_libraries
+from vaesweep.run.memory import check_memory
 from vaesweep.run.policy import verify_checkpoint
 
 log = logging.getLogger("vaesweep")
@@ -89,61 +99,42 @@ class SweepEvaluation(NamedTuple):
     left_out: dict[str, str]
 
 
-def _within_split(
-    result: dict[str, Any] | None, test_examples: int | None, run_dir: Path
-) -> int | None:
-    """``test_examples``, or None (the whole split) when it is at least the run's test split:
-    the evaluation is then the whole split's, named and recorded as such (not as N examples
-    that were never there)."""
-    sizes = ((result or {}).get("dataset") or {}).get("sizes") or {}
-    size = sizes.get("test") if isinstance(sizes, dict) else None
-    if test_examples is None or not isinstance(size, int) or test_examples < size:
-        return test_examples
-    log.info(
-        "%s: eval.test_examples=%d is at least its %d test examples: the whole split is scored",
-        run_dir,
-        test_examples,
-        size,
-    )
-    return None
+class Plan(NamedTuple):
+    """One run's evaluation, decided before anything is scored (:func:`plan_run`)."""
+
+    run_dir: Path
+    cfg: Any  # the run's config (DictConfig)
+    ckpt: Path
+    name: str  # the evaluation's file stem (record.evaluation_name)
+    test_examples: int | None  # as recorded: None = the run's own test examples
+    examples: int  # how many of the test split's first examples are scored
+    split: int  # the test split's size
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike[str],
-    iwae_k: int,
-    checkpoint: str = "last",
-    iwae_chunk: int | None = None,
-    test_examples: int | None = None,
-) -> dict[str, Any] | None:
-    """Scores one completed run again (see the module doc); returns the evaluation written,
-    or None when it already exists. Raises ConfigError for a run that cannot be evaluated
-    (not completed, no checkpoint, a damaged one). ``test_examples``: score the first N
-    examples of the test split only (K = 5000 costs 50 times the training-time K = 100);
-    the evaluation's name and ``test/n_examples`` say so."""
-    check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
-    run_dir = Path(run_dir)
-    result = record.read(run_dir)
-    test_examples = _within_split(result, test_examples, run_dir)
-    name = record.evaluation_name(iwae_k, checkpoint, test_examples)
-    if name in record.read_evaluations(run_dir):
-        return None
-    status, reason = result_status(result)
-    if result is None or status != record.COMPLETED:
-        why = f"{status}: {reason}" if reason else status
-        raise ConfigError(f"{run_dir} holds no completed result ({why}): nothing to evaluate")
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    if not ckpt.is_file():
-        raise ConfigError(
-            f"eval.checkpoint={checkpoint} is invalid for {run_dir}: it has no {ckpt.name} "
-            "(trained with trainer.enable_checkpointing=false?)"
-        )
-    verify_checkpoint(ckpt)
-    cfg = OmegaConf.create(result["config"])
-    started = time.monotonic()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.get("deterministic"):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    data = VAEDataModule(
+def tested_examples(limit: Any, split: int, eval_batch_size: int) -> int:
+    """How many of the test split's first examples a run's test scored on one process: all
+    ``split`` of them unless ``trainer.limit_test_batches`` (``limit``: an integer, batches
+    of ``eval_batch_size``, or a fraction of the batches, rounded down as Lightning rounds
+    it) stopped it after its first batches."""
+    if limit is None:
+        return split
+    batches = math.ceil(split / eval_batch_size)
+    kept = min(batches, limit) if is_int(limit) else int(batches * limit)
+    return min(split, kept * eval_batch_size)
+
+
+def check_chunk_memory(cfg: Any, iwae_k: int, iwae_chunk: int | None) -> None:
+    """The run's config with the evaluation's ``eval.iwae_k`` and ``eval.iwae_chunk``,
+    through a run's own memory check (:func:`vaesweep.run.memory.check_memory`): a chunk
+    whose decoder output would not fit is refused naming ``eval.iwae_chunk``, before
+    anything is scored. Its model check counts 16 bytes a parameter, as for training: the
+    checkpoint the evaluation loads holds Adam's two moments beside the weights."""
+    check_memory(OmegaConf.merge(cfg, {"eval": {"iwae_k": iwae_k, "iwae_chunk": iwae_chunk}}))
+
+
+def _data(cfg: Any, test_examples: int | None) -> VAEDataModule:
+    """The run's data, built exactly as the run built it (same split, same fixed noise)."""
+    return VAEDataModule(
         name=cfg.data.name,
         root=cfg.data.root,
         download=cfg.data.download,
@@ -155,22 +146,145 @@ def evaluate_run(
         test_size=cfg.data.test_size,
         test_examples=test_examples,
     )
+
+
+def _examples(
+    result: dict[str, Any], cfg: Any, test_examples: int | None, run_dir: Path
+) -> tuple[int, int, int | None]:
+    """(the test split's size, how many of its first examples are scored, the
+    ``test_examples`` the evaluation is named and recorded with: None when they are the
+    run's own test examples, comparable with its training-time ``test/*``)."""
+    sizes = (result.get("dataset") or {}).get("sizes") or {}
+    split = sizes.get("test") if isinstance(sizes, dict) else None
+    if not is_int(split):  # not recorded: the data tell
+        split = _data(cfg, None).info["sizes"]["test"]
+    limit = cfg.trainer.get("limit_test_batches")
+    bs = cfg.data.eval_batch_size
+    own = tested_examples(limit, split, bs)
+    # Several processes each test the first batches of their own share: with a limit,
+    # the run's examples are then not the split's first ones, and its count says so.
+    recorded = (result.get("metrics") or {}).get("test/n_examples")
+    first = not is_number(recorded) or int(recorded) == own
+    if test_examples is None:
+        if not first:
+            raise ConfigError(
+                f"{run_dir} cannot be scored on its own test examples: its test metrics "
+                f"are over {recorded:g} examples, not the first {own} that "
+                f"trainer.limit_test_batches={limit} with data.eval_batch_size={bs} leaves "
+                "one process (tested on several processes?); give eval.test_examples=N to "
+                "score the first N examples of its test split (named so)"
+            )
+        return split, own, None
+    examples = min(test_examples, split)
+    if first and examples == own:
+        log.info(
+            "%s: eval.test_examples=%d covers the %d test examples the run was scored on: "
+            "those are scored, named as the run's own",
+            run_dir,
+            test_examples,
+            own,
+        )
+        return split, own, None
+    if test_examples > split:
+        log.info(
+            "%s: eval.test_examples=%d is more than its %d test examples: the whole split is "
+            "scored, named test_examples=%d",
+            run_dir,
+            test_examples,
+            split,
+            split,
+        )
+    return split, examples, examples
+
+
+def plan_run(
+    run_dir: str | os.PathLike[str],
+    iwae_k: int,
+    checkpoint: str = "last",
+    iwae_chunk: int | None = None,
+    test_examples: int | None = None,
+) -> Plan | None:
+    """What evaluating one run scores and under which name, decided before anything is
+    scored; None when that evaluation exists (and holds as many test examples as it stands
+    for). Raises ConfigError for a run that cannot be evaluated: not completed, no
+    checkpoint, a damaged one, an ``eval.iwae_chunk`` that would not fit in memory."""
+    check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
+    run_dir = Path(run_dir)
+    result = record.read(run_dir)
+    status, reason = result_status(result)
+    if result is None or status != record.COMPLETED:
+        why = f"{status}: {reason}" if reason else status
+        raise ConfigError(f"{run_dir} holds no completed result ({why}): nothing to evaluate")
+    cfg = OmegaConf.create(result["config"])
+    split, examples, label = _examples(result, cfg, test_examples, run_dir)
+    name = record.evaluation_name(iwae_k, checkpoint, label)
+    existing = record.read_evaluations(run_dir).get(name)
+    if existing is not None:
+        n = (existing.get("metrics") or {}).get("test/n_examples")
+        if not is_number(n) or int(n) == examples:
+            return None
+        log.info(
+            "%s: evaluations/%s.json holds %g test examples, not the %d it stands for "
+            "(written before trainer.limit_test_batches was applied): scored again",
+            run_dir,
+            name,
+            n,
+            examples,
+        )
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"eval.checkpoint={checkpoint} is invalid for {run_dir}: it has no {ckpt.name} "
+            "(trained with trainer.enable_checkpointing=false?)"
+        )
+    verify_checkpoint(ckpt)
+    check_chunk_memory(cfg, iwae_k, iwae_chunk)
+    return Plan(run_dir, cfg, ckpt, name, label, examples, split)
+
+
+def run_plan(
+    plan: Plan, iwae_k: int, checkpoint: str = "last", iwae_chunk: int | None = None
+) -> dict[str, Any]:
+    """Scores ``plan`` (from :func:`plan_run` with the same settings) and writes it."""
+    cfg, ckpt = plan.cfg, plan.ckpt
+    started = time.monotonic()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.get("deterministic"):  # as the run's Trainer set it ("warn": warn only)
+        torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
+    data = _data(cfg, plan.examples if plan.examples < plan.split else None)
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
     metrics = score(model, data, str(ckpt))
     evaluation = {
         "status": record.COMPLETED,
         "iwae_k": iwae_k,
         "checkpoint": checkpoint,
-        "test_examples": test_examples,
-        "checkpoint_file": str(ckpt.relative_to(run_dir)),
+        "test_examples": plan.test_examples,
+        "limit_test_batches": cfg.trainer.get("limit_test_batches"),
+        "checkpoint_file": str(ckpt.relative_to(plan.run_dir)),
         "metrics": metrics,
         "unavailable": record.not_finite(metrics),
         "evaluated_at": now(),
         "duration_s": round(time.monotonic() - started, 3),
         "versions": record.versions(),
     }
-    record.write_evaluation(run_dir, name, evaluation)
+    record.write_evaluation(plan.run_dir, plan.name, evaluation)
     return evaluation
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    iwae_k: int,
+    checkpoint: str = "last",
+    iwae_chunk: int | None = None,
+    test_examples: int | None = None,
+) -> dict[str, Any] | None:
+    """Scores one completed run again (see the module doc); returns the evaluation written,
+    or None when it already exists. Raises ConfigError for a run that cannot be evaluated
+    (:func:`plan_run`). ``test_examples``: score the first N examples of the test split only
+    (K = 5000 costs 50 times the training-time K = 100); the evaluation's name and
+    ``test/n_examples`` say so."""
+    plan = plan_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
+    return None if plan is None else run_plan(plan, iwae_k, checkpoint, iwae_chunk)
 
 
 def evaluate_sweep(
@@ -182,38 +296,50 @@ def evaluate_sweep(
     progress: Callable[[str], None] | None = None,
 ) -> SweepEvaluation:
     """Evaluates every completed run below ``dirs``, as ``vaesweep collect`` counts them
-    (:func:`result_status`: not a ``fast_dev_run`` nor an ``incomplete`` result).
-    ``progress``: told one line per run evaluated, found already evaluated, or left out
-    (with its status and why)."""
+    (:func:`result_status`: not a ``fast_dev_run`` nor an ``incomplete`` result). Every
+    run's refusal (:func:`plan_run`) comes before any run is scored; a refused run is a
+    problem and the others go on. ``progress``: told one line per run evaluated, found
+    already evaluated, or left out (with its status and why)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)
     done = skipped = 0
     problems: list[str] = []
     left_out: dict[str, str] = {}
+    plans: list[Plan] = []
+
+    def tell(line: str) -> None:
+        log.info("%s", line)
+        if progress is not None:
+            progress(line)
+
     runs = sorted({p.parent for d in dirs for p in Path(d).rglob(record.RESULTS_FILE)})
     for run_dir in runs:
         status, reason = result_status(record.read(run_dir))
         if status != record.COMPLETED:
             left_out[str(run_dir)] = status
-            line = f"{run_dir}: not evaluated, {status}" + (f" ({reason})" if reason else "")
-            log.info("%s", line)
-            if progress is not None:
-                progress(line)
+            tell(f"{run_dir}: not evaluated, {status}" + (f" ({reason})" if reason else ""))
             continue
-        started = time.monotonic()
         try:
-            with quiet_libraries():  # Lightning's Trainer, restored after each run
-                evaluation = evaluate_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
+            plan = plan_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
         except Exception as e:  # one run's problem never stops the others
             problems.append(f"{run_dir}: {type(e).__name__}: {e}")
             continue
-        if evaluation is None:
+        if plan is None:
             skipped += 1
-            line = f"{run_dir}: already evaluated"
+            tell(f"{run_dir}: already evaluated")
         else:
-            done += 1
-            nll = evaluation["metrics"].get("test/nll")
-            line = f"{run_dir}: test/nll={nll:.4f} at iwae_k={iwae_k} ({time.monotonic() - started:.1f} s)"
-        log.info("%s", line)
-        if progress is not None:
-            progress(line)
+            plans.append(plan)
+    for plan in plans:
+        started = time.monotonic()
+        try:
+            with quiet_libraries():  # Lightning's Trainer, restored after each run
+                evaluation = run_plan(plan, iwae_k, checkpoint, iwae_chunk)
+        except Exception as e:  # one run's problem never stops the others
+            problems.append(f"{plan.run_dir}: {type(e).__name__}: {e}")
+            continue
+        done += 1
+        nll = evaluation["metrics"].get("test/nll")
+        tell(
+            f"{plan.run_dir}: test/nll={nll:.4f} at iwae_k={iwae_k} "
+            f"({time.monotonic() - started:.1f} s)"
+        )
     return SweepEvaluation(done, skipped, problems, left_out)
