@@ -2,12 +2,17 @@
 # One GPU check (docs/benchmarks.md, "GPU check"): on a machine with one CUDA GPU, in < 8 min:
 #   1. one job on CUDA against a plain PyTorch loop (benchmarks/train_throughput.py, short);
 #   2. the mission sweep (likelihood=gaussian,laplace beta=0.5,1,4; two seeds: 12 jobs) under
-#      hydra/launcher=ray at 1, 2, 4 and 8 jobs per GPU: wall time, aggregate samples/s, and
-#      the GPU ids / shares the jobs recorded in results.json;
+#      hydra/launcher=ray at 1, 2, 4 and 8 jobs per GPU: wall time, aggregate samples/s (over
+#      the wall time, and over the jobs' training phases alone), and the GPU ids / shares the
+#      jobs recorded in results.json;
 #   2b. the same sweep under hydra/launcher=local_parallel (no Ray), 2 jobs on the GPU;
 #   3. determinism on CUDA: the same job twice with trainer=gpu (deterministic: true), metrics
 #      compared bit for bit, and the CUDA settings it needed (CUBLAS_WORKSPACE_CONFIG).
 # Needs ray (pip install "vaesweep[ray]"). Usage: bash benchmarks/gpu_check.sh [python]
+# Everything it prints is also written to $OUT/gpu_check.txt: commit that file as
+# benchmarks/results/gpu_check.txt. Each step has a time limit; a failed step is reported and
+# the next one runs. GPU_CHECK_DIR (default: a new /tmp/gpu_check.XXXXXX) must be new or
+# empty: completed jobs found there would be skipped and counted again.
 # GPU_CHECK_DRY_RUN=1: the same steps and reports on the CPU, small (one GPU declared to Ray,
 # 2 jobs, 1 epoch): a check of the script itself, for a machine without a GPU (a slow test).
 set -euo pipefail
@@ -16,6 +21,11 @@ PY=${1:-python3}
 export WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
 OUT=${GPU_CHECK_DIR:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
+if [ -n "$(ls -A "$OUT")" ]; then
+  echo "GPU_CHECK_DIR=$OUT is not empty: its completed jobs would be skipped and counted again" >&2
+  exit 2
+fi
+exec > >(tee "$OUT/gpu_check.txt") 2>&1
 START=$(date +%s)
 say() { printf '\n== %s (t=%ds)\n' "$1" $(( $(date +%s) - START )); }
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
@@ -29,7 +39,7 @@ fi
 
 say "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-"$PY" - <<'EOF'
+"$PY" - <<'EOF' || echo "  (exit $?)"
 import torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}, "
       f"devices: {torch.cuda.device_count()}")
@@ -41,20 +51,29 @@ except ImportError:
 EOF
 
 say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
-"$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv --batches 128 \
-    --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 | tail -n 25
+# The plain loop and the Lightning floor run in the product's process after its Trainer, so
+# under its deterministic algorithms (trainer.deterministic: true) too.
+{ timeout 150 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
+    --batches 128 --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 \
+    || echo "  (exit $?: step 1 failed; 124: over 150 s)"; } | tail -n 25
 
 say "2. the mission sweep under the Ray launcher, K jobs per GPU"
 GRID=("${JOBS[@]}" "${TRAINER[@]}" ${DECLARE[@]+"${DECLARE[@]}"} trainer.max_epochs="$EPOCHS"
       trainer.enable_progress_bar=false logger=csv eval.iwae_k=100)
-report() {  # report DIR LABEL T0 T1: what the sweep's jobs recorded
-  "$PY" - "$@" <<'EOF'
-import json, sys
-from collections import Counter
+report() {  # report DIR LABEL T0 T1 STAMPS: what the sweep's jobs recorded
+  "$PY" - "$@" <<'EOF' || echo "  (report failed: exit $?)"
+import json, statistics, sys
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 sweep, k, t0, t1 = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+stamps = Path(sys.argv[5])
+results = []
+for p in sorted(sweep.glob("*/results.json")):
+    try:
+        results.append(json.loads(p.read_text()))
+    except ValueError as e:
+        print(f"  {p}: unreadable ({e})")
 done = [r for r in results if r["status"] == "completed"]
 samples = sum(r["dataset"]["sizes"]["train"] * r["config"]["trainer"]["max_epochs"] for r in done)
 train_s = sum(r["duration_s"] for r in done)
@@ -69,15 +88,43 @@ print(f"K={k} jobs/GPU: {len(done)}/{len(results)} completed, wall {wall:.1f} s,
       f"({samples / max(span, 1):,.0f}/s over the jobs' span of {span:.0f} s, Ray's start "
       f"excluded, ±1 s), job time summed {train_s:.1f} s, CUDA_VISIBLE_DEVICES {dict(ids)}, "
       f"share {share}, device {name}")
+# Training alone (each job's first epoch start to its last epoch end, VAESWEEP_TIMESTAMPS):
+# what the jobs got from the GPU while they trained, without imports, test and files.
+events = defaultdict(list)
+if stamps.exists():
+    for line in stamps.read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] in ("epoch_start", "epoch_end"):
+            events[e["job"]].append(e)
+by_name = {r.get("job_name"): r for r in done}
+rates, phases, trained = [], [], 0
+for job, evs in events.items():
+    starts = [e["time"] for e in evs if e["event"] == "epoch_start"]
+    ends = [e["time"] for e in evs if e["event"] == "epoch_end"]
+    r = by_name.get(job)
+    if not starts or not ends or r is None or max(ends) <= min(starts):
+        continue
+    n = r["dataset"]["sizes"]["train"] * r["config"]["trainer"]["max_epochs"]
+    rates.append(n / (max(ends) - min(starts)))
+    phases.append((min(starts), max(ends)))
+    trained += n
+if rates:
+    busy = max(e for _, e in phases) - min(s for s, _ in phases)
+    print(f"  training only: per job median {statistics.median(rates):,.0f} samples/s "
+          f"(range {min(rates):,.0f}-{max(rates):,.0f}, {len(rates)} jobs); all jobs' training "
+          f"samples over the span of their training phases ({busy:.1f} s): {trained / busy:,.0f}/s")
+else:
+    print("  training only: no epoch timestamps")
 EOF
 }
 for K in 1 2 4 8; do
   FRACTION=$("$PY" -c "print(1 / $K)")
   DIR="$OUT/sweep_k$K"
   T0=$(date +%s.%N)
-  "$PY" run.py -m "${GRID[@]}" hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" \
-      "hydra.sweep.dir=$DIR" > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log)"
-  report "$DIR" "$K" "$T0" "$(date +%s.%N)"
+  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout 240 "$PY" run.py -m "${GRID[@]}" \
+      hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" "hydra.sweep.dir=$DIR" \
+      > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log; 124: over 240 s)"
+  report "$DIR" "$K" "$T0" "$(date +%s.%N)" "$OUT/stamps_k$K.jsonl"
 done
 
 say "2b. the same sweep under local_parallel (no Ray), 2 jobs per GPU"
@@ -85,31 +132,52 @@ LOCAL=("${JOBS[@]}" "${TRAINER[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_
        logger=csv eval.iwae_k=100 hydra/launcher=local_parallel hydra.launcher.n_jobs=2)
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then LOCAL+=("hydra.launcher.gpus=[0]"); fi
 T0=$(date +%s.%N)
-"$PY" run.py -m "${LOCAL[@]}" "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
-    || echo "  (exit $?: see $OUT/local_k2.log)"
-report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)"
+VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout 180 "$PY" run.py -m "${LOCAL[@]}" \
+    "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
+    || echo "  (exit $?: see $OUT/local_k2.log; 124: over 180 s)"
+report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)" "$OUT/stamps_local_k2.jsonl"
 
 say "3. determinism on $DEVICE (${TRAINER[*]}: deterministic: true)"
-echo "CUBLAS_WORKSPACE_CONFIG in this shell: ${CUBLAS_WORKSPACE_CONFIG:-<unset>} (Lightning sets :4096:8 when deterministic)"
+# trainer.deterministic: true is PyTorch's strict mode (Lightning turns it on, and sets
+# CUBLAS_WORKSPACE_CONFIG=:4096:8 whatever the shell had): an operation without a
+# deterministic CUDA kernel fails the job, and its error names the operation.
+echo "CUBLAS_WORKSPACE_CONFIG in this shell: ${CUBLAS_WORKSPACE_CONFIG:-<unset>} (a deterministic job runs with :4096:8, set by Lightning)"
 JOB=("${TRAINER[@]}" trainer.max_epochs=2 trainer.enable_progress_bar=false logger=csv
      likelihood=laplace)
 for i in 1 2; do
-  "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 || echo "  run $i: exit $?"
+  timeout 120 "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
+      || echo "  run $i: exit $? (124: over 120 s)"
 done
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$OUT" <<'EOF' || echo "  (determinism report failed: exit $?)"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-a, b = (json.loads((out / f"det{i}" / "results.json").read_text()) for i in (1, 2))
-same = a["metrics"] == b["metrics"]
-print(f"two runs: bit-identical metrics: {same}; devices: {a.get('devices')}")
-if not same:
-    diff = {k: (a["metrics"][k], b["metrics"].get(k)) for k in a["metrics"] if a["metrics"][k] != b["metrics"].get(k)}
-    print(f"  differing: {dict(list(diff.items())[:8])}")
-logs = " ".join((out / f"det{i}" / "train.log").read_text() for i in (1, 2))
-for word in ("CUBLAS_WORKSPACE_CONFIG", "deterministic", "nondeterministic"):
-    if word in logs:
-        print(f"  train.log mentions {word!r}: see {out}/det1/train.log")
+runs = []
+for i in (1, 2):
+    path = out / f"det{i}" / "results.json"
+    try:
+        runs.append(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        print(f"  run {i}: no readable results.json ({e}); see {out}/det{i}.log")
+done = [r for r in runs if r.get("status") == "completed" and r.get("metrics")]
+for r in runs:
+    if r not in done:
+        print(f"  {r.get('run_dir')}: {r.get('status')}, {r.get('error')}")
+if len(done) == 2:
+    a, b = done
+    same = a["metrics"] == b["metrics"]
+    print(f"two runs: bit-identical metrics: {same}; devices: {a.get('devices')}")
+    if not same:
+        diff = {k: (a["metrics"][k], b["metrics"].get(k)) for k in a["metrics"] if a["metrics"][k] != b["metrics"].get(k)}
+        print(f"  differing: {dict(list(diff.items())[:8])}")
+else:
+    print(f"two runs: not compared ({len(done)} of 2 completed)")
+for i in (1, 2):
+    log = out / f"det{i}" / "train.log"
+    text = log.read_text() if log.exists() else ""
+    for word in ("CUBLAS_WORKSPACE_CONFIG", "nondeterministic", "does not have a deterministic"):
+        if word in text:
+            print(f"  run {i}: train.log mentions {word!r}: see {log}")
 EOF
 
-say "done in $(( $(date +%s) - START )) s; files in $OUT"
+say "done in $(( $(date +%s) - START )) s; files in $OUT (this report: $OUT/gpu_check.txt)"

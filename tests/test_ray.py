@@ -471,8 +471,17 @@ def test_the_gpu_check_script_runs_through_on_the_cpu(workdir):
         line = next(x for x in out.splitlines() if x.startswith(f"K={k} jobs/GPU:"))
         assert "2/2 completed" in line and f"share {{{share}}}" in line, line
         assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line  # the declared GPU, both jobs
+        below = out.splitlines()[out.splitlines().index(line) + 1]
+        assert below.startswith("  training only: per job median") and "2 jobs" in below
     line = next(x for x in out.splitlines() if x.startswith("K=2 (local_parallel) jobs/GPU:"))
     assert "2/2 completed" in line and "share {0.5}" in line, line
     assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line
     assert "two runs: bit-identical metrics: True" in out
-    assert "(exit" not in out and "run 1: exit" not in out
+    assert "(exit" not in out and "run 1: exit" not in out and "failed" not in out
+    assert (workdir / "check" / "gpu_check.txt").read_text() == out  # the file to commit
+    # A directory that holds a check already is refused: its jobs would be counted again.
+    again = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 2 and "is not empty" in again.stderr

@@ -97,8 +97,8 @@ def build_run(
         raise ConfigError(missing)
     gpus.cap_memory()  # a job given a share of a GPU: at most that share of its memory
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.trainer.deterministic:  # as the Trainer will set it: strict for true, "warn" warns
+        torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
     preprocess = resolve_preprocess(cfg)
     data = _build_data(cfg, preprocess)
     if record is not None:
