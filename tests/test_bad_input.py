@@ -24,7 +24,13 @@ from vaesweep.analysis.results import load_results
 from vaesweep.data.datasets import check_available
 from vaesweep.data.download import DatasetNotFoundError
 from vaesweep.run import record
-from vaesweep.run.config import ConfigError, NothingTrained, require_training, validate_config
+from vaesweep.run.config import (
+    CONF_DIR,
+    ConfigError,
+    NothingTrained,
+    require_training,
+    validate_config,
+)
 from vaesweep.run.failures import describe
 from vaesweep.run.memory import DATA_SHAPES, count_parameters
 from vaesweep.run.record import NOT_RESULTS
@@ -32,6 +38,8 @@ from vaesweep.run.record import NOT_RESULTS
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at once
+CPU_DEVICES = r"trainer.devices={} is invalid: allowed on the CPU \(trainer.accelerator=cpu\) an"
+SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an integer ≥ 1"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +61,8 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         (["optimizer.weight_decay=-1"], r"optimizer.weight_decay=-1 is invalid: allowed a finite"),
         (["optimizer.betas=[0.9,1.5]"], r"optimizer.betas=\[0.9, 1.5\] is invalid"),
         (["model.hidden=[200000,200000]"], r"model.hidden=\[200000, 200000\].*parameters.*GB"),
-        (["model=conv", "model.channels=[0]"], r"model.hidden=\[256\].*channels=\[0\] is invalid"),
+        (["model=conv", "model.channels=[0]"], r"^model.channels=\[0\] is invalid: channels must"),
+        (["model.hidden=abc"], r"^model.hidden='abc' is invalid: hidden must be a sequence"),
         (
             ["likelihood.scale=optimal", "likelihood.min_log_scale=100"],
             r"likelihood.min_log_scale=100 is invalid: allowed null or a number < 0",
@@ -104,10 +113,128 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at on
         (["trainer.devices=abc"], r"trainer.devices='abc' is invalid"),
         (["trainer.devices=[0,0]"], r"trainer.devices=\[0, 0\] is invalid"),
         (["trainer.devices=[]"], r"trainer.devices=\[\] is invalid"),
-        (["trainer.devices=-1"], None),
         (["trainer.devices='2'"], None),
-        # A key others refer to, removed: named at the first key that refers to it.
-        (["~beta"], r"\.beta is invalid: Interpolation key 'beta' not found: a key its value"),
+        # What Lightning's CPU accelerator refuses when it builds the Trainer (a TypeError);
+        # -1 and device ids are GPU forms (test_devices_follow_the_accelerator: auto).
+        (["trainer.accelerator=cpu", "trainer.devices=-1"], CPU_DEVICES.format("-1")),
+        (["trainer.accelerator=cpu", "trainer.devices=[0]"], CPU_DEVICES.format(r"\[0\]")),
+        (["trainer.accelerator=cpu", "trainer.devices='0,'"], CPU_DEVICES.format("'0,'")),
+        (["trainer.accelerator=cpu", "trainer.devices=2"], None),
+        (["trainer.num_nodes=0"], r"trainer.num_nodes=0 is invalid: allowed an integer ≥ 1"),
+        (["trainer.num_nodes=true"], r"trainer.num_nodes=True is invalid"),
+        (
+            ["trainer.precision=bf16-mix"],
+            r"trainer.precision='bf16-mix' is invalid: allowed null \(32-true\) or one of "
+            r"16-mixed, bf16-mixed, 32-true",
+        ),
+        (["trainer.precision=32.0"], r"trainer.precision=32.0 is invalid"),
+        (["trainer.precision=64"], None),
+        (["trainer.precision=bf16-mixed"], None),
+        (
+            ["trainer.accelerator=gpus"],
+            r"trainer.accelerator='gpus' is invalid: allowed one of auto, gpu, cpu, .*did you "
+            r"mean gpu\?",
+        ),
+        (
+            ["trainer.strategy=dpp"],
+            r"trainer.strategy='dpp' is invalid: allowed one of auto, ddp, ddp_spawn, .*did "
+            r"you mean ddp\?",
+        ),
+        # Trainer switches: a string would be truthy ("off" kept checkpoints and let
+        # eval.checkpoint=best through).
+        (
+            ["trainer.enable_checkpointing=off", "eval.checkpoint=best"],
+            r"trainer.enable_checkpointing='off' is invalid: allowed true or false",
+        ),
+        (["trainer.inference_mode=1"], r"trainer.inference_mode=1 is invalid: allowed true or"),
+        (["trainer.detect_anomaly='no'"], r"trainer.detect_anomaly='no' is invalid"),
+        (["trainer.benchmark=null", "trainer.enable_model_summary=true"], None),
+        # Keys vaesweep gives the Trainer itself ("got multiple values for keyword argument").
+        (
+            ["+trainer.logger=false"],
+            r"trainer.logger=False is invalid: vaesweep sets the Trainer's logger itself; "
+            r"allowed: logger=none\|csv\|wandb",
+        ),
+        (["+trainer.callbacks=[]"], r"trainer.callbacks=\[\] is invalid: vaesweep sets the"),
+        (
+            ["+trainer.default_root_dir=/tmp/elsewhere"],
+            r"trainer.default_root_dir='/tmp/elsewhere' is invalid: .*allowed: hydra.run.dir=DIR",
+        ),
+        # Validation by a fraction of an epoch needs epochs; a time (Lightning 2.6) is taken.
+        (
+            ["trainer.check_val_every_n_epoch=null", "trainer.val_check_interval=0.5"],
+            r"trainer.val_check_interval=0.5 is invalid: allowed an integer ≥ 1 .* with "
+            r"trainer.check_val_every_n_epoch=null",
+        ),
+        (["trainer.val_check_interval=00:00:00:01"], None),
+        (["trainer.val_check_interval={minutes:1}", "trainer.check_val_every_n_epoch=null"], None),
+        (["trainer.val_check_interval=0:0:0:1"], None),  # Lightning's parser takes it
+        (["trainer.val_check_interval=1:00"], r"val_check_interval='1:00' is invalid: allowed n"),
+        (["trainer.val_check_interval={seconds:0}"], r"val_check_interval=\{'seconds': 0\} is"),
+        # Durations past datetime.timedelta's limit (an OverflowError in Lightning's Timer).
+        (
+            ["trainer.max_time={hours:1e20}"],
+            r"trainer.max_time=\{'hours': 1e\+20\} is invalid: allowed a duration of at most "
+            r"999999999 days",
+        ),
+        (['trainer.max_time="9999999999:00:00:00"'], r"max_time='9999999999:00:00:00' is inv"),
+        (['trainer.max_time="999999999:00:00:00"'], None),
+        # The optimiser's other arguments: by the type of their default, then built.
+        (
+            ["+optimizer.eps=-1"],
+            r"optimizer.eps=-1 is invalid: torch.optim.adam.Adam refuses it \(Invalid epsilon",
+        ),
+        (["+optimizer.eps=abc"], r"optimizer.eps='abc' is invalid: allowed a finite number"),
+        (["+optimizer.amsgrad=off"], r"optimizer.amsgrad='off' is invalid: allowed true or false"),
+        (
+            ["+optimizer.foreach=true"],  # with the default optimizer.fused=true
+            r"optimizer.fused=True with optimizer.foreach=True is invalid: .*Adam refuses them "
+            r"\(`fused` and `foreach` cannot be `True` together",
+        ),
+        (["+optimizer.foreach=true", "optimizer.fused=false"], None),
+        (["+optimizer.eps=1e-6", "+optimizer.maximize=false"], None),
+        # Data: before the data load (the data module's ValueError was a plain failure).
+        (["data=digits", "data.val_size=-5"], SPLIT.format("data.val_size=-5")),
+        (["data.val_size=abc"], SPLIT.format("data.val_size='abc'")),
+        (["data.val_size=0.5"], SPLIT.format("data.val_size=0.5")),
+        (["data.test_size=true"], SPLIT.format("data.test_size=True")),
+        (["data.test_size=0"], SPLIT.format("data.test_size=0")),
+        (
+            ["data.name=digit"],
+            r"data.name='digit' is invalid: allowed one of mnist_small, mnist, fashion_mnist, "
+            r"digits \(vaesweep.data.DATASETS",
+        ),
+        (
+            ["data=mnist", "data.test_size=100"],
+            r"data.test_size=100 is invalid: allowed null: data=mnist is tested on its official",
+        ),
+        (["data=digits", "data.val_size=100", "data.test_size=50"], None),
+        # Keys of the composed config that nothing reads (a config file's; the command
+        # line's are refused by check_overrides, test_a_key_added_to_a_group...).
+        (["+seeds=3"], r"^seeds=3 is invalid: the config has no root key seeds \(did you mean"),
+        (["+data.batchsize=16"], r"^data.batchsize=16 is invalid: data has no key batchsize \(d"),
+        (["+eval.iwae_K=5000"], r"^eval.iwae_K=5000 is invalid: eval has no key iwae_K \(did y"),
+        (["+sweep.rerun=true"], r"^sweep.rerun=True is invalid: sweep has no key rerun"),
+        (["+paths.log_dir=/tmp/x"], r"^paths.log_dir='/tmp/x' is invalid: paths has no key"),
+        (["+optimized_metric=val/elbo"], None),  # hparams_search/lht_optuna.yaml's key
+        (["+paths.mine=/tmp/x", "data.root=${paths.mine}", "+mine=1", "beta=${mine}"], None),
+        # A reference that does not resolve, a key removed: named, with the value as written.
+        (
+            ["~beta"],
+            r"^beta_schedule.beta='\$\{beta\}' is invalid: Interpolation key 'beta' not found",
+        ),
+        (
+            ["beta=${nope}"],
+            r"^beta='\$\{nope\}' is invalid \(read through beta_schedule.beta\): Interpolation "
+            r"key 'nope' not found",
+        ),
+        (
+            ["seed=${oc.env:VAESWEEP_TEST_UNSET}"],
+            r"^seed='\$\{oc.env:VAESWEEP_TEST_UNSET\}' is invalid: .*Environment variable "
+            r"'VAESWEEP_TEST_UNSET' not found",
+        ),
+        (["~seed"], r"^seed is invalid: Key 'seed' is not in struct: the run reads this key"),
+        (["~data.batch_size"], r"^data.batch_size is invalid: .*\(removed with ~data.batch_size"),
     ],
 )
 def test_refused_before_training(overrides, message):
@@ -130,12 +257,25 @@ def test_refused_before_training(overrides, message):
         ("devices", 0),
         ("devices", -2),
         ("devices", "abc"),
+        ("max_time", "9999999999:00:00:00"),
+        ("max_time", {"hours": 1e20}),
+        ("precision", "bf16-mix"),
+        ("precision", 32.0),
+        ("accelerator", "gpus"),
+        ("strategy", "dpp"),
+        ("num_nodes", 0),
+        ("devices", -1),  # with accelerator=cpu
+        ("devices", [0]),
+        ("devices", "0,"),
+        ("val_check_interval", "1:00"),
+        ("val_check_interval", 0.5),  # with check_val_every_n_epoch=None
     ],
 )
 def test_lightning_refuses_what_is_refused_here(key, value):
     """The values refused above are ones Lightning's own Trainer refuses (so none is a
     restriction of vaesweep's); the forms allowed above it takes."""
     kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False}
+    kw["check_val_every_n_epoch"] = None
     with pytest.raises(Exception) as refused:
         L.Trainer(**kw, **{key: value})
     assert not isinstance(refused.value, ConfigError)
@@ -143,6 +283,72 @@ def test_lightning_refuses_what_is_refused_here(key, value):
         timer = L.pytorch.callbacks.Timer(duration=allowed)
         assert timer.time_remaining() == 90.0  # as max_time_seconds reads it
     L.Trainer(**kw, overfit_batches=0.5, devices="2")
+    for interval in ("00:00:00:01", "0:0:0:1", {"minutes": 1}, 2):
+        L.Trainer(**kw, val_check_interval=interval)
+
+
+def test_the_fixed_trainer_values_are_lightnings():
+    """trainer.precision and the Trainer's switches are checked without importing Lightning
+    (a sweep's launching process): the fixed tuples are Lightning's own."""
+    import inspect
+    import typing
+
+    from lightning.fabric import connector
+
+    from vaesweep.run.config import PRECISIONS, TRAINER_BOOLS, TRAINER_NULLABLE_BOOLS
+
+    lightnings = {
+        *typing.get_args(connector._PRECISION_INPUT_STR),
+        *typing.get_args(connector._PRECISION_INPUT_INT),
+        *typing.get_args(connector._PRECISION_INPUT_STR_ALIAS),
+    }
+    assert set(PRECISIONS) == lightnings
+    parameters = inspect.signature(L.Trainer.__init__).parameters
+    switches = {
+        name
+        for name, p in parameters.items()
+        if p.annotation in (bool, bool | None, typing.Optional[bool])  # noqa: UP045
+    }
+    assert set(TRAINER_BOOLS) == switches
+    assert all(parameters[name].default is None for name in TRAINER_NULLABLE_BOOLS)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is visible"
+)
+@pytest.mark.parametrize("devices", ["-1", "[0]", "'0,1'"])
+def test_devices_follow_the_accelerator(devices):
+    """trainer.accelerator=auto is the CPU where no GPU is visible, whose accelerator takes
+    no -1 (all) and no device ids (Lightning: a TypeError once the data are loaded); a
+    sweep's launching process, whose jobs may run where there is a GPU, lets them through."""
+    cfg = compose_cfg([f"trainer.devices={devices}", "paths.data_dir=/tmp"])
+    with pytest.raises(ConfigError, match=r"allowed on the CPU \(trainer.accelerator=auto, and "):
+        validate_config(cfg)
+    validate_config(cfg, in_job=False)
+
+
+def test_the_keys_vaesweep_sets_are_not_offered():
+    """+trainer.max_epoch's nearest-name refusal lists the Trainer's arguments without the
+    ones vaesweep gives the Trainer itself (which are refused: test_refused_before_training)."""
+    with pytest.raises(ConfigError) as refused:
+        validate(["+trainer.max_epoch=3"])
+    allowed = str(refused.value).split("Allowed: ", 1)[1].split(", ")
+    assert "max_epochs" in allowed and "plugins" in allowed
+    assert not {"logger", "callbacks", "default_root_dir"} & set(allowed)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        *(f"experiment={p.stem}" for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))),
+        *(f"hparams_search={p.stem}" for p in sorted((CONF_DIR / "hparams_search").glob("*.yaml"))),
+    ],
+)
+def test_every_preset_holds_only_keys_the_run_reads(preset):
+    """The shipped presets pass the check of the composed config's keys (optimized_metric
+    included); one with a key nothing reads is refused (a user's, --config-dir: the CLI
+    test below)."""
+    validate([preset])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
@@ -381,6 +587,74 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
 
 
+def test_a_bad_data_value_or_a_removed_key_is_a_refusal_a_relaunch_checks_again(tmp_path):
+    """data.val_size=-5 was refused by the data module alone (a ValueError, after the record
+    opened): a plain failure, which the relaunch left alone (JobNotRerun: pass
+    sweep.rerun_failed=true); ~eval.n_images, ~seed and an override whose interpolation does
+    not resolve failed with no results.json. Each is now a ConfigError
+    recorded as a refusal, checked again by every launch, before anything is computed; a
+    split larger than the dataset is still refused once it is loaded, as a ConfigError."""
+    args = [*TINY, "logger=none", "hydra.run.dir=run"]
+    for bad, message in (
+        ("data.val_size=-5", "data.val_size=-5 is invalid: allowed null (the dataset's default"),
+        ("data.val_size=-5", "data.val_size=-5 is invalid"),  # again: not JobNotRerun
+        ("~eval.n_images", "eval.n_images is invalid: Key 'n_images' is not in struct: the"),
+        ("~seed", "seed is invalid: Key 'seed' is not in struct: the run reads this key"),
+        ("beta=${nope}", "beta='${nope}' is invalid (read through beta_schedule.beta)"),
+        ("data.val_size=5000", "data.val_size=5000: must be an integer in [1, 1596]"),
+    ):
+        line = one_line(run_cli([*args, bad], tmp_path))
+        assert line.startswith(f"[vaesweep] ConfigError: {message}"), line
+        (result,) = results_under(tmp_path / "run")
+        assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
+        assert message in result["error"]["message"] and record.refused(result)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_config_file_key_that_nothing_reads_is_refused(tmp_path):
+    """A key of a user's config file (--config-dir: a primary config extending train, an
+    experiment preset) that nothing reads was recorded in results.json as if it had been
+    used (data.batchsize=16, while batch_size=64 trained); a key Hydra's own config reads
+    (hydra.run.dir: ${paths.log_dir}/run) is read."""
+    conf = tmp_path / "conf"
+    (conf / "experiment").mkdir(parents=True)
+    extend = "defaults:\n  - train\n  - _self_\n"
+    (conf / "typo.yaml").write_text(f"{extend}data:\n  batchsize: 16\n")
+    (conf / "experiment" / "typo.yaml").write_text("# @package _global_\neval:\n  iwae_K: 5\n")
+    (conf / "mine.yaml").write_text(
+        f"{extend}paths:\n  log_dir: ${{paths.output_dir}}/logs\n"
+        "hydra:\n  run:\n    dir: ${paths.log_dir}/run\n"
+    )
+    base, tiny = ["--config-dir", str(conf)], [*TINY, "logger=none"]
+    args = [*base, "--config-name", "typo", *tiny, "hydra.run.dir=a"]
+    line = one_line(run_cli(args, tmp_path))
+    assert line.startswith(
+        "[vaesweep] ConfigError: data.batchsize=16 is invalid: data has no key batchsize (did "
+        "you mean data.batch_size?)"
+    ), line
+    args = ["-m", *base, *tiny, "experiment=typo", "seed=0,1", "hydra.sweep.dir=s"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (
+        "sweep refused, no job was run: 2 of the 2 jobs would be refused when their turn came: "
+        "eval.iwae_K=5 is invalid: eval has no key iwae_K (did you mean eval.iwae_k?)"
+    ) in proc.stderr
+    # The key check passes (paths.log_dir is read by hydra.run.dir): the next one refuses.
+    line = one_line(run_cli([*base, "--config-name", "mine", *tiny, "beta=-1"], tmp_path))
+    assert line == "[vaesweep] ConfigError: beta=-1 is invalid: allowed a finite number ≥ 0"
+    assert (tmp_path / "outputs" / "logs" / "run" / "results.json").exists()
+    # An interpolation of a config file that does not resolve: an error of OmegaConf's,
+    # which wrote no results.json; a refusal now, naming the key as written.
+    (conf / "env.yaml").write_text(f"{extend}beta: ${{oc.env:VAESWEEP_TEST_UNSET}}\n")
+    line = one_line(run_cli([*base, "--config-name", "env", *tiny, "hydra.run.dir=e"], tmp_path))
+    assert line.startswith(
+        "[vaesweep] ConfigError: beta='${oc.env:VAESWEEP_TEST_UNSET}' is invalid (read through "
+        "beta_schedule.beta): KeyError raised while resolving interpolation"
+    ), line
+    (result,) = results_under(tmp_path / "e")
+    assert result["error"]["type"] == "ConfigError" and record.refused(result)
+
+
 @pytest.mark.slow
 def test_data_that_are_not_there_lose_nothing_and_are_checked_again(tmp_path):
     """IDX files that are not there refuse a job before its record opens: a new job records
@@ -566,6 +840,11 @@ def test_a_grid_with_one_bad_value_is_refused_before_any_job(tmp_path):
     [
         (["-m", "seed=0,1", "seed=2"], "seed is given twice on the command line"),
         (["-m", "sweep.resume=nonexistent"], "sweep.resume=nonexistent is invalid: no such"),
+        # Refused by the data module only, once the first job had trained.
+        (
+            ["-m", "data.val_size=100,-5"],
+            "1 of the 2 jobs would be refused when their turn came: data.val_size=-5 is invalid",
+        ),
     ],
 )
 def test_sweeps_refused_before_any_job(tmp_path, args, message):

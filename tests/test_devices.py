@@ -117,7 +117,10 @@ def test_the_config_is_refused_before_training(no_launcher, overrides, message):
         validate_config(compose_cfg(overrides))
 
 
-def test_devices_minus_one_is_left_to_setup(no_launcher):
+def test_devices_minus_one_is_left_to_setup(no_launcher, monkeypatch):
+    """-1 (every GPU): how many is known at setup only, where the batch's share is checked;
+    on a machine that sees a GPU (faked). On the CPU -1 is refused (test_bad_input)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     validate_config(compose_cfg(["trainer.devices=-1", "data.batch_size=127"]))
 
 

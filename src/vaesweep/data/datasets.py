@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaesweep.core.checks import ConfigError
 from vaesweep.data.download import IDX_SOURCES, default_root, locate_idx, read_checked
 
 SPLITS = ("train", "val", "test")
@@ -53,9 +54,13 @@ class RawDataset:
 
 
 def _check_size(key: str, value: int, low: int, high: int) -> int:
-    """Validates a split size: an int in [low, high]."""
+    """Validates a split size: an int in [low, high]. A ConfigError (a ValueError): a run
+    refused by it, once the dataset's size is known, has computed nothing."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{key}={value!r}: must be an integer in [{low}, {high}]")
+        raise ConfigError(
+            f"{key}={value!r}: must be an integer in [{low}, {high}] (the dataset's examples "
+            "less those of its other splits), or null (its default split)"
+        )
     return value
 
 
@@ -152,8 +157,9 @@ def _load_idx(
 ) -> RawDataset:
     """An IDX dataset: val is a fixed random subset of the training file, test its t10k file."""
     if test_size is not None:
-        raise ValueError(
-            f"data.test_size={test_size!r}: '{name}' uses its official test set; allowed: None"
+        raise ConfigError(
+            f"data.test_size={test_size!r} is invalid: allowed null ('{name}' is tested on its "
+            "official test set)"
         )
     root_path = default_root() if root is None else Path(root).expanduser()
     paths = locate_idx(name, root_path, download)
@@ -238,5 +244,7 @@ def load_dataset(
 ) -> RawDataset:
     """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split."""
     if name not in DATASETS:
-        raise ValueError(f"data.name={name!r}: unknown dataset; allowed: {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"data.name={name!r} is invalid: allowed one of {', '.join(DATASETS)} (DATASETS)"
+        )
     return DATASETS[name](root=root, download=download, val_size=val_size, test_size=test_size)

@@ -23,6 +23,8 @@ metrics as a result.
 from __future__ import annotations
 
 import datetime
+import difflib
+import inspect
 import logging
 import os
 import re
@@ -31,14 +33,25 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationKeyError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+)
 
 from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
 from vaesweep.core.helpers import plain
+from vaesweep.data.datasets import DATASETS
+from vaesweep.data.download import IDX_SOURCES
 from vaesweep.model import components
 from vaesweep.model.components import OPTIMIZERS
 from vaesweep.run import ranks
-from vaesweep.run.effective import check_overrides, resolved_preprocess
+from vaesweep.run.effective import (
+    check_overrides,
+    hydra_references,
+    resolved_preprocess,
+    unknown_config_keys,
+)
 from vaesweep.run.loggers import check_wandb
 from vaesweep.run.memory import DATA_SHAPES, check_memory
 
@@ -54,6 +67,30 @@ LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 # trainer.precision values under which Lightning autocasts (its MixedPrecision plugin).
 MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
+#: trainer.precision: the values Lightning's Trainer takes (its _PRECISION_INPUT; null is
+#: 32-true). tests/test_bad_input.py holds the tuple to Lightning's own.
+PRECISIONS = (
+    "16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
+    "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16,
+)  # fmt: skip
+#: Trainer arguments that Lightning takes as booleans (a string "off" would be truthy);
+#: those in TRAINER_NULLABLE_BOOLS may also be null (Lightning's default then). The driver
+#: reads enable_checkpointing and enable_progress_bar itself: true or false only.
+TRAINER_BOOLS = (
+    "enable_checkpointing", "enable_progress_bar", "enable_model_summary", "benchmark",
+    "inference_mode", "use_distributed_sampler", "detect_anomaly", "barebones",
+    "sync_batchnorm", "enable_autolog_hparams",
+)  # fmt: skip
+TRAINER_NULLABLE_BOOLS = ("enable_model_summary", "benchmark")
+#: Trainer arguments vaesweep sets itself (run/driver.py): what to use instead.
+TRAINER_SET_BY_VAESWEEP = {
+    "logger": "logger=none|csv|wandb (vaesweep makes the job's loggers)",
+    "callbacks": (
+        "no key (vaesweep sets the Trainer's callbacks: checkpoints, image grids, progress)"
+    ),
+    "default_root_dir": "hydra.run.dir=DIR (hydra.sweep.dir=DIR for a sweep): a job's "
+    "files go to its directory",
+}
 #: eval.n_images: images per row of reconstructions.png; samples.png holds n × n samples.
 MAX_IMAGES = 64
 #: numpy's seeds (and so Lightning's seed_everything) are 32-bit unsigned integers.
@@ -99,13 +136,59 @@ def validate_config(
     Lightning out of the launching process.
     """
     try:
-        missing = sorted(OmegaConf.missing_keys(cfg))
-    except InterpolationKeyError as e:  # e.g. ~beta, which likelihood and schedule refer to
+        _validate(cfg, overrides, in_job)
+    except InterpolationResolutionError as e:  # ${nope}, ${oc.env:UNSET}, ~beta
+        key = _referring(cfg, e.full_key)
+        through = f" (read through {e.full_key})" if key != e.full_key else ""
         raise ConfigError(
-            f"{e.full_key} is invalid: {e.msg.splitlines()[0]}: a key its value refers to is not "
-            "in the config "
-            f"(removed with ~KEY?); allowed: the key back, or {e.full_key}=VALUE"
+            f"{key}={_raw(cfg, key)!r} is invalid{through}: {_first_line(e)}: a key or "
+            "variable it refers to is not there (a key removed with ~KEY? an unset "
+            "environment variable?); allowed: a value, or an interpolation that resolves "
+            "(${KEY} of a key in the config, ${oc.env:VAR,DEFAULT})"
         ) from None
+    except (ConfigAttributeError, ConfigKeyError) as e:  # ~seed: a key the run reads
+        raise ConfigError(
+            f"{e.full_key} is invalid: {_first_line(e)}: the run reads this key (removed "
+            f"with ~{e.full_key}?); allowed: the key back, or {e.full_key}=VALUE"
+        ) from None
+
+
+_PLAIN_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[\w-]+)*)\}")
+
+
+def _first_line(error: Exception) -> str:
+    message = getattr(error, "msg", None) or str(error)
+    return str(message).splitlines()[0]
+
+
+def _raw(cfg: DictConfig, key: str) -> Any:
+    """The value of ``key`` as written (an interpolation left unresolved); None if absent."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _referring(cfg: DictConfig, key: str) -> str:
+    """The key whose own value does not resolve, following ``key``'s plain references
+    (``beta_schedule.beta: ${beta}`` → ``beta`` when ``beta=${nope}``)."""
+    seen = {key}
+    while True:
+        match = _PLAIN_REFERENCE.fullmatch(str(_raw(cfg, key)))
+        ref = match.group(1) if match else None
+        if ref is None or ref in seen or _raw(cfg, ref) is None:
+            return key
+        seen.add(ref)
+        key = ref
+
+
+def _validate(cfg: DictConfig, overrides: list[str] | None, in_job: bool) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))  # (a reference that does not resolve: above)
     if missing:
         raise ConfigError(
             f"{', '.join(missing)}: required but not set (???); pass e.g. {missing[0]}=VALUE"
@@ -114,10 +197,15 @@ def validate_config(
         refusal = check_overrides(overrides, [cfg])
         if refusal:
             raise ConfigError(refusal)
+    # A key of a config file (--config-dir, an experiment) that nothing reads.
+    refusal = unknown_config_keys(cfg, hydra_references())
+    if refusal:
+        raise ConfigError(refusal)
     check_run_keys(cfg)
     check_components(cfg)
     check_trainer(cfg, in_job)  # first: check_data divides the batch among its devices
     check_data(cfg, in_job)
+    check_cpu_devices(cfg.trainer, in_job)
     check_optimizer(cfg)
     check_eval(cfg)
     check_logger(cfg)
@@ -172,7 +260,8 @@ def check_components(cfg: DictConfig) -> None:
     """Builds each selected component once (the likelihood for the dataset's shape, a dummy
     1×4×4 one for a dataset whose shape is not known without loading it): its class and its
     constructor check its options."""
-    shape = DATA_SHAPES.get(cfg.data.name, (1, 4, 4))
+    name = cfg.data.name
+    shape = DATA_SHAPES.get(name, (1, 4, 4)) if isinstance(name, str) else (1, 4, 4)
     for group, context in (("model", ()), ("likelihood", (shape,)), ("beta_schedule", ())):
         try:
             components.build(group, plain(cfg[group]), *context)
@@ -182,6 +271,29 @@ def check_components(cfg: DictConfig) -> None:
 
 def check_data(cfg: DictConfig, with_lightning: bool = True) -> None:
     d = cfg.data
+    name = d.name
+    require(
+        isinstance(name, str) and name in DATASETS,
+        "data.name",
+        name,
+        f"one of {', '.join(DATASETS)} (vaesweep.data.DATASETS, where a dataset of your own "
+        "is registered)",
+    )
+    for key in ("val_size", "test_size"):
+        size = d[key]
+        require(
+            size is None or (is_int(size) and size >= 1),
+            f"data.{key}",
+            size,
+            "null (the dataset's default split) or an integer ≥ 1 (at most the examples the "
+            "other splits leave, checked when the dataset is loaded)",
+        )
+    if d.test_size is not None and name in IDX_SOURCES:
+        raise invalid(
+            "data.test_size",
+            d.test_size,
+            f"null: data={name} is tested on its official test set (its t10k files)",
+        )
     for key, value in (
         ("data.download", d.get("download", False)),
         ("likelihood.allow_nonbinary", cfg.likelihood.get("allow_nonbinary", False)),
@@ -217,16 +329,17 @@ def check_data(cfg: DictConfig, with_lightning: bool = True) -> None:
         raise ConfigError(problem)
 
 
-def _unknown_keys(group: str, keys: Any, target: Any, what: str) -> None:
+def _unknown_keys(
+    group: str, keys: Any, target: Any, what: str, exclude: tuple[str, ...] = ()
+) -> None:
     """ConfigError for a key of ``group`` that ``target`` (a class, its constructor's
-    parameters) does not take, naming the nearest allowed one, before any data are loaded."""
-    import difflib
-    import inspect
-
+    parameters) does not take, naming the nearest allowed one, before any data are loaded.
+    ``exclude``: parameters that are not allowed keys (set by vaesweep itself)."""
     allowed = [
         n
         for n, p in inspect.signature(target).parameters.items()
-        if n not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if n not in ("self", "params", *exclude)
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     for key in keys:
         if key == "name" or key in allowed:
@@ -241,11 +354,38 @@ def _unknown_keys(group: str, keys: Any, target: Any, what: str) -> None:
 
 def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
     t = cfg.trainer
+    for key, instead in TRAINER_SET_BY_VAESWEEP.items():
+        if key in t:  # Lightning: "Trainer() got multiple values for keyword argument"
+            raise ConfigError(
+                f"trainer.{key}={plain(t[key])!r} is invalid: vaesweep sets the Trainer's "
+                f"{key} itself; allowed: {instead}"
+            )
     if with_lightning:  # imports Lightning (2 s): not in a parallel sweep's launching process
         from lightning import Trainer
 
-        _unknown_keys("trainer", list(t.keys()), Trainer.__init__, "Lightning's Trainer")
+        _unknown_keys(
+            "trainer",
+            list(t.keys()),
+            Trainer.__init__,
+            "Lightning's Trainer",
+            exclude=tuple(TRAINER_SET_BY_VAESWEEP),
+        )
+        _check_registered(t)
     _check_devices(t, with_lightning)
+    nodes = t.get("num_nodes", 1)
+    require(is_int(nodes) and nodes >= 1, "trainer.num_nodes", nodes, "an integer ≥ 1")
+    precision = t.get("precision")
+    require(
+        precision is None
+        or (isinstance(precision, str) and precision in PRECISIONS)
+        or (is_int(precision) and precision in PRECISIONS),
+        "trainer.precision",
+        precision,
+        f"null (32-true) or one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))}",
+    )
+    for key in TRAINER_BOOLS:  # a string ("off", 'false') would be truthy
+        nullable = key in TRAINER_NULLABLE_BOOLS
+        _require_switch(f"trainer.{key}", t.get(key, False), nullable, " (Lightning's default)")
     deterministic = t.get("deterministic")
     require(
         deterministic in (None, "warn") or isinstance(deterministic, bool),
@@ -253,16 +393,7 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         deterministic,
         "true, false, warn or null",
     )
-    interval = t.get("val_check_interval")
-    require(
-        interval is None
-        or (is_int(interval) and interval >= 1)
-        or (isinstance(interval, float) and 0.0 < interval <= 1.0),
-        "trainer.val_check_interval",
-        interval,
-        "null (once per epoch), an integer ≥ 1 (training batches between validations) or a "
-        "fraction of an epoch in (0, 1]",
-    )
+    _check_val_interval(t)
     for key, null in (
         ("check_val_every_n_epoch", "null (validate by trainer.val_check_interval batches)"),
         ("log_every_n_steps", "null"),
@@ -295,6 +426,75 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
     )
 
 
+def _check_registered(t: DictConfig) -> None:
+    """``trainer.accelerator`` and ``trainer.strategy`` against Lightning's registries (the
+    names its Trainer takes; Lightning lowercases a strategy's name, vaesweep does not). A
+    registered strategy vaesweep does not train with is refused by check_data (ranks)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    accelerators = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    supported = [  # the allowed ones named, without the ddp names' variants
+        name
+        for name in strategies[1:]
+        if StrategyRegistry[name]["strategy"].__name__ in ranks.SUPPORTED_STRATEGIES
+        and "find_unused" not in name
+    ]
+    for key, names, shown in (
+        ("accelerator", accelerators, ", ".join(accelerators)),
+        (
+            "strategy",
+            strategies,
+            f"auto, {', '.join(supported)} (and the ddp names' "
+            "_find_unused_parameters_true/false variants)",
+        ),
+    ):
+        value = t.get(key, "auto")
+        if isinstance(value, str) and value in names:
+            continue
+        hint = difflib.get_close_matches(str(value).lower(), names, n=1)
+        raise invalid(
+            f"trainer.{key}",
+            plain(value),
+            f"one of {shown}" + (f"; did you mean {hint[0]}?" if hint else ""),
+        )
+
+
+def _check_val_interval(t: DictConfig) -> None:
+    """``trainer.val_check_interval``: batches, a fraction of an epoch (validation every
+    epoch only), or a time (Lightning 2.6: the same forms as trainer.max_time)."""
+    interval = t.get("val_check_interval")
+    every = t.get("check_val_every_n_epoch")
+    if isinstance(interval, str | dict | DictConfig):
+        seconds = duration_seconds("trainer.val_check_interval", interval, _LOOSE_DURATION)
+        require(
+            seconds > 0,
+            "trainer.val_check_interval",
+            plain(interval),
+            "a positive duration (DD:HH:MM:SS or a mapping such as {minutes: 5})",
+        )
+        return
+    if isinstance(interval, float) and 0.0 < interval <= 1.0 and every is None:
+        raise invalid(
+            "trainer.val_check_interval",
+            interval,
+            "an integer ≥ 1 (training batches between validations) or a duration "
+            "(DD:HH:MM:SS) with trainer.check_val_every_n_epoch=null (validation counted "
+            "across epochs); a fraction of an epoch needs trainer.check_val_every_n_epoch ≥ 1",
+        )
+    require(
+        interval is None
+        or (is_int(interval) and interval >= 1)
+        or (isinstance(interval, float) and 0.0 < interval <= 1.0),
+        "trainer.val_check_interval",
+        interval,
+        "null (once per epoch), an integer ≥ 1 (training batches between validations), a "
+        "fraction of an epoch in (0, 1], or a duration (DD:HH:MM:SS or a mapping such as "
+        "{minutes: 5})",
+    )
+
+
 def _devices_ok(devices: Any) -> bool:
     """Whether Lightning takes ``trainer.devices``: how many (≥ 1, or -1: all), auto, or
     which (a list of ids, or a string of them with a comma: "0,1", "1,")."""
@@ -312,16 +512,27 @@ def _devices_ok(devices: Any) -> bool:
     return False
 
 
+def _cpu_devices_ok(devices: Any) -> bool:
+    """Whether Lightning's CPUAccelerator takes ``trainer.devices``: how many processes
+    (≥ 1) or auto; -1 (all) and device ids are GPU forms."""
+    if is_int(devices):
+        return devices >= 1
+    return isinstance(devices, str) and (
+        devices.strip() == "auto" or (devices.strip().isdigit() and int(devices) >= 1)
+    )
+
+
 def _check_devices(t: DictConfig, here: bool) -> None:
     """``trainer.devices`` and ``trainer.accelerator``; ``here``: the process that trains (a
-    GPU asked for must be visible to it; a sweep's launching process may have none)."""
+    GPU asked for must be visible to it, and auto is the CPU where none is; a sweep's
+    launching process may have none)."""
     devices = t.get("devices", "auto")
     require(
         _devices_ok(devices),
         "trainer.devices",
         plain(devices),
-        "an integer ≥ 1 (how many), -1 (all), auto, or the device ids: a list such as [0, 1] "
-        'or a string with a comma ("0,1")',
+        "an integer ≥ 1 (how many), auto, or on GPUs -1 (all) or the device ids: a list such "
+        'as [0, 1] or a string with a comma ("0,1")',
     )
     accelerator = str(t.get("accelerator") or "auto").lower()
     if not here or accelerator not in ("gpu", "cuda", "mps"):
@@ -339,6 +550,40 @@ def _check_devices(t: DictConfig, here: bool) -> None:
             f"device (torch {torch.__version__}{seen}); allowed here: cpu or auto "
             "(trainer=default; trainer=gpu asks for a GPU)"
         )
+
+
+def check_cpu_devices(t: DictConfig, here: bool) -> None:
+    """``trainer.devices`` on the CPU (``trainer.accelerator=cpu``, or ``auto`` in a process
+    that sees no GPU; ``here``: the process that trains, as for :func:`_check_devices`):
+    Lightning's CPUAccelerator takes a count or auto, and raises a TypeError at the Trainer
+    for -1 (all) and device ids. After check_data, whose refusal of a batch that does not
+    divide among the devices is named first."""
+    devices = t.get("devices", "auto")
+    accelerator = str(t.get("accelerator") or "auto").lower()
+    if accelerator != "cpu" and not (here and accelerator == "auto"):
+        return  # a sweep's jobs may run where there is a GPU
+    if accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        return
+    why = f"trainer.accelerator={t.get('accelerator')}"
+    why += "" if accelerator == "cpu" else ", and this process sees no GPU"
+    require(
+        _cpu_devices_ok(devices),
+        "trainer.devices",
+        plain(devices),
+        f"on the CPU ({why}) an integer ≥ 1 (how many processes) or auto: -1 (all) and "
+        "device ids are for GPUs",
+    )
+
+
+def _require_switch(key: str, value: Any, nullable: bool, null_is: str = "") -> None:
+    """A switch is true or false (or null where ``nullable``): a string such as "off" or
+    'false' would be truthy."""
+    require(
+        isinstance(value, bool) or (nullable and value is None),
+        key,
+        value,
+        f"true, false or null{null_is}" if nullable else "true or false",
+    )
 
 
 def check_optimizer(cfg: DictConfig) -> None:
@@ -375,6 +620,47 @@ def check_optimizer(cfg: DictConfig) -> None:
             betas,
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
+    _check_optimizer_arguments(cls, plain(o))
+
+
+def _check_optimizer_arguments(cls: type, options: dict[str, Any]) -> None:
+    """The optimizer's other arguments by the type of their default in its signature (a
+    bool default takes true or false: "off" would be truthy; a number default a finite
+    number), then the optimizer built on a dummy parameter, whose own refusals (eps < 0,
+    foreach with fused) would otherwise come in configure_optimizers or its first step."""
+    options = {k: v for k, v in options.items() if k != "name"}
+    parameters = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        parameter = parameters.get(key)
+        if parameter is None or key in ("lr", "betas", "weight_decay", "fused"):
+            continue  # checked above
+        default, annotation = parameter.default, str(parameter.annotation)
+        if isinstance(default, bool) or (default is None and "bool" in annotation):
+            _require_switch(f"optimizer.{key}", value, default is None)
+        elif isinstance(default, int | float):
+            require(is_number(value), f"optimizer.{key}", value, "a finite number")
+    if "betas" in options and isinstance(options["betas"], list):
+        options["betas"] = tuple(options["betas"])  # as the module builds it
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **options)
+    except (ValueError, RuntimeError, TypeError) as e:
+        # The arguments without which it builds are the ones it refuses.
+        blamed = [k for k in options if _builds(cls, {o: v for o, v in options.items() if o != k})]
+        blamed = blamed or list(options)
+        given = " with ".join(f"optimizer.{k}={options[k]!r}" for k in blamed)
+        raise ConfigError(
+            f"{given} is invalid: {cls.__module__}.{cls.__name__} refuses "
+            f"{'it' if len(blamed) == 1 else 'them'} ({str(e).splitlines()[0]}); allowed: "
+            f"values {cls.__name__} accepts (torch's documentation of {cls.__name__})"
+        ) from None
+
+
+def _builds(cls: type, options: dict[str, Any]) -> bool:
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **options)
+    except (ValueError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 def check_test_settings(*, checkpoint: Any, iwae_k: Any, iwae_chunk: Any) -> None:
@@ -492,8 +778,14 @@ def _limit_ok(value: Any) -> bool:
 
 #: trainer.max_time as a string: what Lightning's Timer parses (days, then two digits each).
 _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
+#: trainer.val_check_interval as a string: Lightning's own parser takes any digits.
+_LOOSE_DURATION = re.compile(r"(\d+):(\d+):(\d+):(\d+)")
 #: trainer.max_time as a mapping: the keyword arguments of datetime.timedelta.
 _DURATION_UNITS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
+
+
+#: datetime.timedelta's limit, which Lightning's Timer builds from trainer.max_time.
+MAX_DURATION_DAYS = datetime.timedelta.max.days
 
 
 def max_time_seconds(value: Any) -> float | None:
@@ -501,25 +793,37 @@ def max_time_seconds(value: Any) -> float | None:
     :class:`datetime.timedelta`'s units, the forms Lightning's Timer takes. ConfigError for
     any other value (Lightning would refuse it after the data load, or fail at the first step
     of its timer without naming the key)."""
-    if value is None:
-        return None
+    return None if value is None else duration_seconds("trainer.max_time", value)
+
+
+def duration_seconds(key: str, value: Any, pattern: re.Pattern = _DURATION) -> float:
+    """A duration in seconds, as Lightning reads ``trainer.max_time`` and (Lightning 2.6)
+    a time-based ``trainer.val_check_interval``: "DD:HH:MM:SS" or a mapping of
+    :class:`datetime.timedelta`'s units, at most timedelta's limit; ConfigError naming
+    ``key`` for any other value."""
     allowed = 'null, "DD:HH:MM:SS" (e.g. 00:12:00:00) or a mapping such as {hours: 12}'
     if isinstance(value, str):
-        match = _DURATION.fullmatch(value.strip())
-        require(match is not None, "trainer.max_time", value, allowed)
+        match = pattern.fullmatch(value.strip())
+        require(match is not None, key, value, allowed)
         days, hours, minutes, seconds = (int(g) for g in match.groups())
-        return ((days * 24 + hours) * 60 + minutes) * 60.0 + seconds
-    if isinstance(value, dict | DictConfig):
-        units = dict(value)
+        units = {"days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
+    elif isinstance(value, dict | DictConfig):
+        units = plain(value)
         require(
             set(units) <= set(_DURATION_UNITS) and all(is_number(v) for v in units.values()),
-            "trainer.max_time",
+            key,
             units,
             f"{allowed}, whose keys are among {', '.join(_DURATION_UNITS)} and whose values "
             "are numbers",
         )
+    else:
+        raise invalid(key, value, allowed)
+    try:
         return datetime.timedelta(**units).total_seconds()
-    raise invalid("trainer.max_time", value, allowed)
+    except OverflowError:  # Lightning's Timer would raise it at its start, naming no key
+        raise invalid(
+            key, value, f"a duration of at most {MAX_DURATION_DAYS} days (datetime.timedelta)"
+        ) from None
 
 
 def check_training_budget(t: DictConfig) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from vaesweep.core import launchers
 from vaesweep.core.atomic import move_aside
@@ -130,7 +131,13 @@ def current_job() -> Job:
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
-    overrides = list(hc.overrides.task)
+    try:
+        overrides = list(hc.overrides.task)
+        name = hc.job.override_dirname
+    except Exception:  # an override whose interpolation does not resolve ('beta=${nope}'):
+        # as typed; the config check refuses it, naming the key
+        overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
+        name = OmegaConf.to_container(hc.job, resolve=False).get("override_dirname")
     swept: dict[str, str] = {}
     if sweep_dir is not None:
         sweep_record = read_sweep(sweep_dir)
@@ -144,7 +151,7 @@ def current_job() -> Job:
         n_parallel = max(1, round(launchers.usable_cores() / max(cpus, 1e-3)))
     return Job(
         run_dir=Path(hc.runtime.output_dir),
-        name=hc.job.override_dirname or "default",
+        name=name or "default",
         overrides=overrides,
         sweep_dir=sweep_dir,
         swept=swept,

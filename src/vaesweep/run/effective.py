@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,6 +69,14 @@ READ_BY_DRIVER = (
     "label",
     *(f"{group}.{key}" for group, keys in DRIVER_KEYS.items() for key in keys),
 )
+#: The root keys of a run's config: the groups, the run's own keys, and ``optimized_metric``
+#: (hparams_search/lht_optuna.yaml: a search's objective, read by its sweeper). Another root
+#: key of a config file (``seeds: 3``) is read by nothing (:func:`unknown_config_keys`).
+ROOT_KEYS = (
+    "seed", "beta", "n_samples", "threads", "compile", "data", "model", "likelihood",
+    "beta_schedule", "optimizer", "trainer", "logger", "eval", "paths", "label", "sweep",
+    "optimized_metric", "hydra",
+)  # fmt: skip
 #: Override keys outside the check: Hydra's own, and presets (which set keys themselves):
 #: a study (experiment) and a search (hparams_search, lightning-hydra-template's group).
 UNCHECKED = ("hydra", "experiment", "hparams_search")
@@ -234,13 +243,18 @@ def check_overrides(overrides: list[str], configs: list[DictConfig]) -> str | No
     return None
 
 
+def _did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean PREFIX.KEY?)`` for the known key nearest ``name``, else ``""``."""
+    close = difflib.get_close_matches(name.split(".")[0], list(known), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
 def _refusal(key: str, value: str, analyses: list) -> str:
     head = f"{key}={value} has no effect on what this run computes"
     group, _, name = key.partition(".")
     if group in DRIVER_KEYS and name:
         known = DRIVER_KEYS[group]
-        close = difflib.get_close_matches(name.split(".")[0], known, n=1)
-        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+        hint = _did_you_mean(name, known, f"{group}.")
         return (
             f"{head}: {group} has no key {name}{hint}. Allowed keys of {group}: {', '.join(known)}"
         )
@@ -259,6 +273,57 @@ def _refusal(key: str, value: str, analyses: list) -> str:
     if hints:
         return f"{message}; {'; '.join(hints)}."
     return f"{message}. Drop it. {LABEL_HINT}"
+
+
+def hydra_references() -> list[str]:
+    """The strings of Hydra's own config for the running job or sweep (``hydra.run.dir:
+    ${paths.log_dir}/...`` reads ``paths.log_dir``); none outside a Hydra run."""
+    if not HydraConfig.initialized():
+        return []
+    return list(_strings(OmegaConf.to_container(HydraConfig.get(), resolve=False)))
+
+
+def unknown_config_keys(cfg: DictConfig, references: Iterable[str] = ()) -> str | None:
+    """A refusal message for a key of the composed config that nothing reads, else None: a
+    root key outside :data:`ROOT_KEYS`, or a key of a group the driver reads by name
+    (:data:`DRIVER_KEYS`) outside its keys, wherever it was set (a config file of
+    ``--config-dir``, an experiment preset). A key an interpolation in a read value (or in
+    ``references``: Hydra's own config) points to is read (``paths.mine`` through
+    ``data.root: ${paths.mine}``). The command line's keys are refused first, by
+    :func:`check_overrides`, in its words."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    read, _ = reads(cfg)
+    for text in references:
+        read.update(_REFERENCE.findall(text))
+    read = _follow_references(read | ({"hydra"} & set(raw)), raw)
+
+    def unread(key: str) -> bool:
+        return not any(_covers(path, key) for path in read)
+
+    for name, value in raw.items():
+        if name not in ROOT_KEYS and unread(name):
+            return (
+                f"{name}={_shown(value)} is invalid: the config has no root key "
+                f"{name}{_did_you_mean(name, ROOT_KEYS)}, and nothing reads it (results.json "
+                "would record it, the run would not use it). Allowed root keys: "
+                f"{', '.join(k for k in ROOT_KEYS if k != 'hydra')}. {LABEL_HINT}"
+            )
+    for group, known in DRIVER_KEYS.items():
+        options = raw.get(group)
+        for name, value in options.items() if isinstance(options, dict) else ():
+            if name not in known and unread(f"{group}.{name}"):
+                return (
+                    f"{group}.{name}={_shown(value)} is invalid: {group} has no key "
+                    f"{name}{_did_you_mean(name, known, f'{group}.')}, and nothing reads it "
+                    "(results.json would record it, the run would not use it). Allowed keys "
+                    f"of {group}: {', '.join(known)}"
+                )
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:

@@ -391,7 +391,7 @@ def _open_record(
         job.run_dir,
         config=config,
         overrides=job.overrides,
-        seed=cfg.seed,
+        seed=config.get("seed"),  # None for a config refused without one (~seed)
         job_name=job.name,
         sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
         previous=previous,

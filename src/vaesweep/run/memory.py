@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -98,6 +99,10 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     try:
         n_params, param_channels = count_parameters(cfg, shape)
     except ValueError as e:
+        named = re.match(r"(\w+) must be", str(e))  # the network names the option it refuses
+        if named and named.group(1) in options:
+            key = named.group(1)
+            raise ConfigError(f"model.{key}={options[key]!r} is invalid: {e}") from None
         raise ConfigError(f"{sizes} is invalid: {e}") from None
     except Exception as e:  # a user's network that cannot be built on the meta device
         log.debug("memory estimate skipped: %s: %s", type(e).__name__, e)
