@@ -623,7 +623,7 @@ def test_a_config_file_key_that_nothing_reads_is_refused(tmp_path):
     (conf / "experiment" / "typo.yaml").write_text("# @package _global_\neval:\n  iwae_K: 5\n")
     (conf / "mine.yaml").write_text(
         f"{extend}paths:\n  log_dir: ${{paths.output_dir}}/logs\n"
-        "hydra:\n  run:\n    dir: ${paths.log_dir}/run\n"
+        "hydra:\n  run:\n    dir: ${paths.log_dir}/run\n  sweep:\n    dir: ${paths.log_dir}/multi\n"
     )
     base, tiny = ["--config-dir", str(conf)], [*TINY, "logger=none"]
     args = [*base, "--config-name", "typo", *tiny, "hydra.run.dir=a"]
@@ -643,6 +643,12 @@ def test_a_config_file_key_that_nothing_reads_is_refused(tmp_path):
     line = one_line(run_cli([*base, "--config-name", "mine", *tiny, "beta=-1"], tmp_path))
     assert line == "[vaesweep] ConfigError: beta=-1 is invalid: allowed a finite number ≥ 0"
     assert (tmp_path / "outputs" / "logs" / "run" / "results.json").exists()
+    # So in a sweep's check of its jobs, whose composed configs have no hydra node: the
+    # launching config's hydra.sweep.dir reads paths.log_dir (lightning-hydra-template's way).
+    proc = run_cli(["-m", *base, "--config-name", "mine", *tiny, "beta=-1,-2"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "beta=-1 is invalid: allowed a finite number ≥ 0" in proc.stderr
+    assert "log_dir" not in proc.stderr
     # An interpolation of a config file that does not resolve: an error of OmegaConf's,
     # which wrote no results.json; a refusal now, naming the key as written.
     (conf / "env.yaml").write_text(f"{extend}beta: ${{oc.env:VAESWEEP_TEST_UNSET}}\n")

@@ -283,6 +283,45 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     assert not list((workdir / "sweep").glob(f"*/{CLAIM_FILE}*"))
 
 
+def _files(run_dir: Path) -> dict:
+    """Every file of a job directory but its claim and logs, with its time and bytes."""
+    return {
+        p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != CLAIM_FILE and p.suffix != ".log"
+    }
+
+
+def _sweep_paused_in_its_first_batch(workdir: Path, marker: Path, err_log: Path):
+    """A two-job sweep (claims beating every 0.1 s) held in its first job's first batch;
+    (the process, the held job's directory)."""
+    args = [
+        sys.executable, str(RUN_PY), "-m", "beta=1,2", *TINY, "threads=1", "logger=csv",
+        "sweep.claim_timeout_s=1", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    with open(err_log, "w") as err:
+        proc = subprocess.Popen(
+            args, cwd=workdir, env={**cli_env(), **pause_env("train_batch@1", marker)},
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the first job never reached its first batch: {err_log.read_text()}")
+        time.sleep(0.05)
+    (run_dir,) = [p.parent for p in (workdir / "sweep").glob(f"*/{CLAIM_FILE}")]
+    assert read_claim(run_dir).pid == proc.pid
+    return proc, run_dir
+
+
+def _take_over(run_dir: Path) -> subprocess.Popen:
+    """The takeover, as another launch makes it once the heartbeat is older than the
+    timeout: the claim removed, and a live process holding a new one."""
+    (run_dir / CLAIM_FILE).unlink()
+    return holder(run_dir)
+
+
 def test_a_job_whose_claim_is_taken_over_stops_and_leaves_its_directory(workdir):
     """A job suspended past its claim's timeout loses the claim to another process (which
     judged it stale and took the job over). Once it runs again it stops at its next batch
@@ -290,34 +329,12 @@ def test_a_job_whose_claim_is_taken_over_stops_and_leaves_its_directory(workdir)
     log says why); the sweep goes on with its other jobs, and its end waits for the new
     holder. Real processes: the sweep paused in its first job's first batch (test hook
     "train_batch@1"), the claim file taken by another live process meanwhile."""
-    marker = workdir / "in-first-batch"
-    args = [
-        sys.executable, str(RUN_PY), "-m", "beta=1,2", *TINY, "threads=1", "logger=csv",
-        "sweep.claim_timeout_s=1", "hydra.sweep.dir=sweep",
-    ]  # fmt: skip
-    err_log = workdir / "err.log"
-    with open(err_log, "w") as err:
-        proc = subprocess.Popen(
-            args, cwd=workdir, env={**cli_env(), **pause_env("train_batch@1", marker)},
-            stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
+    marker, err_log = workdir / "in-first-batch", workdir / "err.log"
+    proc, run_dir = _sweep_paused_in_its_first_batch(workdir, marker, err_log)
     other = None
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, err_log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the first job never reached its first batch"
-            time.sleep(0.05)
-        (run_dir,) = [p.parent for p in (workdir / "sweep").glob(f"*/{CLAIM_FILE}")]
-        assert read_claim(run_dir).pid == proc.pid
-        # The takeover, as another launch does it once the heartbeat is older than the timeout.
-        (run_dir / CLAIM_FILE).unlink()
-        other = holder(run_dir)
-        before = {
-            p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in run_dir.rglob("*")
-            if p.is_file() and p.name != CLAIM_FILE and p.suffix != ".log"
-        }
+        other = _take_over(run_dir)
+        before = _files(run_dir)
         assert json.loads((run_dir / "results.json").read_text())["status"] == "running"
         marker.with_name(f"{marker.name}.release").touch()
         deadline = time.monotonic() + 300
@@ -330,12 +347,7 @@ def test_a_job_whose_claim_is_taken_over_stops_and_leaves_its_directory(workdir)
             time.sleep(0.1)
         time.sleep(1)  # the sweep's end waits for the job's new holder
         assert proc.poll() is None, err_log.read_text()[-3000:]
-        after = {
-            p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in run_dir.rglob("*")
-            if p.is_file() and p.name != CLAIM_FILE and p.suffix != ".log"
-        }
-        assert after == before  # nothing written, nothing removed
+        assert _files(run_dir) == before  # nothing written, nothing removed
         assert not list((run_dir / "checkpoints").glob("*.ckpt"))
         assert read_claim(run_dir).pid == other.pid  # the new holder's claim left alone
     finally:
@@ -352,3 +364,49 @@ def test_a_job_whose_claim_is_taken_over_stops_and_leaves_its_directory(workdir)
     others = [r for name, r in results.items() if name != run_dir.name]
     assert [r["status"] for r in others] == ["completed"]
     assert proc.returncode != 0  # the sweep says one of its jobs did not complete
+
+
+def test_a_stop_signal_still_stops_the_sweep_when_the_claim_was_lost_too(workdir):
+    """Ctrl-C after the claim was lost (a sweep suspended with Ctrl-Z past its timeout, taken
+    over, resumed with fg, then stopped): the job writes nothing (not even "interrupted": the
+    directory is the new holder's), and the signal still stops the sweep (exit 130; its
+    second job never starts), as it would have without the takeover."""
+    marker, err_log = workdir / "in-first-batch", workdir / "err.log"
+    proc, run_dir = _sweep_paused_in_its_first_batch(workdir, marker, err_log)
+    other = None
+    try:
+        other = _take_over(run_dir)
+        before = _files(run_dir)
+        time.sleep(0.5)  # the heartbeat thread (every 0.1 s) sees the claim lost
+        proc.send_signal(signal.SIGINT)  # ends the pause too
+        proc.wait(timeout=300)
+        assert _files(run_dir) == before
+    finally:
+        if other is not None:
+            other.send_signal(signal.SIGKILL)
+            other.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err_log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert f"stopped {run_dir.name}: the claim on" in text
+    assert len(results_under(workdir / "sweep")) == 1  # the second job never started
+
+
+def test_a_claim_travels_to_a_spawned_process_without_its_heartbeat(tmp_path):
+    """Lightning's ddp_spawn pickles the callbacks, and the claim with their StopSignals: the
+    copy reads the same file, holds no thread, and never removes the holder's claim."""
+    import pickle
+
+    from vaesweep.run.signals import StopSignals
+
+    with acquire(tmp_path, timeout_s=0.5) as claim:
+        copy = pickle.loads(pickle.dumps(StopSignals(None, claim))).claim
+        assert (copy.path, copy.token, copy.interval) == (claim.path, claim.token, claim.interval)
+        copy.verify()  # still the holder's: nothing raised
+        copy.release()  # not this copy's to release
+        assert read_claim(tmp_path).token == claim.token
+        write_claim(tmp_path, host="elsewhere.example", pid=4242)
+        with pytest.raises(claims.ClaimLost, match="elsewhere.example"):
+            copy.verify()

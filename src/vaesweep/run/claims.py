@@ -229,9 +229,24 @@ class Claim:
         self.interval = interval
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="vaesweep-claim", daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._beat, name="vaesweep-claim", daemon=True
+        )
         _held.add(token)
         self._thread.start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (Lightning's ddp_spawn pickles the callbacks, this
+        claim with them): the file, token and beat, without the heartbeat thread, which
+        stays with the holder. The copy's :meth:`verify` reads the file as the holder's
+        does."""
+        return {"path": self.path, "token": self.token, "interval": self.interval}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.token, self.interval = state["path"], state["token"], state["interval"]
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None  # no heartbeat here, and nothing to release: the holder's
 
     def _still_ours(self) -> bool:
         info = read_claim(self.path.parent)
@@ -277,7 +292,7 @@ class Claim:
                 log.warning("could not renew the claim %s: %s", self.path, e)
 
     def release(self) -> None:
-        if self.token not in _held:
+        if self.token not in _held or self._thread is None:  # not held, or a copy
             return
         self._stop.set()
         self._thread.join()

@@ -123,7 +123,10 @@ def resolve_preprocess(cfg: DictConfig) -> str:
 
 
 def validate_config(
-    cfg: DictConfig, overrides: list[str] | None = None, in_job: bool = True
+    cfg: DictConfig,
+    overrides: list[str] | None = None,
+    in_job: bool = True,
+    references: list[str] | None = None,
 ) -> None:
     """Check every value that would otherwise fail (or silently mislead) mid-run.
 
@@ -133,10 +136,12 @@ def validate_config(
     job runs: the checks that probe the W&B server (``logger.mode=online``) or import
     Lightning (the Trainer's argument names, the strategy and how the batch divides among
     its processes) are left to each job, so that a launcher whose jobs run in workers keeps
-    Lightning out of the launching process.
+    Lightning out of the launching process. ``references``: the strings of Hydra's config
+    (:func:`vaesweep.run.effective.hydra_references`), whose interpolations read keys too;
+    default: the running job's.
     """
     try:
-        _validate(cfg, overrides, in_job)
+        _validate(cfg, overrides, in_job, references)
     except InterpolationResolutionError as e:  # ${nope}, ${oc.env:UNSET}, ~beta
         key = _referring(cfg, e.full_key)
         through = f" (read through {e.full_key})" if key != e.full_key else ""
@@ -187,7 +192,9 @@ def _referring(cfg: DictConfig, key: str) -> str:
         key = ref
 
 
-def _validate(cfg: DictConfig, overrides: list[str] | None, in_job: bool) -> None:
+def _validate(
+    cfg: DictConfig, overrides: list[str] | None, in_job: bool, references: list[str] | None
+) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))  # (a reference that does not resolve: above)
     if missing:
         raise ConfigError(
@@ -198,7 +205,7 @@ def _validate(cfg: DictConfig, overrides: list[str] | None, in_job: bool) -> Non
         if refusal:
             raise ConfigError(refusal)
     # A key of a config file (--config-dir, an experiment) that nothing reads.
-    refusal = unknown_config_keys(cfg, hydra_references())
+    refusal = unknown_config_keys(cfg, hydra_references() if references is None else references)
     if refusal:
         raise ConfigError(refusal)
     check_run_keys(cfg)

@@ -275,12 +275,15 @@ def _refusal(key: str, value: str, analyses: list) -> str:
     return f"{message}. Drop it. {LABEL_HINT}"
 
 
-def hydra_references() -> list[str]:
-    """The strings of Hydra's own config for the running job or sweep (``hydra.run.dir:
-    ${paths.log_dir}/...`` reads ``paths.log_dir``); none outside a Hydra run."""
-    if not HydraConfig.initialized():
-        return []
-    return list(_strings(OmegaConf.to_container(HydraConfig.get(), resolve=False)))
+def hydra_references(hydra: Any = None) -> list[str]:
+    """The strings of Hydra's own config (``hydra.run.dir: ${paths.log_dir}/...`` reads
+    ``paths.log_dir``): of ``hydra`` (a launching process's ``config.hydra``: the configs it
+    composes for its jobs have none), else of the running job's; none outside a Hydra run."""
+    if hydra is None:
+        if not HydraConfig.initialized():
+            return []
+        hydra = HydraConfig.get()
+    return list(_strings(OmegaConf.to_container(hydra, resolve=False)))
 
 
 def unknown_config_keys(cfg: DictConfig, references: Iterable[str] = ()) -> str | None:

@@ -127,10 +127,14 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
             # A sweep's job another live launch runs: the end of this launch waits for it.
             print(f"[vaesweep] skipping {job.run_dir.name}: {held}", file=sys.stderr)
             return None
+        signals = StopSignals(os.environ.get(STOP_FILE_ENV), claim)
         try:
-            with claim, StopSignals(os.environ.get(STOP_FILE_ENV), claim) as signals:
+            with claim, signals:
                 return _run_claimed(cfg, job, torch_threads, signals, execute)
         except claims.ClaimLost as lost:
+            if signals.received:  # a stop signal came too: it still stops the sweep
+                print(f"[vaesweep] stopped {job.run_dir.name}: {lost}", file=sys.stderr)
+                raise signals.exception() from None
             if not job.multirun:  # a single run that did not finish must not exit 0
                 raise
             # Taken over by another launch, which runs it now (the end of this one waits).

@@ -153,10 +153,10 @@ class StopSignals:
     def check(self) -> None:
         """Raise JobInterrupted if a stop signal has been received or the stop file has
         appeared (call at safe points); ClaimLost if the job's claim is lost."""
-        if self.claim_lost:
-            self.check_claim()  # raises ClaimLost
         if self.signum is None and self.stop_file is not None:
             self.signum = read_stop_file(self.stop_file)
+        if self.claim_lost:  # first: no record then (a stop signal is handed on by the job)
+            self.check_claim()  # raises ClaimLost
         if self.signum is not None:
             raise self.exception()
 

@@ -42,7 +42,7 @@ from vaesweep.run.context import (
     sweep_record_lock,
     swept_values,
 )
-from vaesweep.run.effective import check_distinct, check_overrides
+from vaesweep.run.effective import check_distinct, check_overrides, hydra_references
 from vaesweep.run.policy import REUSED, differences, mismatch
 from vaesweep.run.record import (
     COMPLETED,
@@ -222,22 +222,28 @@ def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | 
     refusal = (check_overrides(overrides, configs) if composed_all else None) or check_distinct(
         list(zip(jobs, configs, strict=True))
     )
-    refusal = refusal or invalid_jobs(configs, len(grid_jobs(overrides, params)))
+    refusal = refusal or invalid_jobs(
+        configs, len(grid_jobs(overrides, params)), hydra_references(config.hydra)
+    )
     refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
     if refusal:
         print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
-def invalid_jobs(configs: list[DictConfig], n_jobs: int) -> str | None:
+def invalid_jobs(
+    configs: list[DictConfig], n_jobs: int, references: list[str] | None = None
+) -> str | None:
     """The refusal of a grid some of whose jobs have a value the run would refuse (``beta=-1``
     among good ones): every job's config is validated before any job runs, rather than each
-    failing when its turn comes, after the others trained. None when all pass."""
+    failing when its turn comes, after the others trained. None when all pass.
+    ``references``: the strings of the launching config's ``hydra`` node (what reads a key
+    such as ``paths.log_dir`` through ``hydra.sweep.dir``)."""
     problems: dict[str, None] = {}
     bad = 0
     for cfg in configs:
         try:
-            validate_config(cfg, in_job=False)
+            validate_config(cfg, in_job=False, references=references)
         except ConfigError as e:
             bad += 1
             problems[str(e)] = None

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from vaesweep.core.checks import ConfigError
 from vaesweep.run.config import resolve_preprocess, validate_config
-from vaesweep.run.effective import check_distinct, check_overrides
+from vaesweep.run.effective import check_distinct, check_overrides, hydra_references
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
@@ -85,6 +85,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
     value tried is named as the point (a fixed or grid value is the cause, not a searched
     one). (One composition per value and grid point: a value refused only in combination
     with another searched key's non-example value fails in those trials.)"""
+    references = hydra_references(config.hydra)  # the trials' configs have no hydra node
     for point in plan.space.points():
         where = f" at the grid point {' '.join(point)}" if point else ""
         tried: list[str] = []
@@ -95,7 +96,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
                 job = plan.space.trial_overrides(point, {**example, key: value})
                 try:
                     cfg = compose(config.hydra.job.config_name, overrides=job)
-                    validate_config(cfg, in_job=False)
+                    validate_config(cfg, in_job=False, references=references)
                 except ConfigError as e:
                     refused.append((key, param, value, e))
                 except Exception:  # not the value's fault: the trial reports it itself
