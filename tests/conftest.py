@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RUN_PY = REPO / "run.py"
 # A tiny but real budget: digits data, 3 batches of 1 epoch, 10 importance samples.
+# A suite started in the background of a shell script (`python -m pytest &`, nohup) inherits
+# SIGINT ignored, and so would every process it starts: the tests that send one (Ctrl-C)
+# would wait for nothing. Its children get the default disposition back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 TINY = [
     "data=digits",
     "trainer.max_epochs=1",

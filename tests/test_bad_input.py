@@ -587,6 +587,7 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
 
 
+@pytest.mark.slow  # CLI runs of a minute; validate_config's tests above check the messages
 def test_a_bad_data_value_or_a_removed_key_is_a_refusal_a_relaunch_checks_again(tmp_path):
     """data.val_size=-5 was refused by the data module alone (a ValueError, after the record
     opened): a plain failure, which the relaunch left alone (JobNotRerun: pass
@@ -611,6 +612,7 @@ def test_a_bad_data_value_or_a_removed_key_is_a_refusal_a_relaunch_checks_again(
         assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # CLI runs of a minute; validate_config's tests above check the messages
 def test_a_config_file_key_that_nothing_reads_is_refused(tmp_path):
     """A key of a user's config file (--config-dir: a primary config extending train, an
     experiment preset) that nothing reads was recorded in results.json as if it had been
