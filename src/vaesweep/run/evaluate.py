@@ -109,6 +109,9 @@ class Plan(NamedTuple):
     test_examples: int | None  # as recorded: None = the run's own test examples
     examples: int  # how many of the test split's first examples are scored
     split: int  # the test split's size
+    iwae_k: int
+    checkpoint: str  # last or best
+    iwae_chunk: int | None
 
 
 def tested_examples(limit: Any, split: int, eval_batch_size: int) -> int:
@@ -239,14 +242,12 @@ def plan_run(
         )
     verify_checkpoint(ckpt)
     check_chunk_memory(cfg, iwae_k, iwae_chunk)
-    return Plan(run_dir, cfg, ckpt, name, label, examples, split)
+    return Plan(run_dir, cfg, ckpt, name, label, examples, split, iwae_k, checkpoint, iwae_chunk)
 
 
-def run_plan(
-    plan: Plan, iwae_k: int, checkpoint: str = "last", iwae_chunk: int | None = None
-) -> dict[str, Any]:
-    """Scores ``plan`` (from :func:`plan_run` with the same settings) and writes it."""
-    cfg, ckpt = plan.cfg, plan.ckpt
+def run_plan(plan: Plan) -> dict[str, Any]:
+    """Scores ``plan`` (from :func:`plan_run`) and writes it."""
+    cfg, ckpt, iwae_k, iwae_chunk = plan.cfg, plan.ckpt, plan.iwae_k, plan.iwae_chunk
     started = time.monotonic()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.get("deterministic"):  # as the run's Trainer set it ("warn": warn only)
@@ -257,7 +258,7 @@ def run_plan(
     evaluation = {
         "status": record.COMPLETED,
         "iwae_k": iwae_k,
-        "checkpoint": checkpoint,
+        "checkpoint": plan.checkpoint,
         "test_examples": plan.test_examples,
         "limit_test_batches": cfg.trainer.get("limit_test_batches"),
         "checkpoint_file": str(ckpt.relative_to(plan.run_dir)),
@@ -284,7 +285,7 @@ def evaluate_run(
     (K = 5000 costs 50 times the training-time K = 100); the evaluation's name and
     ``test/n_examples`` say so."""
     plan = plan_run(run_dir, iwae_k, checkpoint, iwae_chunk, test_examples)
-    return None if plan is None else run_plan(plan, iwae_k, checkpoint, iwae_chunk)
+    return None if plan is None else run_plan(plan)
 
 
 def evaluate_sweep(
@@ -332,7 +333,7 @@ def evaluate_sweep(
         started = time.monotonic()
         try:
             with quiet_libraries():  # Lightning's Trainer, restored after each run
-                evaluation = run_plan(plan, iwae_k, checkpoint, iwae_chunk)
+                evaluation = run_plan(plan)
         except Exception as e:  # one run's problem never stops the others
             problems.append(f"{plan.run_dir}: {type(e).__name__}: {e}")
             continue

@@ -309,7 +309,8 @@ def _tell_how_to_continue(
     short = search and len(rows) < (record.get("n_jobs") or 0)
     rerun = failed and not rerun_failed
     directory = sweep_dir.resolve()
-    note = f"\n{launcher_note()}" if launcher_note() else ""  # torchrun, srun: their prefix
+    note = launcher_note()  # torchrun, srun: their prefix is not in the command line
+    note = f"\n{note}" if note else ""
     if stopped_by is not None or unstarted or resumable or short:
         command = command_again("hydra.sweep.dir", directory)
         also = "\n(add sweep.rerun_failed=true to train its failed jobs again too)" if rerun else ""
