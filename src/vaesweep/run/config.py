@@ -41,7 +41,7 @@ from omegaconf.errors import (
 
 from vaesweep.core.checks import ConfigError, invalid, is_int, is_number, require
 from vaesweep.core.helpers import plain
-from vaesweep.data.datasets import DATASETS
+from vaesweep.data.datasets import DATASETS, check_embedded_split
 from vaesweep.data.download import IDX_SOURCES
 from vaesweep.model import components
 from vaesweep.model.components import OPTIMIZERS
@@ -293,8 +293,9 @@ def check_data(cfg: DictConfig, with_lightning: bool = True) -> None:
             f"data.{key}",
             size,
             "null (the dataset's default split) or an integer ≥ 1 (at most the examples the "
-            "other splits leave, checked when the dataset is loaded)",
+            "other splits leave)",
         )
+    check_embedded_split(name, d.val_size, d.test_size)  # others: when loaded
     if d.test_size is not None and name in IDX_SOURCES:
         raise invalid(
             "data.test_size",
