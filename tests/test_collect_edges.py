@@ -7,6 +7,7 @@ numbers of ``vaesweep evaluate`` in the figures, and output paths that cannot be
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -639,3 +640,21 @@ def test_an_override_that_only_selects_config_groups_splits_no_configuration():
     assert stats["trainer.max_epochs"].tolist() == [3, 20]
     assert stats["test/nll.count"].tolist() == [2, 2]
     assert stats["test/nll.mean"].tolist() == [13.5, 10.5]
+
+
+def test_an_int_batch_limit_stays_an_int_beside_a_run_without_one():
+    """trainer.limit_train_batches=1 (one batch an epoch) in two completed runs, beside a
+    failed run whose config lacks the key (an older results.json): the column kept the
+    ints, so the caption says one batch, not the whole training set (1.0, as a float column
+    with a missing value had it)."""
+    from vaesweep.analysis.figures.captions import setting
+
+    rows = [_hand_row(s, [f"seed={s}"], 10.0 + s) for s in (0, 1, 2)]
+    for row in rows[:2]:
+        row["config"]["trainer.limit_train_batches"] = 1
+    rows[2]["identity"]["status"] = "failed"
+    df = frame.build_frame(rows)
+    column = df["config.trainer.limit_train_batches"].tolist()
+    assert column[:2] == [1, 1] and all(type(v) is int for v in column[:2])
+    assert column[2] is None or math.isnan(column[2])
+    assert setting(df).startswith("Setting: digits, 20 epochs of 1 batch")

@@ -272,6 +272,10 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
         *config_columns,
     ]
     df = pd.DataFrame.from_records(records, columns=columns)
+    # Lightning reads trainer.limit_*_batches=1 (one batch) and 1.0 (all of them) apart: kept
+    # as recorded (a column of ints with a missing value would hold floats).
+    for name in (c for c in config_columns if c.startswith(f"{CONFIG_PREFIX}trainer.limit_")):
+        df[name] = pd.Series([r.get(name) for r in records], dtype=object)
     if swept:
         df = df.sort_values(swept, kind="stable", na_position="last", ignore_index=True)
     for name in metric_columns:
