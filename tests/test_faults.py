@@ -401,6 +401,7 @@ def test_results_record_the_precision_used_and_the_checkpoint_tested(tmp_path):
     assert result["config"]["trainer"]["precision"] == 16  # as asked...
     assert result["precision"] == "bf16-mixed"  # ...and as run
     assert result["tested_checkpoint"] == "last"
+    assert result["trained"] == {"steps": 2, "epochs": 1, "stopped_by": "max_steps"}
     said = proc.stdout + proc.stderr
     assert "trainer.precision=16 runs as bf16-mixed" in said
     assert "tested on the last weights instead" in said

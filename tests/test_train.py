@@ -57,6 +57,7 @@ SCHEMA = {
     "dataset",
     "precision",
     "tested_checkpoint",
+    "trained",
     "devices",
     "error",
 }
@@ -141,6 +142,13 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
     assert result["dataset"]["source"]  # where the data were read
     assert result["precision"] == "32-true" and result["tested_checkpoint"] == "last"
+    trainer = result["config"]["trainer"]
+    batches = trainer["limit_train_batches"]  # an int in the tests' tiny budget
+    assert result["trained"] == {
+        "steps": trainer["max_epochs"] * batches,
+        "epochs": trainer["max_epochs"],
+        "stopped_by": "max_epochs",
+    }
     devices = result["devices"]  # where it ran: here the CPU, no launcher's GPU share
     assert devices["accelerator"] == "cpu" and devices["fraction"] is None
     assert devices["names"] == [] and "cuda_visible_devices" in devices
@@ -329,3 +337,39 @@ def test_a_non_finite_score_is_recorded_diverged_and_named(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["metrics"] == {"test/elbo": -3.0}
     assert written["unavailable"] == {"test/nll": "nan", "test/mse": "inf"}
+
+
+def test_the_trained_budget_says_which_limit_ended_the_fit():
+    """results.json's ``trained``: the steps and epochs a fit trained and the budget that
+    ended it, from a real Trainer: max_epochs, max_steps (mid-epoch: Lightning counts the
+    cut epoch), max_time (how far it got depends on the machine: the frame says so)."""
+    import time
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vaesweep.run.driver import trained_budget
+
+    class Slow(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.02)
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=4)  # 10 batches
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    for limits, expected in (
+        ({"max_epochs": 2}, {"steps": 20, "epochs": 2, "stopped_by": "max_epochs"}),
+        ({"max_epochs": 5, "max_steps": 15}, {"steps": 15, "epochs": 2, "stopped_by": "max_steps"}),
+        ({"max_epochs": 10**6, "max_time": {"seconds": 1}}, {"stopped_by": "max_time"}),
+    ):
+        trainer = L.Trainer(**quiet, enable_checkpointing=False, **limits)
+        trainer.fit(Slow(), loader)
+        trained = trained_budget(trainer)
+        assert trained.items() >= expected.items(), (limits, trained)
+        assert 1 <= trained["steps"] <= 10 * trained["epochs"], trained

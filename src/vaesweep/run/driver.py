@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
@@ -342,6 +343,8 @@ def _fit_and_test(
     resumable.signals.check()
     # No optimisation step: fail rather than test an untrained model.
     require_training(trainer, parts.strategy)
+    if record is not None:
+        record.set_facts(trained=trained_budget(trainer, parts.strategy))
     # The last validation's metrics (Lightning brings them back from spawned processes too).
     # A resumed fit with nothing left to train validated nothing: then they come from the
     # checkpoint, where Resumable keeps them.
@@ -371,6 +374,28 @@ def _fit_and_test(
             best = Resumable.stored_state(resume_from).get("best_val_elbo")
         resumed_wandb_summary(parts.loggers, fit_metrics, best)
     return metrics
+
+
+def trained_budget(trainer: Any, strategy: str = "auto") -> dict[str, Any]:
+    """What the fit trained, over all its attempts (results.json ``trained``): ``steps``
+    (optimisation steps), ``epochs`` (as Lightning counts them: an epoch cut short by
+    max_steps or max_time counts) and ``stopped_by``, the budget that ended it:
+    ``max_epochs``, ``max_steps``, ``max_time`` (so the same config trains further on a
+    faster or idler machine) or ``other`` (a callback's stop). All None for a fit in spawned
+    processes (``ddp_spawn``), whose loop state this process does not see."""
+    if ranks.start_method(trainer, strategy) not in (None, "popen"):
+        return {"steps": None, "epochs": None, "stopped_by": None}
+    steps, epochs = int(trainer.global_step), int(trainer.current_epoch)
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    if trainer.max_steps is not None and 0 <= trainer.max_steps <= steps:
+        stopped_by = "max_steps"
+    elif trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs:
+        stopped_by = "max_epochs"
+    elif any((t.time_remaining() or 0.0) <= 0 for t in timers):
+        stopped_by = "max_time"
+    else:
+        stopped_by = "other"
+    return {"steps": steps, "epochs": epochs, "stopped_by": stopped_by}
 
 
 def task(cfg: DictConfig) -> None:

@@ -7,7 +7,9 @@ preprocess in force, source: where its files were read), precision (the one Ligh
 used, which the config's ``trainer.precision`` need not say: ``16`` runs as
 ``bf16-mixed`` on a CPU), tested_checkpoint (the weights the test metrics are of:
 ``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
-validated), error.
+validated), trained (the optimisation steps and epochs the fit trained, and the budget that
+ended it: ``max_epochs``, ``max_steps``, ``max_time`` or ``other``;
+vaesweep.run.driver.trained_budget), error.
 duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
 
 ``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
@@ -200,6 +202,7 @@ class RunRecord:
             "dataset": None,
             "precision": None,
             "tested_checkpoint": None,
+            "trained": None,
             "devices": None,
             "error": None,
         }
@@ -207,7 +210,7 @@ class RunRecord:
 
     def set_facts(self, **facts: Any) -> None:
         """Records how the run was computed where its config does not say it (``precision``,
-        ``tested_checkpoint``)."""
+        ``tested_checkpoint``, ``trained``)."""
         self.data.update(facts)
         self.write()
 
