@@ -1,14 +1,21 @@
 """β schedules and controllers: hand-computed values, the published cyclical reference,
 controller directions, anti-windup, checkpoint round trips and validation."""
 
+import importlib
+import inspect
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from vaesweep.model.components import build_schedule
+import vaesweep
+from vaesweep.data.datamodule import VAEDataModule
+from vaesweep.model import networks
+from vaesweep.model.components import CONTEXT_ARGS, META_KEYS, build_schedule
 from vaesweep.model.schedules import SCHEDULES
 
 from conftest import TINY, run_cli
@@ -359,8 +366,8 @@ def test_registry():
     with pytest.raises(ValueError, match="gama") as error:
         build_schedule("capacity", gama=10.0)
     assert all(option in str(error.value) for option in ("gamma", "c_max", "c_steps"))
-    with pytest.raises(ValueError, match="kl_target"):
-        build_schedule("pi")
+    with pytest.raises(ValueError, match="target"):
+        build_schedule("geco")  # its config's target is ??? too: no default either way
 
 
 @pytest.mark.parametrize(
@@ -477,3 +484,75 @@ def test_a_schedule_longer_than_the_run_is_named_in_a_warning(tmp_path):
     short = run_cli([*args, "beta_schedule.steps=2"], tmp_path)
     assert short.returncode == 0, short.stderr[-3000:]
     assert "settles at step" not in short.stdout + short.stderr
+
+
+# ---- a class built in Python gets its config's defaults ----------------------------------
+
+CONF = Path(vaesweep.__file__).parent / "conf"
+#: (config, key): why the Python default differs from the config's on purpose; each is
+#: named in docs/components.md ("Python defaults that differ from the configs'").
+PYTHON_DEFAULT_DIFFERS = {
+    ("likelihood/gaussian.yaml", "scale_lr"): "None trains a learned scale at the network's lr",
+    ("likelihood/laplace.yaml", "scale_lr"): "None trains a learned scale at the network's lr",
+    ("model/mlp.yaml", "latent_dim"): "required in Python",
+    ("model/conv.yaml", "latent_dim"): "required in Python",
+    ("data/mnist_small.yaml", "preprocess"): "dequantize: what auto gives all but bernoulli",
+}
+#: (config, key): the built-in value that a Python default of None stands for.
+NONE_MEANS = {
+    ("model/mlp.yaml", "hidden"): networks.DEFAULT_MLP_HIDDEN,
+    ("model/conv.yaml", "hidden"): networks.DEFAULT_CONV_HIDDEN,
+    ("model/conv.yaml", "channels"): networks.DEFAULT_CONV_CHANNELS,
+}
+DEFAULT_CONFIGS = [
+    *(f"{group}/{path.name}" for group in ("beta_schedule", "likelihood", "model")
+      for path in sorted((CONF / group).glob("*.yaml"))),
+    "data/mnist_small.yaml",  # the default data (no _target_: VAEDataModule's options)
+]  # fmt: skip
+
+
+def _resolved(config):
+    """The config file's keys with ${beta} and ${paths.*} resolved as in train.yaml; a
+    mandatory ``???`` stays the string "???"."""
+    root = OmegaConf.create(
+        {
+            "beta": OmegaConf.load(CONF / "train.yaml").beta,
+            "paths": OmegaConf.load(CONF / "paths" / "default.yaml"),
+            "node": OmegaConf.load(CONF / config),
+        }
+    )
+    return OmegaConf.to_container(root.node, resolve=True)
+
+
+@pytest.mark.parametrize("config", DEFAULT_CONFIGS)
+def test_python_defaults_are_the_configs(config):
+    """A component built in Python without an option gets the value the CLI gives it,
+    except where PYTHON_DEFAULT_DIFFERS says why not; a config's ``???`` is required in
+    Python too."""
+    options = _resolved(config)
+    group = config.split("/")[0]
+    if "_target_" in options:
+        module, _, name = options["_target_"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        meta, context = META_KEYS[group], CONTEXT_ARGS[group]
+    else:
+        cls, meta, context = VAEDataModule, ("name",), ()
+    params = {
+        key: param
+        for key, param in inspect.signature(cls).parameters.items()
+        if key not in context and param.kind is param.POSITIONAL_OR_KEYWORD
+    }
+    keys = {key: value for key, value in options.items() if key not in meta}
+    assert set(keys) <= set(params), f"{config}: keys {cls.__name__} does not take"
+    if cls is not VAEDataModule:  # its other options (seed, device, ...) are not data.*
+        assert set(params) <= set(keys), f"{config}: options of {cls.__name__} it lacks"
+    differs = {}
+    for key, value in keys.items():
+        default = params[key].default
+        if default is None and (config, key) in NONE_MEANS:
+            default = list(NONE_MEANS[config, key])
+        expected = inspect.Parameter.empty if value == "???" else value  # ??? is required
+        if default != expected:
+            differs[key] = (value, default)
+    documented = {key for (name, key) in PYTHON_DEFAULT_DIFFERS if name == config}
+    assert set(differs) == documented, differs

@@ -499,8 +499,8 @@ class VAE(L.LightningModule):
         if self.likelihood.scale_lr is None or not scale_params:
             return build_optimizer(self.parameters(), self.hparams.optimizer)
         # A learned scale gets its own learning rate: Adam moves a parameter by about lr per
-        # step whatever its gradient, so at the networks' lr a scalar log σ needs
-        # ~|log σ*|/lr steps to reach its optimum (README "Learned scales").
+        # step whatever its gradient, so at the networks' lr a scalar log σ needs ~|log σ*|/lr
+        # steps to reach its optimum (docs/results-and-figures.md, "Learned scales").
         ids = {id(p) for p in scale_params}
         others = [p for p in self.parameters() if id(p) not in ids]
         groups = [{"params": others}, {"params": scale_params, "lr": self.likelihood.scale_lr}]

@@ -161,7 +161,7 @@ class LinearWarmup(BetaSchedule):
     name = "linear"
 
     def __init__(
-        self, beta: float = 1.0, start: float = 0.0, steps: int = 10000, delay: int = 0
+        self, beta: float = 1.0, start: float = 0.0, steps: int = 300, delay: int = 0
     ) -> None:
         super().__init__()
         _check(self.name, "beta", beta, ">= 0", lambda v: v >= 0)
@@ -187,7 +187,7 @@ class SigmoidWarmup(BetaSchedule):
     name = "sigmoid"
 
     def __init__(
-        self, beta: float = 1.0, start: float = 0.0, steps: int = 10000, steepness: float = 10.0
+        self, beta: float = 1.0, start: float = 0.0, steps: int = 300, steepness: float = 10.0
     ) -> None:
         super().__init__()
         _check(self.name, "beta", beta, ">= 0", lambda v: v >= 0)
@@ -221,7 +221,7 @@ class CyclicalBeta(BetaSchedule):
     def __init__(
         self,
         beta: float = 1.0,
-        total_steps: int = 10000,
+        total_steps: int = 600,
         n_cycles: int = 4,
         ratio: float = 0.5,
         shape: str = "linear",
@@ -286,7 +286,7 @@ class CapacityAnnealing(BetaSchedule):
         "and its target capacity beta_schedule.c_max"
     }
 
-    def __init__(self, gamma: float = 1000.0, c_max: float = 25.0, c_steps: int = 100000) -> None:
+    def __init__(self, gamma: float = 1000.0, c_max: float = 25.0, c_steps: int = 500) -> None:
         super().__init__()
         _check(self.name, "gamma", gamma, ">= 0", lambda v: v >= 0)
         _check(self.name, "c_max", c_max, ">= 0 (nats)", lambda v: v >= 0)
@@ -412,7 +412,7 @@ class PIController(BetaSchedule):
 
     def __init__(
         self,
-        kl_target: float,
+        kl_target: float = 25.0,
         kp: float = 0.01,
         ki: float = 0.0001,
         beta_min: float = 0.0,
