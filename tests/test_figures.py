@@ -558,6 +558,102 @@ def test_cells_over_fewer_seeds_than_the_others_are_marked():
     assert [n for n in same.notes if "seeds (fewer" in n] == []
 
 
+SCHEDULES = {
+    "constant": {"_target_": "vaesweep.model.schedules.ConstantBeta", "beta": 1.0},
+    "linear": {"_target_": "vaesweep.model.schedules.LinearWarmup", "beta": 1.0, "steps": 300},
+    "pi": {"_target_": "vaesweep.model.schedules.PIController", "beta_max": 1.0},
+    "capacity": {"_target_": "vaesweep.model.schedules.CapacityAnnealing", "gamma": 1000.0,
+                 "c_max": 25.0, "c_steps": 500},
+    "geco": {"_target_": "vaesweep.model.schedules.GECO", "target": -1500.0, "alpha": 0.99,
+             "lambda_init": 1.0},
+}  # fmt: skip
+
+
+def _schedule_frame(*names: str) -> pd.DataFrame:
+    """Two seeds of each β schedule in ``names``, every run with β = 1 in its config (the
+    default, which capacity and geco do not read)."""
+    parts = []
+    for name in names:
+        options = {"name": name, **SCHEDULES[name]}
+        columns = {f"config.beta_schedule.{k}": v for k, v in options.items()}
+        part = _hand_frame({1.0: [5.0, 6.0]}, **{"config.beta": 1.0, **columns})
+        parts.append(part.assign(run_dir=part["run_dir"] + f",{name}"))
+    df = pd.concat(parts, ignore_index=True)
+    df.attrs = {"swept": ["seed"], "metrics": ["test/nll", "test/kl"], "notes": []}
+    if len(names) > 1:
+        df["beta_schedule"] = df["config.beta_schedule.name"]
+        df.attrs["swept"] = ["beta_schedule", "seed"]
+    return df
+
+
+@pytest.mark.parametrize(
+    ("schedule", "said"),
+    [
+        ("constant", "Setting: digits; β=1."),
+        ("linear", "Setting: digits; β=1, β schedule=linear."),
+        ("pi", "Setting: digits; β=1, β schedule=pi."),  # β is its upper bound
+        # β is not read: the schedule's own weights instead, never "β=1".
+        ("capacity", "Setting: digits; β schedule=capacity (gamma=1000, c_max=25)."),
+        ("geco", "Setting: digits; β schedule=geco (target=-1500, lambda_init=1)."),
+    ],
+)
+def test_the_setting_gives_beta_only_for_a_schedule_that_reads_it(schedule, said):
+    """capacity's weight is gamma and geco's β is set by its controller: a run of either
+    records the default β = 1, which it never used. The table's note and the captions name
+    their own weights instead."""
+    from vaesweep.analysis.figures.captions import setting
+
+    df = _schedule_frame(schedule)
+    assert setting(df) == said
+    assert said in results_table(df).notes
+
+
+def test_the_setting_says_which_schedules_read_a_common_beta():
+    from vaesweep.analysis.figures.captions import setting
+
+    assert setting(_schedule_frame("constant", "capacity")) == (
+        "Setting: digits; β=1 (beta_schedule=constant)."
+    )
+    assert setting(_schedule_frame("capacity", "geco")) == "Setting: digits."
+
+
+def test_rate_distortion_puts_each_kind_of_data_on_its_own_axes():
+    """A Bernoulli's reconstruction NLL and MSE are of binarised images, a Gaussian's of
+    dequantised grey levels: one row of panels per kind of data, titled with it, as the
+    NLL figure does; never both on one axis."""
+    from vaesweep.analysis.figures.captions import caption
+
+    targets = {
+        "gaussian": "vaesweep.model.likelihoods.GaussianLikelihood",
+        "bernoulli": "vaesweep.model.likelihoods.BernoulliLikelihood",
+    }
+    parts = []
+    for i, (name, target) in enumerate(targets.items()):
+        part = _hand_frame(
+            {0.5: [5.0, 6.0], 2.0: [7.0, 8.0]},
+            **{"config.likelihood.name": name, "config.likelihood._target_": target},
+        )
+        parts.append(part.assign(run_dir=part["run_dir"] + f",{name}", likelihood=name))
+        parts[-1]["test/rec_nll"] = [100.0 * (i + 1) + k for k in range(4)]
+        parts[-1]["test/mse"] = [0.01 * (i + 1)] * 4
+    df = pd.concat(parts, ignore_index=True)
+    df.attrs = {"swept": ["likelihood", "beta", "seed"], "metrics": ["test/nll", "test/kl"],
+                "notes": []}  # fmt: skip
+    fig = rate_distortion(df)
+    assert len(fig.axes) == 4  # 2 kinds × (rec. NLL, MSE)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["dequantised data"] * 2 + ["binarised data"] * 2
+    for ax, expected in zip(fig.axes, ["Gaussian"] * 2 + ["Bernoulli"] * 2, strict=True):
+        labels = {line.get_label() for line in ax.get_lines() if len(line.get_xdata())}
+        assert labels == {expected}
+    # The rec. NLL axes hold their own kind's numbers only.
+    (gaussian,) = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
+    (bernoulli,) = [line for line in fig.axes[2].get_lines() if len(line.get_xdata())]
+    assert list(gaussian.get_xdata()) == [100.5, 102.5]
+    assert list(bernoulli.get_xdata()) == [200.5, 202.5]
+    assert "Lines: means over 2 seeds" in caption(fig)
+
+
 def test_rate_distortion_means_leave_out_infinite_values():
     """A seed's ±inf (a W&B summary, a foreign results.json) is missing in the rate–distortion
     lines too: each β's point is the mean of the finite values."""

@@ -343,6 +343,31 @@ def _multirun_config(*overrides: str, task: Sequence[str] = ()):
     return config
 
 
+def test_summary_csv_keeps_every_digit_and_the_table_shows_significant_ones(tmp_path, capsys):
+    """summary.csv is data (and the W&B summary table is read from it): an MSE of 3e-5 is
+    3e-5 there, never 0.0 as 4 decimals would make it. The printed table rounds to 6
+    significant digits, which keep a small number's digits too."""
+    from vaesweep.analysis.wandb_summary import read_summary_table
+    from vaesweep.sweep.grid import finish_sweep
+
+    metrics = {"test/nll": 759.4968200683594, "test/elbo": -763.0161, "test/mse": 0.09961256,
+               "test/kl": 3e-5}  # fmt: skip
+    for beta in ("0.5", "2"):
+        job = tmp_path / f"beta={beta}"
+        job.mkdir()
+        result = {"status": "completed", "metrics": metrics, "overrides": [f"beta={beta}"],
+                  "config": {"beta": float(beta)}, "duration_s": 4.047}  # fmt: skip
+        (job / "results.json").write_text(json.dumps(result))
+    assert finish_sweep(tmp_path) is True
+    (row, _) = read_summary(tmp_path)
+    assert {m: float(row[m]) for m in metrics} == metrics  # every digit, as recorded
+    columns, data = read_summary_table(tmp_path / SUMMARY_FILE)
+    assert data[0][columns.index("test/kl")] == 3e-5  # the W&B table's cell
+    table = capsys.readouterr().out.split("jobs):\n")[1]
+    assert "759.497" in table and "-763.016" in table and "0.0996126" in table
+    assert "3e-05" in table and " 0.0 " not in table and "759.4968200683594" not in table
+
+
 def test_a_glob_grid_is_checked_and_recorded_like_any_grid(tmp_path, monkeypatch):
     """likelihood=glob(...) lists the group's options as Hydra's sweeper does (it has the
     config loader): the sweep's start checks its jobs and records them; it used to fail

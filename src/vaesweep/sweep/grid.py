@@ -124,7 +124,9 @@ def summary_rows(
     results: list[dict[str, Any]], grid_keys: list[str], metrics: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """One row per job: its swept values, status, ``metrics`` (a search's objective) and the
-    :data:`~vaesweep.run.record.SUMMARY_COLUMNS`, duration and error."""
+    :data:`~vaesweep.run.record.SUMMARY_COLUMNS`, duration and error. Metrics keep full
+    precision: the rows are summary.csv and the W&B summary table, data (an MSE of 3e-5
+    rounded to 4 decimals would read 0.0); :func:`format_table` rounds for the screen."""
     columns = list(dict.fromkeys([*metrics, *SUMMARY_COLUMNS]))
     rows = []
     for r in results:
@@ -134,7 +136,7 @@ def summary_rows(
         row["status"] = r["status"]
         for m in columns:
             v = r["metrics"].get(m)
-            row[m] = None if v is None else round(float(v), 4)
+            row[m] = None if v is None else float(v)
         row["scale_converged"] = scale_converged(r)
         row["duration_s"] = r.get("duration_s")
         error = r.get("error") or {}
@@ -169,8 +171,24 @@ def varying_keys(results: list[dict[str, Any]]) -> list[str]:
     )
 
 
+#: Significant digits of a number in the terminal's table (summary.csv keeps them all).
+TABLE_DIGITS = 6
+
+
+def _shown(value: Any) -> str:
+    """A cell of the terminal's table: a float to :data:`TABLE_DIGITS` significant digits
+    (0.09961256 → 0.0996126, 3e-05 stays 3e-05: a fixed number of decimals would read 0),
+    anything else as written."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{TABLE_DIGITS}g}"
+    return str(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table for the terminal (columns left out when empty everywhere)."""
+    """A plain-text table for the terminal (columns left out when empty everywhere), numbers
+    to :data:`TABLE_DIGITS` significant digits."""
     if not rows:
         return "(no jobs)"
     # The job column (its full override string) is in summary.csv; on screen the swept
@@ -179,7 +197,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     columns = [
         c for c in rows[0] if c not in hidden and any(r.get(c) not in (None, "") for r in rows)
     ]
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[_shown(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]

@@ -9,8 +9,11 @@ figure file says the same on its own.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +22,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from vaesweep.analysis.figures.style import compact
 from vaesweep.analysis.results import completed
+from vaesweep.model.components import component_class
 
 #: The gid of a figure's caption text (``[t for t in fig.texts if t.get_gid() == ...]``).
 CAPTION_GID = "caption"
@@ -27,7 +31,8 @@ CAPTION_FONTSIZE = 6
 CAPTION_CHAR_WIDTH = 0.047
 
 #: (config column, name in the setting line): the fixed settings that change a result and
-#: that a reader of a table needs; listed when every run has the same value.
+#: that a reader of a table needs; listed when every run has the same value. β is among
+#: them only for the runs whose schedule reads it (:func:`reads_beta`).
 SETTINGS = (
     ("config.model.name", "model"),
     ("config.model.latent_dim", "latent_dim"),
@@ -37,6 +42,9 @@ SETTINGS = (
     ("config.likelihood.name", "likelihood"),
     ("config.likelihood.scale", "scale"),
 )
+SCHEDULE_PREFIX = "config.beta_schedule."
+# A key named in a schedule's hint for `beta` ("its KL weight is beta_schedule.gamma").
+_HINTED_KEY = re.compile(r"\bbeta_schedule\.([A-Za-z_]\w*)")
 
 
 def _missing(value: object) -> bool:
@@ -51,6 +59,76 @@ def _common(done: pd.DataFrame, column: str) -> tuple[bool, object]:
     if len(values) != 1:
         return False, None
     return True, values.pop()
+
+
+@cache
+def _schedule_class(name: Any, target: Any) -> type | None:
+    options = {k: v for k, v in (("name", name), ("_target_", target)) if not _missing(v)}
+    try:
+        return component_class("beta_schedule", options)
+    except ValueError:  # not importable here (a user's module): nothing known of it
+        return None
+
+
+def schedule_class(row: pd.Series) -> type | None:
+    """The β schedule class a run's recorded config selects; None where the run recorded
+    none or the class cannot be imported."""
+    name, target = row.get(f"{SCHEDULE_PREFIX}name"), row.get(f"{SCHEDULE_PREFIX}_target_")
+    if _missing(name) and _missing(target):
+        return None
+    return _schedule_class(name, target)
+
+
+def reads_beta(row: pd.Series) -> bool:
+    """Whether a run's β schedule reads the root ``beta``. A schedule that does not
+    (``capacity``: its weight is ``gamma``; ``geco``: its controller sets β) says so itself:
+    its ``hints`` name what to set instead of ``beta``, the same words that refuse
+    ``beta=...`` for it before training (:mod:`vaesweep.run.effective`), so a ``β=1`` in a
+    caption would state a value the run never used. A run without a recorded schedule, or
+    whose schedule cannot be imported here, is taken to read it (the constant β)."""
+    cls = schedule_class(row)
+    return cls is None or "beta" not in getattr(cls, "hints", {})
+
+
+def schedule_keys(cls: type | None) -> list[str]:
+    """The keys a schedule that does not read β has in its place (``gamma``, ``c_max`` for
+    ``capacity``; ``target``, ``lambda_init`` for ``geco``): those its hint for ``beta``
+    names, so a caption gives the schedule's own weights where it leaves β out."""
+    hint = getattr(cls, "hints", {}).get("beta", "") if cls is not None else ""
+    return list(dict.fromkeys(_HINTED_KEY.findall(hint)))
+
+
+def _beta(done: pd.DataFrame) -> str | None:
+    """ "β=1" when every run reads β and has that value; "β=1 (beta_schedule=constant,
+    linear)" when only the runs of those schedules read it; None when no run reads it or
+    the runs differ (β is then a column or a legend entry)."""
+    same, value = _common(done, "config.beta")
+    if not same or value is None or str(value) == "":
+        return None
+    reads = done.apply(reads_beta, axis=1) if len(done) else pd.Series(dtype=bool)
+    if not reads.any():
+        return None
+    text = f"β={compact(value)}"
+    if reads.all():
+        return text
+    column = f"{SCHEDULE_PREFIX}name"
+    names = dict.fromkeys(str(v) for v in done.loc[reads, column] if not _missing(v))
+    return f"{text} (beta_schedule={', '.join(names)})" if names else text
+
+
+def _schedule(done: pd.DataFrame) -> str | None:
+    """ "β schedule=capacity (gamma=1000, c_max=25)" when every run has that non-constant
+    schedule: its own weights (:func:`schedule_keys`) that every run shares in brackets."""
+    same, name = _common(done, f"{SCHEDULE_PREFIX}name")
+    if not same or name in (None, "constant"):
+        return None
+    keys = schedule_keys(schedule_class(done.iloc[0]))
+    values = []
+    for key in keys:
+        same, value = _common(done, f"{SCHEDULE_PREFIX}{key}")
+        if same and value is not None and str(value) != "":
+            values.append(f"{key}={compact(value)}")
+    return f"β schedule={name}" + (f" ({', '.join(values)})" if values else "")
 
 
 def _plural(n: int, word: str) -> str:
@@ -96,8 +174,9 @@ def _budget(done: pd.DataFrame) -> str:
 
 def setting(df: pd.DataFrame) -> str:
     """One line on what the completed runs of ``df`` share: dataset, epochs, and the fixed
-    settings that change a result (:data:`SETTINGS`, the β schedule when not constant)
-    that every run has alike; a swept setting is the table's column or the figure's legend.
+    settings that change a result (:data:`SETTINGS`, the β schedule when not constant, with
+    its own weights) that every run has alike; a swept setting is the table's column or the
+    figure's legend. β is left out for a schedule that does not read it (:func:`reads_beta`).
     """
     done = completed(df)
     head = []
@@ -110,12 +189,15 @@ def setting(df: pd.DataFrame) -> str:
         head.append(budget)
     fixed = []
     for column, name in SETTINGS:
+        if column == "config.beta":
+            if beta := _beta(done):
+                fixed.append(beta)
+            continue
         same, value = _common(done, column)
         if same and value is not None and str(value) != "":
             fixed.append(f"{name}={compact(value)}")
-    same, schedule = _common(done, "config.beta_schedule.name")
-    if same and schedule not in (None, "constant"):
-        fixed.append(f"β schedule={schedule}")
+    if schedule := _schedule(done):
+        fixed.append(schedule)
     text = ", ".join(head) or "setting not recorded"
     return f"Setting: {text}" + (f"; {', '.join(fixed)}." if fixed else ".")
 

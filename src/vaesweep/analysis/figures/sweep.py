@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
@@ -177,60 +178,92 @@ def metric_vs_beta(
 
 def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     """Rate KL versus distortion (reconstruction NLL; MSE): a marker per run, and a line per
-    configuration through its per-β means (mean over seeds) in order of β."""
+    configuration through its per-β means (mean over seeds) in order of β.
+
+    A distortion is of the data the run scored (:mod:`vaesweep.analysis.figures.kinds`): a
+    Bernoulli's reconstruction NLL and MSE are of binarised images, a density's of
+    dequantised grey levels. Runs of different kinds of data are drawn in a row of panels
+    per kind, titled with it, each with its own axes, never on one axis (as
+    :func:`metric_vs_beta` and the results table keep them apart)."""
     done = completed(df)
     require(done, "test/kl", "test/rec_nll", "test/mse")
     # ±inf is missing, as in every aggregate: not a marker, not part of a mean.
     metrics = ["test/kl", "test/rec_nll", "test/mse"]
     done = done.assign(**{m: done[m].replace([np.inf, -np.inf], np.nan) for m in metrics})
+    done = done.assign(**{KIND: data_kinds(done)})
+    distortions = ("test/rec_nll", "test/mse")
+    kinds = [
+        k
+        for k in dict.fromkeys(done[KIND])
+        if done.loc[done[KIND] == k, "test/kl"].notna().any()
+        and done.loc[done[KIND] == k, list(distortions)].notna().any().any()
+    ]
+    if not kinds:
+        raise FigureSkipped("no run has test/kl and a distortion (test/rec_nll, test/mse)")
     keys = [k for k in config_keys(df) if k != "beta"]
     join_betas = "beta" in config_keys(df)
     styles = styles_for(done, keys)
-    # β values are written next to the configuration whose rate spreads most (least clutter).
-    spread = {
-        c: np.ptp(r.groupby("beta")["test/kl"].mean()) if join_betas else 0
-        for c, r in groups(done, keys)
-    }
-    labelled = max(spread, key=spread.get)
     with paper_style():
-        fig = new_figure(width, 2.6, ncols=2)
-        for ax, x in zip(fig.axes, ("test/rec_nll", "test/mse"), strict=True):
-            for config, rows in groups(done, keys):
-                st = styles[config]
-                ax.scatter(
-                    rows[x], rows["test/kl"], s=9, marker=st.marker, color=st.colour, alpha=0.45
-                )
-                if join_betas:
-                    means = rows.groupby("beta")[[x, "test/kl"]].mean().sort_index()
-                    ax.plot(
-                        means[x],
-                        means["test/kl"],
-                        color=st.colour,
-                        linestyle=st.linestyle,
-                        marker=st.marker,
-                        markersize=3,
-                        label=st.label,
+        fig = new_figure(width, 2.6 * len(kinds), nrows=len(kinds), ncols=2, squeeze=False)
+        axes = iter(fig.axes)
+        for kind in kinds:
+            part = done[done[KIND] == kind]
+            # β values are written next to the configuration whose rate spreads most (least
+            # clutter), in each kind's panels.
+            spread = {
+                c: np.ptp(r.groupby("beta")["test/kl"].mean()) if join_betas else 0
+                for c, r in groups(part, keys)
+            }
+            labelled = max(spread, key=spread.get)
+            for x in distortions:
+                ax = next(axes)
+                if len(kinds) > 1:
+                    ax.set_title(kind, loc="left", fontsize=7)
+                for config, rows in groups(part, keys):
+                    _rate_distortion_lines(
+                        ax, rows, x, styles[config], join_betas, config == labelled
                     )
-                    if config == labelled:
-                        for beta, point in means.iterrows():
-                            ax.annotate(
-                                f"β={compact(beta)}",
-                                (point[x], point["test/kl"]),
-                                xytext=(3, 3),
-                                textcoords="offset points",
-                                fontsize=6,
-                                color="dimgrey",
-                            )
-                else:
-                    ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
-            ax.set_xlabel(METRIC_LABELS[x])
-            ax.set_ylabel(METRIC_LABELS["test/kl"])
-        fig.axes[0].set_title("markers: runs; lines: mean over seeds, joining β values", loc="left")
+                ax.set_xlabel(METRIC_LABELS[x])
+                ax.set_ylabel(METRIC_LABELS["test/kl"])
+        if len(kinds) == 1:
+            title = "markers: runs; lines: mean over seeds, joining β values"
+            fig.axes[0].set_title(title, loc="left")
         _legend_below(fig, fig.axes)
         by = [*keys, "beta"] if join_betas else keys  # the runs behind each mean
         per_point = done.groupby(by, dropna=False).size() if by else [len(done)]
         add_caption(fig, [setting(df), f"Markers: single runs. {seeds_line(per_point)}"])
     return fig
+
+
+def _rate_distortion_lines(
+    ax: Axes, rows: pd.DataFrame, x: str, st: LineStyle, join_betas: bool, labelled: bool
+) -> None:
+    """One configuration's runs in a rate–distortion panel: a marker per run, and its
+    per-β means joined in order of β (with the β values written when ``labelled``)."""
+    ax.scatter(rows[x], rows["test/kl"], s=9, marker=st.marker, color=st.colour, alpha=0.45)
+    if not join_betas:
+        ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
+        return
+    means = rows.groupby("beta")[[x, "test/kl"]].mean().sort_index()
+    ax.plot(
+        means[x],
+        means["test/kl"],
+        color=st.colour,
+        linestyle=st.linestyle,
+        marker=st.marker,
+        markersize=3,
+        label=st.label,
+    )
+    if labelled:
+        for beta, point in means.iterrows():
+            ax.annotate(
+                f"β={compact(beta)}",
+                (point[x], point["test/kl"]),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=6,
+                color="dimgrey",
+            )
 
 
 def _read_csv(path: Path) -> pd.DataFrame | str:
