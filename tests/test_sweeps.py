@@ -531,6 +531,9 @@ def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
     from vaesweep.run.config import CONF_DIR
+    from vaesweep.run.jobs import register_resolvers
+
+    register_resolvers()  # as the entry point does
 
     overrides = [
         "hydra/launcher=slurm",
@@ -543,6 +546,42 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.tasks_per_node, launcher.gpus_per_node) == ("gpu", 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tasks", "gpus", "refusal"),
+    [
+        (["trainer.accelerator=cpu", "trainer.devices=2"], 2, 0, None),  # no GPU asked for
+        (["trainer=gpu"], 1, 1, None),
+        (["trainer.devices=auto"], None, None, "hydra.launcher.tasks_per_node (While der"),
+        (["trainer.devices=-1"], -1, -1, "hydra.launcher.tasks_per_node=-1 is invalid"),
+        (["hydra.launcher.gpus_per_node=-2"], 1, -2, "hydra.launcher.gpus_per_node=-2 is inv"),
+    ],
+)
+def test_the_slurm_launcher_asks_for_gpus_only_for_gpu_jobs(overrides, tasks, gpus, refusal):
+    """hydra/launcher=slurm asks SLURM for trainer.devices tasks and GPUs: a CPU job asked
+    for a GPU; a device count SLURM cannot take (auto, -1) reached sbatch. Now no GPU for
+    trainer.accelerator=cpu, and a count that is not one is refused before any job."""
+    from hydra import compose, initialize_config_dir
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.run.jobs import register_resolvers
+    from vaesweep.sweep.preflight import launcher_problem
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher
+    if tasks is not None:  # else submitit's int field refuses the value on reading
+        assert (launcher.tasks_per_node, launcher.gpus_per_node) == (tasks, gpus)
+    problem = launcher_problem(launcher)
+    if refusal is None:
+        assert problem is None or problem.startswith("hydra/launcher=slurm needs SLURM"), problem
+    else:
+        assert problem is not None and problem.startswith(refusal), problem
+        assert "trainer.devices=2" in problem
 
 
 @pytest.mark.slow
@@ -736,8 +775,10 @@ def test_the_sweep_record_is_held_by_one_process_at_a_time(tmp_path):
 def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     """``beta=1,2`` then ``beta=1.0,3``: Hydra would name a new directory for beta=1.0 and
     train beta=1 again beside the first. Refused before any job (exit 2), naming the run
-    and how it was written; the same values written as before continue the sweep (beta=1
-    skipped, beta=3 new). Another base value (seed) is a new job, not a repeat."""
+    and how it was written; so is a relaunch that adds or changes a setting that changes no
+    result (trainer.enable_model_summary=false, logger=csv); the same values written as
+    before continue the sweep (beta=1 skipped, beta=3 new). Another base value (seed) is a
+    new job, not a repeat."""
     args = [*TINY, "logger=none", "hydra.sweep.dir=sweep"]
     first = run_cli(["-m", "beta=1,2", *args], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -745,6 +786,16 @@ def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     assert again.returncode == 2, again.stderr[-3000:]
     assert "sweep refused, no job was run: the job [beta=1.0] is the run beta=1," in again.stderr
     assert "(completed), written another way (beta=1 there)" in again.stderr
+    assert len(results_under(tmp_path / "sweep")) == 2
+    # A setting that changes no result, added or changed, names another directory too.
+    for extra, how in (
+        (["trainer.enable_model_summary=false"], "(a setting that changes no result added)"),
+        (["logger=csv"], "(logger=none there)"),
+    ):
+        args_ = [a for a in args if not (extra[0].startswith("logger") and a == "logger=none")]
+        added = run_cli(["-m", "beta=1,2", *args_, *extra], tmp_path)
+        assert added.returncode == 2, added.stderr[-3000:]
+        assert f"(completed), written another way {how}" in added.stderr, added.stderr[-3000:]
     assert len(results_under(tmp_path / "sweep")) == 2
     same = run_cli(["-m", "beta=1,3", *args], tmp_path)
     assert same.returncode == 0, same.stderr[-3000:]

@@ -502,6 +502,12 @@ def _first_set(value: Any, default: Any) -> Any:
     return default if value is None or value == "" else value
 
 
+def gpus_for(accelerator: Any, devices: Any) -> Any:
+    """The GPUs a job asks a scheduler for (hydra/launcher=slurm's ``gpus_per_node``):
+    none for ``trainer.accelerator=cpu``, else ``trainer.devices``."""
+    return 0 if str(accelerator) == "cpu" else devices
+
+
 def register_resolvers() -> None:
     """The resolvers ``vaesweep/conf/train.yaml`` uses (idempotent); Hydra copies their cache
     into every job, so a sweep's id is the same in the launcher and in its jobs."""
@@ -510,6 +516,7 @@ def register_resolvers() -> None:
         "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
         "vaesweep.either": (_first_set, False),
         "vaesweep.config_subdir": (config_subdir, False),
+        "vaesweep.gpus_for": (gpus_for, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

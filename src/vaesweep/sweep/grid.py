@@ -551,7 +551,9 @@ def sweep_refusal(
 
 def _as_values(overrides: list[str]) -> tuple | None:
     """The overrides as (key, value) pairs, numbers as floats, sorted: ``beta=1.0`` and
-    ``beta=1`` give the same pairs. None when one does not parse."""
+    ``beta=1`` give the same pairs; keys that change no result (``logger=csv``,
+    ``trainer.enable_progress_bar=false``: NOT_RESULTS) left out. None when one does not
+    parse."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:
@@ -561,7 +563,8 @@ def _as_values(overrides: list[str]) -> tuple | None:
         value = o.value()
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = float(value)
-        pairs.append((o.get_key_element(), repr(value)))
+        if changes_results(o.key_or_group):
+            pairs.append((o.get_key_element(), repr(value)))
     return tuple(sorted(pairs))
 
 
@@ -570,8 +573,10 @@ def written_again(
 ) -> str | None:
     """A job of this launch with no directory yet whose config is that of a run already in
     the sweep directory, its overrides written another way (``beta=1.0`` after ``beta=1``:
-    Hydra names the directory from the text), as a refusal message; else None. It would
-    train the same thing again beside the first, and `collect` would count one of them."""
+    Hydra names the directory from the text) or with a setting that changes no result added,
+    dropped or changed (``logger=csv``, ``trainer.enable_progress_bar=false``: also in the
+    directory's name), as a refusal message; else None. It would train the same thing again
+    beside the first, and `collect` would count one of them."""
     sweep_dir = Path(config.hydra.sweep.dir)
     earlier: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
     for path in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
@@ -593,9 +598,14 @@ def written_again(
                 continue  # the same text, another base config: a new job
             before = sorted(set(stored["overrides"]) - set(job))
             now_ = sorted(set(job) - set(stored["overrides"]))
+            how = (
+                f"({' '.join(before)} there)"
+                if before
+                else "(a setting that changes no result added)"
+            )
             return (
                 f"the job [{' '.join(now_)}] is the run {run_dir.name} of this sweep "
-                f"({stored['status']}), written another way ({' '.join(before)} there): it "
+                f"({stored['status']}), written another way {how}: it "
                 "would be "
                 "trained again in a directory of its own. Write the values as that launch "
                 "did (the same command continues the sweep), or use another hydra.sweep.dir"

@@ -171,6 +171,19 @@ def launcher_problem(launcher: DictConfig) -> str | None:
         if problem:
             return problem
     if launchers.is_submitit(target) and "slurm" in target.lower():
+        for key, low in (("tasks_per_node", 1), ("gpus_per_node", 0)):
+            try:
+                value = launcher.get(key)
+                shown = f"={value!r}"
+            except Exception as e:  # submitit's typed field refuses a string (devices=auto)
+                value, shown = None, f" ({str(e).splitlines()[0]})"
+            if not (is_int(value) and value >= low):
+                return (
+                    f"hydra.launcher.{key}{shown} is invalid: allowed an integer ≥ {low}, "
+                    "the number SLURM is asked for (hydra/launcher=slurm sets it from "
+                    "trainer.devices: give that as a count, e.g. trainer.devices=2, or set "
+                    f"hydra.launcher.{key})"
+                )
         missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
         if missing:
             return (
