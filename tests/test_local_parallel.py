@@ -196,6 +196,9 @@ def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
     [
         ({}, False, None),  # every job completed: nothing to continue
         ({0: "failed"}, False, "Train the failed jobs again:"),
+        # Refused before training: the same command runs it once its cause is fixed.
+        ({0: ("failed", "ConfigError")}, False, "1 job(s) refused before training"),
+        ({0: ("failed", "ConfigError"), 1: "failed"}, False, "Train the failed jobs again:"),
         ({0: "failed"}, True, None),  # a search's failed trials are told to Optuna
         ({0: "interrupted"}, False, "Continue this sweep:"),
         ({0: "interrupted", 1: "diverged"}, False, "Continue this sweep:"),
@@ -211,6 +214,9 @@ def test_the_end_of_a_sweep_prints_the_command_that_continues_it(
     copies = copy_results(sweep, tmp_path)
     for index, status in statuses.items():
         data = json.loads(copies[index].read_text())
+        if isinstance(status, tuple):  # with the error's type
+            status, kind = status
+            data["error"] = {"type": kind, "message": "x is invalid", "step": None}
         copies[index].write_text(json.dumps({**data, "status": status}))
     finish_sweep(tmp_path, search=search)
     err = capsys.readouterr().err
@@ -227,6 +233,7 @@ def test_the_end_of_a_sweep_prints_the_command_that_continues_it(
     # Failed jobs beside resumable ones: said, without re-running them unasked.
     hint = "add sweep.rerun_failed=true to train its failed jobs again too"
     assert (hint in err) == (expected.startswith("Continue") and "diverged" in statuses.values())
+    assert ("refused before training" in err) == expected.startswith("1 job(s) refused")
 
 
 def test_a_launch_that_reran_failed_jobs_is_not_told_to_rerun_them(sweep, tmp_path, capsys):

@@ -49,6 +49,7 @@ from vaesweep.run.record import (
     DIVERGED,
     FAILED,
     INCOMPLETE,
+    REFUSALS,
     RESULTS_FILE,
     SUMMARY_COLUMNS,
     UNREADABLE,
@@ -320,7 +321,12 @@ def _tell_how_to_continue(
     failed trials are told to Optuna and never run again; a search short of its trials
     continues."""
     ours = [r for r in rows if not planned or r["job"] in planned]
-    failed = not search and any(r["status"] in (FAILED, DIVERGED) for r in ours)
+    # A job refused before it trained (its config, its data) is checked again and run by
+    # the same command once its cause is fixed: sweep.rerun_failed is not what it needs.
+    refused = [r for r in ours if r["status"] == FAILED and _refusal(r["error"])]
+    failed = not search and any(
+        r["status"] in (FAILED, DIVERGED) and r not in refused for r in ours
+    )
     settled = (COMPLETED, FAILED, DIVERGED)
     resumable = [r for r in ours if r["status"] not in settled]
     unstarted = set(planned) - {r["job"] for r in rows}
@@ -336,6 +342,19 @@ def _tell_how_to_continue(
     elif rerun:
         command = command_again("hydra.sweep.dir", directory, also=["sweep.rerun_failed=true"])
         print(f"Train the failed jobs again:\n  {command}{note}", file=sys.stderr, flush=True)
+    elif refused and not search:
+        command = command_again("hydra.sweep.dir", directory)
+        print(
+            f"{len(refused)} job(s) refused before training (the reason is in their row): "
+            f"once it is fixed, the same command runs them:\n  {command}{note}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _refusal(error: str) -> bool:
+    """Whether a summary row's error (``Type: message``) is a refusal before training."""
+    return error.partition(":")[0] in REFUSALS
 
 
 def _record_finish(
