@@ -60,7 +60,9 @@ def _key(result: dict) -> tuple:
 def test_a_run_collected_twice_counts_once(sweep, tmp_path):
     """Two copies of a sweep (as when a second sweep re-ran some configurations): every run
     of the second is a duplicate, and the aggregates equal those of one copy; a copy that
-    differs only in where it logged is still the same run, one with other metrics is not."""
+    differs only in where it logged is still the same run. One with other metrics (other
+    code, a device that is not deterministic) is the same seed again, not one more: the
+    newest run counts, the other is a duplicate, and the note (the table's too) names them."""
     first = copy_results(sweep, tmp_path / "a")
     second = copy_results(sweep, tmp_path / "b")
     for path in second[:2]:  # other logger and paths: not part of the result
@@ -73,29 +75,39 @@ def test_a_run_collected_twice_counts_once(sweep, tmp_path):
     second[2].write_text(json.dumps(changed))
 
     alone = load_results(tmp_path / "a")
-    both = load_results(tmp_path / "a", tmp_path / "b")
-    assert len(both) == 32 and (both["status"] == "duplicate").sum() == 15
-    dup = both[both["status"] == "duplicate"]
-    assert all(str(tmp_path / "b") in d for d in dup["run_dir"])
-    assert all("counted once" in e and str(tmp_path / "a") in e for e in dup["error"])
-    (note,) = both.attrs["notes"]
-    assert "1 pair(s) of runs share a configuration and seed but not their metrics" in note
-    assert str(first[2].parent) in note and str(second[2].parent) in note
+    for newer, older, nll in ((first[2], second[2], None), (second[2], first[2], changed)):
+        _edit(newer, finished_at="2099-01-01T00:00:00+00:00")  # finished after the other
+        _edit(older, finished_at="2000-01-01T00:00:00+00:00")
+        both = load_results(tmp_path / "a", tmp_path / "b")
+        assert len(both) == 32 and (both["status"] == "duplicate").sum() == 16
+        dup = both[both["status"] == "duplicate"]
+        in_b = 15 + (older == second[2])  # the identical copies, and the older one
+        assert sum(str(tmp_path / "b") in d for d in dup["run_dir"]) == in_b
+        left_out = dup[dup["run_dir"] == str(older.parent)]
+        assert (
+            f"as {newer.parent}, which finished later, but other metrics"
+            in left_out["error"].item()
+        )
+        (note,) = both.attrs["notes"]
+        assert "1 pair(s) of runs share a configuration and seed but not their metrics" in note
+        assert f"{older.parent} (left out) and {newer.parent}" in note
+        assert both.attrs["caveats"] == [note]
+        assert any(n.startswith("Note: 1 pair(s)") for n in results_table(both).notes)
 
-    one, two = _aggregate(alone), _aggregate(both)
-    for key, row in one.iterrows():
-        other = two.loc[key]
-        if key == _key(changed):  # the run with other metrics counts as one more seed
-            assert other["test/nll.count"] == row["test/nll.count"] + 1 == 3
-            continue
-        assert other["test/nll.count"] == row["test/nll.count"] == 2
-        assert other["test/nll.mean"] == row["test/nll.mean"]
-        assert other["test/nll.std"] == row["test/nll.std"]
+        one, two = _aggregate(alone), _aggregate(both)
+        for key, row in one.iterrows():
+            other = two.loc[key]
+            assert other["test/nll.count"] == row["test/nll.count"] == 2  # seeds, not runs
+            if key == _key(changed) and nll is not None:  # the newer run's numbers
+                assert other["test/nll.mean"] != row["test/nll.mean"]
+                continue
+            assert other["test/nll.mean"] == row["test/nll.mean"]
+            assert other["test/nll.std"] == row["test/nll.std"]
 
     proc = vaesweep(["collect", str(tmp_path / "a"), str(tmp_path / "b"), "--aggregate"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "32 runs (17 completed, 15 duplicate)" in proc.stderr
-    assert "15 duplicate" in proc.stderr and "not their metrics" in proc.stderr
+    assert "32 runs (16 completed, 16 duplicate)" in proc.stderr
+    assert "not their metrics" in proc.stderr
 
 
 def test_runs_that_differ_only_where_they_logged_are_one_configuration(sweep, tmp_path):
@@ -135,6 +147,43 @@ def test_an_unreadable_results_file_is_listed_and_the_others_collected(sweep, tm
     proc = vaesweep(["collect", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "16 runs (14 completed, 2 unreadable)" in proc.stderr and str(copies[5]) in proc.stderr
+
+
+def test_a_results_file_with_fields_of_the_wrong_type_is_unreadable_and_named(sweep, tmp_path):
+    """Valid JSON whose fields hold types vaesweep never writes there (edited by hand, or
+    written by another tool): each such file is an unreadable row naming its field, and
+    the other runs are collected and drawn, where collect and figures used to stop with a
+    traceback (a string for the dataset or the error) or a garbled note (a string of
+    overrides: every character an override)."""
+    copies = copy_results(sweep, tmp_path / "runs")
+    _edit(copies[2], dataset="mnist_small")
+    _edit(copies[4], status="failed", error="boom")
+    _edit(copies[6], overrides="beta=1")
+    _edit(copies[8], metrics={**json.loads(copies[8].read_text())["metrics"], "test/nll": "low"})
+    df = load_results(tmp_path / "runs")
+    assert list(df["status"].value_counts().items()) == [("completed", 12), ("unreadable", 4)]
+    bad = df[df["status"] == "unreadable"].set_index("job_name")["error"]
+    for path, field in (
+        (copies[2], "'dataset' is a string, not an object"),
+        (copies[4], "'error' is a string, not an object"),
+        (copies[6], "'overrides' is a string, not an array"),
+        (copies[8], "metric 'test/nll' is a string, not a number"),
+    ):
+        assert bad[path.parent.name] == f"{path} is not a valid results file ({field})"
+    assert "" not in df.columns and not any("(, " in n for n in df.attrs["notes"])
+    (note,) = [n for n in df.attrs["notes"] if "results.json" in n]
+    assert note.startswith("4 results.json hold a field of a type vaesweep never writes")
+    assert f"{copies[2]} ('dataset' is a string, not an object)" in note
+    reference = _aggregate(load_results(sweep))
+    stats = _aggregate(df)
+    assert (stats["test/nll.count"] <= reference["test/nll.count"]).all()
+    assert stats["test/nll.count"].sum() == 12
+    proc = vaesweep(["collect", str(tmp_path / "runs")], tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "16 runs (12 completed, 4 unreadable)" in proc.stderr and str(copies[4]) in proc.stderr
+    proc = vaesweep(["figures", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")], tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "fig" / "nll_elbo_vs_beta.pdf").is_file()
 
 
 # A job's process as vaesweep.run.jobs runs one: it claims its directory, then records
@@ -658,3 +707,77 @@ def test_an_int_batch_limit_stays_an_int_beside_a_run_without_one():
     assert column[:2] == [1, 1] and all(type(v) is int for v in column[:2])
     assert column[2] is None or math.isnan(column[2])
     assert setting(df).startswith("Setting: digits, 20 epochs of 1 batch")
+
+
+def test_runs_of_several_code_states_are_named_in_the_notes_and_the_table():
+    """Runs of two commits (one with uncommitted changes and another torch) pooled in one
+    frame: aggregated together, as the user asked, but the notes and the table say so,
+    naming each state, the package that differs and the runs of each; runs of one state,
+    or W&B rows (which do not record it), say nothing."""
+    rows = [_hand_row(s, [f"seed={s}"], 10.0 + s) for s in range(4)]
+    for i, row in enumerate(rows):
+        old = i >= 3
+        row["identity"].update(
+            commit=("0123abcd" if old else "89ef4567") + "0" * 32,
+            dirty=old,
+            versions=f"python=3.11.7 torch={'2.0.0' if old else '2.13.0'} vaesweep=0.1.0",
+        )
+    df = frame.build_frame(rows)
+    (note,) = df.attrs["caveats"]
+    assert note == (
+        "the completed runs come from 2 code states, aggregated and compared together: commit "
+        "89ef4567, torch=2.13.0: 3 runs; commit 0123abcd (uncommitted changes), torch=2.0.0: "
+        "1 run. Their numbers are comparable only if those changes left them alike (the "
+        "frame's commit, dirty and versions columns tell the runs apart)"
+    )
+    assert note in df.attrs["notes"]
+    assert f"Note: T{note[1:]}." in results_table(df).notes
+    assert aggregate(df, metrics=["test/nll"])["test/nll.count"].tolist() == [4]
+
+    same = frame.build_frame(rows[:3])
+    assert same.attrs["caveats"] == [] and not any(
+        "code state" in n for n in results_table(same).notes
+    )
+    for row in rows:
+        row["identity"].update(commit=None, dirty=None, versions=None)  # as W&B rows
+    assert frame.build_frame(rows).attrs["caveats"] == []
+
+
+def test_the_figures_of_a_moved_search_are_drawn_or_their_journal_named(tmp_path):
+    """A 3-trial search, its directory moved (as results are archived): its optimisation
+    history and importances are drawn from where its journal is now, not from the path
+    results.json recorded (they used to vanish without a word); and a search whose journal
+    is gone says so as a skipped figure, naming where it looked."""
+    from conftest import TINY, run_cli
+
+    proc = run_cli(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.params.beta=tag(log, interval(0.1, 10))",
+            "hydra.sweeper.params.optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            *TINY,
+            "logger=csv",
+            "threads=1",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "archive").mkdir()
+    moved = (tmp_path / "sweep").rename(tmp_path / "archive" / "search")
+    proc = vaesweep(["figures", str(moved), "--out", str(tmp_path / "fig")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("optimization_history", "param_importances"):
+        assert (tmp_path / "fig" / f"{name}.pdf").is_file(), proc.stderr
+    assert "skipped optimization_history" not in proc.stderr
+
+    (moved / "optuna_journal.log").rename(tmp_path / "journal.log")  # lost
+    proc = vaesweep(["figures", str(moved), "--out", str(tmp_path / "fig2")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "fig2" / "optimization_history.pdf").exists()
+    assert (
+        f"skipped optimization_history_search: {moved}: the search's Optuna journal is not "
+        f"at {moved / 'optuna_journal.log'} (beside sweep.json)"
+    ) in proc.stderr

@@ -443,3 +443,46 @@ def test_infinite_values_count_as_missing_in_the_aggregates():
         assert stats.loc[beta, "test/nll.sem"] == pytest.approx(np.std(finite, ddof=1) / 2**0.5)
     assert stats.loc[2.0, "test/nll.count"] == 0
     assert np.isnan(stats.loc[2.0, ["test/nll.mean", "test/nll.std", "test/nll.sem"]]).all()
+
+
+def _closed_state(offline_run: Path) -> str:
+    """The state W&B gives an offline run once it is synced: ``finished`` for exit code 0
+    (the run's exit record, as wandb.finish(exit_code=...) wrote it), else ``failed``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from wandb_offline import iter_payloads
+
+    for payload in iter_payloads(next(offline_run.glob("*.wandb"))):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            return "finished" if record.exit.exit_code == 0 else "failed"
+    return "crashed"  # never closed: W&B marks it crashed
+
+
+def test_a_wandb_run_has_the_status_the_job_wrote_not_only_its_state(tmp_path):
+    """A diverged job closes its W&B run with exit code 1 (state ``failed``) and its status
+    in the summary: from W&B it is ``diverged``, as load_results says, not ``failed``. A
+    summary status is the job's only for a run it closed: a resumed run's summary keeps
+    the earlier attempt's ``interrupted`` while it runs, or once it crashed."""
+    from conftest import TINY, run_cli
+
+    proc = run_cli([*TINY, "optimizer.lr=1e30", "logger=wandb", "hydra.run.dir=r"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (offline,) = (tmp_path / "r" / "wandb").glob("offline-run-*")
+    run = read_offline_run(offline)
+    assert _closed_state(offline) == "failed" and run["summary"]["status"] == "diverged"
+    record = {**run, "state": "failed", "path": f"offline/{run['project']}/{run['run_id']}"}
+    wb = frame_from_wandb([record], completed_required=False)
+    local = load_results(tmp_path / "r", completed_required=False)
+    assert list(wb["status"]) == list(local["status"]) == ["diverged"]
+
+    def status(state: str, summary: dict) -> str:
+        fake = {**record, "state": state, "summary": {**run["summary"], **summary}}
+        return frame_from_wandb([fake], completed_required=False)["status"].iloc[0]
+
+    assert status("failed", {"status": "interrupted"}) == "interrupted"
+    assert status("finished", {"status": "completed"}) == "completed"
+    assert status("running", {"status": "interrupted"}) == "running"  # resumed, running
+    assert status("crashed", {"status": "interrupted"}) == "failed"  # resumed, then lost
+    assert status("failed", {"status": "exploded"}) == "failed"  # no status of vaesweep's

@@ -1,8 +1,9 @@
 """Figures of a search (``hydra/sweeper=optuna``): Optuna's optimisation history and parameter
 importances, one of each per study, drawn with ``optuna.visualization.matplotlib``.
 
-The studies are found through the ``sweep.json`` of every sweep directory in the frame
-(:func:`vaesweep.sweep.search.load_studies`); grids have none and get no search figure.
+The studies are found through the ``sweep.json`` of every sweep directory in the frame, where
+it is now (:func:`vaesweep.sweep.search.load_studies`); grids have none and get no search
+figure. A search whose journal is not found is named, as a skipped figure.
 """
 
 from __future__ import annotations
@@ -19,20 +20,58 @@ from matplotlib.figure import Figure
 
 from vaesweep.analysis.figures.style import ONE_COLUMN, TWO_COLUMN, paper_style
 from vaesweep.analysis.figures.sweep import FigureSkipped
+from vaesweep.run.context import SWEEP_FILE, read_sweep
+
+
+def _sweeps(df: pd.DataFrame) -> list[Path]:
+    """The frame's sweep directories where they are now, each once, in the frame's order.
+
+    A run's ``sweep_dir`` is where its sweep was when it ran (results.json says so), while
+    ``run_dir`` is where its file was found: a sweep that has been moved since (supported
+    by :func:`vaesweep.analysis.results.load_results`) is the run's parent when that holds
+    a sweep.json, else the recorded directory (a frame without ``run_dir``, or from W&B).
+    """
+    if "sweep_dir" not in df.columns:
+        return []
+    run_dirs = df["run_dir"] if "run_dir" in df.columns else pd.Series(None, index=df.index)
+    found: dict[Path, None] = {}
+    for recorded, run_dir in zip(df["sweep_dir"], run_dirs, strict=True):
+        if not isinstance(recorded, str):
+            continue  # a run outside a multirun: no sweep
+        here = Path(run_dir).parent if isinstance(run_dir, str) else None
+        moved = here is not None and (here / SWEEP_FILE).is_file()
+        found[here if moved else Path(recorded)] = None
+    return list(found)
+
+
+def _lost(sweep: Path) -> str | None:
+    """Why a search sweep's studies are not found (its journal moved away or deleted; its
+    storage without them), or None when ``sweep`` is no search (a grid, or no sweep.json)."""
+    try:
+        search = (read_sweep(sweep) or {}).get("search")
+    except (OSError, ValueError, AttributeError):
+        return None  # a damaged sweep.json: nothing says it was a search
+    if not isinstance(search, dict) or not search.get("storage"):
+        return None
+    storage = str(search["storage"])
+    if "://" in storage:  # a database URL (sqlite:///..., postgresql://...): no file
+        return f"{sweep}: no study of the search is in its storage {storage}"
+    beside = sweep / Path(storage).name
+    where = f"{beside} (beside {SWEEP_FILE})"
+    if Path(storage).is_absolute() and Path(storage) != beside:
+        where = f"{storage}, where it was written, nor at {where}"
+    return f"{sweep}: the search's Optuna journal is not at {where}; its studies cannot be drawn"
 
 
 def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
     """The studies of the frame's search sweeps by sweep (its directory's name, made safe for
-    a file name), and why a sweep's could not be read (a damaged journal)."""
+    a file name), and why a search's could not be read (a damaged journal) or found (its
+    journal not where the sweep is now, nor where it was written)."""
     from vaesweep.sweep.search import SearchError, load_studies  # heavy: torch, run layer
 
-    if "sweep_dir" not in df.columns:
-        return {}, {}
     studies, unreadable = {}, {}
-    for d in dict.fromkeys(df["sweep_dir"].dropna()):
-        if not isinstance(d, str):
-            continue
-        name = _unique(_slug(Path(d).name), {*studies, *unreadable})
+    for d in _sweeps(df):
+        name = _unique(_slug(d.name), {*studies, *unreadable})
         try:
             found = load_studies(d)
         except SearchError as e:
@@ -40,6 +79,8 @@ def _studies(df: pd.DataFrame) -> tuple[dict[str, list[Any]], dict[str, str]]:
             continue
         if found:
             studies[name] = found
+        elif (lost := _lost(d)) is not None:  # a search whose figures would vanish unsaid
+            unreadable[name] = lost
     return studies, unreadable
 
 

@@ -258,6 +258,8 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
     if fewer_note:
         notes.append(fewer_note)
     notes.append(_test_source(done, df))
+    # A seed collected twice with other metrics, runs of several code states (the frame's).
+    notes += [f"Note: {c[0].upper()}{c[1:]}." for c in df.attrs.get("caveats", [])]
     if message := unaggregated_message(df):
         notes.append(f"Not shown: {message}.")
     if len(kinds) > 1:

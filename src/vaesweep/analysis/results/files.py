@@ -24,6 +24,7 @@ from vaesweep.run.record import (
 
 
 def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    # The types of what is read here are checked when the file is read (_read, _bad_field).
     dataset = result.get("dataset") or {}
     config = result.get("config") or {}
     error = result.get("error")
@@ -45,6 +46,8 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         "metrics": {**(result.get("metrics") or {}), **_evaluated(path.parent)},
         "config": flatten(config),
         "overrides": parse_overrides(result.get("overrides") or []),
+        # Not a column: which of two runs of one configuration and seed is the newer.
+        "finished_at": result.get("finished_at"),
     }
 
 
@@ -84,12 +87,85 @@ def _unreadable_row(path: Path, problem: str) -> dict[str, Any]:
     }
 
 
+class BadFields(ValueError):
+    """A results.json that is a JSON object but holds a field of a type vaesweep never
+    writes there (edited by hand, or written by another tool)."""
+
+
+# JSON's names for the types a field may hold, as the messages say them.
+_OBJECT, _ARRAY, _STRING, _NUMBER = "an object", "an array", "a string", "a number"
+_TYPES = {_OBJECT: dict, _ARRAY: list, _STRING: str, _NUMBER: int | float}
+# The fields of a results.json that a row is made of, and what each may hold besides null
+# (absent: a run outside a multirun, or a file of an older version). A result whose fields
+# hold anything else cannot be read into a row: it is a row with the status unreadable,
+# naming the field, rather than a traceback that loses every other run of the sweep.
+_FIELDS = {
+    "config": _OBJECT,
+    "dataset": _OBJECT,
+    "metrics": _OBJECT,
+    "error": _OBJECT,
+    "overrides": _ARRAY,
+    "sweep_dir": _STRING,
+    "job_name": _STRING,
+    "seed": _NUMBER,
+    "duration_s": _NUMBER,
+}
+# Fields inside those objects that a row reads.
+_INNER = {
+    ("dataset", "name"): _STRING,
+    ("dataset", "fingerprint"): _STRING,
+    ("config", "data"): _OBJECT,
+    ("error", "type"): _STRING,
+    ("error", "message"): _STRING,
+}
+
+
+def _json_type(value: Any) -> str:
+    """What ``value`` is, in JSON's words (``a string``, ``true``, ...)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return next((name for name, kind in _TYPES.items() if isinstance(value, kind)), "null")
+
+
+def _holds(value: Any, expected: str) -> bool:
+    return value is None or (isinstance(value, _TYPES[expected]) and not isinstance(value, bool))
+
+
+def _bad_field(result: dict[str, Any]) -> str | None:
+    """Which field of ``result`` (a results.json's object) holds a type the row cannot be
+    made from, and what it holds; None when every field the row reads is of its type."""
+    for key, expected in _FIELDS.items():
+        if not _holds(result.get(key), expected):
+            return f"{key!r} is {_json_type(result[key])}, not {expected}"
+    for (outer, key), expected in _INNER.items():
+        value = (result.get(outer) or {}).get(key)
+        if not _holds(value, expected):
+            return f"{outer}.{key} is {_json_type(value)}, not {expected}"
+    error = result.get("error")
+    if error is not None and not {"type", "message"} <= error.keys():
+        return "'error' lacks its type or message"
+    data = (result.get("config") or {}).get("data") or {}
+    if not _holds(data.get("name"), _STRING):
+        return f"config.data.name is {_json_type(data['name'])}, not {_STRING}"
+    for name, value in (result.get("metrics") or {}).items():
+        if not _holds(value, _NUMBER):
+            return f"metric {name!r} is {_json_type(value)}, not {_NUMBER}"
+    for item in result.get("overrides") or []:
+        if not isinstance(item, str):
+            return f"'overrides' holds {_json_type(item)}, not only strings"
+    return None
+
+
 def _read(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; OSError or ValueError (JSONDecodeError and
-    UnicodeDecodeError included) when there is none."""
+    UnicodeDecodeError included) when there is none, :class:`BadFields` when a field the row
+    reads holds another type than vaesweep writes there."""
     result = json.loads(path.read_text())
     if not isinstance(result, dict):
         raise ValueError("not a JSON object")
+    problem = _bad_field(result)
+    if problem is not None:
+        raise BadFields(problem)
     return result
 
 
@@ -187,13 +263,13 @@ def load_results(*dirs: str | os.PathLike[str], completed_required: bool = True)
             f"no {RESULTS_FILE} found under {', '.join(str(d) for d in dirs)}: "
             "pass a run or sweep directory written by `python run.py`"
         )
-    rows, unreadable, killed = [], [], []
+    rows, unreadable, mistyped, killed = [], [], [], []
     for path in paths:
         try:
             result = _read(path)
         except (OSError, ValueError) as e:
             rows.append(_unreadable_row(path, str(e)))
-            unreadable.append(f"{path} ({e})")
+            (mistyped if isinstance(e, BadFields) else unreadable).append(f"{path} ({e})")
             continue
         gone = None
         if frame_status(result)[0] == RUNNING:
@@ -210,6 +286,14 @@ def load_results(*dirs: str | os.PathLike[str], completed_required: bool = True)
             f"{len(unreadable)} {RESULTS_FILE} could not be read (status unreadable; the "
             f"sweep's command runs such a job again): {'; '.join(unreadable[:3])}"
             + (" ..." if len(unreadable) > 3 else "")
+        )
+    if mistyped:
+        # Not "runs again", as above: a launch goes by the status such a file says (one that
+        # says completed is left alone), so the note only names the field to mend.
+        notes.append(
+            f"{len(mistyped)} {RESULTS_FILE} hold a field of a type vaesweep never writes "
+            "there (status unreadable; edited, or written by another tool): "
+            f"{'; '.join(mistyped[:3])}" + (" ..." if len(mistyped) > 3 else "")
         )
     if killed:
         notes.append(

@@ -262,7 +262,8 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
         record.update(metrics)
         record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
         records.append(record)
-    notes = [*unswept_notes, *_mark_duplicates(records, rows)]
+    caveats = [*_mark_duplicates(records, rows), *_code_states(records)]
+    notes = [*unswept_notes, *caveats]
     metric_columns.sort(key=_metric_rank)
     config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
     columns = [
@@ -283,42 +284,93 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
     df.attrs["swept"] = swept
     df.attrs["metrics"] = metric_columns
     df.attrs["notes"] = notes
+    df.attrs["caveats"] = caveats  # what a table of these numbers must say (table notes)
     _check(df, completed_required)
     return df
 
 
 def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
-    """Gives every completed run after the first with the same configuration (every key
-    that can change a result, the seed included), the same data and the same metrics the
-    status ``duplicate`` (a run collected twice, e.g. from two sweeps that both ran it):
-    aggregates count it once. Returns notes on runs that share a configuration and seed
-    but not their metrics (other code or a device that is not deterministic): both kept."""
-    first: dict[str, tuple[dict[str, Any], str]] = {}
-    differ: list[str] = []
-    for record, row in zip(records, rows, strict=True):
+    """Counts every configuration and seed once. Among the completed runs with the same
+    configuration (every key that can change a result, the seed included) and the same
+    data, a copy with the same metrics (a run collected twice, e.g. from two sweeps that
+    both ran it) gets the status ``duplicate``; so does every run but the newest (its
+    ``finished_at``; the last one read where none says) of those whose metrics differ (other
+    code, or a device that is not deterministic): a seed run twice is one sample, not two,
+    for the means, the std and the seed counts. Returns a note naming the latter."""
+    groups: dict[str, list[int]] = {}
+    for i, (record, row) in enumerate(zip(records, rows, strict=True)):
         if record["status"] != COMPLETED or not row["config"]:
             continue
         config = result_config(row["config"])
         key = json.dumps([config, record["dataset_fingerprint"]], sort_keys=True, default=str)
-        trained = {k: v for k, v in row["metrics"].items() if "@" not in k}  # not evaluations
-        metrics = json.dumps(trained, sort_keys=True, default=str)
-        if key not in first:
-            first[key] = (record, metrics)
-        elif first[key][1] == metrics:
-            record["status"] = DUPLICATE
-            record["error"] = (
-                f"the same configuration, seed and metrics as {first[key][0]['run_dir']}: "
-                "counted once"
-            )
-        else:
-            differ.append(f"{first[key][0]['run_dir']} and {record['run_dir']}")
+        groups.setdefault(key, []).append(i)
+    differ: list[str] = []
+    for members in groups.values():
+        by_metrics: dict[str, list[int]] = {}
+        for i in members:
+            trained = {
+                k: v for k, v in rows[i]["metrics"].items() if "@" not in k
+            }  # not evaluations
+            by_metrics.setdefault(json.dumps(trained, sort_keys=True, default=str), []).append(i)
+        firsts = [same[0] for same in by_metrics.values()]
+        kept = max(firsts, key=lambda i: (str(rows[i].get("finished_at") or ""), i))
+        for same in by_metrics.values():
+            for i in same[1:]:
+                records[i]["status"] = DUPLICATE
+                records[i]["error"] = (
+                    f"the same configuration, seed and metrics as {records[same[0]]['run_dir']}: "
+                    "counted once"
+                )
+        for i in firsts:
+            if i != kept:
+                records[i]["status"] = DUPLICATE
+                records[i]["error"] = (
+                    f"the same configuration and seed as {records[kept]['run_dir']}, which "
+                    "finished later, but other metrics: counted once, as that run"
+                )
+                differ.append(f"{records[i]['run_dir']} (left out) and {records[kept]['run_dir']}")
     if not differ:
         return []
     return [
         f"{len(differ)} pair(s) of runs share a configuration and seed but not their metrics "
-        f"(other code, or a device that is not deterministic), both counted: {'; '.join(differ[:3])}"
-        + (" ..." if len(differ) > 3 else "")
+        "(other code, or a device that is not deterministic): each seed is counted once, as "
+        f"its newest run: {'; '.join(differ[:3])}" + (" ..." if len(differ) > 3 else "")
     ]
+
+
+def _code_states(records: list[dict[str, Any]]) -> list[str]:
+    """A note when the completed runs come from more than one code state (git commit, dirty
+    flag, Python and package versions, as results.json records them; unknown for W&B rows):
+    their numbers are aggregated and compared together, which only holds if the code did
+    not change them. Names each state, the packages that differ, and its runs' count."""
+    states: dict[tuple[Any, Any, Any], int] = {}
+    for r in records:
+        if r["status"] == COMPLETED and (r.get("commit") or r.get("versions")):
+            state = (r.get("commit"), r.get("dirty"), r.get("versions"))
+            states[state] = states.get(state, 0) + 1
+    if len(states) < 2:
+        return []
+    packages = [dict(p.split("=", 1) for p in (v or "").split() if "=" in p) for *_, v in states]
+    differ = sorted({k for p in packages for k in p if len({q.get(k) for q in packages}) > 1})
+
+    def label(commit: Any, dirty: Any, versions: dict[str, str]) -> str:
+        code = f"commit {str(commit)[:8]}" if commit else "no git commit"
+        code += " (uncommitted changes)" if dirty else ""
+        return ", ".join([code, *(f"{k}={versions.get(k, '?')}" for k in differ)])
+
+    listing = "; ".join(
+        f"{label(commit, dirty, p)}: {_plural_runs(n)}"
+        for ((commit, dirty, _), n), p in zip(states.items(), packages, strict=True)
+    )
+    return [
+        f"the completed runs come from {len(states)} code states, aggregated and compared "
+        f"together: {listing}. Their numbers are comparable only if those changes left them "
+        "alike (the frame's commit, dirty and versions columns tell the runs apart)"
+    ]
+
+
+def _plural_runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def _check(df: pd.DataFrame, completed_required: bool) -> None:

@@ -16,6 +16,7 @@ from vaesweep.analysis.results.frame import (
     split_job_name,
 )
 from vaesweep.run.loggers import SUMMARY_JOB_TYPE, summary_value
+from vaesweep.run.record import STATUSES
 
 # Metric names kept from a W&B summary besides "val/..." and "test/..." (docs/results-and-figures.md, the result file).
 RUN_SUMMARY_KEYS = ("scale", "beta", "effective_beta", "effective_beta_per_dim")
@@ -28,6 +29,25 @@ WANDB_STATES = {
     "crashed": "failed",
     "killed": "failed",
 }
+# The states of a run that wandb.finish() closed: W&B says only "finished" (exit code 0) or
+# "failed", while the job wrote its own status into the summary just before
+# (vaesweep.run.loggers.finish_wandb: diverged, interrupted, ...). Any other state's summary
+# status is an earlier attempt's (a resumed run keeps its summary): "running" now, or
+# "crashed"/"killed", ended without a status of its own.
+CLOSED_STATES = ("finished", "failed")
+
+
+def _status(state: Any, summary: dict[str, Any]) -> str:
+    """A W&B run's status as results.json says it: the job's own ``summary["status"]`` for a
+    run it closed, so an interrupted or diverged job is not listed as failed (W&B's state
+    for every non-zero exit); else the W&B state's status."""
+    state = str(state).lower()
+    recorded = summary.get("status")
+    if state in CLOSED_STATES and isinstance(recorded, str) and recorded in STATUSES:
+        return recorded
+    return WANDB_STATES.get(state, "failed")
+
+
 # Lightning's WandbLogger also writes the LightningModule's hyperparameters into the W&B
 # config, at top level. These are the ones that are not keys of the Hydra config; they are
 # dropped so that both sources give the same ``config.`` columns.
@@ -78,7 +98,7 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
             "run_dir": f"wandb:{record['path']}",
             "sweep_dir": record.get("group"),
             "job_name": record.get("name"),
-            "status": WANDB_STATES.get(str(record.get("state")).lower(), "failed"),
+            "status": _status(record.get("state"), summary),
             "error": None,
             "seed": config.get("seed"),
             "duration_s": summary.get("_runtime"),
@@ -101,7 +121,9 @@ def frame_from_wandb(
     """W&B runs, as dicts of path, name, group, state, config and summary → the tidy frame.
 
     The run's name is its job name (the overrides), so the swept values come from it; the
-    status comes from the W&B state (finished → completed; failed, crashed, killed → failed);
+    status is the one the job wrote into the summary when it closed its run (finished or
+    failed: ``completed``, ``diverged``, ``interrupted``, ...), else the W&B state's
+    (finished → completed; running, pending → running; failed, crashed, killed → failed);
     ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group. The
     sweep's summary run (job type ``summary``) is left out. ResultsError when no run
     completed, unless not ``completed_required`` (a listing of the runs, as
