@@ -781,3 +781,36 @@ def test_the_figures_of_a_moved_search_are_drawn_or_their_journal_named(tmp_path
         f"skipped optimization_history_search: {moved}: the search's Optuna journal is not "
         f"at {moved / 'optuna_journal.log'} (beside sweep.json)"
     ) in proc.stderr
+
+
+def test_runs_cut_short_by_max_time_are_captioned_with_what_they_trained():
+    """trainer.max_time ended two seeds after 7 and 2 of their 20 epochs (results.json
+    ``trained``): the setting line says what they trained, not max_epochs, and the notes and
+    the table say the numbers depend on the machine; runs that trained their epochs, or
+    results.json files without ``trained`` (older versions), say nothing of it."""
+    from vaesweep.analysis.figures.captions import setting
+
+    rows = [_hand_row(s, [f"seed={s}"], 10.0 + s) for s in range(3)]
+    budgets = [(140, 7, "max_time"), (40, 2, "max_time"), (400, 20, "max_epochs")]
+    for row, (steps, epochs, by) in zip(rows, budgets, strict=True):
+        row["identity"].update(trained_steps=steps, trained_epochs=epochs, stopped_by=by)
+    df = frame.build_frame(rows)
+    assert df["trained_epochs"].tolist() == [7, 2, 20]
+    assert setting(df).startswith(
+        "Setting: digits, 2–7 epochs of at most 20 (trainer.max_time ended 2 of 3 runs)"
+    )
+    (note,) = df.attrs["caveats"]
+    assert note.startswith(
+        "trainer.max_time ended 2 of the 3 completed runs after 2–7 epochs: how far a run "
+        "gets depends on the machine and its load"
+    )
+    assert f"Note: T{note[1:]}." in results_table(df).notes
+
+    for row in rows:
+        row["identity"].update(stopped_by="max_epochs", trained_epochs=20)
+    assert frame.build_frame(rows).attrs["caveats"] == []
+    assert setting(frame.build_frame(rows)).startswith("Setting: digits, 20 epochs")
+    for row in rows:
+        for key in ("trained_steps", "trained_epochs", "stopped_by"):
+            del row["identity"][key]
+    assert setting(frame.build_frame(rows)).startswith("Setting: digits, 20 epochs")

@@ -336,6 +336,7 @@ def test_wandb_frame_has_the_same_columns_and_values_as_the_local_one(schedules)
     wb = wb.loc[local.index]
     identity = {"run_dir", "sweep_dir", "duration_s", "dataset_fingerprint", "error"}
     identity |= {"commit", "dirty", "versions"}  # W&B's config and summary do not hold them
+    identity |= {"trained_steps", "trained_epochs", "stopped_by"}  # nor these
     for column in local.columns:
         if column in identity:
             continue

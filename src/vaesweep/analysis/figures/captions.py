@@ -158,7 +158,16 @@ def _budget(done: pd.DataFrame) -> str:
         known = "config.trainer.max_epochs" in done.columns
         return "epochs as configured (trainer.max_epochs varies)" if known else ""
     parts = []
-    if epochs is not None and float(epochs) >= 0:
+    cut = done[done["stopped_by"] == "max_time"] if "stopped_by" in done.columns else done[:0]
+    trained = cut["trained_epochs"].dropna().astype(int) if len(cut) else cut
+    if len(cut):  # trainer.max_time ended them: what they trained, not what was asked
+        span = f"{trained.min()}–{trained.max()}" if trained.nunique() > 1 else None
+        said = _plural(int(trained.min()), "epoch") if len(trained) else "epochs"
+        said = f"{span} epochs" if span else said
+        if epochs is not None and float(epochs) >= 0:
+            said += f" of at most {int(epochs)}"
+        parts.append(f"{said} (trainer.max_time ended {len(cut)} of {len(done)} runs)")
+    elif epochs is not None and float(epochs) >= 0:
         parts.append(_plural(int(epochs), "epoch"))
     same, batches = _common(done, "config.trainer.limit_train_batches")
     if same and batches is not None:

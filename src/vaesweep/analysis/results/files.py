@@ -39,6 +39,7 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
             "error": reason or (f"{error['type']}: {error['message']}" if error else None),
             "seed": result.get("seed"),
             "duration_s": result.get("duration_s"),
+            **_trained(result.get("trained")),
             "dataset": dataset.get("name") or (config.get("data") or {}).get("name"),
             "dataset_fingerprint": dataset.get("fingerprint"),
             **code_state(result.get("versions")),
@@ -48,6 +49,17 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         "overrides": parse_overrides(result.get("overrides") or []),
         # Not a column: which of two runs of one configuration and seed is the newer.
         "finished_at": result.get("finished_at"),
+    }
+
+
+def _trained(trained: Any) -> dict[str, Any]:
+    """The ``trained_steps``, ``trained_epochs`` and ``stopped_by`` columns from
+    results.json's ``trained`` (None where a run of an older version has none)."""
+    trained = trained if isinstance(trained, dict) else {}
+    return {
+        "trained_steps": trained.get("steps"),
+        "trained_epochs": trained.get("epochs"),
+        "stopped_by": trained.get("stopped_by"),
     }
 
 

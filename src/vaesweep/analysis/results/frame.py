@@ -22,6 +22,9 @@ IDENTITY = (
     "error",
     "seed",
     "duration_s",
+    "trained_steps",
+    "trained_epochs",
+    "stopped_by",
     "dataset",
     "dataset_fingerprint",
     "commit",
@@ -262,7 +265,7 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
         record.update(metrics)
         record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
         records.append(record)
-    caveats = [*_mark_duplicates(records, rows), *_code_states(records)]
+    caveats = [*_mark_duplicates(records, rows), *_code_states(records), *_cut_by_time(records)]
     notes = [*unswept_notes, *caveats]
     metric_columns.sort(key=_metric_rank)
     config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
@@ -359,7 +362,7 @@ def _code_states(records: list[dict[str, Any]]) -> list[str]:
         return ", ".join([code, *(f"{k}={versions.get(k, '?')}" for k in differ)])
 
     listing = "; ".join(
-        f"{label(commit, dirty, p)}: {_plural_runs(n)}"
+        f"{label(commit, dirty, p)}: {_plural(n, 'run')}"
         for ((commit, dirty, _), n), p in zip(states.items(), packages, strict=True)
     )
     return [
@@ -369,8 +372,30 @@ def _code_states(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _plural_runs(n: int) -> str:
-    return f"{n} run" + ("" if n == 1 else "s")
+def _cut_by_time(records: list[dict[str, Any]]) -> list[str]:
+    """A note when trainer.max_time ended completed runs (results.json ``trained``): how
+    far each got depends on the machine and its load, so the seeds of one configuration may
+    have trained different budgets and the numbers do not reproduce."""
+    cut = [r for r in records if r["status"] == COMPLETED and r.get("stopped_by") == "max_time"]
+    if not cut:
+        return []
+    epochs = sorted(int(r["trained_epochs"]) for r in cut if r.get("trained_epochs") is not None)
+    span = (
+        f" after {epochs[0]}–{epochs[-1]} epochs"
+        if len(set(epochs)) > 1
+        else (f" after {_plural(epochs[0], 'epoch')}" if epochs else "")
+    )
+    done = sum(r["status"] == COMPLETED for r in records)
+    return [
+        f"trainer.max_time ended {len(cut)} of the {done} completed runs{span}: how far a run "
+        "gets depends on the machine and its load, so these numbers do not reproduce and "
+        "seeds of one configuration may have trained different budgets (the frame's "
+        "trained_epochs, trained_steps and stopped_by columns)"
+    ]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _check(df: pd.DataFrame, completed_required: bool) -> None:
