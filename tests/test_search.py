@@ -585,7 +585,7 @@ def test_a_search_table_has_its_objective_next_to_the_status():
               "metrics": {"val/elbo": -80.123456, "test/nll": 79.5}}  # fmt: skip
     (row,) = summary_rows([result], ["beta"], ["val/elbo"])
     assert list(row)[:5] == ["job", "beta", "status", "val/elbo", "test/nll"]
-    assert row["val/elbo"] == -80.1235 and row["beta"] == "0.5"
+    assert row["val/elbo"] == -80.123456 and row["beta"] == "0.5"  # every digit
     (row,) = summary_rows([result], ["beta"], ["test/nll"])  # already a column: once
     assert list(row)[3:5] == ["test/nll", "test/elbo"]
     assert "val/elbo" not in summary_rows([result], ["beta"])[0]  # a grid: as before
@@ -615,6 +615,265 @@ def test_the_best_trial_files_appear_only_whole(tmp_path, monkeypatch):
         "best_params": {"beta": 0.5},
         "best_value": -79.5,
     }
+
+
+# -- another study's trials, kinds of data, best.json of every study, unfinished trials ----------
+
+
+def _result(beta: float, status: str = "completed", value: float | None = None) -> dict:
+    """A trial's results.json as a job writes it (the fixed overrides of _plan's trials)."""
+    metrics = {"val/elbo": -beta if value is None else value, "test/nll": 1.0, "test/elbo": -1.0}
+    return {
+        "status": status,
+        "metrics": metrics if status == "completed" else {},
+        "overrides": ["data=digits", "logger=csv", f"beta={beta!r}"],
+        "config": {"beta": beta},
+    }
+
+
+def _plan(sweep: Path, n_trials: int = 1, study_name: str = "search", grid=()) -> Plan:
+    space = parse_space({"beta": "interval(1.0, 4.0)"}, ["data=digits", "logger=csv", *grid])
+    storage = str(sweep / JOURNAL_FILE)
+    sweep.mkdir(parents=True, exist_ok=True)
+    Path(storage).touch()
+    return Plan(space, "val/elbo", "maximize", n_trials, 1, storage, study_name, 1.0, sweep,
+                ("logger", "threads"))  # fmt: skip
+
+
+class _RefusingLauncher:
+    """Each job refuses its directory (ConfigMismatch: another config's run is there) and
+    leaves it as it was: writes nothing."""
+
+    def __init__(self):
+        self.launched = []
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        self.launched += overrides
+
+
+def test_a_trial_is_never_told_another_configurations_result(tmp_path, capsys):
+    """trial_0000 of a new study held a completed run of another configuration (another
+    study's trial 0 in the same sweep directory): its job refused it, and the search read
+    that run's results.json and told its val/elbo as the trial's. Now it is told FAIL,
+    naming the difference; a result recorded with the trial's own overrides (another
+    launch's, with a key that changes nothing: logger) is told as before."""
+    import optuna
+
+    from vaesweep.sweep.search.best import best_trial
+    from vaesweep.sweep.search.trials import run_study
+
+    plan = _plan(tmp_path)
+    (tmp_path / "trial_0000").mkdir()
+    (tmp_path / "trial_0000" / "results.json").write_text(json.dumps(_result(9.5, value=-1.0)))
+    study = optuna.create_study(direction="maximize", study_name="search")
+    launcher = _RefusingLauncher()
+    run_study(study, plan, [], launcher, 0)
+    assert len(launcher.launched) == 1  # the job ran, and refused the directory
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert best_trial(study, plan, [])["best"] is None
+    err = capsys.readouterr().err
+    assert "search: trial 0 told as failed: its directory holds a completed run of another" in err
+    assert f"beta: beta=9.5 → beta={study.trials[0].params['beta']!r}" in err
+
+    # A launch killed after the job wrote its result, before telling it: settled from disk,
+    # by the same rule (the trial's own result, written under logger=none: told).
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask({"beta": plan.space.searched["beta"].distribution()})
+    trial.set_user_attr("job_dir", "trial_0001")
+    own = _result(trial.params["beta"], value=-2.0)
+    own["overrides"][1] = "logger=none"
+    (tmp_path / "trial_0001").mkdir()
+    (tmp_path / "trial_0001" / "results.json").write_text(json.dumps(own))
+    other = study.ask({"beta": plan.space.searched["beta"].distribution()})
+    other.set_user_attr("job_dir", "trial_0000")  # another configuration's completed run
+    from vaesweep.sweep.search.trials import settle_finished_on_disk
+
+    assert settle_finished_on_disk(study, plan, []) == [0, 1]
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", -2.0), ("FAIL", None)]
+
+
+def test_a_new_study_is_refused_where_another_studys_trials_are(tmp_path):
+    """A new study (a changed study_name, storage or journal; a deleted journal) would start
+    at trial 0 in trial_0000, which holds another study's trial: refused before any job,
+    naming the studies the storage holds (the way to continue one of them) and the way to
+    start a new one (another hydra.sweep.dir)."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+
+    plan = _plan(tmp_path, n_trials=2)
+    check_studies(plan)  # an empty directory: a new study is welcome
+    (tmp_path / "trial_0000").mkdir()
+    with pytest.raises(SearchError, match=r"holds trial directories of another study \(trial_0000\)") as e:  # fmt: skip
+        check_studies(plan)  # the journal was deleted: no study holds them
+    assert "another hydra.sweep.dir" in str(e.value) and "holds no other study" in str(e.value)
+    storage = open_storage(plan.storage)
+    optuna.create_study(study_name="search", storage=storage)
+    check_studies(plan)  # the study that ran them: continued
+    other = _plan(tmp_path, n_trials=2, study_name="other2")
+    with pytest.raises(SearchError, match="study_name=other2: the study 'other2' is new") as e:
+        check_studies(other)
+    assert "holds the studies 'search'; to continue one of them" in str(e.value)
+    (tmp_path / "trial_0000").rename(tmp_path / "trial_0007")  # beyond n_trials: still seen
+    with pytest.raises(SearchError, match=r"another study \(trial_0007\)"):
+        check_studies(other)
+    # Another grid point's trials are not this study's directories: no collision.
+    check_studies(_plan(tmp_path, study_name="other2", grid=["likelihood=gaussian,laplace"]))
+
+
+def test_a_new_study_in_a_searched_directory_is_refused_by_the_cli(workdir):
+    """The reviewer's case, with the real CLI: a study of another name in the sweep
+    directory of a search refused before any job (it reported the other study's trial 0
+    as its own best, exit 0)."""
+    import optuna
+
+    sweep = workdir / "sweep"
+    (sweep / "trial_0000").mkdir(parents=True)
+    (sweep / "trial_0000" / "results.json").write_text(json.dumps(_result(2.5)))
+    optuna.create_study(study_name="search", storage=open_storage(str(sweep / JOURNAL_FILE)))
+    before = (sweep / "trial_0000" / "results.json").read_bytes()
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=other2",
+                    "beta=interval(1, 4)"], workdir, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "search refused, no trial was run: hydra.sweeper.study_name=other2" in proc.stderr
+    assert "hydra.sweep.dir" in proc.stderr
+    assert not (sweep / BEST_FILE).exists() and len(trials(sweep)) == 0
+    assert (sweep / "trial_0000" / "results.json").read_bytes() == before
+
+
+def _composing():
+    from hydra import initialize_config_dir
+
+    return initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+
+
+@pytest.mark.parametrize(
+    ("params", "grid", "refused"),
+    [
+        ({"likelihood": "choice(bernoulli, gaussian)"}, [], "likelihood=bernoulli,gaussian"),
+        (
+            {"likelihood": "choice(gaussian, continuous_bernoulli, bernoulli)"},
+            [],
+            "likelihood=gaussian,continuous_bernoulli,bernoulli",
+        ),  # fmt: skip
+        ({"data.preprocess": "choice(dequantize, scale)"}, [], "data.preprocess=dequantize,scale"),
+        ({"likelihood": "choice(gaussian, laplace)"}, [], None),  # one kind: comparable
+        ({"beta": "interval(0.5, 2)"}, ["likelihood=bernoulli,gaussian"], None),  # a grid axis
+    ],
+)
+def test_a_search_over_kinds_of_data_is_refused(params, grid, refused):
+    """likelihood=choice(bernoulli,gaussian) ranked a Bernoulli ELBO of binarised images
+    against a Gaussian ELBO of dequantised grey levels (numbers of different data, which the
+    table and figures never compare): refused before any trial, suggesting a grid axis."""
+    from vaesweep.sweep.search.checks import check_space_values
+
+    plan = Plan(parse_space(params, ["data=digits", *grid]), "val/elbo", "maximize", 2, 1, "",
+                "search", 1.0, Path("."), ())  # fmt: skip
+    config = _multirun_config({})
+    example = {k: p.example() for k, p in plan.space.searched.items()}
+    with _composing():
+        if refused is None:
+            check_space_values(config, plan, example)
+            return
+        with pytest.raises(SearchError, match="gives trials of different data") as e:
+            check_space_values(config, plan, example)
+    key = next(iter(params))
+    assert str(e.value).startswith(f"hydra.sweeper.params.{key}=choice(")
+    assert f"make {key} a grid axis, one study per kind of data ({refused})" in str(e.value)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
+@pytest.mark.parametrize("preprocess", ["auto", "binarize", "dequantize", "scale"])
+def test_a_searchs_kind_of_data_is_the_tables(likelihood, preprocess):
+    """The search tells kinds of data apart by the rule of the results table and figures."""
+    import pandas as pd
+    from hydra import compose
+
+    from vaesweep.analysis.figures.kinds import data_kind as table_kind
+    from vaesweep.sweep.search.checks import data_kind
+
+    with _composing():
+        cfg = compose("train", [f"likelihood={likelihood}", f"data.preprocess={preprocess}"])
+    row = pd.Series({"config.likelihood.name": cfg.likelihood.name,
+                     "config.likelihood._target_": cfg.likelihood.get("_target_"),
+                     "config.data.preprocess": preprocess})  # fmt: skip
+    assert data_kind(cfg) == table_kind(row)
+
+
+class _StoppingLauncher(_RecordingLauncher):
+    """As _RecordingLauncher, until a trial of ``stop_at`` (a grid point's text): then it
+    stops the search (as a signal or a failure would), writing nothing."""
+
+    def __init__(self, sweep_dir: Path, stop_at: str | None = None):
+        super().__init__(sweep_dir)
+        self.stop_at = stop_at
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        if self.stop_at is not None and any(self.stop_at in o for o in overrides[0]):
+            raise KeyboardInterrupt("stopped")
+        super().launch(overrides, initial_job_idx)
+
+
+def test_a_stopped_relaunch_keeps_every_study_in_best_json(tmp_path):
+    """A relaunch of a grid of studies stopped in its first study wrote best.json with that
+    study alone: the second study's best trial, found by the first launch, was dropped."""
+    from vaesweep.sweep.search.driver import run_search
+
+    config = _multirun_config({"n_trials": 1, "params": {"beta": "interval(1.0, 4.0)"}})
+    config.hydra.sweep.dir = str(tmp_path)
+    grid = ["likelihood=gaussian,laplace"]
+    run_search(config, _StoppingLauncher(tmp_path), grid, None, None)
+    first = json.loads((tmp_path / BEST_FILE).read_text())
+    assert [b["study"] for b in first] == ["search[likelihood=gaussian]", "search[likelihood=laplace]"]  # fmt: skip
+    config.hydra.sweeper.n_trials = 2
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, _StoppingLauncher(tmp_path, "likelihood=gaussian"), grid, None, None)
+    again = json.loads((tmp_path / BEST_FILE).read_text())
+    assert [b["study"] for b in again] == [b["study"] for b in first]
+    assert [b["n_running"] for b in again] == [1, 0]  # the stopped trial, to run again
+    assert again[1]["best"] == first[1]["best"]
+
+
+def test_a_search_with_an_unfinished_trial_does_not_succeed(tmp_path):
+    """A trial whose process died (results.json still running, no live claim) left the
+    search printing "Continue this sweep" and exiting 0: as in a grid, it is not done (the
+    sweep exits 1; the same command runs the trial again). Failed trials are not that."""
+    from vaesweep.sweep.search.best import write_best
+    from vaesweep.sweep.search.driver import finish_search
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": {"beta": "float"}, "n_jobs": 3}))
+    for name, result in (("trial_0000", _result(1.5)), ("trial_0001", _result(2.5, "failed"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    best = {"trial": 0, "value": -1.5, "params": {"beta": 1.5}, "dir": "trial_0000",
+            "overrides": ["beta=1.5"], "command": "python -m vaesweep beta=1.5"}  # fmt: skip
+    record = {"study": "search", "objective": "val/elbo", "direction": "maximize",
+              "n_completed": 1, "n_failed": 1, "n_running": 0, "best": best}  # fmt: skip
+    write_best(tmp_path, [record])
+    assert finish_search(tmp_path) is True  # a failed trial is the search's own outcome
+    (tmp_path / "trial_0002").mkdir()
+    (tmp_path / "trial_0002" / "results.json").write_text(json.dumps(_result(3.5, "running")))
+    write_best(tmp_path, [{**record, "n_running": 1}])
+    assert finish_search(tmp_path) is False
+
+
+def test_a_half_proposed_trial_is_not_counted_in_best_json():
+    """A trial cut short while the sampler proposed it is told FAIL and never run: it is
+    not one of the study's trials, nor a failed one, in best.json and the printed line."""
+    import optuna
+
+    from vaesweep.sweep.search.best import best_trial, format_best
+
+    space = parse_space({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 1, 1, "", "search", 1.0, Path("."), ())
+    study = optuna.create_study(direction="maximize", study_name="search")
+    study.ask().suggest_float("beta", 0.1, 10)  # cut short before "seed"
+    dists = {k: p.distribution() for k, p in space.searched.items()}
+    ((number, _),) = _next_batch(study, plan, [], dists, set())
+    study.tell(number, -80.0)
+    record = best_trial(study, plan, [])
+    assert (record["n_trials"], record["n_completed"], record["n_failed"]) == (1, 1, 0)
+    assert format_best([record]).startswith("search: 1 completed, 0 failed; best")
 
 
 # -- a journal write cut short (disk full, power loss) -----------------------------------------
@@ -976,6 +1235,15 @@ BAD = {
     "val/loss over beta": (
         [BETA, "hydra.sweeper.objective=val/loss"],
         ["hydra.sweeper.objective=val/loss with beta searched", "allowed: val/elbo"],
+    ),
+    "a search over kinds of data": (
+        [BETA, "hydra.sweeper.params.likelihood=choice(bernoulli, gaussian)"],
+        [
+            "hydra.sweeper.params.likelihood=choice(bernoulli, gaussian) gives trials of "
+            "different data (likelihood=bernoulli: binarised data; likelihood=gaussian: "
+            "dequantised data)",
+            "make likelihood a grid axis, one study per kind of data",
+        ],
     ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],

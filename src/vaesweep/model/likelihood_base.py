@@ -28,6 +28,29 @@ from torch.distributions import Distribution
 
 from vaesweep.core.checks import require
 
+#: The data a run scored, by the preprocessing in force.
+DATA_LABELS = {
+    "binarize": "binarised data",
+    "dequantize": "dequantised data",
+    "scale": "grey levels (not dequantised)",
+}
+
+
+def data_label(data_kind: str, preprocess: Any) -> str:
+    """What a run's likelihood numbers are of, as the results table, the figures and the
+    search's checks name it (``binarised data``, ...): from the likelihood's ``data_kind``
+    and the preprocessing in force (``auto``/None resolved as a run resolves it: binarize
+    for a likelihood on binary data, else dequantize). Numbers of two labels are never
+    ranked against each other."""
+    if preprocess is None or preprocess == "auto":
+        preprocess = "binarize" if data_kind == "binary" else "dequantize"
+    label = DATA_LABELS.get(str(preprocess), f"data.preprocess={preprocess}")
+    if data_kind == "binary" and preprocess != "binarize":
+        label += ", Bernoulli: not a density"
+    if data_kind == "continuous" and preprocess == "binarize":
+        label += ", a density: not a likelihood of 0/1 data"
+    return label
+
 
 class Likelihood(nn.Module):
     """Base class: a factorised density over C×H×W data given decoder outputs."""

@@ -18,14 +18,8 @@ from typing import Any
 import pandas as pd
 
 from vaesweep.model.components import component_class
+from vaesweep.model.likelihood_base import data_label
 from vaesweep.model.likelihoods import LIKELIHOODS
-
-#: The data a run scored, by the preprocessing in force.
-DATA_LABELS = {
-    "binarize": "binarised data",
-    "dequantize": "dequantised data",
-    "scale": "grey levels (not dequantised)",
-}
 
 
 def _missing(value: Any) -> bool:
@@ -50,14 +44,7 @@ def data_kind(row: pd.Series) -> str:
         row.get("config.likelihood.name"), row.get("config.likelihood._target_")
     )
     preprocess = row.get("config.data.preprocess")
-    if _missing(preprocess) or preprocess == "auto":
-        preprocess = "binarize" if kind == "binary" else "dequantize"
-    label = DATA_LABELS.get(str(preprocess), f"data.preprocess={preprocess}")
-    if kind == "binary" and preprocess != "binarize":
-        label += ", Bernoulli: not a density"
-    if kind == "continuous" and preprocess == "binarize":
-        label += ", a density: not a likelihood of 0/1 data"
-    return label
+    return data_label(kind, None if _missing(preprocess) else preprocess)
 
 
 def data_kinds(df: pd.DataFrame) -> pd.Series:

@@ -14,7 +14,8 @@
   checkpoint, and a changed search space is refused (it is kept in the study's user attrs);
 - each trial is a job launched through ``self.launcher`` in batches of ``n_jobs``; the
   objective is read from the trial's ``results.json`` (default ``val/elbo``, maximised);
-  failed and diverged trials are told as FAIL and the search goes on;
+  failed and diverged trials are told as FAIL and the search goes on (so is a trial whose
+  directory holds a result recorded with other overrides: never told as its value);
 - a stop signal at any moment is recorded by the sweep's guard; a running trial stops at
   its next batch (``interrupted``), the search at its next safe point (between two steps,
   never inside Hydra's or Optuna's code), and the entry point writes the summary;
@@ -27,8 +28,9 @@ sweeper) is this one (:func:`~vaesweep.sweep.search.plan.adopt_sweeper`).
 
 Bad input (an unknown expression, an empty or inverted range, an objective no result will
 hold, ``n_trials`` < 1, a storage that cannot be written, a sampler that cannot be built, a
-``--config-dir`` file Hydra never reads, a changed search space, a pruner: trials run to
-completion, see :func:`check_pruner`) is refused
+``--config-dir`` file Hydra never reads, a changed search space, searched values of different
+kinds of data, a new study where another study's trial directories are, a pruner: trials run
+to completion, see :func:`check_pruner`) is refused
 by :func:`start_search` (from the sweep callback) before any trial runs. Optuna is imported
 only inside the functions that need it.
 

@@ -19,8 +19,9 @@ OPTUNA_RESULTS_FILE = "optimization_results.yaml"
 
 def best_trial(study: Any, plan: Plan, point: list[str]) -> dict[str, Any]:
     """The best trial of a study as a record for best.json (``best`` null without any
-    completed trial)."""
-    trials = study.get_trials(deepcopy=False)
+    completed trial). A trial never fully proposed (a launch killed while the sampler
+    proposed it: told FAIL, never run) is not counted."""
+    trials = [t for t in study.get_trials(deepcopy=False) if plan.proposed(t)]
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "FAIL", "RUNNING")}
     record: dict[str, Any] = {
         "study": study.study_name,

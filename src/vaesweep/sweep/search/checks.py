@@ -5,6 +5,7 @@ changed search). Run before any trial."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,13 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from vaesweep.core.checks import ConfigError
-from vaesweep.run.config import resolve_preprocess, validate_config
+from vaesweep.model.likelihood_base import data_label
+from vaesweep.run.config import likelihood_class, resolve_preprocess, validate_config
 from vaesweep.run.effective import check_distinct, check_overrides, hydra_references
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
-from vaesweep.sweep.search.space import SearchError, render
+from vaesweep.sweep.search.space import SearchError, override_text, render
 from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import check_unchanged, existing_study
 
@@ -77,6 +79,44 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     check_space_values(config, plan, example)
 
 
+def data_kind(cfg: DictConfig) -> str:
+    """What a run's numbers are of: its preprocessing in force (``auto`` resolved) and its
+    likelihood's ``data_kind``, labelled as the results table and the figures label a run's
+    kind (vaesweep.analysis.figures.kinds.data_kind); runs of two kinds are never ranked
+    against each other."""
+    return data_label(likelihood_class(cfg).data_kind, resolve_preprocess(cfg))
+
+
+def _refuse_mixed_kinds(plan: Plan, where: str, kinds: dict[str, list[tuple[str, Any]]]) -> None:
+    """SearchError when the searched values give trials of different data kinds (``kinds``:
+    kind → the (key, value) tried that gave it): the objective of a Bernoulli on binarised
+    images and of a Gaussian on dequantised ones are numbers of different data, which the
+    sampler would rank against each other."""
+    if len(kinds) < 2:
+        return
+    by_key: dict[str, dict[str, list[Any]]] = {}
+    for kind, tried in kinds.items():
+        for key, value in tried:
+            by_key.setdefault(key, {}).setdefault(kind, []).append(value)
+    key = next((k for k, v in by_key.items() if len(v) > 1), next(iter(by_key)))
+    param = plan.space.searched[key]
+    gives = "; ".join(
+        f"{', '.join(f'{key}={render(v)}' for v in values)}: {kind}"
+        for kind, values in by_key[key].items()
+    )
+    if param.kind == "categorical":
+        values = ",".join(override_text(v) for v in dict.fromkeys(param.choices))
+        way = f"make {key} a grid axis, one study per kind of data ({key}={values})"
+    else:
+        way = f"fix {key}"
+    raise SearchError(
+        f"hydra.sweeper.params.{key}={param.describe()}{where} gives trials of different "
+        f"data ({gives}): their {plan.objective} are numbers of different data and cannot "
+        "be ranked against each other (the results table and figures never compare them); "
+        f"{way}, or search the values of one kind only"
+    )
+
+
 def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
     """Refuses a search space with values a run refuses (``beta=interval(-1, 1)``): each
     searched key at its bounds (every option of a ``choice``), the others at their example
@@ -90,6 +130,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
         where = f" at the grid point {' '.join(point)}" if point else ""
         tried: list[str] = []
         refused: list[tuple[str, Any, Any, ConfigError]] = []
+        kinds: dict[str, list[tuple[str, Any]]] = {}  # data kind → (key, value) tried
         for key, param in plan.space.searched.items():
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
             for value in dict.fromkeys(values):
@@ -97,12 +138,14 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
                 try:
                     cfg = compose(config.hydra.job.config_name, overrides=job)
                     validate_config(cfg, in_job=False, references=references)
+                    kinds.setdefault(data_kind(cfg), []).append((key, value))
                 except ConfigError as e:
                     refused.append((key, param, value, e))
                 except Exception:  # not the value's fault: the trial reports it itself
                     continue
                 tried.append(f"{key}={render(value)}")
         if not refused:
+            _refuse_mixed_kinds(plan, where, kinds)
             continue
         key, param, value, e = refused[0]
         if len(refused) == len(tried) and (len(tried) > 1 or point):
@@ -126,13 +169,60 @@ def check_shadowed(config: DictConfig) -> None:
         raise SearchError(problem)
 
 
-def check_studies(plan: Plan) -> None:
-    """A changed search space is refused before anything runs (existing studies only)."""
-    if not is_url(plan.storage) and not Path(plan.storage).stat().st_size:
+def _trial_numbers_on_disk(sweep_dir: Path) -> set[int]:
+    """The trial numbers that the directories of a sweep directory name (``trial_0007``,
+    ``likelihood=gaussian,trial_0007``)."""
+    try:
+        names = [p.name for p in sweep_dir.iterdir() if p.is_dir()]
+    except OSError:
+        return set()
+    return {int(m.group(1)) for n in names if (m := re.search(r"(?:^|,)trial_(\d+)$", n))}
+
+
+def check_new_study_dirs(plan: Plan, point: list[str], others: list[str]) -> None:
+    """Refuses a study that is not in the storage yet when the directories its trials would
+    run in exist already: they hold another study's trials (a changed study_name, storage
+    or journal; a deleted journal), and its trial 0 would find ``trial_0000`` there, whose
+    completed run of another configuration the job refuses and leaves as it is. ``others``:
+    the studies the storage holds."""
+    numbers = set(range(plan.n_trials)) | _trial_numbers_on_disk(plan.sweep_dir)
+    found = [
+        d for n in sorted(numbers) if (plan.sweep_dir / (d := plan.trial_dir(point, n))).is_dir()
+    ]
+    if not found:
         return
-    quiet_optuna()
-    storage = open_storage(plan.storage)
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    if others:
+        whose = (
+            f"the storage {plan.storage} holds the studies {', '.join(map(repr, others))}; "
+            "to continue one of them, launch with its hydra.sweeper.study_name"
+        )
+    else:
+        whose = (
+            f"the storage {plan.storage} holds no other study (a journal deleted, moved or "
+            "replaced?); to continue their study, launch with the storage that holds it"
+        )
+    raise SearchError(
+        f"hydra.sweeper.study_name={plan.study_name}: the study {plan.study(point)!r} is new, "
+        f"but {plan.sweep_dir} holds trial directories of another study ({shown}), where "
+        "its trials would run: their results are other configurations', not its trials'. "
+        f"A new study needs a sweep directory of its own: another hydra.sweep.dir (or move "
+        f"those directories away); {whose}"
+    )
+
+
+def check_studies(plan: Plan) -> None:
+    """Before anything runs: a changed search space is refused (existing studies), and so is
+    a new study whose trial directories hold another study's trials."""
+    names: list[str] = []
+    if is_url(plan.storage) or Path(plan.storage).stat().st_size:
+        import optuna
+
+        quiet_optuna()
+        storage = open_storage(plan.storage)
+        names = optuna.get_all_study_names(storage)
     for point in plan.space.points():
-        study = existing_study(storage, plan.study(point))
-        if study is not None:
-            check_unchanged(study, plan)
+        if plan.study(point) in names:
+            check_unchanged(existing_study(storage, plan.study(point)), plan)
+        else:
+            check_new_study_dirs(plan, point, [n for n in names if n not in plan.studies()])

@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.core.helpers import now
 from vaesweep.run.context import SWEEP_FILE, previous_sweep, sweep_record_lock
+from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, sweep_results
 from vaesweep.sweep.grid import finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
 from vaesweep.sweep.search.checks import check_configs, check_shadowed, check_studies
 from vaesweep.sweep.search.plan import Plan, adopt_sweeper, check_sampler, plan_search
 from vaesweep.sweep.search.space import SearchError
 from vaesweep.sweep.search.storage import check_storage, open_storage, quiet_optuna
-from vaesweep.sweep.search.studies import open_study
+from vaesweep.sweep.search.studies import existing_study, open_study
 from vaesweep.sweep.search.trials import run_study, stop_if_signalled
 
 
@@ -96,13 +97,21 @@ def run_search(
             # n_trials: the numbering a relaunch continues.
             run_study(study, plan, point, launcher, index * plan.n_trials)
     finally:  # the best trials so far, also when the search stopped
-        best = _write_best(plan, studies)
+        best = _write_best(plan, storage, dict((",".join(p), s) for p, s in studies))
     return best
 
 
-def _write_best(plan: Plan, studies: list[tuple[list[str], Any]]) -> list[dict[str, Any]]:
+def _write_best(plan: Plan, storage: Any, opened: dict[str, Any]) -> list[dict[str, Any]]:
+    """best.json: the best trial of every study of the search that the storage holds, those
+    this launch did not reach too (a launch stopped, or failed, before a study's turn keeps
+    what earlier launches found). ``opened``: the studies this launch opened, by grid
+    point."""
     try:
-        best = [best_trial(study, plan, point) for point, study in studies]
+        best = []
+        for point in plan.space.points():
+            study = opened.get(",".join(point)) or existing_study(storage, plan.study(point))
+            if study is not None:
+                best.append(best_trial(study, plan, point))
         write_best(plan.sweep_dir, best)
     except Exception as e:  # never hides what stopped the search
         print(f"[vaesweep] {BEST_FILE} not written: {type(e).__name__}: {e}", file=sys.stderr)
@@ -143,12 +152,19 @@ def study_samplers(config: DictConfig, sampler: Any) -> Any:
 
 def finish_search(sweep_dir: Path, stopped_by: str | None = None) -> bool:
     """The sweep callback's end of a search: summary.csv and the table (as for a grid),
-    then the best trial of every study; True when every study has a completed trial. The
-    objective is a column of the table, next to the status."""
+    then the best trial of every study; True when every study has a completed trial and no
+    trial is left unfinished (a trial whose process died, its results.json still running:
+    as a grid's killed job, the sweep exits 1 and the same command runs it again; failed
+    trials are the search's own outcome, told to Optuna). The objective is a column of the
+    table, next to the status."""
     best = read_best(sweep_dir)
     objectives = list(dict.fromkeys(b["objective"] for b in best or [] if b.get("objective")))
     finish_sweep(sweep_dir, stopped_by=stopped_by, metrics=objectives, search=True)
     if not best:
         return False
     print(f"Search {sweep_dir} ({BEST_FILE}):\n{format_best(best)}\n", flush=True)
-    return all(b["best"] is not None for b in best)
+    # As the table lists them (a claim another live launch held was waited for).
+    unfinished = [
+        r for r in sweep_results(sweep_dir) if r["status"] not in (COMPLETED, FAILED, DIVERGED)
+    ]
+    return all(b["best"] is not None for b in best) and not unfinished

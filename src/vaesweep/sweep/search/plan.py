@@ -84,18 +84,30 @@ class Plan:
     def study(self, point: list[str]) -> str:
         return f"{self.study_name}[{','.join(point)}]" if point else self.study_name
 
+    def studies(self) -> list[str]:
+        """The name of every study of the search, one per grid point."""
+        return [self.study(point) for point in self.space.points()]
+
     def fingerprint(self) -> dict[str, Any]:
-        fixed = {
-            k: v
-            for k, v in self.space.fixed.items()
-            if not any(k == e or k.startswith(e + ".") for e in self.excluded)
-        }
+        fixed = {k: v for k, v in self.space.fixed.items() if self.changes_results(k)}
         return {
             "params": {k: p.describe() for k, p in self.space.searched.items()},
             "fixed": dict(sorted(fixed.items())),
             "objective": self.objective,
             "direction": self.direction,
         }
+
+    def changes_results(self, key: str) -> bool:
+        """Whether an override of ``key`` can change a trial's numbers (not a key of where
+        and how it runs and logs, nor one its directory names leave out): the keys the
+        fingerprint compares."""
+        return not any(key == e or key.startswith(e + ".") for e in self.excluded)
+
+    def proposed(self, trial: Any) -> bool:
+        """Whether Optuna proposed a value for every searched key of ``trial`` (not so for a
+        trial whose launch was killed while the sampler proposed it: never run, never
+        counted)."""
+        return set(self.space.searched) <= set(trial.params)
 
     def trial_dir(self, point: list[str], number: int) -> str:
         name = f"trial_{number:04d}"

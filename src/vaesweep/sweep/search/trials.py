@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import sys
 from typing import Any
 
 from vaesweep.core.helpers import quoted_value
@@ -19,13 +20,68 @@ log = logging.getLogger("vaesweep.sweep.search")
 _FINISHED = ("COMPLETE", "FAIL", "PRUNED")
 
 
-def settle(study: Any, number: int, result: dict[str, Any] | None, objective: str) -> str | None:
+def _by_key(plan: Plan, overrides: list[Any]) -> dict[str, str]:
+    """The overrides that can change a trial's numbers, by key (each as written)."""
+    out = {}
+    for override in overrides:
+        text = str(override)
+        key = text.split("=", 1)[0].lstrip("+")
+        if plan.changes_results(key.lstrip("~")):
+            out[key] = text
+    return out
+
+
+def other_configuration(
+    plan: Plan, result: dict[str, Any] | None, expected: list[str] | None
+) -> str | None:
+    """Why ``result`` (a trial directory's results.json) is not the result of the trial whose
+    overrides are ``expected``, None when it is (or cannot be told: no result, no overrides
+    recorded, none expected). A directory of another study of the same sweep directory, or
+    of a study whose journal was replaced, holds another configuration's run: its job
+    refuses it (ConfigMismatch) and leaves it as it was, and its metrics must not be
+    reported as this trial's."""
+    recorded = (result or {}).get("overrides")
+    if expected is None or not isinstance(recorded, list):
+        return None
+    old, new = _by_key(plan, recorded), _by_key(plan, expected)
+    differ = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    if not differ:
+        return None
+    shown = "; ".join(
+        f"{k}: {old.get(k, '<absent>')} → {new.get(k, '<absent>')}" for k in differ[:4]
+    ) + ("; ..." if len(differ) > 4 else "")
+    return (
+        f"its directory holds a {result.get('status')} run of another configuration ({shown}), "
+        "not this trial's"
+    )
+
+
+def settle(
+    study: Any,
+    number: int,
+    result: dict[str, Any] | None,
+    objective: str,
+    plan: Plan | None = None,
+    expected: list[str] | None = None,
+) -> str | None:
     """Tells Optuna the outcome of one trial from its results.json; returns the state told
     (COMPLETE | FAIL), or None for a trial with no final result (left RUNNING, resumed by
-    the next launch)."""
+    the next launch). ``expected``: the trial's overrides; a result recorded with others
+    (another configuration's run in the trial's directory) is told FAIL, with the reason,
+    never as this trial's value."""
     from optuna.trial import TrialState
 
     status = (result or {}).get("status")
+    foreign = other_configuration(plan, result, expected) if plan is not None else None
+    if foreign is not None:
+        print(
+            f"[vaesweep] {study.study_name}: trial {number} told as failed: {foreign} (a "
+            "study of its own runs in a sweep directory of its own: hydra.sweep.dir)",
+            file=sys.stderr,
+            flush=True,
+        )
+        study.tell(number, state=TrialState.FAIL)
+        return "FAIL"
     if status == COMPLETED:
         value = (result.get("metrics") or {}).get(objective)
         if value is not None and math.isfinite(float(value)):
@@ -40,19 +96,13 @@ def settle(study: Any, number: int, result: dict[str, Any] | None, objective: st
     return None
 
 
-def _proposed(plan: Plan, trial: Any) -> bool:
-    """Whether Optuna proposed a value for every searched key of this trial (not so for a
-    trial whose launch was killed while the sampler proposed it)."""
-    return set(plan.space.searched) <= set(trial.params)
-
-
 def _drop_unproposed(study: Any, plan: Plan, trials: list[Any]) -> list[Any]:
     """Tells FAIL the RUNNING trials an earlier launch left half-proposed (killed while the
     sampler proposed them; never run, and never counted towards n_trials); returns the
     study's trials, updated."""
     from optuna.trial import TrialState
 
-    cut = [t for t in trials if t.state == TrialState.RUNNING and not _proposed(plan, t)]
+    cut = [t for t in trials if t.state == TrialState.RUNNING and not plan.proposed(t)]
     for t in cut:
         study.tell(t.number, state=TrialState.FAIL)
     if cut:
@@ -71,7 +121,7 @@ def _next_batch(
 
     trials = _drop_unproposed(study, plan, study.get_trials(deepcopy=False))
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    finished = [t for t in trials if t.state.name in _FINISHED and _proposed(plan, t)]
+    finished = [t for t in trials if t.state.name in _FINISHED and plan.proposed(t)]
     batch = [(t.number, dict(t.params)) for t in running if t.number not in unsettled]
     batch = batch[: plan.n_jobs]
     resumed = [n for n, _ in batch]
@@ -91,7 +141,7 @@ def job_numbers(
     """Hydra's job number of each trial of a batch: ``first_job`` + the study's proposed
     trials before it (a half-proposed trial, never run, takes no number). A relaunch's batch
     may hold a trial left unfinished beside new ones: their numbers do not follow it."""
-    proposed = sorted(t.number for t in study.get_trials(deepcopy=False) if _proposed(plan, t))
+    proposed = sorted(t.number for t in study.get_trials(deepcopy=False) if plan.proposed(t))
     return [first_job + bisect.bisect_left(proposed, number) for number, _ in batch]
 
 
@@ -128,15 +178,16 @@ def _launch(
         for start, end in _runs(numbers):
             launcher.launch(overrides[start:end], initial_job_idx=numbers[start])
     return [
-        settle(study, number, record.read(plan.sweep_dir / d), plan.objective)
-        for (number, _), d in zip(batch, dirs, strict=True)
+        settle(study, number, record.read(plan.sweep_dir / d), plan.objective, plan, job[:-1])
+        for (number, _), d, job in zip(batch, dirs, overrides, strict=True)
     ]
 
 
-def settle_finished_on_disk(study: Any, plan: Plan) -> list[int]:
+def settle_finished_on_disk(study: Any, plan: Plan, point: list[str]) -> list[int]:
     """Tells Optuna the trials an earlier launch left RUNNING whose job did finish (the
     launch was killed after the job wrote its result, before telling it): they are settled
-    from their results.json, not launched again. Returns their numbers."""
+    from their results.json (one of another configuration: FAIL), not launched again.
+    Returns their numbers."""
     from optuna.trial import TrialState
 
     settled = []
@@ -145,7 +196,8 @@ def settle_finished_on_disk(study: Any, plan: Plan) -> list[int]:
         if directory is None:
             continue
         result = record.read(plan.sweep_dir / directory)
-        if settle(study, trial.number, result, plan.objective) is not None:
+        expected = plan.space.trial_overrides(point, trial.params)
+        if settle(study, trial.number, result, plan.objective, plan, expected) is not None:
             settled.append(trial.number)
     if settled:
         log.info("%s: trials %s had finished: told from their results", study.study_name, settled)
@@ -167,7 +219,7 @@ def run_study(study: Any, plan: Plan, point: list[str], launcher: Any, first_job
     ones) is job ``first_job + k``, in a relaunch too (Hydra's job number, as in a job's line
     ``job 3/8 completed``). Stops (at its safe points) when a signal has told it to stop."""
     dists = {k: p.distribution() for k, p in plan.space.searched.items()}
-    settle_finished_on_disk(study, plan)
+    settle_finished_on_disk(study, plan, point)
     unsettled: set[int] = set()
     while True:
         stop_if_signalled()
