@@ -1628,3 +1628,29 @@ def test_a_stop_anywhere_in_a_search_is_clean_and_the_relaunch_completes(workdir
         assert r["config"]["beta"] == pytest.approx(t.params["beta"])
         assert r["metrics"]["val/elbo"] == pytest.approx(t.value)
     assert json.loads((sweep / "sweep.json").read_text())["stopped_by"] is None
+
+
+def test_a_moved_or_missing_sqlite_search_is_opened_where_it_is_and_never_created(
+    tmp_path, monkeypatch
+):
+    """A search stored in SQLite: load_studies (the figures) opens the file where it was
+    written, beside sweep.json once the sweep was moved, and creates no empty database where
+    there is none (Optuna's storage would)."""
+    import optuna
+
+    from vaesweep.sweep.search.load import load_studies
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    record = {"search": {"storage": "sqlite:///opt.db", "studies": ["s"]}}
+    (sweep / "sweep.json").write_text(json.dumps(record))
+    assert load_studies(sweep) == [] and not (tmp_path / "opt.db").exists()
+    study = optuna.create_study(study_name="s", storage="sqlite:///opt.db")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert [len(s.trials) for s in load_studies(sweep)] == [2]  # where it was written
+    os.replace(tmp_path / "opt.db", sweep / "opt.db")  # moved with the sweep
+    (moved := tmp_path / "moved").mkdir()
+    monkeypatch.chdir(moved)
+    assert [len(s.trials) for s in load_studies(sweep)] == [2]
+    assert not (moved / "opt.db").exists()

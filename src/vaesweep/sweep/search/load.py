@@ -11,8 +11,8 @@ from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 
 
 def _journal(sweep_dir: Path, storage: str) -> str | None:
-    """A journal file where it was written, or beside sweep.json (a moved sweep); None when
-    neither is there."""
+    """A journal (or SQLite) file where it was written, or beside sweep.json (a moved
+    sweep); None when neither is there."""
     beside = sweep_dir / Path(storage).name
     order = (Path(storage), beside) if Path(storage).is_absolute() else (beside,)
     found = [p for p in order if p.is_file()]
@@ -33,6 +33,12 @@ def load_studies(sweep_dir: str | Path) -> list[Any]:
         storage = _journal(Path(sweep_dir), storage)
         if storage is None:
             return []
+    elif storage.startswith("sqlite:///"):  # opening a missing file would create it empty
+        path = storage.removeprefix("sqlite:///")
+        found = path if Path(path).is_file() else _journal(Path(sweep_dir), path)
+        if found is None:
+            return []
+        storage = f"sqlite:///{found}"
     import optuna
 
     quiet_optuna()
