@@ -389,6 +389,42 @@ def test_an_error_outside_the_task_is_one_line(tmp_path):
 # --- 12, 5, 14: what results.json records is what ran
 
 
+def _step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_last_ckpt_holds_the_fits_final_weights_and_is_what_last_tests(tmp_path):
+    """Lightning ≥ 2.6 writes a monitored checkpoint's save_last file only when the
+    monitored one is written too: last.ckpt stayed at the best epoch (step 10) when the last
+    epoch did not improve val/elbo, and eval.checkpoint=last tested those weights; a fit
+    that ended mid-epoch (max_steps) or without a validation at its end was tested on an
+    older checkpoint. last.ckpt now holds the final weights: its step is the fit's, and its
+    test metrics are those of the same run without checkpoints (the weights in memory)."""
+    changed = ("trainer.limit_train_batches=", "trainer.max_epochs=")
+    base = [a for a in B if not a.startswith(changed)]
+    base += ["trainer.limit_train_batches=5", "optimizer.lr=0.1", "trainer.max_epochs=3"]
+    cases = {
+        "worse": [],  # val/elbo best after epoch 2 of 3, with this seed and lr
+        "mid_epoch": ["trainer.max_steps=7"],
+        "no_final_validation": ["trainer.check_val_every_n_epoch=2"],
+    }
+    for name, extra in cases.items():
+        metrics = {}
+        for checkpoints in ("true", "false"):
+            run = f"{name}-{checkpoints}"
+            args = [*base, *extra, f"trainer.enable_checkpointing={checkpoints}"]
+            proc = run_cli([*args, f"hydra.run.dir={run}"], tmp_path)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            (result,) = results_under(tmp_path / run)
+            assert result["tested_checkpoint"] == "last"
+            metrics[checkpoints] = {k: v for k, v in result["metrics"].items()}
+        ckpts = tmp_path / f"{name}-true" / "checkpoints"
+        assert _step(ckpts / "last.ckpt") == result["trained"]["steps"], name
+        if name == "worse":
+            assert _step(ckpts / "best.ckpt") < _step(ckpts / "last.ckpt") == 15
+        assert metrics["true"] == metrics["false"], name
+
+
 @pytest.mark.slow
 def test_results_record_the_precision_used_and_the_checkpoint_tested(tmp_path):
     """trainer.precision=16 on a CPU runs as bf16-mixed; eval.checkpoint=best with a fit

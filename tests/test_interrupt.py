@@ -213,6 +213,30 @@ def test_signal_records_interrupted_and_the_relaunch_resumes(workdir, reference,
     assert "resuming" in (workdir / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
+def test_a_job_validated_mid_epoch_resumes_from_an_epoch_end(workdir):
+    """trainer.val_check_interval=0.5 validates twice an epoch. last.ckpt was written at
+    the mid-epoch validation (it improved val/elbo), and a job stopped after it resumed
+    mid-epoch: the epoch's data order, noise and running means restarted, and it completed
+    with metrics other than an uninterrupted run's. last.ckpt is now written at epoch ends
+    only: the job repeats the epoch it was stopped in and ends as the uninterrupted run."""
+    args = [*JOB, "trainer.val_check_interval=0.5"]
+    rc, out = run_to_end([*args, "hydra.run.dir=reference"], workdir)
+    assert rc == 0, out[-3000:]
+    reference = result(workdir / "reference")
+    proc = start([*args, "hydra.run.dir=run"], workdir)
+    last = wait_for((workdir / "run" / "checkpoints", "last.ckpt"), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step % BATCHES == 0, step  # an epoch's end, not its middle
+    first = result(workdir / "run")
+    assert first["status"] == "interrupted"
+    rc, out = run_to_end([*args, "hydra.run.dir=run"], workdir)
+    assert rc == 0, out[-3000:]
+    check_resumed(workdir / "run", reference, first)
+
+
 # Where a job is SIGKILLed: mid-training (after an epoch's checkpoint), or stopped by the test
 # hook in the test loop, between the two image grids, or with the final results.json written
 # to its temp file but not yet renamed.

@@ -184,6 +184,11 @@ class Resumable(L.Callback):
         return dict(cls.stored_state(checkpoint).get("val_metrics", {}))
 
 
+#: The file name (without .ckpt) of a job's last checkpoint: its weights at the end of its
+#: last training epoch, what a resume starts from and eval.checkpoint=last tests.
+LAST_CHECKPOINT = "last"
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint for a job's ``checkpoints/`` directory, whose state
     survives the job's directory being moved (a sweep directory renamed, or seen under

@@ -31,6 +31,7 @@ from vaesweep.model import components
 from vaesweep.model.module import VAE
 from vaesweep.run import context, gpus, history, jobs, ranks
 from vaesweep.run.callbacks import (
+    LAST_CHECKPOINT,
     AtomicCheckpointIO,
     EpochLines,
     ImageGrids,
@@ -207,21 +208,33 @@ def _build_trainer(
     """The Lightning Trainer and its ModelCheckpoint (None without checkpointing)."""
     checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
     if trainer_args["enable_checkpointing"]:
+        # Always the same two files (no version counter: a resumed job wrote last-v1.ckpt
+        # beside the last.ckpt it resumed from, and a second requeue resumed from the stale
+        # one). best.ckpt: the best val/elbo, at the validation that gave it.
         checkpoint = RunCheckpoint(
             dirpath=job.run_dir / "checkpoints",
             filename="best",
             monitor="val/elbo",
             mode="max",
             save_top_k=1,
-            save_last=True,
-            # Always the same two files. With the version counter, a resumed job wrote
-            # last-v1.ckpt: the last.ckpt it resumed from is a hard link to best.ckpt
-            # (AtomicCheckpointIO), whose saved state predates the last path, so Lightning
-            # took last.ckpt for another run's file; a second requeue then resumed from
-            # the stale last.ckpt.
             enable_version_counter=False,
         )
-        callbacks = (checkpoint, *callbacks)
+        # last.ckpt: a callback of its own, written at the end of every training epoch,
+        # an epoch cut short by max_steps or max_time included, so it always holds the
+        # fit's final weights, and never mid-epoch (a resume restarts the epoch it stopped
+        # in, and reproduces it). Lightning ≥ 2.6 writes the save_last file of a monitored
+        # checkpoint only when the monitored one was written too: last.ckpt stayed at the
+        # best epoch whenever the last ones did not improve val/elbo, and the default
+        # eval.checkpoint=last tested those weights.
+        last = RunCheckpoint(
+            dirpath=job.run_dir / "checkpoints",
+            filename=LAST_CHECKPOINT,
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        callbacks = (checkpoint, last, *callbacks)
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
     plugins = [plugins] if not isinstance(plugins, list) else plugins
@@ -354,15 +367,16 @@ def _fit_and_test(
     ckpt = None  # without checkpoints: the weights in memory, i.e. the last ones
     tested_checkpoint = "last"
     if parts.checkpoint is not None:
-        ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else "last"
         tested_checkpoint = cfg.eval.checkpoint
+        last = str(job.run_dir / "checkpoints" / f"{LAST_CHECKPOINT}.ckpt")
+        ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else last
         if not ckpt:  # best, but the fit ended before its first validation (max_steps, ...)
             log.warning(
                 "eval.checkpoint=best: the fit ended before its first validation, so there "
                 "is no best checkpoint; tested on the last weights instead (results.json: "
                 "tested_checkpoint=last)"
             )
-            ckpt, tested_checkpoint = "last", "last"
+            ckpt, tested_checkpoint = last, "last"
     if record is not None:
         record.set_facts(tested_checkpoint=tested_checkpoint)
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
