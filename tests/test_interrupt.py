@@ -669,3 +669,30 @@ def test_submitit_time_out_requeues_the_job_and_it_resumes(workdir, reference):
     assert sum("Requeued job" in line for line in submitit) == 1
     pids = marker.read_text().split()  # the first attempt held once, the second at each epoch
     assert pids[0] != pids[1] and set(pids[1:]) == {pids[1]}  # a new process requeued
+
+
+def test_a_signal_after_the_job_recorded_its_result_says_nothing_is_left_to_resume(tmp_path):
+    """A stop signal that lands after the job's last safe point (its results.json written,
+    completed) still stops the process (128 + n; a sweep stops), but said "the same command
+    resumes it", and the next launch found nothing to resume: it now says the job had
+    recorded its result. A signal at a safe point still says how to resume."""
+    from vaesweep.run.signals import JobInterrupted, StopSignals
+
+    with pytest.raises(JobInterrupted) as late, StopSignals():
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled: the job records, then ends
+    assert late.value.exit_code == 128 + signal.SIGUSR1
+    assert (
+        str(late.value) == "SIGUSR1 came after the job had recorded its result: nothing to resume"
+    )
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("SIGTERM")  # a parallel sweep's launching process was signalled
+    with pytest.raises(JobInterrupted, match="^SIGTERM came after the job had recorded"):
+        with StopSignals(stop_file):
+            pass
+    with pytest.raises(JobInterrupted, match="^stopped by SIGUSR1; the same command") as early:
+        with StopSignals() as signals:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            signals.check()  # a safe point
+    assert early.value.exit_code == 128 + signal.SIGUSR1
+    with StopSignals():  # no signal: nothing raised
+        pass

@@ -86,14 +86,18 @@ class Stopped(BaseException):
 class JobInterrupted(Stopped):
     """The job was stopped by a signal."""
 
-    def __init__(self, signum: int, step: int | None = None, then: Any = None) -> None:
+    def __init__(
+        self, signum: int, step: int | None = None, then: Any = None, finished: bool = False
+    ) -> None:
         self.step = step
         self.then = then  # the handler in place before the job (hand_over calls it)
-        at = "" if step is None else f" at step {step}"
         name = signal.Signals(signum).name
-        super().__init__(
-            signum, f"stopped by {name}{at}; the same command in the same directory resumes it"
-        )
+        if finished:  # after the last safe point: results.json holds the job's outcome
+            message = f"{name} came after the job had recorded its result: nothing to resume"
+        else:
+            at = "" if step is None else f" at step {step}"
+            message = f"stopped by {name}{at}; the same command in the same directory resumes it"
+        super().__init__(signum, message)
 
     def hand_over(self) -> None:
         """Passes the signal to the handler that was in place before the job, now that the
@@ -185,8 +189,11 @@ class StopSignals:
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         _restore(self._previous)
         self._previous = {}
-        if exc_type is None:
-            self.check()  # a signal that came after the job's last safe point
+        if exc_type is None:  # the job ended and recorded it: a signal since still stops
+            if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
+                self.signum = read_stop_file(self.stop_file)
+            if self.signum is not None:
+                raise JobInterrupted(self.signum, self.step, self._then, finished=True)
 
 
 # --- the launching process of a sweep ---------------------------------------------------------
