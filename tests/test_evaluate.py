@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -498,3 +499,36 @@ def test_evaluate_refuses_a_setting_given_twice_or_malformed_by_its_key(tmp_path
         assert main(["evaluate", str(tmp_path), setting]) == 1, setting
         err = capsys.readouterr().err
         assert f"vaesweep: error: {message}" in err and "int()" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_evaluate_scores_at_the_precision_the_run_tested_at(tmp_path, precision):
+    """A run tested at 64-true or bf16-mixed was scored again at 32-true: its own K gave
+    other test metrics (61.448 against 61.455 at 64-true). The evaluation now runs at the
+    run's recorded precision, records it, and reproduces the run exactly."""
+    proc = run_cli(
+        [*TINY, "logger=none", f"trainer.precision={precision}", "hydra.run.dir=run"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    recorded = json.loads((run / "results.json").read_text())
+    assert recorded["precision"] == precision
+    k = recorded["config"]["eval"]["iwae_k"]
+    proc = _evaluate([str(run), f"eval.iwae_k={k}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last.json").read_text())
+    assert same["precision"] == precision
+    for key in ("test/nll", "test/elbo", "test/kl", "test/mse"):
+        assert same["metrics"][key] == recorded["metrics"][key], key
+
+
+def test_an_evaluation_runs_at_the_recorded_precision_this_machine_can_run(caplog):
+    from vaesweep.run.evaluate import evaluation_precision
+
+    for recorded in ("32-true", "64-true", "bf16-mixed", "bf16-true"):
+        assert evaluation_precision(recorded, Path("r")) == recorded
+    assert evaluation_precision(None, Path("r")) == "32-true"  # an older results.json
+    if not torch.cuda.is_available():
+        assert evaluation_precision("16-mixed", Path("r")) == "32-true"
+        assert "ran at precision 16-mixed, which needs a GPU: scored at 32-true" in caplog.text

@@ -61,13 +61,39 @@ def check_settings(
     )
 
 
+#: The precisions Lightning runs on a CPU (a 16-bit float one needs a GPU).
+CPU_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true")
+
+
+def evaluation_precision(recorded: Any, run_dir: Path) -> str:
+    """The precision an evaluation scores at: the one the run's test ran at (results.json's
+    ``precision``), so that its own K reproduces its test metrics; 32-true where none is
+    recorded, or where this machine cannot run it (16-bit floats without a GPU: said)."""
+    if not isinstance(recorded, str) or not recorded:
+        return "32-true"
+    if torch.cuda.is_available() or recorded in CPU_PRECISIONS:
+        return recorded
+    log.warning(
+        "%s ran at precision %s, which needs a GPU: scored at 32-true here (its own K will "
+        "not reproduce its test metrics exactly)",
+        run_dir,
+        recorded,
+    )
+    return "32-true"
+
+
 def score(
-    model: VAE, data: L.LightningDataModule, ckpt_path: str | None = None
+    model: VAE,
+    data: L.LightningDataModule,
+    ckpt_path: str | None = None,
+    precision: str = "32-true",
 ) -> dict[str, float]:
     """The test metrics of ``model`` on ``data``'s test split (the module's own test step:
-    IWAE with ``model.hparams.iwae_k`` samples), restoring ``ckpt_path`` first if given."""
+    IWAE with ``model.hparams.iwae_k`` samples), restoring ``ckpt_path`` first if given, at
+    ``precision`` (Lightning's name)."""
     trainer = L.Trainer(
         accelerator="cpu" if not torch.cuda.is_available() else "auto",
+        precision=precision,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -112,6 +138,7 @@ class Plan(NamedTuple):
     iwae_k: int
     checkpoint: str  # last or best
     iwae_chunk: int | None
+    precision: str  # the run's (evaluation_precision)
 
 
 def tested_examples(limit: Any, split: int, eval_batch_size: int) -> int:
@@ -242,7 +269,10 @@ def plan_run(
         )
     verify_checkpoint(ckpt)
     check_chunk_memory(cfg, iwae_k, iwae_chunk)
-    return Plan(run_dir, cfg, ckpt, name, label, examples, split, iwae_k, checkpoint, iwae_chunk)
+    precision = evaluation_precision(result.get("precision"), run_dir)
+    return Plan(
+        run_dir, cfg, ckpt, name, label, examples, split, iwae_k, checkpoint, iwae_chunk, precision
+    )
 
 
 def run_plan(plan: Plan) -> dict[str, Any]:
@@ -254,11 +284,12 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
     data = _data(cfg, plan.examples if plan.examples < plan.split else None)
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
-    metrics = score(model, data, str(ckpt))
+    metrics = score(model, data, str(ckpt), plan.precision)
     evaluation = {
         "status": record.COMPLETED,
         "iwae_k": iwae_k,
         "checkpoint": plan.checkpoint,
+        "precision": plan.precision,
         "test_examples": plan.test_examples,
         "limit_test_batches": cfg.trainer.get("limit_test_batches"),
         "checkpoint_file": str(ckpt.relative_to(plan.run_dir)),
