@@ -686,13 +686,13 @@ def test_a_signal_after_the_job_recorded_its_result_says_nothing_is_left_to_resu
     )
     stop_file = tmp_path / "stop"
     stop_file.write_text("SIGTERM")  # a parallel sweep's launching process was signalled
-    with pytest.raises(JobInterrupted, match="^SIGTERM came after the job had recorded"):
-        with StopSignals(stop_file):
-            pass
-    with pytest.raises(JobInterrupted, match="^stopped by SIGUSR1; the same command") as early:
-        with StopSignals() as signals:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            signals.check()  # a safe point
+    late_stop = pytest.raises(JobInterrupted, match="^SIGTERM came after the job had recorded")
+    with late_stop, StopSignals(stop_file):
+        pass
+    at_safe_point = pytest.raises(JobInterrupted, match="^stopped by SIGUSR1; the same command")
+    with at_safe_point as early, StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        signals.check()  # a safe point
     assert early.value.exit_code == 128 + signal.SIGUSR1
     with StopSignals():  # no signal: nothing raised
         pass

@@ -1,15 +1,20 @@
 """hydra/launcher=ray (src/hydra_plugins/vaesweep_ray_launcher) and GPUs shared by jobs.
 
-In process (fast, no Ray needed): how gpus_per_job / cpus_per_job are derived, what ray.init
-is given (joining a cluster passes nothing that sizes one), Hydra's joblib refused where it
+In process (fast, no Ray needed): how gpus_per_job / cpus_per_job are derived from the nodes,
+requests no node can hold refused (several GPUs per job among them), what ray.init is given
+(joining a cluster passes nothing that sizes one), Ray imported with its log de-duplication
+off (a fresh interpreter), the tasks not yet started cancelled once the sweep is stopped (Ray
+faked) and a task that starts after the stop making nothing, Hydra's joblib refused where it
 would pile jobs onto GPU 0 (GPU count faked), DDP in a Ray job refused, the out-of-memory
-message of a job given a share of a GPU.
+message of a job given a share of a GPU, worded for its launcher.
 
 For real (slow; skipped when ray is not importable): a local Ray started by the CLI in a
 subprocess; the same metrics as the basic launcher, a failing job alone, skip/claims on
 relaunch, W&B runs and summary run; Ctrl-C to the launching process and a job whose process
-is SIGKILLed, both resumed to the uninterrupted metrics; GPUs declared to Ray assigned one
-per job or K jobs per GPU; an Optuna search batched through Ray.
+is SIGKILLed, both resumed to the uninterrupted metrics; Ctrl-C while a job waits for a CPU
+(cancelled, no directory); a job larger than the node refused; GPUs declared to Ray assigned
+one per job or K jobs per GPU, every job's lines on the console; an Optuna search batched
+through Ray.
 """
 
 from __future__ import annotations
@@ -57,38 +62,184 @@ def needs_ray():
 # -- in process -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("options", "trainer", "cluster", "expected"),
-    [
-        ({}, {"accelerator": "gpu", "devices": 1}, {"CPU": 16, "GPU": 4}, (1.0, 4.0)),
-        ({"gpus_per_job": 0.25}, {"accelerator": "gpu"}, {"CPU": 16, "GPU": 4}, (0.25, 1.0)),
-        ({"gpus_per_job": 0.125}, {"accelerator": "gpu"}, {"CPU": 2, "GPU": 1}, (0.125, 0.25)),
-        ({}, {"accelerator": "auto", "devices": 1}, {"CPU": 8, "GPU": 2}, (1.0, 4.0)),
-        ({}, {"accelerator": "auto", "devices": 1}, {"CPU": 8}, (0.0, 1.0)),
-        ({}, {"accelerator": "cpu", "devices": 1}, {"CPU": 8, "GPU": 2}, (0.0, 1.0)),
-        ({"cpus_per_job": 2}, {"accelerator": "gpu"}, {"CPU": 8, "GPU": 2}, (1.0, 2.0)),
-    ],
-)
-def test_gpus_not_cpus_bound_how_many_jobs_run(options, trainer, cluster, expected):
-    assert ray_launcher.resolve_resources(options, trainer, cluster) == expected
+ONE_NODE = [{"CPU": 16.0, "GPU": 4.0}]
 
 
 @pytest.mark.parametrize(
-    ("options", "cluster", "message"),
+    ("options", "trainer", "nodes", "expected"),
     [
-        ({"gpus_per_job": 1.5}, {"CPU": 8, "GPU": 2}, "a fraction of one GPU"),
-        ({"gpus_per_job": 1}, {"CPU": 8}, "Ray sees 0 GPUs"),
+        ({}, {"accelerator": "gpu", "devices": 1}, ONE_NODE, (1.0, 4.0)),
+        ({"gpus_per_job": 0.25}, {"accelerator": "gpu"}, ONE_NODE, (0.25, 1.0)),
+        ({"gpus_per_job": 0.125}, {"accelerator": "gpu"}, [{"CPU": 2, "GPU": 1}], (0.125, 0.25)),
+        ({}, {"accelerator": "auto", "devices": 1}, [{"CPU": 8, "GPU": 2}], (1.0, 4.0)),
+        ({}, {"accelerator": "auto", "devices": 1}, [{"CPU": 8}], (0.0, 1.0)),
+        ({}, {"accelerator": "cpu", "devices": 1}, [{"CPU": 8, "GPU": 2}], (0.0, 1.0)),
+        ({"cpus_per_job": 2}, {"accelerator": "gpu"}, [{"CPU": 8, "GPU": 2}], (1.0, 2.0)),
+        ({"cpus_per_job": 0.5}, {"accelerator": "cpu"}, [{"CPU": 2}], (0.0, 0.5)),
+        # A head without GPUs beside a GPU node: the GPU node's CPUs per GPU, not the
+        # cluster's (24 summed: more than the GPU node has, so no job could start).
+        ({}, {"accelerator": "gpu", "devices": 1}, [{"CPU": 16}, {"CPU": 8, "GPU": 1}], (1.0, 8.0)),
+        # GPU nodes of two kinds: what fits on either.
+        ({}, {"accelerator": "gpu"}, [{"CPU": 8, "GPU": 2}, {"CPU": 32, "GPU": 4}], (1.0, 4.0)),
+        ({"gpus_per_job": 0.5}, {"accelerator": "gpu"}, [{"CPU": 64}, {"CPU": 8, "GPU": 2}], (0.5, 2.0)),
     ],
-)
-def test_impossible_gpu_requests_are_refused(options, cluster, message):
+)  # fmt: skip
+def test_gpus_not_cpus_bound_how_many_jobs_run(options, trainer, nodes, expected):
+    assert ray_launcher.resolve_resources(options, trainer, nodes) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "nodes", "message"),
+    [
+        ({"gpus_per_job": 1.5}, [{"CPU": 8, "GPU": 2}], "gpus_per_job=1.5: a Ray job trains on one"),
+        # Several GPUs per job: DDP (devices=auto) or idle GPUs (devices=1): refused.
+        ({"gpus_per_job": 2}, [{"CPU": 8, "GPU": 2}], "gpus_per_job=2: a Ray job trains on one"),
+        ({"gpus_per_job": -1}, [{"CPU": 8, "GPU": 2}], "gpus_per_job=-1"),
+        ({"gpus_per_job": 1}, [{"CPU": 8}], "Ray sees 0 GPUs"),
+        ({"gpus_per_job": "x"}, [{"CPU": 8}], "gpus_per_job='x' is not a number"),
+        ({"cpus_per_job": 0}, [{"CPU": 8, "GPU": 2}], "cpus_per_job=0: a job needs more than 0"),
+        ({"cpus_per_job": -2}, [{"CPU": 8, "GPU": 2}], "cpus_per_job=-2: a job needs more than 0"),
+        # More CPUs than the node has: Ray would wait for such a node for ever.
+        ({"gpus_per_job": 0, "cpus_per_job": 4}, [{"CPU": 2}],
+         r"cpus_per_job=4 but the largest node of this Ray has 2 CPUs.*0 < cpus_per_job <= 2"),
+        # ... or than any GPU node has, for a GPU job (the head's CPUs do not count).
+        ({"cpus_per_job": 16}, [{"CPU": 24}, {"CPU": 8, "GPU": 1}],
+         "cpus_per_job=16 but the largest node with a GPU of this Ray has 8 CPUs"),
+    ],
+)  # fmt: skip
+def test_requests_no_node_can_hold_are_refused(options, nodes, message):
     with pytest.raises(ray_launcher.RayLauncherError, match=message):
-        ray_launcher.resolve_resources(options, {"accelerator": "gpu"}, cluster)
+        ray_launcher.resolve_resources(options, {"accelerator": "gpu"}, nodes)
+
+
+def test_what_no_cluster_could_run_is_refused_before_ray_starts():
+    """launch() calls check_options before start_ray: no cluster is needed to refuse it."""
+    for options in ({"gpus_per_job": 2}, {"cpus_per_job": 0}, {"cpus_per_job": "many"}):
+        with pytest.raises(ray_launcher.RayLauncherError):
+            ray_launcher.check_options(options)
+    ray_launcher.check_options({"gpus_per_job": 0.5, "cpus_per_job": 0.5})
+    ray_launcher.check_options({})
+
+
+def test_a_joined_cluster_may_grow_a_node_large_enough(caplog):
+    """address=auto: an autoscaler may add the node; warned, not refused."""
+    options = {"address": "auto", "cpus_per_job": 64}
+    assert ray_launcher.resolve_resources(options, {"accelerator": "cpu"}, [{"CPU": 8}]) == (
+        0.0,
+        64.0,
+    )
+    assert "cpus_per_job=64 but the largest node" in caplog.text
+
+
+def test_ray_is_imported_with_its_log_deduplication_off():
+    """Ray reads RAY_DEDUP_LOGS once, at its first import: the launcher's import of it must
+    come with the variable set, else Ray folds different jobs' lines into one ("[repeated
+    3x across cluster]"). A fresh interpreter, as a launching process is; Ray's own flag
+    is checked, not the variable."""
+    needs_ray()
+    code = (
+        "from hydra_plugins.vaesweep_ray_launcher import ray_launcher\n"
+        "ray = ray_launcher.import_ray()\n"
+        "from ray._private import ray_logging\n"
+        "print('dedup', ray_logging.RAY_DEDUP_LOGS)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dedup False" in proc.stdout
+
+
+class FakeTask:
+    """A Ray task's streaming generator, faked: ``items`` come out one per wait once
+    ``starts_at`` waits have passed (never, for None)."""
+
+    def __init__(self, name, items, starts_at):
+        self.name, self.items, self.starts_at = name, list(items), starts_at
+        self.cancelled = False
+
+    def next_ready(self):
+        return bool(self.items) and self.starts_at is not None and self.starts_at <= FakeRay.now
+
+    def __next__(self):
+        if self.cancelled:
+            return ("cancelled", self.name)
+        return ("value", self.items.pop(0))
+
+
+class FakeRay:
+    now = 0
+
+    class exceptions:  # noqa: N801 (ray.exceptions)
+        class RayError(Exception):
+            pass
+
+        class TaskCancelledError(RayError):
+            pass
+
+    def __init__(self):
+        self.cancelled = []
+
+    def wait(self, pending, num_returns, timeout):
+        FakeRay.now += 1
+        ready = [t for t in pending if t.cancelled or t.next_ready()][:num_returns]
+        return ready, [t for t in pending if t not in ready]
+
+    def get(self, item):
+        kind, value = item
+        if kind == "cancelled":
+            raise self.exceptions.TaskCancelledError(value)
+        return value
+
+    def cancel(self, task):
+        task.cancelled = True
+        self.cancelled.append(task.name)
+
+
+def test_a_stopped_sweep_cancels_the_tasks_that_have_not_started(monkeypatch):
+    """Two jobs running, a third waiting (for a CPU, or a node that never comes); the stop
+    comes: the waiting task is cancelled (it would start a worker and make its directory,
+    or wait for ever), the running ones are not (they stop at their next batch and return
+    their result), and the gather ends."""
+    FakeRay.now = 0
+    ray = FakeRay()
+    done = SimpleNamespace(status="interrupted")
+    running = [FakeTask(n, [ray_launcher.STARTED, done], starts_at=1) for n in ("a", "b")]
+    waiting = FakeTask("c", [ray_launcher.STARTED, done], starts_at=None)
+    tasks = {t: i for i, t in enumerate([*running, waiting])}
+    launcher = ray_launcher.RayLauncher()
+    stopped = lambda: FakeRay.now >= 3  # noqa: E731 (after both have started)
+    results = launcher._gather(ray, tasks, [["beta=1"], ["beta=2"], ["beta=4"]], 0, stopped)
+    assert ray.cancelled == ["c"]
+    assert results == [done, done, None]
+
+
+def test_a_task_that_starts_after_the_stop_makes_nothing(tmp_path, monkeypatch):
+    """It returns before Hydra's job config (which makes the job's directory and its
+    train.log) and before it says it was given a GPU."""
+    from vaesweep.run.signals import STOP_FILE_ENV
+
+    stop_file = tmp_path / ".stop-host-1"
+    stop_file.write_text("SIGINT")
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop_file))
+    monkeypatch.delenv(gpus.ASSIGNED_ENV, raising=False)
+    monkeypatch.delenv(gpus.FRACTION_ENV, raising=False)
+    assert ray_launcher.execute_job(0, ["beta=1"], None, 0.5, 1.0) is None
+    assert list(ray_launcher.job_task(0, ["beta=1"], None, 0.5, 1.0)) == [
+        ray_launcher.STARTED,
+        None,
+    ]
+    assert gpus.ASSIGNED_ENV not in os.environ and gpus.FRACTION_ENV not in os.environ
+    assert list(tmp_path.iterdir()) == [stop_file]
 
 
 @pytest.mark.parametrize("address", [None, "auto"])
 def test_ray_init_arguments(monkeypatch, address):
-    """A local start: no dashboard, the declared resources, RAY_DEDUP_LOGS=0; joining a
-    cluster (address=auto): nothing that sizes a cluster, object_store_memory included."""
+    """A local start: no dashboard, the declared resources; joining a cluster
+    (address=auto): nothing that sizes a cluster, object_store_memory included. (Ray faked,
+    imported already: RAY_DEDUP_LOGS matters only before its first import,
+    test_ray_is_imported_with_its_log_deduplication_off.)"""
     calls = []
     fake = SimpleNamespace(
         is_initialized=lambda: False,
@@ -96,7 +247,7 @@ def test_ray_init_arguments(monkeypatch, address):
         cluster_resources=lambda: {"CPU": 4, "GPU": 2},
     )
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     options = {
         "address": address,
         "num_gpus": 2,
@@ -104,8 +255,7 @@ def test_ray_init_arguments(monkeypatch, address):
         "init": {"object_store_memory": 10**9, "namespace": "x"},
     }
     assert ray_launcher.start_ray(options) == {"CPU": 4.0, "GPU": 2.0}
-    ((kwargs, dedup),) = calls
-    assert dedup == "0"
+    ((kwargs, _),) = calls
     if address:
         assert kwargs == {"address": "auto", "log_to_driver": True, "namespace": "x"}
     else:
@@ -196,13 +346,50 @@ def test_ddp_in_a_ray_job_is_refused_before_any_job(capsys):
     assert gpus.one_device_problem({"devices": "auto", "num_nodes": 1}, "ray") is None
 
 
-def test_out_of_memory_names_the_gpu_share(monkeypatch):
+@pytest.mark.parametrize(
+    ("launcher", "fraction", "expected", "not_expected"),
+    [
+        ("ray", "0.25", ["0.25 of the GPU's memory", "hydra.launcher.gpus_per_job=0.25",
+                         "give it a larger share"], ["n_jobs"]),
+        ("local_parallel", "0.5", ["0.5 of the GPU's memory", "runs 2 jobs at once on its GPU",
+                                   "lower hydra.launcher.n_jobs", "more GPUs in hydra.launcher.gpus"],
+         ["gpus_per_job"]),
+        ("ray", None, [], ["gpus_per_job", "share"]),  # a whole GPU: no share to blame
+        ("ray", "1", [], ["gpus_per_job", "share"]),
+        (None, None, [], ["gpus_per_job", "share"]),
+    ],
+)  # fmt: skip
+def test_out_of_memory_names_the_gpu_share_as_its_launcher_gave_it(
+    monkeypatch, launcher, fraction, expected, not_expected
+):
     error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.delenv(gpus.FRACTION_ENV, raising=False)
-    assert "gpus_per_job" not in describe(error)
+    for name, value in ((gpus.ASSIGNED_ENV, launcher), (gpus.FRACTION_ENV, fraction)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    line = describe(error)
+    assert line.startswith("out of memory (OutOfMemoryError: CUDA out of memory")
+    assert "lower data.batch_size" in line
+    for text in expected:
+        assert text in line, line
+    for text in not_expected:
+        assert text not in line, line
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: can't allocate memory"),
+        MemoryError(),
+    ],
+)  # fmt: skip
+def test_the_hosts_memory_running_out_is_not_blamed_on_the_gpu_share(monkeypatch, error):
+    monkeypatch.setenv(gpus.ASSIGNED_ENV, "ray")
     monkeypatch.setenv(gpus.FRACTION_ENV, "0.25")
     line = describe(error)
-    assert "0.25 of the GPU's memory" in line and "hydra.launcher.gpus_per_job=0.25" in line
+    assert line.startswith("out of memory") and "lower data.batch_size" in line
+    assert "GPU" not in line and "gpus_per_job" not in line
 
 
 def test_a_gpu_share_caps_the_memory_of_every_visible_gpu(monkeypatch):
@@ -364,6 +551,53 @@ def test_ctrl_c_to_the_launching_process_interrupts_ray_jobs_and_the_relaunch_re
 
 
 @pytest.mark.slow
+def test_ctrl_c_cancels_the_ray_jobs_not_yet_started(workdir):
+    """Three jobs, two CPUs: two held after their claim, the third waiting for a CPU. SIGINT
+    to the launching process: the third task is cancelled (no worker, no directory, no
+    train.log), the two stop and record interrupted, exit 130 at once; the summary says the
+    third never started."""
+    needs_ray()
+    args = [
+        "-m", "beta=2,4,8", *TINY, "logger=none", "trainer.accelerator=cpu", *RAY,
+        "hydra.launcher.num_cpus=2", "hydra.launcher.cpus_per_job=1", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    sweep, marker = workdir / "sweep", workdir / "claimed"
+    proc = start(args, workdir, env=pause_env("claimed", marker))
+    held(marker, 2, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while "not yet started are cancelled" not in output(proc):
+        assert time.monotonic() < deadline and proc.poll() is None, output(proc)[-3000:]
+        time.sleep(0.05)
+    marker.with_name(f"{marker.name}.release").touch()
+    assert finish(proc, timeout=120) == 130, output(proc)[-3000:]
+    out = output(proc)
+    assert "1 job(s) not yet started are cancelled" in out
+    assert "1 of 3 jobs not started" in out, out[-3000:]
+    assert len(jobs(sweep)) == 2, sorted(jobs(sweep))  # the cancelled job made nothing
+    assert {result(d)["status"] for d in jobs(sweep).values()} == {"interrupted"}
+    assert len(marker.read_text().split()) == 2  # the third never claimed its job
+
+
+@pytest.mark.slow
+def test_a_job_larger_than_the_node_is_refused_before_any_job(workdir):
+    """cpus_per_job=4 on a 2-CPU Ray: Ray would wait for a 4-CPU node for ever ("No
+    available node types can fulfill resource request"); refused, naming what is allowed."""
+    needs_ray()
+    args = [
+        "-m", "beta=1", *TINY, "logger=none", "trainer.accelerator=cpu", *RAY,
+        "hydra.launcher.num_cpus=2", "hydra.launcher.cpus_per_job=4", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    proc = run_cli(args, workdir, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "hydra.launcher.cpus_per_job=4 but the largest node of this Ray has 2 CPUs" in (
+        proc.stderr
+    )
+    assert "0 < cpus_per_job <= 2" in proc.stderr
+    assert not [p for p in (workdir / "sweep").iterdir() if p.is_dir()]
+
+
+@pytest.mark.slow
 def test_a_ray_job_whose_process_dies_is_listed_and_resumed(workdir, reference):
     """SIGKILL to one job's worker process mid-training: not retried (max_retries=0), the
     other job completes, results.json keeps running, the summary lists it killed, exit 1;
@@ -422,7 +656,13 @@ def test_gpus_declared_to_ray_are_assigned(workdir, gpus_per_job, n_jobs):
         "0": n_jobs // 2,
         "1": n_jobs // 2,
     }
-    assert {d["fraction"] for d in devices} == {gpus_per_job}
+    # The share of a GPU; a whole GPU records None (as under local_parallel).
+    assert {d["fraction"] for d in devices} == {gpus_per_job if gpus_per_job < 1 else None}
+    # Every job's lines reach the console: Ray's de-duplication folded the jobs' alike
+    # lines (their epochs' metrics) into "[repeated 3x across cluster]".
+    out = output(proc)
+    assert "across cluster" not in out, out[-3000:]
+    assert out.count("completed in") >= n_jobs, out[-3000:]
 
 
 @pytest.mark.slow
@@ -467,7 +707,7 @@ def test_the_gpu_check_script_runs_through_on_the_cpu(workdir):
     out = proc.stdout
     assert proc.returncode == 0, (out + proc.stderr)[-3000:]
     assert "DRY RUN on the CPU" in out and "RATIO" in out  # the throughput table
-    for k, share in ((1, 1.0), (2, 0.5), (4, 0.25), (8, 0.125)):
+    for k, share in ((1, None), (2, 0.5), (4, 0.25), (8, 0.125)):
         line = next(x for x in out.splitlines() if x.startswith(f"K={k} jobs/GPU:"))
         assert "2/2 completed" in line and f"share {{{share}}}" in line, line
         assert "CUDA_VISIBLE_DEVICES {'0': 2}" in line, line  # the declared GPU, both jobs

@@ -7,17 +7,22 @@ ordinary vaesweep job (claims, resume/skip, stop file, results.json). Written on
 public API rather than on hydra-ray-launcher, whose defaults are the traps this launcher
 avoids (docs/sweeps.md, "Several GPUs: the Ray launcher"):
 
-- ``gpus_per_job`` (fractions pack jobs onto a GPU) and ``cpus_per_job`` derived from the
-  cluster so that GPUs, not CPUs, bound how many jobs run at once;
+- ``gpus_per_job`` (fractions pack jobs onto a GPU; at most 1: a job trains on one device)
+  and ``cpus_per_job`` derived from the cluster's nodes so that GPUs, not CPUs, bound how
+  many jobs run at once; a request no node can hold is refused before any job (Ray would
+  wait for such a node for ever);
 - ``max_retries=0``: a job whose process dies is not silently run again; its results.json
   keeps ``running``, the summary lists it, the same command resumes it;
 - ``address=auto`` joins a running cluster with nothing else passed (no
   ``object_store_memory``, no resources); otherwise a local Ray without its dashboard;
-- ``RAY_DEDUP_LOGS=0``: every line of every job reaches the console (``log_to_driver``),
-  and each job's stdout/stderr are also copied to ``<job dir>/stdout.log`` / ``stderr.log``;
+- ``RAY_DEDUP_LOGS=0`` before Ray is first imported (:func:`import_ray`; Ray reads it
+  then): every line of every job reaches the console (``log_to_driver``), and each job's
+  stdout/stderr are also copied to ``<job dir>/stdout.log`` / ``stderr.log``;
 - stopping: the sweep's stop file (vaesweep.run.signals.SweepGuard, parallel) reaches the
   tasks through ``runtime_env`` env_vars, so Ctrl-C / SIGTERM to the launching process
-  stops running jobs at their next batch, recorded ``interrupted``;
+  stops running jobs at their next batch, recorded ``interrupted``; the tasks that have not
+  started are cancelled (each task first tells the launching process that it started: a
+  streaming generator's first item), and one that starts anyway does nothing;
 - ``max_calls=1``: one job per worker process. A reused worker would keep the CUDA context
   (and device) of its first job, its memory cap and its torch threads.
 
@@ -57,6 +62,12 @@ log = logging.getLogger(__name__)
 LOCAL_ONLY = ("num_cpus", "num_gpus", "object_store_memory", "resources", "include_dashboard")
 STDOUT_LOG, STDERR_LOG = "stdout.log", "stderr.log"
 LOG_SETTLE_S = 1.5
+#: Read by Ray once, when it is first imported (ray._private.ray_constants): "0" turns off
+#: the de-duplication that folds lines of different jobs into "[repeated Nx across cluster]".
+DEDUP_ENV = "RAY_DEDUP_LOGS"
+#: A job's task yields this first, as it starts: the launching process then knows that the
+#: task runs (a task not yet started is cancelled when the sweep is stopped).
+STARTED = "vaesweep: started"
 
 
 @dataclass
@@ -66,13 +77,14 @@ class RayLauncherConf:
     # ray://host:port, host:port): join that running cluster; then num_cpus, num_gpus and
     # the init keys that size a local Ray (object_store_memory, ...) are never passed.
     address: Any = None
-    # GPUs per job. null: trainer.devices when the trainer trains on a GPU (accelerator
-    # gpu/cuda, or auto with GPUs in the cluster), else 0. A fraction packs jobs onto one
-    # GPU: 0.25 runs 4 jobs per GPU, each capped at 25 % of its memory.
+    # GPUs per job: at most 1 (a job trains on one device). null: 1 when the trainer trains
+    # on a GPU (accelerator gpu/cuda, or auto with GPUs in the cluster), else 0. A fraction
+    # packs jobs onto one GPU: 0.25 runs 4 jobs per GPU, each capped at 25 % of its memory.
     gpus_per_job: Any = None
-    # CPUs per job. null: with GPU jobs, the cluster's CPUs per GPU × gpus_per_job (GPUs
-    # bound how many jobs run at once); CPU jobs: 1 (the cores bound it). Each job gets
-    # torch threads to match (threads=N overrides).
+    # CPUs per job (> 0, at most a node's CPUs). null: with GPU jobs, the CPUs per GPU of
+    # the GPU nodes (the fewest of any) × gpus_per_job (GPUs bound how many jobs run at
+    # once); CPU jobs: 1 (the cores bound it). Each job gets torch threads to match
+    # (threads=N overrides).
     cpus_per_job: Any = None
     # Local start only: the CPUs / GPUs Ray manages (null: what it detects).
     num_cpus: Any = None
@@ -114,13 +126,30 @@ def _kept_signal_handlers() -> Iterator[None]:
                 signal.signal(signum, handler)
 
 
+def import_ray() -> Any:
+    """Ray, imported with its log de-duplication off unless the environment says otherwise
+    (``RAY_DEDUP_LOGS``, which Ray reads once, at its first import: set later, it changes
+    nothing)."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault(DEDUP_ENV, "0")
+    elif DEDUP_ENV not in os.environ:
+        log.warning(
+            "ray was imported before the Ray launcher could set %s=0: Ray may fold lines of "
+            "different jobs into one ('[repeated Nx across cluster]'); every job's lines are "
+            "in its stdout.log / stderr.log",
+            DEDUP_ENV,
+        )
+    import ray
+
+    return ray
+
+
 def start_ray(options: dict[str, Any]) -> dict[str, float]:
     """Starts (or joins) Ray as the options say, unless it is up; returns the cluster's
     resources."""
-    import ray
+    ray = import_ray()
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read by ray.init: no line dropped
         extra = dict(options.get("init") or {})
         kwargs: dict[str, Any] = {"log_to_driver": bool(options.get("log_to_driver", True))}
         if options.get("address"):
@@ -137,35 +166,93 @@ def start_ray(options: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
+def node_resources() -> list[dict[str, float]]:
+    """The resources of each live node of the Ray cluster (``ray.nodes()``)."""
+    ray = import_ray()
+    return [
+        {k: float(v) for k, v in (node.get("Resources") or {}).items()}
+        for node in ray.nodes()
+        if node.get("Alive", node.get("alive", True))
+    ]
+
+
+def _number(options: dict[str, Any], key: str) -> float | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RayLauncherError(f"hydra.launcher.{key}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise RayLauncherError(f"hydra.launcher.{key}={value!r} is not a finite number")
+    return number
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuses (RayLauncherError) what no cluster could run, before Ray starts: a job takes
+    at most one GPU (a share of one, or a whole one) and more than 0 CPUs."""
+    gpus = _number(options, "gpus_per_job")
+    if gpus is not None and not 0 <= gpus <= 1:
+        raise RayLauncherError(
+            f"hydra.launcher.gpus_per_job={gpus:g}: a Ray job trains on one device, so it "
+            "takes one GPU (1) or a share of one (0 < f < 1: 0.25 runs 4 jobs per GPU), or "
+            "none (0: CPU jobs). Several GPUs for one job would run DDP on them "
+            "(trainer.devices=auto) or leave all but one idle (trainer.devices=1), and DDP "
+            "inside a Ray job is not supported: run DDP jobs with hydra/launcher=slurm or a "
+            "plain multirun"
+        )
+    cpus = _number(options, "cpus_per_job")
+    if cpus is not None and cpus <= 0:
+        raise RayLauncherError(
+            f"hydra.launcher.cpus_per_job={cpus:g}: a job needs more than 0 CPUs (a fraction "
+            "such as 0.5 is allowed; null: derived from the cluster)"
+        )
+
+
 def resolve_resources(
-    options: dict[str, Any], trainer: dict[str, Any], cluster: dict[str, float]
+    options: dict[str, Any], trainer: dict[str, Any], nodes: Sequence[dict[str, float]]
 ) -> tuple[float, float]:
-    """(gpus_per_job, cpus_per_job) from the options (null: derived, see RayLauncherConf)."""
-    cluster_gpus, cluster_cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 1.0)
-    gpus = options.get("gpus_per_job")
+    """(gpus_per_job, cpus_per_job) from the options (null: derived, see RayLauncherConf)
+    and the resources of the cluster's nodes (:func:`node_resources`). A job that no node
+    could hold is refused (RayLauncherError) where Ray started here: Ray would wait for such
+    a node for ever. On a cluster joined with ``address`` it is only warned about (an
+    autoscaler may add the node)."""
+    check_options(options)
+    cluster_gpus = sum(node.get("GPU", 0.0) for node in nodes)
+    gpus = _number(options, "gpus_per_job")
     if gpus is None:
         accelerator = str(trainer.get("accelerator") or "auto").lower()
-        devices = trainer.get("devices")
         wants = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cluster_gpus > 0)
-        gpus = (devices if isinstance(devices, int) and devices > 0 else 1) if wants else 0
-    gpus = float(gpus)
-    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        raise RayLauncherError(
-            f"hydra.launcher.gpus_per_job={gpus:g}: a fraction of one GPU (0 < f <= 1) or a "
-            "whole number of GPUs"
-        )
-    cpus = options.get("cpus_per_job")
+        gpus = 1.0 if wants else 0.0
+    # The nodes a job can run on as far as its GPUs go.
+    hosts = [node for node in nodes if node.get("GPU", 0.0) >= gpus] if gpus > 0 else nodes
+    cpus = _number(options, "cpus_per_job")
     if cpus is None:
-        if gpus > 0 and cluster_gpus > 0:
-            cpus = math.floor(100 * cluster_cpus / cluster_gpus * gpus) / 100 or 0.01
-        else:
-            cpus = 1.0
-    cpus = float(cpus)
-    if not options.get("address") and gpus > cluster_gpus:
-        raise RayLauncherError(
-            f"hydra.launcher.gpus_per_job={gpus:g} but Ray sees {cluster_gpus:g} GPUs: no job "
-            "could start (hydra.launcher.gpus_per_job=0 for CPU jobs)"
+        cpus = 1.0
+        # Per node: what the GPU nodes have (a head without GPUs does not count).
+        per_gpu = [n.get("CPU", 0.0) / n["GPU"] for n in hosts if n.get("GPU", 0.0) > 0]
+        if gpus > 0 and per_gpu:
+            cpus = math.floor(100 * min(per_gpu) * gpus) / 100 or 0.01
+    problem = None
+    if gpus > 0 and not hosts:
+        most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        problem = (
+            f"hydra.launcher.gpus_per_job={gpus:g} but no node of this Ray has that many "
+            f"GPUs (Ray sees {cluster_gpus:g} GPUs, at most {most:g} on a node): no job could "
+            "start (hydra.launcher.gpus_per_job=0 for CPU jobs)"
         )
+    elif cpus > (most := max((n.get("CPU", 0.0) for n in hosts), default=0.0)):
+        where = " with a GPU" if gpus > 0 else ""
+        problem = (
+            f"hydra.launcher.cpus_per_job={cpus:g} but the largest node{where} of this Ray has "
+            f"{most:g} CPUs: no job could start. Allowed: 0 < cpus_per_job <= {most:g}, or "
+            "null (derived from the nodes)"
+        )
+    if problem and not options.get("address"):
+        raise RayLauncherError(problem)
+    if problem:
+        log.warning("%s, unless the cluster adds such a node (Ctrl-C cancels them)", problem)
     return gpus, cpus
 
 
@@ -225,14 +312,19 @@ def execute_job(
     shared: Any,
     gpus_per_job: float,
     cpus_per_job: float,
-) -> JobReturn:
+) -> JobReturn | None:
     """One job in its Ray worker: Hydra's job config, then ``run_job``, its output copied
-    into its directory (a job that will be skipped writes nothing there)."""
+    into its directory (a job that will be skipped writes nothing there). None, before
+    anything is made, when the sweep was stopped before the job began (it starts nothing:
+    no directory, no log)."""
     from vaesweep.run.gpus import ASSIGNED_ENV, FRACTION_ENV
     from vaesweep.run.policy import config_subdir
+    from vaesweep.run.signals import sweep_stopped
 
+    if sweep_stopped():
+        return None
     os.environ[ASSIGNED_ENV] = "ray"
-    if gpus_per_job > 0:
+    if 0 < gpus_per_job < 1:  # a share of a GPU (capped at it); a whole GPU records None
         os.environ[FRACTION_ENV] = f"{gpus_per_job:g}"
     # gpus_per_job / cpus_per_job: what the job was given
     sweep_config = job_config(
@@ -247,6 +339,19 @@ def execute_job(
             return run_configured(sweep_config, shared)
         finally:
             _close_wandb()
+
+
+def job_task(
+    idx: int,
+    overrides: Sequence[str],
+    shared: Any,
+    gpus_per_job: float,
+    cpus_per_job: float,
+) -> Iterator[Any]:
+    """The Ray task of one job (a streaming generator): :data:`STARTED` as soon as it runs,
+    then :func:`execute_job`'s result."""
+    yield STARTED
+    yield execute_job(idx, overrides, shared, gpus_per_job, cpus_per_job)
 
 
 def _close_wandb() -> None:
@@ -273,17 +378,21 @@ class RayLauncher(SweepLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        import ray
+        from vaesweep.run.signals import sweep_stopped
 
         sweep_dir = self.begin_launch()
         assert self.config is not None
-
+        if sweep_stopped():  # a later batch of a stopped sweep: nothing starts
+            return []
+        check_options(self.options)  # before Ray starts
+        ray = import_ray()
         cluster = start_ray(self.options)
         trainer = OmegaConf.to_container(self.config.trainer, resolve=True)
-        gpus, cpus = resolve_resources(self.options, trainer, cluster)
+        gpus, cpus = resolve_resources(self.options, trainer, node_resources())
         env = forwarded_environment()
-        remote = ray.remote(max_calls=1)(execute_job).options(
+        remote = ray.remote(max_calls=1)(job_task).options(
             name="vaesweep_job",
+            num_returns="streaming",
             num_gpus=gpus,
             num_cpus=cpus,
             max_retries=int(self.options.get("max_retries") or 0),
@@ -300,27 +409,65 @@ class RayLauncher(SweepLauncher):
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
         shared = ray.put(self.shared())
-        refs = {}
+        tasks = {}
         for i, overrides in enumerate(job_overrides):
             idx = self.job_number(initial_job_idx, i)
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            refs[remote.remote(idx, list(overrides), shared, gpus, cpus)] = i
-        results: list[JobReturn | None] = [None] * len(job_overrides)
-        pending = list(refs)
-        while pending:  # short waits: the sweep's signal handlers run in between
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            for ref in done:
-                i = refs[ref]
-                try:
-                    results[i] = ray.get(ref)
-                except ray.exceptions.RayError as error:
-                    number = self.job_number(initial_job_idx, i)
-                    results[i] = self._lost(number, job_overrides[i], error)
+            tasks[remote.remote(idx, list(overrides), shared, gpus, cpus)] = i
+        results = self._gather(ray, tasks, job_overrides, initial_job_idx, sweep_stopped)
         if self.options.get("log_to_driver", True):
             # Ray forwards the jobs' last lines to this console a moment after they are
             # written (its log monitor polls): let them arrive before the sweep's summary.
             time.sleep(LOG_SETTLE_S)
         return [r for r in results if r is not None]
+
+    def _gather(
+        self,
+        ray: Any,
+        tasks: dict[Any, int],
+        job_overrides: Sequence[Sequence[str]],
+        initial_job_idx: int,
+        stopped: Any,
+    ) -> list[JobReturn | None]:
+        """Each task's result (None: it never ran a job). Once the sweep is stopped
+        (``stopped()``: its guard wrote the stop file), the tasks that have not started are
+        cancelled, so that the sweep ends when the running ones have stopped."""
+        results: list[JobReturn | None] = [None] * len(tasks)
+        started: set[Any] = set()
+        cancelling = False
+        pending = list(tasks)
+        while pending:  # short waits: the sweep's signal handlers run in between
+            if not cancelling and stopped():
+                cancelling = True
+                waiting = [t for t in pending if t not in started and not t.next_ready()]
+                for task in waiting:
+                    ray.cancel(task)
+                if waiting:
+                    print(
+                        f"[vaesweep] the sweep is stopping: {len(waiting)} job(s) not yet "
+                        "started are cancelled (the same command runs them)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for task in ready:
+                i = tasks[task]
+                try:
+                    value = ray.get(next(task))
+                except StopIteration:
+                    continue
+                except ray.exceptions.TaskCancelledError:
+                    continue  # cancelled before it ran: it made nothing
+                except ray.exceptions.RayError as error:
+                    number = self.job_number(initial_job_idx, i)
+                    results[i] = self._lost(number, job_overrides[i], error)
+                    continue
+                if isinstance(value, str) and value == STARTED:
+                    started.add(task)
+                    pending.append(task)  # its result is next
+                else:
+                    results[i] = value
+        return results
 
     def _lost(self, idx: int, overrides: Sequence[str], error: BaseException) -> JobReturn:
         """A job whose worker died (killed, out of host memory) or that raised outside the

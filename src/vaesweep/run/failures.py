@@ -21,7 +21,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 
 from vaesweep.run.context import read_sweep, swept_values
-from vaesweep.run.gpus import gpu_fraction
+from vaesweep.run.gpus import share_advice
 
 log = logging.getLogger("vaesweep")
 
@@ -135,22 +135,21 @@ def unreadable_checkpoint_message(error: BaseException) -> str | None:
     return None
 
 
+def _on_gpu(error: BaseException) -> bool:
+    """Whether an out-of-memory error is a GPU's (CUDA's allocator), not the host's."""
+    text = str(error).lower()
+    return type(error).__name__ == "OutOfMemoryError" or "cuda" in text or "cublas" in text
+
+
 def out_of_memory_message(error: BaseException) -> str | None:
     for e in _chain(error):
         if isinstance(e, MemoryError) or any(t in str(e).lower() for t in _OOM_TEXT):
             what = f"out of memory ({type(e).__name__}: {_first_line(e)[:160]})"
-            fraction = gpu_fraction()
-            if fraction is not None and 0 < fraction < 1:  # the Ray launcher's gpus_per_job
-                return (
-                    f"{what}: this job may use {fraction:g} of the GPU's memory "
-                    f"(hydra.launcher.gpus_per_job={fraction:g}); give it a larger share, or "
-                    "lower data.batch_size, data.eval_batch_size, eval.iwae_chunk or the "
-                    "model sizes"
-                )
-            return (
-                f"{what}: lower "
-                "data.batch_size, data.eval_batch_size, eval.iwae_chunk or the model sizes"
-            )
+            lower = "data.batch_size, data.eval_batch_size, eval.iwae_chunk or the model sizes"
+            share = share_advice() if _on_gpu(e) else None  # the host's memory: no GPU share
+            if share:
+                return f"{what}: {share}, or lower {lower}"
+            return f"{what}: lower {lower}"
     return None
 
 

@@ -6,9 +6,11 @@
   bits of a CPU run depend on beside the config and seed: the CPU's model, the vector
   instructions torch's CPU kernels use, and torch's thread count.
 - :func:`cap_memory`: a job given a fraction of a GPU (the Ray launcher's
-  ``gpus_per_job`` < 1, passed in :data:`FRACTION_ENV`) may allocate at most that fraction
-  of the GPU's memory, so it cannot starve the jobs beside it; beyond it, it fails alone
-  (its out-of-memory message names the fraction: vaesweep.run.failures).
+  ``gpus_per_job`` < 1, or ``local_parallel``'s 1/k for k jobs on one GPU, passed in
+  :data:`FRACTION_ENV`; a whole GPU sets none) may allocate at most that fraction of the
+  GPU's memory, so it cannot starve the jobs beside it; beyond it, it fails alone (its
+  out-of-memory message names the fraction and the launcher's way to a larger one,
+  :func:`share_advice`, used by vaesweep.run.failures).
 - :func:`local_gpus` and :func:`spread`: the GPUs ``local_parallel`` spreads its jobs over
   (``hydra.launcher.gpus``, or every visible one when the trainer trains on a GPU), and
   which one (and what share of it) each of its worker slots gets.
@@ -45,6 +47,26 @@ def gpu_fraction() -> float | None:
         return None if not value else float(value)
     except ValueError:
         return None
+
+
+def share_advice() -> str | None:
+    """What to change when this job ran out of its share of a GPU, worded for the launcher
+    that gave it the share (:data:`ASSIGNED_ENV`); None when it was given a whole GPU or
+    none (no share to blame)."""
+    fraction = gpu_fraction()
+    if fraction is None or not 0 < fraction < 1:
+        return None
+    launcher = os.environ.get(ASSIGNED_ENV)
+    given = f"this job may use {fraction:g} of the GPU's memory"
+    if launcher == "ray":
+        return f"{given} (hydra.launcher.gpus_per_job={fraction:g}); give it a larger share"
+    if launcher == "local_parallel":
+        return (
+            f"{given} (local_parallel runs {round(1 / fraction)} jobs at once on its GPU); run "
+            "fewer jobs per GPU (lower hydra.launcher.n_jobs, or list more GPUs in "
+            "hydra.launcher.gpus)"
+        )
+    return f"{given} ({FRACTION_ENV}={fraction:g}); give it a larger share"
 
 
 def driver_version() -> str | None:
