@@ -582,17 +582,20 @@ def test_ctrl_c_cancels_the_ray_jobs_not_yet_started(workdir):
 @pytest.mark.slow
 def test_a_job_larger_than_the_node_is_refused_before_any_job(workdir):
     """cpus_per_job=4 on a 2-CPU Ray: Ray would wait for a 4-CPU node for ever ("No
-    available node types can fulfill resource request"); refused, naming what is allowed."""
+    available node types can fulfill resource request"); refused (exit 2), naming what is
+    allowed."""
     needs_ray()
     args = [
         "-m", "beta=1", *TINY, "logger=none", "trainer.accelerator=cpu", *RAY,
         "hydra.launcher.num_cpus=2", "hydra.launcher.cpus_per_job=4", "hydra.sweep.dir=sweep",
     ]  # fmt: skip
     proc = run_cli(args, workdir, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "hydra.launcher.cpus_per_job=4 but the largest node of this Ray has 2 CPUs" in (
-        proc.stderr
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a refusal, as the sweep's checks
+    assert (
+        "[vaesweep] sweep refused, no job was run: hydra.launcher.cpus_per_job=4 but the "
+        "largest node of this Ray has 2 CPUs" in proc.stderr
     )
+    assert "Continue this sweep" not in proc.stderr  # the same command would fail again
     assert "0 < cpus_per_job <= 2" in proc.stderr
     assert not [p for p in (workdir / "sweep").iterdir() if p.is_dir()]
 

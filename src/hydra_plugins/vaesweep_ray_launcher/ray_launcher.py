@@ -49,6 +49,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.sweep.launching import (
+    LauncherRefused,
     SweepLauncher,
     forwarded_environment,
     job_config,
@@ -105,7 +106,7 @@ ConfigStore.instance().store(
 )
 
 
-class RayLauncherError(RuntimeError):
+class RayLauncherError(LauncherRefused):
     """The launcher's options cannot run these jobs (before any job starts)."""
 
 

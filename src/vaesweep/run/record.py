@@ -15,7 +15,8 @@ duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
 ``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
 the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
 assigned them), the device names, CUDA and driver versions, and the fraction of a GPU the
-job was given (the Ray launcher's ``gpus_per_job``; None when no launcher said).
+job was given (a share below 1: the Ray launcher's ``gpus_per_job``, local_parallel's jobs per GPU;
+None for a whole GPU, or when no launcher said).
 
 A job that continues an interrupted attempt (its results.json says running or interrupted)
 keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of

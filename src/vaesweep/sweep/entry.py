@@ -20,12 +20,14 @@ from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.jobs import register_resolvers
 from vaesweep.run.signals import SweepStopped
+from vaesweep.sweep import preflight
 from vaesweep.sweep.callback import (
     SweepStartFailed,
     finish_aborted,
     finish_stopped,
     start_failed,
 )
+from vaesweep.sweep.launching import LauncherRefused
 from vaesweep.sweep.search import quote_sweeper_params
 from vaesweep.sweep.task import StackImportFailed, task
 
@@ -49,7 +51,9 @@ def main() -> None:
     try:
         _hydra_main(task)()
     except SweepStopped as stop:
-        raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
+        raise SystemExit(finish_stopped(stop)) from None
+    except LauncherRefused as refused:  # before any job: a refusal, as the preflight's
+        preflight.refuse(str(refused), multirun=True)  # the summary says what was stopped
     except SweepStartFailed as failed:  # the sweep's own start failed: before any job
         if full_error:
             raise  # its cause, the error's own traceback, is printed first

@@ -32,11 +32,18 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from vaesweep.core.checks import ConfigError
+
 #: (Hydra context, the sweep's config, the task function, Hydra's singleton state).
 Shared = tuple[HydraContext, DictConfig, TaskFunction, dict[str, Any]]
 #: Environment variables of the launching process that every job gets (the sweep's stop
 #: file, W&B's mode and keys), also in a worker started before they were set.
 FORWARDED_PREFIXES = ("VAESWEEP_", "WANDB_", "CUBLAS_WORKSPACE_CONFIG", "HYDRA_FULL_ERROR")
+
+
+class LauncherRefused(ConfigError):
+    """A launcher's options cannot run these jobs, found before any job starts (a Ray job
+    larger than every node): the entry point refuses the sweep in one line, exit 2."""
 
 
 class SweepLauncher(Launcher):
