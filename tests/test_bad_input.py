@@ -429,6 +429,22 @@ def test_memory_estimate_counts_the_real_parameters():
         assert n == sum(p.numel() for p in real.parameters())
 
 
+def test_the_memory_check_names_a_likelihood_problem_under_the_likelihood():
+    """The memory check builds the likelihood to count its parameters: a likelihood that
+    cannot be imported or built is named under its own key, not blamed on model.hidden."""
+    from vaesweep.run.memory import check_memory
+
+    cfg = compose_cfg(["paths.data_dir=/tmp"])
+    cfg.likelihood._target_ = "not_installed_anywhere.MyLikelihood"
+    with pytest.raises(ConfigError, match=r"^likelihood._target_='not_installed_anywhere\.") as e:
+        check_memory(cfg)
+    assert "model." not in str(e.value)
+    cfg = compose_cfg(["paths.data_dir=/tmp", "likelihood.scale_value=-1"])
+    with pytest.raises(ConfigError, match=r"^likelihood.scale_value=-1") as e:
+        check_memory(cfg)
+    assert "model." not in str(e.value)
+
+
 def test_data_shapes_are_the_datasets():
     from vaesweep.data import load_dataset
 

@@ -532,3 +532,26 @@ def test_an_evaluation_runs_at_the_recorded_precision_this_machine_can_run(caplo
     if not torch.cuda.is_available():
         assert evaluation_precision("16-mixed", Path("r")) == "32-true"
         assert "ran at precision 16-mixed, which needs a GPU: scored at 32-true" in caplog.text
+
+
+def test_evaluate_names_a_likelihood_that_cannot_be_imported_not_the_model_sizes(
+    run, tmp_path, capsys
+):
+    """A run of a user's likelihood, evaluated where its module is not importable: the
+    refusal names likelihood._target_ and the import failure (not model.hidden=...)."""
+    from vaesweep.analysis.cli import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluations"))
+    result = json.loads((copy / "results.json").read_text())
+    result["config"]["likelihood"]["_target_"] = "not_installed_anywhere.MyLikelihood"
+    (copy / "results.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit) as refused:
+        main(["evaluate", str(copy), "eval.iwae_k=2"])
+    assert refused.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        f"not evaluated: {copy}: ConfigError: likelihood._target_="
+        "'not_installed_anywhere.MyLikelihood' cannot be imported: ImportError"
+    ) in err, err
+    assert "model.hidden" not in err and not (copy / "evaluations").exists()

@@ -81,6 +81,38 @@ def test_a_user_component_is_validated_like_the_built_ins():
         assert message in str(error.value), str(error.value)
 
 
+def test_a_fixed_scale_refuses_its_learning_rate_as_the_built_ins_do(tmp_path):
+    """``unread_options``: with ``learn_scale=false`` the scale is not trained, so
+    ``scale_lr`` changes nothing; set on the command line it is refused (a sweep over it
+    would run identical jobs), as ``likelihood.scale_lr`` is with a fixed Gaussian scale."""
+    fixed = ["likelihood=student_t", "likelihood.learn_scale=false", "likelihood.scale_lr=0.1"]
+    cfg = _config()
+    with open_dict(cfg):
+        cfg.likelihood.learn_scale, cfg.likelihood.scale_lr = False, 0.1
+    validate_config(cfg)  # the file's scale_lr, not given: nothing refused
+    with pytest.raises(ConfigError) as refused:
+        validate_config(cfg, fixed)
+    assert str(refused.value).startswith(
+        "likelihood.scale_lr=0.1 has no effect on what this run computes: it is read only "
+        "with likelihood.learn_scale=true, and this run has likelihood.learn_scale=false"
+    ), str(refused.value)
+    cfg.likelihood.learn_scale = True
+    validate_config(cfg, ["likelihood=student_t", "likelihood.scale_lr=0.1"])
+    args = [
+        "--config-dir",
+        str(EXAMPLES / "conf"),
+        "-m",
+        *fixed[:2],
+        "likelihood.scale_lr=0.01,0.1",
+    ]
+    sweep = _python([str(RUN_PY), *args, *TINY, "logger=csv", "hydra.sweep.dir=sweep"], tmp_path)
+    assert sweep.returncode != 0
+    assert "sweep refused, no job was run: likelihood.scale_lr=0.01,0.1 has no effect" in (
+        sweep.stderr
+    ), sweep.stderr[-3000:]
+    assert not (tmp_path / "sweep").exists() or not list((tmp_path / "sweep").rglob("*.json"))
+
+
 def _python(args: list[str], cwd) -> subprocess.CompletedProcess:
     """``python ARGS`` with the examples package importable, as the user's PYTHONPATH."""
     env = cli_env()

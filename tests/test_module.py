@@ -315,6 +315,28 @@ def test_components_must_be_built():
         VAE(likelihood={"name": "gaussian"}, schedule=None, network=None)
 
 
+def test_load_from_checkpoint_with_the_run_dirs_hparams_file(workdir):
+    """``VAE.load_from_checkpoint(ckpt, hparams_file=run/hparams.yaml)`` (the file every run
+    dir ships) builds the components from the file's configs; the file's other values replace
+    the checkpoint's, as in Lightning, and a component passed as an argument is used."""
+    from vaesweep.model.schedules import ConstantBeta
+
+    proc = run_cli([*TINY, "logger=csv", "likelihood.scale=learned", "hydra.run.dir=run"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt, hparams = workdir / "run" / "checkpoints" / "last.ckpt", workdir / "run" / "hparams.yaml"
+    plain = VAE.load_from_checkpoint(ckpt)
+    loaded = VAE.load_from_checkpoint(ckpt, hparams_file=hparams)
+    assert dict(loaded.hparams) == dict(plain.hparams)
+    assert loaded.hparams.likelihood["scale"] == "learned"
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    edited = workdir / "edited.yaml"
+    edited.write_text(hparams.read_text().replace("iwae_k: 10", "iwae_k: 7"))
+    schedule = ConstantBeta(0.5)
+    loaded = VAE.load_from_checkpoint(ckpt, hparams_file=edited, schedule=schedule)
+    assert loaded.hparams.iwae_k == 7 and loaded.schedule is schedule
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),

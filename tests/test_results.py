@@ -285,6 +285,11 @@ def test_cli_help_and_usage_errors(tmp_path):
     assert proc.returncode == 0 and "--wandb" in proc.stdout and ".parquet" in proc.stdout
     proc = vaesweep(["figures"], tmp_path)
     assert proc.returncode == 2 and "SWEEP_DIR... or --analytic" in proc.stderr
+    # A command's usage error shows that command's usage, not the top-level one.
+    assert proc.stderr.startswith("usage: vaesweep figures ")
+    proc = vaesweep(["collect"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: vaesweep collect ")
+    assert "vaesweep collect: error: give SWEEP_DIR..." in proc.stderr
 
 
 def test_job_names_split_into_overrides_even_with_commas_in_values():

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +22,7 @@ from PIL import Image
 from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
 from vaesweep.run.record import STATUSES
 
-from conftest import TINY, results_under, run_cli
+from conftest import TINY, cli_env, results_under, run_cli
 from wandb_offline import read_offline_run
 
 GROUPS = ["data", "model", "likelihood", "beta_schedule", "optimizer", "trainer", "logger", "eval"]
@@ -285,6 +286,22 @@ def test_help_lists_groups_and_options(workdir):
     for group in ("hydra/launcher: ", "hydra/sweeper: "):
         (line,) = [x.strip() for x in hydra_help if x.startswith(group)]
         assert line in proc.stdout, (line, proc.stdout)
+
+
+def test_help_of_the_installed_commands_shows_them_and_the_results_commands(workdir):
+    """``python -m vaesweep --help`` (as ``vaesweep-train --help``): examples an installed
+    package can run, the results subcommands, and where the guides are (not installed)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaesweep", "--help"],
+        cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "vaesweep-train -m likelihood=gaussian,laplace beta=0.5,1,4" in out
+    assert "vaesweep collect|figures|evaluate SWEEP_DIR..." in out
+    assert "python -m vaesweep COMMAND" in out
+    assert "  python run.py " not in out  # no checkout-only example
+    assert "docs/*.md in the vaesweep source repository" in out
 
 
 def test_statuses_are_the_documented_ones():

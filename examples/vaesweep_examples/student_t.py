@@ -10,6 +10,7 @@ Cauchy. Everything else (training, evaluation, IWAE, results, figures) comes fro
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +61,18 @@ class StudentTLikelihood(Likelihood):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    @classmethod
+    def unread_options(cls, options: dict[str, Any]) -> dict[str, str]:
+        # The options that change nothing for this config, each with the reason: vaesweep
+        # then refuses a run or sweep that sets one (a fixed scale has no learning rate, so
+        # `learn_scale=false scale_lr=0.01,0.1` would be two identical jobs).
+        if options.get("learn_scale", True) is False:
+            return {
+                "scale_lr": "it is read only with likelihood.learn_scale=true, and this run "
+                "has likelihood.learn_scale=false (a fixed scale is not trained)"
+            }
+        return {}
 
     def distribution(self, params: Tensor) -> Distribution:
         (loc,) = self.split(params)

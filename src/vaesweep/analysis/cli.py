@@ -43,7 +43,9 @@ SHOWN = ("status", *SUMMARY_COLUMNS)
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaesweep",
-        description="From sweep to paper: collect run results, draw publication figures.",
+        description="From sweep to paper: collect run results, draw publication figures, "
+        "score finished runs again. Training is vaesweep-train (or python -m vaesweep "
+        "without a COMMAND): vaesweep-train --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "table: one row per run, columns for the swept values, every metric, status, seed, "
         "duration and the flattened config (config.*). Without -o, prints the main columns.",
     )
+    collect.set_defaults(command_parser=collect)  # its usage errors show its own usage
     collect.add_argument("dirs", nargs="*", metavar="SWEEP_DIR", help="sweep or run directories")
     collect.add_argument("-o", "--output", type=Path, help="write the table here: .csv or .parquet")
     collect.add_argument(
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         "results table as Markdown + LaTeX. Figures the sweep cannot support are skipped "
         "with the reason. --analytic draws the loss-landscape figures instead.",
     )
+    figures.set_defaults(command_parser=figures)  # its usage errors show its own usage
     figures.add_argument("dirs", nargs="*", metavar="SWEEP_DIR", help="sweep or run directories")
     figures.add_argument(
         "--out",
@@ -101,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "one that exists is not computed again. collect and figures read them as the "
         "columns test/nll@iwae_k=K,checkpoint=C etc.",
     )
+    evaluate.set_defaults(command_parser=evaluate)  # its usage errors show its own usage
     evaluate.add_argument("dirs", nargs="+", metavar="SWEEP_DIR", help="sweep or run directories")
     evaluate.add_argument(
         "settings",
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             # Excluded runs are reported once, above, rather than by every aggregate.
             warnings.filterwarnings("ignore", message=r".* runs excluded from the aggregates")
             commands = {"collect": _collect, "figures": _figures, "evaluate": _evaluate}
-            commands[args.command](args, parser)
+            commands[args.command](args, args.command_parser)
     except (ResultsError, ValueError, OSError) as e:  # OSError: an output path (-o, --out)
         print(f"vaesweep: error: {e}", file=sys.stderr)
         return 1

@@ -35,6 +35,8 @@ import contextlib
 import copy
 import importlib
 import inspect
+import re
+import traceback
 from typing import Any
 
 import torch
@@ -210,6 +212,19 @@ def _check_likelihood_class(target: str, cls: type) -> None:
             f"param_channels, an int >= 1 (decoder outputs per data channel; it has "
             f"{channels!r})"
         )
+    # The VAE scores with log_prob (nll defaults to −log_prob) and reconstructs with mean;
+    # both default to distribution(params), which the base class leaves unimplemented. A
+    # class with neither would train and then fail at test time (mean), so it is refused.
+    if cls.distribution is Likelihood.distribution:
+        missing = [m for m in ("log_prob", "mean") if getattr(cls, m) is getattr(Likelihood, m)]
+        if missing:
+            methods = " and ".join(f"{m}(...)" for m in missing)
+            raise ValueError(
+                f"likelihood._target_={target!r} is invalid: its class {cls.__qualname__} "
+                f"implements neither distribution(params) nor {methods}, which vaesweep "
+                f"calls. Implement distribution(params) (a torch Distribution with event "
+                f"shape (C, H, W); log_prob, mean and sample default to it), or {methods}"
+            )
 
 
 def accepted_options(group: str, cls: type) -> list[str]:
@@ -255,6 +270,26 @@ def build(group: str, options: dict[str, Any], *context: Any) -> Any:
     with contextlib.suppress(AttributeError):
         component.built_from = copy.deepcopy(dict(options))
     return component
+
+
+def checked_build(group: str, options: dict[str, Any], *context: Any) -> Any:
+    """:func:`build`, for the checks before a run: every problem is a ValueError under the
+    group's keys, a constructor's ``"key=value ..."`` message with the key made a full
+    config path (``likelihood.dof=-1 is invalid: ...``), and any other exception the
+    constructor raises (a user's class: a TypeError from ``float([1])``) named with the
+    class, the options and where it was raised."""
+    try:
+        return build(group, options, *context)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(f"{group}.{message}" if re.match(r"^\w+=", message) else message) from None
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ValueError(
+            f"{group}._target_={target_of(group, options)!r} cannot be built from its "
+            f"options {constructor_options(group, options)}: the constructor raised "
+            f"{type(e).__name__}: {e} ({where.filename}, line {where.lineno})"
+        ) from e
 
 
 def config_of(component: Any) -> dict[str, Any] | None:

@@ -80,7 +80,7 @@ class Likelihood(nn.Module):
         expected = self.param_channels * self.shape[0]
         if params.shape[-3:] != (expected, *self.shape[1:]):
             raise ValueError(
-                f"{self.name} expects decoder output [..., {expected}, {self.shape[1]}, "
+                f"{getattr(self, 'name', type(self).__qualname__)} expects decoder output [..., {expected}, {self.shape[1]}, "
                 f"{self.shape[2]}], got {tuple(params.shape)}"
             )
         if self.param_channels == 1:
@@ -99,7 +99,12 @@ class Likelihood(nn.Module):
 
     def distribution(self, params: Tensor) -> Distribution:
         """p(x | params) as a torch Distribution with event shape (C, H, W)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__qualname__} implements no distribution(params): a Likelihood "
+            "implements distribution(params) (a torch Distribution with event shape (C, H, W)), "
+            "or each of log_prob(x, params), mean(params) and sample(params) that is called "
+            "(they default to the distribution's)"
+        )
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x | params) per example: nats, summed over C·H·W, shape params.shape[:-3]."""

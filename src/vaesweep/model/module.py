@@ -7,6 +7,7 @@ Training, validation and test use the definitions of :mod:`vaesweep.model.object
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,7 +79,7 @@ def _checkpoint_hparams(
     if hparams_file is not None:
         if str(hparams_file).lower().endswith(".csv"):
             return dict(load_hparams_from_tags_csv(hparams_file))
-        return dict(load_hparams_from_yaml(hparams_file))
+        return dict(load_hparams_from_yaml(hparams_file, use_omegaconf=False) or {})
     if isinstance(checkpoint, str | Path):
         state = torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
     else:  # a file object, which Lightning then reads from where it was
@@ -301,7 +302,21 @@ class VAE(L.LightningModule):
         configs the checkpoint's hyperparameters hold (those of checkpoints written before the
         VAE took built components too). A component given as a keyword argument is used as
         given; one whose checkpoint holds only its class path (built in Python) must be."""
-        if any(argument not in kwargs for argument, _, _, _ in COMPONENTS):
+        if hparams_file is not None:
+            # Lightning would load the file as an OmegaConf DictConfig and update it with the
+            # keyword arguments, which OmegaConf refuses for objects (the components). So the
+            # file is read here and its values are passed as arguments instead: as with
+            # Lightning, they replace the checkpoint's (an argument the file lacks takes its
+            # default), and a keyword argument replaces the file's.
+            hparams = _checkpoint_hparams(checkpoint_path, hparams_file, weights_only)
+            defaults = {
+                name: parameter.default
+                for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty
+            }
+            kwargs = {**defaults, **hparams, **_rebuilt(hparams, kwargs), **kwargs}
+            hparams_file = None
+        elif any(argument not in kwargs for argument, _, _, _ in COMPONENTS):
             hparams = _checkpoint_hparams(checkpoint_path, hparams_file, weights_only)
             kwargs = {**_rebuilt(hparams, kwargs), **kwargs}
         return super().load_from_checkpoint(

@@ -104,7 +104,10 @@ class BetaSchedule(nn.Module):
 
     def beta_at(self, step: int) -> float:
         """β at global optimisation step ``step`` (controllers: the current β)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__qualname__} implements no beta_at(step): a BetaSchedule "
+            "implements beta_at(step), the β at a global optimisation step"
+        )
 
     def settles(self) -> tuple[str, int] | None:
         """(the options that set it, the global step) from which this schedule holds its
@@ -135,8 +138,20 @@ class BetaSchedule(nn.Module):
         return cached[1]
 
     def extra_repr(self) -> str:
-        params = inspect.signature(type(self).__init__).parameters
-        return ", ".join(f"{p}={getattr(self, p)!r}" for p in params if p != "self")
+        # Each constructor argument, from the attribute of its name, else from the config the
+        # schedule was built from (a user's class may keep an argument under another name);
+        # one found in neither is left out.
+        config = getattr(self, "built_from", None)
+        config = config if isinstance(config, dict) else {}
+        shown = []
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if hasattr(self, p.name):
+                shown.append(f"{p.name}={getattr(self, p.name)!r}")
+            elif p.name in config:
+                shown.append(f"{p.name}={config[p.name]!r}")
+        return ", ".join(shown)
 
 
 class ConstantBeta(BetaSchedule):

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from vaesweep.core.atomic import atomic_open
 from vaesweep.core.helpers import append_timestamp
+from vaesweep.model import components
 from vaesweep.run.claims import ClaimLost
 from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
@@ -389,11 +390,15 @@ class ScheduleLength(L.Callback):
         last = int(total) - 1
         if schedule.describe_at(last) == schedule.describe_at(step):
             return  # (a cyclical schedule's last cycle may reach β before its end)
+        # The config's name (a user's class need not declare one), else the class's.
+        name = (components.config_of(schedule) or {}).get("name") or getattr(
+            schedule, "name", type(schedule).__name__
+        )
         log.warning(
             "beta_schedule=%s settles at step %d (beta_schedule.%s), but this run takes %d "
             "optimisation steps: it ends at %s, not at the %s it settles at. Shorten the "
             "schedule or train longer (its steps are optimisation steps, not epochs).",
-            schedule.name,
+            name,
             step,
             options,
             int(total),

@@ -101,12 +101,6 @@ MAX_IWAE_K = 100_000
 IWAE_RATE = 180_000
 
 
-def _prefixed(group: str, error: Exception) -> str:
-    """A component's "key=value ..." message with the key made a full config path."""
-    message = str(error)
-    return f"{group}.{message}" if re.match(r"^\w+=", message) else message
-
-
 def likelihood_class(cfg: DictConfig) -> type:
     """The likelihood class the config selects (ConfigError naming the key if it cannot)."""
     try:
@@ -271,9 +265,9 @@ def check_components(cfg: DictConfig) -> None:
     shape = DATA_SHAPES.get(name, (1, 4, 4)) if isinstance(name, str) else (1, 4, 4)
     for group, context in (("model", ()), ("likelihood", (shape,)), ("beta_schedule", ())):
         try:
-            components.build(group, plain(cfg[group]), *context)
-        except ValueError as e:
-            raise ConfigError(_prefixed(group, e)) from None
+            components.checked_build(group, plain(cfg[group]), *context)
+        except ValueError as e:  # any problem, a user's constructor raising a TypeError too
+            raise ConfigError(str(e)) from e.__cause__
 
 
 def check_data(cfg: DictConfig, with_lightning: bool = True) -> None:

@@ -40,7 +40,7 @@ from vaesweep.core.helpers import now
 from vaesweep.data import VAEDataModule
 from vaesweep.model.module import VAE
 from vaesweep.run import record
-from vaesweep.run.config import check_test_settings, resolve_preprocess
+from vaesweep.run.config import check_components, check_test_settings, resolve_preprocess
 from vaesweep.run.console import quiet_libraries
 from vaesweep.run.memory import check_memory
 from vaesweep.run.policy import verify_checkpoint
@@ -268,6 +268,7 @@ def plan_run(
             "(trained with trainer.enable_checkpointing=false?)"
         )
     verify_checkpoint(ckpt)
+    check_components(cfg)  # first: a class that cannot be imported is named under its key
     check_chunk_memory(cfg, iwae_k, iwae_chunk)
     precision = evaluation_precision(result.get("precision"), run_dir)
     return Plan(

@@ -9,6 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,14 +60,18 @@ def available_memory() -> int | None:
     return min(candidates)
 
 
-def count_parameters(cfg: DictConfig, shape: tuple[int, int, int]) -> tuple[int, int]:
+def count_parameters(
+    cfg: DictConfig, shape: tuple[int, int, int], likelihood: Any = None
+) -> tuple[int, int]:
     """(parameters of encoder, decoder and likelihood; decoder output channels per pixel),
-    exact: the networks are built on the meta device, with no memory allocated."""
+    exact: the networks are built on the meta device, with no memory allocated.
+    ``likelihood``: the config's, built (else it is built here)."""
     import torch
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
-    likelihood = components.build("likelihood", lik, shape)  # small: at most D scales
+    if likelihood is None:
+        lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
+        likelihood = components.build("likelihood", lik, shape)  # small: at most D scales
     network = components.build("model", model)
     with torch.device("meta"):
         modules = [
@@ -85,10 +90,14 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     if shape is None:
         return
     m = OmegaConf.to_container(cfg.model, resolve=True)
+    lik = OmegaConf.to_container(cfg.likelihood, resolve=True)
+    # The classes and the likelihood first: a problem of theirs (a _target_ that cannot be
+    # imported, a likelihood option) is named under its own key, not blamed on the sizes.
     try:
         unread = components.component_class("model", m).unread_options(m)
-    except ValueError:
-        unread = {}
+        likelihood = components.checked_build("likelihood", lik, shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e.__cause__
     # The options that set the model's size (not e.g. its activation), widths first.
     options = components.constructor_options("model", m)
     sized = [k for k, v in options.items() if k not in unread and not isinstance(v, str)]
@@ -97,7 +106,7 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     )
     sizes = ", ".join(f"model.{k}={options[k]}" for k in sized)
     try:
-        n_params, param_channels = count_parameters(cfg, shape)
+        n_params, param_channels = count_parameters(cfg, shape, likelihood)
     except ValueError as e:
         named = re.match(r"(\w+) must be", str(e))  # the network names the option it refuses
         if named and named.group(1) in options:
