@@ -814,3 +814,37 @@ def test_runs_cut_short_by_max_time_are_captioned_with_what_they_trained():
         for key in ("trained_steps", "trained_epochs", "stopped_by"):
             del row["identity"][key]
     assert setting(frame.build_frame(rows)).startswith("Setting: digits, 20 epochs")
+
+
+def test_of_three_runs_of_one_seed_the_newest_counts_whatever_its_metrics():
+    """Runs A (metrics m1, oldest), B (m2) and C (m1, newest) of one configuration and seed:
+    C counts (it was left out when only the first of each metrics group could be kept), A
+    and B are duplicates of it, B named as the one with other metrics."""
+    rows = [_hand_row(0, ["seed=0"], nll) for nll in (10.0, 11.0, 10.0)]
+    for row, day in zip(rows, ("01", "02", "03"), strict=True):
+        row["identity"]["run_dir"] += f"-{day}"
+        row["finished_at"] = f"2026-12-{day}T00:00:00+00:00"
+    df = frame.build_frame(rows)
+    assert df["status"].tolist() == ["duplicate", "duplicate", "completed"]
+    newest = df["run_dir"].iloc[2]
+    assert (
+        df["error"].iloc[0] == f"the same configuration, seed and metrics as {newest}: counted once"
+    )
+    assert df["error"].iloc[1].startswith(f"the same configuration and seed as {newest}, which")
+    (note,) = df.attrs["caveats"]
+    assert f"{df['run_dir'].iloc[1]} (left out) and {newest}" in note
+    assert aggregate(df, metrics=["test/nll"])["test/nll.mean"].tolist() == [10.0]
+
+
+def test_one_batch_and_the_whole_training_set_are_not_one_setting():
+    """trainer.limit_train_batches=1 (one batch) in one run and 1.0 (all of them) in
+    another: the frame keeps them apart, and so does the setting line (1 == 1.0 made it say
+    "of 1 batch" for both)."""
+    from vaesweep.analysis.figures.captions import setting
+
+    rows = [_hand_row(s, [f"seed={s}"], 10.0 + s) for s in (0, 1)]
+    rows[0]["config"]["trainer.limit_train_batches"] = 1
+    rows[1]["config"]["trainer.limit_train_batches"] = 1.0
+    df = frame.build_frame(rows)
+    said = setting(df)
+    assert "of 1 batch" not in said and "(trainer.limit_train_batches varies)" in said

@@ -224,7 +224,10 @@ class RunCheckpoint(ModelCheckpoint):
                 rebased[key] = moved(rebased[key])
         if isinstance(rebased.get("best_k_models"), dict):
             rebased["best_k_models"] = {moved(k): v for k, v in rebased["best_k_models"].items()}
-        log.info("checkpoints moved from %s to %s: their best score is kept", saved, self.dirpath)
+        if self.monitor is not None:  # once a job (last.ckpt's callback has no score)
+            log.info(
+                "checkpoints moved from %s to %s: their best score is kept", saved, self.dirpath
+            )
         return super().load_state_dict(rebased)
 
 

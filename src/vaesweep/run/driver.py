@@ -401,11 +401,14 @@ def trained_budget(trainer: Any, strategy: str = "auto") -> dict[str, Any]:
         return {"steps": None, "epochs": None, "stopped_by": None}
     steps, epochs = int(trainer.global_step), int(trainer.current_epoch)
     timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
-    if trainer.max_steps is not None and 0 <= trainer.max_steps <= steps:
+    expired = any((t.time_remaining() or 0.0) <= 0 for t in timers)
+    if expired and trainer.should_stop:  # the Timer stopped it, in its last epoch too
+        stopped_by = "max_time"  # (Lightning counts the epoch it cut as one trained)
+    elif trainer.max_steps is not None and 0 <= trainer.max_steps <= steps:
         stopped_by = "max_steps"
     elif trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs:
         stopped_by = "max_epochs"
-    elif any((t.time_remaining() or 0.0) <= 0 for t in timers):
+    elif expired:
         stopped_by = "max_time"
     else:
         stopped_by = "other"

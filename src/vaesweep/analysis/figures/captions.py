@@ -51,14 +51,19 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _common(done: pd.DataFrame, column: str) -> tuple[bool, object]:
-    """(whether every run has the same value of ``column``, that value or None)."""
+def _common(done: pd.DataFrame, column: str, typed: bool = False) -> tuple[bool, object]:
+    """(whether every run has the same value of ``column``, that value or None).
+    ``typed``: an int and a float are different values (``trainer.limit_train_batches``: 1
+    is one batch, 1.0 all of them), where otherwise 1 == 1.0."""
     if column not in done.columns:
         return False, None
-    values = {None if _missing(v) else v for v in done[column]}
+    values = {
+        (isinstance(v, float | np.floating) and typed, None if _missing(v) else v)
+        for v in done[column]
+    }
     if len(values) != 1:
         return False, None
-    return True, values.pop()
+    return True, values.pop()[1]
 
 
 @cache
@@ -169,7 +174,7 @@ def _budget(done: pd.DataFrame) -> str:
         parts.append(f"{said} (trainer.max_time ended {len(cut)} of {len(done)} runs)")
     elif epochs is not None and float(epochs) >= 0:
         parts.append(_plural(int(epochs), "epoch"))
-    same, batches = _common(done, "config.trainer.limit_train_batches")
+    same, batches = _common(done, "config.trainer.limit_train_batches", typed=True)
     if same and batches is not None:
         if part := _batches(batches):
             parts.append(part)

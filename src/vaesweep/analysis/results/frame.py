@@ -295,11 +295,12 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
 def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     """Counts every configuration and seed once. Among the completed runs with the same
     configuration (every key that can change a result, the seed included) and the same
-    data, a copy with the same metrics (a run collected twice, e.g. from two sweeps that
-    both ran it) gets the status ``duplicate``; so does every run but the newest (its
-    ``finished_at``; the last one read where none says) of those whose metrics differ (other
-    code, or a device that is not deterministic): a seed run twice is one sample, not two,
-    for the means, the std and the seed counts. Returns a note naming the latter."""
+    data, one run counts: the newest (its ``finished_at``; of runs that finished alike, such
+    as copies of one run, the first one read), and every other gets the status
+    ``duplicate``: a copy with the same metrics (a run collected twice, e.g. from two
+    sweeps that both ran it), or a run with other metrics (other code, or a device that is
+    not deterministic): a seed run twice is one sample, not two, for the means, the std
+    and the seed counts. Returns a note naming the runs with other metrics left out."""
     groups: dict[str, list[int]] = {}
     for i, (record, row) in enumerate(zip(records, rows, strict=True)):
         if record["status"] != COMPLETED or not row["config"]:
@@ -309,29 +310,28 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
         groups.setdefault(key, []).append(i)
     differ: list[str] = []
     for members in groups.values():
-        by_metrics: dict[str, list[int]] = {}
+
+        def trained(i: int) -> str:  # its metrics, not those of later evaluations
+            values = {k: v for k, v in rows[i]["metrics"].items() if "@" not in k}
+            return json.dumps(values, sort_keys=True, default=str)
+
+        # The newest run counts; of runs that finished alike (copies), the first one read.
+        kept = max(members, key=lambda i: (str(rows[i].get("finished_at") or ""), -i))
         for i in members:
-            trained = {
-                k: v for k, v in rows[i]["metrics"].items() if "@" not in k
-            }  # not evaluations
-            by_metrics.setdefault(json.dumps(trained, sort_keys=True, default=str), []).append(i)
-        firsts = [same[0] for same in by_metrics.values()]
-        kept = max(firsts, key=lambda i: (str(rows[i].get("finished_at") or ""), i))
-        for same in by_metrics.values():
-            for i in same[1:]:
-                records[i]["status"] = DUPLICATE
+            if i == kept:
+                continue
+            records[i]["status"] = DUPLICATE
+            if trained(i) == trained(kept):
                 records[i]["error"] = (
-                    f"the same configuration, seed and metrics as {records[same[0]]['run_dir']}: "
+                    f"the same configuration, seed and metrics as {records[kept]['run_dir']}: "
                     "counted once"
                 )
-        for i in firsts:
-            if i != kept:
-                records[i]["status"] = DUPLICATE
-                records[i]["error"] = (
-                    f"the same configuration and seed as {records[kept]['run_dir']}, which "
-                    "finished later, but other metrics: counted once, as that run"
-                )
-                differ.append(f"{records[i]['run_dir']} (left out) and {records[kept]['run_dir']}")
+                continue
+            records[i]["error"] = (
+                f"the same configuration and seed as {records[kept]['run_dir']}, which "
+                "finished later, but other metrics: counted once, as that run"
+            )
+            differ.append(f"{records[i]['run_dir']} (left out) and {records[kept]['run_dir']}")
     if not differ:
         return []
     return [
