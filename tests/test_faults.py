@@ -420,9 +420,53 @@ def test_last_ckpt_holds_the_fits_final_weights_and_is_what_last_tests(tmp_path)
             metrics[checkpoints] = {k: v for k, v in result["metrics"].items()}
         ckpts = tmp_path / f"{name}-true" / "checkpoints"
         assert _step(ckpts / "last.ckpt") == result["trained"]["steps"], name
-        if name == "worse":
-            assert _step(ckpts / "best.ckpt") < _step(ckpts / "last.ckpt") == 15
         assert metrics["true"] == metrics["false"], name
+
+
+@pytest.mark.parametrize(
+    ("limits", "best_step", "last_step"),
+    [
+        ({"max_epochs": 3}, 5, 15),  # val/elbo best after epoch 1, worse after
+        ({"max_epochs": 3, "max_steps": 12}, 5, 12),  # ended mid-epoch 3
+        ({"max_epochs": 3, "check_val_every_n_epoch": 2}, 10, 15),  # no final validation
+        ({"max_epochs": 2, "val_check_interval": 0.4}, 2, 10),  # mid-epoch validations
+    ],
+)
+def test_the_job_checkpoints_keep_the_best_validation_and_every_epochs_end(
+    tmp_path, limits, best_step, last_step
+):
+    """The driver's two checkpoints under a real Trainer, with a val/elbo that only gets
+    worse after the first validation: best.ckpt stays at that validation, last.ckpt follows
+    every epoch's end to the fit's last step, never a mid-epoch validation."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vaesweep.run.driver import checkpoint_callbacks
+
+    class Worse(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/elbo", -float(self.global_step))  # worse at every validation
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = DataLoader(TensorDataset(torch.randn(20, 2)), batch_size=4)  # 5 batches an epoch
+    best, last = checkpoint_callbacks(tmp_path)
+    trainer = L.Trainer(
+        callbacks=[best, last], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, **limits,
+    )  # fmt: skip
+    trainer.fit(Worse(), data, data)
+    assert _step(tmp_path / "best.ckpt") == best_step
+    assert _step(tmp_path / "last.ckpt") == last_step == trainer.global_step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 @pytest.mark.slow

@@ -202,38 +202,45 @@ def _build_model(
     )
 
 
+def checkpoint_callbacks(directory: Path) -> tuple[RunCheckpoint, RunCheckpoint]:
+    """A job's two checkpoints in ``directory``, always the same two files (no version
+    counter: a resumed job wrote last-v1.ckpt beside the last.ckpt it resumed from, and a
+    second requeue resumed from the stale one).
+
+    ``best.ckpt``: the best val/elbo, written at the validation that gave it.
+    ``last.ckpt``: a callback of its own, written at the end of every training epoch, an
+    epoch cut short by max_steps or max_time included, so that it always holds the fit's
+    final weights, and never mid-epoch (a resume restarts the epoch it stopped in, and
+    reproduces it). Lightning >= 2.6 writes the save_last file of a monitored checkpoint
+    only when the monitored one is written too: last.ckpt stayed at the best epoch whenever
+    the last ones did not improve val/elbo, and the default eval.checkpoint=last tested
+    those weights."""
+    best = RunCheckpoint(
+        dirpath=directory,
+        filename="best",
+        monitor="val/elbo",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    last = RunCheckpoint(
+        dirpath=directory,
+        filename=LAST_CHECKPOINT,
+        monitor=None,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return best, last
+
+
 def _build_trainer(
     cfg: DictConfig, job: Job, trainer_args: dict, loggers: list, callbacks: tuple
 ) -> tuple[Any, Any]:
     """The Lightning Trainer and its ModelCheckpoint (None without checkpointing)."""
     checkpoint = None  # trainer.enable_checkpointing=false: no checkpoints, no resume
     if trainer_args["enable_checkpointing"]:
-        # Always the same two files (no version counter: a resumed job wrote last-v1.ckpt
-        # beside the last.ckpt it resumed from, and a second requeue resumed from the stale
-        # one). best.ckpt: the best val/elbo, at the validation that gave it.
-        checkpoint = RunCheckpoint(
-            dirpath=job.run_dir / "checkpoints",
-            filename="best",
-            monitor="val/elbo",
-            mode="max",
-            save_top_k=1,
-            enable_version_counter=False,
-        )
-        # last.ckpt: a callback of its own, written at the end of every training epoch,
-        # an epoch cut short by max_steps or max_time included, so it always holds the
-        # fit's final weights, and never mid-epoch (a resume restarts the epoch it stopped
-        # in, and reproduces it). Lightning ≥ 2.6 writes the save_last file of a monitored
-        # checkpoint only when the monitored one was written too: last.ckpt stayed at the
-        # best epoch whenever the last ones did not improve val/elbo, and the default
-        # eval.checkpoint=last tested those weights.
-        last = RunCheckpoint(
-            dirpath=job.run_dir / "checkpoints",
-            filename=LAST_CHECKPOINT,
-            monitor=None,
-            save_top_k=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        )
+        checkpoint, last = checkpoint_callbacks(job.run_dir / "checkpoints")
         callbacks = (checkpoint, last, *callbacks)
     trainer_args["strategy"] = resolve_strategy(trainer_args["strategy"], job)
     plugins = trainer_args.pop("plugins") or []
