@@ -375,9 +375,12 @@ def _fit_and_test(
     tested_checkpoint = "last"
     if parts.checkpoint is not None:
         tested_checkpoint = cfg.eval.checkpoint
-        last = str(job.run_dir / "checkpoints" / f"{LAST_CHECKPOINT}.ckpt")
+        last_file = job.run_dir / "checkpoints" / f"{LAST_CHECKPOINT}.ckpt"
+        # None: the weights in memory, the same final ones, where no checkpoint was written
+        # (trainer.fast_dev_run writes none).
+        last = str(last_file) if last_file.is_file() else None
         ckpt = parts.checkpoint.best_model_path if cfg.eval.checkpoint == "best" else last
-        if not ckpt:  # best, but the fit ended before its first validation (max_steps, ...)
+        if cfg.eval.checkpoint == "best" and not ckpt:  # the fit ended before a validation
             log.warning(
                 "eval.checkpoint=best: the fit ended before its first validation, so there "
                 "is no best checkpoint; tested on the last weights instead (results.json: "
