@@ -933,10 +933,16 @@ CLAIMS: list[Claim | Fact] = [
         ("d", ".0f", ".0f"),
     ),
     Claim(LC_README, "{}–{} s per run (`duration_s`", lambda d: runtime_span(d.lc), ".0f"),
+    Claim(
+        BC_README,
+        "{} of the {} runs give exactly the test NLL, test ELBO and validation ELBO of the",
+        lambda d: (int(unchanged(d, d.bc_earlier).sum()), len(d.bc_earlier)),
+        "d",
+    ),
     Fact(
         BC_README,
-        "Every run gives exactly the metrics of the earlier publication",
-        lambda d: len(d.bc_earlier) == len(d.bc) and bool(unchanged(d, d.bc_earlier).all()),
+        "every run's validation metrics the same",
+        lambda d: bool((d.bc_earlier["val/elbo"] == d.bc_earlier["val/elbo_earlier"]).all()),
     ),
     Claim(
         LC_README,
