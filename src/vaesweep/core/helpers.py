@@ -39,6 +39,11 @@ def append_timestamp(path: str | Path, event: str, t: float | None = None, **inf
 _BARE = re.compile(r"[\w/.:+@%-]+", re.ASCII)
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``3 epochs``: a count and its noun (a regular plural)."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def override_value(value: str) -> str:
     """``value`` as Hydra's override grammar reads it back unchanged: bare when it is plain,
     else quoted (a comma would make a sweep of it, ``=``, brackets, ``~`` or ``#`` a parse

@@ -51,9 +51,9 @@ def main() -> None:
     try:
         _hydra_main(task)()
     except SweepStopped as stop:
-        raise SystemExit(finish_stopped(stop)) from None
+        raise SystemExit(finish_stopped(stop)) from None  # the summary says what was stopped
     except LauncherRefused as refused:  # before any job: a refusal, as the preflight's
-        preflight.refuse(str(refused), multirun=True)  # the summary says what was stopped
+        preflight.refuse(str(refused), multirun=True)
     except SweepStartFailed as failed:  # the sweep's own start failed: before any job
         if full_error:
             raise  # its cause, the error's own traceback, is printed first

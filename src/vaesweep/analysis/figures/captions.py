@@ -22,6 +22,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from vaesweep.analysis.figures.style import compact
 from vaesweep.analysis.results import completed
+from vaesweep.core.helpers import plural
 from vaesweep.model.components import component_class
 
 #: The gid of a figure's caption text (``[t for t in fig.texts if t.get_gid() == ...]``).
@@ -136,10 +137,6 @@ def _schedule(done: pd.DataFrame) -> str | None:
     return f"β schedule={name}" + (f" ({', '.join(values)})" if values else "")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _batches(limit: object) -> str:
     """``trainer.limit_train_batches`` in words, as Lightning reads it: an int is a number
     of batches per epoch (``1``: one batch), a float a fraction of the training set
@@ -167,13 +164,13 @@ def _budget(done: pd.DataFrame) -> str:
     trained = cut["trained_epochs"].dropna().astype(int) if len(cut) else cut
     if len(cut):  # trainer.max_time ended them: what they trained, not what was asked
         span = f"{trained.min()}–{trained.max()}" if trained.nunique() > 1 else None
-        said = _plural(int(trained.min()), "epoch") if len(trained) else "epochs"
+        said = plural(int(trained.min()), "epoch") if len(trained) else "epochs"
         said = f"{span} epochs" if span else said
         if epochs is not None and float(epochs) >= 0:
             said += f" of at most {int(epochs)}"
         parts.append(f"{said} (trainer.max_time ended {len(cut)} of {len(done)} runs)")
     elif epochs is not None and float(epochs) >= 0:
-        parts.append(_plural(int(epochs), "epoch"))
+        parts.append(plural(int(epochs), "epoch"))
     same, batches = _common(done, "config.trainer.limit_train_batches", typed=True)
     if same and batches is not None:
         if part := _batches(batches):
@@ -182,7 +179,7 @@ def _budget(done: pd.DataFrame) -> str:
         parts.append("(trainer.limit_train_batches varies)")
     same, steps = _common(done, "config.trainer.max_steps")
     if same and steps is not None and float(steps) >= 0:
-        parts.append(f"at most {_plural(int(steps), 'step')}")
+        parts.append(f"at most {plural(int(steps), 'step')}")
     return " ".join(parts)
 
 
@@ -222,7 +219,7 @@ def over_seeds(counts: Iterable[float]) -> str:
     if not found:
         return "no seed"
     low, high = min(found), max(found)
-    return _plural(high, "seed") if low == high else f"{low}–{high} seeds"
+    return plural(high, "seed") if low == high else f"{low}–{high} seeds"
 
 
 def error_bars(counts: Iterable[float], error: str = "std") -> str:

@@ -122,11 +122,12 @@ _FIELDS = {
     "seed": _NUMBER,
     "duration_s": _NUMBER,
 }
-# Fields inside those objects that a row reads.
+# Fields inside those objects that a row reads, by path (an object before what it holds).
 _INNER = {
     ("dataset", "name"): _STRING,
     ("dataset", "fingerprint"): _STRING,
     ("config", "data"): _OBJECT,
+    ("config", "data", "name"): _STRING,
     ("error", "type"): _STRING,
     ("error", "message"): _STRING,
 }
@@ -149,16 +150,15 @@ def _bad_field(result: dict[str, Any]) -> str | None:
     for key, expected in _FIELDS.items():
         if not _holds(result.get(key), expected):
             return f"{key!r} is {_json_type(result[key])}, not {expected}"
-    for (outer, key), expected in _INNER.items():
-        value = (result.get(outer) or {}).get(key)
+    for path, expected in _INNER.items():
+        value: Any = result
+        for key in path:  # the objects on its path were checked before it: dicts or None
+            value = (value or {}).get(key)
         if not _holds(value, expected):
-            return f"{outer}.{key} is {_json_type(value)}, not {expected}"
+            return f"{'.'.join(path)} is {_json_type(value)}, not {expected}"
     error = result.get("error")
     if error is not None and not {"type", "message"} <= error.keys():
         return "'error' lacks its type or message"
-    data = (result.get("config") or {}).get("data") or {}
-    if not _holds(data.get("name"), _STRING):
-        return f"config.data.name is {_json_type(data['name'])}, not {_STRING}"
     for name, value in (result.get("metrics") or {}).items():
         if not _holds(value, _NUMBER):
             return f"metric {name!r} is {_json_type(value)}, not {_NUMBER}"

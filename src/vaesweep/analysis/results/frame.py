@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from vaesweep.core.helpers import plural
 from vaesweep.run.record import COMPLETED, DUPLICATE, changes_results
 
 IDENTITY = (
@@ -362,7 +363,7 @@ def _code_states(records: list[dict[str, Any]]) -> list[str]:
         return ", ".join([code, *(f"{k}={versions.get(k, '?')}" for k in differ)])
 
     listing = "; ".join(
-        f"{label(commit, dirty, p)}: {_plural(n, 'run')}"
+        f"{label(commit, dirty, p)}: {plural(n, 'run')}"
         for ((commit, dirty, _), n), p in zip(states.items(), packages, strict=True)
     )
     return [
@@ -383,7 +384,7 @@ def _cut_by_time(records: list[dict[str, Any]]) -> list[str]:
     span = (
         f" after {epochs[0]}–{epochs[-1]} epochs"
         if len(set(epochs)) > 1
-        else (f" after {_plural(epochs[0], 'epoch')}" if epochs else "")
+        else (f" after {plural(epochs[0], 'epoch')}" if epochs else "")
     )
     done = sum(r["status"] == COMPLETED for r in records)
     return [
@@ -392,10 +393,6 @@ def _cut_by_time(records: list[dict[str, Any]]) -> list[str]:
         "seeds of one configuration may have trained different budgets (the frame's "
         "trained_epochs, trained_steps and stopped_by columns)"
     ]
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _check(df: pd.DataFrame, completed_required: bool) -> None:

@@ -179,13 +179,16 @@ def _trial_numbers_on_disk(sweep_dir: Path) -> set[int]:
     return {int(m.group(1)) for n in names if (m := re.search(r"(?:^|,)trial_(\d+)$", n))}
 
 
-def check_new_study_dirs(plan: Plan, point: list[str], others: list[str]) -> None:
+def check_new_study_dirs(
+    plan: Plan, point: list[str], others: list[str], on_disk: set[int]
+) -> None:
     """Refuses a study that is not in the storage yet when the directories its trials would
     run in exist already: they hold another study's trials (a changed study_name, storage
     or journal; a deleted journal), and its trial 0 would find ``trial_0000`` there, whose
     completed run of another configuration the job refuses and leaves as it is. ``others``:
-    the studies the storage holds."""
-    numbers = set(range(plan.n_trials)) | _trial_numbers_on_disk(plan.sweep_dir)
+    the studies the storage holds; ``on_disk``: the trial numbers the sweep directory's
+    directories name (:func:`_trial_numbers_on_disk`)."""
+    numbers = set(range(plan.n_trials)) | on_disk
     found = [
         d for n in sorted(numbers) if (plan.sweep_dir / (d := plan.trial_dir(point, n))).is_dir()
     ]
@@ -221,8 +224,11 @@ def check_studies(plan: Plan) -> None:
         quiet_optuna()
         storage = open_storage(plan.storage)
         names = optuna.get_all_study_names(storage)
+    ours = set(plan.studies())
+    others = [n for n in names if n not in ours]
+    on_disk = _trial_numbers_on_disk(plan.sweep_dir)  # one listing for every grid point
     for point in plan.space.points():
         if plan.study(point) in names:
             check_unchanged(existing_study(storage, plan.study(point)), plan)
         else:
-            check_new_study_dirs(plan, point, [n for n in names if n not in plan.studies()])
+            check_new_study_dirs(plan, point, others, on_disk)
