@@ -11,8 +11,11 @@
 # Needs ray (pip install "vaesweep[ray]"). Usage: bash benchmarks/gpu_check.sh [python]
 # Everything it prints is also written to $OUT/gpu_check.txt: commit that file as
 # benchmarks/results/gpu_check.txt. Each step has a time limit; a failed step is reported and
-# the next one runs. GPU_CHECK_DIR (default: a new /tmp/gpu_check.XXXXXX) must be new or
-# empty: completed jobs found there would be skipped and counted again.
+# the next one runs. GPU_CHECK_BUDGET (default 450 s) bounds the whole check: each step's limit
+# is cut to what the budget leaves (a quarter of it kept for step 3, determinism), and a step
+# with under 10 s left is skipped and says so. GPU_CHECK_DIR (default: a new
+# /tmp/gpu_check.XXXXXX) must be new or empty: completed jobs found there would be skipped and
+# counted again.
 # GPU_CHECK_DRY_RUN=1: the same steps and reports on the CPU, small (one GPU declared to Ray,
 # 2 jobs, 1 epoch): a check of the script itself, for a machine without a GPU (a slow test).
 set -euo pipefail
@@ -27,6 +30,17 @@ if [ -n "$(ls -A "$OUT")" ]; then
 fi
 exec > >(tee "$OUT/gpu_check.txt") 2>&1
 START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET:-450}
+KEEP3=$(( BUDGET / 4 ))  # kept for step 3 while steps 1-2b run
+limit() {  # limit OWN [KEEP]: OWN seconds, or what the budget leaves after KEEP, if less
+  local left=$(( BUDGET - ($(date +%s) - START) - ${2:-0} ))
+  if (( left < $1 )); then echo "$left"; else echo "$1"; fi
+}
+skipped() {  # skipped LEFT
+  local left=$1
+  if (( left < 0 )); then left=0; fi
+  echo "  (skipped: $left s left of GPU_CHECK_BUDGET=$BUDGET s)"
+}
 say() { printf '\n== %s (t=%ds)\n' "$1" $(( $(date +%s) - START )); }
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
   echo "DRY RUN on the CPU (GPU_CHECK_DRY_RUN=1): no figure below is a GPU's"
@@ -53,9 +67,12 @@ EOF
 say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
 # The plain loop and the Lightning floor run in the product's process after its Trainer, so
 # under its deterministic algorithms (trainer.deterministic: true) too.
-{ timeout 150 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
+L=$(limit 150 "$KEEP3")
+if (( L < 10 )); then skipped "$L"; else
+{ timeout "$L" "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
     --batches 128 --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 \
-    || echo "  (exit $?: step 1 failed; 124: over 150 s)"; } | tail -n 25
+    || echo "  (exit $?: step 1 failed; 124: over its $L s)"; } | tail -n 25
+fi
 
 say "2. the mission sweep under the Ray launcher, K jobs per GPU"
 GRID=("${JOBS[@]}" "${TRAINER[@]}" ${DECLARE[@]+"${DECLARE[@]}"} trainer.max_epochs="$EPOCHS"
@@ -120,10 +137,12 @@ EOF
 for K in 1 2 4 8; do
   FRACTION=$("$PY" -c "print(1 / $K)")
   DIR="$OUT/sweep_k$K"
+  L=$(limit 240 "$KEEP3")
+  if (( L < 10 )); then echo "K=$K jobs/GPU:"; skipped "$L"; continue; fi
   T0=$(date +%s.%N)
-  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout 240 "$PY" run.py -m "${GRID[@]}" \
+  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout "$L" "$PY" run.py -m "${GRID[@]}" \
       hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" "hydra.sweep.dir=$DIR" \
-      > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log; 124: over 240 s)"
+      > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log; 124: over its $L s)"
   report "$DIR" "$K" "$T0" "$(date +%s.%N)" "$OUT/stamps_k$K.jsonl"
 done
 
@@ -131,11 +150,14 @@ say "2b. the same sweep under local_parallel (no Ray), 2 jobs per GPU"
 LOCAL=("${JOBS[@]}" "${TRAINER[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false
        logger=csv eval.iwae_k=100 hydra/launcher=local_parallel hydra.launcher.n_jobs=2)
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then LOCAL+=("hydra.launcher.gpus=[0]"); fi
+L=$(limit 180 "$KEEP3")
+if (( L < 10 )); then skipped "$L"; else
 T0=$(date +%s.%N)
-VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout 180 "$PY" run.py -m "${LOCAL[@]}" \
+VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout "$L" "$PY" run.py -m "${LOCAL[@]}" \
     "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
-    || echo "  (exit $?: see $OUT/local_k2.log; 124: over 180 s)"
+    || echo "  (exit $?: see $OUT/local_k2.log; 124: over its $L s)"
 report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)" "$OUT/stamps_local_k2.jsonl"
+fi
 
 say "3. determinism on $DEVICE (${TRAINER[*]}: deterministic: true)"
 # trainer.deterministic: true is PyTorch's strict mode (Lightning turns it on, and sets
@@ -145,8 +167,13 @@ echo "CUBLAS_WORKSPACE_CONFIG in this shell: ${CUBLAS_WORKSPACE_CONFIG:-<unset>}
 JOB=("${TRAINER[@]}" trainer.max_epochs=2 trainer.enable_progress_bar=false logger=csv
      likelihood=laplace)
 for i in 1 2; do
-  timeout 120 "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
-      || echo "  run $i: exit $? (124: over 120 s)"
+  KEEP=0
+  if (( i == 1 )); then KEEP=$(( (BUDGET - ($(date +%s) - START)) / 2 )); fi  # half for run 2
+  L=$(limit 120 "$KEEP")
+  if (( i == 1 && L < 10 )); then L=$(limit 120); fi  # too little for two runs: run 1 alone
+  if (( L < 10 )); then echo "  run $i:"; skipped "$L"; continue; fi
+  timeout "$L" "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
+      || echo "  run $i: exit $? (124: over its $L s)"
 done
 "$PY" - "$OUT" <<'EOF' || echo "  (determinism report failed: exit $?)"
 import json, sys

@@ -696,6 +696,45 @@ def test_an_optuna_search_batches_its_trials_through_ray(workdir):
     assert "ray_launcher" in json.loads((workdir / "sweep" / "sweep.json").read_text())["launcher"]
 
 
+def test_the_gpu_check_skips_every_step_once_its_budget_is_spent(workdir):
+    """GPU_CHECK_BUDGET bounds the whole check (the steps' own limits add up to ~25 min):
+    with no budget left, every step says it was skipped, none starts, and the script ends."""
+    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check"),
+           "GPU_CHECK_BUDGET": "1"}  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-3000:]
+    # step 1, the four Ray sweeps, local_parallel, and the two determinism runs
+    assert out.count("(skipped: 0 s left of GPU_CHECK_BUDGET=1 s)") == 1 + 4 + 1 + 2, out
+    assert not list((workdir / "check").glob("sweep_k*")) and not (workdir / "check" / "det1").exists()
+    assert "two runs: not compared (0 of 2 completed)" in out
+
+
+@pytest.mark.slow
+def test_the_gpu_check_ends_within_its_budget(workdir):
+    """A budget that cuts the check short: the script still ends within it (plus the
+    reports' few seconds), a step cut by its limit or skipped says so, and step 3 ran
+    (a quarter of the budget is kept for it)."""
+    needs_ray()
+    budget = 75
+    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check"),
+           "GPU_CHECK_BUDGET": str(budget)}  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-3000:]
+    assert wall < budget + 20, (wall, out)
+    assert "(skipped:" in out or "over its" in out, out
+    assert (workdir / "check" / "det1.log").exists(), out  # step 3 was started
+
+
 @pytest.mark.slow
 def test_the_gpu_check_script_runs_through_on_the_cpu(workdir):
     """benchmarks/gpu_check.sh has never met a GPU here; its dry run takes every step on
