@@ -782,6 +782,34 @@ def test_a_search_over_kinds_of_data_is_refused(params, grid, refused):
     assert f"make {key} a grid axis, one study per kind of data ({refused})" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("params", "grid"),
+    [
+        ({"data": "choice(digits, mnist)"}, []),  # the same likelihood and preprocessing
+        ({"data": "choice(mnist, mnist_small)"}, ["likelihood=bernoulli,gaussian"]),
+        ({"beta": "interval(0.5, 2)", "data": "choice(digits, fashion_mnist)"}, []),
+    ],
+)
+def test_a_search_over_datasets_is_refused(params, grid):
+    """data=choice(...) ranked an ELBO of one dataset against another's (and the results
+    frame refuses to collect the two together): refused before any trial, one search per
+    dataset suggested, whatever else is searched and at every grid point."""
+    from vaesweep.sweep.search.checks import check_space_values
+
+    plan = Plan(parse_space(params, grid), "val/elbo", "maximize", 2, 1, "", "search", 1.0,
+                Path("."), ())  # fmt: skip
+    config = _multirun_config({})
+    example = {k: p.example() for k, p in plan.space.searched.items()}
+    first, second = params["data"].removeprefix("choice(").removesuffix(")").split(", ")
+    with _composing(), pytest.raises(SearchError, match="gives trials of different data") as e:
+        check_space_values(config, plan, example)
+    message = str(e.value)
+    assert message.startswith(f"hydra.sweeper.params.data={params['data']}"), message
+    assert f"data={first}: {first}, " in message and f"data={second}: {second}, " in message
+    assert f"run one search per dataset (data={first}, then data={second})" in message
+    assert "vaesweep collect refuses runs of two datasets together" in message
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
 @pytest.mark.parametrize("preprocess", ["auto", "binarize", "dequantize", "scale"])
 def test_a_searchs_kind_of_data_is_the_tables(likelihood, preprocess):
