@@ -128,15 +128,43 @@ def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=False)
 
 
+#: Keys whose int and float Lightning reads differently: an int is a number of batches, a
+#: float a fraction of the epoch (``trainer.limit_train_batches=1``: one batch; ``=1.0``: all
+#: of them). For these an int stays an int when numbers are compared (:func:`same_number_kind`).
+INT_OR_FRACTION = frozenset(
+    f"trainer.{key}"
+    for key in (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "val_check_interval",
+        "overfit_batches",
+    )
+)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def flatten(node: Any, prefix: str = "", as_float: bool = True) -> dict[str, Any]:
     """``{"a.b.c": leaf}`` for a nested dict; numbers become floats, so that ``beta=1`` and
-    ``beta=1.0`` compare equal (they are the same job). ``as_float=False``: the leaves as
-    they are (to show them as the user wrote them)."""
+    ``beta=1.0`` compare equal (they are the same job), except the keys of INT_OR_FRACTION
+    (an int and a float are two settings there). ``as_float=False``: the leaves as they
+    are (to show them as the user wrote them)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
             out.update(flatten(value, f"{prefix}{key}.", as_float))
         return out
-    if as_float and isinstance(node, int | float) and not isinstance(node, bool):
-        return {prefix[:-1]: float(node)}
-    return {prefix[:-1]: node}
+    key = prefix[:-1]
+    if as_float and is_number(node) and key not in INT_OR_FRACTION:
+        return {key: float(node)}
+    return {key: node}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a == b``, an int and a float of the same value counted as different (for the
+    leaves of :func:`flatten`, where only INT_OR_FRACTION keys keep their ints)."""
+    return a == b and (is_number(a) and isinstance(a, int)) == (is_number(b) and isinstance(b, int))
