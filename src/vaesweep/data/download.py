@@ -226,6 +226,13 @@ def read_checked(path: Path, file: IdxFile, ndim: int) -> np.ndarray:
     if md5 != file.raw_md5:
         wanted = _owner(file)
         other = _released_as(md5)
+        if other is not None and other[0] == wanted and other[1] != file.name:
+            raise DatasetNotFoundError(
+                f"dataset '{wanted}': {path} is its released {other[1]} (content md5 {md5}), "
+                f"not its {file.name}: renamed or copied over? Training on one split and "
+                f"testing on the other would look like a result. Put the released files "
+                f"under their own names in {path.parent}"
+            )
         if other is not None and wanted is not None and other[0] != wanted:
             raise DatasetNotFoundError(
                 f"dataset '{wanted}': {path} is the released {other[1]} of '{other[0]}' "
