@@ -198,6 +198,27 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     with pytest.raises(DatasetNotFoundError, match=r"md5 [0-9a-f]{32}, expected 0{32}"):
         load_dataset("mnist", root=tmp_path / "root2", download=True)
     assert not any((tmp_path / "root2" / "mnist").glob("train-images*"))
+    monkeypatch.setitem(IDX_SOURCES, "mnist", source)
+    # A partial copy: completed when what is there is the release (an interrupted
+    # download), refused when it is a custom copy (the two would be mixed).
+    partial = tmp_path / "root3" / "mnist"
+    partial.mkdir(parents=True)
+    for role in ("train_images", "train_labels"):
+        name = f"{IDX_NAMES[role]}.gz"
+        (partial / name).write_bytes((root / "mnist" / name).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            load_dataset("mnist", root=partial.parent, download=True, val_size=4).sizes == ds.sizes
+        )
+    custom = tmp_path / "root4" / "mnist"
+    make_idx_dataset(custom, n_train=30, seed=5)
+    for role in ("test_images", "test_labels"):
+        (custom / IDX_NAMES[role]).unlink()
+    with pytest.raises(DatasetNotFoundError, match="is not the released file"):
+        load_dataset("mnist", root=custom.parent, download=True, val_size=4)
+    assert not (custom / IDX_NAMES["test_images"]).exists()  # nothing downloaded beside it
+    assert not (custom / f"{IDX_NAMES['test_images']}.gz").exists()
 
 
 def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch):

@@ -173,6 +173,16 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     failures: list[str] = []
     if download:
         target = root / name
+        for file in source.files.values():  # a partial copy is completed only if released
+            found = _find(file, target)
+            if found is not None and hashlib.md5(read_bytes(found)).hexdigest() != file.raw_md5:
+                raise DatasetNotFoundError(
+                    f"dataset '{name}': data.download=true would complete {target}, but its "
+                    f"{found.name} is not the released file (a custom or subsampled copy): "
+                    "the downloaded files beside it would mix two copies of the dataset. Put "
+                    "the four files of one copy there, or download into an empty directory "
+                    "(another data.root)"
+                )
         for file in source.files.values():
             if _find(file, target) is None:
                 failures = _download(file, source.mirrors, target)
