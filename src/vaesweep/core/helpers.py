@@ -129,8 +129,9 @@ def plain(node: Any) -> Any:
 
 
 #: Keys whose int and float Lightning reads differently: an int is a number of batches, a
-#: float a fraction of the epoch (``trainer.limit_train_batches=1``: one batch; ``=1.0``: all
-#: of them). For these an int stays an int when numbers are compared (:func:`same_number_kind`).
+#: float a fraction of the epoch. Only at 1 do the two name different settings
+#: (``trainer.limit_train_batches=1``: one batch; ``=1.0``: all of them): 0 and 0.0 both
+#: turn it off, and a float above 1 is refused. See :func:`compared_number`.
 INT_OR_FRACTION = frozenset(
     f"trainer.{key}"
     for key in (
@@ -144,14 +145,21 @@ INT_OR_FRACTION = frozenset(
 )
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def compared_number(key: str, value: Any) -> Any:
+    """A config value as two jobs' configs are compared: a number as a float (``beta=1`` and
+    ``beta=1.0`` are one job), except the int 1 of an INT_OR_FRACTION key (one batch, not
+    the whole epoch), which stays an int; anything else unchanged."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return value
+    if key in INT_OR_FRACTION and isinstance(value, int) and value == 1:
+        return value
+    return float(value)
 
 
 def flatten(node: Any, prefix: str = "", as_float: bool = True) -> dict[str, Any]:
     """``{"a.b.c": leaf}`` for a nested dict; numbers become floats, so that ``beta=1`` and
-    ``beta=1.0`` compare equal (they are the same job), except the keys of INT_OR_FRACTION
-    (an int and a float are two settings there). ``as_float=False``: the leaves as they
+    ``beta=1.0`` compare equal (they are the same job), except the int 1 of an
+    INT_OR_FRACTION key (:func:`compared_number`). ``as_float=False``: the leaves as they
     are (to show them as the user wrote them)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
@@ -159,12 +167,10 @@ def flatten(node: Any, prefix: str = "", as_float: bool = True) -> dict[str, Any
             out.update(flatten(value, f"{prefix}{key}.", as_float))
         return out
     key = prefix[:-1]
-    if as_float and is_number(node) and key not in INT_OR_FRACTION:
-        return {key: float(node)}
-    return {key: node}
+    return {key: compared_number(key, node) if as_float else node}
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """``a == b``, an int and a float of the same value counted as different (for the
-    leaves of :func:`flatten`, where only INT_OR_FRACTION keys keep their ints)."""
-    return a == b and (is_number(a) and isinstance(a, int)) == (is_number(b) and isinstance(b, int))
+    """``a == b`` for leaves of :func:`flatten`, where an int is left only where it differs
+    from the float of the same value (:func:`compared_number`): 1 is not 1.0 there."""
+    return a == b and isinstance(a, int) == isinstance(b, int)

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from vaesweep.core.checks import ConfigError
-from vaesweep.data.download import IDX_SOURCES, default_root, locate_idx, read_checked
+from vaesweep.data.download import (
+    IDX_SOURCES,
+    check_download,
+    default_root,
+    locate_idx,
+    read_checked,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -266,10 +272,15 @@ def check_available(
     name: str, root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> None:
     """Raises DatasetNotFoundError, naming every directory searched, when dataset ``name``
-    is read from IDX files that no searched directory holds and no download is asked for:
-    before anything is loaded, as :func:`load_dataset` would fail later."""
-    if name in IDX_SOURCES and not download:
-        locate_idx(name, default_root() if root is None else Path(root).expanduser(), False)
+    is read from IDX files that no searched directory holds and no download is asked for,
+    or when the download asked for would complete a directory holding a custom copy's
+    files: before anything is loaded, as :func:`load_dataset` would fail later."""
+    if name in IDX_SOURCES:
+        root_path = default_root() if root is None else Path(root).expanduser()
+        if download:  # a partial copy it would mix with the download: refused now
+            check_download(name, root_path)
+        else:
+            locate_idx(name, root_path, False)
 
 
 def load_dataset(

@@ -87,13 +87,22 @@ def data_kind(cfg: DictConfig) -> str:
     return data_label(likelihood_class(cfg).data_kind, resolve_preprocess(cfg))
 
 
+def _dataset(cfg: DictConfig) -> str:
+    """The data a trial is scored on, as its config tells them: the dataset and the split
+    sizes it sets (other sizes, other validation and test examples)."""
+    sizes = [f"data.{k}={cfg.data.get(k)}" for k in ("val_size", "test_size")]
+    sizes = [s for s in sizes if not s.endswith("=None")]
+    return str(cfg.data.name) + (f" ({', '.join(sizes)})" if sizes else "")
+
+
 def _refuse_mixed_kinds(
     plan: Plan, where: str, kinds: dict[tuple[str, str], list[tuple[str, Any]]]
 ) -> None:
     """SearchError when the searched values give trials of different data (``kinds``:
-    (dataset, data kind) → the (key, value) tried that gave it): the objective of a
-    Bernoulli on binarised images and of a Gaussian on dequantised ones, or of two datasets
-    (``data=choice(digits,mnist)``), are numbers of different data, which the sampler would
+    (dataset and splits, data kind) → the (key, value) tried that gave it): the objective of
+    a Bernoulli on binarised images and of a Gaussian on dequantised ones, or of two
+    datasets or splits (``data=choice(digits,mnist)``, ``data.val_size=choice(500,1000)``),
+    are numbers of different data, which the sampler would
     rank against each other (and which the results frame refuses to collect together)."""
     if len(kinds) < 2:
         return
@@ -112,8 +121,11 @@ def _refuse_mixed_kinds(
     never = "the results table and figures never compare them"
     if len(datasets) > 1:  # the results frame never collects two datasets together
         tried = dict.fromkeys(v for values in by_key[key].values() for v in values)
-        never = "vaesweep collect refuses runs of two datasets together"
-        way = f"run one search per dataset ({', then '.join(f'{key}={render(v)}' for v in tried)})"
+        never = "vaesweep collect refuses runs of two datasets or splits together"
+        way = (
+            f"run one search per dataset and split "
+            f"({', then '.join(f'{key}={render(v)}' for v in tried)})"
+        )
     elif param.kind == "categorical":
         values = ",".join(override_text(v) for v in dict.fromkeys(param.choices))
         way = f"make {key} a grid axis, one study per kind of data ({key}={values})"
@@ -147,7 +159,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
                 try:
                     cfg = compose(config.hydra.job.config_name, overrides=job)
                     validate_config(cfg, in_job=False, references=references)
-                    data = (str(cfg.data.name), data_kind(cfg))
+                    data = (_dataset(cfg), data_kind(cfg))
                     kinds.setdefault(data, []).append((key, value))
                 except ConfigError as e:
                     refused.append((key, param, value, e))
