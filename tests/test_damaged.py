@@ -397,6 +397,33 @@ def test_a_run_is_never_resumed_on_other_data(finished, tmp_path):
     assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
 
 
+def test_a_run_whose_record_is_lost_is_checked_against_its_checkpoints_data(finished, tmp_path):
+    """results.json lost: the last checkpoint keeps the data the run trained on, and a
+    resume on other data is refused all the same (the directory left as it was)."""
+    import torch
+
+    run = copy_of(finished, tmp_path / "run")
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    kept = state["callbacks"]["Resumable"]["dataset"]
+    assert (
+        kept["fingerprint"]
+        == json.loads((run / RESULTS_FILE).read_text())["dataset"]["fingerprint"]
+    )
+    state["callbacks"]["Resumable"]["dataset"] = {**kept, "fingerprint": "d" * 64}
+    torch.save(state, last)
+    (run / RESULTS_FILE).unlink()
+    before = digests(run)
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    assert "this run cannot be resumed on these data" in proc.stderr, proc.stderr[-3000:]
+    assert "content fingerprint dddddddddddd" in proc.stderr
+    assert not (run / RESULTS_FILE).exists()
+    after = digests(run)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not any(k.startswith("checkpoints/") for k in changed), changed
+
+
 def test_a_run_is_never_evaluated_on_other_data(finished, tmp_path):
     """vaesweep evaluate scores a run on the data it recorded, or says it was not evaluated
     (naming both copies), never writing scores of other images under the run's name."""

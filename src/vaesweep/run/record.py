@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -154,14 +155,23 @@ def git_state(directory: Path) -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    """Python and package versions, plus the git state of the vaesweep source tree (the
-    directory holding the package: ``src/`` in a checkout)."""
+    """Python and package versions, the CPU kernels torch runs (``cpu_capability``), and the
+    git state of the vaesweep source tree (the directory holding the package: ``src/`` in a
+    checkout).
+
+    ``cpu_capability`` is the vector instruction set torch dispatches its CPU kernels to
+    (``AVX2``, ``AVX512``, ...; ``ATEN_CPU_CAPABILITY`` lowers it): kernels of two sets can
+    sum in another order, so the same config and seed can train to other last bits on two
+    machines, which training amplifies."""
     out: dict[str, Any] = {"python": platform.python_version()}
     for package in ("torch", "lightning", "hydra-core", "omegaconf", "wandb", "vaesweep"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             out[package] = None
+    torch = sys.modules.get("torch")  # loaded in a job (not imported here for it: slow)
+    backend = getattr(getattr(torch, "backends", None), "cpu", None)
+    out["cpu_capability"] = backend.get_cpu_capability() if backend is not None else None
     out["git"] = git_state(Path(__file__).resolve().parent.parent)
     return out
 
