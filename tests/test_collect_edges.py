@@ -691,6 +691,23 @@ def test_an_override_that_only_selects_config_groups_splits_no_configuration():
     assert stats["test/nll.mean"].tolist() == [13.5, 10.5]
 
 
+def test_runs_of_two_cpu_kernel_sets_are_named_in_the_notes():
+    """One commit, the same packages, but runs on an AVX-512 and an AVX2 machine (torch's
+    kernels sum in other orders, and per-pixel scales trained to other numbers): the note
+    names the cpu_capability of each."""
+    rows = [_hand_row(s, [f"seed={s}"], 10.0 + s) for s in range(3)]
+    for i, row in enumerate(rows):
+        row["identity"].update(
+            commit="89ef4567" + "0" * 32, dirty=False,
+            versions=f"python=3.11.7 torch=2.13.0 cpu_capability={'AVX2' if i else 'AVX512'}",
+        )  # fmt: skip
+    (note,) = frame.build_frame(rows).attrs["caveats"]
+    assert (
+        "commit 89ef4567, cpu_capability=AVX512: 1 run; commit 89ef4567, cpu_capability=AVX2: 2 runs"
+        in note
+    )
+
+
 def test_an_int_batch_limit_stays_an_int_beside_a_run_without_one():
     """trainer.limit_train_batches=1 (one batch an epoch) in two completed runs, beside a
     failed run whose config lacks the key (an older results.json): the column kept the

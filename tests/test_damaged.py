@@ -367,6 +367,80 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     assert json.loads((run / RESULTS_FILE).read_text())["attempts"] == left["attempts"] + 1
 
 
+def test_a_run_is_never_resumed_on_other_data(finished, tmp_path):
+    """An interrupted run whose earlier attempt recorded other data (another copy of the
+    dataset: data.root, $VAESWEEP_DATA_ROOT or a download read now where it read another)
+    is refused before it trains, naming both copies' fingerprints; its record and
+    checkpoints are kept, and with its own data the same command resumes it."""
+    run = copy_of(finished, tmp_path / "run")
+    left = _as_left(run, "interrupted", {"type": "JobInterrupted", "message": "SIGTERM", "step": 3})
+    own = dict(left["dataset"])
+    left["dataset"] = {**own, "fingerprint": "f" * 64, "source": "/elsewhere/digits"}
+    (run / RESULTS_FILE).write_text(json.dumps(left))
+    before = digests(run)
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    log = (run / "train.log").read_text()
+    assert "this run cannot be resumed on these data" in log, log[-3000:]
+    assert "read from /elsewhere/digits" in log and "content fingerprint ffffffffffff" in log
+    assert f"content fingerprint {own['fingerprint'][:12]}" in log  # the data read now
+    assert "checkpoints are kept" in log
+    after = digests(run)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not any(k.startswith("checkpoints/") for k in changed), changed
+    assert json.loads((run / RESULTS_FILE).read_text()) == left  # the record as it was
+    left["dataset"] = own  # the run's own data again
+    (run / RESULTS_FILE).write_text(json.dumps(left))
+    again = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {run} from" in (run / "train.log").read_text()
+    assert json.loads((run / RESULTS_FILE).read_text())["status"] == "completed"
+
+
+def test_a_run_whose_record_is_lost_is_checked_against_its_checkpoints_data(finished, tmp_path):
+    """results.json lost: the last checkpoint keeps the data the run trained on, and a
+    resume on other data is refused all the same (the directory left as it was)."""
+    import torch
+
+    run = copy_of(finished, tmp_path / "run")
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    kept = state["callbacks"]["Resumable"]["dataset"]
+    assert (
+        kept["fingerprint"]
+        == json.loads((run / RESULTS_FILE).read_text())["dataset"]["fingerprint"]
+    )
+    state["callbacks"]["Resumable"]["dataset"] = {**kept, "fingerprint": "d" * 64}
+    torch.save(state, last)
+    (run / RESULTS_FILE).unlink()
+    before = digests(run)
+    proc = run_cli([*ARGS, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    assert "this run cannot be resumed on these data" in proc.stderr, proc.stderr[-3000:]
+    assert "content fingerprint dddddddddddd" in proc.stderr
+    assert not (run / RESULTS_FILE).exists()
+    after = digests(run)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not any(k.startswith("checkpoints/") for k in changed), changed
+
+
+def test_a_run_is_never_evaluated_on_other_data(finished, tmp_path):
+    """vaesweep evaluate scores a run on the data it recorded, or says it was not evaluated
+    (naming both copies), never writing scores of other images under the run's name."""
+    run = copy_of(finished, tmp_path / "run")
+    result = json.loads((run / RESULTS_FILE).read_text())
+    result["dataset"] = {**result["dataset"], "fingerprint": "e" * 64}
+    (run / RESULTS_FILE).write_text(json.dumps(result))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaesweep", "evaluate", str(run), "eval.iwae_k=10"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert f"{run} was not evaluated: the run's data were digits" in proc.stderr, proc.stderr
+    assert "content fingerprint eeeeeeeeeeee" in proc.stderr
+    assert not (run / "evaluations").exists()
+
+
 def test_a_completed_result_without_a_test_score_is_tested_again(finished, tmp_path):
     """What versions before the non-finite check recorded for a NaN test/nll: ``completed``
     with a null score (collect lists it ``incomplete`` and the sweep's end says to continue).

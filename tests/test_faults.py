@@ -84,6 +84,33 @@ def test_allow_nonbinary_is_refused_where_it_changes_nothing():
                     "data.preprocess=scale"]) is None  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval",
+     "overfit_batches"],
+)  # fmt: skip
+def test_an_int_and_a_float_of_a_batches_or_fraction_key_are_two_jobs(key):
+    """Lightning reads trainer.limit_train_batches=1 as one batch and =1.0 as all of them:
+    a sweep of both is two jobs, not a repeat, and a run stored with one is not the job of
+    the other; beta=1 and beta=1.0 stay one job, and so do 0 and 0.0 (both off)."""
+    from vaesweep.run.policy import differences
+
+    assert check_distinct(jobs_of([f"trainer.{key}=1,1.0"])) is None
+    for same in ("beta=1,1.0", f"trainer.{key}=0.5,0.50"):
+        message = check_distinct(jobs_of([same]))
+        assert message is not None and "compute the same thing" in message, message
+    if key != "val_check_interval":  # 0 and 0.0 both turn it off: one job
+        message = check_distinct(jobs_of([f"trainer.{key}=0,0.0"]))
+        assert message is not None and "compute the same thing" in message, message
+    ((_, one),), ((_, whole),) = jobs_of([f"trainer.{key}=1"]), jobs_of([f"trainer.{key}=1.0"])
+    stored = json.loads(json.dumps(OmegaConf.to_container(whole, resolve=True)))  # results.json
+    assert differences(stored, one) == [(f"trainer.{key}", 1.0, 1)]
+    assert differences(stored, whole) == []
+    ((_, beta_int),), ((_, beta_float),) = jobs_of(["beta=1"]), jobs_of(["beta=1.0"])
+    assert differences(json.loads(json.dumps(OmegaConf.to_container(beta_float, resolve=True))),
+                       beta_int) == []  # fmt: skip
+
+
 def test_a_sweep_of_auto_and_what_it_resolves_to_is_refused():
     message = check_distinct(jobs_of(["likelihood=bernoulli", "data.preprocess=binarize,auto"]))
     assert message is not None and "compute the same thing" in message, message

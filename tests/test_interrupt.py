@@ -509,6 +509,8 @@ def test_ctrl_c_stops_a_parallel_sweep_and_the_relaunch_continues_it(
     out = output(proc)
     first = {k: result(v) for k, v in jobs(sweep).items() if (v / "results.json").exists()}
     assert sorted(first) == ["beta=2", "beta=4"]  # the third job never started
+    if launcher == "local_parallel":  # never handed out: not even its directory
+        assert sorted(jobs(sweep)) == ["beta=2", "beta=4"]
     for r in first.values():
         assert r["status"] == "interrupted", r["error"]
         assert r["error"]["type"] == "JobInterrupted" and "SIGINT" in r["error"]["message"]

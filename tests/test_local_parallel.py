@@ -77,6 +77,8 @@ APP = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.x == "odd":
             raise TwoArgs(1, 2)  # pickles, but does not unpickle
+        if cfg.x == "stop":  # as the sweep's guard does at a signal
+            Path(os.environ["VAESWEEP_STOP_FILE"]).write_text("SIGINT")
         time.sleep(0.3)
         (OUT / f"done-{cfg.x}").write_text(f"{os.getpid()} {time.time()}")
         return cfg.x
@@ -137,6 +139,47 @@ def test_workers_that_die_before_they_are_ready_lose_the_waiting_jobs(tmp_path):
         proc.stderr
     )
     assert "exit status 3" in proc.stderr
+
+
+def test_jobs_waiting_when_the_sweep_is_stopped_are_never_handed_out(tmp_path):
+    """The sweep's stop file written while the first job runs (as the guard writes it at a
+    signal): the waiting jobs never reach a worker, so no job directory is made for them,
+    where each was handed out, made its directory and returned at once."""
+    stop = tmp_path / ".stop-test"
+    proc = _app(tmp_path, "stop,a,b", 1, env={"VAESWEEP_STOP_FILE": str(stop)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert stop.read_text() == "SIGINT"
+    assert sorted(p.name for p in (tmp_path / "out").glob("start-*")) == ["start-stop"]
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0"]
+
+
+def test_a_worker_given_a_job_after_the_stop_makes_nothing(tmp_path):
+    """A job handed out just before the stop file appeared: the worker (a real spawned
+    one, through its pipe) checks the stop before it builds the job's config or makes its
+    directory, and answers NOT_STARTED, which the launching process records as no result."""
+    import multiprocessing
+    import pickle
+
+    from hydra_plugins.vaesweep_local_launcher import local_launcher
+
+    stop = tmp_path / ".stop-test"
+    stop.write_text("SIGTERM")
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    worker = context.Process(target=local_launcher._serve, args=(theirs,))
+    worker.start()
+    try:
+        assert ours.poll(60) and ours.recv_bytes() == local_launcher.READY
+        # No usable payload: a worker that went on to build the job would fail on it.
+        ours.send((0, ["+x=1"], pickle.dumps(None), {"VAESWEEP_STOP_FILE": str(stop)}, 1))
+        assert ours.poll(60) and ours.recv_bytes() == local_launcher.NOT_STARTED
+        ours.send(None)
+        worker.join(30)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stop-test"]
 
 
 def test_a_result_that_does_not_unpickle_fails_its_job_alone(tmp_path):

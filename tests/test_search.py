@@ -782,6 +782,39 @@ def test_a_search_over_kinds_of_data_is_refused(params, grid, refused):
     assert f"make {key} a grid axis, one study per kind of data ({refused})" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("params", "grid"),
+    [
+        ({"data": "choice(digits, mnist)"}, []),  # the same likelihood and preprocessing
+        ({"data": "choice(mnist, mnist_small)"}, ["likelihood=bernoulli,gaussian"]),
+        ({"beta": "interval(0.5, 2)", "data": "choice(digits, fashion_mnist)"}, []),
+        ({"data.val_size": "choice(100, 300)"}, ["data=digits"]),  # other validation examples
+    ],
+)
+def test_a_search_over_datasets_is_refused(params, grid):
+    """data=choice(...) ranked an ELBO of one dataset against another's (and the results
+    frame refuses to collect the two together): refused before any trial, one search per
+    dataset suggested, whatever else is searched and at every grid point."""
+    from vaesweep.sweep.search.checks import check_space_values
+
+    plan = Plan(parse_space(params, grid), "val/elbo", "maximize", 2, 1, "", "search", 1.0,
+                Path("."), ())  # fmt: skip
+    config = _multirun_config({})
+    example = {k: p.example() for k, p in plan.space.searched.items()}
+    key = "data" if "data" in params else "data.val_size"
+    first, second = params[key].removeprefix("choice(").removesuffix(")").split(", ")
+    with _composing(), pytest.raises(SearchError, match="gives trials of different data") as e:
+        check_space_values(config, plan, example)
+    message = str(e.value)
+    assert message.startswith(f"hydra.sweeper.params.{key}={params[key]}"), message
+    if key == "data":
+        assert f"data={first}: {first}, " in message and f"data={second}: {second}, " in message
+    else:
+        assert f"data.val_size={first}: digits (data.val_size={first}), " in message
+    assert f"per dataset and split ({key}={first}, then {key}={second})" in message
+    assert "vaesweep collect refuses runs of two datasets or splits together" in message
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
 @pytest.mark.parametrize("preprocess", ["auto", "binarize", "dequantize", "scale"])
 def test_a_searchs_kind_of_data_is_the_tables(likelihood, preprocess):

@@ -805,6 +805,22 @@ def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     assert len(results_under(tmp_path / "sweep")) == 4
 
 
+def test_a_relaunch_with_the_int_of_a_fraction_key_is_a_new_job(tmp_path):
+    """trainer.limit_train_batches=1.0 (the whole epoch) then =1 (one batch): Lightning
+    reads them as two settings, so the second launch trains a job of its own, where it was
+    refused as the first "written another way"."""
+    tiny = [a for a in TINY if not a.startswith("trainer.limit_train_batches=")]
+    args = [*tiny, "logger=none", "hydra.sweep.dir=sweep"]
+    first = run_cli(["-m", "trainer.limit_train_batches=1.0", *args], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli(["-m", "trainer.limit_train_batches=1", *args], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = {repr(r["config"]["trainer"]["limit_train_batches"]): r
+            for r in results_under(tmp_path / "sweep")}  # fmt: skip
+    assert set(runs) == {"1.0", "1"} and all(r["status"] == "completed" for r in runs.values())
+    assert runs["1"]["trained"]["steps"] == 1 < runs["1.0"]["trained"]["steps"]
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

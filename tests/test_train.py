@@ -140,6 +140,9 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
     # The IWAE bound is at least as tight as the ELBO.
     assert metrics["test/nll"] <= -metrics["test/elbo"] + 1e-6
     assert result["versions"]["torch"].startswith("2.13")
+    # The CPU kernels torch dispatched to (this process's, unless ATEN_CPU_CAPABILITY differs)
+    if "ATEN_CPU_CAPABILITY" not in os.environ:
+        assert result["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert result["dataset"]["fingerprint"] and result["dataset"]["sizes"]["test"] > 0
     assert result["dataset"]["source"]  # where the data were read
     assert result["precision"] == "32-true" and result["tested_checkpoint"] == "last"
@@ -172,6 +175,21 @@ def check_completed_run(result: dict, run_dir: Path) -> None:
             assert im.size[0] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_the_cpu_kernels_a_run_used_are_recorded(workdir):
+    """ATEN_CPU_CAPABILITY=avx2 makes torch run its AVX2 kernels on an AVX-512 machine
+    (another summation order, other last bits): results.json records the set the job ran,
+    as a fresh interpreter with the same variable reports it."""
+    env = {**cli_env(), "ATEN_CPU_CAPABILITY": "avx2"}
+    proc = run_cli([*TINY, "logger=none", "hydra.run.dir=run"], workdir, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(workdir)
+    told = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert result["versions"]["cpu_capability"] == told == "AVX2"
 
 
 def test_run_py_end_to_end_writes_a_complete_result(workdir):

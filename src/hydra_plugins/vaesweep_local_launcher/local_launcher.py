@@ -53,6 +53,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
+from vaesweep.run.signals import sweep_stopped
 from vaesweep.sweep.launching import (
     SweepLauncher,
     adopt_environment,
@@ -71,6 +72,8 @@ POLL_S = 1.0
 MAX_FAILED_STARTS = 3
 #: What a worker sends once it can take jobs, and how long it may take to start.
 READY = b"ready"
+#: What a worker sends for a job it was given after the sweep was stopped: it made nothing.
+NOT_STARTED = b"not started"
 READY_TIMEOUT_S = 300.0
 #: Signals a worker ignores between jobs (a job installs its own handlers for its lifetime).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -99,10 +102,13 @@ def _serve(conn: Connection) -> None:
         idx, overrides, payload, env, n_jobs = message
         shared = pickle.loads(payload)  # each launch's own (an Optuna search has several)
         adopt_environment(env)
-        sweep_config = job_config(idx, overrides, shared, n_jobs=n_jobs)
-        result = run_configured(sweep_config, shared)
+        if sweep_stopped():  # given just before the stop: no directory, no log, no result
+            reply = NOT_STARTED
+        else:
+            sweep_config = job_config(idx, overrides, shared, n_jobs=n_jobs)
+            reply = _reply(run_configured(sweep_config, shared), cloudpickle)
         try:
-            conn.send_bytes(_reply(result, cloudpickle))
+            conn.send_bytes(reply)
         except (BrokenPipeError, EOFError, OSError):
             return  # the launching process is gone
 
@@ -389,7 +395,12 @@ class _Launch:
 
     def _hand_out(self) -> None:
         """Gives waiting jobs to the ready idle workers of this launch's places, filling its
-        free places with idle workers of the same GPU, else with new workers."""
+        free places with idle workers of the same GPU, else with new workers. Once the sweep
+        is stopped (its guard wrote the stop file), none: the waiting jobs never start (no
+        directory; the summary lists them as not started)."""
+        if self.waiting and sweep_stopped():
+            self.waiting = []
+            return
         launcher = self.launcher
         launcher.fill_from_idle(self.slots)
         while len(self._ours()) < min(len(self.slots), len(self.waiting) + self._busy()):
@@ -428,7 +439,7 @@ class _Launch:
                     worker.ready = True
                     self.launcher.failed_starts = 0
                     return
-                if position is not None:
+                if position is not None and data != NOT_STARTED:
                     self.results[position] = self._read(data, position)
                 worker.job = None
                 return

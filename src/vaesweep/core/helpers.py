@@ -128,15 +128,49 @@ def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=False)
 
 
+#: Keys whose int and float Lightning reads differently: an int is a number of batches, a
+#: float a fraction of the epoch. Only at 1 do the two name different settings
+#: (``trainer.limit_train_batches=1``: one batch; ``=1.0``: all of them): 0 and 0.0 both
+#: turn it off, and a float above 1 is refused. See :func:`compared_number`.
+INT_OR_FRACTION = frozenset(
+    f"trainer.{key}"
+    for key in (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "val_check_interval",
+        "overfit_batches",
+    )
+)
+
+
+def compared_number(key: str, value: Any) -> Any:
+    """A config value as two jobs' configs are compared: a number as a float (``beta=1`` and
+    ``beta=1.0`` are one job), except the int 1 of an INT_OR_FRACTION key (one batch, not
+    the whole epoch), which stays an int; anything else unchanged."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return value
+    if key in INT_OR_FRACTION and isinstance(value, int) and value == 1:
+        return value
+    return float(value)
+
+
 def flatten(node: Any, prefix: str = "", as_float: bool = True) -> dict[str, Any]:
     """``{"a.b.c": leaf}`` for a nested dict; numbers become floats, so that ``beta=1`` and
-    ``beta=1.0`` compare equal (they are the same job). ``as_float=False``: the leaves as
-    they are (to show them as the user wrote them)."""
+    ``beta=1.0`` compare equal (they are the same job), except the int 1 of an
+    INT_OR_FRACTION key (:func:`compared_number`). ``as_float=False``: the leaves as they
+    are (to show them as the user wrote them)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
             out.update(flatten(value, f"{prefix}{key}.", as_float))
         return out
-    if as_float and isinstance(node, int | float) and not isinstance(node, bool):
-        return {prefix[:-1]: float(node)}
-    return {prefix[:-1]: node}
+    key = prefix[:-1]
+    return {key: compared_number(key, node) if as_float else node}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a == b`` for leaves of :func:`flatten`, where an int is left only where it differs
+    from the float of the same value (:func:`compared_number`): 1 is not 1.0 there."""
+    return a == b and isinstance(a, int) == isinstance(b, int)

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from vaesweep.core.checks import ConfigError
-from vaesweep.data.download import IDX_SOURCES, default_root, locate_idx, read_checked
+from vaesweep.data.download import (
+    IDX_SOURCES,
+    check_download,
+    default_root,
+    locate_idx,
+    read_checked,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -195,7 +201,26 @@ def _load_idx(
             )
         if arrays[f"{part}_images"].dtype != np.uint8:
             raise ValueError(f"{paths[f'{part}_images']}: expected uint8 pixels (type code 0x08)")
+    train_shape, test_shape = arrays["train_images"].shape, arrays["test_images"].shape
+    if train_shape[1:] != test_shape[1:]:  # a custom copy: the test would fail after training
+        raise ValueError(
+            f"dataset '{name}': {paths['train_images']} holds {train_shape[1]}x{train_shape[2]} "
+            f"images, {paths['test_images']} {test_shape[1]}x{test_shape[2]} ones: the two "
+            "files must be of one image size"
+        )
+    for role, least in (("train_images", 2), ("test_images", 1)):
+        if len(arrays[role]) < least:  # a training and a validation example, a test one
+            raise ValueError(
+                f"dataset '{name}': {paths[role]} holds {len(arrays[role])} images: at least "
+                f"{least} needed"
+            )
     n_train = len(arrays["train_images"])
+    if val_size is None and n_train <= 5000:  # the default does not fit a small copy
+        raise ConfigError(
+            f"data.val_size=null (5000 validation examples from the training file) is invalid "
+            f"for this copy of '{name}': {paths['train_images']} holds {n_train} images. "
+            f"Allowed: set data.val_size to an integer in [1, {n_train - 1}]"
+        )
     val = _check_size("data.val_size", 5000 if val_size is None else val_size, 1, n_train - 1, name)
     perm = _permutation(n_train)
     train = _build(
@@ -247,10 +272,15 @@ def check_available(
     name: str, root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> None:
     """Raises DatasetNotFoundError, naming every directory searched, when dataset ``name``
-    is read from IDX files that no searched directory holds and no download is asked for:
-    before anything is loaded, as :func:`load_dataset` would fail later."""
-    if name in IDX_SOURCES and not download:
-        locate_idx(name, default_root() if root is None else Path(root).expanduser(), False)
+    is read from IDX files that no searched directory holds and no download is asked for,
+    or when the download asked for would complete a directory holding a custom copy's
+    files: before anything is loaded, as :func:`load_dataset` would fail later."""
+    if name in IDX_SOURCES:
+        root_path = default_root() if root is None else Path(root).expanduser()
+        if download:  # a partial copy it would mix with the download: refused now
+            check_download(name, root_path)
+        else:
+            locate_idx(name, root_path, False)
 
 
 def load_dataset(

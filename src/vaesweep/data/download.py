@@ -173,6 +173,7 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     failures: list[str] = []
     if download:
         target = root / name
+        _refuse_mixed_copy(name, target)
         for file in source.files.values():
             if _find(file, target) is None:
                 failures = _download(file, source.mirrors, target)
@@ -196,6 +197,30 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     if source.install_hint:
         lines.append(f"  - {source.install_hint}")
     raise DatasetNotFoundError("\n".join(lines))
+
+
+def _refuse_mixed_copy(name: str, target: Path) -> None:
+    """DatasetNotFoundError when a download would complete ``target`` (the files it lacks)
+    beside a file that is not the release: a custom or subsampled copy's files mixed with
+    released ones. A partial release (an interrupted download) is completed."""
+    for file in IDX_SOURCES[name].files.values():
+        found = _find(file, target)
+        if found is not None and hashlib.md5(read_bytes(found)).hexdigest() != file.raw_md5:
+            raise DatasetNotFoundError(
+                f"dataset '{name}': data.download=true would complete {target}, but its "
+                f"{found.name} is not the released file (a custom or subsampled copy): the "
+                "downloaded files beside it would mix two copies of the dataset. Put the four "
+                "files of one copy there, or download into an empty directory (another "
+                "data.root)"
+            )
+
+
+def check_download(name: str, root: Path) -> None:
+    """What :func:`locate_idx` with ``download`` would refuse before downloading, checked
+    before a job opens its record: nothing when a searched directory holds all the files."""
+    source = IDX_SOURCES[name]
+    if all(_find_all(source, d) is None for d in _search_dirs(name, root)):
+        _refuse_mixed_copy(name, root / name)
 
 
 def _owner(file: IdxFile) -> str | None:
@@ -226,6 +251,13 @@ def read_checked(path: Path, file: IdxFile, ndim: int) -> np.ndarray:
     if md5 != file.raw_md5:
         wanted = _owner(file)
         other = _released_as(md5)
+        if other is not None and other[0] == wanted and other[1] != file.name:
+            raise DatasetNotFoundError(
+                f"dataset '{wanted}': {path} is its released {other[1]} (content md5 {md5}), "
+                f"not its {file.name}: renamed or copied over? Training on one split and "
+                f"testing on the other would look like a result. Put the released files "
+                f"under their own names in {path.parent}"
+            )
         if other is not None and wanted is not None and other[0] != wanted:
             raise DatasetNotFoundError(
                 f"dataset '{wanted}': {path} is the released {other[1]} of '{other[0]}' "

@@ -123,6 +123,8 @@ class Resumable(L.Callback):
         self.on_epoch_end = on_epoch_end
         self.val_metrics: dict[str, float] = {}
         self.best_val_elbo: float | None = None
+        #: The data the run reads (a datamodule's ``info``), kept in every checkpoint.
+        self.dataset: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signals.trainer = trainer
@@ -164,6 +166,7 @@ class Resumable(L.Callback):
             "val_metrics": dict(self.val_metrics),
             "best_val_elbo": self.best_val_elbo,
             "identity": self.identity,
+            "dataset": self.dataset,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ from vaesweep.run.config import check_training_split, require_training, resolve_
 from vaesweep.run.console import is_terminal
 from vaesweep.run.context import Job
 from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
-from vaesweep.run.record import RunRecord
+from vaesweep.run.record import RunRecord, data_changed
 from vaesweep.run.signals import StopSignals
 
 log = logging.getLogger("vaesweep")
@@ -88,9 +88,12 @@ def build_run(
     record: RunRecord | None,
     torch_threads: int,
     callbacks: tuple = (),
+    resume_from: Path | None = None,
 ) -> RunParts:
     """Seeds, threads, data, model, loggers and trainer of one job (benchmarks reuse it, with
-    their own extra Lightning ``callbacks``)."""
+    their own extra Lightning ``callbacks``). A job resumed from ``resume_from`` must read
+    the data its earlier attempts recorded (:func:`check_same_data`), checked before the
+    record takes the data read now."""
     if os.environ.get(TIMESTAMPS_ENV):
         callbacks = (*callbacks, Timestamps(os.environ[TIMESTAMPS_ENV], job.name))
     torch.set_num_threads(torch_threads)
@@ -104,6 +107,11 @@ def build_run(
     preprocess = resolve_preprocess(cfg)
     data = _build_data(cfg, preprocess)
     if record is not None:
+        if resume_from is not None:
+            recorded = record.previous_dataset
+            if recorded is None:  # results.json lost (or an older record): the checkpoint's
+                recorded = Resumable.stored_state(resume_from).get("dataset")
+            check_same_data(recorded, data.info, cfg)
         record.set_dataset(data.info)
     trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
@@ -315,6 +323,22 @@ def _optimization_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_same_data(recorded: Any, now: dict[str, Any], cfg: DictConfig) -> None:
+    """A resumed run reads the data its earlier attempts trained on, or is refused before
+    it trains (a ConfigError: its record and checkpoints are kept for the corrected
+    command)."""
+    changed = data_changed(recorded, now)
+    if changed:
+        root = cfg.data.get("root")
+        where = "data.root=null" if root is None else f"data.root={root}"
+        raise ConfigError(
+            f"this run cannot be resumed on these data ({where}): {changed}. Resuming would "
+            "train the rest of the run on other data. Allowed: the copy the run began on (set "
+            "data.root to it, or $VAESWEEP_DATA_ROOT where data.root is null), and the same "
+            "command resumes it; or train it from the start in another directory"
+        )
+
+
 def fit_and_test(
     cfg: DictConfig,
     job: Job,
@@ -348,8 +372,11 @@ def _fit_and_test(
         on_epoch_end=None if record is None else record.write,
         identity=None if record is None else record.data["config"],
     )
-    parts = build_run(cfg, job, record, torch_threads, callbacks=(resumable, ScheduleLength()))
+    callbacks = (resumable, ScheduleLength())
+    parts = build_run(cfg, job, record, torch_threads, callbacks, resume_from)
     trainer, model, data = parts.trainer, parts.model, parts.data
+    if record is not None:  # kept in every checkpoint, for a resume whose record is lost
+        resumable.dataset = data.info
     check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split
     resumable.signals.check()
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point

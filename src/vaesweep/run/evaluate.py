@@ -139,6 +139,7 @@ class Plan(NamedTuple):
     checkpoint: str  # last or best
     iwae_chunk: int | None
     precision: str  # the run's (evaluation_precision)
+    dataset: Any = None  # the data the run recorded (results.json's dataset)
 
 
 def tested_examples(limit: Any, split: int, eval_batch_size: int) -> int:
@@ -272,8 +273,9 @@ def plan_run(
     check_chunk_memory(cfg, iwae_k, iwae_chunk)
     precision = evaluation_precision(result.get("precision"), run_dir)
     return Plan(
-        run_dir, cfg, ckpt, name, label, examples, split, iwae_k, checkpoint, iwae_chunk, precision
-    )
+        run_dir, cfg, ckpt, name, label, examples, split, iwae_k, checkpoint, iwae_chunk,
+        precision, result.get("dataset"),
+    )  # fmt: skip
 
 
 def run_plan(plan: Plan) -> dict[str, Any]:
@@ -284,6 +286,18 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     if cfg.trainer.get("deterministic"):  # as the run's Trainer set it ("warn": warn only)
         torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
     data = _data(cfg, plan.examples if plan.examples < plan.split else None)
+    changed = record.data_changed(plan.dataset, data.info)
+    if changed:  # scores of other images would be named as the run's
+        root = cfg.data.get("root")
+        where = (
+            f"where its recorded data.root={root} points"
+            if root is not None
+            else "where $VAESWEEP_DATA_ROOT (its data.root is null) or the default search finds it"
+        )
+        raise ConfigError(
+            f"{plan.run_dir} was not evaluated: {changed}. Evaluate it with the copy it was "
+            f"trained and tested on, {where}"
+        )
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
     metrics = score(model, data, str(ckpt), plan.precision)
     evaluation = {
@@ -330,7 +344,8 @@ def evaluate_sweep(
 ) -> SweepEvaluation:
     """Evaluates every completed run below ``dirs``, as ``vaesweep collect`` counts them
     (:func:`result_status`: not a ``fast_dev_run`` nor an ``incomplete`` result). Every
-    run's refusal (:func:`plan_run`) comes before any run is scored; a refused run is a
+    run's refusal (:func:`plan_run`) comes before any run is scored, except data that differ
+    from the run's (known once they are read, when its turn comes); a refused run is a
     problem and the others go on. ``progress``: told one line per run evaluated, found
     already evaluated, or left out (with its status and why)."""
     check_settings(iwae_k, checkpoint, iwae_chunk, test_examples)

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import flatten, plain
+from vaesweep.core.helpers import flatten, plain, same_value
 from vaesweep.model.components import with_targets
 from vaesweep.run import record
 from vaesweep.run.claims import ClaimInfo, held_by_other
@@ -183,7 +183,7 @@ def differences(stored: dict[str, Any], requested: DictConfig) -> list[tuple[str
             _as_written(written_new, new, key, absent),
         )
         for key in sorted(keys)
-        if old.get(key, absent) != new.get(key, absent)
+        if not same_value(old.get(key, absent), new.get(key, absent))
     ]
 
 

@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -154,14 +155,23 @@ def git_state(directory: Path) -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    """Python and package versions, plus the git state of the vaesweep source tree (the
-    directory holding the package: ``src/`` in a checkout)."""
+    """Python and package versions, the CPU kernels torch runs (``cpu_capability``), and the
+    git state of the vaesweep source tree (the directory holding the package: ``src/`` in a
+    checkout).
+
+    ``cpu_capability`` is the vector instruction set torch dispatches its CPU kernels to
+    (``AVX2``, ``AVX512``, ...; ``ATEN_CPU_CAPABILITY`` lowers it): kernels of two sets can
+    sum in another order, so the same config and seed can train to other last bits on two
+    machines, which training amplifies."""
     out: dict[str, Any] = {"python": platform.python_version()}
     for package in ("torch", "lightning", "hydra-core", "omegaconf", "wandb", "vaesweep"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             out[package] = None
+    torch = sys.modules.get("torch")  # loaded in a job (not imported here for it: slow)
+    backend = getattr(getattr(torch, "backends", None), "cpu", None)
+    out["cpu_capability"] = backend.get_cpu_capability() if backend is not None else None
     out["git"] = git_state(Path(__file__).resolve().parent.parent)
     return out
 
@@ -185,6 +195,8 @@ class RunRecord:
         self._t0 = time.monotonic()
         previous = previous or {}
         self._earlier_s = float(previous.get("duration_s") or 0.0)
+        #: The data the earlier attempt recorded (its ``dataset``), None without one.
+        self.previous_dataset: Any = previous.get("dataset")
         self.data: dict[str, Any] = {
             "status": RUNNING,
             "metrics": {},
@@ -200,7 +212,9 @@ class RunRecord:
             "attempts": int(previous.get("attempts") or 1) + 1 if previous else 1,
             "wandb_run_id": wandb_run_id,
             "versions": versions(),
-            "dataset": None,
+            # The earlier attempt's until this one has read its data (a resume checks them
+            # against it first): a kill in between must not lose what the run trained on.
+            "dataset": previous.get("dataset"),
             "precision": None,
             "tested_checkpoint": None,
             "trained": None,
@@ -221,6 +235,8 @@ class RunRecord:
         write_json_atomic(self.path, json_safe(self.data))
 
     def set_dataset(self, info: dict[str, Any]) -> None:
+        """Records the data the run reads now (``previous_dataset`` keeps the earlier
+        attempt's, for :func:`data_changed`)."""
         self.data["dataset"] = info
         self.write()
 
@@ -523,3 +539,26 @@ def sweep_results(sweep_dir: Path) -> list[dict[str, Any]]:
         elif (job_dir / ".hydra").is_dir():
             out.append(missing_result(job_dir))
     return out
+
+
+def data_changed(recorded: Any, now: dict[str, Any]) -> str | None:
+    """How the data read now (a datamodule's ``info``) differ from those a run recorded
+    (results.json's ``dataset``), in words; None when their content fingerprints agree or
+    the run recorded none. The fingerprint covers every split's images (their bytes, the
+    split sizes and shapes): the same name and size read from another copy (``data.root``,
+    ``$VAESWEEP_DATA_ROOT``, a Debian package, a download) differs when the images do."""
+    old = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    if not isinstance(old, str) or old == now.get("fingerprint"):
+        return None
+
+    def described(info: dict[str, Any], fingerprint: Any) -> str:
+        source = info.get("source") or "a source not recorded"
+        return (
+            f"{info.get('name')} read from {source}, splits {info.get('sizes')}, content "
+            f"fingerprint {str(fingerprint)[:12]}"
+        )
+
+    return (
+        f"the run's data were {described(recorded, old)}; the data read now are "
+        f"{described(now, now.get('fingerprint'))}"
+    )

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
 from vaesweep.core.checks import ConfigError
-from vaesweep.core.helpers import command_again, launcher_note, now
+from vaesweep.core.helpers import command_again, compared_number, launcher_note, now
 from vaesweep.run.config import validate_config
 from vaesweep.run.context import (
     RESTARTED,
@@ -570,7 +570,8 @@ def sweep_refusal(
 
 def _as_values(overrides: list[str]) -> tuple | None:
     """The overrides as (key, value) pairs, numbers as floats, sorted: ``beta=1.0`` and
-    ``beta=1`` give the same pairs; keys that change no result (``logger=csv``,
+    ``beta=1`` give the same pairs (not so ``trainer.limit_train_batches=1`` and ``=1.0``:
+    compared_number); keys that change no result (``logger=csv``,
     ``trainer.enable_progress_bar=false``: NOT_RESULTS) left out. None when one does not
     parse."""
     try:
@@ -580,8 +581,7 @@ def _as_values(overrides: list[str]) -> tuple | None:
     pairs = []
     for o in parsed:
         value = o.value()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = float(value)
+        value = compared_number(o.key_or_group, value)
         if changes_results(o.key_or_group):
             pairs.append((o.get_key_element(), repr(value)))
     return tuple(sorted(pairs))

@@ -344,7 +344,8 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
 
 def _code_states(records: list[dict[str, Any]]) -> list[str]:
     """A note when the completed runs come from more than one code state (git commit, dirty
-    flag, Python and package versions, as results.json records them; unknown for W&B rows):
+    flag, Python and package versions, the CPU kernels torch ran (``cpu_capability``), as
+    results.json records them; unknown for W&B rows):
     their numbers are aggregated and compared together, which only holds if the code did
     not change them. Names each state, the packages that differ, and its runs' count."""
     states: dict[tuple[Any, Any, Any], int] = {}

@@ -87,24 +87,46 @@ def data_kind(cfg: DictConfig) -> str:
     return data_label(likelihood_class(cfg).data_kind, resolve_preprocess(cfg))
 
 
-def _refuse_mixed_kinds(plan: Plan, where: str, kinds: dict[str, list[tuple[str, Any]]]) -> None:
-    """SearchError when the searched values give trials of different data kinds (``kinds``:
-    kind → the (key, value) tried that gave it): the objective of a Bernoulli on binarised
-    images and of a Gaussian on dequantised ones are numbers of different data, which the
-    sampler would rank against each other."""
+def _dataset(cfg: DictConfig) -> str:
+    """The data a trial is scored on, as its config tells them: the dataset and the split
+    sizes it sets (other sizes, other validation and test examples)."""
+    sizes = [f"data.{k}={cfg.data.get(k)}" for k in ("val_size", "test_size")]
+    sizes = [s for s in sizes if not s.endswith("=None")]
+    return str(cfg.data.name) + (f" ({', '.join(sizes)})" if sizes else "")
+
+
+def _refuse_mixed_kinds(
+    plan: Plan, where: str, kinds: dict[tuple[str, str], list[tuple[str, Any]]]
+) -> None:
+    """SearchError when the searched values give trials of different data (``kinds``:
+    (dataset and splits, data kind) → the (key, value) tried that gave it): the objective of
+    a Bernoulli on binarised images and of a Gaussian on dequantised ones, or of two
+    datasets or splits (``data=choice(digits,mnist)``, ``data.val_size=choice(500,1000)``),
+    are numbers of different data, which the sampler would
+    rank against each other (and which the results frame refuses to collect together)."""
     if len(kinds) < 2:
         return
-    by_key: dict[str, dict[str, list[Any]]] = {}
-    for kind, tried in kinds.items():
+    by_key: dict[str, dict[tuple[str, str], list[Any]]] = {}
+    for data, tried in kinds.items():
         for key, value in tried:
-            by_key.setdefault(key, {}).setdefault(kind, []).append(value)
+            by_key.setdefault(key, {}).setdefault(data, []).append(value)
     key = next((k for k, v in by_key.items() if len(v) > 1), next(iter(by_key)))
     param = plan.space.searched[key]
+    datasets = {name for name, _ in by_key[key]}
     gives = "; ".join(
-        f"{', '.join(f'{key}={render(v)}' for v in values)}: {kind}"
-        for kind, values in by_key[key].items()
+        f"{', '.join(f'{key}={render(v)}' for v in values)}: "
+        + (f"{name}, {kind}" if len(datasets) > 1 else kind)
+        for (name, kind), values in by_key[key].items()
     )
-    if param.kind == "categorical":
+    never = "the results table and figures never compare them"
+    if len(datasets) > 1:  # the results frame never collects two datasets together
+        tried = dict.fromkeys(v for values in by_key[key].values() for v in values)
+        never = "vaesweep collect refuses runs of two datasets or splits together"
+        way = (
+            f"run one search per dataset and split "
+            f"({', then '.join(f'{key}={render(v)}' for v in tried)})"
+        )
+    elif param.kind == "categorical":
         values = ",".join(override_text(v) for v in dict.fromkeys(param.choices))
         way = f"make {key} a grid axis, one study per kind of data ({key}={values})"
     else:
@@ -112,8 +134,7 @@ def _refuse_mixed_kinds(plan: Plan, where: str, kinds: dict[str, list[tuple[str,
     raise SearchError(
         f"hydra.sweeper.params.{key}={param.describe()}{where} gives trials of different "
         f"data ({gives}): their {plan.objective} are numbers of different data and cannot "
-        "be ranked against each other (the results table and figures never compare them); "
-        f"{way}, or search the values of one kind only"
+        f"be ranked against each other ({never}); {way}, or search the values of one kind only"
     )
 
 
@@ -130,7 +151,7 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
         where = f" at the grid point {' '.join(point)}" if point else ""
         tried: list[str] = []
         refused: list[tuple[str, Any, Any, ConfigError]] = []
-        kinds: dict[str, list[tuple[str, Any]]] = {}  # data kind → (key, value) tried
+        kinds: dict[tuple[str, str], list[tuple[str, Any]]] = {}  # data → (key, value) tried
         for key, param in plan.space.searched.items():
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
             for value in dict.fromkeys(values):
@@ -138,7 +159,8 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
                 try:
                     cfg = compose(config.hydra.job.config_name, overrides=job)
                     validate_config(cfg, in_job=False, references=references)
-                    kinds.setdefault(data_kind(cfg), []).append((key, value))
+                    data = (_dataset(cfg), data_kind(cfg))
+                    kinds.setdefault(data, []).append((key, value))
                 except ConfigError as e:
                     refused.append((key, param, value, e))
                 except Exception:  # not the value's fault: the trial reports it itself
