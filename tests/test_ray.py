@@ -709,7 +709,9 @@ def test_the_gpu_check_skips_every_step_once_its_budget_is_spent(workdir):
     assert proc.returncode == 0, (out + proc.stderr)[-3000:]
     # step 1, the four Ray sweeps, local_parallel, and the two determinism runs
     assert out.count("(skipped: 0 s left of GPU_CHECK_BUDGET=1 s)") == 1 + 4 + 1 + 2, out
-    assert not list((workdir / "check").glob("sweep_k*")) and not (workdir / "check" / "det1").exists()
+    assert (
+        not list((workdir / "check").glob("sweep_k*")) and not (workdir / "check" / "det1").exists()
+    )
     assert "two runs: not compared (0 of 2 completed)" in out
 
 
