@@ -224,19 +224,25 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     assert not (custom / f"{IDX_NAMES['test_images']}.gz").exists()
 
 
+def released_as(directory: Path) -> data.IdxSource:
+    """A source whose released files are the four IDX files in ``directory`` (their md5s
+    registered as the canonical ones), with no mirror."""
+    files = {}
+    for role, name in IDX_NAMES.items():
+        path = directory / name if (directory / name).exists() else directory / f"{name}.gz"
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        files[role] = data.IdxFile(name, "0" * 32, hashlib.md5(raw).hexdigest())
+    return data.IdxSource(files=files, mirrors=())
+
+
 def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch):
     """MNIST and Fashion-MNIST name their four files alike: a shared data root (searched
     after <root>/<name>) or a system directory holding one must not be read as the other.
     Here "fashion_mnist" releases the test's own files (its md5s registered)."""
     shared = tmp_path / "root"
     make_idx_dataset(shared)
-    files = {}
-    for role, name in IDX_NAMES.items():
-        path = shared / name if (shared / name).exists() else shared / f"{name}.gz"
-        raw = path.read_bytes()
-        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
-        files[role] = data.IdxFile(name, "0" * 32, hashlib.md5(raw).hexdigest())
-    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", data.IdxSource(files=files, mirrors=()))
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", released_as(shared))
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("mnist", root=shared, val_size=4)
     message = str(err.value)
@@ -257,13 +263,7 @@ def test_a_released_split_under_another_splits_name_is_refused(tmp_path, monkeyp
     naming what the file is."""
     root = tmp_path / "root"
     make_idx_dataset(root)
-    files = {}
-    for role, name in IDX_NAMES.items():
-        path = root / name if (root / name).exists() else root / f"{name}.gz"
-        raw = path.read_bytes()
-        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
-        files[role] = data.IdxFile(name, "0" * 32, hashlib.md5(raw).hexdigest())
-    monkeypatch.setitem(IDX_SOURCES, "mnist", data.IdxSource(files=files, mirrors=()))
+    monkeypatch.setitem(IDX_SOURCES, "mnist", released_as(root))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the release itself: read without a warning
         assert load_dataset("mnist", root=root, val_size=4).sizes["test"] == 9

@@ -696,15 +696,20 @@ def test_an_optuna_search_batches_its_trials_through_ray(workdir):
     assert "ray_launcher" in json.loads((workdir / "sweep" / "sweep.json").read_text())["launcher"]
 
 
+def gpu_check(workdir: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.sh's dry run (GPU_CHECK_DRY_RUN=1) into ``workdir``/check,
+    with the extra environment ``env``."""
+    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check"), **env}
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def test_the_gpu_check_skips_every_step_once_its_budget_is_spent(workdir):
     """GPU_CHECK_BUDGET bounds the whole check (the steps' own limits add up to ~25 min):
     with no budget left, every step says it was skipped, none starts, and the script ends."""
-    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check"),
-           "GPU_CHECK_BUDGET": "1"}  # fmt: skip
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = gpu_check(workdir, timeout=120, GPU_CHECK_BUDGET="1")
     out = proc.stdout
     assert proc.returncode == 0, (out + proc.stderr)[-3000:]
     # step 1, the four Ray sweeps, local_parallel, and the two determinism runs
@@ -722,13 +727,8 @@ def test_the_gpu_check_ends_within_its_budget(workdir):
     (a quarter of the budget is kept for it)."""
     needs_ray()
     budget = 75
-    env = {**cli_env(), "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_DIR": str(workdir / "check"),
-           "GPU_CHECK_BUDGET": str(budget)}  # fmt: skip
     t0 = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), sys.executable],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = gpu_check(workdir, timeout=600, GPU_CHECK_BUDGET=str(budget))
     wall = time.monotonic() - t0
     out = proc.stdout
     assert proc.returncode == 0, (out + proc.stderr)[-3000:]
