@@ -189,7 +189,9 @@ def test_the_cpu_kernels_a_run_used_are_recorded(workdir):
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    assert result["versions"]["cpu_capability"] == told == "AVX2"
+    assert result["versions"]["cpu_capability"] == told
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # lowered, as asked
+        assert told == "AVX2"
 
 
 def test_run_py_end_to_end_writes_a_complete_result(workdir):
