@@ -108,7 +108,7 @@ def build_run(
     data = _build_data(cfg, preprocess)
     if record is not None:
         if resume_from is not None:
-            recorded = record.previous_dataset
+            recorded = record.data["dataset"]  # the earlier attempt's, until set below
             if recorded is None:  # results.json lost (or an older record): the checkpoint's
                 recorded = Resumable.stored_state(resume_from).get("dataset")
             check_same_data(recorded, data.info, cfg)

@@ -195,8 +195,6 @@ class RunRecord:
         self._t0 = time.monotonic()
         previous = previous or {}
         self._earlier_s = float(previous.get("duration_s") or 0.0)
-        #: The data the earlier attempt recorded (its ``dataset``), None without one.
-        self.previous_dataset: Any = previous.get("dataset")
         self.data: dict[str, Any] = {
             "status": RUNNING,
             "metrics": {},
@@ -235,7 +233,7 @@ class RunRecord:
         write_json_atomic(self.path, json_safe(self.data))
 
     def set_dataset(self, info: dict[str, Any]) -> None:
-        """Records the data the run reads now (``previous_dataset`` keeps the earlier
+        """Records the data the run reads now (until then ``data["dataset"]`` is the earlier
         attempt's, for :func:`data_changed`)."""
         self.data["dataset"] = info
         self.write()

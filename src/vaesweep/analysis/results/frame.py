@@ -310,12 +310,12 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
         key = json.dumps([config, record["dataset_fingerprint"]], sort_keys=True, default=str)
         groups.setdefault(key, []).append(i)
     differ: list[str] = []
+
+    def trained(i: int) -> str:  # its metrics, not those of later evaluations
+        values = {k: v for k, v in rows[i]["metrics"].items() if "@" not in k}
+        return json.dumps(values, sort_keys=True, default=str)
+
     for members in groups.values():
-
-        def trained(i: int) -> str:  # its metrics, not those of later evaluations
-            values = {k: v for k, v in rows[i]["metrics"].items() if "@" not in k}
-            return json.dumps(values, sort_keys=True, default=str)
-
         # The newest run counts; of runs that finished alike (copies), the first one read.
         kept = max(members, key=lambda i: (str(rows[i].get("finished_at") or ""), -i))
         for i in members:

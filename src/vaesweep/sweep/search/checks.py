@@ -90,8 +90,9 @@ def data_kind(cfg: DictConfig) -> str:
 def _dataset(cfg: DictConfig) -> str:
     """The data a trial is scored on, as its config tells them: the dataset and the split
     sizes it sets (other sizes, other validation and test examples)."""
-    sizes = [f"data.{k}={cfg.data.get(k)}" for k in ("val_size", "test_size")]
-    sizes = [s for s in sizes if not s.endswith("=None")]
+    sizes = [
+        f"data.{k}={v}" for k in ("val_size", "test_size") if (v := cfg.data.get(k)) is not None
+    ]
     return str(cfg.data.name) + (f" ({', '.join(sizes)})" if sizes else "")
 
 
