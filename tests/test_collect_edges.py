@@ -865,3 +865,62 @@ def test_one_batch_and_the_whole_training_set_are_not_one_setting():
     df = frame.build_frame(rows)
     said = setting(df)
     assert "of 1 batch" not in said and "(trainer.limit_train_batches varies)" in said
+
+
+def test_a_seed_recorded_once_as_beta_1_and_once_as_1_0_counts_once():
+    """Hydra records ``beta=1`` (a grid's value) as the int 1 and the default ``beta: 1.0``
+    as a float: the same run collected from both sweeps is one seed, a duplicate, not two
+    (the text of the configs differed, so it was counted twice: mean 10.67 over 3 seeds
+    instead of 11 over 2)."""
+    rows = [
+        _hand_row(0, ["beta=1", "seed=0"], 10.0),
+        _hand_row(0, ["beta=1.0", "seed=0"], 10.0),
+        _hand_row(1, ["beta=1.0", "seed=1"], 12.0),
+    ]
+    rows[0]["config"]["beta"] = 1  # as Hydra records the grid's "1"
+    for row, name in zip(rows, ("a", "b", "c"), strict=True):
+        row["identity"]["run_dir"] = f"runs/{name}"
+    df = frame.build_frame(rows)
+    assert sorted(df["status"]) == ["completed", "completed", "duplicate"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the excluded duplicate: asserted above
+        stats = aggregate(df, metrics=["test/nll"])
+    assert stats["test/nll.count"].tolist() == [2]
+    assert stats["test/nll.mean"].tolist() == [11.0]
+    assert stats["test/nll.std"].tolist() == [pytest.approx(math.sqrt(2.0))]
+
+
+def test_a_sweep_of_one_batch_and_every_batch_aggregates_them_apart():
+    """``trainer.limit_train_batches=1,1.0`` with two seeds each: Lightning trains one batch
+    an epoch at 1 and every batch at 1.0, so the aggregates have two rows of two seeds (a
+    column of numbers pooled them: one row of four); the column holds the values as
+    written, and a note says why."""
+    rows = []
+    for limit, nlls in ((1, (100.0, 102.0)), (1.0, (50.0, 52.0))):
+        for seed, nll in enumerate(nlls):
+            row = _hand_row(seed, [f"trainer.limit_train_batches={limit}", f"seed={seed}"], nll)
+            row["config"]["trainer.limit_train_batches"] = limit
+            row["identity"]["run_dir"] = f"runs/{limit}-{seed}"
+            rows.append(row)
+    df = frame.build_frame(rows)
+    assert df.attrs["swept"] == ["trainer.limit_train_batches", "seed"]
+    stats = aggregate(df, metrics=["test/nll"])
+    assert stats["trainer.limit_train_batches"].tolist() == ["1", "1.0"]
+    assert stats["test/nll.mean"].tolist() == [101.0, 51.0]
+    assert stats["test/nll.count"].tolist() == [2, 2]
+    assert any("holds 1 (one batch) and 1.0 (every batch)" in n for n in df.attrs["notes"])
+    assert len(results_table(df).rows) == 2
+
+
+def test_a_swept_key_of_numbers_and_text_is_collected_in_order(sweep, tmp_path):
+    """``trainer.precision=32,bf16-mixed`` (an int and a str) with one seed: the frame sorts
+    numbers before text (sorting the column raised TypeError, a traceback from collect)."""
+    rows = [
+        _hand_row(0, [f"trainer.precision={p}"], nll) for p, nll in (("bf16-mixed", 2.0), (32, 1.0))
+    ]
+    for row, p in zip(rows, ("bf16-mixed", 32), strict=True):
+        row["config"]["trainer.precision"] = p
+        row["identity"]["run_dir"] = f"runs/{p}"
+    df = frame.build_frame(rows)
+    assert df["trainer.precision"].tolist() == [32, "bf16-mixed"]
+    assert df["test/nll"].tolist() == [1.0, 2.0]

@@ -335,9 +335,10 @@ def test_table_bolds_the_best_mean_of_each_column(sweep):
     ):
         column = table.columns.index(metric)
         values = [np.mean([m[metric] for m in means[k]]) for k in ordered]
-        assert [row[column] for row in table.best] == [
-            i == pick(values) for i in range(len(ordered))
-        ]
+        # Bold: the best mean, and every row that prints the same mean (to its digits).
+        shown = [row[column].split(" ± ")[0] for row in table.rows]
+        best = int(pick(values))
+        assert [row[column] for row in table.best] == [s == shown[best] for s in shown]
     kl = table.columns.index("test/kl")
     assert not any(row[kl] for row in table.best)  # the rate has no better direction
     latex = table.to_latex()
@@ -669,3 +670,44 @@ def test_rate_distortion_means_leave_out_infinite_values():
     lines = [line for line in fig.axes[1].get_lines() if len(line.get_xdata())]
     ((xs, ys),) = [(list(line.get_xdata()), list(line.get_ydata())) for line in lines]
     assert xs == pytest.approx([0.2, 0.2]) and ys == [6.0, 3.0]
+
+
+def test_every_row_that_shows_the_best_mean_is_bold():
+    """β = 0.5 and β = 1 both average 11.00 (10, 12 and 11, 11): both bold, in Markdown and
+    LaTeX (bolding one of two equal cells would claim a difference the table does not show);
+    β = 2's 11.004 shows as 11.00 too, so it is as bold. β = 4 is not."""
+    df = _hand_frame({0.5: [10.0, 12.0], 1.0: [11.0, 11.0], 2.0: [11.004, 11.004], 4.0: [20.0]})
+    table = results_table(df)
+    nll = table.columns.index("test/nll")
+    assert [row[nll] for row in table.rows][:3] == ["11.00 ± 1.41", "11.00 ± 0.00", "11.00 ± 0.00"]
+    assert [row[nll] for row in table.best] == [True, True, True, False]
+    assert table.to_markdown().count("**11.00") == 3
+    assert table.to_latex().count(r"\textbf{11.00") == 3
+
+
+def test_a_setting_swept_to_null_is_labelled_null():
+    """``likelihood.scale_lr=null,0.01`` (null: the optimiser's learning rate): the legend
+    tells the two lines apart (``scale_lr=null``; the null line had no label, so no legend
+    was drawn), and the table's setting cell reads ``null`` ("–" is a metric cell with no
+    finite value)."""
+    from vaesweep.analysis.figures.style import line_styles
+
+    df = pd.concat(
+        [
+            _hand_frame({1.0: [10.0, 11.0]}, **{"likelihood.scale_lr": lr, "test/elbo": -12.0})
+            for lr in (None, 0.01)
+        ],
+        ignore_index=True,
+    )
+    df.attrs = {
+        "swept": ["likelihood.scale_lr", "beta", "seed"],
+        "metrics": ["test/nll", "test/kl"],
+        "notes": [],
+    }
+    styles = line_styles([(None,), (0.01,)], ["likelihood.scale_lr"], ["gaussian"] * 2, [None] * 2)
+    labels = [style.label for style in styles.values()]
+    assert len(set(labels)) == 2 and labels[0].endswith("=null") and labels[1].endswith("=0.01")
+    fig = metric_vs_beta(df.assign(**{"config.likelihood.name": "gaussian"}))
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 2
+    table = results_table(df)
+    assert sorted(row[0] for row in table.rows) == ["0.01", "null"]

@@ -488,7 +488,41 @@ def test_a_wandb_run_has_the_status_the_job_wrote_not_only_its_state(tmp_path):
         return frame_from_wandb([fake], completed_required=False)["status"].iloc[0]
 
     assert status("failed", {"status": "interrupted"}) == "interrupted"
-    assert status("finished", {"status": "completed"}) == "completed"
+    scores = {"test/nll": 90.0, "test/elbo": -95.0}
+    assert status("finished", {"status": "completed", **scores}) == "completed"
+    # the diverged run's summary has no finite test score: not completed, as results.json
+    assert status("finished", {"status": "completed"}) == "incomplete"
     assert status("running", {"status": "interrupted"}) == "running"  # resumed, running
     assert status("crashed", {"status": "interrupted"}) == "failed"  # resumed, then lost
     assert status("failed", {"status": "exploded"}) == "failed"  # no status of vaesweep's
+
+
+def test_a_finished_wandb_run_is_checked_as_a_results_file_is():
+    """From W&B, as from results.json: a finished ``trainer.fast_dev_run`` run is
+    ``fast_dev_run`` and a finished run without a finite test NLL is ``incomplete``, each
+    with the reason, not ``completed`` rows of the aggregates."""
+
+    def record(name: str, trainer: dict, summary: dict) -> dict:
+        return {
+            "path": f"entity/project/{name}",
+            "name": f"beta={name}",
+            "group": "g",
+            "state": "finished",
+            "config": {"seed": 0, "beta": 1.0, "data": {"name": "digits"}, "trainer": trainer},
+            "summary": {"status": "completed", **summary},
+            "job_type": "train",
+        }
+
+    scores = {"test/nll": 90.0, "test/elbo": -95.0}
+    df = frame_from_wandb(
+        [
+            record("1", {"max_epochs": 2}, scores),
+            record("2", {"max_epochs": 2, "fast_dev_run": True}, scores),
+            record("4", {"max_epochs": 2}, {"test/elbo": -95.0}),
+        ]
+    ).set_index("job_name")
+    assert df.loc["beta=1", "status"] == "completed" and pd.isna(df.loc["beta=1", "error"])
+    assert df.loc["beta=2", "status"] == "fast_dev_run"
+    assert "fast_dev_run" in df.loc["beta=2", "error"]
+    assert df.loc["beta=4", "status"] == "incomplete"
+    assert "test/nll" in df.loc["beta=4", "error"]

@@ -216,10 +216,10 @@ def line_styles(
         out = []
         for config, pair in zip(configs, pairs, strict=True):
             parts = [likelihood_label(*pair)] if name_them else []
-            parts += [
-                f"{names[k]}={compact(v, digits)}"
+            parts += [  # an explicit null is a setting, as any other value
+                f"{names[k]}={'null' if _is_missing(v) else compact(v, digits)}"
                 for k, v, other in zip(keys, config, others, strict=True)
-                if other and not _is_missing(v)
+                if other
             ]
             out.append("; ".join(parts))
         return out

@@ -190,8 +190,10 @@ def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | N
 
 
 def _value(key: str, value: object) -> str:
+    """A setting's cell: as written, an explicit null as ``null`` ("–" is a metric cell
+    without a finite value)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "null"
     if key == "likelihood":
         return likelihood_label(str(value), None)
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -233,8 +235,10 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
         for _, part in parts:  # never ranked across kinds of data
             means = part[f"{m}.mean"]
             means = means[np.isfinite(means.to_numpy(dtype=float))]  # never a "–" cell
-            if len(means):
-                best_rows[m].add(means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax())
+            if len(means):  # every row that shows the best mean is bold, not one of them
+                shown = means.map(lambda v, d=decimals[m]: f"{v:.{d}f}")
+                best = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
+                best_rows[m].update(shown.index[shown == shown[best]])
     fewer, fewer_note = _fewer_seeds(stats, present)
     rows, best, marks = [], [], []
     for i, stat in stats.iterrows():

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from vaesweep.core.helpers import plural
+from vaesweep.core.helpers import INT_OR_FRACTION, compared_number, plural
 from vaesweep.run.record import COMPLETED, DUPLICATE, changes_results
 
 IDENTITY = (
@@ -117,10 +117,50 @@ def _selects_groups(key: str, rows: list[dict[str, Any]], known: list[int]) -> b
     return not any(key in rows[i]["config"] or f"{key}.name" in rows[i]["config"] for i in known)
 
 
-def _comparable(value: Any) -> Any:
+def _comparable(value: Any, key: str = "") -> Any:
+    """``value`` as runs are told apart by it: NaN is None; numbers compare as numbers
+    (``beta`` 1 and 1.0 are one value), but for the batch-or-fraction keys
+    (``trainer.limit_train_batches``, ..., :data:`INT_OR_FRACTION`) the int 1 (one batch) is
+    not 1.0 (every batch), and a bool is never the number it equals (True is not 1)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool):
+        return ("bool", value)
+    if key in INT_OR_FRACTION and isinstance(value, int) and value == 1:
+        return ("one batch", value)
     return value
+
+
+def _one_batch_apart(key: str, values: list[Any]) -> bool:
+    """Whether the values of a batch-or-fraction key hold both the int 1 (one batch) and
+    the float 1.0 (every batch), which a frame's column of numbers would pool."""
+    if key not in INT_OR_FRACTION:
+        return False
+    kinds = {type(v) for v in values if not isinstance(v, bool) and v == 1}
+    return {int, float} <= kinds
+
+
+def _as_written(value: Any) -> Any:
+    """A value of a batch-or-fraction column that holds 1 and 1.0: as a command line writes
+    it (``"1"``, ``"1.0"``, ``"0.25"``); missing stays None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def _rank(value: Any) -> Any:
+    """A value's place in an order of mixed types (``trainer.precision`` 32 and
+    ``"bf16-mixed"``): numbers first, by value, then the rest by their text; missing: None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    """:func:`_rank` of every value of a column (``DataFrame.sort_values(key=...)``)."""
+    return column.map(_rank)
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +182,7 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]],
     }
     # A row without a config or overrides (an unreadable results.json) has no say.
     known = [i for i, row in enumerate(rows) if row["config"] or row["overrides"]]
-    differ = [k for k in keys if len({_comparable(values[k][i]) for i in known}) > 1]
+    differ = [k for k in keys if len({_comparable(values[k][i], k) for i in known}) > 1]
     # The launch's own controls (sweep.resume, sweep.rerun_failed, ...) are no setting of a
     # run; an override that only selects config groups is told by the config values it set.
     selections = [k for k in differ if _selects_groups(k, rows, known)]
@@ -152,14 +192,14 @@ def _swept(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]],
         if key not in values:  # (config groups chosen are given theirs by _unswept)
             values[key] = [_swept_value(key, row["overrides"], row["config"]) for row in rows]
     notes = [
-        f"{k} ({_listing(values[k][i] for i in known)}) differs between the runs but only "
+        f"{k} ({_listing((values[k][i] for i in known), k)}) differs between the runs but only "
         "selects config groups (no value of its own in the config): runs are told apart by "
         "the config values that differ, not by it"
         for k in selections
         if not k.startswith("sweep.")
     ]
     if hidden:
-        listed = [f"{k} ({_listing(_held(k, rows, values, known))})" for k in hidden]
+        listed = [f"{k} ({_listing(_held(k, rows, values, known), k)})" for k in hidden]
         named = listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"
         notes.append(
             f"runs differ in {named}, which no command line swept: grouped by "
@@ -178,16 +218,16 @@ def _held(
     return [values[key][i] for i in known]
 
 
-def _listing(values: Iterable[Any]) -> str:
-    """The distinct values, sorted (numbers as numbers), None as "null" (last), joined by
-    ", "; at most 5."""
-    distinct = {_comparable(v) for v in values}
-    found = list(distinct - {None})
-    try:
-        found.sort()
-    except TypeError:  # mixed types
-        found.sort(key=str)
-    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
+def _listing(values: Iterable[Any], key: str = "") -> str:
+    """The distinct values (as :func:`_comparable` tells them apart), sorted (numbers as
+    numbers), None as "null" (last), joined by ", "; at most 5."""
+    distinct: dict[Any, Any] = {}
+    for v in values:
+        distinct.setdefault(_comparable(v, key), v)
+    found = [v for c, v in distinct.items() if c is not None]
+    found.sort(key=_rank)
+    apart = _one_batch_apart(key, found)
+    shown = [str(v) if apart else f"{v:g}" if isinstance(v, float) else str(v) for v in found]
     shown += ["null"] if None in distinct else []
     return ", ".join(shown[:5]) + (" ..." if len(shown) > 5 else "")
 
@@ -224,15 +264,17 @@ def _unswept(
 
     def unexplained(key: str, by: list[str]) -> bool:
         held = [i for i in known if key in configs[i]]  # absent: no say
-        if len({_comparable(configs[i][key]) for i in held}) < 2:
+        if len({_comparable(configs[i][key], key) for i in held}) < 2:
             return False
         for k in swept:
-            if all(_comparable(configs[i][key]) == _comparable(values[k][i]) for i in held):
+            if all(
+                _comparable(configs[i][key], key) == _comparable(values[k][i], key) for i in held
+            ):
                 return False  # an interpolation of a swept key
         seen: dict[tuple, set] = {}
         for i in held:
-            option = tuple(_comparable(values[k][i]) for k in by)
-            seen.setdefault(option, set()).add(_comparable(configs[i][key]))
+            option = tuple(_comparable(values[k][i], k) for k in by)
+            seen.setdefault(option, set()).add(_comparable(configs[i][key], key))
         return any(len(found) > 1 for found in seen.values())
 
     chosen = [
@@ -257,6 +299,13 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
     """Rows of {"identity", "metrics", "config" (flat), "overrides"} → the tidy frame, checked
     (one dataset; at least one completed run unless not ``completed_required``)."""
     swept, values, unswept_notes = _swept(rows)
+    as_text = [k for k in swept if _one_batch_apart(k, values[k])]
+    for key in as_text:  # a column of numbers would pool them
+        values[key] = [_as_written(v) for v in values[key]]
+        unswept_notes.append(
+            f"{key} holds 1 (one batch) and 1.0 (every batch), which Lightning reads apart: "
+            "its column holds the values as written (text), so they stay apart"
+        )
     records, metric_columns = [], []
     for i, row in enumerate(rows):
         metrics = {RENAMED_METRICS.get(k, k): v for k, v in row["metrics"].items()}
@@ -282,7 +331,11 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
     for name in (c for c in config_columns if c.startswith(f"{CONFIG_PREFIX}trainer.limit_")):
         df[name] = pd.Series([r.get(name) for r in records], dtype=object)
     if swept:
-        df = df.sort_values(swept, kind="stable", na_position="last", ignore_index=True)
+        order = {"kind": "stable", "na_position": "last", "ignore_index": True}
+        try:
+            df = df.sort_values(swept, **order)
+        except TypeError:  # a column of numbers and text (trainer.precision=32,bf16-mixed)
+            df = df.sort_values(swept, key=_sort_key, **order)
     for name in metric_columns:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     df.attrs["swept"] = swept
@@ -306,7 +359,9 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     for i, (record, row) in enumerate(zip(records, rows, strict=True)):
         if record["status"] != COMPLETED or not row["config"]:
             continue
-        config = result_config(row["config"])
+        # As two jobs' configs are compared: beta 1 and 1.0 are one value, the int 1 of a
+        # batch-or-fraction key is not 1.0 (core.helpers.compared_number).
+        config = {k: compared_number(k, v) for k, v in result_config(row["config"]).items()}
         key = json.dumps([config, record["dataset_fingerprint"]], sort_keys=True, default=str)
         groups.setdefault(key, []).append(i)
     differ: list[str] = []

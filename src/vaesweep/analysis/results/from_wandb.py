@@ -16,7 +16,7 @@ from vaesweep.analysis.results.frame import (
     split_job_name,
 )
 from vaesweep.run.loggers import SUMMARY_JOB_TYPE, summary_value
-from vaesweep.run.record import STATUSES
+from vaesweep.run.record import STATUSES, frame_status
 
 # Metric names kept from a W&B summary besides "val/..." and "test/..." (docs/results-and-figures.md, the result file).
 RUN_SUMMARY_KEYS = ("scale", "beta", "effective_beta", "effective_beta_per_dim")
@@ -93,13 +93,19 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
     # val/elbo's summary holds its best and last value (vaesweep.analysis.wandb_summary): the frame, as
     # results.json, has the last.
     summary = {k: summary_value(v) for k, v in record["summary"].items()}
+    metrics = {k: v for k, v in summary.items() if _is_metric(k, v)}
+    # As load_results does for a results.json: a "completed" debug run (fast_dev_run) or one
+    # without a finite test score is not counted as completed.
+    status, reason = frame_status(
+        {"status": _status(record.get("state"), summary), "metrics": metrics, "config": config}
+    )
     return {
         "identity": {
             "run_dir": f"wandb:{record['path']}",
             "sweep_dir": record.get("group"),
             "job_name": record.get("name"),
-            "status": _status(record.get("state"), summary),
-            "error": None,
+            "status": status,
+            "error": reason,
             "seed": config.get("seed"),
             "duration_s": summary.get("_runtime"),
             "dataset": (config.get("data") or {}).get("name"),
@@ -109,7 +115,7 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
             "dirty": None,
             "versions": None,
         },
-        "metrics": {k: v for k, v in summary.items() if _is_metric(k, v)},
+        "metrics": metrics,
         "config": flatten(config),
         "overrides": parse_overrides(split_job_name(record.get("name") or "")),
     }
@@ -124,6 +130,9 @@ def frame_from_wandb(
     status is the one the job wrote into the summary when it closed its run (finished or
     failed: ``completed``, ``diverged``, ``interrupted``, ...), else the W&B state's
     (finished → completed; running, pending → running; failed, crashed, killed → failed);
+    then checked as a results.json is (:func:`vaesweep.run.record.frame_status`): a
+    completed run without a finite test score is ``incomplete``, a ``trainer.fast_dev_run``
+    one ``fast_dev_run``;
     ``run_dir`` is ``wandb:ENTITY/PROJECT/RUN_ID`` and ``sweep_dir`` the W&B group. The
     sweep's summary run (job type ``summary``) is left out. ResultsError when no run
     completed, unless not ``completed_required`` (a listing of the runs, as
