@@ -484,6 +484,48 @@ def test_a_float_range_searches_every_value_written_and_counts_them():
         assert sorted(round(v, 12) for v in proposed) == wanted and param.size() == len(wanted)
 
 
+def test_a_shuffled_search_space_is_the_same_search_at_every_launch(tmp_path):
+    """Hydra's shuffle() is unseeded: every parse gave another order, which went into the
+    study's stored search, so a relaunch of a search with shuffle(range(...)) or
+    shuffle(choice(...)) was refused as "started with another search". Order means nothing
+    to a search space: two parses whose Hydra orders differ describe one search, and the
+    relaunch continues the study."""
+    import random
+
+    import optuna
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.sweep.search.studies import open_study
+
+    exprs = ["beta=shuffle(range(1, 9))", "seed=shuffle(choice(3, 1, 2, 5, 4, 0, 7, 6))",
+             "likelihood=shuffle(choice(gaussian, laplace, logistic, student_t, cauchy))"]  # fmt: skip
+    parser = OverridesParser.create()
+
+    def parse(seed: int) -> tuple[list, Plan]:
+        random.seed(seed)
+        hydra_orders = [list(parser.parse_override(e).sweep_iterator()) for e in exprs]
+        random.seed(seed)
+        space = parse_space({}, exprs)
+        plan = Plan(space, "val/elbo", "maximize", 3, 1, str(tmp_path / JOURNAL_FILE), "search",
+                    1.0, tmp_path, ())  # fmt: skip
+        return hydra_orders, plan
+
+    (tmp_path / JOURNAL_FILE).touch()
+    storage = open_storage(str(tmp_path / JOURNAL_FILE))
+    first_orders, first = parse(1)
+    study = open_study(storage, first, [], optuna.samplers.RandomSampler(seed=0), None)
+    study.enqueue_trial({"beta": 3, "seed": 5, "likelihood": "laplace"})
+    study.ask({k: p.distribution() for k, p in first.space.searched.items()})
+    for seed in (2, 3):
+        orders, again = parse(seed)
+        assert all(a != b for a, b in zip(orders, first_orders, strict=True))  # Hydra's differ
+        assert again.fingerprint() == first.fingerprint()
+        continued = open_study(storage, again, [], optuna.samplers.RandomSampler(seed=0), None)
+        trial = continued.ask({k: p.distribution() for k, p in again.space.searched.items()})
+        assert trial.number == seed - 1 and len(continued.trials) == seed
+    assert sorted(first.space.searched["beta"].choices) == list(range(1, 9))
+
+
 def test_a_key_searched_twice_on_the_command_line_is_refused():
     """``beta=...`` and ``hydra.sweeper.params.beta=...`` on one command line: the first
     replaced the second silently (the journal held the other space). A preset's params,

@@ -224,7 +224,7 @@ def _range(source: str, written: str, override: Override, value: RangeSweep) -> 
         kind = "int"
     else:
         values, kind = [float(v) for v in exact], "float"
-    if value.shuffle or len(values) == 1:
+    if value.shuffle or len(values) == 1:  # in the range's order, never Hydra's shuffled one
         return Param(key, "categorical", choices=tuple(values))
     return Param(key, kind, min(values), max(values), step=abs(value.step))
 
@@ -236,6 +236,8 @@ def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -
     bad = [c for c in choices if not isinstance(c, str | int | float | bool)]
     if bad:
         raise _refuse(source, written, f"choices must be numbers, strings or booleans, got {bad}")
+    if value.shuffle:  # Hydra's unseeded order, another at every parse: sorted (by type, value)
+        choices.sort(key=lambda c: (type(c).__name__, c))
     return Param(override.get_key_element(), "categorical", choices=tuple(choices))
 
 
