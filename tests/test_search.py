@@ -433,6 +433,99 @@ def test_more_trials_than_the_space_has_points_are_refused(params, size):
         plan_search(_multirun_config({"params": params, "n_trials": size + 1}), [])
 
 
+def _written_range(start: str, stop: str, step: str) -> list:
+    """range(start, stop, step)'s values as written, in exact fractions of the written
+    texts: start + k·step for k = 0, 1, ... while before stop."""
+    from fractions import Fraction
+
+    first, end, by = Fraction(start), Fraction(stop), Fraction(step)
+    values, k = [], 0
+    while (first + k * by < end) if by > 0 else (first + k * by > end):
+        values.append(first + k * by)
+        k += 1
+    return values
+
+
+_STARTS = ["0", "0.1", "0.2", "0.5", "1", "0.05", "1e-4", "-0.3"]
+_STOPS = ["0.3", "0.5", "0.7", "0.9", "1", "1.5", "2", "3"]
+_STEPS = ["0.1", "0.2", "0.3", "0.05", "0.25", "0.7", "0.15"]
+
+
+def test_a_float_range_searches_every_value_written_and_counts_them():
+    """range(0, 1, 0.3) came out of Hydra's parser ending at 0.8999999999999999, and Optuna
+    trims a stepped range to whole steps in decimal: 0.9 was never searched while the
+    space's size said 4 (21 of 317 ranges lost a value; range(0, 0.9, 0.3) had one value
+    too many). Over a few hundred ranges, the distribution Optuna gets spans exactly the
+    values as written (fractions of the written texts) and the size is their number;
+    Optuna's own sampler proposes each of them (to a rounding error), and nothing else."""
+    import itertools
+    from fractions import Fraction
+
+    import optuna
+
+    checked = 0
+    for start, stop, step in itertools.product(_STARTS, _STOPS, _STEPS):
+        for a, b, by in ((start, stop, step), (stop, start, f"-{step}")):
+            wanted = _written_range(a, b, by)
+            if len(wanted) < 2:
+                continue
+            param = parse_space({}, [f"beta=range({a}, {b}, {by})"]).searched["beta"]
+            dist = param.distribution()
+            assert param.size() == len(wanted), (a, b, by)
+            assert Fraction(repr(dist.low)) == min(wanted), (a, b, by)
+            assert Fraction(repr(dist.high)) == max(wanted), (a, b, by)
+            assert Fraction(repr(dist.step)) == abs(Fraction(by))
+            checked += 1
+    assert checked > 600
+    for written, wanted in [(("0", "1", "0.3"), [0, 0.3, 0.6, 0.9]), (("0", "0.9", "0.3"), [0, 0.3, 0.6])]:  # fmt: skip
+        param = parse_space({}, [f"beta=range({', '.join(written)})"]).searched["beta"]
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        proposed = {study.ask({"beta": param.distribution()}).params["beta"] for _ in range(200)}
+        assert sorted(round(v, 12) for v in proposed) == wanted and param.size() == len(wanted)
+
+
+def test_a_shuffled_search_space_is_the_same_search_at_every_launch(tmp_path):
+    """Hydra's shuffle() is unseeded: every parse gave another order, which went into the
+    study's stored search, so a relaunch of a search with shuffle(range(...)) or
+    shuffle(choice(...)) was refused as "started with another search". Order means nothing
+    to a search space: two parses whose Hydra orders differ describe one search, and the
+    relaunch continues the study."""
+    import random
+
+    import optuna
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.sweep.search.studies import open_study
+
+    exprs = ["beta=shuffle(range(1, 9))", "seed=shuffle(choice(3, 1, 2, 5, 4, 0, 7, 6))",
+             "likelihood=shuffle(choice(gaussian, laplace, logistic, student_t, cauchy))"]  # fmt: skip
+    parser = OverridesParser.create()
+
+    def parse(seed: int) -> tuple[list, Plan]:
+        random.seed(seed)
+        hydra_orders = [list(parser.parse_override(e).sweep_iterator()) for e in exprs]
+        random.seed(seed)
+        space = parse_space({}, exprs)
+        plan = Plan(space, "val/elbo", "maximize", 3, 1, str(tmp_path / JOURNAL_FILE), "search",
+                    1.0, tmp_path, ())  # fmt: skip
+        return hydra_orders, plan
+
+    (tmp_path / JOURNAL_FILE).touch()
+    storage = open_storage(str(tmp_path / JOURNAL_FILE))
+    first_orders, first = parse(1)
+    study = open_study(storage, first, [], optuna.samplers.RandomSampler(seed=0), None)
+    study.enqueue_trial({"beta": 3, "seed": 5, "likelihood": "laplace"})
+    study.ask({k: p.distribution() for k, p in first.space.searched.items()})
+    for seed in (2, 3):
+        orders, again = parse(seed)
+        assert all(a != b for a, b in zip(orders, first_orders, strict=True))  # Hydra's differ
+        assert again.fingerprint() == first.fingerprint()
+        continued = open_study(storage, again, [], optuna.samplers.RandomSampler(seed=0), None)
+        trial = continued.ask({k: p.distribution() for k, p in again.space.searched.items()})
+        assert trial.number == seed - 1 and len(continued.trials) == seed
+    assert sorted(first.space.searched["beta"].choices) == list(range(1, 9))
+
+
 def test_a_key_searched_twice_on_the_command_line_is_refused():
     """``beta=...`` and ``hydra.sweeper.params.beta=...`` on one command line: the first
     replaced the second silently (the journal held the other space). A preset's params,
@@ -467,13 +560,13 @@ def test_an_objective_that_beta_changes_by_definition_is_refused(params, objecti
         check_objective_comparable(plan)
 
 
-def test_a_half_proposed_trial_is_never_run_nor_counted():
+def test_a_half_proposed_trial_is_never_run_nor_counted(tmp_path):
     """A launch killed while the sampler proposed a trial leaves it RUNNING without every
     searched value: the next launch tells it FAIL and proposes n_trials complete ones."""
     import optuna
 
     space = parse_space({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, [])
-    plan = Plan(space, "val/elbo", "maximize", 2, 1, "", "search", 1.0, Path("."), ())
+    plan = Plan(space, "val/elbo", "maximize", 2, 1, "", "search", 1.0, tmp_path, ())
     study = optuna.create_study(direction="maximize")
     study.ask().suggest_float("beta", 0.1, 10)  # cut short before "seed"
     dists = {k: p.distribution() for k, p in space.searched.items()}
@@ -576,6 +669,192 @@ def test_a_relaunch_numbers_a_resumed_trial_and_new_ones_each_by_its_trial(tmp_p
     run_study(study, plan, [], again, 4)
     assert again.launches == ([[5, 8]] if numbering else [[5], [8]])
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+
+
+# -- two launches of one search at once -------------------------------------------------------
+
+
+class _LateSampler:
+    """A RandomSampler whose ``after_trial`` (Optuna calls it inside ``tell``, after its check
+    that the trial is unfinished and before the write) first runs ``meanwhile``: another
+    launch telling the same trial in between, as two processes can."""
+
+    def __init__(self, meanwhile):
+        import optuna
+
+        self.random, self.meanwhile = optuna.samplers.RandomSampler(seed=0), meanwhile
+
+    def __getattr__(self, name):
+        return getattr(self.random, name)
+
+    def after_trial(self, study, trial, state, values):
+        self.meanwhile()
+        self.random.after_trial(study, trial, state, values)
+
+
+def test_a_trial_told_by_another_launch_is_left_as_it_was_told(tmp_path):
+    """Launch B settles launch A's trial from its results.json before A does (B's start
+    settles RUNNING trials whose result is on disk; A tells its batch when the batch ends):
+    A then raised Optuna's "Cannot tell a COMPLETE trial" and the search stopped. Now the
+    second teller finds it told and keeps that outcome (state and value), whether B told it
+    before A looked or between A's look and A's write (one journal, two storages, as two
+    processes have)."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import settle
+
+    journal = str(tmp_path / JOURNAL_FILE)
+    dist = {"beta": optuna.distributions.FloatDistribution(0.1, 10)}
+    a = optuna.create_study(study_name="search", storage=open_storage(journal),
+                            direction="maximize")  # fmt: skip
+    b = optuna.load_study(study_name="search", storage=open_storage(journal))
+    done = {"status": "completed", "metrics": {"val/elbo": -90.0}}
+    failed = {"status": "failed", "metrics": {}}
+
+    first = a.ask(dist).number
+    assert settle(b, first, done, "val/elbo") == "COMPLETE"
+    assert settle(a, first, {**done, "metrics": {"val/elbo": -1.0}}, "val/elbo") == "COMPLETE"
+    assert settle(a, first, failed, "val/elbo") == "COMPLETE"
+
+    second = a.ask(dist).number
+    late = optuna.load_study(study_name="search", storage=open_storage(journal),
+                             sampler=_LateSampler(lambda: settle(b, second, done, "val/elbo")))  # fmt: skip
+    assert settle(late, second, failed, "val/elbo") == "COMPLETE"  # B's, told in between
+
+    c = optuna.load_study(study_name="search", storage=open_storage(journal))  # a third reader
+    assert [(t.state.name, t.value) for t in c.trials] == [("COMPLETE", -90.0)] * 2
+
+
+_HOLD_CLAIM = """
+import sys, time
+from vaesweep.run.claims import acquire
+claim = acquire(sys.argv[1], 300)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class _DirsLauncher(_RecordingLauncher):
+    """As _RecordingLauncher (into directories that may exist); records each job's directory."""
+
+    def __init__(self, sweep_dir: Path):
+        super().__init__(sweep_dir)
+        self.dirs = []
+
+    def launch(self, overrides: list[list[str]], initial_job_idx: int) -> None:
+        for job in overrides:
+            run = self.sweep_dir / dict(o.split("=", 1) for o in job)["hydra.sweep.subdir"].strip(
+                "'"
+            )
+            self.dirs.append(run.name)
+            run.mkdir(parents=True, exist_ok=True)
+            beta = float(dict(o.split("=", 1) for o in job)["beta"])
+            (run / "results.json").write_text(
+                json.dumps({"status": "completed", "metrics": {"val/elbo": -beta}})
+            )
+
+
+def test_a_trial_another_live_launch_runs_is_not_launched_again(tmp_path):
+    """Launch B found launch A's RUNNING trial (its job claimed by A's live process) "left
+    unfinished" and launched it again. Now a trial whose directory another live process
+    claims is that launch's: B runs the trial a dead launch left, counts A's towards
+    n_trials and asks no more; once A's process is gone, its trial is run again."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import run_study
+
+    space = parse_space({"beta": "interval(0.1, 10)"}, [])
+    journal = str(tmp_path / JOURNAL_FILE)
+    plan = Plan(space, "val/elbo", "maximize", 3, 2, journal, "search", 1.0, tmp_path, ())
+    dists = {"beta": space.searched["beta"].distribution()}
+    study = optuna.create_study(study_name="search", storage=open_storage(journal),
+                                direction="maximize")  # fmt: skip
+    for number in range(3):
+        trial = study.ask(dists)
+        trial.set_user_attr("job_dir", plan.trial_dir([], number))
+    study.tell(0, -1.0)  # trial 0 done; 1 run by launch A (alive); 2 left by a dead launch
+    (tmp_path / "trial_0001").mkdir()
+    a = subprocess.Popen([sys.executable, "-c", _HOLD_CLAIM, str(tmp_path / "trial_0001")],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert a.stdout.readline().strip() == "held"
+        b_study = optuna.load_study(study_name="search", storage=open_storage(journal))
+        b = _DirsLauncher(tmp_path)
+        run_study(b_study, plan, [], b, 0)
+        assert b.dirs == ["trial_0002"]
+        assert [t.state.name for t in b_study.trials] == ["COMPLETE", "RUNNING", "COMPLETE"]
+    finally:
+        a.kill()
+        a.wait()
+    again = _DirsLauncher(tmp_path)
+    run_study(b_study, plan, [], again, 0)  # A is gone: its trial was left unfinished
+    assert again.dirs == ["trial_0001"]
+    assert [t.state.name for t in b_study.trials] == ["COMPLETE"] * 3
+
+
+_LAUNCH = """
+import json, sys, time
+from pathlib import Path
+import optuna
+from vaesweep.run import claims
+from vaesweep.sweep.search.plan import Plan
+from vaesweep.sweep.search.space import parse_space
+from vaesweep.sweep.search.storage import open_storage, quiet_optuna
+from vaesweep.sweep.search.trials import run_study
+
+sweep = Path(sys.argv[1])
+quiet_optuna()
+
+class Launcher:
+    # Each job as vaesweep's: skipped when completed or claimed by another live process,
+    # else claimed, run (0.2 s), its result written, its claim released.
+    def launch(self, overrides, initial_job_idx):
+        for job in overrides:
+            values = dict(o.split("=", 1) for o in job)
+            run = sweep / values["hydra.sweep.subdir"].strip("'")
+            run.mkdir(parents=True, exist_ok=True)
+            try:
+                claim = claims.acquire(run)
+            except claims.ClaimHeld:
+                continue
+            with claim:
+                if (run / "results.json").exists():
+                    continue
+                time.sleep(0.2)
+                with open(sweep / "runs.log", "a") as f:
+                    f.write(run.name + "\\n")
+                metrics = {"val/elbo": -float(values["beta"])}
+                (run / "results.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
+
+journal = str(sweep / "optuna_journal.log")
+space = parse_space({"beta": "interval(0.1, 10)"}, [])
+plan = Plan(space, "val/elbo", "maximize", 8, 2, journal, "search", 1.0, sweep, ())
+study = optuna.create_study(study_name="search", storage=open_storage(journal),
+                            direction="maximize", load_if_exists=True)
+run_study(study, plan, [], Launcher(), 0)
+"""
+
+
+def test_two_launches_of_one_search_at_once_share_its_trials(tmp_path):
+    """The same search launched twice at once (two processes, one journal): both end
+    without an error, the study has exactly n_trials trials, all completed, each run once."""
+    import optuna
+
+    (tmp_path / JOURNAL_FILE).touch()
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, str(tmp_path)], stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], errors
+    study = optuna.load_study(
+        study_name="search", storage=open_storage(str(tmp_path / JOURNAL_FILE))
+    )
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8
+    runs = (tmp_path / "runs.log").read_text().split()
+    assert sorted(runs) == [f"trial_{n:04d}" for n in range(8)]
 
 
 def test_a_search_table_has_its_objective_next_to_the_status():
@@ -890,7 +1169,7 @@ def test_a_search_with_an_unfinished_trial_does_not_succeed(tmp_path):
     assert finish_search(tmp_path) is False
 
 
-def test_a_half_proposed_trial_is_not_counted_in_best_json():
+def test_a_half_proposed_trial_is_not_counted_in_best_json(tmp_path):
     """A trial cut short while the sampler proposed it is told FAIL and never run: it is
     not one of the study's trials, nor a failed one, in best.json and the printed line."""
     import optuna
@@ -898,7 +1177,7 @@ def test_a_half_proposed_trial_is_not_counted_in_best_json():
     from vaesweep.sweep.search.best import best_trial, format_best
 
     space = parse_space({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, [])
-    plan = Plan(space, "val/elbo", "maximize", 1, 1, "", "search", 1.0, Path("."), ())
+    plan = Plan(space, "val/elbo", "maximize", 1, 1, "", "search", 1.0, tmp_path, ())
     study = optuna.create_study(direction="maximize", study_name="search")
     study.ask().suggest_float("beta", 0.1, 10)  # cut short before "seed"
     dists = {k: p.distribution() for k, p in space.searched.items()}

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.core.launchers import jobs_at_once
+from vaesweep.run.claims import DEFAULT_TIMEOUT_S
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
 from vaesweep.run.context import job_dirname
 from vaesweep.run.record import NOT_RESULTS
@@ -80,6 +81,8 @@ class Plan:
     objective_key: str = "hydra.sweeper.objective"  # where the objective was set
     # The command that runs one job of this config (python -m vaesweep [--config-dir ...]).
     entry: tuple[str, ...] = ("python", "-m", "vaesweep")
+    # sweep.claim_timeout_s: when a claim on a trial's directory is another live launch's.
+    claim_timeout_s: float = DEFAULT_TIMEOUT_S
 
     def study(self, point: list[str]) -> str:
         return f"{self.study_name}[{','.join(point)}]" if point else self.study_name
@@ -297,4 +300,7 @@ def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
         excluded=(*map(str, excluded), *NOT_RESULTS),
         objective_key=objective_key,
         entry=entry_command(config),
+        claim_timeout_s=float(
+            OmegaConf.select(config, "sweep.claim_timeout_s", default=None) or DEFAULT_TIMEOUT_S
+        ),
     )

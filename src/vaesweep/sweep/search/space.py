@@ -8,6 +8,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -127,7 +128,8 @@ class Param:
             return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
         if self.step is None:
             return None
-        return int(round((self.high - self.low) / self.step)) + 1
+        # In decimal, as Optuna trims the range to whole steps (the values as written).
+        return int((_decimal(self.high) - _decimal(self.low)) // _decimal(self.step)) + 1
 
 
 def render(value: Any) -> str:
@@ -186,18 +188,45 @@ def _interval(source: str, written: str, key: str, value: IntervalSweep) -> Para
     return Param(key, kind, low, high, log=log_scale)
 
 
+def _decimal(number: int | float) -> Decimal:
+    """The number as written: a float's shortest text (``0.3``, not its binary value)."""
+    return Decimal(number) if isinstance(number, int) else Decimal(repr(number))
+
+
+def range_values(value: RangeSweep) -> list[Decimal]:
+    """The values of ``range(start, stop, step)`` as written, computed exactly in decimal:
+    start + k·step for k = 0, 1, ... while before stop. Hydra's own list adds the step in
+    binary floating point, so its last value can miss the written one
+    (``range(0, 1, 0.3)`` ends at 0.8999999999999999) or come within a rounding error below
+    stop and be one value too many (``range(0, 0.9, 0.3)``)."""
+    start, stop, step = (_decimal(v) for v in (value.start, value.stop, value.step))
+    if step == 0:
+        return []
+    count = max(0, math.ceil((stop - start) / step))
+    return [start + k * step for k in range(count)]
+
+
 def _range(source: str, written: str, override: Override, value: RangeSweep) -> Param:
+    """A searched ``range()``: Optuna's stepped distribution over its values as written
+    (:func:`range_values`), from the first to the last, so that Optuna, which trims a
+    range to whole steps from its low end in decimal, keeps every one of them (Hydra's
+    0.8999999999999999 as the high end of ``range(0, 1, 0.3)`` lost 0.9). Optuna proposes
+    low + k·step in floating point, as Hydra's grid does: 0.9 may be proposed as
+    0.8999999999999999. Shuffled, or of one value: a categorical of the values as written."""
     key = override.get_key_element()
     if value.tags:
         raise _refuse(source, written, f"unknown tag {sorted(value.tags)} on range()")
-    values = list(override.sweep_iterator(transformer=Transformer.encode))
-    if not values:
+    exact = range_values(value)
+    if not exact:
         raise _refuse(source, written, "empty or inverted range (no value)")
-    if value.shuffle or len(values) == 1:
+    if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+        values: list[int | float] = [int(v) for v in exact]
+        kind = "int"
+    else:
+        values, kind = [float(v) for v in exact], "float"
+    if value.shuffle or len(values) == 1:  # in the range's order, never Hydra's shuffled one
         return Param(key, "categorical", choices=tuple(values))
-    step = abs(value.step)
-    kind = "int" if all(isinstance(v, int) for v in values) else "float"
-    return Param(key, kind, min(values), max(values), step=step)
+    return Param(key, kind, min(values), max(values), step=abs(value.step))
 
 
 def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -> Param:
@@ -207,6 +236,8 @@ def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -
     bad = [c for c in choices if not isinstance(c, str | int | float | bool)]
     if bad:
         raise _refuse(source, written, f"choices must be numbers, strings or booleans, got {bad}")
+    if value.shuffle:  # Hydra's unseeded order, another at every parse: sorted (by type, value)
+        choices.sort(key=lambda c: (type(c).__name__, c))
     return Param(override.get_key_element(), "categorical", choices=tuple(choices))
 
 

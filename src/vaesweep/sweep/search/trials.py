@@ -4,13 +4,17 @@ through Hydra's launcher in their own directories, told from their ``results.jso
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from vaesweep.core.helpers import quoted_value
 from vaesweep.run import record
+from vaesweep.run.claims import ClaimHeld, acquire, held_by_other
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED
 from vaesweep.run.signals import stop_signal, stop_sweep
 from vaesweep.sweep.search.plan import DIR_ATTR, Plan
@@ -18,6 +22,8 @@ from vaesweep.sweep.search.plan import DIR_ATTR, Plan
 log = logging.getLogger("vaesweep.sweep.search")
 
 _FINISHED = ("COMPLETE", "FAIL", "PRUNED")
+#: Where a launch claims the right to propose trials (two levels down: not a job directory).
+PROPOSING_DIR = ".search/proposing"
 
 
 def _by_key(plan: Plan, overrides: list[Any]) -> dict[str, str]:
@@ -56,6 +62,24 @@ def other_configuration(
     )
 
 
+def tell_once(study: Any, number: int, value: float | None = None, state: Any = None) -> str:
+    """Tells Optuna the outcome of trial ``number`` unless it is already finished; returns
+    the state the storage holds afterwards (COMPLETE | FAIL | PRUNED). Two launches of one
+    search running at once may both settle a trial (each from the same results.json): the
+    first one tells it, the second finds it finished, whether before it tells (Optuna's
+    ``skip_if_finished``) or while it does (the storage refuses the second write:
+    UpdateFinishedTrialError). Whoever is second keeps the stored outcome and never
+    tells another one."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        told = study.tell(number, value, state=state, skip_if_finished=True)
+        return told.state.name
+    except UpdateFinishedTrialError:  # told by another launch between the check and the write
+        (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        return trial.state.name
+
+
 def settle(
     study: Any,
     number: int,
@@ -64,11 +88,12 @@ def settle(
     plan: Plan | None = None,
     expected: list[str] | None = None,
 ) -> str | None:
-    """Tells Optuna the outcome of one trial from its results.json; returns the state told
-    (COMPLETE | FAIL), or None for a trial with no final result (left RUNNING, resumed by
-    the next launch). ``expected``: the trial's overrides; a result recorded with others
+    """Tells Optuna the outcome of one trial from its results.json; returns the state it has
+    then (COMPLETE | FAIL), or None for a trial with no final result (left RUNNING, resumed
+    by the next launch). ``expected``: the trial's overrides; a result recorded with others
     (another configuration's run in the trial's directory) is told FAIL, with the reason,
-    never as this trial's value."""
+    never as this trial's value. A trial another launch of the search already told is
+    left as it was told (:func:`tell_once`)."""
     from optuna.trial import TrialState
 
     status = (result or {}).get("status")
@@ -80,19 +105,15 @@ def settle(
             file=sys.stderr,
             flush=True,
         )
-        study.tell(number, state=TrialState.FAIL)
-        return "FAIL"
+        return tell_once(study, number, state=TrialState.FAIL)
     if status == COMPLETED:
         value = (result.get("metrics") or {}).get(objective)
         if value is not None and math.isfinite(float(value)):
-            study.tell(number, float(value))
-            return "COMPLETE"
+            return tell_once(study, number, float(value))
         log.warning("trial %d: %s missing or not finite: told as failed", number, objective)
-        study.tell(number, state=TrialState.FAIL)
-        return "FAIL"
+        return tell_once(study, number, state=TrialState.FAIL)
     if status in (FAILED, DIVERGED):
-        study.tell(number, state=TrialState.FAIL)
-        return "FAIL"
+        return tell_once(study, number, state=TrialState.FAIL)
     return None
 
 
@@ -104,7 +125,7 @@ def _drop_unproposed(study: Any, plan: Plan, trials: list[Any]) -> list[Any]:
 
     cut = [t for t in trials if t.state == TrialState.RUNNING and not plan.proposed(t)]
     for t in cut:
-        study.tell(t.number, state=TrialState.FAIL)
+        tell_once(study, t.number, state=TrialState.FAIL)
     if cut:
         log.info("%s: trials %s were never fully proposed: not run", study.study_name,
                  [t.number for t in cut])  # fmt: skip
@@ -112,24 +133,74 @@ def _drop_unproposed(study: Any, plan: Plan, trials: list[Any]) -> list[Any]:
     return trials
 
 
+def held_elsewhere(plan: Plan, trial: Any) -> str | None:
+    """How another live process holds the job directory of a RUNNING trial (its claim,
+    vaesweep.run.claims: another launch of the search runs it now), None when none does
+    (a trial left unfinished by a launch that is gone, or not started yet)."""
+    directory = trial.user_attrs.get(DIR_ATTR)
+    if directory is None:
+        return None
+    holder = held_by_other(plan.sweep_dir / directory, plan.claim_timeout_s)
+    return None if holder is None else holder.describe()
+
+
+@contextlib.contextmanager
+def proposing(plan: Plan) -> Iterator[None]:
+    """Holds the search's proposal claim (vaesweep.run.claims, on ``.search/proposing/`` in
+    the sweep directory) while this launch chooses a batch: one launch at a time asks
+    Optuna for trials. Another launch of the search therefore never sees a trial that a
+    live launch is proposing (RUNNING, some searched values still missing), and tells FAIL
+    only one that a dead launch left so. Waits while another live launch proposes (a matter
+    of milliseconds to seconds); a stop signal meanwhile stops the search."""
+    directory = plan.sweep_dir / PROPOSING_DIR
+    while True:
+        try:
+            claim = acquire(directory, plan.claim_timeout_s)
+            break
+        except ClaimHeld:
+            stop_if_signalled()
+            time.sleep(0.05)
+    with claim:
+        yield
+
+
 def _next_batch(
     study: Any, plan: Plan, point: list[str], dists: dict[str, Any], unsettled: set[int]
 ) -> list[tuple[int, dict[str, Any]]]:
+    with proposing(plan):
+        return _choose_batch(study, plan, point, dists, unsettled)
+
+
+def _choose_batch(
+    study: Any, plan: Plan, point: list[str], dists: dict[str, Any], unsettled: set[int]
+) -> list[tuple[int, dict[str, Any]]]:
     """Up to n_jobs trials to launch: those left RUNNING by an earlier launch first, then new
-    ones while the study has fewer than n_trials; [] when the study is done."""
+    ones while the study has fewer than n_trials; [] when the study is done. A RUNNING trial
+    whose job another live launch of the search runs (a claim on its directory) is that
+    launch's: it counts towards n_trials and is not launched here."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     trials = _drop_unproposed(study, plan, study.get_trials(deepcopy=False))
     running = [t for t in trials if t.state == TrialState.RUNNING]
     finished = [t for t in trials if t.state.name in _FINISHED and plan.proposed(t)]
-    batch = [(t.number, dict(t.params)) for t in running if t.number not in unsettled]
-    batch = batch[: plan.n_jobs]
+    held = {t.number: h for t in running if (h := held_elsewhere(plan, t)) is not None}
+    left = [t for t in running if t.number not in unsettled and t.number not in held]
+    batch = [(t.number, dict(t.params)) for t in left][: plan.n_jobs]
     resumed = [n for n, _ in batch]
     n_new = min(plan.n_jobs - len(batch), plan.n_trials - len(finished) - len(running))
     for _ in range(max(0, n_new)):
-        trial = study.ask(dists)
-        trial.set_user_attr(DIR_ATTR, plan.trial_dir(point, trial.number))
+        try:
+            trial = study.ask(dists)
+            trial.set_user_attr(DIR_ATTR, plan.trial_dir(point, trial.number))
+        except UpdateFinishedTrialError:
+            # Told FAIL as half-proposed by another launch, which judged this one's proposal
+            # claim stale (this process was suspended): not run, not counted.
+            continue
         batch.append((trial.number, trial.params))
+    if held:
+        log.info("%s: trials %s are run by another launch: %s", study.study_name, sorted(held),
+                 "; ".join(held.values()))  # fmt: skip
     if resumed:
         log.info("%s: running again trials %s (left unfinished)", study.study_name, resumed)
     return batch
