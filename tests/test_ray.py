@@ -112,6 +112,28 @@ def test_requests_no_node_can_hold_are_refused(options, nodes, message):
         ray_launcher.resolve_resources(options, {"accelerator": "gpu"}, nodes)
 
 
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+@pytest.mark.parametrize("address", [None, "auto"])
+def test_a_gpu_trainer_with_no_gpu_per_job_is_refused(accelerator, address):
+    """gpus_per_job=0 with a GPU trainer: Ray would give every job no GPU and each would
+    fail on its own. Refused before any job, on a cluster joined with address too (no
+    autoscaler can change it), naming both keys and what is allowed."""
+    options = {"gpus_per_job": 0, "address": address}
+    trainer = {"accelerator": accelerator, "devices": 1}
+    message = (
+        rf"gpus_per_job=0 but trainer.accelerator={accelerator}: Ray gives each job no GPU\. "
+        r"Allowed: gpus_per_job > 0"
+    )
+    with pytest.raises(ray_launcher.RayLauncherError, match=message):
+        ray_launcher.resolve_resources(options, trainer, ONE_NODE)
+    # A CPU or auto trainer with no GPU per job is a CPU sweep.
+    for other in ("cpu", "auto"):
+        assert ray_launcher.resolve_resources(options, {"accelerator": other}, ONE_NODE) == (
+            0.0,
+            1.0,
+        )
+
+
 def test_what_no_cluster_could_run_is_refused_before_ray_starts():
     """launch() calls check_options before start_ray: no cluster is needed to refuse it."""
     for options in ({"gpus_per_job": 2}, {"cpus_per_job": 0}, {"cpus_per_job": "many"}):

@@ -250,6 +250,15 @@ def resolve_resources(
             f"{most:g} CPUs: no job could start. Allowed: 0 < cpus_per_job <= {most:g}, or "
             "null (derived from the nodes)"
         )
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if problem is None and gpus == 0 and accelerator in ("gpu", "cuda"):
+        # Ray gives a task without GPUs none (its CUDA_VISIBLE_DEVICES is empty or not
+        # set for it): each job would fail on its own, or train on a GPU no one assigned.
+        raise RayLauncherError(
+            f"hydra.launcher.gpus_per_job=0 but trainer.accelerator={accelerator}: Ray gives "
+            "each job no GPU. Allowed: gpus_per_job > 0 (0.25 packs 4 jobs per GPU; null: "
+            "1 for a GPU trainer) or a CPU trainer (trainer.accelerator=cpu)"
+        )
     if problem and not options.get("address"):
         raise RayLauncherError(problem)
     if problem:
