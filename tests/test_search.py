@@ -419,6 +419,9 @@ def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdi
         ({"model.latent_dim": "range(2, 10, 4)", "seed": "choice(0, 1)"}, 4),  # {2, 6} × {0, 1}
         ({"model.latent_dim": "int(interval(2, 5))"}, 4),
         ({"beta": "interval(0.1, 10)", "seed": "choice(0, 1)"}, None),  # continuous: unbounded
+        ({"model.use_bias": "choice(0, false)"}, 2),  # a bool is not the number it equals
+        ({"beta": "choice(1, 1.0, 2)"}, 2),  # beta=1 and beta=1.0 are one job
+        ({"trainer.limit_train_batches": "choice(1, 1.0)"}, 2),  # one batch, every batch
     ],
 )
 def test_more_trials_than_the_space_has_points_are_refused(params, size):

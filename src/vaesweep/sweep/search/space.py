@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import (
 )
 from omegaconf import DictConfig, ListConfig
 
-from vaesweep.core.helpers import quoted_value
+from vaesweep.core.helpers import compared_number, quoted_value
 
 PARAMS_KEY = "hydra.sweeper.params"
 SAMPLER_KEY = "hydra.sweeper.sampler"
@@ -123,7 +123,12 @@ class Param:
     def size(self) -> int | None:
         """How many distinct values a sampler can propose; None for a continuous range."""
         if self.kind == "categorical":
-            return len(set(self.choices))
+            # As jobs are told apart: 1 and 1.0 are one value (beta=1, beta=1.0), but a bool
+            # is not the number it equals (False is not 0) and the int 1 of a batch-or-fraction
+            # key is one batch, not every batch (compared_number).
+            return len(
+                {(type(c) is bool, repr(compared_number(self.key, c))) for c in self.choices}
+            )
         if self.kind == "int":
             return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
         if self.step is None:
