@@ -908,3 +908,87 @@ def test_a_study_preset_without_multirun_says_it_trains_one_run(tmp_path):
     ) in proc.stderr
     plain = run_cli([*TINY, "logger=none"], tmp_path)
     assert plain.returncode == 0 and "note:" not in plain.stderr
+
+
+DIGITS_SIZES = {"train": 1397, "val": 200, "test": 200}  # the digits split
+
+
+@pytest.mark.parametrize(
+    ("trainer", "world_size", "test_examples", "refused"),
+    [
+        # 22 training batches of 64 (⌈1397 / 64⌉): 0.04 × 22 rounds down to 0, 0.05 to 1.
+        ({"limit_train_batches": 0.04}, 1, None, ("trainer.limit_train_batches", "1/22")),
+        ({"limit_train_batches": 0.05}, 1, None, None),
+        ({"overfit_batches": 0.04}, 1, None, ("trainer.overfit_batches", "1/22")),
+        ({"overfit_batches": 2}, 1, None, None),
+        # One validation / test batch of 500 (200 examples): any fraction below 1 is none.
+        ({"limit_val_batches": 0.5}, 1, None, ("trainer.limit_val_batches", "1/1")),
+        ({"limit_test_batches": 0.99}, 1, None, ("trainer.limit_test_batches", "1/1")),
+        ({"limit_test_batches": 1.0}, 1, None, None),
+        ({"limit_val_batches": 0.0}, 1, None, None),  # validation off
+        # eval.test_examples=100 in batches of 50: 2 batches, so 0.5 is one, 0.4 none.
+        ({"limit_test_batches": 0.5}, 1, 100, None),
+        ({"limit_test_batches": 0.4}, 1, 100, ("trainer.limit_test_batches", "1/2")),
+        # Validation every 22 batches fits an epoch of 22, 23 never comes within one ...
+        ({"val_check_interval": 22}, 1, None, None),
+        ({"val_check_interval": 23}, 1, None, ("trainer.val_check_interval", "at most the 22")),
+        # ... nor within half an epoch (11 batches), nor with 2 processes of 349 examples
+        # (⌊1397 / 4⌋) in batches of 16: 22 each.
+        ({"val_check_interval": 12, "limit_train_batches": 0.5}, 1, None,
+         ("trainer.val_check_interval", "at most the 11")),
+        ({"val_check_interval": 23}, 4, None, ("trainer.val_check_interval", "at most the 22")),
+        # Counted across epochs, or without validation: any count.
+        ({"val_check_interval": 1000, "check_val_every_n_epoch": None}, 1, None, None),
+        ({"val_check_interval": 1000, "limit_val_batches": 0}, 1, None, None),
+        ({"limit_test_batches": 0.5, "fast_dev_run": True}, 1, None, None),  # one batch each
+    ],
+)  # fmt: skip
+def test_batch_limits_that_leave_a_split_no_batch_are_refused(
+    trainer, world_size, test_examples, refused
+):
+    """Lightning rounds a limit_*_batches (or overfit_batches) fraction of a split's batches
+    down, and refuses 0 batches only when it reaches that split (the test split: after the
+    whole fit); an integer val_check_interval above the batches of an epoch, when the fit
+    starts. Checked against the batch counts worked out by hand from the digits split."""
+    from vaesweep.run.config import check_batch_limits
+
+    limits = {
+        "fast_dev_run": False,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "limit_test_batches": None,
+        "overfit_batches": 0.0,
+        "val_check_interval": None,
+        "check_val_every_n_epoch": 1,
+        **trainer,
+    }
+    cfg = OmegaConf.create(
+        {"data": {"batch_size": 64, "eval_batch_size": 50 if test_examples else 500},
+         "trainer": limits}
+    )  # fmt: skip
+    if refused is None:
+        check_batch_limits(cfg, DIGITS_SIZES, test_examples, world_size)
+        return
+    key, allowed = refused
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(key)}=\S+ is invalid: allowed .*{allowed}"
+    ):
+        check_batch_limits(cfg, DIGITS_SIZES, test_examples, world_size)
+
+
+def test_a_test_fraction_of_no_batch_is_refused_before_training(tmp_path):
+    """trainer.limit_test_batches=0.5 on digits (its test split is one batch): refused once
+    the data are loaded, before the first step, naming the split's batches (Lightning
+    refused it only at the test, after the whole fit), and recorded as a failed run."""
+    proc = run_cli(
+        [*TINY, "logger=none", "trainer.limit_test_batches=0.5", "hydra.run.dir=r"], tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (
+        "ConfigError: trainer.limit_test_batches=0.5 is invalid: allowed a fraction of at "
+        "least 1/1 = 1, or an integer number of batches ≥ 1: the test split has 1 batch (200 "
+        "examples, data.eval_batch_size=500)"
+    ) in proc.stderr
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained

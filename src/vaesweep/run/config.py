@@ -26,6 +26,7 @@ import datetime
 import difflib
 import inspect
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -943,9 +944,11 @@ class NothingTrained(RuntimeError):
     """The fit ended without a single optimisation step."""
 
 
-def check_training_split(cfg: DictConfig, data: Any) -> None:
+def check_training_split(cfg: DictConfig, data: Any, world_size: int = 1) -> None:
     """Refuses a global batch larger than the training split (``data``: the loaded
-    ``VAEDataModule``): every step would see the whole split, not a batch of it."""
+    ``VAEDataModule``): every step would see the whole split, not a batch of it. Then the
+    trainer's batch limits against the batches each split has (``world_size`` processes):
+    :func:`check_batch_limits`."""
     n_train = int(data.info["sizes"]["train"])
     require(
         cfg.data.batch_size <= n_train,
@@ -953,3 +956,71 @@ def check_training_split(cfg: DictConfig, data: Any) -> None:
         cfg.data.batch_size,
         f"at most the {n_train} examples of the training split of data={cfg.data.name}",
     )
+    check_batch_limits(cfg, data.info["sizes"], data.test_examples, world_size)
+
+
+def _batches(examples: int, batch_size: int, world_size: int) -> int:
+    """Batches per epoch of the process with the fewest examples (vaesweep.data.loader:
+    each holds ⌊n / world_size⌋ or one more, in batches of ``batch_size``, the last short)."""
+    return math.ceil((examples // world_size) / batch_size)
+
+
+def _limited(batches: int, limit: Any) -> int:
+    """The batches Lightning runs of ``batches`` under a limit_*_batches value (an int: that
+    many at most; a float: that fraction, rounded down; None: all)."""
+    if limit is None:
+        return batches
+    if is_int(limit):
+        return min(batches, int(limit))
+    return int(batches * float(limit))
+
+
+def check_batch_limits(
+    cfg: DictConfig, sizes: dict[str, Any], test_examples: int | None, world_size: int
+) -> None:
+    """Refuses, once the split sizes are known and before the fit, a ``trainer.limit_*_batches``
+    or ``overfit_batches`` fraction that leaves a split less than one batch, and a
+    ``trainer.val_check_interval`` of more batches than an epoch trains (validation counted
+    per epoch). Lightning raises either only when it reaches that split: a test fraction
+    after the whole fit. A ``fast_dev_run`` replaces every limit (one batch of each)."""
+    t = cfg.trainer
+    if t.get("fast_dev_run"):
+        return
+    n_test = int(sizes["test"]) if test_examples is None else min(test_examples, int(sizes["test"]))
+    splits = {
+        "train": (int(sizes["train"]), cfg.data.batch_size // world_size, "data.batch_size"),
+        "val": (int(sizes["val"]), cfg.data.eval_batch_size, "data.eval_batch_size"),
+        "test": (n_test, cfg.data.eval_batch_size, "data.eval_batch_size"),
+    }
+    batches = {s: _batches(n, b, world_size) for s, (n, b, _) in splits.items()}
+    overfit = t.get("overfit_batches") or 0
+    limits = {s: t.get(f"limit_{s}_batches") for s in splits}
+    keys = {s: f"trainer.limit_{s}_batches" for s in splits}
+    if overfit:  # Lightning trains and validates on that many training batches instead
+        for s in ("train", "val"):
+            limits[s], keys[s] = overfit, "trainer.overfit_batches"
+    for split, limit in limits.items():
+        if not isinstance(limit, float) or limit == 0.0 or _limited(batches[split], limit) >= 1:
+            continue
+        examples, batch_size, batch_key = splits[split]
+        raise invalid(
+            keys[split],
+            limit,
+            f"a fraction of at least 1/{batches[split]} = {1 / batches[split]:.4g}, or an "
+            f"integer number of batches ≥ 1: the {split} split has {batches[split]} batch"
+            f"{'es' if batches[split] != 1 else ''} ({examples} examples, {batch_key}="
+            f"{batch_size}{f' per process of {world_size}' if world_size > 1 else ''}), and "
+            f"{limit:g} of them is less than one (Lightning would stop the run when it "
+            f"reaches the {split} split{', after the whole fit' if split == 'test' else ''})",
+        )
+    interval, every = t.get("val_check_interval"), t.get("check_val_every_n_epoch")
+    if is_int(interval) and every is not None and limits["val"] != 0:
+        per_epoch = _limited(batches["train"], limits["train"])
+        require(
+            interval <= per_epoch,
+            "trainer.val_check_interval",
+            interval,
+            f"at most the {per_epoch} training batches of an epoch (validation is counted "
+            "within each epoch; trainer.check_val_every_n_epoch=null counts the batches "
+            "across epochs)",
+        )

@@ -377,7 +377,7 @@ def _fit_and_test(
     trainer, model, data = parts.trainer, parts.model, parts.data
     if record is not None:  # kept in every checkpoint, for a resume whose record is lost
         resumable.dataset = data.info
-    check_training_split(cfg, data)  # the data are loaded now: a batch must fit the split
+    check_training_split(cfg, data, trainer.world_size)  # the data are loaded now
     resumable.signals.check()
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
         ranks.announce_training(job.run_dir, resume_from)
