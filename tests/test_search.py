@@ -3,6 +3,7 @@ of the whole sweep, failed trials, bad input refused before any trial, collect a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -332,7 +333,8 @@ def test_every_study_gets_a_sampler_of_its_own(tmp_path):
         }
     )
     first = optuna.samplers.TPESampler(seed=3)  # the sweeper's instance
-    make = study_samplers(config, first)
+    plan = _plan(tmp_path / "sweep")
+    make = study_samplers(config, first, plan)
     made = [make("search[a]", 0), make("search[b]", 0), make("search[b]", 2)]
     assert made[0] is first and len({id(s) for s in made}) == 3
     xs = []
@@ -350,9 +352,69 @@ def test_every_study_gets_a_sampler_of_its_own(tmp_path):
     unseeded = OmegaConf.create(
         {"hydra": {"sweeper": {"sampler": {"_target_": "optuna.samplers.RandomSampler"}}}}
     )
-    make = study_samplers(unseeded, first)
+    make = study_samplers(unseeded, first, plan)
     assert make("a", 0) is first and make("b", 0) is not first and make("b", 1) is not first
-    assert study_samplers(OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}}), None) is None
+    no_sampler = OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}})
+    assert study_samplers(no_sampler, None, plan) is None
+
+
+def _launching_config(overrides: list[str]):
+    """The config a multirun of the search launches with, composed by Hydra: its task
+    overrides that are not grid axes applied (Hydra applies a grid axis per job)."""
+    from hydra import compose
+
+    return compose(
+        "train", overrides=["hydra/sweeper=optuna", *overrides], return_hydra_config=True
+    )
+
+
+def test_each_grid_point_of_seed_proposes_what_a_search_of_that_seed_alone_does(tmp_path):
+    """``seed`` as a grid axis: every study's sampler was seeded with the launching config's
+    seed (the default 0, the grid's values being applied per job), so seed=1,2 proposed the
+    same trials at both points. Each study now proposes what a search of its seed alone
+    proposes: a TPE sampler of that seed (real Optuna), the search run by the sweeper's own
+    function with the sampler Hydra builds from the launching config."""
+    import optuna
+    from hydra.utils import instantiate
+
+    from vaesweep.sweep.search.driver import run_search
+
+    beta = "beta=interval(0.1, 10)"
+
+    def search(name: str, arguments: list[str], fixed: list[str]) -> dict[str, list]:
+        sweep = tmp_path / name
+        with _composing():
+            config = _launching_config(
+                [*fixed, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2"]
+            )
+            sampler = instantiate(config.hydra.sweeper.sampler)  # as Hydra builds the sweeper's
+            run_search(config, _RecordingLauncher(sweep), arguments, sampler, None)
+        storage = open_storage(str(sweep / JOURNAL_FILE))
+        return {
+            n: [t.params["beta"] for t in optuna.load_study(study_name=n, storage=storage).trials]
+            for n in optuna.get_all_study_names(storage)
+        }
+
+    def tpe(seed: int) -> list[float]:  # what a TPE sampler of this seed proposes first
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+        dist = optuna.distributions.FloatDistribution(0.1, 10)
+        return [study.ask({"beta": dist}).params["beta"] for _ in range(2)]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = search("grid", ["seed=1,2", beta], [])
+    alone = {k: search(f"seed{k}", [f"seed={k}", beta], [f"seed={k}"])["search"] for k in (1, 2)}
+    assert alone[1] == tpe(1) and alone[2] == tpe(2) and alone[1] != alone[2]
+    assert grid == {"search[seed=1]": alone[1], "search[seed=2]": alone[2]}
+    # A relaunch to 3 trials: the continued study's sampler is seeded from its own seed (2).
+    with _composing():
+        config = _launching_config(
+            [f"hydra.sweep.dir={tmp_path / 'grid'}", "hydra.sweeper.n_trials=3"]
+        )
+        sampler = instantiate(config.hydra.sweeper.sampler)
+        run_search(config, _RecordingLauncher(tmp_path / "grid"), ["seed=1,2", beta], sampler, None)
+    reseeded = hashlib.sha256(b"2:search[seed=2]:2").digest()
+    continued = trials(tmp_path / "grid", "search[seed=2]")
+    assert continued[2].params["beta"] == tpe(int.from_bytes(reseeded[:4], "big"))[0]
 
 
 def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(workdir):
