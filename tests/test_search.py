@@ -1062,6 +1062,102 @@ def test_a_new_study_is_refused_where_another_studys_trials_are(tmp_path):
     check_studies(_plan(tmp_path, study_name="other2", grid=["likelihood=gaussian,laplace"]))
 
 
+def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path):
+    """A storage shared by two sweep directories (an absolute journal, sqlite:///x.db relative
+    to the working directory) and the default study name: a launch into a new sweep
+    directory joined the first one's study (nothing ran once it had n_trials, best.json
+    named directories that are not there). Now refused, naming the storage, the study, the
+    directory it belongs to and both ways out; the same directory by another path (a
+    symlink), or moved (its sweep.json's id), continues it. A changed search's refusal
+    names the ways that help (another study_name or storage; another hydra.sweep.dir only
+    where the journal is in the sweep directory)."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import open_study
+
+    shared = tmp_path / "shared.log"
+    shared.touch()
+
+    def plan(sweep: Path, **kw) -> Plan:
+        p = _plan(sweep, **kw)
+        p.storage = str(shared)
+        return p
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "sweep.json").write_text(json.dumps({"search": {"id": "f1rst"}}))
+    storage = open_storage(str(shared))
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    open_study(storage, plan(first), [], sampler, None)
+    check_studies(plan(first))  # its own directory
+    (tmp_path / "link").symlink_to(first)
+    check_studies(plan(tmp_path / "link"))  # the same directory through a symlink
+    owner = str(first.resolve())
+    with pytest.raises(SearchError) as refused:
+        check_studies(plan(tmp_path / "second"))
+    for part in (f"hydra.sweeper.storage={shared}: the study 'search' there belongs to the "
+                 f"sweep directory {owner}, not to this launch's {(tmp_path / 'second').resolve()}",
+                 f"relaunch into its directory (hydra.sweep.dir={owner})",
+                 "choose another hydra.sweeper.study_name or another hydra.sweeper.storage"):  # fmt: skip
+        assert part in str(refused.value)
+    with pytest.raises(SearchError, match="belongs to the sweep directory"):  # the sweeper too
+        open_study(storage, plan(tmp_path / "second"), [], sampler, None)
+    check_studies(plan(tmp_path / "second", study_name="other"))  # another study: welcome
+
+    moved = tmp_path / "moved"
+    first.rename(moved)  # moved with its sweep.json: the same search
+    check_studies(plan(moved))
+    open_study(storage, plan(moved), [], sampler, None)  # now recorded where it is
+    first.mkdir()  # a new directory at the old path: not the study's any more
+    with pytest.raises(SearchError, match=f"belongs to the sweep directory {moved.resolve()},"):
+        check_studies(plan(first))
+
+    changed = plan(moved)
+    changed.space = parse_space({"beta": "interval(1.0, 5.0)"}, ["data=digits", "logger=csv"])
+    with pytest.raises(SearchError, match="was started with another search") as refused:
+        check_studies(changed)
+    assert "choose another hydra.sweeper.study_name or another hydra.sweeper.storage" in str(
+        refused.value
+    )
+    assert "hydra.sweep.dir" not in str(refused.value)  # another directory: the same storage
+    own = _plan(tmp_path / "own")  # the default: a journal in the sweep directory
+    open_study(open_storage(own.storage), own, [], sampler, None)
+    own.space = changed.space
+    with pytest.raises(
+        SearchError, match=r"storage or another hydra.sweep.dir \(its own journal\)"
+    ):
+        check_studies(own)
+
+
+@pytest.mark.slow
+def test_the_same_search_into_a_new_sweep_directory_is_refused_by_the_cli(workdir):
+    """The reviewer's case, real launches: sqlite:///x.db (relative to the working
+    directory, as lightning-hydra-template writes it) and the default study name. The same
+    command into a new sweep directory ran nothing (the study had n_trials), exited 0 and
+    wrote a best.json naming a trial directory that is not there; now refused before any
+    trial. The sweep directory moved and relaunched with more trials continues its study."""
+    import optuna
+
+    args = [*SEARCH[:-1], "hydra.sweeper.storage=sqlite:///x.db", BETA]
+    first = run_cli([*args, "hydra.sweep.dir=sweep", "hydra.sweeper.n_trials=1"], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli([*args, "hydra.sweep.dir=sweep2", "hydra.sweeper.n_trials=1"], workdir)
+    assert again.returncode == 2, again.stderr[-3000:]
+    owner = (workdir / "sweep").resolve()
+    assert f"the study 'search' there belongs to the sweep directory {owner}" in again.stderr
+    assert f"hydra.sweep.dir={owner}" in again.stderr
+    assert not (workdir / "sweep2" / BEST_FILE).exists()
+    assert not list((workdir / "sweep2").glob("trial_*"))
+    (workdir / "sweep").rename(workdir / "moved")
+    moved = run_cli([*args, "hydra.sweep.dir=moved", "hydra.sweeper.n_trials=2"], workdir)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir / 'x.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    (best,) = json.loads((workdir / "moved" / BEST_FILE).read_text())
+    assert (workdir / "moved" / best["best"]["dir"] / "results.json").is_file()
+
+
 def test_a_new_study_in_a_searched_directory_is_refused_by_the_cli(workdir):
     """The reviewer's case, with the real CLI: a study of another name in the sweep
     directory of a search refused before any job (it reported the other study's trial 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> d
             "n_trials": plan.n_trials,
             "n_jobs": plan.n_jobs,
             "storage": plan.storage,
+            # Recorded by its studies with the directory's path: a moved directory keeps it.
+            "id": (previous.get("search") or {}).get("id") or uuid.uuid4().hex,
             "studies": [plan.study(p) for p in plan.space.points()],
             "params": searched,
             "grid": plan.space.grid,
