@@ -513,6 +513,72 @@ def test_gpu_indices_in_trainer_devices_are_refused_where_the_launcher_assigns_g
     assert gpus.one_device_problem({"devices": 1, "num_nodes": 1}, "local_parallel") is None
 
 
+THREADS_APP = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+
+    import hydra
+
+    from vaesweep.run.context import current_job
+
+
+    @hydra.main(version_base="1.3", config_path=None, config_name=None)
+    def main(cfg):
+        threads = current_job().torch_threads(None)  # threads: null, as a job computes them
+        Path(os.environ["OUT_DIR"], f"threads-{cfg.x}").write_text(str(threads))
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+@pytest.mark.parametrize(("values", "n_jobs"), [("a", 8), ("a,b", 8), ("a,b,c", 2)])
+def test_a_jobs_threads_are_the_cores_over_the_jobs_its_launch_runs_at_once(
+    tmp_path, values, n_jobs
+):
+    """threads: null is the usable cores / the jobs running at once. A launch of fewer jobs
+    than n_jobs (a search's batch of one under n_jobs=8) runs them all at once, no more: each
+    job got cores / n_jobs threads (2 of 16 cores, one job at a time), now cores / the jobs
+    of its launch at once, as its GPU share is counted."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one usable core: every job gets one thread")
+    script = tmp_path / "threads_app.py"
+    script.write_text(THREADS_APP)
+    args = [
+        sys.executable, str(script), "-m", f"+x={values}", f"hydra.launcher._target_={TARGET}",
+        f"+hydra.launcher.n_jobs={n_jobs}", "hydra.sweep.dir=multirun",
+    ]  # fmt: skip
+    env = {**cli_env(), "OUT_DIR": str(tmp_path)}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    at_once = min(n_jobs, len(values.split(",")))
+    threads = {p.name: int(p.read_text()) for p in tmp_path.glob("threads-*")}
+    assert threads == {f"threads-{x}": max(1, cores // at_once) for x in values.split(",")}
+
+
+@pytest.mark.slow
+def test_a_search_of_one_trial_at_a_time_trains_each_on_every_core(tmp_path):
+    """The reviewer's case, a real search: hydra.sweeper.n_jobs=1 under
+    hydra.launcher.n_jobs=8 runs one trial at a time, and each trained with cores / 8
+    threads; now with every usable core (results.json records the torch threads)."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one usable core: every job gets one thread")
+    args = [
+        "-m", "hydra/sweeper=optuna", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=8",
+        "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=2", "beta=interval(0.1, 10)", *TINY,
+        "logger=none", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("trial_*/results.json")]
+    assert [r["devices"]["torch_threads"] for r in runs] == [cores, cores]
+
+
 def test_n_jobs_minus_one_counts_the_cores_this_process_may_use(tmp_path):
     """Under taskset (or a SLURM allocation) -1 means the cores allowed, as joblib counts."""
     code = (

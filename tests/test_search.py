@@ -3,6 +3,7 @@ of the whole sweep, failed trials, bad input refused before any trial, collect a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -332,7 +333,8 @@ def test_every_study_gets_a_sampler_of_its_own(tmp_path):
         }
     )
     first = optuna.samplers.TPESampler(seed=3)  # the sweeper's instance
-    make = study_samplers(config, first)
+    plan = _plan(tmp_path / "sweep")
+    make = study_samplers(config, first, plan)
     made = [make("search[a]", 0), make("search[b]", 0), make("search[b]", 2)]
     assert made[0] is first and len({id(s) for s in made}) == 3
     xs = []
@@ -350,9 +352,69 @@ def test_every_study_gets_a_sampler_of_its_own(tmp_path):
     unseeded = OmegaConf.create(
         {"hydra": {"sweeper": {"sampler": {"_target_": "optuna.samplers.RandomSampler"}}}}
     )
-    make = study_samplers(unseeded, first)
+    make = study_samplers(unseeded, first, plan)
     assert make("a", 0) is first and make("b", 0) is not first and make("b", 1) is not first
-    assert study_samplers(OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}}), None) is None
+    no_sampler = OmegaConf.create({"hydra": {"sweeper": {"sampler": None}}})
+    assert study_samplers(no_sampler, None, plan) is None
+
+
+def _launching_config(overrides: list[str]):
+    """The config a multirun of the search launches with, composed by Hydra: its task
+    overrides that are not grid axes applied (Hydra applies a grid axis per job)."""
+    from hydra import compose
+
+    return compose(
+        "train", overrides=["hydra/sweeper=optuna", *overrides], return_hydra_config=True
+    )
+
+
+def test_each_grid_point_of_seed_proposes_what_a_search_of_that_seed_alone_does(tmp_path):
+    """``seed`` as a grid axis: every study's sampler was seeded with the launching config's
+    seed (the default 0, the grid's values being applied per job), so seed=1,2 proposed the
+    same trials at both points. Each study now proposes what a search of its seed alone
+    proposes: a TPE sampler of that seed (real Optuna), the search run by the sweeper's own
+    function with the sampler Hydra builds from the launching config."""
+    import optuna
+    from hydra.utils import instantiate
+
+    from vaesweep.sweep.search.driver import run_search
+
+    beta = "beta=interval(0.1, 10)"
+
+    def search(name: str, arguments: list[str], fixed: list[str]) -> dict[str, list]:
+        sweep = tmp_path / name
+        with _composing():
+            config = _launching_config(
+                [*fixed, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2"]
+            )
+            sampler = instantiate(config.hydra.sweeper.sampler)  # as Hydra builds the sweeper's
+            run_search(config, _RecordingLauncher(sweep), arguments, sampler, None)
+        storage = open_storage(str(sweep / JOURNAL_FILE))
+        return {
+            n: [t.params["beta"] for t in optuna.load_study(study_name=n, storage=storage).trials]
+            for n in optuna.get_all_study_names(storage)
+        }
+
+    def tpe(seed: int) -> list[float]:  # what a TPE sampler of this seed proposes first
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+        dist = optuna.distributions.FloatDistribution(0.1, 10)
+        return [study.ask({"beta": dist}).params["beta"] for _ in range(2)]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = search("grid", ["seed=1,2", beta], [])
+    alone = {k: search(f"seed{k}", [f"seed={k}", beta], [f"seed={k}"])["search"] for k in (1, 2)}
+    assert alone[1] == tpe(1) and alone[2] == tpe(2) and alone[1] != alone[2]
+    assert grid == {"search[seed=1]": alone[1], "search[seed=2]": alone[2]}
+    # A relaunch to 3 trials: the continued study's sampler is seeded from its own seed (2).
+    with _composing():
+        config = _launching_config(
+            [f"hydra.sweep.dir={tmp_path / 'grid'}", "hydra.sweeper.n_trials=3"]
+        )
+        sampler = instantiate(config.hydra.sweeper.sampler)
+        run_search(config, _RecordingLauncher(tmp_path / "grid"), ["seed=1,2", beta], sampler, None)
+    reseeded = hashlib.sha256(b"2:search[seed=2]:2").digest()
+    continued = trials(tmp_path / "grid", "search[seed=2]")
+    assert continued[2].params["beta"] == tpe(int.from_bytes(reseeded[:4], "big"))[0]
 
 
 def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(workdir):
@@ -1001,6 +1063,102 @@ def test_a_new_study_is_refused_where_another_studys_trials_are(tmp_path):
         check_studies(other)
     # Another grid point's trials are not this study's directories: no collision.
     check_studies(_plan(tmp_path, study_name="other2", grid=["likelihood=gaussian,laplace"]))
+
+
+def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path):
+    """A storage shared by two sweep directories (an absolute journal, sqlite:///x.db relative
+    to the working directory) and the default study name: a launch into a new sweep
+    directory joined the first one's study (nothing ran once it had n_trials, best.json
+    named directories that are not there). Now refused, naming the storage, the study, the
+    directory it belongs to and both ways out; the same directory by another path (a
+    symlink), or moved (its sweep.json's id), continues it. A changed search's refusal
+    names the ways that help (another study_name or storage; another hydra.sweep.dir only
+    where the journal is in the sweep directory)."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import open_study
+
+    shared = tmp_path / "shared.log"
+    shared.touch()
+
+    def plan(sweep: Path, **kw) -> Plan:
+        p = _plan(sweep, **kw)
+        p.storage = str(shared)
+        return p
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "sweep.json").write_text(json.dumps({"search": {"id": "f1rst"}}))
+    storage = open_storage(str(shared))
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    open_study(storage, plan(first), [], sampler, None)
+    check_studies(plan(first))  # its own directory
+    (tmp_path / "link").symlink_to(first)
+    check_studies(plan(tmp_path / "link"))  # the same directory through a symlink
+    owner = str(first.resolve())
+    with pytest.raises(SearchError) as refused:
+        check_studies(plan(tmp_path / "second"))
+    for part in (f"hydra.sweeper.storage={shared}: the study 'search' there belongs to the "
+                 f"sweep directory {owner}, not to this launch's {(tmp_path / 'second').resolve()}",
+                 f"relaunch into its directory (hydra.sweep.dir={owner})",
+                 "choose another hydra.sweeper.study_name or another hydra.sweeper.storage"):  # fmt: skip
+        assert part in str(refused.value)
+    with pytest.raises(SearchError, match="belongs to the sweep directory"):  # the sweeper too
+        open_study(storage, plan(tmp_path / "second"), [], sampler, None)
+    check_studies(plan(tmp_path / "second", study_name="other"))  # another study: welcome
+
+    moved = tmp_path / "moved"
+    first.rename(moved)  # moved with its sweep.json: the same search
+    check_studies(plan(moved))
+    open_study(storage, plan(moved), [], sampler, None)  # now recorded where it is
+    first.mkdir()  # a new directory at the old path: not the study's any more
+    with pytest.raises(SearchError, match=f"belongs to the sweep directory {moved.resolve()},"):
+        check_studies(plan(first))
+
+    changed = plan(moved)
+    changed.space = parse_space({"beta": "interval(1.0, 5.0)"}, ["data=digits", "logger=csv"])
+    with pytest.raises(SearchError, match="was started with another search") as refused:
+        check_studies(changed)
+    assert "choose another hydra.sweeper.study_name or another hydra.sweeper.storage" in str(
+        refused.value
+    )
+    assert "hydra.sweep.dir" not in str(refused.value)  # another directory: the same storage
+    own = _plan(tmp_path / "own")  # the default: a journal in the sweep directory
+    open_study(open_storage(own.storage), own, [], sampler, None)
+    own.space = changed.space
+    with pytest.raises(
+        SearchError, match=r"storage or another hydra.sweep.dir \(its own journal\)"
+    ):
+        check_studies(own)
+
+
+@pytest.mark.slow
+def test_the_same_search_into_a_new_sweep_directory_is_refused_by_the_cli(workdir):
+    """The reviewer's case, real launches: sqlite:///x.db (relative to the working
+    directory, as lightning-hydra-template writes it) and the default study name. The same
+    command into a new sweep directory ran nothing (the study had n_trials), exited 0 and
+    wrote a best.json naming a trial directory that is not there; now refused before any
+    trial. The sweep directory moved and relaunched with more trials continues its study."""
+    import optuna
+
+    args = [*SEARCH[:-1], "hydra.sweeper.storage=sqlite:///x.db", BETA]
+    first = run_cli([*args, "hydra.sweep.dir=sweep", "hydra.sweeper.n_trials=1"], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli([*args, "hydra.sweep.dir=sweep2", "hydra.sweeper.n_trials=1"], workdir)
+    assert again.returncode == 2, again.stderr[-3000:]
+    owner = (workdir / "sweep").resolve()
+    assert f"the study 'search' there belongs to the sweep directory {owner}" in again.stderr
+    assert f"hydra.sweep.dir={owner}" in again.stderr
+    assert not (workdir / "sweep2" / BEST_FILE).exists()
+    assert not list((workdir / "sweep2").glob("trial_*"))
+    (workdir / "sweep").rename(workdir / "moved")
+    moved = run_cli([*args, "hydra.sweep.dir=moved", "hydra.sweeper.n_trials=2"], workdir)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir / 'x.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    (best,) = json.loads((workdir / "moved" / BEST_FILE).read_text())
+    assert (workdir / "moved" / best["best"]["dir"] / "results.json").is_file()
 
 
 def test_a_new_study_in_a_searched_directory_is_refused_by_the_cli(workdir):

@@ -17,7 +17,10 @@ time through its own pipe, and watched through its sentinel:
   DataLoader workers are its children), and kept for the jobs of later launches (an Optuna
   search's batches) until the launching process exits. Each starts with its GPU
   (``CUDA_VISIBLE_DEVICES``, its share) and the BLAS/OpenMP thread counts loky set (cores /
-  n_jobs, unless set already) in its environment from the first line of its interpreter. A
+  the jobs its launch runs at once, unless set already) in its environment from the first
+  line of its interpreter; each job's torch threads (``threads: null``) are the cores / the
+  jobs its launch runs at once, min(n_jobs, the launch's jobs) (a search's batch of one
+  under n_jobs=8 gets every core). A
   launch of k jobs runs them in the first min(k, n_jobs) of the n_jobs places (each a GPU,
   round robin), one job per place at a time, and each job's share of its GPU is 1/(the
   places of this launch on that GPU): a worker kept from an earlier launch moves, idle, to
@@ -53,6 +56,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
+from vaesweep.core.launchers import JOBS_AT_ONCE_KEY
 from vaesweep.run.signals import sweep_stopped
 from vaesweep.sweep.launching import (
     SweepLauncher,
@@ -77,7 +81,7 @@ NOT_STARTED = b"not started"
 READY_TIMEOUT_S = 300.0
 #: Signals a worker ignores between jobs (a job installs its own handlers for its lifetime).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: The thread counts loky gives each of its workers (cores / n_jobs), unless already set.
+#: The thread counts loky gives each of its workers (cores / jobs at once), unless already set.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -99,13 +103,13 @@ def _serve(conn: Connection) -> None:
             return
         if message is None:
             return
-        idx, overrides, payload, env, n_jobs = message
+        idx, overrides, payload, env, launcher_values = message
         shared = pickle.loads(payload)  # each launch's own (an Optuna search has several)
         adopt_environment(env)
         if sweep_stopped():  # given just before the stop: no directory, no log, no result
             reply = NOT_STARTED
         else:
-            sweep_config = job_config(idx, overrides, shared, n_jobs=n_jobs)
+            sweep_config = job_config(idx, overrides, shared, **launcher_values)
             reply = _reply(run_configured(sweep_config, shared), cloudpickle)
         try:
             conn.send_bytes(reply)
@@ -234,13 +238,14 @@ class LocalParallelLauncher(SweepLauncher):
         n_jobs = jobs_at_once(self.n_jobs)
         # Each launch its shares (a search's batches differ in size); a place's GPU is the
         # same whatever the launch, so workers kept from an earlier one stay where they are.
-        self.places_env = self._places(n_jobs, _places_used(n_jobs, job_overrides))
+        at_once = _places_used(n_jobs, job_overrides)
+        self.places_env = self._places(n_jobs, at_once)
         resource_tracker.ensure_running()  # started here, not inside a worker's start
         placed = [e["CUDA_VISIBLE_DEVICES"] for e in self.places_env if "CUDA_VISIBLE_DEVICES" in e]
         log.info(
             "local_parallel is launching %d jobs, %d at once%s",
             len(job_overrides),
-            n_jobs,
+            at_once,
             f" (the GPU of each place: {', '.join(placed)})" if placed else "",
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
@@ -261,14 +266,15 @@ class LocalParallelLauncher(SweepLauncher):
     def _places(self, n_jobs: int, n_used: int) -> list[dict[str, str]]:
         """The starting environment of each of the n_jobs worker places: its GPU and share
         (vaesweep.run.gpus.spread over the ``n_used`` places this launch fills), and the
-        BLAS/OpenMP thread counts loky set."""
+        BLAS/OpenMP thread counts as loky sets them, for the ``n_used`` jobs this launch
+        runs at once (a search's batch of 1 under n_jobs=8: the cores, not an eighth)."""
         from omegaconf import OmegaConf
 
         from vaesweep.core.launchers import usable_cores
         from vaesweep.run import gpus
 
         assert self.config is not None
-        threads = str(max(1, usable_cores() // n_jobs))
+        threads = str(max(1, usable_cores() // n_used))
         base = {k: threads for k in THREAD_VARIABLES if k not in os.environ}
         node = OmegaConf.select(self.config, "trainer")  # an app of its own may have none
         trainer = OmegaConf.to_container(node, resolve=True) if node is not None else {}
@@ -418,7 +424,8 @@ class _Launch:
                 list(self.job_overrides[position]),
                 self.payload,
                 {**self.env, **own},
-                self.n_jobs,
+                # Under hydra.launcher: the jobs of this launch at once set the job's threads.
+                {"n_jobs": self.n_jobs, JOBS_AT_ONCE_KEY: len(self.slots)},
             )
             if worker.give(position, message):
                 self.waiting.pop(0)

@@ -11,6 +11,10 @@ from typing import Any
 #: vaesweep's ``local_parallel`` and Hydra's joblib launcher.
 POOL_MARKERS = ("vaesweep_local_launcher", "joblib")
 RAY_MARKER = "ray_launcher"
+#: The key of a job's ``hydra.launcher`` where ``local_parallel`` writes how many jobs of its
+#: launch run at once: min(n_jobs, the jobs of the launch), as its GPU shares count them (a
+#: search's batch of 1 under n_jobs=8 runs alone).
+JOBS_AT_ONCE_KEY = "jobs_at_once"
 SUBMITIT_MARKER = "submitit"
 
 
@@ -57,6 +61,16 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def pool_jobs_at_once(launcher: Any) -> int:
+    """How many jobs share this machine with a job of a pool launcher (its ``hydra.launcher``
+    config): what ``local_parallel`` wrote for the job's launch (:data:`JOBS_AT_ONCE_KEY`),
+    else its ``n_jobs`` (Hydra's joblib: every launch counted as n_jobs at once)."""
+    written = launcher.get(JOBS_AT_ONCE_KEY)
+    if written is not None:
+        return jobs_at_once(written)
+    return jobs_at_once(launcher.get("n_jobs"))
 
 
 def jobs_at_once(n_jobs: Any, cores: int | None = None) -> int:

@@ -126,6 +126,13 @@ class Job:
     def multirun(self) -> bool:
         return self.sweep_dir is not None
 
+    def torch_threads(self, threads: Any) -> int:
+        """The torch CPU threads of this job: the config's ``threads``, or with null the
+        usable cores shared among the jobs running at once (``n_parallel``)."""
+        if threads:
+            return int(threads)
+        return max(1, launchers.usable_cores() // self.n_parallel)
+
 
 def current_job() -> Job:
     hc = HydraConfig.get()
@@ -143,9 +150,8 @@ def current_job() -> Job:
         sweep_record = read_sweep(sweep_dir)
         swept = swept_values(overrides, list(sweep_record["grid"]) if sweep_record else [])
     launcher = hc.launcher.get("_target_", "") if "launcher" in hc else ""
-    n_parallel = (
-        launchers.jobs_at_once(hc.launcher.get("n_jobs")) if launchers.is_pool(launcher) else 1
-    )
+    # A pool's jobs at once: for local_parallel those of this job's launch (a search's batch).
+    n_parallel = launchers.pool_jobs_at_once(hc.launcher) if launchers.is_pool(launcher) else 1
     if launchers.is_ray(launcher):  # the CPUs Ray gave the job (the launcher resolved them)
         cpus = float(hc.launcher.get("cpus_per_job") or 1)
         n_parallel = max(1, round(launchers.usable_cores() / max(cpus, 1e-3)))

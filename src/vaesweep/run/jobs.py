@@ -99,10 +99,7 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
     if job.multirun and sweep_stopped():  # handed out after a parallel sweep was stopped
         log.debug("not started: the sweep was stopped")
         return None
-    if cfg.threads:
-        torch_threads = int(cfg.threads)
-    else:
-        torch_threads = max(1, launchers.usable_cores() // job.n_parallel)
+    torch_threads = job.torch_threads(cfg.threads)
     rank = process_rank()
     if rank != 0:  # a DDP worker a launcher started: does what rank 0 decided, writes nothing
         if isinstance(execute, Exception):

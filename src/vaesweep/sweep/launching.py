@@ -130,6 +130,7 @@ def job_config(
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
         sweep_config.hydra.sweep.dir = str(absolute_sweep_dir(sweep_config, config))
+    with open_dict(sweep_config.hydra.launcher):  # a structured config's keys are its own
         for key, value in launcher_values.items():
             sweep_config.hydra.launcher[key] = value
     HydraConfig.instance().set_config(sweep_config)

@@ -21,7 +21,12 @@ from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
 from vaesweep.sweep.search.space import SearchError, override_text, render
 from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
-from vaesweep.sweep.search.studies import check_unchanged, existing_study
+from vaesweep.sweep.search.studies import (
+    check_owner,
+    check_unchanged,
+    existing_study,
+    sweep_identity,
+)
 
 
 def _check_objective_reported(cfg: DictConfig, objective: str, key: str) -> None:
@@ -238,8 +243,9 @@ def check_new_study_dirs(
 
 
 def check_studies(plan: Plan) -> None:
-    """Before anything runs: a changed search space is refused (existing studies), and so is
-    a new study whose trial directories hold another study's trials."""
+    """Before anything runs: an existing study of another sweep directory is refused, and
+    so are a changed search space and a new study whose trial directories hold another
+    study's trials."""
     names: list[str] = []
     if is_url(plan.storage) or Path(plan.storage).stat().st_size:
         import optuna
@@ -250,8 +256,11 @@ def check_studies(plan: Plan) -> None:
     ours = set(plan.studies())
     others = [n for n in names if n not in ours]
     on_disk = _trial_numbers_on_disk(plan.sweep_dir)  # one listing for every grid point
+    here = sweep_identity(plan)
     for point in plan.space.points():
         if plan.study(point) in names:
-            check_unchanged(existing_study(storage, plan.study(point)), plan)
+            study = existing_study(storage, plan.study(point))
+            check_owner(study, plan, here)  # another sweep directory's: refused first
+            check_unchanged(study, plan)
         else:
             check_new_study_dirs(plan, point, others, on_disk)

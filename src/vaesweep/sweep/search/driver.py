@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.core.helpers import now
@@ -46,6 +47,8 @@ def _sweep_record(config: DictConfig, plan: Plan, previous: dict[str, Any]) -> d
             "n_trials": plan.n_trials,
             "n_jobs": plan.n_jobs,
             "storage": plan.storage,
+            # Recorded by its studies with the directory's path: a moved directory keeps it.
+            "id": (previous.get("search") or {}).get("id") or uuid.uuid4().hex,
             "studies": [plan.study(p) for p in plan.space.points()],
             "params": searched,
             "grid": plan.space.grid,
@@ -62,6 +65,7 @@ def start_search(config: DictConfig) -> None:
         plan = plan_search(config, list(config.hydra.overrides.task))
         check_sampler(config.hydra.sweeper)
         check_configs(config, plan)
+        study_samplers(config, None, plan)  # the sampler resolved at every grid point
         check_storage(plan.storage)
         check_studies(plan)
     except SearchError as e:
@@ -87,7 +91,7 @@ def run_search(
     with atomic_open(plan.sweep_dir / "multirun.yaml", "wb") as f:  # as Hydra's sweepers do
         f.write(OmegaConf.to_yaml(config).encode("utf-8"))
     studies: list[tuple[list[str], Any]] = []
-    samplers = study_samplers(config, sampler)
+    samplers = study_samplers(config, sampler, plan)
     try:
         for index, point in enumerate(plan.space.points()):
             stop_if_signalled()
@@ -119,33 +123,77 @@ def _write_best(plan: Plan, storage: Any, opened: dict[str, Any]) -> list[dict[s
     return best
 
 
-def study_samplers(config: DictConfig, sampler: Any) -> Any:
+def _interpolates(conf: Any) -> bool:
+    """Whether a config node (or a value) holds an interpolation (``${seed}``)."""
+    container = OmegaConf.to_container(conf, resolve=False) if OmegaConf.is_config(conf) else conf
+    if isinstance(container, dict):
+        return any(_interpolates(v) for v in container.values())
+    if isinstance(container, list):
+        return any(_interpolates(v) for v in container)
+    return isinstance(container, str) and "${" in container
+
+
+def point_sampler_conf(config: DictConfig, plan: Plan, point: list[str]) -> dict[str, Any]:
+    """The sampler's config (``hydra.sweeper.sampler``, resolved) of the study of one grid
+    point: its interpolations (``seed: ${seed}``) resolved against the config of that grid
+    point's trials (the search's fixed overrides and the point's, composed by Hydra), as a
+    search of that grid point alone resolves them against its launching config. The
+    launching config of a search with grid axes lacks the axes' values (Hydra applies them
+    per job): resolved there, ``${seed}`` with ``seed=1,2,3`` was the default seed for every
+    study."""
+    conf = config.hydra.sweeper.sampler
+    if not point or not _interpolates(conf):
+        return OmegaConf.to_container(conf, resolve=True)
+    from hydra import compose
+
+    job = compose(config.hydra.job.config_name, overrides=[*plan.space.fixed.values(), *point])
+    root = OmegaConf.create(OmegaConf.to_container(job, resolve=False))
+    with open_dict(root):  # the launching config's hydra node (the sampler's own config)
+        root.hydra = OmegaConf.to_container(config.hydra, resolve=False)
+    try:
+        return OmegaConf.to_container(root.hydra.sweeper.sampler, resolve=True)
+    except Exception as e:
+        raise SearchError(
+            f"hydra.sweeper.sampler={OmegaConf.to_container(conf, resolve=False)}: cannot be "
+            f"resolved at the grid point {' '.join(point)} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); allowed: interpolations of keys "
+            "that the trials' config has"
+        ) from None
+
+
+def study_samplers(config: DictConfig, sampler: Any, plan: Plan) -> Any:
     """The sampler of each study, as a function of (study name, trials it already has).
 
     Every study gets a sampler of its own: Optuna's samplers keep per-study state, and TPE
     (the default) refuses a second study. A study's first launch uses the configured sampler
-    (seeded with the run's seed by default: the same command proposes the same trials, and a
-    study proposes what it would in a search of its grid point alone, the other studies
-    notwithstanding). A seeded sampler restarts its random stream on every launch, so a
-    continued study would be proposed its first launch's points again: it gets the
-    configured sampler seeded from (seed, study, trials so far) instead, still the same for
-    the same command and the same point of resumption. ``sampler``: the sweeper's instance
-    of the configured sampler (None: Optuna's default, made anew for every study).
+    as a search of its grid point alone configures it (:func:`point_sampler_conf`: seeded
+    with that point's seed by default, ``seed`` a grid axis included), so the same command
+    proposes the same trials and a study proposes what it would in a search of its grid
+    point alone, the other studies notwithstanding. A seeded sampler restarts its random
+    stream on every launch, so a continued study would be proposed its first launch's
+    points again: it gets its sampler seeded from (its seed, study, trials so far) instead,
+    still the same for the same command and the same point of resumption. ``sampler``: the
+    sweeper's instance of the configured sampler, resolved against the launching config
+    (None: Optuna's default, made anew for every study).
     """
     from hydra.utils import instantiate
 
-    conf = config.hydra.sweeper.get("sampler")
-    if conf is None:
+    if config.hydra.sweeper.get("sampler") is None:
         return sampler
-    seed = conf.get("seed")
-    seeded = isinstance(seed, int) and not isinstance(seed, bool)
+    launching = OmegaConf.to_container(config.hydra.sweeper.sampler, resolve=True)
+    confs = {plan.study(p): point_sampler_conf(config, plan, p) for p in plan.space.points()}
     unused = [sampler]  # the sweeper's own instance serves the first study that asks
 
     def make(study: str, asked: int) -> Any:
+        conf = confs.get(study, launching)
+        seed = conf.get("seed")
+        seeded = isinstance(seed, int) and not isinstance(seed, bool)
         if asked == 0 or not seeded:
-            return unused.pop() if unused else instantiate(conf)
+            if conf == launching and unused:
+                return unused.pop()
+            return instantiate(conf)
         digest = hashlib.sha256(f"{seed}:{study}:{asked}".encode()).digest()
-        return instantiate(conf, seed=int.from_bytes(digest[:4], "big"))
+        return instantiate({**conf, "seed": int.from_bytes(digest[:4], "big")})
 
     return make
 

@@ -1,15 +1,69 @@
 """One Optuna study per grid point, created or continued in the search's storage; the search
-it was started with is kept in its user attrs, and a changed search is refused."""
+it was started with and the sweep directory it belongs to are kept in its user attrs, and a
+changed search, or a launch from another sweep directory, is refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from vaesweep.run.context import read_sweep
 from vaesweep.sweep.search.plan import Plan
 from vaesweep.sweep.search.space import SearchError
+from vaesweep.sweep.search.storage import is_url
 
 #: The study's user attr that holds the search it was started with (Plan.fingerprint).
 SPACE_ATTR = "vaesweep_search"
+#: The study's user attr that holds the sweep directory it belongs to (sweep_identity).
+SWEEP_ATTR = "vaesweep_sweep"
+
+
+def sweep_identity(plan: Plan) -> dict[str, Any]:
+    """The sweep directory of a search as its studies record it: its resolved path (the
+    same directory through a symlink or a relative path is the same path) and the search's
+    id from its sweep.json (kept when the directory is moved; None before its first
+    launch)."""
+    try:
+        record = read_sweep(plan.sweep_dir) or {}
+    except (OSError, ValueError):  # a damaged sweep.json: the path alone
+        record = {}
+    search = record.get("search") if isinstance(record, dict) else None
+    return {
+        "dir": str(plan.sweep_dir.resolve()),
+        "id": search.get("id") if isinstance(search, dict) else None,
+    }
+
+
+def journal_in_sweep_dir(plan: Plan) -> bool:
+    """Whether the storage is a journal inside the sweep directory (the default): another
+    hydra.sweep.dir is then another storage."""
+    if is_url(plan.storage):
+        return False
+    return Path(plan.storage).resolve().is_relative_to(plan.sweep_dir.resolve())
+
+
+def check_owner(study: Any, plan: Plan, here: dict[str, Any] | None = None) -> None:
+    """SearchError when ``study`` belongs to another sweep directory than ``plan``'s (its
+    recorded path, resolved, and its search id both differ: a moved directory keeps its
+    id). Its trials' directories are there: a launch from here would add trials to that
+    study, run nothing once it has n_trials, and write a best.json naming directories that
+    are not here. A study recorded by an earlier vaesweep (no owner) is taken as this
+    directory's. ``here``: :func:`sweep_identity` of the plan, when already read."""
+    owner = study.user_attrs.get(SWEEP_ATTR)
+    if not isinstance(owner, dict):
+        return
+    here = here or sweep_identity(plan)
+    if owner.get("dir") == here["dir"] or (owner.get("id") and owner.get("id") == here["id"]):
+        return
+    raise SearchError(
+        f"hydra.sweeper.storage={plan.storage}: the study {study.study_name!r} there belongs "
+        f"to the sweep directory {owner.get('dir')}, not to this launch's {here['dir']}, "
+        "and its trials' directories are there (a relative sqlite:/// path is relative to "
+        "the working directory, not to the sweep directory). To continue that search, "
+        f"relaunch into its directory (hydra.sweep.dir={owner.get('dir')}); to start a new "
+        "search here, choose another hydra.sweeper.study_name or another "
+        "hydra.sweeper.storage"
+    )
 
 
 def existing_study(storage: Any, name: str) -> Any:
@@ -33,11 +87,14 @@ def check_unchanged(study: Any, plan: Plan) -> None:
         for part in wanted
         if stored.get(part) != wanted[part]
     ]
+    elsewhere = (
+        " or another hydra.sweep.dir (its own journal)" if journal_in_sweep_dir(plan) else ""
+    )
     raise SearchError(
         f"hydra.sweeper.params: the study {study.study_name!r} in {plan.storage} was started "
         f"with another search ({'; '.join(changes)}). Its trials would mix two searches: "
-        "run the original command to continue it, or start a new sweep directory "
-        "(another hydra.sweep.dir) for the new search"
+        "run the original command to continue it; for the new search, choose another "
+        f"hydra.sweeper.study_name or another hydra.sweeper.storage{elsewhere}"
     )
 
 
@@ -49,7 +106,9 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
 
     name = plan.study(point)
     existing = existing_study(storage, name)
+    here = sweep_identity(plan)
     if existing is not None:
+        check_owner(existing, plan, here)
         check_unchanged(existing, plan)
     asked = len(existing.get_trials(deepcopy=False)) if existing is not None else 0
     study = optuna.create_study(
@@ -63,4 +122,6 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
     if existing is None:
         study.set_user_attr(SPACE_ATTR, plan.fingerprint())
         study.set_user_attr("grid_point", point)
+    if study.user_attrs.get(SWEEP_ATTR) != here:  # where it is now (moved: its new path)
+        study.set_user_attr(SWEEP_ATTR, here)
     return study
