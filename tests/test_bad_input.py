@@ -249,8 +249,23 @@ SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an inte
         ),
         (["~seed"], r"^seed is invalid: Key 'seed' is not in struct: the run reads this key"),
         (["~data.batch_size"], r"^data.batch_size is invalid: .*\(removed with ~data.batch_size"),
+        # Trainer values Lightning refused only when the Trainer was built (after the data
+        # load and the W&B start), or took silently (-5 sanity steps: none).
+        (["trainer.num_sanity_val_steps=abc"],
+         r"^trainer.num_sanity_val_steps='abc' is invalid: allowed null \(Lightning's 2\)"),
+        (["trainer.num_sanity_val_steps=-5"], r"^trainer.num_sanity_val_steps=-5 is invalid"),
+        (["trainer.num_sanity_val_steps=-1"], None),  # every validation batch
+        (["trainer.reload_dataloaders_every_n_epochs=-1"],
+         r"^trainer.reload_dataloaders_every_n_epochs=-1 is invalid: allowed an integer ≥ 0"),
+        (["trainer.profiler=foo"],
+         r"^trainer.profiler='foo' is invalid: allowed null \(none\) or one of simple, advanced"),
+        (["trainer.profiler=Simple"], None),  # Lightning lowercases it
+        (["trainer.limit_predict_batches=abc"], r"^trainer.limit_predict_batches='abc' is invalid"),
+        # A list where a scale mode's name belongs (was: TypeError: unhashable type).
+        (["likelihood.scale=[fixed]"],
+         r"^likelihood.scale=\['fixed'\] is invalid: allowed one of \['fixed', 'learned'"),
     ],
-)
+)  # fmt: skip
 def test_refused_before_training(overrides, message):
     if message is None:
         validate(overrides)
@@ -992,3 +1007,19 @@ def test_a_test_fraction_of_no_batch_is_refused_before_training(tmp_path):
     result = json.loads((tmp_path / "r" / "results.json").read_text())
     assert result["status"] == "failed" and result["error"]["type"] == "ConfigError"
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained
+
+
+def test_a_transformer_engine_precision_needs_its_package():
+    """trainer.precision=transformer-engine (one of Lightning's values) imports NVIDIA's
+    transformer_engine when the Trainer is built: without the package, refused before the
+    data load, naming it."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_engine") is not None:
+        validate(["trainer.precision=transformer-engine"])
+        return
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer.precision='transformer-engine' is inva.*transformer_engine package",
+    ):
+        validate(["trainer.precision=transformer-engine"])

@@ -165,14 +165,14 @@ class LocationScale(Likelihood):
             for key, modes in cls.OPTION_MODES.items()
             if mode not in modes
         }
-        if mode in SCALE_MODE_CLASSES:
+        if isinstance(mode, str) and mode in SCALE_MODE_CLASSES:  # else refused when built
             unread.update(SCALE_MODE_CLASSES[mode].unread_options(options))
         return unread
 
     @staticmethod
     def min_log_scale_ok(mode: str, scale_value: float, min_log_scale: float | None) -> bool:
         """A learned scale must start above the soft clip's floor (else it cannot be hit)."""
-        cls = SCALE_MODE_CLASSES.get(mode)
+        cls = SCALE_MODE_CLASSES.get(mode) if isinstance(mode, str) else None
         return cls is None or cls.start_is_valid(scale_value, min_log_scale)
 
     # --- family-specific pieces -------------------------------------------------------------

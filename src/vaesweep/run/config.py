@@ -74,6 +74,8 @@ PRECISIONS = (
     "16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
     "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16,
 )  # fmt: skip
+#: trainer.profiler: the names Lightning's Trainer takes (lowercased) for its profilers.
+PROFILERS = ("simple", "advanced", "pytorch", "xla")
 #: Trainer arguments that Lightning takes as booleans (a string "off" would be truthy);
 #: those in TRAINER_NULLABLE_BOOLS may also be null (Lightning's default then). The driver
 #: reads enable_checkpointing and enable_progress_bar itself: true or false only.
@@ -385,6 +387,37 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         "trainer.precision",
         precision,
         f"null (32-true) or one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))}",
+    )
+    if isinstance(precision, str) and precision.startswith("transformer-engine"):
+        import importlib.util
+
+        require(
+            importlib.util.find_spec("transformer_engine") is not None,
+            "trainer.precision",
+            precision,
+            "a precision other than transformer-engine* here: it needs NVIDIA's "
+            "transformer_engine package, which this environment lacks",
+        )
+    sanity = t.get("num_sanity_val_steps")
+    require(
+        sanity is None or (is_int(sanity) and sanity >= -1),
+        "trainer.num_sanity_val_steps",
+        sanity,
+        "null (Lightning's 2), an integer ≥ 0 (validation batches before training) or -1 (all)",
+    )
+    reload = t.get("reload_dataloaders_every_n_epochs", 0)
+    require(
+        is_int(reload) and reload >= 0,
+        "trainer.reload_dataloaders_every_n_epochs",
+        reload,
+        "an integer ≥ 0 (0: never)",
+    )
+    profiler = t.get("profiler")
+    require(
+        profiler is None or (isinstance(profiler, str) and profiler.lower() in PROFILERS),
+        "trainer.profiler",
+        plain(profiler),
+        f"null (none) or one of {', '.join(PROFILERS)}",
     )
     for key in TRAINER_BOOLS:  # a string ("off", 'false') would be truthy
         nullable = key in TRAINER_NULLABLE_BOOLS
@@ -860,7 +893,8 @@ def check_training_budget(t: DictConfig) -> None:
                 f"at most trainer.{high}={hi}: training stops at trainer.{high}, so a "
                 f"larger trainer.{low} would be ignored",
             )
-    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+    limits = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+    for key in (*limits, *(["limit_predict_batches"] if "limit_predict_batches" in t else [])):
         require(
             _limit_ok(t[key]),
             f"trainer.{key}",
