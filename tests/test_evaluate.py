@@ -555,3 +555,47 @@ def test_evaluate_names_a_likelihood_that_cannot_be_imported_not_the_model_sizes
         "'not_installed_anywhere.MyLikelihood' cannot be imported: ImportError"
     ) in err, err
     assert "model.hidden" not in err and not (copy / "evaluations").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_draws_in_the_runs_own_chunks(tmp_path):
+    """A run tested with eval.iwae_chunk=3 (K = 10 in chunks of 3, 3, 3, 1): its own K,
+    evaluated without a chunk given, reproduces its test metrics exactly (the default chunk
+    drew the samples otherwise), and the evaluation records the chunk."""
+    proc = run_cli([*TINY, "logger=none", "eval.iwae_chunk=3", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    recorded = json.loads((run / "results.json").read_text())
+    k = recorded["config"]["eval"]["iwae_k"]
+    proc = _evaluate([str(run), f"eval.iwae_k={k}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same = json.loads((run / "evaluations" / f"iwae_k={k},checkpoint=last.json").read_text())
+    assert same["iwae_chunk"] == 3
+    for key in ("test/nll", "test/elbo", "test/kl", "test/mse"):
+        assert same["metrics"][key] == recorded["metrics"][key], key
+
+
+@pytest.mark.slow
+def test_an_evaluation_that_is_not_finite_is_not_a_result(run, monkeypatch):
+    """A score whose test NLL is NaN (K = 5000 draws more extreme z than the run's test) is
+    written as diverged with the reason and raised, never read by collect, and scored again
+    by the next call (it was written completed, then counted as done for ever and read as a
+    NaN column)."""
+    from vaesweep.run import evaluate
+
+    real = evaluate.score
+
+    def nan_nll(*args, **kwargs):
+        return {**real(*args, **kwargs), "test/nll": math.nan}
+
+    monkeypatch.setattr(evaluate, "score", nan_nll)
+    plan = evaluate.plan_run(run, 12)
+    with pytest.raises(evaluate.EvaluationDiverged, match=r"test/nll is nan"):
+        evaluate.run_plan(plan)
+    written = json.loads((run / "evaluations" / f"{plan.name}.json").read_text())
+    assert written["status"] == "diverged" and "test/nll is nan" in written["error"]
+    assert evaluate.plan_run(run, 12) is not None  # not done: scored again next time
+    assert not [c for c in load_results(run).columns if c.endswith("@" + plan.name)]
+    monkeypatch.setattr(evaluate, "score", real)
+    assert evaluate.run_plan(evaluate.plan_run(run, 12))["status"] == "completed"
+    assert evaluate.plan_run(run, 12) is None

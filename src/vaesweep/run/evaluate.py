@@ -270,6 +270,8 @@ def plan_run(
         )
     verify_checkpoint(ckpt)
     check_components(cfg)  # first: a class that cannot be imported is named under its key
+    if iwae_chunk is None:  # the run's own (its draws depend on it: its K then reproduces it)
+        iwae_chunk = (cfg.get("eval") or {}).get("iwae_chunk")
     check_chunk_memory(cfg, iwae_k, iwae_chunk)
     precision = evaluation_precision(result.get("precision"), run_dir)
     return Plan(
@@ -300,9 +302,14 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         )
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
     metrics = score(model, data, str(ckpt), plan.precision)
+    # As a run's own test: a score that is not finite is no result (never counted as done:
+    # the next call scores it again; collect and figures do not read it).
+    problem = record.unearned(metrics)
     evaluation = {
-        "status": record.COMPLETED,
+        "status": record.COMPLETED if problem is None else record.DIVERGED,
+        "error": None if problem is None else f"not finite: {problem}",
         "iwae_k": iwae_k,
+        "iwae_chunk": iwae_chunk,
         "checkpoint": plan.checkpoint,
         "precision": plan.precision,
         "test_examples": plan.test_examples,
@@ -315,7 +322,17 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "versions": record.versions(),
     }
     record.write_evaluation(plan.run_dir, plan.name, evaluation)
+    if problem is not None:
+        raise EvaluationDiverged(
+            f"scored at iwae_k={iwae_k}, but {problem}: written to "
+            f"{record.EVALUATIONS_DIR}/{plan.name}.json as {record.DIVERGED}, not used by "
+            "collect or figures (a larger eval.iwae_k, or another checkpoint, may score it)"
+        )
     return evaluation
+
+
+class EvaluationDiverged(RuntimeError):
+    """An evaluation whose test score is not finite (written, as diverged, and raised)."""
 
 
 def evaluate_run(
