@@ -599,3 +599,25 @@ def test_an_evaluation_that_is_not_finite_is_not_a_result(run, monkeypatch):
     monkeypatch.setattr(evaluate, "score", real)
     assert evaluate.run_plan(evaluate.plan_run(run, 12))["status"] == "completed"
     assert evaluate.plan_run(run, 12) is None
+
+
+def test_a_run_tested_on_several_processes_with_a_limit_is_not_scored_as_its_own(tmp_path):
+    """10 000 test images in batches of 500, limit_test_batches=0.5, 2 processes: each
+    tested its share's first 5 batches (images 0–2499 and 5000–7499), 5000 images in all,
+    as many as one process's first 10 batches: the count alone passed, and images 0–4999
+    were scored under the run's own name. The processes the run asked for refuse it."""
+    from omegaconf import OmegaConf
+
+    from vaesweep.core.checks import ConfigError
+    from vaesweep.run.evaluate import _examples
+
+    cfg = OmegaConf.create(
+        {"trainer": {"limit_test_batches": 0.5, "devices": 2, "num_nodes": 1},
+         "data": {"eval_batch_size": 500}}
+    )  # fmt: skip
+    result = {"dataset": {"sizes": {"test": 10000}}, "metrics": {"test/n_examples": 5000.0}}
+    with pytest.raises(ConfigError, match=r"tested on 2 processes .* eval.test_examples=N"):
+        _examples(result, cfg, None, Path("run"))
+    assert _examples(result, cfg, 1000, Path("run")) == (10000, 1000, 1000)  # named so
+    one = OmegaConf.merge(cfg, {"trainer": {"devices": 1}})
+    assert _examples(result, one, None, Path("run")) == (10000, 5000, None)

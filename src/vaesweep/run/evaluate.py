@@ -179,6 +179,16 @@ def _data(cfg: Any, test_examples: int | None) -> VAEDataModule:
     )
 
 
+def _processes(trainer: Any) -> int:
+    """The processes a run's config trained and tested on, as far as it says: nodes ×
+    devices (an explicit count or list; ``auto`` and -1 count as one)."""
+    from vaesweep.run.gpus import n_devices
+
+    devices = n_devices(trainer.get("devices", 1)) or 1
+    nodes = trainer.get("num_nodes", 1)
+    return devices * (nodes if is_int(nodes) and nodes >= 1 else 1)
+
+
 def _examples(
     result: dict[str, Any], cfg: Any, test_examples: int | None, run_dir: Path
 ) -> tuple[int, int, int | None]:
@@ -193,17 +203,29 @@ def _examples(
     bs = cfg.data.eval_batch_size
     own = tested_examples(limit, split, bs)
     # Several processes each test the first batches of their own share: with a limit,
-    # the run's examples are then not the split's first ones, and its count says so.
+    # the run's examples are then not the split's first ones. Its count says so, unless the
+    # shares divide evenly (2 × 5 batches of 500 = 10 × 0.5 of them): the processes the run
+    # asked for say so then.
     recorded = (result.get("metrics") or {}).get("test/n_examples")
     first = not is_number(recorded) or int(recorded) == own
+    processes = _processes(cfg.trainer)
+    if limit is not None and processes > 1:
+        first = False
     if test_examples is None:
         if not first:
+            why = (
+                f"it was tested on {processes} processes (trainer.devices × num_nodes), each "
+                f"on the first batches of its own share under trainer.limit_test_batches="
+                f"{limit}"
+                if processes > 1
+                else f"its test metrics are over {recorded:g} examples, not the first {own} "
+                f"that trainer.limit_test_batches={limit} with data.eval_batch_size={bs} "
+                "leaves one process (tested on several processes?)"
+            )
             raise ConfigError(
-                f"{run_dir} cannot be scored on its own test examples: its test metrics "
-                f"are over {recorded:g} examples, not the first {own} that "
-                f"trainer.limit_test_batches={limit} with data.eval_batch_size={bs} leaves "
-                "one process (tested on several processes?); give eval.test_examples=N to "
-                "score the first N examples of its test split (named so)"
+                f"{run_dir} cannot be scored on its own test examples: {why}; give "
+                "eval.test_examples=N to score the first N examples of its test split "
+                "(named so)"
             )
         return split, own, None
     examples = min(test_examples, split)
