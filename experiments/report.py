@@ -112,6 +112,22 @@ class Data:
         return earlier.merge(self.lc, on=keys, suffixes=("_earlier", ""), validate="1:1")
 
     @cached_property
+    def lc_9e88c1f(self) -> pd.DataFrame:
+        """The runs of the study's publication at 9e88c1f (earlier_9e88c1f.csv: its keys,
+        commit and every metric a run records) beside this one's."""
+        keys = ["likelihood", "likelihood.scale", "beta", "seed"]
+        earlier = self._csv(LC / "earlier_9e88c1f.csv").drop(columns="commit")
+        return earlier.merge(self.lc, on=keys, suffixes=("_earlier", ""), validate="1:1")
+
+    @cached_property
+    def bc_1f4feee(self) -> pd.DataFrame:
+        """The runs of the Bernoulli study's publication at 1f4feee (earlier_1f4feee.csv:
+        keys, commit and every metric) beside this one's."""
+        earlier = self._csv(BC / "earlier_1f4feee.csv").drop(columns="commit")
+        keys = ["likelihood", "beta", "seed"]
+        return earlier.merge(self.bc, on=keys, suffixes=("_earlier", ""), validate="1:1")
+
+    @cached_property
     def bc_earlier(self) -> pd.DataFrame:
         """The same for bernoulli_vs_continuous (its earlier_b0c9d09.csv), matched by
         likelihood, β and seed."""
@@ -170,9 +186,22 @@ class Data:
     def problems(self) -> list[str]:
         """Why the committed runs cannot give the tables (empty when they can): every run
         that did not complete, and every configuration with fewer completed seeds than the
-        others (:func:`run_problems`)."""
-        return run_problems(self.lc_all, LC_KEYS, str(LC)) + run_problems(
+        others (:func:`run_problems`); then K = 5000 scores of other runs than the β chosen
+        on the validation split (:func:`chosen_runs_problems`)."""
+        found = run_problems(self.lc_all, LC_KEYS, str(LC)) + run_problems(
             self.bc_all, BC_KEYS, str(BC)
+        )
+        if found:  # the groups below need every seed of every configuration
+            return found
+        lc_chosen = [
+            self.lc_groups[(lik, s, lc_chosen_beta(self, lik, s))]
+            for lik in LIKELIHOODS
+            for s in SCALES
+        ]
+        bc_chosen = [self.bc_groups[(lik, bc_chosen_beta(self, lik))] for lik, _ in BC_ROWS]
+        text = {study: (self.root / study / "evaluation.txt").read_text() for study in (LC, BC)}
+        return chosen_runs_problems(self.lc, lc_chosen, LC, text[LC]) + chosen_runs_problems(
+            self.bc, bc_chosen, BC, text[BC]
         )
 
 
@@ -542,6 +571,40 @@ def bc_best_beta(d: Data, likelihood: str) -> float:
     return min(bc_betas(d), key=lambda b: bc(d, "test/nll", likelihood, b))
 
 
+def lc_chosen_beta(d: Data, likelihood: str, scale: str) -> float:
+    """The β chosen on the validation split (the highest mean val/elbo over the seeds), as
+    experiments/evaluate_best.py chooses the runs it scores at K = 5000."""
+    return max(lc_betas(d), key=lambda b: lc(d, "val/elbo", likelihood, scale, b))
+
+
+def bc_chosen_beta(d: Data, likelihood: str) -> float:
+    """The same for one likelihood of the Bernoulli study."""
+    return max(bc_betas(d), key=lambda b: bc(d, "val/elbo", likelihood, b))
+
+
+def chosen_runs_problems(
+    frame: pd.DataFrame, chosen: list[pd.DataFrame], study: Path, text: str
+) -> list[str]:
+    """Why the K = 5000 scores of a study (``frame``: its completed runs) are not those of
+    the β chosen on the validation split (``chosen``: each configuration's group of seeds),
+    as evaluation.txt (``text``) must say: empty when they are."""
+    marker = "chosen on the validation split"
+    problems = [] if marker in text else [f"{study}/evaluation.txt does not say '{marker}'"]
+    try:
+        high = paper_columns(frame)[max(paper_columns(frame))]
+    except LookupError as error:
+        return [*problems, f"{study}: {error}"]
+    scored = set(frame.loc[frame[high].notna(), "run_dir"])
+    expected = set(pd.concat(chosen)["run_dir"])
+    if scored != expected:
+        problems.append(
+            f"{study}: the runs scored at K = 5000 are not those of the β chosen by val/elbo "
+            f"(scored but not chosen: {sorted(scored - expected)}; chosen but not scored: "
+            f"{sorted(expected - scored)}): run experiments/evaluate_best.py again"
+        )
+    return problems
+
+
 def paper_gap(group: pd.DataFrame) -> tuple[float, float, float, float, float]:
     """(mean, std) at the low K, (mean, std) at the paper K, and the mean change, over the
     seeds that carry both evaluations."""
@@ -552,14 +615,15 @@ def paper_gap(group: pd.DataFrame) -> tuple[float, float, float, float, float]:
 
 
 def likelihood_comparison_paper(d: Data) -> str:
-    """experiments/likelihood_comparison: the best β of each likelihood × scale scored again
-    by ``vaesweep evaluate`` at K = 5000 on the first test examples, with K = 100 on the same
-    examples beside it (mean ± std over seeds, nats)."""
+    """experiments/likelihood_comparison: the β of each likelihood × scale chosen on the
+    validation split (highest mean val/elbo) scored again by ``vaesweep evaluate`` at
+    K = 5000 on the first test examples, with K = 100 on the same examples beside it
+    (mean ± std over seeds, nats)."""
     low, high, _ = paper_k(d.lc)
     rows = []
     for lik in LIKELIHOODS:
         for s in SCALES:
-            b = lc_best_beta(d, lik, s)
+            b = lc_chosen_beta(d, lik, s)
             group = d.lc_groups[(lik, s, b)]
             lo_m, lo_s, hi_m, hi_s, change = paper_gap(group)
             rows.append(
@@ -572,7 +636,7 @@ def likelihood_comparison_paper(d: Data) -> str:
                     num(change, ".2f"),
                 ]
             )
-    header = ["likelihood", "scale", "best β", f"K = {low}", f"K = {high}", "change"]
+    header = ["likelihood", "scale", "β (val. ELBO)", f"K = {low}", f"K = {high}", "change"]
     return table(header, rows)
 
 
@@ -611,12 +675,12 @@ def bernoulli_vs_continuous(d: Data) -> str:
 
 
 def bernoulli_vs_continuous_paper(d: Data) -> str:
-    """experiments/bernoulli_vs_continuous: the best β of each likelihood at K = 5000 (with
-    K = 100 on the same test examples), mean ± std over seeds, nats."""
+    """experiments/bernoulli_vs_continuous: the β of each likelihood chosen on the validation
+    split, at K = 5000 (with K = 100 on the same test examples), mean ± std over seeds, nats."""
     low, high, _ = paper_k(d.bc)
     rows = []
     for lik, _ in BC_ROWS:
-        b = bc_best_beta(d, lik)
+        b = bc_chosen_beta(d, lik)
         lo_m, lo_s, hi_m, hi_s, change = paper_gap(d.bc_groups[(lik, b)])
         rows.append(
             [
@@ -627,7 +691,8 @@ def bernoulli_vs_continuous_paper(d: Data) -> str:
                 num(change, ".2f"),
             ]
         )
-    return table(["likelihood", "best β", f"K = {low}", f"K = {high}", "change"], rows)
+    header = ["likelihood", "β (val. ELBO)", f"K = {low}", f"K = {high}", "change"]
+    return table(header, rows)
 
 
 BC_NAME = {
@@ -671,6 +736,34 @@ def best_betas(d: Data, scale: str) -> str:
     )
 
 
+def chosen_against_best(d: Data) -> str:
+    """Where the β chosen by the validation ELBO (the K = 5000 rows') is not the one with the
+    lowest mean test NLL, and what it costs on the test split."""
+    differ = []
+    for s in SCALES:
+        for lik in LIKELIHOODS:
+            chosen, best = lc_chosen_beta(d, lik, s), lc_best_beta(d, lik, s)
+            if chosen != best:
+                cost = nll(d, lik, s, chosen) - nll(d, lik, s, best)
+                differ.append(
+                    f"the scale {SCALE_LABEL[s]} ({lik[0].upper()}), where it picks β = "
+                    f"{beta_str(chosen)}, whose test NLL is {num(cost, '.1f')} nats above "
+                    f"β = {beta_str(best)}'s"
+                )
+    if not differ:
+        return "The validation ELBO, which chooses the β of the K = 5000 rows, picks the same."
+    return (
+        "The validation ELBO, which chooses the β of the K = 5000 rows, picks the same but "
+        "for " + "; ".join(differ) + "."
+    )
+
+
+def bc_chosen_note(d: Data) -> str:
+    """Whether the validation ELBO's choice of β is the lowest mean test NLL's as well."""
+    same = all(bc_chosen_beta(d, lik) == bc_best_beta(d, lik) for lik, _ in BC_ROWS)
+    return "the same β as the lowest test NLL" if same else "not always the lowest test NLL's"
+
+
 def shared_scales_compared(d: Data) -> str:
     """Learned minus optimal shared scale, per likelihood and β, mean ± the larger of the two
     stds: positive when the optimal scale is ahead."""
@@ -694,7 +787,7 @@ def findings(d: Data) -> str:
     (lik, s, b), bpd = best_bpd(d)
     low, high, n_paper = paper_k(d.lc)
     changes = [
-        paper_gap(d.lc_groups[(li, sc, lc_best_beta(d, li, sc))])[4]
+        paper_gap(d.lc_groups[(li, sc, lc_chosen_beta(d, li, sc))])[4]
         for li in LIKELIHOODS
         for sc in SCALES
     ]
@@ -716,15 +809,16 @@ def findings(d: Data) -> str:
         f"{rng(per_pixel_gain(d))} nats, and over the per-pixel one a decoder-predicted "
         f"scale {rng(decoder_gain(d), '.0f')} more (best: {lik.capitalize()}, "
         f"{SCALE_LABEL[s]}, β = {beta_str(b)}, {num(bpd, '.2f')} bits/dim).",
-        f"- **β** (best β per likelihood, G / L): fixed {best_betas(d, 'fixed')}; optimal "
+        f"- **β** (the β of the lowest mean test NLL per likelihood, G / L): fixed {best_betas(d, 'fixed')}; optimal "
         f"{best_betas(d, 'optimal')}; learned shared {best_betas(d, 'learned')}; per pixel "
         f"{best_betas(d, 'per_pixel')}; decoder-predicted {best_betas(d, 'decoder')}. "
         f"β = 4 against β = 1 with shared and per-pixel scales: {rng(beta4_cost(d))} nats "
-        f"(positive: β = 4 worse).",
+        f"(positive: β = 4 worse). {chosen_against_best(d)}",
         f"- **Seeds**: the standard deviation of the test NLL over the "
         f"{len(seeds(d.lc))} seeds is at most {num(seed_std_max(d), '.1f')} nats for any "
         f"configuration (mean ± std in the table).",
-        f"- **K = {high}** (`vaesweep evaluate`, the best β of each likelihood × scale, first "
+        f"- **K = {high}** (`vaesweep evaluate`, the β of each likelihood × scale chosen by "
+        f"the validation ELBO, first "
         f"{n_paper} test images): the NLL changes by {rng(span(changes), '.2f')} nats from "
         f"K = {low} on the same images.",
     ]
@@ -735,7 +829,7 @@ def bc_findings(d: Data) -> str:
     """The Bernoulli study's answer in bullets, computed from runs.csv (means over seeds)."""
     betas = grid_list(beta_str(b) for b in bc_betas(d))
     low, high, n_paper = paper_k(d.bc)
-    changes = [paper_gap(d.bc_groups[(lik, bc_best_beta(d, lik))])[4] for lik, _ in BC_ROWS]
+    changes = [paper_gap(d.bc_groups[(lik, bc_chosen_beta(d, lik))])[4] for lik, _ in BC_ROWS]
     sigma = span(bc(d, "scale", "gaussian", b) for b in bc_betas(d))
     cb_better = all(
         bc(d, "test/nll", "continuous_bernoulli", b) < bc(d, "test/nll", "gaussian", b)
@@ -759,7 +853,8 @@ def bc_findings(d: Data) -> str:
         f"- **Seeds**: the standard deviation of the test NLL over the {len(seeds(d.bc))} seeds "
         f"is at most {num(max(std(g, 'test/nll') for g in d.bc_groups.values()), '.1f')} nats "
         f"for any likelihood × β.",
-        f"- **K = {high}** (`vaesweep evaluate`, the best β of each likelihood, all "
+        f"- **K = {high}** (`vaesweep evaluate`, the β of each likelihood chosen by the "
+        f"validation ELBO ({bc_chosen_note(d)}), all "
         f"{n_paper} test images): the NLL changes by {rng(span(changes), '.2f')} nats from "
         f"K = {low} on the same images.",
     ]
@@ -847,6 +942,21 @@ def unchanged(d: Data, frame: pd.DataFrame | None = None) -> pd.Series:
     metrics = ["test/nll", "test/elbo", "val/elbo"]
     frame = d.lc_earlier if frame is None else frame
     return pd.concat([frame[m] == frame[f"{m}_earlier"] for m in metrics], axis=1).all(axis=1)
+
+
+def reproduced(frame: pd.DataFrame) -> tuple[int, int]:
+    """(runs whose every metric of the earlier file is the same to the bit (both missing
+    counts as the same), metrics compared) of a frame made by merging an earlier
+    publication's runs with this one's."""
+    metrics = [c.removesuffix("_earlier") for c in frame.columns if c.endswith("_earlier")]
+    same = pd.concat(
+        [
+            (frame[m] == frame[f"{m}_earlier"]) | (frame[m].isna() & frame[f"{m}_earlier"].isna())
+            for m in metrics
+        ],
+        axis=1,
+    ).all(axis=1)
+    return int(same.sum()), len(metrics)
 
 
 def evaluation_info(d: Data, study: Path) -> dict[str, str]:
@@ -949,6 +1059,17 @@ CLAIMS: list[Claim | Fact] = [
         "d",
     ),
     Claim(LC_README, "at commit {}", lambda d: d.lc_provenance["commit"][:7], "s"),
+    Fact(
+        LC_README,
+        "(`versions.cpu_capability`: AVX512 for every run here)",
+        lambda d: bool(d.lc["versions"].str.contains(r"cpu_capability=AVX512\b").all()),
+    ),
+    Claim(
+        LC_README,
+        "{} of the {} runs give every one of the {} metrics they record to the bit",
+        lambda d: (*reproduced(d.lc_9e88c1f)[:1], len(d.lc_9e88c1f), reproduced(d.lc_9e88c1f)[1]),
+        "d",
+    ),
     Claim(
         LC_README,
         "The {} runs took {} s ({} min) of wall time",
@@ -956,6 +1077,17 @@ CLAIMS: list[Claim | Fact] = [
         ("d", ".0f", ".0f"),
     ),
     Claim(LC_README, "{}–{} s per run (`duration_s`", lambda d: runtime_span(d.lc), ".0f"),
+    Fact(
+        BC_README,
+        "the same β as the lowest test NLL's for each likelihood",
+        lambda d: all(bc_chosen_beta(d, lik) == bc_best_beta(d, lik) for lik, _ in BC_ROWS),
+    ),
+    Claim(
+        BC_README,
+        "{} of the {} runs give every one of the {} metrics they record to the bit",
+        lambda d: (*reproduced(d.bc_1f4feee)[:1], len(d.bc_1f4feee), reproduced(d.bc_1f4feee)[1]),
+        "d",
+    ),
     Claim(
         BC_README,
         "{} of the {} runs give exactly the test NLL, test ELBO and validation ELBO of the",

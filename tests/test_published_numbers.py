@@ -324,7 +324,7 @@ def test_evaluate_best_collects_with_this_python_and_writes_its_record_last(tmp_
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(evaluate_best, "ROOT", tmp_path)
-    monkeypatch.setattr(evaluate_best, "best_runs", lambda work, by: ["/runs/a", "/runs/b"])
+    monkeypatch.setattr(evaluate_best, "best_runs", lambda work, by, select: ["/runs/a", "/runs/b"])
     monkeypatch.setattr(subprocess, "run", run)
     argv = ["evaluate_best.py", "study", "--by", "likelihood", "--examples", "5"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -335,7 +335,39 @@ def test_evaluate_best_collects_with_this_python_and_writes_its_record_last(tmp_
         [*collect, "-o", str(record.parent / "runs.csv")]
     ]
     assert len(calls) == 4 and not any(existed for _, existed in calls)
-    assert "eval.test_examples=5, for the 2 runs of the best β" in record.read_text()
+    assert (
+        "eval.test_examples=5, for the 2 runs of the β (highest mean val/elbo over seeds, "
+        "chosen on the validation split) of each likelihood" in record.read_text()
+    )
+
+
+def test_evaluate_best_chooses_on_the_validation_split(monkeypatch):
+    """The β of each configuration is the one with the highest mean val/elbo over its
+    completed seeds, whatever the test split says; ``--select test/nll`` takes the lowest
+    mean test/nll instead. Written out by hand: at likelihood a, β = 1 has the higher mean
+    validation ELBO (−9.5 against −10), β = 4 the lower mean test NLL (9.0 against 10.5)."""
+    import vaesweep
+
+    evaluate_best = load("evaluate_best")
+    rows = [
+        # run, likelihood, beta, seed, status, val/elbo, test/nll
+        ("a1s0", "a", 1.0, 0, "completed", -9.0, 10.0),
+        ("a1s1", "a", 1.0, 1, "completed", -10.0, 11.0),
+        ("a4s0", "a", 4.0, 0, "completed", -10.0, 9.0),
+        ("a4s1", "a", 4.0, 1, "completed", -10.0, 9.0),
+        ("b1s0", "b", 1.0, 0, "completed", -5.0, 6.0),
+        ("b1s1", "b", 1.0, 1, "completed", -5.0, 6.0),
+        ("b4s0", "b", 4.0, 0, "completed", -4.0, 5.0),
+        ("b4s1", "b", 4.0, 1, "completed", -4.0, 5.0),
+        # not completed: never counted, never chosen
+        ("b9s0", "b", 9.0, 0, "failed", 100.0, -100.0),
+    ]
+    columns = ["run_dir", "likelihood", "beta", "seed", "status", "val/elbo", "test/nll"]
+    frame = pd.DataFrame(rows, columns=columns)
+    monkeypatch.setattr(vaesweep, "load_results", lambda work: frame)
+    assert evaluate_best.best_runs(Path("w"), ["likelihood"]) == ["a1s0", "a1s1", "b4s0", "b4s1"]
+    by_test = evaluate_best.best_runs(Path("w"), ["likelihood"], "test/nll")
+    assert by_test == ["a4s0", "a4s1", "b4s0", "b4s1"]
 
 
 def test_number_format():
