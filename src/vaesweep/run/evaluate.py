@@ -42,6 +42,7 @@ from vaesweep.model.module import VAE
 from vaesweep.run import record
 from vaesweep.run.config import check_components, check_test_settings, resolve_preprocess
 from vaesweep.run.console import quiet_libraries
+from vaesweep.run.gpus import n_devices
 from vaesweep.run.memory import check_memory
 from vaesweep.run.policy import verify_checkpoint
 
@@ -182,8 +183,6 @@ def _data(cfg: Any, test_examples: int | None) -> VAEDataModule:
 def _processes(trainer: Any) -> int:
     """The processes a run's config trained and tested on, as far as it says: nodes ×
     devices (an explicit count or list; ``auto`` and -1 count as one)."""
-    from vaesweep.run.gpus import n_devices
-
     devices = n_devices(trainer.get("devices", 1)) or 1
     nodes = trainer.get("num_nodes", 1)
     return devices * (nodes if is_int(nodes) and nodes >= 1 else 1)
