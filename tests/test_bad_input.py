@@ -956,6 +956,7 @@ DIGITS_SIZES = {"train": 1397, "val": 200, "test": 200}  # the digits split
         ({"val_check_interval": 1000, "check_val_every_n_epoch": None}, 1, None, None),
         ({"val_check_interval": 1000, "limit_val_batches": 0}, 1, None, None),
         ({"limit_test_batches": 0.5, "fast_dev_run": True}, 1, None, None),  # one batch each
+        ({"limit_test_batches": 0.5}, 1, 0, None),  # no test example: Lightning runs none
     ],
 )  # fmt: skip
 def test_batch_limits_that_leave_a_split_no_batch_are_refused(

@@ -1034,7 +1034,9 @@ def check_batch_limits(
         for s in ("train", "val"):
             limits[s], keys[s] = overfit, "trainer.overfit_batches"
     for split, limit in limits.items():
-        if not isinstance(limit, float) or limit == 0.0 or _limited(batches[split], limit) >= 1:
+        if not isinstance(limit, float) or limit == 0.0 or batches[split] == 0:
+            continue  # Lightning runs an empty split as none, whatever its limit
+        if _limited(batches[split], limit) >= 1:
             continue
         examples, batch_size, batch_key = splits[split]
         raise invalid(
