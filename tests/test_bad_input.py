@@ -1012,8 +1012,8 @@ def test_a_test_fraction_of_no_batch_is_refused_before_training(tmp_path):
 
 def test_a_transformer_engine_precision_needs_its_package():
     """trainer.precision=transformer-engine (one of Lightning's values) imports NVIDIA's
-    transformer_engine when the Trainer is built: without the package, refused before the
-    data load, naming it."""
+    transformer_engine when the Trainer is built: without the package, refused in the job
+    before the data load, naming it; not in the launching process."""
     import importlib.util
 
     if importlib.util.find_spec("transformer_engine") is not None:
@@ -1024,3 +1024,7 @@ def test_a_transformer_engine_precision_needs_its_package():
         match=r"^trainer.precision='transformer-engine' is inva.*transformer_engine package",
     ):
         validate(["trainer.precision=transformer-engine"])
+    # The launching process (a SLURM or Ray sweep from a login node) checks no packages:
+    # the job's machine may have it.
+    cfg = compose_cfg(["trainer.precision=transformer-engine", "paths.data_dir=/tmp"])
+    validate_config(cfg, in_job=False)

@@ -621,3 +621,12 @@ def test_a_run_tested_on_several_processes_with_a_limit_is_not_scored_as_its_own
     assert _examples(result, cfg, 1000, Path("run")) == (10000, 1000, 1000)  # named so
     one = OmegaConf.merge(cfg, {"trainer": {"devices": 1}})
     assert _examples(result, one, None, Path("run")) == (10000, 5000, None)
+    # A limit that cuts no process's share (1.0, or 1000 batches of its 10): every process
+    # tested all of its share, the whole split: the run's own examples.
+    whole = {**result, "metrics": {"test/n_examples": 10000.0}}
+    for limit in (1.0, 1000, 10):
+        every = OmegaConf.merge(cfg, {"trainer": {"limit_test_batches": limit}})
+        assert _examples(whole, every, None, Path("run")) == (10000, 10000, None), limit
+    nine = OmegaConf.merge(cfg, {"trainer": {"limit_test_batches": 9}})
+    with pytest.raises(ConfigError, match=r"tested on 2 processes"):
+        _examples(whole, nine, None, Path("run"))

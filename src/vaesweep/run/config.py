@@ -388,7 +388,8 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         precision,
         f"null (32-true) or one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))}",
     )
-    if isinstance(precision, str) and precision.startswith("transformer-engine"):
+    engine = isinstance(precision, str) and precision.startswith("transformer-engine")
+    if engine and with_lightning:  # in the job: its machine's packages, not the launcher's
         import importlib.util
 
         require(

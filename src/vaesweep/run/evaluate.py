@@ -208,8 +208,13 @@ def _examples(
     recorded = (result.get("metrics") or {}).get("test/n_examples")
     first = not is_number(recorded) or int(recorded) == own
     processes = _processes(cfg.trainer)
-    if limit is not None and processes > 1:
-        first = False
+    if limit is not None and processes > 1:  # did the limit cut a process's share?
+        share = math.ceil((split // processes) / bs)
+        if tested_examples(limit, share, 1) < share:  # (counted in batches: a batch of 1)
+            first = False
+        else:  # every process tested all of its share: the whole split
+            own = split
+            first = not is_number(recorded) or int(recorded) == own
     if test_examples is None:
         if not first:
             why = (
