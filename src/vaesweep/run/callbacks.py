@@ -129,6 +129,14 @@ class Resumable(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signals.trainer = trainer
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        every = trainer.log_every_n_steps
+        if trainer.fast_dev_run or (every > 0 and (trainer.global_step + 1) % every == 0):
+            # The module writes this step's metrics to the loggers (its training_step, on
+            # the steps Lightning would): is the directory still this process's? The
+            # heartbeat thread may not have looked since the takeover (a resumed process).
+            self.signals.check_claim()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.signals.check()
 
@@ -138,11 +146,15 @@ class Resumable(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
         self.signals.check()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            # Before Lightning writes the epoch's validation metrics to the loggers (the CSV
+            # logger's metrics.csv, in the job's directory) and ModelCheckpoint its files:
+            # is the directory still this process's?
+            self.signals.check_claim()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            # Before ModelCheckpoint (Lightning calls it after the other callbacks) writes
-            # into the job's directory: is it still this process's?
-            self.signals.check_claim()
             self.val_metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
