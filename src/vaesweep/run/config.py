@@ -1000,7 +1000,7 @@ def _batches(examples: int, batch_size: int, world_size: int) -> int:
     return math.ceil((examples // world_size) / batch_size)
 
 
-def _limited(batches: int, limit: Any) -> int:
+def limited_batches(batches: int, limit: Any) -> int:
     """The batches Lightning runs of ``batches`` under a limit_*_batches value (an int: that
     many at most; a float: that fraction, rounded down; None: all)."""
     if limit is None:
@@ -1037,7 +1037,7 @@ def check_batch_limits(
     for split, limit in limits.items():
         if not isinstance(limit, float) or limit == 0.0 or batches[split] == 0:
             continue  # Lightning runs an empty split as none, whatever its limit
-        if _limited(batches[split], limit) >= 1:
+        if limited_batches(batches[split], limit) >= 1:
             continue
         examples, batch_size, batch_key = splits[split]
         raise invalid(
@@ -1052,7 +1052,7 @@ def check_batch_limits(
         )
     interval, every = t.get("val_check_interval"), t.get("check_val_every_n_epoch")
     if is_int(interval) and every is not None and limits["val"] != 0:
-        per_epoch = _limited(batches["train"], limits["train"])
+        per_epoch = limited_batches(batches["train"], limits["train"])
         require(
             interval <= per_epoch,
             "trainer.val_check_interval",

@@ -40,7 +40,12 @@ from vaesweep.core.helpers import now
 from vaesweep.data import VAEDataModule
 from vaesweep.model.module import VAE
 from vaesweep.run import record
-from vaesweep.run.config import check_components, check_test_settings, resolve_preprocess
+from vaesweep.run.config import (
+    check_components,
+    check_test_settings,
+    limited_batches,
+    resolve_preprocess,
+)
 from vaesweep.run.console import quiet_libraries
 from vaesweep.run.gpus import n_devices
 from vaesweep.run.memory import check_memory
@@ -150,9 +155,7 @@ def tested_examples(limit: Any, split: int, eval_batch_size: int) -> int:
     it) stopped it after its first batches."""
     if limit is None:
         return split
-    batches = math.ceil(split / eval_batch_size)
-    kept = min(batches, limit) if is_int(limit) else int(batches * limit)
-    return min(split, kept * eval_batch_size)
+    return min(split, limited_batches(math.ceil(split / eval_batch_size), limit) * eval_batch_size)
 
 
 def check_chunk_memory(cfg: Any, iwae_k: int, iwae_chunk: int | None) -> None:
@@ -210,7 +213,7 @@ def _examples(
     processes = _processes(cfg.trainer)
     if limit is not None and processes > 1:  # did the limit cut a process's share?
         share = math.ceil((split // processes) / bs)
-        if tested_examples(limit, share, 1) < share:  # (counted in batches: a batch of 1)
+        if limited_batches(share, limit) < share:
             first = False
         else:  # every process tested all of its share: the whole split
             own = split
