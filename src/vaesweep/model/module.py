@@ -416,10 +416,7 @@ class VAE(L.LightningModule):
         self._tracker.add([out[k].detach() for k in TRACKED], self.global_step, b)
         # The steps on which Lightning writes to its loggers: every trainer.log_every_n_steps
         # optimisation steps (its own test counts the batches that stepped, = global_step).
-        every = self.trainer.log_every_n_steps
-        log_now = bool(self.trainer.fast_dev_run) or (
-            every > 0 and (self.global_step + 1) % every == 0
-        )
+        log_now = self.writes_step_metrics()
         if log_now or batch_idx == self.trainer.num_training_batches - 1 or self._tracker.full:
             self._tracker.flush()
         if self._schedule_observes:  # the controller observes after the optimiser step
@@ -471,6 +468,15 @@ class VAE(L.LightningModule):
                 gradient_clip_val=self.hparams.gradient_clip_val,
                 gradient_clip_algorithm=self.hparams.gradient_clip_algorithm or "norm",
             )
+
+    def writes_step_metrics(self) -> bool:
+        """Whether this step's training_step writes its metrics to the loggers: on the steps
+        Lightning would, every trainer.log_every_n_steps optimisation steps (its own test
+        counts the batches that stepped, = global_step), and every step of a fast_dev_run."""
+        every = self.trainer.log_every_n_steps
+        return bool(self.trainer.fast_dev_run) or (
+            every > 0 and (self.global_step + 1) % every == 0
+        )
 
     def _write_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
         """Writes metrics to the Trainer's loggers, as Lightning writes what ``self.log``

@@ -130,11 +130,10 @@ class Resumable(L.Callback):
         self.signals.trainer = trainer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        every = trainer.log_every_n_steps
-        if trainer.fast_dev_run or (every > 0 and (trainer.global_step + 1) % every == 0):
-            # The module writes this step's metrics to the loggers (its training_step, on
-            # the steps Lightning would): is the directory still this process's? The
-            # heartbeat thread may not have looked since the takeover (a resumed process).
+        if pl_module.writes_step_metrics():
+            # The module writes this step's metrics to the loggers (its training_step): is
+            # the directory still this process's? The heartbeat thread may not have looked
+            # since the takeover (a resumed process).
             self.signals.check_claim()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
