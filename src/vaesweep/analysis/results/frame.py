@@ -117,12 +117,17 @@ def _selects_groups(key: str, rows: list[dict[str, Any]], known: list[int]) -> b
     return not any(key in rows[i]["config"] or f"{key}.name" in rows[i]["config"] for i in known)
 
 
+def _missing(value: Any) -> bool:
+    """None or NaN: a value a run does not have."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _comparable(value: Any, key: str = "") -> Any:
     """``value`` as runs are told apart by it: NaN is None; numbers compare as numbers
     (``beta`` 1 and 1.0 are one value), but for the batch-or-fraction keys
     (``trainer.limit_train_batches``, ..., :data:`INT_OR_FRACTION`) the int 1 (one batch) is
     not 1.0 (every batch), and a bool is never the number it equals (True is not 1)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, bool):
         return ("bool", value)
@@ -143,7 +148,7 @@ def _one_batch_apart(key: str, values: list[Any]) -> bool:
 def _as_written(value: Any) -> Any:
     """A value of a batch-or-fraction column that holds 1 and 1.0: as a command line writes
     it (``"1"``, ``"1.0"``, ``"0.25"``); missing stays None."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     return str(value)
 
@@ -151,7 +156,7 @@ def _as_written(value: Any) -> Any:
 def _rank(value: Any) -> Any:
     """A value's place in an order of mixed types (``trainer.precision`` 32 and
     ``"bf16-mixed"``): numbers first, by value, then the rest by their text; missing: None."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return (0, float(value), "")
