@@ -667,9 +667,15 @@ def test_rate_distortion_means_leave_out_infinite_values():
     lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
     ((xs, ys),) = [(list(line.get_xdata()), list(line.get_ydata())) for line in lines]
     assert xs == [21.0, 30.0] and ys == [6.0, 3.0]  # β = 0.5, 1 (the inf seed left out)
+    # MSE panel: β = 1 has no seed with a finite MSE and a finite KL (seed 0's MSE and seed
+    # 1's KL are infinite): no point, rather than one whose MSE is seed 1's and KL seed 0's.
     lines = [line for line in fig.axes[1].get_lines() if len(line.get_xdata())]
     ((xs, ys),) = [(list(line.get_xdata()), list(line.get_ydata())) for line in lines]
-    assert xs == pytest.approx([0.2, 0.2]) and ys == [6.0, 3.0]
+    assert xs == pytest.approx([0.2]) and ys == [6.0]
+    # The caption counts the runs behind each point: 2 at β = 0.5, 1 at β = 1 (rec. NLL).
+    from vaesweep.analysis.figures.captions import caption
+
+    assert "Lines: means over 1–2 seeds" in caption(fig)
 
 
 def test_every_row_that_shows_the_best_mean_is_bold():
@@ -711,3 +717,87 @@ def test_a_setting_swept_to_null_is_labelled_null():
     assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 2
     table = results_table(df)
     assert sorted(row[0] for row in table.rows) == ["0.01", "null"]
+
+
+def _history_frame(
+    tmp_path: Path, runs: list[dict], scales: dict[str, list[float]]
+) -> pd.DataFrame:
+    """Completed runs (the ``runs`` columns) each with a metrics.csv in its own directory
+    under tmp_path: ``train/scale`` at steps 0, 10, ... from ``scales[run_dir name]``."""
+    rows = []
+    for run in runs:
+        run_dir = tmp_path / run["name"]
+        run_dir.mkdir()
+        values = scales.get(run["name"])
+        lines = ["step,train/scale,train/loss"]
+        lines += [f"{10 * i},{v if values else ''},1.0" for i, v in enumerate(values or [1, 1])]
+        (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+        extra = {k: v for k, v in run.items() if k != "name"}
+        rows.append({"run_dir": str(run_dir), "status": "completed", "dataset": "digits",
+                     "test/nll": 10.0, "test/kl": 1.0, **extra})  # fmt: skip
+    df = pd.DataFrame(rows)
+    df.attrs = {"swept": ["likelihood", "seed"], "metrics": ["test/nll"], "notes": []}
+    return df
+
+
+def test_scale_history_draws_a_likelihood_of_the_users_own(tmp_path):
+    """A user's likelihood (by ``_target_``, no ``scale`` key) that logs ``train/scale``
+    gets its own panel after the built-in ones (``vaesweep figures`` failed outright:
+    'Number of columns must be a positive integer, not 0'); a Bernoulli beside them, which
+    logs no scale, draws none; the lines are the means over seeds at each step."""
+    runs = [
+        {
+            "name": f"{lik}{seed}",
+            "likelihood": lik,
+            "seed": seed,
+            "config.likelihood.name": lik,
+            "config.likelihood.scale": scale,
+        }
+        for lik, scale in (("student_t", None), ("gaussian", "learned"), ("bernoulli", None))
+        for seed in (0, 1)
+    ]
+    scales = {
+        "student_t0": [0.5, 0.25, 0.125],
+        "student_t1": [0.5, 0.75, 0.375],
+        "gaussian0": [1.0, 0.5, 0.25],
+        "gaussian1": [1.0, 0.5, 0.25],
+    }
+    df = _history_frame(tmp_path, runs, scales)
+    fig = scale_history(df)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["Gaussian: scale σ", "student_t: scale"]
+    (student,) = fig.axes[1].get_lines()
+    assert list(student.get_xdata()) == [0, 10, 20]
+    assert list(student.get_ydata()) == [0.5, 0.5, 0.25]
+    assert student.get_label() == "student_t"
+    # Only the user's likelihood in the sweep: one panel, and every other figure written too.
+    only = df[df["likelihood"] == "student_t"].drop(columns=["config.likelihood.scale"])
+    only.attrs = df.attrs
+    assert [ax.get_title(loc="left") for ax in scale_history(only).axes] == ["student_t: scale"]
+    report = write_sweep_figures(only, tmp_path / "figures")
+    assert (tmp_path / "figures" / "scale_history.png").is_file()
+    assert (tmp_path / "figures" / "results_table.md").is_file(), report.skipped
+
+
+def test_beta_zero_is_drawn_on_a_symlog_axis_and_the_others_a_decade_apart():
+    """β = 0 (allowed: a plain autoencoder's objective) on the log β axis put 0.5, 1 and 4
+    on one spot at the right edge. Now a symlog axis: linear up to the smallest β > 0, so
+    every β > 0 keeps a log axis's spacing (equal ratios, equal distances), β = 0 left of
+    them, each tick at its β."""
+    df = _hand_frame({0.0: [20.0, 21.0], 0.5: [10.0, 12.0], 1.0: [11.0, 11.0], 4.0: [9.0, 9.5]})
+    fig = metric_vs_beta(df.assign(**{"config.likelihood.name": "gaussian"}), ("test/nll",))
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "symlog"
+    assert list(ax.get_xticks()) == [0.0, 0.5, 1.0, 4.0]
+    (bars,) = ax.containers  # one configuration: no dodge
+    line = bars.lines[0]
+    assert list(line.get_xdata()) == [0.0, 0.5, 1.0, 4.0]
+    assert list(line.get_ydata()) == [20.5, 11.0, 11.0, 9.25]
+    x = ax.transData.transform(np.column_stack([[0.0, 0.5, 1.0, 2.0, 4.0], np.zeros(5)]))[:, 0]
+    assert np.all(np.diff(x) > 0)
+    # 0.5 → 1, 1 → 2, 2 → 4: one factor 2 each, so one distance on the log part.
+    np.testing.assert_allclose(np.diff(x[1:]), np.diff(x[1:])[0], rtol=1e-6)
+    # Without β = 0: the log axis as before.
+    positive = df[df["beta"] > 0].assign(**{"config.likelihood.name": "gaussian"})
+    positive.attrs = df.attrs
+    assert metric_vs_beta(positive, ("test/nll",)).axes[0].get_xscale() == "log"

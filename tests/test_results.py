@@ -526,3 +526,15 @@ def test_a_finished_wandb_run_is_checked_as_a_results_file_is():
     assert "fast_dev_run" in df.loc["beta=2", "error"]
     assert df.loc["beta=4", "status"] == "incomplete"
     assert "test/nll" in df.loc["beta=4", "error"]
+
+
+def test_group_without_wandb_is_refused_not_ignored(tmp_path, capsys):
+    """``collect DIR --group G`` read every run under DIR, saying nothing of the group: the
+    group selects W&B runs, so without --wandb it is a usage error naming both."""
+    from vaesweep.analysis.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["collect", str(tmp_path), "--group", "mysweep"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "--group mysweep selects a W&B group: it needs --wandb ENTITY/PROJECT" in err

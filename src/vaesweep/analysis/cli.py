@@ -128,6 +128,10 @@ def _collect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         df = load_wandb(args.wandb, args.group, completed_required=args.aggregate)
         source = f"W&B {args.wandb}, group {args.group}"
     elif args.dirs:
+        if args.group:
+            parser.error(
+                f"--group {args.group} selects a W&B group: it needs --wandb ENTITY/PROJECT"
+            )
         df = load_results(*args.dirs, completed_required=args.aggregate)
         source = ", ".join(args.dirs)
     else:

@@ -47,6 +47,8 @@ METRICS_CSV = "metrics.csv"
 KIND = "_kind_of_data"
 # Horizontal offset between configurations on a log-β axis, in decades (keeps error bars apart).
 DODGE_DECADES = 0.012
+#: Decades to the eye that a symlog β axis gives its linear part [0, smallest β > 0].
+SYMLOG_LINSCALE = 0.5
 
 
 class FigureSkipped(Exception):
@@ -114,13 +116,33 @@ def _betas(df: pd.DataFrame) -> np.ndarray:
     return np.sort(df["beta"].dropna().unique())
 
 
+def beta_linthresh(betas: Sequence[float]) -> float | None:
+    """None when every β is > 0 (a log axis); else the width of the linear part of a symlog
+    axis around β = 0: the smallest β > 0 (1 when there is none), so that every β > 0 falls
+    on the logarithmic part, a decade apart as on a log axis."""
+    if min(betas) > 0:
+        return None
+    positive = [b for b in betas if b > 0]
+    return float(min(positive)) if positive else 1.0
+
+
+def dodged(betas: pd.Series, offset: float, linthresh: float | None) -> pd.Series:
+    """β moved by ``offset`` decades (a configuration's dodge); β = 0 on a symlog axis as far
+    to the eye (its linear part [0, linthresh] is drawn ``SYMLOG_LINSCALE`` decades wide)."""
+    moved = betas * 10**offset
+    if linthresh is None:
+        return moved
+    return moved.where(betas != 0, offset / SYMLOG_LINSCALE * linthresh)
+
+
 def metric_vs_beta(
     df: pd.DataFrame,
     metrics: Sequence[str] = ("test/nll", "test/elbo"),
     error: str = "std",
     width: float = TWO_COLUMN,
 ) -> Figure:
-    """One panel per metric versus β (log axis): one line per configuration, mean ± error
+    """One panel per metric versus β (log axis; symlog when β = 0 is swept): one line per
+    configuration, mean ± error
     (``std`` or ``sem`` over seeds) at each β, slightly dodged so error bars do not overlap.
     The caption says the setting and what the error bars are, over how many seeds.
 
@@ -138,6 +160,7 @@ def metric_vs_beta(
         if done.loc[done[KIND] == k, list(metrics)].notna().any().any()
     ]
     stats = aggregate(done, by=[*keys, KIND, "beta"], metrics=list(metrics))
+    linthresh = beta_linthresh(betas)
     styles = styles_for(done, keys)
     offsets = dict(
         zip(styles, (np.arange(len(styles)) - (len(styles) - 1) / 2) * DODGE_DECADES, strict=True)
@@ -157,7 +180,7 @@ def metric_vs_beta(
                 rows = rows.sort_values("beta")
                 st, offset = styles[config], offsets[config]
                 ax.errorbar(
-                    rows["beta"] * 10**offset,
+                    dodged(rows["beta"], offset, linthresh),
                     rows[f"{metric}.mean"],
                     yerr=rows[f"{metric}.{error}"],
                     capsize=2,
@@ -165,7 +188,10 @@ def metric_vs_beta(
                     label=st.label,
                     **st.kwargs(),
                 )
-            ax.set_xscale("log")
+            if linthresh is None:
+                ax.set_xscale("log")
+            else:  # β = 0 (a plain autoencoder's objective): linear around 0, log beyond
+                ax.set_xscale("symlog", linthresh=linthresh, linscale=SYMLOG_LINSCALE)
             ax.set_xticks(betas, [f"{b:g}" for b in betas])
             ax.minorticks_off()
             ax.set_xlabel("β (KL weight)")
@@ -178,7 +204,8 @@ def metric_vs_beta(
 
 def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     """Rate KL versus distortion (reconstruction NLL; MSE): a marker per run, and a line per
-    configuration through its per-β means (mean over seeds) in order of β.
+    configuration through its per-β means (mean over the seeds whose rate and distortion are
+    both finite) in order of β.
 
     A distortion is of the data the run scored (:mod:`vaesweep.analysis.figures.kinds`): a
     Bernoulli's reconstruction NLL and MSE are of binarised images, a density's of
@@ -230,7 +257,10 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             fig.axes[0].set_title(title, loc="left")
         _legend_below(fig, fig.axes)
         by = [*keys, "beta"] if join_betas else keys  # the runs behind each mean
-        per_point = done.groupby(by, dropna=False).size() if by else [len(done)]
+        per_point: list[int] = []
+        for x in distortions:  # a point's runs: those with both of its values finite
+            paired = done.dropna(subset=[x, "test/kl"])
+            per_point += list(paired.groupby(by, dropna=False).size()) if by else [len(paired)]
         add_caption(fig, [setting(df), f"Markers: single runs. {seeds_line(per_point)}"])
     return fig
 
@@ -244,7 +274,9 @@ def _rate_distortion_lines(
     if not join_betas:
         ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
         return
-    means = rows.groupby("beta")[[x, "test/kl"]].mean().sort_index()
+    # A point is a model's (distortion, rate) pair: both means over the same runs.
+    means = rows.dropna(subset=[x, "test/kl"]).groupby("beta")[[x, "test/kl"]].mean()
+    means = means.sort_index()
     ax.plot(
         means[x],
         means["test/kl"],
@@ -329,19 +361,28 @@ def _plain_log_ticks(ax) -> None:
 
 def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     """Decoder scale (σ or b, data units, log axis) over optimisation steps for the runs with a
-    learned or optimal scale: one panel per likelihood, one line per configuration (mean
-    over seeds); line style = scale mode, colour = β (viridis, light = small). From
-    ``train/scale`` in each run's metrics.csv."""
+    learned or optimal scale, and for runs of a likelihood without a ``scale`` key (a user's
+    own, by ``_target_``) that log ``train/scale``: one panel per likelihood (the built-in
+    ones first), one line per configuration (mean over seeds); line style = scale mode,
+    colour = β (viridis, light = small). From ``train/scale`` in each run's metrics.csv."""
     done = completed(df)
+    names = done.get("config.likelihood.name", pd.Series(None, index=done.index, dtype=object))
+    own = names.notna() & ~names.isin(list(LIKELIHOOD_NAMES))  # a user's likelihood
     if "config.likelihood.scale" in done.columns:
-        done = done[done["config.likelihood.scale"].isin(["learned", "optimal"])]
+        done = done[done["config.likelihood.scale"].isin(["learned", "optimal"]) | own]
     if done.empty:
         raise FigureSkipped("no completed run has likelihood.scale=learned or optimal")
     histories = _histories(done, ["train/scale"])
+    done = done[done["run_dir"].isin(list(histories))]  # a Bernoulli logs no scale
     keys = [k for k in config_keys(df) if k != "likelihood"]
     betas = sorted(done["beta"].unique()) if "beta" in keys else []
     colours = dict(zip(betas, sequential_colours(len(betas)), strict=True))
-    likelihoods = [lik for lik in LIKELIHOOD_NAMES if lik in set(done["config.likelihood.name"])]
+    found = list(dict.fromkeys(done.get("config.likelihood.name", pd.Series(dtype=object))))
+    found = [str(lik) for lik in found if not (isinstance(lik, float) and math.isnan(lik))]
+    likelihoods = [lik for lik in LIKELIHOOD_NAMES if lik in found]
+    likelihoods += sorted(lik for lik in found if lik not in LIKELIHOOD_NAMES)
+    if not likelihoods:
+        raise FigureSkipped("the runs with a train/scale history do not name their likelihood")
     names = short_names(keys)
     seeds = []  # runs with a history per line
     with paper_style():
@@ -355,9 +396,10 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                     continue
                 seeds.append(sum(r in histories for r in rows["run_dir"]))
                 values = dict(zip(keys, config, strict=True))
-                scale = rows["config.likelihood.scale"].iloc[0]
+                scale = rows.get("config.likelihood.scale", pd.Series([None])).iloc[0]
+                scale = None if isinstance(scale, float) and math.isnan(scale) else scale
                 label = ", ".join(
-                    [scale]
+                    ([] if scale is None else [str(scale)])
                     + [
                         f"β = {v:g}" if k == "beta" else f"{names[k]}={compact(v)}"
                         for k, v in values.items()
@@ -365,18 +407,20 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                     ]
                 )
                 colour = colours.get(values.get("beta"), LIKELIHOOD_COLOURS.get(lik))
-                lines.append([mean, colour, SCALE_STYLES[scale][0], label])
+                linestyle = SCALE_STYLES.get(scale, SCALE_STYLES[None])[0]
+                lines.append([mean, colour, linestyle, label or LIKELIHOOD_NAMES.get(lik, lik)])
             if len({(c, str(ls)) for _, c, ls, _ in lines}) < len(lines):
                 for i, line in enumerate(lines):  # e.g. β schedules: a colour per configuration
                     line[1] = CYCLE[i % len(CYCLE)]
             for mean, colour, linestyle, label in lines:
                 ax.plot(mean.index, mean.to_numpy(), color=colour, linestyle=linestyle, label=label)
-            symbol = SCALE_SYMBOLS.get(lik, "scale")
+            symbol = SCALE_SYMBOLS.get(lik)
             ax.set_yscale("log")
             _plain_log_ticks(ax)
-            ax.set_title(f"{LIKELIHOOD_NAMES[lik]}: scale {symbol}", loc="left")
+            title = f"{LIKELIHOOD_NAMES.get(lik, lik)}: scale"
+            ax.set_title(f"{title} {symbol}" if symbol else title, loc="left")
             ax.set_xlabel("optimisation step")
-            ax.set_ylabel(f"{symbol} (data units)")
+            ax.set_ylabel(f"{symbol or 'scale'} (data units)")
             ax.legend(ncol=2 if len(ax.get_lines()) > 3 else 1, fontsize=6)
         add_caption(fig, [setting(done), seeds_line(seeds)])
     return fig
