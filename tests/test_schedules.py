@@ -556,3 +556,27 @@ def test_python_defaults_are_the_configs(config):
             differs[key] = (value, default)
     documented = {key for (name, key) in PYTHON_DEFAULT_DIFFERS if name == config}
     assert set(differs) == documented, differs
+
+
+def test_the_vaes_default_optimizer_is_the_configs_but_for_fused():
+    """A VAE built in Python without ``optimizer`` trains with the optimizer that
+    ``optimizer=adam`` builds, up to ``fused`` (torch's Adam against its fused kernel: equal
+    up to float rounding), which docs/components.md names; both built, not read."""
+    from vaesweep.model.likelihoods import GaussianLikelihood
+    from vaesweep.model.module import DEFAULT_OPTIMIZER, VAE
+    from vaesweep.model.schedules import ConstantBeta
+
+    def built(spec):
+        model = VAE(
+            likelihood=GaussianLikelihood((1, 28, 28)),
+            schedule=ConstantBeta(1.0),
+            network=networks.MLP(latent_dim=4),
+            optimizer=spec,
+        )
+        return model.configure_optimizers().defaults
+
+    config = OmegaConf.to_container(OmegaConf.load(CONF / "optimizer" / "adam.yaml"))
+    python, cli = built(dict(DEFAULT_OPTIMIZER)), built(config)
+    differs = {k for k in python if python[k] != cli[k]}
+    assert differs == {"fused"} and cli["fused"] is True
+    assert '"fused": True' in (Path(__file__).parents[1] / "docs" / "components.md").read_text()

@@ -9,8 +9,8 @@ log-scale when param_channels=2). There is no final activation; the likelihood c
 its own parameters.
 
 Two kinds, picked by name:
-- "mlp": flatten → Linear/activation stack (hidden default (400,), as in Kingma & Welling's
-  MNIST experiments) → Linear.
+- "mlp": flatten → Linear/activation stack (hidden default (400,): one hidden layer, as in
+  Kingma & Welling's MNIST experiments; 400 units as in PyTorch's VAE example) → Linear.
 - "conv": Conv2d(kernel 4, stride 2, padding 1) layers, each halving H and W (floor), →
   flatten → Linear stack. The decoder mirrors it: Linear stack → reshape to
   (channels[-1], ceil(H/2^L), ceil(W/2^L)) → ConvTranspose2d(kernel 4, stride 2, padding 1)
