@@ -246,8 +246,8 @@ def test_another_datasets_release_is_not_read_as_this_one(tmp_path, monkeypatch)
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("mnist", root=shared, val_size=4)
     message = str(err.value)
-    assert "is the released train-images-idx3-ubyte of 'fashion_mnist'" in message
-    assert "not of 'mnist'" in message and str(shared / "mnist") in message
+    assert f"{shared} holds the released files of 'fashion_mnist'" in message
+    assert "passed over" in message and str(shared / "mnist") in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # read as what they are: no warning at all
         assert load_dataset("fashion_mnist", root=shared, val_size=4).sizes["test"] == 9
@@ -324,8 +324,29 @@ def test_real_fashion_mnist_files_are_not_read_as_mnist(tmp_path):
     for f in DEBIAN_FASHION.iterdir():
         if "ubyte" in f.name:
             (tmp_path / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(DatasetNotFoundError, match="of 'fashion_mnist'.*not of 'mnist'"):
+    with pytest.raises(DatasetNotFoundError, match="holds the released files of 'fashion_mnist'"):
         load_dataset("mnist", root=tmp_path)
+
+
+def test_a_shared_root_holding_another_datasets_release_does_not_hide_this_ones(
+    tmp_path, monkeypatch
+):
+    """MNIST's released files directly in the data root, Fashion-MNIST asked for: the root
+    (searched before the system directory) is passed over, and the release in the system
+    directory is read (it was refused: the root's files were found first, and neither
+    data.download=true nor the installed package could get past them). Here the test's
+    own files stand for the two releases (their md5s registered)."""
+    shared, system = tmp_path / "root", tmp_path / "usr-share"
+    make_idx_dataset(shared)
+    make_idx_dataset(system, n_train=30, n_test=7, seed=1)
+    monkeypatch.setitem(IDX_SOURCES, "mnist", released_as(shared))
+    fashion = released_as(system)
+    fashion = data.IdxSource(files=fashion.files, mirrors=(), system_dirs=(str(system),))
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", fashion)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each read as its own release: no warning
+        assert load_dataset("fashion_mnist", root=shared, val_size=4).sizes["test"] == 7
+        assert load_dataset("mnist", root=shared, val_size=4).sizes["test"] == 9
 
 
 def test_unknown_dataset_lists_options():

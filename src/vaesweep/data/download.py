@@ -162,14 +162,51 @@ def _download(file: IdxFile, mirrors: tuple[str, ...], dest_dir: Path) -> list[s
     return failures
 
 
+def _release_of_another(name: str, paths: dict[str, Path]) -> str | None:
+    """The registered dataset other than ``name`` whose released label files these are
+    (MNIST and Fashion-MNIST name their files alike), else None. The label files only:
+    70 KB to hash, where the images are 55 MB (read_checked hashes the four when read)."""
+    owners = set()
+    for role in ("train_labels", "test_labels"):
+        path = paths.get(role)
+        try:
+            released = path and _released_as(hashlib.md5(read_bytes(path)).hexdigest())
+        except (OSError, ValueError):
+            return None  # unreadable: read_checked names the problem
+        if not released or released[0] == name:
+            return None
+        owners.add(released[0])
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _usable_dirs(name: str, root: Path) -> tuple[dict[str, Path] | None, list[str]]:
+    """(the four files of ``name`` from the first searched directory that holds them all,
+    or None; a line per directory passed over because it holds another dataset's release,
+    e.g. MNIST's files directly in a shared data root when Fashion-MNIST is asked for)."""
+    passed = []
+    # All four from the first directory that has them all: never mix copies of a dataset.
+    for directory in _search_dirs(name, root):
+        if (paths := _find_all(IDX_SOURCES[name], directory)) is None:
+            continue
+        other = _release_of_another(name, paths)
+        if other is None:
+            return paths, passed
+        passed.append(
+            f"{directory} holds the released files of '{other}' (they name their files "
+            f"alike): passed over. Keep each dataset in its own directory under the data "
+            f"root ({directory / other}, {directory / name}), which is searched first"
+        )
+    return None, passed
+
+
 def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
-    """Paths of the four IDX files of `name`, all from one directory; downloads if asked."""
+    """Paths of the four IDX files of `name`, all from one directory; downloads if asked.
+    A directory holding another dataset's released files is passed over."""
     source = IDX_SOURCES[name]
     dirs = _search_dirs(name, root)
-    # All four from the first directory that has them all: never mix copies of a dataset.
-    for directory in dirs:
-        if (paths := _find_all(source, directory)) is not None:
-            return paths
+    paths, passed = _usable_dirs(name, root)
+    if paths is not None:
+        return paths
     failures: list[str] = []
     if download:
         target = root / name
@@ -185,6 +222,7 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     lines = [
         f"dataset '{name}': no directory holds all of {names}",
         f"looked in: {', '.join(str(d) for d in dirs)}",
+        *passed,
     ]
     if failures:
         lines.append("download failed:\n    " + "\n    ".join(failures))
@@ -218,8 +256,7 @@ def _refuse_mixed_copy(name: str, target: Path) -> None:
 def check_download(name: str, root: Path) -> None:
     """What :func:`locate_idx` with ``download`` would refuse before downloading, checked
     before a job opens its record: nothing when a searched directory holds all the files."""
-    source = IDX_SOURCES[name]
-    if all(_find_all(source, d) is None for d in _search_dirs(name, root)):
+    if _usable_dirs(name, root)[0] is None:
         _refuse_mixed_copy(name, root / name)
 
 
