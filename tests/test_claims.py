@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,46 @@ def test_same_host_claims_of_gone_processes_are_stale(tmp_path):
     (tmp_path / CLAIM_FILE).write_text("")
     assert held_by_other(tmp_path, 300) is not None
     os.utime(tmp_path / CLAIM_FILE, (0, 0))
+    assert held_by_other(tmp_path, 300) is None
+
+
+def _can_unshare_pids() -> bool:
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def test_a_claim_of_another_pid_namespace_on_this_host_is_judged_by_its_heartbeat(tmp_path):
+    """A container sharing the host's name (``docker run --network host``) has its own
+    pids: its holder's pid 1 is this namespace's init, alive with another start time, so
+    its live claim was judged stale at once and taken over (the job trained twice). Now
+    a claim written in another pid namespace is judged as another host's: by its
+    heartbeat. A real holder in a new pid namespace (``unshare --pid``)."""
+    if shutil.which("unshare") is None or not _can_unshare_pids():
+        pytest.skip("cannot create a pid namespace here (unshare --pid needs privileges)")
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", HOLD,
+         str(tmp_path), "300"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        info = read_claim(tmp_path)
+        assert info.host == HOST and info.pid_namespace != claims.PID_NAMESPACE
+        with pytest.raises(ClaimHeld):
+            acquire(tmp_path, timeout_s=300)  # its pid is no process of ours: still held
+        assert held_by_other(tmp_path, 300) is not None
+        old = time.time() - 400  # no heartbeat for longer than the timeout: stale
+        os.utime(tmp_path / CLAIM_FILE, (old, old))
+        assert held_by_other(tmp_path, 300) is None
+    finally:
+        proc.kill()
+        proc.wait()
+    # This namespace's own claims are judged by their pid at once, as before.
+    write_claim(tmp_path, pid=2**22 + 1, pid_namespace=claims.PID_NAMESPACE)
     assert held_by_other(tmp_path, 300) is None
 
 

@@ -12,8 +12,10 @@ it ends, except when the process is killed outright (SIGKILL, a node failure).
 A claim another process holds is either
 
 - **live**: the job is skipped by this process (the caller decides what to do with it), or
-- **stale**: its holder is gone. On the same host that is known at once: its pid no longer
-  runs (or is a zombie, or now belongs to a process started later). On another host the
+- **stale**: its holder is gone. On the same host, in the same pid namespace, that is known
+  at once: its pid no longer runs (or is a zombie, or now belongs to a process started
+  later). On another host, or in another pid namespace of this one (a container sharing the
+  host's name, ``docker run --network host``, whose pids mean other processes here), the
   heartbeat tells: stale when its mtime is older than ``timeout_s`` (the clocks of the hosts
   must agree to well within that).
 
@@ -62,6 +64,19 @@ UNREADABLE_GRACE_S = 5.0
 MISSED_BEATS = 3
 HOST = socket.gethostname()
 
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace ("pid:[4026531836]", Linux), None where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+#: Pids name processes within one pid namespace: a claim's pid is looked up here only when
+#: it was written in this namespace (or either side does not know its namespace).
+PID_NAMESPACE = _pid_namespace()
+
 _held: set[str] = set()  # tokens of the claims this process holds
 
 
@@ -106,6 +121,7 @@ class ClaimInfo:
     started_at: str | None
     heartbeat: float  # the file's mtime (seconds since the epoch)
     interval: float | None = None  # the holder's heartbeat interval (None: not recorded)
+    pid_namespace: str | None = None  # the holder's pid namespace (None: not recorded)
 
     @property
     def identity(self) -> str:
@@ -124,15 +140,22 @@ class ClaimInfo:
     def is_stale(self, timeout_s: float, now: float | None = None) -> bool:
         if not self.readable:  # a writer killed between creating the file and writing it
             return self.age(now) > min(timeout_s, UNREADABLE_GRACE_S)
-        if self.host == HOST and self.pid is not None:
+        if self.host == HOST and self.pid is not None and self.pids_are_ours:
             if self.pid == os.getpid():
                 return self.token not in _held  # a leftover of this process, not a live claim
             if not _pid_alive(self.pid):
                 return True
             start = _process_start(self.pid)
             return None not in (start, self.process_start) and start != self.process_start
-        # Another host: its heartbeat tells, by the taker's timeout and the holder's beats.
+        # Another host (or pid namespace): its heartbeat tells, by the taker's timeout and
+        # the holder's beats.
         return self.age(now) > max(timeout_s, MISSED_BEATS * (self.interval or 0.0))
+
+    @property
+    def pids_are_ours(self) -> bool:
+        """Whether the claim's pid names a process of this pid namespace (assumed when
+        either side does not know its namespace: an earlier version's claim, no /proc)."""
+        return None in (self.pid_namespace, PID_NAMESPACE) or self.pid_namespace == PID_NAMESPACE
 
     def describe(self) -> str:
         if not self.readable:
@@ -175,6 +198,7 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
     pid = data.get("pid")
     host = data.get("host")
     interval = data.get("heartbeat_s")
+    namespace = data.get("pid_namespace")
     return ClaimInfo(
         path=path,
         host=host if isinstance(host, str) else None,
@@ -186,6 +210,7 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
         interval=float(interval)
         if isinstance(interval, (int, float)) and not isinstance(interval, bool)
         else None,
+        pid_namespace=namespace if isinstance(namespace, str) else None,
     )
 
 
@@ -321,6 +346,7 @@ def _create(path: Path, token: str, interval: float) -> bool:
         "token": token,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "heartbeat_s": interval,
+        "pid_namespace": PID_NAMESPACE,
     }
     with os.fdopen(fd, "w") as f:
         json.dump(info, f)
