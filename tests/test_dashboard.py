@@ -317,3 +317,46 @@ def test_summary_run_draws_figures_only_when_asked(tmp_path, monkeypatch, capsys
             raise AssertionError(
                 f"{type(failure).__name__}: {failure}\n{where_wandb_failed(sweep, capsys)}"
             ) from None
+
+
+def test_long_configurations_keep_distinct_wandb_job_types_and_tags(tmp_path, monkeypatch):
+    """W&B keeps 64 characters of a job type or a tag. Two configurations whose swept
+    values agree in their first 64 characters had one job type (cut, not told apart): W&B
+    grouped the seeds of both as one. Now a cut name ends in a hash of the whole. Real
+    W&B runs (offline), read back from their files."""
+    from hydra import compose, initialize_config_dir
+
+    import vaesweep
+    from vaesweep.run.context import Job
+    from vaesweep.run.loggers import finish_wandb, make_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    conf = Path(vaesweep.__file__).parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.data_dir=/tmp", "logger=wandb"])
+    long_note = "x" * 70
+    runs = []
+    for dim in (16, 32):
+        swept = {
+            "likelihood": "continuous_bernoulli",
+            "beta_schedule": "cyclical",
+            "model.latent_dim": str(dim),
+            "beta": "0.5",
+            "label.note": long_note + str(dim),
+        }
+        run_dir = tmp_path / f"dim{dim}"
+        run_dir.mkdir()
+        job = Job(run_dir, f"dim={dim}", [], tmp_path / "sweep", swept, 1)
+        (wandb_logger,) = [
+            lg for lg in make_loggers(cfg, job) if type(lg).__name__ == "WandbLogger"
+        ]
+        assert wandb_logger.experiment.job_type  # starts the run
+        finish_wandb("completed")
+        runs.append(read_offline_run(next(run_dir.glob("wandb/offline-run-*"))))
+    job_types = [r["job_type"] for r in runs]
+    assert job_types[0] != job_types[1] and all(len(t) == 64 for t in job_types)
+    full = "likelihood=continuous_bernoulli,beta_schedule=cyclical,model.latent_dim=16"
+    assert job_types[0].startswith(full[:55])
+    tags = [{t for t in r["tags"] if t.startswith("label.note=")} for r in runs]
+    assert len(tags[0]) == len(tags[1]) == 1 and tags[0] != tags[1]
+    assert all(len(t) <= 64 for r in runs for t in r["tags"])

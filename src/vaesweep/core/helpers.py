@@ -3,6 +3,7 @@ that continues a run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,14 @@ def append_timestamp(path: str | Path, event: str, t: float | None = None, **inf
 #: Characters a directory may hold and still be written bare in a Hydra override: ASCII
 #: only (Hydra's lexer takes no other letter, ``/home/jörg`` is quoted).
 _BARE = re.compile(r"[\w/.:+@%-]+", re.ASCII)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters, else its first ``limit − 9`` and a
+    short hash of the whole (``-1a2b3c4d``): names that differ stay different when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def plural(n: int, word: str) -> str:

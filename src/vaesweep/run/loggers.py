@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.checks import ConfigError
+from vaesweep.core.helpers import bounded
 from vaesweep.run.context import Job
 
 log = logging.getLogger("vaesweep")
@@ -37,6 +38,8 @@ log = logging.getLogger("vaesweep")
 SUMMARY_JOB_TYPE = "summary"
 #: The x axis of every metric: the optimisation step (Lightning's WandbLogger logs it).
 STEP = "trainer/global_step"
+#: Characters W&B keeps of a job type or a tag.
+WANDB_NAME_LIMIT = 64
 #: Summary of val/elbo: the best (max) over all validations and the last one.
 VAL_ELBO_SUMMARY = ("max", "last")
 
@@ -118,8 +121,10 @@ def make_loggers(cfg: DictConfig, job: Job, wandb_id: str | None = None) -> list
                 save_dir=str(job.run_dir),
                 mode=cfg.logger.mode,
                 group=sweep_group(job.sweep_dir),
-                job_type=(",".join(config_axes) or "train")[:64],
-                tags=list(dict.fromkeys(str(t)[:64] for t in tags)),
+                # W&B keeps 64 characters of each: cut with a hash, so that two
+                # configurations (or two values of a key) never share one.
+                job_type=bounded(",".join(config_axes) or "train", WANDB_NAME_LIMIT),
+                tags=list(dict.fromkeys(bounded(str(t), WANDB_NAME_LIMIT) for t in tags)),
                 notes=label.get("note"),
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
