@@ -538,3 +538,36 @@ def test_group_without_wandb_is_refused_not_ignored(tmp_path, capsys):
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "--group mysweep selects a W&B group: it needs --wandb ENTITY/PROJECT" in err
+
+
+def test_a_job_trained_again_under_a_new_wandb_id_is_one_row_from_wandb():
+    """A job trained again from its start (``sweep.rerun_failed=true``; interrupted before
+    its first checkpoint) logs to a new W&B run in the same group, under the same job name:
+    the local frame (one results.json per job directory) has one row, the W&B frame had
+    two (``failed`` and ``completed``). Now the newest run of each job is its row, whatever
+    order the API lists them in, and a note names the earlier one."""
+
+    def record(run_id: str, name: str, state: str, created: str, summary: dict) -> dict:
+        return {
+            "path": f"ent/proj/{run_id}",
+            "name": name,
+            "group": "g",
+            "state": state,
+            "config": {"seed": 0, "beta": float(name[5:]), "data": {"name": "digits"}},
+            "summary": summary,
+            "job_type": "beta=" + name[5:],
+            "created_at": created,
+        }
+
+    done = {"status": "completed", "test/nll": 90.0, "test/elbo": -95.0}
+    runs = [
+        record("new1", "beta=1", "finished", "2026-12-07T10:00:00Z", done),
+        record("old1", "beta=1", "failed", "2026-12-07T09:00:00Z", {"status": "failed"}),
+        record("only2", "beta=2", "finished", "2026-12-07T09:30:00Z", done),
+    ]
+    for listed in (runs, runs[::-1]):
+        df = frame_from_wandb(listed, completed_required=False)
+        assert sorted(df["run_dir"]) == ["wandb:ent/proj/new1", "wandb:ent/proj/only2"]
+        assert list(df["status"]) == ["completed", "completed"]
+        (note,) = [n for n in df.attrs["notes"] if "earlier W&B run" in n]
+        assert "ent/proj/old1 (beta=1)" in note

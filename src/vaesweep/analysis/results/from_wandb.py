@@ -74,6 +74,7 @@ def wandb_record(run: Any) -> dict[str, Any]:
         "config": dict(run.config),
         "summary": dict(run.summary_metrics),  # public: the run's summary as a dict
         "job_type": run.job_type,
+        "created_at": getattr(run, "created_at", None),
     }
 
 
@@ -139,10 +140,45 @@ def frame_from_wandb(
     :func:`vaesweep.analysis.results.load_results`).
     """
     # The sweep's summary run (a table and figures, no metrics of its own) is not a job.
-    rows = [_wandb_row(r) for r in records if r.get("job_type") != SUMMARY_JOB_TYPE]
+    jobs = [r for r in records if r.get("job_type") != SUMMARY_JOB_TYPE]
+    jobs, notes = _latest_attempts(jobs)
+    rows = [_wandb_row(r) for r in jobs]
     if not rows:
         raise ResultsError("no W&B runs given")
-    return build_frame(rows, completed_required)
+    df = build_frame(rows, completed_required)
+    df.attrs["notes"] = [*notes, *df.attrs.get("notes", [])]
+    return df
+
+
+def _latest_attempts(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One W&B run per job (group and job name), as a sweep directory holds one results.json
+    per job: the newest (``created_at``; of equal ones, the last listed). A job trained again
+    from its start (``sweep.rerun_failed=true``, an interruption before its first checkpoint,
+    a results.json lost) logs to a new W&B run in the same group; the earlier runs are left
+    out, with a note naming them."""
+    latest: dict[tuple[Any, Any], int] = {}
+    for i, record in enumerate(records):
+        job = (record.get("group"), record.get("name"))
+        if job[1] is None:  # a run without a job name cannot be matched: kept
+            latest[("", i)] = i
+            continue
+        j = latest.get(job)
+        if j is None or (str(record.get("created_at") or ""), i) >= (
+            str(records[j].get("created_at") or ""),
+            j,
+        ):
+            latest[job] = i
+    kept = sorted(latest.values())
+    left = [r for i, r in enumerate(records) if i not in set(kept)]
+    notes = []
+    if left:
+        shown = ", ".join(f"{r.get('path')} ({r.get('name')})" for r in left[:6])
+        more = f" and {len(left) - 6} more" if len(left) > 6 else ""
+        notes.append(
+            f"{len(left)} earlier W&B run(s) of a job that was trained again from its start "
+            f"under a new run id (its latest run is listed) left out: {shown}{more}"
+        )
+    return [records[i] for i in kept], notes
 
 
 def load_wandb(project: str, group: str, completed_required: bool = True) -> pd.DataFrame:
