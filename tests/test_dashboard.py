@@ -53,6 +53,17 @@ def summary_run(sweep: Path) -> dict:
     return read_offline_run(found[0])
 
 
+def written_run(path: Path, timeout: float = 30.0) -> dict:
+    """The offline run at ``path`` once W&B's service wrote its run record (see
+    :func:`finished_summary_run`: after ``finish`` returns, within milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_offline_run(path)
+        if "job_type" in run or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
 def finished_summary_run(sweep: Path, keys: tuple[str, ...], timeout: float = 30.0) -> dict:
     """The summary run of an in-process ``log_sweep_summary`` once W&B wrote ``keys`` into
     it. ``Run.finish`` returns when W&B's service has the run's last records; the service
@@ -352,7 +363,7 @@ def test_long_configurations_keep_distinct_wandb_job_types_and_tags(tmp_path, mo
         ]
         assert wandb_logger.experiment.job_type  # starts the run
         finish_wandb("completed")
-        runs.append(read_offline_run(next(run_dir.glob("wandb/offline-run-*"))))
+        runs.append(written_run(next(run_dir.glob("wandb/offline-run-*"))))
     job_types = [r["job_type"] for r in runs]
     assert job_types[0] != job_types[1] and all(len(t) == 64 for t in job_types)
     full = "likelihood=continuous_bernoulli,beta_schedule=cyclical,model.latent_dim=16"
@@ -360,3 +371,37 @@ def test_long_configurations_keep_distinct_wandb_job_types_and_tags(tmp_path, mo
     tags = [{t for t in r["tags"] if t.startswith("label.note=")} for r in runs]
     assert len(tags[0]) == len(tags[1]) == 1 and tags[0] != tags[1]
     assert all(len(t) <= 64 for r in runs for t in r["tags"])
+
+
+def test_a_new_sweep_in_a_deleted_sweeps_directory_gets_its_own_summary_run(tmp_path, monkeypatch):
+    """The summary run's id came from the sweep directory alone: a fixed
+    ``hydra.sweep.dir`` deleted and swept again resumed the old sweep's summary run and
+    logged its table at step 0, below the steps the old one reached (W&B drops such rows),
+    so the run kept showing the old table. Now the id also carries when the sweep's record
+    was created: a relaunch of one sweep continues its run, a new sweep starts another."""
+    from vaesweep.analysis.wandb_summary import summary_run_id
+
+    first = summary_run_id(tmp_path, "2026-12-07T10:00:00+00:00")
+    assert summary_run_id(tmp_path, "2026-12-07T10:00:00+00:00") == first  # a relaunch
+    assert summary_run_id(tmp_path, "2026-12-07T11:00:00+00:00") != first  # a new sweep
+    assert summary_run_id(tmp_path / "other", "2026-12-07T10:00:00+00:00") != first
+    assert first.startswith("sweep-summary-") and len(first) == len("sweep-summary-") + 12
+    # The run written in process (W&B offline) takes the id of its sweep's record.
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = {"name": "wandb", "mode": "offline", "project": "vaesweep", "entity": None}
+    cfg = OmegaConf.create({"logger": {**logger, "tags": []}})
+    sweep, ids = tmp_path / "sweep", []
+    for created in ("2026-12-07T10:00:00+00:00", "2026-12-07T11:00:00+00:00"):
+        shutil.rmtree(sweep, ignore_errors=True)  # the sweep directory deleted, swept again
+        sweep.mkdir()
+        (sweep / "sweep.json").write_text(json.dumps({"created_at": created}))
+        write_csv_atomic(sweep / SUMMARY_FILE, [{"job": "beta=1", "status": "completed"}])
+        assert log_sweep_summary(cfg, sweep) is not None
+        run = finished_summary_run(sweep, (TABLE_KEY,))
+        assert run["run_id"] == summary_run_id(sweep, created)
+        ids.append(run["run_id"])
+    assert ids[0] != ids[1]

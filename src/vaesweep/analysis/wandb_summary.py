@@ -44,10 +44,13 @@ def _warn(message: str) -> None:
     print(f"[vaesweep] {message}", file=sys.stderr, flush=True)
 
 
-def summary_run_id(sweep_dir: Path) -> str:
-    """One W&B run per sweep directory: a relaunch of the same sweep continues it."""
-    digest = hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
-    return f"sweep-summary-{digest}"
+def summary_run_id(sweep_dir: Path, created_at: str | None = None) -> str:
+    """One W&B run per sweep: a relaunch of the same sweep continues it. ``created_at``: when
+    the sweep's record (sweep.json) was created, so that a new sweep in the directory of a
+    deleted one (a fixed ``hydra.sweep.dir``) gets a run of its own, not the old one's,
+    whose later steps would hide the new table."""
+    key = str(Path(sweep_dir).resolve()) + ("" if created_at is None else f"@{created_at}")
+    return f"sweep-summary-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def read_summary_table(path: Path) -> tuple[list[str], list[list[Any]]]:
@@ -160,7 +163,7 @@ def _log_sweep_summary(config: DictConfig, sweep_dir: Path) -> str:
         group=sweep_group(sweep_dir.resolve()),
         job_type=SUMMARY_JOB_TYPE,
         name=f"summary {sweep_dir.name}"[:128],
-        id=summary_run_id(sweep_dir),
+        id=summary_run_id(sweep_dir, record.get("created_at")),
         resume="allow",
         tags=["sweep-summary", *map(str, logger.get("tags") or [])],
         config={k: record[k] for k in keep if k in record} | {"sweep_dir": str(sweep_dir)},
