@@ -104,3 +104,24 @@ def test_move_aside_moves_only_the_bytes_it_was_given(tmp_path):
     assert move_aside(target, "damaged", b'{"grid": ') is None
     assert target.read_text() == "{}" and len(list(tmp_path.iterdir())) == 3
     assert move_aside(tmp_path / "absent.json", "damaged", b"") is None
+
+
+def test_every_atomic_write_syncs_its_directory_after_the_rename(tmp_path, monkeypatch):
+    """The temp file is synced before its rename, and the directory after it, so that the
+    rename itself survives a power loss (a directory entry is flushed with its directory)."""
+    import os
+
+    from vaesweep.core.atomic import write_json_atomic
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "r.json").exists()))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_json_atomic(tmp_path / "r.json", {"a": 1})
+    (temp, renamed_before), (directory, renamed_after) = synced
+    assert temp.endswith(".tmp") and not renamed_before
+    assert directory == str(tmp_path) and renamed_after

@@ -1028,3 +1028,13 @@ def test_a_transformer_engine_precision_needs_its_package():
     # the job's machine may have it.
     cfg = compose_cfg(["trainer.precision=transformer-engine", "paths.data_dir=/tmp"])
     validate_config(cfg, in_job=False)
+
+
+@pytest.mark.parametrize("key", ["beta", "optimizer.lr", "trainer.gradient_clip_val"])
+def test_an_integer_too_large_for_a_float_is_refused_by_name(key):
+    """``beta=1000…0`` (401 digits, an int no float holds): the number check raised
+    OverflowError from math.isfinite, which the run printed as such (no key named); now it
+    is refused as any other value out of range."""
+    huge = 10**400
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=1000+ is invalid: allowed"):
+        validate([f"{key}={huge}"])

@@ -37,7 +37,8 @@ def atomic_open(
     mode: str = "w",
 ) -> Iterator[IO]:
     """Open a temp file beside ``path`` for writing; on a clean exit flush, fsync and rename
-    it over ``path``; on an exception remove it and leave ``path`` as it was.
+    it over ``path``, then fsync its directory (so the rename outlives a power loss too); on
+    an exception remove it and leave ``path`` as it was.
 
     The file gets the permissions of any new file (0o666 & ~umask, and a directory's
     default ACL where there is one).
@@ -54,6 +55,23 @@ def atomic_open(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename, a new file) to disk; ~0.1 ms on ext4. Where
+    a directory cannot be opened or synced (Windows, some network file systems) the
+    rename is still atomic, only not yet durable: nothing to do."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
