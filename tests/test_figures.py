@@ -801,3 +801,25 @@ def test_beta_zero_is_drawn_on_a_symlog_axis_and_the_others_a_decade_apart():
     positive = df[df["beta"] > 0].assign(**{"config.likelihood.name": "gaussian"})
     positive.attrs = df.attrs
     assert metric_vs_beta(positive, ("test/nll",)).axes[0].get_xscale() == "log"
+
+
+def test_image_figures_of_close_betas_are_kept_apart():
+    """A search's β draws can agree to 6 digits (0.1234567, 0.12345671): their image
+    figures were named with ``{β:g}`` (both ``_beta0.123457``, the later replacing the
+    earlier) and their runs matched with np.isclose (both β's runs in each). Now each β
+    names its own figures, to every digit that tells it apart, and draws its own runs."""
+    from vaesweep.analysis.figures import sweep_plan
+    from vaesweep.analysis.figures.grids import representatives
+
+    df = _hand_frame({0.1234567: [10.0], 0.12345671: [11.0], 2.0: [12.0], 1e-9: [13.0]})
+    names = [n for n in sweep_plan(df) if n.startswith("reconstructions")]
+    assert names == [
+        "reconstructions_beta0.000000001",
+        "reconstructions_beta0.1234567",
+        "reconstructions_beta0.12345671",
+        "reconstructions_beta2",
+    ]
+    notes: list[str] = []
+    with pytest.raises(FigureSkipped):  # no images.npz here: each run passed over is noted
+        representatives(df, 0.1234567, notes)
+    assert len(notes) == 1 and "beta=0.1234567,seed=0/images.npz" in notes[0]  # one run

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -69,7 +70,9 @@ def sweep_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
     done = completed(df)
     betas = sorted(done["beta"].unique()) if "beta" in config_keys(df) else [None]
     for beta in betas:
-        suffix = "" if beta is None else f"_beta{beta:g}"
+        # β as written, to every digit that tells it apart (0.5, 2, 0.123456789): two β values
+        # agreeing to 6 digits (a search's draws) shared a file, the later one replacing it.
+        suffix = "" if beta is None else f"_beta{np.format_float_positional(beta, trim='-')}"
         plan[f"reconstructions{suffix}"] = partial(reconstructions, df, beta)
         plan[f"samples{suffix}"] = partial(prior_samples, df, beta)
     plan.update(search_plan(df))  # a search's optimisation history and importances

@@ -70,7 +70,7 @@ def representatives(
     or damaged), saying which run shows the configuration instead or that it is left out."""
     done = completed(df)
     if beta is not None:
-        done = done[np.isclose(done["beta"].astype(float), beta)]
+        done = done[done["beta"].astype(float) == float(beta)]  # this β, not a close one
     keys = [k for k in config_keys(df) if k != "beta"]
     styles = styles_for(done, keys) if not done.empty else {}
     out = []
