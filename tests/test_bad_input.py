@@ -1010,24 +1010,47 @@ def test_a_test_fraction_of_no_batch_is_refused_before_training(tmp_path):
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained
 
 
-def test_a_transformer_engine_precision_needs_its_package():
-    """trainer.precision=transformer-engine (one of Lightning's values) imports NVIDIA's
-    transformer_engine when the Trainer is built: without the package, refused in the job
-    before the data load, naming it; not in the launching process."""
-    import importlib.util
+@pytest.mark.parametrize(
+    "precision", ["16-true", "bf16-true", "transformer-engine", "transformer-engine-float16"]
+)
+def test_a_precision_that_casts_the_weights_to_16_bits_is_refused(precision):
+    """Under 16-true, bf16-true and transformer-engine* Lightning casts the module to 16
+    bits: bf16-true crashed at the first step (``mat1 and mat2 must have the same dtype``,
+    the float32 latent meeting the bf16 decoder), and the optimal scale's running σ*, the
+    β controllers' state and the step tracker would have lost their precision. Refused
+    before the data load (in the launching process too), naming what works."""
+    message = (
+        rf"^trainer.precision='{precision}' is invalid: allowed a precision that keeps float32 "
+        r"weights: 32-true, 64-true, or bf16-mixed / 16-mixed"
+    )
+    with pytest.raises(ConfigError, match=message):
+        validate([f"trainer.precision={precision}"])
+    cfg = compose_cfg([f"trainer.precision={precision}", "paths.data_dir=/tmp"])
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg, in_job=False)
 
-    if importlib.util.find_spec("transformer_engine") is not None:
-        validate(["trainer.precision=transformer-engine"])
-        return
-    with pytest.raises(
-        ConfigError,
-        match=r"^trainer.precision='transformer-engine' is inva.*transformer_engine package",
-    ):
-        validate(["trainer.precision=transformer-engine"])
-    # The launching process (a SLURM or Ray sweep from a login node) checks no packages:
-    # the job's machine may have it.
-    cfg = compose_cfg(["trainer.precision=transformer-engine", "paths.data_dir=/tmp"])
-    validate_config(cfg, in_job=False)
+
+def test_bf16_true_really_fails_in_the_model(tmp_path):
+    """What the refusal prevents, shown on the model itself under Lightning's bf16-true
+    plugin (one training step on a CPU): the decoder's bf16 weights meet the float32
+    latent."""
+    from vaesweep.model.likelihoods import GaussianLikelihood
+    from vaesweep.model.module import VAE
+    from vaesweep.model.networks import MLP
+    from vaesweep.model.schedules import ConstantBeta
+
+    model = VAE(
+        likelihood=GaussianLikelihood((1, 4, 4)),
+        schedule=ConstantBeta(1.0),
+        network=MLP(latent_dim=2, hidden=[8]),
+    )
+    data = torch.utils.data.DataLoader(torch.rand(8, 1, 4, 4), batch_size=4)
+    trainer = L.Trainer(
+        precision="bf16-true", max_steps=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="same dtype"):
+        trainer.fit(model, data)
 
 
 @pytest.mark.parametrize("key", ["beta", "optimizer.lr", "trainer.gradient_clip_val"])

@@ -74,6 +74,16 @@ PRECISIONS = (
     "16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
     "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16,
 )  # fmt: skip
+#: trainer.precision values under which Lightning casts the module's weights and buffers to
+#: 16 bits (its HalfPrecision and TransformerEnginePrecision plugins): the decoder then
+#: meets the float32 latent vaesweep computes its posterior in, and the running statistics
+#: (optimal scale, GECO/PI state, the step tracker) would lose their precision. Refused.
+HALF_WEIGHT_PRECISIONS = (
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
 #: trainer.profiler: the names Lightning's Trainer takes (lowercased) for its profilers.
 PROFILERS = ("simple", "advanced", "pytorch", "xla")
 #: Trainer arguments that Lightning takes as booleans (a string "off" would be truthy);
@@ -388,17 +398,15 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
         precision,
         f"null (32-true) or one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))}",
     )
-    engine = isinstance(precision, str) and precision.startswith("transformer-engine")
-    if engine and with_lightning:  # in the job: its machine's packages, not the launcher's
-        import importlib.util
-
-        require(
-            importlib.util.find_spec("transformer_engine") is not None,
-            "trainer.precision",
-            precision,
-            "a precision other than transformer-engine* here: it needs NVIDIA's "
-            "transformer_engine package, which this environment lacks",
-        )
+    require(
+        precision not in HALF_WEIGHT_PRECISIONS,
+        "trainer.precision",
+        precision,
+        "a precision that keeps float32 weights: 32-true, 64-true, or bf16-mixed / 16-mixed "
+        "for 16-bit compute (under 16-true, bf16-true and transformer-engine* Lightning casts "
+        "the weights and buffers to 16 bits, which vaesweep's float32 posterior, running "
+        "scale statistics and β controllers do not support)",
+    )
     sanity = t.get("num_sanity_val_steps")
     require(
         sanity is None or (is_int(sanity) and sanity >= -1),
