@@ -83,6 +83,83 @@ def test_divergence_reports_the_first_non_finite_step(tmp_path, bad, trainer_arg
     assert bad <= trainer.global_step <= raised_by_step  # stopped within one check interval
 
 
+def test_a_non_finite_loss_stops_the_run_before_a_mid_epoch_checkpoint(tmp_path):
+    """A validation inside an epoch (trainer.val_check_interval) and its checkpoint came
+    before the tracker was read (at logging steps, the epoch's end, every 64 steps): a NaN
+    loss at step 5 was found at step 9, after last.ckpt and a step-7 checkpoint of NaN
+    weights were written. Now the tracker is read when validation starts and before any
+    checkpoint: the run stops at step 7's validation, with no checkpoint written."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = _vae(NonFiniteFrom, bad=5)
+    checkpoints = tmp_path / "ckpt"
+    trainer = _trainer(
+        tmp_path,
+        log_every_n_steps=50,
+        val_check_interval=7,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True)],
+    )
+    with pytest.raises(DivergenceError) as info:
+        trainer.fit(model, VAEDataModule("digits", batch_size=64))  # 22 batches an epoch
+    assert info.value.step == 5 and trainer.global_step == 7
+    assert not list(checkpoints.glob("*.ckpt"))
+
+
+def test_step_metrics_are_written_once_per_optimisation_step_when_accumulating(tmp_path):
+    """With trainer.accumulate_grad_batches=2 every micro-batch wrote a train/*_step row,
+    two rows per optimisation step (each one micro-batch's loss); Lightning writes one, on
+    the batch whose optimiser step completes the accumulation. 7 batches: optimisation steps
+    0, 1, 2 (two micro-batches each) and 3 (the epoch's last batch alone)."""
+    trainer = _trainer(
+        tmp_path,
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        log_every_n_steps=1,
+        logger=CSVLogger(tmp_path, name="", version=""),
+    )
+    data = torch.rand(7 * 16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    # (accumulation is automatic optimisation: the driver hands it back to Lightning)
+    trainer.fit(_vae(optimization="automatic"), train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 4
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["train/loss_step"]] == [0, 1, 2, 3]
+
+
+def test_beta_of_a_checkpoint_tested_in_a_fresh_trainer_is_its_steps(tmp_path):
+    """An evaluation tests a checkpoint in a new Trainer, whose global_step is 0: β and the
+    effective β were reported at step 0 (0.0 for a warm-up), not at the step the weights
+    were saved at. Now at the checkpoint's step, as the run's own test reports them."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    built = build_components(
+        (1, 8, 8),
+        {"name": "gaussian", "scale": "fixed"},
+        {"name": "linear", "beta": 1.0, "steps": 8, "start": 0.0},
+        MLP,
+    )
+    model = VAE(**built, optimizer={"name": "adam", "lr": 1e-3}, iwae_k=2)
+    data = torch.rand(6 * 16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    trainer = _trainer(
+        tmp_path,
+        max_steps=4,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    (same,) = trainer.test(model, loader, ckpt_path="last", verbose=False)
+    fresh_model = VAE(**built, optimizer={"name": "adam", "lr": 1e-3}, iwae_k=2)
+    (fresh,) = _trainer(tmp_path).test(
+        fresh_model, loader, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), verbose=False
+    )
+    expected = model.schedule.beta_at(4)
+    assert 0 < expected < 1  # still warming up: step 0 would say 0
+    assert same["beta"] == fresh["beta"] == pytest.approx(expected)
+
+
 def test_epoch_means_are_batch_weighted_means_of_the_step_values(tmp_path):
     # 1397 examples in batches of 500: 500, 500, 397, so the weights matter.
     trainer = _trainer(

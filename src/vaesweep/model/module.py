@@ -275,6 +275,7 @@ class VAE(L.LightningModule):
         self._test_sums: dict[str, Tensor] = {}
         self._tracker = StepTracker()
         self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint
+        self._checkpoint_step: int | None = None  # global_step of the checkpoint loaded last
         self.automatic_optimization = optimization == "automatic"
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -343,7 +344,15 @@ class VAE(L.LightningModule):
         device = self.trainer.strategy.root_device
         return device if device.type == "cuda" else None
 
+    def on_validation_start(self) -> None:
+        # A validation inside an epoch (trainer.val_check_interval) comes before the tracker
+        # was read at a logging step or the epoch's end: read it now, so that a non-finite
+        # loss stops the run before weights it made are validated or checkpointed. (At an
+        # epoch's end, and in a sanity check, it is empty: nothing read.)
+        self._tracker.flush()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._tracker.flush()  # never a checkpoint of weights a non-finite loss made
         cuda = self._rng_device()
         own = {"torch": torch.get_rng_state()}
         if cuda is not None:
@@ -360,6 +369,10 @@ class VAE(L.LightningModule):
         checkpoint["rng_state"] = {"ranks": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The step the weights were saved at: a test in a fresh Trainer (an evaluation)
+        # starts at global_step 0, and β, effective β are reported at the weights' step.
+        step = checkpoint.get("global_step")
+        self._checkpoint_step = step if isinstance(step, int) else None
         saved = checkpoint.get("rng_state")
         self._loaded_rng = None
         try:
@@ -395,6 +408,9 @@ class VAE(L.LightningModule):
         if scale is not None:
             self.log(f"{prefix}scale", scale, batch_size=batch_size)
 
+    def on_train_start(self) -> None:
+        self._checkpoint_step = None  # the weights move on from any checkpoint loaded
+
     def on_train_epoch_start(self) -> None:
         self._tracker.new_epoch()
         self._pending.clear()  # (an epoch's last batch always steps: normally empty)
@@ -416,7 +432,7 @@ class VAE(L.LightningModule):
         self._tracker.add([out[k].detach() for k in TRACKED], self.global_step, b)
         # The steps on which Lightning writes to its loggers: every trainer.log_every_n_steps
         # optimisation steps (its own test counts the batches that stepped, = global_step).
-        log_now = self.writes_step_metrics()
+        log_now = self.writes_step_metrics(batch_idx)
         if log_now or batch_idx == self.trainer.num_training_batches - 1 or self._tracker.full:
             self._tracker.flush()
         if self._schedule_observes:  # the controller observes after the optimiser step
@@ -469,14 +485,22 @@ class VAE(L.LightningModule):
                 gradient_clip_algorithm=self.hparams.gradient_clip_algorithm or "norm",
             )
 
-    def writes_step_metrics(self) -> bool:
-        """Whether this step's training_step writes its metrics to the loggers: on the steps
-        Lightning would, every trainer.log_every_n_steps optimisation steps (its own test
-        counts the batches that stepped, = global_step), and every step of a fast_dev_run."""
-        every = self.trainer.log_every_n_steps
-        return bool(self.trainer.fast_dev_run) or (
-            every > 0 and (self.global_step + 1) % every == 0
-        )
+    def writes_step_metrics(self, batch_idx: int) -> bool:
+        """Whether the training_step of batch ``batch_idx`` writes its metrics to the loggers:
+        on the steps Lightning would, every trainer.log_every_n_steps optimisation steps (its
+        own test counts the batches that stepped, = global_step), and every step of a
+        fast_dev_run; with trainer.accumulate_grad_batches, on the batch whose optimiser
+        step completes the accumulation (once per optimisation step, as Lightning)."""
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches
+        if (
+            accumulate > 1
+            and (batch_idx + 1) % accumulate
+            and (batch_idx + 1 != trainer.num_training_batches)
+        ):
+            return False  # a micro-batch whose gradient waits for the next ones
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
     def _write_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
         """Writes metrics to the Trainer's loggers, as Lightning writes what ``self.log``
@@ -593,7 +617,8 @@ class VAE(L.LightningModule):
         scale = self.likelihood.scale()
         if scale is not None:
             out["scale"] = float(scale)
-        beta = self.schedule.beta_at(self.global_step)
+        tested = self._checkpoint_step is not None and self.trainer.testing
+        beta = self.schedule.beta_at(self._checkpoint_step if tested else self.global_step)
         out["beta"] = beta
         out.update(effective_beta(self.likelihood, beta))
         return out

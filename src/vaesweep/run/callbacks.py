@@ -130,7 +130,7 @@ class Resumable(L.Callback):
         self.signals.trainer = trainer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if pl_module.writes_step_metrics():
+        if pl_module.writes_step_metrics(batch_idx):
             # The module writes this step's metrics to the loggers (its training_step): is
             # the directory still this process's? The heartbeat thread may not have looked
             # since the takeover (a resumed process).
