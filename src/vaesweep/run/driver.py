@@ -380,6 +380,7 @@ def _fit_and_test(
     check_training_split(cfg, data, trainer.world_size)  # the data are loaded now
     resumable.signals.check()
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
+        record.begin_training()  # from here on, a failure is this attempt's outcome
         ranks.announce_training(job.run_dir, resume_from)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume_from)
