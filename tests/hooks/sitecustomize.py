@@ -33,6 +33,12 @@ processes' own import of the training stack as it is.
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
 it to see which processes of a sweep load the training stack).
 
+``VAESWEEP_FAIL_AT="<point>"``: a failure injected at that point (the tests use it to see
+that a job's outcome survives it):
+
+- ``wandb_finish``: ``wandb.finish`` closes the run, then raises a RuntimeError (as when
+  W&B's service goes away, or its finish times out).
+
 Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
 
@@ -47,6 +53,7 @@ from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
+FAIL_ENV = "VAESWEEP_FAIL_AT"
 _signalled = False
 _reached: dict[str, int] = {}
 
@@ -185,8 +192,38 @@ def _install() -> None:
         os.replace = replace_paused
 
 
+def _install_failure() -> None:
+    from vaesweep.run import loggers
+
+    if os.environ[FAIL_ENV] != "wandb_finish":
+        return
+    make_loggers = loggers.make_loggers  # imports wandb for a job that logs to it
+
+    @functools.wraps(make_loggers)
+    def making(*args, **kwargs):
+        out = make_loggers(*args, **kwargs)
+        if "wandb" in sys.modules:
+            import wandb
+
+            finish = wandb.finish
+            if not getattr(finish, "fails", False):
+
+                @functools.wraps(finish)
+                def failing(*a, **k):
+                    finish(*a, **k)
+                    raise RuntimeError("the W&B service went away (test hook wandb_finish)")
+
+                failing.fails = True
+                wandb.finish = failing
+        return out
+
+    loggers.make_loggers = making
+
+
 if os.environ.get(PAUSE_ENV):
     _install()
+if os.environ.get(FAIL_ENV):
+    _install_failure()
 if os.environ.get(IMPORT_ENV):
     _module, _marker = os.environ[IMPORT_ENV].split(":", 1)
     sys.meta_path.insert(0, _OnFirstImport(_module, lambda: _note_pid(_marker)))

@@ -7,7 +7,8 @@ best checkpoint → image grids → results.json says "completed" with every met
 non-finite loss stops training and records "diverged" with the step; any other exception
 records "failed" with its type and message; both then exit non-zero. A stop signal records
 "interrupted" with the step and exits with 128 + its number (vaesweep.run.signals). W&B is
-closed in a ``finally`` so the jobs of one multirun process are separate W&B runs.
+closed in a ``finally``, after results.json has the outcome, so the jobs of one multirun
+process are separate W&B runs (an error closing it is a warning: vaesweep.run.jobs).
 """
 
 from __future__ import annotations

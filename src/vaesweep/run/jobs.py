@@ -190,6 +190,8 @@ def _run_claimed(
         if unearned:  # a model whose test score is not a number has not earned "completed"
             raise NonFiniteScore(unearned, metrics)
         signals.check_claim()  # the result is written only by the claim's holder
+        _tell_unavailable(run_record, metrics)
+        run_record.finish(COMPLETED, metrics=metrics)  # before W&B is closed (finally)
         status = COMPLETED
     except claims.ClaimLost:  # the directory is the new holder's: no record, no W&B status
         raise
@@ -240,7 +242,15 @@ def _run_claimed(
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)
         raise
     finally:
-        finish_wandb(None if signals.claim_lost else status)
+        # After results.json has the outcome; never raises (a warning names the W&B run).
+        finish_wandb(None if signals.claim_lost else status, job.run_dir)
+    if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
+        log.info("completed: %s", run_record.path)
+    return metrics
+
+
+def _tell_unavailable(run_record: RunRecord, metrics: dict[str, float]) -> None:
+    """Warns of the metrics a completed run could not compute (not finite numbers)."""
     lost = record.not_finite(metrics)
     if lost:  # e.g. test/mse of a likelihood without a mean (a Cauchy's is undefined)
         log.warning(
@@ -249,10 +259,6 @@ def _run_claimed(
             run_record.path.name,
             ", ".join(f"{k}={v}" for k, v in lost.items()),
         )
-    run_record.finish(COMPLETED, metrics=metrics)
-    if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
-        log.info("completed: %s", run_record.path)
-    return metrics
 
 
 def _tell_how_to_continue(run_dir: Path) -> None:
