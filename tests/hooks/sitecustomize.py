@@ -11,6 +11,8 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``train_batch``: a training batch done (``Resumable.on_train_batch_end``, before it checks
   signals): with ``@1``, in the first epoch, before any checkpoint of this attempt;
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
+- ``fit_end``: the fit is over, its checkpoints written, the test not begun
+  (``Resumable.on_fit_end``);
 - ``test``: after a test batch (``Resumable.on_test_batch_end``, before it checks signals);
 - ``images``: between the two image grids (``reconstructions.png`` written);
 - ``result_write``: the final results.json complete in its temp file, not yet renamed;
@@ -26,8 +28,8 @@ a precise phase. The points, each a wrapper around a public function or method o
   worker's first job).
 
 Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
-for ``train_batch``, ``epoch_end``, ``test`` and ``images`` only, so that the other points leave the
-processes' own import of the training stack as it is.
+for ``train_batch``, ``epoch_end``, ``fit_end``, ``test`` and ``images`` only, so that the
+other points leave the processes' own import of the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
@@ -135,7 +137,7 @@ def _install() -> None:
     point = os.environ[PAUSE_ENV].partition(":")[0].partition("@")[0]
     for cls in (signals.StopSignals, signals.SweepGuard):
         _notice_signals(cls)
-    if point in ("train_batch", "epoch_end", "test", "images"):
+    if point in ("train_batch", "epoch_end", "fit_end", "test", "images"):
         from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
@@ -145,6 +147,8 @@ def _install() -> None:
         _before(callbacks.Resumable, "on_train_batch_end", "train_batch")
     elif point == "epoch_end":
         _after(callbacks.Resumable, "on_train_epoch_end", "epoch_end")
+    elif point == "fit_end":
+        _after(callbacks.Resumable, "on_fit_end", "fit_end")
     elif point == "test":
         _before(callbacks.Resumable, "on_test_batch_end", "test")
     elif point == "images":

@@ -48,6 +48,7 @@ from vaesweep.run.config import check_training_split, require_training, resolve_
 from vaesweep.run.console import is_terminal
 from vaesweep.run.context import Job
 from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
+from vaesweep.run.policy import verify_checkpoint
 from vaesweep.run.record import RunRecord, data_changed
 from vaesweep.run.signals import StopSignals
 
@@ -418,6 +419,8 @@ def _fit_and_test(
             ckpt, tested_checkpoint = last, "last"
     if record is not None:
         record.set_facts(tested_checkpoint=tested_checkpoint)
+    if ckpt is not None:  # a damaged one is reported (DamagedCheckpoint), never tested
+        verify_checkpoint(Path(ckpt), "tested")
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}

@@ -103,12 +103,13 @@ class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
 
-def verify_checkpoint(path: Path) -> None:
+def verify_checkpoint(path: Path, use: str = "resumed") -> None:
     """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
     zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
-    file once (milliseconds for vaesweep's models)."""
+    file once (milliseconds for vaesweep's models). ``use``: what it was not, being damaged
+    (``resumed``, ``tested``). torch.load checks no CRC: a damaged tensor loads silently."""
     advice = (
-        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        f"it was not {use}. Run the same command with sweep.rerun_failed=true to train this "
         "job from the start (the checkpoint is replaced), or delete the run directory"
     )
     try:
