@@ -79,6 +79,33 @@ def test_another_config_is_refused_when_results_json_is_lost(finished, tmp_path,
     assert digests(run) == before  # not a byte changed: checkpoints, images, .hydra, logs
 
 
+@pytest.mark.parametrize("status", ["interrupted", "running", "untested"])
+def test_a_directory_of_another_configs_run_in_progress_is_not_touched(finished, tmp_path, status):
+    """A directory holding an interrupted or running (killed) result of β = 1, or a
+    completed one without a test score (both resumed by the same config), relaunched with
+    β = 4: ConfigMismatch, whose message says nothing in it was changed. Hydra used to
+    write the refused config's .hydra/*.yaml over the run's own before the task refused it;
+    now not a byte of the directory changes, nor a .hydra file's time."""
+    run = copy_of(finished, tmp_path / "run")
+    if status == "untested":
+        result = json.loads((run / RESULTS_FILE).read_text())
+        result["metrics"]["test/nll"] = None
+        (run / RESULTS_FILE).write_text(json.dumps(result))
+    else:
+        _as_left(run, status)
+    hydra = sorted((run / ".hydra").glob("*.yaml"))
+    assert [p.name for p in hydra] == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    mtimes = {p: p.stat().st_mtime_ns for p in hydra}
+    before = digests(run)
+    proc = run_cli([*ARGS, "beta=4", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "ConfigMismatch" in line and "of a different config" in line, line
+    assert "beta: 1.0 → 4" in line and "Nothing in it was changed" in line
+    assert digests(run) == before  # .hydra/*.yaml included
+    assert {p: p.stat().st_mtime_ns for p in hydra} == mtimes
+
+
 def test_the_same_config_resumes_when_results_json_is_lost(finished, tmp_path):
     reference = json.loads((finished / RESULTS_FILE).read_text())["metrics"]
     run = copy_of(finished, tmp_path / "run")

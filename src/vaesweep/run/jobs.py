@@ -546,6 +546,14 @@ def gpus_for(accelerator: Any, devices: Any) -> Any:
     return 0 if str(accelerator) == "cpu" else devices
 
 
+def _config_subdir(
+    run_dir: str, rerun_failed: bool, claim_timeout_s: float, _root_: DictConfig
+) -> str | None:
+    """The resolver of ``hydra.output_subdir``: :func:`config_subdir`, given the job's
+    config (OmegaConf passes the root of the config being resolved as ``_root_``)."""
+    return config_subdir(run_dir, rerun_failed, claim_timeout_s, _root_)
+
+
 def register_resolvers() -> None:
     """The resolvers ``vaesweep/conf/train.yaml`` uses (idempotent); Hydra copies their cache
     into every job, so a sweep's id is the same in the launcher and in its jobs."""
@@ -553,7 +561,7 @@ def register_resolvers() -> None:
         "vaesweep.job_dir": (job_dirname, False),
         "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
         "vaesweep.either": (_first_set, False),
-        "vaesweep.config_subdir": (config_subdir, False),
+        "vaesweep.config_subdir": (_config_subdir, False),
         "vaesweep.gpus_for": (gpus_for, False),
     }
     for name, (fn, cache) in resolvers.items():
