@@ -1,4 +1,5 @@
-"""Arming the test-only pause points (tests/hooks/sitecustomize.py) in a subprocess."""
+"""Arming the test-only pause points and failures (tests/hooks/sitecustomize.py) in a
+subprocess."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
+FAIL_ENV = "VAESWEEP_FAIL_AT"
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
@@ -25,6 +27,12 @@ def pause_env(point: str, marker: str | os.PathLike[str]) -> dict[str, str]:
     """The environment entries that make a subprocess wait at ``point`` (marker file
     ``marker``; release it by creating ``<marker>.release``)."""
     return {PAUSE_ENV: f"{point}:{marker}", "PYTHONPATH": _with_hooks()}
+
+
+def fail_env(point: str) -> dict[str, str]:
+    """The environment entries that make a subprocess fail at ``point`` (the hooks'
+    ``VAESWEEP_FAIL_AT``)."""
+    return {FAIL_ENV: point, "PYTHONPATH": _with_hooks()}
 
 
 def _with_hooks() -> str:

@@ -747,6 +747,67 @@ def test_data_that_are_not_there_lose_nothing_and_are_checked_again(tmp_path):
     assert resumed["metrics"] == result["metrics"]  # resumed after its last epoch: re-tested
 
 
+def offline_env() -> dict[str, str]:
+    """The CLI's environment on a node without internet: every download goes through a
+    proxy that refuses the connection at once."""
+    env = {k: v for k, v in cli_env().items() if k.lower() not in ("no_proxy", "all_proxy")}
+    return {**env, **{k: UNREACHABLE for k in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                                                "HTTPS_PROXY")}}  # fmt: skip
+
+
+@pytest.mark.parametrize("failure", ["download", "unreadable"])
+def test_a_relaunch_that_fails_before_its_fit_keeps_an_interrupted_job_resumable(tmp_path, failure):
+    """An interrupted job relaunched where its data cannot be had, found out only in the
+    driver: with data.download=true on a node without internet or data, check_available lets
+    it through (the job downloads) and the download fails; or its IDX files are there but one
+    cannot be read (a truncated .gz). The DatasetNotFoundError used to replace the
+    interrupted record with failed, which the next launch read as refused before training:
+    it deleted last.ckpt and best.ckpt and trained from step 0; the read error left a failed
+    record only sweep.rerun_failed=true (from step 0 too) would run again. Nothing of this
+    attempt was computed: now nothing of the job changes (the error in one line), and the
+    command that finds the data resumes it."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    make_idx_dataset(data / "mnist")
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=mnist", "data.val_size=10", "data.batch_size=8",
+            "data.eval_batch_size=9", "logger=csv", "hydra.run.dir=run"]  # fmt: skip
+    proc = run_cli([*args, f"data.root={data}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(run)
+    stop = {"type": "JobInterrupted", "message": "stopped by SIGTERM", "step": 3}
+    interrupted = {**result, "status": "interrupted", "metrics": {}, "error": stop}
+    (run / "results.json").write_text(json.dumps(interrupted))
+    mtime = (run / "results.json").stat().st_mtime_ns
+    files = {p: p.read_bytes() for p in run.glob("checkpoints/*")}
+    assert {p.name for p in files} == {"last.ckpt", "best.ckpt"}
+    if failure == "download":
+        relaunch = [*args, f"data.root={tmp_path / 'nothing'}", "data.download=true"]
+        line = one_line(run_cli(relaunch, tmp_path, env=offline_env()))
+        assert "DatasetNotFoundError: dataset 'mnist': no directory holds all of" in line, line
+        then = "the same command, once they are there, resumes it"
+    else:
+        damaged = tmp_path / "damaged"
+        shutil.copytree(data, damaged)
+        images = damaged / "mnist" / "train-images-idx3-ubyte.gz"
+        images.write_bytes(images.read_bytes()[:40])
+        line = one_line(run_cli([*args, f"data.root={damaged}"], tmp_path))
+        assert f"ValueError: {images}: corrupt or truncated gzip file" in line, line
+        then = "the same command, once that is fixed, resumes it"
+    assert {p: p.read_bytes() if p.exists() else None for p in files} == files
+    assert json.loads((run / "results.json").read_text()) == interrupted  # the record as it was
+    assert (run / "results.json").stat().st_mtime_ns == mtime  # and its time
+    log = (run / "train.log").read_text()
+    assert f"checkpoints are kept: {then}" in log, log[-3000:]
+    if failure == "download":
+        assert "download failed" in log
+    proc = run_cli([*args, f"data.root={data}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming {run} from" in (run / "train.log").read_text()
+    (resumed,) = results_under(run)
+    assert resumed["status"] == "completed" and resumed["attempts"] == result["attempts"] + 1
+    assert resumed["metrics"] == result["metrics"]  # resumed after its last epoch: re-tested
+
+
 def test_a_missing_dataset_is_a_refusal_a_relaunch_checks_again(tmp_path):
     """check_available fails as loading would, before anything is read; its record counts
     as refused (nothing computed), other failures do not."""

@@ -79,6 +79,33 @@ def test_another_config_is_refused_when_results_json_is_lost(finished, tmp_path,
     assert digests(run) == before  # not a byte changed: checkpoints, images, .hydra, logs
 
 
+@pytest.mark.parametrize("status", ["interrupted", "running", "untested"])
+def test_a_directory_of_another_configs_run_in_progress_is_not_touched(finished, tmp_path, status):
+    """A directory holding an interrupted or running (killed) result of β = 1, or a
+    completed one without a test score (both resumed by the same config), relaunched with
+    β = 4: ConfigMismatch, whose message says nothing in it was changed. Hydra used to
+    write the refused config's .hydra/*.yaml over the run's own before the task refused it;
+    now not a byte of the directory changes, nor a .hydra file's time."""
+    run = copy_of(finished, tmp_path / "run")
+    if status == "untested":
+        result = json.loads((run / RESULTS_FILE).read_text())
+        result["metrics"]["test/nll"] = None
+        (run / RESULTS_FILE).write_text(json.dumps(result))
+    else:
+        _as_left(run, status)
+    hydra = sorted((run / ".hydra").glob("*.yaml"))
+    assert [p.name for p in hydra] == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    mtimes = {p: p.stat().st_mtime_ns for p in hydra}
+    before = digests(run)
+    proc = run_cli([*ARGS, "beta=4", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "ConfigMismatch" in line and "of a different config" in line, line
+    assert "beta: 1.0 → 4" in line and "Nothing in it was changed" in line
+    assert digests(run) == before  # .hydra/*.yaml included
+    assert {p: p.stat().st_mtime_ns for p in hydra} == mtimes
+
+
 def test_the_same_config_resumes_when_results_json_is_lost(finished, tmp_path):
     reference = json.loads((finished / RESULTS_FILE).read_text())["metrics"]
     run = copy_of(finished, tmp_path / "run")
@@ -143,6 +170,89 @@ def test_a_damaged_checkpoint_is_reported_not_resumed(finished, tmp_path):
     after = json.loads((run / RESULTS_FILE).read_text())
     assert after["status"] == "failed" and after["error"]["type"] == "DamagedCheckpoint"
     assert not any(k.startswith("test/") for k in after["metrics"])
+
+
+def flip_a_weight(checkpoint: Path) -> None:
+    """Flips one byte in the middle of the checkpoint's largest tensor (a zip member under
+    ``data/``, stored uncompressed): torch.load reads the file without a complaint, only
+    the member's CRC-32 tells."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        tensors = [i for i in archive.infolist() if "/data/" in i.filename]
+        member = max(tensors, key=lambda i: i.file_size)
+    data = bytearray(checkpoint.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, member.header_offset + 26)
+    start = member.header_offset + 30 + name_len + extra_len  # after its local header
+    data[start + member.file_size // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def finished_best(tmp_path_factory) -> Path:
+    """A completed run tested on its best checkpoint (eval.checkpoint=best)."""
+    root = tmp_path_factory.mktemp("finished_best")
+    proc = run_cli([*ARGS, "eval.checkpoint=best", "hydra.run.dir=run"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.mark.parametrize("attempt", ["fresh", "killed", "untested"])
+def test_a_damaged_checkpoint_is_never_tested(finished_best, tmp_path, attempt):
+    """eval.checkpoint=best and best.ckpt damaged: in the attempt that wrote it (damaged
+    between its fit and its test, which the test hook fit_end holds apart), in the
+    relaunch of a job killed while it tested (results.json running), and in the relaunch
+    of a completed result without a test score. Only the checkpoint to resume from
+    (last.ckpt) was verified: torch.load read the flipped byte silently, the job tested
+    the damaged weights and recorded completed. Now the tested checkpoint is verified
+    before it is loaded, with the outcome of a damaged last.ckpt: failed, DamagedCheckpoint,
+    naming the file, and no test metrics."""
+    import torch
+
+    args = [*ARGS, "eval.checkpoint=best"]
+    if attempt == "fresh":
+        run = tmp_path / "run"
+        marker = tmp_path / "paused"
+        with open(tmp_path / "out.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(RUN_PY), *args, f"hydra.run.dir={run}"],
+                cwd=tmp_path,
+                env={**cli_env(), **pause_env("fit_end", marker)},
+                stdout=log,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), (tmp_path / "out.log").read_text()[-3000:]
+        best = run / "checkpoints" / "best.ckpt"
+        flip_a_weight(best)
+        marker.with_name(f"{marker.name}.release").touch()
+        _, stderr = proc.communicate(timeout=120)
+        proc.stderr = stderr
+    else:
+        run = copy_of(finished_best, tmp_path / "run")
+        if attempt == "killed":
+            _as_left(run, "running")  # the claim went with the killed process
+        else:
+            result = json.loads((run / RESULTS_FILE).read_text())
+            result["metrics"]["test/nll"] = None
+            (run / RESULTS_FILE).write_text(json.dumps(result))
+        best = run / "checkpoints" / "best.ckpt"
+        flip_a_weight(best)
+        torch.load(best, map_location="cpu", weights_only=False)  # loads all the same
+        proc = run_cli([*args, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    line = last_line(proc)
+    assert f"DamagedCheckpoint: checkpoint {best} is damaged" in line and "CRC" in line, line
+    assert "it was not tested" in line and "sweep.rerun_failed=true" in line
+    after = json.loads((run / RESULTS_FILE).read_text())
+    assert after["status"] == "failed" and after["error"]["type"] == "DamagedCheckpoint"
+    assert after["tested_checkpoint"] == "best"
+    assert not any(k.startswith("test/") and v is not None for k, v in after["metrics"].items())
 
 
 @pytest.mark.slow

@@ -497,6 +497,42 @@ def test_a_wandb_run_has_the_status_the_job_wrote_not_only_its_state(tmp_path):
     assert status("failed", {"status": "exploded"}) == "failed"  # no status of vaesweep's
 
 
+@pytest.mark.parametrize(
+    ("outcome", "args", "error"),
+    [("completed", [], None), ("diverged", ["optimizer.lr=1e30"], "DivergenceError")],
+)
+def test_a_wandb_run_that_fails_to_close_changes_no_outcome(tmp_path, outcome, args, error):
+    """W&B raises while it closes the job's run (its service gone, a finish timeout: the
+    test hook wandb_finish). It used to be closed first, unguarded: a completed job's
+    results.json stayed ``running`` although its test metrics existed, and a failed job's
+    error was replaced by W&B's. Now results.json has the outcome before W&B is closed, and
+    the close error is a warning naming the W&B run, whatever the outcome."""
+    from conftest import TINY, cli_env, run_cli
+    from pause import fail_env
+
+    env = {**cli_env(), **fail_env("wandb_finish")}
+    proc = run_cli([*TINY, *args, "logger=wandb", "hydra.run.dir=r"], tmp_path, env=env)
+    assert proc.returncode == (0 if outcome == "completed" else 1), proc.stderr[-3000:]
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert result["status"] == outcome
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    if outcome == "completed":
+        assert math.isfinite(result["metrics"]["test/nll"])
+        assert "completed: " in (tmp_path / "r" / "train.log").read_text()
+        assert not lines, proc.stderr[-3000:]  # no failure said
+    else:
+        assert result["error"]["type"] == error
+        assert len(lines) == 1 and lines[0].startswith(f"[vaesweep] {error}: "), lines
+    warning = (
+        f"W&B run {result['wandb_run_id']} (job {tmp_path / 'r'}) was not closed cleanly: "
+        "RuntimeError: the W&B service went away (test hook wandb_finish). The job's status "
+        f"in its results.json ({outcome}) stands"
+    )
+    assert warning in (tmp_path / "r" / "train.log").read_text()
+    (offline,) = (tmp_path / "r" / "wandb").glob("offline-run-*")
+    assert read_offline_run(offline)["summary"]["status"] == outcome  # closed all the same
+
+
 def test_a_finished_wandb_run_is_checked_as_a_results_file_is():
     """From W&B, as from results.json: a finished ``trainer.fast_dev_run`` run is
     ``fast_dev_run`` and a finished run without a finite test NLL is ``incomplete``, each

@@ -11,6 +11,8 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``train_batch``: a training batch done (``Resumable.on_train_batch_end``, before it checks
   signals): with ``@1``, in the first epoch, before any checkpoint of this attempt;
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
+- ``fit_end``: the fit is over, its checkpoints written, the test not begun
+  (``Resumable.on_fit_end``);
 - ``test``: after a test batch (``Resumable.on_test_batch_end``, before it checks signals);
 - ``images``: between the two image grids (``reconstructions.png`` written);
 - ``result_write``: the final results.json complete in its temp file, not yet renamed;
@@ -26,12 +28,18 @@ a precise phase. The points, each a wrapper around a public function or method o
   worker's first job).
 
 Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
-for ``train_batch``, ``epoch_end``, ``test`` and ``images`` only, so that the other points leave the
-processes' own import of the training stack as it is.
+for ``train_batch``, ``epoch_end``, ``fit_end``, ``test`` and ``images`` only, so that the
+other points leave the processes' own import of the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
 it to see which processes of a sweep load the training stack).
+
+``VAESWEEP_FAIL_AT="<point>"``: a failure injected at that point (the tests use it to see
+that a job's outcome survives it):
+
+- ``wandb_finish``: ``wandb.finish`` closes the run, then raises a RuntimeError (as when
+  W&B's service goes away, or its finish times out).
 
 Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
@@ -47,6 +55,7 @@ from pathlib import Path
 
 PAUSE_ENV = "VAESWEEP_PAUSE_AT"
 IMPORT_ENV = "VAESWEEP_RECORD_IMPORT"
+FAIL_ENV = "VAESWEEP_FAIL_AT"
 _signalled = False
 _reached: dict[str, int] = {}
 
@@ -128,7 +137,7 @@ def _install() -> None:
     point = os.environ[PAUSE_ENV].partition(":")[0].partition("@")[0]
     for cls in (signals.StopSignals, signals.SweepGuard):
         _notice_signals(cls)
-    if point in ("train_batch", "epoch_end", "test", "images"):
+    if point in ("train_batch", "epoch_end", "fit_end", "test", "images"):
         from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
@@ -138,6 +147,8 @@ def _install() -> None:
         _before(callbacks.Resumable, "on_train_batch_end", "train_batch")
     elif point == "epoch_end":
         _after(callbacks.Resumable, "on_train_epoch_end", "epoch_end")
+    elif point == "fit_end":
+        _after(callbacks.Resumable, "on_fit_end", "fit_end")
     elif point == "test":
         _before(callbacks.Resumable, "on_test_batch_end", "test")
     elif point == "images":
@@ -185,8 +196,38 @@ def _install() -> None:
         os.replace = replace_paused
 
 
+def _install_failure() -> None:
+    from vaesweep.run import loggers
+
+    if os.environ[FAIL_ENV] != "wandb_finish":
+        return
+    make_loggers = loggers.make_loggers  # imports wandb for a job that logs to it
+
+    @functools.wraps(make_loggers)
+    def making(*args, **kwargs):
+        out = make_loggers(*args, **kwargs)
+        if "wandb" in sys.modules:
+            import wandb
+
+            finish = wandb.finish
+            if not getattr(finish, "fails", False):
+
+                @functools.wraps(finish)
+                def failing(*a, **k):
+                    finish(*a, **k)
+                    raise RuntimeError("the W&B service went away (test hook wandb_finish)")
+
+                failing.fails = True
+                wandb.finish = failing
+        return out
+
+    loggers.make_loggers = making
+
+
 if os.environ.get(PAUSE_ENV):
     _install()
+if os.environ.get(FAIL_ENV):
+    _install_failure()
 if os.environ.get(IMPORT_ENV):
     _module, _marker = os.environ[IMPORT_ENV].split(":", 1)
     sys.meta_path.insert(0, _OnFirstImport(_module, lambda: _note_pid(_marker)))

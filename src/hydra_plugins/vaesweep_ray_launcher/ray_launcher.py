@@ -342,7 +342,10 @@ def execute_job(
     )
     job_dir = _job_dir(sweep_config)
     runs = config_subdir(
-        str(job_dir), bool(sweep_config.sweep.rerun_failed), sweep_config.sweep.claim_timeout_s
+        str(job_dir),
+        bool(sweep_config.sweep.rerun_failed),
+        sweep_config.sweep.claim_timeout_s,
+        sweep_config,
     )
     with tee_output(job_dir if runs else None):
         try:

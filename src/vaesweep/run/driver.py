@@ -7,7 +7,8 @@ best checkpoint → image grids → results.json says "completed" with every met
 non-finite loss stops training and records "diverged" with the step; any other exception
 records "failed" with its type and message; both then exit non-zero. A stop signal records
 "interrupted" with the step and exits with 128 + its number (vaesweep.run.signals). W&B is
-closed in a ``finally`` so the jobs of one multirun process are separate W&B runs.
+closed in a ``finally``, after results.json has the outcome, so the jobs of one multirun
+process are separate W&B runs (an error closing it is a warning: vaesweep.run.jobs).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from vaesweep.run.config import check_training_split, require_training, resolve_
 from vaesweep.run.console import is_terminal
 from vaesweep.run.context import Job
 from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
+from vaesweep.run.policy import verify_checkpoint
 from vaesweep.run.record import RunRecord, data_changed
 from vaesweep.run.signals import StopSignals
 
@@ -380,6 +382,7 @@ def _fit_and_test(
     check_training_split(cfg, data, trainer.world_size)  # the data are loaded now
     resumable.signals.check()
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
+        record.begin_training()  # from here on, a failure is this attempt's outcome
         ranks.announce_training(job.run_dir, resume_from)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume_from)
@@ -416,6 +419,8 @@ def _fit_and_test(
             ckpt, tested_checkpoint = last, "last"
     if record is not None:
         record.set_facts(tested_checkpoint=tested_checkpoint)
+    if ckpt is not None:  # a damaged one is reported (DamagedCheckpoint), never tested
+        verify_checkpoint(Path(ckpt), "tested")
     tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}

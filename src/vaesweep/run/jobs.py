@@ -36,6 +36,7 @@ from vaesweep.run.context import Job, current_job, job_dirname, process_rank, re
 from vaesweep.run.failures import job_label, quiet_console, report_failure
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
 from vaesweep.run.policy import (
+    DamagedCheckpoint,
     config_subdir,
     left_alone,
     refuse_other_config,
@@ -189,6 +190,8 @@ def _run_claimed(
         if unearned:  # a model whose test score is not a number has not earned "completed"
             raise NonFiniteScore(unearned, metrics)
         signals.check_claim()  # the result is written only by the claim's holder
+        _tell_unavailable(run_record, metrics)
+        run_record.finish(COMPLETED, metrics=metrics)  # before W&B is closed (finally)
         status = COMPLETED
     except claims.ClaimLost:  # the directory is the new holder's: no record, no W&B status
         raise
@@ -210,12 +213,7 @@ def _run_claimed(
             # Refused in the driver (a GPU not visible here, a trainer setting): an earlier
             # attempt continues, so its record and checkpoints stay for a relaunch.
             _restore_record(run_record.path, previous, earlier)
-            log.error(
-                "bad config: %s (not run; %s and its checkpoints are kept: the corrected "
-                "command resumes it)",
-                e,
-                job.run_dir,
-            )
+            _tell_kept(job, e)
             raise
         run_record.finish(status, error=e)
         log.error("bad config: %s (results: %s)", e, run_record.path)
@@ -231,11 +229,28 @@ def _run_claimed(
             if not job.multirun:  # a sweep's own line names its command (finish_sweep)
                 _tell_how_to_continue(job.run_dir)
             raise stop from None
+        if _keeps_earlier(e, run_record, previous, resume_from):
+            # Nothing of this attempt was computed (the data could not be read or
+            # downloaded here, ...): the earlier attempt's record and checkpoints stay. Never
+            # a failed record in their place: a DatasetNotFoundError there reads as a job
+            # refused before it trained (record.refused), whose relaunch deletes the
+            # checkpoints and trains from step 0.
+            _restore_record(run_record.path, previous, earlier)
+            _tell_kept(job, e)
+            raise
         run_record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)
         raise
     finally:
-        finish_wandb(None if signals.claim_lost else status)
+        # After results.json has the outcome; never raises (a warning names the W&B run).
+        finish_wandb(None if signals.claim_lost else status, job.run_dir)
+    if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
+        log.info("completed: %s", run_record.path)
+    return metrics
+
+
+def _tell_unavailable(run_record: RunRecord, metrics: dict[str, float]) -> None:
+    """Warns of the metrics a completed run could not compute (not finite numbers)."""
     lost = record.not_finite(metrics)
     if lost:  # e.g. test/mse of a likelihood without a mean (a Cauchy's is undefined)
         log.warning(
@@ -244,10 +259,6 @@ def _run_claimed(
             run_record.path.name,
             ", ".join(f"{k}={v}" for k, v in lost.items()),
         )
-    run_record.finish(COMPLETED, metrics=metrics)
-    if not job.multirun:  # a sweep's job tells its outcome in one line (_tell_outcome)
-        log.info("completed: %s", run_record.path)
-    return metrics
 
 
 def _tell_how_to_continue(run_dir: Path) -> None:
@@ -259,6 +270,44 @@ def _tell_how_to_continue(run_dir: Path) -> None:
         log.warning("continue it with: %s%s", command, f"\n{note}" if note else "")
     except Exception:  # noqa: BLE001 (a hint only)
         log.debug("no command to continue with", exc_info=True)
+
+
+def _keeps_earlier(
+    error: BaseException,
+    run_record: RunRecord,
+    previous: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> bool:
+    """Whether a failure leaves the earlier attempt's record and checkpoints as they were
+    (:func:`_restore_record`): the attempt continues one (``previous`` or ``resume_from``:
+    :func:`_resume_point`) and failed before it began to compute (``run_record.training``:
+    the data not found or not readable, the model or trainer not built), so it changed
+    nothing of the run. Not for a DamagedCheckpoint (the checkpoint to resume from is
+    damaged: the run cannot continue, recorded failed) nor for what is not an Exception."""
+    return (
+        (previous is not None or resume_from is not None)
+        and not run_record.training
+        and isinstance(error, Exception)
+        and not isinstance(error, DamagedCheckpoint)
+    )
+
+
+def _tell_kept(job: Job, error: BaseException) -> None:
+    """Logs why an attempt that continues an earlier one did not run, and that the earlier
+    one's record and checkpoints are kept (for the relaunch that resumes it)."""
+    if isinstance(error, ConfigError):
+        what, then = "bad config", "the corrected command"
+    elif isinstance(error, DatasetNotFoundError):
+        what, then = "data not found", "the same command, once they are there,"
+    else:
+        what, then = f"not run ({type(error).__name__})", "the same command, once that is fixed,"
+    log.error(
+        "%s: %s (not run; %s and its checkpoints are kept: %s resumes it)",
+        what,
+        error,
+        job.run_dir,
+        then,
+    )
 
 
 def _settle_unavailable(
@@ -297,18 +346,10 @@ def _settle_refused(
     sweep.rerun_failed: :func:`record.refused`), or, when an earlier attempt continues, its
     record and checkpoints left as they are, so that the corrected command (or the same one,
     once the data are there) resumes it; raises ``refusal``."""
-    config = isinstance(refusal, ConfigError)
-    what = "bad config" if config else "data not found"
     if previous is not None or resume_from is not None:
-        then = "the corrected command" if config else "the same command, once they are there,"
-        log.error(
-            "%s: %s (not run; %s and its checkpoints are kept: %s resumes it)",
-            what,
-            refusal,
-            job.run_dir,
-            then,
-        )
+        _tell_kept(job, refusal)
         raise refusal
+    what = "bad config" if isinstance(refusal, ConfigError) else "data not found"
     run_record = _open_record(cfg, job, previous, resume_from)
     run_record.finish(record.FAILED, error=refusal)
     log.error("%s: %s (results: %s)", what, refusal, run_record.path)
@@ -505,6 +546,14 @@ def gpus_for(accelerator: Any, devices: Any) -> Any:
     return 0 if str(accelerator) == "cpu" else devices
 
 
+def _config_subdir(
+    run_dir: str, rerun_failed: bool, claim_timeout_s: float, _root_: DictConfig
+) -> str | None:
+    """The resolver of ``hydra.output_subdir``: :func:`config_subdir`, given the job's
+    config (OmegaConf passes the root of the config being resolved as ``_root_``)."""
+    return config_subdir(run_dir, rerun_failed, claim_timeout_s, _root_)
+
+
 def register_resolvers() -> None:
     """The resolvers ``vaesweep/conf/train.yaml`` uses (idempotent); Hydra copies their cache
     into every job, so a sweep's id is the same in the launcher and in its jobs."""
@@ -512,7 +561,7 @@ def register_resolvers() -> None:
         "vaesweep.job_dir": (job_dirname, False),
         "vaesweep.uid": (lambda: secrets.token_hex(2), True),  # cached: one id per sweep
         "vaesweep.either": (_first_set, False),
-        "vaesweep.config_subdir": (config_subdir, False),
+        "vaesweep.config_subdir": (_config_subdir, False),
         "vaesweep.gpus_for": (gpus_for, False),
     }
     for name, (fn, cache) in resolvers.items():

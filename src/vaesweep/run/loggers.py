@@ -139,17 +139,37 @@ def sweep_group(sweep_dir: Path | None) -> str | None:
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
-def finish_wandb(status: str | None) -> None:
+def finish_wandb(status: str | None, run_dir: str | os.PathLike[str] | None = None) -> None:
     """Close the job's W&B run (if any) with its status, so runs that failed or diverged
     show as failed in W&B too (summary ``status``, non-zero exit code). ``None``: the job
-    was taken over by another process, which writes its status (none written here)."""
-    if "wandb" in sys.modules:
-        import wandb
+    was taken over by another process, which writes its status (none written here).
 
-        if wandb.run is not None:
-            if status is not None:
-                wandb.run.summary["status"] = status
-            wandb.finish(exit_code=0 if status == "completed" else 1)
+    Never raises: W&B is a mirror of results.json, which the job has written already. An
+    error while closing the run is logged as a warning naming the run (its id and the job's
+    directory ``run_dir``); the job's recorded status and its own error stand."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    try:
+        if status is not None:
+            run.summary["status"] = status
+        wandb.finish(exit_code=0 if status == "completed" else 1)
+    except Exception as error:  # noqa: BLE001 (the job's outcome is recorded: W&B's only)
+        where = f" (job {run_dir})" if run_dir is not None else ""
+        log.warning(
+            "W&B run %s%s was not closed cleanly: %s: %s. The job's status in its "
+            "results.json (%s) stands; W&B may show the run as crashed (wandb sync uploads "
+            "what it wrote)",
+            getattr(run, "id", "?"),
+            where,
+            type(error).__name__,
+            error,
+            status or "written by the process that took the job over",
+        )
 
 
 def new_wandb_id() -> str:

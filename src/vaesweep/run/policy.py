@@ -10,7 +10,8 @@ touched. This module owns every such decision:
 - a job claimed by another live process → skipped (:func:`claimed_elsewhere`; the claim
   mechanism is :mod:`vaesweep.run.claims`);
 - Hydra's ``.hydra`` files are not written into a job directory that will be skipped
-  (:func:`config_subdir`), nor into one whose results.json is lost until it is identified.
+  (:func:`config_subdir`), nor into one whose results.json is lost until it is identified,
+  nor into one that holds a result of another config (refused).
 
 Another config in the directory.
 
@@ -31,12 +32,13 @@ config reads (:func:`vaesweep.run.effective.result_config`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import flatten, plain, same_value
@@ -85,30 +87,55 @@ def claimed_elsewhere(run_dir: str | Path, claim_timeout_s: float) -> ClaimInfo 
     return held_by_other(run_dir, claim_timeout_s)
 
 
-def config_subdir(run_dir: str, rerun_failed: bool, claim_timeout_s: float) -> str | None:
+def config_subdir(
+    run_dir: str, rerun_failed: bool, claim_timeout_s: float, config: DictConfig | None = None
+) -> str | None:
     """Where Hydra writes a job's ``.hydra/*.yaml`` (before the task runs): nowhere for a job
     that will be skipped (finished, or being run by another live process), so its files
     (and their mtimes) stay as they were; nor for one handed out after the launching
-    process of a parallel sweep was stopped (it will not start)."""
+    process of a parallel sweep was stopped (it will not start); nor, given the job's
+    ``config`` (Hydra's, its ``hydra`` node included), for one whose directory holds a
+    running or interrupted result of another config, which the task refuses
+    (ConfigMismatch: nothing in the directory changes). That comparison is made only for a
+    result the job would continue: a new job's directory costs no more than before."""
     if sweep_stopped():
         return None
     if left_alone(run_dir, rerun_failed) or claimed_elsewhere(run_dir, claim_timeout_s):
         return None
-    if record.status(run_dir) in (None, record.UNREADABLE) and record.run_files(run_dir):
+    status = record.status(run_dir)
+    if status in (None, record.UNREADABLE) and record.run_files(run_dir):
         return None  # files whose results.json is lost: kept as they are until identified
+    if config is not None and status in REUSED and _other_config_in(run_dir, config):
+        return None
     return ".hydra"
+
+
+def _other_config_in(run_dir: str, config: DictConfig) -> bool:
+    """Whether ``run_dir`` holds a result of a config other than the job's (``config``,
+    with or without its ``hydra`` node). False when the comparison cannot be made here:
+    the task makes it again, and refuses the job then."""
+    try:
+        job = config
+        if "hydra" in config:  # the job's own config, as Hydra hands it to the task
+            job = copy.deepcopy(config)
+            with read_write(job), open_dict(job):
+                del job["hydra"]
+        return mismatch(Path(run_dir), job) is not None
+    except Exception:  # noqa: BLE001 (decided by the task's own check)
+        return False
 
 
 class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
 
-def verify_checkpoint(path: Path) -> None:
+def verify_checkpoint(path: Path, use: str = "resumed") -> None:
     """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
     zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
-    file once (milliseconds for vaesweep's models)."""
+    file once (milliseconds for vaesweep's models). ``use``: what it was not, being damaged
+    (``resumed``, ``tested``). torch.load checks no CRC: a damaged tensor loads silently."""
     advice = (
-        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        f"it was not {use}. Run the same command with sweep.rerun_failed=true to train this "
         "job from the start (the checkpoint is replaced), or delete the run directory"
     )
     try:

@@ -219,7 +219,15 @@ class RunRecord:
             "devices": None,
             "error": None,
         }
+        #: Whether this attempt has begun to compute (the driver sets it as its fit starts;
+        #: not written to the file). A failure before that computed nothing, so an earlier
+        #: attempt's record and checkpoints stay as they were (vaesweep.run.jobs).
+        self.training = False
         self.write()
+
+    def begin_training(self) -> None:
+        """This attempt starts to compute: the fit begins (see :attr:`training`)."""
+        self.training = True
 
     def set_facts(self, **facts: Any) -> None:
         """Records how the run was computed where its config does not say it (``precision``,
