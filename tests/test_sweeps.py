@@ -26,6 +26,7 @@ from vaesweep.sweep.grid import (
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 from pause import import_env, pythonpath_with
+from wandb_offline import read_offline_run
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
 
@@ -845,3 +846,29 @@ def test_a_continue_command_inside_torchrun_or_srun_says_to_start_it_the_same_wa
 
     note = launcher_note(env)
     assert (expected in note) if expected else note == ""
+
+
+def test_a_job_under_hydra_job_chdir_finds_its_sweep(workdir):
+    """hydra.job.chdir=true: Hydra enters the job's directory before it calls the task, and
+    the sweep's relative directory (the default outputs/multirun/...) was resolved against
+    it: the job read no sweep.json, so its W&B run had job_type "train", no swept tags and
+    a group named after the wrong directory, and results.json a wrong sweep_dir. Now the
+    sweep directory is the one Hydra started in (hydra.runtime.cwd)."""
+    proc = run_cli(
+        ["-m", "beta=1,2", *TINY, "threads=1", "logger=wandb", "logger.sweep_summary=false",
+         "hydra.job.chdir=true"],
+        workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (workdir / "outputs" / "multirun").glob("*/*")
+    sweep = sweep.resolve()
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    for job in jobs:
+        result = json.loads((job / "results.json").read_text())
+        assert result["sweep_dir"] == str(sweep)
+        beta = f"beta={result['config']['beta']:g}"
+        (run,) = [read_offline_run(p) for p in (job / "wandb").glob("offline-run-*")]
+        assert run["job_type"] == beta  # the swept values, read from sweep.json
+        assert beta in run["tags"]
+        assert run["group"] == f"{sweep.parent.name}_{sweep.name}"
