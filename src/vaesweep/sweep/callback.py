@@ -100,6 +100,23 @@ class _Running:
             finisher(self.config, self.sweep_dir)
         return done
 
+    def wait_for_others(self) -> None:
+        """Waits for the jobs this launch skipped because another live launch of the sweep
+        runs them (their claims), so that the summary lists them as they end. A claim or a
+        directory that cannot be read ends the wait: the summary lists those jobs as they
+        are."""
+        try:
+            timeout_s = float(self.config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
+            claimed = [p.parent for p in sorted(self.sweep_dir.glob(f"*/{CLAIM_FILE}"))]
+            wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
+        except Exception as e:  # the summary is written all the same
+            print(
+                "[vaesweep] could not wait for the jobs another launch of this sweep is "
+                f"running ({type(e).__name__}: {e}); the summary lists them as they are now",
+                file=sys.stderr,
+                flush=True,
+            )
+
 
 _RUNNING: _Running | None = None
 
@@ -230,15 +247,12 @@ class SweepCallback(Callback):
         them with their final status, not as unfinished (not when a signal stopped this
         launch)."""
         global _RUNNING
-        sweep_dir = Path(config.hydra.sweep.dir)
         running, _RUNNING = _RUNNING, None
         if running is None:  # not started by on_multirun_start (another callback order)
-            guard = SweepGuard(sweep_dir / ".stop", False)
+            guard = SweepGuard(Path(config.hydra.sweep.dir) / ".stop", False)
             running = _Running(guard, config, is_search(config), self.finishers)
         if running.guard.signum is None:
-            timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
-            claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
-            wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
+            running.wait_for_others()
         done = running.finish()
         if running.guard.signum is not None:
             sys.exit(128 + running.guard.signum)
