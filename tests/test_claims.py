@@ -550,3 +550,82 @@ def test_a_claim_file_that_cannot_be_read_is_judged_by_its_heartbeat(tmp_path):
         claim.verify()  # a file system that cannot answer says nothing of who holds it
         (tmp_path / CLAIM_FILE).rmdir()
         (tmp_path / CLAIM_FILE).write_text(json.dumps({"token": claim.token, "host": HOST}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "signum"), [("basic", signal.SIGINT), ("local_parallel", signal.SIGTERM)]
+)
+def test_a_signal_while_waiting_for_another_launchs_job_gives_the_stopped_summary(
+    workdir, launcher, signum
+):
+    """Two launches of one sweep: the first holds a job (the test hook "claimed"), the second
+    skips it, runs the others, and at its end waits for the first's job. A stop signal to
+    the waiting launch used to leave no summary (the basic launcher: exit 128 + N, no table,
+    sweep.json without finished_at and stopped_by, handlers not restored) or do nothing at
+    all (a parallel sweep: the first signal only wrote the stop file, which was left behind,
+    and the wait went on). Now it ends the wait at once: the summary names the signal, the
+    stop file is removed, exit 128 + N; the first launch finishes its job and ends with
+    every job completed."""
+    sweep, marker = workdir / "sweep", workdir / "first-holds-a-job"
+    extra = (
+        [] if launcher == "basic" else ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=1"]
+    )
+    args = [
+        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", *TINY, "threads=1", "logger=none",
+        "hydra.sweep.dir=sweep", *extra,
+    ]  # fmt: skip
+    logs = [(workdir / f"out-{i}.log", workdir / f"err-{i}.log") for i in range(2)]
+
+    def launch(i: int, extra_env: dict[str, str]) -> subprocess.Popen:
+        out, err = logs[i]
+        with open(out, "w") as o, open(err, "w") as e:
+            return subprocess.Popen(
+                args, cwd=workdir, env={**cli_env(), **extra_env}, stdout=o, stderr=e
+            )
+
+    def wait_until(condition, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+            time.sleep(0.05)
+
+    procs = [launch(0, pause_env("claimed", marker))]
+    try:
+        wait_until(marker.exists, "claim held by the first launch")
+        (held_dir,) = [p.parent for p in sweep.glob(f"*/{CLAIM_FILE}")]
+        holder_pid = read_claim(held_dir).pid  # the first launch (or its worker)
+        procs.append(launch(1, {}))
+        wait_until(lambda: "waiting for 1 job(s)" in logs[1][0].read_text(), "wait")
+        procs[1].send_signal(signum)
+        try:
+            procs[1].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the waiting launch did not stop: " + logs[1][1].read_text()[-3000:])
+        out, err = (p.read_text() for p in logs[1])
+        assert procs[1].returncode == 128 + signum, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert "Sweep sweep (3 jobs)" in out, out[-3000:]
+        assert f"Sweep stopped by {signum.name}" in err and "Continue this sweep:" in err
+        record = json.loads((sweep / "sweep.json").read_text())
+        assert record["stopped_by"] == signum.name and record["finished_at"]
+        with open(sweep / "summary.csv") as f:
+            rows = {r["job"]: r["status"] for r in csv.DictReader(f)}
+        assert len(rows) == 3
+        assert {job: s for job, s in rows.items() if job != held_dir.name} == {
+            p.name: "completed" for p in sweep.iterdir() if p.is_dir() and p != held_dir
+        }
+        assert rows[held_dir.name] == "incomplete"  # the first launch's, under way
+        assert not list(sweep.glob(".stop-*"))
+        assert read_claim(held_dir).pid == holder_pid  # the other launch's job untouched
+        marker.with_name(f"{marker.name}.release").touch()  # the first launch goes on
+        assert procs[0].wait(timeout=300) == 0, logs[0][1].read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = results_under(sweep)
+    assert [r["status"] for r in results] == ["completed"] * 3
+    assert all(r["attempts"] == 1 for r in results)

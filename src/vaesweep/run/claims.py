@@ -46,6 +46,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -442,14 +443,20 @@ def acquire(run_dir: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_
 
 
 def wait_for_others(
-    run_dirs: list[Path], timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 1.0
-) -> None:
-    """Returns once no other live process holds a claim on any of ``run_dirs``."""
+    run_dirs: list[Path],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    poll_s: float = 1.0,
+    stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Returns once no other live process holds a claim on any of ``run_dirs`` (False), or
+    once ``stop()`` is true while one does (True: the caller stops waiting, a stop signal)."""
     announced = False
     while True:
         held = {d: info for d in run_dirs if (info := held_by_other(d, timeout_s))}
         if not held:
-            return
+            return False
+        if stop is not None and stop():
+            return True
         if not announced:
             names = ", ".join(f"{d.name} ({i.holder})" for d, i in held.items())
             print(

@@ -102,17 +102,31 @@ class _Running:
 
     def wait_for_others(self) -> None:
         """Waits for the jobs this launch skipped because another live launch of the sweep
-        runs them (their claims), so that the summary lists them as they end. A claim or a
-        directory that cannot be read ends the wait: the summary lists those jobs as they
+        runs them (their claims), so that the summary lists them as they end. A signal
+        meanwhile (only recorded: the guard is quiet) ends the wait at once; a claim or a
+        directory that cannot be read ends it too: the summary lists those jobs as they
         are."""
         try:
             timeout_s = float(self.config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
             claimed = [p.parent for p in sorted(self.sweep_dir.glob(f"*/{CLAIM_FILE}"))]
-            wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
+            stopped = wait_for_others(
+                claimed,
+                timeout_s,
+                poll_s=min(1.0, timeout_s / 10),
+                stop=lambda: self.guard.signum is not None,
+            )
         except Exception as e:  # the summary is written all the same
             print(
                 "[vaesweep] could not wait for the jobs another launch of this sweep is "
                 f"running ({type(e).__name__}: {e}); the summary lists them as they are now",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if stopped:
+            print(
+                f"[vaesweep] {self.guard.signal_name}: no longer waiting for the jobs another "
+                "launch of this sweep is running; the summary lists them as they are now",
                 file=sys.stderr,
                 flush=True,
             )
@@ -245,14 +259,17 @@ class SweepCallback(Callback):
         """Jobs this launch skipped because another live launch of the same sweep was
         running them (vaesweep.run.claims) are waited for first, so that the summary reports
         them with their final status, not as unfinished (not when a signal stopped this
-        launch)."""
+        launch, and no longer once one comes). From here on a signal is only recorded: the
+        summary names it and the process exits with 128 + its number."""
         global _RUNNING
-        running, _RUNNING = _RUNNING, None
+        running = _RUNNING
         if running is None:  # not started by on_multirun_start (another callback order)
             guard = SweepGuard(Path(config.hydra.sweep.dir) / ".stop", False)
             running = _Running(guard, config, is_search(config), self.finishers)
+        running.guard.quiet()
         if running.guard.signum is None:
             running.wait_for_others()
+        _RUNNING = None
         done = running.finish()
         if running.guard.signum is not None:
             sys.exit(128 + running.guard.signum)
