@@ -4,6 +4,7 @@ two launches of one sweep, for real (processes racing, the CLI twice)."""
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import os
 import shutil
@@ -451,3 +452,180 @@ def test_a_claim_travels_to_a_spawned_process_without_its_heartbeat(tmp_path):
         write_claim(tmp_path, host="elsewhere.example", pid=4242)
         with pytest.raises(claims.ClaimLost, match="elsewhere.example"):
             copy.verify()
+
+
+def _cannot_read_others_files() -> list[str] | None:
+    """A command prefix under which this process cannot read another user's mode-600 file
+    (root keeps its uid but loses the capabilities that override file permissions), or None
+    where none is available."""
+    if os.geteuid() != 0:
+        return []  # an ordinary user: another user's 600 file is unreadable already
+    if shutil.which("setpriv") is None:
+        return None
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    return prefix if probe.returncode == 0 else None
+
+
+@pytest.mark.parametrize("unreadable", ["another user's", "a directory"])
+def test_a_claim_that_cannot_be_read_at_the_end_still_gives_the_summary(workdir, unreadable):
+    """A job of the sweep directory claimed by a file this launch cannot read: another
+    user's launch's claim (mode 600, owned by nobody; the sweep run without the capability
+    to read it), or a directory named .claim. The end of the sweep read every claim to wait
+    for the jobs other launches run; reading this one raised, Hydra made that a warning, and
+    the sweep exited 0 with no table and no summary.csv although one of its jobs failed. Now
+    such a claim is judged by its heartbeat (its mtime, kept fresh here as its holder
+    would), as another host's: waited for until it is gone, then the summary is written and
+    the exit status is 1 (a failed job)."""
+    prefix = _cannot_read_others_files() if unreadable == "another user's" else []
+    if prefix is None:
+        pytest.skip("cannot run a process that is denied another user's files here")
+    other = workdir / "sweep" / "beta=9"  # a job of another launch's grid in this directory
+    other.mkdir(parents=True)
+    claim = other / CLAIM_FILE
+    if unreadable == "a directory":
+        claim.mkdir()
+    else:
+        write_claim(other, host="elsewhere.example", pid=4242, token="theirs")
+        os.chown(claim, 65534, 65534)
+        os.chmod(claim, 0o600)
+    args = [
+        "-m", "data.batch_size=128,5000", *TINY, "threads=1", "logger=none",
+        "sweep.claim_timeout_s=3", "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    out_log, err_log = workdir / "out.log", workdir / "err.log"
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, str(RUN_PY), *args],
+            cwd=workdir, env=cli_env(), stdout=out, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "waiting for 1 job(s)" not in out_log.read_text():  # its holder beats
+            assert proc.poll() is None, err_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, out_log.read_text()[-3000:]
+            os.utime(claim)
+            time.sleep(0.2)
+        time.sleep(1)
+        assert proc.poll() is None  # waiting while the claim is fresh
+        claim.rmdir() if claim.is_dir() else claim.unlink()  # its job ended
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, err = out_log.read_text(), err_log.read_text()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "Callback" not in err, err[-3000:]
+    waited = "waiting for 1 job(s) that another launch is running: beta=9 (a claim file that "
+    assert f"{waited}cannot be read: " in out, out[-3000:]
+    assert "Sweep sweep (2 jobs)" in out, out[-3000:]
+    assert "1 of 2 jobs did not complete" in err
+    with open(workdir / "sweep" / "summary.csv") as f:
+        rows = {r["data.batch_size"]: r["status"] for r in csv.DictReader(f)}
+    assert rows == {"128": "completed", "5000": "failed"}
+    assert json.loads((workdir / "sweep" / "sweep.json").read_text())["finished_at"]
+
+
+def test_a_claim_file_that_cannot_be_read_is_judged_by_its_heartbeat(tmp_path):
+    """A directory named .claim (open() raises): a claim naming no holder, with the reason,
+    live while its mtime is fresh, stale once it is older than the timeout (not after the
+    5 s grace of a claim being written); a holder whose own file cannot be read for a
+    moment does not count it as lost."""
+    (tmp_path / CLAIM_FILE).mkdir()
+    info = read_claim(tmp_path)
+    assert info.error.startswith("IsADirectoryError") and not info.readable
+    assert "cannot be read" in info.describe() and "cannot be read" in info.holder
+    assert held_by_other(tmp_path, 300) is not None
+    with pytest.raises(ClaimHeld, match="cannot be read"):
+        acquire(tmp_path, timeout_s=300)
+    old = time.time() - 10
+    os.utime(tmp_path / CLAIM_FILE, (old, old))
+    assert held_by_other(tmp_path, 300) is not None  # a written claim would be stale now
+    assert held_by_other(tmp_path, 5) is None
+    (tmp_path / CLAIM_FILE).rmdir()
+    with acquire(tmp_path, timeout_s=300) as claim:
+        (tmp_path / CLAIM_FILE).unlink()
+        (tmp_path / CLAIM_FILE).mkdir()
+        claim.verify()  # a file system that cannot answer says nothing of who holds it
+        (tmp_path / CLAIM_FILE).rmdir()
+        (tmp_path / CLAIM_FILE).write_text(json.dumps({"token": claim.token, "host": HOST}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "signum"), [("basic", signal.SIGINT), ("local_parallel", signal.SIGTERM)]
+)
+def test_a_signal_while_waiting_for_another_launchs_job_gives_the_stopped_summary(
+    workdir, launcher, signum
+):
+    """Two launches of one sweep: the first holds a job (the test hook "claimed"), the second
+    skips it, runs the others, and at its end waits for the first's job. A stop signal to
+    the waiting launch used to leave no summary (the basic launcher: exit 128 + N, no table,
+    sweep.json without finished_at and stopped_by, handlers not restored) or do nothing at
+    all (a parallel sweep: the first signal only wrote the stop file, which was left behind,
+    and the wait went on). Now it ends the wait at once: the summary names the signal, the
+    stop file is removed, exit 128 + N; the first launch finishes its job and ends with
+    every job completed."""
+    sweep, marker = workdir / "sweep", workdir / "first-holds-a-job"
+    extra = (
+        [] if launcher == "basic" else ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=1"]
+    )
+    args = [
+        sys.executable, str(RUN_PY), "-m", "beta=1,2,4", *TINY, "threads=1", "logger=none",
+        "hydra.sweep.dir=sweep", *extra,
+    ]  # fmt: skip
+    logs = [(workdir / f"out-{i}.log", workdir / f"err-{i}.log") for i in range(2)]
+
+    def launch(i: int, extra_env: dict[str, str]) -> subprocess.Popen:
+        out, err = logs[i]
+        with open(out, "w") as o, open(err, "w") as e:
+            return subprocess.Popen(
+                args, cwd=workdir, env={**cli_env(), **extra_env}, stdout=o, stderr=e
+            )
+
+    def wait_until(condition, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+            time.sleep(0.05)
+
+    procs = [launch(0, pause_env("claimed", marker))]
+    try:
+        wait_until(marker.exists, "claim held by the first launch")
+        (held_dir,) = [p.parent for p in sweep.glob(f"*/{CLAIM_FILE}")]
+        holder_pid = read_claim(held_dir).pid  # the first launch (or its worker)
+        procs.append(launch(1, {}))
+        wait_until(lambda: "waiting for 1 job(s)" in logs[1][0].read_text(), "wait")
+        procs[1].send_signal(signum)
+        try:
+            procs[1].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the waiting launch did not stop: " + logs[1][1].read_text()[-3000:])
+        out, err = (p.read_text() for p in logs[1])
+        assert procs[1].returncode == 128 + signum, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert "Sweep sweep (3 jobs)" in out, out[-3000:]
+        assert f"Sweep stopped by {signum.name}" in err and "Continue this sweep:" in err
+        record = json.loads((sweep / "sweep.json").read_text())
+        assert record["stopped_by"] == signum.name and record["finished_at"]
+        with open(sweep / "summary.csv") as f:
+            rows = {r["job"]: r["status"] for r in csv.DictReader(f)}
+        assert len(rows) == 3
+        assert {job: s for job, s in rows.items() if job != held_dir.name} == {
+            p.name: "completed" for p in sweep.iterdir() if p.is_dir() and p != held_dir
+        }
+        assert rows[held_dir.name] == "incomplete"  # the first launch's, under way
+        assert not list(sweep.glob(".stop-*"))
+        assert read_claim(held_dir).pid == holder_pid  # the other launch's job untouched
+        marker.with_name(f"{marker.name}.release").touch()  # the first launch goes on
+        assert procs[0].wait(timeout=300) == 0, logs[0][1].read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = results_under(sweep)
+    assert [r["status"] for r in results] == ["completed"] * 3
+    assert all(r["attempts"] == 1 for r in results)

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from vaesweep.analysis.wandb_summary import TABLE_KEY
 from vaesweep.run.claims import CLAIM_FILE
+from vaesweep.run.loggers import SUMMARY_JOB_TYPE
 from vaesweep.sweep.grid import SUMMARY_FILE, SWEEP_FILE
 
-from conftest import RUN_PY, cli_env
+from conftest import RUN_PY, TINY, cli_env
 from pause import pause_env
 from wandb_offline import read_offline_run
 
@@ -698,3 +700,54 @@ def test_a_signal_after_the_job_recorded_its_result_says_nothing_is_left_to_resu
     assert early.value.exit_code == 128 + signal.SIGUSR1
     with StopSignals():  # no signal: nothing raised
         pass
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_writes_its_summary_but_no_wandb_summary_run(workdir):
+    """A sweep stopped by a signal (SIGINT between its two jobs, test hook "between_jobs")
+    writes summary.csv, the table and sweep.json's stopped_by, and no W&B summary run (it
+    used to write one, with the partial table, after restoring the handlers, so a second
+    Ctrl-C in wandb.init was a traceback); the relaunch that ends the sweep writes it."""
+    args = ["-m", "beta=2,4", *TINY, "threads=1", "logger=wandb", "hydra.sweep.dir=sweep"]
+    sweep, marker = workdir / "sweep", workdir / "between"
+    proc = start(args, workdir, env=pause_env("between_jobs", marker))
+    wait_for((workdir, marker.name), proc)
+    os.kill(proc.pid, signal.SIGINT)
+    assert finish(proc) == 130, output(proc)[-3000:]
+    out = output(proc)
+    assert "Traceback" not in out, out[-3000:]
+    assert summary(sweep) == [("2", "completed")]
+    assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] == "SIGINT"
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 1  # the job's own run
+    assert not list(sweep.glob("wandb/offline-run-*")), out[-3000:]  # no summary run
+    assert "W&B sweep summary" not in out
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    (run,) = [read_offline_run(p) for p in sweep.glob("wandb/offline-run-*")]
+    assert run["job_type"] == SUMMARY_JOB_TYPE
+    assert run["summary"]["sweep/n_completed"] == 2 and TABLE_KEY in run["summary"]
+
+
+@pytest.mark.slow
+def test_signals_while_the_wandb_summary_run_is_written_end_the_sweep_cleanly(workdir):
+    """SIGINT, then SIGTERM, while the W&B summary run of a finished sweep is open (test hook
+    "summary_run"). The handlers used to be restored before it: the first signal was a
+    KeyboardInterrupt out of W&B, the run left without its table. Now the end of the sweep
+    records them: the run gets its table and is finished, summary.csv is as written, no
+    traceback, and the exit status is 128 + the first signal's number."""
+    args = ["-m", "beta=2", *TINY, "threads=1", "logger=wandb", "hydra.sweep.dir=sweep"]
+    sweep, marker = workdir / "sweep", workdir / "summary_run"
+    proc = start(args, workdir, env=pause_env("summary_run", marker))
+    wait_for((workdir, marker.name), proc)
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 130, output(proc)[-3000:]
+    out = output(proc)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    with open(sweep / SUMMARY_FILE) as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed"]
+    (run,) = [read_offline_run(p) for p in sweep.glob("wandb/offline-run-*")]
+    assert run["job_type"] == SUMMARY_JOB_TYPE
+    assert run["summary"]["sweep/n_completed"] == 1 and TABLE_KEY in run["summary"]
+    assert "W&B sweep summary: run" in out

@@ -26,6 +26,7 @@ from vaesweep.sweep.grid import (
 
 from conftest import RUN_PY, TINY, cli_env, results_under, run_cli
 from pause import import_env, pythonpath_with
+from wandb_offline import read_offline_run
 
 GRID = ["likelihood=gaussian,laplace", "beta=0.5,2"]
 
@@ -845,3 +846,78 @@ def test_a_continue_command_inside_torchrun_or_srun_says_to_start_it_the_same_wa
 
     note = launcher_note(env)
     assert (expected in note) if expected else note == ""
+
+
+@pytest.mark.parametrize("typed", ["sweep.resume=~/x", "sweep.resume='~/x'", "hydra.sweep.dir=~/x"])
+def test_a_sweep_named_from_home_is_continued_there(tmp_path, typed):
+    """``sweep.resume=~/x``: the shell leaves ``~`` alone in such a word (no variable name
+    before the ``=``), and Hydra does not expand it either. Unquoted it was a parse error of
+    Hydra's; quoted, resume_refusal expanded it (the check passed) while hydra.sweep.dir got
+    the literal string: a new sweep in ./~/x that trained every job again. Now the sweep in
+    $HOME/x is continued (its completed jobs skipped) and its record names that directory;
+    nothing is made under ./~. The same for hydra.sweep.dir=~/x. HOME is a tmp directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {**cli_env(), "HOME": str(home)}
+    args = ["-m", "beta=1,2", *TINY, "threads=1", "logger=none"]
+    first = run_cli([*args, f"hydra.sweep.dir={home / 'x'}"], work, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = sorted((home / "x").glob("*/results.json"))
+    assert len(results) == 2
+    before = {p: p.stat().st_mtime_ns for p in results}
+
+    again = run_cli([*args, typed], work, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (work / "~").exists(), sorted(map(str, (work / "~").rglob("*")))
+    assert again.stderr.count("already completed") == 2, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in results} == before  # nothing trained again
+    record = json.loads((home / "x" / SWEEP_FILE).read_text())
+    assert len(record["launches"]) == 2 and record["sweep_dir"] == str((home / "x").resolve())
+    assert str(home / "x") in record["launches"][-1]["command"]  # the path as it was used
+    assert f"Sweep {home / 'x'} (2 jobs)" in again.stdout
+
+
+def test_only_a_leading_tilde_of_a_directory_override_is_expanded(monkeypatch):
+    """The keys that name a directory, bare, quoted or with +/++; a home with a space is
+    quoted back (Hydra would read it otherwise); other keys, a ~ inside a value, an
+    interpolation and an unknown user are left as typed."""
+    from vaesweep.sweep.entry import home_expanded
+
+    monkeypatch.setenv("HOME", "/h/a b")
+    assert home_expanded(
+        ["sweep.resume=~/x", "++hydra.sweep.dir='~'", "+hydra.run.dir=~/r", "label.note=~/x",
+         "sweep.resume=a/~", "hydra.run.dir=${oc.env:HOME}/r", "sweep.resume=~no_such_user_/x"]
+    ) == [
+        "sweep.resume='/h/a b/x'", "++hydra.sweep.dir='/h/a b'", "+hydra.run.dir='/h/a b/r'",
+        "label.note=~/x", "sweep.resume=a/~", "hydra.run.dir=${oc.env:HOME}/r",
+        "sweep.resume=~no_such_user_/x",
+    ]  # fmt: skip
+    monkeypatch.setenv("HOME", "/home/u")
+    assert home_expanded(["sweep.resume=~/x"]) == ["sweep.resume=/home/u/x"]
+
+
+def test_a_job_under_hydra_job_chdir_finds_its_sweep(workdir):
+    """hydra.job.chdir=true: Hydra enters the job's directory before it calls the task, and
+    the sweep's relative directory (the default outputs/multirun/...) was resolved against
+    it: the job read no sweep.json, so its W&B run had job_type "train", no swept tags and
+    a group named after the wrong directory, and results.json a wrong sweep_dir. Now the
+    sweep directory is the one Hydra started in (hydra.runtime.cwd)."""
+    proc = run_cli(
+        ["-m", "beta=1,2", *TINY, "threads=1", "logger=wandb", "logger.sweep_summary=false",
+         "hydra.job.chdir=true"],
+        workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (workdir / "outputs" / "multirun").glob("*/*")
+    sweep = sweep.resolve()
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    for job in jobs:
+        result = json.loads((job / "results.json").read_text())
+        assert result["sweep_dir"] == str(sweep)
+        beta = f"beta={result['config']['beta']:g}"
+        (run,) = [read_offline_run(p) for p in (job / "wandb").glob("offline-run-*")]
+        assert run["job_type"] == beta  # the swept values, read from sweep.json
+        assert beta in run["tags"]
+        assert run["group"] == f"{sweep.parent.name}_{sweep.name}"

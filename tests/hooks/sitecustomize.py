@@ -25,7 +25,9 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``compose``: Hydra's launcher is composing a trial's config (``load_sweep_config``);
 - ``driver_import``: the process starts importing the training stack
   (``vaesweep.run.driver``: before a single run's or a basic sweep's first job, or at a
-  worker's first job).
+  worker's first job);
+- ``summary_run``: the sweep's W&B summary run is open, nothing logged to it yet
+  (``wandb.init`` returned a run of job type ``summary``).
 
 Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
 for ``train_batch``, ``epoch_end``, ``fit_end``, ``test`` and ``images`` only, so that the
@@ -176,6 +178,14 @@ def _install() -> None:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
         _before(ConfigLoaderImpl, "load_sweep_config", "compose")
+    elif point == "summary_run":
+        import wandb
+
+        from vaesweep.run.loggers import SUMMARY_JOB_TYPE
+
+        _after(
+            wandb, "init", "summary_run", when=lambda *a, **k: k.get("job_type") == SUMMARY_JOB_TYPE
+        )
     elif point == "result_write":
         finish, replace = record.RunRecord.finish, os.replace
         finishing = []

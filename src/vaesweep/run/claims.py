@@ -19,6 +19,10 @@ A claim another process holds is either
   heartbeat tells: stale when its mtime is older than ``timeout_s`` (the clocks of the hosts
   must agree to well within that).
 
+A claim file this process cannot read (another user's, mode 600; a stale NFS handle; a
+directory named ``.claim``) names no holder it could look up: it is judged by its heartbeat
+(its mtime, or none when even that cannot be read), as another host's.
+
 A stale claim is taken over: one process wins an exclusive ``.claim.takeover.<token>``
 marker (again ``O_EXCL``), removes the stale claim if it still is the one judged stale, and
 then competes with everyone else for a fresh ``.claim``. Exactly one process ends up holding
@@ -42,6 +46,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,6 +127,7 @@ class ClaimInfo:
     heartbeat: float  # the file's mtime (seconds since the epoch)
     interval: float | None = None  # the holder's heartbeat interval (None: not recorded)
     pid_namespace: str | None = None  # the holder's pid namespace (None: not recorded)
+    error: str | None = None  # why the file cannot be read (None: it was read)
 
     @property
     def identity(self) -> str:
@@ -137,7 +143,16 @@ class ClaimInfo:
         """Whether the file names its holder (host and pid)."""
         return isinstance(self.host, str) and self.pid is not None
 
+    @property
+    def holder(self) -> str:
+        """Who holds it, in a few words (``host:pid``)."""
+        if self.error is not None:
+            return f"a claim file that cannot be read: {self.error}"
+        return f"{self.host}:{self.pid}" if self.readable else "a claim file naming no holder"
+
     def is_stale(self, timeout_s: float, now: float | None = None) -> bool:
+        if self.error is not None:  # no holder to look up: its heartbeat tells, if anything
+            return self.age(now) > timeout_s
         if not self.readable:  # a writer killed between creating the file and writing it
             return self.age(now) > min(timeout_s, UNREADABLE_GRACE_S)
         if self.host == HOST and self.pid is not None and self.pids_are_ours:
@@ -158,6 +173,12 @@ class ClaimInfo:
         return None in (self.pid_namespace, PID_NAMESPACE) or self.pid_namespace == PID_NAMESPACE
 
     def describe(self) -> str:
+        if self.error is not None:
+            when = f"modified {self.age():.0f} s ago" if self.heartbeat else "its age unknown"
+            return (
+                f"claimed by a claim file that cannot be read ({self.path}: {self.error}; "
+                f"{when}); judged by its heartbeat, as another host's claim"
+            )
         if not self.readable:
             return (
                 f"claimed by a claim file that names no holder ({self.path}, written "
@@ -181,7 +202,8 @@ def claim_path(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
-    """The claim on ``run_dir``, or None when there is none."""
+    """The claim on ``run_dir``, or None when there is none. A claim file that cannot be
+    read is a claim naming no holder, with the reason (:attr:`ClaimInfo.error`)."""
     path = claim_path(run_dir)
     try:
         with open(path, "rb") as f:
@@ -189,6 +211,8 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
             heartbeat = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return None
+    except OSError as error:  # another user's (mode 600), a stale NFS handle, a directory
+        return _unreadable(path, error)
     try:
         data: dict[str, Any] = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):  # being written, or its writer died
@@ -212,6 +236,20 @@ def read_claim(run_dir: str | os.PathLike[str]) -> ClaimInfo | None:
         else None,
         pid_namespace=namespace if isinstance(namespace, str) else None,
     )
+
+
+def _unreadable(path: Path, error: OSError) -> ClaimInfo | None:
+    """The claim file ``path`` that could not be opened (``error``): its heartbeat is its
+    mtime (stat needs no read permission), 0 when even that cannot be read; None when it is
+    gone."""
+    try:
+        heartbeat = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError:
+        heartbeat = 0.0
+    reason = f"{type(error).__name__}: {error.strerror or error}"
+    return ClaimInfo(path, None, None, None, None, None, heartbeat, error=reason)
 
 
 def held_by_other(run_dir: str | os.PathLike[str], timeout_s: float) -> ClaimInfo | None:
@@ -275,6 +313,8 @@ class Claim:
 
     def _still_ours(self) -> bool:
         info = read_claim(self.path.parent)
+        if info is not None and info.error is not None:  # says nothing about who holds it
+            raise OSError(f"{info.path} cannot be read ({info.error})")
         return info is not None and info.token == self.token
 
     def verify(self) -> None:
@@ -403,16 +443,22 @@ def acquire(run_dir: str | os.PathLike[str], timeout_s: float = DEFAULT_TIMEOUT_
 
 
 def wait_for_others(
-    run_dirs: list[Path], timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 1.0
-) -> None:
-    """Returns once no other live process holds a claim on any of ``run_dirs``."""
+    run_dirs: list[Path],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    poll_s: float = 1.0,
+    stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Returns once no other live process holds a claim on any of ``run_dirs`` (False), or
+    once ``stop()`` is true while one does (True: the caller stops waiting, a stop signal)."""
     announced = False
     while True:
         held = {d: info for d in run_dirs if (info := held_by_other(d, timeout_s))}
         if not held:
-            return
+            return False
+        if stop is not None and stop():
+            return True
         if not announced:
-            names = ", ".join(f"{d.name} ({i.host}:{i.pid})" for d, i in held.items())
+            names = ", ".join(f"{d.name} ({i.holder})" for d, i in held.items())
             print(
                 f"[vaesweep] waiting for {len(held)} job(s) that another launch is running: "
                 f"{names}",

@@ -134,10 +134,22 @@ class Job:
         return max(1, launchers.usable_cores() // self.n_parallel)
 
 
+def job_sweep_dir(hc: Any) -> Path:
+    """The sweep directory of a job (``hc``: its Hydra config, ``HydraConfig.get()``),
+    absolute. A relative ``hydra.sweep.dir`` (the default ``outputs/multirun/...``) is taken
+    from the directory Hydra started in (``hydra.runtime.cwd``), never from the process's
+    directory now: with ``hydra.job.chdir=true`` Hydra has entered the job's directory
+    before it calls the task."""
+    sweep_dir = Path(str(hc.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(str(hc.runtime.cwd)) / sweep_dir
+    return sweep_dir.resolve()
+
+
 def current_job() -> Job:
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
-    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    sweep_dir = job_sweep_dir(hc) if multirun else None
     try:
         overrides = list(hc.overrides.task)
         name = hc.job.override_dirname

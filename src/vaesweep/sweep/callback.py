@@ -8,10 +8,14 @@ as asked (:mod:`vaesweep.sweep.preflight`). At the start of a sweep it refuses a
 end it handles the stop signals (:class:`~vaesweep.run.signals.SweepGuard`): a signal stops
 the sweep, in a job or between two, sequential or parallel; the summary of what finished
 is written and the process exits with 128 + the signal number. At the end it waits for jobs
-another live launch of the same sweep is running, writes the summary and calls its
-``finishers``, each a callable ``(config, sweep_dir)`` the config names (the W&B summary
-run, :class:`vaesweep.analysis.wandb_summary.WandbSweepSummary`), and exits non-zero,
-naming the jobs, when any job did not complete.
+another live launch of the same sweep is running, writes the summary and, for a sweep that
+ended on its own, calls its ``finishers``, each a callable ``(config, sweep_dir)`` the
+config names (the W&B summary run, :class:`vaesweep.analysis.wandb_summary.WandbSweepSummary`),
+and exits non-zero, naming the jobs, when any job did not complete. A sweep stopped by a
+signal (or ended by an error outside its jobs) gets its summary, not the finishers: the
+relaunch that ends it calls them. Through all of this end work a signal is only recorded:
+it ends the wait at once, and the process exits with 128 + its number once the work is
+done; nothing of it raises into Hydra, which would make an error a warning and exit 0.
 """
 
 from __future__ import annotations
@@ -76,29 +80,80 @@ class _Running:
     def sweep_dir(self) -> Path:
         return Path(self.config.hydra.sweep.dir)
 
-    def finish(self) -> bool:
-        """Writes the summary (naming the signal that stopped the sweep, if one did; a
-        signal meanwhile is only recorded), puts the previous signal handlers back and
-        calls the finishers (the W&B copy of the summary); True when every job completed."""
+    def finish(self, ended: bool = False) -> bool:
+        """Writes the summary (naming the signal that stopped the sweep, if one did), then,
+        for a sweep that ``ended`` on its own and got no signal before its finishers, calls
+        them (the W&B copy of the summary: a stopped or aborted sweep gets it from the
+        relaunch that ends it), and puts the previous signal handlers back. Until then a
+        signal is only recorded (the caller exits with 128 + its number): nothing interrupts
+        the summary or a finisher (a KeyboardInterrupt out of wandb.init was a traceback).
+        True when every job completed and the summary was written."""
         self.guard.quiet()
         stopped_by = self.guard.signal_name
         try:  # Hydra turns a callback's exception into a warning (and the sweep exits 0)
-            if self.search:
-                done = finish_search(self.sweep_dir, stopped_by=stopped_by)
-            else:
-                planned = self.planned if self.planned is not None else planned_dirs(self.config)
-                rerun = bool(OmegaConf.select(self.config, "sweep.rerun_failed", default=False))
-                done = finish_sweep(
-                    self.sweep_dir, stopped_by=stopped_by, planned=planned, rerun_failed=rerun
+            try:
+                done = self._summary(stopped_by)
+            except Exception as e:
+                print(
+                    f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}",
+                    file=sys.stderr,
+                    flush=True,
                 )
-        except Exception as e:
-            print(f"[vaesweep] sweep summary failed: {type(e).__name__}: {e}", file=sys.stderr)
-            done = False
+                done = False
+            if ended and self.guard.signum is None:
+                for finisher in self.finishers:  # none changes `done`
+                    try:
+                        finisher(self.config, self.sweep_dir)
+                    except Exception as e:  # a finisher should report its own failures
+                        print(
+                            f"[vaesweep] {type(finisher).__name__} failed after the sweep's "
+                            f"summary: {type(e).__name__}: {e}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         finally:
             self.guard.uninstall()
-        for finisher in self.finishers:  # each reports its own failures; none changes `done`
-            finisher(self.config, self.sweep_dir)
         return done
+
+    def _summary(self, stopped_by: str | None) -> bool:
+        if self.search:
+            return finish_search(self.sweep_dir, stopped_by=stopped_by)
+        planned = self.planned if self.planned is not None else planned_dirs(self.config)
+        rerun = bool(OmegaConf.select(self.config, "sweep.rerun_failed", default=False))
+        return finish_sweep(
+            self.sweep_dir, stopped_by=stopped_by, planned=planned, rerun_failed=rerun
+        )
+
+    def wait_for_others(self) -> None:
+        """Waits for the jobs this launch skipped because another live launch of the sweep
+        runs them (their claims), so that the summary lists them as they end. A signal
+        meanwhile (only recorded: the guard is quiet) ends the wait at once; a claim or a
+        directory that cannot be read ends it too: the summary lists those jobs as they
+        are."""
+        try:
+            timeout_s = float(self.config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
+            claimed = [p.parent for p in sorted(self.sweep_dir.glob(f"*/{CLAIM_FILE}"))]
+            stopped = wait_for_others(
+                claimed,
+                timeout_s,
+                poll_s=min(1.0, timeout_s / 10),
+                stop=lambda: self.guard.signum is not None,
+            )
+        except Exception as e:  # the summary is written all the same
+            print(
+                "[vaesweep] could not wait for the jobs another launch of this sweep is "
+                f"running ({type(e).__name__}: {e}); the summary lists them as they are now",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if stopped:
+            print(
+                f"[vaesweep] {self.guard.signal_name}: no longer waiting for the jobs another "
+                "launch of this sweep is running; the summary lists them as they are now",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 _RUNNING: _Running | None = None
@@ -228,18 +283,18 @@ class SweepCallback(Callback):
         """Jobs this launch skipped because another live launch of the same sweep was
         running them (vaesweep.run.claims) are waited for first, so that the summary reports
         them with their final status, not as unfinished (not when a signal stopped this
-        launch)."""
+        launch, and no longer once one comes). From here on a signal is only recorded: the
+        summary names it and the process exits with 128 + its number."""
         global _RUNNING
-        sweep_dir = Path(config.hydra.sweep.dir)
-        running, _RUNNING = _RUNNING, None
+        running = _RUNNING
         if running is None:  # not started by on_multirun_start (another callback order)
-            guard = SweepGuard(sweep_dir / ".stop", False)
+            guard = SweepGuard(Path(config.hydra.sweep.dir) / ".stop", False)
             running = _Running(guard, config, is_search(config), self.finishers)
+        running.guard.quiet()
         if running.guard.signum is None:
-            timeout_s = float(config.sweep.get("claim_timeout_s") or DEFAULT_TIMEOUT_S)
-            claimed = [p.parent for p in sorted(sweep_dir.glob(f"*/{CLAIM_FILE}"))]
-            wait_for_others(claimed, timeout_s, poll_s=min(1.0, timeout_s / 10))
-        done = running.finish()
+            running.wait_for_others()
+        _RUNNING = None
+        done = running.finish(ended=True)
         if running.guard.signum is not None:
             sys.exit(128 + running.guard.signum)
         if not done:

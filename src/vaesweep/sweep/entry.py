@@ -12,9 +12,11 @@ import signal
 import sys
 
 import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from vaesweep.core.helpers import override_value
 from vaesweep.core.stack import FULL_ERROR
 from vaesweep.run import context
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
@@ -86,8 +88,39 @@ def main() -> None:
             os.environ.pop(FULL_ERROR, None)
 
 
+#: The overrides that name a directory, whose leading ``~`` is the user's home.
+HOME_KEYS = ("sweep.resume", "hydra.sweep.dir", "hydra.run.dir")
+
+
+def home_expanded(argv: list[str]) -> list[str]:
+    """The command line with a leading ``~`` (``~user``) of a directory override
+    (:data:`HOME_KEYS`) expanded to the home directory. The shell leaves ``~`` alone in
+    ``sweep.resume=~/x`` (no variable name before the ``=``) and so does Hydra, whose lexer
+    refuses it bare and takes it quoted (``sweep.resume='~/x'``) as a relative directory
+    named ``~``: a sweep meant to be continued in ``$HOME/x`` would be trained again in
+    ``./~/x``. The expanded path is the one every part of the launch sees: its checks,
+    Hydra's directories, the recorded command."""
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        if sep and key.lstrip("+") in HOME_KEYS:
+            try:
+                override = parser.parse_override(arg)
+                value = None if override.is_sweep_override() else override.value()
+            except Exception:  # ~ bare: a parse error of Hydra's lexer
+                value = text
+            if isinstance(value, str) and value.startswith("~"):
+                expanded = os.path.expanduser(value)
+                if expanded != value:
+                    arg = f"{key}={override_value(expanded)}"
+        out.append(arg)
+    return out
+
+
 def cli_main() -> None:
     """The command line's training entry (``vaesweep.__main__.train`` calls it after the
-    imports), same arguments as ``run.py``."""
-    sys.argv[1:] = quote_sweeper_params(sys.argv[1:])
+    imports), same arguments as ``run.py``; a directory given from ``~`` is the home's
+    (:func:`home_expanded`)."""
+    sys.argv[1:] = home_expanded(quote_sweeper_params(sys.argv[1:]))
     main()

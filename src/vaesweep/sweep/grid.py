@@ -647,14 +647,17 @@ def job_dirs(config: DictConfig, jobs: list[list[str]]) -> list[Path]:
 
 def resume_refusal(resume: Any) -> str | None:
     """Why ``sweep.resume`` cannot be continued (it must name an existing sweep directory
-    holding sweep.json), else None."""
+    holding sweep.json), else None. The path is checked as Hydra uses it (the sweep's
+    directory): a ``~`` on the command line is expanded before (``sweep.entry.home_expanded``),
+    one from a config file is not."""
     if resume is None or resume == "":
         return None
-    path = Path(str(resume)).expanduser()
+    path = Path(str(resume))
     if not path.is_dir():
+        home = " (~ is expanded on the command line only)" if str(resume)[:1] == "~" else ""
         return (
-            f"sweep.resume={resume} is invalid: no such directory. Allowed: an existing sweep "
-            "directory (with sweep.json); to start a new sweep there, use "
+            f"sweep.resume={resume} is invalid: no such directory{home}. Allowed: an existing "
+            "sweep directory (with sweep.json); to start a new sweep there, use "
             f"hydra.sweep.dir={resume}"
         )
     if not (path / SWEEP_FILE).is_file():

@@ -225,7 +225,7 @@ def _resume_elsewhere(config: DictConfig, sweep_dir: str) -> str | None:
     given = any(o.split("=", 1)[0] == "hydra.sweep.dir" for o in _overrides(config))
     if not resume or not given:
         return None
-    if Path(str(resume)).expanduser().resolve() == Path(sweep_dir).expanduser().resolve():
+    if Path(str(resume)).resolve() == Path(sweep_dir).resolve():  # as Hydra uses them
         return None
     return (
         f"sweep.resume={resume} and hydra.sweep.dir={sweep_dir} name two directories: the "
