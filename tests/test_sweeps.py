@@ -921,3 +921,20 @@ def test_a_job_under_hydra_job_chdir_finds_its_sweep(workdir):
         assert run["job_type"] == beta  # the swept values, read from sweep.json
         assert beta in run["tags"]
         assert run["group"] == f"{sweep.parent.name}_{sweep.name}"
+
+
+def test_a_relaunch_removes_the_temps_a_killed_launch_left_of_its_record(tmp_path):
+    """A launch killed while it wrote sweep.json or summary.csv (SIGKILL, a lost node) left
+    ``.sweep.json.<random>.tmp`` beside them, which nothing removed (the jobs clear only
+    their own directories). The next launch's summary removes them, under the sweep
+    record's lock that every writer of the two files holds; other files stay."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    left = [".sweep.json.0a1b2c3d4e5f.tmp", ".summary.csv.0a1b2c3d4e5f.tmp"]
+    kept = ".notes.txt.0a1b2c3d4e5f.tmp"  # not one of the record's files: not ours to judge
+    for name in [*left, kept]:
+        (sweep / name).write_text("partial")
+    proc = run_cli(["-m", *TINY, "logger=csv", "hydra.sweep.dir=sweep", "seed=0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [name for name in left if (sweep / name).exists()]
+    assert (sweep / kept).exists() and (sweep / "summary.csv").is_file()

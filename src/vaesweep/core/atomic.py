@@ -74,17 +74,24 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temps(
+    directory: str | os.PathLike[str], targets: tuple[str, ...] | None = None
+) -> list[Path]:
     """Remove the temp files that writers killed mid-write (SIGKILL, power loss) left in
-    ``directory`` (not recursive); returns them. Call it only while no one else writes
-    there (vaesweep does, holding the job's claim)."""
+    ``directory`` (not recursive); returns them. ``targets``: only the temps of files of
+    these names (every temp when None). Call it only while no one else writes them
+    (vaesweep does, holding the job's claim, or the sweep record's lock)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    prefixes = None if targets is None else tuple(f".{name}." for name in targets)
     stale = [
         p
         for p in directory.iterdir()
-        if p.name.startswith(".") and p.name.endswith((TEMP_SUFFIX, ".link")) and p.is_file()
+        if p.name.startswith(".")
+        and p.name.endswith((TEMP_SUFFIX, ".link"))
+        and (prefixes is None or p.name.startswith(prefixes))
+        and p.is_file()
     ]
     for p in stale:
         p.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from omegaconf import DictConfig, OmegaConf
 
-from vaesweep.core.atomic import write_csv_atomic, write_json_atomic
+from vaesweep.core.atomic import remove_stale_temps, write_csv_atomic, write_json_atomic
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import command_again, compared_number, launcher_note, now
 from vaesweep.run.config import validate_config
@@ -361,6 +361,9 @@ def _record_finish(
     sweep_dir: Path, stopped_by: str | None, metrics: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The jobs' statuses written into sweep.json and summary.csv: the record, the rows."""
+    # Their temps left by a launch killed while writing them (both are written only under
+    # the sweep record's lock, which the caller holds).
+    remove_stale_temps(sweep_dir, (SWEEP_FILE, SUMMARY_FILE))
     record = read_sweep(sweep_dir) or {"grid": {}}
     results = sweep_results(sweep_dir)
     grid_keys = list(record["grid"])
