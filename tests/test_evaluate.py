@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -630,3 +631,27 @@ def test_a_run_tested_on_several_processes_with_a_limit_is_not_scored_as_its_own
     nine = OmegaConf.merge(cfg, {"trainer": {"limit_test_batches": 9}})
     with pytest.raises(ConfigError, match=r"tested on 2 processes"):
         _examples(whole, nine, None, Path("run"))
+
+
+def test_an_evaluation_tests_under_the_runs_deterministic_setting(run, monkeypatch):
+    """An evaluation turned torch's deterministic algorithms on but built its Trainer
+    without ``deterministic``, so Lightning never set CUBLAS_WORKSPACE_CONFIG: on a GPU the
+    first matrix product raises under deterministic algorithms (every run a problem, none
+    scored). Its Trainer now takes the run's setting, and with it sets the variable
+    (checked here on the CPU: what the GPU needs is set the same way)."""
+    from vaesweep.run import evaluate
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = {}
+    real = evaluate.score
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen["cublas"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        return out
+
+    monkeypatch.setattr(evaluate, "score", recording)
+    plan = evaluate.plan_run(run, 3)
+    assert plan.cfg.trainer.deterministic is True  # the default trainer's setting
+    assert evaluate.run_plan(plan)["status"] == "completed"
+    assert seen["cublas"] == ":4096:8"

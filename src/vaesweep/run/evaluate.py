@@ -93,13 +93,17 @@ def score(
     data: L.LightningDataModule,
     ckpt_path: str | None = None,
     precision: str = "32-true",
+    deterministic: bool | str | None = None,
 ) -> dict[str, float]:
     """The test metrics of ``model`` on ``data``'s test split (the module's own test step:
     IWAE with ``model.hparams.iwae_k`` samples), restoring ``ckpt_path`` first if given, at
-    ``precision`` (Lightning's name)."""
+    ``precision`` (Lightning's name), with ``deterministic`` as the run's ``trainer``: the
+    Trainer then sets what deterministic CUDA kernels need (``CUBLAS_WORKSPACE_CONFIG``;
+    without it the first matrix product on a GPU raises under deterministic algorithms)."""
     trainer = L.Trainer(
         accelerator="cpu" if not torch.cuda.is_available() else "auto",
         precision=precision,
+        deterministic=deterministic,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -330,7 +334,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
             f"trained and tested on, {where}"
         )
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu", iwae_k=iwae_k, iwae_chunk=iwae_chunk)
-    metrics = score(model, data, str(ckpt), plan.precision)
+    metrics = score(model, data, str(ckpt), plan.precision, cfg.trainer.get("deterministic"))
     # As a run's own test: a score that is not finite is no result (never counted as done:
     # the next call scores it again; collect and figures do not read it).
     problem = record.unearned(metrics)
