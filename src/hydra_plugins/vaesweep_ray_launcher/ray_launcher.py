@@ -334,6 +334,10 @@ def execute_job(
     if sweep_stopped():
         return None
     os.environ[ASSIGNED_ENV] = "ray"
+    if gpus_per_job == 0:
+        # A CPU job sees no GPU: Ray (since 2.4x) leaves CUDA_VISIBLE_DEVICES unset for a
+        # task given none, and the job would train on GPU 0 beside every other one.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if 0 < gpus_per_job < 1:  # a share of a GPU (capped at it); a whole GPU records None
         os.environ[FRACTION_ENV] = f"{gpus_per_job:g}"
     # gpus_per_job / cpus_per_job: what the job was given
