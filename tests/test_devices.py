@@ -120,7 +120,7 @@ def test_the_config_is_refused_before_training(no_launcher, overrides, message):
 def test_devices_minus_one_is_left_to_setup(no_launcher, monkeypatch):
     """-1 (every GPU): how many is known at setup only, where the batch's share is checked;
     on a machine that sees a GPU (faked). On the CPU -1 is refused (test_bad_input)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # counted by NVML, not initialised
     validate_config(compose_cfg(["trainer.devices=-1", "data.batch_size=127"]))
 
 
@@ -492,3 +492,57 @@ def test_slurm_ranks_follow_rank_zero_when_it_skips_or_refuses(workdir):
     rank1 = stderr_of(workdir, "4202.0.1")
     assert "rank 0 did not train refused" in rank1 and "data.batch_size=127" in rank1
     assert leftovers(workdir / "refused") == []
+
+
+SMI_ROWS = [
+    ["550.54.15", "0", "GPU-aaaa1111-0000-0000-0000-000000000000", "NVIDIA H100 80GB HBM3"],
+    ["550.54.15", "1", "GPU-bbbb2222-0000-0000-0000-000000000000", "NVIDIA A100-SXM4-40GB"],
+]
+
+
+@pytest.mark.parametrize(
+    ("visible", "names"),
+    [
+        (None, ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"]),  # unset: every GPU
+        ("1", ["NVIDIA A100-SXM4-40GB"]),
+        ("1,0", ["NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3"]),  # in its order
+        ("GPU-bbbb", ["NVIDIA A100-SXM4-40GB"]),  # a UUID prefix
+        ("", []),  # no GPU
+        ("0,7,1", ["NVIDIA H100 80GB HBM3"]),  # CUDA stops at the first invalid entry
+        ("GPU-", []),  # a prefix of both: names no one GPU
+    ],
+)
+def test_visible_gpu_names_follow_cuda_visible_devices(visible, names):
+    from vaesweep.run.gpus import visible_names
+
+    assert visible_names(SMI_ROWS, visible) == names
+
+
+def test_device_facts_are_read_without_initialising_cuda(tmp_path, monkeypatch):
+    """A job records its devices before the fit: torch.cuda.is_available() and
+    get_device_name() initialise CUDA in the process, after which a fork-based DDP
+    (ddp_fork, ddp_notebook) cannot start its processes ("Cannot re-initialize CUDA in
+    forked subprocess"). The facts now come from NVML's count and nvidia-smi (a stand-in
+    on PATH here, two GPUs), CUDA left as it was."""
+    from vaesweep.run import gpus
+
+    smi = tmp_path / "nvidia-smi"
+    lines = "\\n".join(", ".join(row) for row in SMI_ROWS)
+    smi.write_text(f"#!/bin/sh\nprintf '{lines}\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+
+    def initialises(*args, **kwargs):
+        raise AssertionError("this call initialises CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", initialises)
+    monkeypatch.setattr(torch.cuda, "get_device_name", initialises)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # NVML's, for CUDA_VISIBLE_DEVICES
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    info = gpus.device_info("cuda:0")
+    assert info["names"] == ["NVIDIA A100-SXM4-40GB"] and info["driver"] == "550.54.15"
+    assert info["cuda_visible_devices"] == "1"
+    # The job's config check, which runs before the fit too, counts the same way.
+    cfg = compose_cfg(["trainer=gpu", "paths.data_dir=/tmp"])
+    validate_config(cfg)

@@ -582,7 +582,9 @@ def _check_devices(t: DictConfig, here: bool) -> None:
     accelerator = str(t.get("accelerator") or "auto").lower()
     if not here or accelerator not in ("gpu", "cuda", "mps"):
         return
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    # device_count, not is_available: it asks NVML and initialises no CUDA in this process,
+    # whose fork-based DDP (ddp_fork, ddp_notebook) would fail once CUDA is initialised.
+    cuda, mps = torch.cuda.device_count() > 0, torch.backends.mps.is_available()
     if (
         (accelerator == "cuda" and not cuda)
         or (accelerator == "mps" and not mps)
@@ -607,7 +609,9 @@ def check_cpu_devices(t: DictConfig, here: bool) -> None:
     accelerator = str(t.get("accelerator") or "auto").lower()
     if accelerator != "cpu" and not (here and accelerator == "auto"):
         return  # a sweep's jobs may run where there is a GPU
-    if accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+    if accelerator == "auto" and (
+        torch.cuda.device_count() > 0 or torch.backends.mps.is_available()
+    ):
         return
     why = f"trainer.accelerator={t.get('accelerator')}"
     why += "" if accelerator == "cpu" else ", and this process sees no GPU"

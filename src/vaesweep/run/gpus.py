@@ -69,21 +69,40 @@ def share_advice() -> str | None:
     return f"{given} ({FRACTION_ENV}={fraction:g}); give it a larger share"
 
 
-def driver_version() -> str | None:
-    """The NVIDIA driver's version from ``nvidia-smi`` (None without one)."""
+def nvidia_smi() -> list[list[str]] | None:
+    """``nvidia-smi``'s driver version, index, UUID and name of every GPU (PCI order), one
+    row each; None without nvidia-smi or when it fails."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=driver_version,index,uuid,name", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-    return lines[0] if out.returncode == 0 and lines else None
+    rows = [[f.strip() for f in line.split(",", 3)] for line in out.stdout.splitlines()]
+    rows = [row for row in rows if len(row) == 4]
+    return rows if out.returncode == 0 and rows else None
+
+
+def visible_names(rows: list[list[str]], visible: str | None) -> list[str]:
+    """The names of the GPUs ``CUDA_VISIBLE_DEVICES=visible`` shows, in its order, from
+    :func:`nvidia_smi`'s rows: every GPU when it is unset; an entry is an index or (a prefix
+    of) a UUID, and, as CUDA reads it, the list ends at the first entry that names no GPU.
+    (Indices are nvidia-smi's PCI order, which is CUDA's where ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
+    or the GPUs are alike.)"""
+    if visible is None:
+        return [row[3] for row in rows]
+    names = []
+    for entry in (e.strip() for e in visible.split(",")):
+        match = [r for r in rows if entry and (r[1] == entry or r[2].startswith(entry))]
+        if len(match) != 1:
+            break
+        names.append(match[0][3])
+    return names
 
 
 def cpu_model() -> str | None:
@@ -104,16 +123,20 @@ def device_info(accelerator: str | None = None) -> dict[str, Any]:
     the device the Trainer trains on (``cpu``, ``cuda:0``)."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    names = (
-        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    )
+    # Without initialising CUDA in this process (before the fit, whose fork-based DDP needs
+    # it uninitialised): the count from NVML, the names from torch only once CUDA is up.
+    count = torch.cuda.device_count()
+    smi = nvidia_smi()
+    if count and torch.cuda.is_initialized():
+        names = [torch.cuda.get_device_name(i) for i in range(count)]
+    else:
+        names = visible_names(smi, os.environ.get("CUDA_VISIBLE_DEVICES"))[:count] if smi else []
     return {
         "accelerator": accelerator,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "names": names,
         "cuda": torch.version.cuda,
-        "driver": driver_version() if cuda or shutil.which("nvidia-smi") else None,
+        "driver": smi[0][0] if smi else None,
         "fraction": gpu_fraction(),
         "cpu": cpu_model(),
         # torch's CPU kernels differ by instruction set (AVX2, AVX512, ...): so do the bits.
