@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, cli_env, footer, header, median, run_cli, spread
+from common import REPO, cli_env, footer, header, median, run_cli, spread, trainer_device
 
 PLAIN_SCRIPT = """
 import time, sys
@@ -55,9 +55,9 @@ IMPORTS = "import torch, lightning, hydra, wandb"  # what a run imports before i
 def product(tmp: Path, i: int, device: str) -> dict[str, float]:
     """Seconds from spawn to job_start, fit_start and first_step, and the total wall time."""
     stamps = tmp / f"stamps{i}.jsonl"
-    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    accelerator, devices = trainer_device(device)
     args = [f"hydra.run.dir={tmp / f'run{i}'}", "trainer.max_epochs=1"]
-    args.append(f"trainer.accelerator={accelerator}")
+    args += [f"trainer.accelerator={accelerator}", f"trainer.devices={devices}"]
     t0 = time.time()
     run_cli(args, tmp, cli_env(VAESWEEP_TIMESTAMPS=str(stamps)))
     total = time.time() - t0

@@ -132,3 +132,12 @@ def run_cli(
 ) -> tuple[float, subprocess.CompletedProcess]:
     """Runs `python run.py ARGS` in `cwd` (see :func:`run_python`)."""
     return run_python([RUN_PY, *args], cwd, env)
+
+
+def trainer_device(device: str) -> tuple[str, list[int] | int]:
+    """(trainer.accelerator, trainer.devices) that train on ``device`` ("cpu", "cuda",
+    "cuda:1"): the GPU of that index, not the first one (the plain loop runs there too)."""
+    if not device.startswith("cuda"):
+        return "cpu", 1
+    _, _, index = device.partition(":")
+    return "gpu", [int(index)] if index else 1

@@ -48,7 +48,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from common import REPO, footer, header, median, spread
+from common import REPO, footer, header, median, spread, trainer_device
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
@@ -247,7 +247,7 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
     from vaesweep.run.jobs import Job
     from vaesweep.run.record import RunRecord
 
-    accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
+    accelerator, devices = trainer_device(args.device)
     cfg = compose_cfg(
         [
             f"model={model}",
@@ -255,6 +255,7 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
             f"data.batch_size={batch}",
             f"trainer.max_epochs={args.warmup + args.epochs}",
             f"trainer.accelerator={accelerator}",
+            f"trainer.devices={devices}",
             f"paths.data_dir={REPO / 'data'}",
             *args.override,
         ]
@@ -294,7 +295,7 @@ def measure(model: str, likelihood: str, batch: int, args: argparse.Namespace) -
             trainer = L.Trainer(
                 max_epochs=args.warmup + args.epochs,
                 accelerator=accelerator,
-                devices=1,
+                devices=devices,
                 logger=False,
                 enable_checkpointing=False,
                 enable_progress_bar=False,
