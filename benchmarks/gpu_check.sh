@@ -69,7 +69,7 @@ say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
 # under its deterministic algorithms (trainer.deterministic: true) too.
 L=$(limit 150 "$KEEP3")
 if (( L < 10 )); then skipped "$L"; else
-{ timeout "$L" "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
+{ timeout -k 20 "$L" "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
     --batches 128 --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 \
     || echo "  (exit $?: step 1 failed; 124: over its $L s)"; } | tail -n 25
 fi
@@ -140,7 +140,7 @@ for K in 1 2 4 8; do
   L=$(limit 240 "$KEEP3")
   if (( L < 10 )); then echo "K=$K jobs/GPU:"; skipped "$L"; continue; fi
   T0=$(date +%s.%N)
-  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout "$L" "$PY" run.py -m "${GRID[@]}" \
+  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout -k 20 "$L" "$PY" run.py -m "${GRID[@]}" \
       hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" "hydra.sweep.dir=$DIR" \
       > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log; 124: over its $L s)"
   report "$DIR" "$K" "$T0" "$(date +%s.%N)" "$OUT/stamps_k$K.jsonl"
@@ -153,7 +153,7 @@ if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then LOCAL+=("hydra.launcher.gpus=[0]"); f
 L=$(limit 180 "$KEEP3")
 if (( L < 10 )); then skipped "$L"; else
 T0=$(date +%s.%N)
-VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout "$L" "$PY" run.py -m "${LOCAL[@]}" \
+VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout -k 20 "$L" "$PY" run.py -m "${LOCAL[@]}" \
     "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
     || echo "  (exit $?: see $OUT/local_k2.log; 124: over its $L s)"
 report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)" "$OUT/stamps_local_k2.jsonl"
@@ -172,7 +172,7 @@ for i in 1 2; do
   L=$(limit 120 "$KEEP")
   if (( i == 1 && L < 10 )); then L=$(limit 120); fi  # too little for two runs: run 1 alone
   if (( L < 10 )); then echo "  run $i:"; skipped "$L"; continue; fi
-  timeout "$L" "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
+  timeout -k 20 "$L" "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
       || echo "  run $i: exit $? (124: over its $L s)"
 done
 "$PY" - "$OUT" <<'EOF' || echo "  (determinism report failed: exit $?)"
