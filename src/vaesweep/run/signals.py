@@ -38,6 +38,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from vaesweep.core.atomic import atomic_open
+from vaesweep.run.spawn import STOPPED, SpawnChannel
 
 if TYPE_CHECKING:
     from vaesweep.run.claims import Claim
@@ -127,6 +128,13 @@ class StopSignals:
     launching process was signalled. Looked for at every safe point (batch boundary): one
     failed ``open`` while there is none, a few µs against a step of milliseconds, so a job
     stops at the first batch after the launching process wrote it.
+
+    ``spawned``: set (:mod:`vaesweep.run.driver`) while the job's fit or test runs in
+    processes a spawning strategy started (``ddp_spawn``; :mod:`vaesweep.run.spawn`). The
+    job's process then passes the signal it receives on to them, and in each of them a copy
+    of this object (pickled with the Lightning callbacks) handles the stop signals of its
+    own process (:meth:`take_over_in_child`), watches the relayed signal as a stop file,
+    and records the step it stopped at before the process ends.
     """
 
     def __init__(
@@ -140,6 +148,15 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._then: Any = None  # the previous handler of the signal received
         self.stop_file = None if stop_file is None else Path(stop_file)
+        self.spawned: SpawnChannel | None = None
+        self._spawned_step: int | None = None  # where the spawned processes stopped
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (ddp_spawn pickles the callbacks): the handlers of
+        this process and its trainer mean nothing there."""
+        state = self.__dict__.copy()
+        state.update(_previous={}, _then=None, trainer=None)
+        return state
 
     @property
     def received(self) -> bool:
@@ -147,22 +164,47 @@ class StopSignals:
 
     @property
     def step(self) -> int | None:
-        """The global step of the job's trainer, None before it has one."""
-        return None if self.trainer is None else int(self.trainer.global_step)
+        """The global step of the job's trainer, None before it has one (or, for a fit in
+        spawned processes, the step they stopped at: :meth:`stopped_in_spawned`)."""
+        if self.trainer is None:
+            return self._spawned_step
+        return int(self.trainer.global_step)
 
     def exception(self) -> JobInterrupted:
         assert self.signum is not None
         return JobInterrupted(self.signum, self.step, self._then)
 
+    def poll(self) -> bool:
+        """Whether a stop has come: a signal, or the stop file (read now), or, in a process
+        a spawning strategy started, the signal the job's process passed on."""
+        if self.signum is None and self.stop_file is not None:
+            self.signum = read_stop_file(self.stop_file)
+        if self.signum is None and self.spawned is not None and self.spawned.in_child():
+            self.signum = self.spawned.relayed()
+        return self.signum is not None
+
     def check(self) -> None:
         """Raise JobInterrupted if a stop signal has been received or the stop file has
         appeared (call at safe points); ClaimLost if the job's claim is lost."""
-        if self.signum is None and self.stop_file is not None:
-            self.signum = read_stop_file(self.stop_file)
+        self.poll()
         if self.claim_lost:  # first: no record then (a stop signal is handed on by the job)
             self.check_claim()  # raises ClaimLost
         if self.signum is not None:
-            raise self.exception()
+            self._stop()
+
+    def _stop(self) -> NoReturn:
+        """Raises the stop. In a spawned process: records it first for the job's process,
+        and ends the process quietly with 128 + n (a JobInterrupted would reach no one:
+        torch.multiprocessing prints its traceback and exits 1)."""
+        stop = self.exception()
+        if self.spawned is not None and self.spawned.in_child():
+            self.spawned.record(STOPPED, signum=stop.signum, step=stop.step)
+            raise SystemExit(stop.exit_code)
+        raise stop
+
+    def stopped_in_spawned(self, step: int | None) -> None:
+        """The job's process, once the spawned processes have stopped at ``step``."""
+        self._spawned_step = step
 
     @property
     def claim_lost(self) -> bool:
@@ -179,8 +221,27 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             self._then = self._previous.get(signum)
+            if self.spawned is not None and not self.spawned.in_child():
+                self.spawned.relay(signum)  # the processes of the fit stop at their next batch
             return
-        raise self.exception()  # a second signal: at once
+        self._stop()  # a second signal: at once
+
+    def take_over_in_child(self) -> None:
+        """In a process a spawning strategy started (nothing elsewhere): the stop signals
+        are this object's, Lightning's SIGTERM handler included (call after Lightning has
+        installed it: its SIGTERMException ends such a process with status 0 and no result,
+        and the job's process then waits for one forever). A signal ignored stays ignored."""
+        if self.spawned is None or not self.spawned.in_child():
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            current = signal.getsignal(signum)
+            if current != signal.SIG_IGN and current != self._handle:
+                signal.signal(signum, self._handle)
 
     def __enter__(self) -> StopSignals:
         self._previous = _install(self._handle)
