@@ -8,6 +8,8 @@ a precise phase. The points, each a wrapper around a public function or method o
 (or, for a search, of Hydra or Optuna):
 
 - ``claimed``: the job's claim is held, nothing else done yet (``claims.acquire`` returned);
+- ``data``: the job's data are loaded (a ``VAEDataModule`` built), its stop handlers in
+  place, nothing checked against the data or trained yet;
 - ``train_batch``: a training batch done (``Resumable.on_train_batch_end``, before it checks
   signals): with ``@1``, in the first epoch, before any checkpoint of this attempt;
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
@@ -27,9 +29,10 @@ a precise phase. The points, each a wrapper around a public function or method o
   (``vaesweep.run.driver``: before a single run's or a basic sweep's first job, or at a
   worker's first job).
 
-Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
-for ``train_batch``, ``epoch_end``, ``fit_end``, ``test`` and ``images`` only, so that the
-other points leave the processes' own import of the training stack as it is.
+Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``,
+``vaesweep.data.datamodule``) for ``data``, ``train_batch``, ``epoch_end``, ``fit_end``,
+``test`` and ``images`` only, so that the other points leave the processes' own import of
+the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
@@ -141,6 +144,10 @@ def _install() -> None:
         from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
+    elif point == "data":
+        from vaesweep.data.datamodule import VAEDataModule
+
+        _after(VAEDataModule, "__init__", "data")
     elif point == "driver_import":
         sys.meta_path.insert(0, _OnFirstImport("vaesweep.run.driver", lambda: _pause(point)))
     elif point == "train_batch":

@@ -487,7 +487,8 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
     signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
     ``interrupted``, no further job starts, the summary so far is written, and the process
     exits with 128 + the signal number; under submitit the job is requeued instead
-    (:func:`_stopped`).
+    (:func:`_stopped`). So does a signal that came while the job ran when the job then
+    ended otherwise (refused, diverged, failed: recorded so, and said in its one line).
     """
     quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
     tidy_logging()  # each library message once, without the noise of our own calls
@@ -495,6 +496,8 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
     try:
         run(cfg, execute)
     except JobInterrupted as stop:
+        if isinstance(stop.ended_by, Exception):  # the job's own outcome first, as below
+            report_failure(stop.ended_by, job_label())
         print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
         _stopped(stop)
     except Exception as error:

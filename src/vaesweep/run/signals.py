@@ -88,12 +88,25 @@ class JobInterrupted(Stopped):
     """The job was stopped by a signal."""
 
     def __init__(
-        self, signum: int, step: int | None = None, then: Any = None, finished: bool = False
+        self,
+        signum: int,
+        step: int | None = None,
+        then: Any = None,
+        finished: bool = False,
+        ended_by: BaseException | None = None,
     ) -> None:
         self.step = step
         self.then = then  # the handler in place before the job (hand_over calls it)
+        #: The error the job ended with before the stop was honoured (its outcome is
+        #: recorded): a refusal, a divergence, a failure.
+        self.ended_by = ended_by
         name = signal.Signals(signum).name
-        if finished:  # after the last safe point: results.json holds the job's outcome
+        if ended_by is not None:  # its results.json says how (failed, diverged, ...)
+            message = (
+                f"stopped by {name}, received while the job ran (it ended with "
+                f"{type(ended_by).__name__}, above)"
+            )
+        elif finished:  # after the last safe point: results.json holds the job's outcome
             message = f"{name} came after the job had recorded its result: nothing to resume"
         else:
             at = "" if step is None else f" at step {step}"
@@ -119,8 +132,11 @@ class StopSignals:
 
     A signal whose handler was SIG_IGN is left ignored (``nohup``, a background job of a
     script). A previous Python handler (a scheduler library's, the sweep's guard) is handed
-    the signal after the job has stopped (:meth:`JobInterrupted.hand_over`). Signals can
-    only be handled in the main thread; in another thread only the stop file is watched.
+    the signal after the job has stopped (:meth:`JobInterrupted.hand_over`), whatever the
+    job ended with: a signal received while the job ran is honoured once its outcome is
+    recorded, also when that outcome is an error (a refusal, a divergence, a failure:
+    ``JobInterrupted.ended_by``). Signals can only be handled in the main thread; in another
+    thread only the stop file is watched.
 
     ``stop_file``: a file whose appearance stops the job like a signal (it names the
     signal). The launching process of a parallel sweep writes it when it is signalled
@@ -247,14 +263,22 @@ class StopSignals:
         self._previous = _install(self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
         _restore(self._previous)
         self._previous = {}
-        if exc_type is None:  # the job ended and recorded it: a signal since still stops
-            if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
-                self.signum = read_stop_file(self.stop_file)
-            if self.signum is not None:
-                raise JobInterrupted(self.signum, self.step, self._then, finished=True)
+        if isinstance(error, Stopped) or (error is not None and self.claim_lost):
+            return  # a stop already, or the job is another process's (vaesweep.run.jobs)
+        # The job ended and recorded its outcome: a signal that came meanwhile still stops
+        # (128 + n, the sweep, submitit's requeue), whatever that outcome was.
+        if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
+            self.signum = read_stop_file(self.stop_file)
+        if self.signum is None:
+            return
+        if error is None:
+            raise JobInterrupted(self.signum, self.step, self._then, finished=True)
+        raise JobInterrupted(self.signum, self.step, self._then, ended_by=error) from error
 
 
 # --- the launching process of a sweep ---------------------------------------------------------
