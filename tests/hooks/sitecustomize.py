@@ -42,7 +42,11 @@ it to see which processes of a sweep load the training stack).
 that a job's outcome survives it):
 
 - ``wandb_finish``: ``wandb.finish`` closes the run, then raises a RuntimeError (as when
-  W&B's service goes away, or its finish times out).
+  W&B's service goes away, or its finish times out);
+- ``images``: the disk is full as the job writes ``images.npz`` (after its fit and its
+  test: ``np.savez`` raises ENOSPC);
+- ``test``: the host's memory runs out in the job's IWAE test (``VAE.test_step`` raises
+  torch's CPU allocator error), after its fit.
 
 Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
@@ -204,9 +208,31 @@ def _install() -> None:
 
 
 def _install_failure() -> None:
+    point = os.environ[FAIL_ENV]
+    if point == "images":
+        import errno
+
+        import numpy as np
+
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device (test hook images)")
+
+        np.savez = disk_full
+        return
+    if point == "test":
+        from vaesweep.model.module import VAE
+
+        def out_of_memory(self, *args, **kwargs):
+            raise RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 "
+                "bytes (test hook test)"
+            )
+
+        VAE.test_step = out_of_memory
+        return
     from vaesweep.run import loggers
 
-    if os.environ[FAIL_ENV] != "wandb_finish":
+    if point != "wandb_finish":
         return
     make_loggers = loggers.make_loggers  # imports wandb for a job that logs to it
 

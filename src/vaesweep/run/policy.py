@@ -3,7 +3,9 @@ touched. This module owns every such decision:
 
 - a ``completed`` result → skipped (:func:`left_alone`; not a byte of the directory changes);
 - a ``failed``/``diverged`` result → re-run only with ``sweep.rerun_failed=true``, except one
-  whose config was refused before it trained (run again, and so checked again);
+  whose config was refused before it trained (run again, and so checked again); one that
+  failed after its fit had completed is then tested again from its last checkpoint, not
+  trained again (:func:`retest_from`);
 - ``running``/``interrupted`` → resumed from ``checkpoints/last.ckpt`` (:mod:`vaesweep.run.jobs`
   opens the record);
 - a result of another config → refused (:func:`refuse_other_config`, below);
@@ -147,6 +149,37 @@ def verify_checkpoint(path: Path, use: str = "resumed") -> None:
         raise DamagedCheckpoint(
             f"checkpoint {path} is damaged (its member {bad} fails its CRC-32 check): {advice}"
         )
+
+
+#: Config keys that change only a job's test (its evaluation settings): a job tested again
+#: from its fit's checkpoint may have them changed (a smaller eval.iwae_chunk after an out
+#: of memory), never a key its training read.
+TEST_ONLY = ("eval.",)
+
+
+def retest_from(run_dir: str | Path, cfg: DictConfig) -> Path | None:
+    """The checkpoint to test a failed job again from, without training it again: its
+    ``checkpoints/last.ckpt`` when it failed after its fit had completed
+    (:func:`record.failed_after_fit`: the checkpoint holds the fit's final weights), every
+    checkpoint in the directory is intact (one damaged is tested, or resumed, by no one: the
+    job trains from step 0) and ``cfg`` asks for the config it trained (evaluation settings
+    aside, :data:`TEST_ONLY`). None otherwise: the job is trained from step 0."""
+    result = record.read(run_dir)
+    if not record.failed_after_fit(result) or not isinstance(result.get("config"), dict):
+        return None
+    directory = Path(run_dir) / "checkpoints"
+    last = directory / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        for checkpoint in sorted(directory.glob("*.ckpt")):
+            verify_checkpoint(checkpoint)
+        diffs = differences(result["config"], cfg)
+    except Exception:  # noqa: BLE001 (damaged, or a config this version cannot compare)
+        return None
+    if any(not key.startswith(TEST_ONLY) for key, _, _ in diffs):
+        return None
+    return last
 
 
 #: Where a checkpoint keeps the run's own state (val metrics, best val/elbo, identity): the

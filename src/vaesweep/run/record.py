@@ -386,6 +386,20 @@ def refused(result: dict[str, Any] | None) -> bool:
     return isinstance(error, dict) and error.get("type") in REFUSALS
 
 
+def failed_after_fit(result: dict[str, Any] | None) -> bool:
+    """Whether ``result`` is that of a job that failed once its fit had completed (in its
+    test, writing its images, logging them to W&B, ...): ``failed`` with ``trained`` set,
+    which the driver records when the fit returns. Its last checkpoint holds the fit's
+    final weights: sweep.rerun_failed=true tests it again from there rather than training
+    it from step 0 (vaesweep.run.policy.retest_from)."""
+    return (
+        isinstance(result, dict)
+        and result.get("status") == FAILED
+        and isinstance(result.get("trained"), dict)
+        and not refused(result)
+    )
+
+
 def _error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "step": None}
 
