@@ -131,15 +131,33 @@ class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
 
+#: What a damaged checkpoint was not used for, and what to do (verify_checkpoint's ``use``).
+DAMAGED_ADVICE = {
+    "resumed": (
+        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    ),
+    "tested": (
+        "it was not tested. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    ),
+    "evaluated": (
+        "it was not evaluated, and nothing was written. The run's own test metrics in its "
+        "results.json stand; evaluate its other checkpoint (eval.checkpoint=last or best) if "
+        "that one is intact, or move the run directory away and run its command again to "
+        "train it anew"
+    ),
+}
+
+
 def verify_checkpoint(path: Path, use: str = "resumed") -> None:
     """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
     zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
     file once (milliseconds for vaesweep's models). ``use``: what it was not, being damaged
-    (``resumed``, ``tested``). torch.load checks no CRC: a damaged tensor loads silently."""
-    advice = (
-        f"it was not {use}. Run the same command with sweep.rerun_failed=true to train this "
-        "job from the start (the checkpoint is replaced), or delete the run directory"
-    )
+    (``resumed``, ``tested`` by a job; ``evaluated`` by ``vaesweep evaluate``), which says
+    what to do (:data:`DAMAGED_ADVICE`). torch.load checks no CRC: a damaged tensor loads
+    silently."""
+    advice = DAMAGED_ADVICE[use]
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

@@ -9,8 +9,7 @@ used, which the config's ``trainer.precision`` need not say: ``16`` runs as
 ``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
 validated), trained (the optimisation steps and epochs the fit trained, and the budget that
 ended it: ``max_epochs``, ``max_steps``, ``max_time`` or ``other``;
-vaesweep.run.driver.trained_budget), error.
-duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
+vaesweep.run.driver.trained_budget; set once the fit has returned), devices, error.
 
 ``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
 the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
