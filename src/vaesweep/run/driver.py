@@ -407,14 +407,17 @@ SPAWNING = ("spawn", "fork", "forkserver")
 
 
 @contextmanager
-def spawned_outcome(spawned: SpawnChannel | None, signals: StopSignals) -> Iterator[None]:
-    """Around a fit or test whose hooks run in spawned processes (``spawned``): a failure
-    they end with becomes what they recorded (:mod:`vaesweep.run.spawn`), as for a fit in
-    this process. A divergence: DivergenceError with its step. A stop (a signal this process
-    received and passed on, or the sweep's stop file): JobInterrupted at the step they
-    stopped at. Anything else is left as it is (torch.multiprocessing's exception); so are
-    the stops the processes recorded on their own (torch.multiprocessing ends the others with
-    SIGTERM once one has failed)."""
+def spawned_outcome(
+    spawned: SpawnChannel | None, signals: StopSignals, fitting: bool = True
+) -> Iterator[None]:
+    """Around a fit (``fitting``) or test whose hooks run in spawned processes
+    (``spawned``): a failure they end with becomes what they recorded
+    (:mod:`vaesweep.run.spawn`), as for a fit in this process. A divergence: DivergenceError
+    with its step. A stop (a signal this process received and passed on, or the sweep's stop
+    file): JobInterrupted at the step the fit's processes stopped at (a test's processes
+    know no training step: none). Anything else is left as it is (torch.multiprocessing's
+    exception); so are the stops the processes recorded on their own (torch.multiprocessing
+    ends the others with SIGTERM once one has failed)."""
     if spawned is None:
         yield
         return
@@ -427,7 +430,7 @@ def spawned_outcome(spawned: SpawnChannel | None, signals: StopSignals) -> Itera
             raise DivergenceError(int(first["step"]), dict(first["values"])) from error
         if signals.poll():
             steps = [o["step"] for o in spawned.outcomes(STOPPED) if o.get("step") is not None]
-            signals.stopped_in_spawned(max(steps) if steps else None)
+            signals.stopped_in_spawned(max(steps) if steps and fitting else None)
             raise signals.exception() from error
         raise
 
@@ -483,7 +486,7 @@ def _train_and_test(
         record.set_facts(tested_checkpoint=tested_checkpoint)
     if ckpt is not None:  # a damaged one is reported (DamagedCheckpoint), never tested
         verify_checkpoint(Path(ckpt), "tested")
-    with spawned_outcome(spawned, resumable.signals):
+    with spawned_outcome(spawned, resumable.signals, fitting=False):
         tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
