@@ -31,6 +31,7 @@ from vaesweep.run import ranks
 from vaesweep.run.config import CONF_DIR, ConfigError, validate_config
 
 from conftest import RUN_PY, cli_env
+from pause import pause_env
 
 # Variables of launchers (srun, torchrun, Lightning's ddp) that must not leak into a test.
 LAUNCHER_VARS = (
@@ -546,3 +547,127 @@ def test_device_facts_are_read_without_initialising_cuda(tmp_path, monkeypatch):
     # The job's config check, which runs before the fit too, counts the same way.
     cfg = compose_cfg(["trainer=gpu", "paths.data_dir=/tmp"])
     validate_config(cfg)
+
+
+# --- ddp_spawn: how the spawned processes end is the job's outcome ------------------------------
+# trainer=ddp in a multirun, a parallel launcher or a test is ddp_spawn: the training hooks run
+# in processes the job's process starts. 3 epochs of 20 steps (batches of 8 per process).
+SPAWN_EPOCHS, SPAWN_BATCHES = 3, 20
+SPAWN = [
+    "data=digits",
+    "data.batch_size=16",
+    f"trainer.max_epochs={SPAWN_EPOCHS}",
+    f"trainer.limit_train_batches={SPAWN_BATCHES}",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "eval.iwae_k=10",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "threads=1",
+    "logger=csv",
+]
+
+
+def start_job(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python run.py ARGS`` in its own session (a signal to its group is a terminal's
+    Ctrl-C); stdout and stderr to cwd/job.log."""
+    with open(cwd / "job.log", "a") as log:
+        return subprocess.Popen(
+            [sys.executable, str(RUN_PY), *args],
+            cwd=cwd, env={**clean_env(cli_env()), **(env or {})}, text=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def job_log(cwd: Path) -> str:
+    return (cwd / "job.log").read_text()[-4000:]
+
+
+def wait_job(proc: subprocess.Popen, cwd: Path, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"still running after {timeout} s:\n{job_log(cwd)}")
+
+
+@pytest.fixture(scope="module")
+def spawn_reference(tmp_path_factory) -> dict:
+    """The uninterrupted ddp_spawn run (trainer=ddp, a single run in a test: ddp_spawn)."""
+    root = tmp_path_factory.mktemp("spawn_reference")
+    proc = start_job([*SPAWN, "hydra.run.dir=run"], root)
+    assert wait_job(proc, root) == 0, job_log(root)
+    result = json.loads((root / "run" / "results.json").read_text())
+    assert result["status"] == "completed"
+    return result
+
+
+@pytest.mark.slow
+def test_a_divergence_under_ddp_spawn_is_recorded_diverged_with_its_step(workdir):
+    """The non-finite loss is raised in a spawned process: it reached the job's process as
+    torch.multiprocessing's ProcessRaisedException and was recorded failed. Now the spawned
+    process records it, and the job records diverged with the step, as in one process."""
+    args = [*SPAWN, "optimizer.lr=1e30", "hydra.run.dir=run"]
+    proc = start_job(args, workdir)
+    assert wait_job(proc, workdir) == 1, job_log(workdir)
+    result = json.loads((workdir / "run" / "results.json").read_text())
+    assert result["status"] == "diverged", result["error"]
+    assert result["error"]["type"] == "DivergenceError"
+    assert isinstance(result["error"]["step"], int) and result["error"]["step"] >= 0
+    assert "DivergenceError: non-finite training loss at step" in job_log(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["job_process", "ctrl_c", "stop_file"])
+def test_a_stop_under_ddp_spawn_is_interrupted_at_its_step_and_resumes(
+    workdir, spawn_reference, how
+):
+    """Both spawned processes held after their first epoch (test hook "epoch_end"), then:
+    SIGTERM to the job's process alone (it reached neither of them: the whole fit ran to its
+    end, then was recorded interrupted at no step); Ctrl-C to the process group (they ended
+    with status 0 and no result, and the job's process waited for one for ever); SIGINT to
+    the launching process of a local_parallel sweep alone (they read its stop file and
+    stopped, the job's process never did: recorded failed, and the relaunch refused it).
+    Now each is recorded interrupted at the first step after the hold, exits 128 + n, and
+    the relaunch resumes to exactly the uninterrupted run's metrics."""
+    sweep = how == "stop_file"
+    marker = workdir / "held"
+    if sweep:  # (-m first: Hydra's parser takes the overrides after it)
+        args = ["-m", *SPAWN, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=1"]
+        args.append("hydra.sweep.dir=sweep")
+    else:
+        args = [*SPAWN, "hydra.run.dir=run"]
+    proc = start_job(args, workdir, env=pause_env("epoch_end", marker))
+    deadline = time.monotonic() + 300
+    while len(marker.read_text().split() if marker.exists() else ()) < 2:  # both held
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(workdir)
+        time.sleep(0.05)
+    signum = signal.SIGTERM if how == "job_process" else signal.SIGINT
+    if how == "ctrl_c":
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+    if sweep:
+        while not list((workdir / "sweep").glob(".stop-*")):  # the launching process's file
+            assert proc.poll() is None, job_log(workdir)
+            time.sleep(0.02)
+    marker.with_name(f"{marker.name}.release").touch()
+    assert wait_job(proc, workdir, timeout=180) == 128 + signum, job_log(workdir)
+    (run_dir,) = (
+        [p.parent for p in workdir.glob("sweep/*/results.json")] if sweep else [workdir / "run"]
+    )
+    first = json.loads((run_dir / "results.json").read_text())
+    assert first["status"] == "interrupted", first["error"]
+    assert first["error"]["type"] == "JobInterrupted"
+    assert signal.Signals(signum).name in first["error"]["message"]
+    assert first["error"]["step"] == SPAWN_BATCHES + 1  # the first batch after the hold
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == SPAWN_BATCHES  # the fit did not run on to its end
+
+    proc = start_job(args, workdir)  # the same command
+    assert wait_job(proc, workdir) == 0, job_log(workdir)
+    final = json.loads((run_dir / "results.json").read_text())
+    assert final["status"] == "completed" and final["attempts"] == 2
+    assert "resuming" in (run_dir / "train.log").read_text()
+    assert final["metrics"] == spawn_reference["metrics"]

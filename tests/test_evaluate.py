@@ -655,3 +655,26 @@ def test_an_evaluation_tests_under_the_runs_deterministic_setting(run, monkeypat
     assert plan.cfg.trainer.deterministic is True  # the default trainer's setting
     assert evaluate.run_plan(plan)["status"] == "completed"
     assert seen["cublas"] == ":4096:8"
+
+
+def test_a_damaged_checkpoint_is_not_evaluated_with_advice_for_an_evaluation(run, tmp_path, capsys):
+    """A run whose checkpoint is damaged (a byte of its largest tensor flipped: torch.load
+    reads it silently) is named and not scored. The message said what a job's resume says
+    ("it was not resumed. Run the same command with sweep.rerun_failed=true ..."), which a
+    completed run cannot do; now it says it was not evaluated and what can be done."""
+    from test_damaged import flip_a_weight
+
+    from vaesweep.analysis.cli import main
+
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluations"))
+    last = copy / "checkpoints" / "last.ckpt"
+    flip_a_weight(last)
+    with pytest.raises(SystemExit) as refused:
+        main(["evaluate", str(copy), "eval.iwae_k=10"])
+    assert refused.value.code == 1
+    err = capsys.readouterr().err
+    assert f"DamagedCheckpoint: checkpoint {last} is damaged" in err and "CRC" in err, err
+    assert "it was not evaluated, and nothing was written" in err, err
+    assert "eval.checkpoint=last or best" in err and "rerun_failed" not in err, err
+    assert not (copy / "evaluations").exists()

@@ -706,3 +706,48 @@ def test_bits_per_dim_only_for_dequantised_data(tmp_path):
     (result,) = results_under(tmp_path / "run")
     assert math.isfinite(result["metrics"]["test/nll"]) and "test/bpd" not in result["metrics"]
     assert result["config"]["data"]["preprocess"] == "scale"
+
+
+# --- a failure after the fit ----------------------------------------------------------------
+@pytest.mark.parametrize("point", ["images", pytest.param("test", marks=pytest.mark.slow)])
+def test_a_job_that_failed_after_its_fit_is_tested_again_not_trained_again(tmp_path, point):
+    """The disk full as the job writes images.npz, or the memory out in its IWAE test (test
+    hooks), once its fit had completed: recorded failed, with the advice to relaunch with
+    sweep.rerun_failed=true, which deleted the fit's valid last.ckpt and trained the job
+    from step 0. Now the failure line says that relaunch tests it again from the last
+    checkpoint; a plain relaunch still leaves it alone (failed jobs are re-run only when
+    asked), and the relaunch with sweep.rerun_failed=true resumes it from last.ckpt, untouched,
+    with nothing left to train: completed with exactly the metrics of the run that never
+    failed."""
+    from pause import fail_env
+
+    args = [*TINY, "logger=csv"]
+    reference = run_cli([*args, "hydra.run.dir=reference"], tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads((tmp_path / "reference" / "results.json").read_text())["metrics"]
+    run_dir = tmp_path / "run"
+    proc = run_cli([*args, "hydra.run.dir=run"], tmp_path, env={**cli_env(), **fail_env(point)})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = json.loads((run_dir / "results.json").read_text())
+    assert failed["status"] == "failed" and failed["trained"]["steps"] == 3, failed["error"]
+    said = "disk full" if point == "images" else "out of memory"
+    assert said in proc.stderr and "sweep.rerun_failed=true" in proc.stderr, proc.stderr[-3000:]
+    assert (
+        "[vaesweep] its fit had completed: the same command with sweep.rerun_failed=true tests "
+        "it again from checkpoints/last.ckpt, without training it again"
+    ) in proc.stderr, proc.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = (last.stat().st_ino, last.stat().st_mtime_ns, last.read_bytes())
+
+    plain = run_cli([*args, "hydra.run.dir=run"], tmp_path)  # failed jobs: only when asked
+    assert plain.returncode == 1 and "JobNotRerun" in plain.stderr, plain.stderr[-3000:]
+
+    again = run_cli([*args, "sweep.rerun_failed=true", "hydra.run.dir=run"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["status"] == "completed" and result["attempts"] == 2
+    assert result["metrics"] == expected
+    assert (last.stat().st_ino, last.stat().st_mtime_ns, last.read_bytes()) == before
+    log = (run_dir / "train.log").read_text()
+    assert "failed after its fit had completed" in log and "not trained again" in log
+    assert "removed the earlier attempt's checkpoints" not in log

@@ -751,3 +751,62 @@ def test_signals_while_the_wandb_summary_run_is_written_end_the_sweep_cleanly(wo
     assert run["job_type"] == SUMMARY_JOB_TYPE
     assert run["summary"]["sweep/n_completed"] == 1 and TABLE_KEY in run["summary"]
     assert "W&B sweep summary: run" in out
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_signal_before_a_refusal_still_stops(workdir, mode):
+    """SIGTERM while the job's data load (held there by the test hook "data"), then the job
+    is refused by what the data say (data.batch_size above the training split: a
+    ConfigError once the data are loaded). The signal was only recorded, and the refusal
+    ended the job: a single run exited 1, not 143, and a sequential sweep went on to its
+    next job (so would submitit not requeue). Now the refusal is recorded and said (failed,
+    ConfigError) and then the stop is honoured: 143, and the sweep stops with its summary."""
+    budget = [a for a in BUDGET if not a.startswith("data.batch_size=")]
+    args = [*budget, "data.batch_size=2000", "logger=none"]
+    sweep = workdir / "sweep"
+    if mode == "run":
+        args = [*args, "hydra.run.dir=run"]
+    else:
+        args = ["-m", "beta=2,4", *args, f"hydra.sweep.dir={sweep}"]
+    marker = workdir / "loaded"
+    proc = start(args, workdir, env=pause_env("data", marker))
+    wait_for((workdir, marker.name), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    out = output(proc)
+    assert "ConfigError: data.batch_size=2000 is invalid" in out
+    assert "stopped by SIGTERM, received while the job ran (it ended with ConfigError" in out
+    assert "Traceback" not in out
+    run_dir = workdir / "run" if mode == "run" else jobs(sweep)["beta=2"]
+    refused = result(run_dir)
+    assert refused["status"] == "failed" and refused["error"]["type"] == "ConfigError"
+    assert not (run_dir / CLAIM_FILE).exists()
+    if mode == "sweep":
+        assert list(jobs(sweep)) == ["beta=2"]  # the second job never started
+        assert summary(sweep) == [("2", "failed")]
+        assert json.loads((sweep / SWEEP_FILE).read_text())["stopped_by"] == "SIGTERM"
+
+
+def test_a_signal_received_while_a_job_ends_by_an_error_is_honoured_after_it(tmp_path):
+    """A job that ends by an error after a stop signal came (a divergence here; a refusal,
+    a failure, a result not finite, a job not re-run alike) records that error, and then
+    the stop is honoured (128 + n, the handler before the job handed the signal): the
+    signal was lost when the job ended by an error, and only an error-free end stopped."""
+    from vaesweep.model.objective import DivergenceError
+    from vaesweep.run.signals import JobInterrupted, StopSignals
+
+    diverged = DivergenceError(5, {"loss": float("nan")})
+    with pytest.raises(JobInterrupted) as stop, StopSignals():
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled: only recorded
+        raise diverged  # what the job ends with, once its results.json says so
+    assert stop.value.ended_by is diverged and stop.value.__cause__ is diverged
+    assert stop.value.exit_code == 128 + signal.SIGUSR1
+    assert str(stop.value) == (
+        "stopped by SIGUSR1, received while the job ran (it ended with DivergenceError, above)"
+    )
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("SIGINT")  # a parallel sweep's launching process was signalled
+    with pytest.raises(JobInterrupted, match="^stopped by SIGINT"), StopSignals(stop_file):
+        raise ValueError("a failure")
+    with pytest.raises(ValueError), StopSignals():  # no signal: the error as it was
+        raise ValueError("a failure")

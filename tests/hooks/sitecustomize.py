@@ -8,6 +8,8 @@ a precise phase. The points, each a wrapper around a public function or method o
 (or, for a search, of Hydra or Optuna):
 
 - ``claimed``: the job's claim is held, nothing else done yet (``claims.acquire`` returned);
+- ``data``: the job's data are loaded (a ``VAEDataModule`` built), its stop handlers in
+  place, nothing checked against the data or trained yet;
 - ``train_batch``: a training batch done (``Resumable.on_train_batch_end``, before it checks
   signals): with ``@1``, in the first epoch, before any checkpoint of this attempt;
 - ``epoch_end``: an epoch trained, validated, checkpointed (``Resumable.on_train_epoch_end``);
@@ -29,9 +31,10 @@ a precise phase. The points, each a wrapper around a public function or method o
 - ``summary_run``: the sweep's W&B summary run is open, nothing logged to it yet
   (``wandb.init`` returned a run of job type ``summary``).
 
-Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``)
-for ``train_batch``, ``epoch_end``, ``fit_end``, ``test`` and ``images`` only, so that the
-other points leave the processes' own import of the training stack as it is.
+Only the modules a point needs are imported here: Lightning (``vaesweep.run.callbacks``,
+``vaesweep.data.datamodule``) for ``data``, ``train_batch``, ``epoch_end``, ``fit_end``,
+``test`` and ``images`` only, so that the other points leave the processes' own import of
+the training stack as it is.
 
 ``VAESWEEP_RECORD_IMPORT="<module>:<marker file>"``: a process that imports ``<module>``
 appends its pid (a line) to the marker file, once, when the import starts (the tests use
@@ -41,7 +44,11 @@ it to see which processes of a sweep load the training stack).
 that a job's outcome survives it):
 
 - ``wandb_finish``: ``wandb.finish`` closes the run, then raises a RuntimeError (as when
-  W&B's service goes away, or its finish times out).
+  W&B's service goes away, or its finish times out);
+- ``images``: the disk is full as the job writes ``images.npz`` (after its fit and its
+  test: ``np.savez`` raises ENOSPC);
+- ``test``: the host's memory runs out in the job's IWAE test (``VAE.test_step`` raises
+  torch's CPU allocator error), after its fit.
 
 Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
@@ -143,6 +150,10 @@ def _install() -> None:
         from vaesweep.run import callbacks
     if point == "claimed":
         _after(claims, "acquire", "claimed")
+    elif point == "data":
+        from vaesweep.data.datamodule import VAEDataModule
+
+        _after(VAEDataModule, "__init__", "data")
     elif point == "driver_import":
         sys.meta_path.insert(0, _OnFirstImport("vaesweep.run.driver", lambda: _pause(point)))
     elif point == "train_batch":
@@ -207,9 +218,31 @@ def _install() -> None:
 
 
 def _install_failure() -> None:
+    point = os.environ[FAIL_ENV]
+    if point == "images":
+        import errno
+
+        import numpy as np
+
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device (test hook images)")
+
+        np.savez = disk_full
+        return
+    if point == "test":
+        from vaesweep.model.module import VAE
+
+        def out_of_memory(self, *args, **kwargs):
+            raise RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 "
+                "bytes (test hook test)"
+            )
+
+        VAE.test_step = out_of_memory
+        return
     from vaesweep.run import loggers
 
-    if os.environ[FAIL_ENV] != "wandb_finish":
+    if point != "wandb_finish":
         return
     make_loggers = loggers.make_loggers  # imports wandb for a job that logs to it
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -274,6 +274,10 @@ class VAE(L.LightningModule):
         self.latent_dim = network.latent_dim
         self._test_sums: dict[str, Tensor] = {}
         self._tracker = StepTracker()
+        #: Called with a DivergenceError just before it is raised (None: nobody). The driver
+        #: sets it where the fit runs in processes a spawning strategy (ddp_spawn) started,
+        #: whose exceptions reach the job's process only as the text of a traceback.
+        self.on_divergence: Callable[[DivergenceError], None] | None = None
         self._loaded_rng: dict[str, Tensor] | None = None  # this rank's, from a checkpoint
         self._checkpoint_step: int | None = None  # global_step of the checkpoint loaded last
         self.automatic_optimization = optimization == "automatic"
@@ -344,15 +348,25 @@ class VAE(L.LightningModule):
         device = self.trainer.strategy.root_device
         return device if device.type == "cuda" else None
 
+    def _flush(self) -> None:
+        """Reads the tracked steps (StepTracker.flush); a divergence is told to
+        :attr:`on_divergence` before it is raised."""
+        try:
+            self._tracker.flush()
+        except DivergenceError as error:
+            if self.on_divergence is not None:
+                self.on_divergence(error)
+            raise
+
     def on_validation_start(self) -> None:
         # A validation inside an epoch (trainer.val_check_interval) comes before the tracker
         # was read at a logging step or the epoch's end: read it now, so that a non-finite
         # loss stops the run before weights it made are validated or checkpointed. (At an
         # epoch's end, and in a sanity check, it is empty: nothing read.)
-        self._tracker.flush()
+        self._flush()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._tracker.flush()  # never a checkpoint of weights a non-finite loss made
+        self._flush()  # never a checkpoint of weights a non-finite loss made
         cuda = self._rng_device()
         own = {"torch": torch.get_rng_state()}
         if cuda is not None:
@@ -434,7 +448,7 @@ class VAE(L.LightningModule):
         # optimisation steps (its own test counts the batches that stepped, = global_step).
         log_now = self.writes_step_metrics(batch_idx)
         if log_now or batch_idx == self.trainer.num_training_batches - 1 or self._tracker.full:
-            self._tracker.flush()
+            self._flush()
         if self._schedule_observes:  # the controller observes after the optimiser step
             self._pending.append(torch.stack([out["rec_nll"].detach(), out["kl"].detach()]))
             self._pending_step = self.global_step
@@ -520,7 +534,7 @@ class VAE(L.LightningModule):
             logger.save()
 
     def on_train_epoch_end(self) -> None:
-        self._tracker.flush()
+        self._flush()
         means = self._tracker.epoch_means()
         if means is not None:
             # Lightning writes epoch-end metrics at the step of the epoch's last batch.
@@ -530,7 +544,7 @@ class VAE(L.LightningModule):
             )
 
     def on_train_end(self) -> None:
-        self._tracker.flush()  # training stopped mid-epoch (max_steps, max_time)
+        self._flush()  # training stopped mid-epoch (max_steps, max_time)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         out = with_elbo(self._step_terms(batch))

@@ -101,7 +101,8 @@ class Resumable(L.Callback):
     """What makes a job stoppable and resumable to the same result:
 
     - it stops the job at the next batch boundary (training, validation or test) once a stop
-      signal has been received (``signals``, see vaesweep.run.signals);
+      signal has been received (``signals``, see vaesweep.run.signals), in the processes a
+      spawning strategy (ddp_spawn) started too, which get a copy of it;
     - it keeps the metrics of the last validation epoch (``val/*``) and saves them in every
       checkpoint (Lightning saves a callback's ``state_dict``), so a job resumed after its
       last epoch (killed while testing, say), whose fit has nothing left to train or
@@ -128,6 +129,18 @@ class Resumable(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signals.trainer = trainer
+        # In a process ddp_spawn started: its own stop signals stop it at a safe point ...
+        self.signals.take_over_in_child()
+
+    # ... also once Lightning has installed its SIGTERM handler, before its loops run.
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signals.take_over_in_child()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signals.take_over_in_child()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signals.take_over_in_child()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.writes_step_metrics(batch_idx):

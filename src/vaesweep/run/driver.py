@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from vaesweep.core.helpers import TIMESTAMPS_ENV
 from vaesweep.data import VAEDataModule
 from vaesweep.model import components
 from vaesweep.model.module import VAE
+from vaesweep.model.objective import DivergenceError
 from vaesweep.run import context, gpus, history, jobs, ranks
 from vaesweep.run.callbacks import (
     LAST_CHECKPOINT,
@@ -51,6 +54,7 @@ from vaesweep.run.loggers import make_loggers, resumed_wandb_summary
 from vaesweep.run.policy import verify_checkpoint
 from vaesweep.run.record import RunRecord, data_changed
 from vaesweep.run.signals import StopSignals
+from vaesweep.run.spawn import DIVERGED, STOPPED, SpawnChannel
 
 log = logging.getLogger("vaesweep")
 
@@ -381,11 +385,72 @@ def _fit_and_test(
         resumable.dataset = data.info
     check_training_split(cfg, data, trainer.world_size)  # the data are loaded now
     resumable.signals.check()
+    spawned = None
+    if ranks.start_method(trainer, parts.strategy) in SPAWNING:
+        # The training hooks run in processes this one starts: what they end with, and the
+        # stop signals this process receives, pass through the channel (vaesweep.run.spawn).
+        spawned = SpawnChannel()
+        resumable.signals.spawned = spawned
+        model.on_divergence = spawned.record_divergence
+    try:
+        return _train_and_test(cfg, job, record, resume_from, parts, resumable, spawned)
+    finally:
+        if spawned is not None:
+            resumable.signals.spawned = None
+            model.on_divergence = None
+            spawned.close()
+
+
+#: How DDP strategies that start their processes from this one start them (not ``popen``:
+#: plain ddp re-runs the command, each process a job of its own).
+SPAWNING = ("spawn", "fork", "forkserver")
+
+
+@contextmanager
+def spawned_outcome(
+    spawned: SpawnChannel | None, signals: StopSignals, fitting: bool = True
+) -> Iterator[None]:
+    """Around a fit (``fitting``) or test whose hooks run in spawned processes
+    (``spawned``): a failure they end with becomes what they recorded
+    (:mod:`vaesweep.run.spawn`), as for a fit in this process. A divergence: DivergenceError
+    with its step. A stop (a signal this process received and passed on, or the sweep's stop
+    file): JobInterrupted at the step the fit's processes stopped at (a test's processes
+    know no training step: none). Anything else is left as it is (torch.multiprocessing's
+    exception); so are the stops the processes recorded on their own (torch.multiprocessing
+    ends the others with SIGTERM once one has failed)."""
+    if spawned is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as error:
+        diverged = spawned.outcomes(DIVERGED)
+        if diverged:
+            first = min(diverged, key=lambda o: o.get("step") or 0)
+            raise DivergenceError(int(first["step"]), dict(first["values"])) from error
+        if signals.poll():
+            steps = [o["step"] for o in spawned.outcomes(STOPPED) if o.get("step") is not None]
+            signals.stopped_in_spawned(max(steps) if steps and fitting else None)
+            raise signals.exception() from error
+        raise
+
+
+def _train_and_test(
+    cfg: DictConfig,
+    job: Job,
+    record: RunRecord | None,
+    resume_from: Path | None,
+    parts: RunParts,
+    resumable: Resumable,
+    spawned: SpawnChannel | None,
+) -> dict[str, float]:
+    trainer, model, data = parts.trainer, parts.model, parts.data
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
         record.begin_training()  # from here on, a failure is this attempt's outcome
         ranks.announce_training(job.run_dir, resume_from)
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+        with spawned_outcome(spawned, resumable.signals):
+            trainer.fit(model, datamodule=data, ckpt_path=resume_from)
     finally:
         # For the processes the fit started (Lightning's ddp), not for what this process
         # starts later: a command it runs would take itself for one of this job's ranks.
@@ -421,7 +486,8 @@ def _fit_and_test(
         record.set_facts(tested_checkpoint=tested_checkpoint)
     if ckpt is not None:  # a damaged one is reported (DamagedCheckpoint), never tested
         verify_checkpoint(Path(ckpt), "tested")
-    tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
+    with spawned_outcome(spawned, resumable.signals, fitting=False):
+        tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     resumable.signals.check()
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
     if resume_from is not None:

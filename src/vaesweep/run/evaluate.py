@@ -301,7 +301,7 @@ def plan_run(
             f"eval.checkpoint={checkpoint} is invalid for {run_dir}: it has no {ckpt.name} "
             "(trained with trainer.enable_checkpointing=false?)"
         )
-    verify_checkpoint(ckpt)
+    verify_checkpoint(ckpt, "evaluated")  # a damaged one is named, never scored
     check_components(cfg)  # first: a class that cannot be imported is named under its key
     if iwae_chunk is None:  # the run's own (its draws depend on it: its K then reproduces it)
         iwae_chunk = (cfg.get("eval") or {}).get("iwae_chunk")

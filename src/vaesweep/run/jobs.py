@@ -40,6 +40,7 @@ from vaesweep.run.policy import (
     config_subdir,
     left_alone,
     refuse_other_config,
+    retest_from,
     stored_identity,
     verify_checkpoint,
 )
@@ -83,7 +84,8 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
 
     An existing result in the job's directory decides what happens: ``completed`` → skip
     (nothing is touched); ``failed``/``diverged`` → re-run only with sweep.rerun_failed=true
-    (one whose config was refused before it trained is run, so checked, again);
+    (one whose config was refused before it trained is run, so checked, again; one that
+    failed after its fit had completed is tested again from its last checkpoint);
     ``running`` or ``interrupted`` with ``checkpoints/last.ckpt`` → resume from that
     checkpoint. A job claimed by another live process (vaesweep.run.claims) is skipped (returns
     None); the claim is held, and the stop signals handled, for the rest of the job.
@@ -166,7 +168,7 @@ def _run_claimed(
             f"{job.run_dir.name} holds a {status} result: not re-run "
             "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
         )
-    previous, resume_from = _resume_point(job)
+    previous, resume_from = _resume_point(job, cfg)
     if isinstance(execute, Exception):  # this process cannot run the driver
         _settle_unavailable(cfg, job, execute, previous, resume_from)
     try:
@@ -393,10 +395,11 @@ def _restore_record(
         os.utime(path, ns=(earlier.st_atime_ns, earlier.st_mtime_ns))
 
 
-def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
+def _resume_point(job: Job, cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]:
     """The earlier attempt's record that this one continues (None: a new job, a failed one
     re-run from the start, or a lost results.json) and the checkpoint to resume from (None:
-    from the start)."""
+    from the start). A job that failed after its fit had completed (re-run: the policy left
+    it alone otherwise) resumes from its last checkpoint: tested again, not trained again."""
     last = job.run_dir / "checkpoints" / "last.ckpt"
     previous = record.read(job.run_dir)
     if previous is None and last.exists() and stored_identity(job.run_dir)[0] is not None:
@@ -405,6 +408,15 @@ def _resume_point(job: Job) -> tuple[dict[str, Any] | None, Path | None]:
         return None, last
     if record.untested(previous):  # completed without a test score: its test runs again
         return previous, last if last.exists() else None
+    retest = retest_from(job.run_dir, cfg) if record.failed_after_fit(previous) else None
+    if retest is not None:
+        log.info(
+            "%s failed after its fit had completed (%s): tested again from %s, not trained again",
+            job.run_dir.name,
+            ((previous or {}).get("error") or {}).get("type") or "an error",
+            retest.relative_to(job.run_dir),
+        )
+        return previous, retest
     if previous is None or previous.get("status") not in CONTINUED:
         return None, None  # a new job, or a failed one re-run from the start
     return previous, last if last.exists() else None
@@ -487,7 +499,8 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
     signal (Ctrl-C, SIGTERM, SIGUSR1/2) does stop the sweep: the job records
     ``interrupted``, no further job starts, the summary so far is written, and the process
     exits with 128 + the signal number; under submitit the job is requeued instead
-    (:func:`_stopped`).
+    (:func:`_stopped`). So does a signal that came while the job ran when the job then
+    ended otherwise (refused, diverged, failed: recorded so, and said in its one line).
     """
     quiet_console()  # one line per failure on the terminal; tracebacks in the job's log file
     tidy_logging()  # each library message once, without the noise of our own calls
@@ -495,10 +508,14 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
     try:
         run(cfg, execute)
     except JobInterrupted as stop:
+        if isinstance(stop.ended_by, Exception):  # the job's own outcome first, as below
+            report_failure(stop.ended_by, job_label())
+            _tell_retest(cfg)
         print(f"[vaesweep] {stop}", file=sys.stderr, flush=True)
         _stopped(stop)
     except Exception as error:
         report_failure(error, job_label())  # one line; the traceback goes to train.log
+        _tell_retest(cfg)
         if HydraConfig.get().mode.name == "MULTIRUN":
             return
         raise SystemExit(1) from None
@@ -508,6 +525,26 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
             job = HydraConfig.get().job.override_dirname or "default"
             append_timestamp(stamps, "job_start", t=started, job=job)
             append_timestamp(stamps, "job_end", job=job)
+
+
+def _tell_retest(cfg: DictConfig) -> None:
+    """After a failure: where the job failed once its fit had completed, says that
+    sweep.rerun_failed=true tests it again from its last checkpoint, without training it
+    again (the failure's own advice may say to re-run it). Never raises."""
+    try:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if process_rank() != 0 or retest_from(run_dir, cfg) is None:
+            return
+    except Exception:  # noqa: BLE001 (a hint only)
+        return
+    label = job_label()
+    print(
+        f"[vaesweep] {f'{label}: ' if label else ''}its fit had completed: the same command "
+        "with sweep.rerun_failed=true tests it again from checkpoints/last.ckpt, without "
+        "training it again",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _tell_outcome(started: float) -> None:

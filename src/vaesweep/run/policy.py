@@ -3,7 +3,9 @@ touched. This module owns every such decision:
 
 - a ``completed`` result → skipped (:func:`left_alone`; not a byte of the directory changes);
 - a ``failed``/``diverged`` result → re-run only with ``sweep.rerun_failed=true``, except one
-  whose config was refused before it trained (run again, and so checked again);
+  whose config was refused before it trained (run again, and so checked again); one that
+  failed after its fit had completed is then tested again from its last checkpoint, not
+  trained again (:func:`retest_from`);
 - ``running``/``interrupted`` → resumed from ``checkpoints/last.ckpt`` (:mod:`vaesweep.run.jobs`
   opens the record);
 - a result of another config → refused (:func:`refuse_other_config`, below);
@@ -129,15 +131,33 @@ class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
 
+#: What a damaged checkpoint was not used for, and what to do (verify_checkpoint's ``use``).
+DAMAGED_ADVICE = {
+    "resumed": (
+        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    ),
+    "tested": (
+        "it was not tested. Run the same command with sweep.rerun_failed=true to train this "
+        "job from the start (the checkpoint is replaced), or delete the run directory"
+    ),
+    "evaluated": (
+        "it was not evaluated, and nothing was written. The run's own test metrics in its "
+        "results.json stand; evaluate its other checkpoint (eval.checkpoint=last or best) if "
+        "that one is intact, or move the run directory away and run its command again to "
+        "train it anew"
+    ),
+}
+
+
 def verify_checkpoint(path: Path, use: str = "resumed") -> None:
     """Raises DamagedCheckpoint, naming the file, unless every member of the checkpoint (a
     zip archive, torch.save's format) matches the CRC-32 written with it. Reads the whole
     file once (milliseconds for vaesweep's models). ``use``: what it was not, being damaged
-    (``resumed``, ``tested``). torch.load checks no CRC: a damaged tensor loads silently."""
-    advice = (
-        f"it was not {use}. Run the same command with sweep.rerun_failed=true to train this "
-        "job from the start (the checkpoint is replaced), or delete the run directory"
-    )
+    (``resumed``, ``tested`` by a job; ``evaluated`` by ``vaesweep evaluate``), which says
+    what to do (:data:`DAMAGED_ADVICE`). torch.load checks no CRC: a damaged tensor loads
+    silently."""
+    advice = DAMAGED_ADVICE[use]
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -147,6 +167,37 @@ def verify_checkpoint(path: Path, use: str = "resumed") -> None:
         raise DamagedCheckpoint(
             f"checkpoint {path} is damaged (its member {bad} fails its CRC-32 check): {advice}"
         )
+
+
+#: Config keys that change only a job's test (its evaluation settings): a job tested again
+#: from its fit's checkpoint may have them changed (a smaller eval.iwae_chunk after an out
+#: of memory), never a key its training read.
+TEST_ONLY = ("eval.",)
+
+
+def retest_from(run_dir: str | Path, cfg: DictConfig) -> Path | None:
+    """The checkpoint to test a failed job again from, without training it again: its
+    ``checkpoints/last.ckpt`` when it failed after its fit had completed
+    (:func:`record.failed_after_fit`: the checkpoint holds the fit's final weights), every
+    checkpoint in the directory is intact (one damaged is tested, or resumed, by no one: the
+    job trains from step 0) and ``cfg`` asks for the config it trained (evaluation settings
+    aside, :data:`TEST_ONLY`). None otherwise: the job is trained from step 0."""
+    result = record.read(run_dir)
+    if not record.failed_after_fit(result) or not isinstance(result.get("config"), dict):
+        return None
+    directory = Path(run_dir) / "checkpoints"
+    last = directory / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        for checkpoint in sorted(directory.glob("*.ckpt")):
+            verify_checkpoint(checkpoint)
+        diffs = differences(result["config"], cfg)
+    except Exception:  # noqa: BLE001 (damaged, or a config this version cannot compare)
+        return None
+    if any(not key.startswith(TEST_ONLY) for key, _, _ in diffs):
+        return None
+    return last
 
 
 #: Where a checkpoint keeps the run's own state (val metrics, best val/elbo, identity): the

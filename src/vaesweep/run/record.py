@@ -9,8 +9,7 @@ used, which the config's ``trainer.precision`` need not say: ``16`` runs as
 ``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
 validated), trained (the optimisation steps and epochs the fit trained, and the budget that
 ended it: ``max_epochs``, ``max_steps``, ``max_time`` or ``other``;
-vaesweep.run.driver.trained_budget), error.
-duration_s, attempts, wandb_run_id, versions, dataset, devices, error.
+vaesweep.run.driver.trained_budget; set once the fit has returned), devices, error.
 
 ``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
 the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
@@ -384,6 +383,20 @@ def refused(result: dict[str, Any] | None) -> bool:
         return False
     error = result.get("error")
     return isinstance(error, dict) and error.get("type") in REFUSALS
+
+
+def failed_after_fit(result: dict[str, Any] | None) -> bool:
+    """Whether ``result`` is that of a job that failed once its fit had completed (in its
+    test, writing its images, logging them to W&B, ...): ``failed`` with ``trained`` set,
+    which the driver records when the fit returns. Its last checkpoint holds the fit's
+    final weights: sweep.rerun_failed=true tests it again from there rather than training
+    it from step 0 (vaesweep.run.policy.retest_from)."""
+    return (
+        isinstance(result, dict)
+        and result.get("status") == FAILED
+        and isinstance(result.get("trained"), dict)
+        and not refused(result)
+    )
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from vaesweep.core.atomic import atomic_open
+from vaesweep.run.spawn import STOPPED, SpawnChannel
 
 if TYPE_CHECKING:
     from vaesweep.run.claims import Claim
@@ -87,12 +88,25 @@ class JobInterrupted(Stopped):
     """The job was stopped by a signal."""
 
     def __init__(
-        self, signum: int, step: int | None = None, then: Any = None, finished: bool = False
+        self,
+        signum: int,
+        step: int | None = None,
+        then: Any = None,
+        finished: bool = False,
+        ended_by: BaseException | None = None,
     ) -> None:
         self.step = step
         self.then = then  # the handler in place before the job (hand_over calls it)
+        #: The error the job ended with before the stop was honoured (its outcome is
+        #: recorded): a refusal, a divergence, a failure.
+        self.ended_by = ended_by
         name = signal.Signals(signum).name
-        if finished:  # after the last safe point: results.json holds the job's outcome
+        if ended_by is not None:  # its results.json says how (failed, diverged, ...)
+            message = (
+                f"stopped by {name}, received while the job ran (it ended with "
+                f"{type(ended_by).__name__}, above)"
+            )
+        elif finished:  # after the last safe point: results.json holds the job's outcome
             message = f"{name} came after the job had recorded its result: nothing to resume"
         else:
             at = "" if step is None else f" at step {step}"
@@ -118,8 +132,11 @@ class StopSignals:
 
     A signal whose handler was SIG_IGN is left ignored (``nohup``, a background job of a
     script). A previous Python handler (a scheduler library's, the sweep's guard) is handed
-    the signal after the job has stopped (:meth:`JobInterrupted.hand_over`). Signals can
-    only be handled in the main thread; in another thread only the stop file is watched.
+    the signal after the job has stopped (:meth:`JobInterrupted.hand_over`), whatever the
+    job ended with: a signal received while the job ran is honoured once its outcome is
+    recorded, also when that outcome is an error (a refusal, a divergence, a failure:
+    ``JobInterrupted.ended_by``). Signals can only be handled in the main thread; in another
+    thread only the stop file is watched.
 
     ``stop_file``: a file whose appearance stops the job like a signal (it names the
     signal). The launching process of a parallel sweep writes it when it is signalled
@@ -127,6 +144,13 @@ class StopSignals:
     launching process was signalled. Looked for at every safe point (batch boundary): one
     failed ``open`` while there is none, a few µs against a step of milliseconds, so a job
     stops at the first batch after the launching process wrote it.
+
+    ``spawned``: set (:mod:`vaesweep.run.driver`) while the job's fit or test runs in
+    processes a spawning strategy started (``ddp_spawn``; :mod:`vaesweep.run.spawn`). The
+    job's process then passes the signal it receives on to them, and in each of them a copy
+    of this object (pickled with the Lightning callbacks) handles the stop signals of its
+    own process (:meth:`take_over_in_child`), watches the relayed signal as a stop file,
+    and records the step it stopped at before the process ends.
     """
 
     def __init__(
@@ -140,6 +164,15 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._then: Any = None  # the previous handler of the signal received
         self.stop_file = None if stop_file is None else Path(stop_file)
+        self.spawned: SpawnChannel | None = None
+        self._spawned_step: int | None = None  # where the spawned processes stopped
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (ddp_spawn pickles the callbacks): the handlers of
+        this process and its trainer mean nothing there."""
+        state = self.__dict__.copy()
+        state.update(_previous={}, _then=None, trainer=None)
+        return state
 
     @property
     def received(self) -> bool:
@@ -147,22 +180,47 @@ class StopSignals:
 
     @property
     def step(self) -> int | None:
-        """The global step of the job's trainer, None before it has one."""
-        return None if self.trainer is None else int(self.trainer.global_step)
+        """The global step of the job's trainer, None before it has one (or, for a fit in
+        spawned processes, the step they stopped at: :meth:`stopped_in_spawned`)."""
+        if self.trainer is None:
+            return self._spawned_step
+        return int(self.trainer.global_step)
 
     def exception(self) -> JobInterrupted:
         assert self.signum is not None
         return JobInterrupted(self.signum, self.step, self._then)
 
+    def poll(self) -> bool:
+        """Whether a stop has come: a signal, or the stop file (read now), or, in a process
+        a spawning strategy started, the signal the job's process passed on."""
+        if self.signum is None and self.stop_file is not None:
+            self.signum = read_stop_file(self.stop_file)
+        if self.signum is None and self.spawned is not None and self.spawned.in_child():
+            self.signum = self.spawned.relayed()
+        return self.signum is not None
+
     def check(self) -> None:
         """Raise JobInterrupted if a stop signal has been received or the stop file has
         appeared (call at safe points); ClaimLost if the job's claim is lost."""
-        if self.signum is None and self.stop_file is not None:
-            self.signum = read_stop_file(self.stop_file)
+        self.poll()
         if self.claim_lost:  # first: no record then (a stop signal is handed on by the job)
             self.check_claim()  # raises ClaimLost
         if self.signum is not None:
-            raise self.exception()
+            self._stop()
+
+    def _stop(self) -> NoReturn:
+        """Raises the stop. In a spawned process: records it first for the job's process,
+        and ends the process quietly with 128 + n (a JobInterrupted would reach no one:
+        torch.multiprocessing prints its traceback and exits 1)."""
+        stop = self.exception()
+        if self.spawned is not None and self.spawned.in_child():
+            self.spawned.record(STOPPED, signum=stop.signum, step=stop.step)
+            raise SystemExit(stop.exit_code)
+        raise stop
+
+    def stopped_in_spawned(self, step: int | None) -> None:
+        """The job's process, once the spawned processes have stopped at ``step``."""
+        self._spawned_step = step
 
     @property
     def claim_lost(self) -> bool:
@@ -179,21 +237,48 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             self._then = self._previous.get(signum)
+            if self.spawned is not None and not self.spawned.in_child():
+                self.spawned.relay(signum)  # the processes of the fit stop at their next batch
             return
-        raise self.exception()  # a second signal: at once
+        self._stop()  # a second signal: at once
+
+    def take_over_in_child(self) -> None:
+        """In a process a spawning strategy started (nothing elsewhere): the stop signals
+        are this object's, Lightning's SIGTERM handler included (call after Lightning has
+        installed it: its SIGTERMException ends such a process with status 0 and no result,
+        and the job's process then waits for one forever). A signal ignored stays ignored."""
+        if self.spawned is None or not self.spawned.in_child():
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            current = signal.getsignal(signum)
+            if current != signal.SIG_IGN and current != self._handle:
+                signal.signal(signum, self._handle)
 
     def __enter__(self) -> StopSignals:
         self._previous = _install(self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
         _restore(self._previous)
         self._previous = {}
-        if exc_type is None:  # the job ended and recorded it: a signal since still stops
-            if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
-                self.signum = read_stop_file(self.stop_file)
-            if self.signum is not None:
-                raise JobInterrupted(self.signum, self.step, self._then, finished=True)
+        if isinstance(error, Stopped) or (error is not None and self.claim_lost):
+            return  # a stop already, or the job is another process's (vaesweep.run.jobs)
+        # The job ended and recorded its outcome: a signal that came meanwhile still stops
+        # (128 + n, the sweep, submitit's requeue), whatever that outcome was.
+        if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
+            self.signum = read_stop_file(self.stop_file)
+        if self.signum is None:
+            return
+        if error is None:
+            raise JobInterrupted(self.signum, self.step, self._then, finished=True)
+        raise JobInterrupted(self.signum, self.step, self._then, ended_by=error) from error
 
 
 # --- the launching process of a sweep ---------------------------------------------------------
