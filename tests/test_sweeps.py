@@ -921,6 +921,8 @@ def test_a_job_under_hydra_job_chdir_finds_its_sweep(workdir):
         assert run["job_type"] == beta  # the swept values, read from sweep.json
         assert beta in run["tags"]
         assert run["group"] == f"{sweep.parent.name}_{sweep.name}"
+    # The jobs' one-line outcomes count the sweep's jobs and name their swept values too.
+    assert "job 1/2" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
 
 def test_a_relaunch_removes_the_temps_a_killed_launch_left_of_its_record(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from vaesweep.run.context import read_sweep, swept_values
+from vaesweep.run.context import job_sweep_dir, read_sweep, swept_values
 from vaesweep.run.gpus import share_advice
 
 log = logging.getLogger("vaesweep")
@@ -189,7 +189,7 @@ def job_label() -> str | None:
     if hc.mode is None or hc.mode.name != "MULTIRUN":
         return None
     try:
-        grid = list((read_sweep(hc.sweep.dir) or {}).get("grid") or [])
+        grid = list((read_sweep(job_sweep_dir(hc)) or {}).get("grid") or [])
     except (OSError, ValueError):
         grid = []
     swept = swept_values(list(hc.overrides.task), grid)

@@ -32,7 +32,14 @@ from vaesweep.model.objective import DivergenceError
 from vaesweep.run import claims, ranks, record
 from vaesweep.run.config import check_sweep_keys, validate_config
 from vaesweep.run.console import job_story, tidy_logging
-from vaesweep.run.context import Job, current_job, job_dirname, process_rank, read_sweep
+from vaesweep.run.context import (
+    Job,
+    current_job,
+    job_dirname,
+    job_sweep_dir,
+    process_rank,
+    read_sweep,
+)
 from vaesweep.run.failures import job_label, quiet_console, report_failure
 from vaesweep.run.loggers import finish_wandb, new_wandb_id
 from vaesweep.run.policy import (
@@ -562,7 +569,7 @@ def _tell_outcome(started: float) -> None:
     result = record.read(run_dir)
     if result is None:
         return
-    total = (read_sweep(Path(hc.sweep.dir)) or {}).get("n_jobs")
+    total = (read_sweep(job_sweep_dir(hc)) or {}).get("n_jobs")
     story = job_story(
         int(hc.job.num),
         total,
