@@ -630,6 +630,8 @@ def test_a_refused_run_is_checked_again_when_relaunched(tmp_path):
     )
     line = one_line(run_cli([*args, "beta=2"], tmp_path))
     assert "holds a failed result: not re-run" in line and "sweep.rerun_failed=true" in line
+    # (this result says its fit completed: the one line says a re-run tests it again)
+    assert "its fit had completed: it is then tested again from checkpoints/last.ckpt" in line
 
 
 @pytest.mark.slow  # CLI runs of a minute; validate_config's tests above check the messages

@@ -446,7 +446,7 @@ def test_evaluate_refuses_an_iwae_chunk_that_would_not_fit_before_scoring(
     monkeypatch.setattr(memory, "available_memory", lambda: 10**9)
     scored = []
 
-    def fake_score(model, data, ckpt_path=None, precision="32-true"):
+    def fake_score(model, data, ckpt_path=None, precision="32-true", deterministic=None):
         scored.append(ckpt_path)
         return {"test/nll": 1.0, "test/elbo": -1.0, "test/n_examples": 200.0}
 

@@ -607,3 +607,10 @@ def test_a_job_trained_again_under_a_new_wandb_id_is_one_row_from_wandb():
         assert list(df["status"]) == ["completed", "completed"]
         (note,) = [n for n in df.attrs["notes"] if "earlier W&B run" in n]
         assert "ent/proj/old1 (beta=1)" in note
+    # Two search trials that drew the same values share a job name: both completed, both
+    # kept (each a job of its own; the frame counts the second as a duplicate seed, as
+    # from directories), where the newest alone was kept.
+    twin = record("twin", "beta=1", "finished", "2026-12-07T11:00:00Z", done)
+    df = frame_from_wandb([*runs, twin], completed_required=False)
+    assert sorted(df["run_dir"]) == [f"wandb:ent/proj/{r}" for r in ("new1", "only2", "twin")]
+    assert sorted(df["status"]) == ["completed", "completed", "duplicate"]

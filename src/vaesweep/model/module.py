@@ -626,12 +626,17 @@ class VAE(L.LightningModule):
 
     # --- summaries ---------------------------------------------------------------------------
     def summary_metrics(self) -> dict[str, float]:
-        """Scale in force and β / effective β at the current step (for results.json)."""
+        """Scale in force and β / effective β (for results.json): at the step of the weights,
+        the current step, or, in a test of a loaded checkpoint (the run's ``best.ckpt``, an
+        evaluation in a fresh Trainer), the checkpoint's step."""
         out: dict[str, float] = {}
         scale = self.likelihood.scale()
         if scale is not None:
             out["scale"] = float(scale)
-        tested = self._checkpoint_step is not None and self.trainer.testing
+        try:
+            tested = self._checkpoint_step is not None and self.trainer.testing
+        except RuntimeError:  # not attached to a Trainer (a module loaded in a notebook)
+            tested = False
         beta = self.schedule.beta_at(self._checkpoint_step if tested else self.global_step)
         out["beta"] = beta
         out.update(effective_beta(self.likelihood, beta))

@@ -171,10 +171,13 @@ def _run_claimed(
     if status == COMPLETED:
         return _skip_completed(job)
     if status is not None:
+        retest = retest_from(job.run_dir, cfg) is not None  # it failed after its fit
         raise JobNotRerun(
             f"{job.run_dir.name} holds a {status} result: not re-run "
-            "(pass sweep.rerun_failed=true to re-run failed and diverged jobs)"
-        )
+            "(pass sweep.rerun_failed=true to re-run failed and diverged jobs"
+            + ("; its fit had completed: it is then tested again from checkpoints/last.ckpt, "
+               "not trained again)" if retest else ")")
+        )  # fmt: skip
     previous, resume_from = _resume_point(job, cfg)
     if isinstance(execute, Exception):  # this process cannot run the driver
         _settle_unavailable(cfg, job, execute, previous, resume_from)
@@ -522,7 +525,8 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
         _stopped(stop)
     except Exception as error:
         report_failure(error, job_label())  # one line; the traceback goes to train.log
-        _tell_retest(cfg)
+        if not isinstance(error, JobNotRerun):  # whose own line says it
+            _tell_retest(cfg)
         if HydraConfig.get().mode.name == "MULTIRUN":
             return
         raise SystemExit(1) from None

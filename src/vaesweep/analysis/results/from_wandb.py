@@ -151,24 +151,31 @@ def frame_from_wandb(
 
 
 def _latest_attempts(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """One W&B run per job (group and job name), as a sweep directory holds one results.json
-    per job: the newest (``created_at``; of equal ones, the last listed). A job trained again
-    from its start (``sweep.rerun_failed=true``, an interruption before its first checkpoint,
-    a results.json lost) logs to a new W&B run in the same group; the earlier runs are left
-    out, with a note naming them."""
-    latest: dict[tuple[Any, Any], int] = {}
+    """The W&B runs that are jobs' results, as a sweep directory holds one results.json per
+    job. A job trained again from its start (``sweep.rerun_failed=true``, an interruption
+    before its first checkpoint, a results.json lost) logs to a new W&B run in the same group
+    under the same job name: of a job's runs that did not complete, only the newest
+    (``created_at``; of equal ones, the last listed) is its current state, and only when no
+    completed run is newer; the others are left out, with a note naming them. A completed
+    run is always kept: a completed job is never trained again, and two search trials that
+    drew the same values share a job name, each a job of its own (a duplicate seed then, as
+    from directories)."""
+    jobs: dict[tuple[Any, Any], list[int]] = {}
     for i, record in enumerate(records):
-        job = (record.get("group"), record.get("name"))
-        if job[1] is None:  # a run without a job name cannot be matched: kept
-            latest[("", i)] = i
-            continue
-        j = latest.get(job)
-        if j is None or (str(record.get("created_at") or ""), i) >= (
-            str(records[j].get("created_at") or ""),
-            j,
-        ):
-            latest[job] = i
-    kept = sorted(latest.values())
+        name = record.get("name")
+        jobs.setdefault((record.get("group"), name) if name is not None else ("", i), []).append(i)
+    kept: list[int] = []
+    for members in jobs.values():
+        order = sorted(members, key=lambda i: (str(records[i].get("created_at") or ""), i))
+        done = [
+            i
+            for i in order
+            if _status(records[i].get("state"), records[i].get("summary") or {}) == "completed"
+        ]
+        kept += done
+        if order[-1] not in done:  # the job's latest attempt, not completed (yet)
+            kept.append(order[-1])
+    kept.sort()
     left = [r for i, r in enumerate(records) if i not in set(kept)]
     notes = []
     if left:
