@@ -268,6 +268,23 @@ def test_a_single_run_another_live_process_holds_is_refused_by_the_cli(workdir):
     assert not (run_dir / "results.json").exists() and not (run_dir / ".hydra").exists()
 
 
+def _launch(args: list[str], cwd: Path, logs: tuple[Path, Path], env: dict[str, str]):
+    """A launch of ``args`` in ``cwd`` whose stdout and stderr go to the two ``logs``."""
+    out, err = logs
+    with open(out, "w") as o, open(err, "w") as e:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=o, stderr=e)
+
+
+def _wait_until(procs: list, condition, what: str, timeout: float = 300) -> None:
+    """Waits for ``condition()``; fails when a launch of ``procs`` exits first or after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     """The same three-job sweep launched twice, deterministically interleaved: the first
@@ -285,16 +302,10 @@ def test_two_launches_of_one_sweep_run_every_job_exactly_once(workdir):
     logs = [(workdir / f"out-{i}.log", workdir / f"err-{i}.log") for i in range(2)]
 
     def launch(i: int, extra_env: dict[str, str]) -> subprocess.Popen:
-        out, err = logs[i]
-        with open(out, "w") as o, open(err, "w") as e:
-            return subprocess.Popen(args, cwd=workdir, env={**env, **extra_env}, stdout=o, stderr=e)
+        return _launch(args, workdir, logs[i], {**env, **extra_env})
 
     def wait_until(condition, what: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
-            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-            time.sleep(0.05)
+        _wait_until(procs, condition, what, timeout)
 
     procs = [launch(0, pause_env("claimed", marker))]
     try:
@@ -578,18 +589,10 @@ def test_a_signal_while_waiting_for_another_launchs_job_gives_the_stopped_summar
     logs = [(workdir / f"out-{i}.log", workdir / f"err-{i}.log") for i in range(2)]
 
     def launch(i: int, extra_env: dict[str, str]) -> subprocess.Popen:
-        out, err = logs[i]
-        with open(out, "w") as o, open(err, "w") as e:
-            return subprocess.Popen(
-                args, cwd=workdir, env={**cli_env(), **extra_env}, stdout=o, stderr=e
-            )
+        return _launch(args, workdir, logs[i], {**cli_env(), **extra_env})
 
     def wait_until(condition, what: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert all(p.poll() is None for p in procs), f"a launch exited before {what}"
-            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-            time.sleep(0.05)
+        _wait_until(procs, condition, what, timeout)
 
     procs = [launch(0, pause_env("claimed", marker))]
     try:
