@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 
 from vaesweep.core import launchers
 from vaesweep.core.atomic import move_aside
+from vaesweep.core.helpers import bounded
 
 SWEEP_FILE = "sweep.json"
 #: The key of a sweep record started anew: the name its unreadable predecessor was moved to.
@@ -104,11 +104,7 @@ def job_dirname(override_dirname: str) -> str:
     ``/`` in values becomes ``_``; a name longer than MAX_DIRNAME is cut and given a short
     hash of the full name, so distinct grid points never share a directory.
     """
-    name = override_dirname.replace(os.sep, "_") or "default"
-    if len(name) > MAX_DIRNAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name[: MAX_DIRNAME - 9]}-{digest}"
-    return name
+    return bounded(override_dirname.replace(os.sep, "_") or "default", MAX_DIRNAME)
 
 
 @dataclass

@@ -131,16 +131,14 @@ class DamagedCheckpoint(RuntimeError):
     """A checkpoint whose bytes are not those that were written (a zip CRC mismatch)."""
 
 
+_TRAIN_AGAIN = (
+    "Run the same command with sweep.rerun_failed=true to train this job from the start (the "
+    "checkpoint is replaced), or delete the run directory"
+)
 #: What a damaged checkpoint was not used for, and what to do (verify_checkpoint's ``use``).
 DAMAGED_ADVICE = {
-    "resumed": (
-        "it was not resumed. Run the same command with sweep.rerun_failed=true to train this "
-        "job from the start (the checkpoint is replaced), or delete the run directory"
-    ),
-    "tested": (
-        "it was not tested. Run the same command with sweep.rerun_failed=true to train this "
-        "job from the start (the checkpoint is replaced), or delete the run directory"
-    ),
+    "resumed": f"it was not resumed. {_TRAIN_AGAIN}",
+    "tested": f"it was not tested. {_TRAIN_AGAIN}",
     "evaluated": (
         "it was not evaluated, and nothing was written. The run's own test metrics in its "
         "results.json stand; evaluate its other checkpoint (eval.checkpoint=last or best) if "

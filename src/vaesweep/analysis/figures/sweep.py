@@ -32,6 +32,7 @@ from vaesweep.analysis.figures.style import (
     SCALE_SYMBOLS,
     TWO_COLUMN,
     LineStyle,
+    _is_missing,
     compact,
     line_styles,
     new_figure,
@@ -377,8 +378,7 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     keys = [k for k in config_keys(df) if k != "likelihood"]
     betas = sorted(done["beta"].unique()) if "beta" in keys else []
     colours = dict(zip(betas, sequential_colours(len(betas)), strict=True))
-    found = list(dict.fromkeys(done.get("config.likelihood.name", pd.Series(dtype=object))))
-    found = [str(lik) for lik in found if not (isinstance(lik, float) and math.isnan(lik))]
+    found = [str(lik) for lik in dict.fromkeys(names.loc[done.index].dropna())]
     likelihoods = [lik for lik in LIKELIHOOD_NAMES if lik in found]
     likelihoods += sorted(lik for lik in found if lik not in LIKELIHOOD_NAMES)
     if not likelihoods:
@@ -397,7 +397,7 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                 seeds.append(sum(r in histories for r in rows["run_dir"]))
                 values = dict(zip(keys, config, strict=True))
                 scale = rows.get("config.likelihood.scale", pd.Series([None])).iloc[0]
-                scale = None if isinstance(scale, float) and math.isnan(scale) else scale
+                scale = None if _is_missing(scale) else scale
                 label = ", ".join(
                     ([] if scale is None else [str(scale)])
                     + [

@@ -176,7 +176,8 @@ def _latest_attempts(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         if order[-1] not in done:  # the job's latest attempt, not completed (yet)
             kept.append(order[-1])
     kept.sort()
-    left = [r for i, r in enumerate(records) if i not in set(kept)]
+    kept_set = set(kept)
+    left = [r for i, r in enumerate(records) if i not in kept_set]
     notes = []
     if left:
         shown = ", ".join(f"{r.get('path')} ({r.get('name')})" for r in left[:6])
