@@ -671,3 +671,84 @@ def test_a_stop_under_ddp_spawn_is_interrupted_at_its_step_and_resumes(
     assert final["status"] == "completed" and final["attempts"] == 2
     assert "resuming" in (run_dir / "train.log").read_text()
     assert final["metrics"] == spawn_reference["metrics"]
+
+
+# --- plain ddp: every rank stops at one step --------------------------------------------------
+# trainer.devices=2 with strategy auto in a single run is Lightning's plain ddp: it re-runs the
+# command for rank 1, a process of the job with a trainer of its own.
+PLAIN_DDP = [
+    *(a for a in SPAWN if a not in ("trainer=ddp", "threads=1")),
+    "trainer.devices=2",
+    "hydra.run.dir=run",
+]
+
+
+@pytest.fixture(scope="module")
+def plain_ddp_reference(tmp_path_factory) -> dict:
+    """The uninterrupted plain-ddp run."""
+    root = tmp_path_factory.mktemp("plain_ddp_reference")
+    proc = start_job(PLAIN_DDP, root)
+    assert wait_job(proc, root) == 0, job_log(root)
+    result = json.loads((root / "run" / "results.json").read_text())
+    assert result["status"] == "completed" and result["config"]["trainer"]["strategy"] == "auto"
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl_c", "sigint_rank_0", "sigterm_rank_0", "sigterm_rank_1"])
+def test_a_stop_under_plain_ddp_stops_every_rank_at_one_step_and_resumes(
+    workdir, plain_ddp_reference, how
+):
+    """Both ranks held before the stop check of a batch of their second epoch, then a signal:
+    to the process group (a terminal's Ctrl-C), or to one rank, which a signal releases at
+    once while the other stays held for a second: a stop that reaches the ranks at different
+    batches. Rank 1 had no stop handler (Ctrl-C raised KeyboardInterrupt inside Lightning;
+    SIGTERM, Lightning's own handler, which broadcast from inside the handler), and a rank
+    that stopped alone left the other in its next collective: a hang, or "Connection closed
+    by peer". Now the ranks agree on the stop at the batch: the job is recorded interrupted
+    at that step, nothing but the stop is reported, every process ends, and the same command
+    resumes to exactly the uninterrupted run's metrics."""
+    held_at = SPAWN_BATCHES + 5  # after the first epoch's checkpoint
+    marker = workdir / "held"
+    proc = start_job(PLAIN_DDP, workdir, env=pause_env(f"train_batch@{held_at}", marker))
+    deadline = time.monotonic() + 300
+    while len(pids := (marker.read_text().split() if marker.exists() else ())) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(workdir)
+        time.sleep(0.05)
+    (rank_1,) = {int(p) for p in pids} - {proc.pid}
+    signum = signal.SIGINT if how in ("ctrl_c", "sigint_rank_0") else signal.SIGTERM
+    if how == "ctrl_c":
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(rank_1 if how.endswith("rank_1") else proc.pid, signum)
+    time.sleep(1)  # the signalled rank goes on alone meanwhile
+    marker.with_name(f"{marker.name}.release").touch()
+    assert wait_job(proc, workdir, timeout=120) == 128 + signum, job_log(workdir)
+    deadline = time.monotonic() + 30
+    while "zombie" not in _proc_state(rank_1):
+        assert time.monotonic() < deadline, f"rank 1 still runs\n{job_log(workdir)}"
+        time.sleep(0.1)
+    output = job_log(workdir)
+    for noise in ("Error", "Traceback", "Connection closed", "KeyboardInterrupt"):
+        assert noise not in output, output
+    run_dir = workdir / "run"
+    first = json.loads((run_dir / "results.json").read_text())
+    assert first["status"] == "interrupted", first["error"]
+    assert signal.Signals(signum).name in first["error"]["message"]
+    assert first["error"]["step"] == held_at  # the batch both were held in
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == SPAWN_BATCHES  # the first epoch's
+
+    proc = start_job(PLAIN_DDP, workdir)  # the same command
+    assert wait_job(proc, workdir) == 0, job_log(workdir)
+    final = json.loads((run_dir / "results.json").read_text())
+    assert final["status"] == "completed" and final["attempts"] == 2
+    assert final["metrics"] == plain_ddp_reference["metrics"]
+
+
+def _proc_state(pid: int) -> str:
+    """The state line of a process's /proc status, "zombie" once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"

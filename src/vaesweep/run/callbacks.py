@@ -28,7 +28,7 @@ from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
 from vaesweep.run.policy import RUN_STATE_KEY, stored_run_state
-from vaesweep.run.signals import StopSignals
+from vaesweep.run.signals import StopSignals, in_step
 
 log = logging.getLogger("vaesweep")
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
@@ -122,6 +122,7 @@ class Resumable(L.Callback):
         self.identity = identity
         self.signals = signals if signals is not None else StopSignals()
         self.on_epoch_end = on_epoch_end
+        self._in_step = False  # one rank of several (set up): stops are agreed (setup)
         self.val_metrics: dict[str, float] = {}
         self.best_val_elbo: float | None = None
         #: The data the run reads (a datamodule's ``info``), kept in every checkpoint.
@@ -129,18 +130,20 @@ class Resumable(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signals.trainer = trainer
-        # In a process ddp_spawn started: its own stop signals stop it at a safe point ...
-        self.signals.take_over_in_child()
+        # In a process ddp_spawn started, and in every rank of a fit of several processes,
+        # this process's stop signals are this callback's, not Lightning's ...
+        self.signals.take_over(trainer)
+        self._in_step = in_step(trainer)
 
     # ... also once Lightning has installed its SIGTERM handler, before its loops run.
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signals.take_over_in_child()
+        self.signals.take_over(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signals.take_over_in_child()
+        self.signals.take_over(trainer)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signals.take_over_in_child()
+        self.signals.take_over(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.writes_step_metrics(batch_idx):
@@ -150,13 +153,20 @@ class Resumable(L.Callback):
             self.signals.check_claim()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.signals.check()
+        if self._in_step:  # every rank ends each training batch: they agree on a stop here
+            self.signals.check_together(trainer)
+        else:
+            self.signals.check()
 
+    # Ranks may hold unequal numbers of validation and test batches (every example once):
+    # there a stop waits for the next point they share (vaesweep.run.signals).
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
-        self.signals.check()
+        if not self._in_step:
+            self.signals.check()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
-        self.signals.check()
+        if not self._in_step:
+            self.signals.check()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -455,7 +455,7 @@ def _train_and_test(
         # For the processes the fit started (Lightning's ddp), not for what this process
         # starts later: a command it runs would take itself for one of this job's ranks.
         os.environ.pop(ranks.DECISION_ENV, None)
-    resumable.signals.check()
+    resumable.signals.check_together(trainer)  # the ranks of a fit of several agree
     # No optimisation step: fail rather than test an untrained model.
     require_training(trainer, parts.strategy)
     if record is not None:
@@ -488,7 +488,7 @@ def _train_and_test(
         verify_checkpoint(Path(ckpt), "tested")
     with spawned_outcome(spawned, resumable.signals, fitting=False):
         tested = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
-    resumable.signals.check()
+    resumable.signals.check_together(trainer)
     metrics = {**fit_metrics, **{k: float(v) for k, v in tested.items()}}
     if resume_from is not None:
         best = resumable.best_val_elbo

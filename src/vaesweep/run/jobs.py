@@ -117,7 +117,15 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
         decision = ranks.await_decision(job.run_dir, rank)  # RankZeroStopped: rank 0 did not
         if decision.action == "skip":
             return None
-        return execute(cfg, job, None, decision.resume_from, torch_threads, None)
+        # Stop handlers of its own: the ranks agree on a stop (vaesweep.run.signals), which
+        # rank 0 records and tells; this rank ends with the same status, quietly.
+        try:
+            with StopSignals(os.environ.get(STOP_FILE_ENV)) as signals:
+                return execute(cfg, job, None, decision.resume_from, torch_threads, signals)
+        except JobInterrupted as stop:
+            if isinstance(stop.ended_by, Exception):  # its own error, as rank 0 reports its
+                report_failure(stop.ended_by, job_label())
+            raise SystemExit(stop.exit_code) from None
 
     # Messages about skipped jobs go to the terminal only: a skipped job's files (its
     # train.log included) are left exactly as they were (a completed one is not even

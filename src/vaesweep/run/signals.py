@@ -149,8 +149,18 @@ class StopSignals:
     processes a spawning strategy started (``ddp_spawn``; :mod:`vaesweep.run.spawn`). The
     job's process then passes the signal it receives on to them, and in each of them a copy
     of this object (pickled with the Lightning callbacks) handles the stop signals of its
-    own process (:meth:`take_over_in_child`), watches the relayed signal as a stop file,
+    own process (:meth:`take_over`), watches the relayed signal as a stop file,
     and records the step it stopped at before the process ends.
+
+    **Several processes of one fit** (DDP: the processes srun, torchrun, Lightning's ddp or
+    ddp_spawn started, each a rank with its own copy of this object): a signal may reach one
+    rank (``kill`` of one process, Lightning's SIGTERM relay) or reach them at different
+    batches, and a rank that stops alone leaves the others waiting in their next collective.
+    So there, each rank's handler takes over from Lightning's (:meth:`take_over`) and the
+    ranks agree on the stop (:meth:`check_together`) at the points they all reach in step:
+    the end of every training batch, and the end of the fit and of the test. Mid-validation
+    and mid-test (where ranks may hold unequal numbers of batches) a stop waits for the next
+    such point; a second signal still stops the rank that receives it at once.
     """
 
     def __init__(
@@ -208,6 +218,28 @@ class StopSignals:
         if self.signum is not None:
             self._stop()
 
+    def check_together(self, trainer: Any) -> None:
+        """:meth:`check` at a point every rank of ``trainer``'s fit reaches in step (the end
+        of a training batch, of the fit, of the test): where there are several ranks, they
+        agree first (an all-reduce of the signal numbers, the largest wins), so that a stop
+        only some of them received stops all of them here. One process: :meth:`check`."""
+        if not in_step(trainer):
+            self.check()
+            return
+        import torch
+        import torch.distributed as dist
+
+        self.poll()
+        received = torch.tensor([self.signum or 0], device=trainer.strategy.root_device)
+        dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        agreed = int(received.item())
+        if self.claim_lost:
+            self.check_claim()  # raises ClaimLost (rank 0 holds the claim)
+        if agreed:  # by every rank (a signal or stop file seen only now waits for the next)
+            if self.signum is None:  # another rank's
+                self.signum = agreed
+            self._stop()
+
     def _stop(self) -> NoReturn:
         """Raises the stop. In a spawned process: records it first for the job's process,
         and ends the process quietly with 128 + n (a JobInterrupted would reach no one:
@@ -242,12 +274,17 @@ class StopSignals:
             return
         self._stop()  # a second signal: at once
 
-    def take_over_in_child(self) -> None:
-        """In a process a spawning strategy started (nothing elsewhere): the stop signals
-        are this object's, Lightning's SIGTERM handler included (call after Lightning has
-        installed it: its SIGTERMException ends such a process with status 0 and no result,
-        and the job's process then waits for one forever). A signal ignored stays ignored."""
-        if self.spawned is None or not self.spawned.in_child():
+    def take_over(self, trainer: Any = None) -> None:
+        """In a process a spawning strategy started, or in any rank of a fit of several
+        processes (``trainer``'s, with torch.distributed set up): the stop signals are this
+        object's, Lightning's SIGTERM handler included (call after Lightning has installed
+        it). Lightning's would end a spawned process with status 0 and no result (the job's
+        process then waits for one forever), and in a rank it broadcasts from inside the
+        handler, a collective the other ranks do not all make, then stops at its own safe
+        point: the ranks no longer agree. Elsewhere nothing changes (one process: both
+        handlers take part, see the module's doc). A signal ignored stays ignored."""
+        in_child = self.spawned is not None and self.spawned.in_child()
+        if not in_child and not in_step(trainer):
             return
         if threading.current_thread() is not threading.main_thread():
             return
@@ -279,6 +316,16 @@ class StopSignals:
         if error is None:
             raise JobInterrupted(self.signum, self.step, self._then, finished=True)
         raise JobInterrupted(self.signum, self.step, self._then, ended_by=error) from error
+
+
+def in_step(trainer: Any) -> bool:
+    """Whether ``trainer`` is one rank of several in a fit whose ranks are connected now
+    (torch.distributed set up): their stops must be agreed (StopSignals.check_together)."""
+    if trainer is None or getattr(trainer, "world_size", 1) <= 1:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 # --- the launching process of a sweep ---------------------------------------------------------
