@@ -420,7 +420,8 @@ class VAE(L.LightningModule):
     def _log_scale(self, prefix: str, batch_size: int) -> None:
         scale = self.likelihood.scale()
         if scale is not None:
-            self.log(f"{prefix}scale", scale, batch_size=batch_size)
+            # The same on every rank (sync_dist: as the other val/ metrics, and no warning)
+            self.log(f"{prefix}scale", scale, batch_size=batch_size, sync_dist=True)
 
     def on_train_start(self) -> None:
         self._checkpoint_step = None  # the weights move on from any checkpoint loaded
