@@ -127,6 +127,26 @@ def test_bad_values_name_key_value_and_allowed(overrides, message):
         validate(overrides)
 
 
+def test_a_presets_root_keys_beat_the_root_configs_and_lose_to_the_command_line(tmp_path):
+    """A user's experiment (or hparams_search) preset sets root keys, as
+    lightning-hydra-template's presets set ``seed``: they were silently replaced by
+    train.yaml's own values (its ``_self_`` came last), while the preset's group keys took
+    effect. Now the preset's values are the run's, and the command line still wins."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nseed: 7\nbeta: 4\nn_samples: 2\nsweep:\n  rerun_failed: true\n"
+        "label:\n  note: from the preset\ntrainer:\n  max_epochs: 3\n"
+    )
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    cfg = compose_cfg([searchpath, "experiment=mine"])
+    assert (cfg.seed, cfg.beta, cfg.n_samples) == (7, 4, 2)
+    assert cfg.sweep.rerun_failed is True and cfg.label.note == "from the preset"
+    assert cfg.trainer.max_epochs == 3
+    cfg = compose_cfg([searchpath, "experiment=mine", "seed=3", "beta=0.5"])
+    assert (cfg.seed, cfg.beta) == (3, 0.5)
+    assert compose_cfg([]).seed == 0  # no preset: train.yaml's
+
+
 def test_bernoulli_on_grey_levels_needs_explicit_opt_in():
     validate(["likelihood=bernoulli", "data.preprocess=scale", "likelihood.allow_nonbinary=true"])
 
