@@ -125,7 +125,8 @@ SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an inte
         (
             ["trainer.precision=bf16-mix"],
             r"trainer.precision='bf16-mix' is invalid: allowed null \(32-true\) or one of "
-            r"16-mixed, bf16-mixed, 32-true",
+            r"16-mixed, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16; did you mean "
+            r"bf16-mixed\?$",  # (the precisions refused below are not offered)
         ),
         (["trainer.precision=32.0"], r"trainer.precision=32.0 is invalid"),
         (["trainer.precision=64"], None),

@@ -390,14 +390,19 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
     nodes = t.get("num_nodes", 1)
     require(is_int(nodes) and nodes >= 1, "trainer.num_nodes", nodes, "an integer ≥ 1")
     precision = t.get("precision")
-    require(
+    if not (
         precision is None
         or (isinstance(precision, str) and precision in PRECISIONS)
-        or (is_int(precision) and precision in PRECISIONS),
-        "trainer.precision",
-        precision,
-        f"null (32-true) or one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))}",
-    )
+        or (is_int(precision) and precision in PRECISIONS)
+    ):
+        usable = list(dict.fromkeys(str(p) for p in PRECISIONS if p not in HALF_WEIGHT_PRECISIONS))
+        hint = difflib.get_close_matches(str(precision).lower(), usable, n=1)
+        raise invalid(
+            "trainer.precision",
+            precision,
+            f"null (32-true) or one of {', '.join(usable)}"
+            + (f"; did you mean {hint[0]}?" if hint else ""),
+        )
     require(
         precision not in HALF_WEIGHT_PRECISIONS,
         "trainer.precision",
