@@ -810,3 +810,37 @@ def test_a_signal_received_while_a_job_ends_by_an_error_is_honoured_after_it(tmp
         raise ValueError("a failure")
     with pytest.raises(ValueError), StopSignals():  # no signal: the error as it was
         raise ValueError("a failure")
+
+
+@pytest.mark.slow
+def test_a_job_resumed_with_other_cpu_kernels_says_so_in_its_result_and_frame(workdir):
+    """An attempt that trained with torch's plain CPU kernels (ATEN_CPU_CAPABILITY=default,
+    as on an older node) is stopped and resumed with the machine's own (AVX2 or AVX-512):
+    the result recorded only the last attempt's versions, so nothing said that its numbers
+    came from two kinds of kernels. Now the resume warns, results.json names the change
+    under changed_between_attempts, and the frame has it in a column and a note."""
+    import torch
+
+    from vaesweep.analysis.results import load_results
+
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU has no vector kernels to change to")
+    args = [*JOB, "hydra.run.dir=run"]
+    proc = start(args, workdir, env={"ATEN_CPU_CAPABILITY": "default"})
+    wait_for((workdir / "run" / "checkpoints", "last.ckpt"), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    first = result(workdir / "run")
+    assert first["versions"]["cpu_capability"] == "DEFAULT"
+    assert first["changed_between_attempts"] == {}
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    final = result(workdir / "run")
+    own = torch.backends.cpu.get_cpu_capability()
+    assert final["status"] == "completed" and final["attempts"] == 2
+    assert final["changed_between_attempts"] == {"versions.cpu_capability": ["DEFAULT", own]}
+    assert f"versions.cpu_capability: DEFAULT → {own}" in out
+    df = load_results(workdir)
+    assert list(df["changed_between_attempts"]) == [f"versions.cpu_capability: DEFAULT → {own}"]
+    assert any("resumed with other versions or devices" in c for c in df.attrs["caveats"])

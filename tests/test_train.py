@@ -60,6 +60,7 @@ SCHEMA = {
     "tested_checkpoint",
     "trained",
     "devices",
+    "changed_between_attempts",
     "error",
 }
 
@@ -394,6 +395,53 @@ def test_a_non_finite_score_is_recorded_diverged_and_named(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["metrics"] == {"test/elbo": -3.0}
     assert written["unavailable"] == {"test/nll": "nan", "test/mse": "inf"}
+
+
+def test_an_attempt_resumed_with_other_versions_or_devices_is_recorded_so(tmp_path, caplog):
+    """changed_between_attempts: each fact of versions (W&B's aside) and devices (its type,
+    names, CUDA, CPU) that a resumed attempt computes with otherwise than the attempt before,
+    with its values in attempt order; nothing for an attempt that starts from step 0, or one
+    whose earlier attempt did not record the fact."""
+    from vaesweep.run.record import RunRecord, versions
+
+    now = versions()
+    cpu = {"accelerator": "cpu", "names": [], "cuda": None, "cpu": "X", "torch_threads": 2}
+    gpu = {**cpu, "accelerator": "cuda:0", "names": ["NVIDIA H100"], "cuda": "12.8"}
+    earlier = {
+        "status": "interrupted",
+        "versions": {**now, "torch": "2.0.0", "wandb": "0.1", "git": {**now["git"], "dirty": 3}},
+        "devices": gpu,
+    }
+    keys = dict(config={}, overrides=[], seed=0, job_name="j", sweep_dir=None)
+
+    def attempt(previous, resumed, devices):
+        record = RunRecord(tmp_path, **keys, previous=previous, resumed=resumed)
+        record.set_devices(devices)
+        return json.loads((tmp_path / "results.json").read_text())
+
+    fresh = attempt(earlier, False, cpu)  # trained from step 0: nothing carried over
+    assert fresh["changed_between_attempts"] == {}
+    with caplog.at_level("WARNING", logger="vaesweep"):
+        second = attempt(earlier, True, {**cpu, "torch_threads": 8})
+    assert second["changed_between_attempts"] == {
+        "versions.torch": ["2.0.0", now["torch"]],
+        "versions.git.dirty": [3, now["git"]["dirty"]],
+        "devices.type": ["cuda", "cpu"],
+        "devices.names": [["NVIDIA H100"], []],
+        "devices.cuda": ["12.8", None],
+    }  # not wandb, not the thread count
+    assert "resumes with other versions or devices than its earlier attempt" in caplog.text
+    assert "devices.type: cuda → cpu" in caplog.text
+    third = attempt(second, True, gpu)  # back on the GPU: the history grows
+    assert third["changed_between_attempts"]["devices.type"] == ["cuda", "cpu", "cuda"]
+    assert third["changed_between_attempts"]["versions.torch"] == ["2.0.0", now["torch"]]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vaesweep"):
+        same = attempt({**third, "devices": gpu}, True, gpu)  # nothing new: no warning
+    assert same["changed_between_attempts"] == third["changed_between_attempts"]
+    assert "resumes with other" not in caplog.text
+    older = attempt({"status": "interrupted"}, True, gpu)  # an earlier version's record
+    assert older["changed_between_attempts"] == {}
 
 
 def test_the_trained_budget_says_which_limit_ended_the_fit():

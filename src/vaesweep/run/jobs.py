@@ -468,6 +468,7 @@ def _open_record(
         sweep_dir=None if job.sweep_dir is None else str(job.sweep_dir),
         previous=previous,
         wandb_run_id=wandb_id,
+        resumed=resume_from is not None,
     )
     return run_record
 

@@ -9,7 +9,8 @@ used, which the config's ``trainer.precision`` need not say: ``16`` runs as
 ``best``, ``last``, or ``last`` for ``eval.checkpoint=best`` when the fit never
 validated), trained (the optimisation steps and epochs the fit trained, and the budget that
 ended it: ``max_epochs``, ``max_steps``, ``max_time`` or ``other``;
-vaesweep.run.driver.trained_budget; set once the fit has returned), devices, error.
+vaesweep.run.driver.trained_budget; set once the fit has returned), devices,
+changed_between_attempts, error.
 
 ``devices`` (set by the driver once the Trainer is built, vaesweep.run.gpus.device_info):
 the accelerator, the visible CUDA device ids (``CUDA_VISIBLE_DEVICES``, as a launcher
@@ -19,7 +20,12 @@ None for a whole GPU, or when no launcher said).
 
 A job that continues an interrupted attempt (its results.json says running or interrupted)
 keeps the first attempt's ``started_at`` and W&B run id; ``duration_s`` adds up the time of
-every attempt and ``attempts`` counts them.
+every attempt and ``attempts`` counts them. ``versions`` and ``devices`` are the last
+attempt's; where an attempt resumed from a checkpoint ran with other ones than the attempt
+before it (another torch, vaesweep commit or CPU kernels; a GPU where it trained on the CPU),
+``changed_between_attempts`` names each fact that changed with its values in attempt order
+(``{"versions.cpu_capability": ["AVX2", "AVX512"]}``): its numbers can differ from an
+uninterrupted run's. Empty otherwise.
 
 Reading: :func:`read` gives the file's object as written (None when there is none or it is
 not a JSON object), :func:`status` the status it records, and :func:`read_result` the result
@@ -34,6 +40,7 @@ normalised for summaries and frames, with a status that says what the file is wo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -48,6 +55,8 @@ from typing import Any
 from vaesweep.core.atomic import write_json_atomic
 from vaesweep.core.helpers import now
 from vaesweep.run.claims import CLAIM_FILE, DEFAULT_TIMEOUT_S, read_claim
+
+log = logging.getLogger("vaesweep")
 
 RESULTS_FILE = "results.json"
 #: The run's config in a file of its own, written before its first checkpoint: a directory
@@ -175,6 +184,31 @@ def versions() -> dict[str, Any]:
     return out
 
 
+#: The facts of ``devices`` a resumed attempt compares with the attempt before it (with
+#: every entry of ``versions`` but W&B's, which computes nothing): where one differs, the
+#: run's numbers can differ from an uninterrupted run's.
+COMPARED_DEVICE_FACTS = ("type", "names", "cuda", "cpu")
+
+
+def attempt_facts(versions: Any, devices: Any) -> dict[str, Any]:
+    """What an attempt computed with, flat (``versions.torch``, ``devices.type``, ...), from
+    the ``versions`` and ``devices`` of a results.json (either may be None: not known)."""
+    facts: dict[str, Any] = {}
+    if isinstance(versions, dict):
+        for key, value in versions.items():
+            if key == "wandb":
+                continue
+            if isinstance(value, dict):  # git: commit, dirty
+                facts.update({f"versions.{key}.{k}": v for k, v in value.items()})
+            else:
+                facts[f"versions.{key}"] = value
+    if isinstance(devices, dict):
+        accelerator = str(devices.get("accelerator") or "")
+        info = {**devices, "type": accelerator.partition(":")[0] or None}
+        facts.update({f"devices.{k}": info.get(k) for k in COMPARED_DEVICE_FACTS})
+    return facts
+
+
 class RunRecord:
     """Owns ``<run_dir>/results.json`` for one run; every update rewrites it atomically."""
 
@@ -188,11 +222,19 @@ class RunRecord:
         sweep_dir: str | None,
         previous: dict[str, Any] | None = None,
         wandb_run_id: str | None = None,
+        resumed: bool = False,
     ) -> None:
-        """``previous``: the result of the earlier attempts this one continues, if any."""
+        """``previous``: the result of the earlier attempts this one continues, if any;
+        ``resumed``: whether this attempt resumes their weights from a checkpoint (then
+        what it computes with is compared with theirs: ``changed_between_attempts``)."""
         self.path = Path(run_dir) / RESULTS_FILE
         self._t0 = time.monotonic()
         previous = previous or {}
+        #: What the attempt before this one computed with (empty: nothing to compare).
+        self._earlier = (
+            attempt_facts(previous.get("versions"), previous.get("devices")) if resumed else {}
+        )
+        self._told = False
         self._earlier_s = float(previous.get("duration_s") or 0.0)
         self.data: dict[str, Any] = {
             "status": RUNNING,
@@ -216,8 +258,12 @@ class RunRecord:
             "tested_checkpoint": None,
             "trained": None,
             "devices": None,
+            "changed_between_attempts": dict(
+                (previous.get("changed_between_attempts") or {}) if resumed else {}
+            ),
             "error": None,
         }
+        self._compare(self.data["versions"], None)
         #: Whether this attempt has begun to compute (the driver sets it as its fit starts;
         #: not written to the file). A failure before that computed nothing, so an earlier
         #: attempt's record and checkpoints stay as they were (vaesweep.run.jobs).
@@ -246,8 +292,34 @@ class RunRecord:
         self.write()
 
     def set_devices(self, info: dict[str, Any]) -> None:
+        """Records the devices the run computes on; a resumed attempt that computes with
+        other versions or devices than the attempt before it says so (a warning)."""
         self.data["devices"] = info
+        changed = self._compare(None, info)
         self.write()
+        if changed and not self._told:
+            self._told = True
+            log.warning(
+                "%s resumes with other versions or devices than its earlier attempt (%s): "
+                "its metrics can differ from an uninterrupted run's; results.json names "
+                "them under changed_between_attempts",
+                self.path.parent.name,
+                "; ".join(f"{k}: {' → '.join(map(str, v[-2:]))}" for k, v in changed.items()),
+            )
+
+    def _compare(self, versions: Any, devices: Any) -> dict[str, list[Any]]:
+        """Adds the facts of this attempt that differ from the earlier attempt's to
+        ``changed_between_attempts``; returns all this attempt changed so far."""
+        changes = self.data["changed_between_attempts"]
+        for key, value in attempt_facts(versions, devices).items():
+            if key not in self._earlier or self._earlier[key] == value:
+                continue
+            values = changes.setdefault(key, [self._earlier[key]])
+            if values[-1] != value:
+                values.append(value)
+        return {
+            k: v for k, v in changes.items() if k in self._earlier and v[-1] != self._earlier[k]
+        }
 
     def finish(
         self,

@@ -7,7 +7,9 @@ runs of one W&B group (:func:`load_wandb`, online). Both give the same columns:
   ``duration_s`` (s), ``dataset`` (name), ``dataset_fingerprint`` (sha256; None from
   W&B), ``commit``, ``dirty``, ``versions`` (provenance from results.json: the source
   tree's git commit and dirty flag, and "name=version ..." of Python and the packages;
-  None from W&B);
+  None from W&B), ``changed_between_attempts`` (what a resumed run computed with that
+  changed between its attempts, "versions.torch: 2.12.0 → 2.13.0; ..."; None when nothing
+  did, and from W&B);
 - swept values: every override key whose value differs between the runs, under the key's
   own name (``likelihood``, ``likelihood.scale``, ``beta``, ``seed``, ...; not one that only
   selects config groups and has no value in the config, ``experiment=...``), and every config

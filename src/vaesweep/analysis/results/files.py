@@ -43,6 +43,7 @@ def _local_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
             "dataset": dataset.get("name") or (config.get("data") or {}).get("name"),
             "dataset_fingerprint": dataset.get("fingerprint"),
             **code_state(result.get("versions")),
+            "changed_between_attempts": attempt_changes(result.get("changed_between_attempts")),
         },
         "metrics": {**(result.get("metrics") or {}), **_evaluated(path.parent)},
         "config": flatten(config),
@@ -61,6 +62,18 @@ def _trained(trained: Any) -> dict[str, Any]:
         "trained_epochs": trained.get("epochs"),
         "stopped_by": trained.get("stopped_by"),
     }
+
+
+def attempt_changes(changes: Any) -> str | None:
+    """The ``changed_between_attempts`` column: what a resumed run computed with that
+    changed between its attempts, as "versions.torch: 2.12.0 → 2.13.0; ..." (None: nothing
+    changed, or a results.json of a version that did not record it)."""
+    if not changes:
+        return None
+    return "; ".join(
+        f"{key}: {' → '.join(map(str, values)) if isinstance(values, list) else values}"
+        for key, values in changes.items()
+    )
 
 
 def code_state(versions: Any) -> dict[str, Any]:
@@ -121,6 +134,7 @@ _FIELDS = {
     "job_name": _STRING,
     "seed": _NUMBER,
     "duration_s": _NUMBER,
+    "changed_between_attempts": _OBJECT,
 }
 # Fields inside those objects that a row reads, by path (an object before what it holds).
 _INNER = {

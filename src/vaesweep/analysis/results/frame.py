@@ -8,6 +8,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,7 @@ IDENTITY = (
     "commit",
     "dirty",
     "versions",
+    "changed_between_attempts",
 )
 CONFIG_PREFIX = "config."
 RENAMED_METRICS = {"beta": "final_beta"}
@@ -320,7 +322,12 @@ def build_frame(rows: list[dict[str, Any]], completed_required: bool = True) -> 
         record.update(metrics)
         record.update({f"{CONFIG_PREFIX}{k}": v for k, v in row["config"].items()})
         records.append(record)
-    caveats = [*_mark_duplicates(records, rows), *_code_states(records), *_cut_by_time(records)]
+    caveats = [
+        *_mark_duplicates(records, rows),
+        *_code_states(records),
+        *_changed_between_attempts(records),
+        *_cut_by_time(records),
+    ]
     notes = [*unswept_notes, *caveats]
     metric_columns.sort(key=_metric_rank)
     config_columns = sorted({c for r in records for c in r if c.startswith(CONFIG_PREFIX)})
@@ -431,6 +438,25 @@ def _code_states(records: list[dict[str, Any]]) -> list[str]:
         f"the completed runs come from {len(states)} code states, aggregated and compared "
         f"together: {listing}. Their numbers are comparable only if those changes left them "
         "alike (the frame's commit, dirty and versions columns tell the runs apart)"
+    ]
+
+
+def _changed_between_attempts(records: list[dict[str, Any]]) -> list[str]:
+    """A note when completed runs were resumed with other versions or devices than they
+    started with (results.json ``changed_between_attempts``): their numbers can differ
+    from an uninterrupted run's, so from their seeds' and neighbours'."""
+    mixed = [r for r in records if r["status"] == COMPLETED and r.get("changed_between_attempts")]
+    if not mixed:
+        return []
+    shown = "; ".join(
+        f"{Path(str(r['run_dir'])).name} ({r['changed_between_attempts']})" for r in mixed[:3]
+    )
+    return [
+        f"{plural(len(mixed), 'completed run')} resumed with other versions or devices than "
+        f"their earlier attempts computed with, so their numbers can differ from an "
+        f"uninterrupted run's: {shown}"
+        + (" ..." if len(mixed) > 3 else "")
+        + " (the frame's changed_between_attempts column)"
     ]
 
 

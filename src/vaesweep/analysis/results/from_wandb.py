@@ -115,6 +115,7 @@ def _wandb_row(record: dict[str, Any]) -> dict[str, Any]:
             "commit": None,
             "dirty": None,
             "versions": None,
+            "changed_between_attempts": None,
         },
         "metrics": metrics,
         "config": flatten(config),
