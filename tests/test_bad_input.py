@@ -262,6 +262,14 @@ SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an inte
          r"^trainer.profiler='foo' is invalid: allowed null \(none\) or one of simple, advanced"),
         (["trainer.profiler=Simple"], None),  # Lightning lowercases it
         (["trainer.limit_predict_batches=abc"], r"^trainer.limit_predict_batches='abc' is invalid"),
+        # W&B refused these only once the fit had begun (recorded failed, a relaunch refused).
+        (["logger.project='me/vae'"],
+         r"^logger.project='me/vae' is invalid: allowed a W&B project name: at most 128 "
+         r"characters, none of / \\ # \? % : \(an entity/project pair: logger.entity=ENTITY "
+         r"logger.project=PROJECT\)$"),
+        (["logger.project='vae:v2'"], r"^logger.project='vae:v2' is invalid: allowed a W&B"),
+        ([f"logger.project={'p' * 129}"], r"^logger.project='p+' is invalid"),
+        ([f"logger.project={'p' * 128}"], None),
         # A list where a scale mode's name belongs (was: TypeError: unhashable type).
         (["likelihood.scale=[fixed]"],
          r"^likelihood.scale=\['fixed'\] is invalid: allowed one of \['fixed', 'learned'"),
@@ -406,6 +414,12 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_in_the_job(accelerator):
             "iwae_samples. Allowed keys of eval: checkpoint, iwae_k,",
         ),
         ("+sweep.foo=1", "sweep has no key foo. Allowed keys of sweep: resume, rerun_failed"),
+        (  # W&B's logger was given neither (every logger.* key counted as read)
+            "+logger.projet=x",
+            "logger=wandb has no key projet (did you mean logger.project?). Allowed keys of "
+            "logger=wandb: name, mode, project, entity, tags,",
+        ),
+        ("+logger.log_model=true", "logger.log_model=true has no effect on what this run"),
     ],
 )
 def test_a_key_added_to_a_group_the_driver_reads_by_name_is_refused(override, message):
@@ -416,6 +430,18 @@ def test_a_key_added_to_a_group_the_driver_reads_by_name_is_refused(override, me
         validate_config(cfg, [override])
     extra = ["+paths.mine=/tmp/data", "data.root=${paths.mine}"]  # read through the reference
     validate_config(compose_cfg(extra), extra)
+
+
+def test_a_logger_key_of_a_config_file_that_nothing_reads_is_refused():
+    """A config file's (a preset's) logger keys: W&B's options are fine whatever logger a
+    run picks (a preset names its project, the run logs to CSV); any other key was never
+    checked (every logger.* key counted as read)."""
+    from vaesweep.run.effective import unknown_config_keys
+
+    cfg = compose_cfg(["logger=csv", "+logger.project=mine", "paths.data_dir=/tmp"])
+    assert unknown_config_keys(cfg) is None
+    cfg = compose_cfg(["+logger.projct=mine", "paths.data_dir=/tmp"])
+    assert "logger has no key projct (did you mean logger.project?)" in unknown_config_keys(cfg)
 
 
 def test_fast_dev_run_stays_allowed():

@@ -66,6 +66,10 @@ PREPROCESS = ("auto", "dequantize", "binarize", "scale")
 CHECKPOINTS = ("last", "best")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+#: What W&B refuses in a project name (wandb.Settings' validator; it raises only once the
+#: run starts, inside the fit).
+WANDB_PROJECT_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")
+WANDB_PROJECT_MAX = 128
 # trainer.precision values under which Lightning autocasts (its MixedPrecision plugin).
 MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16")
 #: trainer.precision: the values Lightning's Trainer takes (its _PRECISION_INPUT; null is
@@ -808,6 +812,19 @@ def check_logger(cfg: DictConfig) -> None:
         lg = cfg.logger
         # W&B's own check of these comes after the data are loaded, naming no key.
         require(isinstance(lg.project, str) and lg.project, "logger.project", lg.project, "text")
+        bad = [c for c in WANDB_PROJECT_FORBIDDEN if c in lg.project]
+        require(
+            not bad and len(lg.project) <= WANDB_PROJECT_MAX,
+            "logger.project",
+            lg.project,
+            f"a W&B project name: at most {WANDB_PROJECT_MAX} characters, none of "
+            f"{' '.join(WANDB_PROJECT_FORBIDDEN)}"
+            + (
+                " (an entity/project pair: logger.entity=ENTITY logger.project=PROJECT)"
+                if "/" in bad
+                else ""
+            ),
+        )
         entity = lg.get("entity")
         require(entity is None or isinstance(entity, str), "logger.entity", entity, "null or text")
         tags = lg.get("tags") or []

@@ -58,6 +58,18 @@ DRIVER_KEYS = {
     "sweep": ("resume", "rerun_failed", "claim_timeout_s"),
     "paths": ("data_dir", "output_dir"),
 }
+#: The logger options W&B's logger reads (vaesweep.run.loggers, the sweep's summary run).
+WANDB_LOGGER_KEYS = (
+    "name",
+    "mode",
+    "project",
+    "entity",
+    "tags",
+    "log_images",
+    "sweep_summary",
+    "sweep_figures",
+    "offline_fallback",
+)
 #: Groups and keys the training driver reads in every job (everything under them).
 READ_BY_DRIVER = (
     "seed",
@@ -153,8 +165,10 @@ def reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
         unread.update({f"{group}.{k}": why for k, why in skipped.items() if k in options})
         read.update(f"{group}.{k}" for k in options if k not in skipped)
     logger = plain(cfg.get("logger")) or {}
-    # Only W&B reads the logger options (project, mode, tags, ...).
-    read.update(f"logger.{k}" for k in logger if logger.get("name") == "wandb" or k == "name")
+    # Only W&B reads the logger options (project, mode, tags, ...), and only its own: a key
+    # added to them (+logger.group=x) is passed to nothing.
+    known = WANDB_LOGGER_KEYS if logger.get("name") == "wandb" else ("name",)
+    read.update(f"logger.{k}" for k in logger if k in known)
     raw = OmegaConf.to_container(cfg, resolve=False)
     return _follow_references(read, raw), unread
 
@@ -249,12 +263,23 @@ def _did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
+def _named_keys(cfg: Any) -> dict[str, tuple[str, ...]]:
+    """The groups whose keys are read by name, with those keys: :data:`DRIVER_KEYS`, and the
+    logger's (W&B's options; only ``name`` for the others)."""
+    logger = cfg.get("logger") if isinstance(cfg, dict | DictConfig) else None
+    wandb = (logger or {}).get("name") == "wandb"
+    return {**DRIVER_KEYS, "logger": WANDB_LOGGER_KEYS if wandb else ("name",)}
+
+
 def _refusal(key: str, value: str, analyses: list) -> str:
     head = f"{key}={value} has no effect on what this run computes"
     group, _, name = key.partition(".")
-    if group in DRIVER_KEYS and name:
-        known = DRIVER_KEYS[group]
+    named = _named_keys(analyses[0][0])
+    if group in named and name:
+        known = named[group]
         hint = _did_you_mean(name, known, f"{group}.")
+        if group == "logger":  # whose keys depend on the logger chosen
+            group = f"logger={(analyses[0][0].get('logger') or {}).get('name')}"
         return (
             f"{head}: {group} has no key {name}{hint}. Allowed keys of {group}: {', '.join(known)}"
         )
@@ -311,7 +336,8 @@ def unknown_config_keys(cfg: DictConfig, references: Iterable[str] = ()) -> str 
                 "would record it, the run would not use it). Allowed root keys: "
                 f"{', '.join(k for k in ROOT_KEYS if k != 'hydra')}. {LABEL_HINT}"
             )
-    for group, known in DRIVER_KEYS.items():
+    # A config file may hold W&B's options whatever logger a run picks (a preset's project).
+    for group, known in {**DRIVER_KEYS, "logger": WANDB_LOGGER_KEYS}.items():
         options = raw.get(group)
         for name, value in options.items() if isinstance(options, dict) else ():
             if name not in known and unread(f"{group}.{name}"):
