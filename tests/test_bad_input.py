@@ -586,6 +586,20 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def line_and_kept(proc: subprocess.CompletedProcess, job: str) -> str:
+    """The [vaesweep] line of a relaunch that failed before it computed anything, whose
+    second and last line says that the earlier attempt's record and checkpoints are kept."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[vaesweep]")]
+    assert len(lines) == 2, proc.stderr[-3000:]
+    assert lines[1].startswith(
+        f"[vaesweep] {job}: nothing of this attempt was computed; the earlier attempt's record "
+        "and checkpoints are kept: "
+    ), lines[1]
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory) -> Path:
     """A real completed run of the TINY budget (CSV logger)."""
@@ -811,7 +825,7 @@ def test_a_relaunch_that_fails_before_its_fit_keeps_an_interrupted_job_resumable
     assert {p.name for p in files} == {"last.ckpt", "best.ckpt"}
     if failure == "download":
         relaunch = [*args, f"data.root={tmp_path / 'nothing'}", "data.download=true"]
-        line = one_line(run_cli(relaunch, tmp_path, env=offline_env()))
+        line = line_and_kept(run_cli(relaunch, tmp_path, env=offline_env()), "run")
         assert "DatasetNotFoundError: dataset 'mnist': no directory holds all of" in line, line
         then = "the same command, once they are there, resumes it"
     else:
@@ -819,7 +833,7 @@ def test_a_relaunch_that_fails_before_its_fit_keeps_an_interrupted_job_resumable
         shutil.copytree(data, damaged)
         images = damaged / "mnist" / "train-images-idx3-ubyte.gz"
         images.write_bytes(images.read_bytes()[:40])
-        line = one_line(run_cli([*args, f"data.root={damaged}"], tmp_path))
+        line = line_and_kept(run_cli([*args, f"data.root={damaged}"], tmp_path), "run")
         assert f"ValueError: {images}: corrupt or truncated gzip file" in line, line
         then = "the same command, once that is fixed, resumes it"
     assert {p: p.read_bytes() if p.exists() else None for p in files} == files
@@ -865,7 +879,7 @@ def test_a_refused_relaunch_keeps_the_interrupted_record_and_checkpoint(complete
     # (Hydra writes .hydra/*.yaml of a job it will resume before the task runs.)
     files = {p: p.read_bytes() for p in [run / "results.json", *run.glob("checkpoints/*")]}
     args = [*TINY, "logger=csv", "hydra.run.dir=run"]
-    line = one_line(run_cli([*args, "threads=-1"], tmp_path))
+    line = line_and_kept(run_cli([*args, "threads=-1"], tmp_path), "run")
     assert "ConfigError: threads=-1 is invalid" in line
     assert {p: p.read_bytes() for p in files} == files  # not a byte changed
     assert "the corrected command resumes it" in (run / "train.log").read_text()

@@ -844,3 +844,46 @@ def test_a_job_resumed_with_other_cpu_kernels_says_so_in_its_result_and_frame(wo
     df = load_results(workdir)
     assert list(df["changed_between_attempts"]) == [f"versions.cpu_capability: DEFAULT → {own}"]
     assert any("resumed with other versions or devices" in c for c in df.attrs["caveats"])
+
+
+@pytest.mark.slow
+def test_a_resumed_attempt_that_fails_before_its_first_batch_keeps_the_earlier_one(
+    workdir, reference
+):
+    """A job stopped after its first epoch, relaunched where its first batch runs out of
+    memory (test hook: a resume on a smaller GPU), inside the fit: that attempt was
+    recorded failed, and the relaunch with sweep.rerun_failed=true its advice called for
+    deleted the checkpoints and trained from step 0. Now an attempt that fails before its
+    first batch has run computed nothing: the interrupted record and its checkpoints stay
+    as they were, the error is reported, and the next relaunch resumes them to the
+    uninterrupted run's result."""
+    from pause import fail_env
+
+    args = [*JOB, "hydra.run.dir=run"]
+    run_dir = workdir / "run"
+    proc = start(args, workdir)
+    last = wait_for((run_dir / "checkpoints", "last.ckpt"), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, output(proc)[-3000:]
+    first = result(run_dir)
+    assert first["status"] == "interrupted"
+    kept = [(run_dir / "results.json").read_bytes(), last.read_bytes(), last.stat().st_mtime_ns]
+
+    proc = start(args, workdir, env=fail_env("first_batch"))
+    assert finish(proc) == 1, output(proc)[-3000:]
+    said = output(proc)
+    assert "CUDA out of memory" in said, said[-3000:]
+    assert (
+        "[vaesweep] run: nothing of this attempt was computed; the earlier attempt's record and "
+        "checkpoints are kept: the same command, once that is fixed, resumes it"
+    ) in said, said[-3000:]
+    assert [
+        (run_dir / "results.json").read_bytes(),
+        last.read_bytes(),
+        last.stat().st_mtime_ns,
+    ] == kept
+
+    rc, out = run_to_end(args, workdir)
+    assert rc == 0, out[-3000:]
+    check_resumed(run_dir, reference, first, attempts=2)
+    assert "removed the earlier attempt's checkpoints" not in (run_dir / "train.log").read_text()

@@ -48,7 +48,10 @@ that a job's outcome survives it):
 - ``images``: the disk is full as the job writes ``images.npz`` (after its fit and its
   test: ``np.savez`` raises ENOSPC);
 - ``test``: the host's memory runs out in the job's IWAE test (``VAE.test_step`` raises
-  torch's CPU allocator error), after its fit.
+  torch's CPU allocator error), after its fit;
+- ``first_batch``: the memory runs out in the attempt's first training batch
+  (``VAE.training_step`` raises torch's CUDA out-of-memory error: a job resumed on a
+  smaller GPU), inside the fit, before any step.
 
 Nothing here is imported unless a variable is set, and nothing of it ships in the package.
 """
@@ -239,6 +242,16 @@ def _install_failure() -> None:
             )
 
         VAE.test_step = out_of_memory
+        return
+    if point == "first_batch":
+        from vaesweep.model.module import VAE
+
+        def cuda_out_of_memory(self, *args, **kwargs):
+            raise RuntimeError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB (test hook first_batch)"
+            )
+
+        VAE.training_step = cuda_out_of_memory
         return
     from vaesweep.run import loggers
 

@@ -116,12 +116,15 @@ class Resumable(L.Callback):
         signals: StopSignals | None = None,
         on_epoch_end: Any = None,
         identity: dict[str, Any] | None = None,
+        on_first_batch: Any = None,
     ) -> None:
         """``identity``: the run's config, kept in every checkpoint (what a directory whose
         results.json and identity.json are lost is identified by)."""
         self.identity = identity
         self.signals = signals if signals is not None else StopSignals()
         self.on_epoch_end = on_epoch_end
+        #: Called once, at the end of this attempt's first training batch.
+        self.on_first_batch = on_first_batch
         self._in_step = False  # one rank of several (set up): stops are agreed (setup)
         self.val_metrics: dict[str, float] = {}
         self.best_val_elbo: float | None = None
@@ -153,6 +156,9 @@ class Resumable(L.Callback):
             self.signals.check_claim()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.on_first_batch is not None:
+            self.on_first_batch()
+            self.on_first_batch = None
         if self._in_step:  # every rank ends each training batch: they agree on a stop here
             self.signals.check_together(trainer)
         else:

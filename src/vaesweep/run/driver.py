@@ -376,6 +376,9 @@ def _fit_and_test(
     resumable = Resumable(
         signals,
         on_epoch_end=None if record is None else record.write,
+        # From its first batch on, a failure is this attempt's outcome (else the earlier
+        # attempt's record and checkpoints stay: vaesweep.run.jobs).
+        on_first_batch=None if record is None else record.begin_training,
         identity=None if record is None else record.data["config"],
     )
     callbacks = (resumable, ScheduleLength())
@@ -446,11 +449,15 @@ def _train_and_test(
 ) -> dict[str, float]:
     trainer, model, data = parts.trainer, parts.model, parts.data
     if record is not None:  # rank 0: the other ranks (if any) now train too, from the same point
-        record.begin_training()  # from here on, a failure is this attempt's outcome
+        if spawned is not None:  # its batches run elsewhere: a failure is this attempt's now
+            record.begin_training()
+            resumable.on_first_batch = None
         ranks.announce_training(job.run_dir, resume_from)
     try:
         with spawned_outcome(spawned, resumable.signals):
             trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+        if record is not None:  # (a resumed fit may have had nothing left to train)
+            record.begin_training()
     finally:
         # For the processes the fit started (Lightning's ddp), not for what this process
         # starts later: a command it runs would take itself for one of this job's ranks.

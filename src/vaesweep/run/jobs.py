@@ -10,6 +10,7 @@ torchrun) rank 0 decides and the other ranks follow (:mod:`vaesweep.run.ranks`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -61,6 +62,9 @@ from vaesweep.run.signals import (
 )
 
 log = logging.getLogger("vaesweep")
+#: Set on an error after which the earlier attempt's record and checkpoints were kept: the
+#: line that says so (:func:`_tell_kept`).
+KEPT_ATTR = "vaesweep_kept"
 
 
 #: The driver that trains and tests a job: (cfg, job, record or None on ranks > 0,
@@ -328,6 +332,15 @@ def _tell_kept(job: Job, error: BaseException) -> None:
         job.run_dir,
         then,
     )
+    # The terminal's second line, after the error's own (task): a relaunch with
+    # sweep.rerun_failed=true is not what it needs.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(
+            error,
+            KEPT_ATTR,
+            f"{job.run_dir.name}: nothing of this attempt was computed; the earlier attempt's "
+            f"record and checkpoints are kept: {then} resumes it",
+        )
 
 
 def _settle_unavailable(
@@ -534,7 +547,10 @@ def task(cfg: DictConfig, execute: Execute | Exception) -> None:
         _stopped(stop)
     except Exception as error:
         report_failure(error, job_label())  # one line; the traceback goes to train.log
-        if not isinstance(error, JobNotRerun):  # whose own line says it
+        kept = getattr(error, KEPT_ATTR, None)
+        if kept:
+            print(f"[vaesweep] {kept}", file=sys.stderr, flush=True)
+        elif not isinstance(error, JobNotRerun):  # whose own line says it
             _tell_retest(cfg)
         if HydraConfig.get().mode.name == "MULTIRUN":
             return

@@ -264,14 +264,18 @@ class RunRecord:
             "error": None,
         }
         self._compare(self.data["versions"], None)
-        #: Whether this attempt has begun to compute (the driver sets it as its fit starts;
+        #: Whether this attempt has begun to compute (:meth:`begin_training`;
         #: not written to the file). A failure before that computed nothing, so an earlier
         #: attempt's record and checkpoints stay as they were (vaesweep.run.jobs).
         self.training = False
         self.write()
 
     def begin_training(self) -> None:
-        """This attempt starts to compute: the fit begins (see :attr:`training`)."""
+        """This attempt has begun to compute (see :attr:`training`): its first training
+        batch has run, or its fit has returned (a resumed one may have nothing left to
+        train), or a fit in spawned processes starts (whose batches this process does not
+        see). A failure before that, inside the fit too (W&B's start, DDP's setup, an out of
+        memory in the first batch on a smaller GPU), changed nothing of the run."""
         self.training = True
 
     def set_facts(self, **facts: Any) -> None:
