@@ -69,6 +69,30 @@ SPLIT = r"{} is invalid: allowed null \(the dataset's default split\) or an inte
         ),
         (["eval.iwae_k=100000", "eval.iwae_chunk=100000"], r"eval.iwae_chunk=100000 is inv.*GB"),
         (["eval.iwae_k=1000", "eval.iwae_chunk=1000"], None),  # sized to the memory: passes
+        # Options compared raw (a TypeError naming nothing allowed), or booleans taken for
+        # numbers (scale_lr=true trained the scale at a learning rate of 1).
+        (["likelihood.scale=optimal", "likelihood.momentum=null"],
+         r"^likelihood.momentum=None is invalid: allowed a number in \[0, 1\)$"),
+        (["likelihood.scale=optimal", "likelihood.momentum=abc"],
+         r"^likelihood.momentum='abc' is invalid: allowed a number in \[0, 1\)$"),
+        (["likelihood.scale=optimal", "likelihood.momentum=false"],
+         r"^likelihood.momentum=False is invalid"),
+        (["likelihood.scale=learned", "likelihood.scale_lr=true"],
+         r"^likelihood.scale_lr=True is invalid: allowed null"),
+        (["likelihood.scale_value=true"], r"^likelihood.scale_value=True is invalid"),
+        (["model.activation=[relu]"], r"^model.activation=\['relu'\] is invalid: allowed one of"),
+        (["beta_schedule=cyclical", "beta_schedule.shape=[linear]"],
+         r"^beta_schedule.shape=\['linear'\] is invalid"),
+        # Refused by Lightning once the data were loaded (recorded failed).
+        (["trainer.barebones=true"], r"^trainer.barebones=True is invalid: allowed false: "),
+        # The training batch's samples (was killed by the kernel's OOM killer mid-training).
+        (["n_samples=100000"], r"^n_samples=100000 is invalid: 100000 samples × data.batch_s.*GB"),
+        (["n_samples=100"], None),
+        # Lightning's default when null: 1000 epochs, said in one line of its log.
+        (["trainer.max_epochs=null"],
+         r"^trainer.max_epochs=None is invalid: allowed an integer ≥ 1, or null .*1000 epochs$"),
+        (["trainer.max_epochs=null", "trainer.max_steps=10"], None),
+        (["trainer.max_epochs=null", "trainer.max_time=00:00:01:00"], None),
         # A quoted 'false' would be truthy: a switch is a boolean.
         (["logger.sweep_figures='false'"], r"logger.sweep_figures='false' is inv.*true or false"),
         (["logger.sweep_summary=1"], r"logger.sweep_summary=1 is invalid: allowed true or false"),
@@ -414,6 +438,13 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_in_the_job(accelerator):
             "iwae_samples. Allowed keys of eval: checkpoint, iwae_k,",
         ),
         ("+sweep.foo=1", "sweep has no key foo. Allowed keys of sweep: resume, rerun_failed"),
+        (  # the embedded datasets read no files: mnist_small was trained on, not a full MNIST
+            "data.root=/data",
+            "data.root=/data has no effect on what this run computes: data=mnist_small is "
+            "embedded in vaesweep and reads no files (data.root is for datasets read from "
+            "files: data=mnist, data=fashion_mnist)",
+        ),
+        ("data.download=true", "data.download=true has no effect on what this run computes"),
         (  # W&B's logger was given neither (every logger.* key counted as read)
             "+logger.projet=x",
             "logger=wandb has no key projet (did you mean logger.project?). Allowed keys of "
@@ -428,7 +459,7 @@ def test_a_key_added_to_a_group_the_driver_reads_by_name_is_refused(override, me
     cfg = compose_cfg([override, "paths.data_dir=/tmp"])
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(cfg, [override])
-    extra = ["+paths.mine=/tmp/data", "data.root=${paths.mine}"]  # read through the reference
+    extra = ["data=mnist", "+paths.mine=/tmp/data", "data.root=${paths.mine}"]  # read through
     validate_config(compose_cfg(extra), extra)
 
 
@@ -1165,3 +1196,34 @@ def test_an_integer_too_large_for_a_float_is_refused_by_name(key):
     huge = 10**400
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=1000+ is invalid: allowed"):
         validate([f"{key}={huge}"])
+
+
+def test_a_directory_given_empty_or_null_is_refused_before_hydra_writes_anything(tmp_path):
+    """paths.output_dir= (an unset variable in a script) put the runs in /runs at the file
+    system's root, null in a directory named None, and hydra.run.dir= wrote a run's files into
+    the directory the command ran from. A leading ~ of paths.output_dir was a directory
+    named ~."""
+    from vaesweep.sweep.entry import empty_directory, home_expanded
+
+    for arg in (
+        "paths.output_dir=",
+        "paths.output_dir=null",
+        "hydra.run.dir=''",
+        "++hydra.sweep.dir=",
+    ):
+        key = arg.lstrip("+").partition("=")[0]
+        assert empty_directory(["seed=1", arg]).startswith(f"{key}=")
+    for fine in ("paths.output_dir=out", "hydra.sweep.dir=a,b", "label.note=", "beta=1"):
+        assert empty_directory([fine]) is None
+    home = str(Path.home())
+    assert home_expanded(["paths.output_dir=~/o", "+paths.data_dir=~/d"]) == [
+        f"paths.output_dir={home}/o",
+        f"+paths.data_dir={home}/d",
+    ]
+    proc = run_cli([*TINY, "paths.output_dir="], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == (
+        "[vaesweep] run refused, nothing was written: paths.output_dir='' is invalid: allowed a "
+        "directory (relative to where the command runs, or absolute; a leading ~ is your home)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -78,12 +78,17 @@ class LocationScale(Likelihood):
         self._check_options(scale, scale_value, min_log_scale, optimal_reduction, momentum)
         require(
             scale_lr is None
-            or (isinstance(scale_lr, int | float) and math.isfinite(scale_lr) and scale_lr > 0),
+            or (is_number(scale_lr) and scale_lr > 0),  # (true is not a learning rate)
             "scale_lr",
             scale_lr,
             "null (the optimizer's lr) or a finite number > 0",
         )
-        require(scale_init in SCALE_INITS, "scale_init", scale_init, f"one of {list(SCALE_INITS)}")
+        require(
+            isinstance(scale_init, str) and scale_init in SCALE_INITS,
+            "scale_init",
+            scale_init,
+            f"one of {list(SCALE_INITS)}",
+        )
         require(
             self.min_log_scale_ok(scale, scale_value, min_log_scale),
             "scale_value",
@@ -127,9 +132,14 @@ class LocationScale(Likelihood):
         optimal_reduction: str,
         momentum: float,
     ) -> None:
-        require(scale in SCALE_MODES, "scale", scale, f"one of {list(SCALE_MODES)}")
         require(
-            isinstance(scale_value, int | float) and math.isfinite(scale_value) and scale_value > 0,
+            isinstance(scale, str) and scale in SCALE_MODES,
+            "scale",
+            scale,
+            f"one of {list(SCALE_MODES)}",
+        )
+        require(
+            is_number(scale_value) and scale_value > 0,
             "scale_value",
             scale_value,
             "a finite number > 0",
@@ -143,12 +153,17 @@ class LocationScale(Likelihood):
             "scale above every residual scale (the default is -6)",
         )
         require(
-            optimal_reduction in OPTIMAL_REDUCTIONS,
+            isinstance(optimal_reduction, str) and optimal_reduction in OPTIMAL_REDUCTIONS,
             "optimal_reduction",
             optimal_reduction,
             f"one of {list(OPTIMAL_REDUCTIONS)}",
         )
-        require(0.0 <= momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
+        require(
+            is_number(momentum) and 0.0 <= momentum < 1.0,
+            "momentum",
+            momentum,
+            "a number in [0, 1)",
+        )
 
     #: The scale modes that read each mode-dependent option (from each mode's ``reads``).
     OPTION_MODES: ClassVar[dict[str, tuple[str, ...]]] = {

@@ -326,7 +326,12 @@ class _BuiltinNetwork(Network):
         activation: str = "relu",
     ) -> None:
         super().__init__(latent_dim)
-        require(activation in ACTIVATIONS, "activation", activation, f"one of {list(ACTIVATIONS)}")
+        require(
+            isinstance(activation, str) and activation in ACTIVATIONS,
+            "activation",
+            activation,
+            f"one of {list(ACTIVATIONS)}",
+        )
         self.hidden, self.channels, self.activation = hidden, channels, activation
 
     @classmethod

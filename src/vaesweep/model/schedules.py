@@ -256,7 +256,7 @@ class CyclicalBeta(BetaSchedule):
         )
         _check(self.name, "ratio", ratio, "in (0, 1]", lambda v: 0 < v <= 1)
         allowed = f"one of {list(CYCLICAL_SHAPES)} (beta_schedule={self.name})"
-        require(shape in CYCLICAL_SHAPES, "shape", shape, allowed)
+        require(isinstance(shape, str) and shape in CYCLICAL_SHAPES, "shape", shape, allowed)
         self.beta, self.start = float(beta), float(start)
         self.total_steps, self.n_cycles = int(total_steps), int(n_cycles)
         self.ratio, self.shape = float(ratio), shape

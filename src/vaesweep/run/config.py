@@ -440,6 +440,13 @@ def check_trainer(cfg: DictConfig, with_lightning: bool = True) -> None:
     for key in TRAINER_BOOLS:  # a string ("off", 'false') would be truthy
         nullable = key in TRAINER_NULLABLE_BOOLS
         _require_switch(f"trainer.{key}", t.get(key, False), nullable, " (Lightning's default)")
+    require(
+        t.get("barebones", False) is False,
+        "trainer.barebones",
+        t.get("barebones"),
+        "false: Lightning's barebones Trainer takes no callbacks, logger or profiler, which "
+        "every vaesweep run has (its checkpoints, stop handling, results and metrics)",
+    )
     deterministic = t.get("deterministic")
     require(
         deterministic in (None, "warn") or isinstance(deterministic, bool),
@@ -975,6 +982,13 @@ def check_training_budget(t: DictConfig) -> None:
             -1,
             "-1 (no epoch limit) only with trainer.max_steps or trainer.max_time: this run "
             "would train forever",
+        )
+    if t.max_epochs is None and t.max_steps == -1 and seconds is None:
+        raise invalid(
+            "trainer.max_epochs",
+            None,
+            "an integer ≥ 1, or null (Lightning's default) only with trainer.max_steps or "
+            "trainer.max_time: alone, Lightning would train 1000 epochs",
         )
 
 

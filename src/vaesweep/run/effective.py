@@ -38,6 +38,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core.helpers import flatten, plain
+from vaesweep.data.datasets import EMBEDDED_SPLITS
 from vaesweep.model.components import component_class
 from vaesweep.run.record import changes_results
 
@@ -243,13 +244,29 @@ def repeated_key(overrides: list[str]) -> str | None:
     return None
 
 
+def _given_reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
+    """:func:`reads`, for what the command line gives: ``data.root`` and ``data.download``
+    are not read for an embedded dataset, which reads no files (a config file may set them
+    for every run: they are read there, for the runs of a dataset read from files)."""
+    read, unread = reads(cfg)
+    dataset = OmegaConf.select(cfg, "data.name")
+    if dataset in EMBEDDED_SPLITS:
+        for key in ("data.root", "data.download"):
+            read.discard(key)
+            unread[key] = (
+                f"data={dataset} is embedded in vaesweep and reads no files ({key} is for "
+                "datasets read from files: data=mnist, data=fashion_mnist)"
+            )
+    return read, unread
+
+
 def check_overrides(overrides: list[str], configs: list[DictConfig]) -> str | None:
     """A refusal message for a key given twice, or for the first override that no job (one
     config per job) reads, else None."""
     repeated = repeated_key(overrides)
     if repeated:
         return repeated
-    analyses = [(cfg, *reads(cfg)) for cfg in configs]
+    analyses = [(cfg, *_given_reads(cfg)) for cfg in configs]
     for key, value in override_keys(overrides):
         if any(any(_covers(p, key) for p in read) for _, read, _ in analyses):
             continue
@@ -275,7 +292,7 @@ def _refusal(key: str, value: str, analyses: list) -> str:
     head = f"{key}={value} has no effect on what this run computes"
     group, _, name = key.partition(".")
     named = _named_keys(analyses[0][0])
-    if group in named and name:
+    if group in named and name and name.split(".")[0] not in named[group]:
         known = named[group]
         hint = _did_you_mean(name, known, f"{group}.")
         if group == "logger":  # whose keys depend on the logger chosen

@@ -84,8 +84,9 @@ def count_parameters(
 
 
 def check_memory(cfg: DictConfig, available: int | None = None) -> None:
-    """Refuses a model whose parameters (with gradients and Adam state), or an IWAE chunk
-    whose decoder output, would not fit in the memory available, with the estimate."""
+    """Refuses a model whose parameters (with gradients and Adam state), a training batch of
+    ``n_samples`` samples, or an IWAE chunk, whose decoder output would not fit in the
+    memory available, with the estimate."""
     shape = DATA_SHAPES.get(cfg.data.name)
     if shape is None:
         return
@@ -128,6 +129,18 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
             f"({BYTES_PER_PARAMETER} bytes each), more than {MEMORY_SHARE:.0%} of the "
             f"{_gb(available)} of memory available; allowed: smaller layers"
         )
+    samples, batch = cfg.get("n_samples"), cfg.data.batch_size
+    if is_int(samples) and is_int(batch):
+        # The training batch's decoder output for every sample of z, with the likelihood's
+        # temporaries and their gradients: ~4 float32 arrays of its size.
+        need = 16 * samples * batch * math.prod(shape) * param_channels
+        if need > budget:
+            raise ConfigError(
+                f"n_samples={samples} is invalid: {samples} samples × data.batch_size={batch} "
+                f"examples per training batch need ~{_gb(need)}, more than "
+                f"{MEMORY_SHARE:.0%} of the {_gb(available)} of memory available; allowed: "
+                "fewer samples or a smaller data.batch_size"
+            )
     chunk = cfg.eval.iwae_chunk
     if is_int(chunk) and is_int(cfg.eval.iwae_k) and is_int(cfg.data.eval_batch_size):
         samples = min(chunk, cfg.eval.iwae_k)

@@ -89,7 +89,39 @@ def main() -> None:
 
 
 #: The overrides that name a directory, whose leading ``~`` is the user's home.
-HOME_KEYS = ("sweep.resume", "hydra.sweep.dir", "hydra.run.dir")
+HOME_KEYS = (
+    "sweep.resume",
+    "hydra.sweep.dir",
+    "hydra.run.dir",
+    "paths.output_dir",
+    "paths.data_dir",
+)
+#: The directory overrides that cannot be empty: ``paths.output_dir=`` (an unset variable
+#: in a script) put the runs in /runs at the file system's root, ``hydra.run.dir=`` wrote a
+#: run's files into the directory the command was started from, null a directory "None".
+REQUIRED_DIRECTORIES = ("hydra.sweep.dir", "hydra.run.dir", "paths.output_dir")
+
+
+def empty_directory(argv: list[str]) -> str | None:
+    """A refusal for a directory override (:data:`REQUIRED_DIRECTORIES`) given empty or
+    null, else None."""
+    parser = OverridesParser.create()
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if not sep or key.lstrip("+") not in REQUIRED_DIRECTORIES:
+            continue
+        try:
+            override = parser.parse_override(arg)
+            value = None if override.is_sweep_override() else override.value()
+        except Exception:  # Hydra's parser says what is wrong with it
+            continue
+        if override.is_sweep_override() or (isinstance(value, str) and value.strip()):
+            continue
+        return (
+            f"{key.lstrip('+')}={value!r} is invalid: allowed a directory (relative to where the "
+            "command runs, or absolute; a leading ~ is your home)"
+        )
+    return None
 
 
 def home_expanded(argv: list[str]) -> list[str]:
@@ -123,4 +155,7 @@ def cli_main() -> None:
     imports), same arguments as ``run.py``; a directory given from ``~`` is the home's
     (:func:`home_expanded`)."""
     sys.argv[1:] = home_expanded(quote_sweeper_params(sys.argv[1:]))
+    refusal = empty_directory(sys.argv[1:])
+    if refusal:
+        preflight.refuse(refusal, multirun=any(a in ("-m", "--multirun") for a in sys.argv[1:]))
     main()
