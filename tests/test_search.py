@@ -194,6 +194,26 @@ def test_every_sampler_argument_is_accepted_and_a_wrong_one_named():
         check_sampler(sweeper)
 
 
+@pytest.mark.parametrize(
+    ("sampler", "named"),
+    [
+        (
+            {"_target_": "optuna.samplers.GridSampler", "_partial_": True},
+            "_target_=optuna.samplers.GridSampler with _partial_=True builds a _DeferredTarget",
+        ),
+        ({"_target_": "collections.OrderedDict"}, "_target_=collections.OrderedDict builds a"),
+    ],
+)
+def test_a_sampler_config_that_builds_no_sampler_is_refused(sampler, named):
+    """``_partial_: true`` (Hydra's own GridSamplerConfig sets it) or a class that is not a
+    sampler built without an error and crashed the search after its first trial had been
+    asked (AttributeError: no before_trial): refused, naming _target_ and _partial_."""
+    with pytest.raises(SearchError, match="not an Optuna sampler") as refused:
+        check_sampler(OmegaConf.create({"sampler": sampler}))
+    assert f"hydra.sweeper.sampler: {named}" in str(refused.value)
+    assert "allowed: _target_ a subclass of optuna.samplers.BaseSampler" in str(refused.value)
+
+
 def _multirun_config(sweeper: dict, top: dict | None = None, choice: str = "optuna"):
     """A multirun config as the sweep callback sees it (what plan_search reads)."""
     return OmegaConf.create(
@@ -1717,6 +1737,14 @@ BAD = {
             "dequantised data)",
             "make likelihood a grid axis, one study per kind of data",
         ],
+    ),
+    "a sampler config that builds no sampler": (
+        [
+            BETA,
+            "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+            "++hydra.sweeper.sampler._partial_=true",
+        ],
+        ["hydra.sweeper.sampler: _target_=optuna.samplers.GridSampler with _partial_=True"],
     ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],

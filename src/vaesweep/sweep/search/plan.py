@@ -180,9 +180,11 @@ def check_pruner(pruner: Any) -> None:
 
 
 def check_sampler(opts: DictConfig) -> None:
-    """SearchError unless ``hydra.sweeper.sampler`` builds (an Optuna sampler from its
+    """SearchError unless ``hydra.sweeper.sampler`` builds an Optuna sampler (from its
     ``_target_`` and arguments, as Hydra will build it): an unknown argument or class is
-    named before any trial runs."""
+    named before any trial runs, and so is a config that builds something else (a class
+    that is not a sampler, or ``_partial_: true``, which builds a function of the
+    arguments left out)."""
     conf = opts.get("sampler")
     if conf is None:
         return
@@ -191,11 +193,12 @@ def check_sampler(opts: DictConfig) -> None:
             f"hydra.sweeper.sampler={conf}: allowed: null or a mapping with _target_ (an "
             "Optuna sampler class) and its constructor's arguments"
         )
+    import optuna
     from hydra.utils import instantiate
 
     quiet_optuna()  # an experimental argument (multivariate=true) is taken without a warning
     try:
-        instantiate(conf)
+        built = instantiate(conf)
     except Exception as e:
         cause = e.__cause__ or e
         raise SearchError(
@@ -204,6 +207,16 @@ def check_sampler(opts: DictConfig) -> None:
             f"{str(cause).splitlines()[0] if str(cause) else ''}); allowed: its "
             "constructor's arguments (the Optuna documentation of the class lists them)"
         ) from None
+    if not isinstance(built, optuna.samplers.BaseSampler):
+        partial = conf.get("_partial_")
+        raise SearchError(
+            f"hydra.sweeper.sampler: _target_={conf.get('_target_')}"
+            + (f" with _partial_={partial}" if partial is not None else "")
+            + f" builds a {type(built).__name__}, not an Optuna sampler; allowed: _target_ "
+            "a subclass of optuna.samplers.BaseSampler (optuna.samplers.TPESampler, "
+            "RandomSampler, GridSampler, ...) with its constructor's arguments, and no "
+            "_partial_ (or _partial_: false)"
+        )
 
 
 def _objective(config: DictConfig, opts: DictConfig) -> tuple[str, str]:
