@@ -32,7 +32,7 @@ from vaesweep.sweep.search.plan import (
     plan_search,
 )
 from vaesweep.sweep.search.space import parse_space
-from vaesweep.sweep.search.storage import open_storage
+from vaesweep.sweep.search.storage import open_storage, quiet_optuna
 from vaesweep.sweep.search.trials import _next_batch
 
 from conftest import REPO, RUN_PY, TINY, cli_env, run_cli
@@ -703,6 +703,36 @@ def test_a_relaunched_search_numbers_its_jobs_by_trial(tmp_path, n_jobs):
     run_study(study, plan, [], again, 4)
     assert again.numbers == [6, 7]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+
+
+@pytest.mark.parametrize(
+    ("sampler", "grid", "told", "n_jobs"),
+    [
+        ("GridSampler", [0.5, 1.0, 2.0], 3, 2),
+        ("GridSampler", [0.5, 1.0, 2.0], 3, 3),  # one batch: the stop at its first tell
+        ("BruteForceSampler", None, 3, 2),
+        ("BruteForceSampler", None, 3, 3),
+        ("GridSampler", [0.5, 1.0], 2, 1),  # its own grid is smaller than n_trials: done at 2
+    ],
+)
+def test_a_sampler_that_ends_the_study_ends_it_cleanly(tmp_path, sampler, grid, told, n_jobs):
+    """GridSampler and BruteForceSampler call study.stop() in after_trial once their space is
+    exhausted, which raises RuntimeError outside study.optimize: the search stopped with
+    'sweep stopped: RuntimeError' (exit 1) although every trial had completed, and the
+    trials after it in the batch were left untold. Now the study is done, every trial told."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import run_study
+
+    quiet_optuna()  # BruteForceSampler is experimental
+    space = parse_space({"beta": "choice(0.5, 1.0, 2.0)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 3, n_jobs, "", "search", 1.0, tmp_path, ())
+    cls = getattr(optuna.samplers, sampler)
+    made = cls({"beta": grid}, seed=0) if grid else cls(seed=0)
+    study = optuna.create_study(direction="maximize", sampler=made)
+    run_study(study, plan, [], _RecordingLauncher(tmp_path), 0)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * told
+    assert sorted(t.params["beta"] for t in study.trials) == sorted(grid or [0.5, 1.0, 2.0])
 
 
 class _LeavingLauncher(_RecordingLauncher):
@@ -1767,6 +1797,17 @@ def test_bad_input_refused_before_any_trial(workdir, case):
 
 
 # -- runs ------------------------------------------------------------------------------------
+
+
+def test_a_search_whose_sampler_exhausts_its_space_exits_0(workdir):
+    """The reviewer's case: BruteForceSampler over every point of the space exited 1 with
+    'sweep stopped: RuntimeError: Study.stop is supposed to be invoked ...' once the last
+    trial had completed."""
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweeper.params.beta=choice(0.5, 2)",
+                    "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler"], workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RuntimeError" not in proc.stderr
+    assert [t.state.name for t in trials(workdir / "sweep")] == ["COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow
