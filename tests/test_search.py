@@ -632,17 +632,34 @@ def test_a_key_searched_twice_on_the_command_line_is_refused():
         ({"beta_schedule": "choice(linear, cyclical)"}, "val/loss", True),
         ({"optimizer.lr": "interval(0.0001, 0.01)"}, "val/loss", False),  # β fixed: comparable
         ({"beta": "interval(0.1, 10)"}, "val/elbo", False),
+        ({"beta": "interval(0.1, 10)"}, "val/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/mse", True),
+        ({"beta": "interval(0.1, 10)"}, "test/mae", True),
+        ({"beta": "interval(0.1, 10)"}, "val/kl", True),
+        ({"beta_schedule": "choice(linear, cyclical)"}, "val/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/nll", False),
+        ({"beta": "interval(0.1, 10)"}, "test/elbo", False),
+        ({"optimizer.lr": "interval(0.0001, 0.01)"}, "val/rec_nll", False),
     ],
 )
 def test_an_objective_that_beta_changes_by_definition_is_refused(params, objective, refused):
     """val/loss = rec_nll + β·KL: over β (or its schedule) it ranks the smallest β best.
-    A reviewer's search picked β = 1.23 by val/loss over β = 2.69, whose val/elbo was best."""
+    A reviewer's search picked β = 1.23 by val/loss over β = 2.69, whose val/elbo was best.
+    The reconstruction's scores (rec_nll, mse, mae) fall with β too: a search by val/rec_nll
+    picked β = 0.1, the worst test/nll and test/elbo of the three (and the refusal of
+    val/loss recommended it)."""
     plan = Plan(parse_space(params, []), objective, "minimize", 2, 1, "", "s", 1.0, Path("."), ())
     if not refused:
         check_objective_comparable(plan)
         return
-    with pytest.raises(SearchError, match=f"objective={objective} with {next(iter(params))}"):
+    with pytest.raises(SearchError, match=f"objective={objective} with {next(iter(params))}") as e:
         check_objective_comparable(plan)
+    assert (
+        "allowed: val/elbo (or, with hydra.sweeper.allow_test_objective=true, test/elbo, "
+        "test/nll, test/bpd), which scores every β alike" in str(e.value)
+    )
+    assert "rec_nll)" not in str(e.value)
 
 
 def test_a_half_proposed_trial_is_never_run_nor_counted(tmp_path):

@@ -43,23 +43,42 @@ def _check_objective_reported(cfg: DictConfig, objective: str, key: str) -> None
         )
 
 
-#: Objectives that weight the KL by β: trials with different β are not comparable by them.
-WEIGHTED_OBJECTIVES = ("val/loss",)
+#: The objectives that score every β alike (the ELBO and the likelihood bounds, which weigh
+#: the KL by 1 whatever β trained the model): the only ones allowed while β is searched.
+BETA_FREE_OBJECTIVES = ("val/elbo", "test/elbo", "test/nll", "test/bpd")
+#: The reconstruction's scores: they improve as β falls (the KL weighs less).
+RECONSTRUCTION_OBJECTIVES = ("val/rec_nll", "test/rec_nll", "test/mse", "test/mae")
+
+
+def _beta_bias(objective: str) -> str:
+    """Why ``objective`` cannot compare trials of different β."""
+    if objective == "val/loss":
+        return "val/loss = rec_nll + β·KL falls as β falls (the search would pick the smallest β)"
+    if objective in RECONSTRUCTION_OBJECTIVES:
+        return (
+            f"{objective} scores the reconstruction alone, which improves as β falls and the "
+            "KL weighs less (the search would pick the smallest β, not the best model)"
+        )
+    return (
+        f"{objective} is one side of the trade-off that β sets, not a score of the model "
+        "(the search would pick an extreme β)"
+    )
 
 
 def check_objective_comparable(plan: Plan) -> None:
-    """Refuses an objective whose value the searched keys change by definition: val/loss =
-    rec_nll + β·KL falls as β falls, so a search over β (or the schedule) would pick the
-    smallest β, not the best model."""
-    if plan.objective not in WEIGHTED_OBJECTIVES:
+    """Refuses an objective whose value the searched keys change by definition: with β (or
+    the β schedule) searched, only an objective that scores every β alike (the ELBO, the
+    NLL bound, bits/dim) compares trials; val/loss = rec_nll + β·KL, the reconstruction's
+    scores and the KL would pick an extreme β, not the best model."""
+    if plan.objective in BETA_FREE_OBJECTIVES:
         return
     weighting = [k for k in plan.space.searched if k == "beta" or k.startswith("beta_schedule")]
     if weighting:
         raise SearchError(
             f"{plan.objective_key}={plan.objective} with {', '.join(weighting)} searched: "
-            f"{plan.objective} = rec_nll + β·KL falls as β falls, so it cannot compare trials "
-            "of different β (the search would pick the smallest); allowed: val/elbo (or "
-            "val/rec_nll), which every β is scored by alike"
+            f"{_beta_bias(plan.objective)}, so it cannot compare trials of different β; "
+            "allowed: val/elbo (or, with hydra.sweeper.allow_test_objective=true, "
+            "test/elbo, test/nll, test/bpd), which scores every β alike"
         )
 
 
