@@ -113,6 +113,46 @@ def test_a_trials_string_values_read_back_as_themselves(value):
     assert space.trial_overrides([], {"label.x": "gaussian"}) == ["+label.x=gaussian"]
 
 
+def test_a_choice_of_lists_or_dicts_trains_with_lists_or_dicts(tmp_path):
+    """choice([128],[256,256]) (accepted by Hydra's Optuna sweeper): each option became the
+    string '[128]', written quoted (model.hidden='[128]'), and the search was refused as if
+    a grid point were wrong. Now a list or dict option is written bare, as Hydra's sweeper
+    writes it, and each trial composes the list; a string with the same text as a list
+    option is refused (Optuna would hold them as one)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.sweep.search.checks import check_configs
+
+    space = parse_space(
+        {}, ["model.hidden=choice([128],[256,256])", "+label.x=choice({a:1},'[1]')"]
+    )
+    assert space.trial_overrides([], {"model.hidden": "[128]", "label.x": "[1]"}) == [
+        "model.hidden=[128]",
+        "+label.x='[1]'",  # a string stays a string
+    ]
+    (dict_override,) = space.trial_overrides([], {"label.x": "{a:1}"})
+    assert OverridesParser.create().parse_override(dict_override).value() == {"a": 1}
+    with pytest.raises(SearchError, match="the string '\\[1\\]' and the list or dict \\[1\\]"):
+        parse_space({}, ["label.x=choice([1],'[1]')"])
+
+    arguments = [
+        *TINY,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params.model.hidden=choice([128],[256,256])",
+    ]
+    with _composing():
+        config = _launching_config(
+            [*quote_sweeper_params(arguments), f"hydra.sweep.dir={tmp_path}"]
+        )
+        plan = plan_search(config, TINY)
+        check_configs(config, plan)  # was refused: "model.hidden='[128]' is invalid"
+        for value, hidden in (("[128]", [128]), ("[256,256]", [256, 256])):
+            job = plan.space.trial_overrides([], {"model.hidden": value})
+            assert list(compose("train", overrides=job).model.hidden) == hidden
+    assert plan.reproduce([], {"model.hidden": "[128]"})[-2] == "model.hidden=[128]"
+
+
 @pytest.mark.parametrize("directory", ["trial_0003", "x=a\\b,trial_0003", "it's\\,trial_0000"])
 def test_a_trials_directory_reads_back_as_itself(directory):
     """The trial's directory is given to Hydra as hydra.sweep.subdir, quoted: Hydra

@@ -19,7 +19,7 @@ from vaesweep.run.effective import check_distinct, check_overrides, hydra_refere
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
-from vaesweep.sweep.search.space import SearchError, override_text, render
+from vaesweep.sweep.search.space import SearchError, render
 from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import (
     check_owner,
@@ -152,7 +152,7 @@ def _refuse_mixed_kinds(
             f"({', then '.join(f'{key}={render(v)}' for v in tried)})"
         )
     elif param.kind == "categorical":
-        values = ",".join(override_text(v) for v in dict.fromkeys(param.choices))
+        values = ",".join(param.text(v) for v in dict.fromkeys(param.choices))
         way = f"make {key} a grid axis, one study per kind of data ({key}={values})"
     else:
         way = f"fix {key}"
