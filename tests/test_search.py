@@ -503,6 +503,48 @@ def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(wo
     assert not list(workdir.rglob("results.json"))
 
 
+@pytest.mark.parametrize(
+    ("params", "grid", "message"),
+    [
+        (  # one key refused at both bounds: the key, not a grid point, with the fix
+            {"data.batch_size": "interval(16, 256)"},
+            [],
+            "hydra.sweeper.params.data.batch_size=float[16.0, 256.0] includes "
+            "data.batch_size=16.0, which a run refuses: data.batch_size=16.0 is invalid: "
+            "allowed an integer > 0. Allowed: a space whose every value a run accepts "
+            "(data.batch_size takes integers: "
+            "hydra.sweeper.params.data.batch_size=int(interval(16, 256)))",
+        ),
+        (
+            {"data.batch_size": "tag(log, interval(16, 256))"},
+            ["likelihood=gaussian,laplace"],
+            "includes data.batch_size=16.0 at the grid point likelihood=gaussian, which a run "
+            "refuses",
+        ),
+        (  # a grid point refused whatever the searched values: the point
+            {"beta": "interval(0.1, 10)"},
+            ["likelihood=gaussian,bernoulli", "data.preprocess=dequantize"],
+            "the trials at the grid point likelihood=bernoulli would be refused at every "
+            "searched value tried (beta=0.1, beta=10.0): ",
+        ),
+    ],
+)
+def test_a_searched_key_refused_at_both_bounds_is_named_as_the_key(params, grid, message):
+    """data.batch_size=interval(16, 256) (floats, refused at both bounds) was reported as
+    'refused at every searched value tried ... Drop that grid point', with no grid point:
+    now the key is named, with the integer range that fixes it."""
+    from vaesweep.sweep.search.checks import check_space_values
+
+    plan = Plan(parse_space(params, ["data=digits", *grid]), "val/elbo", "maximize", 2, 1, "",
+                "search", 1.0, Path("."), ())  # fmt: skip
+    example = {k: p.example() for k, p in plan.space.searched.items()}
+    with _composing(), pytest.raises(SearchError) as refused:
+        check_space_values(_multirun_config({}), plan, example)
+    assert message in str(refused.value)
+    if "int(interval" in message:
+        assert "grid point" not in str(refused.value)
+
+
 @pytest.mark.slow
 def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdir):
     """The real CLI: two studies (a grid axis) under the default seeded TPE sampler; the

@@ -5,6 +5,7 @@ changed search). Run before any trial."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -195,17 +196,58 @@ def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
             _refuse_mixed_kinds(plan, where, kinds)
             continue
         key, param, value, e = refused[0]
-        if len(refused) == len(tried) and (len(tried) > 1 or point):
+        check = functools.partial(_accepted, config, plan, point, example, references)
+        if len(refused) == len(tried) and not check({}):  # refused whatever is searched
+            what = "Drop that grid point or correct the value" if point else "Correct that value"
             raise SearchError(
                 f"the trials{where} would be refused at every searched value tried "
-                f"({', '.join(tried)}): {str(e).rstrip('.')}. Drop that grid point or "
-                "correct the value"
+                f"({', '.join(tried)}): {str(e).rstrip('.')}. {what}"
             )
         raise SearchError(
             f"hydra.sweeper.params.{key}={param.describe()} includes "
             f"{key}={render(value)}{where}, which a run refuses: {str(e).rstrip('.')}. Allowed: a "
-            "space whose every value a run accepts"
+            f"space whose every value a run accepts{_integer_hint(param, check)}"
         )
+
+
+def _accepted(
+    config: DictConfig,
+    plan: Plan,
+    point: list[str],
+    example: dict,
+    references: list[str],
+    values: dict[str, Any],
+) -> bool:
+    """Whether a run accepts the trial of ``point`` with the searched ``values`` (the other
+    searched keys at their example value); with ``values`` empty, the trial without any
+    searched key set (each at the config's own value)."""
+    params = {**example, **values} if values else {}
+    try:
+        cfg = compose(
+            config.hydra.job.config_name, overrides=plan.space.trial_overrides(point, params)
+        )
+        validate_config(cfg, in_job=False, references=references)
+    except ConfigError:
+        return False
+    except Exception:  # not the value's fault: the trial reports it itself
+        return True
+    return True
+
+
+def _integer_hint(param: Any, accepted: Any) -> str:
+    """``; ... int(interval(16, 256))`` for a float range whose bounds a run refuses as
+    floats but accepts as integers (``accepted``: :func:`_accepted` of this grid point)."""
+    if param.kind != "float" or param.step is not None:
+        return ""
+    low, high = param.low, param.high
+    if not (float(low).is_integer() and float(high).is_integer()):
+        return ""
+    if not all(accepted({param.name: int(v)}) for v in (low, high)):
+        return ""
+    expression = f"int(interval({int(low)}, {int(high)}))"
+    if param.log:
+        expression = f"tag(log, {expression})"
+    return f" ({param.name} takes integers: hydra.sweeper.params.{param.name}={expression})"
 
 
 def check_shadowed(config: DictConfig) -> None:
