@@ -545,6 +545,67 @@ def test_a_searched_key_refused_at_both_bounds_is_named_as_the_key(params, grid,
         assert "grid point" not in str(refused.value)
 
 
+def _check_configs(tmp_path: Path, arguments: list[str]) -> None:
+    """check_configs of a search launched with ``arguments`` (real Hydra composition)."""
+    from vaesweep.sweep.search.checks import check_configs
+
+    with _composing():
+        quoted = quote_sweeper_params(arguments)
+        hydra = [a for a in quoted if a.lstrip("+").startswith("hydra.")]
+        config = _launching_config([*hydra, f"hydra.sweep.dir={tmp_path}"])
+        plan = plan_search(config, [a for a in quoted if a not in hydra])
+        check_configs(config, plan)
+
+
+@pytest.mark.parametrize("order", ["capacity,constant", "constant,capacity"])
+@pytest.mark.parametrize(
+    ("schedule", "refused"),
+    [
+        (  # capacity reads no β: its trials would be copies of one run
+            "hydra.sweeper.params.beta_schedule=choice({order})",
+            "hydra.sweeper.params.beta=float[0.1, 10.0] log is read only at some values of "
+            "the search space: the trials at beta_schedule=capacity do not read it (no selected "
+            "component reads `beta`",
+        ),
+        (  # a grid axis: the study of capacity searches a key none of its trials reads
+            "beta_schedule={order}",
+            "hydra.sweeper.params.beta=float[0.1, 10.0] log at the grid point "
+            "beta_schedule=capacity (study 'search[beta_schedule=capacity]') is read by no "
+            "trial of this study",
+        ),
+        ("hydra.sweeper.params.beta_schedule=choice({order}) beta=2", None),  # fixed β: read
+    ],
+)
+def test_a_searched_key_some_trials_do_not_read_is_refused_in_any_order(
+    tmp_path, order, schedule, refused
+):
+    """beta searched with beta_schedule=choice(capacity, constant) was refused (capacity
+    first: β unread at the example point) while choice(constant, capacity) was accepted,
+    and 3 of its 4 trials were capacity runs that differed only in β, with identical
+    metrics. With a grid axis, both orders were accepted and the capacity study searched
+    a β none of its trials read. Now the trials at every value tried decide, in any order."""
+    searched = (
+        [] if " beta=2" in schedule else ["hydra.sweeper.params.beta=tag(log, interval(0.1, 10))"]
+    )
+    arguments = [
+        "data=digits",
+        "hydra.sweeper.n_trials=2",
+        *searched,
+        *schedule.format(order=order).split(),
+    ]
+    if refused is None:
+        _check_configs(tmp_path, arguments)
+        return
+    with pytest.raises(SearchError) as e:
+        _check_configs(tmp_path, arguments)
+    assert refused in str(e.value)
+    if "choice" in schedule:
+        assert (
+            "A conditional search space is not supported: search beta only where every "
+            "trial reads it (a fixed beta_schedule=constant" in str(e.value)
+        )
+
+
 @pytest.mark.slow
 def test_a_search_with_grid_axes_and_the_default_sampler_runs_every_study(workdir):
     """The real CLI: two studies (a grid axis) under the default seeded TPE sampler; the
@@ -1874,6 +1935,10 @@ BAD = {
             "++hydra.sweeper.sampler._partial_=true",
         ],
         ["hydra.sweeper.sampler: _target_=optuna.samplers.GridSampler with _partial_=True"],
+    ),
+    "a conditional search space": (
+        [BETA, "hydra.sweeper.params.beta_schedule=choice(constant, capacity)"],
+        ["hydra.sweeper.params.beta=float[0.1, 10.0] log is read only at some values"],
     ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from vaesweep.core.checks import ConfigError
 from vaesweep.model.likelihood_base import data_label
 from vaesweep.run.config import likelihood_class, resolve_preprocess, validate_config
-from vaesweep.run.effective import check_distinct, check_overrides, hydra_references
+from vaesweep.run.effective import check_distinct, check_overrides, hydra_references, reads
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
@@ -84,9 +84,10 @@ def check_objective_comparable(plan: Plan) -> None:
 
 
 def check_configs(config: DictConfig, plan: Plan) -> None:
-    """Composes one job per grid point (searched keys at an example value) and refuses keys
-    that change nothing, grid points that compute the same thing, and an objective that
-    these jobs will not report."""
+    """Composes one job per grid point (searched keys at an example value), and one per
+    searched key and value tried at every grid point (:func:`space_configs`), and refuses
+    keys that change nothing, grid points that compute the same thing, an objective that
+    these jobs will not report, and values a run refuses."""
     example = {k: p.example() for k, p in plan.space.searched.items()}
     jobs = [plan.space.trial_overrides(point, example) for point in plan.space.points()]
     try:
@@ -96,12 +97,89 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     check_objective_comparable(plan)
     for cfg in configs:
         _check_objective_reported(cfg, plan.objective, plan.objective_key)
-    refusal = check_overrides(jobs[0], configs)  # every job has the same keys
+    composed = {tuple(p): space_configs(config, plan, p, example) for p in plan.space.points()}
+    every = [*configs, *(c for tried in composed.values() for *_, c in tried if _is_config(c))]
+    # The fixed and grid keys: read by some trial, at any point and searched value.
+    fixed = [o for o in jobs[0] if _override_key(o) not in plan.space.searched]
+    refusal = check_overrides(fixed, every)  # every job has the same keys
     if refusal is None and len(jobs) > 1:
         refusal = check_distinct(list(zip(jobs, configs, strict=True)))
     if refusal:
         raise SearchError(refusal)
-    check_space_values(config, plan, example)
+    for point in plan.space.points():
+        check_searched_read(plan, point, composed[tuple(point)])
+    check_space_values(config, plan, example, composed)
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _is_config(composed: Any) -> bool:
+    return isinstance(composed, DictConfig)
+
+
+def space_configs(
+    config: DictConfig, plan: Plan, point: list[str], example: dict
+) -> list[tuple[str, Any, Any]]:
+    """(key, value, its trial's composed config, or the exception composing it raised) of
+    each searched key at each value tried (its bounds; every option of a ``choice``), the
+    other searched keys at their example value, at the grid point ``point``."""
+    out = []
+    for key, param in plan.space.searched.items():
+        values = param.choices if param.kind == "categorical" else (param.low, param.high)
+        for value in dict.fromkeys(values):
+            job = plan.space.trial_overrides(point, {**example, key: value})
+            try:
+                out.append((key, value, compose(config.hydra.job.config_name, overrides=job)))
+            except Exception as e:
+                out.append((key, value, e))
+    return out
+
+
+def _reads_key(read: set[str], key: str) -> bool:
+    """Whether a trial that reads the config paths ``read`` reads ``key`` (or a part of it)."""
+    return any(p == key or p.startswith(key + ".") or key.startswith(p + ".") for p in read)
+
+
+def check_searched_read(plan: Plan, point: list[str], tried: list[tuple[str, Any, Any]]) -> None:
+    """Refuses a searched key that the trials of a study (grid point) do not all read, at
+    every value tried of every searched key (``tried``: :func:`space_configs`): read by no
+    trial, the study would train copies of one run; read at some values of another key
+    only (``beta`` with ``beta_schedule=choice(constant, capacity)``: capacity reads no
+    β), the trials at the others would differ only in it, copies of one run reported as if
+    it mattered. Either way, whatever the order of the choices."""
+    where = f" at the grid point {' '.join(point)} (study {plan.study(point)!r})" if point else ""
+    configs = [(k, v, c) for k, v, c in tried if _is_config(c)]
+    paths = [reads(c)[0] for _, _, c in configs]
+    for key, param in plan.space.searched.items():
+        read = [_reads_key(p, key) for p in paths]
+        if all(read):
+            continue
+        shown = f"hydra.sweeper.params.{key}={param.describe()}{where}"
+        override = f"{param.key}={param.text(param.example())}"
+        if not any(read):
+            raise SearchError(
+                f"{shown} is read by no trial of this study, at any value of the search space: "
+                f"{check_overrides([override], [c for _, _, c in configs]) or override}"
+                + (f" Drop that grid point from the search of {key}" if point else "")
+            )
+        unread = [(k, v, c) for (k, v, c), r in zip(configs, read, strict=True) if not r]
+        # Named by the other keys' values where they are the cause (this key's own values
+        # are unread there only as the others take their example value).
+        unread = [u for u in unread if u[0] != key] or unread
+        other, value, cfg = unread[0]
+        why = (check_overrides([override], [cfg]) or "").split(": ", 1)[-1]
+        at = ", ".join(dict.fromkeys(f"{k}={render(v)}" for k, v, _ in unread))
+        reading = [v for (k, v, _), r in zip(configs, read, strict=True) if k == other and r]
+        fix = f"{other}={render(reading[0] if reading else plan.space.searched[other].example())}"
+        raise SearchError(
+            f"{shown} is read only at some values of the search space: the trials at {at} do "
+            f"not read it ({why}), so they would differ only in {key}: copies of one run, "
+            f"reported as if {key} mattered. A conditional search space is not supported: "
+            f"search {key} only where every trial reads it (a fixed {fix}, or a grid axis of "
+            f"values that read it) and the other values in a search without {key}"
+        )
 
 
 def data_kind(cfg: DictConfig) -> str:
@@ -164,34 +242,39 @@ def _refuse_mixed_kinds(
     )
 
 
-def check_space_values(config: DictConfig, plan: Plan, example: dict) -> None:
+def check_space_values(
+    config: DictConfig,
+    plan: Plan,
+    example: dict,
+    composed: dict[tuple[str, ...], list[tuple[str, Any, Any]]] | None = None,
+) -> None:
     """Refuses a search space with values a run refuses (``beta=interval(-1, 1)``): each
     searched key at its bounds (every option of a ``choice``), the others at their example
     value, at every grid point, validated as each trial's run would validate it, so that
     no trial of the budget is spent on a value known to fail. A grid point refused at every
     value tried is named as the point (a fixed or grid value is the cause, not a searched
     one). (One composition per value and grid point: a value refused only in combination
-    with another searched key's non-example value fails in those trials.)"""
+    with another searched key's non-example value fails in those trials.) ``composed``:
+    :func:`space_configs` of every grid point, when already composed."""
     references = hydra_references(config.hydra)  # the trials' configs have no hydra node
     for point in plan.space.points():
         where = f" at the grid point {' '.join(point)}" if point else ""
         tried: list[str] = []
         refused: list[tuple[str, Any, Any, ConfigError]] = []
         kinds: dict[tuple[str, str], list[tuple[str, Any]]] = {}  # data → (key, value) tried
-        for key, param in plan.space.searched.items():
-            values = param.choices if param.kind == "categorical" else (param.low, param.high)
-            for value in dict.fromkeys(values):
-                job = plan.space.trial_overrides(point, {**example, key: value})
-                try:
-                    cfg = compose(config.hydra.job.config_name, overrides=job)
-                    validate_config(cfg, in_job=False, references=references)
-                    data = (_dataset(cfg), data_kind(cfg))
-                    kinds.setdefault(data, []).append((key, value))
-                except ConfigError as e:
-                    refused.append((key, param, value, e))
-                except Exception:  # not the value's fault: the trial reports it itself
-                    continue
-                tried.append(f"{key}={render(value)}")
+        configs = (composed or {}).get(tuple(point)) or space_configs(config, plan, point, example)
+        for key, value, cfg in configs:
+            try:
+                if not _is_config(cfg):
+                    raise cfg
+                validate_config(cfg, in_job=False, references=references)
+                data = (_dataset(cfg), data_kind(cfg))
+                kinds.setdefault(data, []).append((key, value))
+            except ConfigError as e:
+                refused.append((key, plan.space.searched[key], value, e))
+            except Exception:  # not the value's fault: the trial reports it itself
+                continue
+            tried.append(f"{key}={render(value)}")
         if not refused:
             _refuse_mixed_kinds(plan, where, kinds)
             continue
