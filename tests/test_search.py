@@ -1343,6 +1343,59 @@ def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path
         check_studies(own)
 
 
+def test_a_study_no_vaesweep_search_started_is_refused_or_given_its_search(tmp_path):
+    """A study without vaesweep's fingerprint was joined silently: one with trials (another
+    tool's: Hydra's own Optuna sweeper, an Optuna script) gave a best.json naming trial
+    directories that do not exist, and one without trials (a launch killed between
+    create_study and recording its search) never got a fingerprint, so a later launch with
+    another space was accepted. Now the first is refused, the second recorded."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import SPACE_ATTR, open_study
+
+    plan = _plan(tmp_path)
+    storage = open_storage(plan.storage)
+    foreign = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    foreign.optimize(lambda t: -t.suggest_float("beta", 1.0, 4.0), n_trials=3)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    for check in (check_studies, lambda p: open_study(storage, p, [], sampler, None)):
+        with pytest.raises(SearchError) as refused:
+            check(plan)
+        assert (
+            f"hydra.sweeper.study_name=search: the study 'search' in {plan.storage} was not "
+            "started by a vaesweep search (it records no search, and has 3 trials"
+        ) in str(refused.value)
+        assert "choose another hydra.sweeper.study_name" in str(refused.value)
+
+    killed = _plan(tmp_path / "killed")  # killed right after create_study: no trial
+    storage = open_storage(killed.storage)
+    optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    check_studies(killed)
+    study = open_study(storage, killed, [], sampler, None)
+    assert study.user_attrs[SPACE_ATTR] == killed.fingerprint()
+    killed.space = parse_space({"beta": "interval(50.0, 60.0)"}, ["data=digits", "logger=csv"])
+    with pytest.raises(SearchError, match="was started with another search"):
+        check_studies(killed)
+
+
+def test_a_study_of_another_tool_is_refused_by_the_cli(workdir):
+    """The reviewer's case, real launch: a plain Optuna study 'search' with 3 completed
+    trials in the storage; the search ran nothing, exited 0 and reported the foreign
+    trial 2 (a directory that does not exist) as its best."""
+    import optuna
+
+    storage = f"sqlite:///{workdir / 'example.db'}"
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    study.optimize(lambda t: -t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=3", BETA, f"hydra.sweeper.storage={storage}"],
+                   workdir, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "the study 'search' in sqlite:///" in proc.stderr
+    assert "was not started by a vaesweep search" in proc.stderr
+    assert not (workdir / "sweep" / BEST_FILE).exists()
+
+
 @pytest.mark.slow
 def test_the_same_search_into_a_new_sweep_directory_is_refused_by_the_cli(workdir):
     """The reviewer's case, real launches: sqlite:///x.db (relative to the working

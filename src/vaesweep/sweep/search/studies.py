@@ -77,10 +77,16 @@ def existing_study(storage: Any, name: str) -> Any:
 
 
 def check_unchanged(study: Any, plan: Plan) -> None:
-    """SearchError when ``study`` was started with another search than ``plan``."""
+    """SearchError when ``study`` was started with another search than ``plan``, or by
+    something else than a vaesweep search (no fingerprint, and trials: Hydra's own Optuna
+    sweeper, an Optuna script). A study without a fingerprint or trials (a launch killed
+    between creating it and recording its search) is taken: :func:`open_study` records it."""
     stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        _check_vaesweeps(study, plan)
+        return
     wanted = plan.fingerprint()
-    if stored is None or stored == wanted:
+    if stored == wanted:
         return
     changes = [
         f"{part}: {stored.get(part)} → {wanted[part]}"
@@ -95,6 +101,21 @@ def check_unchanged(study: Any, plan: Plan) -> None:
         f"with another search ({'; '.join(changes)}). Its trials would mix two searches: "
         "run the original command to continue it; for the new search, choose another "
         f"hydra.sweeper.study_name or another hydra.sweeper.storage{elsewhere}"
+    )
+
+
+def _check_vaesweeps(study: Any, plan: Plan) -> None:
+    """SearchError when ``study``, which records no vaesweep search, has trials: another
+    tool's (its trials have no directory here, their parameters are not this search's)."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return
+    raise SearchError(
+        f"hydra.sweeper.study_name={plan.study_name}: the study {study.study_name!r} in "
+        f"{plan.storage} was not started by a vaesweep search (it records no search, and has "
+        f"{len(trials)} trials: Hydra's own Optuna sweeper's or another Optuna script's?), so "
+        "its trials are not this search's and their directories are not in the sweep "
+        "directory; choose another hydra.sweeper.study_name (or another hydra.sweeper.storage)"
     )
 
 
@@ -119,7 +140,7 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
         direction=plan.direction,
         load_if_exists=True,
     )
-    if existing is None:
+    if existing is None or SPACE_ATTR not in existing.user_attrs:  # new, or never recorded
         study.set_user_attr(SPACE_ATTR, plan.fingerprint())
         study.set_user_attr("grid_point", point)
     if study.user_attrs.get(SWEEP_ATTR) != here:  # where it is now (moved: its new path)
