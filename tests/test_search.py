@@ -1396,6 +1396,87 @@ def test_a_study_of_another_tool_is_refused_by_the_cli(workdir):
     assert not (workdir / "sweep" / BEST_FILE).exists()
 
 
+def test_a_study_recorded_without_its_trials_config_resumes_and_records_it(tmp_path):
+    """A study an earlier vaesweep started records no trials' config in its fingerprint: it
+    resumes (the rest of its search unchanged), and records this launch's config, which
+    the next launch is compared with. A changed config (the override lines the same: an
+    edited preset) is refused, naming the keys that differ."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies, study_configs
+    from vaesweep.sweep.search.studies import open_study
+
+    plan = _plan(tmp_path)  # no trials' config: as an earlier vaesweep fingerprinted
+    storage = open_storage(plan.storage)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    open_study(storage, plan, [], sampler, None)
+    assert "config" not in _stored_fingerprint(storage)
+    with _composing():
+        plan.configs = study_configs(_multirun_config({}), plan)
+        edited = _plan(tmp_path)
+        edited.space.fixed["trainer.max_epochs"] = "trainer.max_epochs=3"
+        edited.configs = study_configs(_multirun_config({}), edited)
+    config = plan.configs["search"]
+    assert config["trainer.max_epochs"] == 20 and "beta" not in config  # the searched key
+    assert "logger.name" not in config and "data.name" in config  # what changes results
+    check_studies(plan)  # resumed
+    open_study(storage, plan, [], sampler, None)
+    assert _stored_fingerprint(storage) == plan.fingerprint("search")
+    assert _stored_fingerprint(storage)["config"] == config
+    plan.configs = edited.configs  # the same override lines, another composed config
+    with pytest.raises(SearchError, match="was started with another search") as refused:
+        check_studies(plan)
+    assert (
+        "the trials' config (from the command line, a preset or a config file): "
+        "trainer.max_epochs: 20 → 3)" in str(refused.value)
+    )
+    with pytest.raises(SearchError, match="trainer.max_epochs: 20 → 3"):
+        open_study(storage, plan, [], sampler, None)
+
+
+def _stored_fingerprint(storage) -> dict:
+    import optuna
+
+    from vaesweep.sweep.search.studies import SPACE_ATTR
+
+    return optuna.load_study(study_name="search", storage=storage).user_attrs[SPACE_ATTR]
+
+
+@pytest.mark.slow
+def test_an_edited_preset_is_a_changed_search(tmp_path):
+    """The reviewer's case: a search kept in a preset (hparams_search), edited between two
+    launches (trainer.max_epochs: 1 → 2, with n_trials raised) was accepted, and one study
+    mixed trials of 1 and 2 epochs. Now refused before any trial, naming the key; an edit
+    of n_trials alone continues the study."""
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    preset = conf / "edit.yaml"
+    text = (
+        "# @package _global_\n"
+        "defaults: [{override /hydra/sweeper: optuna}]\n"
+        "trainer: {max_epochs: 1}\n"
+        "hydra: {mode: MULTIRUN, sweeper: {n_trials: 1, params: {beta: 'tag(log, interval(0.1, 10))'}}}\n"
+    )
+    preset.write_text(text)
+    budget = [a for a in LHT_BUDGET if not a.startswith("trainer.max_epochs=")]  # the preset's
+    args = ["--config-dir", str(tmp_path / "conf"), "hparams_search=edit", *budget]
+    assert run_cli(args, tmp_path).returncode == 0
+    preset.write_text(
+        text.replace("max_epochs: 1", "max_epochs: 2").replace("n_trials: 1", "n_trials: 2")
+    )
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        "search refused, no trial was run: hydra.sweeper.params: the study 'search'" in proc.stderr
+    )
+    assert "trainer.max_epochs: 1 → 2" in proc.stderr
+    assert len(trials(tmp_path / "sweep")) == 1
+    preset.write_text(text.replace("n_trials: 1", "n_trials: 2"))
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in trials(tmp_path / "sweep")] == ["COMPLETE", "COMPLETE"]
+
+
 @pytest.mark.slow
 def test_the_same_search_into_a_new_sweep_directory_is_refused_by_the_cli(workdir):
     """The reviewer's case, real launches: sqlite:///x.db (relative to the working
@@ -1558,11 +1639,12 @@ def test_a_stopped_relaunch_keeps_every_study_in_best_json(tmp_path):
     config = _multirun_config({"n_trials": 1, "params": {"beta": "interval(1.0, 4.0)"}})
     config.hydra.sweep.dir = str(tmp_path)
     grid = ["likelihood=gaussian,laplace"]
-    run_search(config, _StoppingLauncher(tmp_path), grid, None, None)
+    with _composing():  # as in Hydra's multirun, which composes the trials' configs
+        run_search(config, _StoppingLauncher(tmp_path), grid, None, None)
     first = json.loads((tmp_path / BEST_FILE).read_text())
     assert [b["study"] for b in first] == ["search[likelihood=gaussian]", "search[likelihood=laplace]"]  # fmt: skip
     config.hydra.sweeper.n_trials = 2
-    with pytest.raises(KeyboardInterrupt):
+    with _composing(), pytest.raises(KeyboardInterrupt):
         run_search(config, _StoppingLauncher(tmp_path, "likelihood=gaussian"), grid, None, None)
     again = json.loads((tmp_path / BEST_FILE).read_text())
     assert [b["study"] for b in again] == [b["study"] for b in first]

@@ -6,6 +6,7 @@ changed search). Run before any trial."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from vaesweep.core.checks import ConfigError
+from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.likelihood_base import data_label
 from vaesweep.run.config import likelihood_class, resolve_preprocess, validate_config
 from vaesweep.run.effective import check_distinct, check_overrides, hydra_references, reads
@@ -97,6 +99,7 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     check_objective_comparable(plan)
     for cfg in configs:
         _check_objective_reported(cfg, plan.objective, plan.objective_key)
+    plan.configs = study_configs(config, plan, configs)
     composed = {tuple(p): space_configs(config, plan, p, example) for p in plan.space.points()}
     every = [*configs, *(c for tried in composed.values() for *_, c in tried if _is_config(c))]
     # The fixed and grid keys: read by some trial, at any point and searched value.
@@ -109,6 +112,49 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     for point in plan.space.points():
         check_searched_read(plan, point, composed[tuple(point)])
     check_space_values(config, plan, example, composed)
+
+
+def study_configs(
+    config: DictConfig, plan: Plan, configs: list[DictConfig] | None = None
+) -> dict[str, dict[str, Any]]:
+    """{study: :func:`computed_config` of its trials} (``configs``: each grid point's trial at
+    the example point, composed here when not given)."""
+    points = plan.space.points()
+    if configs is None:
+        example = {k: p.example() for k, p in plan.space.searched.items()}
+        name = config.hydra.job.config_name
+        try:
+            configs = [
+                compose(name, overrides=plan.space.trial_overrides(point, example))
+                for point in points
+            ]
+        except Exception as e:
+            raise SearchError(f"the trials' config does not compose: {e}") from None
+    return {
+        plan.study(point): computed_config(cfg, plan)
+        for point, cfg in zip(points, configs, strict=True)
+    }
+
+
+def computed_config(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
+    """What a study's trials compute, as its fingerprint keeps it: the value of every key a
+    trial reads (:func:`vaesweep.run.effective.reads`) that can change its numbers
+    (:meth:`Plan.changes_results`), resolved, as written, except the searched keys (each
+    trial sets them; ``cfg`` has them at an example value). Plain JSON, by key."""
+    read, _ = reads(cfg)
+    values = plain(cfg)
+    leaves: dict[str, Any] = {}
+    for path in read:
+        node = values
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        leaves.update(flatten(node, f"{path}.", as_float=False))
+    kept = {
+        k: v
+        for k, v in sorted(leaves.items())
+        if plan.changes_results(k) and not any(_reads_key({k}, s) for s in plan.space.searched)
+    }
+    return json.loads(json.dumps(kept, default=str))
 
 
 def _override_key(override: str) -> str:

@@ -18,7 +18,12 @@ from vaesweep.run.context import SWEEP_FILE, previous_sweep, sweep_record_lock
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, sweep_results
 from vaesweep.sweep.grid import finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
-from vaesweep.sweep.search.checks import check_configs, check_shadowed, check_studies
+from vaesweep.sweep.search.checks import (
+    check_configs,
+    check_shadowed,
+    check_studies,
+    study_configs,
+)
 from vaesweep.sweep.search.plan import Plan, adopt_sweeper, check_sampler, plan_search
 from vaesweep.sweep.search.space import SearchError
 from vaesweep.sweep.search.storage import check_storage, open_storage, quiet_optuna
@@ -83,6 +88,7 @@ def run_search(
     trials (also in best.json, written too when a signal stops the search: SweepStopped
     propagates to the entry point, which writes the summary)."""
     plan = plan_search(config, arguments)
+    plan.configs = study_configs(config, plan)  # what each study's trials compute
     stop_if_signalled()
     check_storage(plan.storage)
     quiet_optuna()

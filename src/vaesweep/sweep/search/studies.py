@@ -4,18 +4,23 @@ changed search, or a launch from another sweep directory, is refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from vaesweep.core.helpers import compared_number
 from vaesweep.run.context import read_sweep
 from vaesweep.sweep.search.plan import Plan
-from vaesweep.sweep.search.space import SearchError
+from vaesweep.sweep.search.space import SearchError, render
 from vaesweep.sweep.search.storage import is_url
 
 #: The study's user attr that holds the search it was started with (Plan.fingerprint).
 SPACE_ATTR = "vaesweep_search"
 #: The study's user attr that holds the sweep directory it belongs to (sweep_identity).
 SWEEP_ATTR = "vaesweep_sweep"
+#: The part of the fingerprint that holds what the trials compute (Plan.fingerprint).
+CONFIG_PART = "config"
+ABSENT = "<absent>"
 
 
 def sweep_identity(plan: Plan) -> dict[str, Any]:
@@ -85,14 +90,17 @@ def check_unchanged(study: Any, plan: Plan) -> None:
     if stored is None:
         _check_vaesweeps(study, plan)
         return
-    wanted = plan.fingerprint()
-    if stored == wanted:
+    wanted = plan.fingerprint(study.study_name)
+    changes = []
+    for part, value in wanted.items():
+        if part not in stored:  # recorded by an earlier vaesweep: open_study adds it
+            continue
+        if part == CONFIG_PART:
+            changes += _config_changes(stored[part], value)
+        elif stored[part] != value:
+            changes.append(f"{part}: {stored[part]} → {value}")
+    if not changes:
         return
-    changes = [
-        f"{part}: {stored.get(part)} → {wanted[part]}"
-        for part in wanted
-        if stored.get(part) != wanted[part]
-    ]
     elsewhere = (
         " or another hydra.sweep.dir (its own journal)" if journal_in_sweep_dir(plan) else ""
     )
@@ -102,6 +110,25 @@ def check_unchanged(study: Any, plan: Plan) -> None:
         "run the original command to continue it; for the new search, choose another "
         f"hydra.sweeper.study_name or another hydra.sweeper.storage{elsewhere}"
     )
+
+
+def _config_changes(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for each key of the trials' config whose value differs (numbers
+    compared as jobs are: ``1`` and ``1.0`` are one value)."""
+
+    def same(key: str) -> bool:
+        old, new = (json.dumps(compared_number(key, c.get(key, ABSENT))) for c in (stored, wanted))
+        return old == new and (key in stored) == (key in wanted)
+
+    differ = [k for k in sorted({*stored, *wanted}) if not same(k)]
+    if not differ:
+        return []
+    shown = "; ".join(
+        f"{k}: {render(stored.get(k)) if k in stored else ABSENT} → "
+        f"{render(wanted.get(k)) if k in wanted else ABSENT}"
+        for k in differ[:6]
+    ) + ("; ..." if len(differ) > 6 else "")
+    return [f"the trials' config (from the command line, a preset or a config file): {shown}"]
 
 
 def _check_vaesweeps(study: Any, plan: Plan) -> None:
@@ -140,9 +167,12 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
         direction=plan.direction,
         load_if_exists=True,
     )
-    if existing is None or SPACE_ATTR not in existing.user_attrs:  # new, or never recorded
-        study.set_user_attr(SPACE_ATTR, plan.fingerprint())
+    stored = existing.user_attrs.get(SPACE_ATTR) if existing is not None else None
+    if stored is None:  # new, or never recorded
+        study.set_user_attr(SPACE_ATTR, plan.fingerprint(name))
         study.set_user_attr("grid_point", point)
+    elif set(plan.fingerprint(name)) - set(stored):  # an earlier vaesweep's: completed
+        study.set_user_attr(SPACE_ATTR, {**plan.fingerprint(name), **stored})
     if study.user_attrs.get(SWEEP_ATTR) != here:  # where it is now (moved: its new path)
         study.set_user_attr(SWEEP_ATTR, here)
     return study
