@@ -1275,6 +1275,66 @@ def test_a_new_study_is_refused_where_another_studys_trials_are(tmp_path):
     check_studies(_plan(tmp_path, study_name="other2", grid=["likelihood=gaussian,laplace"]))
 
 
+def test_a_relaunch_that_drops_a_study_of_its_sweep_directory_is_refused(tmp_path):
+    """Grid axes changed on relaunch into the same sweep directory (an axis added: 'search'
+    became 'search[likelihood=gaussian]', ...) were accepted: sweep.json was rewritten,
+    best.json lost the first search's study, summary.csv mixed the two. Now a relaunch
+    that does not have every study of its sweep directory (in the storage, or in
+    sweep.json's record of the earlier launches) is refused; a value added to a grid axis
+    keeps every study and is accepted."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import open_study
+
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    first = _plan(tmp_path / "a")
+    storage = open_storage(first.storage)
+    open_study(storage, first, [], sampler, None)
+    with pytest.raises(SearchError) as refused:
+        check_studies(_plan(tmp_path / "a", grid=["likelihood=gaussian,laplace"]))
+    assert (
+        f"hydra.sweep.dir={tmp_path / 'a'} holds a search whose studies 'search' this launch "
+        "does not have (its studies: 'search[likelihood=gaussian]', "
+        "'search[likelihood=laplace]'): its grid axes or study_name changed"
+    ) in str(refused.value)
+    assert "choose another hydra.sweep.dir" in str(refused.value)
+    check_studies(first)  # the same search
+
+    two = _plan(tmp_path / "b", grid=["seed=0,1"])
+    storage = open_storage(two.storage)
+    for point in two.space.points():
+        open_study(storage, two, point, sampler, None)
+    three = _plan(tmp_path / "b", grid=["seed=0,1,2"])
+    check_studies(three)  # a value added to the axis: every study kept
+    open_study(storage, three, ["seed=2"], sampler, None)
+    with pytest.raises(SearchError, match="studies 'search\\[seed=2\\]' this launch"):
+        check_studies(two)  # a value dropped
+
+    # The earlier launches' studies in sweep.json (their storage elsewhere, or gone).
+    (tmp_path / "c").mkdir()
+    record = {"search": {"studies": ["search"], "grid": {}}}
+    (tmp_path / "c" / "sweep.json").write_text(json.dumps(record))
+    with pytest.raises(SearchError, match=r"studies 'search' this launch .* grid axes: \{\} → "):
+        check_studies(_plan(tmp_path / "c", grid=["likelihood=gaussian,laplace"]))
+
+
+@pytest.mark.slow
+def test_changed_grid_axes_are_refused_by_the_cli(workdir):
+    """The reviewer's case, real launches into one sweep directory: a search, then the same
+    with a grid axis added."""
+    first = run_cli([*SEARCH, "hydra.sweeper.n_trials=1", BETA], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (workdir / "sweep" / "sweep.json").read_bytes()
+    again = run_cli([*SEARCH, "hydra.sweeper.n_trials=1", BETA, "likelihood=gaussian,laplace"],
+                    workdir, timeout=120)  # fmt: skip
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "holds a search whose studies 'search' this launch does not have" in again.stderr
+    assert (workdir / "sweep" / "sweep.json").read_bytes() == before
+    (best,) = json.loads((workdir / "sweep" / BEST_FILE).read_text())
+    assert best["study"] == "search" and not list((workdir / "sweep").glob("likelihood=*"))
+
+
 def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path):
     """A storage shared by two sweep directories (an absolute journal, sqlite:///x.db relative
     to the working directory) and the default study name: a launch into a new sweep

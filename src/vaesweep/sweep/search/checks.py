@@ -18,6 +18,7 @@ from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.likelihood_base import data_label
 from vaesweep.run.config import likelihood_class, resolve_preprocess, validate_config
+from vaesweep.run.context import read_sweep
 from vaesweep.run.effective import check_distinct, check_overrides, hydra_references, reads
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
@@ -25,9 +26,12 @@ from vaesweep.sweep.search.plan import Plan
 from vaesweep.sweep.search.space import SearchError, render
 from vaesweep.sweep.search.storage import is_url, open_storage, quiet_optuna
 from vaesweep.sweep.search.studies import (
+    SPACE_ATTR,
+    SWEEP_ATTR,
     check_owner,
     check_unchanged,
     existing_study,
+    journal_in_sweep_dir,
     sweep_identity,
 )
 
@@ -454,3 +458,48 @@ def check_studies(plan: Plan) -> None:
             check_unchanged(study, plan)
         else:
             check_new_study_dirs(plan, point, others, on_disk)
+    stored = [n for n in others if _belongs_here(existing_study(storage, n), plan, here)]
+    check_same_studies(plan, stored)
+
+
+def _belongs_here(study: Any, plan: Plan, here: dict[str, Any]) -> bool:
+    """Whether ``study`` is a vaesweep search's study of this launch's sweep directory (as it
+    records it; a search's study that records none, an earlier vaesweep's, where the storage
+    is this directory's own journal). A study no vaesweep search started is none."""
+    owner = study.user_attrs.get(SWEEP_ATTR)
+    if not isinstance(owner, dict):
+        return SPACE_ATTR in study.user_attrs and journal_in_sweep_dir(plan)
+    return owner.get("dir") == here["dir"] or bool(
+        owner.get("id") and owner.get("id") == here["id"]
+    )
+
+
+def check_same_studies(plan: Plan, stored: list[str]) -> None:
+    """Refuses a relaunch into a sweep directory whose search has a study this one does not
+    (its grid axes changed, or its study_name): the two searches would mix in one
+    directory (summary.csv, sweep.json), and best.json would drop the earlier studies.
+    ``stored``: the storage's studies of this sweep directory that this launch does not
+    have; the earlier launches' studies come from sweep.json too (another storage's).
+    Adding a value to a grid axis keeps every study: accepted."""
+    try:
+        record = read_sweep(plan.sweep_dir) or {}
+    except (OSError, ValueError):  # a damaged sweep.json: set aside when the search starts
+        record = {}
+    search = record.get("search") if isinstance(record, dict) else None
+    search = search if isinstance(search, dict) else {}
+    ours = plan.studies()
+    dropped = list(
+        dict.fromkeys([*stored, *(n for n in search.get("studies") or [] if n not in ours)])
+    )
+    if not dropped:
+        return
+    grid = search.get("grid")
+    change = f"; grid axes: {grid or '{}'} → {plan.space.grid or '{}'}" if grid is not None else ""
+    raise SearchError(
+        f"hydra.sweep.dir={plan.sweep_dir} holds a search whose studies "
+        f"{', '.join(map(repr, dropped))} this launch does not have (its studies: "
+        f"{', '.join(map(repr, ours))}{change}): its grid axes or study_name changed, and the "
+        "two searches would mix in one sweep directory (its summary, sweep.json, best.json). "
+        "To continue that search, relaunch it as it was; for the new search, choose another "
+        "hydra.sweep.dir (a value added to a grid axis is the same search: accepted)"
+    )
