@@ -477,6 +477,70 @@ def test_each_grid_point_of_seed_proposes_what_a_search_of_that_seed_alone_does(
     assert continued[2].params["beta"] == tpe(int.from_bytes(reseeded[:4], "big"))[0]
 
 
+def test_two_launches_at_once_propose_different_trials_and_one_launch_its_own(tmp_path):
+    """Two launches of one search opened at the same count of trials (started together, or
+    relaunched together) got samplers with one random stream, and their proposals came in
+    identical pairs: half the budget trained twice. Each trial that does not follow the one
+    its launch's sampler proposed last gets a sampler seeded from (seed, study, trial
+    number), unique in the study; a single launch proposes what it always did (a TPE
+    sampler of its seed, and on a relaunch one seeded from (seed, study, trials so far)).
+    Through the real study_samplers → open_study → _next_batch."""
+    import optuna
+
+    from vaesweep.sweep.search.driver import study_samplers
+    from vaesweep.sweep.search.studies import open_study
+
+    quiet_optuna()
+    config = OmegaConf.create(
+        {
+            "seed": 0,
+            "hydra": {
+                "sweeper": {
+                    "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": "${seed}"}
+                }
+            },
+        }
+    )
+    dist = {"beta": optuna.distributions.FloatDistribution(0.1, 10, log=True)}
+
+    def launch(plan: Plan):  # what run_search does: the sweeper's instance, then open_study
+        samplers = study_samplers(config, optuna.samplers.TPESampler(seed=0), plan)
+        return open_study(open_storage(plan.storage), plan, [], samplers, None)
+
+    def run(plan: Plan, launches: list, rounds: int) -> list[tuple[int, float]]:
+        proposed = []
+        for _ in range(rounds):
+            for study in launches:
+                for number, params in _next_batch(study, plan, [], dist, set()):
+                    proposed.append((number, params["beta"]))
+                    study.tell(number, -float(number))
+        return proposed
+
+    space = parse_space({"beta": "tag(log, interval(0.1, 10))"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 6, 1, str(tmp_path / "two" / JOURNAL_FILE),
+                "search", 1.0, tmp_path / "two", ())  # fmt: skip
+    Path(plan.storage).parent.mkdir()
+    together = run(plan, [launch(plan), launch(plan)], 3)
+    assert [n for n, _ in together] == list(range(6))
+    assert len({beta for _, beta in together}) == 6  # were 3 pairs
+    plan.n_trials = 10  # two relaunches together, at 6 trials so far
+    again = run(plan, [launch(plan), launch(plan)], 2)
+    assert [n for n, _ in again] == [6, 7, 8, 9]
+    assert len({beta for _, beta in together + again}) == 10
+
+    alone = Plan(space, "val/elbo", "maximize", 4, 1, str(tmp_path / "one" / JOURNAL_FILE),
+                 "search", 1.0, tmp_path / "one", ())  # fmt: skip
+    Path(alone.storage).parent.mkdir()
+    one = run(alone, [launch(alone)], 4)
+    tpe = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    expected = []
+    for _ in range(4):
+        trial = tpe.ask(dist)
+        expected.append(trial.params["beta"])
+        tpe.tell(trial, -float(trial.number))
+    assert [beta for _, beta in one] == expected  # a single launch: TPE of its seed, unchanged
+
+
 def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(workdir):
     proc = run_cli([*SEARCH, "hydra.sweeper.params.beta=interval(-1, 1)"], workdir, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -4,7 +4,9 @@ changed search, or a launch from another sweep directory, is refused."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +148,51 @@ def _check_vaesweeps(study: Any, plan: Plan) -> None:
     )
 
 
+class TrialSampler:
+    """A study's sampler that picks, for each trial, the sampler proposing it: the one that
+    proposed the trial before it in this launch (its random stream goes on), else a new one
+    from ``make(trial number)`` (``driver.study_samplers``: the configured sampler for trial
+    0, else one seeded from (seed, study, trial number)). So one launch proposes what the
+    same command always proposes, and two launches of one search at once (or relaunched
+    together) never share a random stream: a trial whose predecessor another launch
+    proposed gets a sampler of its own number, unique in the study. Optuna calls
+    ``before_trial`` with the new trial's number before it samples anything; everything else
+    goes to the sampler of the current trial."""
+
+    def __init__(self, make: Callable[[int], Any], number: int) -> None:
+        self._make = make
+        self._sampler = make(number)  # proposes trial ``number`` (the next one asked) ...
+        self._next = number  # ... unless another launch asks it first
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        if trial.number != self._next:
+            self._sampler = self._make(trial.number)
+        self._next = trial.number + 1
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self._sampler.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def __getattr__(self, name: str) -> Any:  # reseed_rng, GridSampler.is_exhausted, ...
+        if name.startswith("__") or name in ("_sampler", "_make", "_next"):
+            raise AttributeError(name)  # not set yet (copy, pickle): never the sampler's
+        return getattr(self._sampler, name)
+
+
 def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner: Any) -> Any:
     """The study of one grid point: continued when it exists (and the search is unchanged),
     else created with the search's fingerprint. ``sampler``: a sampler, or a function of
-    (study name, trials already asked) that gives one (see ``driver.study_samplers``)."""
+    (study name, trial number) that gives the sampler proposing from that trial on (see
+    ``driver.study_samplers``; the study gets a :class:`TrialSampler` of it)."""
     import optuna
 
     name = plan.study(point)
@@ -162,7 +205,9 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        sampler=sampler(name, asked) if callable(sampler) else sampler,
+        sampler=TrialSampler(functools.partial(sampler, name), asked)
+        if callable(sampler)
+        else sampler,
         pruner=pruner,
         direction=plan.direction,
         load_if_exists=True,
