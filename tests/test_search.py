@@ -32,7 +32,7 @@ from vaesweep.sweep.search.plan import (
     plan_search,
 )
 from vaesweep.sweep.search.space import parse_space
-from vaesweep.sweep.search.storage import open_storage
+from vaesweep.sweep.search.storage import open_storage, quiet_optuna
 from vaesweep.sweep.search.trials import _next_batch
 
 from conftest import REPO, RUN_PY, TINY, cli_env, run_cli
@@ -111,6 +111,46 @@ def test_a_trials_string_values_read_back_as_themselves(value):
         assert (type(parsed.value()), parsed.value()) == (type(choice), choice)
         assert plan.reproduce([], {"label.x": choice})[3] == override
     assert space.trial_overrides([], {"label.x": "gaussian"}) == ["+label.x=gaussian"]
+
+
+def test_a_choice_of_lists_or_dicts_trains_with_lists_or_dicts(tmp_path):
+    """choice([128],[256,256]) (accepted by Hydra's Optuna sweeper): each option became the
+    string '[128]', written quoted (model.hidden='[128]'), and the search was refused as if
+    a grid point were wrong. Now a list or dict option is written bare, as Hydra's sweeper
+    writes it, and each trial composes the list; a string with the same text as a list
+    option is refused (Optuna would hold them as one)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaesweep.sweep.search.checks import check_configs
+
+    space = parse_space(
+        {}, ["model.hidden=choice([128],[256,256])", "+label.x=choice({a:1},'[1]')"]
+    )
+    assert space.trial_overrides([], {"model.hidden": "[128]", "label.x": "[1]"}) == [
+        "model.hidden=[128]",
+        "+label.x='[1]'",  # a string stays a string
+    ]
+    (dict_override,) = space.trial_overrides([], {"label.x": "{a:1}"})
+    assert OverridesParser.create().parse_override(dict_override).value() == {"a": 1}
+    with pytest.raises(SearchError, match="the string '\\[1\\]' and the list or dict \\[1\\]"):
+        parse_space({}, ["label.x=choice([1],'[1]')"])
+
+    arguments = [
+        *TINY,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params.model.hidden=choice([128],[256,256])",
+    ]
+    with _composing():
+        config = _launching_config(
+            [*quote_sweeper_params(arguments), f"hydra.sweep.dir={tmp_path}"]
+        )
+        plan = plan_search(config, TINY)
+        check_configs(config, plan)  # was refused: "model.hidden='[128]' is invalid"
+        for value, hidden in (("[128]", [128]), ("[256,256]", [256, 256])):
+            job = plan.space.trial_overrides([], {"model.hidden": value})
+            assert list(compose("train", overrides=job).model.hidden) == hidden
+    assert plan.reproduce([], {"model.hidden": "[128]"})[-2] == "model.hidden=[128]"
 
 
 @pytest.mark.parametrize("directory", ["trial_0003", "x=a\\b,trial_0003", "it's\\,trial_0000"])
@@ -192,6 +232,26 @@ def test_every_sampler_argument_is_accepted_and_a_wrong_one_named():
     sweeper.sampler.n_startup_trails = 3
     with pytest.raises(SearchError, match="unexpected keyword argument 'n_startup_trails'"):
         check_sampler(sweeper)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "named"),
+    [
+        (
+            {"_target_": "optuna.samplers.GridSampler", "_partial_": True},
+            "_target_=optuna.samplers.GridSampler with _partial_=True builds a _DeferredTarget",
+        ),
+        ({"_target_": "collections.OrderedDict"}, "_target_=collections.OrderedDict builds a"),
+    ],
+)
+def test_a_sampler_config_that_builds_no_sampler_is_refused(sampler, named):
+    """``_partial_: true`` (Hydra's own GridSamplerConfig sets it) or a class that is not a
+    sampler built without an error and crashed the search after its first trial had been
+    asked (AttributeError: no before_trial): refused, naming _target_ and _partial_."""
+    with pytest.raises(SearchError, match="not an Optuna sampler") as refused:
+        check_sampler(OmegaConf.create({"sampler": sampler}))
+    assert f"hydra.sweeper.sampler: {named}" in str(refused.value)
+    assert "allowed: _target_ a subclass of optuna.samplers.BaseSampler" in str(refused.value)
 
 
 def _multirun_config(sweeper: dict, top: dict | None = None, choice: str = "optuna"):
@@ -417,6 +477,70 @@ def test_each_grid_point_of_seed_proposes_what_a_search_of_that_seed_alone_does(
     assert continued[2].params["beta"] == tpe(int.from_bytes(reseeded[:4], "big"))[0]
 
 
+def test_two_launches_at_once_propose_different_trials_and_one_launch_its_own(tmp_path):
+    """Two launches of one search opened at the same count of trials (started together, or
+    relaunched together) got samplers with one random stream, and their proposals came in
+    identical pairs: half the budget trained twice. Each trial that does not follow the one
+    its launch's sampler proposed last gets a sampler seeded from (seed, study, trial
+    number), unique in the study; a single launch proposes what it always did (a TPE
+    sampler of its seed, and on a relaunch one seeded from (seed, study, trials so far)).
+    Through the real study_samplers → open_study → _next_batch."""
+    import optuna
+
+    from vaesweep.sweep.search.driver import study_samplers
+    from vaesweep.sweep.search.studies import open_study
+
+    quiet_optuna()
+    config = OmegaConf.create(
+        {
+            "seed": 0,
+            "hydra": {
+                "sweeper": {
+                    "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": "${seed}"}
+                }
+            },
+        }
+    )
+    dist = {"beta": optuna.distributions.FloatDistribution(0.1, 10, log=True)}
+
+    def launch(plan: Plan):  # what run_search does: the sweeper's instance, then open_study
+        samplers = study_samplers(config, optuna.samplers.TPESampler(seed=0), plan)
+        return open_study(open_storage(plan.storage), plan, [], samplers, None)
+
+    def run(plan: Plan, launches: list, rounds: int) -> list[tuple[int, float]]:
+        proposed = []
+        for _ in range(rounds):
+            for study in launches:
+                for number, params in _next_batch(study, plan, [], dist, set()):
+                    proposed.append((number, params["beta"]))
+                    study.tell(number, -float(number))
+        return proposed
+
+    space = parse_space({"beta": "tag(log, interval(0.1, 10))"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 6, 1, str(tmp_path / "two" / JOURNAL_FILE),
+                "search", 1.0, tmp_path / "two", ())  # fmt: skip
+    Path(plan.storage).parent.mkdir()
+    together = run(plan, [launch(plan), launch(plan)], 3)
+    assert [n for n, _ in together] == list(range(6))
+    assert len({beta for _, beta in together}) == 6  # were 3 pairs
+    plan.n_trials = 10  # two relaunches together, at 6 trials so far
+    again = run(plan, [launch(plan), launch(plan)], 2)
+    assert [n for n, _ in again] == [6, 7, 8, 9]
+    assert len({beta for _, beta in together + again}) == 10
+
+    alone = Plan(space, "val/elbo", "maximize", 4, 1, str(tmp_path / "one" / JOURNAL_FILE),
+                 "search", 1.0, tmp_path / "one", ())  # fmt: skip
+    Path(alone.storage).parent.mkdir()
+    one = run(alone, [launch(alone)], 4)
+    tpe = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    expected = []
+    for _ in range(4):
+        trial = tpe.ask(dist)
+        expected.append(trial.params["beta"])
+        tpe.tell(trial, -float(trial.number))
+    assert [beta for _, beta in one] == expected  # a single launch: TPE of its seed, unchanged
+
+
 def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(workdir):
     proc = run_cli([*SEARCH, "hydra.sweeper.params.beta=interval(-1, 1)"], workdir, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -441,6 +565,109 @@ def test_a_search_space_with_values_a_run_refuses_is_refused_before_any_trial(wo
         proc.stderr
     )
     assert not list(workdir.rglob("results.json"))
+
+
+@pytest.mark.parametrize(
+    ("params", "grid", "message"),
+    [
+        (  # one key refused at both bounds: the key, not a grid point, with the fix
+            {"data.batch_size": "interval(16, 256)"},
+            [],
+            "hydra.sweeper.params.data.batch_size=float[16.0, 256.0] includes "
+            "data.batch_size=16.0, which a run refuses: data.batch_size=16.0 is invalid: "
+            "allowed an integer > 0. Allowed: a space whose every value a run accepts "
+            "(data.batch_size takes integers: "
+            "hydra.sweeper.params.data.batch_size=int(interval(16, 256)))",
+        ),
+        (
+            {"data.batch_size": "tag(log, interval(16, 256))"},
+            ["likelihood=gaussian,laplace"],
+            "includes data.batch_size=16.0 at the grid point likelihood=gaussian, which a run "
+            "refuses",
+        ),
+        (  # a grid point refused whatever the searched values: the point
+            {"beta": "interval(0.1, 10)"},
+            ["likelihood=gaussian,bernoulli", "data.preprocess=dequantize"],
+            "the trials at the grid point likelihood=bernoulli would be refused at every "
+            "searched value tried (beta=0.1, beta=10.0): ",
+        ),
+    ],
+)
+def test_a_searched_key_refused_at_both_bounds_is_named_as_the_key(params, grid, message):
+    """data.batch_size=interval(16, 256) (floats, refused at both bounds) was reported as
+    'refused at every searched value tried ... Drop that grid point', with no grid point:
+    now the key is named, with the integer range that fixes it."""
+    from vaesweep.sweep.search.checks import check_space_values
+
+    plan = Plan(parse_space(params, ["data=digits", *grid]), "val/elbo", "maximize", 2, 1, "",
+                "search", 1.0, Path("."), ())  # fmt: skip
+    example = {k: p.example() for k, p in plan.space.searched.items()}
+    with _composing(), pytest.raises(SearchError) as refused:
+        check_space_values(_multirun_config({}), plan, example)
+    assert message in str(refused.value)
+    if "int(interval" in message:
+        assert "grid point" not in str(refused.value)
+
+
+def _check_configs(tmp_path: Path, arguments: list[str]) -> None:
+    """check_configs of a search launched with ``arguments`` (real Hydra composition)."""
+    from vaesweep.sweep.search.checks import check_configs
+
+    with _composing():
+        quoted = quote_sweeper_params(arguments)
+        hydra = [a for a in quoted if a.lstrip("+").startswith("hydra.")]
+        config = _launching_config([*hydra, f"hydra.sweep.dir={tmp_path}"])
+        plan = plan_search(config, [a for a in quoted if a not in hydra])
+        check_configs(config, plan)
+
+
+@pytest.mark.parametrize("order", ["capacity,constant", "constant,capacity"])
+@pytest.mark.parametrize(
+    ("schedule", "refused"),
+    [
+        (  # capacity reads no β: its trials would be copies of one run
+            "hydra.sweeper.params.beta_schedule=choice({order})",
+            "hydra.sweeper.params.beta=float[0.1, 10.0] log is read only at some values of "
+            "the search space: the trials at beta_schedule=capacity do not read it (no selected "
+            "component reads `beta`",
+        ),
+        (  # a grid axis: the study of capacity searches a key none of its trials reads
+            "beta_schedule={order}",
+            "hydra.sweeper.params.beta=float[0.1, 10.0] log at the grid point "
+            "beta_schedule=capacity (study 'search[beta_schedule=capacity]') is read by no "
+            "trial of this study",
+        ),
+        ("hydra.sweeper.params.beta_schedule=choice({order}) beta=2", None),  # fixed β: read
+    ],
+)
+def test_a_searched_key_some_trials_do_not_read_is_refused_in_any_order(
+    tmp_path, order, schedule, refused
+):
+    """beta searched with beta_schedule=choice(capacity, constant) was refused (capacity
+    first: β unread at the example point) while choice(constant, capacity) was accepted,
+    and 3 of its 4 trials were capacity runs that differed only in β, with identical
+    metrics. With a grid axis, both orders were accepted and the capacity study searched
+    a β none of its trials read. Now the trials at every value tried decide, in any order."""
+    searched = (
+        [] if " beta=2" in schedule else ["hydra.sweeper.params.beta=tag(log, interval(0.1, 10))"]
+    )
+    arguments = [
+        "data=digits",
+        "hydra.sweeper.n_trials=2",
+        *searched,
+        *schedule.format(order=order).split(),
+    ]
+    if refused is None:
+        _check_configs(tmp_path, arguments)
+        return
+    with pytest.raises(SearchError) as e:
+        _check_configs(tmp_path, arguments)
+    assert refused in str(e.value)
+    if "choice" in schedule:
+        assert (
+            "A conditional search space is not supported: search beta only where every "
+            "trial reads it (a fixed beta_schedule=constant" in str(e.value)
+        )
 
 
 @pytest.mark.slow
@@ -612,17 +839,34 @@ def test_a_key_searched_twice_on_the_command_line_is_refused():
         ({"beta_schedule": "choice(linear, cyclical)"}, "val/loss", True),
         ({"optimizer.lr": "interval(0.0001, 0.01)"}, "val/loss", False),  # β fixed: comparable
         ({"beta": "interval(0.1, 10)"}, "val/elbo", False),
+        ({"beta": "interval(0.1, 10)"}, "val/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/mse", True),
+        ({"beta": "interval(0.1, 10)"}, "test/mae", True),
+        ({"beta": "interval(0.1, 10)"}, "val/kl", True),
+        ({"beta_schedule": "choice(linear, cyclical)"}, "val/rec_nll", True),
+        ({"beta": "interval(0.1, 10)"}, "test/nll", False),
+        ({"beta": "interval(0.1, 10)"}, "test/elbo", False),
+        ({"optimizer.lr": "interval(0.0001, 0.01)"}, "val/rec_nll", False),
     ],
 )
 def test_an_objective_that_beta_changes_by_definition_is_refused(params, objective, refused):
     """val/loss = rec_nll + β·KL: over β (or its schedule) it ranks the smallest β best.
-    A reviewer's search picked β = 1.23 by val/loss over β = 2.69, whose val/elbo was best."""
+    A reviewer's search picked β = 1.23 by val/loss over β = 2.69, whose val/elbo was best.
+    The reconstruction's scores (rec_nll, mse, mae) fall with β too: a search by val/rec_nll
+    picked β = 0.1, the worst test/nll and test/elbo of the three (and the refusal of
+    val/loss recommended it)."""
     plan = Plan(parse_space(params, []), objective, "minimize", 2, 1, "", "s", 1.0, Path("."), ())
     if not refused:
         check_objective_comparable(plan)
         return
-    with pytest.raises(SearchError, match=f"objective={objective} with {next(iter(params))}"):
+    with pytest.raises(SearchError, match=f"objective={objective} with {next(iter(params))}") as e:
         check_objective_comparable(plan)
+    assert (
+        "allowed: val/elbo (or, with hydra.sweeper.allow_test_objective=true, test/elbo, "
+        "test/nll, test/bpd), which scores every β alike" in str(e.value)
+    )
+    assert "rec_nll)" not in str(e.value)
 
 
 def test_a_half_proposed_trial_is_never_run_nor_counted(tmp_path):
@@ -683,6 +927,36 @@ def test_a_relaunched_search_numbers_its_jobs_by_trial(tmp_path, n_jobs):
     run_study(study, plan, [], again, 4)
     assert again.numbers == [6, 7]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+
+
+@pytest.mark.parametrize(
+    ("sampler", "grid", "told", "n_jobs"),
+    [
+        ("GridSampler", [0.5, 1.0, 2.0], 3, 2),
+        ("GridSampler", [0.5, 1.0, 2.0], 3, 3),  # one batch: the stop at its first tell
+        ("BruteForceSampler", None, 3, 2),
+        ("BruteForceSampler", None, 3, 3),
+        ("GridSampler", [0.5, 1.0], 2, 1),  # its own grid is smaller than n_trials: done at 2
+    ],
+)
+def test_a_sampler_that_ends_the_study_ends_it_cleanly(tmp_path, sampler, grid, told, n_jobs):
+    """GridSampler and BruteForceSampler call study.stop() in after_trial once their space is
+    exhausted, which raises RuntimeError outside study.optimize: the search stopped with
+    'sweep stopped: RuntimeError' (exit 1) although every trial had completed, and the
+    trials after it in the batch were left untold. Now the study is done, every trial told."""
+    import optuna
+
+    from vaesweep.sweep.search.trials import run_study
+
+    quiet_optuna()  # BruteForceSampler is experimental
+    space = parse_space({"beta": "choice(0.5, 1.0, 2.0)"}, [])
+    plan = Plan(space, "val/elbo", "maximize", 3, n_jobs, "", "search", 1.0, tmp_path, ())
+    cls = getattr(optuna.samplers, sampler)
+    made = cls({"beta": grid}, seed=0) if grid else cls(seed=0)
+    study = optuna.create_study(direction="maximize", sampler=made)
+    run_study(study, plan, [], _RecordingLauncher(tmp_path), 0)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * told
+    assert sorted(t.params["beta"] for t in study.trials) == sorted(grid or [0.5, 1.0, 2.0])
 
 
 class _LeavingLauncher(_RecordingLauncher):
@@ -1065,6 +1339,66 @@ def test_a_new_study_is_refused_where_another_studys_trials_are(tmp_path):
     check_studies(_plan(tmp_path, study_name="other2", grid=["likelihood=gaussian,laplace"]))
 
 
+def test_a_relaunch_that_drops_a_study_of_its_sweep_directory_is_refused(tmp_path):
+    """Grid axes changed on relaunch into the same sweep directory (an axis added: 'search'
+    became 'search[likelihood=gaussian]', ...) were accepted: sweep.json was rewritten,
+    best.json lost the first search's study, summary.csv mixed the two. Now a relaunch
+    that does not have every study of its sweep directory (in the storage, or in
+    sweep.json's record of the earlier launches) is refused; a value added to a grid axis
+    keeps every study and is accepted."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import open_study
+
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    first = _plan(tmp_path / "a")
+    storage = open_storage(first.storage)
+    open_study(storage, first, [], sampler, None)
+    with pytest.raises(SearchError) as refused:
+        check_studies(_plan(tmp_path / "a", grid=["likelihood=gaussian,laplace"]))
+    assert (
+        f"hydra.sweep.dir={tmp_path / 'a'} holds a search whose studies 'search' this launch "
+        "does not have (its studies: 'search[likelihood=gaussian]', "
+        "'search[likelihood=laplace]'): its grid axes or study_name changed"
+    ) in str(refused.value)
+    assert "choose another hydra.sweep.dir" in str(refused.value)
+    check_studies(first)  # the same search
+
+    two = _plan(tmp_path / "b", grid=["seed=0,1"])
+    storage = open_storage(two.storage)
+    for point in two.space.points():
+        open_study(storage, two, point, sampler, None)
+    three = _plan(tmp_path / "b", grid=["seed=0,1,2"])
+    check_studies(three)  # a value added to the axis: every study kept
+    open_study(storage, three, ["seed=2"], sampler, None)
+    with pytest.raises(SearchError, match="studies 'search\\[seed=2\\]' this launch"):
+        check_studies(two)  # a value dropped
+
+    # The earlier launches' studies in sweep.json (their storage elsewhere, or gone).
+    (tmp_path / "c").mkdir()
+    record = {"search": {"studies": ["search"], "grid": {}}}
+    (tmp_path / "c" / "sweep.json").write_text(json.dumps(record))
+    with pytest.raises(SearchError, match=r"studies 'search' this launch .* grid axes: \{\} → "):
+        check_studies(_plan(tmp_path / "c", grid=["likelihood=gaussian,laplace"]))
+
+
+@pytest.mark.slow
+def test_changed_grid_axes_are_refused_by_the_cli(workdir):
+    """The reviewer's case, real launches into one sweep directory: a search, then the same
+    with a grid axis added."""
+    first = run_cli([*SEARCH, "hydra.sweeper.n_trials=1", BETA], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (workdir / "sweep" / "sweep.json").read_bytes()
+    again = run_cli([*SEARCH, "hydra.sweeper.n_trials=1", BETA, "likelihood=gaussian,laplace"],
+                    workdir, timeout=120)  # fmt: skip
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "holds a search whose studies 'search' this launch does not have" in again.stderr
+    assert (workdir / "sweep" / "sweep.json").read_bytes() == before
+    (best,) = json.loads((workdir / "sweep" / BEST_FILE).read_text())
+    assert best["study"] == "search" and not list((workdir / "sweep").glob("likelihood=*"))
+
+
 def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path):
     """A storage shared by two sweep directories (an absolute journal, sqlite:///x.db relative
     to the working directory) and the default study name: a launch into a new sweep
@@ -1131,6 +1465,140 @@ def test_a_study_of_another_sweep_directory_is_refused_before_any_trial(tmp_path
         SearchError, match=r"storage or another hydra.sweep.dir \(its own journal\)"
     ):
         check_studies(own)
+
+
+def test_a_study_no_vaesweep_search_started_is_refused_or_given_its_search(tmp_path):
+    """A study without vaesweep's fingerprint was joined silently: one with trials (another
+    tool's: Hydra's own Optuna sweeper, an Optuna script) gave a best.json naming trial
+    directories that do not exist, and one without trials (a launch killed between
+    create_study and recording its search) never got a fingerprint, so a later launch with
+    another space was accepted. Now the first is refused, the second recorded."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies
+    from vaesweep.sweep.search.studies import SPACE_ATTR, open_study
+
+    plan = _plan(tmp_path)
+    storage = open_storage(plan.storage)
+    foreign = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    foreign.optimize(lambda t: -t.suggest_float("beta", 1.0, 4.0), n_trials=3)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    for check in (check_studies, lambda p: open_study(storage, p, [], sampler, None)):
+        with pytest.raises(SearchError) as refused:
+            check(plan)
+        assert (
+            f"hydra.sweeper.study_name=search: the study 'search' in {plan.storage} was not "
+            "started by a vaesweep search (it records no search, and has 3 trials"
+        ) in str(refused.value)
+        assert "choose another hydra.sweeper.study_name" in str(refused.value)
+
+    killed = _plan(tmp_path / "killed")  # killed right after create_study: no trial
+    storage = open_storage(killed.storage)
+    optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    check_studies(killed)
+    study = open_study(storage, killed, [], sampler, None)
+    assert study.user_attrs[SPACE_ATTR] == killed.fingerprint()
+    killed.space = parse_space({"beta": "interval(50.0, 60.0)"}, ["data=digits", "logger=csv"])
+    with pytest.raises(SearchError, match="was started with another search"):
+        check_studies(killed)
+
+
+def test_a_study_of_another_tool_is_refused_by_the_cli(workdir):
+    """The reviewer's case, real launch: a plain Optuna study 'search' with 3 completed
+    trials in the storage; the search ran nothing, exited 0 and reported the foreign
+    trial 2 (a directory that does not exist) as its best."""
+    import optuna
+
+    storage = f"sqlite:///{workdir / 'example.db'}"
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    study.optimize(lambda t: -t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=3", BETA, f"hydra.sweeper.storage={storage}"],
+                   workdir, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "the study 'search' in sqlite:///" in proc.stderr
+    assert "was not started by a vaesweep search" in proc.stderr
+    assert not (workdir / "sweep" / BEST_FILE).exists()
+
+
+def test_a_study_recorded_without_its_trials_config_resumes_and_records_it(tmp_path):
+    """A study an earlier vaesweep started records no trials' config in its fingerprint: it
+    resumes (the rest of its search unchanged), and records this launch's config, which
+    the next launch is compared with. A changed config (the override lines the same: an
+    edited preset) is refused, naming the keys that differ."""
+    import optuna
+
+    from vaesweep.sweep.search.checks import check_studies, study_configs
+    from vaesweep.sweep.search.studies import open_study
+
+    plan = _plan(tmp_path)  # no trials' config: as an earlier vaesweep fingerprinted
+    storage = open_storage(plan.storage)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    open_study(storage, plan, [], sampler, None)
+    assert "config" not in _stored_fingerprint(storage)
+    with _composing():
+        plan.configs = study_configs(_multirun_config({}), plan)
+        edited = _plan(tmp_path)
+        edited.space.fixed["trainer.max_epochs"] = "trainer.max_epochs=3"
+        edited.configs = study_configs(_multirun_config({}), edited)
+    config = plan.configs["search"]
+    assert config["trainer.max_epochs"] == 20 and "beta" not in config  # the searched key
+    assert "logger.name" not in config and "data.name" in config  # what changes results
+    check_studies(plan)  # resumed
+    open_study(storage, plan, [], sampler, None)
+    assert _stored_fingerprint(storage) == plan.fingerprint("search")
+    assert _stored_fingerprint(storage)["config"] == config
+    plan.configs = edited.configs  # the same override lines, another composed config
+    with pytest.raises(SearchError, match="was started with another search") as refused:
+        check_studies(plan)
+    assert (
+        "the trials' config (from the command line, a preset or a config file): "
+        "trainer.max_epochs: 20 → 3)" in str(refused.value)
+    )
+    with pytest.raises(SearchError, match="trainer.max_epochs: 20 → 3"):
+        open_study(storage, plan, [], sampler, None)
+
+
+def _stored_fingerprint(storage) -> dict:
+    import optuna
+
+    from vaesweep.sweep.search.studies import SPACE_ATTR
+
+    return optuna.load_study(study_name="search", storage=storage).user_attrs[SPACE_ATTR]
+
+
+@pytest.mark.slow
+def test_an_edited_preset_is_a_changed_search(tmp_path):
+    """The reviewer's case: a search kept in a preset (hparams_search), edited between two
+    launches (trainer.max_epochs: 1 → 2, with n_trials raised) was accepted, and one study
+    mixed trials of 1 and 2 epochs. Now refused before any trial, naming the key; an edit
+    of n_trials alone continues the study."""
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    preset = conf / "edit.yaml"
+    text = (
+        "# @package _global_\n"
+        "defaults: [{override /hydra/sweeper: optuna}]\n"
+        "trainer: {max_epochs: 1}\n"
+        "hydra: {mode: MULTIRUN, sweeper: {n_trials: 1, params: {beta: 'tag(log, interval(0.1, 10))'}}}\n"
+    )
+    preset.write_text(text)
+    budget = [a for a in LHT_BUDGET if not a.startswith("trainer.max_epochs=")]  # the preset's
+    args = ["--config-dir", str(tmp_path / "conf"), "hparams_search=edit", *budget]
+    assert run_cli(args, tmp_path).returncode == 0
+    preset.write_text(
+        text.replace("max_epochs: 1", "max_epochs: 2").replace("n_trials: 1", "n_trials: 2")
+    )
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        "search refused, no trial was run: hydra.sweeper.params: the study 'search'" in proc.stderr
+    )
+    assert "trainer.max_epochs: 1 → 2" in proc.stderr
+    assert len(trials(tmp_path / "sweep")) == 1
+    preset.write_text(text.replace("n_trials: 1", "n_trials: 2"))
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in trials(tmp_path / "sweep")] == ["COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow
@@ -1295,11 +1763,12 @@ def test_a_stopped_relaunch_keeps_every_study_in_best_json(tmp_path):
     config = _multirun_config({"n_trials": 1, "params": {"beta": "interval(1.0, 4.0)"}})
     config.hydra.sweep.dir = str(tmp_path)
     grid = ["likelihood=gaussian,laplace"]
-    run_search(config, _StoppingLauncher(tmp_path), grid, None, None)
+    with _composing():  # as in Hydra's multirun, which composes the trials' configs
+        run_search(config, _StoppingLauncher(tmp_path), grid, None, None)
     first = json.loads((tmp_path / BEST_FILE).read_text())
     assert [b["study"] for b in first] == ["search[likelihood=gaussian]", "search[likelihood=laplace]"]  # fmt: skip
     config.hydra.sweeper.n_trials = 2
-    with pytest.raises(KeyboardInterrupt):
+    with _composing(), pytest.raises(KeyboardInterrupt):
         run_search(config, _StoppingLauncher(tmp_path, "likelihood=gaussian"), grid, None, None)
     again = json.loads((tmp_path / BEST_FILE).read_text())
     assert [b["study"] for b in again] == [b["study"] for b in first]
@@ -1718,6 +2187,18 @@ BAD = {
             "make likelihood a grid axis, one study per kind of data",
         ],
     ),
+    "a sampler config that builds no sampler": (
+        [
+            BETA,
+            "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+            "++hydra.sweeper.sampler._partial_=true",
+        ],
+        ["hydra.sweeper.sampler: _target_=optuna.samplers.GridSampler with _partial_=True"],
+    ),
+    "a conditional search space": (
+        [BETA, "hydra.sweeper.params.beta_schedule=choice(constant, capacity)"],
+        ["hydra.sweeper.params.beta=float[0.1, 10.0] log is read only at some values"],
+    ),
     "a pruner that would never prune": (
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],
         ["hydra.sweeper.pruner=optuna.pruners.MedianPruner", "run to completion", "null"],
@@ -1739,6 +2220,17 @@ def test_bad_input_refused_before_any_trial(workdir, case):
 
 
 # -- runs ------------------------------------------------------------------------------------
+
+
+def test_a_search_whose_sampler_exhausts_its_space_exits_0(workdir):
+    """The reviewer's case: BruteForceSampler over every point of the space exited 1 with
+    'sweep stopped: RuntimeError: Study.stop is supposed to be invoked ...' once the last
+    trial had completed."""
+    proc = run_cli([*SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweeper.params.beta=choice(0.5, 2)",
+                    "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler"], workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RuntimeError" not in proc.stderr
+    assert [t.state.name for t in trials(workdir / "sweep")] == ["COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow

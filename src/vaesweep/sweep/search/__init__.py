@@ -11,7 +11,8 @@
   ``optuna_journal.log``), so the same command continues it: ``n_trials`` is the total per
   study, finished trials are not run again, a trial left ``RUNNING`` by a killed launch is
   run again in its own directory (``trial_0007``), where the job resumes from its
-  checkpoint, and a changed search space is refused (it is kept in the study's user attrs);
+  checkpoint, and a changed search (its space, fixed overrides, the trials' composed
+  config, objective: kept in the study's user attrs) is refused;
 - each trial is a job launched through ``self.launcher`` in batches of ``n_jobs``; the
   objective is read from the trial's ``results.json`` (default ``val/elbo``, maximised);
   failed and diverged trials are told as FAIL and the search goes on (so is a trial whose
@@ -28,9 +29,10 @@ sweeper) is this one (:func:`~vaesweep.sweep.search.plan.adopt_sweeper`).
 
 Bad input (an unknown expression, an empty or inverted range, an objective no result will
 hold, ``n_trials`` < 1, a storage that cannot be written, a sampler that cannot be built, a
-``--config-dir`` file Hydra never reads, a changed search space, searched values of different
-kinds of data, a new study where another study's trial directories are, a pruner: trials run
-to completion, see :func:`check_pruner`) is refused
+``--config-dir`` file Hydra never reads, a changed search, searched values of different
+kinds of data, a searched key some trials do not read, a study no vaesweep search started, a
+new study where another study's trial directories are, a relaunch that drops a study of its
+sweep directory, a pruner: trials run to completion, see :func:`check_pruner`) is refused
 by :func:`start_search` (from the sweep callback) before any trial runs. Optuna is imported
 only inside the functions that need it.
 

@@ -18,7 +18,12 @@ from vaesweep.run.context import SWEEP_FILE, previous_sweep, sweep_record_lock
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, sweep_results
 from vaesweep.sweep.grid import finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
-from vaesweep.sweep.search.checks import check_configs, check_shadowed, check_studies
+from vaesweep.sweep.search.checks import (
+    check_configs,
+    check_shadowed,
+    check_studies,
+    study_configs,
+)
 from vaesweep.sweep.search.plan import Plan, adopt_sweeper, check_sampler, plan_search
 from vaesweep.sweep.search.space import SearchError
 from vaesweep.sweep.search.storage import check_storage, open_storage, quiet_optuna
@@ -83,6 +88,7 @@ def run_search(
     trials (also in best.json, written too when a signal stops the search: SweepStopped
     propagates to the entry point, which writes the summary)."""
     plan = plan_search(config, arguments)
+    plan.configs = study_configs(config, plan)  # what each study's trials compute
     stop_if_signalled()
     check_storage(plan.storage)
     quiet_optuna()
@@ -162,19 +168,23 @@ def point_sampler_conf(config: DictConfig, plan: Plan, point: list[str]) -> dict
 
 
 def study_samplers(config: DictConfig, sampler: Any, plan: Plan) -> Any:
-    """The sampler of each study, as a function of (study name, trials it already has).
+    """The samplers of each study, as a function of (study name, trial number) that gives
+    the sampler proposing that study's trials from that one on (a study's
+    :class:`~vaesweep.sweep.search.studies.TrialSampler` asks it for its first trial in a
+    launch, and for any trial whose predecessor another launch proposed).
 
-    Every study gets a sampler of its own: Optuna's samplers keep per-study state, and TPE
-    (the default) refuses a second study. A study's first launch uses the configured sampler
-    as a search of its grid point alone configures it (:func:`point_sampler_conf`: seeded
-    with that point's seed by default, ``seed`` a grid axis included), so the same command
-    proposes the same trials and a study proposes what it would in a search of its grid
-    point alone, the other studies notwithstanding. A seeded sampler restarts its random
-    stream on every launch, so a continued study would be proposed its first launch's
-    points again: it gets its sampler seeded from (its seed, study, trials so far) instead,
-    still the same for the same command and the same point of resumption. ``sampler``: the
-    sweeper's instance of the configured sampler, resolved against the launching config
-    (None: Optuna's default, made anew for every study).
+    Every study gets samplers of its own: Optuna's samplers keep per-study state, and TPE
+    (the default) refuses a second study. A study's trial 0 is proposed by the configured
+    sampler as a search of its grid point alone configures it (:func:`point_sampler_conf`:
+    seeded with that point's seed by default, ``seed`` a grid axis included), so the same
+    command proposes the same trials and a study proposes what it would in a search of its
+    grid point alone, the other studies notwithstanding. A seeded sampler restarts its
+    random stream on every launch: any other trial number gets the sampler seeded from
+    (its seed, study, trial number) instead, the same for the same command and the same
+    point of resumption, and unique in the study, so a relaunch, or two launches at once,
+    never propose another launch's points again. ``sampler``: the sweeper's instance of the
+    configured sampler, resolved against the launching config (None: Optuna's default, made
+    anew for every study).
     """
     from hydra.utils import instantiate
 
@@ -184,15 +194,15 @@ def study_samplers(config: DictConfig, sampler: Any, plan: Plan) -> Any:
     confs = {plan.study(p): point_sampler_conf(config, plan, p) for p in plan.space.points()}
     unused = [sampler]  # the sweeper's own instance serves the first study that asks
 
-    def make(study: str, asked: int) -> Any:
+    def make(study: str, number: int) -> Any:
         conf = confs.get(study, launching)
         seed = conf.get("seed")
         seeded = isinstance(seed, int) and not isinstance(seed, bool)
-        if asked == 0 or not seeded:
+        if number == 0 or not seeded:
             if conf == launching and unused:
                 return unused.pop()
             return instantiate(conf)
-        digest = hashlib.sha256(f"{seed}:{study}:{asked}".encode()).digest()
+        digest = hashlib.sha256(f"{seed}:{study}:{number}".encode()).digest()
         return instantiate({**conf, "seed": int.from_bytes(digest[:4], "big")})
 
     return make

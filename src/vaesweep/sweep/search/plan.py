@@ -4,7 +4,7 @@ and no storage opened here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,9 @@ class Plan:
     entry: tuple[str, ...] = ("python", "-m", "vaesweep")
     # sweep.claim_timeout_s: when a claim on a trial's directory is another live launch's.
     claim_timeout_s: float = DEFAULT_TIMEOUT_S
+    # What the trials of each study compute (study name → checks.computed_config), once the
+    # trials' configs are composed (checks.study_configs): part of the fingerprint.
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def study(self, point: list[str]) -> str:
         return f"{self.study_name}[{','.join(point)}]" if point else self.study_name
@@ -91,14 +94,22 @@ class Plan:
         """The name of every study of the search, one per grid point."""
         return [self.study(point) for point in self.space.points()]
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, study: str | None = None) -> dict[str, Any]:
+        """The search a study is started with (stored with it, compared on resume): the
+        searched distributions, the fixed overrides that change results, the objective and
+        direction, and what the study's trials compute (``config``: every key a trial reads
+        that can change its numbers, as composed, from the command line, presets and config
+        files alike) where it is known (:attr:`configs`)."""
         fixed = {k: v for k, v in self.space.fixed.items() if self.changes_results(k)}
-        return {
+        out = {
             "params": {k: p.describe() for k, p in self.space.searched.items()},
             "fixed": dict(sorted(fixed.items())),
             "objective": self.objective,
             "direction": self.direction,
         }
+        if study in self.configs:
+            out["config"] = self.configs[study]
+        return out
 
     def changes_results(self, key: str) -> bool:
         """Whether an override of ``key`` can change a trial's numbers (not a key of where
@@ -180,9 +191,11 @@ def check_pruner(pruner: Any) -> None:
 
 
 def check_sampler(opts: DictConfig) -> None:
-    """SearchError unless ``hydra.sweeper.sampler`` builds (an Optuna sampler from its
+    """SearchError unless ``hydra.sweeper.sampler`` builds an Optuna sampler (from its
     ``_target_`` and arguments, as Hydra will build it): an unknown argument or class is
-    named before any trial runs."""
+    named before any trial runs, and so is a config that builds something else (a class
+    that is not a sampler, or ``_partial_: true``, which builds a function of the
+    arguments left out)."""
     conf = opts.get("sampler")
     if conf is None:
         return
@@ -191,11 +204,12 @@ def check_sampler(opts: DictConfig) -> None:
             f"hydra.sweeper.sampler={conf}: allowed: null or a mapping with _target_ (an "
             "Optuna sampler class) and its constructor's arguments"
         )
+    import optuna
     from hydra.utils import instantiate
 
     quiet_optuna()  # an experimental argument (multivariate=true) is taken without a warning
     try:
-        instantiate(conf)
+        built = instantiate(conf)
     except Exception as e:
         cause = e.__cause__ or e
         raise SearchError(
@@ -204,6 +218,16 @@ def check_sampler(opts: DictConfig) -> None:
             f"{str(cause).splitlines()[0] if str(cause) else ''}); allowed: its "
             "constructor's arguments (the Optuna documentation of the class lists them)"
         ) from None
+    if not isinstance(built, optuna.samplers.BaseSampler):
+        partial = conf.get("_partial_")
+        raise SearchError(
+            f"hydra.sweeper.sampler: _target_={conf.get('_target_')}"
+            + (f" with _partial_={partial}" if partial is not None else "")
+            + f" builds a {type(built).__name__}, not an Optuna sampler; allowed: _target_ "
+            "a subclass of optuna.samplers.BaseSampler (optuna.samplers.TPESampler, "
+            "RandomSampler, GridSampler, ...) with its constructor's arguments, and no "
+            "_partial_ (or _partial_: false)"
+        )
 
 
 def _objective(config: DictConfig, opts: DictConfig) -> tuple[str, str]:

@@ -90,10 +90,21 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple = ()
+    # The choices that are lists or dicts, as Hydra's override text (``[128]``): Optuna's
+    # categoricals hold them as that text, and a trial's override writes it bare (read back
+    # as the list or dict), as Hydra's Optuna sweeper writes them.
+    structured: frozenset = frozenset()
 
     @property
     def name(self) -> str:
         return self.key.lstrip("+")
+
+    def text(self, value: Any) -> str:
+        """A value of this key as the override value Hydra reads back as that value: a list
+        or dict choice bare (``[128]``), anything else as :func:`override_text` writes it."""
+        if isinstance(value, str) and value in self.structured:
+            return value
+        return override_text(value)
 
     def distribution(self) -> Any:
         from optuna.distributions import (
@@ -167,11 +178,14 @@ class Space:
 
     def trial_overrides(self, point: list[str], params: dict[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, its grid point's, and its searched values
-        written so that Hydra reads back each one as it is (:func:`override_text`)."""
+        written so that Hydra reads back each one as it is (:meth:`Param.text`)."""
         return [
             *self.fixed.values(),
             *point,
-            *(f"{self.searched[name].key}={override_text(v)}" for name, v in params.items()),
+            *(
+                f"{self.searched[name].key}={self.searched[name].text(v)}"
+                for name, v in params.items()
+            ),
         ]
 
 
@@ -237,13 +251,33 @@ def _range(source: str, written: str, override: Override, value: RangeSweep) -> 
 def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -> Param:
     if value.tags:
         raise _refuse(source, written, f"unknown tag {sorted(value.tags)} on choice()")
-    choices = list(override.sweep_iterator(transformer=Transformer.encode))
-    bad = [c for c in choices if not isinstance(c, str | int | float | bool)]
+    raw = list(override.sweep_iterator())
+    bad = [c for c in raw if not isinstance(c, str | int | float | bool | list | dict)]
     if bad:
-        raise _refuse(source, written, f"choices must be numbers, strings or booleans, got {bad}")
+        raise _refuse(
+            source,
+            written,
+            f"choices must be numbers, strings, booleans, lists or dicts, got {bad}",
+        )
+    # Optuna's categoricals hold numbers, strings and booleans: a list or dict as its text.
+    choices = list(override.sweep_iterator(transformer=Transformer.encode))
+    structured = {c for r, c in zip(raw, choices, strict=True) if isinstance(r, list | dict)}
+    clash = [c for r, c in zip(raw, choices, strict=True) if c in structured and isinstance(r, str)]
+    if clash:
+        raise _refuse(
+            source,
+            written,
+            f"the string {quoted_value(clash[0])} and the list or dict {clash[0]} would be one "
+            "option to Optuna (which holds a list or dict as its text)",
+        )
     if value.shuffle:  # Hydra's unseeded order, another at every parse: sorted (by type, value)
         choices.sort(key=lambda c: (type(c).__name__, c))
-    return Param(override.get_key_element(), "categorical", choices=tuple(choices))
+    return Param(
+        override.get_key_element(),
+        "categorical",
+        choices=tuple(choices),
+        structured=frozenset(structured),
+    )
 
 
 def _param(source: str, override: Override) -> Param:

@@ -4,18 +4,25 @@ changed search, or a launch from another sweep directory, is refused."""
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vaesweep.core.helpers import compared_number
 from vaesweep.run.context import read_sweep
 from vaesweep.sweep.search.plan import Plan
-from vaesweep.sweep.search.space import SearchError
+from vaesweep.sweep.search.space import SearchError, render
 from vaesweep.sweep.search.storage import is_url
 
 #: The study's user attr that holds the search it was started with (Plan.fingerprint).
 SPACE_ATTR = "vaesweep_search"
 #: The study's user attr that holds the sweep directory it belongs to (sweep_identity).
 SWEEP_ATTR = "vaesweep_sweep"
+#: The part of the fingerprint that holds what the trials compute (Plan.fingerprint).
+CONFIG_PART = "config"
+ABSENT = "<absent>"
 
 
 def sweep_identity(plan: Plan) -> dict[str, Any]:
@@ -77,16 +84,25 @@ def existing_study(storage: Any, name: str) -> Any:
 
 
 def check_unchanged(study: Any, plan: Plan) -> None:
-    """SearchError when ``study`` was started with another search than ``plan``."""
+    """SearchError when ``study`` was started with another search than ``plan``, or by
+    something else than a vaesweep search (no fingerprint, and trials: Hydra's own Optuna
+    sweeper, an Optuna script). A study without a fingerprint or trials (a launch killed
+    between creating it and recording its search) is taken: :func:`open_study` records it."""
     stored = study.user_attrs.get(SPACE_ATTR)
-    wanted = plan.fingerprint()
-    if stored is None or stored == wanted:
+    if stored is None:
+        _check_vaesweeps(study, plan)
         return
-    changes = [
-        f"{part}: {stored.get(part)} → {wanted[part]}"
-        for part in wanted
-        if stored.get(part) != wanted[part]
-    ]
+    wanted = plan.fingerprint(study.study_name)
+    changes = []
+    for part, value in wanted.items():
+        if part not in stored:  # recorded by an earlier vaesweep: open_study adds it
+            continue
+        if part == CONFIG_PART:
+            changes += _config_changes(stored[part], value)
+        elif stored[part] != value:
+            changes.append(f"{part}: {stored[part]} → {value}")
+    if not changes:
+        return
     elsewhere = (
         " or another hydra.sweep.dir (its own journal)" if journal_in_sweep_dir(plan) else ""
     )
@@ -98,10 +114,85 @@ def check_unchanged(study: Any, plan: Plan) -> None:
     )
 
 
+def _config_changes(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for each key of the trials' config whose value differs (numbers
+    compared as jobs are: ``1`` and ``1.0`` are one value)."""
+
+    def same(key: str) -> bool:
+        old, new = (json.dumps(compared_number(key, c.get(key, ABSENT))) for c in (stored, wanted))
+        return old == new and (key in stored) == (key in wanted)
+
+    differ = [k for k in sorted({*stored, *wanted}) if not same(k)]
+    if not differ:
+        return []
+    shown = "; ".join(
+        f"{k}: {render(stored.get(k)) if k in stored else ABSENT} → "
+        f"{render(wanted.get(k)) if k in wanted else ABSENT}"
+        for k in differ[:6]
+    ) + ("; ..." if len(differ) > 6 else "")
+    return [f"the trials' config (from the command line, a preset or a config file): {shown}"]
+
+
+def _check_vaesweeps(study: Any, plan: Plan) -> None:
+    """SearchError when ``study``, which records no vaesweep search, has trials: another
+    tool's (its trials have no directory here, their parameters are not this search's)."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return
+    raise SearchError(
+        f"hydra.sweeper.study_name={plan.study_name}: the study {study.study_name!r} in "
+        f"{plan.storage} was not started by a vaesweep search (it records no search, and has "
+        f"{len(trials)} trials: Hydra's own Optuna sweeper's or another Optuna script's?), so "
+        "its trials are not this search's and their directories are not in the sweep "
+        "directory; choose another hydra.sweeper.study_name (or another hydra.sweeper.storage)"
+    )
+
+
+class TrialSampler:
+    """A study's sampler that picks, for each trial, the sampler proposing it: the one that
+    proposed the trial before it in this launch (its random stream goes on), else a new one
+    from ``make(trial number)`` (``driver.study_samplers``: the configured sampler for trial
+    0, else one seeded from (seed, study, trial number)). So one launch proposes what the
+    same command always proposes, and two launches of one search at once (or relaunched
+    together) never share a random stream: a trial whose predecessor another launch
+    proposed gets a sampler of its own number, unique in the study. Optuna calls
+    ``before_trial`` with the new trial's number before it samples anything; everything else
+    goes to the sampler of the current trial."""
+
+    def __init__(self, make: Callable[[int], Any], number: int) -> None:
+        self._make = make
+        self._sampler = make(number)  # proposes trial ``number`` (the next one asked) ...
+        self._next = number  # ... unless another launch asks it first
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        if trial.number != self._next:
+            self._sampler = self._make(trial.number)
+        self._next = trial.number + 1
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self._sampler.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def __getattr__(self, name: str) -> Any:  # reseed_rng, GridSampler.is_exhausted, ...
+        if name.startswith("__") or name in ("_sampler", "_make", "_next"):
+            raise AttributeError(name)  # not set yet (copy, pickle): never the sampler's
+        return getattr(self._sampler, name)
+
+
 def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner: Any) -> Any:
     """The study of one grid point: continued when it exists (and the search is unchanged),
     else created with the search's fingerprint. ``sampler``: a sampler, or a function of
-    (study name, trials already asked) that gives one (see ``driver.study_samplers``)."""
+    (study name, trial number) that gives the sampler proposing from that trial on (see
+    ``driver.study_samplers``; the study gets a :class:`TrialSampler` of it)."""
     import optuna
 
     name = plan.study(point)
@@ -114,14 +205,19 @@ def open_study(storage: Any, plan: Plan, point: list[str], sampler: Any, pruner:
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        sampler=sampler(name, asked) if callable(sampler) else sampler,
+        sampler=TrialSampler(functools.partial(sampler, name), asked)
+        if callable(sampler)
+        else sampler,
         pruner=pruner,
         direction=plan.direction,
         load_if_exists=True,
     )
-    if existing is None:
-        study.set_user_attr(SPACE_ATTR, plan.fingerprint())
+    stored = existing.user_attrs.get(SPACE_ATTR) if existing is not None else None
+    if stored is None:  # new, or never recorded
+        study.set_user_attr(SPACE_ATTR, plan.fingerprint(name))
         study.set_user_attr("grid_point", point)
+    elif set(plan.fingerprint(name)) - set(stored):  # an earlier vaesweep's: completed
+        study.set_user_attr(SPACE_ATTR, {**plan.fingerprint(name), **stored})
     if study.user_attrs.get(SWEEP_ATTR) != here:  # where it is now (moved: its new path)
         study.set_user_attr(SWEEP_ATTR, here)
     return study

@@ -9,6 +9,7 @@ import logging
 import math
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ log = logging.getLogger("vaesweep.sweep.search")
 _FINISHED = ("COMPLETE", "FAIL", "PRUNED")
 #: Where a launch claims the right to propose trials (two levels down: not a job directory).
 PROPOSING_DIR = ".search/proposing"
+#: The studies whose sampler asked to stop in this launch (a GridSampler or BruteForceSampler
+#: whose space is exhausted): no new trial is asked of them.
+_SAMPLER_STOPPED: weakref.WeakSet = weakref.WeakSet()
 
 
 def _by_key(plan: Plan, overrides: list[Any]) -> dict[str, str]:
@@ -69,15 +73,31 @@ def tell_once(study: Any, number: int, value: float | None = None, state: Any = 
     first one tells it, the second finds it finished, whether before it tells (Optuna's
     ``skip_if_finished``) or while it does (the storage refuses the second write:
     UpdateFinishedTrialError). Whoever is second keeps the stored outcome and never
-    tells another one."""
+    tells another one.
+
+    A sampler that ends the study when the tell exhausts its space (GridSampler,
+    BruteForceSampler: ``study.stop()`` in ``after_trial``) raises RuntimeError outside
+    ``study.optimize``, after the trial is stored: the study is marked done
+    (:func:`sampler_stopped`) and the stored state returned."""
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
         told = study.tell(number, value, state=state, skip_if_finished=True)
         return told.state.name
     except UpdateFinishedTrialError:  # told by another launch between the check and the write
-        (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        return trial.state.name
+        pass
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+        _SAMPLER_STOPPED.add(study)
+        log.info("%s: the sampler has no new point to propose: study done", study.study_name)
+    (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return trial.state.name
+
+
+def sampler_stopped(study: Any) -> bool:
+    """Whether the study's sampler asked to stop in this launch (its space is exhausted)."""
+    return study in _SAMPLER_STOPPED
 
 
 def settle(
@@ -189,6 +209,8 @@ def _choose_batch(
     batch = [(t.number, dict(t.params)) for t in left][: plan.n_jobs]
     resumed = [n for n, _ in batch]
     n_new = min(plan.n_jobs - len(batch), plan.n_trials - len(finished) - len(running))
+    if sampler_stopped(study):
+        n_new = 0
     for _ in range(max(0, n_new)):
         try:
             trial = study.ask(dists)
