@@ -2203,6 +2203,15 @@ BAD = {
         [BETA, "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner}"],
         ["hydra.sweeper.pruner=optuna.pruners.MedianPruner", "run to completion", "null"],
     ),
+    # Every trial trained, then failed: none reported val/elbo.
+    "a val/ objective of trials that never validate": (
+        [BETA, "trainer.check_val_every_n_epoch=2"],  # (TINY: max_epochs=1)
+        [
+            "hydra.sweeper.objective=val/elbo: with trainer.check_val_every_n_epoch=2 > "
+            "trainer.max_epochs=1 the trials never validate",
+            "allow_test_objective=true",
+        ],
+    ),
 }
 
 

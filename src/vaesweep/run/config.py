@@ -777,19 +777,27 @@ def check_eval(cfg: DictConfig) -> None:
     )
 
 
+def never_validates(t: DictConfig) -> str | None:
+    """The trainer settings (``t``: the config's trainer) under which a fit never validates,
+    as ``key=value`` text, else None."""
+    limit, every = t.get("limit_val_batches"), t.get("check_val_every_n_epoch")
+    max_epochs = t.get("max_epochs")
+    if t.get("fast_dev_run"):
+        return None
+    if limit == 0:
+        return f"trainer.limit_val_batches={limit}"
+    if is_int(every) and is_int(max_epochs) and 0 < max_epochs < every:
+        return f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={max_epochs}"
+    return None
+
+
 def _require_validation(t: DictConfig) -> None:
     """eval.checkpoint=best: the best checkpoint is the one with the best validation ELBO,
     so the fit must validate. Refused where the config says it will not; a fit that ends
     before its first validation all the same (max_steps, max_time) is tested on its last
     weights and results.json says so (``tested_checkpoint``)."""
-    limit, every = t.get("limit_val_batches"), t.get("check_val_every_n_epoch")
-    max_epochs = t.max_epochs
-    why = None
-    if limit == 0:
-        why = f"trainer.limit_val_batches={limit}"
-    elif is_int(every) and is_int(max_epochs) and 0 < max_epochs < every:
-        why = f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={max_epochs}"
-    if why is not None and not t.get("fast_dev_run"):
+    why = never_validates(t)
+    if why is not None:
         raise invalid(
             "eval.checkpoint",
             "best",

@@ -17,7 +17,12 @@ from omegaconf import DictConfig
 from vaesweep.core.checks import ConfigError
 from vaesweep.core.helpers import flatten, plain
 from vaesweep.model.likelihood_base import data_label
-from vaesweep.run.config import likelihood_class, resolve_preprocess, validate_config
+from vaesweep.run.config import (
+    likelihood_class,
+    never_validates,
+    resolve_preprocess,
+    validate_config,
+)
 from vaesweep.run.context import read_sweep
 from vaesweep.run.effective import check_distinct, check_overrides, hydra_references, reads
 from vaesweep.sweep.preflight import shadowed_config
@@ -37,6 +42,13 @@ from vaesweep.sweep.search.studies import (
 
 
 def _check_objective_reported(cfg: DictConfig, objective: str, key: str) -> None:
+    why = never_validates(cfg.trainer)
+    if objective.startswith("val/") and why is not None:
+        raise SearchError(
+            f"{key}={objective}: with {why} the trials never validate, so none would report "
+            f"{objective} (each would train, then count as failed); allowed: a config whose "
+            "fit validates, or a test/ objective (hydra.sweeper.allow_test_objective=true)"
+        )
     if objective == "test/bpd" and resolve_preprocess(cfg) != "dequantize":
         raise SearchError(
             f"{key}=test/bpd: bits/dim are reported only for "
