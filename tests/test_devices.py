@@ -752,3 +752,43 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return "zombie"
+
+
+def _agree(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: rank 0 has received SIGTERM, rank 1 nothing; both check
+    together (first with no stop anywhere), and write what they ended with."""
+    import torch.distributed as dist
+
+    from vaesweep.run.signals import JobInterrupted, StopSignals
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    trainer = SimpleNamespace(
+        world_size=2, global_step=7, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    stops = StopSignals()
+    stops.trainer = trainer
+    handed = []
+    stops._previous = {signal.SIGTERM: lambda *a: handed.append(a)}  # submitit's, say
+    stops.check_together(trainer)  # nobody has a stop: goes on
+    if rank == 0:
+        stops._handle(signal.SIGTERM, None)
+    try:
+        stops.check_together(trainer)
+        outcome = {"stopped": False}
+    except JobInterrupted as stop:
+        stop.hand_over()
+        outcome = {"stopped": True, "signum": stop.signum, "step": stop.step, "handed": len(handed)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_a_stop_only_one_of_them_received(tmp_path):
+    """Two real gloo processes: a stop that only rank 0 received stops both at the same
+    check, with its signal and step, and each hands it to its own earlier handler (a
+    scheduler's requeue runs on any rank); with no stop anywhere, neither stops."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_agree, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert outcome == {"stopped": True, "signum": signal.SIGTERM, "step": 7, "handed": 1}

@@ -427,9 +427,7 @@ def test_an_attempt_resumed_with_other_versions_or_devices_is_recorded_so(tmp_pa
         "versions.torch": ["2.0.0", now["torch"]],
         "versions.git.dirty": [3, now["git"]["dirty"]],
         "devices.type": ["cuda", "cpu"],
-        "devices.names": [["NVIDIA H100"], []],
-        "devices.cuda": ["12.8", None],
-    }  # not wandb, not the thread count
+    }  # not wandb, not the thread count, not what only one of the two device types has
     assert "resumes with other versions or devices than its earlier attempt" in caplog.text
     assert "devices.type: cuda → cpu" in caplog.text
     third = attempt(second, True, gpu)  # back on the GPU: the history grows
@@ -442,6 +440,12 @@ def test_an_attempt_resumed_with_other_versions_or_devices_is_recorded_so(tmp_pa
     assert "resumes with other" not in caplog.text
     older = attempt({"status": "interrupted"}, True, gpu)  # an earlier version's record
     assert older["changed_between_attempts"] == {}
+    # A GPU run on another node: its GPUs and CUDA count, not the node's CPU or its kernels.
+    node = {**gpu, "cpu": "Y"}
+    other = attempt({**earlier, "versions": {**now, "cpu_capability": "AVX2"}}, True, node)
+    assert set(other["changed_between_attempts"]) == set()
+    other = attempt(earlier, True, {**gpu, "names": ["NVIDIA A100"]})
+    assert other["changed_between_attempts"]["devices.names"] == [["NVIDIA H100"], ["NVIDIA A100"]]
 
 
 def test_the_trained_budget_says_which_limit_ended_the_fit():

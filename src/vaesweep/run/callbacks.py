@@ -126,6 +126,7 @@ class Resumable(L.Callback):
         #: Called once, at the end of this attempt's first training batch.
         self.on_first_batch = on_first_batch
         self._in_step = False  # one rank of several (set up): stops are agreed (setup)
+        self._shared_batches = 0  # batches of the current evaluation every rank holds
         self.val_metrics: dict[str, float] = {}
         self.best_val_elbo: float | None = None
         #: The data the run reads (a datamodule's ``info``), kept in every checkpoint.
@@ -145,9 +146,6 @@ class Resumable(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.signals.take_over(trainer)
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signals.take_over(trainer)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.writes_step_metrics(batch_idx):
             # The module writes this step's metrics to the loggers (its training_step): is
@@ -165,14 +163,38 @@ class Resumable(L.Callback):
             self.signals.check()
 
     # Ranks may hold unequal numbers of validation and test batches (every example once):
-    # there a stop waits for the next point they share (vaesweep.run.signals).
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+    # they agree on a stop after each batch every rank holds (vaesweep.run.signals).
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shared_batches = self._batches_of_every_rank(
+            trainer, 0 if trainer.sanity_checking else trainer.num_val_batches
+        )
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signals.take_over(trainer)
+        self._shared_batches = self._batches_of_every_rank(trainer, trainer.num_test_batches)
+
+    def _batches_of_every_rank(self, trainer: L.Trainer, batches: Any) -> int:
+        """How many batches of an evaluation every rank holds (several ranks: the fewest
+        any holds, an all-reduce every rank makes here; one process: not used)."""
+        if not self._in_step:
+            return 0
+        mine = sum(batches) if isinstance(batches, list) else batches
+        mine = int(mine) if math.isfinite(mine) else 2**62
+        fewest = torch.tensor([mine], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
+        return int(fewest.item())
+
+    def _evaluation_batch_end(self, trainer: L.Trainer, batch_idx: int) -> None:
         if not self._in_step:
             self.signals.check()
+        elif batch_idx < self._shared_batches:  # (one dataloader: vaesweep's val and test)
+            self.signals.check_together(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        self._evaluation_batch_end(trainer, batch_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
-        if not self._in_step:
-            self.signals.check()
+        self._evaluation_batch_end(trainer, batch_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

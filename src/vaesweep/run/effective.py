@@ -251,7 +251,9 @@ def _given_reads(cfg: DictConfig) -> tuple[set[str], dict[str, str]]:
     read, unread = reads(cfg)
     dataset = OmegaConf.select(cfg, "data.name")
     if dataset in EMBEDDED_SPLITS:
-        for key in ("data.root", "data.download"):
+        for key, default in (("data.root", None), ("data.download", False)):
+            if OmegaConf.select(cfg, key) == default:  # the default asks for no files
+                continue
             read.discard(key)
             unread[key] = (
                 f"data={dataset} is embedded in vaesweep and reads no files ({key} is for "

@@ -129,6 +129,7 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
         except JobInterrupted as stop:
             if isinstance(stop.ended_by, Exception):  # its own error, as rank 0 reports its
                 report_failure(stop.ended_by, job_label())
+            _await_record(job.run_dir)
             raise SystemExit(stop.exit_code) from None
 
     # Messages about skipped jobs go to the terminal only: a skipped job's files (its
@@ -159,6 +160,20 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
             # Taken over by another launch, which runs it now (the end of this one waits).
             print(f"[vaesweep] stopped {job.run_dir.name}: {lost}", file=sys.stderr)
             return None
+
+
+#: How long a rank > 0 stopped with the others waits for rank 0 to record the stop.
+RECORD_WAIT_S = 30.0
+
+
+def _await_record(run_dir: Path, timeout_s: float = RECORD_WAIT_S) -> None:
+    """A rank > 0, stopped with the others: waits (up to ``timeout_s``) until rank 0 has
+    recorded the job's outcome. A launcher that ends a job's processes once one of them has
+    exited (torchrun, srun's --kill-on-bad-exit) would otherwise stop rank 0 while it writes
+    results.json and closes W&B."""
+    deadline = time.monotonic() + timeout_s
+    while record.status(run_dir) == record.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _skip_completed(job: Job) -> dict[str, float]:
@@ -261,6 +276,8 @@ def _run_claimed(
             # checkpoints and trains from step 0.
             _restore_record(run_record.path, previous, earlier)
             _tell_kept(job, e)
+            # W&B (started inside the fit) shows the status the record is left with.
+            status = str((previous or {}).get("status") or record.INTERRUPTED)
             raise
         run_record.finish(status, error=e)
         log.exception("run failed: %s: %s (results: %s)", type(e).__name__, e, run_record.path)

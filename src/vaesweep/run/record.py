@@ -184,28 +184,35 @@ def versions() -> dict[str, Any]:
     return out
 
 
-#: The facts of ``devices`` a resumed attempt compares with the attempt before it (with
-#: every entry of ``versions`` but W&B's, which computes nothing): where one differs, the
-#: run's numbers can differ from an uninterrupted run's.
-COMPARED_DEVICE_FACTS = ("type", "names", "cuda", "cpu")
+#: The versions a resumed attempt compares with the attempt before it (with the vaesweep
+#: source's git commit and dirty flag): the code that computes. Hydra, OmegaConf and W&B
+#: compute nothing of a run's numbers.
+COMPARED_VERSIONS = ("torch", "lightning", "vaesweep")
 
 
 def attempt_facts(versions: Any, devices: Any) -> dict[str, Any]:
     """What an attempt computed with, flat (``versions.torch``, ``devices.type``, ...), from
-    the ``versions`` and ``devices`` of a results.json (either may be None: not known)."""
+    the ``versions`` and ``devices`` of a results.json (either may be None: not known): the
+    code (:data:`COMPARED_VERSIONS`, the git state), the device type, and for a GPU run the
+    GPUs' names and CUDA version, for a CPU run the CPU's model and the instruction set of
+    torch's kernels (``cpu_capability``). Where one differs between two attempts, the run's
+    numbers can differ from an uninterrupted run's."""
     facts: dict[str, Any] = {}
-    if isinstance(versions, dict):
-        for key, value in versions.items():
-            if key == "wandb":
-                continue
-            if isinstance(value, dict):  # git: commit, dirty
-                facts.update({f"versions.{key}.{k}": v for k, v in value.items()})
-            else:
-                facts[f"versions.{key}"] = value
-    if isinstance(devices, dict):
-        accelerator = str(devices.get("accelerator") or "")
-        info = {**devices, "type": accelerator.partition(":")[0] or None}
-        facts.update({f"devices.{k}": info.get(k) for k in COMPARED_DEVICE_FACTS})
+    versions = versions if isinstance(versions, dict) else {}
+    facts.update({f"versions.{k}": versions[k] for k in COMPARED_VERSIONS if k in versions})
+    git = versions.get("git")
+    if isinstance(git, dict):
+        facts.update({f"versions.git.{k}": git.get(k) for k in ("commit", "dirty")})
+    if not isinstance(devices, dict):
+        return facts
+    kind = str(devices.get("accelerator") or "").partition(":")[0] or None
+    facts["devices.type"] = kind
+    if kind == "cuda":
+        facts.update({"devices.names": devices.get("names"), "devices.cuda": devices.get("cuda")})
+    elif kind == "cpu":
+        facts["devices.cpu"] = devices.get("cpu")
+        if "cpu_capability" in versions:
+            facts["versions.cpu_capability"] = versions["cpu_capability"]
     return facts
 
 
@@ -263,7 +270,6 @@ class RunRecord:
             ),
             "error": None,
         }
-        self._compare(self.data["versions"], None)
         #: Whether this attempt has begun to compute (:meth:`begin_training`;
         #: not written to the file). A failure before that computed nothing, so an earlier
         #: attempt's record and checkpoints stay as they were (vaesweep.run.jobs).
@@ -299,7 +305,7 @@ class RunRecord:
         """Records the devices the run computes on; a resumed attempt that computes with
         other versions or devices than the attempt before it says so (a warning)."""
         self.data["devices"] = info
-        changed = self._compare(None, info)
+        changed = self._compare(self.data["versions"], info)
         self.write()
         if changed and not self._told:
             self._told = True

@@ -173,6 +173,7 @@ class StopSignals:
         self.trainer: Any = None  # set by the Resumable callback: the step comes from it
         self._previous: dict[int, Any] = {}
         self._then: Any = None  # the previous handler of the signal received
+        self._here = False  # whether this process received its stop itself (not a rank's)
         self.stop_file = None if stop_file is None else Path(stop_file)
         self.spawned: SpawnChannel | None = None
         self._spawned_step: int | None = None  # where the spawned processes stopped
@@ -236,8 +237,9 @@ class StopSignals:
         if self.claim_lost:
             self.check_claim()  # raises ClaimLost (rank 0 holds the claim)
         if agreed:  # by every rank (a signal or stop file seen only now waits for the next)
-            if self.signum is None:  # another rank's
+            if self.signum is None:  # another rank's: handed over as if received here
                 self.signum = agreed
+                self._then = self._previous.get(agreed)
             self._stop()
 
     def _stop(self) -> NoReturn:
@@ -266,8 +268,8 @@ class StopSignals:
             self.claim.verify()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
-            self.signum = signum
+        if self.signum is None or not self._here:  # (a stop another rank had: its first)
+            self.signum, self._here = signum, True
             self._then = self._previous.get(signum)
             if self.spawned is not None and not self.spawned.in_child():
                 self.spawned.relay(signum)  # the processes of the fit stop at their next batch
