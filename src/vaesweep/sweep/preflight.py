@@ -18,8 +18,9 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
   Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
   the sweep); a ``hydra.sweep.subdir`` other than vaesweep's (its jobs are found by the
   names it gives their directories); the launcher: local_parallel's (or joblib's)
-  ``n_jobs``, local_parallel's ``gpus``, ``stop_grace_s`` and keys, and SLURM's commands
-  for submitit.
+  ``n_jobs``, local_parallel's ``gpus``, ``stop_grace_s`` and keys, Ray's options (keys,
+  resources, ``init`` against ``ray.init``), and
+  SLURM's commands for submitit.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def launcher_problem(launcher: DictConfig) -> str | None:
         )
         if problem:
             return problem
+    if launchers.is_ray(target):
+        return _ray_problem(launcher)
     if launchers.is_submitit(target) and "slurm" in target.lower():
         for key, low in (("tasks_per_node", 1), ("gpus_per_node", 0)):
             try:
@@ -220,6 +223,19 @@ def _local_parallel_problem(launcher: DictConfig, target: str) -> str | None:
             "≥ 0 (how long running jobs get to record interrupted after a second stop "
             "signal, before SIGKILL)"
         )
+    return None
+
+
+def _ray_problem(launcher: DictConfig) -> str | None:
+    """What ``hydra/launcher=ray`` refuses in its options before Ray starts (its
+    ``check_options``: keys, resources, ``init`` against ``ray.init``), else None."""
+    from hydra_plugins.vaesweep_ray_launcher import ray_launcher
+
+    options = OmegaConf.to_container(launcher, resolve=True)
+    try:
+        ray_launcher.check_options(options)  # type: ignore[arg-type]
+    except ray_launcher.RayLauncherError as error:
+        return str(error)
     return None
 
 
