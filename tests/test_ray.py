@@ -196,6 +196,71 @@ def test_init_keys_are_checked_against_ray_init():
     ray_launcher.check_options({"address": "ray://head:10001", "init": {"allow_multiple": True}})
 
 
+def test_an_address_where_nothing_listens_is_refused_and_a_silent_one_said(monkeypatch, capsys):
+    """Ray retries an address where no cluster answers without end ("Failed to connect to
+    GCS", for minutes), naming no key: refused when the connection is refused or the host
+    unknown; said in one line, not refused, when it does not answer in time."""
+    import socket
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    assert ray_launcher.address_problem(f"127.0.0.1:{port}") is None
+    listening.close()
+    message = ray_launcher.address_problem(f"127.0.0.1:{port}")
+    assert message is not None and message.startswith(
+        f"hydra.launcher.address=127.0.0.1:{port} is invalid: no Ray cluster answers there "
+        f"(127.0.0.1:{port}: Connection refused"
+    ), message
+    assert message.endswith("or null for a local Ray for this sweep")
+    message = ray_launcher.address_problem("ray://nosuchhost.invalid:10001")
+    assert message is not None and "unknown host nosuchhost.invalid" in message
+    assert ray_launcher.address_problem("auto") is None
+    assert ray_launcher.address_problem(None) is None
+
+    def silent(*args, **kwargs):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    assert ray_launcher.address_problem("10.0.0.1:6379", timeout_s=0.1) is None
+    assert (
+        "[vaesweep] note: hydra.launcher.address=10.0.0.1:6379 did not answer within 0.1 s"
+        in capsys.readouterr().err
+    )
+
+
+def test_ray_init_refusing_its_arguments_is_a_refusal_and_a_slow_join_is_said(monkeypatch, capsys):
+    """What ray.init refuses (a value no check knew) is a refusal naming the arguments, not
+    a sweep stopped with "Continue this sweep" (the same command would fail again). A join
+    that takes long is said, naming the key. (Ray faked.)"""
+
+    def refuse(**kwargs):
+        raise ValueError("Resource quantities must be nonnegative.")
+
+    fake = SimpleNamespace(is_initialized=lambda: False, init=refuse)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    with pytest.raises(ray_launcher.RayLauncherError) as refused:
+        ray_launcher.start_ray({"init": {"object_store_memory": -1}})
+    assert str(refused.value).startswith(
+        "Ray did not start: ray.init(log_to_driver=True, include_dashboard=False, "
+        "object_store_memory=-1) raised ValueError: Resource quantities must be nonnegative. "
+        "These arguments are hydra.launcher's"
+    ), str(refused.value)
+
+    def slow(**kwargs):
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ray_launcher, "JOIN_NOTE_S", 0.1)
+    fake.init, fake.cluster_resources = slow, lambda: {"CPU": 2}
+    assert ray_launcher.start_ray({"address": "10.0.0.1:6379"}) == {"CPU": 2.0}
+    assert (
+        "[vaesweep] still joining the Ray cluster at hydra.launcher.address=10.0.0.1:6379 "
+        "after 0.1 s" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -204,13 +269,23 @@ def test_init_keys_are_checked_against_ray_init():
          "whole number ≥ 1"),
         ("+hydra.launcher.init={foo:1}",
          "hydra.launcher.init.foo=1 is invalid: ray.init takes no argument foo. Allowed: "),
+        ("hydra.launcher.address=127.0.0.1:CLOSED",
+         "hydra.launcher.address=127.0.0.1:CLOSED is invalid: no Ray cluster answers there"),
     ],
 )  # fmt: skip
 def test_ray_options_are_refused_before_anything_is_written(workdir, override, message):
-    """Each failed in Ray after sweep.json recorded the launch, followed by "Continue this
-    sweep" with the same bad value. Now the sweep's checks refuse them before Ray starts
-    (exit 2, nothing written)."""
+    """Each failed in Ray after sweep.json recorded the launch, the first ones followed by
+    "Continue this sweep" with the same bad value, the address after minutes of Ray's
+    retries. Now the sweep's checks refuse them before Ray starts (exit 2, nothing
+    written)."""
     needs_ray()
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = str(closed.getsockname()[1])
+    closed.close()
+    override, message = override.replace("CLOSED", port), message.replace("CLOSED", port)
     args = ["-m", "seed=0,1", *TINY, "logger=none", *RAY, override, "hydra.sweep.dir=sweep"]
     proc = run_cli(args, workdir, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -167,9 +167,54 @@ def start_ray(options: dict[str, Any]) -> dict[str, float]:
                 if options.get(key) is not None:
                     kwargs[key] = options[key]
             kwargs.update(extra)
-        with _kept_signal_handlers():
-            ray.init(**kwargs)
+        with _kept_signal_handlers(), _joining_note(kwargs.get("address")):
+            try:
+                ray.init(**kwargs)
+            except (TypeError, ValueError, AssertionError, ConnectionError) as error:
+                raise RayLauncherError(_init_refused(kwargs, error)) from error
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _init_refused(kwargs: dict[str, Any], error: BaseException) -> str:
+    """The refusal of ray.init's arguments, as the launcher passed them from its options."""
+    first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    if kwargs.get("address"):
+        where = f"did not join the cluster at hydra.launcher.address={kwargs['address']}"
+    else:
+        where = "did not start"
+    return (
+        f"Ray {where}: ray.init({given}) raised {type(error).__name__}: {first}. These "
+        "arguments are hydra.launcher's (address, num_cpus, num_gpus, include_dashboard, "
+        "log_to_driver, init)"
+    )
+
+
+@contextlib.contextmanager
+def _joining_note(address: Any) -> Iterator[None]:
+    """While ray.init joins the cluster at ``address``: one line naming the key once it has
+    taken :data:`JOIN_NOTE_S` (Ray retries an address where no cluster answers, logging
+    only ``Failed to connect to GCS``)."""
+    if not address:
+        yield
+        return
+    note = threading.Timer(
+        JOIN_NOTE_S,
+        lambda: print(
+            f"[vaesweep] still joining the Ray cluster at hydra.launcher.address={address} "
+            f"after {JOIN_NOTE_S:g} s: Ray retries without end where no cluster answers. "
+            "Check the address (`ray status` on the head node prints it); Ctrl-C stops the "
+            "sweep, no job has run",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    note.daemon = True
+    note.start()
+    try:
+        yield
+    finally:
+        note.cancel()
 
 
 def node_resources() -> list[dict[str, float]]:
@@ -315,6 +360,60 @@ def check_options(options: dict[str, Any]) -> None:
     _whole(options, "max_retries", -1)
     check_address(options.get("address"))
     check_init(options)
+
+
+#: Seconds :func:`address_problem` waits for the cluster's address to answer.
+CONNECT_TIMEOUT_S = 5.0
+#: Seconds after which a ray.init still joining a cluster is said on the console (Ray retries
+#: an address where no cluster answers without an end of its own).
+JOIN_NOTE_S = 15.0
+
+
+def address_problem(address: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) cannot be a running Ray
+    cluster: nothing listens there (connection refused) or its host is unknown, as a
+    refusal; else None. Ray itself would retry such an address without end (``Failed to
+    connect to GCS``, for minutes), and its public API has no bound on that wait. An address
+    that does not answer within ``timeout_s`` (a firewall that drops packets) is said in one
+    line and not refused: Ray may still reach it. A loopback host counts as this machine's
+    address too, as Ray takes it."""
+    import socket
+
+    text = str(address or "")
+    if text in ("", "auto", "local"):
+        return None
+    host, _, port = text.split("://", 1)[-1].rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return None  # Ray's own error names it
+    hosts = [host]
+    if host in ("localhost", "::1") or host.startswith("127."):
+        with contextlib.suppress(Exception):
+            hosts.append(import_ray().util.get_node_ip_address())
+    reasons = []
+    for name in hosts:
+        try:
+            socket.create_connection((name, int(port)), timeout=timeout_s).close()
+            return None
+        except TimeoutError:
+            print(
+                f"[vaesweep] note: hydra.launcher.address={text} did not answer within "
+                f"{timeout_s:g} s; Ray will keep trying to join it (Ctrl-C stops the sweep, no "
+                "job has run)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+        except socket.gaierror as error:
+            reasons.append(f"unknown host {name} ({error.strerror})")
+        except OSError as error:
+            reasons.append(f"{name}:{port}: {error.strerror or error}")
+    return (
+        f"hydra.launcher.address={text} is invalid: no Ray cluster answers there "
+        f"({'; '.join(reasons)}). Allowed: the address of a "
+        "running cluster's head (`ray status` on it prints it), auto for the cluster this "
+        "machine runs, or null for a local Ray for this sweep"
+    )
 
 
 def resolve_resources(

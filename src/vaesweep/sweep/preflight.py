@@ -19,7 +19,7 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
   the sweep); a ``hydra.sweep.subdir`` other than vaesweep's (its jobs are found by the
   names it gives their directories); the launcher: local_parallel's (or joblib's)
   ``n_jobs``, local_parallel's ``gpus``, ``stop_grace_s`` and keys, Ray's options (keys,
-  resources, ``init`` against ``ray.init``), and
+  resources, ``init`` against ``ray.init``, an ``address`` where nothing answers), and
   SLURM's commands for submitit.
 """
 
@@ -228,7 +228,9 @@ def _local_parallel_problem(launcher: DictConfig, target: str) -> str | None:
 
 def _ray_problem(launcher: DictConfig) -> str | None:
     """What ``hydra/launcher=ray`` refuses in its options before Ray starts (its
-    ``check_options``: keys, resources, ``init`` against ``ray.init``), else None."""
+    ``check_options``: keys, resources, ``init`` against ``ray.init``), and an ``address``
+    where nothing answers; else None. A message for an address that did not answer in time
+    is printed, and the launch goes on (Ray then retries)."""
     from hydra_plugins.vaesweep_ray_launcher import ray_launcher
 
     options = OmegaConf.to_container(launcher, resolve=True)
@@ -236,7 +238,7 @@ def _ray_problem(launcher: DictConfig) -> str | None:
         ray_launcher.check_options(options)  # type: ignore[arg-type]
     except ray_launcher.RayLauncherError as error:
         return str(error)
-    return None
+    return ray_launcher.address_problem(options.get("address"))  # type: ignore[union-attr]
 
 
 def _gpu_ids_problem(gpus: Any) -> str | None:
