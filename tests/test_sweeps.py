@@ -651,6 +651,27 @@ def test_a_job_whose_config_does_not_compose_refuses_the_sweep(tmp_path, capsys,
     assert expected in err, err
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="needs `hydra: sweeper: params: {}` in src/vaesweep/conf/train.yaml: Hydra's "
+    "OmegaConf.update of a null hydra.sweeper.params raises AssertionError: Unexpected type "
+    "for root: NoneType (remove this mark with that change)",
+)
+def test_a_grid_axis_given_as_a_sweeper_param_is_an_axis(tmp_path):
+    """hydra.sweeper.params.beta=0.5,1 with the default (basic) sweeper: the form of Hydra's
+    basic sweeper, of vaesweep's study presets and of docs/search.md, which works where a
+    preset sets params. It is the same axis as beta=0.5,1: two jobs, named as its."""
+    proc = run_cli(
+        ["-m", *TINY, "logger=none", "hydra.sweeper.params.beta=0.5,1", "hydra.sweep.dir=sweep"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "sweep" / SWEEP_FILE).read_text())
+    assert record["grid"] == {"beta": ["0.5", "1"]}
+    assert sorted(r["config"]["beta"] for r in results_under(tmp_path / "sweep")) == [0.5, 1.0]
+
+
 # --- a training stack that does not import -------------------------------------------------
 def broken_package_env(root: Path, name: str = "lightning") -> dict[str, str]:
     """The CLI's environment with a `lightning` (or `name`) package first on the path whose
