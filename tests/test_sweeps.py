@@ -605,7 +605,7 @@ def test_a_key_some_jobs_configs_lack_is_refused_at_the_first_attempt(tmp_path):
         "likelihood.scale, and leave them out of this one"
     ) in proc.stderr
     assert "To append to your config use" not in proc.stderr
-    assert "warning" not in proc.stderr
+    assert "[vaesweep] warning" not in proc.stderr
     assert not (tmp_path / "sweep").exists()
 
 
@@ -649,6 +649,35 @@ def test_a_job_whose_config_does_not_compose_refuses_the_sweep(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith("[vaesweep] sweep refused, no job was run: "), err
     assert expected in err, err
+
+
+def test_jobs_are_composed_with_the_launchs_hydra_overrides(tmp_path, capsys):
+    """A preset found through hydra.searchpath (a Hydra override): each job is composed as
+    Hydra's sweeper composes it, with the launch's Hydra overrides, so the grid's checks run
+    on it and a job whose config lacks a key is still told apart from one that composes."""
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep.grid import refuse_ineffective
+
+    search = f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]"
+    task = ["experiment=tiny_grid"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = _multirun_config(search, f"hydra.sweep.dir={tmp_path}/s", *task, task=task)
+        params = OmegaConf.to_container(config.hydra.sweeper.params)
+        refuse_ineffective(config, task, params)  # no exit: all four jobs compose
+        task = [*task, "likelihood.scale=learned"]
+        params["likelihood"] = "gaussian,bernoulli"
+        config = _multirun_config(search, f"hydra.sweep.dir={tmp_path}/s", *task, task=task)
+        with pytest.raises(SystemExit):
+            refuse_ineffective(config, task, params)
+    err = capsys.readouterr().err
+    assert "warning" not in err, err
+    assert (
+        "likelihood.scale=learned: likelihood.scale is not a key of the config of 2 of the 4 "
+        "jobs (likelihood=bernoulli seed=0; likelihood=bernoulli seed=1)"
+    ) in err, err
 
 
 @pytest.mark.xfail(

@@ -230,7 +230,7 @@ def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | 
     jobs, configs, broken = [], [], []
     for job in all_jobs:
         try:
-            configs.append(compose(config.hydra.job.config_name, overrides=job))
+            configs.append(compose_job(config, job))
             jobs.append(job)
         except Exception as e:
             broken.append((job, e))
@@ -245,6 +245,18 @@ def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | 
     if refusal:
         print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def compose_job(config: DictConfig, job: list[str], with_hydra: bool = False) -> DictConfig:
+    """A job's config as Hydra's sweeper composes it (``load_sweep_config``): the multirun's
+    Hydra overrides (``hydra.searchpath``, a launcher, ...) then the job's. Without its
+    ``hydra`` node unless ``with_hydra``."""
+    given = OmegaConf.to_container(config.hydra.overrides, resolve=False)["hydra"]
+    return compose(
+        config.hydra.job.config_name,
+        overrides=[*given, *job],  # type: ignore[misc]
+        return_hydra_config=with_hydra,
+    )
 
 
 #: Hydra's words for an override of a key that the composed config does not have.
@@ -347,7 +359,7 @@ def _keys_beside(
     parent = gap.rpartition(".")[0]
     rest = [o for o in job if o.split("=", 1)[0].lstrip("+") != key]
     try:
-        cfg = compose(config.hydra.job.config_name, overrides=rest, return_hydra_config=True)
+        cfg = compose_job(config, rest, with_hydra=True)
     except Exception:
         return (parent or None), []
     node = OmegaConf.select(cfg, parent) if parent else cfg
