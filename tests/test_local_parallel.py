@@ -750,3 +750,40 @@ def test_a_job_given_a_gpu_it_cannot_see_is_refused_unless_it_trains_on_the_cpu(
     monkeypatch.delenv(gpus.ASSIGNED_ENV)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # set by the user, not a launcher
     assert gpus.missing_gpu_problem("auto") is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.launcher.stop_grace_s=30s",
+         "hydra.launcher.stop_grace_s='30s' is invalid: allowed a number of seconds ≥ 0"),
+        ("+hydra.launcher.n_job=4",
+         "hydra.launcher.n_job=4 is invalid: hydra/launcher=local_parallel has no key n_job "
+         "(did you mean hydra.launcher.n_jobs?). Allowed keys: n_jobs, gpus, stop_grace_s"),
+    ],
+)  # fmt: skip
+def test_a_launcher_key_it_cannot_take_is_refused_before_anything_is_written(
+    tmp_path, override, message
+):
+    """The launcher's constructor raised Python's error (could not convert string to float:
+    '30s'; an unexpected keyword argument 'n_job'), naming no allowed value, after sweep.json
+    recorded a launch that ran nothing. Now the sweep's checks refuse it first."""
+    args = ["-m", *TINY, "logger=none", *LOCAL, override, "seed=0,1", "hydra.sweep.dir=sweep"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"[vaesweep] sweep refused, no job was run: {message}" in proc.stderr
+    assert "Error in call to target" not in proc.stderr
+    assert "Continue this sweep" not in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("grace", ["-1", "null", "true", "abc", "inf"])
+def test_stop_grace_s_is_a_number_of_seconds(grace):
+    message = preflight.launcher_problem(
+        composed(*LOCAL, f"hydra.launcher.stop_grace_s={grace}").hydra.launcher
+    )
+    assert message is not None and message.startswith("hydra.launcher.stop_grace_s="), message
+    assert "is invalid: allowed a number of seconds ≥ 0" in message
+    for good in ("0", "2.5", "30"):
+        config = composed(*LOCAL, f"hydra.launcher.stop_grace_s={good}")
+        assert preflight.launcher_problem(config.hydra.launcher) is None

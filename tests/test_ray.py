@@ -96,7 +96,7 @@ def test_gpus_not_cpus_bound_how_many_jobs_run(options, trainer, nodes, expected
         ({"gpus_per_job": 2}, [{"CPU": 8, "GPU": 2}], "gpus_per_job=2: a Ray job trains on one"),
         ({"gpus_per_job": -1}, [{"CPU": 8, "GPU": 2}], "gpus_per_job=-1"),
         ({"gpus_per_job": 1}, [{"CPU": 8}], "Ray sees 0 GPUs"),
-        ({"gpus_per_job": "x"}, [{"CPU": 8}], "gpus_per_job='x' is not a number"),
+        ({"gpus_per_job": "x"}, [{"CPU": 8}], "gpus_per_job='x' is invalid: allowed null"),
         ({"cpus_per_job": 0}, [{"CPU": 8, "GPU": 2}], "cpus_per_job=0: a job needs more than 0"),
         ({"cpus_per_job": -2}, [{"CPU": 8, "GPU": 2}], "cpus_per_job=-2: a job needs more than 0"),
         # More CPUs than the node has: Ray would wait for such a node for ever.
@@ -141,6 +141,157 @@ def test_what_no_cluster_could_run_is_refused_before_ray_starts():
             ray_launcher.check_options(options)
     ray_launcher.check_options({"gpus_per_job": 0.5, "cpus_per_job": 0.5})
     ray_launcher.check_options({})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Ray failed on them after sweep.json recorded the launch: "AssertionError: CPU
+        # (<class 'str'>): abc", "Resource quantities must be nonnegative".
+        ({"num_cpus": "abc"},
+         "num_cpus='abc' is invalid: allowed null (the CPUs Ray detects) or a whole number ≥ 1"),
+        ({"num_cpus": -1}, "num_cpus=-1 is invalid: allowed null"),
+        ({"num_cpus": 2.5}, "num_cpus=2.5 is invalid: allowed null"),
+        ({"num_cpus": True}, "num_cpus=True is invalid: allowed null"),
+        ({"num_gpus": -1},
+         "num_gpus=-1 is invalid: allowed null (the GPUs Ray detects) or a whole number ≥ 0"),
+        ({"max_retries": -5}, "max_retries=-5 is invalid: allowed null or 0"),
+        ({"cpus_per_job": "many"},
+         "cpus_per_job='many' is invalid: allowed null (derived from the cluster) or a number"),
+        # Accepted and ignored (RayLauncher takes **options).
+        ({"gpu_per_job": 1},
+         "gpu_per_job=1 is invalid: hydra/launcher=ray has no key gpu_per_job (did you mean "
+         "hydra.launcher.gpus_per_job?). Allowed keys: address, gpus_per_job, cpus_per_job, "
+         "num_cpus, num_gpus, max_retries, include_dashboard, log_to_driver, init"),
+        ({"address": 6379}, "address=6379 is invalid: allowed null (a local Ray for this sweep)"),
+        ({"address": "headnode"}, "address='headnode' is invalid: allowed null"),
+        ({"init": {"num_cpus": 4}},
+         "init.num_cpus=4 is invalid: num_cpus is an option of hydra/launcher=ray itself; set "
+         "hydra.launcher.num_cpus=4 instead"),
+        ({"init": 5}, "init=5 is invalid: allowed a mapping of ray.init keyword arguments"),
+    ],
+)  # fmt: skip
+def test_options_ray_would_refuse_are_refused_naming_what_is_allowed(options, message):
+    with pytest.raises(ray_launcher.RayLauncherError) as refused:
+        ray_launcher.check_options(options)
+    assert str(refused.value).startswith(f"hydra.launcher.{message}"), str(refused.value)
+
+
+def test_init_keys_are_checked_against_ray_init():
+    """init={foo: 1} failed in ray.init (RuntimeError: Unknown keyword argument(s): foo),
+    after sweep.json recorded the launch; its keyword arguments are ray.init's own, with its
+    documented hidden ones (_temp_dir)."""
+    needs_ray()
+    with pytest.raises(ray_launcher.RayLauncherError) as refused:
+        ray_launcher.check_options({"init": {"namespce": "x"}})
+    message = str(refused.value)
+    assert message.startswith(
+        "hydra.launcher.init.namespce='x' is invalid: ray.init takes no argument namespce "
+        "(did you mean hydra.launcher.init.namespace?). Allowed: "
+    ), message
+    assert "object_store_memory" in message and "_temp_dir" in message
+    good = {"num_cpus": 2, "num_gpus": 0.0, "max_retries": -1, "address": "auto"}
+    ray_launcher.check_options({**good, "init": {"namespace": "x", "_temp_dir": "/tmp/r"}})
+    # Ray Client hands other keys to its own builder.
+    ray_launcher.check_options({"address": "ray://head:10001", "init": {"allow_multiple": True}})
+
+
+def test_an_address_where_nothing_listens_is_refused_and_a_silent_one_said(monkeypatch, capsys):
+    """Ray retries an address where no cluster answers without end ("Failed to connect to
+    GCS", for minutes), naming no key: refused when the connection is refused or the host
+    unknown; said in one line, not refused, when it does not answer in time."""
+    import socket
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    assert ray_launcher.address_problem(f"127.0.0.1:{port}") is None
+    listening.close()
+    message = ray_launcher.address_problem(f"127.0.0.1:{port}")
+    assert message is not None and message.startswith(
+        f"hydra.launcher.address=127.0.0.1:{port} is invalid: no Ray cluster answers there "
+        f"(127.0.0.1:{port}: Connection refused"
+    ), message
+    assert message.endswith("or null for a local Ray for this sweep")
+    message = ray_launcher.address_problem("ray://nosuchhost.invalid:10001")
+    assert message is not None and "unknown host nosuchhost.invalid" in message
+    assert ray_launcher.address_problem("auto") is None
+    assert ray_launcher.address_problem(None) is None
+
+    def silent(*args, **kwargs):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    assert ray_launcher.address_problem("10.0.0.1:6379", timeout_s=0.1) is None
+    assert (
+        "[vaesweep] note: hydra.launcher.address=10.0.0.1:6379 did not answer within 0.1 s"
+        in capsys.readouterr().err
+    )
+
+
+def test_ray_init_refusing_its_arguments_is_a_refusal_and_a_slow_join_is_said(monkeypatch, capsys):
+    """What ray.init refuses (a value no check knew) is a refusal naming the arguments, not
+    a sweep stopped with "Continue this sweep" (the same command would fail again). A join
+    that takes long is said, naming the key. (Ray faked.)"""
+
+    def refuse(**kwargs):
+        raise ValueError("Resource quantities must be nonnegative.")
+
+    fake = SimpleNamespace(is_initialized=lambda: False, init=refuse)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    with pytest.raises(ray_launcher.RayLauncherError) as refused:
+        ray_launcher.start_ray({"init": {"object_store_memory": -1}})
+    assert str(refused.value).startswith(
+        "Ray did not start: ray.init(log_to_driver=True, include_dashboard=False, "
+        "object_store_memory=-1) raised ValueError: Resource quantities must be nonnegative. "
+        "These arguments are hydra.launcher's"
+    ), str(refused.value)
+
+    def slow(**kwargs):
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ray_launcher, "JOIN_NOTE_S", 0.1)
+    fake.init, fake.cluster_resources = slow, lambda: {"CPU": 2}
+    assert ray_launcher.start_ray({"address": "10.0.0.1:6379"}) == {"CPU": 2.0}
+    assert (
+        "[vaesweep] still joining the Ray cluster at hydra.launcher.address=10.0.0.1:6379 "
+        "after 0.1 s" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.launcher.num_cpus=abc",
+         "hydra.launcher.num_cpus='abc' is invalid: allowed null (the CPUs Ray detects) or a "
+         "whole number ≥ 1"),
+        ("+hydra.launcher.init={foo:1}",
+         "hydra.launcher.init.foo=1 is invalid: ray.init takes no argument foo. Allowed: "),
+        ("hydra.launcher.address=127.0.0.1:CLOSED",
+         "hydra.launcher.address=127.0.0.1:CLOSED is invalid: no Ray cluster answers there"),
+    ],
+)  # fmt: skip
+def test_ray_options_are_refused_before_anything_is_written(workdir, override, message):
+    """Each failed in Ray after sweep.json recorded the launch, the first ones followed by
+    "Continue this sweep" with the same bad value, the address after minutes of Ray's
+    retries. Now the sweep's checks refuse them before Ray starts (exit 2, nothing
+    written)."""
+    needs_ray()
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = str(closed.getsockname()[1])
+    closed.close()
+    override, message = override.replace("CLOSED", port), message.replace("CLOSED", port)
+    args = ["-m", "seed=0,1", *TINY, "logger=none", *RAY, override, "hydra.sweep.dir=sweep"]
+    proc = run_cli(args, workdir, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"[vaesweep] sweep refused, no job was run: {message}" in proc.stderr
+    assert "Continue this sweep" not in proc.stderr
+    assert not (workdir / "sweep").exists()
 
 
 def test_a_joined_cluster_may_grow_a_node_large_enough(caplog):

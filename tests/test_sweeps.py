@@ -585,21 +585,120 @@ def test_the_slurm_launcher_asks_for_gpus_only_for_gpu_jobs(overrides, tasks, gp
         assert "trainer.devices=2" in problem
 
 
-@pytest.mark.slow
-def test_a_job_whose_config_does_not_compose_is_named_not_skipped_silently(tmp_path):
-    """The sweep's checks cannot compose one job's config: a warning names that job and the
-    reason, and says which check was skipped (it used to be a DEBUG line)."""
+def test_a_key_some_jobs_configs_lack_is_refused_at_the_first_attempt(tmp_path):
+    """likelihood=gaussian,bernoulli likelihood.scale=learned: the Bernoulli's config has no
+    scale. Hydra's sweeper composes every job before it runs any and ended the launch in its
+    own words, suggesting +, then ++ (and a sweep directory was left behind); now the sweep
+    is refused at once, naming the key, the job and what to do, and nothing is written."""
     proc = run_cli(
         ["-m", *TINY, "logger=none", "likelihood=gaussian,bernoulli", "likelihood.scale=learned",
          "hydra.sweep.dir=sweep"],
         tmp_path,
     )  # fmt: skip
-    warnings = [line for line in proc.stderr.splitlines() if "[vaesweep] warning:" in line]
-    assert any(
-        "likelihood=bernoulli" in w and "does not compose" in w and "likelihood.scale" in w
-        for w in warnings
-    ), proc.stderr[-3000:]
-    assert any("every command-line key changes some job was skipped" in w for w in warnings)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        "[vaesweep] sweep refused, no job was run: likelihood.scale=learned: likelihood.scale "
+        "is not a key of the config of 1 of the 2 jobs (likelihood=bernoulli): "
+        "likelihood=bernoulli has no key scale; its keys: name, allow_nonbinary. Hydra cannot "
+        "set a key a config does not have (+ or ++ would add it to a config that does not "
+        "read it). Run those jobs (likelihood=bernoulli) as a sweep of their own, without "
+        "likelihood.scale, and leave them out of this one"
+    ) in proc.stderr
+    assert "To append to your config use" not in proc.stderr
+    assert "[vaesweep] warning" not in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        # A typo in a swept key: no job's config has it.
+        (["betta=1,2"],
+         "betta=1,2: betta is not a key of any job's config (2 jobs): the config has no key "
+         "betta (did you mean beta?); its keys: data, model, likelihood,"),
+        # Under a node that is not there: the first missing node is named.
+        (["model.hiden.x=1,2"],
+         "model.hiden.x=1,2: model.hiden.x is not a key of any job's config (2 jobs): "
+         "model=mlp has no key hiden (did you mean model.hidden?); its keys: name, "
+         "latent_dim, hidden, channels, activation. Drop it"),
+        # Several jobs lack it: each named by its swept values.
+        (["likelihood=gaussian,bernoulli", "likelihood.scale=learned", "seed=0,1"],
+         "is not a key of the config of 2 of the 4 jobs (likelihood=bernoulli seed=0; "
+         "likelihood=bernoulli seed=1): likelihood=bernoulli has no key scale"),
+        # Another error of Hydra's: its first line and the options it lists.
+        (["likelihood=gaussian,nope"],
+         "the config of 1 of the 2 jobs (likelihood=nope) does not compose: In 'train': Could "
+         "not find 'likelihood/nope'; Available options in 'likelihood': bernoulli, "
+         "continuous_bernoulli, gaussian, laplace (job: likelihood=nope)"),
+    ],
+)  # fmt: skip
+def test_a_job_whose_config_does_not_compose_refuses_the_sweep(tmp_path, capsys, task, expected):
+    """The grid's checks compose every job's config (as Hydra's sweeper does before it runs
+    any): one that does not compose refuses the sweep in one line (it was a warning, and the
+    launch went on into Hydra's multi-line error)."""
+    from hydra import initialize_config_dir
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep.grid import refuse_ineffective
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = _multirun_config(f"hydra.sweep.dir={tmp_path}/sweep", task=task)
+        with pytest.raises(SystemExit) as exit_:
+            refuse_ineffective(config, task, {})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[vaesweep] sweep refused, no job was run: "), err
+    assert expected in err, err
+
+
+def test_jobs_are_composed_with_the_launchs_hydra_overrides(tmp_path, capsys):
+    """A preset found through hydra.searchpath (a Hydra override): each job is composed as
+    Hydra's sweeper composes it, with the launch's Hydra overrides, so the grid's checks run
+    on it and a job whose config lacks a key is still told apart from one that composes."""
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.sweep.grid import refuse_ineffective
+
+    search = f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]"
+    task = ["experiment=tiny_grid"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = _multirun_config(search, f"hydra.sweep.dir={tmp_path}/s", *task, task=task)
+        params = OmegaConf.to_container(config.hydra.sweeper.params)
+        refuse_ineffective(config, task, params)  # no exit: all four jobs compose
+        task = [*task, "likelihood.scale=learned"]
+        params["likelihood"] = "gaussian,bernoulli"
+        config = _multirun_config(search, f"hydra.sweep.dir={tmp_path}/s", *task, task=task)
+        with pytest.raises(SystemExit):
+            refuse_ineffective(config, task, params)
+    err = capsys.readouterr().err
+    assert "warning" not in err, err
+    assert (
+        "likelihood.scale=learned: likelihood.scale is not a key of the config of 2 of the 4 "
+        "jobs (likelihood=bernoulli seed=0; likelihood=bernoulli seed=1)"
+    ) in err, err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="needs `hydra: sweeper: params: {}` in src/vaesweep/conf/train.yaml: Hydra's "
+    "OmegaConf.update of a null hydra.sweeper.params raises AssertionError: Unexpected type "
+    "for root: NoneType (remove this mark with that change)",
+)
+def test_a_grid_axis_given_as_a_sweeper_param_is_an_axis(tmp_path):
+    """hydra.sweeper.params.beta=0.5,1 with the default (basic) sweeper: the form of Hydra's
+    basic sweeper, of vaesweep's study presets and of docs/search.md, which works where a
+    preset sets params. It is the same axis as beta=0.5,1: two jobs, named as its."""
+    proc = run_cli(
+        ["-m", *TINY, "logger=none", "hydra.sweeper.params.beta=0.5,1", "hydra.sweep.dir=sweep"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "sweep" / SWEEP_FILE).read_text())
+    assert record["grid"] == {"beta": ["0.5", "1"]}
+    assert sorted(r["config"]["beta"] for r in results_under(tmp_path / "sweep")) == [0.5, 1.0]
 
 
 # --- a training stack that does not import -------------------------------------------------

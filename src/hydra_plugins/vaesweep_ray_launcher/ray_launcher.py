@@ -32,15 +32,18 @@ __future__ import annotations``: Hydra executes plugin modules before they are i
 """
 
 import contextlib
+import difflib
+import inspect
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import DictConfig, OmegaConf
 
+from vaesweep.core import launchers
+from vaesweep.core.checks import is_number
 from vaesweep.sweep.launching import (
     LauncherRefused,
     SweepLauncher,
@@ -162,9 +167,54 @@ def start_ray(options: dict[str, Any]) -> dict[str, float]:
                 if options.get(key) is not None:
                     kwargs[key] = options[key]
             kwargs.update(extra)
-        with _kept_signal_handlers():
-            ray.init(**kwargs)
+        with _kept_signal_handlers(), _joining_note(kwargs.get("address")):
+            try:
+                ray.init(**kwargs)
+            except (TypeError, ValueError, AssertionError, ConnectionError) as error:
+                raise RayLauncherError(_init_refused(kwargs, error)) from error
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _init_refused(kwargs: dict[str, Any], error: BaseException) -> str:
+    """The refusal of ray.init's arguments, as the launcher passed them from its options."""
+    first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    if kwargs.get("address"):
+        where = f"did not join the cluster at hydra.launcher.address={kwargs['address']}"
+    else:
+        where = "did not start"
+    return (
+        f"Ray {where}: ray.init({given}) raised {type(error).__name__}: {first}. These "
+        "arguments are hydra.launcher's (address, num_cpus, num_gpus, include_dashboard, "
+        "log_to_driver, init)"
+    )
+
+
+@contextlib.contextmanager
+def _joining_note(address: Any) -> Iterator[None]:
+    """While ray.init joins the cluster at ``address``: one line naming the key once it has
+    taken :data:`JOIN_NOTE_S` (Ray retries an address where no cluster answers, logging
+    only ``Failed to connect to GCS``)."""
+    if not address:
+        yield
+        return
+    note = threading.Timer(
+        JOIN_NOTE_S,
+        lambda: print(
+            f"[vaesweep] still joining the Ray cluster at hydra.launcher.address={address} "
+            f"after {JOIN_NOTE_S:g} s: Ray retries without end where no cluster answers. "
+            "Check the address (`ray status` on the head node prints it); Ctrl-C stops the "
+            "sweep, no job has run",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    note.daemon = True
+    note.start()
+    try:
+        yield
+    finally:
+        note.cancel()
 
 
 def node_resources() -> list[dict[str, float]]:
@@ -177,22 +227,118 @@ def node_resources() -> list[dict[str, float]]:
     ]
 
 
+#: What each numeric option allows, as its refusal says it.
+ALLOWED = {
+    "gpus_per_job": "null (1 for a GPU trainer, else 0) or a number from 0 to 1",
+    "cpus_per_job": "null (derived from the cluster) or a number > 0",
+    "num_cpus": "null (the CPUs Ray detects) or a whole number ≥ 1",
+    "num_gpus": "null (the GPUs Ray detects) or a whole number ≥ 0",
+    "max_retries": "null or 0 (a job whose process died is not run again: the relaunch "
+    "resumes it), a whole number of retries ≥ 1, or -1 (without end)",
+}
+#: ``address`` forms, as its refusal says them.
+ADDRESSES = (
+    "null (a local Ray for this sweep), auto (the cluster this machine runs, or "
+    "$RAY_ADDRESS), HOST:PORT (a cluster's head: its GCS port, 6379 unless set) or "
+    "ray://HOST:PORT (Ray Client, 10001 unless set)"
+)
+#: Keys of ``init`` that are the launcher's own options.
+OWN_INIT_KEYS = ("address", "num_cpus", "num_gpus", "include_dashboard", "log_to_driver")
+
+
 def _number(options: dict[str, Any], key: str) -> float | None:
     value = options.get(key)
     if value is None:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RayLauncherError(f"hydra.launcher.{key}={value!r} is not a number") from None
+    number = float(value) if is_number(value) else math.nan
     if not math.isfinite(number):
-        raise RayLauncherError(f"hydra.launcher.{key}={value!r} is not a finite number")
+        raise RayLauncherError(f"hydra.launcher.{key}={value!r} is invalid: allowed {ALLOWED[key]}")
     return number
 
 
+def _whole(options: dict[str, Any], key: str, low: int) -> None:
+    """Refuses ``key`` unless it is null or a whole number ≥ ``low`` (Ray's resource
+    counts: ``num_cpus=abc`` failed as ``AssertionError: CPU (<class 'str'>): abc``,
+    ``-1`` as ``Resource quantities must be nonnegative``)."""
+    number = _number(options, key)
+    if number is not None and not (number.is_integer() and number >= low):
+        raise RayLauncherError(
+            f"hydra.launcher.{key}={options[key]!r} is invalid: allowed {ALLOWED[key]}"
+        )
+
+
+def launcher_keys() -> list[str]:
+    """The keys of ``hydra/launcher=ray`` (:class:`RayLauncherConf`), ``_target_`` aside."""
+    return [f.name for f in fields(RayLauncherConf) if f.name != "_target_"]
+
+
+def ray_init_keywords() -> list[str]:
+    """The keyword arguments ``ray.init`` takes: its signature's, and the hidden ones its
+    docstring lists under ``**kwargs`` (``_temp_dir``, ``object_spilling_directory``, ...),
+    which it takes from ``**kwargs`` and refuses others of (``Unknown keyword
+    argument(s)``)."""
+    ray = import_ray()
+    parameters = inspect.signature(ray.init).parameters
+    named = [
+        n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    doc = inspect.getdoc(ray.init) or ""
+    hidden = re.findall(r"``(\w+)``", doc.split("**kwargs", 1)[1]) if "**kwargs" in doc else []
+    return list(dict.fromkeys(named + hidden))
+
+
+def check_init(options: dict[str, Any]) -> None:
+    """Refuses an ``init`` that is not a mapping of ``ray.init``'s keyword arguments
+    (:func:`ray_init_keywords`), or that sets one of the launcher's own options. Ray Client
+    (``address=ray://...``) hands other keys to its own builder: only the launcher's own are
+    refused there."""
+    init = options.get("init")
+    if init is None:
+        return
+    if not isinstance(init, Mapping):  # a DictConfig from Hydra's instantiate
+        raise RayLauncherError(
+            f"hydra.launcher.init={init!r} is invalid: allowed a mapping of ray.init keyword "
+            "arguments, e.g. {namespace: my_sweeps}"
+        )
+    for key, value in init.items():
+        if key in OWN_INIT_KEYS:
+            raise RayLauncherError(
+                f"hydra.launcher.init.{key}={value!r} is invalid: {key} is an option of "
+                f"hydra/launcher=ray itself; set hydra.launcher.{key}={value!r} instead"
+            )
+    if not init or "://" in str(options.get("address") or ""):
+        return
+    allowed = [k for k in ray_init_keywords() if k not in OWN_INIT_KEYS]
+    for key, value in init.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean hydra.launcher.init.{close[0]}?)" if close else ""
+            raise RayLauncherError(
+                f"hydra.launcher.init.{key}={value!r} is invalid: ray.init takes no argument "
+                f"{key}{hint}. Allowed: {', '.join(allowed)}"
+            )
+
+
+def check_address(address: Any) -> None:
+    """Refuses an ``address`` that is no address Ray takes (a number, a name without a
+    port)."""
+    if address is None or address == "":
+        return
+    text = str(address)
+    if not isinstance(address, str) or (text not in ("auto", "local") and ":" not in text):
+        raise RayLauncherError(
+            f"hydra.launcher.address={address!r} is invalid: allowed {ADDRESSES}"
+        )
+
+
 def check_options(options: dict[str, Any]) -> None:
-    """Refuses (RayLauncherError) what no cluster could run, before Ray starts: a job takes
-    at most one GPU (a share of one, or a whole one) and more than 0 CPUs."""
+    """Refuses (RayLauncherError) what no cluster could run, before Ray starts: a key the
+    launcher does not take; a job takes at most one GPU (a share of one, or a whole one) and
+    more than 0 CPUs; what ``ray.init`` would refuse (``num_cpus``, ``num_gpus``,
+    ``max_retries``, ``init`` keys, an ``address`` that is none)."""
+    problem = launchers.unknown_key("ray", options, launcher_keys())
+    if problem:
+        raise RayLauncherError(problem)
     gpus = _number(options, "gpus_per_job")
     if gpus is not None and not 0 <= gpus <= 1:
         raise RayLauncherError(
@@ -209,6 +355,65 @@ def check_options(options: dict[str, Any]) -> None:
             f"hydra.launcher.cpus_per_job={cpus:g}: a job needs more than 0 CPUs (a fraction "
             "such as 0.5 is allowed; null: derived from the cluster)"
         )
+    _whole(options, "num_cpus", 1)
+    _whole(options, "num_gpus", 0)
+    _whole(options, "max_retries", -1)
+    check_address(options.get("address"))
+    check_init(options)
+
+
+#: Seconds :func:`address_problem` waits for the cluster's address to answer.
+CONNECT_TIMEOUT_S = 5.0
+#: Seconds after which a ray.init still joining a cluster is said on the console (Ray retries
+#: an address where no cluster answers without an end of its own).
+JOIN_NOTE_S = 15.0
+
+
+def address_problem(address: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) cannot be a running Ray
+    cluster: nothing listens there (connection refused) or its host is unknown, as a
+    refusal; else None. Ray itself would retry such an address without end (``Failed to
+    connect to GCS``, for minutes), and its public API has no bound on that wait. An address
+    that does not answer within ``timeout_s`` (a firewall that drops packets) is said in one
+    line and not refused: Ray may still reach it. A loopback host counts as this machine's
+    address too, as Ray takes it."""
+    import socket
+
+    text = str(address or "")
+    if text in ("", "auto", "local"):
+        return None
+    host, _, port = text.split("://", 1)[-1].rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return None  # Ray's own error names it
+    hosts = [host]
+    if host in ("localhost", "::1") or host.startswith("127."):
+        with contextlib.suppress(Exception):
+            hosts.append(import_ray().util.get_node_ip_address())
+    reasons = []
+    for name in hosts:
+        try:
+            socket.create_connection((name, int(port)), timeout=timeout_s).close()
+            return None
+        except TimeoutError:
+            print(
+                f"[vaesweep] note: hydra.launcher.address={text} did not answer within "
+                f"{timeout_s:g} s; Ray will keep trying to join it (Ctrl-C stops the sweep, no "
+                "job has run)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+        except socket.gaierror as error:
+            reasons.append(f"unknown host {name} ({error.strerror})")
+        except OSError as error:
+            reasons.append(f"{name}:{port}: {error.strerror or error}")
+    return (
+        f"hydra.launcher.address={text} is invalid: no Ray cluster answers there "
+        f"({'; '.join(reasons)}). Allowed: the address of a "
+        "running cluster's head (`ray status` on it prints it), auto for the cluster this "
+        "machine runs, or null for a local Ray for this sweep"
+    )
 
 
 def resolve_resources(

@@ -82,3 +82,22 @@ def jobs_at_once(n_jobs: Any, cores: int | None = None) -> int:
     except (TypeError, ValueError):
         return 1
     return max(1, n if n > 0 else cores + 1 + n)
+
+
+def unknown_key(name: str, options: Any, allowed: list[str]) -> str | None:
+    """The refusal of the first key of a launcher's config (``options``, a mapping) that the
+    launcher ``hydra/launcher=<name>`` does not take (``allowed``: its keys, ``_target_``
+    aside), naming the nearest allowed one; else None. Such a key (added with ``+``) would
+    fail the launcher's start with Python's ``unexpected keyword argument``, or be ignored."""
+    import difflib
+
+    for key in options or {}:
+        if key == "_target_" or key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f" (did you mean hydra.launcher.{close[0]}?)" if close else ""
+        return (
+            f"hydra.launcher.{key}={options[key]!r} is invalid: hydra/launcher={name} has no "
+            f"key {key}{hint}. Allowed keys: {', '.join(allowed)}"
+        )
+    return None

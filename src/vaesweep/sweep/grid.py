@@ -15,6 +15,7 @@ sweep starts and ends.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
 import re
@@ -221,33 +222,161 @@ def _warn(message: str) -> None:
 
 
 def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | None) -> None:
-    """Exits (status 2) before any job runs when a command-line key changes no job or two
+    """Exits (status 2) before any job runs when a job's config does not compose (Hydra's
+    basic sweeper composes every job of a batch before it launches any, and one that fails
+    ends the whole launch in Hydra's words), when a command-line key changes no job or two
     jobs would compute the same thing (:mod:`vaesweep.run.effective`)."""
-    jobs, configs = [], []
-    for job in grid_jobs(overrides, params):
+    all_jobs = grid_jobs(overrides, params)
+    jobs, configs, broken = [], [], []
+    for job in all_jobs:
         try:
-            configs.append(compose(config.hydra.job.config_name, overrides=job))
+            configs.append(compose_job(config, job))
             jobs.append(job)
-        except Exception as e:  # that job reports it itself, in one line, when it runs
-            _warn(
-                f"job [{' '.join(job)}]: its config does not compose, so it is left out of "
-                f"the sweep's checks ({type(e).__name__}: {str(e).splitlines()[0]})"
-            )
-    if not jobs:
-        return
-    composed_all = len(jobs) == len(grid_jobs(overrides, params))
-    if not composed_all:  # a key only the left-out jobs read would look unread
-        _warn("the check that every command-line key changes some job was skipped")
-    refusal = (check_overrides(overrides, configs) if composed_all else None) or check_distinct(
-        list(zip(jobs, configs, strict=True))
+        except Exception as e:
+            broken.append((job, e))
+    refusal = uncomposed_jobs(config, overrides, all_jobs, broken, parse_grid(overrides, params))
+    refusal = (
+        refusal
+        or check_overrides(overrides, configs)
+        or check_distinct(list(zip(jobs, configs, strict=True)))
     )
-    refusal = refusal or invalid_jobs(
-        configs, len(grid_jobs(overrides, params)), hydra_references(config.hydra)
-    )
+    refusal = refusal or invalid_jobs(configs, len(all_jobs), hydra_references(config.hydra))
     refusal = refusal or sweep_refusal(config, jobs, configs)  # job dirs of another config
     if refusal:
         print(f"[vaesweep] sweep refused, no job was run: {refusal}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def compose_job(config: DictConfig, job: list[str], with_hydra: bool = False) -> DictConfig:
+    """A job's config as Hydra's sweeper composes it (``load_sweep_config``): the multirun's
+    Hydra overrides (``hydra.searchpath``, a launcher, ...) then the job's. Without its
+    ``hydra`` node unless ``with_hydra``."""
+    given = OmegaConf.to_container(config.hydra.overrides, resolve=False)["hydra"]
+    return compose(
+        config.hydra.job.config_name,
+        overrides=[*given, *job],  # type: ignore[misc]
+        return_hydra_config=with_hydra,
+    )
+
+
+#: Hydra's words for an override of a key that the composed config does not have.
+_NOT_A_KEY = re.compile(r"Could not override '([^']+)'")
+
+
+def uncomposed_jobs(
+    config: DictConfig,
+    overrides: list[str],
+    jobs: list[list[str]],
+    broken: list[tuple[list[str], Exception]],
+    grid: dict[str, list],
+) -> str | None:
+    """The refusal of a grid some of whose jobs' configs do not compose (``broken``: each
+    such job's overrides and Hydra's error), else None. An override of a key that a job's
+    config does not have (``likelihood.scale`` under ``likelihood=bernoulli``) names the key,
+    those jobs by their swept values, the keys their config has there and what to do; any
+    other error is Hydra's first line. ``overrides``: the command line's; ``grid``: the
+    swept keys and their values."""
+    if not broken:
+        return None
+    job, error = broken[0]
+    shown = "; ".join(_swept(j, grid) for j, _ in broken[:3]) + (" ..." if len(broken) > 3 else "")
+    every = len(broken) == len(jobs)
+    which = f"the config of {len(broken)} of the {len(jobs)} jobs ({shown})"
+    missing = _NOT_A_KEY.search(str(error))
+    if not missing:
+        first = _first_line(error)
+        which = f"every job's config ({len(jobs)} jobs)" if every else which
+        return (
+            f"{which} does not compose: {first} (job: {' '.join(job)}). Hydra's sweeper "
+            "composes every job before it runs any; drop or correct the value in the grid"
+        )
+    key = missing.group(1)
+    given = next((o for o in [*overrides, *job] if o.split("=", 1)[0].lstrip("+") == key), key)
+    # The first missing node on the way to the key (model.hiden of model.hiden.x).
+    gap = str(getattr(error.__cause__, "full_key", None) or key)
+    gap = gap if key == gap or key.startswith(gap + ".") else key
+    node, keys = _keys_beside(config, job, key, gap)
+    above, _, name = gap.rpartition(".")
+    has = f"{node} has no key {name}" if node else f"the config has no key {name}"
+    if keys:
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = f" (did you mean {above + '.' if above else ''}{close[0]}?)" if close else ""
+        allowed = ", ".join(keys) if len(keys) <= 20 else ", ".join(keys[:20]) + ", ..."
+        has += f"{hint}; its keys: {allowed}"
+    if every:
+        return (
+            f"{given}: {key} is not a key of any job's config ({len(jobs)} jobs): {has}. "
+            "Drop it, or set a key the config has"
+        )
+    only = _only_in(broken, jobs, grid)
+    apart = f" ({' '.join(only)})" if only else ""
+    return (
+        f"{given}: {key} is not a key of {which}: {has}. Hydra cannot set a key a config does "
+        f"not have (+ or ++ would add it to a config that does not read it). Run "
+        f"those jobs{apart} as a sweep of their own, without {key}, and leave them out of "
+        "this one"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    """Hydra's error in one line: its first, and the options it lists for a config group
+    option that does not exist (``Available options in 'likelihood': ...``)."""
+    lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return type(error).__name__
+    head = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+    if head is None:
+        return lines[0]
+    return f"{lines[0]}; {lines[head].rstrip(':')}: {', '.join(lines[head + 1 :])}"
+
+
+def _swept(job: list[str], grid: dict[str, list]) -> str:
+    """A job named by its swept values (all its overrides when nothing is swept)."""
+    keys = {k.lstrip("+") for k in grid}
+    swept = [o for o in job if o.split("=", 1)[0].lstrip("+") in keys]
+    return " ".join(swept or job)
+
+
+def _only_in(
+    broken: list[tuple[list[str], Exception]], jobs: list[list[str]], grid: dict[str, list]
+) -> list[str]:
+    """The swept values (``likelihood=bernoulli``) that only the ``broken`` jobs have: what
+    sets those jobs apart from the ones whose configs compose."""
+    bad = {o for j, _ in broken for o in _swept(j, grid).split()}
+    good = {o for j in jobs if j not in [b for b, _ in broken] for o in _swept(j, grid).split()}
+    return sorted(bad - good)
+
+
+def _keys_beside(
+    config: DictConfig, job: list[str], key: str, gap: str
+) -> tuple[str | None, list[str]]:
+    """Where the override of ``key`` broke in ``job``'s config (``gap``, the first missing
+    node on its way, the key itself or a node above it): the node above ``gap``, named by the
+    config group option that gives it (``likelihood=bernoulli``) or by its path, and the
+    keys that node has (Hydra's and vaesweep's own ``_target_`` left out); (None, []) when
+    the job's config without the key does not compose either."""
+    parent = gap.rpartition(".")[0]
+    rest = [o for o in job if o.split("=", 1)[0].lstrip("+") != key]
+    try:
+        cfg = compose_job(config, rest, with_hydra=True)
+    except Exception:
+        return (parent or None), []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    keys = (
+        [str(k) for k in node if not str(k).startswith("_") and k != "hydra"]
+        if isinstance(node, DictConfig)
+        else []
+    )
+    choices = cfg.hydra.runtime.choices
+    group = parent
+    while group and group.replace(".", "/") not in choices:  # a nested group: a/b
+        group = group.rpartition(".")[0]
+    option = choices.get(group.replace(".", "/")) if group else None
+    if option is not None:
+        named = f"{group.replace('.', '/')}={option}"
+        return (named if group == parent else f"{parent} (of {named})"), keys
+    return (parent or None), keys
 
 
 def invalid_jobs(

@@ -18,12 +18,15 @@ and ``on_multirun_start``, which Hydra calls before it makes the run or sweep di
   Hydra's launchers cannot skip one job, and a job whose log file cannot be opened stops
   the sweep); a ``hydra.sweep.subdir`` other than vaesweep's (its jobs are found by the
   names it gives their directories); the launcher: local_parallel's (or joblib's)
-  ``n_jobs`` and ``gpus``, and SLURM's commands for submitit.
+  ``n_jobs``, local_parallel's ``gpus``, ``stop_grace_s`` and keys, Ray's options (keys,
+  resources, ``init`` against ``ray.init``, an ``address`` where nothing answers), and
+  SLURM's commands for submitit.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import shutil
 import sys
@@ -33,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.core import launchers
-from vaesweep.core.checks import ConfigError, is_int
+from vaesweep.core.checks import ConfigError, is_int, is_number
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME, check_sweep_keys
 from vaesweep.run.effective import repeated_key
 from vaesweep.run.gpus import named_gpus
@@ -167,9 +170,13 @@ def launcher_problem(launcher: DictConfig) -> str | None:
                 f"once), or a negative one from -1 (all {cores} CPU cores) to -{cores}"
             )
     if launchers.is_local_parallel(target):
-        problem = _gpu_ids_problem(launcher.get("gpus"))
+        problem = _local_parallel_problem(launcher, target) or _gpu_ids_problem(
+            launcher.get("gpus")
+        )
         if problem:
             return problem
+    if launchers.is_ray(target):
+        return _ray_problem(launcher)
     if launchers.is_submitit(target) and "slurm" in target.lower():
         for key, low in (("tasks_per_node", 1), ("gpus_per_node", 0)):
             try:
@@ -193,6 +200,45 @@ def launcher_problem(launcher: DictConfig) -> str | None:
                 "(one job at a time) or use hydra/launcher=local_parallel"
             )
     return None
+
+
+def _local_parallel_problem(launcher: DictConfig, target: str) -> str | None:
+    """A key ``local_parallel`` does not take (``+hydra.launcher.n_job=4``), or a
+    ``stop_grace_s`` that is not a number of seconds, else None (the launcher's constructor
+    would raise Python's error, naming no allowed value, after sweep.json was written)."""
+    from hydra.utils import get_class
+
+    try:
+        parameters = inspect.signature(get_class(target)).parameters
+    except Exception:  # Hydra names a target that does not import when it instantiates it
+        return None
+    allowed = [n for n in parameters if n not in ("self", "args", "kwargs")]
+    problem = launchers.unknown_key("local_parallel", launcher, allowed)
+    if problem:
+        return problem
+    grace = launcher.get("stop_grace_s", 0)
+    if not (is_number(grace) and grace >= 0):
+        return (
+            f"hydra.launcher.stop_grace_s={grace!r} is invalid: allowed a number of seconds "
+            "≥ 0 (how long running jobs get to record interrupted after a second stop "
+            "signal, before SIGKILL)"
+        )
+    return None
+
+
+def _ray_problem(launcher: DictConfig) -> str | None:
+    """What ``hydra/launcher=ray`` refuses in its options before Ray starts (its
+    ``check_options``: keys, resources, ``init`` against ``ray.init``), and an ``address``
+    where nothing answers; else None. A message for an address that did not answer in time
+    is printed, and the launch goes on (Ray then retries)."""
+    from hydra_plugins.vaesweep_ray_launcher import ray_launcher
+
+    options = OmegaConf.to_container(launcher, resolve=True)
+    try:
+        ray_launcher.check_options(options)  # type: ignore[arg-type]
+    except ray_launcher.RayLauncherError as error:
+        return str(error)
+    return ray_launcher.address_problem(options.get("address"))  # type: ignore[union-attr]
 
 
 def _gpu_ids_problem(gpus: Any) -> str | None:
