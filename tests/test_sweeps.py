@@ -680,17 +680,11 @@ def test_jobs_are_composed_with_the_launchs_hydra_overrides(tmp_path, capsys):
     ) in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="needs `hydra: sweeper: params: {}` in src/vaesweep/conf/train.yaml: Hydra's "
-    "OmegaConf.update of a null hydra.sweeper.params raises AssertionError: Unexpected type "
-    "for root: NoneType (remove this mark with that change)",
-)
 def test_a_grid_axis_given_as_a_sweeper_param_is_an_axis(tmp_path):
     """hydra.sweeper.params.beta=0.5,1 with the default (basic) sweeper: the form of Hydra's
     basic sweeper, of vaesweep's study presets and of docs/search.md, which works where a
-    preset sets params. It is the same axis as beta=0.5,1: two jobs, named as its."""
+    preset sets params. It is the same axis as beta=0.5,1: two jobs, named as its. (It ended
+    in Hydra's AssertionError: Unexpected type for root: NoneType, the params being null.)"""
     proc = run_cli(
         ["-m", *TINY, "logger=none", "hydra.sweeper.params.beta=0.5,1", "hydra.sweep.dir=sweep"],
         tmp_path,
