@@ -28,7 +28,7 @@ from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
 from vaesweep.run.policy import RUN_STATE_KEY, stored_run_state
-from vaesweep.run.signals import StopSignals, in_step
+from vaesweep.run.signals import StopSignals, in_step, reduced
 
 log = logging.getLogger("vaesweep")
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
@@ -179,10 +179,7 @@ class Resumable(L.Callback):
         if not self._in_step:
             return 0
         mine = sum(batches) if isinstance(batches, list) else batches
-        mine = int(mine) if math.isfinite(mine) else 2**62
-        fewest = torch.tensor([mine], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
-        return int(fewest.item())
+        return reduced(int(mine) if math.isfinite(mine) else 2**62, trainer, "min")
 
     def _evaluation_batch_end(self, trainer: L.Trainer, batch_idx: int) -> None:
         if not self._in_step:

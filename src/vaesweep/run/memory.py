@@ -83,6 +83,14 @@ def count_parameters(
     return n, likelihood.param_channels
 
 
+def _decoder_output_bytes(
+    samples: int, examples: int, shape: tuple[int, int, int], channels: int
+) -> int:
+    """Bytes of ``samples`` × ``examples`` decoder outputs with the log-density's temporaries
+    (or their gradients): ~4 float32 arrays of their size."""
+    return 16 * samples * examples * math.prod(shape) * channels
+
+
 def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     """Refuses a model whose parameters (with gradients and Adam state), a training batch of
     ``n_samples`` samples, or an IWAE chunk, whose decoder output would not fit in the
@@ -131,9 +139,7 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
         )
     samples, batch = cfg.get("n_samples"), cfg.data.batch_size
     if is_int(samples) and is_int(batch):
-        # The training batch's decoder output for every sample of z, with the likelihood's
-        # temporaries and their gradients: ~4 float32 arrays of its size.
-        need = 16 * samples * batch * math.prod(shape) * param_channels
+        need = _decoder_output_bytes(samples, batch, shape, param_channels)  # (and gradients)
         if need > budget:
             raise ConfigError(
                 f"n_samples={samples} is invalid: {samples} samples × data.batch_size={batch} "
@@ -144,8 +150,7 @@ def check_memory(cfg: DictConfig, available: int | None = None) -> None:
     chunk = cfg.eval.iwae_chunk
     if is_int(chunk) and is_int(cfg.eval.iwae_k) and is_int(cfg.data.eval_batch_size):
         samples = min(chunk, cfg.eval.iwae_k)
-        # Decoder output and the log-density's temporaries, ~4 float32 arrays of its size.
-        need = 16 * samples * cfg.data.eval_batch_size * math.prod(shape) * param_channels
+        need = _decoder_output_bytes(samples, cfg.data.eval_batch_size, shape, param_channels)
         if need > budget:
             raise ConfigError(
                 f"eval.iwae_chunk={chunk} is invalid: {samples} samples × "

@@ -227,13 +227,8 @@ class StopSignals:
         if not in_step(trainer):
             self.check()
             return
-        import torch
-        import torch.distributed as dist
-
         self.poll()
-        received = torch.tensor([self.signum or 0], device=trainer.strategy.root_device)
-        dist.all_reduce(received, op=dist.ReduceOp.MAX)
-        agreed = int(received.item())
+        agreed = reduced(self.signum or 0, trainer, "max")
         if self.claim_lost:
             self.check_claim()  # raises ClaimLost (rank 0 holds the claim)
         if agreed:  # by every rank (a signal or stop file seen only now waits for the next)
@@ -318,6 +313,17 @@ class StopSignals:
         if error is None:
             raise JobInterrupted(self.signum, self.step, self._then, finished=True)
         raise JobInterrupted(self.signum, self.step, self._then, ended_by=error) from error
+
+
+def reduced(value: int, trainer: Any, op: str) -> int:
+    """``value`` all-reduced over the ranks of ``trainer``'s fit (``op``: ``max`` or
+    ``min``): a collective every rank must make at the same point."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], device=trainer.strategy.root_device)
+    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
+    return int(tensor.item())
 
 
 def in_step(trainer: Any) -> bool:

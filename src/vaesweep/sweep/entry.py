@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -102,20 +103,33 @@ HOME_KEYS = (
 REQUIRED_DIRECTORIES = ("hydra.sweep.dir", "hydra.run.dir", "paths.output_dir")
 
 
+def _given(parser: OverridesParser, arg: str, keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """(the key as written, its value) of ``arg`` when it overrides one of ``keys``, else
+    None. The value is :data:`SWEPT` for a sweep (``a,b``), the text as typed where Hydra's
+    lexer refuses it (a bare ``~``: Hydra says what is wrong with it later)."""
+    key, sep, text = arg.partition("=")
+    if not sep or key.lstrip("+") not in keys:
+        return None
+    try:
+        override = parser.parse_override(arg)
+    except Exception:
+        return key, text
+    return key, SWEPT if override.is_sweep_override() else override.value()
+
+
+#: The value :func:`_given` gives a swept directory override.
+SWEPT = object()
+
+
 def empty_directory(argv: list[str]) -> str | None:
     """A refusal for a directory override (:data:`REQUIRED_DIRECTORIES`) given empty or
     null, else None."""
     parser = OverridesParser.create()
-    for arg in argv:
-        key, sep, _ = arg.partition("=")
-        if not sep or key.lstrip("+") not in REQUIRED_DIRECTORIES:
+    for given in (_given(parser, arg, REQUIRED_DIRECTORIES) for arg in argv):
+        if given is None:
             continue
-        try:
-            override = parser.parse_override(arg)
-            value = None if override.is_sweep_override() else override.value()
-        except Exception:  # Hydra's parser says what is wrong with it
-            continue
-        if override.is_sweep_override() or (isinstance(value, str) and value.strip()):
+        key, value = given
+        if value is SWEPT or (isinstance(value, str) and value.strip()):
             continue
         return (
             f"{key.lstrip('+')}={value!r} is invalid: allowed a directory (relative to where the "
@@ -135,17 +149,12 @@ def home_expanded(argv: list[str]) -> list[str]:
     parser = OverridesParser.create()
     out = []
     for arg in argv:
-        key, sep, text = arg.partition("=")
-        if sep and key.lstrip("+") in HOME_KEYS:
-            try:
-                override = parser.parse_override(arg)
-                value = None if override.is_sweep_override() else override.value()
-            except Exception:  # ~ bare: a parse error of Hydra's lexer
-                value = text
-            if isinstance(value, str) and value.startswith("~"):
-                expanded = os.path.expanduser(value)
-                if expanded != value:
-                    arg = f"{key}={override_value(expanded)}"
+        given = _given(parser, arg, HOME_KEYS)  # (~ bare: the text, Hydra's lexer refuses it)
+        if given is not None and isinstance(given[1], str) and given[1].startswith("~"):
+            key, value = given
+            expanded = os.path.expanduser(value)
+            if expanded != value:
+                arg = f"{key}={override_value(expanded)}"
         out.append(arg)
     return out
 
