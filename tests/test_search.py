@@ -29,6 +29,7 @@ from vaesweep.sweep.search.plan import (
     adopt_sweeper,
     check_pruner,
     check_sampler,
+    entry_command,
     plan_search,
 )
 from vaesweep.sweep.search.space import parse_space
@@ -2547,6 +2548,72 @@ def test_lht_file_in_a_config_dir_stops_continues_and_its_best_trial_reproduces(
     trial = json.loads((sweep / best["best"]["dir"] / "results.json").read_text())
     assert result["metrics"] == trial["metrics"]
     assert result["config"] == trial["config"]
+
+
+SEARCHPATH_PRESET = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /logger: none
+optimized_metric: val/elbo
+hydra:
+  sweeper:
+    n_trials: 1
+    params:
+      optimizer.lr: interval(0.0001, 0.01)
+"""
+
+
+def test_a_search_preset_found_through_hydra_searchpath_runs_and_its_best_reproduces(tmp_path):
+    """A search preset in a directory given by ``hydra.searchpath`` (a relative file://
+    path, as lightning-hydra-template users add their own config directory): the search's
+    checks compose its trials with the launch's Hydra overrides, as Hydra's sweeper does
+    (they composed without them: "Could not find 'hparams_search/mine'", no trial run), and
+    best.json's command carries the search path, made absolute, so that it trains the best
+    trial again from another directory, to exactly its metrics."""
+    (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "conf" / "hparams_search" / "mine.yaml").write_text(SEARCHPATH_PRESET)
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    args = ["-m", "hydra.searchpath=[file://../conf]", "hparams_search=mine", *TINY]
+    proc = run_cli([*args, "hydra.sweep.dir=sweep"], launch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "does not compose" not in proc.stderr
+    (best,) = json.loads((launch / "sweep" / BEST_FILE).read_text())
+    command = shlex.split(best["best"]["command"])
+    conf = (tmp_path / "conf").resolve()
+    assert command[:4] == ["python", "-m", "vaesweep", f"hydra.searchpath=[file://{conf}]"]
+    assert command[-1] == "hydra.mode=RUN" and "hparams_search=mine" in command
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = subprocess.run(
+        [sys.executable, *command[1:], "hydra.run.dir=one"],
+        cwd=elsewhere,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads((elsewhere / "one" / "results.json").read_text())
+    trial = json.loads((launch / "sweep" / best["best"]["dir"] / "results.json").read_text())
+    assert result["metrics"] == trial["metrics"]
+    assert result["config"] == trial["config"]
+
+
+def test_the_entry_command_quotes_a_search_path_hydra_would_split():
+    """A searchpath entry with a comma or a space is quoted for Hydra's override grammar, and
+    the override parses back to the same absolute entries."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = OmegaConf.create(
+        {"hydra": {"searchpath": ["file:///a b,c/conf", "pkg://my.pkg"], "job": {}}}
+    )
+    *_, override = entry_command(config)
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    assert parsed.key_or_group == "hydra.searchpath"
+    assert parsed.value() == ["file:///a b,c/conf", "pkg://my.pkg"]
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from omegaconf import DictConfig
 
 from vaesweep.core.checks import ConfigError
@@ -25,6 +24,7 @@ from vaesweep.run.config import (
 )
 from vaesweep.run.context import read_sweep
 from vaesweep.run.effective import check_distinct, check_overrides, hydra_references, reads
+from vaesweep.sweep.grid import compose_job
 from vaesweep.sweep.preflight import shadowed_config
 from vaesweep.sweep.search.metrics import SCALE_METRICS, VAL_METRICS
 from vaesweep.sweep.search.plan import Plan
@@ -109,7 +109,7 @@ def check_configs(config: DictConfig, plan: Plan) -> None:
     example = {k: p.example() for k, p in plan.space.searched.items()}
     jobs = [plan.space.trial_overrides(point, example) for point in plan.space.points()]
     try:
-        configs = [compose(config.hydra.job.config_name, overrides=job) for job in jobs]
+        configs = [compose_job(config, job) for job in jobs]
     except Exception as e:
         raise SearchError(f"the trials' config does not compose: {e}") from None
     check_objective_comparable(plan)
@@ -138,11 +138,9 @@ def study_configs(
     points = plan.space.points()
     if configs is None:
         example = {k: p.example() for k, p in plan.space.searched.items()}
-        name = config.hydra.job.config_name
         try:
             configs = [
-                compose(name, overrides=plan.space.trial_overrides(point, example))
-                for point in points
+                compose_job(config, plan.space.trial_overrides(point, example)) for point in points
             ]
         except Exception as e:
             raise SearchError(f"the trials' config does not compose: {e}") from None
@@ -193,7 +191,7 @@ def space_configs(
         for value in dict.fromkeys(values):
             job = plan.space.trial_overrides(point, {**example, key: value})
             try:
-                out.append((key, value, compose(config.hydra.job.config_name, overrides=job)))
+                out.append((key, value, compose_job(config, job)))
             except Exception as e:
                 out.append((key, value, e))
     return out
@@ -368,9 +366,7 @@ def _accepted(
     searched key set (each at the config's own value)."""
     params = {**example, **values} if values else {}
     try:
-        cfg = compose(
-            config.hydra.job.config_name, overrides=plan.space.trial_overrides(point, params)
-        )
+        cfg = compose_job(config, plan.space.trial_overrides(point, params))
         validate_config(cfg, in_job=False, references=references)
     except ConfigError:
         return False

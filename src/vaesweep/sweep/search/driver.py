@@ -16,7 +16,7 @@ from vaesweep.core.atomic import atomic_open, write_json_atomic
 from vaesweep.core.helpers import now
 from vaesweep.run.context import SWEEP_FILE, previous_sweep, sweep_record_lock
 from vaesweep.run.record import COMPLETED, DIVERGED, FAILED, sweep_results
-from vaesweep.sweep.grid import finish_sweep, launch_command
+from vaesweep.sweep.grid import compose_job, finish_sweep, launch_command
 from vaesweep.sweep.search.best import BEST_FILE, best_trial, format_best, read_best, write_best
 from vaesweep.sweep.search.checks import (
     check_configs,
@@ -150,9 +150,7 @@ def point_sampler_conf(config: DictConfig, plan: Plan, point: list[str]) -> dict
     conf = config.hydra.sweeper.sampler
     if not point or not _interpolates(conf):
         return OmegaConf.to_container(conf, resolve=True)
-    from hydra import compose
-
-    job = compose(config.hydra.job.config_name, overrides=[*plan.space.fixed.values(), *point])
+    job = compose_job(config, [*plan.space.fixed.values(), *point])
     root = OmegaConf.create(OmegaConf.to_container(job, resolve=False))
     with open_dict(root):  # the launching config's hydra node (the sampler's own config)
         root.hydra = OmegaConf.to_container(config.hydra, resolve=False)

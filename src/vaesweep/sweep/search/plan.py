@@ -4,6 +4,7 @@ and no storage opened here."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,9 @@ def _key(override: str) -> str:
 
 def entry_command(config: DictConfig) -> tuple[str, ...]:
     """``python -m vaesweep`` with the config sources this multirun was started with: its
-    ``--config-dir`` (absolute), a ``--config-path`` other than the package's config tree
-    and a ``--config-name`` other than train."""
+    ``--config-dir`` (absolute), a ``--config-path`` other than the package's config tree,
+    a ``--config-name`` other than train, and its ``hydra.searchpath`` (relative ``file://``
+    entries made absolute: a trial's preset may be found only there)."""
     command = ["python", "-m", "vaesweep"]
     sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=[]) or []
     for source in sources:
@@ -162,7 +164,21 @@ def entry_command(config: DictConfig) -> tuple[str, ...]:
     name = OmegaConf.select(config, "hydra.job.config_name", default=None)
     if name and name != CONFIG_NAME:
         command += ["--config-name", str(name)]
+    searchpath = OmegaConf.select(config, "hydra.searchpath", default=None) or []
+    if searchpath:
+        command.append(f"hydra.searchpath=[{','.join(map(_search_entry, searchpath))}]")
     return tuple(command)
+
+
+def _search_entry(entry: str) -> str:
+    """One ``hydra.searchpath`` entry for a command run from any directory: a relative
+    ``file://`` path made absolute, quoted for Hydra's override grammar where needed."""
+    entry = str(entry)
+    if entry.startswith("file://"):
+        entry = "file://" + str(Path(entry[len("file://") :]).resolve())
+    if re.fullmatch(r"[\w/:.@+-]+", entry):
+        return entry
+    return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _positive_int(key: str, value: Any) -> int:
