@@ -746,6 +746,60 @@ def test_a_stop_under_plain_ddp_stops_every_rank_at_one_step_and_resumes(
     assert final["metrics"] == plain_ddp_reference["metrics"]
 
 
+def _agree_on_a_lost_claim(rank: int, port: int, out: str, run_dir: str, check: str) -> None:
+    """One of two gloo ranks: rank 0 holds the job's claim (rank 1 none, as under srun or
+    torchrun); another launch takes it over between two checks, which both ranks make
+    together (``check``: the epoch end's reading of the claim file, or a batch end where rank
+    0's heartbeat has seen it); each writes what it ended with."""
+    import torch.distributed as dist
+
+    from vaesweep.run import claims
+    from vaesweep.run.signals import StopSignals
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    trainer = SimpleNamespace(
+        world_size=2, global_step=7, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    claim = claims.acquire(Path(run_dir), timeout_s=600) if rank == 0 else None
+    stops = StopSignals(claim=claim)
+    stops.trainer = trainer
+    together = getattr(stops, check)
+    together(trainer)  # the claim is rank 0's: both go on
+    if rank == 0:
+        other = {"host": "elsewhere.example", "pid": 4242, "process_start": None}
+        Path(run_dir, claims.CLAIM_FILE).write_text(
+            json.dumps({**other, "token": "other", "started_at": "x"})
+        )
+        if check == "check_together":
+            claim._mark_lost()  # as the heartbeat thread does once it reads the file
+    dist.barrier()
+    try:
+        together(trainer)
+        outcome = {"stopped": None}
+    except claims.ClaimLost as lost:
+        outcome = {"stopped": type(lost).__name__, "message": str(lost)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("check", ["check_claim_together", "check_together"])
+def test_ranks_stop_together_when_rank_0_loses_the_claim(tmp_path, check):
+    """Two real gloo processes: once another launch has taken the job over, rank 0 (the
+    claim's holder) and rank 1 (no claim) both raise ClaimLost at the same check, the one
+    before an epoch's files or the one after a batch. Rank 0 raised it alone, and rank 1
+    waited in its next collective (a hang, or a lost connection)."""
+    import torch.multiprocessing as mp
+
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    args = (free_port(), str(tmp_path), str(run_dir), check)
+    mp.start_processes(_agree_on_a_lost_claim, args=args, nprocs=2, start_method="fork")
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert zero["stopped"] == "ClaimLost" and "elsewhere.example:4242" in zero["message"]
+    assert one["stopped"] == "ClaimLostByRank" and "rank 0" in one["message"]
+
+
 def _proc_state(pid: int) -> str:
     """The state line of a process's /proc status, "zombie" once it has ended."""
     try:

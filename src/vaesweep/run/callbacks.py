@@ -150,8 +150,9 @@ class Resumable(L.Callback):
         if pl_module.writes_step_metrics(batch_idx):
             # The module writes this step's metrics to the loggers (its training_step): is
             # the directory still this process's? The heartbeat thread may not have looked
-            # since the takeover (a resumed process).
-            self.signals.check_claim()
+            # since the takeover (a resumed process). Every rank computes the same answer
+            # here, so the ranks of a fit of several check together.
+            self.signals.check_claim_together(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.on_first_batch is not None:
@@ -197,8 +198,8 @@ class Resumable(L.Callback):
         if not trainer.sanity_checking:
             # Before Lightning writes the epoch's validation metrics to the loggers (the CSV
             # logger's metrics.csv, in the job's directory) and ModelCheckpoint its files:
-            # is the directory still this process's?
-            self.signals.check_claim()
+            # is the directory still this process's? (every rank ends the epoch's validation)
+            self.signals.check_claim_together(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -210,7 +211,7 @@ class Resumable(L.Callback):
                 self.best_val_elbo = elbo
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signals.check_claim()  # before the record and the epoch's checkpoint
+        self.signals.check_claim_together(trainer)  # before the record and the checkpoint
         if self.on_epoch_end is not None:
             self.on_epoch_end()
 

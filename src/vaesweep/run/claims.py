@@ -279,6 +279,19 @@ class ClaimLost(RuntimeError):
         )
 
 
+class ClaimLostByRank(ClaimLost):
+    """A rank of a fit of several processes whose claim holder (rank 0) lost the claim:
+    the ranks agreed to stop, and this one stops with it (it writes into no directory)."""
+
+    def __init__(self) -> None:
+        self.holder = None
+        RuntimeError.__init__(
+            self,
+            "the job's claim was taken over by another launch while rank 0 held it; this "
+            "rank stopped with rank 0 and wrote nothing",
+        )
+
+
 class Claim:
     """A claim this process holds; ``release()`` (or leaving its ``with`` block) gives it up.
 

@@ -131,6 +131,11 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
                 report_failure(stop.ended_by, job_label())
             _await_record(job.run_dir)
             raise SystemExit(stop.exit_code) from None
+        except claims.ClaimLost as lost:  # rank 0's, agreed by every rank: as rank 0 does
+            print(f"[vaesweep] rank {rank} stopped {job.run_dir.name}: {lost}", file=sys.stderr)
+            if not job.multirun:  # a single run that did not finish must not exit 0
+                raise SystemExit(1) from None
+            return None
 
     # Messages about skipped jobs go to the terminal only: a skipped job's files (its
     # train.log included) are left exactly as they were (a completed one is not even

@@ -35,13 +35,11 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from vaesweep.core.atomic import atomic_open
+from vaesweep.run.claims import Claim, ClaimLost, ClaimLostByRank
 from vaesweep.run.spawn import STOPPED, SpawnChannel
-
-if TYPE_CHECKING:
-    from vaesweep.run.claims import Claim
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 
@@ -228,14 +226,41 @@ class StopSignals:
             self.check()
             return
         self.poll()
-        agreed = reduced(self.signum or 0, trainer, "max")
-        if self.claim_lost:
-            self.check_claim()  # raises ClaimLost (rank 0 holds the claim)
+        agreed, lost = reduced([self.signum or 0, int(self.claim_lost)], trainer, "max")
+        if lost:  # rank 0's claim (its heartbeat saw it taken over): every rank stops
+            self._lose_claim()
         if agreed:  # by every rank (a signal or stop file seen only now waits for the next)
             if self.signum is None:  # another rank's: handed over as if received here
                 self.signum = agreed
                 self._then = self._previous.get(agreed)
             self._stop()
+
+    def check_claim_together(self, trainer: Any) -> None:
+        """:meth:`check_claim` at a point every rank of ``trainer``'s fit reaches in step
+        (before an epoch's checkpoint and records, before metrics are logged): where there
+        are several ranks, the holder's reading of the claim file is all-reduced, so that
+        every rank stops when it is lost (a rank 0 that stopped alone left the others in
+        their next collective). One process: :meth:`check_claim`."""
+        if not in_step(trainer):
+            self.check_claim()
+            return
+        lost = False
+        if self.claim is not None:
+            try:
+                self.claim.verify()
+            except ClaimLost:  # raised below, once every rank knows
+                lost = True
+        (agreed,) = reduced([int(lost)], trainer, "max")
+        if agreed:
+            self._lose_claim()
+
+    def _lose_claim(self) -> NoReturn:
+        """Raises ClaimLost in a rank of a fit whose ranks agreed that the claim is lost:
+        the holder's own (rank 0; a spawned process's copy of the claim reads the file),
+        :class:`~vaesweep.run.claims.ClaimLostByRank` in the others."""
+        if self.claim is not None:
+            self.claim.verify()  # raises ClaimLost where the claim is lost
+        raise ClaimLostByRank()
 
     def _stop(self) -> NoReturn:
         """Raises the stop. In a spawned process: records it first for the job's process,
@@ -315,15 +340,22 @@ class StopSignals:
         raise JobInterrupted(self.signum, self.step, self._then, ended_by=error) from error
 
 
-def reduced(value: int, trainer: Any, op: str) -> int:
-    """``value`` all-reduced over the ranks of ``trainer``'s fit (``op``: ``max`` or
-    ``min``): a collective every rank must make at the same point."""
+@overload
+def reduced(value: int, trainer: Any, op: str) -> int: ...
+@overload
+def reduced(value: list[int], trainer: Any, op: str) -> list[int]: ...
+def reduced(value: int | list[int], trainer: Any, op: str) -> int | list[int]:
+    """``value`` (an integer, or a list of them, reduced element by element) all-reduced
+    over the ranks of ``trainer``'s fit (``op``: ``max`` or ``min``): a collective every
+    rank must make at the same point."""
     import torch
     import torch.distributed as dist
 
-    tensor = torch.tensor([value], device=trainer.strategy.root_device)
+    values = value if isinstance(value, list) else [value]
+    tensor = torch.tensor(values, device=trainer.strategy.root_device)
     dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
-    return int(tensor.item())
+    out = [int(v) for v in tensor.tolist()]
+    return out if isinstance(value, list) else out[0]
 
 
 def in_step(trainer: Any) -> bool:
