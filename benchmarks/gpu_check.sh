@@ -12,8 +12,8 @@
 # Everything it prints is also written to $OUT/gpu_check.txt: commit that file as
 # benchmarks/results/gpu_check.txt. Each step has a time limit; a failed step is reported and
 # the next one runs. GPU_CHECK_BUDGET (default 450 s) bounds the whole check: each step's limit
-# is cut to what the budget leaves (a quarter of it kept for step 3, determinism), and a step
-# with under 10 s left is skipped and says so. GPU_CHECK_DIR (default: a new
+# is cut to what the budget leaves (a quarter of it plus 20 s kept for step 3, determinism),
+# and a step with under 10 s left is skipped and says so. GPU_CHECK_DIR (default: a new
 # /tmp/gpu_check.XXXXXX) must be new or empty: completed jobs found there would be skipped and
 # counted again.
 # GPU_CHECK_DRY_RUN=1: the same steps and reports on the CPU, small (one GPU declared to Ray,
@@ -31,7 +31,10 @@ fi
 exec > >(tee "$OUT/gpu_check.txt") 2>&1
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-450}
-KEEP3=$(( BUDGET / 4 ))  # kept for step 3 while steps 1-2b run
+GRACE=20  # a step cut at its limit gets SIGTERM, then SIGKILL this many seconds later
+# Kept for step 3 while steps 1-2b run: a quarter of the budget, plus the grace a step cut at
+# its limit may take to end (a Ray sweep records its jobs interrupted and shuts Ray down).
+KEEP3=$(( BUDGET / 4 + GRACE ))
 limit() {  # limit OWN [KEEP]: OWN seconds, or what the budget leaves after KEEP, if less
   local left=$(( BUDGET - ($(date +%s) - START) - ${2:-0} ))
   if (( left < $1 )); then echo "$left"; else echo "$1"; fi
@@ -69,7 +72,7 @@ say "1. one job on $DEVICE vs a plain PyTorch loop (samples/s, ratio)"
 # under its deterministic algorithms (trainer.deterministic: true) too.
 L=$(limit 150 "$KEEP3")
 if (( L < 10 )); then skipped "$L"; else
-{ timeout -k 20 "$L" "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
+{ timeout -k "$GRACE" "$L" "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models mlp conv \
     --batches 128 --likelihoods gaussian --epochs "$EPOCHS" --warmup 1 2>&1 \
     || echo "  (exit $?: step 1 failed; 124: over its $L s)"; } | tail -n 25
 fi
@@ -140,7 +143,7 @@ for K in 1 2 4 8; do
   L=$(limit 240 "$KEEP3")
   if (( L < 10 )); then echo "K=$K jobs/GPU:"; skipped "$L"; continue; fi
   T0=$(date +%s.%N)
-  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout -k 20 "$L" "$PY" run.py -m "${GRID[@]}" \
+  VAESWEEP_TIMESTAMPS="$OUT/stamps_k$K.jsonl" timeout -k "$GRACE" "$L" "$PY" run.py -m "${GRID[@]}" \
       hydra/launcher=ray "hydra.launcher.gpus_per_job=$FRACTION" "hydra.sweep.dir=$DIR" \
       > "$OUT/sweep_k$K.log" 2>&1 || echo "  (exit $?: see $OUT/sweep_k$K.log; 124: over its $L s)"
   report "$DIR" "$K" "$T0" "$(date +%s.%N)" "$OUT/stamps_k$K.jsonl"
@@ -153,7 +156,7 @@ if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then LOCAL+=("hydra.launcher.gpus=[0]"); f
 L=$(limit 180 "$KEEP3")
 if (( L < 10 )); then skipped "$L"; else
 T0=$(date +%s.%N)
-VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout -k 20 "$L" "$PY" run.py -m "${LOCAL[@]}" \
+VAESWEEP_TIMESTAMPS="$OUT/stamps_local_k2.jsonl" timeout -k "$GRACE" "$L" "$PY" run.py -m "${LOCAL[@]}" \
     "hydra.sweep.dir=$OUT/local_k2" > "$OUT/local_k2.log" 2>&1 \
     || echo "  (exit $?: see $OUT/local_k2.log; 124: over its $L s)"
 report "$OUT/local_k2" "2 (local_parallel)" "$T0" "$(date +%s.%N)" "$OUT/stamps_local_k2.jsonl"
@@ -172,7 +175,7 @@ for i in 1 2; do
   L=$(limit 120 "$KEEP")
   if (( i == 1 && L < 10 )); then L=$(limit 120); fi  # too little for two runs: run 1 alone
   if (( L < 10 )); then echo "  run $i:"; skipped "$L"; continue; fi
-  timeout -k 20 "$L" "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
+  timeout -k "$GRACE" "$L" "$PY" run.py "${JOB[@]}" "hydra.run.dir=$OUT/det$i" > "$OUT/det$i.log" 2>&1 \
       || echo "  run $i: exit $? (124: over its $L s)"
 done
 "$PY" - "$OUT" <<'EOF' || echo "  (determinism report failed: exit $?)"

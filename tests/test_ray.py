@@ -897,7 +897,8 @@ def test_the_gpu_check_skips_every_step_once_its_budget_is_spent(workdir):
 def test_the_gpu_check_ends_within_its_budget(workdir):
     """A budget that cuts the check short: the script still ends within it (plus the
     reports' few seconds), a step cut by its limit or skipped says so, and step 3 ran
-    (a quarter of the budget is kept for it)."""
+    (a quarter of the budget is kept for it, plus the 20 s a step cut at its
+    limit may take to end)."""
     needs_ray()
     budget = 75
     t0 = time.monotonic()
