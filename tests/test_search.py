@@ -313,6 +313,44 @@ def test_optimized_metric_refusals(sweeper, top, message):
         plan_search(_multirun_config(sweeper, top), [])
 
 
+def test_sweeper_keys_it_does_not_read_are_refused_saying_what_to_write(tmp_path):
+    """Hydra's Optuna sweeper's search-space keys (a template file's ``custom_search_space``,
+    the deprecated ``search_space``) are refused naming the key, its value and what to
+    write (a file that set them failed on Hydra's schema; ``+hydra.sweeper.KEY`` was
+    silently ignored), and so is any other key the sweeper does not read, with the nearest
+    option; null is allowed (a file that keeps Hydra's default)."""
+    from hydra import compose, initialize_config_dir
+
+    preset = tmp_path / "hparams_search" / "lht_own.yaml"
+    preset.parent.mkdir()
+    preset.write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+        "hydra:\n  sweeper:\n    custom_search_space: my_project.spaces.configure\n"
+        "    params:\n      optimizer.lr: interval(0.0001, 0.1)\n"
+    )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = [f"hydra.searchpath=[file://{tmp_path}]", "hparams_search=lht_own"]
+        config = compose("train", overrides, return_hydra_config=True)
+    with pytest.raises(SearchError) as refused:
+        plan_search(config, [])
+    message = str(refused.value)
+    assert message.startswith(
+        "hydra.sweeper.custom_search_space=my_project.spaces.configure: a Python function"
+    ), message
+    assert "allowed: null, with each searched key in hydra.sweeper.params" in message
+    assert "interval(a, b)" in message
+    with pytest.raises(SearchError, match=r"^hydra.sweeper.search_space=\{'beta': 'interval"):
+        plan_search(_multirun_config({"search_space": {"beta": "interval(0.1, 1)"}}), [])
+    with pytest.raises(SearchError) as refused:
+        plan_search(_multirun_config({"n_trails": 3}), [])
+    assert str(refused.value).startswith(
+        "hydra.sweeper.n_trails: not an option of the sweeper (did you mean n_trials?); "
+        "allowed: allow_test_objective, direction, max_failure_rate, n_jobs, n_trials, "
+    ), refused.value
+    plan = plan_search(_multirun_config({"custom_search_space": None, "search_space": None}), [])
+    assert set(plan.space.searched) == {"beta"}
+
+
 def test_best_command_runs_one_job_with_the_config_sources_of_the_search():
     config = _multirun_config({})
     config.hydra.runtime.config_sources = [

@@ -54,6 +54,11 @@ class OptunaSweeperConf:
     # key: search-space expression (interval, tag(log, interval), int(interval), choice,
     # range, a,b,... grid axis, or a fixed value).
     params: dict[str, Any] = field(default_factory=dict)
+    # Hydra's Optuna sweeper's Python search-space function and its deprecated search_space
+    # key: not supported (the space is params alone). Keys here so that a file that sets
+    # them gets vaesweep's refusal, which says what to write, rather than a schema error.
+    custom_search_space: Any = None
+    search_space: Any = None
 
 
 ConfigStore.instance().store(

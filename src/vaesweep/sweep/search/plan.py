@@ -4,8 +4,9 @@ and no storage opened here."""
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,38 @@ def _space(opts: DictConfig, arguments: list[str]) -> Space:
     return space
 
 
+def _check_option_keys(opts: DictConfig) -> None:
+    """Refuses a key of ``hydra.sweeper`` the sweeper does not read (``+hydra.sweeper.KEY``
+    gets past Hydra's schema), and Hydra's Optuna sweeper's search-space keys, which it
+    does not support, saying what to write instead."""
+    from hydra_plugins.vaesweep_optuna_sweeper.optuna_sweeper import OptunaSweeperConf
+
+    for key in ("custom_search_space", "search_space"):
+        value = opts.get(key)
+        if value is not None:
+            what = (
+                "a Python function defining the space (Hydra's Optuna sweeper)"
+                if key == "custom_search_space"
+                else "Hydra's deprecated form of params"
+            )
+            raise SearchError(
+                f"hydra.sweeper.{key}={OmegaConf.to_container(opts, resolve=False)[key]}: "
+                f"{what}, not supported: vaesweep's sweeper searches the space of "
+                "hydra.sweeper.params alone (conditional spaces are refused); allowed: null, "
+                f"with each searched key in hydra.sweeper.params ({SYNTAX})"
+            )
+    known = {f.name for f in fields(OptunaSweeperConf)}
+    unknown = sorted(str(k) for k in opts if k not in known)
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(key, sorted(known - {"_target_"}), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise SearchError(
+            f"hydra.sweeper.{key}: not an option of the sweeper{hint}; allowed: "
+            f"{', '.join(sorted(known - {'_target_', 'custom_search_space', 'search_space'}))}"
+        )
+
+
 def _refuse_given_twice(config: DictConfig, arguments: list[str]) -> None:
     """A key searched twice on the command line, as ``KEY=...`` and as
     ``hydra.sweeper.params.KEY=...``: the first would replace the second silently (a
@@ -298,6 +331,7 @@ def _refuse_given_twice(config: DictConfig, arguments: list[str]) -> None:
 def plan_search(config: DictConfig, arguments: list[str]) -> Plan:
     """Checks the options and the space of a search (no config composition, no storage)."""
     opts = config.hydra.sweeper
+    _check_option_keys(opts)
     n_trials = _positive_int("n_trials", opts.get("n_trials"))
     n_jobs = opts.get("n_jobs")
     if n_jobs is None:  # the launcher's jobs at once (joblib's -1: every usable core)
