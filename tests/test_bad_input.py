@@ -830,6 +830,7 @@ def offline_env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("failure", ["download", "unreadable"])
+@pytest.mark.slow
 def test_a_relaunch_that_fails_before_its_fit_keeps_an_interrupted_job_resumable(tmp_path, failure):
     """An interrupted job relaunched where its data cannot be had, found out only in the
     driver: with data.download=true on a node without internet or data, check_available lets

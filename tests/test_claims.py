@@ -223,6 +223,7 @@ else:
 
 
 @pytest.mark.parametrize("stale", [False, True])
+@pytest.mark.slow
 def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
     """Eight processes claim one job at the same instant (with or without a stale claim
     of a dead process to take over first): exactly one holds it."""
@@ -479,6 +480,7 @@ def _cannot_read_others_files() -> list[str] | None:
 
 
 @pytest.mark.parametrize("unreadable", ["another user's", "a directory"])
+@pytest.mark.slow
 def test_a_claim_that_cannot_be_read_at_the_end_still_gives_the_summary(workdir, unreadable):
     """A job of the sweep directory claimed by a file this launch cannot read: another
     user's launch's claim (mode 600, owned by nobody; the sweep run without the capability

@@ -760,6 +760,7 @@ def test_runs_of_several_code_states_are_named_in_the_notes_and_the_table():
     assert frame.build_frame(rows).attrs["caveats"] == []
 
 
+@pytest.mark.slow
 def test_the_figures_of_a_moved_search_are_drawn_or_their_journal_named(tmp_path):
     """A 3-trial search, its directory moved (as results are archived): its optimisation
     history and importances are drawn from where its journal is now, not from the path

@@ -80,6 +80,7 @@ def test_another_config_is_refused_when_results_json_is_lost(finished, tmp_path,
 
 
 @pytest.mark.parametrize("status", ["interrupted", "running", "untested"])
+@pytest.mark.slow
 def test_a_directory_of_another_configs_run_in_progress_is_not_touched(finished, tmp_path, status):
     """A directory holding an interrupted or running (killed) result of β = 1, or a
     completed one without a test score (both resumed by the same config), relaunched with
@@ -199,6 +200,7 @@ def finished_best(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("attempt", ["fresh", "killed", "untested"])
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_never_tested(finished_best, tmp_path, attempt):
     """eval.checkpoint=best and best.ckpt damaged: in the attempt that wrote it (damaged
     between its fit and its test, which the test hook fit_end holds apart), in the
@@ -417,6 +419,7 @@ def _as_left(run: Path, status: str, error: dict | None = None) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_a_failed_run_trained_again_never_resumes_its_old_checkpoints(finished, tmp_path):
     """A failed β = 1 run's directory trained again as β = 4 (sweep.rerun_failed=true) and
     stopped by Ctrl-C in its first epoch, before a checkpoint of its own: β = 1's checkpoints
@@ -452,6 +455,7 @@ def test_a_failed_run_trained_again_never_resumes_its_old_checkpoints(finished, 
     assert done["status"] == "completed" and done["config"]["beta"] == 4
 
 
+@pytest.mark.slow
 def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tmp_path):
     """An interrupted job relaunched where the driver refuses it before training (here: the
     launcher gave it a GPU this machine does not have): its results.json and checkpoints stay
@@ -477,6 +481,7 @@ def test_a_refusal_in_the_driver_keeps_an_interrupted_job_resumable(finished, tm
     assert json.loads((run / RESULTS_FILE).read_text())["attempts"] == left["attempts"] + 1
 
 
+@pytest.mark.slow
 def test_a_run_is_never_resumed_on_other_data(finished, tmp_path):
     """An interrupted run whose earlier attempt recorded other data (another copy of the
     dataset: data.root, $VAESWEEP_DATA_ROOT or a download read now where it read another)

@@ -420,6 +420,7 @@ def _step(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
+@pytest.mark.slow
 def test_last_ckpt_holds_the_fits_final_weights_and_is_what_last_tests(tmp_path):
     """Lightning ≥ 2.6 writes a monitored checkpoint's save_last file only when the
     monitored one is written too: last.ckpt stayed at the best epoch (step 10) when the last
@@ -709,7 +710,8 @@ def test_bits_per_dim_only_for_dequantised_data(tmp_path):
 
 
 # --- a failure after the fit ----------------------------------------------------------------
-@pytest.mark.parametrize("point", ["images", pytest.param("test", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("point", ["images", "test"])
+@pytest.mark.slow
 def test_a_job_that_failed_after_its_fit_is_tested_again_not_trained_again(tmp_path, point):
     """The disk full as the job writes images.npz, or the memory out in its IWAE test (test
     hooks), once its fit had completed: recorded failed, with the advice to relaunch with

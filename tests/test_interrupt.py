@@ -754,6 +754,7 @@ def test_signals_while_the_wandb_summary_run_is_written_end_the_sweep_cleanly(wo
 
 
 @pytest.mark.parametrize("mode", ["run", "sweep"])
+@pytest.mark.slow
 def test_a_signal_before_a_refusal_still_stops(workdir, mode):
     """SIGTERM while the job's data load (held there by the test hook "data"), then the job
     is refused by what the data say (data.batch_size above the training split: a

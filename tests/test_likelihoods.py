@@ -331,6 +331,7 @@ def _optimal_scale_on_shard(rank: int, world: int, store: str, x, loc, out) -> N
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_optimal_scale_under_data_parallel_is_the_global_batch_statistic(tmp_path, rng):
     """Two gloo processes holding half a batch each train with σ* of the whole batch (not
     of their own half: the halves' residual scales differ 1:8) and keep it as the running

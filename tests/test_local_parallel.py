@@ -213,6 +213,7 @@ def _stamp(path: Path) -> tuple[int, float]:
     return int(pid), float(t)
 
 
+@pytest.mark.slow
 def test_workers_are_reused_and_one_job_per_worker_at_a_time(tmp_path):
     """Five jobs on two workers: at most two processes run them, none of them the
     launching process (workers are reused, not started per job); a worker runs one job at
@@ -536,6 +537,7 @@ THREADS_APP = textwrap.dedent(
 
 
 @pytest.mark.parametrize(("values", "n_jobs"), [("a", 8), ("a,b", 8), ("a,b,c", 2)])
+@pytest.mark.slow
 def test_a_jobs_threads_are_the_cores_over_the_jobs_its_launch_runs_at_once(
     tmp_path, values, n_jobs
 ):

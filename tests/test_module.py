@@ -254,6 +254,7 @@ def _train_weights(tmp_path, optimization: str, trainer_args: dict, **module_arg
 @pytest.mark.parametrize(
     "clip", [None, {"gradient_clip_val": 0.05}, {"gradient_clip_val": 1e-3, "algorithm": "value"}]
 )
+@pytest.mark.slow
 def test_manual_optimization_takes_exactly_lightnings_automatic_steps(tmp_path, clip):
     # The fast path (the module steps its optimiser and clips) against Lightning's own
     # automatic optimisation with the clipping done by the Trainer: bit-identical weights.

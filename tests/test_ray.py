@@ -273,6 +273,7 @@ def test_ray_init_refusing_its_arguments_is_a_refusal_and_a_slow_join_is_said(mo
          "hydra.launcher.address=127.0.0.1:CLOSED is invalid: no Ray cluster answers there"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_ray_options_are_refused_before_anything_is_written(workdir, override, message):
     """Each failed in Ray after sweep.json recorded the launch, the first ones followed by
     "Continue this sweep" with the same bad value, the address after minutes of Ray's

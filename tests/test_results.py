@@ -501,6 +501,7 @@ def test_a_wandb_run_has_the_status_the_job_wrote_not_only_its_state(tmp_path):
     ("outcome", "args", "error"),
     [("completed", [], None), ("diverged", ["optimizer.lr=1e30"], "DivergenceError")],
 )
+@pytest.mark.slow
 def test_a_wandb_run_that_fails_to_close_changes_no_outcome(tmp_path, outcome, args, error):
     """W&B raises while it closes the job's run (its service gone, a finish timeout: the
     test hook wandb_finish). It used to be closed first, unguarded: a completed job's

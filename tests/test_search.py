@@ -2602,6 +2602,7 @@ hydra:
 """
 
 
+@pytest.mark.slow
 def test_a_search_preset_found_through_hydra_searchpath_runs_and_its_best_reproduces(tmp_path):
     """A search preset in a directory given by ``hydra.searchpath`` (a relative file://
     path, as lightning-hydra-template users add their own config directory): the search's

@@ -866,6 +866,7 @@ def test_the_sweep_record_is_held_by_one_process_at_a_time(tmp_path):
     assert waited > 0.5, waited  # it waited for the holder to let go
 
 
+@pytest.mark.slow
 def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     """``beta=1,2`` then ``beta=1.0,3``: Hydra would name a new directory for beta=1.0 and
     train beta=1 again beside the first. Refused before any job (exit 2), naming the run
@@ -899,6 +900,7 @@ def test_a_relaunch_that_writes_a_value_another_way_is_refused(tmp_path):
     assert len(results_under(tmp_path / "sweep")) == 4
 
 
+@pytest.mark.slow
 def test_a_relaunch_with_the_int_of_a_fraction_key_is_a_new_job(tmp_path):
     """trainer.limit_train_batches=1.0 (the whole epoch) then =1 (one batch): Lightning
     reads them as two settings, so the second launch trains a job of its own, where it was
@@ -942,6 +944,7 @@ def test_a_continue_command_inside_torchrun_or_srun_says_to_start_it_the_same_wa
 
 
 @pytest.mark.parametrize("typed", ["sweep.resume=~/x", "sweep.resume='~/x'", "hydra.sweep.dir=~/x"])
+@pytest.mark.slow
 def test_a_sweep_named_from_home_is_continued_there(tmp_path, typed):
     """``sweep.resume=~/x``: the shell leaves ``~`` alone in such a word (no variable name
     before the ``=``), and Hydra does not expand it either. Unquoted it was a parse error of
