@@ -815,6 +815,26 @@ def test_a_float_range_searches_every_value_written_and_counts_them():
         assert sorted(round(v, 12) for v in proposed) == wanted and param.size() == len(wanted)
 
 
+def test_a_long_range_is_searched_without_listing_its_values():
+    """range(0, 10**9) is a stepped distribution from its ends: its values are counted, not
+    listed (a list of 10**7 decimals took 1.8 GB before the search began)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        param = parse_space({}, ["seed=range(0, 1000000000)"]).searched["seed"]
+        int_peak = tracemalloc.get_traced_memory()[1]
+        wide = parse_space({}, ["beta=range(0.5, 100000.5, 0.001)"]).searched["beta"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert max(int_peak, peak) < 20 * 2**20, (int_peak, peak)
+    dist = param.distribution()
+    assert (dist.low, dist.high, dist.step, param.size()) == (0, 999999999, 1, 10**9)
+    dist = wide.distribution()
+    assert (dist.low, dist.high, dist.step, wide.size()) == (0.5, 100000.499, 0.001, 10**8)
+
+
 def test_a_shuffled_search_space_is_the_same_search_at_every_launch(tmp_path):
     """Hydra's shuffle() is unseeded: every parse gave another order, which went into the
     study's stored search, so a relaunch of a search with shuffle(range(...)) or

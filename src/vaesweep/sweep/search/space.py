@@ -218,11 +218,16 @@ def range_values(value: RangeSweep) -> list[Decimal]:
     binary floating point, so its last value can miss the written one
     (``range(0, 1, 0.3)`` ends at 0.8999999999999999) or come within a rounding error below
     stop and be one value too many (``range(0, 0.9, 0.3)``)."""
+    count, start, step = _range_steps(value)
+    return [start + k * step for k in range(count)]
+
+
+def _range_steps(value: RangeSweep) -> tuple[int, Decimal, Decimal]:
+    """(how many values, start, step) of ``range(start, stop, step)``, in decimal."""
     start, stop, step = (_decimal(v) for v in (value.start, value.stop, value.step))
     if step == 0:
-        return []
-    count = max(0, math.ceil((stop - start) / step))
-    return [start + k * step for k in range(count)]
+        return 0, start, step
+    return max(0, math.ceil((stop - start) / step)), start, step
 
 
 def _range(source: str, written: str, override: Override, value: RangeSweep) -> Param:
@@ -235,17 +240,16 @@ def _range(source: str, written: str, override: Override, value: RangeSweep) -> 
     key = override.get_key_element()
     if value.tags:
         raise _refuse(source, written, f"unknown tag {sorted(value.tags)} on range()")
-    exact = range_values(value)
-    if not exact:
+    count, start, step = _range_steps(value)
+    if not count:
         raise _refuse(source, written, "empty or inverted range (no value)")
-    if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
-        values: list[int | float] = [int(v) for v in exact]
-        kind = "int"
-    else:
-        values, kind = [float(v) for v in exact], "float"
-    if value.shuffle or len(values) == 1:  # in the range's order, never Hydra's shuffled one
-        return Param(key, "categorical", choices=tuple(values))
-    return Param(key, kind, min(values), max(values), step=abs(value.step))
+    integral = all(isinstance(v, int) for v in (value.start, value.stop, value.step))
+    number = int if integral else float
+    kind = "int" if integral else "float"
+    if value.shuffle or count == 1:  # in the range's order, never Hydra's shuffled one
+        return Param(key, "categorical", choices=tuple(map(number, range_values(value))))
+    ends = (number(start), number(start + (count - 1) * step))  # the first value and the last
+    return Param(key, kind, min(ends), max(ends), step=abs(value.step))
 
 
 def _choice(source: str, written: str, override: Override, value: ChoiceSweep) -> Param:
