@@ -631,3 +631,63 @@ def test_an_embedded_datasets_split_is_checked_before_loading_it(monkeypatch):
     check_embedded_split("mnist", 10**9, None)  # known once its files are read
     monkeypatch.setitem(DATASETS, "digits", lambda **kw: None)
     check_embedded_split("digits", 10**9, None)
+
+
+# ------------------------------------------------------------------- a data.root you set
+
+
+def _with_system_copy(monkeypatch, system: Path) -> None:
+    """Fashion-MNIST's system directory is ``system`` (holding a small copy)."""
+    make_idx_dataset(system)
+    source = IDX_SOURCES["fashion_mnist"]
+    patched = dataclasses.replace(source, mirrors=(), system_dirs=(str(system),))
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", patched)
+
+
+def test_a_data_root_you_set_is_not_replaced_by_the_system_copy(tmp_path, monkeypatch):
+    """A data.root that is set (not null, the default) and does not exist, or holds no copy
+    of the dataset, is refused before anything is loaded, naming it, the directories
+    searched and what is allowed; it used to read the system copy (one log line said so).
+    The default, null, still falls back to the system copy; a set root holding the files
+    reads them."""
+    _with_system_copy(monkeypatch, tmp_path / "system")
+    monkeypatch.setenv("VAESWEEP_DATA_ROOT", str(tmp_path / "empty_default"))
+    monkeypatch.chdir(tmp_path)
+    check_available("fashion_mnist", None)  # the default: the system copy stands in
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        assert load_dataset("fashion_mnist", val_size=4).source == str(tmp_path / "system")
+    for root, state in (("typo", "which does not exist"), ("empty", "which holds no copy of it")):
+        if root == "empty":
+            (tmp_path / root / "fashion_mnist").mkdir(parents=True)
+        with pytest.raises(DatasetNotFoundError) as err:
+            check_available("fashion_mnist", root)
+        first = str(err.value).splitlines()[0]
+        assert f"in data.root={root}, {state}. Allowed: " in first
+        assert "data.download=true, or data.root=null (the default, which reads the " in first
+        assert f"system copy {tmp_path / 'system'}: a data.root you set is the only " in first
+        assert first.endswith(f"Looked in: {tmp_path / root / 'fashion_mnist'}, {tmp_path / root}")
+    check_available("fashion_mnist", "typo", download=True)  # the job downloads it there
+    make_idx_dataset(tmp_path / "mine" / "fashion_mnist", seed=1)
+    check_available("fashion_mnist", "mine")
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        raw = load_dataset("fashion_mnist", "mine", val_size=4)
+    assert raw.source == str(Path("mine") / "fashion_mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_a_mistyped_data_root_is_refused_at_the_command_line(tmp_path):
+    """`data=fashion_mnist data.root=/nonexistent/typo` trained on the Debian package's copy
+    (a WARNING line said so): refused before training, in one line naming data.root."""
+    from conftest import TINY, results_under, run_cli
+
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=fashion_mnist", "logger=csv", "hydra.run.dir=run"]
+    proc = run_cli([*args, "data.root=/nonexistent/typo"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (
+        "[vaesweep] DatasetNotFoundError: dataset 'fashion_mnist': no directory holds all of "
+        "its four IDX files in data.root=/nonexistent/typo, which does not exist. Allowed: "
+    ) in proc.stderr, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "failed" and result["dataset"] is None
+    assert not (tmp_path / "run" / "checkpoints").exists()

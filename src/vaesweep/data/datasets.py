@@ -21,6 +21,7 @@ from vaesweep.core.checks import ConfigError
 from vaesweep.data.download import (
     IDX_SOURCES,
     check_download,
+    check_given_root,
     default_root,
     locate_idx,
     read_checked,
@@ -274,11 +275,17 @@ def check_available(
     """Raises DatasetNotFoundError, naming every directory searched, when dataset ``name``
     is read from IDX files that no searched directory holds and no download is asked for,
     or when the download asked for would complete a directory holding a custom copy's
-    files: before anything is loaded, as :func:`load_dataset` would fail later."""
+    files: before anything is loaded, as :func:`load_dataset` would fail later. A ``root``
+    that is not None (the default, null: what the config's ``data.root`` resolves to when
+    the user sets nothing, as vaesweep.run.effective tells a given data.root) must hold the
+    files itself, without a download: its dataset's system copy does not stand in for it
+    (:func:`~vaesweep.data.download.check_given_root`)."""
     if name in IDX_SOURCES:
         root_path = default_root() if root is None else Path(root).expanduser()
         if download:  # a partial copy it would mix with the download: refused now
             check_download(name, root_path)
+        elif root is not None:  # given: a typo is not replaced by the system copy
+            check_given_root(name, root)
         else:
             locate_idx(name, root_path, False)
 

@@ -158,7 +158,10 @@ def _record_precision(cfg: DictConfig, trainer: Any, record: RunRecord) -> None:
 
 def _tell_data_source(cfg: DictConfig, info: dict[str, Any]) -> None:
     """Says where a dataset read from files was found when data.root did not hold it
-    (results.json records it: ``dataset.source``)."""
+    (results.json records it: ``dataset.source``). A data.root that is set is refused
+    before the record opens when it holds no copy (vaesweep.data.download.check_given_root):
+    this is said only with data.download=true, which a copy found elsewhere makes
+    unnecessary."""
     source, root = info.get("source"), cfg.data.get("root")
     if not source or not root or not Path(source).is_dir():
         return
