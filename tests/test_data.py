@@ -717,3 +717,30 @@ def test_a_relative_data_root_is_recorded_as_the_directory_read(tmp_path, monkey
         warnings.simplefilter("ignore")  # the custom copy's md5, Lightning's notes
         assert main(["evaluate", str(tmp_path / "run"), "eval.iwae_k=2"]) == 0
     assert list((tmp_path / "run" / "evaluations").glob("*.json"))
+
+
+def test_a_test_size_that_leaves_no_room_for_the_default_validation_names_test_size(tmp_path):
+    """`data.test_size=4600` (mnist_small, 5000 examples) was refused as `data.val_size=500 is
+    invalid`, a key the user never set (null: the default 500): test_size is named as the
+    cause, with the default it leaves no room for and both ways out."""
+    from vaesweep.data.datasets import check_embedded_split
+
+    for name, n, default, test in (("mnist_small", 5000, 500, 4600), ("digits", 1797, 200, 1600)):
+        message = (
+            f"data.test_size={test} leaves {n - test} of data={name}'s {n} examples: at most "
+            f"{n - test - 1} for validation (one is kept for training), fewer than the default "
+            f"validation split of {default} (data.val_size=null). Allowed: data.test_size an "
+            f"integer in [1, {n - default - 1}] with data.val_size=null, or data.val_size set "
+            f"to an integer in [1, {n - test - 1}]"
+        )
+        with pytest.raises(ConfigError) as err:
+            check_embedded_split(name, None, test)
+        assert str(err.value) == message
+        with pytest.raises(ConfigError, match="data.val_size=500 is invalid"):  # set: named
+            check_embedded_split(name, 500, test)
+        check_embedded_split(name, None, n - default - 1)  # the largest that leaves room
+    proc = run_cli(["data.test_size=4600", "logger=none", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 1
+    assert "[vaesweep] ConfigError: data.test_size=4600 leaves 400 of data=mnist_small's" in (
+        proc.stderr
+    ), proc.stderr[-3000:]

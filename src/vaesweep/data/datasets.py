@@ -96,6 +96,15 @@ def embedded_split(
     test = default_test if test_size is None else test_size
     test = _check_size("data.test_size", test, 1, n - 2, name)
     val = default_val if val_size is None else val_size
+    if val_size is None and test_size is not None and val > n - test - 1:
+        # The user set the test size, not the validation size: the cause is named.
+        raise ConfigError(
+            f"data.test_size={test_size!r} leaves {n - test} of data={name}'s {n} examples: "
+            f"at most {n - test - 1} for validation (one is kept for training), fewer than "
+            f"the default validation split of {default_val} (data.val_size=null). Allowed: "
+            f"data.test_size an integer in [1, {n - default_val - 1}] with data.val_size=null, "
+            f"or data.val_size set to an integer in [1, {n - test - 1}]"
+        )
     return _check_size("data.val_size", val, 1, n - test - 1, name), test
 
 
