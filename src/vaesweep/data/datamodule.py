@@ -21,11 +21,17 @@ class VAEDataModule(L.LightningDataModule):
     batch_size: the GLOBAL training batch. At setup, on each rank, once Lightning's strategy
     knows the processes, each of the trainer's ``world_size`` processes takes
     batch_size / world_size (``rank_batch_size``; ValueError if it does not divide, before
-    any step). eval_batch_size: per process (it changes no result). device: None keeps the
-    tensors on the CPU, "auto" uses the trainer's root device (the rank's GPU under DDP),
-    anything else is passed to torch.device. test_examples: test on the first N examples of
-    the test split only (each with the fixed noise it has in the whole split; ``vaesweep
-    evaluate`` uses it); None tests on all.
+    any step). eval_batch_size: per process. The validation and test data are the same for
+    any value (their noise is fixed), but the results are not: validation draws its latent
+    samples from the run's random stream, which training draws from too, so the validation
+    settings (eval_batch_size, and how often and how much is validated:
+    trainer.check_val_every_n_epoch, trainer.limit_val_batches, ...) change the draws that
+    later training gets, hence the numbers (the test's importance samples depend on the
+    batches too). Keep them fixed across runs you compare. device: None keeps the tensors on
+    the CPU, "auto" uses the trainer's root device (the rank's GPU under DDP), anything else
+    is passed to torch.device. test_examples: test on the first N examples of the test split
+    only (each with the fixed noise it has in the whole split; ``vaesweep evaluate`` uses
+    it); None tests on all.
     """
 
     def __init__(

@@ -21,6 +21,7 @@ from vaesweep.core.checks import ConfigError
 from vaesweep.data.download import (
     IDX_SOURCES,
     check_download,
+    check_given_root,
     default_root,
     locate_idx,
     read_checked,
@@ -95,6 +96,15 @@ def embedded_split(
     test = default_test if test_size is None else test_size
     test = _check_size("data.test_size", test, 1, n - 2, name)
     val = default_val if val_size is None else val_size
+    if val_size is None and test_size is not None and val > n - test - 1:
+        # The user set the test size, not the validation size: the cause is named.
+        raise ConfigError(
+            f"data.test_size={test_size!r} leaves {n - test} of data={name}'s {n} examples: "
+            f"at most {n - test - 1} for validation (one is kept for training), fewer than "
+            f"the default validation split of {default_val} (data.val_size=null). Allowed: "
+            f"data.test_size an integer in [1, {n - default_val - 1}] with data.val_size=null, "
+            f"or data.val_size set to an integer in [1, {n - test - 1}]"
+        )
     return _check_size("data.val_size", val, 1, n - test - 1, name), test
 
 
@@ -236,7 +246,8 @@ def _load_idx(
         shape=train.shape,
         splits={**train.splits, "test": test_images},
         labels={**train.labels, "test": test_labels},
-        source=str(paths["train_images"].parent),
+        # Absolute: results.json's dataset.source names the directory wherever it is read.
+        source=os.path.abspath(paths["train_images"].parent),
     )
 
 
@@ -274,11 +285,17 @@ def check_available(
     """Raises DatasetNotFoundError, naming every directory searched, when dataset ``name``
     is read from IDX files that no searched directory holds and no download is asked for,
     or when the download asked for would complete a directory holding a custom copy's
-    files: before anything is loaded, as :func:`load_dataset` would fail later."""
+    files: before anything is loaded, as :func:`load_dataset` would fail later. A ``root``
+    that is not None (the default, null: what the config's ``data.root`` resolves to when
+    the user sets nothing, as vaesweep.run.effective tells a given data.root) must hold the
+    files itself, without a download: its dataset's system copy does not stand in for it
+    (:func:`~vaesweep.data.download.check_given_root`)."""
     if name in IDX_SOURCES:
         root_path = default_root() if root is None else Path(root).expanduser()
         if download:  # a partial copy it would mix with the download: refused now
             check_download(name, root_path)
+        elif root is not None:  # given: a typo is not replaced by the system copy
+            check_given_root(name, root)
         else:
             locate_idx(name, root_path, False)
 
@@ -290,9 +307,28 @@ def load_dataset(
     val_size: int | None = None,
     test_size: int | None = None,
 ) -> RawDataset:
-    """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split."""
+    """Loads dataset `name` (a key of DATASETS) as uint8 tensors [N, C, H, W] per split.
+    A ConfigError names a loader (a user's, registered in DATASETS) whose result is not a
+    RawDataset with the splits of :data:`SPLITS`."""
     if name not in DATASETS:
         raise ConfigError(
             f"data.name={name!r} is invalid: allowed one of {', '.join(DATASETS)} (DATASETS)"
         )
-    return DATASETS[name](root=root, download=download, val_size=val_size, test_size=test_size)
+    loader = DATASETS[name]
+    raw = loader(root=root, download=download, val_size=val_size, test_size=test_size)
+    splits = raw.splits if isinstance(raw, RawDataset) else None
+    missing = [s for s in SPLITS if not isinstance(splits, dict) or s not in splits]
+    if missing:
+        where = f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', loader)}"
+        got = (
+            f"a RawDataset with no {' or '.join(map(repr, missing))} split (its splits: "
+            f"{', '.join(map(repr, splits)) or 'none'})"
+            if isinstance(splits, dict)
+            else f"a {type(raw).__name__}, not a vaesweep.data.RawDataset"
+        )
+        raise ConfigError(
+            f"data.name={name!r}: its loader DATASETS[{name!r}] ({where}) returned {got}. A "
+            f"dataset's loader returns a RawDataset with the splits {', '.join(SPLITS)} "
+            "(uint8 [N, C, H, W] each)"
+        )
+    return raw

@@ -118,9 +118,11 @@ def default_root() -> Path:
     return Path(os.environ.get("VAESWEEP_DATA_ROOT", "~/.cache/vaesweep/data")).expanduser()
 
 
-def _search_dirs(name: str, root: Path) -> list[Path]:
-    """Directories searched, in order, for the IDX files of dataset `name`."""
-    return [root / name, root, *(Path(d) for d in IDX_SOURCES[name].system_dirs)]
+def _search_dirs(name: str, root: Path, system: bool = True) -> list[Path]:
+    """Directories searched, in order, for the IDX files of dataset `name` (without its
+    system directories unless ``system``)."""
+    dirs = [root / name, root]
+    return [*dirs, *(Path(d) for d in IDX_SOURCES[name].system_dirs)] if system else dirs
 
 
 def _find(file: IdxFile, directory: Path) -> Path | None:
@@ -179,13 +181,16 @@ def _release_of_another(name: str, paths: dict[str, Path]) -> str | None:
     return owners.pop() if len(owners) == 1 else None
 
 
-def _usable_dirs(name: str, root: Path) -> tuple[dict[str, Path] | None, list[str]]:
+def _usable_dirs(
+    name: str, root: Path, system: bool = True
+) -> tuple[dict[str, Path] | None, list[str]]:
     """(the four files of ``name`` from the first searched directory that holds them all,
     or None; a line per directory passed over because it holds another dataset's release,
-    e.g. MNIST's files directly in a shared data root when Fashion-MNIST is asked for)."""
+    e.g. MNIST's files directly in a shared data root when Fashion-MNIST is asked for).
+    ``system``: search the dataset's system directories too."""
     passed = []
     # All four from the first directory that has them all: never mix copies of a dataset.
-    for directory in _search_dirs(name, root):
+    for directory in _search_dirs(name, root, system):
         if (paths := _find_all(IDX_SOURCES[name], directory)) is None:
             continue
         other = _release_of_another(name, paths)
@@ -234,6 +239,43 @@ def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
     lines.append(f"  - copy the four IDX files (raw or .gz) into {root / name} (or set data.root)")
     if source.install_hint:
         lines.append(f"  - {source.install_hint}")
+    raise DatasetNotFoundError("\n".join(lines))
+
+
+def check_given_root(name: str, root: str | os.PathLike[str]) -> None:
+    """Refuses a ``data.root`` the user set (not null, the default) that does not hold the
+    files of dataset ``name`` (DatasetNotFoundError naming data.root, its value, the
+    directories searched and what is allowed). Such a root is the only place searched: a
+    system copy is read only with the default root, so that a mistyped or empty directory
+    is not silently replaced by it (a run read the Debian package's Fashion-MNIST with
+    data.root=/nonexistent/typo, saying so in one log line). Files found there are the
+    ones :func:`locate_idx` reads: it searches the same directories first."""
+    source = IDX_SOURCES[name]
+    root_path = Path(root).expanduser()
+    paths, passed = _usable_dirs(name, root_path, system=False)
+    if paths is not None:
+        return
+    names = ", ".join(f"{file.name}[.gz]" for file in source.files.values())
+    where = Path(os.path.abspath(root_path))
+    state = "which holds no copy of it" if where.is_dir() else "which does not exist"
+    looked = ", ".join(str(d) for d in _search_dirs(name, where, system=False))
+    system = ", ".join(source.system_dirs)
+    default = (
+        f"the default, which reads the system copy {system}: a data.root you set is the "
+        "only place searched"
+        if system
+        else "the default: $VAESWEEP_DATA_ROOT, else ~/.cache/vaesweep/data"
+    )
+    # The first line is what the command line shows (at most 400 characters, the paths
+    # searched last): the rest is in the job's log.
+    lines = [
+        f"dataset '{name}': no directory holds all of its four IDX files in data.root={root}, "
+        f"{state}. Allowed: a data.root holding them, data.download=true, or data.root=null "
+        f"({default}). Looked in: {looked}",
+        f"the files: {names} (raw or .gz), in <root>/{name}/ or <root>/ itself",
+        *passed,
+        f"data.download=true saves them to {where / name}, checksummed",
+    ]
     raise DatasetNotFoundError("\n".join(lines))
 
 

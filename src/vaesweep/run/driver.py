@@ -118,6 +118,7 @@ def build_run(
             if recorded is None:  # results.json lost (or an older record): the checkpoint's
                 recorded = Resumable.stored_state(resume_from).get("dataset")
             check_same_data(recorded, data.info, cfg)
+        record_data_root(record.data["config"])
         record.set_dataset(data.info)
     trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
@@ -158,7 +159,10 @@ def _record_precision(cfg: DictConfig, trainer: Any, record: RunRecord) -> None:
 
 def _tell_data_source(cfg: DictConfig, info: dict[str, Any]) -> None:
     """Says where a dataset read from files was found when data.root did not hold it
-    (results.json records it: ``dataset.source``)."""
+    (results.json records it: ``dataset.source``). A data.root that is set is refused
+    before the record opens when it holds no copy (vaesweep.data.download.check_given_root):
+    this is said only with data.download=true, which a copy found elsewhere makes
+    unnecessary."""
     source, root = info.get("source"), cfg.data.get("root")
     if not source or not root or not Path(source).is_dir():
         return
@@ -175,6 +179,19 @@ def _tell_data_source(cfg: DictConfig, info: dict[str, Any]) -> None:
         cfg.data.name,
         source,
     )
+
+
+def record_data_root(config: dict[str, Any]) -> None:
+    """A relative ``data.root`` in the config results.json records (``config``, changed in
+    place) becomes the absolute directory the job reads it as: relative to the directory
+    the job runs in, the one it was launched from (Hydra's default, hydra.job.chdir=false).
+    Recorded as typed (``custom28``), ``vaesweep evaluate`` run from another directory read
+    another one. data.root changes no result (vaesweep.run.record.NOT_RESULTS): a resume
+    and the comparison of configs do not read it."""
+    data = config.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    if isinstance(root, str) and root and not Path(root).expanduser().is_absolute():
+        data["root"] = os.path.abspath(Path(root).expanduser())
 
 
 def _build_data(cfg: DictConfig, preprocess: str) -> Any:
