@@ -249,9 +249,11 @@ def refuse_ineffective(config: DictConfig, overrides: list[str], params: dict | 
 
 def compose_job(config: DictConfig, job: list[str], with_hydra: bool = False) -> DictConfig:
     """A job's config as Hydra's sweeper composes it (``load_sweep_config``): the multirun's
-    Hydra overrides (``hydra.searchpath``, a launcher, ...) then the job's. Without its
-    ``hydra`` node unless ``with_hydra``."""
-    given = OmegaConf.to_container(config.hydra.overrides, resolve=False)["hydra"]
+    Hydra overrides (``hydra.searchpath``, a launcher, ...; none in a config without
+    ``hydra.overrides``, one composed by hand) then the job's. Without its ``hydra`` node
+    unless ``with_hydra``."""
+    given = OmegaConf.select(config, "hydra.overrides.hydra", default=None)
+    given = [] if given is None else OmegaConf.to_container(given, resolve=False)
     return compose(
         config.hydra.job.config_name,
         overrides=[*given, *job],  # type: ignore[misc]
