@@ -823,3 +823,136 @@ def test_image_figures_of_close_betas_are_kept_apart():
     with pytest.raises(FigureSkipped):  # no images.npz here: each run passed over is noted
         representatives(df, 0.1234567, notes)
     assert len(notes) == 1 and "beta=0.1234567,seed=0/images.npz" in notes[0]  # one run
+
+
+def _write_result(
+    root: Path,
+    name: str,
+    seed: int,
+    beta: float = 1.0,
+    note: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """A completed run's results.json at ``root/name``, as a job writes it, made by hand:
+    the Gaussian, σ fixed, on digits, ``beta=β`` and ``seed`` on its command line (and
+    ``model.note=NOTE`` when given: a free-text setting), test metrics from ``metrics``
+    over a default set (NLL 100 + seed, ...)."""
+    config = {
+        "seed": seed,
+        "beta": beta,
+        "data": {"name": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "latent_dim": 2},
+        "likelihood": {"name": "gaussian", "scale": "fixed"},
+        "trainer": {"max_epochs": 1},
+        "logger": {"name": "csv"},
+    }
+    overrides = [f"beta={beta}", f"seed={seed}"]
+    if note is not None:
+        config["model"]["note"] = note
+        overrides.append(f"model.note={note}")
+    values = {
+        "test/nll": 100.0 + seed,
+        "test/elbo": -101.0 - seed,
+        "test/bpd": 1.5,
+        "test/rec_nll": 95.0 + seed,
+        "test/kl": 5.0 + seed,
+        "test/mse": 0.05,
+    }
+    values.update(metrics or {})
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "seed": seed,
+                "job_name": ",".join(overrides),
+                "overrides": overrides,
+                "config": config,
+                "metrics": values,
+                "dataset": {"name": "digits", "fingerprint": "f" * 64},
+                "finished_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    return run_dir
+
+
+DOLLAR_NOTES = ("cost $5 to $6", r"x$\foo$", r"$\lambda^2$")
+
+
+def test_config_values_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """A swept free-text setting holding ``$`` (``cost $5 to $6``, ``x$\\foo$``) made
+    ``vaesweep figures`` fail with matplotlib's mathtext parse error, writing nothing, not
+    even the table; ``$\\lambda^2$`` was drawn as the math λ². Every label is now drawn as
+    written: each legend entry is as wide as its text drawn as plain text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    root = tmp_path / "runs"
+    for i, note in enumerate(DOLLAR_NOTES):
+        for beta in (0.5, 2.0):
+            _write_result(root, f"n{i}-beta{beta}", 0, beta=beta, note=note)
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nll_elbo_vs_beta", "bpd_vs_beta", "rate_distortion"):
+        check_pdf_and_png(out, name)
+    md = (out / "results_table.md").read_text()
+    for note in DOLLAR_NOTES:  # the table's cells hold the values too
+        assert f"| {note} |" in md
+    df = load_results(root)
+    for fig in (metric_vs_beta(df), rate_distortion(df)):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        (legend,) = fig.legends
+        texts = legend.get_texts()
+        drawn = sorted(t.get_window_extent(renderer).width for t in texts)
+        prop = texts[0].get_fontproperties()
+        plain = sorted(
+            renderer.get_text_width_height_descent(f"note={note}", prop, ismath=False)[0]
+            for note in DOLLAR_NOTES
+        )
+        np.testing.assert_allclose(drawn, plain, rtol=1e-6)
+
+
+def test_a_figure_that_fails_to_draw_is_named_and_every_other_file_written(
+    tmp_path, monkeypatch, capsys
+):
+    """A figure whose drawing fails (here: text matplotlib cannot parse, failing as the
+    PDF is saved) stopped ``vaesweep figures`` with the bare error and wrote nothing. Now
+    the error names the figure, no file of its name is left (not a PDF cut short), and the
+    table and the other figures are written and listed."""
+    import vaesweep.analysis.figures as figures
+    from vaesweep.analysis import cli
+    from vaesweep.analysis.figures.style import new_figure
+
+    def unparsable(df):
+        fig = new_figure()
+        fig.text(0.5, 0.5, r"$\foo$")
+        return fig
+
+    monkeypatch.setattr(figures, "rate_distortion", unparsable)
+    root = tmp_path / "runs"
+    for beta in (0.5, 2.0):
+        for seed in (0, 1):
+            _write_result(root, f"beta{beta}-seed{seed}", seed, beta=beta)
+    out = tmp_path / "figures"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["figures", str(root), "--out", str(out)])
+    assert stopped.value.code == 1
+    said = capsys.readouterr()
+    assert "vaesweep: error: 1 figure(s) could not be drawn: rate_distortion: ValueError" in (
+        said.err
+    )
+    assert "Unknown symbol: \\foo" in said.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "bpd_vs_beta.pdf",
+        "bpd_vs_beta.png",
+        "nll_elbo_vs_beta.pdf",
+        "nll_elbo_vs_beta.png",
+        "results_table.md",
+        "results_table.tex",
+    ]
+    assert sorted(Path(line).name for line in said.out.split()) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "runs"]  # no temp dir

@@ -35,6 +35,7 @@ from vaesweep.analysis.figures.style import (
     _is_missing,
     compact,
     line_styles,
+    literal,
     new_figure,
     paper_style,
     sequential_colours,
@@ -105,7 +106,7 @@ def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
     fig.set_size_inches(width, height + max(0, nrows - 2) * mpl.rcParams["legend.fontsize"] / 40)
     fig.legend(
         [handles[i] for i in order],
-        [labels[i] for i in order],
+        [literal(labels[i]) for i in order],  # values as written, never mathtext
         loc="outside lower center",
         ncol=ncol,
     )
@@ -175,7 +176,7 @@ def metric_vs_beta(
         panels = [(kind, metric) for kind in kinds for metric in metrics]
         for ax, (kind, metric) in zip(axes, panels, strict=True):
             if len(kinds) > 1:
-                ax.set_title(kind, loc="left", fontsize=7)
+                ax.set_title(literal(kind), loc="left", fontsize=7)
             part = stats[stats[KIND] == kind]
             for config, rows in groups(part, keys):
                 rows = rows.sort_values("beta")
@@ -246,7 +247,7 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             for x in distortions:
                 ax = next(axes)
                 if len(kinds) > 1:
-                    ax.set_title(kind, loc="left", fontsize=7)
+                    ax.set_title(literal(kind), loc="left", fontsize=7)
                 for config, rows in groups(part, keys):
                     _rate_distortion_lines(
                         ax, rows, x, styles[config], join_betas, config == labelled
@@ -418,10 +419,16 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             ax.set_yscale("log")
             _plain_log_ticks(ax)
             title = f"{LIKELIHOOD_NAMES.get(lik, lik)}: scale"
-            ax.set_title(f"{title} {symbol}" if symbol else title, loc="left")
+            ax.set_title(literal(f"{title} {symbol}" if symbol else title), loc="left")
             ax.set_xlabel("optimisation step")
             ax.set_ylabel(f"{symbol or 'scale'} (data units)")
-            ax.legend(ncol=2 if len(ax.get_lines()) > 3 else 1, fontsize=6)
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(
+                handles,
+                [literal(label) for label in labels],  # values as written, never mathtext
+                ncol=2 if len(ax.get_lines()) > 3 else 1,
+                fontsize=6,
+            )
         add_caption(fig, [setting(done), seeds_line(seeds)])
     return fig
 
