@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -956,3 +957,33 @@ def test_a_figure_that_fails_to_draw_is_named_and_every_other_file_written(
     ]
     assert sorted(Path(line).name for line in said.out.split()) == names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "runs"]  # no temp dir
+
+
+def test_table_cells_escape_every_latex_special_and_the_markdown_pipe(tmp_path):
+    """Free-text values in the table: LaTeX's specials printed as written (``$``, ``^``,
+    ``{``, ``}``, ``~`` and ``\\`` went through, ``$\\lambda^2$`` becoming
+    ``$\\textbackslash{}lambda^2$``, a LaTeX error, and ``~`` a non-breaking space), and
+    a ``|`` in a Markdown cell no longer ends the cell."""
+    notes = [r"$\lambda^2$ {y}", "naïve~#1", "50% & a_b", "a|b"]
+    root = tmp_path / "runs"
+    for i, note in enumerate(notes):
+        _write_result(root, f"n{i}", 0, note=note)
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tex = (out / "results_table.tex").read_text().splitlines()
+    escaped = [  # by hand, one per value, in the rows' order (sorted as text)
+        r"\$\textbackslash{}lambda\textasciicircum{}2\$ \{y\}",
+        r"50\% \& a\_b",
+        r"a\textbar{}b",
+        r"naïve\textasciitilde{}\#1",
+    ]
+    start = tex.index(r"\midrule") + 1
+    rows = tex[start : start + 4]
+    assert [row.split(" & ")[0] for row in rows] == escaped
+    assert tex[start - 2].startswith(r"model.note & NLL (nats) $\downarrow$ & ")
+    md = (out / "results_table.md").read_text().splitlines()
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in md if line.startswith("| ")]
+    assert {len(row) for row in cells} == {7}  # the key and 6 metrics in every row
+    assert [row[0].strip() for row in cells[1:]] == [r"$\lambda^2$ {y}", "50% & a_b", r"a\|b",
+                                                     "naïve~#1"]  # fmt: skip

@@ -94,13 +94,13 @@ class ResultsTable:
         return self.marks or [[None] * len(cells) for cells in self.rows]
 
     def to_markdown(self) -> str:
-        head = [KEY_HEADERS.get(k, (k,))[0] for k in self.keys]
+        head = [_md(KEY_HEADERS.get(k, (k,))[0]) for k in self.keys]
         head += [self._header(m, 0) for m in self.metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cells, best, marks in zip(self.rows, self.best, self._marks(), strict=True):
             shown = [
                 (f"**{c}**" if b else c) + ("" if k is None else FEWER_MARKS[k][0])
-                for c, b, k in zip(cells, best, marks, strict=True)
+                for c, b, k in zip(map(_md, cells), best, marks, strict=True)
             ]
             lines.append("| " + " | ".join(shown) + " |")
         return "\n".join(lines + [""] + [f"{n}" for n in self.notes]) + "\n"
@@ -136,18 +136,37 @@ class ResultsTable:
         return _tex(name) + (f" {arrow}" if arrow else "") if latex else f"{name} {arrow}".strip()
 
 
+#: LaTeX's special characters in text, and what prints each as itself (``|``, ``<`` and
+#: ``>`` print other glyphs in the default OT1 font encoding).
+TEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "^": r"\textasciicircum{}",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "%": r"\%",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+_TEX_SPECIAL = re.compile("|".join(map(re.escape, TEX_SPECIALS)))
+
+
 def _tex(text: str) -> str:
-    """Escape LaTeX specials in plain text; "±" becomes $\\pm$."""
-    for char, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("_", r"\_"),
-        ("%", r"\%"),
-        ("&", r"\&"),
-        ("#", r"\#"),
-    ):
-        text = text.replace(char, escaped)
+    """Plain text as LaTeX prints it as written: every special character escaped (in one
+    pass, so no escape is escaped again); "±" becomes $\\pm$, a minus sign $-$."""
+    text = _TEX_SPECIAL.sub(lambda m: TEX_SPECIALS[m.group()], text)
     text = re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
     return text.replace("±", r"$\pm$")
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell's text: a ``|`` escaped (``\\|``), never a column's end."""
+    return text.replace("|", r"\|")
 
 
 def _decimals(metric: str, means: pd.Series) -> int:
