@@ -987,3 +987,33 @@ def test_table_cells_escape_every_latex_special_and_the_markdown_pipe(tmp_path):
     assert {len(row) for row in cells} == {7}  # the key and 6 metrics in every row
     assert [row[0].strip() for row in cells[1:]] == [r"$\lambda^2$ {y}", "50% & a_b", r"a\|b",
                                                      "naïve~#1"]  # fmt: skip
+
+
+def test_rate_distortion_without_swept_beta_says_what_it_draws():
+    """β not swept: no line can join β values, yet the title said "lines: mean over seeds,
+    joining β values" and the caption "Lines: means over 2 seeds". Now each configuration's
+    mean over its seeds is one large marker, and the title and caption say so."""
+    from tempfile import TemporaryDirectory
+
+    from vaesweep.analysis.figures.captions import caption
+
+    with TemporaryDirectory() as tmp:
+        for note in ("a", "b"):
+            for seed in (0, 1):
+                _write_result(Path(tmp), f"{note}{seed}", seed, note=note)
+        df = load_results(tmp)
+    fig = rate_distortion(df)
+    assert fig.axes[0].get_title(loc="left") == (
+        "small markers: runs; large markers: mean over seeds"
+    )
+    said = caption(fig)
+    assert "Small markers: single runs. Large markers: means over 2 seeds." in said
+    assert "Lines" not in said
+    # By hand: seeds 0 and 1 have rec. NLL 95, 96, MSE 0.05 and KL 5, 6.
+    for ax, distortion in zip(fig.axes, (95.5, 0.05), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["note=a", "note=b"]
+        for line in lines:
+            assert line.get_linestyle() == "None"
+            assert list(line.get_xdata()) == pytest.approx([distortion])
+            assert list(line.get_ydata()) == pytest.approx([5.5])

@@ -207,7 +207,8 @@ def metric_vs_beta(
 def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     """Rate KL versus distortion (reconstruction NLL; MSE): a marker per run, and a line per
     configuration through its per-β means (mean over the seeds whose rate and distortion are
-    both finite) in order of β.
+    both finite) in order of β; when β is not swept, a larger marker per configuration at
+    its mean instead (the title and caption say which).
 
     A distortion is of the data the run scored (:mod:`vaesweep.analysis.figures.kinds`): a
     Bernoulli's reconstruction NLL and MSE are of binarised images, a density's of
@@ -255,7 +256,11 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                 ax.set_xlabel(METRIC_LABELS[x])
                 ax.set_ylabel(METRIC_LABELS["test/kl"])
         if len(kinds) == 1:
-            title = "markers: runs; lines: mean over seeds, joining β values"
+            title = (
+                "markers: runs; lines: mean over seeds, joining β values"
+                if join_betas
+                else "small markers: runs; large markers: mean over seeds"
+            )
             fig.axes[0].set_title(title, loc="left")
         _legend_below(fig, fig.axes)
         by = [*keys, "beta"] if join_betas else keys  # the runs behind each mean
@@ -263,7 +268,9 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
         for x in distortions:  # a point's runs: those with both of its values finite
             paired = done.dropna(subset=[x, "test/kl"])
             per_point += list(paired.groupby(by, dropna=False).size()) if by else [len(paired)]
-        add_caption(fig, [setting(df), f"Markers: single runs. {seeds_line(per_point)}"])
+        means = seeds_line(per_point, "Lines" if join_betas else "Large markers")
+        small = "Markers" if join_betas else "Small markers"
+        add_caption(fig, [setting(df), f"{small}: single runs. {means}"])
     return fig
 
 
@@ -271,13 +278,26 @@ def _rate_distortion_lines(
     ax: Axes, rows: pd.DataFrame, x: str, st: LineStyle, join_betas: bool, labelled: bool
 ) -> None:
     """One configuration's runs in a rate–distortion panel: a marker per run, and its
-    per-β means joined in order of β (with the β values written when ``labelled``)."""
+    per-β means joined in order of β (with the β values written when ``labelled``); β not
+    swept: its mean as one larger marker."""
     ax.scatter(rows[x], rows["test/kl"], s=9, marker=st.marker, color=st.colour, alpha=0.45)
-    if not join_betas:
-        ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
-        return
     # A point is a model's (distortion, rate) pair: both means over the same runs.
-    means = rows.dropna(subset=[x, "test/kl"]).groupby("beta")[[x, "test/kl"]].mean()
+    paired = rows.dropna(subset=[x, "test/kl"])
+    if not join_betas:
+        mean = paired[[x, "test/kl"]].mean()
+        ax.plot(
+            [mean[x]],
+            [mean["test/kl"]],
+            color=st.colour,
+            linestyle="none",
+            marker=st.marker,
+            markersize=7,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label=st.label,
+        )
+        return
+    means = paired.groupby("beta")[[x, "test/kl"]].mean()
     means = means.sort_index()
     ax.plot(
         means[x],
