@@ -545,9 +545,9 @@ def test_cells_over_fewer_seeds_than_the_others_are_marked():
         "| 2 | 22.00 ± 2.00 | 1.00 ± 0.00 |",
         "| 4 | 30.00‡ | 1.00‡ |",
     ]
-    note = (
-        "† over 2 of 3 seeds; ‡ over 1 of 3 seeds (fewer than the other cells: the row's "
-        "other runs did not complete or lack a finite value)."
+    note = (  # β = 4 ran one seed, all completed: no run of its row failed
+        "† over 2 of 3 seeds (the row's other runs did not complete); ‡ over 1 of 3 seeds "
+        "(the row has fewer seeds than the others)."
     )
     assert note in table.notes and note in md
     latex = table.to_latex()
@@ -1017,3 +1017,27 @@ def test_rate_distortion_without_swept_beta_says_what_it_draws():
             assert line.get_linestyle() == "None"
             assert list(line.get_xdata()) == pytest.approx([distortion])
             assert list(line.get_ydata()) == pytest.approx([5.5])
+
+
+def test_a_row_that_ran_fewer_seeds_is_not_said_to_have_failed_runs(tmp_path):
+    """Two sweeps pooled, β = 1 run with one seed, β = 2 with two, every run completed:
+    the † note blamed runs that "did not complete or lack a finite value"; now it says
+    what is true, that the row has fewer seeds."""
+    _write_result(tmp_path / "one_seed", "beta1-seed0", 0, beta=1.0)
+    for seed in (0, 1):
+        _write_result(tmp_path / "two_seeds", f"beta2-seed{seed}", seed, beta=2.0)
+    out = tmp_path / "figures"
+    proc = vaesweep(
+        ["figures", str(tmp_path / "one_seed"), str(tmp_path / "two_seeds"), "--out", str(out)],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "results_table.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert rows == [  # by hand: NLL 100 + seed, ELBO −101 − seed, rec. NLL 95 + seed, ...
+        "| 1 | **100.0**† | **1.500**† | **-101.0**† | **95.00**† | 5.00† | **0.0500**† |",
+        "| 2 | 100.5 ± 0.7 | **1.500 ± 0.000** | -101.5 ± 0.7 | 95.50 ± 0.71 | 5.50 ± 0.71 "
+        "| **0.0500 ± 0.0000** |",
+    ]
+    assert "† over 1 of 2 seeds (the row has fewer seeds than the others)." in md
+    assert "did not complete" not in md and "finite" not in md

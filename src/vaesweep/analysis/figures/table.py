@@ -33,6 +33,7 @@ from vaesweep.analysis.results import (
     evaluations,
     unaggregated_message,
 )
+from vaesweep.run.record import COMPLETED, DUPLICATE, UNREADABLE
 
 TABLE_METRICS = (
     "test/nll",
@@ -185,10 +186,32 @@ def _cell(mean: float, std: float, decimals: int) -> str:
     return text if not math.isfinite(std) else f"{text} ± {std:.{decimals}f}"
 
 
-def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | None]:
+def _key(values: Sequence) -> tuple:
+    """A row's configuration as a dict key: NaN is None (a missing value, or an explicit
+    null)."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def _runs_per_row(runs: pd.DataFrame, keys: list[str]) -> dict[tuple, tuple[int, int]]:
+    """{configuration: (its runs, those of them that did not complete)}, counting every run
+    but duplicates (a copy of a counted run) and unreadable results (no configuration)."""
+    runs = runs[~runs["status"].isin([DUPLICATE, UNREADABLE])]
+    parts = runs.groupby(keys, dropna=False, sort=False) if keys else [((), runs)]
+    return {
+        _key(k if isinstance(k, tuple) else (k,)): (len(g), int((g["status"] != COMPLETED).sum()))
+        for k, g in parts
+    }
+
+
+def _fewer_seeds(
+    stats: pd.DataFrame, present: list[str], keys: list[str], runs: dict[tuple, tuple[int, int]]
+) -> tuple[dict, str | None]:
     """The cells averaged over fewer seeds than the most any cell has, {(row, metric):
     index into FEWER_MARKS}, one mark per count (most seeds first; the last mark for the rest),
-    and the note that says what each mark means (None when every cell has the same count)."""
+    and the note that says what each mark means and why its cells have fewer (None when
+    every cell has the same count). Why, as is true of the marked cells' rows (``runs``, of
+    :func:`_runs_per_row`): runs of the row that did not complete, completed runs without a
+    finite value of the metric, or fewer runs in the row than the most seeds of a cell."""
     counts = {(i, m): int(stats.at[i, f"{m}.count"]) for i in stats.index for m in present}
     most = max(counts.values(), default=0)
     fewer = sorted({c for c in counts.values() if 0 < c < most}, reverse=True)
@@ -199,13 +222,26 @@ def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | N
     said: dict[int, list[str]] = {}
     for c in fewer:
         said.setdefault(index[c], []).append(str(c))
-    meaning = "; ".join(
-        f"{FEWER_MARKS[j][0]} over {' or '.join(cs)} of {most} seeds" for j, cs in said.items()
-    )
-    return cells, (
-        f"{meaning} (fewer than the other cells: the row's other runs did not complete or "
-        "lack a finite value)."
-    )
+    causes: dict[int, set[str]] = {j: set() for j in said}
+    for (i, m), j in cells.items():
+        n_runs, not_completed = runs.get(_key([stats.at[i, k] for k in keys]), (0, 0))
+        if not_completed:
+            causes[j].add("did not complete")
+        if n_runs - not_completed > counts[i, m]:  # completed, but no finite value of m
+            causes[j].add("lack a finite value")
+        if n_runs < most:
+            causes[j].add("fewer")
+
+    def why(found: set[str]) -> str:
+        failed = [c for c in ("did not complete", "lack a finite value") if c in found]
+        reasons = [f"the row's other runs {' or '.join(failed)}"] if failed else []
+        reasons += ["the row has fewer seeds than the others"] if "fewer" in found else []
+        return " or ".join(reasons)
+
+    return cells, "; ".join(
+        f"{FEWER_MARKS[j][0]} over {' or '.join(cs)} of {most} seeds ({why(causes[j])})"
+        for j, cs in said.items()
+    ) + "."
 
 
 def _value(key: str, value: object) -> str:
@@ -258,7 +294,8 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
                 shown = means.map(lambda v, d=decimals[m]: f"{v:.{d}f}")
                 best = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
                 best_rows[m].update(shown.index[shown == shown[best]])
-    fewer, fewer_note = _fewer_seeds(stats, present)
+    runs = df.assign(**{KIND: data_kinds(df)}) if KIND in keys else df
+    fewer, fewer_note = _fewer_seeds(stats, present, keys, _runs_per_row(runs, keys))
     rows, best, marks = [], [], []
     for i, stat in stats.iterrows():
         cells = [_value(k, stat[k]) for k in keys]
