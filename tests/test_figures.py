@@ -1041,3 +1041,27 @@ def test_a_row_that_ran_fewer_seeds_is_not_said_to_have_failed_runs(tmp_path):
     ]
     assert "† over 1 of 2 seeds (the row has fewer seeds than the others)." in md
     assert "did not complete" not in md and "finite" not in md
+
+
+def test_huge_and_tiny_means_are_written_in_scientific_notation():
+    """A run's test/mse of 1e300 showed as a 300-digit mean without ± (np.std overflowed to
+    inf and the cell dropped it, as for one seed), and 2e-9 as 0.0000. Now both are in
+    scientific notation with their std; a spread beyond the largest float is "± inf";
+    no warning reaches the terminal."""
+    from tempfile import TemporaryDirectory
+
+    with TemporaryDirectory() as tmp:
+        for beta, mses in ((1.0, (1e300, 0.05)), (2.0, (1e-9, 3e-9))):
+            for seed, mse in enumerate(mses):
+                _write_result(Path(tmp), f"b{beta}-s{seed}", seed, beta, metrics={"test/mse": mse})
+        proc = vaesweep(["figures", tmp, "--out", str(Path(tmp) / "out")], Path(tmp))
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr
+        md = (Path(tmp) / "out" / "results_table.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    # By hand: mean (a + b)/2, std (ddof = 1) |a − b|/√2, to 3 significant digits.
+    assert rows[0].endswith("| 5.00e+299 ± 7.07e+299 |")
+    assert rows[1].endswith("| **2.00e-09 ± 1.41e-09** |")
+    # ±1.5e308: mean 0, std 3e308/√2, beyond the largest float.
+    table = results_table(_hand_frame({1.0: [1.5e308, -1.5e308]}))
+    assert table.rows[0][table.columns.index("test/nll")] == "0.00 ± inf"

@@ -177,13 +177,35 @@ def _decimals(metric: str, means: pd.Series) -> int:
     return 1 if means.abs().max() >= 100 else 2
 
 
+#: From this magnitude up a table number is written in scientific notation (1.00e+300, not
+#: 300 digits), as is a nonzero one that its column's decimals would show as 0.
+SCIENTIFIC_FROM = 1e6
+
+
+def _scientific(value: float, decimals: int) -> bool:
+    size = abs(value)
+    return size >= SCIENTIFIC_FROM or 0 < size < 0.5 * 10**-decimals
+
+
+def _mean_text(mean: float, decimals: int) -> str:
+    """A finite mean as its cell shows it: ``decimals`` decimals, or 3 significant digits in
+    scientific notation beyond :data:`SCIENTIFIC_FROM` or below what the decimals show."""
+    return f"{mean:.2e}" if _scientific(mean, decimals) else f"{mean:.{decimals}f}"
+
+
 def _cell(mean: float, std: float, decimals: int) -> str:
     """ "mean ± std"; "–" for a mean that is not finite, the mean alone for a std that is
-    not (one seed)."""
+    NaN (one seed), "± inf" for a spread beyond the largest float. The std is in scientific
+    notation where the mean is, or from :data:`SCIENTIFIC_FROM` up."""
     if not math.isfinite(mean):
         return "–"
-    text = f"{mean:.{decimals}f}"
-    return text if not math.isfinite(std) else f"{text} ± {std:.{decimals}f}"
+    text = _mean_text(mean, decimals)
+    if math.isnan(std):
+        return text
+    if not math.isfinite(std):
+        return f"{text} ± inf"
+    scientific = _scientific(mean, decimals) or std >= SCIENTIFIC_FROM
+    return f"{text} ± {std:.2e}" if scientific else f"{text} ± {std:.{decimals}f}"
 
 
 def _key(values: Sequence) -> tuple:
@@ -291,7 +313,7 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
             means = part[f"{m}.mean"]
             means = means[np.isfinite(means.to_numpy(dtype=float))]  # never a "–" cell
             if len(means):  # every row that shows the best mean is bold, not one of them
-                shown = means.map(lambda v, d=decimals[m]: f"{v:.{d}f}")
+                shown = means.map(lambda v, d=decimals[m]: _mean_text(v, d))
                 best = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
                 best_rows[m].update(shown.index[shown == shown[best]])
     runs = df.assign(**{KIND: data_kinds(df)}) if KIND in keys else df
