@@ -714,7 +714,10 @@ def test_a_setting_swept_to_null_is_labelled_null():
     styles = line_styles([(None,), (0.01,)], ["likelihood.scale_lr"], ["gaussian"] * 2, [None] * 2)
     labels = [style.label for style in styles.values()]
     assert len(set(labels)) == 2 and labels[0].endswith("=null") and labels[1].endswith("=0.01")
-    fig = metric_vs_beta(df.assign(**{"config.likelihood.name": "gaussian"}))
+    # The β figure needs 2 values of β with completed runs: the same runs again at β = 2.
+    both = pd.concat([df, df.assign(beta=2.0)], ignore_index=True)
+    both.attrs = df.attrs
+    fig = metric_vs_beta(both.assign(**{"config.likelihood.name": "gaussian"}))
     assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 2
     table = results_table(df)
     assert sorted(row[0] for row in table.rows) == ["0.01", "null"]
@@ -1065,3 +1068,29 @@ def test_huge_and_tiny_means_are_written_in_scientific_notation():
     # ±1.5e308: mean 0, std 3e308/√2, beyond the largest float.
     table = results_table(_hand_frame({1.0: [1.5e308, -1.5e308]}))
     assert table.rows[0][table.columns.index("test/nll")] == "0.00 ± inf"
+
+
+def test_beta_figures_need_two_betas_with_completed_runs(tmp_path):
+    """β swept over 0.5 and 2, but every β = 2 run failed: nll_elbo_vs_beta and bpd_vs_beta
+    were drawn over a single β (the swept keys of all runs were checked, not the completed
+    ones). Now they are skipped saying why; rate_distortion draws no line through one β."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_result(root, f"b0.5-s{seed}", seed, 0.5)
+        failed = _write_result(root, f"b2-s{seed}", seed, 2.0) / "results.json"
+        result = json.loads(failed.read_text())
+        result.update(status="failed", metrics={},
+                      error={"type": "RuntimeError", "message": "out of memory"})  # fmt: skip
+        failed.write_text(json.dumps(result))
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nll_elbo_vs_beta", "bpd_vs_beta"):
+        assert (
+            f"skipped {name}: beta has completed runs at 1 value(s) only (0.5): this figure "
+            "needs at least 2 values of beta"
+        ) in proc.stderr
+        assert not list(out.glob(f"{name}.*"))
+    assert (out / "results_table.md").is_file()
+    fig = rate_distortion(load_results(root))
+    assert fig.axes[0].get_title(loc="left").startswith("small markers: runs; large markers")

@@ -113,9 +113,18 @@ def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
 
 
 def _betas(df: pd.DataFrame) -> np.ndarray:
+    """The β values of the completed runs of ``df``, sorted; FigureSkipped when fewer than 2
+    (β not swept, or swept but every run of all but one β did not complete)."""
     if "beta" not in config_keys(df):
         raise FigureSkipped("beta is not swept: this figure needs at least 2 values of beta")
-    return np.sort(df["beta"].dropna().unique())
+    betas = np.sort(completed(df)["beta"].dropna().unique())
+    if len(betas) < 2:
+        found = ", ".join(f"{b:g}" for b in betas) or "none"
+        raise FigureSkipped(
+            f"beta has completed runs at {len(betas)} value(s) only ({found}): this figure "
+            "needs at least 2 values of beta"
+        )
+    return betas
 
 
 def beta_linthresh(betas: Sequence[float]) -> float | None:
@@ -231,7 +240,8 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     if not kinds:
         raise FigureSkipped("no run has test/kl and a distortion (test/rec_nll, test/mse)")
     keys = [k for k in config_keys(df) if k != "beta"]
-    join_betas = "beta" in config_keys(df)
+    # β values are joined only where there are 2 of them with completed runs.
+    join_betas = "beta" in config_keys(df) and done["beta"].nunique() > 1
     styles = styles_for(done, keys)
     with paper_style():
         fig = new_figure(width, 2.6 * len(kinds), nrows=len(kinds), ncols=2, squeeze=False)
