@@ -925,3 +925,62 @@ def test_a_swept_key_of_numbers_and_text_is_collected_in_order(sweep, tmp_path):
     df = frame.build_frame(rows)
     assert df["trainer.precision"].tolist() == [32, "bf16-mixed"]
     assert df["test/nll"].tolist() == [1.0, 2.0]
+
+
+def _write_run(run_dir: Path, seed: int, nll: float) -> None:
+    """A completed run's results.json, as a job writes it, made by hand (β = 1, ``seed``
+    on its command line, test NLL ``nll``, ELBO −nll − 1)."""
+    run_dir.mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "beta": 1.0,
+        "data": {"name": "digits", "batch_size": 64},
+        "likelihood": {"name": "gaussian", "scale": "fixed"},
+        "logger": {"name": "csv"},
+    }
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "seed": seed,
+                "job_name": f"seed={seed}",
+                "overrides": [f"seed={seed}"],
+                "config": config,
+                "metrics": {"test/nll": nll, "test/elbo": -nll - 1, "test/kl": 2.0},
+                "dataset": {"name": "digits", "fingerprint": "f" * 64},
+                "finished_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
+
+
+def test_of_copies_of_a_run_the_one_holding_evaluations_counts(tmp_path):
+    """A sweep copied (s1 → s1e) and evaluated in the copy only: every run is in both, with
+    the same finished_at. The first path read (s1) counted, so ``vaesweep figures s1e s1
+    --evaluation NAME`` failed, claiming the runs lack it. The copies with the evaluation
+    now count, whatever the order the directories are read in."""
+    name = "iwae_k=10,checkpoint=last"
+    nlls = {0: 80.0, 1: 82.0}
+    for seed, nll in nlls.items():
+        for sweep in ("s1", "s1e"):
+            _write_run(tmp_path / sweep / f"seed={seed}", seed, nll)
+        evaluations = tmp_path / "s1e" / f"seed={seed}" / "evaluations"
+        evaluations.mkdir()
+        (evaluations / f"{name}.json").write_text(
+            json.dumps({"status": "completed", "metrics": {"test/nll": nll - 1.5}})
+        )
+    df = load_results(tmp_path / "s1e", tmp_path / "s1")
+    counted = df[df["status"] == "completed"]
+    assert sorted(counted["run_dir"]) == [str(tmp_path / "s1e" / f"seed={s}") for s in (0, 1)]
+    assert (df["status"] == "duplicate").sum() == 2
+    out = tmp_path / "figures"
+    proc = vaesweep(
+        ["figures", str(tmp_path / "s1e"), str(tmp_path / "s1"), "--evaluation", name,
+         "--out", str(out)],
+        tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "results_table.md").read_text()
+    # By hand: the evaluation's NLL, 78.5 and 80.5: mean 79.5, std √2 = 1.41.
+    assert "| **79.50 ± 1.41** |" in md
+    assert f"Test metrics: vaesweep evaluate, {name}." in md

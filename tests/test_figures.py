@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -544,9 +545,9 @@ def test_cells_over_fewer_seeds_than_the_others_are_marked():
         "| 2 | 22.00 ± 2.00 | 1.00 ± 0.00 |",
         "| 4 | 30.00‡ | 1.00‡ |",
     ]
-    note = (
-        "† over 2 of 3 seeds; ‡ over 1 of 3 seeds (fewer than the other cells: the row's "
-        "other runs did not complete or lack a finite value)."
+    note = (  # β = 4 ran one seed, all completed: no run of its row failed
+        "† over 2 of 3 seeds (the row's other runs did not complete); ‡ over 1 of 3 seeds "
+        "(the row has fewer seeds than the others)."
     )
     assert note in table.notes and note in md
     latex = table.to_latex()
@@ -713,7 +714,10 @@ def test_a_setting_swept_to_null_is_labelled_null():
     styles = line_styles([(None,), (0.01,)], ["likelihood.scale_lr"], ["gaussian"] * 2, [None] * 2)
     labels = [style.label for style in styles.values()]
     assert len(set(labels)) == 2 and labels[0].endswith("=null") and labels[1].endswith("=0.01")
-    fig = metric_vs_beta(df.assign(**{"config.likelihood.name": "gaussian"}))
+    # The β figure needs 2 values of β with completed runs: the same runs again at β = 2.
+    both = pd.concat([df, df.assign(beta=2.0)], ignore_index=True)
+    both.attrs = df.attrs
+    fig = metric_vs_beta(both.assign(**{"config.likelihood.name": "gaussian"}))
     assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 2
     table = results_table(df)
     assert sorted(row[0] for row in table.rows) == ["0.01", "null"]
@@ -823,3 +827,270 @@ def test_image_figures_of_close_betas_are_kept_apart():
     with pytest.raises(FigureSkipped):  # no images.npz here: each run passed over is noted
         representatives(df, 0.1234567, notes)
     assert len(notes) == 1 and "beta=0.1234567,seed=0/images.npz" in notes[0]  # one run
+
+
+def _write_result(
+    root: Path,
+    name: str,
+    seed: int,
+    beta: float = 1.0,
+    note: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """A completed run's results.json at ``root/name``, as a job writes it, made by hand:
+    the Gaussian, σ fixed, on digits, ``beta=β`` and ``seed`` on its command line (and
+    ``model.note=NOTE`` when given: a free-text setting), test metrics from ``metrics``
+    over a default set (NLL 100 + seed, ...)."""
+    config = {
+        "seed": seed,
+        "beta": beta,
+        "data": {"name": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "latent_dim": 2},
+        "likelihood": {"name": "gaussian", "scale": "fixed"},
+        "trainer": {"max_epochs": 1},
+        "logger": {"name": "csv"},
+    }
+    overrides = [f"beta={beta}", f"seed={seed}"]
+    if note is not None:
+        config["model"]["note"] = note
+        overrides.append(f"model.note={note}")
+    values = {
+        "test/nll": 100.0 + seed,
+        "test/elbo": -101.0 - seed,
+        "test/bpd": 1.5,
+        "test/rec_nll": 95.0 + seed,
+        "test/kl": 5.0 + seed,
+        "test/mse": 0.05,
+    }
+    values.update(metrics or {})
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "seed": seed,
+                "job_name": ",".join(overrides),
+                "overrides": overrides,
+                "config": config,
+                "metrics": values,
+                "dataset": {"name": "digits", "fingerprint": "f" * 64},
+                "finished_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    return run_dir
+
+
+DOLLAR_NOTES = ("cost $5 to $6", r"x$\foo$", r"$\lambda^2$")
+
+
+def test_config_values_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """A swept free-text setting holding ``$`` (``cost $5 to $6``, ``x$\\foo$``) made
+    ``vaesweep figures`` fail with matplotlib's mathtext parse error, writing nothing, not
+    even the table; ``$\\lambda^2$`` was drawn as the math λ². Every label is now drawn as
+    written: each legend entry is as wide as its text drawn as plain text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    root = tmp_path / "runs"
+    for i, note in enumerate(DOLLAR_NOTES):
+        for beta in (0.5, 2.0):
+            _write_result(root, f"n{i}-beta{beta}", 0, beta=beta, note=note)
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nll_elbo_vs_beta", "bpd_vs_beta", "rate_distortion"):
+        check_pdf_and_png(out, name)
+    md = (out / "results_table.md").read_text()
+    for note in DOLLAR_NOTES:  # the table's cells hold the values too
+        assert f"| {note} |" in md
+    df = load_results(root)
+    for fig in (metric_vs_beta(df), rate_distortion(df)):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        (legend,) = fig.legends
+        texts = legend.get_texts()
+        drawn = sorted(t.get_window_extent(renderer).width for t in texts)
+        prop = texts[0].get_fontproperties()
+        plain = sorted(
+            renderer.get_text_width_height_descent(f"note={note}", prop, ismath=False)[0]
+            for note in DOLLAR_NOTES
+        )
+        np.testing.assert_allclose(drawn, plain, rtol=1e-6)
+
+
+def test_a_figure_that_fails_to_draw_is_named_and_every_other_file_written(
+    tmp_path, monkeypatch, capsys
+):
+    """A figure whose drawing fails (here: text matplotlib cannot parse, failing as the
+    PDF is saved) stopped ``vaesweep figures`` with the bare error and wrote nothing. Now
+    the error names the figure, no file of its name is left (not a PDF cut short), and the
+    table and the other figures are written and listed."""
+    import vaesweep.analysis.figures as figures
+    from vaesweep.analysis import cli
+    from vaesweep.analysis.figures.style import new_figure
+
+    def unparsable(df):
+        fig = new_figure()
+        fig.text(0.5, 0.5, r"$\foo$")
+        return fig
+
+    monkeypatch.setattr(figures, "rate_distortion", unparsable)
+    root = tmp_path / "runs"
+    for beta in (0.5, 2.0):
+        for seed in (0, 1):
+            _write_result(root, f"beta{beta}-seed{seed}", seed, beta=beta)
+    out = tmp_path / "figures"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["figures", str(root), "--out", str(out)])
+    assert stopped.value.code == 1
+    said = capsys.readouterr()
+    assert "vaesweep: error: 1 figure(s) could not be drawn: rate_distortion: ValueError" in (
+        said.err
+    )
+    assert "Unknown symbol: \\foo" in said.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "bpd_vs_beta.pdf",
+        "bpd_vs_beta.png",
+        "nll_elbo_vs_beta.pdf",
+        "nll_elbo_vs_beta.png",
+        "results_table.md",
+        "results_table.tex",
+    ]
+    assert sorted(Path(line).name for line in said.out.split()) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "runs"]  # no temp dir
+
+
+def test_table_cells_escape_every_latex_special_and_the_markdown_pipe(tmp_path):
+    """Free-text values in the table: LaTeX's specials printed as written (``$``, ``^``,
+    ``{``, ``}``, ``~`` and ``\\`` went through, ``$\\lambda^2$`` becoming
+    ``$\\textbackslash{}lambda^2$``, a LaTeX error, and ``~`` a non-breaking space), and
+    a ``|`` in a Markdown cell no longer ends the cell."""
+    notes = [r"$\lambda^2$ {y}", "naïve~#1", "50% & a_b", "a|b"]
+    root = tmp_path / "runs"
+    for i, note in enumerate(notes):
+        _write_result(root, f"n{i}", 0, note=note)
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tex = (out / "results_table.tex").read_text().splitlines()
+    escaped = [  # by hand, one per value, in the rows' order (sorted as text)
+        r"\$\textbackslash{}lambda\textasciicircum{}2\$ \{y\}",
+        r"50\% \& a\_b",
+        r"a\textbar{}b",
+        r"naïve\textasciitilde{}\#1",
+    ]
+    start = tex.index(r"\midrule") + 1
+    rows = tex[start : start + 4]
+    assert [row.split(" & ")[0] for row in rows] == escaped
+    assert tex[start - 2].startswith(r"model.note & NLL (nats) $\downarrow$ & ")
+    md = (out / "results_table.md").read_text().splitlines()
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in md if line.startswith("| ")]
+    assert {len(row) for row in cells} == {7}  # the key and 6 metrics in every row
+    assert [row[0].strip() for row in cells[1:]] == [r"$\lambda^2$ {y}", "50% & a_b", r"a\|b",
+                                                     "naïve~#1"]  # fmt: skip
+
+
+def test_rate_distortion_without_swept_beta_says_what_it_draws():
+    """β not swept: no line can join β values, yet the title said "lines: mean over seeds,
+    joining β values" and the caption "Lines: means over 2 seeds". Now each configuration's
+    mean over its seeds is one large marker, and the title and caption say so."""
+    from tempfile import TemporaryDirectory
+
+    from vaesweep.analysis.figures.captions import caption
+
+    with TemporaryDirectory() as tmp:
+        for note in ("a", "b"):
+            for seed in (0, 1):
+                _write_result(Path(tmp), f"{note}{seed}", seed, note=note)
+        df = load_results(tmp)
+    fig = rate_distortion(df)
+    assert fig.axes[0].get_title(loc="left") == (
+        "small markers: runs; large markers: mean over seeds"
+    )
+    said = caption(fig)
+    assert "Small markers: single runs. Large markers: means over 2 seeds." in said
+    assert "Lines" not in said
+    # By hand: seeds 0 and 1 have rec. NLL 95, 96, MSE 0.05 and KL 5, 6.
+    for ax, distortion in zip(fig.axes, (95.5, 0.05), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["note=a", "note=b"]
+        for line in lines:
+            assert line.get_linestyle() == "None"
+            assert list(line.get_xdata()) == pytest.approx([distortion])
+            assert list(line.get_ydata()) == pytest.approx([5.5])
+
+
+def test_a_row_that_ran_fewer_seeds_is_not_said_to_have_failed_runs(tmp_path):
+    """Two sweeps pooled, β = 1 run with one seed, β = 2 with two, every run completed:
+    the † note blamed runs that "did not complete or lack a finite value"; now it says
+    what is true, that the row has fewer seeds."""
+    _write_result(tmp_path / "one_seed", "beta1-seed0", 0, beta=1.0)
+    for seed in (0, 1):
+        _write_result(tmp_path / "two_seeds", f"beta2-seed{seed}", seed, beta=2.0)
+    out = tmp_path / "figures"
+    proc = vaesweep(
+        ["figures", str(tmp_path / "one_seed"), str(tmp_path / "two_seeds"), "--out", str(out)],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "results_table.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert rows == [  # by hand: NLL 100 + seed, ELBO −101 − seed, rec. NLL 95 + seed, ...
+        "| 1 | **100.0**† | **1.500**† | **-101.0**† | **95.00**† | 5.00† | **0.0500**† |",
+        "| 2 | 100.5 ± 0.7 | **1.500 ± 0.000** | -101.5 ± 0.7 | 95.50 ± 0.71 | 5.50 ± 0.71 "
+        "| **0.0500 ± 0.0000** |",
+    ]
+    assert "† over 1 of 2 seeds (the row has fewer seeds than the others)." in md
+    assert "did not complete" not in md and "finite" not in md
+
+
+def test_huge_and_tiny_means_are_written_in_scientific_notation():
+    """A run's test/mse of 1e300 showed as a 300-digit mean without ± (np.std overflowed to
+    inf and the cell dropped it, as for one seed), and 2e-9 as 0.0000. Now both are in
+    scientific notation with their std; a spread beyond the largest float is "± inf";
+    no warning reaches the terminal."""
+    from tempfile import TemporaryDirectory
+
+    with TemporaryDirectory() as tmp:
+        for beta, mses in ((1.0, (1e300, 0.05)), (2.0, (1e-9, 3e-9))):
+            for seed, mse in enumerate(mses):
+                _write_result(Path(tmp), f"b{beta}-s{seed}", seed, beta, metrics={"test/mse": mse})
+        proc = vaesweep(["figures", tmp, "--out", str(Path(tmp) / "out")], Path(tmp))
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr
+        md = (Path(tmp) / "out" / "results_table.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    # By hand: mean (a + b)/2, std (ddof = 1) |a − b|/√2, to 3 significant digits.
+    assert rows[0].endswith("| 5.00e+299 ± 7.07e+299 |")
+    assert rows[1].endswith("| **2.00e-09 ± 1.41e-09** |")
+    # ±1.5e308: mean 0, std 3e308/√2, beyond the largest float.
+    table = results_table(_hand_frame({1.0: [1.5e308, -1.5e308]}))
+    assert table.rows[0][table.columns.index("test/nll")] == "0.00 ± inf"
+
+
+def test_beta_figures_need_two_betas_with_completed_runs(tmp_path):
+    """β swept over 0.5 and 2, but every β = 2 run failed: nll_elbo_vs_beta and bpd_vs_beta
+    were drawn over a single β (the swept keys of all runs were checked, not the completed
+    ones). Now they are skipped saying why; rate_distortion draws no line through one β."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_result(root, f"b0.5-s{seed}", seed, 0.5)
+        failed = _write_result(root, f"b2-s{seed}", seed, 2.0) / "results.json"
+        result = json.loads(failed.read_text())
+        result.update(status="failed", metrics={},
+                      error={"type": "RuntimeError", "message": "out of memory"})  # fmt: skip
+        failed.write_text(json.dumps(result))
+    out = tmp_path / "figures"
+    proc = vaesweep(["figures", str(root), "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nll_elbo_vs_beta", "bpd_vs_beta"):
+        assert (
+            f"skipped {name}: beta has completed runs at 1 value(s) only (0.5): this figure "
+            "needs at least 2 values of beta"
+        ) in proc.stderr
+        assert not list(out.glob(f"{name}.*"))
+    assert (out / "results_table.md").is_file()
+    fig = rate_distortion(load_results(root))
+    assert fig.axes[0].get_title(loc="left").startswith("small markers: runs; large markers")

@@ -615,3 +615,32 @@ def test_a_job_trained_again_under_a_new_wandb_id_is_one_row_from_wandb():
     df = frame_from_wandb([*runs, twin], completed_required=False)
     assert sorted(df["run_dir"]) == [f"wandb:ent/proj/{r}" for r in ("new1", "only2", "twin")]
     assert sorted(df["status"]) == ["completed", "completed", "duplicate"]
+
+
+def test_values_near_the_largest_float_aggregate_without_overflow():
+    """A run's test/mse of 1e300 made np.std overflow (a RuntimeWarning on the terminal,
+    std inf); a mean of two values near the largest float overflowed too. Now both are the
+    finite numbers they are, and only a spread beyond the largest float is inf. By hand:
+    two values a, b have mean (a + b)/2 and std (ddof = 1) |a − b|/√2."""
+    import warnings
+
+    values = {1.0: [1e300, 0.05], 2.0: [1.7e308, 1.7e308], 3.0: [1.5e308, -1.5e308]}
+    df = pd.DataFrame(
+        [
+            {"status": "completed", "beta": beta, "seed": seed, "test/mse": value}
+            for beta, seeds in values.items()
+            for seed, value in enumerate(seeds)
+        ]
+    )
+    df.attrs = {"swept": ["beta", "seed"], "metrics": ["test/mse"], "notes": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning fails the test
+        stats = aggregate(df).set_index("beta")
+    assert stats.loc[1.0, "test/mse.mean"] == pytest.approx(1e300 / 2, rel=1e-12)
+    assert stats.loc[1.0, "test/mse.std"] == pytest.approx(1e300 / math.sqrt(2), rel=1e-12)
+    assert stats.loc[1.0, "test/mse.sem"] == pytest.approx(1e300 / 2, rel=1e-12)
+    assert stats.loc[2.0, "test/mse.mean"] == pytest.approx(1.7e308, rel=1e-12)
+    assert stats.loc[2.0, "test/mse.std"] == 0.0
+    assert stats.loc[3.0, "test/mse.mean"] == 0.0
+    assert stats.loc[3.0, "test/mse.std"] == math.inf  # 3e308 / √2 > the largest float
+    assert stats["test/mse.count"].tolist() == [2, 2, 2]

@@ -8,7 +8,8 @@ finished runs again.
     vaesweep evaluate SWEEP_DIR... [eval.iwae_k=5000 ...]
 
 Bad input (no results, mixed datasets, no completed run, unknown format) prints one line
-``vaesweep: error: ...`` to stderr and exits 1, before any file is written.
+``vaesweep: error: ...`` to stderr and exits 1, before any file is written. A figure that
+fails to draw is named the same way (exit 1) after every other file is written and listed.
 """
 
 from __future__ import annotations
@@ -175,24 +176,32 @@ def _figures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.evaluation:
         df = use_evaluation(df, args.evaluation)
     from vaesweep.analysis.figures import (  # heavy: matplotlib, after the results loaded
+        FiguresFailed,
         write_analytic_figures,
         write_sweep_figures,
     )
 
-    if df is None:
-        report = write_analytic_figures(args.out or Path("outputs") / "figures" / "analytic")
-    else:
-        _notes(df, excluded=True)
-        out = args.out or _run_or_sweep_dir(args.dirs[0]) / "figures"
-        if out.exists() and not out.is_dir():
-            raise ResultsError(f"--out {out}: a file, not a directory")
-        report = write_sweep_figures(df, out)
+    failed = None
+    try:
+        if df is None:
+            report = write_analytic_figures(args.out or Path("outputs") / "figures" / "analytic")
+        else:
+            _notes(df, excluded=True)
+            out = args.out or _run_or_sweep_dir(args.dirs[0]) / "figures"
+            if out.exists() and not out.is_dir():
+                raise ResultsError(f"--out {out}: a file, not a directory")
+            report = write_sweep_figures(df, out)
+    except FiguresFailed as e:  # the other files were written: listed, then the error
+        report, failed = e.report, e
     for reason in report.skipped:
         print(f"skipped {reason}", file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     for path in report.written:
         print(path)
+    if failed is not None:
+        print(f"vaesweep: error: {failed}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 EVALUATE_DEFAULTS = {

@@ -116,7 +116,7 @@ def draw_figures(sweep_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]
     except ResultsError as e:
         return [], [f"all figures: {e}"]
     report = draw_sweep_pngs(df, out_dir)
-    return report.written, report.skipped
+    return report.written, [*report.skipped, *(f"{f} (failed to draw)" for f in report.failed)]
 
 
 def wants_summary_run(config: DictConfig) -> bool:

@@ -1,9 +1,12 @@
 """Paper figures: sweep figures from the results frame, analytic loss-landscape figures.
 
-:func:`write_sweep_figures` and :func:`write_analytic_figures` draw every figure first into a
-temporary directory beside ``out_dir`` and move the files into ``out_dir`` only when all of
-them were written, so an error leaves no partial set behind. A figure the frame cannot
-support (a metric missing, β not swept, no checkpoints) is skipped and reported.
+:func:`write_sweep_figures` and :func:`write_analytic_figures` draw every file first into a
+temporary directory beside ``out_dir`` and move each one into ``out_dir`` whole (a file is
+there complete or not at all). A figure the frame cannot support (a metric missing, β not
+swept, no checkpoints) is skipped and reported. A figure that fails to draw leaves no file
+of its name; the table and the other figures are still written, and then
+:class:`FiguresFailed` names the figure and the error. An error outside the drawing of a
+figure (the results table, the output directory) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from vaesweep.analysis.results import completed, config_keys
 __all__ = [
     "FigureReport",
     "FigureSkipped",
+    "FiguresFailed",
     "draw_sweep_pngs",
     "sweep_plan",
     "write_analytic_figures",
@@ -56,6 +60,21 @@ class FigureReport:
     skipped: list[str] = field(default_factory=list)
     #: What the written figures leave out, and why (runs whose images.npz is missing).
     notes: list[str] = field(default_factory=list)
+    #: "name: error" per figure that failed to draw (no file of its name written).
+    failed: list[str] = field(default_factory=list)
+
+
+class FiguresFailed(RuntimeError):
+    """Some figures failed to draw (named, with the error); every other file was written,
+    as ``report`` lists."""
+
+    def __init__(self, report: FigureReport, out_dir: Path) -> None:
+        self.report = report
+        super().__init__(
+            f"{len(report.failed)} figure(s) could not be drawn: {'; '.join(report.failed)} "
+            f"(the other {len(report.written)} file(s), the results table included, were "
+            f"written to {out_dir})"
+        )
 
 
 def sweep_plan(df: pd.DataFrame) -> dict[str, Callable[[], Figure]]:
@@ -89,10 +108,15 @@ def _draw(
     for name, make in plan.items():
         try:
             fig = make()
+            written += save(fig, out_dir, name, formats)
         except FigureSkipped as reason:
             report.skipped.append(f"{name}: {reason}")
-            continue
-        written += save(fig, out_dir, name, formats)
+        except OSError:  # the output directory (full, not writable): every figure would fail
+            raise
+        except Exception as e:  # a bug or data this figure cannot draw: the others still are
+            for ext in formats:  # a file saved before the error, or a part of one
+                (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
+            report.failed.append(f"{name}: {type(e).__name__}: {' '.join(str(e).split())}")
     return written
 
 
@@ -103,7 +127,8 @@ FIGURE_SUFFIXES = (".pdf", ".png", ".md", ".tex")
 def _atomically(
     out_dir: str | os.PathLike[str], fill: Callable[[Path], FigureReport]
 ) -> FigureReport:
-    """Run ``fill(tmp_dir)``, then move every file it wrote into out_dir (nothing on error)."""
+    """Run ``fill(tmp_dir)``, then move every file it wrote into out_dir, each whole (nothing
+    when fill raises); FiguresFailed, after that, when a figure failed to draw."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -123,15 +148,18 @@ def _atomically(
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if report.failed:
+        raise FiguresFailed(report, out_dir)
     return report
 
 
 def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> FigureReport:
-    """Every sweep figure (PDF + PNG) and the results table (Markdown + LaTeX) into out_dir."""
+    """Every sweep figure (PDF + PNG) and the results table (Markdown + LaTeX) into out_dir.
+    A figure that fails to draw is left out and named by :class:`FiguresFailed`, raised
+    once every other file is written (the table needs no drawing)."""
 
     def fill(tmp: Path) -> FigureReport:
         report = FigureReport(notes=[*image_notes(df), *history_notes(df)])
-        _draw(sweep_plan(df), tmp, report)
         try:
             table = results_table(df)
         except FigureSkipped as reason:
@@ -139,6 +167,7 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
         else:
             (tmp / f"{TABLE_NAME}.md").write_text(table.to_markdown())
             (tmp / f"{TABLE_NAME}.tex").write_text(table.to_latex())
+        _draw(sweep_plan(df), tmp, report)
         return report
 
     return _atomically(out_dir, fill)
@@ -146,7 +175,8 @@ def write_sweep_figures(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> Fi
 
 def draw_sweep_pngs(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> FigureReport:
     """The sweep figures as PNGs only (no PDFs, no table) into out_dir, written directly (for
-    a temporary directory: the W&B summary run of a sweep logs them as images)."""
+    a temporary directory: the W&B summary run of a sweep logs them as images); a figure
+    that fails to draw is in the report's ``failed``."""
     report = FigureReport(notes=image_notes(df))
     report.written = _draw(sweep_plan(df), Path(out_dir), report, formats=("png",))
     return report

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
-from vaesweep.analysis.figures.style import compact
+from vaesweep.analysis.figures.style import compact, literal
 from vaesweep.analysis.results import completed
 from vaesweep.core.helpers import plural
 from vaesweep.model.components import component_class
@@ -288,7 +288,7 @@ def caption_text(fig: Figure, x: float, y: float, lines: Sequence[str]) -> None:
     fig.text(
         x,
         y,
-        "\n".join(lines),
+        literal("\n".join(lines)),  # config values as written, never mathtext
         ha="left",
         va="bottom",
         fontsize=CAPTION_FONTSIZE,
@@ -298,6 +298,7 @@ def caption_text(fig: Figure, x: float, y: float, lines: Sequence[str]) -> None:
 
 
 def caption(fig: Figure) -> str:
-    """The caption :func:`add_caption` wrote, lines joined by spaces ("" if none)."""
-    texts = [t.get_text() for t in fig.texts if t.get_gid() == CAPTION_GID]
+    """The caption :func:`add_caption` wrote, as it reads (a ``$`` unescaped), lines joined
+    by spaces ("" if none)."""
+    texts = [t.get_text().replace(r"\$", "$") for t in fig.texts if t.get_gid() == CAPTION_GID]
     return " ".join(" ".join(texts).split("\n"))

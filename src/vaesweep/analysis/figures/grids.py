@@ -28,7 +28,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor
 
 from vaesweep.analysis.figures.captions import CAPTION_FONTSIZE, caption_text, setting, wrap
-from vaesweep.analysis.figures.style import TWO_COLUMN, paper_style, text_width
+from vaesweep.analysis.figures.style import TWO_COLUMN, literal, paper_style, text_width
 from vaesweep.analysis.figures.sweep import FigureSkipped, groups, styles_for
 from vaesweep.analysis.results import completed, config_keys
 from vaesweep.run.images import IMAGES_FILE, make_grid
@@ -142,7 +142,12 @@ def _strip(ax, images: Tensor, label: str) -> None:
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_ylabel(
-        label, rotation=0, ha="right", va="center", fontsize=LABEL_FONTSIZE, labelpad=LABEL_PAD
+        literal(label),
+        rotation=0,
+        ha="right",
+        va="center",
+        fontsize=LABEL_FONTSIZE,
+        labelpad=LABEL_PAD,
     )
 
 
@@ -185,7 +190,7 @@ def _rows_figure(
             ax = fig.add_axes([box[0] / width, box[1] / total, box[2] / width, box[3] / total])
             _strip(ax, images, label)
             ax.set_anchor("W")  # a strip narrower than its box sits next to its label
-        fig.suptitle("\n".join(title_lines), fontsize=8, y=1 - MARGIN / total, va="top")
+        fig.suptitle(literal("\n".join(title_lines)), fontsize=8, y=1 - MARGIN / total, va="top")
         if footer_lines:
             caption_text(fig, MARGIN / width, MARGIN / total, footer_lines)
     return fig

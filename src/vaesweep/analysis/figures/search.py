@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vaesweep.analysis.figures.style import ONE_COLUMN, TWO_COLUMN, paper_style
+from vaesweep.analysis.figures.style import ONE_COLUMN, TWO_COLUMN, literal, paper_style
 from vaesweep.analysis.figures.sweep import FigureSkipped
 from vaesweep.run.context import SWEEP_FILE, read_sweep
 
@@ -118,7 +118,12 @@ def _objective(study: Any) -> str:
 def _named(ax: Any, study: Any) -> Any:
     """The study's name under Optuna's title (grid searches have one study per point)."""
     ax.annotate(
-        study.study_name, (1, 1.01), xycoords="axes fraction", ha="right", va="bottom", fontsize=6
+        literal(study.study_name),
+        (1, 1.01),
+        xycoords="axes fraction",
+        ha="right",
+        va="bottom",
+        fontsize=6,
     )
     return ax
 

@@ -129,8 +129,17 @@ def save(
     return paths
 
 
+def literal(text: object) -> str:
+    """``text`` as matplotlib must be given it to draw it as written: every ``$`` escaped
+    (``\\$``), so that a value from the data (``cost $5 to $6``, ``$\\lambda^2$``) is never
+    read as mathtext: drawn as math, or failing to parse. For the text of titles, labels,
+    legends and captions built from config values; an artist's own label stays as written."""
+    return str(text).replace("$", r"\$")
+
+
 def text_width(text: str, fontsize: float) -> float:
-    """Width in inches of ``text`` (its longest line) drawn at ``fontsize`` points."""
+    """Width in inches of ``text`` (its longest line, as written, never as mathtext)
+    drawn at ``fontsize`` points."""
     renderer = RendererAgg(1, 1, 72)  # 72 dpi: a pixel is a point
     prop = FontProperties(size=fontsize)
     widths = [

@@ -35,6 +35,7 @@ from vaesweep.analysis.figures.style import (
     _is_missing,
     compact,
     line_styles,
+    literal,
     new_figure,
     paper_style,
     sequential_colours,
@@ -105,16 +106,25 @@ def _legend_below(fig: Figure, axes: Sequence, ncol: int = 3) -> None:
     fig.set_size_inches(width, height + max(0, nrows - 2) * mpl.rcParams["legend.fontsize"] / 40)
     fig.legend(
         [handles[i] for i in order],
-        [labels[i] for i in order],
+        [literal(labels[i]) for i in order],  # values as written, never mathtext
         loc="outside lower center",
         ncol=ncol,
     )
 
 
 def _betas(df: pd.DataFrame) -> np.ndarray:
+    """The β values of the completed runs of ``df``, sorted; FigureSkipped when fewer than 2
+    (β not swept, or swept but every run of all but one β did not complete)."""
     if "beta" not in config_keys(df):
         raise FigureSkipped("beta is not swept: this figure needs at least 2 values of beta")
-    return np.sort(df["beta"].dropna().unique())
+    betas = np.sort(completed(df)["beta"].dropna().unique())
+    if len(betas) < 2:
+        found = ", ".join(f"{b:g}" for b in betas) or "none"
+        raise FigureSkipped(
+            f"beta has completed runs at {len(betas)} value(s) only ({found}): this figure "
+            "needs at least 2 values of beta"
+        )
+    return betas
 
 
 def beta_linthresh(betas: Sequence[float]) -> float | None:
@@ -175,7 +185,7 @@ def metric_vs_beta(
         panels = [(kind, metric) for kind in kinds for metric in metrics]
         for ax, (kind, metric) in zip(axes, panels, strict=True):
             if len(kinds) > 1:
-                ax.set_title(kind, loc="left", fontsize=7)
+                ax.set_title(literal(kind), loc="left", fontsize=7)
             part = stats[stats[KIND] == kind]
             for config, rows in groups(part, keys):
                 rows = rows.sort_values("beta")
@@ -206,7 +216,8 @@ def metric_vs_beta(
 def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     """Rate KL versus distortion (reconstruction NLL; MSE): a marker per run, and a line per
     configuration through its per-β means (mean over the seeds whose rate and distortion are
-    both finite) in order of β.
+    both finite) in order of β; when β is not swept, a larger marker per configuration at
+    its mean instead (the title and caption say which).
 
     A distortion is of the data the run scored (:mod:`vaesweep.analysis.figures.kinds`): a
     Bernoulli's reconstruction NLL and MSE are of binarised images, a density's of
@@ -229,7 +240,8 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
     if not kinds:
         raise FigureSkipped("no run has test/kl and a distortion (test/rec_nll, test/mse)")
     keys = [k for k in config_keys(df) if k != "beta"]
-    join_betas = "beta" in config_keys(df)
+    # β values are joined only where there are 2 of them with completed runs.
+    join_betas = "beta" in config_keys(df) and done["beta"].nunique() > 1
     styles = styles_for(done, keys)
     with paper_style():
         fig = new_figure(width, 2.6 * len(kinds), nrows=len(kinds), ncols=2, squeeze=False)
@@ -246,7 +258,7 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             for x in distortions:
                 ax = next(axes)
                 if len(kinds) > 1:
-                    ax.set_title(kind, loc="left", fontsize=7)
+                    ax.set_title(literal(kind), loc="left", fontsize=7)
                 for config, rows in groups(part, keys):
                     _rate_distortion_lines(
                         ax, rows, x, styles[config], join_betas, config == labelled
@@ -254,7 +266,11 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
                 ax.set_xlabel(METRIC_LABELS[x])
                 ax.set_ylabel(METRIC_LABELS["test/kl"])
         if len(kinds) == 1:
-            title = "markers: runs; lines: mean over seeds, joining β values"
+            title = (
+                "markers: runs; lines: mean over seeds, joining β values"
+                if join_betas
+                else "small markers: runs; large markers: mean over seeds"
+            )
             fig.axes[0].set_title(title, loc="left")
         _legend_below(fig, fig.axes)
         by = [*keys, "beta"] if join_betas else keys  # the runs behind each mean
@@ -262,7 +278,9 @@ def rate_distortion(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
         for x in distortions:  # a point's runs: those with both of its values finite
             paired = done.dropna(subset=[x, "test/kl"])
             per_point += list(paired.groupby(by, dropna=False).size()) if by else [len(paired)]
-        add_caption(fig, [setting(df), f"Markers: single runs. {seeds_line(per_point)}"])
+        means = seeds_line(per_point, "Lines" if join_betas else "Large markers")
+        small = "Markers" if join_betas else "Small markers"
+        add_caption(fig, [setting(df), f"{small}: single runs. {means}"])
     return fig
 
 
@@ -270,13 +288,26 @@ def _rate_distortion_lines(
     ax: Axes, rows: pd.DataFrame, x: str, st: LineStyle, join_betas: bool, labelled: bool
 ) -> None:
     """One configuration's runs in a rate–distortion panel: a marker per run, and its
-    per-β means joined in order of β (with the β values written when ``labelled``)."""
+    per-β means joined in order of β (with the β values written when ``labelled``); β not
+    swept: its mean as one larger marker."""
     ax.scatter(rows[x], rows["test/kl"], s=9, marker=st.marker, color=st.colour, alpha=0.45)
-    if not join_betas:
-        ax.plot([], [], color=st.colour, marker=st.marker, label=st.label)
-        return
     # A point is a model's (distortion, rate) pair: both means over the same runs.
-    means = rows.dropna(subset=[x, "test/kl"]).groupby("beta")[[x, "test/kl"]].mean()
+    paired = rows.dropna(subset=[x, "test/kl"])
+    if not join_betas:
+        mean = paired[[x, "test/kl"]].mean()
+        ax.plot(
+            [mean[x]],
+            [mean["test/kl"]],
+            color=st.colour,
+            linestyle="none",
+            marker=st.marker,
+            markersize=7,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label=st.label,
+        )
+        return
+    means = paired.groupby("beta")[[x, "test/kl"]].mean()
     means = means.sort_index()
     ax.plot(
         means[x],
@@ -418,10 +449,16 @@ def scale_history(df: pd.DataFrame, width: float = TWO_COLUMN) -> Figure:
             ax.set_yscale("log")
             _plain_log_ticks(ax)
             title = f"{LIKELIHOOD_NAMES.get(lik, lik)}: scale"
-            ax.set_title(f"{title} {symbol}" if symbol else title, loc="left")
+            ax.set_title(literal(f"{title} {symbol}" if symbol else title), loc="left")
             ax.set_xlabel("optimisation step")
             ax.set_ylabel(f"{symbol or 'scale'} (data units)")
-            ax.legend(ncol=2 if len(ax.get_lines()) > 3 else 1, fontsize=6)
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(
+                handles,
+                [literal(label) for label in labels],  # values as written, never mathtext
+                ncol=2 if len(ax.get_lines()) > 3 else 1,
+                fontsize=6,
+            )
         add_caption(fig, [setting(done), seeds_line(seeds)])
     return fig
 

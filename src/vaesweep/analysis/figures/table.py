@@ -33,6 +33,7 @@ from vaesweep.analysis.results import (
     evaluations,
     unaggregated_message,
 )
+from vaesweep.run.record import COMPLETED, DUPLICATE, UNREADABLE
 
 TABLE_METRICS = (
     "test/nll",
@@ -94,13 +95,13 @@ class ResultsTable:
         return self.marks or [[None] * len(cells) for cells in self.rows]
 
     def to_markdown(self) -> str:
-        head = [KEY_HEADERS.get(k, (k,))[0] for k in self.keys]
+        head = [_md(KEY_HEADERS.get(k, (k,))[0]) for k in self.keys]
         head += [self._header(m, 0) for m in self.metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cells, best, marks in zip(self.rows, self.best, self._marks(), strict=True):
             shown = [
                 (f"**{c}**" if b else c) + ("" if k is None else FEWER_MARKS[k][0])
-                for c, b, k in zip(cells, best, marks, strict=True)
+                for c, b, k in zip(map(_md, cells), best, marks, strict=True)
             ]
             lines.append("| " + " | ".join(shown) + " |")
         return "\n".join(lines + [""] + [f"{n}" for n in self.notes]) + "\n"
@@ -136,18 +137,37 @@ class ResultsTable:
         return _tex(name) + (f" {arrow}" if arrow else "") if latex else f"{name} {arrow}".strip()
 
 
+#: LaTeX's special characters in text, and what prints each as itself (``|``, ``<`` and
+#: ``>`` print other glyphs in the default OT1 font encoding).
+TEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "^": r"\textasciicircum{}",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "%": r"\%",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+_TEX_SPECIAL = re.compile("|".join(map(re.escape, TEX_SPECIALS)))
+
+
 def _tex(text: str) -> str:
-    """Escape LaTeX specials in plain text; "±" becomes $\\pm$."""
-    for char, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("_", r"\_"),
-        ("%", r"\%"),
-        ("&", r"\&"),
-        ("#", r"\#"),
-    ):
-        text = text.replace(char, escaped)
+    """Plain text as LaTeX prints it as written: every special character escaped (in one
+    pass, so no escape is escaped again); "±" becomes $\\pm$, a minus sign $-$."""
+    text = _TEX_SPECIAL.sub(lambda m: TEX_SPECIALS[m.group()], text)
     text = re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
     return text.replace("±", r"$\pm$")
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell's text: a ``|`` escaped (``\\|``), never a column's end."""
+    return text.replace("|", r"\|")
 
 
 def _decimals(metric: str, means: pd.Series) -> int:
@@ -157,19 +177,63 @@ def _decimals(metric: str, means: pd.Series) -> int:
     return 1 if means.abs().max() >= 100 else 2
 
 
+#: From this magnitude up a table number is written in scientific notation (1.00e+300, not
+#: 300 digits), as is a nonzero one that its column's decimals would show as 0.
+SCIENTIFIC_FROM = 1e6
+
+
+def _scientific(value: float, decimals: int) -> bool:
+    size = abs(value)
+    return size >= SCIENTIFIC_FROM or 0 < size < 0.5 * 10**-decimals
+
+
+def _mean_text(mean: float, decimals: int) -> str:
+    """A finite mean as its cell shows it: ``decimals`` decimals, or 3 significant digits in
+    scientific notation beyond :data:`SCIENTIFIC_FROM` or below what the decimals show."""
+    return f"{mean:.2e}" if _scientific(mean, decimals) else f"{mean:.{decimals}f}"
+
+
 def _cell(mean: float, std: float, decimals: int) -> str:
     """ "mean ± std"; "–" for a mean that is not finite, the mean alone for a std that is
-    not (one seed)."""
+    NaN (one seed), "± inf" for a spread beyond the largest float. The std is in scientific
+    notation where the mean is, or from :data:`SCIENTIFIC_FROM` up."""
     if not math.isfinite(mean):
         return "–"
-    text = f"{mean:.{decimals}f}"
-    return text if not math.isfinite(std) else f"{text} ± {std:.{decimals}f}"
+    text = _mean_text(mean, decimals)
+    if math.isnan(std):
+        return text
+    if not math.isfinite(std):
+        return f"{text} ± inf"
+    scientific = _scientific(mean, decimals) or std >= SCIENTIFIC_FROM
+    return f"{text} ± {std:.2e}" if scientific else f"{text} ± {std:.{decimals}f}"
 
 
-def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | None]:
+def _key(values: Sequence) -> tuple:
+    """A row's configuration as a dict key: NaN is None (a missing value, or an explicit
+    null)."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def _runs_per_row(runs: pd.DataFrame, keys: list[str]) -> dict[tuple, tuple[int, int]]:
+    """{configuration: (its runs, those of them that did not complete)}, counting every run
+    but duplicates (a copy of a counted run) and unreadable results (no configuration)."""
+    runs = runs[~runs["status"].isin([DUPLICATE, UNREADABLE])]
+    parts = runs.groupby(keys, dropna=False, sort=False) if keys else [((), runs)]
+    return {
+        _key(k if isinstance(k, tuple) else (k,)): (len(g), int((g["status"] != COMPLETED).sum()))
+        for k, g in parts
+    }
+
+
+def _fewer_seeds(
+    stats: pd.DataFrame, present: list[str], keys: list[str], runs: dict[tuple, tuple[int, int]]
+) -> tuple[dict, str | None]:
     """The cells averaged over fewer seeds than the most any cell has, {(row, metric):
     index into FEWER_MARKS}, one mark per count (most seeds first; the last mark for the rest),
-    and the note that says what each mark means (None when every cell has the same count)."""
+    and the note that says what each mark means and why its cells have fewer (None when
+    every cell has the same count). Why, as is true of the marked cells' rows (``runs``, of
+    :func:`_runs_per_row`): runs of the row that did not complete, completed runs without a
+    finite value of the metric, or fewer runs in the row than the most seeds of a cell."""
     counts = {(i, m): int(stats.at[i, f"{m}.count"]) for i in stats.index for m in present}
     most = max(counts.values(), default=0)
     fewer = sorted({c for c in counts.values() if 0 < c < most}, reverse=True)
@@ -180,13 +244,26 @@ def _fewer_seeds(stats: pd.DataFrame, present: list[str]) -> tuple[dict, str | N
     said: dict[int, list[str]] = {}
     for c in fewer:
         said.setdefault(index[c], []).append(str(c))
-    meaning = "; ".join(
-        f"{FEWER_MARKS[j][0]} over {' or '.join(cs)} of {most} seeds" for j, cs in said.items()
-    )
-    return cells, (
-        f"{meaning} (fewer than the other cells: the row's other runs did not complete or "
-        "lack a finite value)."
-    )
+    causes: dict[int, set[str]] = {j: set() for j in said}
+    for (i, m), j in cells.items():
+        n_runs, not_completed = runs.get(_key([stats.at[i, k] for k in keys]), (0, 0))
+        if not_completed:
+            causes[j].add("did not complete")
+        if n_runs - not_completed > counts[i, m]:  # completed, but no finite value of m
+            causes[j].add("lack a finite value")
+        if n_runs < most:
+            causes[j].add("fewer")
+
+    def why(found: set[str]) -> str:
+        failed = [c for c in ("did not complete", "lack a finite value") if c in found]
+        reasons = [f"the row's other runs {' or '.join(failed)}"] if failed else []
+        reasons += ["the row has fewer seeds than the others"] if "fewer" in found else []
+        return " or ".join(reasons)
+
+    return cells, "; ".join(
+        f"{FEWER_MARKS[j][0]} over {' or '.join(cs)} of {most} seeds ({why(causes[j])})"
+        for j, cs in said.items()
+    ) + "."
 
 
 def _value(key: str, value: object) -> str:
@@ -236,10 +313,11 @@ def results_table(df: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> R
             means = part[f"{m}.mean"]
             means = means[np.isfinite(means.to_numpy(dtype=float))]  # never a "–" cell
             if len(means):  # every row that shows the best mean is bold, not one of them
-                shown = means.map(lambda v, d=decimals[m]: f"{v:.{d}f}")
+                shown = means.map(lambda v, d=decimals[m]: _mean_text(v, d))
                 best = means.idxmin() if DIRECTIONS[m] == "min" else means.idxmax()
                 best_rows[m].update(shown.index[shown == shown[best]])
-    fewer, fewer_note = _fewer_seeds(stats, present)
+    runs = df.assign(**{KIND: data_kinds(df)}) if KIND in keys else df
+    fewer, fewer_note = _fewer_seeds(stats, present, keys, _runs_per_row(runs, keys))
     rows, best, marks = [], [], []
     for i, stat in stats.iterrows():
         cells = [_value(k, stat[k]) for k in keys]

@@ -116,6 +116,26 @@ def config_keys(df: pd.DataFrame) -> list[str]:
     return [k for k in swept_keys(df) if k != "seed" and changes_results(k)]
 
 
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and std (ddof=1) of finite ``values`` (NaN: none, or one for the std), without
+    overflow: values near the largest float (a run's 1e300) are summed and squared scaled by
+    their largest magnitude, so the std of [1e300, 0.05] is 7.07e299, not inf with numpy's
+    RuntimeWarning; only a spread beyond the largest float is inf."""
+    if not len(values):
+        return math.nan, math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(np.mean(values))
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        if math.isfinite(mean) and (len(values) < 2 or math.isfinite(std)):
+            return mean, std  # the common case, as numpy computes it
+        scale = float(np.max(np.abs(values)))
+        scaled = values / scale
+        mean = scale * float(np.mean(scaled))  # |mean| <= scale: finite
+        if len(values) > 1:  # > the largest float only for a spread that is: inf
+            std = scale * float(np.std(scaled, ddof=1))
+    return mean, std
+
+
 def _stats(group: pd.DataFrame, metrics: list[str]) -> dict[str, float | int]:
     """``METRIC.mean``, ``.std`` (ddof=1), ``.sem`` and ``.count`` of one group's runs. A
     value that is not finite (NaN, ±inf: from a W&B summary or a foreign results.json) is
@@ -124,8 +144,8 @@ def _stats(group: pd.DataFrame, metrics: list[str]) -> dict[str, float | int]:
     for m in metrics:
         values = group[m].dropna().to_numpy(dtype=float)
         values = values[np.isfinite(values)]
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        row[f"{m}.mean"] = float(np.mean(values)) if len(values) else math.nan
+        mean, std = _mean_std(values)
+        row[f"{m}.mean"] = mean
         row[f"{m}.std"] = std
         row[f"{m}.sem"] = std / math.sqrt(len(values)) if len(values) > 1 else math.nan
         row[f"{m}.count"] = len(values)

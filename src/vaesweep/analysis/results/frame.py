@@ -362,7 +362,8 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     """Counts every configuration and seed once. Among the completed runs with the same
     configuration (every key that can change a result, the seed included) and the same
     data, one run counts: the newest (its ``finished_at``; of runs that finished alike, such
-    as copies of one run, the first one read), and every other gets the status
+    as copies of one run, the one holding the most ``vaesweep evaluate`` results, so that
+    ``--evaluation`` finds them, then the first one read), and every other gets the status
     ``duplicate``: a copy with the same metrics (a run collected twice, e.g. from two
     sweeps that both ran it), or a run with other metrics (other code, or a device that is
     not deterministic): a seed run twice is one sample, not two, for the means, the std
@@ -382,9 +383,16 @@ def _mark_duplicates(records: list[dict[str, Any]], rows: list[dict[str, Any]]) 
         values = {k: v for k, v in rows[i]["metrics"].items() if "@" not in k}
         return json.dumps(values, sort_keys=True, default=str)
 
+    def evaluated(i: int) -> int:  # how many evaluations (vaesweep evaluate) the run holds
+        return len({k.split("@", 1)[1] for k in rows[i]["metrics"] if "@" in k})
+
     for members in groups.values():
-        # The newest run counts; of runs that finished alike (copies), the first one read.
-        kept = max(members, key=lambda i: (str(rows[i].get("finished_at") or ""), -i))
+        # The newest run counts; of runs that finished alike (copies), the one with the most
+        # evaluations, then the first one read.
+        kept = max(
+            members,
+            key=lambda i: (str(rows[i].get("finished_at") or ""), evaluated(i), -i),
+        )
         for i in members:
             if i == kept:
                 continue
