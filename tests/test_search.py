@@ -2666,13 +2666,20 @@ def test_the_entry_command_quotes_a_search_path_hydra_would_split():
     the override parses back to the same absolute entries."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    config = OmegaConf.create(
-        {"hydra": {"searchpath": ["file:///a b,c/conf", "pkg://my.pkg"], "job": {}}}
-    )
+    entries = [
+        "file:///a b,c/conf",
+        "pkg://my.pkg",
+        "file:///tmp/dätä",  # unquoted, Hydra's grammar takes ASCII letters only
+        "file:///tmp/a\\b",
+        "file:///tmp/it's",
+        "file:///tmp/end\\",
+        "file:///tmp/[x]=y",
+    ]
+    config = OmegaConf.create({"hydra": {"searchpath": entries, "job": {}}})
     *_, override = entry_command(config)
     (parsed,) = OverridesParser.create().parse_overrides([override])
     assert parsed.key_or_group == "hydra.searchpath"
-    assert parsed.value() == ["file:///a b,c/conf", "pkg://my.pkg"]
+    assert parsed.value() == entries
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.types import Quote, QuotedString
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.core.launchers import jobs_at_once
@@ -177,9 +178,9 @@ def _search_entry(entry: str) -> str:
     entry = str(entry)
     if entry.startswith("file://"):
         entry = "file://" + str(Path(entry[len("file://") :]).resolve())
-    if re.fullmatch(r"[\w/:.@+-]+", entry):
+    if re.fullmatch(r"[A-Za-z0-9_/:.@+-]+", entry):  # Hydra's unquoted letters are ASCII
         return entry
-    return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return QuotedString(text=entry, quote=Quote.single).with_quotes()
 
 
 def _positive_int(key: str, value: Any) -> int:
