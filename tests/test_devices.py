@@ -800,6 +800,20 @@ def test_ranks_stop_together_when_rank_0_loses_the_claim(tmp_path, check):
     assert one["stopped"] == "ClaimLostByRank" and "rank 0" in one["message"]
 
 
+def test_a_rank_that_stops_with_rank_0s_lost_claim_is_not_taken_for_a_stop(tmp_path):
+    """A rank > 0 (no claim of its own) ending with ClaimLostByRank while the sweep's stop
+    file says SIGTERM: the claim loss leaves its block as it is (rank 0's does too), so the
+    rank reports no failure into the new holder's directory and does not wait for a record
+    that is the new holder's (it was made a JobInterrupted ended by the loss)."""
+    from vaesweep.run.claims import ClaimLostByRank
+    from vaesweep.run.signals import StopSignals
+
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("SIGTERM")
+    with pytest.raises(ClaimLostByRank), StopSignals(stop_file):
+        raise ClaimLostByRank()
+
+
 def _proc_state(pid: int) -> str:
     """The state line of a process's /proc status, "zombie" once it has ended."""
     try:

@@ -28,7 +28,7 @@ log = logging.getLogger("vaesweep")
 #: A log record with this attribute set goes to the log file, never to the terminal.
 FILE_ONLY = "vaesweep_file_only"
 #: Errors of jobs whose directory must stay as it was (nothing is logged into it).
-LEAVE_ALONE = ("JobNotRerun", "ConfigMismatch", "ClaimHeld", "ClaimLost")
+LEAVE_ALONE = ("JobNotRerun", "ConfigMismatch", "ClaimHeld", "ClaimLost", "ClaimLostByRank")
 MAX_LINE = 400
 _DISK_FULL_TEXT = ("No space left on device", "unexpected pos", "file write failed")
 _OOM_TEXT = ("can't allocate memory", "out of memory", "not enough memory")
@@ -163,6 +163,7 @@ def describe(error: BaseException) -> str:
         "JobNotRerun",
         "ClaimHeld",
         "ClaimLost",
+        "ClaimLostByRank",
         "DamagedCheckpoint",
         "NonFiniteScore",
     ):

@@ -133,6 +133,8 @@ def run(cfg: DictConfig, execute: Execute | Exception) -> dict[str, float] | Non
             raise SystemExit(stop.exit_code) from None
         except claims.ClaimLost as lost:  # rank 0's, agreed by every rank: as rank 0 does
             print(f"[vaesweep] rank {rank} stopped {job.run_dir.name}: {lost}", file=sys.stderr)
+            if signals.received:  # a stop signal came too: it still stops (128 + n)
+                raise SystemExit(signals.exception().exit_code) from None
             if not job.multirun:  # a single run that did not finish must not exit 0
                 raise SystemExit(1) from None
             return None

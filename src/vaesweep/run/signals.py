@@ -327,8 +327,10 @@ class StopSignals:
     ) -> None:
         _restore(self._previous)
         self._previous = {}
-        if isinstance(error, Stopped) or (error is not None and self.claim_lost):
-            return  # a stop already, or the job is another process's (vaesweep.run.jobs)
+        if isinstance(error, Stopped | ClaimLost) or (error is not None and self.claim_lost):
+            # A stop already, or the job is another process's (vaesweep.run.jobs): also in a
+            # rank > 0, which holds no claim and stops with rank 0 (ClaimLostByRank).
+            return
         # The job ended and recorded its outcome: a signal that came meanwhile still stops
         # (128 + n, the sweep, submitit's requeue), whatever that outcome was.
         if self.signum is None and self.stop_file is not None:  # a sweep (128 + n)
