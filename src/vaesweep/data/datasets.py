@@ -196,7 +196,7 @@ def _load_idx(
             "official test set)"
         )
     root_path = default_root() if root is None else Path(root).expanduser()
-    paths = locate_idx(name, root_path, download)
+    paths = locate_idx(name, root_path, download, system=root is None)
     files = IDX_SOURCES[name].files
     arrays = {
         role: read_checked(paths[role], files[role], ndim=3 if role.endswith("images") else 1)
@@ -288,12 +288,12 @@ def check_available(
     files: before anything is loaded, as :func:`load_dataset` would fail later. A ``root``
     that is not None (the default, null: what the config's ``data.root`` resolves to when
     the user sets nothing, as vaesweep.run.effective tells a given data.root) must hold the
-    files itself, without a download: its dataset's system copy does not stand in for it
-    (:func:`~vaesweep.data.download.check_given_root`)."""
+    files itself, or get them by a download into it: its dataset's system copy does not
+    stand in for it (:func:`~vaesweep.data.download.check_given_root`)."""
     if name in IDX_SOURCES:
         root_path = default_root() if root is None else Path(root).expanduser()
         if download:  # a partial copy it would mix with the download: refused now
-            check_download(name, root_path)
+            check_download(name, root_path, system=root is None)
         elif root is not None:  # given: a typo is not replaced by the system copy
             check_given_root(name, root)
         else:

@@ -204,12 +204,14 @@ def _usable_dirs(
     return None, passed
 
 
-def locate_idx(name: str, root: Path, download: bool) -> dict[str, Path]:
+def locate_idx(name: str, root: Path, download: bool, system: bool = True) -> dict[str, Path]:
     """Paths of the four IDX files of `name`, all from one directory; downloads if asked.
-    A directory holding another dataset's released files is passed over."""
+    A directory holding another dataset's released files is passed over. ``system``:
+    search the dataset's system directories too (only for the default root: a root the
+    user set is the only place searched, and a download goes into it)."""
     source = IDX_SOURCES[name]
-    dirs = _search_dirs(name, root)
-    paths, passed = _usable_dirs(name, root)
+    dirs = _search_dirs(name, root, system)
+    paths, passed = _usable_dirs(name, root, system)
     if paths is not None:
         return paths
     failures: list[str] = []
@@ -295,10 +297,10 @@ def _refuse_mixed_copy(name: str, target: Path) -> None:
             )
 
 
-def check_download(name: str, root: Path) -> None:
+def check_download(name: str, root: Path, system: bool = True) -> None:
     """What :func:`locate_idx` with ``download`` would refuse before downloading, checked
     before a job opens its record: nothing when a searched directory holds all the files."""
-    if _usable_dirs(name, root)[0] is None:
+    if _usable_dirs(name, root, system)[0] is None:
         _refuse_mixed_copy(name, root / name)
 
 
