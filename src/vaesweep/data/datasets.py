@@ -196,7 +196,10 @@ def _load_idx(
             "official test set)"
         )
     root_path = default_root() if root is None else Path(root).expanduser()
-    paths = locate_idx(name, root_path, download, system=root is None)
+    # A download goes into a root that is set, never replaced by the system copy; without
+    # one, the system copy stands in (the command line refuses such a root before: see
+    # check_available).
+    paths = locate_idx(name, root_path, download, system=root is None or not download)
     files = IDX_SOURCES[name].files
     arrays = {
         role: read_checked(paths[role], files[role], ndim=3 if role.endswith("images") else 1)
