@@ -171,7 +171,8 @@ JOB=("${TRAINER[@]}" trainer.max_epochs=2 trainer.enable_progress_bar=false logg
      likelihood=laplace)
 for i in 1 2; do
   KEEP=0
-  if (( i == 1 )); then KEEP=$(( (BUDGET - ($(date +%s) - START)) / 2 )); fi  # half for run 2
+  # Half of what is left kept for run 2, plus the grace run 1 may take to end if cut.
+  if (( i == 1 )); then KEEP=$(( (BUDGET - ($(date +%s) - START)) / 2 + GRACE )); fi
   L=$(limit 120 "$KEEP")
   if (( i == 1 && L < 10 )); then L=$(limit 120); fi  # too little for two runs: run 1 alone
   if (( L < 10 )); then echo "  run $i:"; skipped "$L"; continue; fi

@@ -833,6 +833,15 @@ def test_a_long_range_is_searched_without_listing_its_values():
     assert (dist.low, dist.high, dist.step, param.size()) == (0, 999999999, 1, 10**9)
     dist = wide.distribution()
     assert (dist.low, dist.high, dist.step, wide.size()) == (0.5, 100000.499, 0.001, 10**8)
+    # Shuffled, a range is a categorical of its values: a long one is refused, unlisted.
+    with pytest.raises(SearchError) as refused:
+        parse_space({}, ["seed=shuffle(range(0, 1000000000))"])
+    assert str(refused.value) == (
+        "seed=shuffle(range(0, 1000000000)): a shuffled range is a categorical of its "
+        "1000000000 values; allowed: at most 10000, or the same range() without shuffle (a "
+        "stepped distribution over the same values: their order means nothing to a search)"
+    )
+    assert parse_space({}, ["seed=shuffle(range(0, 10000))"]).searched["seed"].size() == 10000
 
 
 def test_a_shuffled_search_space_is_the_same_search_at_every_launch(tmp_path):

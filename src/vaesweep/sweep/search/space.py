@@ -230,6 +230,10 @@ def _range_steps(value: RangeSweep) -> tuple[int, Decimal, Decimal]:
     return max(0, math.ceil((stop - start) / step)), start, step
 
 
+#: The most values of a shuffled range() (a categorical, each value a choice Optuna keeps).
+MAX_SHUFFLED = 10_000
+
+
 def _range(source: str, written: str, override: Override, value: RangeSweep) -> Param:
     """A searched ``range()``: Optuna's stepped distribution over its values as written
     (:func:`range_values`), from the first to the last, so that Optuna, which trims a
@@ -246,6 +250,12 @@ def _range(source: str, written: str, override: Override, value: RangeSweep) -> 
     integral = all(isinstance(v, int) for v in (value.start, value.stop, value.step))
     number = int if integral else float
     kind = "int" if integral else "float"
+    if value.shuffle and count > MAX_SHUFFLED:
+        raise SearchError(
+            f"{source}={written}: a shuffled range is a categorical of its {count} values; "
+            f"allowed: at most {MAX_SHUFFLED}, or the same range() without shuffle (a stepped "
+            "distribution over the same values: their order means nothing to a search)"
+        )
     if value.shuffle or count == 1:  # in the range's order, never Hydra's shuffled one
         return Param(key, "categorical", choices=tuple(map(number, range_values(value))))
     ends = (number(start), number(start + (count - 1) * step))  # the first value and the last
