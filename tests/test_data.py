@@ -546,6 +546,51 @@ def test_loader_rejects_bad_arguments():
 # ------------------------------------------------------------------------------ DataModule
 
 
+def test_an_evaluation_split_smaller_than_the_processes_is_refused_at_setup():
+    """Under DDP a validation or test split with fewer examples than processes would leave a
+    rank with no batch: Lightning skips that rank's loop, and the others wait for it in the
+    evaluation's collectives (a hang). Refused at setup, on every rank alike, naming the
+    key and the number of processes; one example per process is enough."""
+    from types import SimpleNamespace
+
+    for rank in (0, 1):
+        dm = VAEDataModule("digits", val_size=1)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        with pytest.raises(ConfigError) as refused:
+            dm.setup("fit")
+        assert str(refused.value) == (
+            "the val split of data.name=digits holds 1 example(s) (data.val_size), fewer than "
+            "the 2 processes of the run: a process would hold none of them; allowed: at least "
+            "2 (one per process)"
+        )
+    dm = VAEDataModule("digits", batch_size=30, test_examples=2)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=3)
+    with pytest.raises(ConfigError, match=r"test split .* holds 2 example\(s\) \(eval.test_exam"):
+        dm.setup("test")
+    dm = VAEDataModule("digits", val_size=2)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    dm.setup("fit")
+    assert [len(b) for b in dm.val_dataloader()] == [1]
+    dm = VAEDataModule("digits", val_size=1)  # one process: one example is enough
+    dm.setup("fit")
+
+
+@pytest.mark.slow
+def test_ddp_with_a_validation_split_smaller_than_the_processes_is_refused(tmp_path):
+    """`trainer=ddp trainer.devices=2 data.val_size=1` (plain ddp, gloo): refused in one line
+    naming data.val_size before any step; rank 1, holding no validation example, skipped the
+    validation the other rank waited in."""
+    args = ["data=digits", "data.batch_size=64", "trainer.max_epochs=1", "logger=csv",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "eval.iwae_k=5",
+            "trainer=ddp", "trainer.devices=2", "data.val_size=1", "hydra.run.dir=run"]  # fmt: skip
+    proc = run_cli(args, tmp_path, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "the val split of data.name=digits holds 1 example(s) (data.val_size)" in proc.stderr
+    (result,) = results_under(tmp_path / "run")
+    assert result["status"] == "failed", result
+    assert "data.val_size" in result["error"]["message"], result["error"]
+
+
 def test_datamodule_without_trainer():
     dm = VAEDataModule("digits", batch_size=64, eval_batch_size=100)
     dm.setup()

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vaesweep.core.checks import is_int
+from vaesweep.core.checks import ConfigError, is_int
 from vaesweep.data.datasets import DATASETS, RawDataset, load_dataset
 from vaesweep.data.loader import TensorLoader, per_rank_batch
 from vaesweep.data.preprocessing import check_mode, fixed_preprocess
@@ -121,6 +121,7 @@ class VAEDataModule(L.LightningDataModule):
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         self.rank_batch_size = per_rank_batch(self.batch_size, world_size)
+        self._check_eval_shards(world_size)
         shard = {"rank": rank, "world_size": world_size}
         self._loaders = {
             "train": TensorLoader(
@@ -136,6 +137,21 @@ class VAEDataModule(L.LightningDataModule):
                 for s in ("val", "test")
             },
         }
+
+    def _check_eval_shards(self, world_size: int) -> None:
+        """Refuses a validation or test split with fewer examples than processes: a rank
+        holding none would skip the evaluation (Lightning runs no loop over no batch), while
+        the others wait for it in the evaluation's collectives (the ranks' stop agreement,
+        the synced metrics)."""
+        for split, key in (("val", "data.val_size"), ("test", "data.test_size")):
+            n = len(self._tensors[split])
+            if n < world_size:
+                given = "eval.test_examples" if split == "test" and self.test_examples else key
+                raise ConfigError(
+                    f"the {split} split of data.name={self.name} holds {n} example(s) "
+                    f"({given}), fewer than the {world_size} processes of the run: a process "
+                    f"would hold none of them; allowed: at least {world_size} (one per process)"
+                )
 
     def _loader(self, split: str) -> TensorLoader:
         """The loader of `split`, setting up first if needed."""
