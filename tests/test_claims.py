@@ -184,6 +184,7 @@ def test_a_claim_of_another_pid_namespace_on_this_host_is_judged_by_its_heartbea
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        start_new_session=True,  # its group holds the holder too: killed with it below
     )  # fmt: skip
     try:
         assert proc.stdout.readline().strip() == "held"
@@ -196,7 +197,8 @@ def test_a_claim_of_another_pid_namespace_on_this_host_is_judged_by_its_heartbea
         os.utime(tmp_path / CLAIM_FILE, (old, old))
         assert held_by_other(tmp_path, 300) is None
     finally:
-        proc.kill()
+        # Not unshare alone: its forked holder (pid 1 of the namespace) would outlive it.
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # This namespace's own claims are judged by their pid at once, as before.
     write_claim(tmp_path, pid=2**22 + 1, pid_namespace=claims.PID_NAMESPACE)
