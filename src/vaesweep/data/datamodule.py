@@ -121,7 +121,7 @@ class VAEDataModule(L.LightningDataModule):
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         self.rank_batch_size = per_rank_batch(self.batch_size, world_size)
-        self._check_eval_shards(world_size)
+        self.check_eval_shards(world_size)
         shard = {"rank": rank, "world_size": world_size}
         self._loaders = {
             "train": TensorLoader(
@@ -138,13 +138,17 @@ class VAEDataModule(L.LightningDataModule):
             },
         }
 
-    def _check_eval_shards(self, world_size: int) -> None:
-        """Refuses a validation or test split with fewer examples than processes: a rank
-        holding none would skip the evaluation (Lightning runs no loop over no batch), while
-        the others wait for it in the evaluation's collectives (the ranks' stop agreement,
-        the synced metrics)."""
+    def check_eval_shards(self, world_size: int) -> None:
+        """Refuses (ConfigError) a validation or test split with fewer examples than
+        processes: a rank holding none would skip the evaluation (Lightning runs no loop over
+        no batch), while the others wait for it in the evaluation's collectives (the ranks'
+        stop agreement, the synced metrics). Checked at setup on every rank, and by the job's
+        process before the fit where the config tells the number of processes."""
+        sizes = dict(self._load().sizes)
+        if self.test_examples is not None:
+            sizes["test"] = min(sizes["test"], self.test_examples)
         for split, key in (("val", "data.val_size"), ("test", "data.test_size")):
-            n = len(self._tensors[split])
+            n = sizes[split]
             if n < world_size:
                 given = "eval.test_examples" if split == "test" and self.test_examples else key
                 raise ConfigError(

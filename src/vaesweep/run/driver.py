@@ -121,6 +121,9 @@ def build_run(
         record_data_root(record.data["config"])
         record.set_dataset(data.info)
     trainer_args = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    world_size = ranks.configured_world_size(trainer_args)
+    if world_size is not None and world_size > 1:  # in one line, before any process starts
+        data.check_eval_shards(world_size)
     model = _build_model(cfg, data.shape, preprocess == "dequantize", trainer_args)
     loggers = make_loggers(cfg, job, record.data["wandb_run_id"]) if record is not None else []
     trainer, checkpoint = _build_trainer(cfg, job, trainer_args, loggers, callbacks)
