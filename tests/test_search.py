@@ -2555,6 +2555,22 @@ def check_stopped(proc: subprocess.Popen, rc: int, sweep: Path, name: str) -> No
         assert json.loads(path.read_text())["status"] in ("completed", "interrupted"), path
 
 
+def _run_elsewhere(tmp_path: Path, command: list[str], *extra: str):
+    """best.json's ``command`` (plus ``extra`` overrides) run from a new directory,
+    ``tmp_path/elsewhere``: (that directory, the completed process)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, *command[1:], *extra],
+        cwd=elsewhere,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return elsewhere, proc
+
+
 @pytest.mark.slow
 def test_lht_file_in_a_config_dir_stops_continues_and_its_best_trial_reproduces(tmp_path):
     """The shipped file as a user's own (in a --config-dir, under another name: Hydra would
@@ -2599,16 +2615,7 @@ def test_lht_file_in_a_config_dir_stops_continues_and_its_best_trial_reproduces(
     assert command[-1] == "hydra.mode=RUN" and "hparams_search=mnist_vae" in command
     assert best["best"]["command"] in output(proc)
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    again = subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=elsewhere,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    elsewhere, again = _run_elsewhere(tmp_path, command)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (elsewhere / "outputs" / "multirun").exists()  # one run, not a search
     (result,) = (json.loads(p.read_text()) for p in elsewhere.rglob("results.json"))
@@ -2653,16 +2660,7 @@ def test_a_search_preset_found_through_hydra_searchpath_runs_and_its_best_reprod
     assert command[:4] == ["python", "-m", "vaesweep", f"hydra.searchpath=[file://{conf}]"]
     assert command[-1] == "hydra.mode=RUN" and "hparams_search=mine" in command
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    again = subprocess.run(
-        [sys.executable, *command[1:], "hydra.run.dir=one"],
-        cwd=elsewhere,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    elsewhere, again = _run_elsewhere(tmp_path, command, "hydra.run.dir=one")
     assert again.returncode == 0, again.stderr[-3000:]
     result = json.loads((elsewhere / "one" / "results.json").read_text())
     trial = json.loads((launch / "sweep" / best["best"]["dir"] / "results.json").read_text())
