@@ -5,14 +5,13 @@ and no storage opened here."""
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.types import Quote, QuotedString
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vaesweep.core.helpers import override_value
 from vaesweep.core.launchers import jobs_at_once
 from vaesweep.run.claims import DEFAULT_TIMEOUT_S
 from vaesweep.run.config import CONF_DIR, CONFIG_NAME
@@ -178,9 +177,7 @@ def _search_entry(entry: str) -> str:
     entry = str(entry)
     if entry.startswith("file://"):
         entry = "file://" + str(Path(entry[len("file://") :]).resolve())
-    if re.fullmatch(r"[A-Za-z0-9_/:.@+-]+", entry):  # Hydra's unquoted letters are ASCII
-        return entry
-    return QuotedString(text=entry, quote=Quote.single).with_quotes()
+    return override_value(entry)
 
 
 def _positive_int(key: str, value: Any) -> int:
