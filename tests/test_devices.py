@@ -814,6 +814,74 @@ def test_a_rank_that_stops_with_rank_0s_lost_claim_is_not_taken_for_a_stop(tmp_p
         raise ClaimLostByRank()
 
 
+def _threads() -> list[str]:
+    """The names of this process's threads (Linux)."""
+    tasks = Path("/proc/self/task")
+    return sorted((tasks / t / "comm").read_text().strip() for t in os.listdir(tasks))
+
+
+def _at_the_last_exit_handler(rank: int, out: str) -> None:
+    """What is left of the process group when the interpreter is about to finalize."""
+    import torch.distributed as dist
+
+    seen = {"initialized": dist.is_initialized(), "threads": _threads()}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def _end_a_rank(rank: int, port: int, out: str, set_up: bool) -> None:
+    """One of two gloo ranks, as a spawned process of a fit ends: the product's callback set
+    up in it (``set_up``) or not, a few all-reduces of values (as the ranks' checks make
+    them), then the process returns and the interpreter exits."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from vaesweep.run.callbacks import Resumable
+    from vaesweep.run.signals import reduced
+
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # both ranks on one core
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    atexit.register(_at_the_last_exit_handler, rank, out)  # the first registered runs last
+    trainer = SimpleNamespace(
+        world_size=2, global_step=0, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    if set_up:
+        Resumable().setup(trainer, None, "fit")  # type: ignore[arg-type]
+    for _ in range(20):
+        reduced([rank], trainer, "max")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_rank_ends_its_process_group_before_the_interpreter_finalizes(tmp_path):
+    """Two real gloo processes started as ddp_spawn starts them (spawn: the interpreter
+    finalizes at their end). Left to finalization, gloo's worker threads are still there
+    at the last exit handler, and a worker dropping a finished all-reduce's tensors then
+    aborted the process now and then ("terminate called without an active exception",
+    SIGABRT: a ddp_spawn job recorded failed after its fit). Once the product's callback is
+    set up in a rank, the group is destroyed at exit: no worker is left when finalization
+    starts, and no process aborts (five pairs, both ranks on one core)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _end_a_rank, args=(free_port(), str(tmp_path), False), nprocs=2, start_method="spawn"
+    )
+    for rank in (0, 1):  # the check sees what is left
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["initialized"] and "pt_gloo_runloop" in seen["threads"], seen
+    for _ in range(5):
+        for rank in (0, 1):
+            (tmp_path / f"rank{rank}.json").unlink()
+        # an abort raises ProcessExitedException here
+        mp.start_processes(
+            _end_a_rank, args=(free_port(), str(tmp_path), True), nprocs=2, start_method="spawn"
+        )
+        for rank in (0, 1):
+            seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+            assert not seen["initialized"], seen
+            assert not any(name.startswith("pt_gloo") for name in seen["threads"]), seen
+
+
 def _proc_state(pid: int) -> str:
     """The state line of a process's /proc status, "zombie" once it has ended."""
     try:

@@ -28,7 +28,7 @@ from vaesweep.run.console import finite_value
 from vaesweep.run.images import IMAGES_FILE, reconstruction_grid, save_image_grid
 from vaesweep.run.loggers import define_metrics
 from vaesweep.run.policy import RUN_STATE_KEY, stored_run_state
-from vaesweep.run.signals import StopSignals, in_step, reduced
+from vaesweep.run.signals import StopSignals, in_step, reduced, release_at_exit
 
 log = logging.getLogger("vaesweep")
 # Fixed generator seed for the prior samples: the same z for every run and configuration,
@@ -138,6 +138,8 @@ class Resumable(L.Callback):
         # this process's stop signals are this callback's, not Lightning's ...
         self.signals.take_over(trainer)
         self._in_step = in_step(trainer)
+        if self._in_step:  # the process group ends before the interpreter does
+            release_at_exit()
 
     # ... also once Lightning has installed its SIGTERM handler, before its loops run.
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -360,6 +360,40 @@ def reduced(value: int | list[int], trainer: Any, op: str) -> int | list[int]:
     return out if isinstance(value, list) else out[0]
 
 
+_RELEASE_AT_EXIT = False  # whether release_at_exit registered this process's handler
+
+
+def release_at_exit() -> None:
+    """Destroys this process's torch.distributed process group when the interpreter exits,
+    before it finalizes (registered once per process; call in each rank of a fit of several
+    processes, once the group is set up).
+
+    Lightning destroys it at exit for NCCL only. A gloo group left to the interpreter's
+    finalization aborted a rank at exit now and then (SIGABRT, "terminate called without an
+    active exception"; 2 ddp_spawn jobs in 76 on the idle 2-core VM): gloo's worker thread
+    can drop its last reference to a finished all-reduce's tensor after the main thread has
+    moved on, and where that tensor was made in Python (the ranks' checks, metrics synced
+    with sync_dist), releasing it takes the GIL; taken during finalization, that ends the
+    thread inside a C++ destructor, which terminates the process. Destroyed at exit (atexit
+    runs before finalization), the group joins its worker threads while they still can take
+    the GIL. A collective still pending then (a rank that failed) is aborted, not waited
+    for."""
+    global _RELEASE_AT_EXIT
+    if _RELEASE_AT_EXIT:
+        return
+    import atexit
+
+    atexit.register(_destroy_process_group)
+    _RELEASE_AT_EXIT = True
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def in_step(trainer: Any) -> bool:
     """Whether ``trainer`` is one rank of several in a fit whose ranks are connected now
     (torch.distributed set up): their stops must be agreed (StopSignals.check_together)."""
