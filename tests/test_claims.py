@@ -253,6 +253,48 @@ def test_exactly_one_of_many_racing_processes_wins(tmp_path, stale):
     assert not list(tmp_path.glob(f"{CLAIM_FILE}*"))
 
 
+def test_a_job_config_keeps_its_answer_to_where_hydra_writes_its_files(tmp_path, monkeypatch):
+    """Hydra reads ``hydra.output_subdir`` twice before a job starts (is it None? then the
+    path). A claim another process took between the two readings made the second None, and
+    the job failed with "TypeError: expected str, bytes or os.PathLike object, not NoneType"
+    (rank 1 of an srun job, as rank 0 claimed the job: rank 0 then waited for it). One config
+    keeps its first answer; a config made after the claim sees it; ranks > 0 of a job write
+    no ``.hydra`` files at all (rank 0 does)."""
+    from omegaconf import OmegaConf
+
+    from vaesweep.run.config import CONF_DIR
+    from vaesweep.run.jobs import register_resolvers
+
+    register_resolvers()
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    train = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "train.yaml"))
+    subdir = train["hydra"]["output_subdir"]  # the interpolation, as written
+
+    def job_config():
+        return OmegaConf.create(
+            {
+                "sweep": {"rerun_failed": False, "claim_timeout_s": 300},
+                "hydra": {"runtime": {"output_dir": str(run_dir)}, "output_subdir": subdir},
+            }
+        )
+
+    config = job_config()
+    assert config.hydra.output_subdir == ".hydra"
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert job_config().hydra.output_subdir is None  # rank 1: rank 0 writes them
+    monkeypatch.delenv("SLURM_PROCID")
+    proc = holder(run_dir)  # another live process claims the job now
+    try:
+        assert config.hydra.output_subdir == ".hydra"  # the second reading
+        assert job_config().hydra.output_subdir is None  # skipped: not a byte written
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_single_run_another_live_process_holds_is_refused_by_the_cli(workdir):
     """Nothing runs and nothing is written, and the exit status says so: a run that did
     not run never exits 0 (a sweep's job held by another launch is skipped instead)."""

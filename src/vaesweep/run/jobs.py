@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -643,12 +644,35 @@ def gpus_for(accelerator: Any, devices: Any) -> Any:
     return 0 if str(accelerator) == "cpu" else devices
 
 
+#: The answer of ``_config_subdir`` for each config it was asked about: id of the config ->
+#: (a weak reference to it, the arguments, the answer).
+_SUBDIRS: dict[int, tuple[weakref.ref, tuple[str, bool, float], str | None]] = {}
+
+
 def _config_subdir(
     run_dir: str, rerun_failed: bool, claim_timeout_s: float, _root_: DictConfig
 ) -> str | None:
     """The resolver of ``hydra.output_subdir``: :func:`config_subdir`, given the job's
-    config (OmegaConf passes the root of the config being resolved as ``_root_``)."""
-    return config_subdir(run_dir, rerun_failed, claim_timeout_s, _root_)
+    config (OmegaConf passes the root of the config being resolved as ``_root_``).
+
+    Ranks > 0 of a job (srun's, torchrun's tasks) write no ``.hydra`` files: rank 0 does, as
+    with Lightning's own ddp launcher (which sets ``hydra.output_subdir=null`` for them).
+    One config gets one answer: Hydra reads ``hydra.output_subdir`` twice in a row (is it
+    None? then the path), and the directory may change in between. A rank 1 whose second
+    reading saw rank 0's claim, taken meanwhile, got None and failed with "TypeError:
+    expected str, bytes or os.PathLike object, not NoneType" (the job's other ranks then
+    waited for it), as could a launch racing another for the job."""
+    if process_rank() != 0:
+        return None
+    args = (run_dir, rerun_failed, claim_timeout_s)
+    held = _SUBDIRS.get(id(_root_))
+    if held is not None and held[0]() is _root_ and held[1] == args:
+        return held[2]
+    answer = config_subdir(run_dir, rerun_failed, claim_timeout_s, _root_)
+    for key in [key for key, (ref, _, _) in _SUBDIRS.items() if ref() is None]:
+        del _SUBDIRS[key]  # configs gone
+    _SUBDIRS[id(_root_)] = (weakref.ref(_root_), args, answer)
+    return answer
 
 
 def register_resolvers() -> None:
